@@ -1,0 +1,38 @@
+# The two commands: `make demo` (set up, then run the demo on the embedded emulator and a local
+# Prefect server) and `make test` (set up, then run every test). Both create .venv when it is missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null)
+
+.PHONY: setup demo test test-fast comfyui bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@if [ -z "$(UV)" ]; then python3 -m pip install -q uv; fi
+	@test -x $(PY) || uv venv -q $(VENV)
+	uv pip install -q -p $(VENV) -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m prefect_comfy.demo
+
+comfyui:
+	bash scripts/install-comfyui.sh
+
+test: setup comfyui
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not comfyui"
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,197 @@
+"""The small interface every kind of Comfy server implements.
+
+The Prefect layer (blocks, tasks, the sensor, the listener) talks to Comfy only through this class,
+so a new kind of server is one new file. Two implementations ship:
+
+- :class:`prefect_comfy.backends.cloud.CloudBackend`: the Comfy Cloud developer API (and the emulator);
+- :class:`prefect_comfy.backends.comfyui.ComfyUIBackend`: a self-hosted ComfyUI, or Comfy Cloud's
+  ComfyUI-compatible API.
+
+Waiting is not part of what a backend implements: :meth:`ComfyBackend.wait_for_job` and friends are
+built here on :meth:`events` and the ``get_*`` reads by the shared
+:class:`~prefect_comfy.client.hub.EventHub`, which holds one stream per :attr:`connection_key` and
+reconciles pending waits with one REST read after every (re)connect.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, ClassVar
+
+from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
+
+ProgressCallback = Callable[[ComfyEvent], Any | Awaitable[Any]]
+"""Called with each ``job.progress`` event; may be sync or async."""
+
+ConnectCallback = Callable[[], Awaitable[None]]
+"""Awaited after every (re)connect, once the subscription is active and before events flow on."""
+
+Source = str | PathLike[str] | bytes
+"""What an upload takes: a path to a file, or the bytes themselves (then ``name`` is required)."""
+
+
+class ComfyBackend(abc.ABC):
+    """One Comfy server, reached with one set of credentials.
+
+    A backend is an async context manager; :meth:`aclose` releases its connections. Instances are
+    cheap: make one per task if you like, waits share a connection anyway.
+    """
+
+    kind: ClassVar[str]
+    """The ``comfy.backend`` label of Prefect events: ``cloud`` or ``comfyui``."""
+
+    @property
+    @abc.abstractmethod
+    def address(self) -> str:
+        """The server's origin with no credentials in it, such as ``https://cloud.comfy.org``.
+
+        Part of every deterministic Prefect event id, so the sensor and the listener agree.
+        """
+
+    @property
+    @abc.abstractmethod
+    def connection_key(self) -> str:
+        """Identifies the credentials (address plus a hash of the key, never the key itself).
+
+        Waits with equal keys in one event loop share one stream.
+        """
+
+    @abc.abstractmethod
+    def clone(self) -> ComfyBackend:
+        """A new, independent backend with the same configuration (the shared hub owns one)."""
+
+    # -- jobs ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def submit(
+        self,
+        workflow: dict[str, Any],
+        *,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Submit an API-format workflow graph; the same ``idempotency_key`` returns the same job.
+
+        Raises:
+            InvalidWorkflow: the graph was refused, with one entry per bad node.
+        """
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> Job:
+        """Read a job's current state (never cached)."""
+
+    @abc.abstractmethod
+    async def cancel(self, job_id: str) -> Job:
+        """Ask to cancel a job. A pending job ends at once; a running one at its next checkpoint.
+
+        Cancelling a job that already ended is not an error: the job is returned as it is.
+        """
+
+    @abc.abstractmethod
+    async def outputs(self, job_id: str) -> list[Output]:
+        """The outputs of a completed job."""
+
+    @abc.abstractmethod
+    async def download(self, output: Output, dest: str | PathLike[str]) -> Path:
+        """Stream an output to ``dest`` (a folder, or a file path); returns the file's path.
+
+        The API key is never sent to an origin other than :attr:`address`.
+        """
+
+    # -- uploads ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def upload_input(
+        self,
+        source: Source,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Input:
+        """Upload a file for workflows to use by ``name``; returns it, perhaps not yet ready."""
+
+    @abc.abstractmethod
+    async def upload_model(
+        self,
+        source: Source,
+        *,
+        type: str,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Model:
+        """Upload a model file of a type (checkpoint, lora …); returns it, perhaps not yet ready."""
+
+    @abc.abstractmethod
+    async def get_input(self, input_id: str) -> Input:
+        """Read an input's current state."""
+
+    @abc.abstractmethod
+    async def get_model(self, model_id: str) -> Model:
+        """Read a model's current state."""
+
+    # -- the event stream ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def events(
+        self,
+        patterns: Sequence[str] = ("*",),
+        *,
+        on_connect: ConnectCallback | None = None,
+    ) -> AsyncIterator[ComfyEvent]:
+        """Events matching the patterns, across reconnects, duplicates dropped.
+
+        ``on_connect`` is awaited after every connect and reconnect, once subscribed, so that the
+        caller can reconcile what it missed while disconnected (the stream has no replay).
+
+        Raises:
+            WebSocketAuthError: the key was refused.
+            WebSocketConnectionError: the reconnect budget is spent.
+        """
+
+    # -- life ---------------------------------------------------------------------------------
+    async def aclose(self) -> None:  # noqa: B027 - a backend with nothing to close keeps this
+        """Release connections. Safe to call twice."""
+
+    async def __aenter__(self) -> ComfyBackend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- waiting, built on the above by the shared hub ------------------------------------------
+    async def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> ComfyEvent:
+        """Wait for a job's terminal event (``job.completed``, ``job.failed`` or ``job.cancelled``).
+
+        Event-driven over the shared stream, with one REST read after every (re)connect.
+
+        Raises:
+            JobTimedOut: ``timeout`` seconds passed first; it names the last known status.
+        """
+        from prefect_comfy.client.hub import EventHub
+
+        return await EventHub.shared(self).wait(
+            "job", job_id, timeout=timeout, on_progress=on_progress
+        )
+
+    async def wait_for_input(self, input_id: str, *, timeout: float | None = None) -> ComfyEvent:
+        """Wait for ``input.ready`` or ``input.failed``; raises :class:`WaitTimedOut` on timeout."""
+        from prefect_comfy.client.hub import EventHub
+
+        return await EventHub.shared(self).wait("input", input_id, timeout=timeout)
+
+    async def wait_for_model(self, model_id: str, *, timeout: float | None = None) -> ComfyEvent:
+        """Wait for ``model.ready`` or ``model.failed``; raises :class:`WaitTimedOut` on timeout."""
+        from prefect_comfy.client.hub import EventHub
+
+        return await EventHub.shared(self).wait("model", model_id, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(address={self.address!r})"

@@ -1,0 +1,124 @@
+"""The developer API's WebSocket protocol as plain code: frames in, frames out, no I/O.
+
+Frames (all JSON text objects with a ``type``), as pinned in the project's protocol reference:
+
+- server → client: ``connected`` {session_id}; ``subscribed`` {events}; ``unsubscribed`` {events};
+  ``event`` (``id``?, ``timestamp``, ``data``: {event, payload}); ``pong``; ``error`` {code, message}.
+- client → server: ``subscribe`` {events}; ``unsubscribe`` {events}; ``ping``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_comfy.exceptions import ComfyProtocolError
+from prefect_comfy.models import ComfyEvent
+
+EVENT_NAMES: tuple[str, ...] = (
+    "job.progress",
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "input.ready",
+    "input.failed",
+    "model.ready",
+    "model.failed",
+)
+"""The event names the developer API documents (unknown names are passed through all the same)."""
+
+AUTH_CLOSE_CODES: frozenset[int] = frozenset({1008, 4001, 4003})
+"""Close codes that mean the key was refused (lenient: the real service may use any of them)."""
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether an event name matches a subscription pattern.
+
+    ``*`` matches everything, ``job.*`` every name that starts with ``job.``, anything else one name.
+
+    Example:
+        >>> matches("job.*", "job.completed"), matches("job.*", "jobs.x"), matches("*", "x")
+        (True, False, True)
+    """
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return name.startswith(pattern[:-1])
+    return pattern == name
+
+
+def matches_any(patterns: Iterable[str], name: str) -> bool:
+    """Whether any of the patterns matches the name."""
+    return any(matches(p, name) for p in patterns)
+
+
+def validate_pattern(pattern: str) -> str:
+    """Return the pattern if it is well formed (``*``, ``prefix.*`` or a plain name), else raise."""
+    if not isinstance(pattern, str) or not pattern or pattern.strip() != pattern:
+        raise ValueError(f"invalid event pattern {pattern!r}")
+    if "*" in pattern and not (pattern == "*" or (pattern.endswith(".*") and "*" not in pattern[:-2])):
+        raise ValueError(
+            f"invalid event pattern {pattern!r}: use '*', 'prefix.*' or an exact event name"
+        )
+    return pattern
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded server frame."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def event(self) -> ComfyEvent:
+        """The :class:`ComfyEvent` of an ``event`` frame."""
+        if self.type != "event":
+            raise ComfyProtocolError(f"not an event frame: {self.type!r}")
+        name = self.data.get("event")
+        payload = self.data.get("payload", {})
+        if not isinstance(name, str) or not isinstance(payload, dict):
+            raise ComfyProtocolError("event frame without a string 'event' and an object 'payload'")
+        return ComfyEvent(
+            event=name,
+            payload=payload,
+            id=self.raw.get("id") if isinstance(self.raw.get("id"), str) else None,
+            timestamp=self.raw.get("timestamp"),
+        )
+
+
+def decode(text: str | bytes) -> Frame:
+    """Decode one server frame; raise :class:`ComfyProtocolError` for anything malformed."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ComfyProtocolError("binary frame is not UTF-8 JSON") from exc
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ComfyProtocolError(f"frame is not JSON: {text[:80]!r}") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ComfyProtocolError(f"frame without a string 'type': {str(obj)[:80]!r}")
+    data = obj.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ComfyProtocolError(f"frame {obj['type']!r} has non-object 'data'")
+    return Frame(type=obj["type"], data=data, raw=obj)
+
+
+def subscribe_frame(patterns: Iterable[str]) -> str:
+    """The text of a ``subscribe`` frame."""
+    return json.dumps({"type": "subscribe", "data": {"events": list(patterns)}})
+
+
+def unsubscribe_frame(patterns: Iterable[str]) -> str:
+    """The text of an ``unsubscribe`` frame (an extension; the client never relies on it)."""
+    return json.dumps({"type": "unsubscribe", "data": {"events": list(patterns)}})
+
+
+PING_FRAME = json.dumps({"type": "ping"})
+PONG_FRAME = json.dumps({"type": "pong"})

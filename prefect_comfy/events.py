@@ -1,0 +1,189 @@
+"""Prefect events of prefect-comfy: their names, resources and ids, in one place.
+
+Every Comfy event becomes a Prefect event named ``comfy.<comfy event>`` (``job.completed`` →
+``comfy.job.completed``); the sensor adds ``comfy.job.submitted`` and ``comfy.job.timed-out``, and the
+listener ``comfy.listener.heartbeat``. The primary resource is ``comfy.<kind>.<id>`` with labels
+``prefect.resource.name``, ``comfy.backend``, ``comfy.status``, ``comfy.tags`` (comma-joined) and
+``comfy.tag.<tag>`` = ``"true"`` for each tag. Related resources: the flow run (and task run) that
+submitted the job.
+
+Event ids are deterministic: uuid5 over the backend's address, the event name, the resource id and what
+distinguishes the occurrence (a progress value; nothing for an outcome, which happens once). So the same
+Comfy event emitted twice, by the sensor and by the listener, or again after a reconnect, is stored once.
+
+``docs/events.md`` is checked against :data:`EVENT_NAMES` by the test suite.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect.events import Event, RelatedResource, Resource
+
+from prefect_comfy.models import ComfyEvent
+
+PREFIX = "comfy"
+NAMESPACE = uuid.UUID("8f0c6d1e-3d1c-5a0e-9a53-2f6b1f0c0a11")
+"""uuid5 namespace of every event id this package emits. Never change it: ids would stop matching."""
+
+JOB_SUBMITTED = "comfy.job.submitted"
+JOB_PROGRESS = "comfy.job.progress"
+JOB_COMPLETED = "comfy.job.completed"
+JOB_FAILED = "comfy.job.failed"
+JOB_CANCELLED = "comfy.job.cancelled"
+JOB_TIMED_OUT = "comfy.job.timed-out"
+INPUT_READY = "comfy.input.ready"
+INPUT_FAILED = "comfy.input.failed"
+MODEL_READY = "comfy.model.ready"
+MODEL_FAILED = "comfy.model.failed"
+LISTENER_HEARTBEAT = "comfy.listener.heartbeat"
+
+EVENT_NAMES: dict[str, str] = {
+    JOB_SUBMITTED: "A job was accepted by the Comfy server (emitted by `submit_comfy_job`).",
+    JOB_PROGRESS: "Execution progress, coalesced per job and interval (payload `progress`, 0-100).",
+    JOB_COMPLETED: "The job finished; payload `outputs` lists its files.",
+    JOB_FAILED: "The job failed; payload `error` has the Comfy `code`, `message` and `node_id`.",
+    JOB_CANCELLED: "The job was cancelled.",
+    JOB_TIMED_OUT: "A wait for the job timed out (the sensor's own event; payload `timeout`).",
+    INPUT_READY: "An uploaded input is ready to be used by name.",
+    INPUT_FAILED: "An input upload failed; payload `error`.",
+    MODEL_READY: "An uploaded model is ready to be used by name.",
+    MODEL_FAILED: "A model upload failed; payload `error`.",
+    LISTENER_HEARTBEAT: "The listener is alive; label `comfy.connected` says if its stream is up.",
+}
+"""Every event name this package emits, with what it means (the docs' event reference)."""
+
+NEVER_THROTTLED: frozenset[str] = frozenset(EVENT_NAMES) - {JOB_PROGRESS, LISTENER_HEARTBEAT}
+
+FLOW_RUN_TAG_PREFIX = "prefect.flow-run."
+"""A Comfy job tagged ``prefect.flow-run.<uuid>`` was submitted by that flow run."""
+
+
+def prefect_event_name(comfy_event: str) -> str:
+    """``job.completed`` → ``comfy.job.completed`` (unknown names are kept, behind the prefix)."""
+    return f"{PREFIX}.{comfy_event}"
+
+
+def resource_id(kind: str, comfy_id: str) -> str:
+    """``("job", "job_abc")`` → ``comfy.job.job_abc``."""
+    return f"{PREFIX}.{kind}.{comfy_id}"
+
+
+def event_id(address: str, event: str, resource: str, occurrence: str = "") -> uuid.UUID:
+    """The deterministic id of one occurrence of an event about a resource on a server."""
+    return uuid.uuid5(NAMESPACE, "\x1f".join((address, event, resource, occurrence)))
+
+
+def occurrence_of(comfy_event: ComfyEvent) -> str:
+    """What distinguishes one occurrence of this event from another of the same name and resource.
+
+    Outcomes (completed, failed, cancelled, ready) happen once per resource: nothing. Progress: the
+    value and where execution stands, so a repeat of the same update is the same event.
+    """
+    if comfy_event.event.endswith(".progress"):
+        p = comfy_event.payload
+        return f"{p.get('progress')}|{p.get('node_id')}|{p.get('step')}|{p.get('steps')}"
+    return ""
+
+
+def flow_run_id_from_tags(tags: Iterable[str]) -> str | None:
+    """The submitting flow run's id, from a job's tags (see :data:`FLOW_RUN_TAG_PREFIX`)."""
+    for tag in tags or ():
+        if isinstance(tag, str) and tag.startswith(FLOW_RUN_TAG_PREFIX):
+            return tag[len(FLOW_RUN_TAG_PREFIX) :]
+    return None
+
+
+def resource_for(
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    backend_kind: str,
+    status: str | None = None,
+    name: str | None = None,
+) -> Resource:
+    """The primary resource of an event about a Comfy job, input or model."""
+    comfy_id = str(payload.get("id"))
+    tags = [t for t in payload.get("tags") or [] if isinstance(t, str)]
+    labels: dict[str, str] = {
+        "prefect.resource.id": resource_id(kind, comfy_id),
+        "prefect.resource.name": str(name or payload.get("name") or comfy_id),
+        "comfy.backend": backend_kind,
+        "comfy.status": str(status or payload.get("status") or ""),
+    }
+    if kind == "model" and payload.get("type"):
+        labels["comfy.model-type"] = str(payload["type"])
+    user_tags = [t for t in tags if not t.startswith(FLOW_RUN_TAG_PREFIX)]
+    if user_tags:
+        labels["comfy.tags"] = ",".join(user_tags)
+        for tag in user_tags:
+            labels[f"comfy.tag.{tag}"] = "true"
+    return Resource(labels)
+
+
+def related_for(
+    *,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    extra: Sequence[Mapping[str, str]] = (),
+) -> list[RelatedResource]:
+    """Related resources: the submitting flow run and task run, then anything extra."""
+    related: list[RelatedResource] = []
+    if flow_run_id:
+        related.append(
+            RelatedResource(
+                {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}
+            )
+        )
+    if task_run_id:
+        related.append(
+            RelatedResource(
+                {"prefect.resource.id": f"prefect.task-run.{task_run_id}", "prefect.resource.role": "task-run"}
+            )
+        )
+    related.extend(RelatedResource(dict(r)) for r in extra)
+    return related
+
+
+def from_comfy_event(
+    comfy_event: ComfyEvent,
+    *,
+    address: str,
+    backend_kind: str,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    occurred: datetime | None = None,
+) -> Event:
+    """The Prefect event for one Comfy event, with its deterministic id.
+
+    The submitting flow run is taken from the job's tags when not given.
+    """
+    name = prefect_event_name(comfy_event.event)
+    kind = comfy_event.kind
+    payload = json_safe(comfy_event.payload)
+    resource = resource_for(kind, payload, backend_kind=backend_kind)
+    flow_run_id = flow_run_id or flow_run_id_from_tags(payload.get("tags") or [])
+    return Event(
+        id=event_id(address, name, resource.id, occurrence_of(comfy_event)),
+        event=name,
+        occurred=occurred or comfy_event.timestamp or datetime.now(timezone.utc),
+        resource=resource,
+        related=related_for(flow_run_id=flow_run_id, task_run_id=task_run_id),
+        payload=payload,
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-native copy of a payload (datetimes to ISO strings, tuples to lists, others to str)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)

@@ -1,0 +1,193 @@
+"""Wire models of the Comfy developer API, lenient as a client must be (unknown fields ignored).
+
+The emulator keeps its own strict models, so that drift between the two shows up in tests. The
+ComfyUI backend maps its server's answers onto these same models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+UploadStatus = Literal["pending_upload", "uploading", "downloading", "ready", "failed"]
+
+JOB_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+UPLOAD_TERMINAL: frozenset[str] = frozenset({"ready", "failed"})
+
+MODEL_TYPES: tuple[str, ...] = (
+    "checkpoint",
+    "lora",
+    "vae",
+    "controlnet",
+    "embedding",
+    "upscaler",
+    "clip",
+    "unet",
+    "diffusion_model",
+)
+
+
+class WireModel(BaseModel):
+    """Base of the client's models: unknown fields are ignored, known ones validated."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ResourceError(WireModel):
+    """Why a job, input or model failed. ``code`` also accepts the ``type`` spelling."""
+
+    code: str | None = None
+    message: str | None = None
+    node_id: str | None = None
+
+    def __init__(self, **data: Any) -> None:
+        if data.get("code") is None and "type" in data:
+            data["code"] = data.get("type")
+        super().__init__(**data)
+
+
+class Output(WireModel):
+    """One file a job produced."""
+
+    id: str
+    type: str = "file"
+    download_url: str | None = None
+    name: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+    job_id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+
+
+class Job(WireModel):
+    """A workflow execution."""
+
+    id: str
+    status: str
+    workflow: dict[str, Any] | None = None
+    tags: list[str] = Field(default_factory=list)
+    batch_id: str | None = None
+    outputs: list[Output] = Field(default_factory=list)
+    error: ResourceError | None = None
+    progress: float | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job is completed, failed or cancelled."""
+        return self.status in JOB_TERMINAL
+
+
+class Input(WireModel):
+    """A file uploaded for use in workflows (referred to by ``name``)."""
+
+    id: str
+    name: str
+    status: str
+    size: int | None = None
+    mime_type: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    download_url: str | None = None
+    error: ResourceError | None = None
+    created_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the upload is ready or failed."""
+        return self.status in UPLOAD_TERMINAL
+
+
+class Model(Input):
+    """A model file uploaded for use in workflows (referred to by ``name``)."""
+
+    type: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class UploadUrl(WireModel):
+    """A presigned upload: PUT the bytes to ``upload_url``, then complete the upload."""
+
+    id: str
+    status: str
+    upload_url: str
+    upload_expires_at: datetime | None = None
+
+
+class JobBatch(WireModel):
+    """The answer to a batch submit."""
+
+    batch_id: str
+    jobs: list[Job]
+
+
+class Page(WireModel):
+    """One page of a list call."""
+
+    items: list[Any]
+    total: int
+    has_more: bool
+
+
+class WorkflowValidation(WireModel):
+    """The answer of ``POST /workflows/validate``."""
+
+    valid: bool
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ComfyEvent(WireModel):
+    """One event from the stream: ``event`` is the name (``job.completed``), ``payload`` the resource.
+
+    ``id`` is the server's event id when it sends one (used to drop duplicates).
+    """
+
+    event: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+    timestamp: datetime | None = None
+
+    @property
+    def resource_id(self) -> str | None:
+        """The id of the job, input or model the event is about."""
+        value = self.payload.get("id")
+        return str(value) if value is not None else None
+
+    @property
+    def kind(self) -> str:
+        """``job``, ``input``, ``model`` (the part of the name before the dot)."""
+        return self.event.split(".", 1)[0]
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for an event that ends its resource (completed, failed, cancelled, ready)."""
+        return self.event in TERMINAL_EVENTS
+
+
+TERMINAL_EVENTS: frozenset[str] = frozenset(
+    {
+        "job.completed",
+        "job.failed",
+        "job.cancelled",
+        "input.ready",
+        "input.failed",
+        "model.ready",
+        "model.failed",
+    }
+)
+
+STATUS_EVENT: dict[tuple[str, str], str] = {
+    ("job", "completed"): "job.completed",
+    ("job", "failed"): "job.failed",
+    ("job", "cancelled"): "job.cancelled",
+    ("input", "ready"): "input.ready",
+    ("input", "failed"): "input.failed",
+    ("model", "ready"): "model.ready",
+    ("model", "failed"): "model.failed",
+}
+"""The event a resource of a kind in a final status stands for: how REST reconciliation makes events."""

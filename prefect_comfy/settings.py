@@ -1,0 +1,69 @@
+"""Configuration from the environment, read when asked for, never at import time.
+
+Every setting is ``COMFY_<NAME>``; a block field that is left unset falls back to the value here.
+
+Example:
+    >>> from prefect_comfy.settings import ComfySettings
+    >>> ComfySettings(base_url="http://127.0.0.1:8765").api_url
+    'http://127.0.0.1:8765/developer/api/v1'
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_URL = "https://cloud.comfy.org"
+API_PREFIX = "/developer/api/v1"
+
+
+class ComfySettings(BaseSettings):
+    """Settings for talking to Comfy, from ``COMFY_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="COMFY_", extra="ignore")
+
+    api_key: SecretStr | None = Field(default=None, description="The Comfy API key (comfyui-…).")
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description="Origin of the developer API, such as https://cloud.comfy.org; the client adds "
+        "/developer/api/v1.",
+    )
+    ws_auth: Literal["header", "query"] = Field(
+        default="header",
+        description="How the WebSocket handshake carries the key: an Authorization header, or the "
+        "api_key query parameter.",
+    )
+    request_timeout: float = Field(default=30.0, gt=0, description="Seconds for one HTTP request.")
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to open a connection.")
+    max_retries: int = Field(
+        default=4, ge=0, description="Retries of one REST call after 429, 5xx or a transport error."
+    )
+    retry_max_delay: float = Field(
+        default=30.0, gt=0, description="Longest pause between two REST retries, in seconds."
+    )
+    ping_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between WebSocket pings; a missing pong is a dead link."
+    )
+    ping_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a pong.")
+    max_reconnect_attempts: int = Field(
+        default=5, ge=0, description="Failed reconnects in a row before the stream gives up."
+    )
+    reconnect_delay: float = Field(default=1.0, gt=0, description="First reconnect pause, seconds.")
+    max_reconnect_delay: float = Field(
+        default=30.0, gt=0, description="Longest reconnect pause, seconds."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value.endswith(API_PREFIX):
+            value = value[: -len(API_PREFIX)]
+        return value
+
+    @property
+    def api_url(self) -> str:
+        """The REST base: the origin plus ``/developer/api/v1``."""
+        return self.base_url + API_PREFIX
