@@ -11,6 +11,10 @@
 #   PREFECT_COMFY_BASE_PYTHON  interpreter used to create ComfyUI's venv (default: python3.11, else python3).
 #                              torch 2.13.0's CPU wheel on this machine's disk (/opt/wheels) is for CPython 3.11.
 #
+# Usage: install-comfyui.sh            install if missing, then print the two lines below
+#        install-comfyui.sh --check    install nothing: print the two lines and exit 0 if a complete
+#                                      install exists, else exit 1 (used by tests/support/comfyui_server.py)
+#
 # Output (stdout): exactly two lines, the last two lines of stdout:
 #   COMFYUI_DIR=<cache>/comfyui-0.3.75-<key>/ComfyUI          (contains main.py)
 #   COMFYUI_PYTHON=<cache>/comfyui-0.3.75-<key>/venv/bin/python
@@ -48,7 +52,11 @@ elif command -v python3.11 >/dev/null 2>&1; then
 else
     BASE_PYTHON="python3"
 fi
-BASE_PYTHON_VERSION="$("$BASE_PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
+if ! BASE_PYTHON_VERSION="$("$BASE_PYTHON" -c 'import sys; assert sys.version_info >= (3, 10); print("%d.%d.%d" % sys.version_info[:3])' 2>&1)"; then
+    log "FAILED: base interpreter '$BASE_PYTHON' is missing or older than Python 3.10 ($BASE_PYTHON_VERSION);"
+    log "set PREFECT_COMFY_BASE_PYTHON to a CPython 3.11 (torch 2.13.0's CPU wheel on this machine is cp311)"
+    exit 1
+fi
 
 SCRIPT_PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 KEY="$({ cat "$SCRIPT_PATH"; echo "python=$BASE_PYTHON_VERSION"; echo "arch=$(uname -m)"; } | sha256sum | cut -c1-12)"
@@ -65,12 +73,30 @@ print_result() {
     echo "COMFYUI_PYTHON=$VENV_PYTHON"
 }
 
+MODE="install"
+case "${1:-}" in
+    "") ;;
+    --check) MODE="check" ;;
+    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+is_installed() { [[ -f "$MARKER" && -f "$COMFYUI_DIR/main.py" && -x "$VENV_PYTHON" ]]; }
+
+if [[ "$MODE" == "check" ]]; then
+    if is_installed; then
+        print_result
+        exit 0
+    fi
+    log "not installed: $INSTALL_DIR"
+    exit 1
+fi
+
 mkdir -p "$CACHE_ROOT"
 # One installer at a time per cache root (two test sessions starting together must not race).
 exec 9>"$CACHE_ROOT/.install-comfyui.lock"
 flock 9
 
-if [[ -f "$MARKER" && -f "$COMFYUI_DIR/main.py" && -x "$VENV_PYTHON" ]]; then
+if is_installed; then
     log "already installed: $INSTALL_DIR"
     print_result
     exit 0
@@ -183,7 +209,7 @@ done
 # 4. Smoke check: the venv imports what the server needs.
 log "checking imports"
 run_logged "$VENV_PYTHON" -c 'import torch, torchvision, aiohttp, numpy, PIL, yaml, requests, safetensors, transformers, comfyui_frontend_package; print("torch", torch.__version__)'
-(cd "$COMFYUI_DIR" && run_logged "$VENV_PYTHON" -c 'import comfy.options; comfy.options.enable_args_parsing(False); import nodes; print("nodes ok")')
+(cd "$COMFYUI_DIR" && run_logged "$VENV_PYTHON" -c 'import sys; sys.argv = ["main.py", "--cpu"]; import comfy.options; comfy.options.enable_args_parsing(); import nodes; print("nodes ok")')
 
 trap - ERR
 END_TS=$(date +%s)
