@@ -52,3 +52,27 @@ def emulator(_emulator_server):
     """The session's emulator; its fault switches (429/5xx, pause, duplicates) are reset after the test."""
     yield _emulator_server
     _emulator_server.reset_faults()
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url():
+    """A real Prefect server (the test harness, SQLite, with the trigger service), once per session.
+
+    Yields its API URL, which is also exported as ``PREFECT_API_URL`` so that subprocesses (a served
+    deployment, the listener) reach the same server.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        url = PREFECT_API_URL.value()
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
