@@ -1,0 +1,169 @@
+"""The Comfy Cloud developer API (and the local emulator) as a :class:`ComfyBackend`.
+
+REST calls go through :class:`~prefect_comfy.client.rest.ComfyClient`; the event stream through
+:class:`~prefect_comfy.client.ws.ComfyWebSocket`.
+
+Example:
+    >>> backend = CloudBackend("comfyui-doc", "http://127.0.0.1:8765")
+    >>> backend.address, backend.kind
+    ('http://127.0.0.1:8765', 'cloud')
+    >>> "comfyui-doc" in backend.connection_key + repr(backend)
+    False
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import SecretStr
+
+from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, Source
+from prefect_comfy.client.rest import ComfyClient
+from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
+from prefect_comfy.settings import ComfySettings
+
+
+class CloudBackend(ComfyBackend):
+    """Comfy Cloud's developer API, reached with one API key.
+
+    Args:
+        api_key: the key; defaults to ``COMFY_API_KEY``.
+        base_url: the origin; defaults to ``COMFY_BASE_URL`` (``https://cloud.comfy.org``).
+        settings: where unset values come from (``ComfySettings()`` if omitted).
+        ws_auth: how the event stream's handshake carries the key, ``"header"`` or ``"query"``;
+            defaults to ``COMFY_WS_AUTH``.
+        transport: an httpx transport for the REST client (tests).
+
+    Raises:
+        ComfyConfigError: no API key, or a bad base URL.
+    """
+
+    kind: ClassVar[str] = "cloud"
+
+    def __init__(
+        self,
+        api_key: str | SecretStr | None = None,
+        base_url: str | None = None,
+        *,
+        settings: ComfySettings | None = None,
+        ws_auth: Literal["header", "query"] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else ComfySettings()
+        self.client = ComfyClient(api_key, base_url, settings=self.settings, transport=transport)
+        self.ws_auth: Literal["header", "query"] = ws_auth or self.settings.ws_auth
+        self._transport = transport
+        digest = hashlib.sha256(self.client.api_key.get_secret_value().encode()).hexdigest()
+        self._connection_key = f"{self.client.base_url}#{digest[:16]}"
+
+    @property
+    def address(self) -> str:
+        """The origin, such as ``https://cloud.comfy.org`` (no key, no path)."""
+        return self.client.base_url
+
+    @property
+    def connection_key(self) -> str:
+        """``address#<first 16 hex digits of sha256(key)>``: equal for equal credentials."""
+        return self._connection_key
+
+    def clone(self) -> CloudBackend:
+        """A new backend with the same key, address, settings, ``ws_auth`` and transport."""
+        return CloudBackend(
+            self.client.api_key,
+            self.client.base_url,
+            settings=self.settings,
+            ws_auth=self.ws_auth,
+            transport=self._transport,
+        )
+
+    # -- jobs -------------------------------------------------------------------------------------
+    async def submit(
+        self,
+        workflow: dict[str, Any],
+        *,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Job:
+        return await self.client.create_job(workflow, tags=tags, idempotency_key=idempotency_key)
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self.client.get_job(job_id)
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self.client.cancel_job(job_id)
+
+    async def outputs(self, job_id: str) -> list[Output]:
+        return await self.client.job_outputs(job_id)
+
+    async def download(self, output: Output, dest: str | PathLike[str]) -> Path:
+        return await self.client.download(output, dest)
+
+    # -- uploads ----------------------------------------------------------------------------------
+    async def upload_input(
+        self,
+        source: Source,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Input:
+        return await self.client.upload_input(
+            source, name=name, tags=tags, idempotency_key=idempotency_key
+        )
+
+    async def upload_model(
+        self,
+        source: Source,
+        *,
+        type: str,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Model:
+        return await self.client.upload_model(
+            source, type=type, name=name, tags=tags, idempotency_key=idempotency_key
+        )
+
+    async def get_input(self, input_id: str) -> Input:
+        return await self.client.get_input(input_id)
+
+    async def get_model(self, model_id: str) -> Model:
+        return await self.client.get_model(model_id)
+
+    # -- the event stream -------------------------------------------------------------------------
+    async def events(
+        self,
+        patterns: Sequence[str] = ("*",),
+        *,
+        on_connect: ConnectCallback | None = None,
+    ) -> AsyncIterator[ComfyEvent]:
+        """Events matching ``patterns`` over one :class:`ComfyWebSocket`, across reconnects."""
+        from prefect_comfy.client.ws import ComfyWebSocket
+
+        s = self.settings
+        async with ComfyWebSocket(
+            api_key=self.client.api_key.get_secret_value(),
+            base_url=self.client.base_url,
+            auto_reconnect=True,
+            max_reconnect_attempts=s.max_reconnect_attempts,
+            reconnect_delay=s.reconnect_delay,
+            max_reconnect_delay=s.max_reconnect_delay,
+            auth=self.ws_auth,
+            settings=s,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout,
+            on_connect=on_connect,
+        ) as ws:
+            await ws.subscribe(list(patterns))
+            async for event in ws.events():
+                yield event
+
+    # -- life -------------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the REST client. Safe to call twice."""
+        await self.client.aclose()

@@ -1,0 +1,856 @@
+"""ComfyClient on httpx.MockTransport: request shapes, error mapping, retries, and where the key goes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from prefect_comfy.client.rest import ComfyClient
+from prefect_comfy.client.retry import RetryPolicy
+from prefect_comfy.exceptions import (
+    AuthenticationError,
+    ComfyAPIError,
+    ComfyConfigError,
+    ComfyProtocolError,
+    ComfyTransportError,
+    InvalidRequest,
+    InvalidWorkflow,
+    NotFound,
+    RateLimited,
+    ServerError,
+)
+from prefect_comfy.models import Input, Job, Model, Output
+from prefect_comfy.settings import ComfySettings
+
+KEY = "comfyui-unit-secret-0123456789"
+ORIGIN = "http://comfy.test:8765"
+API = ORIGIN + "/developer/api/v1"
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+}
+JOB = {"id": "job_1", "status": "pending", "tags": ["a"]}
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+
+Reply = httpx.Response | Callable[[httpx.Request], httpx.Response] | Exception
+
+
+class FakeAPI:
+    """A scripted server: per ``(method, path)`` a queue of replies (the last one repeats)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[Reply]] = {}
+        self.requests: list[httpx.Request] = []
+        self.bodies: list[bytes] = []
+
+    def on(self, method: str, path: str, *replies: Reply) -> FakeAPI:
+        self.routes[(method, path)] = list(replies)
+        return self
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.bodies.append(request.read())
+        replies = self.routes.get((request.method, request.url.path))
+        if not replies:
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no route"}})
+        reply = replies.pop(0) if len(replies) > 1 else replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        if callable(reply):
+            return reply(request)
+        return reply
+
+    def calls(self, method: str, path: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.method == method and r.url.path == path]
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+@pytest.fixture
+def api() -> FakeAPI:
+    return FakeAPI()
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+async def client(api: FakeAPI, sleeps: Sleeps):
+    c = ComfyClient(
+        KEY,
+        ORIGIN,
+        transport=httpx.MockTransport(api),
+        retry=RetryPolicy(max_retries=3, max_delay=5.0, sleep=sleeps),
+    )
+    yield c
+    await c.aclose()
+
+
+def err(status: int, code: str | None, message: str = "nope", **extra: Any) -> httpx.Response:
+    body: dict[str, Any] = {"message": message, **extra}
+    if code:
+        body["code"] = code
+    return httpx.Response(status, json={"error": body})
+
+
+def assert_authorized(request: httpx.Request) -> None:
+    assert request.headers["Authorization"] == f"Bearer {KEY}"
+
+
+# -- construction ---------------------------------------------------------------------------------
+async def test_missing_key_says_what_to_set() -> None:
+    with pytest.raises(ComfyConfigError, match="COMFY_API_KEY.*api_key"):
+        ComfyClient(settings=ComfySettings(api_key=None))
+
+
+async def test_values_come_from_settings_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMFY_API_KEY", KEY)
+    monkeypatch.setenv("COMFY_BASE_URL", "http://env.test:1/developer/api/v1/")
+    monkeypatch.setenv("COMFY_MAX_RETRIES", "7")
+    async with ComfyClient() as c:
+        assert c.base_url == "http://env.test:1"
+        assert c.api_url == "http://env.test:1/developer/api/v1"
+        assert c.retry.max_retries == 7
+        assert c.api_key.get_secret_value() == KEY
+    async with ComfyClient(SecretStr("k2"), "https://x.test", max_retries=0) as c:
+        assert c.base_url == "https://x.test"
+        assert c.retry.max_retries == 0
+
+
+async def test_bad_base_url_is_a_config_error() -> None:
+    with pytest.raises(ComfyConfigError, match="base URL"):
+        ComfyClient(KEY, "ftp://nowhere")
+
+
+async def test_repr_shows_the_base_url_only() -> None:
+    async with ComfyClient(KEY, ORIGIN) as c:
+        assert repr(c) == f"ComfyClient(base_url={ORIGIN!r})"
+        assert KEY not in repr(c) and KEY not in str(vars(c).get("_api_key"))
+
+
+async def test_closed_client_refuses_calls(api: FakeAPI) -> None:
+    c = ComfyClient(KEY, ORIGIN, transport=httpx.MockTransport(api))
+    await c.aclose()
+    await c.aclose()
+    assert c.closed
+    with pytest.raises(ComfyConfigError, match="closed"):
+        await c.get_job("job_1")
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+async def test_create_job_request_shape(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("POST", "/developer/api/v1/jobs", httpx.Response(202, json=JOB))
+    job = await client.create_job(WORKFLOW, tags=["a", "b"], idempotency_key="idem-1")
+    assert isinstance(job, Job) and job.id == "job_1"
+    (request,) = api.requests
+    assert str(request.url) == API + "/jobs"
+    assert_authorized(request)
+    assert request.headers["Idempotency-Key"] == "idem-1"
+    assert json.loads(api.bodies[0]) == {"workflow": WORKFLOW, "tags": ["a", "b"]}
+
+
+async def test_create_job_always_sends_one_key_reused_by_retries(
+    api: FakeAPI, client: ComfyClient
+) -> None:
+    api.on(
+        "POST",
+        "/developer/api/v1/jobs",
+        err(503, "internal_error"),
+        httpx.ConnectError("reset"),
+        httpx.Response(202, json=JOB),
+    )
+    await client.create_job(WORKFLOW)
+    keys = {r.headers["Idempotency-Key"] for r in api.requests}
+    assert len(api.requests) == 3 and len(keys) == 1
+    uuid.UUID(keys.pop())
+    await client.create_job(WORKFLOW)
+    assert api.requests[-1].headers["Idempotency-Key"] not in {
+        r.headers["Idempotency-Key"] for r in api.requests[:3]
+    }
+
+
+async def test_create_job_rejects_a_non_graph(client: ComfyClient) -> None:
+    with pytest.raises(ComfyConfigError):
+        await client.create_job([])  # type: ignore[arg-type]
+
+
+async def test_create_batch(api: FakeAPI, client: ComfyClient) -> None:
+    api.on(
+        "POST",
+        "/developer/api/v1/jobs/batch",
+        httpx.Response(202, json={"batch_id": "bat_1", "jobs": [JOB, {**JOB, "id": "job_2"}]}),
+    )
+    batch = await client.create_batch(
+        [{"workflow": WORKFLOW, "tags": ["x"]}, {"workflow": WORKFLOW}]
+    )
+    assert batch.batch_id == "bat_1" and [j.id for j in batch.jobs] == ["job_1", "job_2"]
+    assert json.loads(api.bodies[0]) == {
+        "jobs": [{"workflow": WORKFLOW, "tags": ["x"]}, {"workflow": WORKFLOW, "tags": []}]
+    }
+    assert api.requests[0].headers["Idempotency-Key"]
+    with pytest.raises(ComfyConfigError):
+        await client.create_batch([])
+    with pytest.raises(ComfyConfigError):
+        await client.create_batch([{"workflow": WORKFLOW}] * 51)
+
+
+async def test_get_job_and_list_jobs(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("GET", "/developer/api/v1/jobs/job_1", httpx.Response(200, json=JOB))
+    api.on(
+        "GET",
+        "/developer/api/v1/jobs",
+        httpx.Response(200, json={"jobs": [JOB], "total": 7, "has_more": True, "extra": 1}),
+    )
+    assert (await client.get_job("job_1")).status == "pending"
+    page = await client.list_jobs(
+        status="running", tags=["a", "b"], batch_id="bat", offset=5, limit=1
+    )
+    assert page.total == 7 and page.has_more and isinstance(page.items[0], Job)
+    params = api.requests[-1].url.params
+    assert dict(params) == {
+        "status": "running",
+        "tags": "a,b",
+        "batch_id": "bat",
+        "offset": "5",
+        "limit": "1",
+    }
+    await client.list_jobs()
+    assert dict(api.requests[-1].url.params) == {"offset": "0", "limit": "20"}
+
+
+async def test_iter_jobs_walks_all_pages(api: FakeAPI, client: ComfyClient) -> None:
+    def page(request: httpx.Request) -> httpx.Response:
+        offset, limit = int(request.url.params["offset"]), int(request.url.params["limit"])
+        ids = list(range(5))[offset : offset + limit]
+        return httpx.Response(
+            200,
+            json={
+                "jobs": [{"id": f"job_{i}", "status": "completed"} for i in ids],
+                "total": 5,
+                "has_more": offset + limit < 5,
+            },
+        )
+
+    api.on("GET", "/developer/api/v1/jobs", page)
+    seen = [job.id async for job in client.iter_jobs(status="completed", page_size=2)]
+    assert seen == [f"job_{i}" for i in range(5)]
+    assert [r.url.params["offset"] for r in api.requests] == ["0", "2", "4"]
+    assert all(r.url.params["status"] == "completed" for r in api.requests)
+
+
+async def test_cancel_job(api: FakeAPI, client: ComfyClient) -> None:
+    api.on(
+        "POST",
+        "/developer/api/v1/jobs/job_1/cancel",
+        httpx.Response(200, json={**JOB, "status": "cancelled"}),
+    )
+    assert (await client.cancel_job("job_1")).status == "cancelled"
+    assert_authorized(api.requests[0])
+
+
+async def test_cancel_of_a_finished_job_returns_it(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("POST", "/developer/api/v1/jobs/job_1/cancel", err(400, "invalid_request", "terminal"))
+    api.on(
+        "GET",
+        "/developer/api/v1/jobs/job_1",
+        httpx.Response(200, json={**JOB, "status": "completed"}),
+    )
+    assert (await client.cancel_job("job_1")).status == "completed"
+    assert len(api.calls("POST", "/developer/api/v1/jobs/job_1/cancel")) == 1
+
+
+async def test_cancel_400_of_a_live_job_still_raises(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("POST", "/developer/api/v1/jobs/job_1/cancel", err(400, "invalid_request"))
+    api.on(
+        "GET",
+        "/developer/api/v1/jobs/job_1",
+        httpx.Response(200, json={**JOB, "status": "running"}),
+    )
+    with pytest.raises(InvalidRequest):
+        await client.cancel_job("job_1")
+
+
+async def test_outputs_validate_and_account(api: FakeAPI, client: ComfyClient) -> None:
+    out = {
+        "id": "out_1",
+        "type": "image",
+        "download_url": ORIGIN + "/_storage/x.png",
+        "name": "x.png",
+    }
+    api.on(
+        "GET",
+        "/developer/api/v1/jobs/job_1/outputs",
+        httpx.Response(200, json={"outputs": [out], "total": 1, "has_more": False}),
+    )
+    api.on(
+        "POST",
+        "/developer/api/v1/workflows/validate",
+        httpx.Response(200, json={"valid": False, "errors": [{"node_id": "1", "message": "bad"}]}),
+    )
+    api.on(
+        "GET", "/developer/api/v1/account", httpx.Response(200, json={"id": "acc", "balance": 3})
+    )
+    api.on(
+        "GET",
+        "/developer/api/v1/outputs",
+        httpx.Response(200, json={"outputs": [out], "total": 1, "has_more": False}),
+    )
+    api.on("GET", "/developer/api/v1/outputs/out_1", httpx.Response(200, json=out))
+    api.on("DELETE", "/developer/api/v1/outputs/out_1", httpx.Response(204))
+    (output,) = await client.job_outputs("job_1")
+    assert isinstance(output, Output) and output.name == "x.png"
+    validation = await client.validate_workflow(WORKFLOW)
+    assert not validation.valid and validation.errors[0]["node_id"] == "1"
+    assert json.loads(api.bodies[1]) == {"workflow": WORKFLOW}
+    assert (await client.get_account())["balance"] == 3
+    page = await client.list_outputs(job_id="job_1", type="image")
+    assert dict(api.requests[-1].url.params) == {
+        "job_id": "job_1",
+        "type": "image",
+        "offset": "0",
+        "limit": "20",
+    }
+    assert page.items[0].id == "out_1"
+    assert (await client.get_output("out_1")).id == "out_1"
+    assert await client.delete_output("out_1") is None
+    for request in api.requests:
+        assert_authorized(request)
+
+
+# -- inputs and models ----------------------------------------------------------------------------
+def multipart_fields(request: httpx.Request, body: bytes) -> dict[str, bytes]:
+    """Parse a multipart body (enough for tests: name → raw value)."""
+    boundary = request.headers["Content-Type"].split("boundary=")[1].encode()
+    fields = {}
+    for part in body.split(b"--" + boundary):
+        if b"Content-Disposition" not in part:
+            continue
+        head, _, value = part.partition(b"\r\n\r\n")
+        name = head.split(b'name="')[1].split(b'"')[0].decode()
+        if b'filename="' in head:
+            fields[name + ".filename"] = head.split(b'filename="')[1].split(b'"')[0]
+        fields[name] = value[:-2]
+    return fields
+
+
+INPUT = {"id": "inp_1", "name": "cat.png", "status": "ready", "size": 108, "tags": ["t"]}
+
+
+async def test_upload_input_from_path_is_multipart(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on("POST", "/developer/api/v1/inputs", httpx.Response(201, json=INPUT))
+    path = tmp_path / "cat.png"
+    path.write_bytes(PNG)
+    created = await client.upload_input(path, tags=["t", "u"], idempotency_key="k1")
+    assert isinstance(created, Input) and created.id == "inp_1"
+    request = api.requests[0]
+    assert_authorized(request)
+    assert request.headers["Idempotency-Key"] == "k1"
+    assert request.headers["Content-Type"].startswith("multipart/form-data")
+    fields = multipart_fields(request, api.bodies[0])
+    assert fields["file"] == PNG
+    assert fields["file.filename"] == b"cat.png"
+    assert fields["name"] == b"cat.png"
+    assert fields["tags"] == b"t,u"
+
+
+async def test_upload_bytes_needs_a_name_and_retries_resend_the_file(
+    api: FakeAPI, client: ComfyClient
+) -> None:
+    with pytest.raises(ComfyConfigError, match="name"):
+        await client.upload_input(PNG)
+    api.on(
+        "POST",
+        "/developer/api/v1/inputs",
+        err(502, None),
+        httpx.Response(201, json=INPUT),
+    )
+    await client.upload_input(PNG, name="dog.png")
+    assert len(api.requests) == 2
+    first, second = (multipart_fields(r, b) for r, b in zip(api.requests, api.bodies, strict=True))
+    assert first["file"] == second["file"] == PNG and second["name"] == b"dog.png"
+    assert "tags" not in second
+    assert api.requests[0].headers["Idempotency-Key"] == api.requests[1].headers["Idempotency-Key"]
+
+
+async def test_upload_missing_file_is_a_config_error(client: ComfyClient, tmp_path: Path) -> None:
+    with pytest.raises(ComfyConfigError, match="No file"):
+        await client.upload_input(tmp_path / "absent.png")
+
+
+async def test_input_from_url_get_list_delete(api: FakeAPI, client: ComfyClient) -> None:
+    api.on(
+        "POST",
+        "/developer/api/v1/inputs/from-url",
+        httpx.Response(202, json={**INPUT, "status": "downloading"}),
+    )
+    api.on("GET", "/developer/api/v1/inputs/inp_1", httpx.Response(200, json=INPUT))
+    api.on(
+        "GET",
+        "/developer/api/v1/inputs",
+        httpx.Response(200, json={"inputs": [INPUT], "total": 1, "has_more": False}),
+    )
+    api.on("DELETE", "/developer/api/v1/inputs/inp_1", httpx.Response(204))
+    created = await client.create_input_from_url("https://img.test/c.png", name="c.png", tags=["t"])
+    assert created.status == "downloading"
+    assert json.loads(api.bodies[0]) == {
+        "url": "https://img.test/c.png",
+        "name": "c.png",
+        "tags": ["t"],
+    }
+    assert api.requests[0].headers["Idempotency-Key"]
+    assert (await client.get_input("inp_1")).status == "ready"
+    assert [i.id async for i in client.iter_inputs(tags=["t"])] == ["inp_1"]
+    assert api.requests[-1].url.params["tags"] == "t"
+    await client.delete_input("inp_1")
+    assert api.requests[-1].method == "DELETE"
+
+
+async def test_presigned_upload_puts_without_the_key(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    storage = "https://storage.test/bucket/inp_9?sig=abc"
+    api.on(
+        "POST",
+        "/developer/api/v1/inputs/get-upload-url",
+        httpx.Response(
+            201, json={"id": "inp_9", "status": "pending_upload", "upload_url": storage}
+        ),
+    )
+    api.on("PUT", "/bucket/inp_9", err(503, None), httpx.Response(200))
+    api.on(
+        "POST",
+        "/developer/api/v1/inputs/inp_9/complete",
+        httpx.Response(200, json={**INPUT, "id": "inp_9"}),
+    )
+    path = tmp_path / "big.png"
+    path.write_bytes(PNG)
+    created = await client.upload_input_presigned(path, name="big.png", tags=["t"])
+    assert created.id == "inp_9"
+    ticket, put1, put2, complete = api.requests
+    assert json.loads(api.bodies[0]) == {
+        "name": "big.png",
+        "mime_type": "image/png",
+        "size": len(PNG),
+        "tags": ["t"],
+    }
+    assert ticket.headers["Idempotency-Key"]
+    for put, body in ((put1, api.bodies[1]), (put2, api.bodies[2])):
+        assert put.method == "PUT" and str(put.url) == storage
+        assert "Authorization" not in put.headers
+        assert put.headers["Content-Type"] == "image/png"
+        assert put.headers["Content-Length"] == str(len(PNG))
+        assert body == PNG
+    assert_authorized(complete)
+
+
+async def test_presigned_upload_to_the_api_origin_still_has_no_key(
+    api: FakeAPI, client: ComfyClient
+) -> None:
+    api.on(
+        "POST",
+        "/developer/api/v1/models/get-upload-url",
+        httpx.Response(
+            201,
+            json={
+                "id": "mdl_1",
+                "status": "pending_upload",
+                "upload_url": "/developer/api/v1/_upload/mdl_1",
+            },
+        ),
+    )
+    api.on("PUT", "/developer/api/v1/_upload/mdl_1", httpx.Response(200))
+    api.on(
+        "POST",
+        "/developer/api/v1/models/mdl_1/complete",
+        httpx.Response(200, json={**INPUT, "id": "mdl_1", "type": "lora"}),
+    )
+    model = await client.upload_model_presigned(
+        b"weights", name="x.safetensors", type="lora", metadata={"base_model": "sd15"}
+    )
+    assert isinstance(model, Model) and model.type == "lora"
+    assert json.loads(api.bodies[0]) == {
+        "name": "x.safetensors",
+        "mime_type": "application/octet-stream",
+        "size": 7,
+        "tags": [],
+        "type": "lora",
+        "metadata": {"base_model": "sd15"},
+    }
+    put = api.requests[1]
+    assert str(put.url) == API + "/_upload/mdl_1" and "Authorization" not in put.headers
+
+
+async def test_model_calls(api: FakeAPI, client: ComfyClient) -> None:
+    model = {**INPUT, "id": "mdl_1", "name": "m.safetensors", "type": "checkpoint", "metadata": {}}
+    api.on("POST", "/developer/api/v1/models", httpx.Response(201, json=model))
+    api.on("POST", "/developer/api/v1/models/from-url", httpx.Response(202, json=model))
+    api.on("GET", "/developer/api/v1/models/mdl_1", httpx.Response(200, json=model))
+    api.on(
+        "GET",
+        "/developer/api/v1/models",
+        httpx.Response(200, json={"models": [model], "total": 1, "has_more": False}),
+    )
+    api.on("DELETE", "/developer/api/v1/models/mdl_1", httpx.Response(204))
+    api.on(
+        "GET",
+        "/developer/api/v1/models/types",
+        httpx.Response(200, json={"types": ["lora", "vae"]}),
+    )
+
+    created = await client.upload_model(
+        b"abc", type="checkpoint", name="m.safetensors", tags=["t"], metadata={"k": 1}
+    )
+    assert isinstance(created, Model) and created.type == "checkpoint"
+    fields = multipart_fields(api.requests[0], api.bodies[0])
+    assert fields["type"] == b"checkpoint" and fields["file"] == b"abc"
+    assert json.loads(fields["metadata"]) == {"k": 1} and fields["tags"] == b"t"
+    assert api.requests[0].headers["Idempotency-Key"]
+
+    await client.create_model_from_url("https://hf.test/m", type="lora", metadata={"a": "b"})
+    assert json.loads(api.bodies[1]) == {
+        "url": "https://hf.test/m",
+        "type": "lora",
+        "tags": [],
+        "metadata": {"a": "b"},
+    }
+    assert (await client.get_model("mdl_1")).id == "mdl_1"
+    page = await client.list_models(type="checkpoint")
+    assert (
+        page.items[0].type == "checkpoint" and api.requests[-1].url.params["type"] == "checkpoint"
+    )
+    assert [m.id async for m in client.iter_models()] == ["mdl_1"]
+    await client.delete_model("mdl_1")
+    assert await client.model_types() == ["lora", "vae"]
+    for request in api.requests:
+        assert_authorized(request)
+
+
+# -- error mapping --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("response", "error", "code"),
+    [
+        (err(401, "unauthorized"), AuthenticationError, "unauthorized"),
+        (err(403, "forbidden"), AuthenticationError, "forbidden"),
+        (err(404, "not_found"), NotFound, "not_found"),
+        (err(400, "invalid_request"), InvalidRequest, "invalid_request"),
+        (err(409, "invalid_request"), InvalidRequest, "invalid_request"),
+        (err(422, "validation_error"), InvalidRequest, "validation_error"),
+        (err(418, "teapot"), ComfyAPIError, "teapot"),
+        (
+            httpx.Response(400, json={"error": {"type": "invalid_request", "message": "m"}}),
+            InvalidRequest,
+            "invalid_request",
+        ),
+    ],
+)
+async def test_http_errors_map_to_the_tree_and_are_not_retried(
+    api: FakeAPI,
+    client: ComfyClient,
+    sleeps: Sleeps,
+    response: httpx.Response,
+    error: type,
+    code: str,
+) -> None:
+    api.on("GET", "/developer/api/v1/jobs/job_1", response)
+    with pytest.raises(error) as info:
+        await client.get_job("job_1")
+    assert info.value.status_code == response.status_code
+    assert info.value.error_code == code
+    assert len(api.requests) == 1 and sleeps.delays == []
+
+
+async def test_auth_error_message(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("GET", "/developer/api/v1/account", err(401, "unauthorized", f"bad key {KEY}"))
+    with pytest.raises(AuthenticationError) as info:
+        await client.get_account()
+    assert str(info.value) == (
+        "Comfy rejected the API key (HTTP 401): check COMFY_API_KEY or the credentials block"
+    )
+
+
+async def test_error_message_details_and_redaction(api: FakeAPI, client: ComfyClient) -> None:
+    api.on(
+        "GET",
+        "/developer/api/v1/jobs/job_1",
+        err(400, "invalid_request", f"key Bearer {KEY} is odd", details=[{"field": "x"}]),
+    )
+    with pytest.raises(InvalidRequest) as info:
+        await client.get_job("job_1")
+    text = str(info.value)
+    assert KEY not in text and "REDACTED" in text
+    assert "GET" in text and "/jobs/job_1" in text and "HTTP 400" in text
+    assert info.value.details == [{"field": "x"}]
+
+
+async def test_non_json_error_body(api: FakeAPI, client: ComfyClient) -> None:
+    api.on(
+        "GET", "/developer/api/v1/jobs/job_1", httpx.Response(400, text="<html>bad gateway</html>")
+    )
+    with pytest.raises(InvalidRequest, match="bad gateway") as info:
+        await client.get_job("job_1")
+    assert info.value.error_code is None
+
+
+async def test_422_on_a_workflow_call_is_invalid_workflow(
+    api: FakeAPI, client: ComfyClient
+) -> None:
+    details = [
+        {"node_id": "3", "class_type": "Nope", "message": "unknown node class 'Nope'"},
+        {"node_id": 1, "field": "width", "message": "required"},
+    ]
+    for path in ("/jobs", "/jobs/batch", "/workflows/validate"):
+        api.on(
+            "POST",
+            "/developer/api/v1" + path,
+            err(422, "validation_error", "Workflow validation failed", details=details),
+        )
+    calls = [
+        client.create_job(WORKFLOW),
+        client.create_batch([{"workflow": WORKFLOW}]),
+        client.validate_workflow(WORKFLOW),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidWorkflow) as info:
+            await call
+        assert info.value.node_errors[0]["node_id"] == "3"
+        assert info.value.node_errors[1]["node_id"] == "1"
+        assert "node 3 (Nope)" in str(info.value) and "'width'" in str(info.value)
+    assert len(api.requests) == 3
+
+
+async def test_retry_after_seconds_is_honoured(
+    api: FakeAPI, client: ComfyClient, sleeps: Sleeps
+) -> None:
+    api.on(
+        "GET",
+        "/developer/api/v1/jobs/job_1",
+        httpx.Response(
+            429,
+            headers={"Retry-After": "2"},
+            json={"error": {"code": "rate_limited", "message": "slow down"}},
+        ),
+        httpx.Response(429, headers={"Retry-After": "60"}, json={}),
+        httpx.Response(200, json=JOB),
+    )
+    assert (await client.get_job("job_1")).id == "job_1"
+    assert sleeps.delays == [2.0, 5.0]  # the second hint is capped at max_delay
+
+
+async def test_rate_limited_carries_retry_after_when_budget_is_spent(
+    api: FakeAPI, sleeps: Sleeps
+) -> None:
+    api.on(
+        "GET",
+        "/developer/api/v1/jobs/job_1",
+        httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2065 07:28:00 GMT"}, json={}),
+    )
+    async with ComfyClient(
+        KEY,
+        ORIGIN,
+        transport=httpx.MockTransport(api),
+        retry=RetryPolicy(max_retries=1, sleep=sleeps),
+    ) as c:
+        with pytest.raises(RateLimited) as info:
+            await c.get_job("job_1")
+    assert info.value.retry_after is not None and info.value.retry_after > 1e6
+    assert len(api.requests) == 2
+    assert sleeps.delays == [30.0]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        err(500, "internal_error"),
+        err(503, None),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("dropped"),
+    ],
+)
+async def test_transient_failure_then_success(
+    api: FakeAPI, client: ComfyClient, sleeps: Sleeps, failure: Reply
+) -> None:
+    api.on("GET", "/developer/api/v1/jobs/job_1", failure, httpx.Response(200, json=JOB))
+    assert (await client.get_job("job_1")).id == "job_1"
+    assert len(api.requests) == 2 and len(sleeps.delays) == 1
+
+
+async def test_budget_exhaustion_raises_the_last_error(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("GET", "/developer/api/v1/jobs/job_1", err(502, None, "bad gateway"))
+    with pytest.raises(ServerError, match="HTTP 502") as info:
+        await client.get_job("job_1")
+    assert info.value.status_code == 502
+    assert len(api.requests) == 4  # one attempt and max_retries=3
+
+
+async def test_transport_error_message_is_redacted(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("GET", "/developer/api/v1/jobs/job_1", httpx.ConnectError(f"refused for {KEY}"))
+    with pytest.raises(ComfyTransportError) as info:
+        await client.get_job("job_1")
+    assert KEY not in str(info.value) and "ConnectError" in str(info.value)
+
+
+async def test_bodies_that_do_not_fit_are_protocol_errors(
+    api: FakeAPI, client: ComfyClient
+) -> None:
+    api.on("GET", "/developer/api/v1/jobs/job_1", httpx.Response(200, text="not json"))
+    with pytest.raises(ComfyProtocolError):
+        await client.get_job("job_1")
+    api.on("GET", "/developer/api/v1/jobs/job_2", httpx.Response(200, json={"status": "x"}))
+    with pytest.raises(ComfyProtocolError):
+        await client.get_job("job_2")
+
+
+async def test_the_key_never_reaches_logs(
+    api: FakeAPI, client: ComfyClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="prefect_comfy")
+    api.on(
+        "POST",
+        "/developer/api/v1/jobs",
+        httpx.Response(429, headers={"Retry-After": "0"}, json={}),
+        httpx.Response(202, json=JOB),
+    )
+    await client.create_job(WORKFLOW)
+    retries = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(retries) == 1
+    assert "POST /jobs" in retries[0].getMessage() and "429" in retries[0].getMessage()
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)
+    for record in caplog.records:
+        assert KEY not in record.getMessage()
+        assert "Bearer" not in record.getMessage()
+
+
+# -- downloads ------------------------------------------------------------------------------------
+def storage_reply(request: httpx.Request) -> httpx.Response:
+    if "Authorization" in request.headers:
+        return httpx.Response(400, json={"error": {"code": "invalid_request", "message": "auth"}})
+    return httpx.Response(200, content=PNG)
+
+
+async def test_download_to_a_directory_uses_the_output_name(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on("GET", "/_storage/abc/ComfyUI_0001.png", storage_reply)
+    output = Output(
+        id="out_1", download_url=ORIGIN + "/_storage/abc/ComfyUI_0001.png?sig=1", name="a.png"
+    )
+    path = await client.download(output, tmp_path)
+    assert path == tmp_path / "a.png" and path.read_bytes() == PNG
+    assert "Authorization" not in api.requests[0].headers
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temp file left
+
+
+async def test_download_to_a_file_path_and_from_a_url(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on("GET", "/f/x.png", storage_reply)
+    target = tmp_path / "sub" / "named.png"
+    assert await client.download("https://cdn.test/f/x.png", target) == target
+    assert target.read_bytes() == PNG
+    assert "Authorization" not in api.requests[0].headers
+    assert await client.download("https://cdn.test/f/x.png", tmp_path) == tmp_path / "x.png"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://comfy.test:9999/developer/api/v1/outputs/o/content",  # other port
+        "https://comfy.test:8765/developer/api/v1/outputs/o/content",  # other scheme
+        "http://evil.test:8765/developer/api/v1/outputs/o/content",  # other host
+        "http://comfy.test:8765/_storage/o.png",  # same origin, not the API
+        "http://comfy.test:8765/developer/api/v1/../../_storage/o.png",  # sneaking out
+        "http://comfy.test:8765/developer/api/v10/o.png",  # a prefix that is not the API
+    ],
+)
+async def test_download_never_sends_the_key_outside_the_api(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path, url: str
+) -> None:
+    def any_path(request: httpx.Request) -> httpx.Response:
+        return storage_reply(request)
+
+    api.on("GET", httpx.URL(url).path, any_path)
+    await client.download(url, tmp_path / "o.png")
+    assert "Authorization" not in api.requests[0].headers
+
+
+async def test_download_from_the_api_carries_the_key(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on("GET", "/developer/api/v1/outputs/out_1/content", httpx.Response(200, content=PNG))
+    await client.download(API + "/outputs/out_1/content", tmp_path / "o.png")
+    assert_authorized(api.requests[0])
+
+
+async def test_download_redirect_drops_the_key(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on(
+        "GET",
+        "/developer/api/v1/outputs/out_1/content",
+        httpx.Response(302, headers={"Location": "https://storage.test/b/o.png?sig=s"}),
+    )
+    api.on("GET", "/b/o.png", storage_reply)
+    path = await client.download(API + "/outputs/out_1/content", tmp_path / "o.png")
+    assert path.read_bytes() == PNG
+    first, second = api.requests
+    assert_authorized(first)
+    assert str(second.url) == "https://storage.test/b/o.png?sig=s"
+    assert "Authorization" not in second.headers
+
+
+async def test_download_without_url_reads_the_output_again(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on(
+        "GET",
+        "/developer/api/v1/outputs/out_1",
+        httpx.Response(200, json={"id": "out_1", "download_url": "/_storage/z.png"}),
+    )
+    api.on("GET", "/_storage/z.png", storage_reply)
+    path = await client.download(Output(id="out_1"), tmp_path)
+    assert path == tmp_path / "z.png" and path.read_bytes() == PNG
+
+
+async def test_download_retries_and_leaves_no_partial_file(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on("GET", "/_storage/r.png", err(503, None), httpx.ReadError("cut"), storage_reply)
+    path = await client.download(ORIGIN + "/_storage/r.png", tmp_path)
+    assert path.read_bytes() == PNG and len(api.requests) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["r.png"]
+
+
+async def test_download_refused_by_storage_is_not_an_auth_error(
+    api: FakeAPI, client: ComfyClient, tmp_path: Path
+) -> None:
+    api.on("GET", "/_storage/old.png", err(403, None, "signature expired"))
+    with pytest.raises(ComfyAPIError, match="signature expired") as info:
+        await client.download("https://s.test/_storage/old.png?sig=zzz", tmp_path)
+    assert not isinstance(info.value, AuthenticationError)
+    assert "sig=zzz" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_ids_stay_one_path_segment(api: FakeAPI, client: ComfyClient) -> None:
+    api.on("GET", "/developer/api/v1/jobs/a/../b", httpx.Response(200, json=JOB))
+    await client.get_job("a/../b")
+    assert api.requests[0].url.raw_path == b"/developer/api/v1/jobs/a%2F..%2Fb"
