@@ -1,0 +1,33 @@
+"""A local emulator of the Comfy Cloud developer API, for tests and the demo.
+
+Strict about what it accepts, faithful in what it answers; see ``docs/emulator.md``. Its parts:
+``wire`` (request models, errors), ``nodes``/``workflow`` (what a graph may hold), ``images`` (PNGs),
+``records``/``state``/``bus`` (resources, the executor, events), ``routes``/``ws``/``storage``/``control``
+(HTTP), ``app`` (:func:`create_app`), ``server`` (:class:`EmulatorServer`) and ``cli``.
+
+Names are imported when first used, so that ``prefect-comfy --help`` (which imports ``cli``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect_comfy.emulator.app import create_app
+    from prefect_comfy.emulator.config import EmulatorConfig
+    from prefect_comfy.emulator.server import EmulatorServer
+
+__all__ = ["EmulatorConfig", "EmulatorServer", "create_app"]
+
+_WHERE = {
+    "EmulatorConfig": "prefect_comfy.emulator.config",
+    "EmulatorServer": "prefect_comfy.emulator.server",
+    "create_app": "prefect_comfy.emulator.app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,181 @@
+"""The emulator as an ASGI app: :func:`create_app` puts the routes, the WebSocket, the storage
+stand-in and the test controls together around one :class:`EmulatorState`.
+
+Example:
+    >>> from prefect_comfy.emulator import EmulatorConfig, create_app
+    >>> app = create_app(EmulatorConfig(api_keys=["comfyui-test-key-not-real"], seed=1))
+    >>> app.state.emulator.stats()["requests_total"]
+    0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
+from prefect_comfy.emulator.control import control_routes
+from prefect_comfy.emulator.routes import IDEMPOTENT_PATHS, api_routes
+from prefect_comfy.emulator.state import EmulatorState
+from prefect_comfy.emulator.storage import storage_routes
+from prefect_comfy.emulator.wire import ApiError
+from prefect_comfy.emulator.ws import ws_endpoint
+
+
+class KeyRing:
+    """Maps accepted API keys to account ids (``acct_1`` …) so that no record holds a key."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._accounts = [(key.encode(), f"acct_{i + 1}") for i, key in enumerate(keys)]
+
+    def __call__(self, key: str | None) -> tuple[str | None, ApiError]:
+        if not key:
+            return None, ApiError(
+                401, "unauthorized", "missing API key: send Authorization: Bearer <key>"
+            )
+        candidate = key.encode()
+        for known, account in self._accounts:
+            if hmac.compare_digest(known, candidate):
+                return account, ApiError(401, "unauthorized", "")
+        return None, ApiError(401, "unauthorized", "invalid API key")
+
+    @staticmethod
+    def bearer(headers: Headers) -> str | None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+
+
+async def _send_error(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    await error.response()(scope, receive, send)
+
+
+class ApiGate:
+    """In front of every HTTP request under the API prefix: count, authenticate, inject faults
+    (``before`` and ``after``), and replay answers for a repeated ``Idempotency-Key``."""
+
+    def __init__(self, app: ASGIApp, state: EmulatorState, keys: KeyRing) -> None:
+        self.app, self.state, self.keys = app, state, keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        state.requests_total += 1
+        headers = Headers(scope=scope)
+        owner, refusal = self.keys(self.keys.bearer(headers))
+        if owner is None:
+            await _send_error(refusal, scope, receive, send)
+            return
+        scope["emulator.owner"] = owner
+        fault = state.take_fault(path, "before")
+        if fault is not None:
+            await _send_error(fault.error(), scope, receive, send)
+            return
+        idem_key = headers.get("idempotency-key")
+        record_key = None
+        if scope["method"] == "POST" and path in IDEMPOTENT_PATHS and idem_key:
+            record_key = (owner, path, idem_key)
+            if record_key in state.idempotency:
+                status, body, ctype = state.idempotency[record_key]
+                await Response(
+                    body,
+                    status_code=status,
+                    media_type=ctype,
+                    headers={"Idempotent-Replayed": "true"},
+                )(scope, receive, send)
+                return
+        captured: list[Message] = []
+
+        async def capture(message: Message) -> None:
+            captured.append(message)
+
+        await self.app(scope, receive, capture)
+        start = next((m for m in captured if m["type"] == "http.response.start"), None)
+        status = start["status"] if start else 500
+        if record_key is not None and 200 <= status < 300:
+            body = b"".join(
+                m.get("body", b"") for m in captured if m["type"] == "http.response.body"
+            )
+            ctype = (
+                Headers(raw=start["headers"]).get("content-type", "application/json")
+                if start
+                else ""
+            )
+            state.idempotency[record_key] = (status, body, ctype)
+        fault = state.take_fault(path, "after")
+        if fault is not None:
+            await _send_error(fault.error(), scope, receive, send)
+            return
+        for message in captured:
+            await send(message)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    route = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return ApiError(
+            404, "not_found", f"route {route} is not implemented by the emulator"
+        ).response()
+    if exc.status_code == 405:
+        error = ApiError(
+            405,
+            "invalid_request",
+            f"method not allowed: {route} is not implemented by the emulator",
+        )
+        return Response(
+            error.response().body,
+            405,
+            media_type="application/json",
+            headers=dict(exc.headers or {}),
+        )
+    return ApiError(exc.status_code, "invalid_request", str(exc.detail)).response()
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    return ApiError(500, "internal_error", f"emulator error: {type(exc).__name__}").response()
+
+
+def create_app(config: EmulatorConfig) -> Starlette:
+    """A fresh emulator app with its own state (``app.state.emulator``)."""
+    state = EmulatorState(config)
+    keys = KeyRing(config.api_keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await state.shutdown()
+
+    routes: list[Any] = [
+        *api_routes(),
+        WebSocketRoute(API_PREFIX + "/ws", ws_endpoint),
+        *storage_routes(),
+        *control_routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiGate, state=state, keys=keys)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
+        lifespan=lifespan,
+    )
+    app.state.emulator = state
+    app.state.authenticate = keys
+    return app

@@ -1,0 +1,140 @@
+"""The event bus: WebSocket connections, their subscriptions, and delivery of event frames.
+
+Each connection has a bounded queue drained by its own sender task, so a slow client never holds up the
+others; a connection whose queue overflows is closed with code 1013 (try again later) and its waiting
+frames are dropped. Events go only to connections of the same API key whose patterns match, and only
+from the moment they subscribed (no replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_comfy.client.protocol import matches_any
+
+CLOSE_OVERFLOW = 1013
+CLOSE_DROPPED = 1012
+
+
+@dataclass(frozen=True)
+class Close:
+    """A queue item that tells the sender to close the connection with ``code``."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(eq=False)
+class Connection:
+    """One open WebSocket of one API key."""
+
+    owner: str
+    session_id: str
+    client: tuple[str, int] | None
+    queue: asyncio.Queue[str | Close]
+    patterns: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    closing: bool = False
+
+    def offer(self, frame: str) -> None:
+        """Queue a frame; on overflow drop what waits and close with 1013."""
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.close_now(CLOSE_OVERFLOW, "event queue overflow: the client reads too slowly")
+
+    def close_now(self, code: int, reason: str = "") -> None:
+        """Drop the waiting frames and have the sender close the socket next."""
+        self.closing = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(Close(code, reason))
+
+
+class EventBus:
+    """Routes events to connections; counts what it does; holds events while paused."""
+
+    def __init__(
+        self, new_id: Callable[[str], str], now: Callable[[], str], queue_size: int
+    ) -> None:
+        self._new_id = new_id
+        self._now = now
+        self.queue_size = queue_size
+        self.connections: set[Connection] = set()
+        self.paused = False
+        self.duplicate = False
+        self.abort_transport: Callable[[Connection], bool] | None = None
+        """Set by :class:`EmulatorServer`: cut a connection's TCP stream without a close frame."""
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.ws_connections_total = len(getattr(self, "connections", ()))
+        self.ws_handshakes_refused = 0
+        self.events_sent = 0
+
+    def open(self, owner: str, session_id: str, client: tuple[str, int] | None) -> Connection:
+        conn = Connection(owner, session_id, client, asyncio.Queue(maxsize=self.queue_size))
+        self.connections.add(conn)
+        self.ws_connections_total += 1
+        return conn
+
+    def close(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    def publish(self, owner: str, name: str, payload: dict[str, Any]) -> None:
+        """Send an event to every matching connection of ``owner`` (twice while duplicating)."""
+        targets = [
+            c for c in self.connections if c.owner == owner and matches_any(c.patterns, name)
+        ]
+        if not targets:
+            return
+        frame = json.dumps(
+            {
+                "type": "event",
+                "id": self._new_id("evt"),
+                "timestamp": self._now(),
+                "data": {"event": name, "payload": payload},
+            }
+        )
+        copies = 2 if self.duplicate else 1
+        for conn in targets:
+            for _ in range(copies):
+                if self.paused:
+                    conn.held.append(frame)
+                else:
+                    conn.offer(frame)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> int:
+        """Deliver every held frame, in order; return how many."""
+        self.paused = False
+        count = 0
+        for conn in list(self.connections):
+            held, conn.held = conn.held, []
+            for frame in held:
+                conn.offer(frame)
+            count += len(held)
+        return count
+
+    def broadcast_raw(self, frame: str) -> int:
+        """Put one raw text frame on every connection (even while paused); return how many."""
+        for conn in self.connections:
+            conn.offer(frame)
+        return len(self.connections)
+
+    def drop_all(self) -> int:
+        """Cut every connection: abruptly when the server can, else with close code 1012."""
+        conns = list(self.connections)
+        for conn in conns:
+            if self.abort_transport is None or not self.abort_transport(conn):
+                conn.close_now(CLOSE_DROPPED, "dropped by the emulator")
+            self.connections.discard(conn)
+        return len(conns)

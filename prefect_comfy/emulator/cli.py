@@ -1,0 +1,59 @@
+"""``prefect-comfy emulator``: run the emulator in the foreground until interrupted.
+
+Kept light at import time (``prefect-comfy --help`` imports this module): the emulator itself is
+imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+
+def emulator(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one.")] = 8765,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            help="An API key to accept (repeat for several). Default: the COMFY_API_KEY variable.",
+            show_default=False,
+        ),
+    ] = None,
+    step_duration: Annotated[float, typer.Option(help="Seconds per execution step.")] = 0.05,
+    upload_duration: Annotated[
+        float, typer.Option(help="Seconds an upload takes to turn ready.")
+    ] = 0.1,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for ids and images (default: random).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Jobs that run at the same time.")] = 4,
+) -> None:
+    """Run the local emulator of the Comfy Cloud developer API until Ctrl-C or SIGTERM."""
+    from prefect_comfy.emulator.config import EmulatorConfig
+    from prefect_comfy.emulator.server import EmulatorServer
+
+    keys = list(api_key or [])
+    if not keys and os.environ.get("COMFY_API_KEY"):
+        keys = [os.environ["COMFY_API_KEY"]]
+    if not keys:
+        typer.echo("Give at least one --api-key (or set COMFY_API_KEY).", err=True)
+        raise typer.Exit(2)
+    config = EmulatorConfig(
+        api_keys=keys, host=host, port=port, step_duration=step_duration,
+        upload_duration=upload_duration, seed=seed, concurrency=concurrency,
+    )  # fmt: skip
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with EmulatorServer(config) as server:
+        typer.echo(f"Comfy emulator listening on {server.url} (API at {server.api_url})")
+        typer.echo(f"{len(keys)} API key(s) accepted; test controls at {server.url}/_emulator/")
+        while not stop.wait(0.5):
+            pass
+    typer.echo("Comfy emulator stopped")

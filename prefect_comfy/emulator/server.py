@@ -1,0 +1,209 @@
+"""Run the emulator on a real socket, in a thread of its own with its own event loop.
+
+Example:
+    >>> from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+    >>> with EmulatorServer(EmulatorConfig(api_keys=["comfyui-test-key-not-real"])) as emu:
+    ...     emu.api_url.endswith("/developer/api/v1")
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import uvicorn
+
+from prefect_comfy.emulator.app import create_app
+from prefect_comfy.emulator.bus import Connection
+from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
+from prefect_comfy.emulator.state import EmulatorState, Fault
+
+T = TypeVar("T")
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+class EmulatorServer:
+    """The emulator served by uvicorn in a background thread; a sync and an async context manager.
+
+    The control methods are thread-safe: they run on the server's loop and wait for the result.
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.app = create_app(config)
+        self.state: EmulatorState = self.app.state.emulator
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._port: int | None = None
+
+    def __repr__(self) -> str:
+        where = self.url if self._port else "not started"
+        return f"EmulatorServer({where})"
+
+    # ---- life -------------------------------------------------------------------------------
+    def start(self) -> EmulatorServer:
+        """Bind and serve; return once the socket accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        config = uvicorn.Config(
+            self.app,
+            host=self.config.host,
+            port=self.config.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            ws_ping_interval=None,
+        )
+        self._server = uvicorn.Server(config)
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="comfy-emulator", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(START_TIMEOUT) or not self._server.started:
+            self.stop()
+            raise RuntimeError("the emulator did not start")
+        sockets = self._server.servers[0].sockets
+        self._port = sockets[0].getsockname()[1]
+        self.state.bus.abort_transport = self._abort_transport
+        return self
+
+    def _serve(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        server = self._server
+        assert server is not None
+
+        async def main() -> None:
+            task = asyncio.create_task(server.serve())
+            while not server.started and not task.done():
+                await asyncio.sleep(0.005)
+            ready.set()
+            await task
+
+        try:
+            loop.run_until_complete(main())
+        finally:
+            ready.set()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread (open WebSockets are closed with 1012)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> EmulatorServer:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    # ---- addresses --------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the emulator is not running")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The origin, such as ``http://127.0.0.1:PORT``."""
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + API_PREFIX
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.api_url[len("http") :] + "/ws"
+
+    # ---- controls ---------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's loop (it touches loop-bound state) and return its result."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return fn()
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(STOP_TIMEOUT)
+
+    def reset(self) -> None:
+        """Forget every job, input, model, output, fault and counter."""
+        self._call(self.state.reset)
+
+    def reset_faults(self) -> None:
+        """Clear HTTP faults, the event pause (held events are delivered) and duplicate events."""
+        self._call(self.state.reset_faults)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call(self.state.stats)
+
+    def drop_connections(self) -> int:
+        return self._call(self.state.bus.drop_all)
+
+    def pause_events(self) -> None:
+        self._call(self.state.bus.pause)
+
+    def resume_events(self) -> int:
+        return self._call(self.state.bus.resume)
+
+    def inject_faults(
+        self,
+        status: int,
+        count: int = 1,
+        retry_after: float | None = None,
+        path: str | None = None,
+        when: str = "before",
+    ) -> None:
+        """The next ``count`` API requests under ``path`` get ``status`` (``when="after"``: processed first)."""
+        if status not in (429, 500, 502, 503) or count < 1 or when not in ("before", "after"):
+            raise ValueError("status must be 429/500/502/503, count >= 1, when 'before' or 'after'")
+        self._call(lambda: self.state.add_fault(Fault(status, count, retry_after, path, when)))
+
+    def duplicate_events(self, enabled: bool) -> None:
+        def flip() -> None:
+            self.state.bus.duplicate = enabled
+
+        self._call(flip)
+
+    def _abort_transport(self, conn: Connection) -> bool:
+        """Close a WebSocket's TCP stream without a close frame (runs on the server's loop)."""
+        server = self._server
+        if server is None or conn.client is None:
+            return False
+        for protocol in list(server.server_state.connections):
+            scope = getattr(protocol, "scope", None)
+            transport = getattr(protocol, "transport", None)
+            if (
+                isinstance(scope, dict)
+                and scope.get("type") == "websocket"
+                and transport is not None
+            ):
+                client = scope.get("client")
+                if client is not None and tuple(client) == conn.client:
+                    transport.abort()
+                    return True
+        return False
