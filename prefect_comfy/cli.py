@@ -1,40 +1,48 @@
 """The ``prefect-comfy`` command line: ``emulator``, ``listen`` and ``demo``.
 
-Each command's implementation lives beside what it runs and is imported only when that command runs,
-so ``prefect-comfy --help`` stays fast.
+Each command's implementation lives beside what it runs. Only the command being run is imported
+(``listen`` and ``demo`` import Prefect, which takes seconds), so ``prefect-comfy emulator`` starts
+fast; ``--help`` with no command imports them all to list them.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import typer
 
-app = typer.Typer(
-    name="prefect-comfy",
-    help="Orchestrate ComfyUI and Comfy Cloud from Prefect.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "emulator": (
+        "prefect_comfy.emulator.cli",
+        "Run the local emulator of the Comfy Cloud developer API.",
+    ),
+    "listen": ("prefect_comfy.listener_cli", "Forward Comfy events into Prefect as events."),
+    "demo": (
+        "prefect_comfy.demo",
+        "Run the demo: the emulator, a local Prefect server and three flows.",
+    ),
+}
 
 
-def _register() -> None:
-    from prefect_comfy.emulator.cli import emulator
-
-    app.command(help="Run the local emulator of the Comfy Cloud developer API.")(emulator)
-    try:
-        from prefect_comfy.listener_cli import listen
-    except ImportError:  # the listener arrives with its own module
-        pass
-    else:
-        app.command(help="Forward Comfy events into Prefect as events.")(listen)
-    try:
-        from prefect_comfy.demo import demo
-    except ImportError:
-        pass
-    else:
-        app.command(help="Run the demo: the emulator, a local Prefect server and a flow.")(demo)
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """The Typer app with the command named in ``argv`` registered (all of them without one)."""
+    argv = sys.argv[1:] if argv is None else argv
+    app = typer.Typer(
+        name="prefect-comfy",
+        help="Orchestrate ComfyUI and Comfy Cloud from Prefect.",
+        no_args_is_help=True,
+        add_completion=False,
+    )
+    # A callback keeps Typer in group mode even with one command registered.
+    app.callback()(lambda: None)
+    wanted = [argv[0]] if argv and argv[0] in COMMANDS else list(COMMANDS)
+    for name in wanted:
+        module, help_text = COMMANDS[name]
+        app.command(name=name, help=help_text)(getattr(importlib.import_module(module), name))
+    return app
 
 
 def main() -> None:
     """Entry point of the ``prefect-comfy`` console script."""
-    _register()
-    app()
+    build_app()()
