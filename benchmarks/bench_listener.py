@@ -1,0 +1,161 @@
+"""Forwarding throughput of the listener against raw WebSocket receive, in the same run.
+
+A burst of events is produced on the emulator while its delivery is paused (jobs with many
+KSampler steps, each step a ``job.progress``), then released at once, and timed until the last one
+arrives, three ways:
+
+1. **baseline**: a bare ``websockets`` client that subscribes to ``*`` and counts frames;
+2. **listener**: :class:`ComfyListener` with a counting Prefect events client (no server);
+3. **listener+json**: the same, with the client serialising each event as the real one does.
+
+The ratio listener/baseline is how much of the raw stream rate the listener keeps. A Prefect
+server stores about 1,000 events/s, so anything well above that is headroom.
+
+    .venv/bin/python benchmarks/bench_listener.py [--jobs 8 --steps 500 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect
+
+from prefect_comfy.backends.cloud import CloudBackend
+from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy.listener import ComfyListener
+
+KEY = "comfyui-bench-key-not-real"
+
+
+def workflow(steps: int) -> dict[str, Any]:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "bench", "clip": ["4", 1]}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0], "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["5", 0],
+                "seed": 1, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bench"}},
+    }  # fmt: skip
+
+
+class CountingClient:
+    """A Prefect events client stand-in that counts (and optionally serialises) what it gets."""
+
+    def __init__(self, serialise: bool) -> None:
+        self.count = 0
+        self.serialise = serialise
+        self.changed = asyncio.Event()
+
+    async def __aenter__(self) -> CountingClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def emit(self, event: Any) -> None:
+        if self.serialise:
+            event.model_dump_json()
+        self.count += 1
+        self.changed.set()
+
+
+async def produce_burst(emu: EmulatorServer, jobs: int, steps: int) -> int:
+    """Run ``jobs`` jobs to completion with delivery paused; return how many events are held."""
+    emu.pause_events()
+    async with httpx.AsyncClient(
+        base_url=emu.api_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    ) as http:
+        ids = []
+        for _ in range(jobs):
+            r = await http.post("/jobs", json={"workflow": workflow(steps)})
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        for job_id in ids:
+            while (await http.get(f"/jobs/{job_id}")).json()["status"] not in (
+                "completed",
+                "failed",
+            ):
+                await asyncio.sleep(0.05)
+    return jobs * (steps + 1)  # one progress per step, one completed per job
+
+
+async def baseline(emu: EmulatorServer, jobs: int, steps: int) -> tuple[int, float]:
+    async with connect(emu.ws_url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "data": {"events": ["*"]}}))
+        while json.loads(await ws.recv())["type"] != "subscribed":
+            pass
+        expected = await produce_burst(emu, jobs, steps)
+        count = 0
+        start = time.perf_counter()
+        emu.resume_events()
+        while count < expected:
+            if json.loads(await ws.recv())["type"] == "event":
+                count += 1
+        return count, time.perf_counter() - start
+
+
+async def through_listener(
+    emu: EmulatorServer, jobs: int, steps: int, serialise: bool
+) -> tuple[int, float]:
+    client = CountingClient(serialise)
+    async with CloudBackend(KEY, emu.url) as backend:
+        listener = ComfyListener(
+            backend, events_client=lambda: client, heartbeat_interval=None, listener_id="bench"
+        )
+        task = asyncio.create_task(listener.run())
+        while listener.stats.connects < 1:
+            await asyncio.sleep(0.01)
+        expected = await produce_burst(emu, jobs, steps)
+        start = time.perf_counter()
+        emu.resume_events()
+        while client.count < expected:
+            client.changed.clear()
+            await client.changed.wait()
+        elapsed = time.perf_counter() - start
+        listener.stop()
+        await task
+    return client.count, elapsed
+
+
+async def main(jobs: int, steps: int, rounds: int) -> None:
+    config = EmulatorConfig(
+        api_keys=[KEY], seed=1, step_duration=0, upload_duration=0, concurrency=jobs,
+        ws_queue_size=1_000_000,
+    )  # fmt: skip
+    with EmulatorServer(config) as emu:
+        results: dict[str, list[float]] = {"baseline": [], "listener": [], "listener+json": []}
+        for _ in range(rounds):
+            for name, run in (
+                ("baseline", lambda: baseline(emu, jobs, steps)),
+                ("listener", lambda: through_listener(emu, jobs, steps, False)),
+                ("listener+json", lambda: through_listener(emu, jobs, steps, True)),
+            ):
+                count, elapsed = await run()
+                results[name].append(count / elapsed)
+    base = statistics.median(results["baseline"])
+    print(f"events per burst: {jobs * (steps + 1)} ({jobs} jobs x {steps} steps), {rounds} rounds")
+    for name, rates in results.items():
+        rate = statistics.median(rates)
+        print(f"{name:>14}: {rate:10,.0f} events/s (median)   ratio to baseline {rate / base:5.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="listener forwarding throughput")
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.jobs, args.steps, args.rounds))

@@ -1,0 +1,107 @@
+"""``prefect-comfy listen``: forward Comfy events into Prefect until SIGTERM or Ctrl-C.
+
+Example:
+    $ export PREFECT_API_URL=http://127.0.0.1:4200/api
+    $ COMFY_API_KEY=comfyui-... prefect-comfy listen --pattern 'job.*' --pattern input.ready
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def listen(
+    block: Annotated[
+        str | None,
+        typer.Option(
+            "--block",
+            help="Name of a saved ComfyCloudCredentials block. Default: COMFY_API_KEY and "
+            "COMFY_BASE_URL from the environment.",
+            show_default=False,
+        ),
+    ] = None,
+    pattern: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pattern",
+            "-p",
+            help="Event pattern to forward: '*', 'job.*' or a name such as input.ready "
+            "(repeat for several). Default: '*'.",
+            show_default=False,
+        ),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            help="Seconds between comfy.listener.heartbeat events; 0 for none.",
+            min=0,
+        ),
+    ] = 30.0,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Stable id of the heartbeat resource comfy.listener.<name>. Default: "
+            "<hostname>-<pid>.",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level",
+            help="Level of the listener's own log lines (DEBUG logs every forwarded event id).",
+        ),
+    ] = "INFO",
+) -> None:
+    """Forward Comfy events into Prefect as events (comfy.<event>), until SIGTERM or Ctrl-C."""
+    from prefect_comfy.exceptions import ComfyConfigError, WebSocketAuthError
+    from prefect_comfy.listener import require_prefect_api_url, run_listener
+
+    _configure_logging(log_level)
+    try:
+        api_url = require_prefect_api_url()
+    except ComfyConfigError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    logging.getLogger("prefect_comfy.listener").info("sending events to Prefect at %s", api_url)
+    try:
+        stats = asyncio.run(
+            run_listener(
+                patterns=tuple(pattern or ("*",)),
+                block=block,
+                heartbeat_interval=heartbeat_interval,
+                listener_id=name,
+            )
+        )
+    except ComfyConfigError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    except WebSocketAuthError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(code=3) from None
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
+        raise typer.Exit(code=130) from None
+    typer.echo(
+        f"listener stopped: received={stats.received} reconciled={stats.reconciled} "
+        f"forwarded={stats.forwarded} connects={stats.connects}",
+        err=True,
+    )
+
+
+def _configure_logging(level: str) -> None:
+    """Log the package's own lines at ``level`` (never the websockets/httpx debug lines)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    package = logging.getLogger("prefect_comfy")
+    package.addHandler(handler)
+    package.setLevel(level.upper())
+    package.propagate = False

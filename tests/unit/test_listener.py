@@ -1,0 +1,361 @@
+"""The listener's logic on in-memory seams: a fake backend and a fake Prefect events client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from prefect_comfy import events as comfy_events
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.exceptions import (
+    ComfyConfigError,
+    NotFound,
+    WebSocketAuthError,
+    WebSocketConnectionError,
+)
+from prefect_comfy.listener import ComfyListener, require_prefect_api_url
+from prefect_comfy.models import ComfyEvent, Input, Job, Model
+from tests.waiting import eventually
+
+ADDRESS = "http://comfy.test"
+FLOW_RUN = "0b7e2b2a-9d5f-4a53-9a3c-4d2a0f6f1c11"
+
+
+class FakeEventsClient:
+    """Records what is emitted; can fail the first few emits."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.events: list[Any] = []
+        self.fail_first = fail_first
+        self.entered = 0
+        self.exited = 0
+
+    async def __aenter__(self) -> FakeEventsClient:
+        self.entered += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.exited += 1
+
+    async def emit(self, event: Any) -> None:
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            raise ConnectionError("prefect is down")
+        self.events.append(event)
+
+    def named(self, name: str) -> list[Any]:
+        return [e for e in self.events if e.event == name]
+
+
+class FakeBackend(ComfyBackend):
+    """Streams events from a queue; ``disconnect()`` ends one stream (as a spent budget does)."""
+
+    kind = "cloud"
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.inputs: dict[str, Input] = {}
+        self.models: dict[str, Model] = {}
+        self.reads: list[tuple[str, str]] = []
+        self.streams_opened = 0
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.auth_fails = False
+
+    @property
+    def address(self) -> str:
+        return ADDRESS
+
+    @property
+    def connection_key(self) -> str:
+        return ADDRESS + "#fake"
+
+    def clone(self) -> FakeBackend:
+        return self
+
+    def push(self, event: str, /, **payload: Any) -> None:
+        self._queue.put_nowait(ComfyEvent(event=event, payload=payload))
+
+    def disconnect(self) -> None:
+        self._queue.put_nowait(WebSocketConnectionError("gone"))
+
+    async def events(
+        self, patterns: Sequence[str] = ("*",), *, on_connect: Any = None
+    ) -> AsyncIterator[ComfyEvent]:
+        self.streams_opened += 1
+        if self.auth_fails:
+            raise WebSocketAuthError("refused")
+        if on_connect is not None:
+            await on_connect()
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def get_job(self, job_id: str) -> Job:
+        self.reads.append(("job", job_id))
+        if job_id not in self.jobs:
+            raise NotFound("no such job", status_code=404)
+        return self.jobs[job_id]
+
+    async def get_input(self, input_id: str) -> Input:
+        self.reads.append(("input", input_id))
+        return self.inputs[input_id]
+
+    async def get_model(self, model_id: str) -> Model:
+        self.reads.append(("model", model_id))
+        return self.models[model_id]
+
+    async def submit(self, *a: Any, **k: Any) -> Job:
+        raise NotImplementedError
+
+    async def cancel(self, *a: Any, **k: Any) -> Job:
+        raise NotImplementedError
+
+    async def outputs(self, *a: Any, **k: Any) -> list:
+        raise NotImplementedError
+
+    async def download(self, *a: Any, **k: Any) -> Any:
+        raise NotImplementedError
+
+    async def upload_input(self, *a: Any, **k: Any) -> Input:
+        raise NotImplementedError
+
+    async def upload_model(self, *a: Any, **k: Any) -> Model:
+        raise NotImplementedError
+
+
+def make_listener(backend: FakeBackend, client: FakeEventsClient, **kw: Any) -> ComfyListener:
+    kw.setdefault("heartbeat_interval", None)
+    kw.setdefault("restart_delay", 0.01)
+    kw.setdefault("send_retry_delay", 0.01)
+    return ComfyListener(backend, events_client=lambda: client, listener_id="unit", **kw)
+
+
+async def started(listener: ComfyListener) -> asyncio.Task[None]:
+    task = asyncio.create_task(listener.run())
+    await eventually(lambda: listener.stats.connects >= 1, message="first connect")
+    return task
+
+
+async def stop(listener: ComfyListener, task: asyncio.Task[None]) -> None:
+    listener.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_forwards_with_the_sensor_ids_and_relates_the_flow_run():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    tags = ["portraits", f"{comfy_events.FLOW_RUN_TAG_PREFIX}{FLOW_RUN}"]
+    backend.push("job.completed", id="job_1", status="completed", outputs=[], tags=tags)
+    await eventually(lambda: len(client.events) == 1)
+    await stop(listener, task)
+
+    (event,) = client.events
+    expected = comfy_events.from_comfy_event(
+        ComfyEvent(event="job.completed", payload={"id": "job_1", "tags": tags}),
+        address=ADDRESS,
+        backend_kind="cloud",
+    )
+    assert event.id == expected.id
+    assert event.event == "comfy.job.completed"
+    assert event.resource.id == "comfy.job.job_1"
+    assert event.resource["comfy.tag.portraits"] == "true"
+    assert [r.id for r in event.related] == [f"prefect.flow-run.{FLOW_RUN}"]
+    assert client.exited == 1
+
+
+async def test_progress_without_tags_gets_the_tags_seen_for_the_job():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    tags = [f"{comfy_events.FLOW_RUN_TAG_PREFIX}{FLOW_RUN}"]
+    backend.push("job.progress", id="job_1", status="running", progress=10, tags=tags)
+    backend.push("job.progress", id="job_1", status="running", progress=50)
+    await eventually(lambda: len(client.events) == 2)
+    await stop(listener, task)
+    assert all(
+        e.related and e.related[0].id == f"prefect.flow-run.{FLOW_RUN}" for e in client.events
+    )
+    assert backend.reads == []
+
+
+async def test_progress_of_an_unknown_job_reads_its_tags_once():
+    backend, client = FakeBackend(), FakeEventsClient()
+    tags = [f"{comfy_events.FLOW_RUN_TAG_PREFIX}{FLOW_RUN}"]
+    backend.jobs["job_2"] = Job(id="job_2", status="running", tags=tags)
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    for p in (10, 20, 30):
+        backend.push("job.progress", id="job_2", status="running", progress=p)
+    await eventually(lambda: len(client.events) == 3)
+    await stop(listener, task)
+    assert backend.reads == [("job", "job_2")]
+    assert all(e.related[0].id == f"prefect.flow-run.{FLOW_RUN}" for e in client.events)
+
+
+async def test_tag_memory_is_bounded():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client, max_tracked=3)
+    task = await started(listener)
+    for i in range(10):
+        backend.push("job.progress", id=f"job_{i}", status="running", progress=1, tags=[])
+    await eventually(lambda: len(client.events) == 10)
+    await stop(listener, task)
+    assert list(listener._tags) == ["job_7", "job_8", "job_9"]
+    assert len(listener._in_flight) == 3
+
+
+async def test_reconnect_reconciles_what_was_in_flight():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    backend.push("job.progress", id="job_a", status="running", progress=40, tags=["x"])
+    backend.push("job.progress", id="job_b", status="running", progress=40, tags=[])
+    backend.push("job.progress", id="job_gone", status="running", progress=40, tags=[])
+    backend.push("job.progress", id="job_c", status="running", progress=40, tags=[])
+    backend.push("job.completed", id="job_c", status="completed", tags=[])
+    await eventually(lambda: len(client.events) == 5)
+    assert set(listener._in_flight) == {("job", "job_a"), ("job", "job_b"), ("job", "job_gone")}
+
+    # While the stream is down, job_a completes and job_b fails; job_gone was deleted.
+    backend.jobs["job_a"] = Job(
+        id="job_a", status="completed", tags=["x"], workflow={"1": {}}, outputs=[]
+    )
+    backend.jobs["job_b"] = Job(
+        id="job_b", status="failed", error={"code": "oom", "message": "out of memory"}
+    )
+    backend.disconnect()
+    await eventually(lambda: listener.stats.connects == 2, message="reconnect")
+    await eventually(lambda: listener.stats.reconciled == 2, message="reconciliation")
+    await eventually(lambda: len(client.events) == 7)
+    await stop(listener, task)
+
+    completed = client.named("comfy.job.completed")
+    failed = client.named("comfy.job.failed")
+    assert {e.resource.id for e in completed} == {"comfy.job.job_c", "comfy.job.job_a"}
+    assert [e.payload["error"]["code"] for e in failed] == ["oom"]
+    reconciled_a = next(e for e in completed if e.resource.id == "comfy.job.job_a")
+    assert "workflow" not in reconciled_a.payload
+    assert reconciled_a.resource["comfy.tag.x"] == "true"
+    # Same deterministic id as the live event would have had: a duplicate is harmless.
+    live = comfy_events.from_comfy_event(
+        ComfyEvent(event="job.completed", payload={"id": "job_a"}),
+        address=ADDRESS,
+        backend_kind="cloud",
+    )
+    assert reconciled_a.id == live.id
+    assert listener._in_flight == {}
+    assert listener.stats.stream_restarts == 1
+
+
+async def test_a_still_running_job_stays_in_flight_after_reconcile():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    backend.push("job.progress", id="job_r", status="running", progress=5, tags=[])
+    await eventually(lambda: len(client.events) == 1)
+    backend.jobs["job_r"] = Job(id="job_r", status="running")
+    assert await listener.reconcile() == 0
+    assert ("job", "job_r") in listener._in_flight
+    backend.jobs["job_r"] = Job(id="job_r", status="cancelled")
+    assert await listener.reconcile() == 1
+    await eventually(lambda: len(client.events) == 2)
+    await stop(listener, task)
+    assert client.events[-1].event == "comfy.job.cancelled"
+
+
+async def test_uploads_seen_in_flight_are_reconciled():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    backend.push("input.uploading", id="inp_1", name="cat.png", status="uploading")
+    backend.push("model.downloading", id="mod_1", name="m.safetensors", status="downloading")
+    await eventually(lambda: len(client.events) == 2)
+    backend.inputs["inp_1"] = Input(id="inp_1", name="cat.png", status="ready")
+    backend.models["mod_1"] = Model(id="mod_1", name="m.safetensors", status="ready", type="lora")
+    assert await listener.reconcile() == 2
+    await eventually(lambda: len(client.events) == 4)
+    await stop(listener, task)
+    names = {e.event: e for e in client.events}
+    assert names["comfy.input.ready"].payload["name"] == "cat.png"
+    assert names["comfy.model.ready"].resource["comfy.model-type"] == "lora"
+
+
+async def test_heartbeats_say_whether_the_stream_is_connected():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client, heartbeat_interval=0.05)
+    hb = listener.heartbeat_event()
+    assert hb.event == "comfy.listener.heartbeat"
+    assert hb.resource.id == "comfy.listener.unit"
+    assert hb.resource["comfy.connected"] == "false"
+
+    task = await started(listener)
+    await eventually(lambda: any(e.resource["comfy.connected"] == "true" for e in client.events))
+    backend.disconnect()
+    # The replacement stream waits for its restart delay: heartbeats go on meanwhile.
+    await eventually(lambda: listener.stats.heartbeats >= 3)
+    await stop(listener, task)
+    beats = client.named("comfy.listener.heartbeat")
+    assert len({b.id for b in beats}) == len(beats)
+    assert beats[-1].payload["received"] == listener.stats.received
+    assert listener.stats.forwarded == 0  # heartbeats are not counted as forwarded
+
+
+async def test_heartbeats_go_on_while_disconnected():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client, heartbeat_interval=0.02, restart_delay=60)
+    task = await started(listener)
+    backend.disconnect()
+    await eventually(lambda: not listener.connected)
+    n = len(client.events)
+    await eventually(lambda: len(client.events) >= n + 2)
+    await stop(listener, task)
+    assert client.events[-1].resource["comfy.connected"] == "false"
+
+
+async def test_stop_sends_everything_received_even_when_prefect_hiccups():
+    backend, client = FakeBackend(), FakeEventsClient(fail_first=2)
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    for i in range(200):
+        backend.push("input.ready", id=f"inp_{i}", name=f"{i}.png", status="ready")
+    await eventually(lambda: listener.stats.received >= 50)
+    await stop(listener, task)
+    assert listener.stats.forwarded == listener.stats.received
+    assert len(client.events) == listener.stats.received
+    assert listener.stats.send_errors == 2
+
+
+async def test_auth_failure_stops_the_listener():
+    backend, client = FakeBackend(), FakeEventsClient()
+    backend.auth_fails = True
+    listener = make_listener(backend, client)
+    with pytest.raises(WebSocketAuthError):
+        await asyncio.wait_for(listener.run(), 10)
+    assert client.exited == 1
+
+
+async def test_stop_before_run_returns_at_once():
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client)
+    listener.stop()
+    await asyncio.wait_for(listener.run(), 10)
+    assert client.exited == 1
+
+
+def test_refuses_without_a_prefect_api_url():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: None}):
+        with pytest.raises(ComfyConfigError) as info:
+            require_prefect_api_url()
+        listener = ComfyListener(FakeBackend(), listener_id="x")
+        with pytest.raises(ComfyConfigError):
+            asyncio.run(listener.run())
+    assert "prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api" in str(info.value)
+    assert "prefect server start" in str(info.value)
