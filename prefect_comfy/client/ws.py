@@ -1,0 +1,538 @@
+"""The developer API's event stream: one WebSocket that reconnects, re-subscribes and de-duplicates.
+
+:class:`ComfyWebSocket` matches the ``ComfyWebSocket`` of Comfy's own Python SDK (same constructor,
+``subscribe`` and ``events``) and adds what long waits need: a JSON ``ping`` keepalive that treats a
+missing ``pong`` as a dead link, jittered reconnects that reset after a good connection, an
+``on_connect`` hook for REST reconciliation (the stream has no replay), and de-duplication.
+
+One background task owns the socket: it connects, subscribes, reads every frame and puts the
+matching events on a queue that :meth:`ComfyWebSocket.events` drains. ``on_connect`` runs as a
+task of its own after each ``subscribed``, so a slow hook never holds up reading.
+
+Example:
+    >>> async def main():  # doctest: +SKIP
+    ...     async with ComfyWebSocket(api_key="comfyui-...") as ws:
+    ...         await ws.subscribe(["job.completed", "job.failed"])
+    ...         async for event in ws.events():
+    ...             print(event.event, event.payload["id"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from prefect_comfy.client import protocol
+from prefect_comfy.client.backoff import Backoff
+from prefect_comfy.exceptions import (
+    ComfyConfigError,
+    ComfyProtocolError,
+    WebSocketAuthError,
+    WebSocketConnectionError,
+)
+from prefect_comfy.models import ComfyEvent
+from prefect_comfy.redaction import redact
+from prefect_comfy.settings import API_PREFIX, ComfySettings
+
+__all__ = ["ComfyWebSocket", "WebSocketAuthError", "WebSocketConnectionError", "ws_url"]
+
+logger = logging.getLogger(__name__)
+
+DEDUP_SIZE = 10_000
+"""How many recent event ids (or id-less event bodies) are remembered to drop repeats."""
+CONNECTED_GRACE = 2.0
+"""Longest wait for the server's ``connected`` frame; its absence is tolerated (lenient)."""
+MAX_FRAME_BYTES = 16 * 2**20
+_LOG_CUT = 200
+_END = object()
+
+
+def ws_url(base_url: str) -> str:
+    """The stream's URL for an origin: ``http(s)://host`` → ``ws(s)://host/developer/api/v1/ws``.
+
+    Example:
+        >>> ws_url("https://cloud.comfy.org/developer/api/v1")
+        'wss://cloud.comfy.org/developer/api/v1/ws'
+    """
+    parts = urlsplit(base_url.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ComfyConfigError(f"base_url must be an http(s) origin, got {redact(base_url)!r}")
+    return f"{scheme}://{parts.netloc}{API_PREFIX}/ws"
+
+
+class _Dead(Exception):
+    """The connection is unusable (no pong, no ``subscribed``); reconnect."""
+
+
+class _RecentSet:
+    """A bounded set that forgets its oldest member first."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[Any, None] = OrderedDict()
+        self._size = size
+
+    def seen(self, key: Any) -> bool:
+        """Whether the key was seen recently; remember it either way."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return True
+        self._items[key] = None
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return False
+
+
+class ComfyWebSocket:
+    """The developer API's event stream, as an async context manager.
+
+    Args:
+        api_key: the Comfy API key; defaults to ``COMFY_API_KEY``.
+        base_url: the API origin (``https://cloud.comfy.org``); defaults to ``COMFY_BASE_URL``.
+        auto_reconnect: reconnect after a drop (with jittered exponential backoff).
+        max_reconnect_attempts: failed attempts in a row before :class:`WebSocketConnectionError`.
+        reconnect_delay: the first pause before reconnecting, seconds.
+        max_reconnect_delay: the longest pause, seconds.
+        auth: ``"header"`` (``Authorization: Bearer``) or ``"query"`` (``?api_key=``); defaults to
+            ``COMFY_WS_AUTH``.
+        settings: where unset values come from (default: ``ComfySettings()``, read now).
+        ping_interval: seconds between JSON pings; default from settings.
+        ping_timeout: seconds to wait for the pong before the link counts as dead.
+        on_connect: awaited (as a task of its own) after every connect and reconnect, once
+            subscribed: reconcile there what was missed while disconnected.
+        connect: the connection factory, ``websockets.asyncio.client.connect`` by default (a seam
+            for tests).
+
+    Raises:
+        ComfyConfigError: no API key, or a base URL that is not an http(s) origin.
+    """
+
+    def __init__(
+        self,
+        api_key: str | SecretStr | None = None,
+        base_url: str | None = None,
+        auto_reconnect: bool = True,
+        max_reconnect_attempts: int | None = None,
+        reconnect_delay: float | None = None,
+        max_reconnect_delay: float | None = None,
+        *,
+        auth: Literal["header", "query"] | None = None,
+        settings: ComfySettings | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        connect: Callable[..., Awaitable[Any]] | None = None,
+    ) -> None:
+        settings = settings or ComfySettings()
+        if isinstance(api_key, SecretStr):
+            api_key = api_key.get_secret_value()
+        key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+        if not key:
+            raise ComfyConfigError("no Comfy API key: pass api_key or set COMFY_API_KEY")
+        self._key = key
+        self._auth = auth or settings.ws_auth
+        if self._auth not in ("header", "query"):
+            raise ComfyConfigError(f"auth must be 'header' or 'query', got {self._auth!r}")
+        self.url = ws_url(base_url or settings.base_url)
+        """The stream's URL, without the key in it (the key travels separately)."""
+        self.auto_reconnect = auto_reconnect
+        self.max_reconnect_attempts = (
+            settings.max_reconnect_attempts
+            if max_reconnect_attempts is None
+            else max_reconnect_attempts
+        )
+        self._backoff = Backoff(
+            initial=settings.reconnect_delay if reconnect_delay is None else reconnect_delay,
+            maximum=settings.max_reconnect_delay
+            if max_reconnect_delay is None
+            else max_reconnect_delay,
+        )
+        self.ping_interval = settings.ping_interval if ping_interval is None else ping_interval
+        self.ping_timeout = settings.ping_timeout if ping_timeout is None else ping_timeout
+        self._connect_timeout = settings.connect_timeout
+        self._on_connect = on_connect
+        if connect is None:
+            from websockets.asyncio.client import connect
+        self._connect = connect
+
+        self.session_id: str | None = None
+        self.connections_opened = 0
+        """How many connections reached the server (for tests and stats)."""
+        self._patterns: list[str] = []
+        self._acked: set[str] = set()
+        self._sent: deque[list[str]] = deque()
+        self._conn: Any = None
+        self._live = False
+        self._connected_once = False
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._recent = _RecentSet(DEDUP_SIZE)
+        self._runner: asyncio.Task[None] | None = None
+        self._fatal: BaseException | None = None
+        self._changed = asyncio.Event()
+        self._pong: asyncio.Future[None] | None = None
+        self._hooks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"ComfyWebSocket(url={self.url!r}, auth={self._auth!r})"
+
+    # -- life ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> ComfyWebSocket:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        """Open the stream (retrying within the budget); return once the first connection is up.
+
+        Raises:
+            WebSocketAuthError: the key was refused.
+            WebSocketConnectionError: no connection within the reconnect budget.
+        """
+        if self._runner is None:
+            self._closing = False
+            self._connected_once = False
+            self._fatal = None
+            self._runner = asyncio.create_task(self._run(), name="comfy-ws")
+        while not self._connected_once:
+            self._raise_if_fatal()
+            await self._wait_changed()
+
+    async def aclose(self) -> None:
+        """Close the stream; :meth:`events` then ends. Safe to call twice."""
+        self._closing = True
+        tasks = [t for t in (self._runner, *self._hooks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._runner = None
+        await self._close_conn()
+
+    # -- public API ---------------------------------------------------------------------------
+    async def subscribe(self, patterns: Iterable[str]) -> None:
+        """Add event patterns (``*``, ``job.*`` or a name) and wait until the server confirms them.
+
+        Subscriptions add up and are restored after every reconnect.
+
+        Raises:
+            ComfyConfigError: a pattern is malformed.
+            WebSocketAuthError, WebSocketConnectionError: the stream failed for good first.
+        """
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        try:
+            wanted = [protocol.validate_pattern(p) for p in patterns]
+        except ValueError as exc:
+            raise ComfyConfigError(str(exc)) from None
+        self._patterns.extend(p for p in dict.fromkeys(wanted) if p not in self._patterns)
+        if self._runner is None:
+            await self.connect()
+        if self._live and not set(wanted) <= self._acked:
+            await self._send_subscribe()
+        conn = self._conn
+        while not set(wanted) <= self._acked:
+            self._raise_if_fatal()
+            if not await self._wait_changed(self._connect_timeout) and conn is self._conn:
+                # A live connection that ignores our subscribe is as good as dead: reconnecting
+                # subscribes again with every pattern.
+                logger.warning("Comfy event stream did not confirm the subscription; reconnecting")
+                self._abort()
+
+    async def events(self) -> AsyncIterator[ComfyEvent]:
+        """The matching events, in order, across reconnects, duplicates dropped.
+
+        Raises:
+            WebSocketAuthError: the key was refused.
+            WebSocketConnectionError: the reconnect budget is spent.
+        """
+        if self._runner is None:
+            await self.connect()
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                self._queue.put_nowait(_END)  # for any other reader
+                if self._fatal is not None:
+                    raise self._fatal
+                return
+            yield item
+
+    # -- the connection loop ------------------------------------------------------------------
+    async def _run(self) -> None:
+        attempts = 0  # reconnect attempts since the last good connection
+        try:
+            while not self._closing:
+                self._good = False
+                try:
+                    await self._serve_one()
+                    reason = "the server closed the connection"
+                except WebSocketAuthError as exc:
+                    self._fatal = exc
+                    logger.warning("%s", exc)
+                    return
+                except Exception as exc:
+                    reason = self._describe(exc)
+                finally:
+                    self._live = False
+                    self._acked = set()
+                    self._sent.clear()
+                    await self._close_conn()
+                    self._pulse()
+                if self._closing:
+                    return
+                if self._good:
+                    attempts = 0
+                    self._backoff.reset()
+                if not self.auto_reconnect or attempts >= self.max_reconnect_attempts:
+                    self._fatal = WebSocketConnectionError(
+                        f"Comfy event stream at {self.url} is gone ({reason}); "
+                        f"{attempts} reconnect attempt(s) failed in a row"
+                    )
+                    logger.warning("%s", self._fatal)
+                    return
+                attempts += 1
+                delay = self._backoff.next_delay()
+                logger.info(
+                    "Comfy event stream lost (%s); reconnecting in %.2fs (attempt %d of %d)",
+                    reason,
+                    delay,
+                    attempts,
+                    self.max_reconnect_attempts,
+                )
+                await asyncio.sleep(delay)
+        finally:
+            self._queue.put_nowait(_END)
+            self._pulse()
+
+    async def _serve_one(self) -> None:
+        """One connection from handshake to drop; sets ``_good`` once it is subscribed."""
+        self._conn = conn = await self._open()
+        self.connections_opened += 1
+        logger.info("Comfy event stream connected to %s", self.url)
+        subscribed = False
+        keepalive = asyncio.create_task(self._keepalive(conn), name="comfy-ws-ping")
+        loop = asyncio.get_running_loop()
+
+        def unconfirmed() -> None:
+            if not subscribed and self._conn is conn:
+                self._dead_reason = f"no 'subscribed' within {self._connect_timeout:g}s"
+                logger.warning("Comfy event stream: %s; reconnecting", self._dead_reason)
+                self._abort(conn)
+
+        watchdog = loop.call_later(self._connect_timeout, unconfirmed)
+        try:
+            await self._await_connected(conn)
+            if self._patterns:
+                await self._send_subscribe()
+            else:
+                watchdog.cancel()
+                self._good = self._connected_once = True
+            self._live = True
+            self._pulse()
+            while True:
+                if self._handle(await conn.recv()) and not subscribed:
+                    subscribed = self._good = self._connected_once = True
+                    self._start_hook()
+                    self._pulse()
+        except ConnectionClosed as exc:
+            self._check_close_code(exc)
+            raise
+        finally:
+            watchdog.cancel()
+            keepalive.cancel()
+            with contextlib.suppress(BaseException):
+                await keepalive
+            if self._dead_reason:
+                dead, self._dead_reason = self._dead_reason, None
+                raise _Dead(dead)
+
+    _good = False
+    _dead_reason: str | None = None
+
+    async def _open(self) -> Any:
+        headers = {}
+        url = self.url
+        if self._auth == "header":
+            headers["Authorization"] = f"Bearer {self._key}"
+        else:
+            url = f"{url}?api_key={self._key}"
+        try:
+            return await self._connect(
+                url,
+                additional_headers=headers,
+                ping_interval=None,  # the protocol's JSON ping is ours (see _keepalive)
+                open_timeout=self._connect_timeout,
+                close_timeout=min(2.0, self._connect_timeout),
+                max_size=MAX_FRAME_BYTES,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise WebSocketAuthError(
+                    f"Comfy event stream at {self.url} refused the API key (HTTP {status}); "
+                    "check the key (COMFY_API_KEY or the api_key argument)"
+                ) from None
+            raise _Dead(f"handshake answered HTTP {status}") from None
+        except ConnectionClosed as exc:
+            self._check_close_code(exc)
+            raise _Dead(self._describe(exc)) from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _Dead(self._describe(exc)) from None
+
+    async def _await_connected(self, conn: Any) -> None:
+        """Read the ``connected`` frame if it comes soon (lenient: its absence is tolerated)."""
+        try:
+            first = await asyncio.wait_for(conn.recv(), min(CONNECTED_GRACE, self._connect_timeout))
+        except asyncio.TimeoutError:
+            logger.debug("no 'connected' frame from the Comfy event stream; going on")
+            return
+        self._handle(first)
+
+    async def _send_subscribe(self) -> None:
+        patterns = list(self._patterns)
+        self._sent.append(patterns)
+        await self._conn.send(protocol.subscribe_frame(patterns))
+
+    async def _keepalive(self, conn: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            self._pong = loop.create_future()
+            await conn.send(protocol.PING_FRAME)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._pong), self.ping_timeout)
+            except asyncio.TimeoutError:
+                self._dead_reason = f"no pong within {self.ping_timeout:g}s"
+                logger.warning("Comfy event stream: %s; treating it as dead", self._dead_reason)
+                self._abort(conn)
+                return
+
+    # -- frames -------------------------------------------------------------------------------
+    def _handle(self, raw: str | bytes) -> bool:
+        """Act on one frame; True if it was ``subscribed`` and every pattern is now active."""
+        try:
+            frame = protocol.decode(raw)
+            kind = frame.type
+            if kind == "event":
+                self._on_event(frame.event())
+            elif kind == "pong":
+                if self._pong is not None and not self._pong.done():
+                    self._pong.set_result(None)
+            elif kind == "subscribed":
+                sent = self._sent.popleft() if self._sent else list(self._patterns)
+                self._acked.update(sent)
+                missing = [p for p in self._patterns if p not in self._acked]
+                if missing and not self._sent and self._live:
+                    task = asyncio.create_task(self._send_subscribe())
+                    self._hooks.add(task)
+                    task.add_done_callback(self._hooks.discard)
+                self._pulse()
+                return not missing
+            elif kind == "connected":
+                session = frame.data.get("session_id")
+                self.session_id = str(session) if session is not None else None
+            elif kind == "error":
+                logger.warning(
+                    "Comfy event stream error frame: [%s] %s",
+                    frame.data.get("code"),
+                    self._cut(frame.data.get("message")),
+                )
+            else:
+                logger.debug("ignoring Comfy frame of type %r", kind)
+        except (ComfyProtocolError, ValueError) as exc:
+            logger.warning("skipping a malformed Comfy frame: %s", self._cut(exc))
+        return False
+
+    def _on_event(self, event: ComfyEvent) -> None:
+        if not protocol.matches_any(self._patterns, event.event):
+            return
+        if event.id is not None:
+            key: Any = ("id", event.id)
+        else:
+            body = json.dumps(event.payload, sort_keys=True, separators=(",", ":"), default=str)
+            key = ("body", event.event, body)
+        if self._recent.seen(key):
+            logger.debug("dropping a repeated %s event", event.event)
+            return
+        self._queue.put_nowait(event)
+
+    # -- small pieces -------------------------------------------------------------------------
+    def _start_hook(self) -> None:
+        if self._on_connect is None:
+            return
+        task = asyncio.create_task(self._run_hook(self._on_connect), name="comfy-ws-on-connect")
+        self._hooks.add(task)
+        task.add_done_callback(self._hooks.discard)
+
+    @staticmethod
+    async def _run_hook(hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            logger.exception("the on_connect hook of the Comfy event stream failed")
+
+    def _check_close_code(self, exc: ConnectionClosed) -> None:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        if code in protocol.AUTH_CLOSE_CODES:
+            raise WebSocketAuthError(
+                f"Comfy event stream at {self.url} closed with code {code}: the API key was "
+                "refused; check the key (COMFY_API_KEY or the api_key argument)"
+            ) from None
+
+    def _abort(self, conn: Any = None) -> None:
+        conn = conn or self._conn
+        if conn is None:
+            return
+        transport = getattr(conn, "transport", None)
+        if transport is not None:
+            transport.abort()
+        else:  # a test double
+            task = asyncio.create_task(conn.close())
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closing:
+            raise WebSocketConnectionError("the Comfy event stream is closed")
+
+    def _pulse(self) -> None:
+        """Wake everyone waiting for a change of state."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_changed(self, timeout: float | None = None) -> bool:
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _describe(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        return self._cut(redact(text, [self._key]))
+
+    def _cut(self, value: Any) -> str:
+        return redact(str(value), [self._key])[:_LOG_CUT]

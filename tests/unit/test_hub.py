@@ -1,0 +1,332 @@
+"""EventHub with an in-memory backend: fan-out, reconciliation, timeouts, linger, sharing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import pytest
+
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.client.hub import EventHub
+from prefect_comfy.exceptions import (
+    JobTimedOut,
+    NotFound,
+    WaitTimedOut,
+    WebSocketAuthError,
+    WebSocketConnectionError,
+)
+from prefect_comfy.models import ComfyEvent, Input, Job, Model
+from tests.waiting import eventually
+
+_keys = itertools.count()
+DROP = object()
+
+
+class World:
+    """What the fake server knows: resources, the live event queue, counters."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.inputs: dict[str, Input] = {}
+        self.models: dict[str, Model] = {}
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.streams = 0
+        self.connects = 0
+        self.reads = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.read_gate: asyncio.Event | None = None
+        self.closed_backends = 0
+        self.patterns: list[list[str]] = []
+
+    def push(self, name: str, rid: str, eid: str | None = None, **payload: Any) -> None:
+        self.queue.put_nowait(ComfyEvent(event=name, payload={"id": rid, **payload}, id=eid))
+
+
+class FakeBackend(ComfyBackend):
+    kind = "fake"
+
+    def __init__(self, world: World, key: str) -> None:
+        self.world = world
+        self.key = key
+        self.closed = False
+
+    @property
+    def address(self) -> str:
+        return "memory://fake"
+
+    @property
+    def connection_key(self) -> str:
+        return self.key
+
+    def clone(self) -> FakeBackend:
+        return FakeBackend(self.world, self.key)
+
+    async def _read(self, table: dict[str, Any], rid: str) -> Any:
+        w = self.world
+        w.reads += 1
+        w.in_flight += 1
+        w.max_in_flight = max(w.max_in_flight, w.in_flight)
+        try:
+            if w.read_gate is not None:
+                await w.read_gate.wait()
+            await asyncio.sleep(0)
+            if rid not in table:
+                raise NotFound(f"{rid} not found", status_code=404, error_code="not_found")
+            return table[rid]
+        finally:
+            w.in_flight -= 1
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self._read(self.world.jobs, job_id)
+
+    async def get_input(self, input_id: str) -> Input:
+        return await self._read(self.world.inputs, input_id)
+
+    async def get_model(self, model_id: str) -> Model:
+        return await self._read(self.world.models, model_id)
+
+    async def events(self, patterns=("*",), *, on_connect=None):
+        w = self.world
+        w.streams += 1
+        w.patterns.append(list(patterns))
+        while True:
+            w.connects += 1
+            if on_connect is not None:
+                asyncio.create_task(on_connect())  # noqa: RUF006 - as ComfyWebSocket does
+            while True:
+                item = await w.queue.get()
+                if item is DROP:
+                    break  # "reconnect"
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.world.closed_backends += 1
+
+    async def submit(self, *a, **k):
+        raise NotImplementedError
+
+    async def cancel(self, *a, **k):
+        raise NotImplementedError
+
+    async def outputs(self, *a, **k):
+        raise NotImplementedError
+
+    async def download(self, *a, **k):
+        raise NotImplementedError
+
+    async def upload_input(self, *a, **k):
+        raise NotImplementedError
+
+    async def upload_model(self, *a, **k):
+        raise NotImplementedError
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+@pytest.fixture
+def backend(world) -> FakeBackend:
+    return FakeBackend(world, f"fake#{next(_keys)}")
+
+
+@pytest.fixture
+def hub(backend):
+    return EventHub(backend.clone(), linger=0.05)
+
+
+def job(jid: str, status: str, **extra: Any) -> Job:
+    return Job(id=jid, status=status, **extra)
+
+
+def start(coro: Any) -> asyncio.Task[Any]:
+    return asyncio.ensure_future(coro)
+
+
+async def test_fan_out_to_many_waiters_over_one_stream(hub, world):
+    for i in range(3):
+        world.jobs[f"job_{i}"] = job(f"job_{i}", "running")
+    waits = [start(hub.wait("job", f"job_{i}")) for i in range(3)]
+    same = [start(hub.wait("job", "job_0")) for _ in range(2)]
+    await eventually(lambda: hub.connections_opened == 1 and world.reads == 3)
+    world.push("job.completed", "job_0", status="completed")
+    world.push("job.failed", "job_1", status="failed", error={"code": "x", "message": "boom"})
+    world.push("job.cancelled", "job_2", status="cancelled")
+    results = await asyncio.wait_for(asyncio.gather(*waits, *same), 5)
+    assert [r.event for r in results] == [
+        "job.completed",
+        "job.failed",
+        "job.cancelled",
+        "job.completed",
+        "job.completed",
+    ]
+    assert results[1].payload["error"]["message"] == "boom"
+    assert world.streams == 1 and hub.streams_opened == 1
+    assert world.patterns == [["job.*", "input.*", "model.*"]]
+
+
+async def test_progress_in_order_once_each_and_callback_errors_are_not_fatal(hub, world, caplog):
+    world.jobs["job_p"] = job("job_p", "running")
+    seen_sync: list[int] = []
+    seen_async: list[int] = []
+
+    def sync_cb(event: ComfyEvent) -> None:
+        seen_sync.append(event.payload["progress"])
+        if event.payload["progress"] == 20:
+            raise RuntimeError("callback bug")
+
+    async def async_cb(event: ComfyEvent) -> None:
+        await asyncio.sleep(0)
+        seen_async.append(event.payload["progress"])
+
+    a = start(hub.wait("job", "job_p", on_progress=sync_cb))
+    b = start(hub.wait("job", "job_p", on_progress=async_cb))
+    await eventually(lambda: world.reads >= 1 and hub.stats["pending"] == 2)
+    for n, p in enumerate([10, 20, 20, 30]):
+        world.push("job.progress", "job_p", f"evt_{n if p != 20 else 1}", progress=p)
+    world.push("job.completed", "job_p", "evt_end", status="completed")
+    world.push("job.progress", "job_p", "evt_late", progress=99)
+    first, second = await asyncio.wait_for(asyncio.gather(a, b), 5)
+    assert first.event == second.event == "job.completed"
+    assert seen_sync == [10, 20, 30] and seen_async == [10, 20, 30]
+    assert "callback bug" in caplog.text
+
+
+async def test_already_finished_job_resolves_from_the_first_connect(hub, world):
+    world.jobs["job_done"] = job("job_done", "completed", outputs=[{"id": "o1", "type": "image"}])
+    result = await asyncio.wait_for(hub.wait("job", "job_done"), 5)
+    assert result.event == "job.completed" and result.id is None
+    assert result.payload["outputs"][0]["id"] == "o1" and "error" not in result.payload
+
+
+async def test_reconciles_after_reconnect(hub, world):
+    world.jobs["job_r"] = job("job_r", "running")
+    world.inputs["inp_r"] = Input(id="inp_r", name="a.png", status="uploading")
+    world.models["mod_r"] = Model(id="mod_r", name="m", status="uploading", type="lora")
+    waits = [
+        start(hub.wait("job", "job_r")),
+        start(hub.wait("input", "inp_r")),
+        start(hub.wait("model", "mod_r")),
+    ]
+    await eventually(lambda: world.reads == 3)
+    # Everything ends while "disconnected": no event ever arrives for it.
+    world.jobs["job_r"] = job("job_r", "failed", error={"code": "oom", "message": "x"})
+    world.inputs["inp_r"] = Input(id="inp_r", name="a.png", status="ready")
+    world.models["mod_r"] = Model(id="mod_r", name="m", status="failed", type="lora")
+    world.queue.put_nowait(DROP)
+    results = await asyncio.wait_for(asyncio.gather(*waits), 5)
+    assert [r.event for r in results] == ["job.failed", "input.ready", "model.failed"]
+    assert results[0].payload["error"]["code"] == "oom"
+    assert hub.connections_opened == 2 and world.reads == 6 and world.streams == 1
+
+
+async def test_late_waiter_reads_once_after_registering(hub, world):
+    world.jobs["job_a"] = job("job_a", "running")
+    world.jobs["job_b"] = job("job_b", "completed")
+    first = start(hub.wait("job", "job_a"))
+    await eventually(lambda: world.reads == 1)
+    assert (await asyncio.wait_for(hub.wait("job", "job_b"), 5)).event == "job.completed"
+    assert world.reads == 2 and world.streams == 1
+    world.push("job.completed", "job_a", status="completed")
+    await asyncio.wait_for(first, 5)
+    assert world.reads == 2  # no polling
+
+
+async def test_job_timeout_names_the_last_known_status(hub, world):
+    world.jobs["job_t"] = job("job_t", "pending")
+    waiter = start(hub.wait("job", "job_t", timeout=1.0))
+    await eventually(lambda: world.reads == 1)
+    world.push("job.progress", "job_t", progress=5)
+    await eventually(lambda: hub.events_received == 1)
+    with pytest.raises(JobTimedOut) as caught:
+        await waiter
+    assert caught.value.status == "running" and caught.value.job_id == "job_t"
+    assert isinstance(caught.value, TimeoutError) and "running" in str(caught.value)
+
+
+async def test_input_timeout_uses_the_rest_status(hub, world):
+    world.inputs["inp_t"] = Input(id="inp_t", name="x", status="downloading")
+    with pytest.raises(WaitTimedOut) as caught:
+        await hub.wait("input", "inp_t", timeout=0.5)
+    assert not isinstance(caught.value, JobTimedOut)
+    assert caught.value.status == "downloading" and caught.value.kind == "input"
+
+
+async def test_not_found_fails_the_wait(hub, world):
+    with pytest.raises(NotFound):
+        await asyncio.wait_for(hub.wait("job", "job_missing"), 5)
+
+
+@pytest.mark.parametrize(
+    "error", [WebSocketConnectionError("gone"), WebSocketAuthError("check the key")]
+)
+async def test_a_dead_stream_fails_every_pending_wait_and_the_next_opens_anew(hub, world, error):
+    world.jobs["job_x"] = job("job_x", "running")
+    waits = [start(hub.wait("job", "job_x")) for _ in range(3)]
+    await eventually(lambda: hub.stats["pending"] == 3 and world.reads == 1)
+    world.queue.put_nowait(error)
+    for w in waits:
+        with pytest.raises(type(error)):
+            await asyncio.wait_for(w, 5)
+    world.jobs["job_x"] = job("job_x", "completed")
+    assert (await asyncio.wait_for(hub.wait("job", "job_x"), 5)).event == "job.completed"
+    assert world.streams == 2 and hub.streams_opened == 2
+
+
+async def test_stream_closes_after_linger_and_reopens(backend, world):
+    hub = EventHub(backend.clone(), linger=0.5)
+    world.jobs["job_l"] = job("job_l", "completed")
+    await asyncio.wait_for(hub.wait("job", "job_l"), 5)
+    await asyncio.wait_for(hub.wait("job", "job_l"), 5)  # within the linger: same stream
+    assert world.streams == 1
+    await eventually(lambda: not hub.stream_open and world.closed_backends == 1)
+    await asyncio.wait_for(hub.wait("job", "job_l"), 5)
+    assert world.streams == 2 and hub.backend.closed is False
+
+
+async def test_shared_hub_per_connection_key_owns_a_clone(world, backend):
+    hub = EventHub.shared(backend)
+    assert EventHub.shared(backend.clone()) is hub
+    assert hub.backend is not backend
+    other = FakeBackend(world, backend.key + "-other")
+    assert EventHub.shared(other) is not hub
+    world.jobs["job_s"] = job("job_s", "running")
+    waits = [start(backend.wait_for_job("job_s")) for _ in range(5)]
+    await eventually(lambda: hub.stats["pending"] == 5)
+    await backend.aclose()  # the hub's clone outlives the caller's backend
+    world.push("job.completed", "job_s", status="completed")
+    assert all(r.event == "job.completed" for r in await asyncio.gather(*waits))
+    assert world.streams == 1
+    await hub.aclose()
+
+
+async def test_reconcile_reads_are_bounded(hub, world):
+    world.read_gate = asyncio.Event()
+    for i in range(40):
+        world.jobs[f"job_{i}"] = job(f"job_{i}", "completed")
+    waits = [start(hub.wait("job", f"job_{i}")) for i in range(40)]
+    await eventually(lambda: world.in_flight == 16)
+    world.read_gate.set()
+    await asyncio.wait_for(asyncio.gather(*waits), 5)
+    assert world.max_in_flight == 16 and world.reads == 40
+
+
+async def test_cancelled_wait_leaves_cleanly(hub, world, caplog):
+    caplog.set_level(logging.WARNING)
+    world.jobs["job_c"] = job("job_c", "running")
+    waiter = start(hub.wait("job", "job_c"))
+    await eventually(lambda: hub.stats["pending"] == 1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert hub.stats["pending"] == 0
+    await eventually(lambda: not hub.stream_open)
