@@ -9,26 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 import websockets
 
-from tests.support.comfyui_server import RunningComfyUI, ensure_comfyui, running_comfyui
+from tests.support.comfyui_server import RunningComfyUI
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.comfyui
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="session")
-def comfyui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningComfyUI]:
-    """One real ComfyUI per test session (installing it first if needed; an install failure says why)."""
-    install = ensure_comfyui()
-    with running_comfyui(install, tmp_path_factory.mktemp("comfyui")) as server:
-        yield server
 
 
 async def _wait_for_terminal(ws, prompt_id: str, timeout: float) -> list[dict]:

@@ -1,0 +1,58 @@
+"""The ComfyUI server block: where a self-hosted ComfyUI (or Comfy Cloud's ComfyUI-compatible API) is.
+
+Pass it wherever the Prefect layer takes credentials (``run_comfy_workflow``, the tasks, the
+listener): they only call :meth:`ComfyUIServer.get_backend`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+if TYPE_CHECKING:
+    from prefect_comfy.backends.comfyui import ComfyUIBackend
+
+__all__ = ["ComfyUIServer"]
+
+
+class ComfyUIServer(Block):
+    """A ComfyUI server: a self-hosted ComfyUI, or Comfy Cloud's ComfyUI-compatible API with a key.
+
+    Example:
+        Load a saved block and run a workflow on that server:
+        ```python
+        from prefect_comfy.comfyui_block import ComfyUIServer
+
+        server = ComfyUIServer.load("BLOCK_NAME")
+        backend = server.get_backend()
+        ```
+    """
+
+    _block_type_name = "ComfyUI Server"
+    _block_type_slug = "comfyui-server"
+    _logo_url = "https://github.com/comfyanonymous.png?size=200"
+    _documentation_url = "https://docs.comfy.org/"
+    _description = "A self-hosted ComfyUI server (or Comfy Cloud's ComfyUI-compatible API)."
+
+    url: str = Field(
+        default="http://127.0.0.1:8188",
+        title="URL",
+        description="The server's origin, such as http://127.0.0.1:8188 or https://cloud.comfy.org.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        title="API key",
+        description="An API key for Comfy Cloud's ComfyUI-compatible API; leave empty for a "
+        "self-hosted ComfyUI.",
+    )
+
+    def get_backend(self) -> ComfyUIBackend:
+        """A :class:`~prefect_comfy.backends.comfyui.ComfyUIBackend` for this server."""
+        from prefect_comfy.backends.comfyui import ComfyUIBackend
+
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        if key and set(key) == {"*"}:  # serialized without secrets: no usable key
+            key = None
+        return ComfyUIBackend(self.url, key)

@@ -1,0 +1,20 @@
+"""Fixtures for integration tests against a real ComfyUI (only ComfyUI fixtures live here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.comfyui_server import RunningComfyUI, ensure_comfyui, running_comfyui
+
+
+@pytest.fixture(scope="session")
+def comfyui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningComfyUI]:
+    """One real ComfyUI 0.3.75 per test session, installed first if needed.
+
+    An install that cannot be done FAILS the tests with the installer's message (never a skip).
+    """
+    install = ensure_comfyui()
+    with running_comfyui(install, tmp_path_factory.mktemp("comfyui")) as server:
+        yield server
