@@ -1,0 +1,341 @@
+"""Progress and outputs of Comfy jobs in the Prefect UI.
+
+- :class:`JobProgressArtifact`: one progress artifact per waited job, created once and updated in place
+  (at most one update per interval, default 1 s, plus the final one; 100 on completion).
+- :func:`create_outputs_artifact`: on completion, a markdown artifact listing the outputs (name, type,
+  size, link) with a small inline preview of each image as a ``data:`` URL, because signed download
+  URLs expire. An image is inlined only when its file is at most :data:`MAX_PREVIEW_BYTES`; the table
+  says so otherwise. Pillow is not needed: the file's own bytes are inlined.
+
+Artifact keys hold lowercase letters, digits and dashes only (:func:`artifact_key`). URLs go through
+:func:`~prefect_comfy.redaction.redact_url`; no artifact ever holds an API key.
+
+Example:
+    >>> artifact_key("job", "Job_42")
+    'comfy-job-job-42-41182457'
+    >>> data_url(b"\\x89PNG", "image/png")
+    'data:image/png;base64,iVBORw=='
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import mimetypes
+import re
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect_comfy.models import Job, Output
+from prefect_comfy.redaction import redact_url
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_PREVIEW_BYTES",
+    "MAX_PREVIEWS",
+    "PREVIEW_MIME_TYPES",
+    "JobProgressArtifact",
+    "artifact_key",
+    "create_outputs_artifact",
+    "data_url",
+    "outputs_markdown",
+    "preview_from_file",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_PREVIEW_BYTES = 64 * 1024
+"""The largest image file inlined as a ``data:`` URL preview."""
+MAX_PREVIEWS = 16
+"""At most this many previews in one outputs artifact (the rest are listed without one)."""
+MAX_KEY_LENGTH = 100
+"""Artifact keys are cut to this length (a hash keeps cut keys distinct)."""
+PREVIEW_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Image types a browser renders inline."""
+
+_NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+def artifact_key(kind: str, resource_id: str, suffix: str | None = None) -> str:
+    """A valid artifact key for a Comfy resource: ``comfy-<kind>-<id>[-<suffix>]``.
+
+    Everything but lowercase letters and digits becomes a dash; when that changes the id (or the
+    key is cut to :data:`MAX_KEY_LENGTH`), 8 hex digits of the original id's hash keep keys distinct.
+    """
+    raw = str(resource_id)
+    safe = _NOT_KEY_CHARS.sub("-", raw.lower()).strip("-") or "id"
+    parts = ["comfy", _NOT_KEY_CHARS.sub("-", kind.lower()).strip("-") or "resource", safe]
+    tail = [_NOT_KEY_CHARS.sub("-", suffix.lower()).strip("-")] if suffix else []
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+    key = "-".join(parts + ([digest] if safe != raw else []) + tail)
+    if len(key) > MAX_KEY_LENGTH:
+        keep = MAX_KEY_LENGTH - len(digest) - 2 - sum(len(t) + 1 for t in tail)
+        key = "-".join([key[:keep].rstrip("-"), digest, *tail])
+    return key
+
+
+# -- progress ---------------------------------------------------------------------------------------
+Creator = Callable[..., Awaitable[UUID]]
+Updater = Callable[..., Awaitable[Any]]
+
+
+class JobProgressArtifact:
+    """The progress artifact of one waited job, updated in place within an interval.
+
+    Args:
+        job_id: the Comfy job.
+        interval: seconds between two updates (the final one is never held back).
+        key: the artifact key; :func:`artifact_key` of the job by default.
+        create: creates the artifact (``prefect.artifacts.acreate_progress_artifact`` by default).
+        update: updates it (``prefect.artifacts.aupdate_progress_artifact`` by default).
+        clock: a monotonic clock (tests inject one).
+
+    Writing is best effort: a failure is logged once and never fails the wait.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        interval: float = 1.0,
+        key: str | None = None,
+        create: Creator | None = None,
+        update: Updater | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+        self.job_id = job_id
+        self.key = key or artifact_key("job", job_id)
+        self.interval = interval
+        self._create = create or acreate_progress_artifact
+        self._update = update or aupdate_progress_artifact
+        self._clock = clock
+        self.artifact_id: UUID | None = None
+        self.written: float | None = None
+        self._pending: float | None = None
+        self._written_at: float | None = None
+        self._failed = False
+
+    @property
+    def description(self) -> str:
+        return f"Progress of Comfy job {self.job_id}"
+
+    async def start(self, progress: float = 0.0) -> UUID | None:
+        """Create the artifact (once)."""
+        if self.artifact_id is None and not self._failed:
+            value = _clamp(progress)
+            try:
+                self.artifact_id = await self._create(
+                    progress=value, key=self.key, description=self.description
+                )
+                self.written, self._written_at = value, self._clock()
+            except Exception as exc:
+                self._give_up(exc)
+        return self.artifact_id
+
+    def offer(self, progress: float) -> None:
+        """Note a new progress value; :meth:`flush_due` writes it when its interval has passed."""
+        value = _clamp(progress)
+        if value != self.written:
+            self._pending = value
+
+    def next_due(self) -> float | None:
+        """Seconds until the held value may be written (``None`` when nothing is held)."""
+        if self._pending is None or self._failed:
+            return None
+        if self._written_at is None:
+            return 0.0
+        return max(self._written_at + self.interval - self._clock(), 0.0)
+
+    async def flush_due(self) -> bool:
+        """Write the held value if its interval has passed."""
+        if self.next_due() == 0.0:
+            return await self._write(self._pending)
+        return False
+
+    async def finish(self, progress: float | None = None) -> bool:
+        """Write the final value now (``progress``, else the held one), whatever the interval."""
+        value = _clamp(progress) if progress is not None else self._pending
+        if value is None or value == self.written:
+            self._pending = None
+            return False
+        return await self._write(value)
+
+    async def _write(self, value: float | None) -> bool:
+        if value is None or self._failed:
+            return False
+        if self.artifact_id is None:
+            return await self.start(value) is not None
+        self._pending = None
+        try:
+            await self._update(artifact_id=self.artifact_id, progress=value)
+        except Exception as exc:
+            self._give_up(exc)
+            return False
+        self.written, self._written_at = value, self._clock()
+        return True
+
+    def _give_up(self, exc: Exception) -> None:
+        self._failed = True
+        logger.warning("Progress artifact of Comfy job %s not written: %r", self.job_id, exc)
+
+
+def _clamp(progress: float) -> float:
+    return float(min(max(progress, 0.0), 100.0))
+
+
+# -- outputs ----------------------------------------------------------------------------------------
+def data_url(
+    data: bytes, mime_type: str | None, *, max_bytes: int = MAX_PREVIEW_BYTES
+) -> str | None:
+    """``data:<mime>;base64,…`` for an image of at most ``max_bytes`` bytes, else ``None``."""
+    if mime_type not in PREVIEW_MIME_TYPES or len(data) > max_bytes:
+        return None
+    return f"data:{mime_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _mime_of(output: Output, path: Path | None = None) -> str | None:
+    if output.mime_type:
+        return output.mime_type.split(";", 1)[0].strip().lower()
+    name = str(path) if path else (output.name or "")
+    return mimetypes.guess_type(name)[0]
+
+
+def preview_from_file(
+    path: str | PathLike[str], mime_type: str | None, *, max_bytes: int = MAX_PREVIEW_BYTES
+) -> str | None:
+    """The ``data:`` URL preview of a downloaded image, or ``None`` if too big or not an image.
+
+    Reads at most ``max_bytes + 1`` bytes, so a huge file costs nothing.
+    """
+    mime = mime_type or mimetypes.guess_type(str(path))[0]
+    if mime not in PREVIEW_MIME_TYPES:
+        return None
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    return data_url(data, mime, max_bytes=max_bytes)
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return re.sub(r"([|\[\]<>\\`*_])", r"\\\1", str(text)).replace("\n", " ")
+
+
+def outputs_markdown(
+    job: Job,
+    outputs: Sequence[Output],
+    previews: Mapping[str, str | None],
+    *,
+    max_bytes: int = MAX_PREVIEW_BYTES,
+) -> str:
+    """The markdown of the outputs artifact: one table row per output, previews inline."""
+    lines = [
+        f"## Outputs of Comfy job `{_cell(job.id)}`",
+        "",
+        f"{len(outputs)} file(s). Download links are signed and expire; previews are inlined "
+        f"for images of at most {max_bytes // 1024} KiB.",
+        "",
+        "| Name | Type | Size | Link | Preview |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for output in outputs:
+        name = output.name or output.id
+        link = f"[download]({redact_url(output.download_url)})" if output.download_url else "—"
+        preview = previews.get(output.id)
+        if preview:
+            shown = f"![{_cell(name)}]({preview})"
+        elif _mime_of(output) in PREVIEW_MIME_TYPES:
+            shown = f"no preview (over {max_bytes // 1024} KiB or not available)"
+        else:
+            shown = "no preview (not an image)"
+        mime = _mime_of(output) or output.type
+        lines.append(
+            f"| {_cell(name)} | {_cell(mime)} | {_human_size(output.size)} | {link} | {shown} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def _previews(
+    outputs: Sequence[Output],
+    *,
+    backend: Any | None,
+    paths: Mapping[str, str | PathLike[str]],
+    max_bytes: int,
+) -> dict[str, str | None]:
+    """Previews from downloaded files when known, else from a download when the size is in bounds."""
+    previews: dict[str, str | None] = {}
+    made = 0
+    with tempfile.TemporaryDirectory(prefix="comfy-preview-") as tmp:
+        for output in outputs:
+            if made >= MAX_PREVIEWS:
+                break
+            path = paths.get(output.id) or (paths.get(output.name) if output.name else None)
+            mime = _mime_of(output, Path(path) if path else None)
+            if mime not in PREVIEW_MIME_TYPES:
+                continue
+            try:
+                if path is None:
+                    if backend is None or output.size is None or output.size > max_bytes:
+                        continue  # never download what cannot be shown
+                    path = await backend.download(output, Path(tmp) / f"preview-{made}")
+                previews[output.id] = preview_from_file(path, mime, max_bytes=max_bytes)
+            except Exception as exc:
+                logger.warning("No preview of Comfy output %s: %r", output.id, exc)
+                continue
+            made += previews[output.id] is not None
+    return previews
+
+
+async def create_outputs_artifact(
+    job: Job,
+    *,
+    backend: Any | None = None,
+    paths: Mapping[str, str | PathLike[str]] | None = None,
+    key: str | None = None,
+    max_preview_bytes: int = MAX_PREVIEW_BYTES,
+) -> UUID | None:
+    """Create the markdown artifact listing a completed job's outputs, with image previews.
+
+    Args:
+        job: the completed job (with its outputs, as :meth:`ComfyBackend.get_job` returns it).
+        backend: used to download an image of known size within the bound when no path is given.
+        paths: downloaded files by output id (or name): previews are made from them.
+        key: the artifact key; ``comfy-job-<id>-outputs`` by default.
+        max_preview_bytes: the largest image inlined.
+
+    Returns:
+        The artifact id, or ``None`` if it could not be written (logged).
+    """
+    from prefect.artifacts import acreate_markdown_artifact
+
+    previews = await _previews(
+        job.outputs, backend=backend, paths=paths or {}, max_bytes=max_preview_bytes
+    )
+    markdown = outputs_markdown(job, job.outputs, previews, max_bytes=max_preview_bytes)
+    try:
+        return await acreate_markdown_artifact(
+            markdown=markdown,
+            key=key or artifact_key("job", job.id, "outputs"),
+            description=f"Outputs of Comfy job {job.id}",
+        )
+    except Exception as exc:
+        logger.warning("Outputs artifact of Comfy job %s not written: %r", job.id, exc)
+        return None

@@ -1,0 +1,524 @@
+"""Comfy events → Prefect events, within a budget.
+
+A Prefect server stores about 1,000 events a second, so progress is a budget and outcomes are not:
+
+- per job, at most one ``comfy.job.progress`` per ``progress_interval`` (default 1 s); updates in
+  between are coalesced (the newest wins) and the last one is always sent, either when its interval
+  has passed (:meth:`ComfyEventEmitter.flush_due`) or before the outcome (:meth:`~ComfyEventEmitter.flush`);
+- across the whole process, progress events share one token bucket, :func:`progress_budget`
+  (``COMFY_PROGRESS_EVENTS_PER_SECOND``, default :data:`DEFAULT_PROGRESS_EVENTS_PER_SECOND`, read when
+  first needed; :func:`set_progress_events_per_second` changes it);
+- outcomes (``submitted``, ``completed``, ``failed``, ``cancelled``, ``timed-out``, input and model
+  ``ready``/``failed``) are never throttled and never dropped.
+
+Events are built by :func:`prefect_comfy.events.from_comfy_event` (deterministic ids) with the flow run
+and task run related explicitly, and handed to a sink. The default sink, :func:`prefect_event_sink`,
+queues them on Prefect's events worker (one connection per process, shared by every wait); a process
+that emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
+
+Example:
+    >>> sent = []
+    >>> emitter = ComfyEventEmitter("http://127.0.0.1:8765", "cloud", sink=sent.append)
+    >>> event = ComfyEvent(event="job.completed", payload={"id": "job_1", "status": "completed"})
+    >>> emitter.outcome(event).event
+    'comfy.job.completed'
+    >>> [e.resource.id for e in sent]
+    ['comfy.job.job_1']
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.events import Event
+from prefect.exceptions import EventTooLarge
+
+from prefect_comfy import events as names
+from prefect_comfy.models import ComfyEvent, Job, ResourceError, WireModel
+from prefect_comfy.redaction import redact
+
+__all__ = [
+    "DEFAULT_PROGRESS_EVENTS_PER_SECOND",
+    "DEFAULT_PROGRESS_INTERVAL",
+    "PROGRESS_BUDGET_ENV",
+    "ComfyEventEmitter",
+    "EventSink",
+    "ProgressBudget",
+    "drain_events",
+    "emit_submitted",
+    "prefect_event_sink",
+    "progress_budget",
+    "run_context_ids",
+    "set_progress_events_per_second",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROGRESS_INTERVAL = 1.0
+"""Seconds between two ``comfy.job.progress`` events of one job."""
+DEFAULT_PROGRESS_EVENTS_PER_SECOND = 50.0
+"""Progress events a process may send per second, all jobs together (5 % of a server's capacity)."""
+PROGRESS_BUDGET_ENV = "COMFY_PROGRESS_EVENTS_PER_SECOND"
+"""The environment variable that sets the process-wide progress budget (``0`` sends no progress)."""
+
+EventSink = Callable[[Event], Any]
+"""Where built events go: a callable that takes one Prefect :class:`~prefect.events.Event`."""
+
+Clock = Callable[[], float]
+
+_DROPPED_PAYLOAD_KEYS = frozenset({"workflow"})
+"""Payload fields left out of events: a workflow graph can be large and is not an outcome."""
+
+
+class ProgressBudget:
+    """A token bucket: ``rate`` progress events a second on average, bursts up to ``capacity``.
+
+    Thread-safe, because sensors may run in several threads (one event loop each) of one process.
+
+    Example:
+        >>> budget = ProgressBudget(2, clock=lambda: 0.0)
+        >>> [budget.try_acquire() for _ in range(3)]
+        [True, True, False]
+    """
+
+    def __init__(
+        self, rate: float, *, capacity: float | None = None, clock: Clock = time.monotonic
+    ):
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        self.rate = float(rate)
+        self.capacity = float(capacity if capacity is not None else max(1.0, self.rate))
+        self._clock = clock
+        self._tokens = self.capacity if self.rate > 0 else 0.0
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def try_acquire(self) -> bool:
+        """Take one token if there is one."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+    def force_acquire(self) -> None:
+        """Take one token even if there is none (a final progress value): the debt slows what follows."""
+        with self._lock:
+            self._refill()
+            self._tokens = max(self._tokens - 1.0, -self.capacity)
+
+    def seconds_until_available(self) -> float:
+        """How long until :meth:`try_acquire` can succeed (``inf`` with a rate of 0)."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0:
+                return 0.0
+            if self.rate <= 0:
+                return math.inf
+            return (1.0 - self._tokens) / self.rate
+
+
+_budget: ProgressBudget | None = None
+_budget_lock = threading.Lock()
+
+
+def progress_budget() -> ProgressBudget:
+    """The process-wide progress budget shared by every emitter (created on first use).
+
+    Its rate is ``COMFY_PROGRESS_EVENTS_PER_SECOND`` when set, else
+    :data:`DEFAULT_PROGRESS_EVENTS_PER_SECOND`.
+    """
+    global _budget
+    with _budget_lock:
+        if _budget is None:
+            raw = os.environ.get(PROGRESS_BUDGET_ENV, "").strip()
+            try:
+                rate = float(raw) if raw else DEFAULT_PROGRESS_EVENTS_PER_SECOND
+                if rate < 0 or math.isnan(rate):
+                    raise ValueError(raw)
+            except ValueError:
+                logger.warning(
+                    "Ignoring %s=%r (not a number >= 0); using %g progress events per second",
+                    PROGRESS_BUDGET_ENV,
+                    raw,
+                    DEFAULT_PROGRESS_EVENTS_PER_SECOND,
+                )
+                rate = DEFAULT_PROGRESS_EVENTS_PER_SECOND
+            _budget = ProgressBudget(rate)
+        return _budget
+
+
+def set_progress_events_per_second(rate: float | None) -> ProgressBudget:
+    """Replace the process-wide budget; ``None`` goes back to the environment / default on next use.
+
+    Returns the budget now in force.
+    """
+    global _budget
+    with _budget_lock:
+        _budget = None if rate is None else ProgressBudget(rate)
+    return progress_budget()
+
+
+# -- sinks -----------------------------------------------------------------------------------------
+_SENT_IDS: OrderedDict[Any, None] = OrderedDict()
+_SENT_IDS_MAX = 8192
+_sent_lock = threading.Lock()
+
+
+def _first_time(event_id: Any) -> bool:
+    """Whether this process has not yet queued an event with this id.
+
+    Prefect's events worker keys its per-event context by id: the same id queued twice makes the
+    second one fail in the worker (and the server stores it once anyway), so repeats stop here.
+    """
+    with _sent_lock:
+        if event_id in _SENT_IDS:
+            _SENT_IDS.move_to_end(event_id)
+            return False
+        _SENT_IDS[event_id] = None
+        if len(_SENT_IDS) > _SENT_IDS_MAX:
+            _SENT_IDS.popitem(last=False)
+        return True
+
+
+def prefect_event_sink(event: Event) -> None:
+    """Queue an event on Prefect's events worker with its own id and related resources.
+
+    Inside a run, the worker adds the flow, deployment and tags of the run; resources already
+    related (the flow run and task run given explicitly) are not repeated. Never raises, except
+    :class:`prefect.exceptions.EventTooLarge`.
+    """
+    from prefect.events import emit_event
+
+    if not _first_time(event.id):
+        return
+    emit_event(
+        event=event.event,
+        resource=dict(event.resource.root),
+        occurred=event.occurred,
+        related=list(event.related),
+        payload=event.payload,
+        id=event.id,
+    )
+
+
+async def drain_events(timeout: float | None = 10.0) -> None:
+    """Wait until every queued Prefect event has been sent (stops the worker; the next emit starts one).
+
+    For short-lived processes that emit outside a Prefect run; inside one, Prefect drains at exit.
+    """
+    from prefect.events.worker import EventsWorker
+
+    await EventsWorker.drain_all(timeout=timeout)
+
+
+# -- building events -------------------------------------------------------------------------------
+def run_context_ids() -> tuple[str | None, str | None]:
+    """``(flow_run_id, task_run_id)`` of the current Prefect run, ``None`` outside one."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_ctx = TaskRunContext.get()
+    flow_ctx = FlowRunContext.get()
+    task_run_id = str(task_ctx.task_run.id) if task_ctx else None
+    flow_run_id = None
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        flow_run_id = str(flow_ctx.flow_run.id)
+    elif task_ctx is not None and task_ctx.task_run.flow_run_id:
+        flow_run_id = str(task_ctx.task_run.flow_run_id)
+    return flow_run_id, task_run_id
+
+
+def _scrub(value: Any) -> Any:
+    """A JSON-native copy with secret-looking URL parameters and bearer tokens redacted."""
+    value = names.json_safe(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in _DROPPED_PAYLOAD_KEYS}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str):
+        return redact(value)
+    return value
+
+
+def resource_payload(resource: WireModel | Mapping[str, Any]) -> dict[str, Any]:
+    """The event payload for a job, input or model: its fields, JSON-native, without the workflow."""
+    data = resource.model_dump(mode="json") if isinstance(resource, WireModel) else dict(resource)
+    return _scrub(data)
+
+
+@dataclass
+class _JobProgress:
+    last_sent_at: float | None = None
+    last_occurrence: str | None = None
+    pending: ComfyEvent | None = None
+
+
+class ComfyEventEmitter:
+    """Turns the Comfy events of one backend into Prefect events, progress within a budget.
+
+    Args:
+        address: the backend's :attr:`~prefect_comfy.backends.base.ComfyBackend.address` (part of
+            every event id).
+        backend_kind: the ``comfy.backend`` label (``cloud``, ``comfyui``).
+        flow_run_id: the flow run related to every event (the submitting run).
+        task_run_id: the task run related to every event.
+        progress_interval: seconds between two progress events of one job.
+        budget: the progress budget; the process-wide :func:`progress_budget` by default.
+        sink: where events go; :func:`prefect_event_sink` by default.
+        clock: a monotonic clock (tests inject one).
+
+    Not thread-safe: one emitter belongs to one wait (its own event loop); the budget is shared.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        backend_kind: str,
+        *,
+        flow_run_id: str | None = None,
+        task_run_id: str | None = None,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        budget: ProgressBudget | None = None,
+        sink: EventSink | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if progress_interval < 0:
+            raise ValueError("progress_interval must be >= 0")
+        self.address = address
+        self.backend_kind = backend_kind
+        self.flow_run_id = flow_run_id
+        self.task_run_id = task_run_id
+        self.progress_interval = float(progress_interval)
+        self._budget = budget
+        self._sink = sink or prefect_event_sink
+        self._clock = clock
+        self._jobs: dict[str, _JobProgress] = {}
+
+    @classmethod
+    def for_backend(cls, backend: Any, **kwargs: Any) -> ComfyEventEmitter:
+        """An emitter for a backend, related to the current flow run and task run (if any)."""
+        flow_run_id, task_run_id = run_context_ids()
+        kwargs.setdefault("flow_run_id", flow_run_id)
+        kwargs.setdefault("task_run_id", task_run_id)
+        return cls(backend.address, backend.kind, **kwargs)
+
+    @property
+    def budget(self) -> ProgressBudget:
+        """The progress budget in use (looked up when first needed)."""
+        if self._budget is None:
+            self._budget = progress_budget()
+        return self._budget
+
+    # -- building ---------------------------------------------------------------------------------
+    def build(self, comfy_event: ComfyEvent, *, occurrence: str | None = None) -> Event:
+        """The Prefect event for a Comfy event: scrubbed JSON-native payload, ``comfy.status`` set.
+
+        ``occurrence`` overrides what distinguishes this occurrence in the deterministic id.
+        """
+        payload = _scrub(comfy_event.payload)
+        if isinstance(payload.get("error"), dict):
+            payload["error"] = ResourceError(**payload["error"]).model_dump(mode="json")
+        if not payload.get("status"):
+            suffix = comfy_event.event.split(".", 1)[-1]
+            payload["status"] = "running" if suffix == "progress" else suffix
+        fixed = ComfyEvent(
+            event=comfy_event.event,
+            payload=payload,
+            id=comfy_event.id,
+            timestamp=comfy_event.timestamp,
+        )
+        event = names.from_comfy_event(
+            fixed,
+            address=self.address,
+            backend_kind=self.backend_kind,
+            flow_run_id=self.flow_run_id,
+            task_run_id=self.task_run_id,
+        )
+        if occurrence is not None:
+            event.id = names.event_id(self.address, event.event, event.resource.id, occurrence)
+        return event
+
+    def emit(self, event: Event) -> Event:
+        """Hand a built event to the sink, unthrottled. A sink error is logged, never raised."""
+        try:
+            self._sink(event)
+        except EventTooLarge:
+            raise
+        except Exception as exc:  # an event must never fail the wait it reports on
+            logger.warning(
+                "Could not emit Prefect event %s for %s: %r", event.event, event.resource.id, exc
+            )
+        return event
+
+    # -- progress ---------------------------------------------------------------------------------
+    def progress(self, comfy_event: ComfyEvent) -> bool:
+        """Offer a progress update; returns whether it was sent now (else it is held, coalesced)."""
+        job_id = comfy_event.resource_id
+        if job_id is None:
+            return False
+        state = self._jobs.setdefault(job_id, _JobProgress())
+        occurrence = names.occurrence_of(comfy_event)
+        if occurrence == state.last_occurrence:
+            state.pending = None  # a repeat of what was sent last: nothing new to say
+            return False
+        state.pending = comfy_event
+        now = self._clock()
+        if self._interval_passed(state, now) and self.budget.try_acquire():
+            self._send_pending(state, now)
+            return True
+        return False
+
+    def _interval_passed(self, state: _JobProgress, now: float) -> bool:
+        return state.last_sent_at is None or now - state.last_sent_at >= self.progress_interval
+
+    def _send_pending(self, state: _JobProgress, now: float) -> None:
+        event, state.pending = state.pending, None
+        assert event is not None
+        state.last_sent_at = now
+        state.last_occurrence = names.occurrence_of(event)
+        self.emit(self.build(event))
+
+    def next_due(self) -> float | None:
+        """Seconds until a held progress update may go out (``None`` when nothing is held)."""
+        now = self._clock()
+        waits = []
+        for state in self._jobs.values():
+            if state.pending is None:
+                continue
+            wait = (
+                0.0
+                if state.last_sent_at is None
+                else state.last_sent_at + self.progress_interval - now
+            )
+            waits.append(max(wait, 0.0))
+        if not waits:
+            return None
+        soonest = min(waits)
+        if soonest <= 0:
+            soonest = max(soonest, min(self.budget.seconds_until_available(), 60.0))
+        return soonest
+
+    def flush_due(self) -> int:
+        """Send the held updates whose interval has passed, as far as the budget allows."""
+        now = self._clock()
+        sent = 0
+        for state in self._jobs.values():
+            if state.pending is not None and self._interval_passed(state, now):
+                if not self.budget.try_acquire():
+                    break
+                self._send_pending(state, now)
+                sent += 1
+        return sent
+
+    def flush(self, job_id: str | None = None) -> int:
+        """Send the held update of a job (or of all jobs) now, whatever the interval and budget.
+
+        The final progress value of a job is always emitted: this is the trailing flush.
+        """
+        now = self._clock()
+        sent = 0
+        states = [self._jobs[job_id]] if job_id in self._jobs else []
+        if job_id is None:
+            states = list(self._jobs.values())
+        for state in states:
+            if state.pending is not None:
+                self.budget.force_acquire()
+                self._send_pending(state, now)
+                sent += 1
+        return sent
+
+    # -- outcomes ---------------------------------------------------------------------------------
+    def outcome(
+        self,
+        comfy_event: ComfyEvent,
+        *,
+        resource: WireModel | Mapping[str, Any] | None = None,
+        occurrence: str | None = None,
+    ) -> Event:
+        """Emit an outcome (never throttled), after the job's last held progress.
+
+        Args:
+            comfy_event: the terminal Comfy event (``job.completed``, ``input.ready`` …).
+            resource: the resource as read afterwards (a :class:`~prefect_comfy.models.Job` with its
+                full outputs); its fields complete the event's payload.
+            occurrence: overrides what distinguishes this occurrence in the event id.
+        """
+        resource_id = comfy_event.resource_id
+        if resource_id is not None:
+            self.flush(resource_id)
+            self._jobs.pop(resource_id, None)
+        if resource is not None:
+            # The resource as read after the event is the fuller record (a job's outputs).
+            payload = _scrub(comfy_event.payload)
+            for key, value in resource_payload(resource).items():
+                if value not in (None, [], {}) or key not in payload:
+                    payload[key] = value
+            comfy_event = ComfyEvent(
+                event=comfy_event.event, payload=payload, timestamp=comfy_event.timestamp
+            )
+        return self.emit(self.build(comfy_event, occurrence=occurrence))
+
+    def timed_out(self, job_id: str, *, timeout: float, last_status: str | None) -> Event:
+        """Emit ``comfy.job.timed-out`` (payload ``id``, ``timeout``, ``last_status``).
+
+        Its id is unique to the task run (a later wait's time-out is another occurrence).
+        """
+        event = ComfyEvent(
+            event="job.timed-out",
+            payload={
+                "id": job_id,
+                "timeout": timeout,
+                "last_status": last_status,
+                "status": last_status or "unknown",
+            },
+        )
+        self.flush(job_id)
+        self._jobs.pop(job_id, None)
+        return self.emit(self.build(event, occurrence=f"{self.task_run_id or ''}|{timeout}"))
+
+
+def emit_submitted(
+    job: Job,
+    backend: Any,
+    *,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    sink: EventSink | None = None,
+) -> Event:
+    """Emit ``comfy.job.submitted`` for a job a backend accepted (call it from the submit task).
+
+    The flow run and task run default to the current run's. The payload is the job without its
+    workflow graph. An idempotent re-submit of the same job yields the same event id.
+
+    Args:
+        job: the job :meth:`ComfyBackend.submit` returned.
+        backend: the backend (its ``address`` and ``kind``).
+        flow_run_id: overrides the related flow run.
+        task_run_id: overrides the related task run.
+        sink: where the event goes; :func:`prefect_event_sink` by default.
+    """
+    ctx_flow_run_id, ctx_task_run_id = run_context_ids()
+    emitter = ComfyEventEmitter(
+        backend.address,
+        backend.kind,
+        flow_run_id=flow_run_id or ctx_flow_run_id,
+        task_run_id=task_run_id or ctx_task_run_id,
+        sink=sink,
+    )
+    payload = resource_payload(job)
+    payload["status"] = payload.get("status") or "pending"
+    return emitter.emit(emitter.build(ComfyEvent(event="job.submitted", payload=payload)))

@@ -1,0 +1,442 @@
+"""The event-driven sensor: wait for a Comfy job (or upload) inside Prefect, and show it.
+
+:func:`wait_for_comfy_job` waits with :meth:`ComfyBackend.wait_for_job` (the shared event stream, one
+REST read after every connect; no polling loop), and meanwhile:
+
+- emits ``comfy.job.progress`` Prefect events, coalesced (:mod:`prefect_comfy.emitter`), and the
+  outcome (``comfy.job.completed``/``failed``/``cancelled``/``timed-out``), never throttled;
+- keeps a progress artifact up to date (at most one write per interval, 100 on completion) and, on
+  completion, writes an artifact listing the outputs with small previews (:mod:`prefect_comfy.artifacts`);
+- logs on state changes only, each line naming the job.
+
+Then it returns the completed :class:`~prefect_comfy.models.Job` (read again, with its full outputs)
+or raises :class:`JobFailed`, :class:`JobCancelled` or :class:`JobTimedOut`; on a time-out (or when
+the wait itself is cancelled) it cancels the Comfy job unless ``cancel_on_timeout=False``.
+
+The tasks are async. In an async flow, ``await wait_for_comfy_job(...)``; in a sync flow, call
+``wait_for_comfy_job.submit(...).result()`` (a direct call from a sync flow returns a coroutine).
+:func:`watch_comfy_job` is the same wait as a plain coroutine, for use inside your own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from prefect_comfy.artifacts import JobProgressArtifact, create_outputs_artifact
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
+from prefect_comfy.exceptions import (
+    ComfyConfigError,
+    JobCancelled,
+    JobFailed,
+    JobTimedOut,
+    UploadFailed,
+)
+from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
+
+__all__ = [
+    "CANCEL_TIMEOUT",
+    "wait_for_comfy_input",
+    "wait_for_comfy_job",
+    "wait_for_comfy_model",
+    "watch_comfy_job",
+]
+
+CANCEL_TIMEOUT = 10.0
+"""Seconds allowed for cancelling the Comfy job after a time-out or an interrupted wait."""
+
+_module_logger = logging.getLogger(__name__)
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return _module_logger
+
+
+async def _open_backend(credentials: Any) -> tuple[ComfyBackend, bool]:
+    """The backend of a credentials block (owned: closed after) or a backend given directly."""
+    if isinstance(credentials, ComfyBackend):
+        return credentials, False
+    get_backend = getattr(credentials, "get_backend", None)
+    if get_backend is None:
+        raise ComfyConfigError(
+            f"expected a ComfyBackend or a block with get_backend(), got {type(credentials).__name__}"
+        )
+    backend = get_backend()
+    if inspect.isawaitable(backend):
+        backend = await backend
+    return backend, True
+
+
+def _error_of(event: ComfyEvent, resource: Job | Input | None) -> ResourceError:
+    if resource is not None and resource.error is not None:
+        return resource.error
+    raw = event.payload.get("error")
+    if isinstance(raw, dict):
+        return ResourceError(**raw)
+    if isinstance(raw, str):
+        return ResourceError(message=raw)
+    return ResourceError()
+
+
+class _JobWatch:
+    """What one wait reports while it waits: progress events, the progress artifact, status logs."""
+
+    def __init__(
+        self,
+        job_id: str,
+        emitter: ComfyEventEmitter | None,
+        artifact: JobProgressArtifact | None,
+        log: Any,
+    ) -> None:
+        self.job_id = job_id
+        self.emitter = emitter
+        self.artifact = artifact
+        self.log = log
+        self.status: str | None = None
+        self._wake = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.emitter is not None or self.artifact is not None:
+            self._pump = asyncio.create_task(self._run(), name=f"comfy-report-{self.job_id}")
+
+    def on_progress(self, event: ComfyEvent) -> None:
+        """The wait's progress callback: cheap and synchronous; writes happen in the pump."""
+        status = str(event.payload.get("status") or "running")
+        self.note_status(status)
+        if self.emitter is not None:
+            self.emitter.progress(event)
+        progress = event.payload.get("progress")
+        if self.artifact is not None and isinstance(progress, (int, float)):
+            self.artifact.offer(float(progress))
+        self._wake.set()
+
+    def note_status(self, status: str) -> None:
+        if status != self.status:
+            if self.status is not None or status != "pending":
+                self.log.info("Comfy job %s is %s", self.job_id, status)
+            self.status = status
+
+    def _next_due(self) -> float | None:
+        dues = [
+            due
+            for due in (
+                self.emitter.next_due() if self.emitter else None,
+                self.artifact.next_due() if self.artifact else None,
+            )
+            if due is not None
+        ]
+        return min(dues) if dues else None
+
+    async def _run(self) -> None:
+        while True:
+            due = self._next_due()
+            if due is None or due > 0:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), due)
+                continue
+            if self.emitter is not None:
+                self.emitter.flush_due()
+            if self.artifact is not None:
+                await self.artifact.flush_due()
+            await asyncio.sleep(0.005)  # the budget may be shared with other threads: never spin
+
+    async def stop(self, final_progress: float | None = None) -> None:
+        """Stop the pump and write what is held: the final progress event and artifact value."""
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+        if self.emitter is not None:
+            self.emitter.flush(self.job_id)
+        if self.artifact is not None:
+            await self.artifact.finish(final_progress)
+
+
+async def _cancel_job(backend: ComfyBackend, job_id: str, log: Any) -> Job | None:
+    try:
+        job = await asyncio.wait_for(backend.cancel(job_id), CANCEL_TIMEOUT)
+    except Exception as exc:
+        log.warning("Could not cancel Comfy job %s: %s", job_id, exc)
+        return None
+    log.info("Asked to cancel Comfy job %s (now %s)", job_id, job.status)
+    return job
+
+
+async def watch_comfy_job(
+    credentials: Any,
+    job_id: str,
+    *,
+    timeout: float | None = None,
+    cancel_on_timeout: bool = True,
+    emit_events: bool = True,
+    progress_artifact: bool = True,
+    outputs_artifact: bool = True,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+) -> Job:
+    """Wait for a Comfy job and report it to Prefect; the body of :func:`wait_for_comfy_job`.
+
+    Args:
+        credentials: a block with ``get_backend()`` (such as ``ComfyCloudCredentials``) or a
+            :class:`~prefect_comfy.backends.base.ComfyBackend`; a backend made here is closed here.
+        job_id: the Comfy job.
+        timeout: seconds to wait; ``None`` waits for ever.
+        cancel_on_timeout: cancel the Comfy job when the wait times out or is itself cancelled.
+        emit_events: emit ``comfy.job.*`` Prefect events (progress coalesced, outcomes always).
+        progress_artifact: keep a progress artifact (key ``comfy-job-<id>``) up to date.
+        outputs_artifact: on completion, write the outputs artifact (key ``comfy-job-<id>-outputs``).
+        progress_interval: seconds between two progress events, and between two artifact writes.
+
+    Returns:
+        The completed job, read again so that its outputs are complete.
+
+    Raises:
+        JobFailed: the job failed; ``error_code``, ``error_message`` and ``node_id`` say why.
+        JobCancelled: the job was cancelled.
+        JobTimedOut: ``timeout`` passed first (the job was cancelled if ``cancel_on_timeout``).
+    """
+    job_id = str(job_id)
+    log = _run_logger()
+    backend, owned = await _open_backend(credentials)
+    try:
+        emitter = (
+            ComfyEventEmitter.for_backend(backend, progress_interval=progress_interval)
+            if emit_events
+            else None
+        )
+        artifact = (
+            JobProgressArtifact(job_id, interval=progress_interval) if progress_artifact else None
+        )
+        watch = _JobWatch(job_id, emitter, artifact, log)
+        log.info(
+            "Waiting for Comfy job %s%s",
+            job_id,
+            f" (timeout {timeout:g}s)" if timeout is not None else "",
+        )
+        if artifact is not None:
+            await artifact.start(0.0)
+        watch.start()
+        try:
+            terminal = await backend.wait_for_job(
+                job_id, timeout=timeout, on_progress=watch.on_progress
+            )
+        except JobTimedOut as exc:
+            await watch.stop()
+            log.warning(
+                "Timed out after %gs waiting for Comfy job %s (last status: %s)",
+                exc.timeout,
+                job_id,
+                exc.status or "unknown",
+            )
+            if emitter is not None:
+                emitter.timed_out(job_id, timeout=exc.timeout, last_status=exc.status)
+            if cancel_on_timeout:
+                await _cancel_job(backend, job_id, log)
+            raise
+        except asyncio.CancelledError:
+            # The cleanup runs as a task of its own: a cancel scope may cancel every await here.
+            cleanup = asyncio.create_task(
+                _after_interrupt(backend, job_id, watch, log, cancel_on_timeout, owned)
+            )
+            owned = False  # the cleanup closes it, when it is done with it
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(cleanup)
+            raise
+        except BaseException:
+            await watch.stop()
+            raise
+        return await _conclude(backend, job_id, terminal, watch, outputs_artifact)
+    finally:
+        if owned:
+            await backend.aclose()
+
+
+async def _after_interrupt(
+    backend: ComfyBackend, job_id: str, watch: _JobWatch, log: Any, cancel: bool, owned: bool
+) -> None:
+    """After the wait itself was cancelled: write what is held, cancel the job, close the backend."""
+    try:
+        await watch.stop()
+        if cancel:
+            log.warning("The wait for Comfy job %s was interrupted: cancelling the job", job_id)
+            await _cancel_job(backend, job_id, log)
+    finally:
+        if owned:
+            await backend.aclose()
+
+
+async def _conclude(
+    backend: ComfyBackend,
+    job_id: str,
+    terminal: ComfyEvent,
+    watch: _JobWatch,
+    outputs_artifact: bool,
+) -> Job:
+    """Report the outcome and return the job, or raise for failed and cancelled."""
+    log, emitter = watch.log, watch.emitter
+    outcome = terminal.event.split(".", 1)[-1]
+    job: Job | None = None
+    if outcome != "cancelled":
+        job = await backend.get_job(job_id)
+    await watch.stop(100.0 if outcome == "completed" else None)
+    watch.status = outcome
+    if emitter is not None:
+        emitter.outcome(terminal, resource=job)
+    if outcome == "completed":
+        assert job is not None
+        log.info("Comfy job %s completed with %d output(s)", job_id, len(job.outputs))
+        if outputs_artifact:
+            await create_outputs_artifact(job, backend=backend)
+        return job
+    if outcome == "failed":
+        error = _error_of(terminal, job)
+        exc = JobFailed(
+            job_id, error_code=error.code, error_message=error.message, node_id=error.node_id
+        )
+        log.error("%s", exc)
+        raise exc
+    log.warning("Comfy job %s was cancelled", job_id)
+    raise JobCancelled(job_id)
+
+
+@task(
+    name="wait_for_comfy_job",
+    task_run_name="wait-for-comfy-job-{job_id}",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
+async def wait_for_comfy_job(
+    credentials: Any,
+    job_id: str,
+    *,
+    timeout: float | None = None,
+    cancel_on_timeout: bool = True,
+    emit_events: bool = True,
+    progress_artifact: bool = True,
+    outputs_artifact: bool = True,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+) -> Job:
+    """Wait for a Comfy job, event-driven, with Prefect events, a progress artifact and outputs.
+
+    See :func:`watch_comfy_job` for the arguments, the return value and the errors.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_comfy.credentials import ComfyCloudCredentials
+        from prefect_comfy.sensor import wait_for_comfy_job
+
+        @flow
+        async def render(job_id: str):
+            creds = await ComfyCloudCredentials.load("BLOCK_NAME")
+            job = await wait_for_comfy_job(creds, job_id, timeout=600)
+            return [o.name for o in job.outputs]
+        ```
+    """
+    return await watch_comfy_job(
+        credentials,
+        job_id,
+        timeout=timeout,
+        cancel_on_timeout=cancel_on_timeout,
+        emit_events=emit_events,
+        progress_artifact=progress_artifact,
+        outputs_artifact=outputs_artifact,
+        progress_interval=progress_interval,
+    )
+
+
+async def _watch_upload(
+    credentials: Any, kind: str, resource_id: str, timeout: float | None, emit_events: bool
+) -> Input | Model:
+    resource_id = str(resource_id)
+    log = _run_logger()
+    backend, owned = await _open_backend(credentials)
+    try:
+        log.info("Waiting for Comfy %s %s", kind, resource_id)
+        if kind == "input":
+            terminal = await backend.wait_for_input(resource_id, timeout=timeout)
+            resource: Input | Model = await backend.get_input(resource_id)
+        else:
+            terminal = await backend.wait_for_model(resource_id, timeout=timeout)
+            resource = await backend.get_model(resource_id)
+        if emit_events:
+            ComfyEventEmitter.for_backend(backend).outcome(terminal, resource=resource)
+        if terminal.event.endswith(".ready"):
+            log.info("Comfy %s %s is ready as %r", kind, resource_id, resource.name)
+            return resource
+        error = _error_of(terminal, resource)
+        exc = UploadFailed(kind, resource_id, error_code=error.code, error_message=error.message)
+        log.error("%s", exc)
+        raise exc
+    finally:
+        if owned:
+            await backend.aclose()
+
+
+@task(
+    name="wait_for_comfy_input",
+    task_run_name="wait-for-comfy-input-{input_id}",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
+async def wait_for_comfy_input(
+    credentials: Any, input_id: str, *, timeout: float | None = None, emit_events: bool = True
+) -> Input:
+    """Wait until an uploaded input is ready; emits ``comfy.input.ready`` or ``comfy.input.failed``.
+
+    Args:
+        credentials: a block with ``get_backend()`` or a backend.
+        input_id: the input.
+        timeout: seconds to wait; ``None`` waits for ever.
+        emit_events: emit the outcome as a Prefect event.
+
+    Returns:
+        The ready input.
+
+    Raises:
+        UploadFailed: the upload ended ``failed``.
+        WaitTimedOut: ``timeout`` passed first.
+    """
+    return await _watch_upload(credentials, "input", input_id, timeout, emit_events)  # type: ignore[return-value]
+
+
+@task(
+    name="wait_for_comfy_model",
+    task_run_name="wait-for-comfy-model-{model_id}",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
+async def wait_for_comfy_model(
+    credentials: Any, model_id: str, *, timeout: float | None = None, emit_events: bool = True
+) -> Model:
+    """Wait until an uploaded model is ready; emits ``comfy.model.ready`` or ``comfy.model.failed``.
+
+    Args:
+        credentials: a block with ``get_backend()`` or a backend.
+        model_id: the model.
+        timeout: seconds to wait; ``None`` waits for ever.
+        emit_events: emit the outcome as a Prefect event.
+
+    Returns:
+        The ready model.
+
+    Raises:
+        UploadFailed: the upload ended ``failed``.
+        WaitTimedOut: ``timeout`` passed first.
+    """
+    return await _watch_upload(credentials, "model", model_id, timeout, emit_events)  # type: ignore[return-value]

@@ -1,0 +1,184 @@
+"""Artifacts: keys, bounded data-URL previews, the outputs table, the throttled progress artifact."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+
+import pytest
+
+from prefect_comfy.artifacts import (
+    MAX_KEY_LENGTH,
+    MAX_PREVIEW_BYTES,
+    JobProgressArtifact,
+    _previews,
+    artifact_key,
+    data_url,
+    outputs_markdown,
+    preview_from_file,
+)
+from prefect_comfy.models import Job, Output
+
+KEY_RE = re.compile(r"^[a-z0-9-]+$")
+SECRET = "comfyui-secret-key-for-unit-tests"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "job_abc",
+        "JOB-ABC",
+        "a/b\\c d",
+        "----",
+        "",
+        "é😀",
+        "x" * 300,
+        "0f8fad5b-d9cb-469f-a165-70867728950e",
+    ],
+)
+def test_artifact_keys_are_valid(job_id):
+    for suffix in (None, "outputs"):
+        key = artifact_key("job", job_id, suffix)
+        assert KEY_RE.match(key), key
+        assert len(key) <= MAX_KEY_LENGTH
+        assert key.startswith("comfy-job-")
+        if suffix:
+            assert key.endswith("-outputs")
+
+
+def test_artifact_keys_keep_clean_ids_and_stay_distinct():
+    assert artifact_key("job", "abc-123") == "comfy-job-abc-123"
+    ids = ["job_a", "job-a", "JOB_A", "job a", "x" * 200, "x" * 201]
+    keys = {artifact_key("job", i) for i in ids}
+    assert len(keys) == len(ids)
+
+
+def test_data_url_is_bounded():
+    assert data_url(PNG, "image/png") == "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert data_url(b"x" * MAX_PREVIEW_BYTES, "image/png") is not None
+    assert data_url(b"x" * (MAX_PREVIEW_BYTES + 1), "image/png") is None
+    assert data_url(PNG, "text/html") is None
+    assert data_url(PNG, "image/svg+xml") is None  # scripts can hide in SVG
+
+
+def test_preview_from_file(tmp_path):
+    small = tmp_path / "a.png"
+    small.write_bytes(PNG)
+    big = tmp_path / "b.png"
+    big.write_bytes(b"x" * (MAX_PREVIEW_BYTES + 10))
+    assert preview_from_file(small, None).startswith("data:image/png;base64,")
+    assert preview_from_file(big, None) is None
+    assert preview_from_file(small, "application/octet-stream") is None
+
+
+def job_with_outputs() -> Job:
+    return Job(
+        id="job_1",
+        status="completed",
+        outputs=[
+            Output(
+                id="o1",
+                name="cat|1.png",
+                type="image",
+                mime_type="image/png",
+                size=len(PNG),
+                download_url=f"https://store/o1.png?X-Sig=abc&api_key={SECRET}",
+            ),
+            Output(
+                id="o2",
+                name="big.png",
+                mime_type="image/png",
+                size=10**7,
+                download_url="https://s/big",
+            ),
+            Output(id="o3", name="notes.txt", mime_type="text/plain", size=3),
+        ],
+    )
+
+
+def test_outputs_markdown(tmp_path):
+    job = job_with_outputs()
+    md = outputs_markdown(job, job.outputs, {"o1": data_url(PNG, "image/png")})
+    assert SECRET not in md
+    assert "X-Sig=abc" in md and "api_key=REDACTED" in md
+    assert "cat\\|1.png" in md  # a pipe in a name cannot break the table
+    assert "](data:image/png;base64," in md
+    assert "no preview (over 64 KiB" in md
+    assert "no preview (not an image)" in md
+    assert md.count("\n| ") == 5  # header, rule, three rows
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.downloads: list[str] = []
+
+    async def download(self, output, dest):
+        self.downloads.append(output.id)
+        dest.write_bytes(PNG)
+        return dest
+
+
+async def test_previews_from_paths_and_bounded_downloads(tmp_path):
+    job = job_with_outputs()
+    backend = FakeBackend()
+    previews = await _previews(job.outputs, backend=backend, paths={}, max_bytes=MAX_PREVIEW_BYTES)
+    assert backend.downloads == ["o1"]  # never the big one, never the text file
+    assert previews["o1"].startswith("data:image/png")
+    local = tmp_path / "cat.png"
+    local.write_bytes(PNG)
+    backend2 = FakeBackend()
+    previews = await _previews(
+        job.outputs, backend=backend2, paths={"o1": local}, max_bytes=MAX_PREVIEW_BYTES
+    )
+    assert backend2.downloads == [] and previews["o1"]
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_progress_artifact_is_throttled_and_ends_with_the_final_value():
+    clock = Clock()
+    calls: list[tuple[str, float]] = []
+    artifact_id = uuid.uuid4()
+
+    async def create(progress, key, description):
+        calls.append(("create", progress))
+        assert KEY_RE.match(key) and "job_9" in description
+        return artifact_id
+
+    async def update(artifact_id, progress):
+        calls.append(("update", progress))
+
+    art = JobProgressArtifact("job_9", interval=1.0, create=create, update=update, clock=clock)
+    assert await art.start(0) == artifact_id
+    art.offer(10)
+    assert art.next_due() == 1.0
+    assert await art.flush_due() is False
+    clock.now = 0.5
+    art.offer(40)
+    clock.now = 1.0
+    assert await art.flush_due() is True
+    art.offer(70)
+    art.offer(90)
+    clock.now = 1.2
+    assert await art.flush_due() is False
+    assert await art.finish(100) is True
+    assert calls == [("create", 0), ("update", 40), ("update", 100)]
+    assert art.written == 100
+
+
+async def test_progress_artifact_failure_never_raises(caplog):
+    async def create(**kwargs):
+        raise RuntimeError("no server")
+
+    art = JobProgressArtifact("j", create=create, update=create)
+    assert await art.start() is None
+    art.offer(50)
+    assert await art.finish(100) is False
+    assert "not written" in caplog.text

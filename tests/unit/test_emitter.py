@@ -1,0 +1,329 @@
+"""The emitter: coalescing per job, the shared budget, outcomes never throttled, event building."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from prefect_comfy import emitter as emitter_module
+from prefect_comfy.emitter import (
+    PROGRESS_BUDGET_ENV,
+    ComfyEventEmitter,
+    ProgressBudget,
+    emit_submitted,
+    progress_budget,
+    set_progress_events_per_second,
+)
+from prefect_comfy.models import ComfyEvent, Job, Output
+
+ADDRESS = "http://127.0.0.1:8765"
+FLOW_RUN = str(uuid.uuid4())
+TASK_RUN = str(uuid.uuid4())
+SECRET = "comfyui-secret-key-for-unit-tests"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sent() -> list:
+    return []
+
+
+def make(sent, clock, *, rate=1000.0, interval=1.0, budget=None) -> ComfyEventEmitter:
+    return ComfyEventEmitter(
+        ADDRESS,
+        "cloud",
+        flow_run_id=FLOW_RUN,
+        task_run_id=TASK_RUN,
+        progress_interval=interval,
+        budget=budget or ProgressBudget(rate, clock=clock),
+        sink=sent.append,
+        clock=clock,
+    )
+
+
+def progress(job_id: str, value: float, **extra) -> ComfyEvent:
+    payload = {"id": job_id, "status": "running", "progress": value, "node_id": "3", **extra}
+    return ComfyEvent(event="job.progress", payload=payload)
+
+
+def outcome(job_id: str, name: str = "completed", **payload) -> ComfyEvent:
+    return ComfyEvent(event=f"job.{name}", payload={"id": job_id, "status": name, **payload})
+
+
+def values(sent) -> list:
+    return [(e.resource.id, e.event, e.payload.get("progress")) for e in sent]
+
+
+# -- coalescing -------------------------------------------------------------------------------------
+def test_first_progress_goes_out_at_once_then_one_per_interval(sent, clock):
+    em = make(sent, clock)
+    assert em.progress(progress("j1", 1)) is True
+    for v in range(2, 10):
+        clock.advance(0.1)
+        assert em.progress(progress("j1", v)) is False
+    assert values(sent) == [("comfy.job.j1", "comfy.job.progress", 1)]
+    assert em.next_due() == pytest.approx(0.2)
+    clock.advance(0.2)
+    assert em.next_due() == 0
+    assert em.flush_due() == 1
+    # coalesced: only the newest held value went out
+    assert values(sent)[-1] == ("comfy.job.j1", "comfy.job.progress", 9)
+    assert em.next_due() is None
+
+
+def test_update_after_interval_goes_out_immediately(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("j1", 10))
+    clock.advance(1.0)
+    assert em.progress(progress("j1", 20)) is True
+    assert [v for _, _, v in values(sent)] == [10, 20]
+
+
+def test_trailing_flush_sends_last_value_before_outcome(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("j1", 10))
+    clock.advance(0.3)
+    em.progress(progress("j1", 90))
+    em.progress(progress("j1", 100))
+    em.outcome(outcome("j1"))
+    assert values(sent) == [
+        ("comfy.job.j1", "comfy.job.progress", 10),
+        ("comfy.job.j1", "comfy.job.progress", 100),
+        ("comfy.job.j1", "comfy.job.completed", None),
+    ]
+    assert em.next_due() is None  # the job's state is gone
+
+
+def test_flush_sends_last_value_even_without_budget(sent, clock):
+    em = make(sent, clock, rate=0)
+    assert em.progress(progress("j1", 50)) is False
+    assert em.next_due() == 60.0  # a budget of 0 never refills: the pump sleeps long
+    assert em.flush("j1") == 1
+    assert values(sent) == [("comfy.job.j1", "comfy.job.progress", 50)]
+
+
+def test_repeated_identical_progress_is_not_sent_twice(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("j1", 50))
+    clock.advance(5)
+    assert em.progress(progress("j1", 50)) is False
+    assert em.flush() == 0
+    assert len(sent) == 1
+
+
+def test_jobs_are_coalesced_independently(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("a", 1))
+    em.progress(progress("b", 1))
+    em.progress(progress("a", 2))
+    assert values(sent) == [
+        ("comfy.job.a", "comfy.job.progress", 1),
+        ("comfy.job.b", "comfy.job.progress", 1),
+    ]
+    assert em.flush() == 1
+    assert values(sent)[-1] == ("comfy.job.a", "comfy.job.progress", 2)
+
+
+def test_budget_is_shared_across_emitters(sent, clock):
+    budget = ProgressBudget(3, clock=clock)  # 3 a second, bursts of 3
+    emitters = [make(sent, clock, budget=budget) for _ in range(5)]
+    results = [em.progress(progress(f"job{i}", 1)) for i, em in enumerate(emitters)]
+    assert results == [True, True, True, False, False]
+    assert len(sent) == 3
+    # the held ones wait for tokens, not for their interval
+    assert emitters[3].next_due() == pytest.approx(1 / 3)
+    clock.advance(1 / 3)
+    assert emitters[3].flush_due() == 1
+    assert emitters[4].flush_due() == 0
+    clock.advance(1 / 3)
+    assert emitters[4].flush_due() == 1
+    assert len(sent) == 5
+
+
+def test_outcomes_are_never_throttled(sent, clock):
+    em = make(sent, clock, rate=0)
+    names = ["completed", "failed", "cancelled"]
+    for i, name in enumerate(names):
+        em.outcome(outcome(f"j{i}", name))
+    em.timed_out("j9", timeout=5.0, last_status="running")
+    em.outcome(ComfyEvent(event="input.ready", payload={"id": "in1", "name": "a.png"}))
+    em.outcome(ComfyEvent(event="model.failed", payload={"id": "m1", "error": {"code": "x"}}))
+    assert [e.event for e in sent] == [
+        "comfy.job.completed",
+        "comfy.job.failed",
+        "comfy.job.cancelled",
+        "comfy.job.timed-out",
+        "comfy.input.ready",
+        "comfy.model.failed",
+    ]
+
+
+def test_budget_token_bucket(clock):
+    budget = ProgressBudget(10, clock=clock)
+    assert sum(budget.try_acquire() for _ in range(20)) == 10
+    clock.advance(0.5)
+    assert sum(budget.try_acquire() for _ in range(20)) == 5
+    budget.force_acquire()  # a final value may run into debt
+    assert budget.seconds_until_available() == pytest.approx(0.2)
+
+
+def test_process_budget_from_environment_read_lazily(monkeypatch):
+    monkeypatch.setenv(PROGRESS_BUDGET_ENV, "7")
+    set_progress_events_per_second(None)
+    try:
+        assert progress_budget().rate == 7
+        assert progress_budget() is progress_budget()
+        assert set_progress_events_per_second(123).rate == 123
+        emitter = ComfyEventEmitter(ADDRESS, "cloud", sink=lambda e: None)
+        assert emitter.budget is progress_budget()
+        monkeypatch.setenv(PROGRESS_BUDGET_ENV, "not-a-number")
+        assert (
+            set_progress_events_per_second(None).rate
+            == emitter_module.DEFAULT_PROGRESS_EVENTS_PER_SECOND
+        )
+    finally:
+        monkeypatch.delenv(PROGRESS_BUDGET_ENV)
+        set_progress_events_per_second(None)
+
+
+# -- building ---------------------------------------------------------------------------------------
+def test_progress_event_labels_related_and_payload(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("job_1", 42.5, tags=["hero", f"prefect.flow-run.{FLOW_RUN}"]))
+    (event,) = sent
+    assert event.event == "comfy.job.progress"
+    assert event.resource.id == "comfy.job.job_1"
+    assert event.resource["prefect.resource.name"] == "job_1"
+    assert event.resource["comfy.backend"] == "cloud"
+    assert event.resource["comfy.status"] == "running"
+    assert event.resource["comfy.tags"] == "hero"
+    assert event.resource["comfy.tag.hero"] == "true"
+    related = {r.id: r.role for r in event.related}
+    assert related == {
+        f"prefect.flow-run.{FLOW_RUN}": "flow-run",
+        f"prefect.task-run.{TASK_RUN}": "task-run",
+    }
+    assert event.payload["progress"] == 42.5
+    assert json.loads(json.dumps(event.payload)) == event.payload
+
+
+def test_ids_are_deterministic_per_occurrence(clock):
+    a, b = [], []
+    em_a, em_b = make(a, clock), make(b, clock)
+    em_a.progress(progress("j1", 10))
+    em_b.progress(progress("j1", 10))
+    em_a.outcome(outcome("j1"))
+    em_b.outcome(outcome("j1"))
+    assert [e.id for e in a] == [e.id for e in b]
+    c = []
+    make(c, clock).progress(progress("j1", 11))
+    assert c[0].id != a[0].id
+    assert a[1].id != a[0].id
+
+
+def test_timed_out_payload_and_status(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("j1", 10))
+    clock.advance(0.1)
+    em.progress(progress("j1", 30))
+    event = em.timed_out("j1", timeout=2.5, last_status="running")
+    assert [e.event for e in sent] == [
+        "comfy.job.progress",
+        "comfy.job.progress",
+        "comfy.job.timed-out",
+    ]
+    assert event.payload == {
+        "id": "j1",
+        "timeout": 2.5,
+        "last_status": "running",
+        "status": "running",
+    }
+    assert event.resource["comfy.status"] == "running"
+
+
+def test_failed_event_carries_the_comfy_error(sent, clock):
+    em = make(sent, clock)
+    raw = outcome("j1", "failed", error={"type": "node_error", "message": "boom", "node_id": "7"})
+    event = em.outcome(raw)
+    assert event.payload["error"] == {"code": "node_error", "message": "boom", "node_id": "7"}
+    assert event.resource["comfy.status"] == "failed"
+
+
+def test_outcome_payload_completed_from_the_job_read_afterwards(sent, clock):
+    em = make(sent, clock)
+    job = Job(
+        id="j1",
+        status="completed",
+        workflow={"3": {"class_type": "KSampler", "inputs": {}}},
+        outputs=[
+            Output(id="o1", name="a.png", download_url="https://s/a.png?sig=1&api_key=" + SECRET)
+        ],
+    )
+    event = em.outcome(outcome("j1", outputs=[]), resource=job)
+    assert event.payload["outputs"][0]["name"] == "a.png"
+    assert "workflow" not in event.payload
+    assert SECRET not in json.dumps(event.payload)
+    assert "sig=1" in event.payload["outputs"][0]["download_url"]
+
+
+def test_status_is_filled_in_when_missing(sent, clock):
+    em = make(sent, clock)
+    event = em.outcome(ComfyEvent(event="job.cancelled", payload={"id": "j1"}))
+    assert event.resource["comfy.status"] == "cancelled"
+
+
+def test_emit_submitted(sent):
+    class Backend:
+        address = ADDRESS
+        kind = "cloud"
+
+    job = Job(id="j1", status="pending", tags=["x"], workflow={"1": {}})
+    first = emit_submitted(job, Backend(), flow_run_id=FLOW_RUN, sink=sent.append)
+    again = emit_submitted(job, Backend(), flow_run_id=FLOW_RUN, sink=sent.append)
+    assert first.event == "comfy.job.submitted" and first.id == again.id
+    assert first.resource["comfy.status"] == "pending"
+    assert first.resource["comfy.tag.x"] == "true"
+    assert f"prefect.flow-run.{FLOW_RUN}" in {r.id for r in first.related}
+    assert "workflow" not in first.payload
+
+
+def test_sink_errors_never_fail_the_wait(clock, caplog):
+    def broken(event):
+        raise RuntimeError("server gone")
+
+    em = ComfyEventEmitter(
+        ADDRESS, "cloud", sink=broken, budget=ProgressBudget(10, clock=clock), clock=clock
+    )
+    em.outcome(outcome("j1"))
+    assert "Could not emit" in caplog.text
+
+
+def test_prefect_sink_queues_each_id_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **kw: calls.append(kw))
+    em = ComfyEventEmitter(ADDRESS, "cloud", flow_run_id=FLOW_RUN)
+    unique = f"j-{uuid.uuid4()}"
+    em.outcome(outcome(unique))
+    em.outcome(outcome(unique))
+    assert len(calls) == 1
+    (kw,) = calls
+    assert kw["event"] == "comfy.job.completed"
+    assert kw["resource"]["prefect.resource.id"] == f"comfy.job.{unique}"
+    assert kw["id"] is not None and kw["related"]

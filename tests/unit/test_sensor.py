@@ -1,0 +1,212 @@
+"""The sensor's logic on a fake backend (no server): outcomes, errors, cancel on time-out, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from prefect_comfy import emitter as emitter_module
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.exceptions import (
+    ComfyConfigError,
+    JobCancelled,
+    JobFailed,
+    JobTimedOut,
+    UploadFailed,
+)
+from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
+from prefect_comfy.sensor import _watch_upload, watch_comfy_job
+from tests.waiting import eventually
+
+
+class FakeBackend(ComfyBackend):
+    kind = "cloud"
+
+    def __init__(self, terminal: ComfyEvent | None, job: Job, progress: list[float] = ()) -> None:
+        self.terminal = terminal
+        self.job = job
+        self.progress = list(progress)
+        self.cancelled: list[str] = []
+        self.closed = False
+        self.upload: Input | Model | None = None
+
+    address = "http://fake"  # type: ignore[assignment]
+    connection_key = "fake"  # type: ignore[assignment]
+
+    def clone(self):
+        return self
+
+    async def wait_for_job(self, job_id, *, timeout=None, on_progress=None):
+        for value in self.progress:
+            on_progress(
+                ComfyEvent(
+                    event="job.progress",
+                    payload={"id": job_id, "status": "running", "progress": value},
+                )
+            )
+        if self.terminal is None:
+            await asyncio.sleep(0)
+            raise JobTimedOut(job_id, timeout=timeout or 0.0, status="running")
+        return self.terminal
+
+    async def wait_for_input(self, input_id, *, timeout=None):
+        return ComfyEvent(event=f"input.{self.upload.status}", payload={"id": input_id})
+
+    async def wait_for_model(self, model_id, *, timeout=None):
+        return ComfyEvent(event=f"model.{self.upload.status}", payload={"id": model_id})
+
+    async def get_job(self, job_id):
+        return self.job
+
+    async def cancel(self, job_id):
+        self.cancelled.append(job_id)
+        return self.job.model_copy(update={"status": "cancelled"})
+
+    async def get_input(self, input_id):
+        return self.upload
+
+    get_model = get_input
+
+    async def aclose(self):
+        self.closed = True
+
+    async def submit(self, *a: Any, **k: Any): ...
+    async def outputs(self, job_id): ...
+    async def download(self, output, dest): ...
+    async def upload_input(self, *a: Any, **k: Any): ...
+    async def upload_model(self, *a: Any, **k: Any): ...
+    def events(self, *a: Any, **k: Any): ...
+
+
+class Creds:
+    def __init__(self, backend):
+        self.backend = backend
+
+    async def get_backend(self):  # an async get_backend works too
+        return self.backend
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    events: list = []
+    monkeypatch.setattr(emitter_module, "prefect_event_sink", events.append)
+    return events
+
+
+QUIET = {"progress_artifact": False, "outputs_artifact": False}
+
+
+async def test_completed_returns_the_job_read_again(sent, caplog):
+    caplog.set_level(logging.INFO, logger="prefect_comfy")
+    job = Job(id="j1", status="completed", outputs=[Output(id="o1", name="a.png")])
+    backend = FakeBackend(
+        ComfyEvent(event="job.completed", payload={"id": "j1"}), job, [10, 50, 100]
+    )
+    result = await watch_comfy_job(Creds(backend), "j1", progress_interval=10, **QUIET)
+    assert result is job
+    assert backend.closed  # made from the credentials: closed here
+    assert [(e.event, e.payload.get("progress")) for e in sent] == [
+        ("comfy.job.progress", 10),
+        ("comfy.job.progress", 100),  # coalesced, last one flushed
+        ("comfy.job.completed", None),
+    ]
+    assert sent[-1].payload["outputs"][0]["name"] == "a.png"
+    lines = [r.getMessage() for r in caplog.records if "j1" in r.getMessage()]
+    assert lines == [
+        "Waiting for Comfy job j1",
+        "Comfy job j1 is running",
+        "Comfy job j1 completed with 1 output(s)",
+    ]
+
+
+async def test_failed_raises_job_failed_with_the_comfy_error(sent):
+    error = ResourceError(code="oom", message="out of memory", node_id="3")
+    backend = FakeBackend(
+        ComfyEvent(event="job.failed", payload={"id": "j1"}),
+        Job(id="j1", status="failed", error=error),
+    )
+    with pytest.raises(JobFailed) as info:
+        await watch_comfy_job(backend, "j1", **QUIET)
+    assert (info.value.error_code, info.value.error_message, info.value.node_id) == (
+        "oom",
+        "out of memory",
+        "3",
+    )
+    assert not backend.closed  # given directly: the caller's to close
+    assert sent[-1].payload["error"] == {"code": "oom", "message": "out of memory", "node_id": "3"}
+
+
+async def test_cancelled_raises_job_cancelled(sent):
+    backend = FakeBackend(
+        ComfyEvent(event="job.cancelled", payload={"id": "j1"}), Job(id="j1", status="cancelled")
+    )
+    with pytest.raises(JobCancelled):
+        await watch_comfy_job(backend, "j1", **QUIET)
+    assert sent[-1].event == "comfy.job.cancelled"
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+async def test_timeout_emits_timed_out_and_cancels(sent, cancel):
+    backend = FakeBackend(None, Job(id="j1", status="running"), [5])
+    with pytest.raises(JobTimedOut):
+        await watch_comfy_job(backend, "j1", timeout=0.01, cancel_on_timeout=cancel, **QUIET)
+    assert [e.event for e in sent] == ["comfy.job.progress", "comfy.job.timed-out"]
+    assert sent[-1].payload == {
+        "id": "j1",
+        "timeout": 0.01,
+        "last_status": "running",
+        "status": "running",
+    }
+    assert backend.cancelled == (["j1"] if cancel else [])
+
+
+async def test_no_events_when_disabled(sent):
+    backend = FakeBackend(
+        ComfyEvent(event="job.completed", payload={"id": "j1"}),
+        Job(id="j1", status="completed"),
+        [1],
+    )
+    await watch_comfy_job(backend, "j1", emit_events=False, **QUIET)
+    assert sent == []
+
+
+async def test_not_a_backend():
+    with pytest.raises(ComfyConfigError):
+        await watch_comfy_job(object(), "j1", **QUIET)
+
+
+@pytest.mark.parametrize("kind", ["input", "model"])
+async def test_upload_failed_raises(sent, kind):
+    backend = FakeBackend(None, Job(id="x", status="pending"))
+    backend.upload = Input(
+        id="u1", name="a.png", status="failed", error=ResourceError(code="bad", message="nope")
+    )
+    with pytest.raises(UploadFailed) as info:
+        await _watch_upload(backend, kind, "u1", None, True)
+    assert (info.value.kind, info.value.error_code, info.value.error_message) == (
+        kind,
+        "bad",
+        "nope",
+    )
+    assert sent[-1].event == f"comfy.{kind}.failed"
+    assert sent[-1].payload["error"]["code"] == "bad"
+
+
+class BlockingBackend(FakeBackend):
+    async def wait_for_job(self, job_id, *, timeout=None, on_progress=None):
+        on_progress(ComfyEvent(event="job.progress", payload={"id": job_id, "progress": 5}))
+        await asyncio.Event().wait()
+
+
+async def test_interrupted_wait_cancels_the_job_and_closes_the_backend(sent):
+    backend = BlockingBackend(None, Job(id="j1", status="running"))
+    waiting = asyncio.create_task(watch_comfy_job(Creds(backend), "j1", **QUIET))
+    await eventually(lambda: sent, message="the first progress event")
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await eventually(lambda: backend.closed, message="the backend closed")
+    assert backend.cancelled == ["j1"]
