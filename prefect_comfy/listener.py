@@ -16,7 +16,10 @@ What it does beyond copying events:
   :data:`prefect_comfy.models.STATUS_EVENT`; its deterministic id makes a repeat harmless).
 - **Heartbeats.** ``comfy.listener.heartbeat`` every ``heartbeat_interval`` seconds, connected or not,
   on the resource ``comfy.listener.<listener id>`` with the label ``comfy.connected``, so that a
-  proactive automation can alert when a listener goes quiet.
+  proactive automation can alert when a listener goes quiet. The label is ``"false"`` from the
+  moment the link drops (the backend's ``on_disconnect``) until the stream is subscribed again
+  (``on_connect``); with a backend whose ``events`` has no ``on_disconnect``, only once the stream
+  gives up.
 - **A clean stop.** :meth:`ComfyListener.stop` (SIGTERM and SIGINT under :func:`run_listener`) stops
   reading, sends everything already received, and flushes the Prefect events client.
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -113,6 +117,17 @@ def default_listener_id() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in raw).strip("-") or "listener"
 
 
+def _accepts_on_disconnect(backend: ComfyBackend) -> bool:
+    """Whether ``backend.events`` takes ``on_disconnect`` (added to the interface later)."""
+    try:
+        parameters = inspect.signature(backend.events).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.name == "on_disconnect" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
+
+
 def _default_events_client() -> Any:
     from prefect.events.clients import get_events_client
 
@@ -133,6 +148,8 @@ class ListenerStats:
     heartbeats: int = 0
     connects: int = 0
     """Connects and reconnects of the Comfy stream (as reported by ``on_connect``)."""
+    disconnects: int = 0
+    """Drops of an established connection (as reported by ``on_disconnect``, where supported)."""
     stream_restarts: int = 0
     """Times the stream gave up (reconnect budget spent) and the listener opened a new one."""
     send_errors: int = 0
@@ -200,6 +217,7 @@ class ComfyListener:
         self.stats = ListenerStats()
         self.connected = False
         """Whether the Comfy stream is up, as far as the listener can tell."""
+        self._hears_disconnects = _accepts_on_disconnect(backend)
         self._client_factory = events_client or _default_events_client
         self._drain_timeout = drain_timeout
         self._restart_backoff = Backoff(initial=restart_delay, maximum=60.0)
@@ -284,7 +302,10 @@ class ComfyListener:
     async def _consume(self) -> None:
         """Read the stream until a stop; open a new one when it gives up (auth failures are fatal)."""
         while not self._stopping:
-            stream = self.backend.events(self.patterns, on_connect=self._on_connect)
+            hooks: dict[str, Any] = {"on_connect": self._on_connect}
+            if self._hears_disconnects:
+                hooks["on_disconnect"] = self._on_disconnect
+            stream = self.backend.events(self.patterns, **hooks)
             try:
                 async with contextlib.aclosing(stream):  # type: ignore[type-var]
                     iterator = stream.__aiter__()
@@ -295,7 +316,10 @@ class ComfyListener:
                         except StopAsyncIteration:
                             break
                         self._idle.clear()
-                        self.connected = True
+                        if not self._hears_disconnects:
+                            # No drop signal: an event is the best sign of life. (With one, an
+                            # event queued before a drop must not undo the drop.)
+                            self.connected = True
                         self.stats.received += 1
                         await self.forward(comfy_event)
                         if self._stopping:
@@ -331,6 +355,11 @@ class ComfyListener:
         else:
             logger.info("Comfy event stream connected to %s", self.backend.address)
         await self.reconcile()
+
+    async def _on_disconnect(self) -> None:
+        self.connected = False
+        self.stats.disconnects += 1
+        logger.info("Comfy event stream to %s dropped; reconnecting", self.backend.address)
 
     async def forward(self, comfy_event: ComfyEvent, *, reconciled: bool = False) -> Event:
         """Turn one Comfy event into its Prefect event and queue it for sending."""

@@ -29,6 +29,9 @@ ProgressCallback = Callable[[ComfyEvent], Any | Awaitable[Any]]
 ConnectCallback = Callable[[], Awaitable[None]]
 """Awaited after every (re)connect, once the subscription is active and before events flow on."""
 
+DisconnectCallback = Callable[[], Awaitable[None]]
+"""Awaited when an established connection is lost, before reconnecting."""
+
 Source = str | PathLike[str] | bytes
 """What an upload takes: a path to a file, or the bytes themselves (then ``name`` is required)."""
 
@@ -139,11 +142,18 @@ class ComfyBackend(abc.ABC):
         patterns: Sequence[str] = ("*",),
         *,
         on_connect: ConnectCallback | None = None,
+        on_disconnect: DisconnectCallback | None = None,
     ) -> AsyncIterator[ComfyEvent]:
         """Events matching the patterns, across reconnects, duplicates dropped.
 
         ``on_connect`` is awaited after every connect and reconnect, once subscribed, so that the
         caller can reconcile what it missed while disconnected (the stream has no replay).
+
+        ``on_disconnect`` is awaited (or run as a task) when an established connection is lost
+        (one that ``on_connect`` was called for), before reconnecting, so that the caller can tell
+        "reconnecting" from "connected"; not when the caller closes the stream. Exceptions in either
+        hook are logged, never raised into the stream. (Added after the first backends: callers
+        pass it only to backends whose ``events`` accepts it.)
 
         Raises:
             WebSocketAuthError: the key was refused.

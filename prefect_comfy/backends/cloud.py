@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import SecretStr
 
-from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, Source
+from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, DisconnectCallback, Source
 from prefect_comfy.client.rest import ComfyClient
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
@@ -141,8 +141,14 @@ class CloudBackend(ComfyBackend):
         patterns: Sequence[str] = ("*",),
         *,
         on_connect: ConnectCallback | None = None,
+        on_disconnect: DisconnectCallback | None = None,
     ) -> AsyncIterator[ComfyEvent]:
-        """Events matching ``patterns`` over one :class:`ComfyWebSocket`, across reconnects."""
+        """Events matching ``patterns`` over one :class:`ComfyWebSocket`, across reconnects.
+
+        ``on_connect`` and ``on_disconnect`` are passed to the socket: the first runs as a task
+        after every (re)subscribe, the second is awaited when a subscribed connection drops,
+        before the reconnect.
+        """
         from prefect_comfy.client.ws import ComfyWebSocket
 
         s = self.settings
@@ -158,6 +164,7 @@ class CloudBackend(ComfyBackend):
             ping_interval=s.ping_interval,
             ping_timeout=s.ping_timeout,
             on_connect=on_connect,
+            on_disconnect=on_disconnect,
         ) as ws:
             await ws.subscribe(list(patterns))
             async for event in ws.events():

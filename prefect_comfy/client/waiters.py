@@ -2,9 +2,9 @@
 
 Each call waits through the shared :class:`~prefect_comfy.client.hub.EventHub` of a
 :class:`~prefect_comfy.backends.cloud.CloudBackend`, so any number of concurrent calls with the same
-key in one event loop share ONE WebSocket connection. The backend that names the hub is made once per
-event loop and configuration (making one costs an HTTP client) and never does I/O itself: the hub
-works on a clone of its own.
+key in one event loop share ONE WebSocket connection. Each call builds a backend only to name the
+hub (no I/O: its HTTP client would be made on a first request, which never comes); the hub works on a
+clone of its own.
 
 Example:
     >>> async def main(job_id):  # doctest: +SKIP
@@ -15,41 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import weakref
-from typing import TYPE_CHECKING
-
 from prefect_comfy.backends.base import ProgressCallback
 from prefect_comfy.client.hub import EventHub
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import ComfyEvent
-from prefect_comfy.settings import ComfySettings
-
-if TYPE_CHECKING:
-    from prefect_comfy.backends.cloud import CloudBackend
 
 __all__ = ["wait_for_input_ready", "wait_for_job", "wait_for_model_ready"]
-
-_backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], CloudBackend]]
-_backends = weakref.WeakKeyDictionary()
-
-
-def _backend(api_key: str | None, base_url: str | None) -> CloudBackend:
-    """The backend for these credentials and settings in the running loop (made on first use)."""
-    from prefect_comfy.backends.cloud import CloudBackend
-
-    settings = ComfySettings()
-    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else "")
-    config = settings.model_dump_json(exclude={"api_key"})
-    cache_key = (hashlib.sha256(key.encode()).hexdigest(), base_url or "", config)
-    cache = _backends.setdefault(asyncio.get_running_loop(), {})
-    backend = cache.get(cache_key)
-    if backend is None:
-        backend = cache[cache_key] = CloudBackend(
-            api_key=api_key, base_url=base_url, settings=settings
-        )
-    return backend
 
 
 async def _wait(
@@ -60,9 +31,14 @@ async def _wait(
     base_url: str | None,
     on_progress: ProgressCallback | None = None,
 ) -> ComfyEvent:
+    from prefect_comfy.backends.cloud import CloudBackend
+
     if not resource_id:
         raise ComfyConfigError(f"a {kind} id is required")
-    return await EventHub.shared(_backend(api_key, base_url)).wait(
+    # Only names the hub: the hub works on a clone of its own, so this backend never opens a
+    # connection and has nothing to close (building one costs well under a millisecond).
+    backend = CloudBackend(api_key=api_key, base_url=base_url)
+    return await EventHub.shared(backend).wait(
         kind,  # type: ignore[arg-type]
         resource_id,
         timeout=timeout,

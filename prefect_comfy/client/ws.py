@@ -3,11 +3,13 @@
 :class:`ComfyWebSocket` matches the ``ComfyWebSocket`` of Comfy's own Python SDK (same constructor,
 ``subscribe`` and ``events``) and adds what long waits need: a JSON ``ping`` keepalive that treats a
 missing ``pong`` as a dead link, jittered reconnects that reset after a good connection, an
-``on_connect`` hook for REST reconciliation (the stream has no replay), and de-duplication.
+``on_connect`` hook for REST reconciliation (the stream has no replay), an ``on_disconnect`` hook
+for telling "reconnecting" from "connected", and de-duplication.
 
 One background task owns the socket: it connects, subscribes, reads every frame and puts the
 matching events on a queue that :meth:`ComfyWebSocket.events` drains. ``on_connect`` runs as a
-task of its own after each ``subscribed``, so a slow hook never holds up reading.
+task of its own after each ``subscribed``, so a slow hook never holds up reading; ``on_disconnect``
+is awaited by that task after a good connection drops, before the pause and the reconnect.
 
 Example:
     >>> async def main():  # doctest: +SKIP
@@ -109,6 +111,9 @@ class ComfyWebSocket:
         ping_timeout: seconds to wait for the pong before the link counts as dead.
         on_connect: awaited (as a task of its own) after every connect and reconnect, once
             subscribed: reconcile there what was missed while disconnected.
+        on_disconnect: awaited when a good connection (subscribed, or open when there are no
+            patterns) is lost, before reconnecting or giving up; not on :meth:`aclose`. Keep it
+            short: the reconnect waits for it. Its exceptions are logged.
         connect: the connection factory, ``websockets.asyncio.client.connect`` by default (a seam
             for tests).
 
@@ -130,6 +135,7 @@ class ComfyWebSocket:
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        on_disconnect: Callable[[], Awaitable[None]] | None = None,
         connect: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         settings = settings or ComfySettings()
@@ -160,6 +166,7 @@ class ComfyWebSocket:
         self.ping_timeout = settings.ping_timeout if ping_timeout is None else ping_timeout
         self._connect_timeout = settings.connect_timeout
         self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
         if connect is None:
             from websockets.asyncio.client import connect
         self._connect = connect
@@ -275,13 +282,12 @@ class ComfyWebSocket:
         try:
             while not self._closing:
                 self._good = False
+                refused: WebSocketAuthError | None = None
                 try:
                     await self._serve_one()
                     reason = "the server closed the connection"
                 except WebSocketAuthError as exc:
-                    self._fatal = exc
-                    logger.warning("%s", exc)
-                    return
+                    refused = exc
                 except Exception as exc:
                     reason = self._describe(exc)
                 finally:
@@ -295,6 +301,12 @@ class ComfyWebSocket:
                 if self._good:
                     attempts = 0
                     self._backoff.reset()
+                    if self._on_disconnect is not None:
+                        await self._run_hook(self._on_disconnect, "on_disconnect")
+                if refused is not None:
+                    self._fatal = refused
+                    logger.warning("%s", refused)
+                    return
                 if not self.auto_reconnect or attempts >= self.max_reconnect_attempts:
                     self._fatal = WebSocketConnectionError(
                         f"Comfy event stream at {self.url} is gone ({reason}); "
@@ -474,16 +486,18 @@ class ComfyWebSocket:
     def _start_hook(self) -> None:
         if self._on_connect is None:
             return
-        task = asyncio.create_task(self._run_hook(self._on_connect), name="comfy-ws-on-connect")
+        task = asyncio.create_task(
+            self._run_hook(self._on_connect, "on_connect"), name="comfy-ws-on-connect"
+        )
         self._hooks.add(task)
         task.add_done_callback(self._hooks.discard)
 
     @staticmethod
-    async def _run_hook(hook: Callable[[], Awaitable[None]]) -> None:
+    async def _run_hook(hook: Callable[[], Awaitable[None]], name: str) -> None:
         try:
             await hook()
         except Exception:
-            logger.exception("the on_connect hook of the Comfy event stream failed")
+            logger.exception("the %s hook of the Comfy event stream failed", name)
 
     def _check_close_code(self, exc: ConnectionClosed) -> None:
         code = exc.rcvd.code if exc.rcvd is not None else None

@@ -154,6 +154,7 @@ class FakeWebSocket:
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
         on_connect: Any = None,
+        on_disconnect: Any = None,
     ) -> None:
         self.kwargs = {
             "api_key": api_key,
@@ -161,6 +162,7 @@ class FakeWebSocket:
             "auto_reconnect": auto_reconnect,
             "auth": auth,
             "on_connect": on_connect,
+            "on_disconnect": on_disconnect,
             "max_reconnect_attempts": max_reconnect_attempts,
         }
         self.subscribed: list[str] = []
@@ -192,9 +194,13 @@ async def test_events_delegate_to_comfy_websocket(monkeypatch: pytest.MonkeyPatc
     async def on_connect() -> None:
         connects.append(1)
 
+    async def on_disconnect() -> None:
+        pass
+
     settings = ComfySettings(max_reconnect_attempts=2)
     async with CloudBackend(KEY, ORIGIN, settings=settings, ws_auth="query") as backend:
-        events = [e async for e in backend.events(["job.*"], on_connect=on_connect)]
+        stream = backend.events(["job.*"], on_connect=on_connect, on_disconnect=on_disconnect)
+        events = [e async for e in stream]
     assert [e.payload["progress"] for e in events] == [0, 1, 2]
     (ws,) = FakeWebSocket.instances
     assert ws.entered and ws.exited
@@ -202,6 +208,7 @@ async def test_events_delegate_to_comfy_websocket(monkeypatch: pytest.MonkeyPatc
     assert ws.kwargs["api_key"] == KEY and ws.kwargs["base_url"] == ORIGIN
     assert ws.kwargs["auth"] == "query" and ws.kwargs["auto_reconnect"] is True
     assert ws.kwargs["on_connect"] is on_connect and ws.kwargs["max_reconnect_attempts"] == 2
+    assert ws.kwargs["on_disconnect"] is on_disconnect
     assert connects == [1]
 
 

@@ -128,6 +128,37 @@ class FakeBackend(ComfyBackend):
         raise NotImplementedError
 
 
+class DroppingBackend(FakeBackend):
+    """A backend that reports drops: ``drop()`` awaits ``on_disconnect``, ``reconnect()``
+    awaits ``on_connect`` again, and the stream itself lives on (as a reconnecting one does)."""
+
+    def drop(self) -> None:
+        self._queue.put_nowait("drop")
+
+    def reconnect(self) -> None:
+        self._queue.put_nowait("reconnect")
+
+    async def events(
+        self,
+        patterns: Sequence[str] = ("*",),
+        *,
+        on_connect: Any = None,
+        on_disconnect: Any = None,
+    ) -> AsyncIterator[ComfyEvent]:
+        self.streams_opened += 1
+        await on_connect()
+        while True:
+            item = await self._queue.get()
+            if item == "drop":
+                await on_disconnect()
+            elif item == "reconnect":
+                await on_connect()
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+
+
 def make_listener(backend: FakeBackend, client: FakeEventsClient, **kw: Any) -> ComfyListener:
     kw.setdefault("heartbeat_interval", None)
     kw.setdefault("restart_delay", 0.01)
@@ -316,6 +347,33 @@ async def test_heartbeats_go_on_while_disconnected():
     await eventually(lambda: len(client.events) >= n + 2)
     await stop(listener, task)
     assert client.events[-1].resource["comfy.connected"] == "false"
+
+
+async def test_a_heartbeat_during_a_disconnect_says_false():
+    backend, client = DroppingBackend(), FakeEventsClient()
+    listener = make_listener(backend, client, heartbeat_interval=0.02)
+    task = await started(listener)
+
+    def beats() -> list[Any]:
+        return client.named("comfy.listener.heartbeat")
+
+    await eventually(lambda: any(b.resource["comfy.connected"] == "true" for b in beats()))
+    backend.drop()
+    # An event still queued from before the drop must not make it look connected again.
+    backend.push("job.progress", id="job_1", status="running", tags=[])
+    await eventually(lambda: listener.stats.received == 1 and not listener.connected)
+    seen = len(beats())
+    await eventually(lambda: len(beats()) >= seen + 2, message="heartbeats while reconnecting")
+    during = beats()[-1]
+    assert during.resource["comfy.connected"] == "false"
+    assert during.payload["connected"] is False and during.payload["disconnects"] == 1
+
+    backend.reconnect()
+    await eventually(lambda: beats()[-1].resource["comfy.connected"] == "true", message="back")
+    await stop(listener, task)
+    # The stream reconnected by itself: the listener never had to open a new one.
+    assert backend.streams_opened == 1 and listener.stats.stream_restarts == 0
+    assert listener.stats.connects == 2
 
 
 async def test_stop_sends_everything_received_even_when_prefect_hiccups():

@@ -268,6 +268,57 @@ async def test_reconnect_restores_subscriptions_and_runs_on_connect(server):
         assert ws.connections_opened == 2
 
 
+async def test_on_disconnect_fires_on_a_drop_before_the_reconnect(server):
+    calls: list[str] = []
+
+    async def on_connect() -> None:
+        calls.append("connect")
+
+    async def on_disconnect() -> None:
+        # Awaited before reconnecting: no second connection exists yet.
+        calls.append(f"disconnect after {ws.connections_opened} connection(s)")
+
+    async with make(server, on_connect=on_connect, on_disconnect=on_disconnect) as ws:
+        await ws.subscribe(["job.*"])
+        await eventually(lambda: calls == ["connect"], message="first on_connect")
+        await server.drop()
+        await eventually(lambda: len(calls) == 3, message="disconnect, then reconnect")
+        assert calls == ["connect", "disconnect after 1 connection(s)", "connect"]
+    # Closing is not a disconnect.
+    assert len(calls) == 3
+
+
+async def test_on_disconnect_fires_before_giving_up_and_its_errors_are_logged(server, caplog):
+    calls: list[str] = []
+
+    async def on_disconnect() -> None:
+        calls.append("disconnect")
+        raise RuntimeError("hook broke")
+
+    async with make(server, auto_reconnect=False, on_disconnect=on_disconnect) as ws:
+        await ws.subscribe(["job.*"])
+        stream = ws.events()
+        await server.drop()
+        with pytest.raises(WebSocketConnectionError):
+            await next_event(stream)
+    assert calls == ["disconnect"]
+    assert "on_disconnect hook" in caplog.text and "hook broke" in caplog.text
+
+
+async def test_no_on_disconnect_when_no_connection_was_ever_up(server):
+    calls: list[str] = []
+
+    async def on_disconnect() -> None:
+        calls.append("disconnect")
+
+    server.refuse_status = 503
+    ws = make(server, max_reconnect_attempts=2, on_disconnect=on_disconnect)
+    with pytest.raises(WebSocketConnectionError):
+        await ws.connect()
+    await ws.aclose()
+    assert server.handshakes == 3 and calls == []
+
+
 async def test_slow_on_connect_does_not_block_reading(server):
     release = asyncio.Event()
 

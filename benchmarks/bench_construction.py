@@ -1,0 +1,82 @@
+"""What it costs to build a ``ComfyClient`` / ``CloudBackend``, and to make a first request with it.
+
+Prefect tasks build a backend per call, so construction must be cheap. Building one does no I/O and
+loads no certificates (the httpx client is made on the first request, with the process's one SSL
+context); the first request pays for the httpx client itself, not for a new SSL context.
+
+    .venv/bin/python benchmarks/bench_construction.py [--n 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+
+from prefect_comfy.backends.cloud import CloudBackend
+from prefect_comfy.client.rest import ComfyClient
+from prefect_comfy.settings import ComfySettings
+
+KEY = "comfyui-bench-key-not-real"
+ORIGIN = "https://cloud.comfy.test"
+
+
+def per_call_ms(make: Callable[[], object], n: int) -> float:
+    make()  # warm up imports and caches
+    start = time.perf_counter()
+    for _ in range(n):
+        make()
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def with_http(settings: ComfySettings) -> object:
+    """A backend and the httpx client (with a real transport) its first request would make."""
+    return CloudBackend(settings=settings).client._http
+
+
+async def first_request_ms(settings: ComfySettings, n: int) -> float:
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, json={"id": "j", "status": "x"}))
+
+    async def one() -> None:
+        async with CloudBackend(settings=settings, transport=transport) as backend:
+            await backend.get_job("j")
+
+    await one()
+    start = time.perf_counter()
+    for _ in range(n):
+        await one()
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000)
+    n = parser.parse_args().n
+    settings = ComfySettings(api_key=KEY, base_url=ORIGIN)
+    rows = [
+        ("ComfyClient(settings=…)", per_call_ms(lambda: ComfyClient(settings=settings), n)),
+        ("CloudBackend(settings=…)", per_call_ms(lambda: CloudBackend(settings=settings), n)),
+        (
+            "CloudBackend(key, url), settings from env",
+            per_call_ms(lambda: CloudBackend(KEY, ORIGIN), n),
+        ),
+        ("ComfySettings() alone", per_call_ms(ComfySettings, n)),
+        ("CloudBackend + its real httpx client", per_call_ms(lambda: with_http(settings), n)),
+        (
+            "CloudBackend + first get_job (MockTransport)",
+            asyncio.run(first_request_ms(settings, n)),
+        ),
+    ]
+    for label, ms in rows:
+        print(f"{label:48s} {ms:8.3f} ms")
+    start = time.perf_counter()
+    for _ in range(1000):
+        CloudBackend(settings=settings)
+    print(f"{'1,000 CloudBackends':48s} {time.perf_counter() - start:8.3f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Moving files: uploads (multipart, from a URL, presigned) and streamed downloads.
+
+:class:`Transfers` is the part of :class:`~prefect_comfy.client.rest.ComfyClient` that moves bytes.
+The key rule lives here: the API key goes only to URLs under the API base
+(:meth:`~prefect_comfy.client.session.RestSession.is_api_url`); a presigned upload URL, a signed
+storage URL, or a redirect to one never sees it, whatever its origin.
+
+Example:
+    >>> import asyncio, httpx
+    >>> def handler(request):
+    ...     return httpx.Response(201, json={"id": "in_1", "name": "cat.png", "status": "ready"})
+    >>> async def main():
+    ...     async with Transfers("comfyui-doc", "http://127.0.0.1:8765",
+    ...                          transport=httpx.MockTransport(handler)) as client:
+    ...         return (await client.upload_input(b"...", name="cat.png")).name
+    >>> asyncio.run(main())
+    'cat.png'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mimetypes
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+
+from prefect_comfy.client.errors import quiet_url
+from prefect_comfy.client.session import M, RestSession, csv, segment
+from prefect_comfy.exceptions import ComfyConfigError, ComfyProtocolError
+from prefect_comfy.models import Input, Model, Output, UploadUrl
+
+logger = logging.getLogger(__name__)
+
+Source = str | PathLike[str] | bytes
+"""An upload: a path to a file, or the bytes themselves (then ``name`` is required)."""
+
+MAX_REDIRECTS = 5
+"""Redirects a download follows (each hop decides afresh whether it may carry the key)."""
+CHUNK_SIZE = 1 << 16
+"""Bytes read or written at a time when streaming files."""
+
+
+class Transfers(RestSession):
+    """Uploads of inputs and models, and downloads of outputs (see :class:`ComfyClient`)."""
+
+    # -- inputs ---------------------------------------------------------------------------------
+    async def upload_input(
+        self,
+        source: Source,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Input:
+        """Upload a file as an input (``POST /inputs``, multipart); workflows refer to it by ``name``.
+
+        Args:
+            source: a path, or bytes (then ``name`` is required).
+            name: the name workflows use; defaults to the file's name.
+        """
+        return await self._upload(
+            "inputs", Input, source, name=name, tags=tags, idempotency_key=idempotency_key
+        )
+
+    async def create_input_from_url(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Input:
+        """Have the server fetch an input from a URL (``POST /inputs/from-url``, status ``downloading``)."""
+        body = {"url": url, "tags": list(tags), **({"name": name} if name else {})}
+        return await self._from_url("inputs", Input, body, idempotency_key)
+
+    async def upload_input_presigned(
+        self,
+        source: Source,
+        *,
+        name: str,
+        mime_type: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Input:
+        """Upload a large input straight to storage: get-upload-url, PUT (no key), complete."""
+        return await self._presigned(
+            "inputs",
+            Input,
+            source,
+            name=name,
+            mime_type=mime_type,
+            tags=tags,
+            idempotency_key=idempotency_key,
+        )
+
+    # -- models ---------------------------------------------------------------------------------
+    async def upload_model(
+        self,
+        source: Source,
+        *,
+        type: str,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Model:
+        """Upload a model file of a ``type`` (checkpoint, lora …) (``POST /models``, multipart)."""
+        fields = {"type": type}
+        if metadata:
+            fields["metadata"] = json.dumps(metadata)
+        return await self._upload(
+            "models",
+            Model,
+            source,
+            name=name,
+            tags=tags,
+            idempotency_key=idempotency_key,
+            fields=fields,
+        )
+
+    async def create_model_from_url(
+        self,
+        url: str,
+        *,
+        type: str,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Model:
+        """Have the server fetch a model from a URL (``POST /models/from-url``)."""
+        body: dict[str, Any] = {"url": url, "type": type, "tags": list(tags)}
+        if name:
+            body["name"] = name
+        if metadata:
+            body["metadata"] = metadata
+        return await self._from_url("models", Model, body, idempotency_key)
+
+    async def upload_model_presigned(
+        self,
+        source: Source,
+        *,
+        name: str,
+        type: str,
+        mime_type: str | None = None,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Model:
+        """Upload a large model straight to storage: get-upload-url, PUT (no key), complete."""
+        extra: dict[str, Any] = {"type": type}
+        if metadata:
+            extra["metadata"] = metadata
+        return await self._presigned(
+            "models",
+            Model,
+            source,
+            name=name,
+            mime_type=mime_type,
+            tags=tags,
+            extra=extra,
+            idempotency_key=idempotency_key,
+        )
+
+    # -- the three ways up ----------------------------------------------------------------------
+    async def _upload(
+        self,
+        kind: str,
+        model: type[M],
+        source: Source,
+        *,
+        name: str | None,
+        tags: Sequence[str],
+        idempotency_key: str | None,
+        fields: dict[str, str] | None = None,
+    ) -> M:
+        path, payload, filename = _open_source(source, name)
+        mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        form = {"name": filename, **(fields or {})}
+        if csv(tags):
+            form["tags"] = csv(tags) or ""
+
+        def body(stack: contextlib.ExitStack) -> dict[str, Any]:
+            content = payload if path is None else stack.enter_context(open(path, "rb"))  # noqa: SIM115
+            return {"files": {"file": (filename, content, mime)}, "data": form}
+
+        data = await self._call(
+            "POST", f"/{kind}", body=body, idempotency_key=idempotency_key or str(uuid.uuid4())
+        )
+        return self._parse(model, data)
+
+    async def _from_url(
+        self, kind: str, model: type[M], body: dict[str, Any], key: str | None
+    ) -> M:
+        data = await self._call(
+            "POST", f"/{kind}/from-url", json=body, idempotency_key=key or str(uuid.uuid4())
+        )
+        return self._parse(model, data)
+
+    async def _presigned(
+        self,
+        kind: str,
+        model: type[M],
+        source: Source,
+        *,
+        name: str,
+        mime_type: str | None,
+        tags: Sequence[str],
+        extra: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> M:
+        path, payload, filename = _open_source(source, name)
+        size = path.stat().st_size if path is not None else len(payload or b"")
+        mime = mime_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        ticket_body = {"name": filename, "mime_type": mime, "size": size, "tags": list(tags)}
+        ticket = self._parse(
+            UploadUrl,
+            await self._call(
+                "POST",
+                f"/{kind}/get-upload-url",
+                json={**ticket_body, **(extra or {})},
+                idempotency_key=idempotency_key or str(uuid.uuid4()),
+            ),
+        )
+        upload_url = httpx.URL(self.base_url).join(ticket.upload_url)
+
+        async def put() -> httpx.Response:
+            content: Any = payload if path is None else _read_chunks(path)
+            headers = {"Content-Type": mime, "Content-Length": str(size)}
+            # Never the key: the upload URL is presigned storage, whatever its origin.
+            request = self._http.build_request("PUT", upload_url, content=content, headers=headers)
+            request.headers.pop("Authorization", None)
+            return await self._send(request)
+
+        await self.retry.call(put, what=f"PUT {quiet_url(upload_url)}")
+        data = await self._call("POST", f"/{kind}/{segment(ticket.id)}/complete")
+        return self._parse(model, data)
+
+    # -- downloads ------------------------------------------------------------------------------
+    async def download(self, output_or_url: Output | str, dest: str | PathLike[str]) -> Path:
+        """Stream an output to a file; returns its path.
+
+        Args:
+            output_or_url: an :class:`Output` (its ``download_url``; read afresh if missing) or a URL.
+            dest: a directory (the file gets the output's name) or a file path. The bytes go to a
+                temporary file beside the target, renamed into place once complete.
+
+        The key is sent only if the URL is under the API base; a signed storage URL, or a
+        redirect to one, never sees it.
+        """
+        if isinstance(output_or_url, Output):
+            output = output_or_url
+            if not output.download_url:
+                output = self._parse(
+                    Output, await self._call("GET", f"/outputs/{segment(output.id)}")
+                )
+            if not output.download_url:
+                raise ComfyProtocolError(f"Comfy output {output.id} has no download_url")
+            url = httpx.URL(self.base_url).join(output.download_url)
+            name = output.name or Path(url.path).name or output.id
+        else:
+            url = httpx.URL(self.base_url).join(str(output_or_url))
+            name = Path(unquote(url.path)).name or "download"
+        target = Path(dest)
+        if target.is_dir() or str(dest).endswith(("/", os.sep)):
+            target = target / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return await self.retry.call(
+            lambda: self._download_once(url, target), what=f"GET {quiet_url(url)}"
+        )
+
+    async def _download_once(self, url: httpx.URL, target: Path) -> Path:
+        for _ in range(MAX_REDIRECTS + 1):
+            request = self._http.build_request("GET", url, headers=self._headers(url))
+            if not self.is_api_url(url):
+                request.headers.pop("Authorization", None)
+            response = await self._send(request, stream=True)
+            try:
+                if response.is_redirect and "Location" in response.headers:
+                    url = url.join(response.headers["Location"])
+                    continue
+                return await self._write(request, response, target)
+            finally:
+                await response.aclose()
+        raise ComfyProtocolError(f"Too many redirects downloading {quiet_url(url)}")
+
+    async def _write(self, request: httpx.Request, response: httpx.Response, target: Path) -> Path:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f, self._translating(request):
+                async for chunk in response.aiter_bytes(CHUNK_SIZE):
+                    f.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        logger.debug("Downloaded %s to %s", quiet_url(request.url), target)
+        return target
+
+
+def _open_source(source: Source, name: str | None) -> tuple[Path | None, bytes | None, str]:
+    """``(path, bytes, name)`` of an upload source; a path is read per attempt, not held in memory."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not name:
+            raise ComfyConfigError("Uploading bytes needs a name= for the file")
+        return None, bytes(source), name
+    path = Path(source)
+    if not path.is_file():
+        raise ComfyConfigError(f"No file to upload at {str(path)!r}")
+    return path, None, name or path.name
+
+
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            yield chunk
