@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -19,18 +20,23 @@ def now_iso() -> str:
 
 
 class IdFactory:
-    """Prefixed ids (``job_…``) drawn from a seeded generator; never the same id twice.
+    """Prefixed ids (``job_…``) that are never the same twice, not even across emulator runs.
 
-    The generator is not reseeded by a reset, so ids stay unique across resets.
+    Like the real service's, ids are unique across runs: Prefect stores an event id once, and the
+    project's event ids derive from resource ids, so an emulator restarted on the same port and seed
+    must not hand out the ids of the last run (its events would be dropped as duplicates). The seed
+    still makes tokens and images reproducible; ``unique=False`` makes ids reproducible too, for
+    unit tests of the generator. It is not reseeded by a reset.
     """
 
-    def __init__(self, seed: int | None) -> None:
+    def __init__(self, seed: int | None, *, unique: bool = True) -> None:
         self._rng = random.Random(seed)
+        self._id_rng = random.Random(f"{seed}:{secrets.token_hex(16)}") if unique else self._rng
         self._issued: set[str] = set()
 
     def new(self, prefix: str) -> str:
         while True:
-            value = f"{prefix}_{self._rng.getrandbits(64):016x}"
+            value = f"{prefix}_{self._id_rng.getrandbits(64):016x}"
             if value not in self._issued:
                 self._issued.add(value)
                 return value

@@ -66,11 +66,17 @@ async def test_pause_duplicate_overflow_and_drop() -> None:
     assert frames(late) == [Close(1012, "dropped by the emulator")]
 
 
-def test_ids_are_seeded_and_unique() -> None:
+def test_ids_are_unique_across_runs_with_the_same_seed() -> None:
     a, b = IdFactory(7), IdFactory(7)
-    assert [a.new("job") for _ in range(3)] == [b.new("job") for _ in range(3)]
+    assert {a.new("job") for _ in range(50)}.isdisjoint({b.new("job") for _ in range(50)})
     ids = {a.new("job") for _ in range(1000)}
     assert len(ids) == 1000 and all(i.startswith("job_") for i in ids)
+    assert a.token() == b.token()  # tokens (and images) stay seeded
+
+
+def test_ids_can_be_seeded_for_generator_tests() -> None:
+    a, b = IdFactory(7, unique=False), IdFactory(7, unique=False)
+    assert [a.new("job") for _ in range(3)] == [b.new("job") for _ in range(3)]
 
 
 def test_fault_matching() -> None:
