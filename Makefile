@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m prefect_comfy.demo
+	$(PY) -m prefect_comfy.demo $(ARGS)
 
 comfyui:
 	bash scripts/install-comfyui.sh
