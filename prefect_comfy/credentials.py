@@ -1,0 +1,124 @@
+"""The credentials block: an API key and where to reach Comfy Cloud, saved in Prefect.
+
+A field left unset falls back, when the block is used, to the ``COMFY_*`` environment
+(:class:`~prefect_comfy.settings.ComfySettings`), so one block can serve machines with different
+environments, and a block with no fields at all is "whatever the environment says".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from prefect.blocks.abstract import CredentialsBlock
+from prefect.blocks.core import schema_extra as block_schema_extra
+from pydantic import ConfigDict, Field, SecretStr
+
+from prefect_comfy.settings import ComfySettings
+
+if TYPE_CHECKING:
+    from prefect_comfy.backends.cloud import CloudBackend
+    from prefect_comfy.client.rest import ComfyClient
+
+__all__ = ["ComfyCloudCredentials"]
+
+
+def is_masked(value: str) -> bool:
+    """Whether a secret reads as stars: serialized without secrets (``**********``, ``********``)."""
+    return bool(value) and set(value) == {"*"}
+
+
+_NEVER = "\u0000"
+"""A property name no document has (see :func:`_schema_extra`)."""
+
+
+def _schema_extra(schema: dict[str, Any], model: type[CredentialsBlock]) -> None:
+    block_schema_extra(schema, model)
+    # Every field is optional, so a saved block passed to a deployment ({"$ref": ...}) would also
+    # validate as a block document, and Prefect's parameter check ("oneOf" the block or a $ref)
+    # refuses it. Refuse a "$ref" here the way a required field does: Prefect strips every
+    # "required" where it accepts partial values, and then this rule accepts everything.
+    schema["if"] = {"required": ["$ref"]}
+    schema["then"] = {"required": [_NEVER]}
+
+
+class ComfyCloudCredentials(CredentialsBlock):
+    """An API key for Comfy Cloud's developer API, and where to reach it.
+
+    Fields left unset fall back to the ``COMFY_*`` environment variables when the block is used.
+
+    Example:
+        Load a saved block and make a backend:
+        ```python
+        from prefect_comfy import ComfyCloudCredentials
+
+        credentials = ComfyCloudCredentials.load("BLOCK_NAME")
+        backend = credentials.get_backend()
+        ```
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_extra)
+
+    _block_type_name = "Comfy Cloud Credentials"
+    _block_type_slug = "comfy-cloud-credentials"
+    _logo_url = "https://github.com/Comfy-Org.png?size=200"
+    _documentation_url = "https://docs.comfy.org/"
+    _description = "An API key for Comfy Cloud (ComfyUI in the cloud), and where to reach it."
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        title="API key",
+        description="The Comfy API key (comfyui-...); unset means the COMFY_API_KEY variable.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        title="Base URL",
+        description="Origin of the developer API, such as https://cloud.comfy.org; unset means "
+        "COMFY_BASE_URL, or https://cloud.comfy.org.",
+    )
+    ws_auth: Literal["header", "query"] | None = Field(
+        default=None,
+        title="WebSocket authentication",
+        description="How the event stream's handshake carries the key: an Authorization header or "
+        "the api_key query parameter; unset means COMFY_WS_AUTH, or header.",
+    )
+    request_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        title="Request timeout",
+        description="Seconds for one HTTP request; unset means COMFY_REQUEST_TIMEOUT, or 30.",
+    )
+
+    def get_settings(self) -> ComfySettings:
+        """The effective settings: this block's fields over the ``COMFY_*`` environment."""
+        update: dict[str, object] = {}
+        key = self.api_key.get_secret_value() if self.api_key is not None else ""
+        if key and not is_masked(key):
+            update["api_key"] = self.api_key
+        if self.base_url:
+            update["base_url"] = self.base_url
+        if self.ws_auth is not None:
+            update["ws_auth"] = self.ws_auth
+        if self.request_timeout is not None:
+            update["request_timeout"] = self.request_timeout
+        return ComfySettings(**update)
+
+    def get_client(self) -> ComfyClient:
+        """A new REST client (:class:`~prefect_comfy.client.rest.ComfyClient`); close it after use.
+
+        Raises:
+            ComfyConfigError: no API key here nor in ``COMFY_API_KEY``, or a bad base URL.
+        """
+        from prefect_comfy.client.rest import ComfyClient
+
+        return ComfyClient(settings=self.get_settings())
+
+    def get_backend(self) -> CloudBackend:
+        """A new :class:`~prefect_comfy.backends.cloud.CloudBackend`; use it as an async context manager.
+
+        Raises:
+            ComfyConfigError: no API key here nor in ``COMFY_API_KEY``, or a bad base URL.
+        """
+        from prefect_comfy.backends.cloud import CloudBackend
+
+        settings = self.get_settings()
+        return CloudBackend(settings=settings, ws_auth=settings.ws_auth)

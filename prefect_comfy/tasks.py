@@ -1,0 +1,221 @@
+"""Prefect tasks for Comfy: submit, read, cancel, download, upload, and (from the sensor) wait.
+
+Each task is thin: it makes a backend from the credentials block, does one thing and closes it.
+Creating tasks (submit, uploads) are idempotent across Prefect retries: the ``Idempotency-Key`` is
+derived from the task run's id, which a retry keeps, so a retried submit gets the first job back
+instead of starting a second one. They retry only what
+:func:`~prefect_comfy.exceptions.is_retryable` calls retryable (transport errors, 429, 5xx).
+
+Example:
+    ```python
+    from prefect import flow
+    from prefect_comfy import ComfyCloudCredentials
+    from prefect_comfy.tasks import download_comfy_outputs, submit_comfy_job, wait_for_comfy_job
+
+    @flow
+    def make_images(workflow: dict):
+        credentials = ComfyCloudCredentials.load("BLOCK_NAME")
+        job = submit_comfy_job(credentials, workflow, tags=["demo"])
+        job = wait_for_comfy_job(credentials, job.id, timeout=600)
+        return download_comfy_outputs(credentials, job, "out")
+    ```
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.states import State
+
+from prefect_comfy import events
+from prefect_comfy.exceptions import is_retryable
+from prefect_comfy.jobs import ComfyCredentials, download_outputs, run_logger, submit_job
+from prefect_comfy.models import Input, Job, Model
+from prefect_comfy.sensor import wait_for_comfy_input, wait_for_comfy_job, wait_for_comfy_model
+
+__all__ = [
+    "cancel_comfy_job",
+    "download_comfy_outputs",
+    "get_comfy_job",
+    "retry_if_retryable",
+    "submit_comfy_job",
+    "task_run_idempotency_key",
+    "upload_comfy_input",
+    "upload_comfy_model",
+    "wait_for_comfy_input",
+    "wait_for_comfy_job",
+    "wait_for_comfy_model",
+]
+
+RETRIES = 3
+"""Prefect retries of a creating task after a retryable error (after the client's own retries)."""
+RETRY_DELAYS = [2, 10, 30]
+"""Seconds before each Prefect retry."""
+
+
+def retry_if_retryable(task: Any, task_run: TaskRun, state: State) -> bool:
+    """A ``retry_condition_fn``: retry only if :func:`~prefect_comfy.exceptions.is_retryable` agrees."""
+    exc = state.data
+    if not isinstance(exc, BaseException):
+        exc = state.result(raise_on_failure=False, _sync=True)
+    return isinstance(exc, BaseException) and is_retryable(exc)
+
+
+def task_run_idempotency_key(purpose: str) -> str | None:
+    """A key unique to this task run and ``purpose`` and equal across its retries; ``None`` outside one."""
+    ctx = TaskRunContext.get()
+    if ctx is None:
+        return None
+    return str(uuid.uuid5(events.NAMESPACE, f"{purpose}|{ctx.task_run.id}"))
+
+
+def _job_id(job: Job | str) -> str:
+    return job.id if isinstance(job, Job) else str(job)
+
+
+@task(
+    name="submit-comfy-job",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_if_retryable,
+    cache_policy=NO_CACHE,
+)
+async def submit_comfy_job(
+    credentials: ComfyCredentials,
+    workflow: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    tags: Sequence[str] = (),
+    idempotency_key: str | None = None,
+    emit_events: bool = True,
+) -> Job:
+    """Submit a workflow; returns the new job (``pending``).
+
+    The job is tagged ``prefect.flow-run.<id>`` with the submitting flow run, the flow run gets the
+    label ``comfy.job-id``, and ``comfy.job.submitted`` is emitted.
+
+    Args:
+        credentials: the credentials block.
+        workflow: an API-format graph, or the path of a JSON file holding one.
+        tags: tags for the Comfy job.
+        idempotency_key: overrides the key derived from the task run.
+        emit_events: whether to emit ``comfy.job.submitted``.
+
+    Raises:
+        InvalidWorkflow: the workflow is not an API-format graph (checked before any request), or
+            the server refused it.
+    """
+    key = idempotency_key or task_run_idempotency_key("submit")
+    async with credentials.get_backend() as backend:
+        return await submit_job(
+            backend, workflow, tags=tags, idempotency_key=key, emit_events=emit_events
+        )
+
+
+@task(name="get-comfy-job", cache_policy=NO_CACHE)
+async def get_comfy_job(credentials: ComfyCredentials, job_id: str) -> Job:
+    """Read a job's current state (never cached)."""
+    async with credentials.get_backend() as backend:
+        return await backend.get_job(job_id)
+
+
+@task(name="cancel-comfy-job", cache_policy=NO_CACHE)
+async def cancel_comfy_job(credentials: ComfyCredentials, job: Job | str) -> Job:
+    """Ask Comfy to cancel a job; returns it as it is then.
+
+    A pending job ends at once, a running one at its next checkpoint; a job that already ended is
+    returned unchanged (not an error).
+    """
+    job_id = _job_id(job)
+    async with credentials.get_backend() as backend:
+        result = await backend.cancel(job_id)
+    run_logger().info("Asked Comfy to cancel job %s (now %s)", job_id, result.status)
+    return result
+
+
+@task(name="download-comfy-outputs", cache_policy=NO_CACHE)
+async def download_comfy_outputs(
+    credentials: ComfyCredentials,
+    job: Job | str,
+    dest_dir: str | os.PathLike[str],
+    *,
+    outputs_artifact: bool = False,
+) -> list[Path]:
+    """Download every output of a completed job into ``dest_dir``; returns the files' paths.
+
+    Args:
+        credentials: the credentials block.
+        job: the job (as the wait returned it) or its id.
+        dest_dir: the folder (created if missing).
+        outputs_artifact: also publish a markdown artifact listing the outputs with previews
+            (the wait already publishes one by default).
+    """
+    from prefect_comfy.artifacts import create_outputs_artifact
+
+    async with credentials.get_backend() as backend:
+        if not isinstance(job, Job) or not job.outputs:
+            job = await backend.get_job(_job_id(job))
+        files = await download_outputs(backend, job, dest_dir)
+        if outputs_artifact:
+            paths = {f.id: f.path for f in files if f.path is not None}
+            await create_outputs_artifact(job, backend=backend, paths=paths)
+    run_logger().info("Downloaded %d output(s) of Comfy job %s", len(files), job.id)
+    return [f.path for f in files if f.path is not None]
+
+
+@task(
+    name="upload-comfy-input",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_if_retryable,
+    cache_policy=NO_CACHE,
+)
+async def upload_comfy_input(
+    credentials: ComfyCredentials,
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    tags: Sequence[str] = (),
+) -> Input:
+    """Upload a file for workflows to use by ``name``; returns it, perhaps not ready yet.
+
+    Pair it with :func:`wait_for_comfy_input`. A Prefect retry returns the same input.
+    """
+    key = task_run_idempotency_key("input")
+    async with credentials.get_backend() as backend:
+        uploaded = await backend.upload_input(path, name=name, tags=tags, idempotency_key=key)
+    run_logger().info("Uploaded Comfy input %s (%s)", uploaded.name, uploaded.status)
+    return uploaded
+
+
+@task(
+    name="upload-comfy-model",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_if_retryable,
+    cache_policy=NO_CACHE,
+)
+async def upload_comfy_model(
+    credentials: ComfyCredentials,
+    path: str | os.PathLike[str],
+    type: str,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+) -> Model:
+    """Upload a model file of a ``type`` (checkpoint, lora ...); returns it, perhaps not ready yet.
+
+    Pair it with :func:`wait_for_comfy_model`. A Prefect retry returns the same model.
+    """
+    key = task_run_idempotency_key("model")
+    async with credentials.get_backend() as backend:
+        uploaded = await backend.upload_model(
+            path, type=type, name=name, tags=tags, idempotency_key=key
+        )
+    run_logger().info("Uploaded Comfy model %s (%s)", uploaded.name, uploaded.status)
+    return uploaded

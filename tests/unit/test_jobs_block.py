@@ -1,0 +1,298 @@
+"""The job block and the shared steps, on an in-memory backend (no sockets, no Prefect server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import pytest
+from prefect.states import Failed
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
+
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.exceptions import (
+    InvalidRequest,
+    InvalidWorkflow,
+    JobCancelled,
+    JobFailed,
+    JobTimedOut,
+    ServerError,
+)
+from prefect_comfy.jobs import ComfyJobResult, ComfyJobRun, ComfyWorkflow, load_workflow
+from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
+from prefect_comfy.tasks import retry_if_retryable, task_run_idempotency_key
+
+GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}}}
+PNG = b"\x89PNG\r\n\x1a\nfake"
+
+
+class FakeBackend(ComfyBackend):
+    """Jobs end as ``outcome`` says: completed, failed, cancelled, or a wait that times out."""
+
+    kind = "cloud"
+
+    def __init__(self, world: dict[str, Any]) -> None:
+        self.world = world
+
+    @property
+    def address(self) -> str:
+        return "http://fake.invalid"
+
+    @property
+    def connection_key(self) -> str:
+        return "fake"
+
+    def clone(self) -> FakeBackend:
+        return FakeBackend(self.world)
+
+    async def submit(self, workflow, *, tags=(), idempotency_key=None) -> Job:
+        self.world["submits"].append(
+            {"workflow": workflow, "tags": list(tags), "key": idempotency_key}
+        )
+        return Job(id="job_1", status="pending", tags=list(tags))
+
+    async def get_job(self, job_id: str) -> Job:
+        outcome = self.world["outcome"]
+        if outcome == "completed":
+            out = Output(
+                id="out_1",
+                type="image",
+                name="a.png",
+                download_url="http://fake.invalid/o?api_key=k",
+            )
+            return Job(id=job_id, status="completed", outputs=[out])
+        if outcome == "failed":
+            err = ResourceError(code="E1", message="node broke", node_id="7")
+            return Job(id=job_id, status="failed", error=err)
+        return Job(id=job_id, status="running")
+
+    async def cancel(self, job_id: str) -> Job:
+        self.world["cancels"].append(job_id)
+        return Job(id=job_id, status="cancelled")
+
+    async def outputs(self, job_id: str) -> list[Output]:
+        return (await self.get_job(job_id)).outputs
+
+    async def download(self, output: Output, dest) -> Path:
+        path = Path(dest) / (output.name or output.id)
+        path.write_bytes(PNG)
+        return path
+
+    async def upload_input(self, source, *, name=None, tags=(), idempotency_key=None):
+        raise NotImplementedError
+
+    async def upload_model(self, source, *, type, name=None, tags=(), idempotency_key=None):
+        raise NotImplementedError
+
+    async def get_input(self, input_id):
+        raise NotImplementedError
+
+    async def get_model(self, model_id):
+        raise NotImplementedError
+
+    def events(self, patterns=("*",), *, on_connect=None):
+        raise NotImplementedError
+
+    async def wait_for_job(self, job_id, *, timeout=None, on_progress=None) -> ComfyEvent:
+        outcome = self.world["outcome"]
+        if outcome == "timeout":
+            raise JobTimedOut(job_id, timeout=timeout or 0, status="running")
+        payload: dict[str, Any] = {"id": job_id, "status": outcome}
+        if outcome == "failed":
+            payload["error"] = {"code": "E1", "message": "node broke", "node_id": "7"}
+        return ComfyEvent(event=f"job.{outcome}", payload=payload)
+
+
+@pytest.fixture
+def world(monkeypatch) -> dict[str, Any]:
+    state: dict[str, Any] = {"outcome": "completed", "submits": [], "cancels": []}
+    monkeypatch.setattr(ComfyCloudCredentials, "get_backend", lambda self: FakeBackend(state))
+    return state
+
+
+def make_block(tmp_path: Path, **fields: Any) -> ComfyWorkflow:
+    fields = {
+        "credentials": ComfyCloudCredentials(api_key="comfyui-unit-jobs-key"),
+        "workflow": GRAPH,
+        "tags": ["unit"],
+        "emit_events": False,
+        "progress_artifact": False,
+        "outputs_artifact": False,
+        "output_dir": str(tmp_path / "out"),
+        **fields,
+    }
+    return ComfyWorkflow(**fields)
+
+
+class TestStandards(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self) -> type[ComfyWorkflow]:
+        return ComfyWorkflow
+
+    def test_has_a_valid_image(self, block) -> None:
+        try:
+            super().test_has_a_valid_image(block)
+        except URLError as exc:
+            pytest.skip(f"logo not reachable: {exc}")
+
+
+# -- the job block ------------------------------------------------------------------------------
+def test_sync_twins_in_a_plain_thread(tmp_path, world) -> None:
+    block = make_block(tmp_path)
+    box: dict[str, Any] = {}
+
+    def script() -> None:
+        run = block.trigger()
+        box["run"] = run
+        run.wait_for_completion()
+        box["result"] = run.fetch_result()
+
+    thread = threading.Thread(target=script)
+    thread.start()
+    thread.join(30)
+    result = box["result"]
+    assert isinstance(box["run"], ComfyJobRun) and box["run"].job.status == "completed"
+    assert isinstance(result, ComfyJobResult) and result.job_id == "job_1"
+    assert result.outputs[0].path.read_bytes().startswith(b"\x89PNG")
+    assert result.outputs[0].url == "http://fake.invalid/o?api_key=REDACTED"
+    assert result.paths == [result.outputs[0].path]
+    assert world["submits"] == [{"workflow": GRAPH, "tags": ["unit"], "key": None}]
+
+
+async def test_async_methods_and_dispatch(tmp_path, world) -> None:
+    block = make_block(tmp_path, output_dir=None)
+    run = await block.trigger(idempotency_key="k-1")  # async code: the plain name gives a coroutine
+    result = await run.fetch_result()  # waits first when not waited yet
+    assert result.status == "completed" and result.outputs[0].path is None
+    run2 = await block.atrigger()
+    await run2.await_for_completion()
+    assert (await run2.afetch_result()).job_id == "job_1"
+    assert [s["key"] for s in world["submits"]] == ["k-1", None]
+
+
+async def test_sync_twin_forced_inside_a_running_loop(tmp_path, world) -> None:
+    run = make_block(tmp_path).trigger(_sync=True)
+    assert isinstance(run, ComfyJobRun)
+    assert run.fetch_result(_sync=True).status == "completed"
+
+
+@pytest.mark.parametrize(("outcome", "error"), [("failed", JobFailed), ("cancelled", JobCancelled)])
+def test_fetch_result_raises_per_outcome(tmp_path, world, outcome, error) -> None:
+    world["outcome"] = outcome
+    run = make_block(tmp_path).trigger()
+    run.wait_for_completion()  # a failed or cancelled job is not raised by the wait
+    assert run.job.status == outcome
+    with pytest.raises(error) as info:
+        run.fetch_result()
+    if outcome == "failed":
+        assert (info.value.error_code, info.value.error_message, info.value.node_id) == (
+            "E1",
+            "node broke",
+            "7",
+        )
+
+
+@pytest.mark.parametrize("cancel_on_timeout", [True, False])
+def test_a_timed_out_wait(tmp_path, world, cancel_on_timeout) -> None:
+    world["outcome"] = "timeout"
+    run = make_block(tmp_path, timeout=1, cancel_on_timeout=cancel_on_timeout).trigger()
+    with pytest.raises(JobTimedOut):
+        run.wait_for_completion()
+    with pytest.raises(JobTimedOut):
+        run.fetch_result()
+    assert world["cancels"] == (["job_1"] if cancel_on_timeout else [])
+
+
+def test_cancel(tmp_path, world) -> None:
+    run = make_block(tmp_path).trigger()
+    assert run.cancel().status == "cancelled"
+    assert world["cancels"] == ["job_1"] and run.job.status == "cancelled"
+    assert "job_1" in repr(run)
+
+
+def test_a_bad_workflow_fails_before_any_request(tmp_path, world) -> None:
+    with pytest.raises(InvalidWorkflow):
+        make_block(tmp_path, workflow={"1": "not a node"}).trigger()
+    assert world["submits"] == []
+
+
+def test_the_block_reads_a_workflow_file(tmp_path, world) -> None:
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(GRAPH))
+    make_block(tmp_path, workflow=str(path)).trigger()
+    assert world["submits"][0]["workflow"] == GRAPH
+
+
+# -- workflows ----------------------------------------------------------------------------------
+def test_load_workflow_from_dict_text_and_file(tmp_path) -> None:
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(GRAPH))
+    assert load_workflow(GRAPH) == GRAPH
+    assert load_workflow(json.dumps(GRAPH)) == GRAPH
+    assert load_workflow(str(path)) == GRAPH
+    assert load_workflow(path) == GRAPH
+
+
+@pytest.mark.parametrize(
+    ("workflow", "needle"),
+    [
+        ({}, "non-empty dict"),
+        ([1, 2], "non-empty dict"),
+        ({"nodes": [], "links": []}, "UI-format"),
+        ({"1": {"inputs": {}}}, "class_type"),
+        ({"1": {"class_type": "X", "inputs": [1]}}, "inputs must be a dict"),
+        ("{not json", "not JSON"),
+        ("/no/such/workflow.json", "No workflow file"),
+    ],
+)
+def test_load_workflow_refuses(workflow, needle) -> None:
+    with pytest.raises(InvalidWorkflow, match=needle):
+        load_workflow(workflow)
+
+
+# -- task helpers -------------------------------------------------------------------------------
+def test_retry_condition_follows_is_retryable() -> None:
+    assert retry_if_retryable(None, None, Failed(data=ServerError("x", status_code=500)))
+    assert not retry_if_retryable(None, None, Failed(data=InvalidRequest("x", status_code=400)))
+    assert not retry_if_retryable(None, None, Failed(data=JobFailed("job_1")))
+
+
+def test_no_idempotency_key_outside_a_task_run() -> None:
+    assert task_run_idempotency_key("submit") is None
+
+
+def test_dispatch_returns_a_coroutine_in_async_code(tmp_path, world) -> None:
+    async def main() -> Any:
+        coro = make_block(tmp_path).trigger()
+        assert asyncio.iscoroutine(coro)
+        return await coro
+
+    assert isinstance(asyncio.run(main()), ComfyJobRun)
+
+
+# -- the package's exports ------------------------------------------------------------------------
+def test_every_export_resolves() -> None:
+    import prefect_comfy
+
+    assert sorted(prefect_comfy.__all__) == sorted(prefect_comfy._EXPORTS)
+    for name in prefect_comfy.__all__:
+        assert getattr(prefect_comfy, name) is not None, name
+    assert prefect_comfy.ComfyWorkflow is ComfyWorkflow
+
+
+def test_the_sdk_imports_without_prefect() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prefect_comfy\n"
+        "prefect_comfy.ComfyClient, prefect_comfy.ComfyWebSocket, prefect_comfy.wait_for_job\n"
+        "prefect_comfy.JobFailed, prefect_comfy.ComfySettings, prefect_comfy.Job\n"
+        "assert 'prefect' not in sys.modules, 'prefect was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
