@@ -62,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "CloudBackend": "prefect_comfy.backends.cloud",
     # Prefect: blocks
     "ComfyCloudCredentials": "prefect_comfy.credentials",
+    "ComfyUIServer": "prefect_comfy.comfyui_block",
+    "ComfyUIBackend": "prefect_comfy.backends.comfyui",
     "ComfyWorkflow": "prefect_comfy.jobs",
     "ComfyJobRun": "prefect_comfy.jobs",
     "ComfyJobResult": "prefect_comfy.jobs",
@@ -101,6 +103,8 @@ __all__ = [
     "ComfyProtocolError",
     "ComfySettings",
     "ComfyTransportError",
+    "ComfyUIBackend",
+    "ComfyUIServer",
     "ComfyWebSocket",
     "ComfyWorkflow",
     "Input",
@@ -154,12 +158,14 @@ def __dir__() -> list[str]:
 
 
 if "prefect" in sys.modules:  # Prefect is loaded anyway: define the blocks for its registry
+    from prefect_comfy.comfyui_block import ComfyUIServer  # noqa: E402, F401
     from prefect_comfy.credentials import ComfyCloudCredentials  # noqa: E402, F401
     from prefect_comfy.jobs import ComfyWorkflow  # noqa: E402, F401
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.base import ComfyBackend
     from prefect_comfy.backends.cloud import CloudBackend
+    from prefect_comfy.backends.comfyui import ComfyUIBackend
     from prefect_comfy.client.rest import ComfyClient
     from prefect_comfy.client.waiters import (
         wait_for_input_ready,
@@ -167,6 +173,7 @@ if TYPE_CHECKING:
         wait_for_model_ready,
     )
     from prefect_comfy.client.ws import ComfyWebSocket
+    from prefect_comfy.comfyui_block import ComfyUIServer
     from prefect_comfy.credentials import ComfyCloudCredentials
     from prefect_comfy.exceptions import (
         AuthenticationError,

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr
+
+from prefect_comfy.credentials import deployment_parameter_schema
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.comfyui import ComfyUIBackend
@@ -29,6 +31,8 @@ class ComfyUIServer(Block):
         backend = server.get_backend()
         ```
     """
+
+    model_config = ConfigDict(json_schema_extra=deployment_parameter_schema)
 
     _block_type_name = "ComfyUI Server"
     _block_type_slug = "comfyui-server"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.blocks.abstract import CredentialsBlock
+from prefect.blocks.core import Block
 from prefect.blocks.core import schema_extra as block_schema_extra
 from pydantic import ConfigDict, Field, SecretStr
 
@@ -28,10 +29,11 @@ def is_masked(value: str) -> bool:
 
 
 _NEVER = "\u0000"
-"""A property name no document has (see :func:`_schema_extra`)."""
+"""A property name no document has (see :func:`deployment_parameter_schema`)."""
 
 
-def _schema_extra(schema: dict[str, Any], model: type[CredentialsBlock]) -> None:
+def deployment_parameter_schema(schema: dict[str, Any], model: type[Block]) -> None:
+    """Block schema that lets a saved block (``{"$ref": ...}``) be a deployment parameter."""
     block_schema_extra(schema, model)
     # Every field is optional, so a saved block passed to a deployment ({"$ref": ...}) would also
     # validate as a block document, and Prefect's parameter check ("oneOf" the block or a $ref)
@@ -56,7 +58,7 @@ class ComfyCloudCredentials(CredentialsBlock):
         ```
     """
 
-    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_extra)
+    model_config = ConfigDict(extra="allow", json_schema_extra=deployment_parameter_schema)
 
     _block_type_name = "Comfy Cloud Credentials"
     _block_type_slug = "comfy-cloud-credentials"

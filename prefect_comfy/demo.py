@@ -38,7 +38,10 @@ TXT2IMG: dict[str, Any] = {
         "class_type": "CheckpointLoaderSimple",
         "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
     },
-    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
+    "5": {
+        "class_type": "EmptyLatentImage",
+        "inputs": {"width": 256, "height": 256, "batch_size": 1},
+    },
     "6": {
         "class_type": "CLIPTextEncode",
         "inputs": {"text": "a lighthouse at dawn, oil painting", "clip": ["4", 1]},
@@ -68,12 +71,18 @@ def _uses_input(name: str) -> dict[str, Any]:
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": name}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": "inverted"},
+        },
     }
 
 
 FAILING: dict[str, Any] = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0},
+    },
     "2": {"class_type": "EmulatorFail", "inputs": {"message": "out of GPU memory (on purpose)"}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "never"}},
 }
@@ -115,7 +124,9 @@ def prefect_server(home: Path, port: int) -> Iterator[str]:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not answer in 90 s; see {home / 'server.log'}")
+                raise RuntimeError(
+                    f"prefect server did not answer in 90 s; see {home / 'server.log'}"
+                )
             time.sleep(0.2)
         yield url
     finally:

@@ -135,13 +135,19 @@ def related_for(
     if flow_run_id:
         related.append(
             RelatedResource(
-                {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                    "prefect.resource.role": "flow-run",
+                }
             )
         )
     if task_run_id:
         related.append(
             RelatedResource(
-                {"prefect.resource.id": f"prefect.task-run.{task_run_id}", "prefect.resource.role": "task-run"}
+                {
+                    "prefect.resource.id": f"prefect.task-run.{task_run_id}",
+                    "prefect.resource.role": "task-run",
+                }
             )
         )
     related.extend(RelatedResource(dict(r)) for r in extra)

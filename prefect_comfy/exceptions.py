@@ -76,7 +76,9 @@ class InvalidWorkflow(ComfyError):
         if self.node_errors:
             lines = []
             for err in self.node_errors:
-                where = f"node {err.get('node_id')}" if err.get("node_id") is not None else "workflow"
+                where = (
+                    f"node {err.get('node_id')}" if err.get("node_id") is not None else "workflow"
+                )
                 if err.get("class_type"):
                     where += f" ({err['class_type']})"
                 if err.get("field"):
@@ -204,7 +206,9 @@ class JobCancelled(OutcomeError):
     kind = "job"
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"Comfy job {job_id} was cancelled", resource_id=job_id, status="cancelled")
+        super().__init__(
+            f"Comfy job {job_id} was cancelled", resource_id=job_id, status="cancelled"
+        )
 
 
 class UploadFailed(OutcomeError):

@@ -35,6 +35,7 @@ from prefect.states import State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_comfy import events
+from prefect_comfy.comfyui_block import ComfyUIServer
 from prefect_comfy.credentials import ComfyCloudCredentials
 from prefect_comfy.exceptions import InvalidWorkflow, OutcomeError
 from prefect_comfy.jobs import (
@@ -79,8 +80,10 @@ async def credentials_from_parameter(value: Any) -> ComfyCredentials:
     - ``{"$ref": {"block_document_id": ...}}``: a saved block passed to a deployment (what the UI
       and ``serve(parameters=...)`` store): loaded from the Prefect API, key included;
     - a block's fields (a flow called directly with a block): the API key is stored masked, so it
-      comes from ``COMFY_API_KEY`` in the process that runs the hook; the rest from the fields;
-    - a string: the name of a saved :class:`ComfyCloudCredentials` block;
+      comes from ``COMFY_API_KEY`` in the process that runs the hook; the rest from the fields
+      (fields with a ``url`` and no ``base_url`` are a :class:`ComfyUIServer`);
+    - a string: the name of a saved block: ``"<block type slug>/<name>"``, or a bare name tried as
+      a :class:`ComfyCloudCredentials`, then as a :class:`ComfyUIServer`;
     - nothing: the ``COMFY_*`` environment.
     """
     if isinstance(value, Block):
@@ -88,10 +91,18 @@ async def credentials_from_parameter(value: Any) -> ComfyCredentials:
     if isinstance(value, dict) and "$ref" in value:
         return await Block.aload_from_ref(value["$ref"])  # type: ignore[return-value]
     if isinstance(value, dict):
-        fields = {k: v for k, v in value.items() if k in ComfyCloudCredentials.model_fields}
-        return ComfyCloudCredentials.model_validate(fields)
+        kind = (
+            ComfyUIServer if "url" in value and "base_url" not in value else ComfyCloudCredentials
+        )
+        fields = {k: v for k, v in value.items() if k in kind.model_fields}
+        return kind.model_validate(fields)
     if isinstance(value, str) and value:
-        return await ComfyCloudCredentials.aload(value)
+        if "/" in value:
+            return await Block.aload(value)  # type: ignore[return-value]
+        try:
+            return await ComfyCloudCredentials.aload(value)
+        except ValueError:
+            return await ComfyUIServer.aload(value)
     return ComfyCloudCredentials()
 
 
@@ -138,7 +149,7 @@ async def cancel_comfy_job_hook(flow: Any, flow_run: FlowRun, state: State) -> N
     on_crashed=[cancel_comfy_job_hook],
 )
 def run_comfy_workflow(
-    credentials: ComfyCloudCredentials,
+    credentials: ComfyCredentials,
     workflow: dict[str, Any] | str,
     *,
     tags: Sequence[str] = (),

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from prefect_comfy import events
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.comfyui_block import ComfyUIServer
 from prefect_comfy.credentials import ComfyCloudCredentials
 from prefect_comfy.emitter import emit_submitted, run_context_ids
 from prefect_comfy.exceptions import (
@@ -54,10 +55,11 @@ logger = logging.getLogger(__name__)
 COMFY_JOB_ID_LABEL = "comfy.job-id"
 """The flow-run label that names the Comfy job a flow run submitted (what cancellation reads)."""
 
-ComfyCredentials = ComfyCloudCredentials
+ComfyCredentials = ComfyCloudCredentials | ComfyUIServer
 """What the Prefect layer takes as credentials: any block with ``get_backend()``.
 
-Today only :class:`ComfyCloudCredentials`; a self-hosted ComfyUI block joins it as a ``Union``.
+:class:`ComfyCloudCredentials` for the developer API, :class:`ComfyUIServer` for a self-hosted
+ComfyUI (or Comfy Cloud's ComfyUI-compatible API). Choosing the block chooses the backend.
 """
 
 

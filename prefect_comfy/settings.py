@@ -44,7 +44,9 @@ class ComfySettings(BaseSettings):
         default=30.0, gt=0, description="Longest pause between two REST retries, in seconds."
     )
     ping_interval: float = Field(
-        default=30.0, gt=0, description="Seconds between WebSocket pings; a missing pong is a dead link."
+        default=30.0,
+        gt=0,
+        description="Seconds between WebSocket pings; a missing pong is a dead link.",
     )
     ping_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a pong.")
     max_reconnect_attempts: int = Field(

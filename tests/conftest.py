@@ -61,7 +61,11 @@ def prefect_api_url():
     Yields its API URL, which is also exported as ``PREFECT_API_URL`` so that subprocesses (a served
     deployment, the listener) reach the same server.
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=60):

@@ -28,12 +28,18 @@ async def eventually(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last: {last!r}"
+            )
         await asyncio.sleep(interval)
 
 
 def eventually_sync(
-    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"
+    probe: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
 ) -> T:
     """The blocking twin of :func:`eventually`, for sync tests."""
     deadline = time.monotonic() + timeout
@@ -42,5 +48,7 @@ def eventually_sync(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last: {last!r}"
+            )
         time.sleep(interval)

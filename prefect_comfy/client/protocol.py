@@ -58,7 +58,9 @@ def validate_pattern(pattern: str) -> str:
     """Return the pattern if it is well formed (``*``, ``prefix.*`` or a plain name), else raise."""
     if not isinstance(pattern, str) or not pattern or pattern.strip() != pattern:
         raise ValueError(f"invalid event pattern {pattern!r}")
-    if "*" in pattern and not (pattern == "*" or (pattern.endswith(".*") and "*" not in pattern[:-2])):
+    if "*" in pattern and not (
+        pattern == "*" or (pattern.endswith(".*") and "*" not in pattern[:-2])
+    ):
         raise ValueError(
             f"invalid event pattern {pattern!r}: use '*', 'prefix.*' or an exact event name"
         )

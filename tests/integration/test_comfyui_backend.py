@@ -308,10 +308,7 @@ async def test_flow_and_listener_on_comfyui(
     running = asyncio.create_task(listener.run())
     await eventually(lambda: listener.stats.connects >= 1, timeout=30, message="listener connected")
 
-    # flows.py still annotates ``credentials: ComfyCloudCredentials``, which Prefect's parameter
-    # validation enforces; the flow itself only calls get_backend(). Drop with_options once the
-    # annotation accepts ComfyUIServer.
-    flow = run_comfy_workflow.with_options(validate_parameters=False)
+    flow = run_comfy_workflow
     state = await asyncio.to_thread(
         flow,
         ComfyUIServer(url=comfyui_server.url),
