@@ -21,7 +21,9 @@ demo: setup
 comfyui:
 	bash scripts/install-comfyui.sh
 
-test: setup comfyui
+# A failed ComfyUI install does not stop the other tests: the ComfyUI tests then fail, saying why.
+test: setup
+	@bash scripts/install-comfyui.sh || echo "ComfyUI could not be installed: the comfyui tests will fail and say why"
 	$(PY) -m pytest -q
 
 test-fast: setup
