@@ -1,8 +1,11 @@
 """A self-hosted ComfyUI (or Comfy Cloud's ComfyUI-compatible API) as a :class:`ComfyBackend`.
 
 REST calls go to the server's ``/api/...`` routes (ComfyUI serves every route with and without the
-prefix); the event stream is :mod:`prefect_comfy.backends.comfyui_stream` (one WebSocket per process
-and server); answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui_mapping`.
+prefix) through :mod:`prefect_comfy.backends.comfyui_http`, where every failure is translated; the
+event stream is :mod:`prefect_comfy.backends.comfyui_stream` (one WebSocket per process and server);
+answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui_mapping`. Building a backend
+does no I/O: the httpx client (with the process's shared SSL context) and the default settings are
+made on first use.
 
 An optional API key (Comfy Cloud) travels as the ``X-API-Key`` header and as the WebSocket's
 ``token`` query parameter, only ever to the server's own origin, and never shows in a log line, an
@@ -27,38 +30,33 @@ from collections.abc import AsyncIterator, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import SecretStr
 
 from prefect_comfy.backends import comfyui_mapping as mapping
-from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, Source
+from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, DisconnectCallback, Source
+from prefect_comfy.backends.comfyui_http import ComfyUIHttp
 from prefect_comfy.backends.comfyui_stream import (
     CONNECTED,
+    DISCONNECTED,
     Subscriber,
     process_client_id,
     server_state,
 )
 from prefect_comfy.client import protocol
-from prefect_comfy.client.rest import CHUNK_SIZE, normalize_origin
-from prefect_comfy.client.retry import RetryPolicy, parse_retry_after
+from prefect_comfy.client.retry import RetryPolicy
+from prefect_comfy.client.session import normalize_origin
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
     ComfyConfigError,
-    ComfyError,
     ComfyProtocolError,
-    ComfyTransportError,
     InvalidRequest,
     NotFound,
-    RateLimited,
-    ServerError,
     UploadFailed,
-    WebSocketAuthError,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
-from prefect_comfy.redaction import redact
 from prefect_comfy.settings import ComfySettings
 
 __all__ = ["DEFAULT_URL", "ComfyUIBackend"]
@@ -69,7 +67,6 @@ DEFAULT_URL = "http://127.0.0.1:8188"
 """Where a local ComfyUI listens by default."""
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f7c2e-61a4-5d8e-9c3b-0e2a4f6d8c10")
 """uuid5 namespace of prompt ids derived from idempotency keys."""
-MAX_REDIRECTS = 5
 
 
 def _key_hash(key: str | None) -> str:
@@ -113,21 +110,17 @@ class ComfyUIBackend(ComfyBackend):
         self._key: str | None = (api_key or "").strip() or None
         self._hash = _key_hash(self._key)
         self.client_id = client_id or process_client_id(self._origin, self._hash)
-        self.settings = settings if settings is not None else ComfySettings()
         self._transport = transport
         self._connect = connect
         self._state = server_state(self._origin, self._hash, self.client_id)
-        self.retry = RetryPolicy(
-            max_retries=self.settings.max_retries, max_delay=self.settings.retry_max_delay
-        )
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                self.settings.request_timeout, connect=self.settings.connect_timeout
-            ),
-            headers={"User-Agent": "prefect-comfy", "Accept": "application/json"},
-            follow_redirects=False,
-        )
+        self.http = ComfyUIHttp(self._origin, self._key, settings, transport)
+        """Requests to the server (its httpx client is made on the first one)."""
+
+    @property
+    def settings(self) -> ComfySettings:
+        """Timeouts, retries and reconnect budget (``ComfySettings()``, made on first use, if none
+        was passed)."""
+        return self.http.settings
 
     # -- identity -----------------------------------------------------------------------------
     @property
@@ -168,124 +161,31 @@ class ComfyUIBackend(ComfyBackend):
             "subscribers": len(stream.subscribers) if stream is not None else 0,
         }
 
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of this backend's requests."""
+        return self.http.retry
+
     def redact(self, text: str) -> str:
         """A text with the key (and any ``token=``) removed."""
-        return redact(text, [self._key])
+        return self.http.redact(text)
 
-    # -- HTTP, with errors translated here only -------------------------------------------------
-    def _same_origin(self, url: httpx.URL) -> bool:
-        origin = httpx.URL(self._origin)
-        return (url.scheme, url.host, url.port) == (origin.scheme, origin.host, origin.port)
-
-    def _error(self, request: httpx.Request, response: httpx.Response) -> ComfyError:
-        status = response.status_code
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        error = body.get("error") if isinstance(body, dict) else None
-        code = (error.get("type") or error.get("code")) if isinstance(error, dict) else None
-        message = (
-            error.get("message")
-            if isinstance(error, dict)
-            else (error if isinstance(error, str) else response.text[:300])
-        )
-        where = f"{request.method} {request.url.copy_with(query=None)}"
-        text = self.redact(
-            f"ComfyUI error on {where}: HTTP {status}"
-            + (f" [{code}]" if code else "")
-            + (f": {message}" if message else "")
-        )
-        fields: dict[str, Any] = {"status_code": status, "error_code": code}
-        if status in (401, 403):
-            return AuthenticationError(
-                f"ComfyUI at {self._origin} rejected the API key (HTTP {status})", **fields
-            )
-        if status == 404:
-            return NotFound(text, **fields)
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return RateLimited(text, retry_after=retry_after, **fields)
-        if status >= 500:
-            return ServerError(text, **fields)
-        if status in (400, 409, 422):
-            return InvalidRequest(text, **fields)
-        return ComfyAPIError(text, **fields)
-
-    async def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
-        if self._key and self._same_origin(request.url):
-            request.headers["X-API-Key"] = self._key
-        try:
-            response = await self._http.send(request, stream=stream)
-        except httpx.TransportError as exc:
-            raise ComfyTransportError(
-                self.redact(
-                    f"Could not reach ComfyUI on {request.method} "
-                    f"{request.url.copy_with(query=None)}: {type(exc).__name__}: {exc}"
-                )
-            ) from None
-        if response.status_code >= 400:
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-            if request.url.path.endswith("/prompt") and response.status_code == 400:
-                with contextlib.suppress(ValueError):
-                    body = response.json()
-                    if isinstance(body, dict) and ("error" in body or "node_errors" in body):
-                        raise mapping.invalid_workflow(body)
-            raise self._error(request, response)
-        return response
-
-    async def _call(
-        self, method: str, path: str, *, retry: bool = True, **kwargs: Any
-    ) -> httpx.Response:
-        """One call to ``{origin}{path}``; retried (429, 5xx, transport) when ``retry``."""
-        url = f"{self._origin}{path}"
-
-        async def attempt() -> httpx.Response:
-            return await self._send(self._http.build_request(method, url, **kwargs))
-
-        if not retry:
-            return await attempt()
-        return await self.retry.call(attempt, what=f"{method} {path}")
-
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self._call(method, path, **kwargs)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise ComfyProtocolError(f"ComfyUI answered {method} {path} with no JSON") from None
-
-    # -- reads the stream uses too ----------------------------------------------------------------
+    # -- reads the stream uses too (the HTTP layer is ComfyUIHttp) ---------------------------------
     async def queue_records(self) -> dict[str, tuple[str, mapping.PromptRecord]]:
         """Queued prompts: ``{prompt_id: ("running" | "pending", record)}``."""
-        body = await self._json("GET", "/api/queue") or {}
-        found: dict[str, tuple[str, mapping.PromptRecord]] = {}
-        for status, key in (("running", "queue_running"), ("pending", "queue_pending")):
-            for item in body.get(key) or []:
-                record = mapping.prompt_record(item)
-                if record is not None:
-                    found[record.prompt_id] = (status, record)
-        return found
+        return await self.http.queue_records()
 
     async def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         """A prompt's ``/history`` entry, or ``None`` (not finished, unknown, or deleted)."""
-        body = await self._json("GET", f"/api/history/{quote(prompt_id, safe='')}")
-        entry = body.get(prompt_id) if isinstance(body, dict) else None
-        return entry if isinstance(entry, dict) and entry else None
+        return await self.http.history_entry(prompt_id)
 
     async def recent_history(self, max_items: int) -> dict[str, Any]:
         """The newest ``max_items`` history entries, oldest first."""
-        body = await self._json("GET", "/api/history", params={"max_items": max_items})
-        return body if isinstance(body, dict) else {}
+        return await self.http.recent_history(max_items)
 
     async def model_files(self, folder: str) -> list[str]:
         """The files ComfyUI lists under ``models/<folder>``."""
-        body = await self._json("GET", f"/api/models/{quote(folder, safe='')}")
-        return [str(name) for name in body or []]
+        return await self.http.model_files(folder)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def submit(
@@ -321,10 +221,7 @@ class ComfyUIBackend(ComfyBackend):
                 return existing
             body["prompt_id"] = prompt_id
         # Not retried: a lost answer to a submit that reached the server would queue it twice.
-        answer = await self._json("POST", "/api/prompt", json=body, retry=bool(idempotency_key))
-        prompt_id = str((answer or {}).get("prompt_id") or "")
-        if not prompt_id:
-            raise ComfyProtocolError("ComfyUI accepted the prompt but returned no prompt_id")
+        prompt_id = await self.http.post_prompt(body, retry=bool(idempotency_key))
         self._state.note_submitted(prompt_id, tags, workflow)
         return Job(id=prompt_id, status="pending", tags=tags, workflow=workflow)
 
@@ -364,7 +261,7 @@ class ComfyUIBackend(ComfyBackend):
             if job.is_terminal:
                 return job
             if job.status == "pending":
-                await self._call("POST", "/api/queue", json={"delete": [job_id]})
+                await self.http.delete_pending(job_id)
                 queued = (await self.queue_records()).get(job_id)
                 if queued is None:
                     if await self.history_entry(job_id) is not None:
@@ -380,7 +277,7 @@ class ComfyUIBackend(ComfyBackend):
                     logger.info("Deleted pending ComfyUI prompt %s from the queue", job_id)
                     return cancelled
                 continue  # it started running: interrupt it
-            await self._call("POST", "/api/interrupt", json={"prompt_id": job_id})
+            await self.http.interrupt(job_id)
             logger.info("Asked ComfyUI to interrupt running prompt %s", job_id)
             return job
         return await self.get_job(job_id)
@@ -402,26 +299,7 @@ class ComfyUIBackend(ComfyBackend):
         if target.is_dir() or str(dest).endswith(("/", "\\")):
             target = target / Path(output.name or url.params.get("filename") or output.id).name
         target.parent.mkdir(parents=True, exist_ok=True)
-
-        async def attempt() -> Path:
-            current = url
-            for _ in range(MAX_REDIRECTS + 1):
-                response = await self._send(self._http.build_request("GET", current), stream=True)
-                try:
-                    if response.is_redirect and "Location" in response.headers:
-                        current = current.join(response.headers["Location"])
-                        continue
-                    part = target.with_name(f".{target.name}.part")
-                    with open(part, "wb") as f:
-                        async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                            f.write(chunk)
-                    part.replace(target)
-                    return target
-                finally:
-                    await response.aclose()
-            raise ComfyProtocolError(f"too many redirects downloading ComfyUI output {output.id}")
-
-        return await self.retry.call(attempt, what=f"GET {url.copy_with(query=None)}")
+        return await self.http.download(url, target, output.id)
 
     # -- uploads ------------------------------------------------------------------------------
     async def upload_input(
@@ -452,12 +330,9 @@ class ComfyUIBackend(ComfyBackend):
             name = name or path.name
         assert name is not None
         subfolder, _, filename = name.rpartition("/")
-        form = {"type": "input", "overwrite": "true" if overwrite else "false"}
-        if subfolder:
-            form["subfolder"] = subfolder
         try:
-            answer = await self._json(
-                "POST", "/api/upload/image", data=form, files={"image": (filename, data)}
+            answer = await self.http.upload_image(
+                filename, data, subfolder=subfolder, overwrite=overwrite
             )
         except (InvalidRequest, ComfyAPIError) as exc:
             if isinstance(exc, AuthenticationError):
@@ -476,7 +351,6 @@ class ComfyUIBackend(ComfyBackend):
             raise UploadFailed(
                 "input", name, error_code="upload_failed", error_message=str(exc)
             ) from None
-        answer = answer or {}
         returned = str(answer.get("name") or filename)
         folder = str(answer.get("subfolder") or "")
         input_id = f"{folder}/{returned}" if folder else returned
@@ -501,8 +375,7 @@ class ComfyUIBackend(ComfyBackend):
         """
         subfolder, _, filename = str(input_id).rpartition("/")
         url = mapping.view_url(self._origin, filename, subfolder, "input")
-        response = await self._call("HEAD", url[len(self._origin) :])
-        size = response.headers.get("Content-Length")
+        size = (await self.http.head(url)).get("Content-Length")
         return Input(
             id=input_id,
             name=input_id,
@@ -554,59 +427,31 @@ class ComfyUIBackend(ComfyBackend):
     # -- the event stream ---------------------------------------------------------------------
     def ws_url(self) -> str:
         """The WebSocket URL, with the ``token`` (if any) in it: never log it unredacted."""
-        origin = httpx.URL(self._origin)
-        scheme = "wss" if origin.scheme == "https" else "ws"
-        query = {"clientId": self.client_id}
-        if self._key:
-            query["token"] = self._key
-        netloc = origin.netloc.decode()
-        return f"{scheme}://{netloc}/ws?{urlencode(query)}"
+        return self.http.ws_url(self.client_id)
 
     async def open_socket(self) -> Any:
         """Open one WebSocket (used by the shared stream).
 
         Raises:
             WebSocketAuthError: the handshake was refused (HTTP 401/403).
+            ComfyTransportError: the server could not be reached, or answered another status.
         """
-        from websockets.exceptions import InvalidStatus
-
-        connect = self._connect
-        if connect is None:
-            from websockets.asyncio.client import connect
-        s = self.settings
-        try:
-            return await connect(
-                self.ws_url(),
-                ping_interval=s.ping_interval,
-                ping_timeout=s.ping_timeout,
-                open_timeout=s.connect_timeout,
-                close_timeout=min(2.0, s.connect_timeout),
-                max_size=None,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                raise WebSocketAuthError(
-                    f"ComfyUI event stream at {self._origin} refused the API key (HTTP {status})"
-                ) from None
-            raise ComfyTransportError(
-                f"ComfyUI WebSocket handshake answered HTTP {status}"
-            ) from None
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise ComfyTransportError(
-                self.redact(f"could not open the ComfyUI event stream: {type(exc).__name__}: {exc}")
-            ) from None
+        return await self.http.open_socket(self.client_id, self._connect)
 
     async def events(
         self,
         patterns: Sequence[str] = ("*",),
         *,
         on_connect: ConnectCallback | None = None,
+        on_disconnect: DisconnectCallback | None = None,
     ) -> AsyncIterator[ComfyEvent]:
         """Events matching ``patterns`` from the process's one WebSocket to this server.
 
-        ``on_connect`` is awaited (as a task) after every connect and reconnect, once the stream
-        has reconciled with ``/queue`` and ``/history``.
+        ``on_connect`` runs as a task after every connect and reconnect, once the stream has
+        reconciled with ``/queue`` and ``/history``. ``on_disconnect`` is awaited when a connection
+        that ``on_connect`` ran for is lost, before the stream reconnects (not when this iterator is
+        closed). Every subscriber of the shared socket gets its own calls; a hook's exception is
+        logged.
 
         Raises:
             WebSocketAuthError: the key was refused.
@@ -619,14 +464,20 @@ class ComfyUIBackend(ComfyBackend):
         sub = Subscriber(asyncio.get_running_loop())
         stream = self._state.subscribe(sub, self.clone)
         hooks: set[asyncio.Task[Any]] = set()
+        connected = False  # on_connect ran for the current connection
         try:
             while True:
                 item = await sub.queue.get()
                 if item is CONNECTED:
+                    connected = True
                     if on_connect is not None:
-                        task = asyncio.create_task(_run_hook(on_connect))
+                        task = asyncio.create_task(_run_hook(on_connect, "on_connect"))
                         hooks.add(task)
                         task.add_done_callback(hooks.discard)
+                elif item is DISCONNECTED:
+                    if connected and on_disconnect is not None:
+                        await _run_hook(on_disconnect, "on_disconnect")
+                    connected = False
                 elif isinstance(item, BaseException):
                     raise item
                 elif protocol.matches_any(wanted, item.event):
@@ -640,11 +491,11 @@ class ComfyUIBackend(ComfyBackend):
     # -- life ---------------------------------------------------------------------------------
     async def aclose(self) -> None:
         """Close the HTTP client (the shared stream closes when its last subscriber leaves)."""
-        await self._http.aclose()
+        await self.http.aclose()
 
 
-async def _run_hook(hook: ConnectCallback) -> None:
+async def _run_hook(hook: ConnectCallback | DisconnectCallback, name: str) -> None:
     try:
         await hook()
     except Exception:
-        logger.exception("the on_connect hook of the ComfyUI event stream failed")
+        logger.exception("the %s hook of the ComfyUI event stream failed", name)

@@ -73,20 +73,36 @@ REMEMBERED = 10_000
 
 CONNECTED = object()
 """Put on a subscriber's queue after every (re)connect, once reconciled: run ``on_connect`` then."""
+DISCONNECTED = object()
+"""Put on a subscriber's queue when a connection that was ``CONNECTED`` is lost, before the stream
+reconnects (not when it closes): run ``on_disconnect`` then."""
 
 
 class Bounded(OrderedDict):
-    """A dict that forgets its oldest entries past ``size``."""
+    """A dict that forgets its oldest entries past ``size``.
+
+    Written from two threads (a backend's caller and the stream's loop): :meth:`remember` and
+    :meth:`take` hold a lock; a single read (``in``, ``get``) is atomic anyway.
+    """
 
     def __init__(self, size: int = REMEMBERED) -> None:
         super().__init__()
         self.size = size
+        self._lock = threading.Lock()
 
-    def remember(self, key: Any, value: Any = None) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
+    def remember(self, key: Any, value: Any = None, *, replace: bool = True) -> None:
+        """Store ``key`` as the newest entry (keep an existing value unless ``replace``)."""
+        with self._lock:
+            if replace or key not in self:
+                self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.size:
+                self.popitem(last=False)
+
+    def take(self, key: Any) -> Any:
+        """Remove and return ``key``'s value (``None`` when absent)."""
+        with self._lock:
+            return self.pop(key, None)
 
 
 # -- process-wide registries --------------------------------------------------------------------
@@ -278,7 +294,8 @@ class SharedStream:
                 good = False
                 try:
                     conn = await backend.open_socket()
-                    self.state.connections_opened += 1
+                    with self.state.lock:
+                        self.state.connections_opened += 1
                     try:
                         logger.info("ComfyUI event stream connected to %s", backend.address)
                         await self._reconcile(baseline=not self._baseline)
@@ -303,6 +320,7 @@ class SharedStream:
                 if good:
                     attempts = 0
                     backoff.reset()
+                    self._fan_out(DISCONNECTED)  # each subscriber runs its on_disconnect
                 if attempts >= settings.max_reconnect_attempts:
                     error = WebSocketConnectionError(
                         f"ComfyUI event stream at {backend.address} is gone ({reason}); "
@@ -365,7 +383,7 @@ class SharedStream:
             self._spawn(self._outcome(prompt_id, "job.cancelled", data))
 
     def _register(self, prompt_id: str) -> None:
-        graph = self.state.graphs.pop(prompt_id, None)
+        graph = self.state.graphs.take(prompt_id)
         if graph:
             self._tracker.register(prompt_id, graph)
 
@@ -478,8 +496,7 @@ class SharedStream:
                 )
         self._tracked = {pid: status for pid, (status, _) in queue.items()}
         for pid, (_, record) in queue.items():
-            if pid not in self.state.tags:
-                self.state.tags.remember(pid, record.tags)
+            self.state.tags.remember(pid, record.tags, replace=False)
 
     # -- model files: the one poll ---------------------------------------------------------------
     def ensure_model_poller(self) -> None:

@@ -259,7 +259,8 @@ async def test_model_wait_notices_a_copied_file(
 ) -> None:
     missing = await backend.get_model("upscaler/nothing-here.pth")
     assert missing.status == "pending_upload"
-    folder = comfyui_server.install.comfyui_dir / "models" / "upscale_models"
+    folder = comfyui_server.models_dir / "upscale_models"  # the server's own, under tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
     name = f"test-{uuid.uuid4().hex[:8]}.pth"
     waiting = asyncio.create_task(backend.wait_for_model(f"upscale_models/{name}", timeout=30))
     await eventually(lambda: EventHub.shared(backend).stream_open, timeout=10)

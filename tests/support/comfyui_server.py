@@ -5,8 +5,8 @@ The install itself is done by ``scripts/install-comfyui.sh`` into a cache folder
 
 - :func:`find_comfyui` returns the existing install (or the one named by ``PREFECT_COMFY_COMFYUI_DIR``),
 - :func:`ensure_comfyui` installs it when missing and says why when it cannot,
-- :func:`running_comfyui` starts ``main.py`` on a free loopback port, waits until it answers HTTP,
-  and stops it again.
+- :func:`running_comfyui` starts ``main.py`` on a free loopback port with every folder (input, output,
+  temp, user, models) under a temporary path, waits until it answers HTTP, and stops it again.
 
 Environment:
     PREFECT_COMFY_COMFYUI_DIR     a ComfyUI folder (with main.py) to use instead of the cache.
@@ -67,6 +67,7 @@ class RunningComfyUI:
     output_dir: Path
     temp_dir: Path
     user_dir: Path
+    models_dir: Path  # <tmp>/models (--base-directory), not the cached install's
     args: list[str] = field(default_factory=list)
 
     @property
@@ -277,7 +278,7 @@ def running_comfyui(
     when the process dies or does not answer ``GET /system_stats`` within ``startup_timeout`` seconds.
     """
     tmp_path = Path(tmp_path)
-    dirs = {name: tmp_path / name for name in ("input", "output", "temp", "user")}
+    dirs = {name: tmp_path / name for name in ("input", "output", "temp", "user", "models")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     log_path = tmp_path / "comfyui.log"
@@ -291,6 +292,10 @@ def running_comfyui(
         "--port",
         str(port),
         "--disable-auto-launch",
+        # Models (and custom_nodes, disabled below) under tmp_path: tests may copy model files in
+        # without touching the cached install. The folders below override the rest of it.
+        "--base-directory",
+        str(tmp_path),
         "--output-directory",
         str(dirs["output"]),
         "--input-directory",
@@ -332,6 +337,7 @@ def running_comfyui(
         output_dir=dirs["output"],
         temp_dir=dirs["temp"],
         user_dir=dirs["user"],
+        models_dir=dirs["models"],
         args=args,
     )
     try:

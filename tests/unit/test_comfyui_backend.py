@@ -186,7 +186,7 @@ async def test_key_goes_as_header_to_the_server_only(fake: FakeComfyUI, tmp_path
         assert signed.url.host == "storage.test" and "X-API-Key" not in signed.headers
         assert fake.requests[-2].headers["X-API-Key"] == KEY
         with pytest.raises(ServerError) as info:
-            await b._json("GET", "/api/boom")
+            await b.http.json("GET", "/api/boom")
         assert KEY not in str(info.value)
 
 
@@ -355,6 +355,10 @@ class FakeSocket:
             raise StopAsyncIteration
         return item
 
+    def drop(self) -> None:
+        """End the socket as if the server had closed it."""
+        self.loop.call_soon_threadsafe(self.frames.put_nowait, None)
+
     async def close(self) -> None:
         self.closed = True
 
@@ -494,6 +498,57 @@ async def test_listener_reconciliation_sees_deleted_pending_prompt(fake: FakeCom
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await b.aclose()
+
+
+async def test_each_subscriber_hears_a_drop_before_the_reconnect(fake: FakeComfyUI) -> None:
+    from prefect_comfy.listener import _accepts_on_disconnect
+
+    connect = FakeConnect()
+    settings = ComfySettings(max_retries=0, max_reconnect_attempts=3, reconnect_delay=0.01)
+    b = ComfyUIBackend(
+        fake.origin,
+        client_id=f"unit-{uuid.uuid4()}",
+        transport=fake.transport(),
+        settings=settings,
+        connect=connect,
+    )
+    assert _accepts_on_disconnect(b)  # so the listener passes it and shows comfy.connected=false
+    calls: dict[str, list[str]] = {"a": [], "b": []}
+
+    def reader(name: str) -> asyncio.Task[None]:
+        async def on_connect() -> None:
+            calls[name].append("connect")
+
+        async def on_disconnect() -> None:
+            calls[name].append("disconnect")
+            if name == "b":
+                raise RuntimeError("a failing hook is logged, not raised")
+
+        async def read() -> None:
+            async for _ in b.events(on_connect=on_connect, on_disconnect=on_disconnect):
+                pass
+
+        return asyncio.create_task(read())
+
+    tasks = [reader("a"), reader("b")]
+    await eventually(lambda: calls["a"] == calls["b"] == ["connect"], timeout=5)
+    assert len(connect.sockets) == 1
+    connect.sockets[0].drop()
+    reconnected = ["connect", "disconnect", "connect"]
+    await eventually(lambda: calls["a"] == calls["b"] == reconnected, timeout=5)
+    assert len(connect.sockets) == 2 and not any(t.done() for t in tasks)
+
+    for t in tasks:  # closing the iterators is not a drop
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await eventually(lambda: connect.sockets[1].closed, timeout=5)
+    assert calls["a"] == calls["b"] == reconnected
+    await b.aclose()
+
+
+def test_building_a_backend_opens_no_client() -> None:
+    b = ComfyUIBackend("https://comfy.test", KEY)
+    assert b.http._client is None  # made on the first request, with the shared SSL context
 
 
 async def test_refused_handshake_is_websocket_auth_error(fake: FakeComfyUI) -> None:
