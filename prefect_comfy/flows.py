@@ -45,6 +45,7 @@ from prefect_comfy.jobs import (
     ComfyOutputFile,
     cancel_job,
     cancel_jobs_quietly,
+    load_credentials,
     load_workflow,
     run_logger,
     unfinished_jobs_of,
@@ -97,12 +98,7 @@ async def credentials_from_parameter(value: Any) -> ComfyCredentials:
         fields = {k: v for k, v in value.items() if k in kind.model_fields}
         return kind.model_validate(fields)
     if isinstance(value, str) and value:
-        if "/" in value:
-            return await Block.aload(value)  # type: ignore[return-value]
-        try:
-            return await ComfyCloudCredentials.aload(value)
-        except ValueError:
-            return await ComfyUIServer.aload(value)
+        return await load_credentials(value)
     return ComfyCloudCredentials()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.blocks.abstract import JobBlock, JobRun
+from prefect.blocks.core import Block
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field
 
@@ -196,6 +197,28 @@ async def label_flow_run(flow_run_id: str, job_id: str) -> None:
             )
     except Exception as exc:  # the job runs either way; only remote cancellation loses its handle
         run_logger().warning("Could not label flow run %s with the Comfy job: %r", flow_run_id, exc)
+
+
+async def load_credentials(name: str) -> ComfyCredentials:
+    """Load a saved credentials block by name: either kind, so a name alone chooses the backend.
+
+    ``"<block type slug>/<name>"`` loads that type; a bare name is tried as a
+    :class:`ComfyCloudCredentials`, then as a :class:`ComfyUIServer`.
+
+    Raises:
+        ValueError: no block of either kind has that name.
+    """
+    if "/" in name:
+        return await Block.aload(name)  # type: ignore[return-value]
+    try:
+        return await ComfyCloudCredentials.aload(name)
+    except ValueError:
+        try:
+            return await ComfyUIServer.aload(name)
+        except ValueError:
+            raise ValueError(
+                f"No saved ComfyCloudCredentials or ComfyUIServer block is named {name!r}"
+            ) from None
 
 
 async def cancel_job(credentials: ComfyCredentials, job_id: str) -> Job:

@@ -592,10 +592,9 @@ def _on_signal(listener: ComfyListener, sig: int) -> None:
 
 async def _backend_from(block: str | None) -> ComfyBackend:
     if block:
-        from prefect_comfy.credentials import ComfyCloudCredentials
+        from prefect_comfy.jobs import load_credentials
 
-        credentials = await ComfyCloudCredentials.aload(block)
-        return credentials.get_backend()
+        return (await load_credentials(block)).get_backend()
     from prefect_comfy.backends.cloud import CloudBackend
 
     return CloudBackend()

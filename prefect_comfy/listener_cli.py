@@ -22,7 +22,7 @@ def listen(
         str | None,
         typer.Option(
             "--block",
-            help="Name of a saved ComfyCloudCredentials block. Default: COMFY_API_KEY and "
+            help="Name of a saved ComfyCloudCredentials or ComfyUIServer block. Default: COMFY_API_KEY and "
             "COMFY_BASE_URL from the environment.",
             show_default=False,
         ),

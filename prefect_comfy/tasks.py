@@ -13,12 +13,14 @@ Example:
     from prefect_comfy.tasks import download_comfy_outputs, submit_comfy_job, wait_for_comfy_job
 
     @flow
-    def make_images(workflow: dict):
-        credentials = ComfyCloudCredentials.load("BLOCK_NAME")
-        job = submit_comfy_job(credentials, workflow, tags=["demo"])
-        job = wait_for_comfy_job(credentials, job.id, timeout=600)
-        return download_comfy_outputs(credentials, job, "out")
+    async def make_images(workflow: dict):
+        credentials = await ComfyCloudCredentials.load("BLOCK_NAME")
+        job = await submit_comfy_job(credentials, workflow, tags=["demo"])
+        job = await wait_for_comfy_job(credentials, job.id, timeout=600)
+        return await download_comfy_outputs(credentials, job, "out")
     ```
+
+    The tasks are async: in a sync flow run them with ``.submit(...).result()``.
 """
 
 from __future__ import annotations

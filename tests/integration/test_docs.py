@@ -1,0 +1,181 @@
+"""Every ```python block of README.md and docs/*.md runs here, as a reader would run it.
+
+How a block runs:
+
+- Against the session emulator and the Prefect test harness, with ``COMFY_API_KEY`` and
+  ``COMFY_BASE_URL`` pointing at the emulator and a credentials block saved as ``comfy`` first.
+- The blocks of one file run in document order in one working directory of their own (a later
+  block may use files an earlier one wrote, as in the docs). It holds ``flows/`` (a link to the
+  repository's) and ``workflow_api.json`` (a tiny weight-free graph).
+- Top-level ``await`` is allowed (the block then runs in a fresh event loop); the block runs as
+  ``__main__`` from a file, so ``if __name__ == "__main__":`` parts run too.
+- ``Flow.serve`` builds the deployment and applies it to the Prefect server (triggers included),
+  then returns instead of serving for ever.
+- Placeholders are replaced before running, by :data:`SUBSTITUTIONS` (and, for ComfyUI blocks, the
+  default ComfyUI address by the ``comfyui_server`` fixture's).
+- An HTML comment on the line just before the fence changes this:
+  ``<!-- docs-test: skip (reason) -->`` does not run the block (the reason shows in the skip), and
+  ``<!-- docs-test: comfyui -->`` runs it against the real ComfyUI of ``comfyui_server``
+  (marked ``comfyui``, so ``make test-fast`` leaves it out).
+
+docs/dev/ and docs/comfyui-protocol-notes.md (observations of ComfyUI's wire protocol, not examples
+of this package) are not covered.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY
+from tests.workflows import tiny_workflow
+
+pytestmark = pytest.mark.prefect
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+EXCLUDED = {"comfyui-protocol-notes.md"}
+COMFYUI_DEFAULT_URL = "http://127.0.0.1:8188"
+
+SUBSTITUTIONS = {
+    '"comfyui-..."': repr(API_KEY),  # the placeholder key: the emulator's test key
+    '"BLOCK_NAME"': '"comfy"',  # a saved block's name: the block this test saves
+    '"http://127.0.0.1:8765"': "EMULATOR_URL",  # the emulator's documented port: the session's
+}
+"""Placeholder (exact text, quotes included) → what the test runs instead."""
+
+FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>\w*)\s*$")
+DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(?P<kind>skip|comfyui)\b\s*(?P<reason>.*?)\s*-->")
+
+
+@dataclass(frozen=True)
+class Block:
+    path: Path
+    line: int  # of the opening fence, 1-based
+    source: str
+    directive: str | None
+    reason: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def python_blocks(path: Path) -> list[Block]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        fence = FENCE.match(lines[i])
+        if not fence:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+        if fence["lang"] == "python":
+            indent = len(fence["indent"])
+            body = "\n".join(line[indent:] for line in lines[i + 1 : end]) + "\n"
+            previous = next((line for line in reversed(lines[:i]) if line.strip()), "")
+            directive = DIRECTIVE.search(previous)
+            blocks.append(
+                Block(
+                    path,
+                    i + 1,
+                    body,
+                    directive["kind"] if directive else None,
+                    directive["reason"].strip("() ") if directive else "",
+                )
+            )
+        i = end + 1
+    return blocks
+
+
+def cases() -> list[pytest.param]:
+    params = []
+    for path in DOCS:
+        if path.name in EXCLUDED:
+            continue
+        for block in python_blocks(path):
+            marks = []
+            if block.directive == "skip":
+                marks.append(pytest.mark.skip(reason=block.reason or "marked skip"))
+            elif block.directive == "comfyui":
+                marks.append(pytest.mark.comfyui)
+            params.append(pytest.param(block, id=block.id, marks=marks))
+    return params
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Path]:
+    """One working directory per documentation file, shared by its blocks."""
+
+    class Dirs(dict):
+        def __missing__(self, doc: Path) -> Path:
+            cwd = tmp_path_factory.mktemp(doc.stem)
+            (cwd / "flows").symlink_to(ROOT / "flows")
+            (cwd / "workflow_api.json").write_text(json.dumps(tiny_workflow("doc")))
+            self[doc] = cwd
+            return cwd
+
+    return Dirs()
+
+
+def _serve_by_applying(flow, name=None, **options):  # noqa: ANN001, ANN003
+    """Flow.serve for the docs: apply the deployment (the server checks it), delete it, return.
+
+    Its triggers' automations are deleted too, so that they fire in no other test.
+    """
+    from prefect.client.orchestration import get_client
+
+    for option in ("pause_on_shutdown", "print_starting_message", "limit", "webserver"):
+        options.pop(option, None)
+    with get_client(sync_client=True) as client:
+        before = {a.id for a in client.read_automations()}
+        deployment_id = flow.to_deployment(name=name or flow.name, **options).apply()
+        assert client.read_deployment(deployment_id).name == (name or flow.name)
+        created = [a.id for a in client.read_automations() if a.id not in before]
+        assert len(created) == len(options.get("triggers") or [])
+        for automation_id in created:
+            client.delete_automation(automation_id)
+        client.delete_deployment(deployment_id)
+
+
+def run_block(source: str, path: Path) -> None:
+    path.write_text(source, encoding="utf-8")
+    code = compile(source, str(path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    result = eval(code, {"__name__": "__main__", "__file__": str(path)})  # noqa: S307
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
+
+
+@pytest.mark.parametrize("block", cases())
+def test_doc_example(block, request, emulator, prefect_api_url, workdirs, monkeypatch, capsys):
+    from prefect.flows import Flow
+
+    from prefect_comfy import ComfyCloudCredentials
+
+    cwd = workdirs[block.path]
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("COMFY_API_KEY", API_KEY)
+    monkeypatch.setenv("COMFY_BASE_URL", emulator.url)
+    monkeypatch.setattr(Flow, "serve", _serve_by_applying)
+    ComfyCloudCredentials(api_key=API_KEY, base_url=emulator.url).save("comfy", overwrite=True)
+
+    source = block.source
+    for placeholder, value in SUBSTITUTIONS.items():
+        value = repr(emulator.url) if value == "EMULATOR_URL" else value
+        source = source.replace(placeholder, value)
+    if block.directive == "comfyui":
+        comfyui = request.getfixturevalue("comfyui_server")
+        source = source.replace(repr(COMFYUI_DEFAULT_URL), repr(comfyui.url))
+        source = source.replace(f'"{COMFYUI_DEFAULT_URL}"', repr(comfyui.url))
+
+    run_block(source, cwd / f"example_{block.line}.py")
+
+    out = capsys.readouterr()
+    assert API_KEY not in out.out + out.err
