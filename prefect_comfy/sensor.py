@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from prefect_comfy.artifacts import JobProgressArtifact, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.client.deadlines import wait_event, within
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
 from prefect_comfy.exceptions import (
     ComfyConfigError,
@@ -51,6 +52,15 @@ __all__ = [
 
 CANCEL_TIMEOUT = 10.0
 """Seconds allowed for cancelling the Comfy job after a time-out or an interrupted wait."""
+
+STOP_TIMEOUT = 10.0
+"""Seconds allowed for each step of stopping a watch: ending its pump, writing the final artifact."""
+
+CLOSE_TIMEOUT = 10.0
+"""Seconds allowed for closing a backend the sensor made."""
+
+INTERRUPT_CLEANUP_TIMEOUT = 2 * STOP_TIMEOUT + CANCEL_TIMEOUT + CLOSE_TIMEOUT
+"""Most seconds an interrupted wait spends cleaning up (:func:`_after_interrupt`) before it re-raises."""
 
 _module_logger = logging.getLogger(__name__)
 
@@ -108,6 +118,7 @@ class _JobWatch:
         self.status: str | None = None
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         if self.emitter is not None or self.artifact is not None:
@@ -142,12 +153,11 @@ class _JobWatch:
         return min(dues) if dues else None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             due = self._next_due()
             if due is None or due > 0:
                 self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), due)
+                await wait_event(self._wake, due)
                 continue
             if self.emitter is not None:
                 self.emitter.flush_due()
@@ -156,21 +166,32 @@ class _JobWatch:
             await asyncio.sleep(0.005)  # the budget may be shared with other threads: never spin
 
     async def stop(self, final_progress: float | None = None) -> None:
-        """Stop the pump and write what is held: the final progress event and artifact value."""
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-            self._pump = None
+        """Stop the pump and write what is held: the final progress event and artifact value.
+
+        Bounded in time: the pump gets :data:`STOP_TIMEOUT` to end (the flag ends its loop even if
+        its cancellation is lost, see :mod:`~prefect_comfy.client.deadlines`), the final artifact
+        write as much.
+        """
+        self._stopping = True
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            self._wake.set()
+            done, _ = await asyncio.wait({pump}, timeout=STOP_TIMEOUT)
+            if not done:
+                self.log.warning("The progress reporter of Comfy job %s did not stop", self.job_id)
         if self.emitter is not None:
             self.emitter.flush(self.job_id)
         if self.artifact is not None:
-            await self.artifact.finish(final_progress)
+            try:
+                await within(self.artifact.finish(final_progress), STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                self.log.warning("Could not write the final progress of Comfy job %s", self.job_id)
 
 
 async def _cancel_job(backend: ComfyBackend, job_id: str, log: Any) -> Job | None:
     try:
-        job = await asyncio.wait_for(backend.cancel(job_id), CANCEL_TIMEOUT)
+        job = await within(backend.cancel(job_id), CANCEL_TIMEOUT)
     except Exception as exc:
         log.warning("Could not cancel Comfy job %s: %s", job_id, exc)
         return None
@@ -250,12 +271,14 @@ async def watch_comfy_job(
             raise
         except asyncio.CancelledError:
             # The cleanup runs as a task of its own: a cancel scope may cancel every await here.
+            # It is bounded in time, and waited for at most that long (a second cancellation
+            # stops the waiting, not the cleanup).
             cleanup = asyncio.create_task(
                 _after_interrupt(backend, job_id, watch, log, cancel_on_timeout, owned)
             )
             owned = False  # the cleanup closes it, when it is done with it
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(cleanup)
+                await asyncio.wait({cleanup}, timeout=INTERRUPT_CLEANUP_TIMEOUT)
             raise
         except BaseException:
             await watch.stop()
@@ -263,7 +286,14 @@ async def watch_comfy_job(
         return await _conclude(backend, job_id, terminal, watch, outputs_artifact)
     finally:
         if owned:
-            await backend.aclose()
+            await _close_backend(backend, log)
+
+
+async def _close_backend(backend: ComfyBackend, log: Any) -> None:
+    try:
+        await within(backend.aclose(), CLOSE_TIMEOUT)
+    except asyncio.TimeoutError:
+        log.warning("Closing the Comfy backend took over %gs; going on", CLOSE_TIMEOUT)
 
 
 async def _after_interrupt(
@@ -277,7 +307,7 @@ async def _after_interrupt(
             await _cancel_job(backend, job_id, log)
     finally:
         if owned:
-            await backend.aclose()
+            await _close_backend(backend, log)
 
 
 async def _conclude(
@@ -385,7 +415,7 @@ async def _watch_upload(
         raise exc
     finally:
         if owned:
-            await backend.aclose()
+            await _close_backend(backend, log)
 
 
 @task(

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from prefect_comfy.client import protocol
 from prefect_comfy.client.backoff import Backoff
+from prefect_comfy.client.deadlines import wait_event, within
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     ComfyProtocolError,
@@ -408,7 +409,7 @@ class ComfyWebSocket:
     async def _await_connected(self, conn: Any) -> None:
         """Read the ``connected`` frame if it comes soon (lenient: its absence is tolerated)."""
         try:
-            first = await asyncio.wait_for(conn.recv(), min(CONNECTED_GRACE, self._connect_timeout))
+            first = await within(conn.recv(), min(CONNECTED_GRACE, self._connect_timeout))
         except asyncio.TimeoutError:
             logger.debug("no 'connected' frame from the Comfy event stream; going on")
             return
@@ -426,7 +427,7 @@ class ComfyWebSocket:
             self._pong = loop.create_future()
             await conn.send(protocol.PING_FRAME)
             try:
-                await asyncio.wait_for(asyncio.shield(self._pong), self.ping_timeout)
+                await within(asyncio.shield(self._pong), self.ping_timeout)
             except asyncio.TimeoutError:
                 self._dead_reason = f"no pong within {self.ping_timeout:g}s"
                 logger.warning("Comfy event stream: %s; treating it as dead", self._dead_reason)
@@ -537,12 +538,7 @@ class ComfyWebSocket:
         self._changed = asyncio.Event()
 
     async def _wait_changed(self, timeout: float | None = None) -> bool:
-        changed = self._changed
-        try:
-            await asyncio.wait_for(changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await wait_event(self._changed, timeout)
 
     def _describe(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__

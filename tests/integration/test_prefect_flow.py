@@ -215,6 +215,58 @@ async def test_a_prefect_timeout_cancels_the_comfy_job(prefect_api_url, creds, e
         proc.wait(10)
 
 
+IN_THREAD_TIMEOUT_SCRIPT = """
+import os, sys, threading
+from prefect_comfy import ComfyCloudCredentials, run_comfy_workflow
+from tests.workflows import slow_workflow
+
+creds = ComfyCloudCredentials(api_key=os.environ["TEST_COMFY_KEY"], base_url=sys.argv[1])
+timed = run_comfy_workflow.with_options(timeout_seconds=2)
+for i in range(int(sys.argv[2])):
+    states = []
+    worker = threading.Thread(
+        target=lambda: states.append(
+            timed(creds, slow_workflow(steps=600), timeout=15, return_state=True)
+        )
+    )
+    worker.start()
+    worker.join(40)
+    if worker.is_alive():
+        print("hung", i, flush=True)
+        os._exit(3)
+    print("ended", i, states[0].type.value, flush=True)
+"""
+
+
+async def test_a_prefect_timeout_in_a_worker_thread_does_not_hang_the_flow_run(
+    prefect_api_url, emulator
+):
+    # In-process, from a worker thread: the flow's finally cancels the job, the wait task sees
+    # `job.cancelled` while a progress event is still waking its reporter, and the task runner's
+    # shutdown waits for that task's thread. Its reporter used to lose the cancellation
+    # (asyncio.wait_for on 3.11) and the flow run hung in about 1 run of 3. In a subprocess with a
+    # deadline, so that a hang fails the test instead of the session.
+    runs = 3
+    env = {**os.environ, "TEST_COMFY_KEY": API_KEY, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IN_THREAD_TIMEOUT_SCRIPT, emulator.url, str(runs)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=40 * runs + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the subprocess did not exit (a wait task's thread hung): {out!r}")
+    assert proc.returncode == 0, out
+    ended = [line.split() for line in out.splitlines() if line.startswith("ended")]
+    assert len(ended) == runs and all(state == "FAILED" for _, _, state in ended), out
+
+
 async def job_tags(creds: ComfyCloudCredentials, job_id: str) -> list[str]:
     async with creds.get_client() as client:
         return (await client.get_job(job_id)).tags

@@ -18,7 +18,7 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
-from prefect_comfy.sensor import _watch_upload, watch_comfy_job
+from prefect_comfy.sensor import _JobWatch, _watch_upload, watch_comfy_job
 from tests.waiting import eventually
 
 
@@ -210,3 +210,42 @@ async def test_interrupted_wait_cancels_the_job_and_closes_the_backend(sent):
         await waiting
     await eventually(lambda: backend.closed, message="the backend closed")
     assert backend.cancelled == ["j1"]
+
+
+class HeldEmitter:
+    """An emitter that always holds a progress update due later: the pump waits with a time-out."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.flushed: list[str | None] = []
+
+    def next_due(self) -> float:
+        self.asked += 1
+        return 30.0
+
+    def progress(self, event: ComfyEvent) -> bool:
+        return False
+
+    def flush_due(self) -> int:
+        return 0
+
+    def flush(self, job_id: str | None = None) -> int:
+        self.flushed.append(job_id)
+        return 0
+
+
+async def test_stopping_right_after_a_progress_event_ends_the_pump():
+    # A progress event wakes the pump in the same loop turn as stop() cancels it. On Python 3.11,
+    # asyncio.wait_for returns the finished inner result and drops that cancellation: stop() then
+    # awaited the pump for ever, and the task run's thread with it (the flow run hung).
+    emitter = HeldEmitter()
+    watch = _JobWatch("j1", emitter, None, logging.getLogger("test"))  # type: ignore[arg-type]
+    watch.start()
+    await eventually(lambda: emitter.asked, message="the pump waiting")
+    watch.on_progress(ComfyEvent(event="job.progress", payload={"id": "j1", "progress": 5}))
+    stopping = asyncio.ensure_future(watch.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    if not done:
+        stopping.cancel()
+    assert done, "stop() did not end the pump"
+    assert emitter.flushed == ["j1"]

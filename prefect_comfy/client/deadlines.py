@@ -1,0 +1,53 @@
+"""Time limits that never lose a cancellation.
+
+Before Python 3.12, ``asyncio.wait_for`` drops a cancellation that arrives in the same loop turn as
+the awaited work finishes: it returns the result as if nothing happened (CPython gh-86296). A loop
+that relies on one ``cancel()`` to end (a reporter pump, a keepalive) then runs on, and whoever
+awaits it after cancelling it waits for ever. :func:`within` and :func:`wait_event` are the
+replacements.
+
+Example:
+    >>> async def main(conn):  # doctest: +SKIP
+    ...     frame = await within(conn.recv(), 5.0)  # TimeoutError after 5 s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable
+from typing import TypeVar
+
+__all__ = ["wait_event", "within"]
+
+T = TypeVar("T")
+
+
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """``await awaitable``, or raise :class:`TimeoutError` after ``timeout`` seconds (``None``: no limit).
+
+    Like ``asyncio.wait_for``, but a cancellation of the caller is always raised.
+    """
+    if timeout is None:
+        return await awaitable
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    task = asyncio.ensure_future(awaitable)  # pragma: no cover - Python 3.10
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise asyncio.TimeoutError()
+    return task.result()
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set, at most ``timeout`` seconds; whether it was set."""
+    try:
+        await within(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        return event.is_set()
+    return True

@@ -1,0 +1,46 @@
+"""Time limits that never lose a cancellation (asyncio.wait_for does before Python 3.12)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from prefect_comfy.client.deadlines import wait_event, within
+from tests.waiting import eventually
+
+
+async def test_within_returns_the_result():
+    assert await within(asyncio.sleep(0, result=7), 5) == 7
+    assert await within(asyncio.sleep(0, result=8), None) == 8
+
+
+async def test_within_raises_timeout_error():
+    with pytest.raises(asyncio.TimeoutError):
+        await within(asyncio.Event().wait(), 0.01)
+
+
+async def test_a_cancellation_in_the_same_turn_as_the_result_is_raised():
+    # The result and the cancellation arrive in one loop turn: asyncio.wait_for on 3.11 returns
+    # the result and drops the cancellation.
+    result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    entered = asyncio.Event()
+
+    async def inner() -> int:
+        entered.set()
+        return await result
+
+    task = asyncio.create_task(within(inner(), 30))
+    await eventually(entered.is_set, message="the inner await started")
+    result.set_result(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_wait_event():
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    event.set()
+    assert await wait_event(event, 0.01) is True
+    assert await wait_event(event, None) is True
