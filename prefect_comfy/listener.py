@@ -55,6 +55,7 @@ from prefect.events import Event, Resource
 from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.client.backoff import Backoff
+from prefect_comfy.client.deadlines import within
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     NotFound,
@@ -265,7 +266,7 @@ class ComfyListener:
                 stopper.cancel()
                 # An event being forwarded was received: let it reach the queue before stopping.
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self._drain_timeout)
+                    await within(self._idle.wait(), self._drain_timeout)
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
@@ -398,7 +399,7 @@ class ComfyListener:
             self._tags.move_to_end(job_id)
             return self._tags[job_id]
         try:
-            job = await asyncio.wait_for(self.backend.get_job(job_id), REST_TIMEOUT)
+            job = await within(self.backend.get_job(job_id), REST_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -432,7 +433,7 @@ class ComfyListener:
         }[kind]
         async with limit:
             try:
-                resource = await asyncio.wait_for(read(rid), REST_TIMEOUT)
+                resource = await within(read(rid), REST_TIMEOUT)
             except NotFound:
                 self._in_flight.pop((kind, rid), None)
                 return 0
@@ -509,7 +510,7 @@ class ComfyListener:
     async def _drain(self, sender: asyncio.Task[None]) -> None:
         if not sender.done():
             try:
-                await asyncio.wait_for(self._queue.join(), self._drain_timeout)
+                await within(self._queue.join(), self._drain_timeout)
             except asyncio.TimeoutError:
                 logger.warning(
                     "gave up sending %d events to Prefect after %.0fs",
@@ -532,7 +533,7 @@ async def _flush(client: Any, timeout: float = 10.0) -> None:
         return
     try:
         pong = await websocket.ping()
-        await asyncio.wait_for(pong, timeout)
+        await within(pong, timeout)
     except Exception as exc:
         logger.warning("could not confirm the last events with Prefect: %s", exc)
 
