@@ -3,14 +3,15 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-UV := $(shell command -v uv 2>/dev/null)
+# uv through its module, so a uv that pip has just installed works whatever PATH says.
+UV := python3 -m uv
 
 .PHONY: setup demo test test-fast comfyui bench lint clean
 
 $(VENV)/.installed: pyproject.toml
-	@if [ -z "$(UV)" ]; then python3 -m pip install -q uv; fi
-	@test -x $(PY) || uv venv -q $(VENV)
-	uv pip install -q -p $(VENV) -e '.[dev]'
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	@test -x $(PY) || $(UV) venv -q $(VENV)
+	$(UV) pip install -q -p $(VENV) -e '.[dev]'
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -145,11 +145,12 @@ def _say(text: str) -> None:
 
 
 def _flush_run_logs() -> None:
-    """Send the runs' buffered logs to the server before it stops."""
-    from prefect.logging.handlers import APILogHandler
+    """Send the runs' buffered logs and events to the server before it stops."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
 
-    with contextlib.suppress(Exception):
-        APILogHandler.flush()
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
 
 
 def run_demo(*, keep_open: bool = False, output_dir: Path | None = None) -> int:
