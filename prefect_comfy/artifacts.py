@@ -239,6 +239,11 @@ def _cell(text: Any) -> str:
     return re.sub(r"([|\[\]<>\\`*_])", r"\\\1", str(text)).replace("\n", " ")
 
 
+def _code(text: Any) -> str:
+    """Text safe inside a markdown code span (where backslash escapes show literally)."""
+    return str(text).replace("`", "'").replace("\n", " ")
+
+
 def outputs_markdown(
     job: Job,
     outputs: Sequence[Output],
@@ -248,7 +253,7 @@ def outputs_markdown(
 ) -> str:
     """The markdown of the outputs artifact: one table row per output, previews inline."""
     lines = [
-        f"## Outputs of Comfy job `{_cell(job.id)}`",
+        f"## Outputs of Comfy job `{_code(job.id)}`",
         "",
         f"{len(outputs)} file(s). Download links are signed and expire; previews are inlined "
         f"for images of at most {max_bytes // 1024} KiB.",

@@ -182,3 +182,12 @@ async def test_progress_artifact_failure_never_raises(caplog):
     art.offer(50)
     assert await art.finish(100) is False
     assert "not written" in caplog.text
+
+
+def test_the_heading_shows_the_job_id_as_it_is() -> None:
+    """Backslash escapes show literally inside a code span, so the id is not escaped there."""
+    from prefect_comfy.artifacts import outputs_markdown
+    from prefect_comfy.models import Job
+
+    text = outputs_markdown(Job(id="job_a_b", status="completed"), [], {})
+    assert "## Outputs of Comfy job `job_a_b`" in text
