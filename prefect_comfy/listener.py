@@ -27,6 +27,11 @@ Events go through an explicit Prefect events client (``get_events_client()``), n
 an events worker started inside a flow run would relate later events to that run. Without a Prefect
 API URL the listener refuses to start (instead of quietly starting a temporary server).
 
+The pieces: this module reads the Comfy stream, makes heartbeats and runs the whole
+(:class:`ComfyListener`, :func:`run_listener`); :mod:`prefect_comfy.listener_tracking` remembers tags
+and what is in flight and reconciles through REST; :mod:`prefect_comfy.listener_sender` sends to
+Prefect (queue, retries, drain, flush). Everything public is importable from here.
+
 Example:
     >>> import asyncio
     >>> from prefect_comfy.backends.cloud import CloudBackend
@@ -44,7 +49,6 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -56,12 +60,17 @@ from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.client.backoff import Backoff
 from prefect_comfy.client.deadlines import within
-from prefect_comfy.exceptions import (
-    ComfyConfigError,
-    NotFound,
-    WebSocketAuthError,
-)
-from prefect_comfy.models import JOB_TERMINAL, STATUS_EVENT, UPLOAD_TERMINAL, ComfyEvent
+from prefect_comfy.exceptions import WebSocketAuthError
+from prefect_comfy.listener_sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
+from prefect_comfy.listener_sender import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
+from prefect_comfy.listener_sender import NO_API_URL_MESSAGE as NO_API_URL_MESSAGE
+from prefect_comfy.listener_sender import PrefectSender, flush, prefect_events_client
+from prefect_comfy.listener_sender import require_prefect_api_url as require_prefect_api_url
+from prefect_comfy.listener_tracking import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRACKED
+from prefect_comfy.listener_tracking import RECONCILE_CONCURRENCY as RECONCILE_CONCURRENCY
+from prefect_comfy.listener_tracking import REST_TIMEOUT as REST_TIMEOUT
+from prefect_comfy.listener_tracking import InFlightTracker
+from prefect_comfy.models import ComfyEvent
 
 logger = logging.getLogger(__name__)
 
@@ -76,40 +85,6 @@ __all__ = [
 
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
 """Seconds between two ``comfy.listener.heartbeat`` events."""
-DEFAULT_MAX_TRACKED = 10_000
-"""Jobs and uploads whose tags and in-flight state the listener remembers (oldest forgotten first)."""
-DEFAULT_QUEUE_SIZE = 10_000
-"""Prefect events waiting to be sent before reading from Comfy pauses (back pressure)."""
-DEFAULT_DRAIN_TIMEOUT = 30.0
-"""Longest time a stop spends sending what was already received."""
-RECONCILE_CONCURRENCY = 8
-"""REST reads at once while reconciling after a reconnect."""
-REST_TIMEOUT = 30.0
-"""Longest wait for one REST read (reconciliation, tag lookups)."""
-
-NO_API_URL_MESSAGE = (
-    "No Prefect API URL is configured, so Comfy events would have nowhere to go. The listener does "
-    "not start a temporary server. Point it at a running Prefect server, for example:\n"
-    "  prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api\n"
-    "(start a local server with `prefect server start`), or set the PREFECT_API_URL environment "
-    "variable; for Prefect Cloud, run `prefect cloud login`."
-)
-
-_TERMINAL = {"job": JOB_TERMINAL, "input": UPLOAD_TERMINAL, "model": UPLOAD_TERMINAL}
-
-
-def require_prefect_api_url() -> str:
-    """The configured Prefect API URL.
-
-    Raises:
-        ComfyConfigError: none is configured (the message says how to set one).
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        raise ComfyConfigError(NO_API_URL_MESSAGE)
-    return str(url)
 
 
 def default_listener_id() -> str:
@@ -127,13 +102,6 @@ def _accepts_on_disconnect(backend: ComfyBackend) -> bool:
     return any(
         p.name == "on_disconnect" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
     )
-
-
-def _default_events_client() -> Any:
-    from prefect.events.clients import get_events_client
-
-    require_prefect_api_url()
-    return get_events_client()
 
 
 @dataclass
@@ -155,20 +123,6 @@ class ListenerStats:
     """Times the stream gave up (reconnect budget spent) and the listener opened a new one."""
     send_errors: int = 0
     """Failed attempts to send to Prefect (each retried)."""
-
-
-class _Bounded(OrderedDict):
-    """An insertion-ordered dict that forgets its oldest entries past ``size``."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
 
 
 class ComfyListener:
@@ -219,13 +173,18 @@ class ComfyListener:
         self.connected = False
         """Whether the Comfy stream is up, as far as the listener can tell."""
         self._hears_disconnects = _accepts_on_disconnect(backend)
-        self._client_factory = events_client or _default_events_client
+        self._client_factory = events_client or prefect_events_client
         self._drain_timeout = drain_timeout
         self._restart_backoff = Backoff(initial=restart_delay, maximum=60.0)
-        self._send_backoff = Backoff(initial=send_retry_delay, maximum=30.0)
-        self._tags: _Bounded = _Bounded(max_tracked)
-        self._in_flight: _Bounded = _Bounded(max_tracked)
-        self._queue: asyncio.Queue[tuple[Event, bool]] = asyncio.Queue(maxsize=queue_size)
+        self._sender = PrefectSender(
+            self.stats,
+            queue_size=queue_size,
+            drain_timeout=drain_timeout,
+            retry_delay=send_retry_delay,
+        )
+        self._tracker = InFlightTracker(backend, max_tracked)
+        self._tags = self._tracker.tags
+        self._in_flight = self._tracker.in_flight
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
         self._idle = asyncio.Event()
@@ -251,7 +210,7 @@ class ComfyListener:
                 ",".join(self.patterns),
                 self.backend.address,
             )
-            sender = asyncio.create_task(self._send_loop(client), name="comfy-listener-send")
+            sender = asyncio.create_task(self._sender.send_loop(client), name="comfy-listener-send")
             consumer = asyncio.create_task(self._consume(), name="comfy-listener-read")
             tasks = [consumer]
             if self.heartbeat_interval:
@@ -272,8 +231,8 @@ class ComfyListener:
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-                await self._drain(sender)
-                await _flush(client)
+                await self._sender.drain(sender)
+                await flush(client)
             logger.info(
                 "Comfy listener %s stopped: received %d, reconciled %d, forwarded %d events",
                 self.listener_id,
@@ -367,7 +326,7 @@ class ComfyListener:
         kind = comfy_event.kind
         rid = comfy_event.resource_id
         if kind == "job" and rid and "tags" not in comfy_event.payload:
-            tags = await self._job_tags(rid)
+            tags = await self._tracker.job_tags(rid)
             if tags is not None:
                 comfy_event = comfy_event.model_copy(
                     update={"payload": {**comfy_event.payload, "tags": tags}}
@@ -375,38 +334,11 @@ class ComfyListener:
         event = comfy_events.from_comfy_event(
             comfy_event, address=self.backend.address, backend_kind=self.backend.kind
         )
-        self._track(comfy_event)
-        await self._queue.put((event, True))
+        self._tracker.track(comfy_event)
+        await self._sender.put(event)
         if reconciled:
             self.stats.reconciled += 1
         return event
-
-    def _track(self, comfy_event: ComfyEvent) -> None:
-        kind, rid = comfy_event.kind, comfy_event.resource_id
-        if rid is None or kind not in _TERMINAL:
-            return
-        tags = comfy_event.payload.get("tags")
-        if kind == "job" and isinstance(tags, list):
-            self._tags.remember(rid, [t for t in tags if isinstance(t, str)])
-        status = comfy_event.payload.get("status")
-        if comfy_event.is_terminal or status in _TERMINAL[kind]:
-            self._in_flight.pop((kind, rid), None)
-        else:
-            self._in_flight.remember((kind, rid), status)
-
-    async def _job_tags(self, job_id: str) -> list[str] | None:
-        if job_id in self._tags:
-            self._tags.move_to_end(job_id)
-            return self._tags[job_id]
-        try:
-            job = await within(self.backend.get_job(job_id), REST_TIMEOUT)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.debug("could not read the tags of job %s: %s", job_id, exc)
-            return None
-        self._tags.remember(job_id, list(job.tags))
-        return list(job.tags)
 
     # -- reconciliation -------------------------------------------------------------------------
     async def reconcile(self) -> int:
@@ -415,38 +347,10 @@ class ComfyListener:
         Returns:
             How many terminal events were synthesised.
         """
-        pending = list(self._in_flight)
-        if not pending:
-            return 0
-        limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
-        results = await asyncio.gather(*(self._reconcile_one(k, r, limit) for k, r in pending))
-        found = sum(results)
-        if found:
-            logger.info("reconciled %d missed terminal events through REST", found)
-        return found
+        return await self._tracker.reconcile(self._forward_reconciled)
 
-    async def _reconcile_one(self, kind: str, rid: str, limit: asyncio.Semaphore) -> int:
-        read = {
-            "job": self.backend.get_job,
-            "input": self.backend.get_input,
-            "model": self.backend.get_model,
-        }[kind]
-        async with limit:
-            try:
-                resource = await within(read(rid), REST_TIMEOUT)
-            except NotFound:
-                self._in_flight.pop((kind, rid), None)
-                return 0
-            except Exception as exc:  # keep it for the next reconnect
-                logger.debug("could not reconcile %s %s: %s", kind, rid, exc)
-                return 0
-        name = STATUS_EVENT.get((kind, resource.status))
-        if name is None or (kind, rid) not in self._in_flight:
-            return 0  # still in flight, or the live event got there first
-        payload = resource.model_dump(mode="json", exclude_none=True, exclude={"workflow"})
-        when = getattr(resource, "completed_at", None)
-        await self.forward(ComfyEvent(event=name, payload=payload, timestamp=when), reconciled=True)
-        return 1
+    async def _forward_reconciled(self, comfy_event: ComfyEvent) -> None:
+        await self.forward(comfy_event, reconciled=True)
 
     # -- heartbeats -----------------------------------------------------------------------------
     def heartbeat_event(self) -> Event:
@@ -476,66 +380,9 @@ class ComfyListener:
     async def _heartbeat_loop(self) -> None:
         assert self.heartbeat_interval
         while True:
-            await self._queue.put((self.heartbeat_event(), False))
+            await self._sender.put(self.heartbeat_event(), counted=False)
             self.stats.heartbeats += 1
             await asyncio.sleep(self.heartbeat_interval)
-
-    # -- sending to Prefect ---------------------------------------------------------------------
-    async def _send_loop(self, client: Any) -> None:
-        backoff = self._send_backoff
-        while True:
-            event, counted = await self._queue.get()
-            try:
-                while True:
-                    try:
-                        await client.emit(event)
-                        break
-                    except Exception as exc:
-                        self.stats.send_errors += 1
-                        delay = backoff.next_delay()
-                        logger.warning(
-                            "could not send %s to Prefect (%s); retrying in %.1fs",
-                            event.event,
-                            exc,
-                            delay,
-                        )
-                        await asyncio.sleep(delay)
-                backoff.reset()
-                if counted:
-                    self.stats.forwarded += 1
-                    logger.debug("forwarded %s %s id=%s", event.event, event.resource.id, event.id)
-            finally:
-                self._queue.task_done()
-
-    async def _drain(self, sender: asyncio.Task[None]) -> None:
-        if not sender.done():
-            try:
-                await within(self._queue.join(), self._drain_timeout)
-            except asyncio.TimeoutError:
-                logger.warning(
-                    "gave up sending %d events to Prefect after %.0fs",
-                    self._queue.qsize(),
-                    self._drain_timeout,
-                )
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
-
-
-async def _flush(client: Any, timeout: float = 10.0) -> None:
-    """Make sure a Prefect events client's server has every event sent so far.
-
-    ``PrefectEventsClient`` confirms sent events with a websocket ping every few hundred events;
-    a ping now confirms the rest before the connection closes.
-    """
-    websocket = getattr(client, "_websocket", None)
-    if websocket is None:
-        return
-    try:
-        pong = await websocket.ping()
-        await within(pong, timeout)
-    except Exception as exc:
-        logger.warning("could not confirm the last events with Prefect: %s", exc)
 
 
 async def run_listener(

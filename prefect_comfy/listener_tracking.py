@@ -1,0 +1,157 @@
+"""The Comfy side of the listener's memory: job tags, resources in flight, REST reconciliation.
+
+The Comfy event stream has no replay. :class:`InFlightTracker` remembers (bounded, oldest
+forgotten first) the tags last seen for each job and every job and upload last seen in flight;
+after a reconnect, :meth:`InFlightTracker.reconcile` reads each of those through REST and hands the
+terminal event that was missed (synthesised from :data:`prefect_comfy.models.STATUS_EVENT`) to
+the listener to forward. Job events whose payload has no tags (progress) get the remembered tags,
+or those of one REST read of the job (:meth:`InFlightTracker.job_tags`).
+
+Example:
+    >>> from prefect_comfy.models import ComfyEvent
+    >>> tracker = InFlightTracker(backend=None, max_tracked=1_000)  # tracking alone reads nothing
+    >>> tracker.track(ComfyEvent(event="job.started", payload={"id": "job_1", "status": "running"}))
+    >>> dict(tracker.in_flight)
+    {('job', 'job_1'): 'running'}
+    >>> tracker.track(ComfyEvent(event="job.completed", payload={"id": "job_1"}))
+    >>> dict(tracker.in_flight)
+    {}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.client.deadlines import within
+from prefect_comfy.exceptions import NotFound
+from prefect_comfy.models import JOB_TERMINAL, STATUS_EVENT, UPLOAD_TERMINAL, ComfyEvent
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_TRACKED",
+    "RECONCILE_CONCURRENCY",
+    "REST_TIMEOUT",
+    "Bounded",
+    "InFlightTracker",
+]
+
+DEFAULT_MAX_TRACKED = 10_000
+"""Jobs and uploads whose tags and in-flight state the listener remembers (oldest forgotten first)."""
+RECONCILE_CONCURRENCY = 8
+"""REST reads at once while reconciling after a reconnect."""
+REST_TIMEOUT = 30.0
+"""Longest wait for one REST read (reconciliation, tag lookups)."""
+
+_TERMINAL = {"job": JOB_TERMINAL, "input": UPLOAD_TERMINAL, "model": UPLOAD_TERMINAL}
+
+
+class Bounded(OrderedDict):
+    """An insertion-ordered dict that forgets its oldest entries past ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def remember(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class InFlightTracker:
+    """What the listener remembers of one backend's jobs and uploads between events.
+
+    Args:
+        backend: read through REST for missing tags and for reconciliation.
+        max_tracked: jobs (tags) and jobs and uploads (in flight) remembered.
+    """
+
+    def __init__(self, backend: ComfyBackend, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
+        self.backend = backend
+        self.tags: Bounded = Bounded(max_tracked)
+        """Job id → the tags last seen for it."""
+        self.in_flight: Bounded = Bounded(max_tracked)
+        """``(kind, id)`` → last status, for jobs and uploads not yet seen to end."""
+
+    def track(self, comfy_event: ComfyEvent) -> None:
+        """Remember a job's tags, and whether the event's job or upload is still in flight."""
+        kind, rid = comfy_event.kind, comfy_event.resource_id
+        if rid is None or kind not in _TERMINAL:
+            return
+        tags = comfy_event.payload.get("tags")
+        if kind == "job" and isinstance(tags, list):
+            self.tags.remember(rid, [t for t in tags if isinstance(t, str)])
+        status = comfy_event.payload.get("status")
+        if comfy_event.is_terminal or status in _TERMINAL[kind]:
+            self.in_flight.pop((kind, rid), None)
+        else:
+            self.in_flight.remember((kind, rid), status)
+
+    async def job_tags(self, job_id: str) -> list[str] | None:
+        """The tags last seen for a job, else one REST read of them; ``None`` if that fails."""
+        if job_id in self.tags:
+            self.tags.move_to_end(job_id)
+            return self.tags[job_id]
+        try:
+            job = await within(self.backend.get_job(job_id), REST_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("could not read the tags of job %s: %s", job_id, exc)
+            return None
+        self.tags.remember(job_id, list(job.tags))
+        return list(job.tags)
+
+    async def reconcile(self, forward: Callable[[ComfyEvent], Awaitable[Any]]) -> int:
+        """Read every resource last seen in flight; pass each missed terminal event to ``forward``.
+
+        Returns:
+            How many terminal events were synthesised.
+        """
+        pending = list(self.in_flight)
+        if not pending:
+            return 0
+        limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+        results = await asyncio.gather(
+            *(self._reconcile_one(k, r, limit, forward) for k, r in pending)
+        )
+        found = sum(results)
+        if found:
+            logger.info("reconciled %d missed terminal events through REST", found)
+        return found
+
+    async def _reconcile_one(
+        self,
+        kind: str,
+        rid: str,
+        limit: asyncio.Semaphore,
+        forward: Callable[[ComfyEvent], Awaitable[Any]],
+    ) -> int:
+        read = {
+            "job": self.backend.get_job,
+            "input": self.backend.get_input,
+            "model": self.backend.get_model,
+        }[kind]
+        async with limit:
+            try:
+                resource = await within(read(rid), REST_TIMEOUT)
+            except NotFound:
+                self.in_flight.pop((kind, rid), None)
+                return 0
+            except Exception as exc:  # keep it for the next reconnect
+                logger.debug("could not reconcile %s %s: %s", kind, rid, exc)
+                return 0
+        name = STATUS_EVENT.get((kind, resource.status))
+        if name is None or (kind, rid) not in self.in_flight:
+            return 0  # still in flight, or the live event got there first
+        payload = resource.model_dump(mode="json", exclude_none=True, exclude={"workflow"})
+        when = getattr(resource, "completed_at", None)
+        await forward(ComfyEvent(event=name, payload=payload, timestamp=when))
+        return 1
