@@ -40,27 +40,7 @@ from tests.support.rest_fakes import (
     err,
 )
 
-
-@pytest.fixture
-def api() -> FakeAPI:
-    return FakeAPI()
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-async def client(api: FakeAPI, sleeps: Sleeps):
-    c = ComfyClient(
-        KEY,
-        ORIGIN,
-        transport=httpx.MockTransport(api),
-        retry=RetryPolicy(max_retries=3, max_delay=5.0, sleep=sleeps),
-    )
-    yield c
-    await c.aclose()
+# Fixtures api, sleeps and client: tests/unit/conftest.py
 
 
 # -- construction ---------------------------------------------------------------------------------

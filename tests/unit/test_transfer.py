@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from prefect_comfy.client.rest import ComfyClient
-from prefect_comfy.client.retry import RetryPolicy
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -19,37 +18,15 @@ from prefect_comfy.models import Input, Model, Output
 from tests.support.rest_fakes import (
     API,
     INPUT,
-    KEY,
     ORIGIN,
     PNG,
     FakeAPI,
-    Sleeps,
     assert_authorized,
     err,
     multipart_fields,
 )
 
-
-@pytest.fixture
-def api() -> FakeAPI:
-    return FakeAPI()
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
-
-
-@pytest.fixture
-async def client(api: FakeAPI, sleeps: Sleeps):
-    c = ComfyClient(
-        KEY,
-        ORIGIN,
-        transport=httpx.MockTransport(api),
-        retry=RetryPolicy(max_retries=3, max_delay=5.0, sleep=sleeps),
-    )
-    yield c
-    await c.aclose()
+# Fixtures api, sleeps and client: tests/unit/conftest.py
 
 
 # -- inputs and models ----------------------------------------------------------------------------
