@@ -16,37 +16,14 @@ import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
+from prefect_comfy import exceptions as _exceptions  # small, imports nothing: the names, once
+
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # configuration and errors
     "ComfySettings": "prefect_comfy.settings",
-    **{
-        name: "prefect_comfy.exceptions"
-        for name in (
-            "AuthenticationError",
-            "ComfyAPIError",
-            "ComfyConfigError",
-            "ComfyError",
-            "ComfyProtocolError",
-            "ComfyTransportError",
-            "InvalidRequest",
-            "InvalidWorkflow",
-            "JobCancelled",
-            "JobFailed",
-            "JobTimedOut",
-            "NotFound",
-            "OutcomeError",
-            "RateLimited",
-            "ServerError",
-            "UploadFailed",
-            "WaitTimedOut",
-            "WebSocketAuthError",
-            "WebSocketConnectionError",
-            "WebSocketError",
-            "is_retryable",
-        )
-    },
+    **dict.fromkeys(_exceptions.__all__, "prefect_comfy.exceptions"),
     # wire models
     **{
         name: "prefect_comfy.models"

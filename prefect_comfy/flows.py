@@ -38,7 +38,7 @@ from prefect_comfy import events
 from prefect_comfy.comfyui_block import ComfyUIServer
 from prefect_comfy.credentials import ComfyCloudCredentials
 from prefect_comfy.exceptions import InvalidWorkflow, OutcomeError
-from prefect_comfy.jobs import (
+from prefect_comfy.job_steps import (
     COMFY_JOB_ID_LABEL,
     ComfyCredentials,
     ComfyJobResult,

@@ -39,7 +39,7 @@ from prefect.states import State
 
 from prefect_comfy import events
 from prefect_comfy.exceptions import is_retryable
-from prefect_comfy.jobs import ComfyCredentials, download_outputs, run_logger, submit_job
+from prefect_comfy.job_steps import ComfyCredentials, download_outputs, run_logger, submit_job
 from prefect_comfy.models import Input, Job, Model
 from prefect_comfy.sensor import wait_for_comfy_input, wait_for_comfy_job, wait_for_comfy_model
 

@@ -9,7 +9,7 @@ from prefect_comfy.backends.comfyui import ComfyUIBackend
 from prefect_comfy.comfyui_block import ComfyUIServer
 from prefect_comfy.credentials import ComfyCloudCredentials
 from prefect_comfy.flows import credentials_from_parameter
-from prefect_comfy.jobs import load_credentials
+from prefect_comfy.job_steps import load_credentials
 from prefect_comfy.listener import _backend_from
 from tests.conftest import API_KEY
 
