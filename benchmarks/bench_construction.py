@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import httpx
 
-from prefect_comfy.backends.cloud import CloudBackend
-from prefect_comfy.client.rest import ComfyClient
+from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.settings import ComfySettings
 
 KEY = "comfyui-bench-key-not-real"

@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from prefect_comfy.backends.cloud import CloudBackend
+from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.listener import ComfyListener
+from prefect_comfy.listener.forwarder import ComfyListener
 
 KEY = "comfyui-bench-key-not-real"
 

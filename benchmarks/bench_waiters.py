@@ -21,11 +21,11 @@ import asyncio
 import time
 from typing import Any
 
-from prefect_comfy.backends.cloud import CloudBackend
-from prefect_comfy.client.hub import EventHub
-from prefect_comfy.client.waiters import wait_for_job
+from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.models import JOB_TERMINAL
+from prefect_comfy.waiting.hub import EventHub
+from prefect_comfy.waiting.waiters import wait_for_job
 
 API_KEY = "comfyui-bench-key-not-real"
 WORKFLOW = {

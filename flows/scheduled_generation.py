@@ -27,7 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.tasks import download_comfy_outputs, submit_comfy_job, wait_for_comfy_job
 
 WORKFLOWS = Path(__file__).parent / "workflows"

@@ -24,7 +24,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.tasks import (
     download_comfy_outputs,
     submit_comfy_job,

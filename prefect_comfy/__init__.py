@@ -30,17 +30,17 @@ _EXPORTS: dict[str, str] = {
         for name in ("ComfyEvent", "Input", "Job", "Model", "Output", "ResourceError")
     },
     # the SDK: REST, the event stream, waiting, backends
-    "ComfyClient": "prefect_comfy.client.rest",
-    "ComfyWebSocket": "prefect_comfy.client.ws",
-    "wait_for_job": "prefect_comfy.client.waiters",
-    "wait_for_input_ready": "prefect_comfy.client.waiters",
-    "wait_for_model_ready": "prefect_comfy.client.waiters",
+    "ComfyClient": "prefect_comfy.backends.cloud.rest",
+    "ComfyWebSocket": "prefect_comfy.backends.cloud.ws",
+    "wait_for_job": "prefect_comfy.waiting.waiters",
+    "wait_for_input_ready": "prefect_comfy.waiting.waiters",
+    "wait_for_model_ready": "prefect_comfy.waiting.waiters",
     "ComfyBackend": "prefect_comfy.backends.base",
-    "CloudBackend": "prefect_comfy.backends.cloud",
+    "CloudBackend": "prefect_comfy.backends.cloud.backend",
     # Prefect: blocks
-    "ComfyCloudCredentials": "prefect_comfy.credentials",
-    "ComfyUIServer": "prefect_comfy.comfyui_block",
-    "ComfyUIBackend": "prefect_comfy.backends.comfyui",
+    "ComfyCloudCredentials": "prefect_comfy.backends.cloud.block",
+    "ComfyUIServer": "prefect_comfy.backends.comfyui.block",
+    "ComfyUIBackend": "prefect_comfy.backends.comfyui.backend",
     "ComfyWorkflow": "prefect_comfy.jobs",
     "ComfyJobRun": "prefect_comfy.jobs",
     "ComfyJobResult": "prefect_comfy.jobs",
@@ -135,23 +135,18 @@ def __dir__() -> list[str]:
 
 
 if "prefect" in sys.modules:  # Prefect is loaded anyway: define the blocks for its registry
-    from prefect_comfy.comfyui_block import ComfyUIServer  # noqa: E402, F401
-    from prefect_comfy.credentials import ComfyCloudCredentials  # noqa: E402, F401
+    from prefect_comfy.backends.cloud.block import ComfyCloudCredentials  # noqa: E402, F401
+    from prefect_comfy.backends.comfyui.block import ComfyUIServer  # noqa: E402, F401
     from prefect_comfy.jobs import ComfyWorkflow  # noqa: E402, F401
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.base import ComfyBackend
-    from prefect_comfy.backends.cloud import CloudBackend
-    from prefect_comfy.backends.comfyui import ComfyUIBackend
-    from prefect_comfy.client.rest import ComfyClient
-    from prefect_comfy.client.waiters import (
-        wait_for_input_ready,
-        wait_for_job,
-        wait_for_model_ready,
-    )
-    from prefect_comfy.client.ws import ComfyWebSocket
-    from prefect_comfy.comfyui_block import ComfyUIServer
-    from prefect_comfy.credentials import ComfyCloudCredentials
+    from prefect_comfy.backends.cloud.backend import CloudBackend
+    from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
+    from prefect_comfy.backends.cloud.rest import ComfyClient
+    from prefect_comfy.backends.cloud.ws import ComfyWebSocket
+    from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+    from prefect_comfy.backends.comfyui.block import ComfyUIServer
     from prefect_comfy.exceptions import (
         AuthenticationError,
         ComfyAPIError,
@@ -189,4 +184,9 @@ if TYPE_CHECKING:
         wait_for_comfy_input,
         wait_for_comfy_job,
         wait_for_comfy_model,
+    )
+    from prefect_comfy.waiting.waiters import (
+        wait_for_input_ready,
+        wait_for_job,
+        wait_for_model_ready,
     )

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prefect_comfy.emulator.cli",
         "Run the local emulator of the Comfy Cloud developer API.",
     ),
-    "listen": ("prefect_comfy.listener_cli", "Forward Comfy events into Prefect as events."),
+    "listen": ("prefect_comfy.listener.cli", "Forward Comfy events into Prefect as events."),
     "demo": (
         "prefect_comfy.demo",
         "Run the demo: the emulator, a local Prefect server and three flows.",

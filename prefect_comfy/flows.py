@@ -35,8 +35,8 @@ from prefect.states import State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_comfy import events
-from prefect_comfy.comfyui_block import ComfyUIServer
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
+from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.exceptions import InvalidWorkflow, OutcomeError
 from prefect_comfy.job_steps import (
     COMFY_JOB_ID_LABEL,

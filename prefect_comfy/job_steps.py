@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field
 
 from prefect_comfy import events
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.comfyui_block import ComfyUIServer
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
+from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.emitter import emit_submitted, run_context_ids
 from prefect_comfy.exceptions import (
     InvalidWorkflow,
@@ -260,7 +260,8 @@ async def wait_job(
     """
     from prefect.context import FlowRunContext, TaskRunContext
 
-    from prefect_comfy.sensor import wait_for_comfy_job, watch_comfy_job
+    from prefect_comfy.tasks import wait_for_comfy_job
+    from prefect_comfy.watching import watch_comfy_job
 
     kwargs: dict[str, Any] = dict(
         timeout=timeout,

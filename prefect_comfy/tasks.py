@@ -38,10 +38,11 @@ from prefect.context import TaskRunContext
 from prefect.states import State
 
 from prefect_comfy import events
+from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.exceptions import is_retryable
 from prefect_comfy.job_steps import ComfyCredentials, download_outputs, run_logger, submit_job
 from prefect_comfy.models import Input, Job, Model
-from prefect_comfy.sensor import wait_for_comfy_input, wait_for_comfy_job, wait_for_comfy_model
+from prefect_comfy.watching import watch_comfy_job, watch_comfy_upload
 
 __all__ = [
     "cancel_comfy_job",
@@ -221,3 +222,103 @@ async def upload_comfy_model(
         )
     run_logger().info("Uploaded Comfy model %s (%s)", uploaded.name, uploaded.status)
     return uploaded
+
+
+@task(
+    name="wait_for_comfy_job",
+    task_run_name="wait-for-comfy-job-{job_id}",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
+async def wait_for_comfy_job(
+    credentials: Any,
+    job_id: str,
+    *,
+    timeout: float | None = None,
+    cancel_on_timeout: bool = True,
+    emit_events: bool = True,
+    progress_artifact: bool = True,
+    outputs_artifact: bool = True,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+) -> Job:
+    """Wait for a Comfy job, event-driven, with Prefect events, a progress artifact and outputs.
+
+    See :func:`watch_comfy_job` for the arguments, the return value and the errors.
+
+    Example:
+        ```python
+        from prefect import flow
+        from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
+        from prefect_comfy.tasks import wait_for_comfy_job
+
+        @flow
+        async def render(job_id: str):
+            creds = await ComfyCloudCredentials.load("BLOCK_NAME")
+            job = await wait_for_comfy_job(creds, job_id, timeout=600)
+            return [o.name for o in job.outputs]
+        ```
+    """
+    return await watch_comfy_job(
+        credentials,
+        job_id,
+        timeout=timeout,
+        cancel_on_timeout=cancel_on_timeout,
+        emit_events=emit_events,
+        progress_artifact=progress_artifact,
+        outputs_artifact=outputs_artifact,
+        progress_interval=progress_interval,
+    )
+
+
+@task(
+    name="wait_for_comfy_input",
+    task_run_name="wait-for-comfy-input-{input_id}",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
+async def wait_for_comfy_input(
+    credentials: Any, input_id: str, *, timeout: float | None = None, emit_events: bool = True
+) -> Input:
+    """Wait until an uploaded input is ready; emits ``comfy.input.ready`` or ``comfy.input.failed``.
+
+    Args:
+        credentials: a block with ``get_backend()`` or a backend.
+        input_id: the input.
+        timeout: seconds to wait; ``None`` waits for ever.
+        emit_events: emit the outcome as a Prefect event.
+
+    Returns:
+        The ready input.
+
+    Raises:
+        UploadFailed: the upload ended ``failed``.
+        WaitTimedOut: ``timeout`` passed first.
+    """
+    return await watch_comfy_upload(credentials, "input", input_id, timeout, emit_events)  # type: ignore[return-value]
+
+
+@task(
+    name="wait_for_comfy_model",
+    task_run_name="wait-for-comfy-model-{model_id}",
+    cache_policy=NO_CACHE,
+    retries=0,
+)
+async def wait_for_comfy_model(
+    credentials: Any, model_id: str, *, timeout: float | None = None, emit_events: bool = True
+) -> Model:
+    """Wait until an uploaded model is ready; emits ``comfy.model.ready`` or ``comfy.model.failed``.
+
+    Args:
+        credentials: a block with ``get_backend()`` or a backend.
+        model_id: the model.
+        timeout: seconds to wait; ``None`` waits for ever.
+        emit_events: emit the outcome as a Prefect event.
+
+    Returns:
+        The ready model.
+
+    Raises:
+        UploadFailed: the upload ended ``failed``.
+        WaitTimedOut: ``timeout`` passed first.
+    """
+    return await watch_comfy_upload(credentials, "model", model_id, timeout, emit_events)  # type: ignore[return-value]

@@ -3,13 +3,13 @@
 The Prefect layer (blocks, tasks, the sensor, the listener) talks to Comfy only through this class,
 so a new kind of server is one new file. Two implementations ship:
 
-- :class:`prefect_comfy.backends.cloud.CloudBackend`: the Comfy Cloud developer API (and the emulator);
-- :class:`prefect_comfy.backends.comfyui.ComfyUIBackend`: a self-hosted ComfyUI, or Comfy Cloud's
+- :class:`prefect_comfy.backends.cloud.backend.CloudBackend`: the Comfy Cloud developer API (and the emulator);
+- :class:`prefect_comfy.backends.comfyui.backend.ComfyUIBackend`: a self-hosted ComfyUI, or Comfy Cloud's
   ComfyUI-compatible API.
 
 Waiting is not part of what a backend implements: :meth:`ComfyBackend.wait_for_job` and friends are
 built here on :meth:`events` and the ``get_*`` reads by the shared
-:class:`~prefect_comfy.client.hub.EventHub`, which holds one stream per :attr:`connection_key` and
+:class:`~prefect_comfy.waiting.hub.EventHub`, which holds one stream per :attr:`connection_key` and
 reconciles pending waits with one REST read after every (re)connect.
 """
 
@@ -185,7 +185,7 @@ class ComfyBackend(abc.ABC):
         Raises:
             JobTimedOut: ``timeout`` seconds passed first; it names the last known status.
         """
-        from prefect_comfy.client.hub import EventHub
+        from prefect_comfy.waiting.hub import EventHub
 
         return await EventHub.shared(self).wait(
             "job", job_id, timeout=timeout, on_progress=on_progress
@@ -193,13 +193,13 @@ class ComfyBackend(abc.ABC):
 
     async def wait_for_input(self, input_id: str, *, timeout: float | None = None) -> ComfyEvent:
         """Wait for ``input.ready`` or ``input.failed``; raises :class:`WaitTimedOut` on timeout."""
-        from prefect_comfy.client.hub import EventHub
+        from prefect_comfy.waiting.hub import EventHub
 
         return await EventHub.shared(self).wait("input", input_id, timeout=timeout)
 
     async def wait_for_model(self, model_id: str, *, timeout: float | None = None) -> ComfyEvent:
         """Wait for ``model.ready`` or ``model.failed``; raises :class:`WaitTimedOut` on timeout."""
-        from prefect_comfy.client.hub import EventHub
+        from prefect_comfy.waiting.hub import EventHub
 
         return await EventHub.shared(self).wait("model", model_id, timeout=timeout)
 

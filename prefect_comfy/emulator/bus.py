@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect_comfy.client.protocol import matches_any
+from prefect_comfy.backends.cloud.protocol import matches_any
 
 CLOSE_OVERFLOW = 1013
 CLOSE_DROPPED = 1012

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from prefect_comfy.client.protocol import validate_pattern
+from prefect_comfy.backends.cloud.protocol import validate_pattern
 from prefect_comfy.emulator.bus import Close, Connection
 from prefect_comfy.emulator.state import EmulatorState
 

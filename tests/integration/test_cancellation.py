@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.flows import cancel_comfy_job_hook, run_comfy_workflow
 from prefect_comfy.jobs import COMFY_JOB_ID_LABEL
 from tests.conftest import API_KEY
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVE = textwrap.dedent(
     """
     import sys
-    from prefect_comfy.credentials import ComfyCloudCredentials
+    from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
     from prefect_comfy.flows import run_comfy_workflow
 
     credentials = ComfyCloudCredentials.load(sys.argv[1])

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from prefect_comfy.backends.comfyui import ComfyUIBackend
-from prefect_comfy.client.hub import EventHub
+from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.exceptions import InvalidWorkflow, NotFound
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.waiting.hub import EventHub
 from tests.support.comfyui_server import RunningComfyUI
 from tests.waiting import eventually
 
@@ -289,9 +289,9 @@ async def stored_events(job_id: str) -> list:
 async def test_flow_and_listener_on_comfyui(
     comfyui_server: RunningComfyUI, prefect_api_url: str, tmp_path: Path
 ) -> None:
-    from prefect_comfy.comfyui_block import ComfyUIServer
+    from prefect_comfy.backends.comfyui.block import ComfyUIServer
     from prefect_comfy.flows import run_comfy_workflow
-    from prefect_comfy.listener import ComfyListener
+    from prefect_comfy.listener.forwarder import ComfyListener
 
     # The listener, as another process would have it: another client id, so no execution messages.
     listener_backend = ComfyUIBackend(comfyui_server.url, client_id=f"listener-{uuid.uuid4()}")

@@ -29,8 +29,8 @@ from prefect.events.filters import (
     EventResourceFilter,
 )
 
-from prefect_comfy.backends.cloud import CloudBackend
-from prefect_comfy.listener import ComfyListener
+from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.triggers import on_input_ready, on_model_ready
 from tests.conftest import API_KEY
 from tests.waiting import eventually

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_comfy.backends.cloud import CloudBackend
-from prefect_comfy.backends.comfyui import ComfyUIBackend
-from prefect_comfy.comfyui_block import ComfyUIServer
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
+from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.flows import credentials_from_parameter
 from prefect_comfy.job_steps import load_credentials
-from prefect_comfy.listener import _backend_from
+from prefect_comfy.listener.forwarder import _backend_from
 from tests.conftest import API_KEY
 
 

@@ -28,7 +28,7 @@ from prefect.events.filters import (
 )
 
 from prefect_comfy import events
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.exceptions import InvalidWorkflow, JobFailed, JobTimedOut
 from prefect_comfy.flows import run_comfy_workflow
 from prefect_comfy.jobs import COMFY_JOB_ID_LABEL, ComfyJobResult, ComfyWorkflow

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from prefect_comfy.backends.cloud import CloudBackend
-from prefect_comfy.client.rest import ComfyClient
-from prefect_comfy.client.retry import RetryPolicy
+from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow, NotFound, ServerError
 from prefect_comfy.models import Job
+from prefect_comfy.transport.retry import RetryPolicy
 from tests.conftest import API_KEY, WRONG_KEY
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, tiny_workflow

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from prefect_comfy.backends.cloud import CloudBackend
-from prefect_comfy.client.hub import EventHub
-from prefect_comfy.client.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
-from prefect_comfy.client.ws import ComfyWebSocket
+from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.backends.cloud.ws import ComfyWebSocket
 from prefect_comfy.exceptions import JobTimedOut, WebSocketAuthError
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.waiting.hub import EventHub
+from prefect_comfy.waiting.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
 from tests.conftest import API_KEY, WRONG_KEY
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow

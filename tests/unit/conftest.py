@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from prefect_comfy.client.rest import ComfyClient
-from prefect_comfy.client.retry import RetryPolicy
+from prefect_comfy.backends.cloud.rest import ComfyClient
+from prefect_comfy.transport.retry import RetryPolicy
 from tests.support.rest_fakes import KEY, ORIGIN, FakeAPI, Sleeps
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from prefect_comfy.client.backoff import Backoff
+from prefect_comfy.transport.backoff import Backoff
 
 
 def test_delays_grow_and_stay_within_equal_jitter_bounds():

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-import prefect_comfy.client.ws as ws_module
+import prefect_comfy.backends.cloud.ws as ws_module
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.backends.cloud import CloudBackend
+from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import ComfyEvent, Output
 from prefect_comfy.settings import ComfySettings

@@ -19,9 +19,9 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from prefect_comfy.backends import comfyui_mapping as m
-from prefect_comfy.backends.comfyui import ComfyUIBackend
-from prefect_comfy.comfyui_block import ComfyUIServer
+from prefect_comfy.backends.comfyui import mapping as m
+from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     InvalidWorkflow,
@@ -501,7 +501,7 @@ async def test_listener_reconciliation_sees_deleted_pending_prompt(fake: FakeCom
 
 
 async def test_each_subscriber_hears_a_drop_before_the_reconnect(fake: FakeComfyUI) -> None:
-    from prefect_comfy.listener import _accepts_on_disconnect
+    from prefect_comfy.listener.forwarder import _accepts_on_disconnect
 
     connect = FakeConnect()
     settings = ComfySettings(max_retries=0, max_reconnect_attempts=3, reconnect_delay=0.01)

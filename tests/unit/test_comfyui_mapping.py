@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_comfy.backends import comfyui_mapping as m
+from prefect_comfy.backends.comfyui import mapping as m
 from prefect_comfy.exceptions import ComfyConfigError, InvalidWorkflow
 
 PID = "ac5ece66-0000-4000-8000-000000000001"

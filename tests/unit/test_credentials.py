@@ -8,9 +8,9 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
-from prefect_comfy.backends.cloud import CloudBackend
-from prefect_comfy.client.rest import ComfyClient
-from prefect_comfy.credentials import ComfyCloudCredentials, is_masked
+from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials, is_masked
+from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.exceptions import ComfyConfigError
 
 KEY = "comfyui-unit-credentials-key"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from prefect_comfy.client.deadlines import wait_event, within
+from prefect_comfy.transport.deadlines import wait_event, within
 from tests.waiting import eventually
 
 

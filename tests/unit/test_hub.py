@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.client.hub import EventHub
 from prefect_comfy.exceptions import (
     JobTimedOut,
     NotFound,
@@ -19,6 +18,7 @@ from prefect_comfy.exceptions import (
     WebSocketConnectionError,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
+from prefect_comfy.waiting.hub import EventHub
 from tests.waiting import eventually
 
 _keys = itertools.count()

@@ -14,7 +14,7 @@ from prefect.states import Failed
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.credentials import ComfyCloudCredentials
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.exceptions import (
     InvalidRequest,
     InvalidWorkflow,

@@ -16,7 +16,7 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.listener import ComfyListener, require_prefect_api_url
+from prefect_comfy.listener.forwarder import ComfyListener, require_prefect_api_url
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
 from tests.waiting import eventually
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from prefect_comfy.client import protocol
+from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.exceptions import ComfyProtocolError
 
 

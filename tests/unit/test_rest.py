@@ -11,8 +11,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from prefect_comfy.client.rest import ComfyClient, shared_ssl_context
-from prefect_comfy.client.retry import RetryPolicy
+from prefect_comfy.backends.cloud.rest import ComfyClient, shared_ssl_context
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -27,6 +26,7 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import Job, Output
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.transport.retry import RetryPolicy
 from tests.support.rest_fakes import (
     API,
     JOB,

@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-from prefect_comfy.client.retry import RetryPolicy, parse_retry_after
 from prefect_comfy.exceptions import (
     ComfyTransportError,
     InvalidRequest,
@@ -16,6 +15,7 @@ from prefect_comfy.exceptions import (
     RateLimited,
     ServerError,
 )
+from prefect_comfy.transport.retry import RetryPolicy, parse_retry_after
 
 
 class Recorder:
@@ -125,10 +125,10 @@ async def test_backoff_grows_with_jitter_and_stays_under_the_cap() -> None:
 
 
 async def test_each_retry_is_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="prefect_comfy.client.retry")
+    caplog.set_level(logging.INFO, logger="prefect_comfy.transport.retry")
     attempt, _ = failing([ServerError("x", status_code=503)])
     await RetryPolicy(max_retries=1, sleep=Recorder()).call(attempt, what="POST /jobs")
-    (record,) = [r for r in caplog.records if r.name == "prefect_comfy.client.retry"]
+    (record,) = [r for r in caplog.records if r.name == "prefect_comfy.transport.retry"]
     assert record.levelno == logging.INFO
     assert "POST /jobs" in record.getMessage()
     assert "HTTP 503" in record.getMessage()

@@ -18,7 +18,8 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
-from prefect_comfy.sensor import _JobWatch, _watch_upload, watch_comfy_job
+from prefect_comfy.watching import _JobWatch, watch_comfy_job
+from prefect_comfy.watching import watch_comfy_upload as _watch_upload
 from tests.waiting import eventually
 
 

@@ -43,8 +43,8 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch):
 def test_import_reads_no_environment():
     """Importing the package (and its client) must not read, so not fail on, a bad setting."""
     code = (
-        "import prefect_comfy, prefect_comfy.settings, prefect_comfy.client.rest, "
-        "prefect_comfy.backends.cloud; print('imported')"
+        "import prefect_comfy, prefect_comfy.settings, prefect_comfy.backends.cloud.rest, "
+        "prefect_comfy.backends.cloud.backend; print('imported')"
     )
     env = {**os.environ, "COMFY_REQUEST_TIMEOUT": "not a number", "COMFY_WS_AUTH": "cookie"}
     done = subprocess.run(

@@ -1,4 +1,4 @@
-"""Uploads and downloads of ComfyClient (prefect_comfy/client/transfer.py) on httpx.MockTransport."""
+"""Uploads and downloads of ComfyClient (prefect_comfy/transport/transfer.py) on httpx.MockTransport."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_comfy.client.rest import ComfyClient
+from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from prefect_comfy.client import ws as ws_module
-from prefect_comfy.client.ws import ComfyWebSocket, ws_url
+from prefect_comfy.backends.cloud import ws as ws_module
+from prefect_comfy.backends.cloud.ws import ComfyWebSocket, ws_url
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     WebSocketAuthError,

@@ -1,6 +1,6 @@
-"""The event-driven sensor: wait for a Comfy job (or upload) inside Prefect, and show it.
+"""Watching a Comfy job (or upload) from Prefect, task-free: the sensor's logic.
 
-:func:`wait_for_comfy_job` waits with :meth:`ComfyBackend.wait_for_job` (the shared event stream, one
+:func:`watch_comfy_job` waits with :meth:`ComfyBackend.wait_for_job` (the shared event stream, one
 REST read after every connect; no polling loop), and meanwhile:
 
 - emits ``comfy.job.progress`` Prefect events, coalesced (:mod:`prefect_comfy.emitter`), and the
@@ -13,9 +13,8 @@ Then it returns the completed :class:`~prefect_comfy.models.Job` (read again, wi
 or raises :class:`JobFailed`, :class:`JobCancelled` or :class:`JobTimedOut`; on a time-out (or when
 the wait itself is cancelled) it cancels the Comfy job unless ``cancel_on_timeout=False``.
 
-The tasks are async. In an async flow, ``await wait_for_comfy_job(...)``; in a sync flow, call
-``wait_for_comfy_job.submit(...).result()`` (a direct call from a sync flow returns a coroutine).
-:func:`watch_comfy_job` is the same wait as a plain coroutine, for use inside your own task.
+The tasks in :mod:`prefect_comfy.tasks` (``wait_for_comfy_job`` and friends) are thin wrappers of
+these coroutines; call :func:`watch_comfy_job` directly inside your own task.
 """
 
 from __future__ import annotations
@@ -26,12 +25,8 @@ import inspect
 import logging
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from prefect_comfy.artifacts import JobProgressArtifact, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.client.deadlines import wait_event, within
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
 from prefect_comfy.exceptions import (
     ComfyConfigError,
@@ -41,14 +36,9 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
+from prefect_comfy.transport.deadlines import wait_event, within
 
-__all__ = [
-    "CANCEL_TIMEOUT",
-    "wait_for_comfy_input",
-    "wait_for_comfy_job",
-    "wait_for_comfy_model",
-    "watch_comfy_job",
-]
+__all__ = ["CANCEL_TIMEOUT", "watch_comfy_job", "watch_comfy_upload"]
 
 CANCEL_TIMEOUT = 10.0
 """Seconds allowed for cancelling the Comfy job after a time-out or an interrupted wait."""
@@ -169,7 +159,7 @@ class _JobWatch:
         """Stop the pump and write what is held: the final progress event and artifact value.
 
         Bounded in time: the pump gets :data:`STOP_TIMEOUT` to end (the flag ends its loop even if
-        its cancellation is lost, see :mod:`~prefect_comfy.client.deadlines`), the final artifact
+        its cancellation is lost, see :mod:`~prefect_comfy.transport.deadlines`), the final artifact
         write as much.
         """
         self._stopping = True
@@ -344,53 +334,7 @@ async def _conclude(
     raise JobCancelled(job_id)
 
 
-@task(
-    name="wait_for_comfy_job",
-    task_run_name="wait-for-comfy-job-{job_id}",
-    cache_policy=NO_CACHE,
-    retries=0,
-)
-async def wait_for_comfy_job(
-    credentials: Any,
-    job_id: str,
-    *,
-    timeout: float | None = None,
-    cancel_on_timeout: bool = True,
-    emit_events: bool = True,
-    progress_artifact: bool = True,
-    outputs_artifact: bool = True,
-    progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
-) -> Job:
-    """Wait for a Comfy job, event-driven, with Prefect events, a progress artifact and outputs.
-
-    See :func:`watch_comfy_job` for the arguments, the return value and the errors.
-
-    Example:
-        ```python
-        from prefect import flow
-        from prefect_comfy.credentials import ComfyCloudCredentials
-        from prefect_comfy.sensor import wait_for_comfy_job
-
-        @flow
-        async def render(job_id: str):
-            creds = await ComfyCloudCredentials.load("BLOCK_NAME")
-            job = await wait_for_comfy_job(creds, job_id, timeout=600)
-            return [o.name for o in job.outputs]
-        ```
-    """
-    return await watch_comfy_job(
-        credentials,
-        job_id,
-        timeout=timeout,
-        cancel_on_timeout=cancel_on_timeout,
-        emit_events=emit_events,
-        progress_artifact=progress_artifact,
-        outputs_artifact=outputs_artifact,
-        progress_interval=progress_interval,
-    )
-
-
-async def _watch_upload(
+async def watch_comfy_upload(
     credentials: Any, kind: str, resource_id: str, timeout: float | None, emit_events: bool
 ) -> Input | Model:
     resource_id = str(resource_id)
@@ -416,57 +360,3 @@ async def _watch_upload(
     finally:
         if owned:
             await _close_backend(backend, log)
-
-
-@task(
-    name="wait_for_comfy_input",
-    task_run_name="wait-for-comfy-input-{input_id}",
-    cache_policy=NO_CACHE,
-    retries=0,
-)
-async def wait_for_comfy_input(
-    credentials: Any, input_id: str, *, timeout: float | None = None, emit_events: bool = True
-) -> Input:
-    """Wait until an uploaded input is ready; emits ``comfy.input.ready`` or ``comfy.input.failed``.
-
-    Args:
-        credentials: a block with ``get_backend()`` or a backend.
-        input_id: the input.
-        timeout: seconds to wait; ``None`` waits for ever.
-        emit_events: emit the outcome as a Prefect event.
-
-    Returns:
-        The ready input.
-
-    Raises:
-        UploadFailed: the upload ended ``failed``.
-        WaitTimedOut: ``timeout`` passed first.
-    """
-    return await _watch_upload(credentials, "input", input_id, timeout, emit_events)  # type: ignore[return-value]
-
-
-@task(
-    name="wait_for_comfy_model",
-    task_run_name="wait-for-comfy-model-{model_id}",
-    cache_policy=NO_CACHE,
-    retries=0,
-)
-async def wait_for_comfy_model(
-    credentials: Any, model_id: str, *, timeout: float | None = None, emit_events: bool = True
-) -> Model:
-    """Wait until an uploaded model is ready; emits ``comfy.model.ready`` or ``comfy.model.failed``.
-
-    Args:
-        credentials: a block with ``get_backend()`` or a backend.
-        model_id: the model.
-        timeout: seconds to wait; ``None`` waits for ever.
-        emit_events: emit the outcome as a Prefect event.
-
-    Returns:
-        The ready model.
-
-    Raises:
-        UploadFailed: the upload ended ``failed``.
-        WaitTimedOut: ``timeout`` passed first.
-    """
-    return await _watch_upload(credentials, "model", model_id, timeout, emit_events)  # type: ignore[return-value]

@@ -1,6 +1,6 @@
 """ComfyUI's HTTP side: one lazy httpx client, one send, every failure translated here.
 
-:class:`ComfyUIHttp` is what :class:`~prefect_comfy.backends.comfyui.ComfyUIBackend` (and, through
+:class:`ComfyUIHttp` is what :class:`~prefect_comfy.backends.comfyui.backend.ComfyUIBackend` (and, through
 it, the shared stream) uses for every request to the server's ``/api/...`` routes: ``/prompt``,
 ``/queue``, ``/interrupt``, ``/history``, ``/view``, ``/upload/image`` and ``/models``.
 
@@ -30,10 +30,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from prefect_comfy.backends import comfyui_mapping as mapping
-from prefect_comfy.client.retry import RetryPolicy, parse_retry_after
-from prefect_comfy.client.session import USER_AGENT, shared_ssl_context
-from prefect_comfy.client.transfer import CHUNK_SIZE
+from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -49,6 +46,9 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.redaction import redact
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.transport.retry import RetryPolicy, parse_retry_after
+from prefect_comfy.transport.session import USER_AGENT, shared_ssl_context
+from prefect_comfy.transport.transfer import CHUNK_SIZE
 
 __all__ = ["MAX_REDIRECTS", "ComfyUIHttp"]
 

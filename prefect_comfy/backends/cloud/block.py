@@ -17,8 +17,8 @@ from pydantic import ConfigDict, Field, SecretStr
 from prefect_comfy.settings import ComfySettings
 
 if TYPE_CHECKING:
-    from prefect_comfy.backends.cloud import CloudBackend
-    from prefect_comfy.client.rest import ComfyClient
+    from prefect_comfy.backends.cloud.backend import CloudBackend
+    from prefect_comfy.backends.cloud.rest import ComfyClient
 
 __all__ = ["ComfyCloudCredentials"]
 
@@ -105,22 +105,22 @@ class ComfyCloudCredentials(CredentialsBlock):
         return ComfySettings(**update)
 
     def get_client(self) -> ComfyClient:
-        """A new REST client (:class:`~prefect_comfy.client.rest.ComfyClient`); close it after use.
+        """A new REST client (:class:`~prefect_comfy.backends.cloud.rest.ComfyClient`); close it after use.
 
         Raises:
             ComfyConfigError: no API key here nor in ``COMFY_API_KEY``, or a bad base URL.
         """
-        from prefect_comfy.client.rest import ComfyClient
+        from prefect_comfy.backends.cloud.rest import ComfyClient
 
         return ComfyClient(settings=self.get_settings())
 
     def get_backend(self) -> CloudBackend:
-        """A new :class:`~prefect_comfy.backends.cloud.CloudBackend`; use it as an async context manager.
+        """A new :class:`~prefect_comfy.backends.cloud.backend.CloudBackend`; use it as an async context manager.
 
         Raises:
             ComfyConfigError: no API key here nor in ``COMFY_API_KEY``, or a bad base URL.
         """
-        from prefect_comfy.backends.cloud import CloudBackend
+        from prefect_comfy.backends.cloud.backend import CloudBackend
 
         settings = self.get_settings()
         return CloudBackend(settings=settings, ws_auth=settings.ws_auth)

@@ -1,6 +1,6 @@
 """The Prefect side of the listener: an events client, a send queue, a drain and a final flush.
 
-:class:`ComfyListener <prefect_comfy.listener.ComfyListener>` puts every Prefect event it makes on
+:class:`ComfyListener <prefect_comfy.listener.forwarder.ComfyListener>` puts every Prefect event it makes on
 a :class:`PrefectSender` queue; one task sends them through an explicit Prefect events client
 (``get_events_client()``), never ``emit_event``: an events worker started inside a flow run would
 relate later events to that run. A full queue makes reading from Comfy wait (back pressure); a
@@ -9,7 +9,7 @@ refused send is retried with a backoff; on a stop the queue is drained within a 
 
 Example:
     >>> import asyncio
-    >>> from prefect_comfy.listener import ListenerStats
+    >>> from prefect_comfy.listener.forwarder import ListenerStats
     >>> class Client:
     ...     async def emit(self, event):
     ...         print("sent", event)
@@ -29,14 +29,14 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from prefect_comfy.client.backoff import Backoff
-from prefect_comfy.client.deadlines import within
 from prefect_comfy.exceptions import ComfyConfigError
+from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.transport.deadlines import within
 
 if TYPE_CHECKING:
     from prefect.events import Event
 
-    from prefect_comfy.listener import ListenerStats
+    from prefect_comfy.listener.forwarder import ListenerStats
 
 logger = logging.getLogger(__name__)
 

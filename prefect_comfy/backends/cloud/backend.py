@@ -1,7 +1,7 @@
 """The Comfy Cloud developer API (and the local emulator) as a :class:`ComfyBackend`.
 
-REST calls go through :class:`~prefect_comfy.client.rest.ComfyClient`; the event stream through
-:class:`~prefect_comfy.client.ws.ComfyWebSocket`.
+REST calls go through :class:`~prefect_comfy.backends.cloud.rest.ComfyClient`; the event stream through
+:class:`~prefect_comfy.backends.cloud.ws.ComfyWebSocket`.
 
 Example:
     >>> backend = CloudBackend("comfyui-doc", "http://127.0.0.1:8765")
@@ -23,7 +23,7 @@ import httpx
 from pydantic import SecretStr
 
 from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, DisconnectCallback, Source
-from prefect_comfy.client.rest import ComfyClient
+from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
 
@@ -149,7 +149,7 @@ class CloudBackend(ComfyBackend):
         after every (re)subscribe, the second is awaited when a subscribed connection drops,
         before the reconnect.
         """
-        from prefect_comfy.client.ws import ComfyWebSocket
+        from prefect_comfy.backends.cloud.ws import ComfyWebSocket
 
         s = self.settings
         async with ComfyWebSocket(

@@ -1,9 +1,9 @@
 """A self-hosted ComfyUI (or Comfy Cloud's ComfyUI-compatible API) as a :class:`ComfyBackend`.
 
 REST calls go to the server's ``/api/...`` routes (ComfyUI serves every route with and without the
-prefix) through :mod:`prefect_comfy.backends.comfyui_http`, where every failure is translated; the
-event stream is :mod:`prefect_comfy.backends.comfyui_stream` (one WebSocket per process and server);
-answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui_mapping`. Building a backend
+prefix) through :mod:`prefect_comfy.backends.comfyui.http`, where every failure is translated; the
+event stream is :mod:`prefect_comfy.backends.comfyui.stream` (one WebSocket per process and server);
+answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui.mapping`. Building a backend
 does no I/O: the httpx client (with the process's shared SSL context) and the default settings are
 made on first use.
 
@@ -34,19 +34,17 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
-from prefect_comfy.backends import comfyui_mapping as mapping
 from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, DisconnectCallback, Source
-from prefect_comfy.backends.comfyui_http import ComfyUIHttp
-from prefect_comfy.backends.comfyui_stream import (
+from prefect_comfy.backends.cloud import protocol
+from prefect_comfy.backends.comfyui import mapping as mapping
+from prefect_comfy.backends.comfyui.http import ComfyUIHttp
+from prefect_comfy.backends.comfyui.stream import (
     CONNECTED,
     DISCONNECTED,
     Subscriber,
     process_client_id,
     server_state,
 )
-from prefect_comfy.client import protocol
-from prefect_comfy.client.retry import RetryPolicy
-from prefect_comfy.client.session import normalize_origin
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -58,6 +56,8 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.transport.retry import RetryPolicy
+from prefect_comfy.transport.session import normalize_origin
 
 __all__ = ["DEFAULT_URL", "ComfyUIBackend"]
 

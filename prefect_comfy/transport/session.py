@@ -1,9 +1,9 @@
-"""The HTTP core under :class:`~prefect_comfy.client.rest.ComfyClient`: one lazy httpx client, one send.
+"""The HTTP core under :class:`~prefect_comfy.backends.cloud.rest.ComfyClient`: one lazy httpx client, one send.
 
 :class:`RestSession` holds the configuration (key, origin, timeouts, retry policy), decides which
 URLs may carry the key (:meth:`RestSession.is_api_url`), and sends every request through
 :meth:`RestSession._send`, where failures become the package's error tree
-(:mod:`prefect_comfy.client.errors`). :meth:`RestSession._call` adds retries and JSON decoding.
+(:mod:`prefect_comfy.transport.errors`). :meth:`RestSession._call` adds retries and JSON decoding.
 
 Building a session does no I/O and loads no certificates: the ``httpx.AsyncClient`` is made on the
 first request, and every client in the process shares one SSL context
@@ -28,16 +28,16 @@ from urllib.parse import quote, unquote
 import httpx
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from prefect_comfy.client.errors import (
-    error_from_response,
-    quiet_url,
-    translating_transport_errors,
-)
-from prefect_comfy.client.retry import RetryPolicy
 from prefect_comfy.exceptions import ComfyConfigError, ComfyProtocolError
 from prefect_comfy.models import Page
 from prefect_comfy.redaction import redact
 from prefect_comfy.settings import API_PREFIX, ComfySettings
+from prefect_comfy.transport.errors import (
+    error_from_response,
+    quiet_url,
+    translating_transport_errors,
+)
+from prefect_comfy.transport.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import TypeVar
 
-from prefect_comfy.client.backoff import Backoff
 from prefect_comfy.exceptions import ComfyAPIError, RateLimited, is_retryable
+from prefect_comfy.transport.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.client.deadlines import within
 from prefect_comfy.exceptions import NotFound
 from prefect_comfy.models import JOB_TERMINAL, STATUS_EVENT, UPLOAD_TERMINAL, ComfyEvent
+from prefect_comfy.transport.deadlines import within
 
 logger = logging.getLogger(__name__)
 

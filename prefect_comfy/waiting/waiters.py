@@ -1,7 +1,7 @@
 """Module-level waits with the signatures of Comfy's own Python SDK.
 
-Each call waits through the shared :class:`~prefect_comfy.client.hub.EventHub` of a
-:class:`~prefect_comfy.backends.cloud.CloudBackend`, so any number of concurrent calls with the same
+Each call waits through the shared :class:`~prefect_comfy.waiting.hub.EventHub` of a
+:class:`~prefect_comfy.backends.cloud.backend.CloudBackend`, so any number of concurrent calls with the same
 key in one event loop share ONE WebSocket connection. Each call builds a backend only to name the
 hub (no I/O: its HTTP client would be made on a first request, which never comes); the hub works on a
 clone of its own.
@@ -16,9 +16,9 @@ Example:
 from __future__ import annotations
 
 from prefect_comfy.backends.base import ProgressCallback
-from prefect_comfy.client.hub import EventHub
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.waiting.hub import EventHub
 
 __all__ = ["wait_for_input_ready", "wait_for_job", "wait_for_model_ready"]
 
@@ -31,7 +31,7 @@ async def _wait(
     base_url: str | None,
     on_progress: ProgressCallback | None = None,
 ) -> ComfyEvent:
-    from prefect_comfy.backends.cloud import CloudBackend
+    from prefect_comfy.backends.cloud.backend import CloudBackend
 
     if not resource_id:
         raise ComfyConfigError(f"a {kind} id is required")

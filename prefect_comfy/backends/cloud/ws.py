@@ -33,9 +33,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from prefect_comfy.client import protocol
-from prefect_comfy.client.backoff import Backoff
-from prefect_comfy.client.deadlines import wait_event, within
+from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     ComfyProtocolError,
@@ -45,6 +43,8 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.redaction import redact
 from prefect_comfy.settings import API_PREFIX, ComfySettings
+from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.transport.deadlines import wait_event, within
 
 __all__ = ["ComfyWebSocket", "WebSocketAuthError", "WebSocketConnectionError", "ws_url"]
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr
 
-from prefect_comfy.credentials import deployment_parameter_schema
+from prefect_comfy.backends.cloud.block import deployment_parameter_schema
 
 if TYPE_CHECKING:
-    from prefect_comfy.backends.comfyui import ComfyUIBackend
+    from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 
 __all__ = ["ComfyUIServer"]
 
@@ -25,7 +25,7 @@ class ComfyUIServer(Block):
     Example:
         Load a saved block and run a workflow on that server:
         ```python
-        from prefect_comfy.comfyui_block import ComfyUIServer
+        from prefect_comfy.backends.comfyui.block import ComfyUIServer
 
         server = ComfyUIServer.load("BLOCK_NAME")
         backend = server.get_backend()
@@ -53,8 +53,8 @@ class ComfyUIServer(Block):
     )
 
     def get_backend(self) -> ComfyUIBackend:
-        """A :class:`~prefect_comfy.backends.comfyui.ComfyUIBackend` for this server."""
-        from prefect_comfy.backends.comfyui import ComfyUIBackend
+        """A :class:`~prefect_comfy.backends.comfyui.backend.ComfyUIBackend` for this server."""
+        from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 
         key = self.api_key.get_secret_value() if self.api_key is not None else None
         if key and set(key) == {"*"}:  # serialized without secrets: no usable key

@@ -64,7 +64,7 @@ def listen(
 ) -> None:
     """Forward Comfy events into Prefect as events (comfy.<event>), until SIGTERM or Ctrl-C."""
     from prefect_comfy.exceptions import ComfyConfigError, WebSocketAuthError
-    from prefect_comfy.listener import require_prefect_api_url, run_listener
+    from prefect_comfy.listener.forwarder import require_prefect_api_url, run_listener
 
     _configure_logging(log_level)
     try:
@@ -72,7 +72,9 @@ def listen(
     except ComfyConfigError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    logging.getLogger("prefect_comfy.listener").info("sending events to Prefect at %s", api_url)
+    logging.getLogger("prefect_comfy.listener.forwarder").info(
+        "sending events to Prefect at %s", api_url
+    )
     try:
         stats = asyncio.run(
             run_listener(

@@ -28,13 +28,13 @@ an events worker started inside a flow run would relate later events to that run
 API URL the listener refuses to start (instead of quietly starting a temporary server).
 
 The pieces: this module reads the Comfy stream, makes heartbeats and runs the whole
-(:class:`ComfyListener`, :func:`run_listener`); :mod:`prefect_comfy.listener_tracking` remembers tags
-and what is in flight and reconciles through REST; :mod:`prefect_comfy.listener_sender` sends to
+(:class:`ComfyListener`, :func:`run_listener`); :mod:`prefect_comfy.listener.tracking` remembers tags
+and what is in flight and reconciles through REST; :mod:`prefect_comfy.listener.sender` sends to
 Prefect (queue, retries, drain, flush). Everything public is importable from here.
 
 Example:
     >>> import asyncio
-    >>> from prefect_comfy.backends.cloud import CloudBackend
+    >>> from prefect_comfy.backends.cloud.backend import CloudBackend
     >>> async def main():  # doctest: +SKIP
     ...     async with CloudBackend() as backend:       # COMFY_API_KEY, COMFY_BASE_URL
     ...         await ComfyListener(backend, patterns=("job.*", "input.ready")).run()
@@ -58,19 +58,19 @@ from prefect.events import Event, Resource
 
 from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.client.backoff import Backoff
-from prefect_comfy.client.deadlines import within
 from prefect_comfy.exceptions import WebSocketAuthError
-from prefect_comfy.listener_sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
-from prefect_comfy.listener_sender import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
-from prefect_comfy.listener_sender import NO_API_URL_MESSAGE as NO_API_URL_MESSAGE
-from prefect_comfy.listener_sender import PrefectSender, flush, prefect_events_client
-from prefect_comfy.listener_sender import require_prefect_api_url as require_prefect_api_url
-from prefect_comfy.listener_tracking import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRACKED
-from prefect_comfy.listener_tracking import RECONCILE_CONCURRENCY as RECONCILE_CONCURRENCY
-from prefect_comfy.listener_tracking import REST_TIMEOUT as REST_TIMEOUT
-from prefect_comfy.listener_tracking import InFlightTracker
+from prefect_comfy.listener.sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
+from prefect_comfy.listener.sender import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
+from prefect_comfy.listener.sender import NO_API_URL_MESSAGE as NO_API_URL_MESSAGE
+from prefect_comfy.listener.sender import PrefectSender, flush, prefect_events_client
+from prefect_comfy.listener.sender import require_prefect_api_url as require_prefect_api_url
+from prefect_comfy.listener.tracking import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRACKED
+from prefect_comfy.listener.tracking import RECONCILE_CONCURRENCY as RECONCILE_CONCURRENCY
+from prefect_comfy.listener.tracking import REST_TIMEOUT as REST_TIMEOUT
+from prefect_comfy.listener.tracking import InFlightTracker
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.transport.deadlines import within
 
 logger = logging.getLogger(__name__)
 
@@ -443,6 +443,6 @@ async def _backend_from(block: str | None) -> ComfyBackend:
         from prefect_comfy.job_steps import load_credentials
 
         return (await load_credentials(block)).get_backend()
-    from prefect_comfy.backends.cloud import CloudBackend
+    from prefect_comfy.backends.cloud.backend import CloudBackend
 
     return CloudBackend()

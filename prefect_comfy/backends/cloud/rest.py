@@ -3,13 +3,13 @@
 :class:`ComfyClient` wraps one :class:`httpx.AsyncClient` with an explicit life (``async with`` or
 :meth:`ComfyClient.aclose`), a transport seam (``httpx.MockTransport`` in unit tests), typed answers
 (:mod:`prefect_comfy.models`) and one place where HTTP and transport failures become the package's
-error tree (:mod:`prefect_comfy.client.errors`, used by ``_send``). Failed calls that
+error tree (:mod:`prefect_comfy.transport.errors`, used by ``_send``). Failed calls that
 :func:`~prefect_comfy.exceptions.is_retryable` allows (429, 5xx, transport errors) are retried by
-:class:`~prefect_comfy.client.retry.RetryPolicy`; creating calls always carry an ``Idempotency-Key``
+:class:`~prefect_comfy.transport.retry.RetryPolicy`; creating calls always carry an ``Idempotency-Key``
 so a retry replays instead of duplicating.
 
-The client is built in layers, one module each: :mod:`~prefect_comfy.client.session` (configuration,
-the lazy httpx client, key scoping, the one send), :mod:`~prefect_comfy.client.transfer` (uploads and
+The client is built in layers, one module each: :mod:`~prefect_comfy.transport.session` (configuration,
+the lazy httpx client, key scoping, the one send), :mod:`~prefect_comfy.transport.transfer` (uploads and
 downloads), and this module (jobs and the read/list/delete endpoints). Building a client does no I/O:
 the httpx client is made on the first request and shares the process's one SSL context.
 
@@ -34,7 +34,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from prefect_comfy.client.session import (
+from prefect_comfy.exceptions import ComfyConfigError, InvalidRequest
+from prefect_comfy.models import Input, Job, JobBatch, Model, Output, Page, WorkflowValidation
+from prefect_comfy.transport.session import (
     USER_AGENT,
     RestSession,
     csv,
@@ -42,9 +44,7 @@ from prefect_comfy.client.session import (
     segment,
     shared_ssl_context,
 )
-from prefect_comfy.client.transfer import CHUNK_SIZE, MAX_REDIRECTS, Source, Transfers
-from prefect_comfy.exceptions import ComfyConfigError, InvalidRequest
-from prefect_comfy.models import Input, Job, JobBatch, Model, Output, Page, WorkflowValidation
+from prefect_comfy.transport.transfer import CHUNK_SIZE, MAX_REDIRECTS, Source, Transfers
 
 __all__ = [
     "CHUNK_SIZE",
@@ -77,8 +77,8 @@ class ComfyClient(Transfers):
             does not wait, for tests.
 
     Uploads (multipart, from a URL, presigned) and :meth:`download` come from
-    :class:`~prefect_comfy.client.transfer.Transfers`; construction, :meth:`aclose` and
-    :meth:`is_api_url` from :class:`~prefect_comfy.client.session.RestSession`.
+    :class:`~prefect_comfy.transport.transfer.Transfers`; construction, :meth:`aclose` and
+    :meth:`is_api_url` from :class:`~prefect_comfy.transport.session.RestSession`.
 
     Raises:
         ComfyConfigError: no API key, or a base URL that is not ``http(s)://host``.

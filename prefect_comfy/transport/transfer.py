@@ -1,8 +1,8 @@
 """Moving files: uploads (multipart, from a URL, presigned) and streamed downloads.
 
-:class:`Transfers` is the part of :class:`~prefect_comfy.client.rest.ComfyClient` that moves bytes.
+:class:`Transfers` is the part of :class:`~prefect_comfy.backends.cloud.rest.ComfyClient` that moves bytes.
 The key rule lives here: the API key goes only to URLs under the API base
-(:meth:`~prefect_comfy.client.session.RestSession.is_api_url`); a presigned upload URL, a signed
+(:meth:`~prefect_comfy.transport.session.RestSession.is_api_url`); a presigned upload URL, a signed
 storage URL, or a redirect to one never sees it, whatever its origin.
 
 Example:
@@ -34,10 +34,10 @@ from urllib.parse import unquote
 
 import httpx
 
-from prefect_comfy.client.errors import quiet_url
-from prefect_comfy.client.session import M, RestSession, csv, segment
 from prefect_comfy.exceptions import ComfyConfigError, ComfyProtocolError
 from prefect_comfy.models import Input, Model, Output, UploadUrl
+from prefect_comfy.transport.errors import quiet_url
+from prefect_comfy.transport.session import M, RestSession, csv, segment
 
 logger = logging.getLogger(__name__)
 

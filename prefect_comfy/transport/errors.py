@@ -3,7 +3,7 @@
 :func:`error_from_response` maps an HTTP error answer to a :class:`~prefect_comfy.exceptions.ComfyError`;
 :func:`translating_transport_errors` turns an ``httpx.TransportError`` raised inside it into a
 :class:`~prefect_comfy.exceptions.ComfyTransportError`. Both take the secrets to scrub from messages.
-The REST session (:meth:`prefect_comfy.client.session.RestSession._send`) is their only caller for
+The REST session (:meth:`prefect_comfy.transport.session.RestSession._send`) is their only caller for
 requests; a streamed download body is read under :func:`translating_transport_errors` too.
 
 Example:
@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 
-from prefect_comfy.client.retry import parse_retry_after
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -35,6 +34,7 @@ from prefect_comfy.exceptions import (
     ServerError,
 )
 from prefect_comfy.redaction import redact
+from prefect_comfy.transport.retry import parse_retry_after
 
 __all__ = ["error_fields", "error_from_response", "quiet_url", "translating_transport_errors"]
 

@@ -8,7 +8,7 @@ that id shares one :class:`SharedStream`. The stream runs on a small event loop 
 its own (:func:`stream_loop`), so that waits in different event loops (Prefect runs sync tasks in
 worker threads) still share the socket; each subscriber gets its events on its own loop.
 
-What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comfyui_mapping`):
+What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comfyui.mapping`):
 
 - ``execution_start``/``execution_cached``/``progress_state``/``executing``/``progress`` →
   ``job.progress`` (coalesced);
@@ -41,8 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prefect_comfy.backends import comfyui_mapping as mapping
-from prefect_comfy.client.backoff import Backoff
+from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.exceptions import (
     ComfyError,
     NotFound,
@@ -50,9 +49,10 @@ from prefect_comfy.exceptions import (
     WebSocketConnectionError,
 )
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.transport.backoff import Backoff
 
 if TYPE_CHECKING:
-    from prefect_comfy.backends.comfyui import ComfyUIBackend
+    from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 
 logger = logging.getLogger(__name__)
 

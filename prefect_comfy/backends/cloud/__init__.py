@@ -1,0 +1,1 @@
+"""The Comfy Cloud developer API: REST client, WebSocket stream, backend and credentials block."""

@@ -1,0 +1,22 @@
+"""The listener: forwards every Comfy event into Prefect as a Prefect event.
+
+``prefect-comfy listen --block NAME`` runs it; :func:`run_listener` is the same from Python.
+"""
+
+from prefect_comfy.listener.forwarder import (
+    NO_API_URL_MESSAGE,
+    ComfyListener,
+    ListenerStats,
+    default_listener_id,
+    require_prefect_api_url,
+    run_listener,
+)
+
+__all__ = [
+    "NO_API_URL_MESSAGE",
+    "ComfyListener",
+    "ListenerStats",
+    "default_listener_id",
+    "require_prefect_api_url",
+    "run_listener",
+]
