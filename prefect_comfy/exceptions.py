@@ -13,6 +13,7 @@ Every error the package raises derives from :class:`ComfyError`, split by the ki
     │   ├── RateLimited             429, ``retry_after`` seconds (retryable)
     │   └── ServerError             5xx (retryable)
     ├── ComfyProtocolError          a frame or body that breaks the protocol
+    │   └── ResponseTooLarge        an answer or download over its size limit (never retried)
     ├── WebSocketError
     │   ├── WebSocketAuthError      the handshake was refused for the key (also close 1008/4001/4003)
     │   └── WebSocketConnectionError  the stream is gone and the reconnect budget is spent
@@ -46,6 +47,7 @@ __all__ = [
     "NotFound",
     "OutcomeError",
     "RateLimited",
+    "ResponseTooLarge",
     "ServerError",
     "UploadFailed",
     "WaitTimedOut",
@@ -141,6 +143,10 @@ class ServerError(ComfyAPIError):
 
 class ComfyProtocolError(ComfyError):
     """A frame or body that does not follow the protocol (not JSON, no ``type``, wrong shape)."""
+
+
+class ResponseTooLarge(ComfyProtocolError):
+    """An answer or a download was larger than the limit set for it; the rest was not read."""
 
 
 class WebSocketError(ComfyError):

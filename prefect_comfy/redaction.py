@@ -9,8 +9,12 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
+import traceback
 from collections.abc import Iterable
+from typing import Any
 
 REDACTED = "REDACTED"
 _SECRET_PARAMS = re.compile(r"(?i)([?&](?:api_key|token|key|apikey)=)[^&#\s]*")
@@ -29,3 +33,53 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     return _BEARER.sub(r"\1" + REDACTED, redact_url(text))
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that scrubs secrets from every record it passes on, at every level.
+
+    Give it to libraries that log what they send (``websockets.connect(logger=...)`` logs the
+    handshake's ``Authorization`` header and the URL with its query at DEBUG): the message is
+    formatted first, then redacted, so neither the text nor its arguments can carry a key. An
+    exception attached with ``exc_info`` is turned into redacted text as well.
+
+    Example:
+        >>> import logging
+        >>> log = RedactingLogger(logging.getLogger("doc"), ["comfyui-abc"])
+        >>> log.redact_record("> Authorization: Bearer %s", ("comfyui-abc",))
+        '> Authorization: Bearer REDACTED'
+    """
+
+    def __init__(self, logger: logging.Logger, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__(logger, {})
+        self._secrets = [s for s in secrets if s]
+
+    def redact_record(self, msg: object, args: tuple[object, ...]) -> str:
+        """The message with its arguments filled in, then redacted."""
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError, KeyError):
+            text = " ".join([str(msg), *map(str, args)])
+        return redact(text, self._secrets)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = self.redact_record(msg, args)
+        exc_info = kwargs.pop("exc_info", None)
+        if exc_info:
+            if exc_info is True:
+                exc_info = sys.exc_info()
+            elif isinstance(exc_info, BaseException):
+                exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+            if isinstance(exc_info, tuple) and exc_info[0] is not None:
+                trace = "".join(traceback.format_exception(*exc_info))
+                text += "\n" + redact(trace, self._secrets)
+        kwargs.pop("stack_info", None)
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, "%s", text, **kwargs)
+
+
+def redacting_logger(name: str, secrets: Iterable[str | None]) -> RedactingLogger:
+    """:class:`RedactingLogger` over ``logging.getLogger(name)``."""
+    return RedactingLogger(logging.getLogger(name), secrets)

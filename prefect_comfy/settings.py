@@ -57,6 +57,27 @@ class ComfySettings(BaseSettings):
         default=30.0, gt=0, description="Longest reconnect pause, seconds."
     )
 
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Send the API key over plain http:// to a host that is not this machine "
+        "(COMFY_ALLOW_INSECURE_HTTP=1); off by default, because anyone on the path can read it.",
+    )
+    max_response_bytes: int = Field(
+        default=64 * 2**20,
+        gt=0,
+        description="Most bytes of one API answer read into memory; more is an error.",
+    )
+    max_download_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most bytes of one downloaded output; unset means no limit.",
+    )
+    download_stall_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a download may go without receiving a byte before it fails.",
+    )
+
     @field_validator("base_url")
     @classmethod
     def _strip_base_url(cls, value: str) -> str:

@@ -1,10 +1,11 @@
 """Where HTTP answers and httpx failures become the package's error tree (and nowhere else).
 
-:func:`error_from_response` maps an HTTP error answer to a :class:`~prefect_comfy.exceptions.ComfyError`;
+:func:`error_from_response` maps an HTTP error answer to a :class:`~prefect_comfy.exceptions.ComfyError`
+in the words of the server's :class:`~prefect_comfy.transport.dialect.Dialect`;
 :func:`translating_transport_errors` turns an ``httpx.TransportError`` raised inside it into a
-:class:`~prefect_comfy.exceptions.ComfyTransportError`. Both take the secrets to scrub from messages.
-The REST session (:meth:`prefect_comfy.transport.session.RestSession._send`) is their only caller for
-requests; a streamed download body is read under :func:`translating_transport_errors` too.
+:class:`~prefect_comfy.exceptions.ComfyTransportError`. Both scrub the secrets they are given from
+every message. The HTTP session (:class:`prefect_comfy.transport.http.HttpSession`) is their only
+caller; every server kind goes through it.
 
 Example:
     >>> import httpx
@@ -17,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,9 +36,23 @@ from prefect_comfy.exceptions import (
     ServerError,
 )
 from prefect_comfy.redaction import redact
+from prefect_comfy.transport.dialect import Dialect
 from prefect_comfy.transport.retry import parse_retry_after
 
-__all__ = ["error_fields", "error_from_response", "quiet_url", "translating_transport_errors"]
+__all__ = [
+    "CLOUD_DIALECT_NAME",
+    "MESSAGE_CUT",
+    "decode_json",
+    "error_fields",
+    "error_from_response",
+    "fields_from_body",
+    "quiet_url",
+    "translating_transport_errors",
+]
+
+MESSAGE_CUT = 300
+"""The most characters of a server's error text quoted in an exception message."""
+CLOUD_DIALECT_NAME = "Comfy API"
 
 
 def quiet_url(url: httpx.URL) -> str:
@@ -44,20 +60,45 @@ def quiet_url(url: httpx.URL) -> str:
     return str(url.copy_with(query=None, fragment=None))
 
 
-def error_fields(response: httpx.Response) -> tuple[str | None, str, list[Any]]:
-    """``(code, message, details)`` from an error body; lenient about shape (and non-JSON bodies)."""
+def decode_json(content: bytes) -> Any:
+    """A JSON body, decoded; raises ``ValueError`` for anything that is not JSON (deep nesting too)."""
     try:
-        body = response.json()
+        return json.loads(content)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _text_of(content: bytes) -> str:
+    return content[: MESSAGE_CUT * 4].decode("utf-8", errors="replace").strip()[:MESSAGE_CUT]
+
+
+def error_fields(
+    response: httpx.Response, content: bytes | None = None
+) -> tuple[str | None, str, list[Any]]:
+    """``(code, message, details)`` from an error body; lenient about shape (and non-JSON bodies).
+
+    Args:
+        response: the answer (its status and reason phrase).
+        content: the body as read (at most a few KiB of it); ``response.content`` when omitted.
+    """
+    if content is None:
+        content = response.content
+    try:
+        body = decode_json(content)
     except (ValueError, UnicodeDecodeError):
-        text = response.text.strip() if response.content else ""
-        return None, (text[:300] or response.reason_phrase or "no error body"), []
+        return None, (_text_of(content) or response.reason_phrase or "no error body"), []
+    return fields_from_body(body, response.reason_phrase or "")
+
+
+def fields_from_body(body: Any, reason: str = "") -> tuple[str | None, str, list[Any]]:
+    """``(code, message, details)`` from a decoded error body of any shape."""
     error = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(error, str):
-        return None, error, []
+        return None, error[:MESSAGE_CUT], []
     if not isinstance(error, dict):
-        return None, str(error)[:300], []
+        return None, str(error)[:MESSAGE_CUT], []
     code = error.get("code") or error.get("type")
-    message = error.get("message") or error.get("detail") or response.reason_phrase or ""
+    message = error.get("message") or error.get("detail") or reason
     details = error.get("details") or []
     if isinstance(details, dict):
         # ComfyUI-style node errors keyed by node id.
@@ -67,7 +108,7 @@ def error_fields(response: httpx.Response) -> tuple[str | None, str, list[Any]]:
         ]
     elif not isinstance(details, list):
         details = [details]
-    return (str(code) if code else None), str(message), details
+    return (str(code)[:MESSAGE_CUT] if code else None), str(message)[:MESSAGE_CUT], details
 
 
 def _node_errors(details: list[Any]) -> list[dict[str, Any]]:
@@ -84,15 +125,41 @@ def _node_errors(details: list[Any]) -> list[dict[str, Any]]:
     return errors
 
 
+def cloud_workflow_error(status: int, body: Any) -> ComfyError | None:
+    """The developer API's refusal of a workflow: 422 ``validation_error`` → ``InvalidWorkflow``."""
+    if status != 422:
+        return None
+    code, message, details = fields_from_body(body)
+    if (code or "validation_error") != "validation_error":
+        return None
+    return InvalidWorkflow(
+        f"Comfy refused the workflow: {message or 'validation failed'}",
+        node_errors=_node_errors(details),
+    )
+
+
+CLOUD_DIALECT = Dialect(
+    name=CLOUD_DIALECT_NAME,
+    key_header="Authorization",
+    key_prefix="Bearer ",
+    key_path_prefix="/developer/api/v1",
+    auth_hint="check COMFY_API_KEY or the credentials block",
+    workflow_error=cloud_workflow_error,
+)
+"""The Comfy Cloud developer API (and the emulator): ``Authorization: Bearer``, only under the API."""
+
+
 def error_from_response(
     request: httpx.Request,
     response: httpx.Response,
     *,
-    secrets: Sequence[str],
+    secrets: Sequence[str | None],
     key_allowed: bool,
     workflow: bool = False,
+    dialect: Dialect = CLOUD_DIALECT,
+    content: bytes | None = None,
 ) -> ComfyError:
-    """The error for an HTTP error answer (status 400 or more); its body must have been read.
+    """The error for an HTTP error answer (status 400 or more).
 
     Args:
         request: the request that was answered.
@@ -100,50 +167,62 @@ def error_from_response(
         secrets: strings scrubbed from every message (the API key).
         key_allowed: whether the request's URL may carry the key; a 401/403 elsewhere (signed
             storage) is an expired URL, not a wrong key.
-        workflow: the call submitted a workflow, so a 422 ``validation_error`` is
+        workflow: the call submitted a workflow, so the dialect's refusal becomes
             :class:`InvalidWorkflow`.
+        dialect: the kind of server (its name in messages, its retryable statuses).
+        content: the body as read (capped); ``response.content`` when omitted.
     """
     status = response.status_code
-    code, message, details = error_fields(response)
+    if content is None:
+        content = response.content
+    if workflow and dialect.workflow_error is not None:
+        try:
+            body = decode_json(content)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        refused = dialect.workflow_error(status, body)
+        if isinstance(refused, ComfyError):
+            return refused
+    code, message, details = error_fields(response, content)
     message = redact(message, secrets)
     where = f"{request.method} {redact(quiet_url(request.url), secrets)}"
-    text = f"Comfy API error on {where}: HTTP {status}" + (f" [{code}]" if code else "")
+    text = f"{dialect.name} error on {where}: HTTP {status}" + (f" [{code}]" if code else "")
     text += f": {message}" if message else ""
     fields: dict[str, Any] = {"status_code": status, "error_code": code, "details": details}
     if status in (401, 403) and not key_allowed:
         return ComfyAPIError(text, **fields)
     if status in (401, 403):
         return AuthenticationError(
-            f"Comfy rejected the API key (HTTP {status}): check COMFY_API_KEY or the "
-            "credentials block",
+            f"{_rejecter(dialect)} rejected the API key (HTTP {status}): {dialect.auth_hint}",
             **fields,
         )
     if status == 404:
         return NotFound(text, **fields)
-    if status == 429:
+    if status == 429 and dialect.retries(status):
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return RateLimited(text, retry_after=retry_after, **fields)
-    if status >= 500:
+    if status >= 500 and dialect.retries(status):
         return ServerError(text, **fields)
-    if status == 422 and workflow and (code or "validation_error") == "validation_error":
-        return InvalidWorkflow(
-            f"Comfy refused the workflow: {message or 'validation failed'}",
-            node_errors=_node_errors(details),
-        )
     if status in (400, 409, 422):
         return InvalidRequest(text, **fields)
     return ComfyAPIError(text, **fields)
 
 
+def _rejecter(dialect: Dialect) -> str:
+    return "Comfy" if dialect.name == CLOUD_DIALECT_NAME else dialect.name
+
+
 @contextlib.contextmanager
-def translating_transport_errors(request: httpx.Request, secrets: Sequence[str]) -> Iterator[None]:
+def translating_transport_errors(
+    request: httpx.Request, secrets: Sequence[str | None], server: str = "Comfy"
+) -> Iterator[None]:
     """Raise :class:`ComfyTransportError` (redacted, no chained cause) for an httpx transport error."""
     try:
         yield
     except httpx.TransportError as exc:
         raise ComfyTransportError(
             redact(
-                f"Could not reach Comfy on {request.method} {quiet_url(request.url)}: "
+                f"Could not reach {server} on {request.method} {quiet_url(request.url)}: "
                 f"{type(exc).__name__}: {exc}",
                 secrets,
             )

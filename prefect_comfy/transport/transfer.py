@@ -1,9 +1,10 @@
 """Moving files: uploads (multipart, from a URL, presigned) and streamed downloads.
 
 :class:`Transfers` is the part of :class:`~prefect_comfy.backends.cloud.rest.ComfyClient` that moves bytes.
-The key rule lives here: the API key goes only to URLs under the API base
+The key rule is the shared session's: the API key goes only to URLs under the API base
 (:meth:`~prefect_comfy.transport.session.RestSession.is_api_url`); a presigned upload URL, a signed
-storage URL, or a redirect to one never sees it, whatever its origin.
+storage URL, or a redirect to one never sees it, whatever its origin. Downloads are the one
+streaming download of :mod:`prefect_comfy.transport.download`.
 
 Example:
     >>> import asyncio, httpx
@@ -23,8 +24,6 @@ import contextlib
 import json
 import logging
 import mimetypes
-import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from os import PathLike
@@ -36,6 +35,8 @@ import httpx
 
 from prefect_comfy.exceptions import ComfyConfigError, ComfyProtocolError
 from prefect_comfy.models import Input, Model, Output, UploadUrl
+from prefect_comfy.transport.download import CHUNK_SIZE, MAX_REDIRECTS
+from prefect_comfy.transport.download import download as stream_download
 from prefect_comfy.transport.errors import quiet_url
 from prefect_comfy.transport.session import M, RestSession, csv, segment
 
@@ -44,10 +45,7 @@ logger = logging.getLogger(__name__)
 Source = str | PathLike[str] | bytes
 """An upload: a path to a file, or the bytes themselves (then ``name`` is required)."""
 
-MAX_REDIRECTS = 5
-"""Redirects a download follows (each hop decides afresh whether it may carry the key)."""
-CHUNK_SIZE = 1 << 16
-"""Bytes read or written at a time when streaming files."""
+__all__ = ["CHUNK_SIZE", "MAX_REDIRECTS", "Source", "Transfers"]
 
 
 class Transfers(RestSession):
@@ -239,25 +237,38 @@ class Transfers(RestSession):
             content: Any = payload if path is None else _read_chunks(path)
             headers = {"Content-Type": mime, "Content-Length": str(size)}
             # Never the key: the upload URL is presigned storage, whatever its origin.
-            request = self._http.build_request("PUT", upload_url, content=content, headers=headers)
-            request.headers.pop("Authorization", None)
-            return await self._send(request)
+            request = self.client.build_request("PUT", upload_url, content=content, headers=headers)
+            return await self.send(request, with_key=False)
 
         await self.retry.call(put, what=f"PUT {quiet_url(upload_url)}")
         data = await self._call("POST", f"/{kind}/{segment(ticket.id)}/complete")
         return self._parse(model, data)
 
     # -- downloads ------------------------------------------------------------------------------
-    async def download(self, output_or_url: Output | str, dest: str | PathLike[str]) -> Path:
+    async def download(
+        self,
+        output_or_url: Output | str,
+        dest: str | PathLike[str],
+        *,
+        max_bytes: int | None = None,
+        stall_timeout: float | None = None,
+    ) -> Path:
         """Stream an output to a file; returns its path.
 
         Args:
             output_or_url: an :class:`Output` (its ``download_url``; read afresh if missing) or a URL.
-            dest: a directory (the file gets the output's name) or a file path. The bytes go to a
-                temporary file beside the target, renamed into place once complete.
+            dest: a folder (the file gets a safe form of the output's name inside it, suffixed
+                ``name (1).png`` if taken, never overwriting) or a file path (replaced). The bytes
+                go to a temporary file beside the target, renamed into place once complete.
+            max_bytes: the largest file accepted (default ``COMFY_MAX_DOWNLOAD_BYTES``: none).
+            stall_timeout: seconds without a byte before an attempt fails (default
+                ``COMFY_DOWNLOAD_STALL_TIMEOUT``, 60).
 
         The key is sent only if the URL is under the API base; a signed storage URL, or a
         redirect to one, never sees it.
+
+        Raises:
+            ResponseTooLarge: the file is over ``max_bytes``.
         """
         if isinstance(output_or_url, Output):
             output = output_or_url
@@ -268,46 +279,13 @@ class Transfers(RestSession):
             if not output.download_url:
                 raise ComfyProtocolError(f"Comfy output {output.id} has no download_url")
             url = httpx.URL(self.base_url).join(output.download_url)
-            name = output.name or Path(url.path).name or output.id
+            name = output.name or Path(unquote(url.path)).name or output.id
         else:
             url = httpx.URL(self.base_url).join(str(output_or_url))
             name = Path(unquote(url.path)).name or "download"
-        target = Path(dest)
-        if target.is_dir() or str(dest).endswith(("/", os.sep)):
-            target = target / Path(name).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return await self.retry.call(
-            lambda: self._download_once(url, target), what=f"GET {quiet_url(url)}"
+        return await stream_download(
+            self, url, dest, name, max_bytes=max_bytes, stall_timeout=stall_timeout
         )
-
-    async def _download_once(self, url: httpx.URL, target: Path) -> Path:
-        for _ in range(MAX_REDIRECTS + 1):
-            request = self._http.build_request("GET", url, headers=self._headers(url))
-            if not self.is_api_url(url):
-                request.headers.pop("Authorization", None)
-            response = await self._send(request, stream=True)
-            try:
-                if response.is_redirect and "Location" in response.headers:
-                    url = url.join(response.headers["Location"])
-                    continue
-                return await self._write(request, response, target)
-            finally:
-                await response.aclose()
-        raise ComfyProtocolError(f"Too many redirects downloading {quiet_url(url)}")
-
-    async def _write(self, request: httpx.Request, response: httpx.Response, target: Path) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f, self._translating(request):
-                async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                    f.write(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        logger.debug("Downloaded %s to %s", quiet_url(request.url), target)
-        return target
 
 
 def _open_source(source: Source, name: str | None) -> tuple[Path | None, bytes | None, str]:

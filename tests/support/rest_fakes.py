@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 KEY = "comfyui-unit-secret-0123456789"
-ORIGIN = "http://comfy.test:8765"
+ORIGIN = "https://comfy.test:8765"  # a remote server: https, or the key is refused
 API = ORIGIN + "/developer/api/v1"
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64}},

@@ -48,7 +48,7 @@ FAST = ComfySettings(max_retries=0, max_reconnect_attempts=0, reconnect_delay=0.
 class FakeComfyUI:
     """Just enough of ComfyUI's REST answers for the backend's unit tests; records requests."""
 
-    def __init__(self, origin: str = "http://comfy.test:8188") -> None:
+    def __init__(self, origin: str = "https://comfy.test:8188") -> None:
         self.origin = origin
         self.requests: list[httpx.Request] = []
         self.running: list[list] = []

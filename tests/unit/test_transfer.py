@@ -257,12 +257,12 @@ async def test_download_to_a_file_path_and_from_a_url(
 @pytest.mark.parametrize(
     "url",
     [
-        "http://comfy.test:9999/developer/api/v1/outputs/o/content",  # other port
-        "https://comfy.test:8765/developer/api/v1/outputs/o/content",  # other scheme
-        "http://evil.test:8765/developer/api/v1/outputs/o/content",  # other host
-        "http://comfy.test:8765/_storage/o.png",  # same origin, not the API
-        "http://comfy.test:8765/developer/api/v1/../../_storage/o.png",  # sneaking out
-        "http://comfy.test:8765/developer/api/v10/o.png",  # a prefix that is not the API
+        "https://comfy.test:9999/developer/api/v1/outputs/o/content",  # other port
+        "http://comfy.test:8765/developer/api/v1/outputs/o/content",  # other scheme
+        "https://evil.test:8765/developer/api/v1/outputs/o/content",  # other host
+        "https://comfy.test:8765/_storage/o.png",  # same origin, not the API
+        "https://comfy.test:8765/developer/api/v1/../../_storage/o.png",  # sneaking out
+        "https://comfy.test:8765/developer/api/v10/o.png",  # a prefix that is not the API
     ],
 )
 async def test_download_never_sends_the_key_outside_the_api(

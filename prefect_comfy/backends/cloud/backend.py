@@ -151,6 +151,7 @@ class CloudBackend(ComfyBackend):
         """
         from prefect_comfy.backends.cloud.ws import ComfyWebSocket
 
+        self.client.require_secure_key_transport()  # the handshake carries the key too
         s = self.settings
         async with ComfyWebSocket(
             api_key=self.client.api_key.get_secret_value(),

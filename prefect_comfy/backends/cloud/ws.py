@@ -41,7 +41,7 @@ from prefect_comfy.exceptions import (
     WebSocketConnectionError,
 )
 from prefect_comfy.models import ComfyEvent
-from prefect_comfy.redaction import redact
+from prefect_comfy.redaction import redact, redacting_logger
 from prefect_comfy.settings import API_PREFIX, ComfySettings
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import wait_event, within
@@ -389,6 +389,7 @@ class ComfyWebSocket:
                 open_timeout=self._connect_timeout,
                 close_timeout=min(2.0, self._connect_timeout),
                 max_size=MAX_FRAME_BYTES,
+                logger=redacting_logger("websockets.client", [self._key]),
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

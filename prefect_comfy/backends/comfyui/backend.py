@@ -295,11 +295,11 @@ class ComfyUIBackend(ComfyBackend):
         if not output.download_url:
             raise ComfyProtocolError(f"ComfyUI output {output.id} has no download_url")
         url = httpx.URL(self._origin).join(output.download_url)
-        target = Path(dest)
-        if target.is_dir() or str(dest).endswith(("/", "\\")):
-            target = target / Path(output.name or url.params.get("filename") or output.id).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return await self.http.download(url, target, output.id)
+        filename = output.name or url.params.get("filename") or output.id
+        subfolder = url.params.get("subfolder") or ""
+        return await self.http.download(
+            url, dest, f"{subfolder}/{filename}" if subfolder else filename
+        )
 
     # -- uploads ------------------------------------------------------------------------------
     async def upload_input(

@@ -1,17 +1,18 @@
-"""ComfyUI's HTTP side: one lazy httpx client, one send, every failure translated here.
+"""ComfyUI's HTTP side: the package's one HTTP session in the ComfyUI dialect, and its routes.
 
 :class:`ComfyUIHttp` is what :class:`~prefect_comfy.backends.comfyui.backend.ComfyUIBackend` (and, through
 it, the shared stream) uses for every request to the server's ``/api/...`` routes: ``/prompt``,
 ``/queue``, ``/interrupt``, ``/history``, ``/view``, ``/upload/image`` and ``/models``.
 
-- :meth:`ComfyUIHttp.send` is the one place where httpx failures and HTTP error answers become the
-  package's error tree (a refused graph, ``400`` on ``/prompt``, becomes ``InvalidWorkflow``); a
-  streamed download body is read under the same translation, and a refused WebSocket handshake
-  (:meth:`ComfyUIHttp.open_socket`) becomes ``WebSocketAuthError`` here too.
-- An API key travels as ``X-API-Key`` only to the server's own origin; downloads follow redirects
-  by hand, so a signed URL on another origin never sees it. No message carries the key.
-- Building one does no I/O and loads no certificates: the ``httpx.AsyncClient`` is made on the
-  first request, with the process's one SSL context (:func:`shared_ssl_context`).
+Everything that must hold for every server is the shared
+:class:`~prefect_comfy.transport.http.HttpSession`'s: one error translation (a refused graph, ``400``
+on ``/prompt``, becomes ``InvalidWorkflow`` through :data:`COMFYUI_DIALECT`), the key only to the
+server's origin (as ``X-API-Key``), no redirects on API calls, bounded reads, no key over plain
+http to another machine without opt-in, and the one streaming download. What is ComfyUI's own is
+here: the routes, the lenient reading of their answers (any shape the server sends ends in the
+package's :class:`~prefect_comfy.exceptions.ComfyProtocolError`, never a ``TypeError``), and the
+WebSocket handshake, whose refusal becomes ``WebSocketAuthError`` and whose debug log never shows the
+``token``.
 
 Example:
     >>> http = ComfyUIHttp("http://127.0.0.1:8188", "comfyui-doc")
@@ -22,8 +23,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -32,31 +31,44 @@ import httpx
 
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.exceptions import (
-    AuthenticationError,
-    ComfyAPIError,
-    ComfyConfigError,
     ComfyError,
     ComfyProtocolError,
     ComfyTransportError,
-    InvalidRequest,
-    NotFound,
-    RateLimited,
-    ServerError,
     WebSocketAuthError,
 )
-from prefect_comfy.redaction import redact
+from prefect_comfy.redaction import redacting_logger
 from prefect_comfy.settings import ComfySettings
-from prefect_comfy.transport.retry import RetryPolicy, parse_retry_after
-from prefect_comfy.transport.session import USER_AGENT, shared_ssl_context
-from prefect_comfy.transport.transfer import CHUNK_SIZE
+from prefect_comfy.transport.dialect import Dialect
+from prefect_comfy.transport.download import MAX_REDIRECTS
+from prefect_comfy.transport.download import download as stream_download
+from prefect_comfy.transport.http import HttpSession
 
-__all__ = ["MAX_REDIRECTS", "ComfyUIHttp"]
-
-MAX_REDIRECTS = 5
-"""Redirects a download follows (by hand) before giving up."""
+__all__ = ["COMFYUI_DIALECT", "MAX_REDIRECTS", "ComfyUIHttp"]
 
 
-class ComfyUIHttp:
+def _refused_prompt(status: int, body: Any) -> ComfyError | None:
+    """ComfyUI refuses a graph with HTTP 400 and ``{"error": …, "node_errors": …}``."""
+    if status == 400 and isinstance(body, dict) and ("error" in body or "node_errors" in body):
+        return mapping.invalid_workflow(body)
+    return None
+
+
+COMFYUI_DIALECT = Dialect(
+    name="ComfyUI",
+    key_header="X-API-Key",
+    auth_hint="check the api_key of the ComfyUI server block",
+    workflow_error=_refused_prompt,
+)
+"""ComfyUI (and Comfy Cloud's ComfyUI-compatible API): ``X-API-Key`` to any path of the origin."""
+
+
+def _shape(what: str, expected: str, body: Any) -> ComfyProtocolError:
+    return ComfyProtocolError(
+        f"ComfyUI answered {what} with a {type(body).__name__} where {expected} was expected"
+    )
+
+
+class ComfyUIHttp(HttpSession):
     """Requests to one ComfyUI server, with retries (429, 5xx, transport) and translated errors.
 
     Args:
@@ -73,178 +85,39 @@ class ComfyUIHttp:
         settings: ComfySettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.origin = origin
-        self._key = key
-        self._settings = settings
-        self._transport = transport
-        self._retry: RetryPolicy | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._closed = False
-        self._origin_url: httpx.URL | None = None
+        super().__init__(origin, key, COMFYUI_DIALECT, settings=settings, transport=transport)
 
     def __repr__(self) -> str:
         return f"ComfyUIHttp(origin={self.origin!r})"
 
-    # -- life -----------------------------------------------------------------------------------
-    @property
-    def settings(self) -> ComfySettings:
-        """Timeouts, retries and reconnect budget (the environment is read on first use)."""
-        if self._settings is None:
-            self._settings = ComfySettings()
-        return self._settings
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """The retry policy of every request (429, 5xx and transport failures)."""
-        if self._retry is None:
-            s = self.settings
-            self._retry = RetryPolicy(max_retries=s.max_retries, max_delay=s.retry_max_delay)
-        return self._retry
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """The httpx client, made on first use (so building a backend stays free of I/O and SSL).
-
-        Raises:
-            ComfyConfigError: the backend was closed.
-        """
-        if self._closed:
-            raise ComfyConfigError("This ComfyUIBackend is closed")
-        if self._client is None:
-            s = self.settings
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=httpx.Timeout(s.request_timeout, connect=s.connect_timeout),
-                verify=shared_ssl_context(),
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                follow_redirects=False,
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the connection pool (if a request ever opened one). Safe to call twice."""
-        self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-    # -- the key, and where it may go -----------------------------------------------------------
-    def redact(self, text: str) -> str:
-        """A text with the key (and any ``token=``) removed."""
-        return redact(text, [self._key])
-
     def same_origin(self, url: httpx.URL) -> bool:
         """Whether ``url`` is on the server's own origin (the only place the key goes)."""
-        if self._origin_url is None:
-            self._origin_url = httpx.URL(self.origin)
-        origin = self._origin_url
-        return (url.scheme, url.host, url.port) == (origin.scheme, origin.host, origin.port)
+        return self.key_allowed(url)
 
-    # -- the one place where failures are translated ----------------------------------------------
-    def _error(self, request: httpx.Request, response: httpx.Response) -> ComfyError:
-        status = response.status_code
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        error = body.get("error") if isinstance(body, dict) else None
-        code = (error.get("type") or error.get("code")) if isinstance(error, dict) else None
-        message = (
-            error.get("message")
-            if isinstance(error, dict)
-            else (error if isinstance(error, str) else response.text[:300])
-        )
-        where = f"{request.method} {request.url.copy_with(query=None)}"
-        text = self.redact(
-            f"ComfyUI error on {where}: HTTP {status}"
-            + (f" [{code}]" if code else "")
-            + (f": {message}" if message else "")
-        )
-        fields: dict[str, Any] = {"status_code": status, "error_code": code}
-        if status in (401, 403):
-            return AuthenticationError(
-                f"ComfyUI at {self.origin} rejected the API key (HTTP {status})", **fields
-            )
-        if status == 404:
-            return NotFound(text, **fields)
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return RateLimited(text, retry_after=retry_after, **fields)
-        if status >= 500:
-            return ServerError(text, **fields)
-        if status in (400, 409, 422):
-            return InvalidRequest(text, **fields)
-        return ComfyAPIError(text, **fields)
-
-    @contextlib.contextmanager
-    def _translating(self, request: httpx.Request) -> Iterator[None]:
-        """An httpx transport error inside becomes :class:`ComfyTransportError` (redacted)."""
-        try:
-            yield
-        except httpx.TransportError as exc:
-            raise ComfyTransportError(
-                self.redact(
-                    f"Could not reach ComfyUI on {request.method} "
-                    f"{request.url.copy_with(query=None)}: {type(exc).__name__}: {exc}"
-                )
-            ) from None
-
-    async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
-        """Send one request (the key only to the server's origin); an error answer raises.
-
-        Raises:
-            InvalidWorkflow: ``/prompt`` refused the graph (HTTP 400 with ComfyUI's error body).
-            ComfyError: any other error answer or transport failure, translated.
-        """
-        if self._key and self.same_origin(request.url):
-            request.headers["X-API-Key"] = self._key
-        http = self.client  # raises if closed
-        with self._translating(request):
-            response = await http.send(request, stream=stream)
-        if response.status_code >= 400:
-            try:
-                with self._translating(request):
-                    await response.aread()
-            finally:
-                await response.aclose()
-            if request.url.path.endswith("/prompt") and response.status_code == 400:
-                with contextlib.suppress(ValueError):
-                    body = response.json()
-                    if isinstance(body, dict) and ("error" in body or "node_errors" in body):
-                        raise mapping.invalid_workflow(body)
-            raise self._error(request, response)
-        return response
-
-    async def call(
+    async def call(  # type: ignore[override]
         self, method: str, path: str, *, retry: bool = True, **kwargs: Any
     ) -> httpx.Response:
         """One call to ``{origin}{path}``; retried (429, 5xx, transport) when ``retry``."""
-        url = f"{self.origin}{path}"
+        return await self.request(
+            method, f"{self.origin}{path}", what=f"{method} {path}", retry=retry, **kwargs
+        )
 
-        async def attempt() -> httpx.Response:
-            return await self.send(self.client.build_request(method, url, **kwargs))
-
-        if not retry:
-            return await attempt()
-        return await self.retry.call(attempt, what=f"{method} {path}")
-
-    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:  # type: ignore[override]
         """:meth:`call`, decoded (``None`` for an empty body)."""
-        response = await self.call(method, path, **kwargs)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise ComfyProtocolError(f"ComfyUI answered {method} {path} with no JSON") from None
+        return await super().json(method, f"{self.origin}{path}", what=f"{method} {path}", **kwargs)
 
     # -- the routes -------------------------------------------------------------------------------
     async def queue_records(self) -> dict[str, tuple[str, mapping.PromptRecord]]:
         """Queued prompts: ``{prompt_id: ("running" | "pending", record)}``."""
         body = await self.json("GET", "/api/queue") or {}
+        if not isinstance(body, dict):
+            raise _shape("GET /api/queue", "an object", body)
         found: dict[str, tuple[str, mapping.PromptRecord]] = {}
         for status, key in (("running", "queue_running"), ("pending", "queue_pending")):
-            for item in body.get(key) or []:
+            items = body.get(key) or []
+            if not isinstance(items, list):
+                raise _shape(f"GET /api/queue ({key})", "a list", items)
+            for item in items:
                 record = mapping.prompt_record(item)
                 if record is not None:
                     found[record.prompt_id] = (status, record)
@@ -264,15 +137,19 @@ class ComfyUIHttp:
     async def model_files(self, folder: str) -> list[str]:
         """The files ComfyUI lists under ``models/<folder>``."""
         body = await self.json("GET", f"/api/models/{quote(folder, safe='')}")
-        return [str(name) for name in body or []]
+        if body is None:
+            return []
+        if not isinstance(body, list):
+            raise _shape(f"GET /api/models/{folder}", "a list of file names", body)
+        return [str(name) for name in body if isinstance(name, (str, int, float))]
 
     async def post_prompt(self, body: dict[str, Any], *, retry: bool) -> str:
         """``POST /prompt``; the prompt id ComfyUI answered."""
-        answer = await self.json("POST", "/api/prompt", json=body, retry=retry)
-        prompt_id = str((answer or {}).get("prompt_id") or "")
-        if not prompt_id:
+        answer = await self.json("POST", "/api/prompt", json=body, retry=retry, workflow=True)
+        prompt_id = answer.get("prompt_id") if isinstance(answer, dict) else None
+        if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool) or not prompt_id:
             raise ComfyProtocolError("ComfyUI accepted the prompt but returned no prompt_id")
-        return prompt_id
+        return str(prompt_id)
 
     async def delete_pending(self, prompt_id: str) -> None:
         """``POST /queue {"delete": [id]}``."""
@@ -295,8 +172,11 @@ class ComfyUIHttp:
         return answer if isinstance(answer, dict) else {}
 
     async def head(self, url: str) -> httpx.Headers:
-        """``HEAD`` of a URL on the server (``NotFound`` when it serves nothing there)."""
-        return (await self.call("HEAD", url[len(self.origin) :])).headers
+        """``HEAD`` of a URL on the server (``NotFound`` when it serves nothing there).
+
+        A redirect counts as an answer (Comfy Cloud sends ``/view`` to signed storage).
+        """
+        return (await self.call("HEAD", url[len(self.origin) :], redirect_ok=True)).headers
 
     # -- the WebSocket handshake --------------------------------------------------------------------
     def ws_url(self, client_id: str) -> str:
@@ -311,7 +191,11 @@ class ComfyUIHttp:
     async def open_socket(self, client_id: str, connect: Any = None) -> Any:
         """Open one WebSocket with ``connect`` (``websockets.asyncio.client.connect`` by default).
 
+        The connection logs through a :class:`~prefect_comfy.redaction.RedactingLogger`, so the
+        ``token`` in its URL never reaches a log line, at any level.
+
         Raises:
+            ComfyConfigError: the key would travel over plain ``ws://`` to another machine.
             WebSocketAuthError: the handshake was refused (HTTP 401/403).
             ComfyTransportError: the server could not be reached, or answered another status.
         """
@@ -319,6 +203,7 @@ class ComfyUIHttp:
 
         if connect is None:
             from websockets.asyncio.client import connect
+        self.require_secure_key_transport()
         s = self.settings
         try:
             return await connect(
@@ -328,6 +213,7 @@ class ComfyUIHttp:
                 open_timeout=s.connect_timeout,
                 close_timeout=min(2.0, s.connect_timeout),
                 max_size=None,
+                logger=redacting_logger("websockets.client", [self._key]),
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -344,29 +230,11 @@ class ComfyUIHttp:
             ) from None
 
     # -- downloads --------------------------------------------------------------------------------
-    async def download(self, url: httpx.URL, target: Path, what: str) -> Path:
-        """Stream ``url`` into ``target`` (through a ``.part`` file), following redirects by hand.
+    async def download(self, url: httpx.URL, dest: str | Path, name: str) -> Path:
+        """Stream ``url`` into ``dest`` (a folder, or a file path) with the one download.
 
-        The key goes only to the server's origin (:meth:`send` decides per hop). Retried.
+        ``name`` is the output's ``subfolder/filename``: in a folder it keeps its subfolder, inside
+        the folder (:func:`~prefect_comfy.transport.download.safe_relative_path`). The key goes
+        only to the server's origin, decided per redirect hop. Retried.
         """
-
-        async def attempt() -> Path:
-            current = url
-            for _ in range(MAX_REDIRECTS + 1):
-                request = self.client.build_request("GET", current)
-                response = await self.send(request, stream=True)
-                try:
-                    if response.is_redirect and "Location" in response.headers:
-                        current = current.join(response.headers["Location"])
-                        continue
-                    part = target.with_name(f".{target.name}.part")
-                    with self._translating(request), open(part, "wb") as f:
-                        async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                            f.write(chunk)
-                    part.replace(target)
-                    return target
-                finally:
-                    await response.aclose()
-            raise ComfyProtocolError(f"too many redirects downloading ComfyUI output {what}")
-
-        return await self.retry.call(attempt, what=f"GET {url.copy_with(query=None)}")
+        return await stream_download(self, url, dest, name)
