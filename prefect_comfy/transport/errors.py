@@ -47,6 +47,7 @@ __all__ = [
     "error_from_response",
     "fields_from_body",
     "quiet_url",
+    "redirect_error",
     "translating_transport_errors",
 ]
 
@@ -206,6 +207,25 @@ def error_from_response(
     if status in (400, 409, 422):
         return InvalidRequest(text, **fields)
     return ComfyAPIError(text, **fields)
+
+
+def redirect_error(
+    request: httpx.Request,
+    response: httpx.Response,
+    dialect: Dialect,
+    origin: str,
+    secrets: Sequence[str | None],
+) -> ComfyAPIError:
+    """The error for a redirect answer to an API call: API calls never follow one."""
+    location = response.headers.get("Location")
+    target = redact(quiet_url(request.url.join(location)), secrets) if location else "nowhere"
+    return ComfyAPIError(
+        f"{dialect.name} answered {request.method} {redact(quiet_url(request.url), secrets)} with "
+        f"a redirect (HTTP {response.status_code}) to {target}. API calls do not follow "
+        f"redirects, so that the API key never leaves {origin}: if the server has moved, set the "
+        "base URL (the block's URL or COMFY_BASE_URL) to its new address.",
+        status_code=response.status_code,
+    )
 
 
 def _rejecter(dialect: Dialect) -> str:

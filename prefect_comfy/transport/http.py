@@ -36,17 +36,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
-import ipaddress
 import logging
-import ssl
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import httpx
 
 from prefect_comfy.exceptions import (
-    ComfyAPIError,
     ComfyConfigError,
     ComfyProtocolError,
     ResponseTooLarge,
@@ -58,8 +54,10 @@ from prefect_comfy.transport.errors import (
     decode_json,
     error_from_response,
     quiet_url,
+    redirect_error,
     translating_transport_errors,
 )
+from prefect_comfy.transport.origins import is_loopback, same_origin, shared_ssl_context
 from prefect_comfy.transport.retry import RetryPolicy
 
 __all__ = [
@@ -79,43 +77,7 @@ S = TypeVar("S", bound="HttpSession")
 USER_AGENT = "prefect-comfy"
 ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error answer read into memory (its message is cut far shorter)."""
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _HOP_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
-
-
-@functools.cache
-def shared_ssl_context() -> ssl.SSLContext:
-    """The process's one SSL context for Comfy's HTTPS clients (loading one costs ~30 ms).
-
-    Made on first use with httpx's defaults (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as set
-    then); pass it as ``verify=`` to any ``httpx.AsyncClient`` that talks to Comfy.
-    """
-    return httpx.create_ssl_context()
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a host name is this machine: ``localhost``, ``*.localhost``, 127.0.0.0/8 or ``::1``.
-
-    Example:
-        >>> is_loopback("127.0.0.2"), is_loopback("localhost"), is_loopback("comfy.invalid")
-        (True, True, False)
-    """
-    host = host.strip("[]").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _port(url: httpx.URL) -> int | None:
-    return url.port or _DEFAULT_PORTS.get(url.scheme)
-
-
-def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    """Whether two URLs share scheme, host and (effective) port."""
-    return (a.scheme, a.host, _port(a)) == (b.scheme, b.host, _port(b))
 
 
 async def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
@@ -367,20 +329,6 @@ class HttpSession:
             response.status_code, headers=headers, content=content, request=request
         )
 
-    def refuse_redirect(self, request: httpx.Request, response: httpx.Response) -> ComfyAPIError:
-        """The error for a redirect answer to an API call (which never follows one)."""
-        location = response.headers.get("Location")
-        target = (
-            redact(quiet_url(request.url.join(location)), [self._key]) if location else "nowhere"
-        )
-        return ComfyAPIError(
-            f"{self.dialect.name} answered {request.method} {quiet_url(request.url)} with a "
-            f"redirect (HTTP {response.status_code}) to {target}. API calls do not follow "
-            f"redirects, so that the API key never leaves {self.origin}: if the server has moved, "
-            "set the base URL (the block's URL or COMFY_BASE_URL) to its new address.",
-            status_code=response.status_code,
-        )
-
     async def request(
         self,
         method: str,
@@ -417,7 +365,7 @@ class HttpSession:
                 request = self.client.build_request(method, url, headers=headers, **kwargs, **extra)
                 response = await self.send(request, workflow=workflow)
             if response.is_redirect and not redirect_ok:
-                raise self.refuse_redirect(request, response)
+                raise redirect_error(request, response, self.dialect, self.origin, [self._key])
             return response
 
         if not retry:

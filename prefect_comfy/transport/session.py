@@ -29,7 +29,8 @@ from prefect_comfy.exceptions import ComfyConfigError, ComfyProtocolError
 from prefect_comfy.models import Page
 from prefect_comfy.settings import API_PREFIX, ComfySettings
 from prefect_comfy.transport.errors import CLOUD_DIALECT
-from prefect_comfy.transport.http import USER_AGENT, HttpSession, shared_ssl_context
+from prefect_comfy.transport.http import USER_AGENT, HttpSession
+from prefect_comfy.transport.origins import normalize_origin, shared_ssl_context
 from prefect_comfy.transport.retry import RetryPolicy
 
 __all__ = [
@@ -44,31 +45,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def normalize_origin(base_url: str) -> str:
-    """The origin of a base URL: trailing ``/`` and ``/developer/api/v1`` removed, scheme checked.
-
-    Example:
-        >>> normalize_origin("https://cloud.comfy.org/developer/api/v1/")
-        'https://cloud.comfy.org'
-
-    Raises:
-        ComfyConfigError: the URL is not ``http(s)://host[:port]``.
-    """
-    value = str(base_url).strip().rstrip("/")
-    if value.endswith(API_PREFIX):
-        value = value[: -len(API_PREFIX)]
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ComfyConfigError(f"Invalid Comfy base URL {value!r}: {exc}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ComfyConfigError(
-            f"Invalid Comfy base URL {value!r}: expected http(s)://host[:port], such as "
-            "https://cloud.comfy.org"
-        )
-    return value
 
 
 def segment(resource_id: str) -> str:

@@ -56,8 +56,8 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.transport.origins import normalize_origin
 from prefect_comfy.transport.retry import RetryPolicy
-from prefect_comfy.transport.session import normalize_origin
 
 __all__ = ["DEFAULT_URL", "ComfyUIBackend"]
 
