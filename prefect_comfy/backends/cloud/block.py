@@ -90,6 +90,13 @@ class ComfyCloudCredentials(CredentialsBlock):
         description="Seconds for one HTTP request; unset means COMFY_REQUEST_TIMEOUT, or 30.",
     )
 
+    allow_insecure_http: bool | None = Field(
+        default=None,
+        title="Allow insecure HTTP",
+        description="Send the API key over plain http:// to a host that is not this machine (anyone "
+        "on the network path can read it); unset means COMFY_ALLOW_INSECURE_HTTP, or no.",
+    )
+
     def get_settings(self) -> ComfySettings:
         """The effective settings: this block's fields over the ``COMFY_*`` environment."""
         update: dict[str, object] = {}
@@ -102,6 +109,8 @@ class ComfyCloudCredentials(CredentialsBlock):
             update["ws_auth"] = self.ws_auth
         if self.request_timeout is not None:
             update["request_timeout"] = self.request_timeout
+        if self.allow_insecure_http is not None:
+            update["allow_insecure_http"] = self.allow_insecure_http
         return ComfySettings(**update)
 
     def get_client(self) -> ComfyClient:

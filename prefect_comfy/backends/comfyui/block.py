@@ -12,6 +12,7 @@ from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr
 
 from prefect_comfy.backends.cloud.block import deployment_parameter_schema
+from prefect_comfy.settings import ComfySettings
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
@@ -52,6 +53,13 @@ class ComfyUIServer(Block):
         "self-hosted ComfyUI.",
     )
 
+    allow_insecure_http: bool | None = Field(
+        default=None,
+        title="Allow insecure HTTP",
+        description="Send the API key over plain http:// to a host that is not this machine (anyone "
+        "on the network path can read it); unset means COMFY_ALLOW_INSECURE_HTTP, or no.",
+    )
+
     def get_backend(self) -> ComfyUIBackend:
         """A :class:`~prefect_comfy.backends.comfyui.backend.ComfyUIBackend` for this server."""
         from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
@@ -59,4 +67,7 @@ class ComfyUIServer(Block):
         key = self.api_key.get_secret_value() if self.api_key is not None else None
         if key and set(key) == {"*"}:  # serialized without secrets: no usable key
             key = None
-        return ComfyUIBackend(self.url, key)
+        settings = None  # read from the environment on first use
+        if self.allow_insecure_http is not None:
+            settings = ComfySettings(allow_insecure_http=self.allow_insecure_http)
+        return ComfyUIBackend(self.url, key, settings=settings)
