@@ -28,6 +28,7 @@ from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
     ComfyError,
+    ComfyProtocolError,
     ComfyTransportError,
     InvalidRequest,
     InvalidWorkflow,
@@ -236,9 +237,20 @@ def _rejecter(dialect: Dialect) -> str:
 def translating_transport_errors(
     request: httpx.Request, secrets: Sequence[str | None], server: str = "Comfy"
 ) -> Iterator[None]:
-    """Raise :class:`ComfyTransportError` (redacted, no chained cause) for an httpx transport error."""
+    """Raise :class:`ComfyTransportError` (redacted, no chained cause) for an httpx transport error.
+
+    A body that cannot be decoded (a broken gzip stream) is a :class:`ComfyProtocolError`.
+    """
     try:
         yield
+    except httpx.DecodingError as exc:
+        raise ComfyProtocolError(
+            redact(
+                f"{server} answered {request.method} {quiet_url(request.url)} with a body that "
+                f"cannot be decoded: {exc}",
+                secrets,
+            )
+        ) from None
     except httpx.TransportError as exc:
         raise ComfyTransportError(
             redact(

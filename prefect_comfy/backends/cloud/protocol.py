@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from prefect_comfy.exceptions import ComfyProtocolError
 from prefect_comfy.models import ComfyEvent
 
@@ -83,12 +85,17 @@ class Frame:
         payload = self.data.get("payload", {})
         if not isinstance(name, str) or not isinstance(payload, dict):
             raise ComfyProtocolError("event frame without a string 'event' and an object 'payload'")
-        return ComfyEvent(
-            event=name,
-            payload=payload,
-            id=self.raw.get("id") if isinstance(self.raw.get("id"), str) else None,
-            timestamp=self.raw.get("timestamp"),
-        )
+        event_id = self.raw.get("id") if isinstance(self.raw.get("id"), str) else None
+        try:
+            return ComfyEvent(
+                event=name, payload=payload, id=event_id, timestamp=self.raw.get("timestamp")
+            )
+        except ValidationError:  # an unreadable timestamp must not lose the event
+            pass
+        try:
+            return ComfyEvent(event=name, payload=payload, id=event_id)
+        except ValidationError as exc:
+            raise ComfyProtocolError(f"event frame that does not fit: {exc.errors()[:1]}") from None
 
 
 def decode(text: str | bytes) -> Frame:
@@ -102,6 +109,8 @@ def decode(text: str | bytes) -> Frame:
         obj = json.loads(text)
     except ValueError as exc:
         raise ComfyProtocolError(f"frame is not JSON: {text[:80]!r}") from exc
+    except RecursionError:  # a frame nested thousands deep: refused, never a crash of the reader
+        raise ComfyProtocolError(f"frame is nested too deeply: {text[:80]!r}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ComfyProtocolError(f"frame without a string 'type': {str(obj)[:80]!r}")
     data = obj.get("data")

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from prefect_comfy.exceptions import ComfyConfigError, InvalidRequest
+from prefect_comfy.exceptions import ComfyConfigError, ComfyProtocolError, InvalidRequest
 from prefect_comfy.models import Input, Job, JobBatch, Model, Output, Page, WorkflowValidation
 from prefect_comfy.transport.session import (
     USER_AGENT,
@@ -204,7 +204,14 @@ class ComfyClient(Transfers):
 
     async def get_account(self) -> dict[str, Any]:
         """The account (``GET /account``), as the server sent it."""
-        return dict(await self._call("GET", "/account") or {})
+        data = await self._call("GET", "/account")
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ComfyProtocolError(
+                f"Comfy answered GET /account with a {type(data).__name__}, not an object"
+            )
+        return data
 
     # -- inputs and models (uploads are in transfer.py) -------------------------------------
     async def get_input(self, input_id: str) -> Input:
@@ -266,7 +273,13 @@ class ComfyClient(Transfers):
         """The model types the server knows (``GET /models/types``)."""
         data = await self._call("GET", "/models/types")
         types = data.get("types", []) if isinstance(data, dict) else data
-        return [str(t) for t in types or []]
+        if types is None:
+            return []
+        if not isinstance(types, list):
+            raise ComfyProtocolError(
+                f"Comfy answered GET /models/types with a {type(types).__name__}, not a list"
+            )
+        return [str(t) for t in types]
 
     # -- outputs ----------------------------------------------------------------------------------
     async def list_outputs(
