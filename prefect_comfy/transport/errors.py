@@ -35,6 +35,7 @@ from prefect_comfy.exceptions import (
     NotFound,
     RateLimited,
     ServerError,
+    WebSocketAuthError,
 )
 from prefect_comfy.redaction import redact
 from prefect_comfy.transport.dialect import Dialect
@@ -47,6 +48,7 @@ __all__ = [
     "error_fields",
     "error_from_response",
     "fields_from_body",
+    "handshake_error",
     "quiet_url",
     "redirect_error",
     "translating_transport_errors",
@@ -226,6 +228,24 @@ def redirect_error(
         f"redirects, so that the API key never leaves {origin}: if the server has moved, set the "
         "base URL (the block's URL or COMFY_BASE_URL) to its new address.",
         status_code=response.status_code,
+    )
+
+
+def handshake_error(status: int, dialect: Dialect, where: str) -> ComfyError:
+    """The error for a refused WebSocket handshake: 401/403 is the key, anything else transport.
+
+    Args:
+        status: the HTTP status the handshake answered.
+        dialect: the kind of server (its name and what to check about the key).
+        where: the server's origin (never a URL with the key in it).
+    """
+    if status in (401, 403):
+        return WebSocketAuthError(
+            f"{dialect.name} event stream at {where} refused the API key (HTTP {status}): "
+            f"{dialect.auth_hint}"
+        )
+    return ComfyTransportError(
+        f"{dialect.name} WebSocket handshake at {where} answered HTTP {status}"
     )
 
 

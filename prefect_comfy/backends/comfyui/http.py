@@ -34,13 +34,13 @@ from prefect_comfy.exceptions import (
     ComfyError,
     ComfyProtocolError,
     ComfyTransportError,
-    WebSocketAuthError,
 )
 from prefect_comfy.redaction import redacting_logger
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.transport.dialect import Dialect
 from prefect_comfy.transport.download import MAX_REDIRECTS
 from prefect_comfy.transport.download import download as stream_download
+from prefect_comfy.transport.errors import handshake_error
 from prefect_comfy.transport.http import HttpSession
 
 __all__ = ["COMFYUI_DIALECT", "MAX_REDIRECTS", "ComfyUIHttp"]
@@ -216,14 +216,7 @@ class ComfyUIHttp(HttpSession):
                 logger=redacting_logger("websockets.client", [self._key]),
             )
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                raise WebSocketAuthError(
-                    f"ComfyUI event stream at {self.origin} refused the API key (HTTP {status})"
-                ) from None
-            raise ComfyTransportError(
-                f"ComfyUI WebSocket handshake answered HTTP {status}"
-            ) from None
+            raise handshake_error(exc.response.status_code, self.dialect, self.origin) from None
         except (OSError, asyncio.TimeoutError) as exc:
             raise ComfyTransportError(
                 self.redact(f"could not open the ComfyUI event stream: {type(exc).__name__}: {exc}")
