@@ -1,4 +1,8 @@
-"""Talking to a Comfy server: the HTTP session, error translation, transfers, retries and time limits.
+"""Talking to a Comfy server: the one HTTP session, error translation, downloads, retries, time limits.
 
-Nothing here knows which kind of Comfy server it talks to; the backends configure it.
+``http.py`` (the session), ``dialect.py`` (what differs per kind of server, as data), ``errors.py``
+(the one translation into the error tree), ``download.py`` (the one streaming download) and
+``origins.py`` know no particular server: each backend configures them with its ``Dialect``.
+``session.py`` and ``transfer.py`` are the developer API's calls on top (the Cloud dialect), shared
+by the Cloud backend's client.
 """
