@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import httpx
@@ -30,6 +31,17 @@ def per_call_ms(make: Callable[[], object], n: int) -> float:
     for _ in range(n):
         make()
     return (time.perf_counter() - start) / n * 1e3
+
+
+def bytes_each(make: Callable[[], object], n: int) -> float:
+    """Memory kept alive per object, by ``tracemalloc`` over ``n`` objects held at once."""
+    make()
+    tracemalloc.start()
+    kept = [make() for _ in range(n)]
+    size = tracemalloc.get_traced_memory()[0] / n
+    tracemalloc.stop()
+    del kept
+    return size
 
 
 def with_http(settings: ComfySettings) -> object:
@@ -80,6 +92,14 @@ def main() -> None:
     for _ in range(1000):
         CloudBackend(settings=settings)
     print(f"{'1,000 CloudBackends':48s} {time.perf_counter() - start:8.3f} s")
+    # Memory held per object (waits keep a backend alive): against an httpx.AsyncClient, same run.
+    client_bytes = bytes_each(lambda: httpx.AsyncClient(base_url=ORIGIN), 20)
+    backend_bytes = bytes_each(lambda: CloudBackend(settings=settings), 1000)
+    print(f"{'memory: httpx.AsyncClient() (baseline)':48s} {client_bytes:8.0f} B    ratio 1.00")
+    print(
+        f"{'memory: CloudBackend(settings=…)':48s} {backend_bytes:8.0f} B    "
+        f"ratio {backend_bytes / client_bytes:.4f}"
+    )
 
 
 if __name__ == "__main__":

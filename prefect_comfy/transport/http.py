@@ -110,6 +110,7 @@ class HttpSession:
             (``ComfySettings()``, read on first use, when ``None``).
         transport: an httpx transport (``httpx.MockTransport`` in tests).
         retry: the retry policy (made from the settings on first use when ``None``).
+        max_retries: overrides the settings' ``max_retries`` in that policy.
         base_url: the httpx client's base URL (relative paths resolve against it).
     """
 
@@ -122,6 +123,7 @@ class HttpSession:
         settings: ComfySettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
         base_url: str = "",
         timeout: float | httpx.Timeout | None = None,
     ) -> None:
@@ -131,6 +133,7 @@ class HttpSession:
         self._settings = settings
         self._transport = transport
         self._retry = retry
+        self._max_retries = max_retries
         self._base = base_url
         self._timeout = timeout
         self._client: httpx.AsyncClient | None = None
@@ -154,7 +157,8 @@ class HttpSession:
         """The retry policy of every request (the dialect's retryable statuses and transport errors)."""
         if self._retry is None:
             s = self.settings
-            self._retry = RetryPolicy(max_retries=s.max_retries, max_delay=s.retry_max_delay)
+            retries = s.max_retries if self._max_retries is None else self._max_retries
+            self._retry = RetryPolicy(max_retries=retries, max_delay=s.retry_max_delay)
         return self._retry
 
     @retry.setter

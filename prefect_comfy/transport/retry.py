@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_JITTER = random.Random()
+"""The jitter's randomness shared by every policy that was not given its own (one ``Random`` is
+~2.5 KB: a policy per client, per wait, should not carry one)."""
+
 DEFAULT_INITIAL_DELAY = 0.5
 """The first pause between two REST attempts, in seconds (doubling from there, with jitter)."""
 
@@ -84,14 +88,14 @@ class RetryPolicy:
         max_delay: the longest pause, also the cap on a server's ``Retry-After``.
         initial_delay: the first backoff pause (then doubling, jittered).
         sleep: the awaitable pause; tests inject one that does not wait.
-        rng: the jitter's randomness (seedable).
+        rng: the jitter's randomness (seedable; by default one shared by the process).
     """
 
     max_retries: int = 4
     max_delay: float = 30.0
     initial_delay: float = DEFAULT_INITIAL_DELAY
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default_factory=lambda: _JITTER)
 
     def delay_for(self, exc: BaseException, backoff: Backoff) -> float:
         """The pause before the next attempt: the server's ``Retry-After`` if any, else the backoff."""

@@ -98,11 +98,8 @@ class RestSession(HttpSession):
             CLOUD_DIALECT,
             settings=settings,
             transport=transport,
-            retry=retry
-            or RetryPolicy(
-                max_retries=settings.max_retries if max_retries is None else max_retries,
-                max_delay=settings.retry_max_delay,
-            ),
+            retry=retry,
+            max_retries=max_retries,
             base_url=self.api_url,
             timeout=timeout,
         )
