@@ -17,13 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_RETRY_STATUSES", "Dialect", "WorkflowErrorHook"]
+__all__ = ["DEFAULT_RETRY_STATUSES", "Dialect", "ErrorReader", "WorkflowErrorHook"]
 
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({429, *range(500, 600)})
 """Statuses that a retry may cure: rate limits and server errors."""
 
 WorkflowErrorHook = Callable[[int, Any], "Exception | None"]
 """``(status, decoded body) -> error or None``: how a server says "this workflow is refused"."""
+ErrorReader = Callable[[Any, str], "tuple[str | None, str, list[Any]]"]
+"""``(decoded body, reason phrase) -> (code, message, details)`` of an error answer."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Dialect:
             other 5xx is a :class:`~prefect_comfy.exceptions.ComfyAPIError` that is not retried).
         workflow_error: turns a refused workflow submission into ``InvalidWorkflow`` (or ``None``
             when the answer is something else).
+        read_error: reads ``(code, message, details)`` from a decoded error body; ``None`` is the
+            lenient default (:func:`~prefect_comfy.transport.errors.fields_from_body`), which
+            knows ``{"error": {"code"|"type", "message", "details"}}``, ``{"detail": …}`` and text.
     """
 
     name: str
@@ -50,6 +55,7 @@ class Dialect:
     auth_hint: str = "check the API key"
     retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
     workflow_error: WorkflowErrorHook | None = None
+    read_error: ErrorReader | None = None
 
     def key_value(self, key: str) -> str:
         """The header value that carries ``key``."""

@@ -77,13 +77,14 @@ def _text_of(content: bytes) -> str:
 
 
 def error_fields(
-    response: httpx.Response, content: bytes | None = None
+    response: httpx.Response, content: bytes | None = None, dialect: Dialect | None = None
 ) -> tuple[str | None, str, list[Any]]:
     """``(code, message, details)`` from an error body; lenient about shape (and non-JSON bodies).
 
     Args:
         response: the answer (its status and reason phrase).
         content: the body as read (at most a few KiB of it); ``response.content`` when omitted.
+        dialect: whose ``read_error`` reads the body (the lenient default when ``None``).
     """
     if content is None:
         content = response.content
@@ -91,7 +92,8 @@ def error_fields(
         body = decode_json(content)
     except (ValueError, UnicodeDecodeError):
         return None, (_text_of(content) or response.reason_phrase or "no error body"), []
-    return fields_from_body(body, response.reason_phrase or "")
+    reader = (dialect.read_error if dialect else None) or fields_from_body
+    return reader(body, response.reason_phrase or "")
 
 
 def fields_from_body(body: Any, reason: str = "") -> tuple[str | None, str, list[Any]]:
@@ -187,7 +189,7 @@ def error_from_response(
         refused = dialect.workflow_error(status, body)
         if isinstance(refused, ComfyError):
             return refused
-    code, message, details = error_fields(response, content)
+    code, message, details = error_fields(response, content, dialect)
     message = redact(message, secrets)
     where = f"{request.method} {redact(quiet_url(request.url), secrets)}"
     text = f"{dialect.name} error on {where}: HTTP {status}" + (f" [{code}]" if code else "")

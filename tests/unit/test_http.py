@@ -216,3 +216,38 @@ async def test_both_backends_send_through_one_session_class() -> None:
     assert not comfyui.http.key_allowed("https://other.invalid/view")
     await cloud.aclose()
     await comfyui.aclose()
+
+
+async def test_a_dialect_says_how_its_errors_read_and_which_statuses_retry() -> None:
+    """A third kind of server is a Dialect: its error bodies and retryable statuses, as data."""
+    from prefect_comfy.exceptions import ComfyAPIError as APIError
+    from prefect_comfy.exceptions import ServerError
+    from prefect_comfy.transport.dialect import Dialect
+
+    def read_error(body: object, reason: str) -> tuple[str | None, str, list]:
+        problem = body.get("problem", {}) if isinstance(body, dict) else {}
+        return problem.get("kind"), problem.get("text", reason), []
+
+    v2 = Dialect("Comfy v2", "X-V2-Key", retry_statuses=frozenset({503}), read_error=read_error)
+    replies = iter(
+        [
+            httpx.Response(503, json={"problem": {"kind": "busy", "text": "try later"}}),
+            httpx.Response(500, json={"problem": {"kind": "bug", "text": "broken"}}),
+        ]
+    )
+    server = Recorder()
+    server.reply = None  # type: ignore[assignment]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        server.requests.append(request)
+        return next(replies)
+
+    async with HttpSession(
+        "https://v2.invalid", KEY, v2, transport=httpx.MockTransport(handler), retry=no_retry()
+    ) as http:
+        with pytest.raises(ServerError, match=r"Comfy v2 error .*\[busy\]: try later"):
+            await http.json("GET", "https://v2.invalid/jobs", retry=False)
+        with pytest.raises(APIError) as info:  # 500 is not in this dialect's retry set
+            await http.json("GET", "https://v2.invalid/jobs", retry=False)
+    assert not isinstance(info.value, ServerError) and "[bug]: broken" in str(info.value)
+    assert server.requests[0].headers["X-V2-Key"] == KEY
