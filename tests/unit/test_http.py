@@ -11,8 +11,14 @@ from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.backends.comfyui.http import COMFYUI_DIALECT, ComfyUIHttp
-from prefect_comfy.exceptions import ComfyAPIError, ComfyConfigError, ComfyProtocolError
+from prefect_comfy.exceptions import (
+    ComfyAPIError,
+    ComfyConfigError,
+    ComfyProtocolError,
+    ServerError,
+)
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.transport.dialect import Dialect
 from prefect_comfy.transport.errors import CLOUD_DIALECT
 from prefect_comfy.transport.http import HttpSession
 from prefect_comfy.transport.origins import is_loopback
@@ -220,9 +226,6 @@ async def test_both_backends_send_through_one_session_class() -> None:
 
 async def test_a_dialect_says_how_its_errors_read_and_which_statuses_retry() -> None:
     """A third kind of server is a Dialect: its error bodies and retryable statuses, as data."""
-    from prefect_comfy.exceptions import ComfyAPIError as APIError
-    from prefect_comfy.exceptions import ServerError
-    from prefect_comfy.transport.dialect import Dialect
 
     def read_error(body: object, reason: str) -> tuple[str | None, str, list]:
         problem = body.get("problem", {}) if isinstance(body, dict) else {}
@@ -235,11 +238,10 @@ async def test_a_dialect_says_how_its_errors_read_and_which_statuses_retry() -> 
             httpx.Response(500, json={"problem": {"kind": "bug", "text": "broken"}}),
         ]
     )
-    server = Recorder()
-    server.reply = None  # type: ignore[assignment]
+    sent: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        server.requests.append(request)
+        sent.append(request)
         return next(replies)
 
     async with HttpSession(
@@ -247,7 +249,7 @@ async def test_a_dialect_says_how_its_errors_read_and_which_statuses_retry() -> 
     ) as http:
         with pytest.raises(ServerError, match=r"Comfy v2 error .*\[busy\]: try later"):
             await http.json("GET", "https://v2.invalid/jobs", retry=False)
-        with pytest.raises(APIError) as info:  # 500 is not in this dialect's retry set
+        with pytest.raises(ComfyAPIError) as info:  # 500 is not in this dialect's retry set
             await http.json("GET", "https://v2.invalid/jobs", retry=False)
     assert not isinstance(info.value, ServerError) and "[bug]: broken" in str(info.value)
-    assert server.requests[0].headers["X-V2-Key"] == KEY
+    assert sent[0].headers["X-V2-Key"] == KEY
