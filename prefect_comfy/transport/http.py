@@ -312,10 +312,11 @@ class HttpSession:
                     content=content,
                 )
             if not stream:
+                streamed = response
                 try:
-                    response = await self._read_body(request, response)
+                    response = await self._read_body(request, streamed)
                 finally:
-                    await response.aclose()
+                    await streamed.aclose()
         logger.debug("%s %s -> %s", request.method, quiet_url(request.url), response.status_code)
         return response
 
