@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections import OrderedDict, deque
@@ -45,6 +46,7 @@ from prefect_comfy.redaction import redact
 from prefect_comfy.settings import API_PREFIX, ComfySettings
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
 
 __all__ = ["ComfyWebSocket", "WebSocketAuthError", "WebSocketConnectionError", "ws_url"]
 
@@ -73,8 +75,21 @@ def ws_url(base_url: str) -> str:
     return f"{scheme}://{parts.netloc}{API_PREFIX}/ws"
 
 
-class _Dead(Exception):
-    """The connection is unusable (no pong, no ``subscribed``); reconnect."""
+class ConnectionLost(Exception):
+    """The server or the network closed the connection (says how, never with the key)."""
+
+
+def event_digest(event: ComfyEvent) -> bytes:
+    """16 bytes that identify an event: its id, or its name and body when it has none.
+
+    De-duplication remembers these, never the payload itself (a body can be megabytes).
+    """
+    if event.id is not None:
+        text = f"id\x1f{event.id}"
+    else:
+        body = json.dumps(event.payload, sort_keys=True, separators=(",", ":"), default=str)
+        text = f"body\x1f{event.event}\x1f{body}"
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 class _RecentSet:
@@ -223,9 +238,8 @@ class ComfyWebSocket:
         tasks = [t for t in (self._runner, *self._hooks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        # gather, not suppress(BaseException): a cancellation of the caller itself must go on.
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._runner = None
         await self._close_conn()
 
@@ -249,7 +263,7 @@ class ComfyWebSocket:
         if self._runner is None:
             await self.connect()
         if self._live and not set(wanted) <= self._acked:
-            await self._send_subscribe()
+            await self._try_send_subscribe()
         conn = self._conn
         while not set(wanted) <= self._acked:
             self._raise_if_fatal()
@@ -279,63 +293,49 @@ class ComfyWebSocket:
 
     # -- the connection loop ------------------------------------------------------------------
     async def _run(self) -> None:
-        attempts = 0  # reconnect attempts since the last good connection
+        reconnect = Reconnect(
+            f"Comfy event stream at {self.url}",
+            max_attempts=self.max_reconnect_attempts,
+            backoff=self._backoff,
+            auto_reconnect=self.auto_reconnect,
+            describe=self._cut,
+            on_disconnect=self._on_disconnect,
+        )
         try:
-            while not self._closing:
-                self._good = False
-                refused: WebSocketAuthError | None = None
-                try:
-                    await self._serve_one()
-                    reason = "the server closed the connection"
-                except WebSocketAuthError as exc:
-                    refused = exc
-                except Exception as exc:
-                    reason = self._describe(exc)
-                finally:
-                    self._live = False
-                    self._acked = set()
-                    self._sent.clear()
-                    await self._close_conn()
-                    self._pulse()
+            async for attempt in reconnect:
+                async with attempt:
+                    await self._serve_one(attempt)
                 if self._closing:
                     return
-                if self._good:
-                    attempts = 0
-                    self._backoff.reset()
-                    if self._on_disconnect is not None:
-                        await self._run_hook(self._on_disconnect, "on_disconnect")
-                if refused is not None:
-                    self._fatal = refused
-                    logger.warning("%s", refused)
-                    return
-                if not self.auto_reconnect or attempts >= self.max_reconnect_attempts:
-                    self._fatal = WebSocketConnectionError(
-                        f"Comfy event stream at {self.url} is gone ({reason}); "
-                        f"{attempts} reconnect attempt(s) failed in a row"
-                    )
-                    logger.warning("%s", self._fatal)
-                    return
-                attempts += 1
-                delay = self._backoff.next_delay()
-                logger.info(
-                    "Comfy event stream lost (%s); reconnecting in %.2fs (attempt %d of %d)",
-                    reason,
-                    delay,
-                    attempts,
-                    self.max_reconnect_attempts,
-                )
-                await asyncio.sleep(delay)
+        except (WebSocketAuthError, WebSocketConnectionError) as exc:
+            self._fatal = exc
+            if isinstance(exc, WebSocketAuthError):
+                logger.warning("%s", exc)
         finally:
             self._queue.put_nowait(_END)
             self._pulse()
 
-    async def _serve_one(self) -> None:
-        """One connection from handshake to drop; sets ``_good`` once it is subscribed."""
-        self._conn = conn = await self._open()
-        self.connections_opened += 1
-        logger.info("Comfy event stream connected to %s", self.url)
+    async def _serve_one(self, attempt: Attempt) -> None:
+        """One connection from handshake to drop; ``attempt.established()`` once it is subscribed.
+
+        A close at any point (before ``connected``, between ``connected`` and ``subscribed``, later)
+        ends only this connection: the loop reconnects.
+        """
+        try:
+            self._conn = conn = await self._open()
+            self.connections_opened += 1
+            logger.info("Comfy event stream connected to %s", self.url)
+            await self._serve_conn(conn, attempt)
+        finally:
+            self._live = False
+            self._acked = set()
+            self._sent.clear()
+            await self._close_conn()
+            self._pulse()
+
+    async def _serve_conn(self, conn: Any, attempt: Attempt) -> None:
         subscribed = False
-        keepalive = asyncio.create_task(self._keepalive(conn), name="comfy-ws-ping")
+        keepalive = asyncio.create_task(self._keepalive(conn, attempt), name="comfy-ws-ping")
         loop = asyncio.get_running_loop()
 
         def unconfirmed() -> None:
@@ -351,27 +351,37 @@ class ComfyWebSocket:
                 await self._send_subscribe()
             else:
                 watchdog.cancel()
-                self._good = self._connected_once = True
+                self._connected_once = True
+                attempt.established()
             self._live = True
             self._pulse()
             while True:
-                if self._handle(await conn.recv()) and not subscribed:
-                    subscribed = self._good = self._connected_once = True
+                raw = await conn.recv()
+                attempt.alive()
+                if self._handle(raw) and not subscribed:
+                    subscribed = self._connected_once = True
+                    attempt.established()
                     self._start_hook()
                     self._pulse()
         except ConnectionClosed as exc:
             self._check_close_code(exc)
+            if not self._dead_reason:
+                raise ConnectionLost(self._describe_close(exc)) from None
             raise
         finally:
             watchdog.cancel()
             keepalive.cancel()
-            with contextlib.suppress(BaseException):
+            try:
                 await keepalive
+            except asyncio.CancelledError:
+                if not keepalive.cancelled():
+                    raise  # our own cancellation, not the keepalive's
+            except Exception:
+                pass
             if self._dead_reason:
                 dead, self._dead_reason = self._dead_reason, None
-                raise _Dead(dead)
+                raise DeadLink(dead) from None
 
-    _good = False
     _dead_reason: str | None = None
 
     async def _open(self) -> Any:
@@ -397,14 +407,14 @@ class ComfyWebSocket:
                     f"Comfy event stream at {self.url} refused the API key (HTTP {status}); "
                     "check the key (COMFY_API_KEY or the api_key argument)"
                 ) from None
-            raise _Dead(f"handshake answered HTTP {status}") from None
+            raise ConnectionLost(f"handshake answered HTTP {status}") from None
         except ConnectionClosed as exc:
             self._check_close_code(exc)
-            raise _Dead(self._describe(exc)) from None
+            raise ConnectionLost(self._describe(exc)) from None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise _Dead(self._describe(exc)) from None
+            raise ConnectionLost(self._describe(exc)) from None
 
     async def _await_connected(self, conn: Any) -> None:
         """Read the ``connected`` frame if it comes soon (lenient: its absence is tolerated)."""
@@ -420,7 +430,20 @@ class ComfyWebSocket:
         self._sent.append(patterns)
         await self._conn.send(protocol.subscribe_frame(patterns))
 
-    async def _keepalive(self, conn: Any) -> None:
+    async def _try_send_subscribe(self) -> None:
+        """Subscribe on the current connection from outside the loop: if it closed meanwhile, the
+        loop reconnects and subscribes with every pattern, so the error is not the caller's."""
+        conn = self._conn
+        try:
+            await self._send_subscribe()
+        except Exception as exc:
+            logger.info(
+                "Comfy event stream closed while subscribing (%s); the reconnect subscribes",
+                self._describe(exc),
+            )
+            self._abort(conn)
+
+    async def _keepalive(self, conn: Any, attempt: Attempt) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.ping_interval)
@@ -450,7 +473,7 @@ class ComfyWebSocket:
                 self._acked.update(sent)
                 missing = [p for p in self._patterns if p not in self._acked]
                 if missing and not self._sent and self._live:
-                    task = asyncio.create_task(self._send_subscribe())
+                    task = asyncio.create_task(self._try_send_subscribe())
                     self._hooks.add(task)
                     task.add_done_callback(self._hooks.discard)
                 self._pulse()
@@ -473,12 +496,7 @@ class ComfyWebSocket:
     def _on_event(self, event: ComfyEvent) -> None:
         if not protocol.matches_any(self._patterns, event.event):
             return
-        if event.id is not None:
-            key: Any = ("id", event.id)
-        else:
-            body = json.dumps(event.payload, sort_keys=True, separators=(",", ":"), default=str)
-            key = ("body", event.event, body)
-        if self._recent.seen(key):
+        if self._recent.seen(event_digest(event)):
             logger.debug("dropping a repeated %s event", event.event)
             return
         self._queue.put_nowait(event)
@@ -499,6 +517,16 @@ class ComfyWebSocket:
             await hook()
         except Exception:
             logger.exception("the %s hook of the Comfy event stream failed", name)
+
+    def _describe_close(self, exc: ConnectionClosed) -> str:
+        frame = exc.rcvd or exc.sent
+        if frame is None:
+            return "the connection dropped without a close frame"
+        side = "the server" if exc.rcvd is not None else "the client"
+        text = f"{side} closed the connection with code {frame.code}"
+        if frame.reason:
+            text += f" ({self._cut(frame.reason)})"
+        return text
 
     def _check_close_code(self, exc: ConnectionClosed) -> None:
         code = exc.rcvd.code if exc.rcvd is not None else None
