@@ -1,6 +1,6 @@
 """Watching a Comfy job (or upload) from Prefect, task-free: the sensor's logic.
 
-:func:`watch_comfy_job` waits with :meth:`ComfyBackend.wait_for_job` (the shared event stream, one
+:func:`watch_comfy_job` waits with :func:`~prefect_comfy.waiting.waits.wait_for` (the shared event stream, one
 REST read after every connect; no polling loop), and meanwhile:
 
 - emits ``comfy.job.progress`` Prefect events, coalesced (:mod:`prefect_comfy.emitter`), and the
@@ -37,6 +37,7 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
 from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
 __all__ = ["CANCEL_TIMEOUT", "watch_comfy_job", "watch_comfy_upload"]
 
@@ -243,8 +244,8 @@ async def watch_comfy_job(
             await artifact.start(0.0)
         watch.start()
         try:
-            terminal = await backend.wait_for_job(
-                job_id, timeout=timeout, on_progress=watch.on_progress
+            terminal = await wait_for(
+                backend, "job", job_id, timeout=timeout, on_progress=watch.on_progress
             )
         except JobTimedOut as exc:
             await watch.stop()
@@ -343,10 +344,10 @@ async def watch_comfy_upload(
     try:
         log.info("Waiting for Comfy %s %s", kind, resource_id)
         if kind == "input":
-            terminal = await backend.wait_for_input(resource_id, timeout=timeout)
+            terminal = await wait_for_input(backend, resource_id, timeout=timeout)
             resource: Input | Model = await backend.get_input(resource_id)
         else:
-            terminal = await backend.wait_for_model(resource_id, timeout=timeout)
+            terminal = await wait_for_model(backend, resource_id, timeout=timeout)
             resource = await backend.get_model(resource_id)
         if emit_events:
             ComfyEventEmitter.for_backend(backend).outcome(terminal, resource=resource)

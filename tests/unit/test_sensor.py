@@ -22,6 +22,8 @@ from prefect_comfy.watching import _JobWatch, watch_comfy_job
 from prefect_comfy.watching import watch_comfy_upload as _watch_upload
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.usefixtures("scripted_waits")
+
 
 class FakeBackend(ComfyBackend):
     kind = "cloud"

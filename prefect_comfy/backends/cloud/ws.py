@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -77,19 +75,6 @@ def ws_url(base_url: str) -> str:
 
 class ConnectionLost(Exception):
     """The server or the network closed the connection (says how, never with the key)."""
-
-
-def event_digest(event: ComfyEvent) -> bytes:
-    """16 bytes that identify an event: its id, or its name and body when it has none.
-
-    De-duplication remembers these, never the payload itself (a body can be megabytes).
-    """
-    if event.id is not None:
-        text = f"id\x1f{event.id}"
-    else:
-        body = json.dumps(event.payload, sort_keys=True, separators=(",", ":"), default=str)
-        text = f"body\x1f{event.event}\x1f{body}"
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 class _RecentSet:
@@ -496,7 +481,7 @@ class ComfyWebSocket:
     def _on_event(self, event: ComfyEvent) -> None:
         if not protocol.matches_any(self._patterns, event.event):
             return
-        if self._recent.seen(event_digest(event)):
+        if self._recent.seen(event.digest()):
             logger.debug("dropping a repeated %s event", event.event)
             return
         self._queue.put_nowait(event)
