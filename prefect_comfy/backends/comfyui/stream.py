@@ -39,7 +39,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from websockets.exceptions import ConnectionClosed
 
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.exceptions import (
@@ -48,11 +50,28 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.models import ComfyEvent
+from prefect_comfy.models import ComfyEvent, Job
+from prefect_comfy.settings import ComfySettings
 from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
 
-if TYPE_CHECKING:
-    from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+
+class StreamBackend(Protocol):
+    """What the stream needs of :class:`~prefect_comfy.backends.comfyui.backend.StreamBackend`
+    (a protocol, so that this module does not import the backend that imports it)."""
+
+    settings: ComfySettings
+    address: str
+
+    def redact(self, text: str) -> str: ...
+    async def open_socket(self) -> Any: ...
+    async def queue_records(self) -> dict[str, tuple[str, mapping.PromptRecord]]: ...
+    async def history_entry(self, prompt_id: str) -> dict[str, Any] | None: ...
+    async def recent_history(self, max_items: int) -> dict[str, Any]: ...
+    async def model_files(self, folder: str) -> list[str]: ...
+    async def get_job(self, job_id: str) -> Job: ...
+    async def aclose(self) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +206,7 @@ class ServerState:
         if stream is not None:
             stream.loop.call_soon_threadsafe(stream.ensure_model_poller)
 
-    def subscribe(
-        self, sub: Subscriber, make_backend: Callable[[], ComfyUIBackend]
-    ) -> SharedStream:
+    def subscribe(self, sub: Subscriber, make_backend: Callable[[], StreamBackend]) -> SharedStream:
         loop = stream_loop()
         with self.lock:
             stream = self.stream
@@ -219,12 +236,12 @@ class SharedStream:
         self,
         state: ServerState,
         loop: asyncio.AbstractEventLoop,
-        make_backend: Callable[[], ComfyUIBackend],
+        make_backend: Callable[[], StreamBackend],
     ) -> None:
         self.state = state
         self.loop = loop
         self._make_backend = make_backend
-        self.backend: ComfyUIBackend | None = None
+        self.backend: StreamBackend | None = None
         self.subscribers: set[Subscriber] = set()
         self.live = False
         self.closed = False
@@ -272,9 +289,7 @@ class SharedStream:
         tasks = [t for t in (self._runner, self._reconciler, self._poller, *self._tasks) if t]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)  # never suppress(BaseException)
         if self.backend is not None:
             await self.backend.aclose()
 
@@ -286,58 +301,24 @@ class SharedStream:
     async def _run(self) -> None:
         self.backend = backend = self._make_backend()
         settings = backend.settings
-        backoff = Backoff(initial=settings.reconnect_delay, maximum=settings.max_reconnect_delay)
-        attempts = 0
+        reconnect = Reconnect(
+            f"ComfyUI event stream at {backend.address}",
+            max_attempts=settings.max_reconnect_attempts,
+            backoff=Backoff(initial=settings.reconnect_delay, maximum=settings.max_reconnect_delay),
+            describe=backend.redact,
+            on_disconnect=self._disconnected,
+        )
         error: BaseException | None = None
         try:
-            while self.subscribers and not self.closed:
-                good = False
-                try:
-                    conn = await backend.open_socket()
-                    with self.state.lock:
-                        self.state.connections_opened += 1
-                    try:
-                        logger.info("ComfyUI event stream connected to %s", backend.address)
-                        await self._reconcile(baseline=not self._baseline)
-                        self._baseline = good = self.live = True
-                        self.ensure_model_poller()
-                        self._fan_out(CONNECTED)
-                        async for raw in conn:
-                            self._on_frame(raw)
-                        reason = "the server closed the connection"
-                    finally:
-                        self.live = False
-                        with contextlib.suppress(Exception):
-                            await conn.close()
-                except WebSocketAuthError as exc:
-                    error = exc
-                    logger.warning("%s", exc)
+            async for attempt in reconnect:
+                if not self.subscribers or self.closed:
                     return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    reason = backend.redact(str(exc) or type(exc).__name__)
-                if good:
-                    attempts = 0
-                    backoff.reset()
-                    self._fan_out(DISCONNECTED)  # each subscriber runs its on_disconnect
-                if attempts >= settings.max_reconnect_attempts:
-                    error = WebSocketConnectionError(
-                        f"ComfyUI event stream at {backend.address} is gone ({reason}); "
-                        f"{attempts} reconnect attempt(s) failed in a row"
-                    )
-                    logger.warning("%s", error)
-                    return
-                attempts += 1
-                delay = backoff.next_delay()
-                logger.info(
-                    "ComfyUI event stream lost (%s); reconnecting in %.2fs (attempt %d of %d)",
-                    reason,
-                    delay,
-                    attempts,
-                    settings.max_reconnect_attempts,
-                )
-                await asyncio.sleep(delay)
+                async with attempt:
+                    await self._serve_one(backend, attempt)
+        except (WebSocketAuthError, WebSocketConnectionError) as exc:
+            error = exc
+            if isinstance(exc, WebSocketAuthError):
+                logger.warning("%s", exc)
         finally:
             self.live = False
             if error is not None:
@@ -349,6 +330,34 @@ class SharedStream:
                 self.subscribers.clear()
                 for task in [t for t in (self._reconciler, self._poller, *self._tasks) if t]:
                     task.cancel()
+
+    async def _serve_one(self, backend: Any, attempt: Attempt) -> None:
+        """One connection: open, reconcile, then read frames until it drops."""
+        conn = await backend.open_socket()
+        with self.state.lock:
+            self.state.connections_opened += 1
+        try:
+            logger.info("ComfyUI event stream connected to %s", backend.address)
+            await self._reconcile(baseline=not self._baseline)
+            self._baseline = self.live = True
+            attempt.established()
+            self.ensure_model_poller()
+            self._fan_out(CONNECTED)
+            async for raw in conn:
+                attempt.alive()
+                self._on_frame(raw)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            if code == 1011 or (exc.sent is not None and exc.sent.code == 1011):
+                raise DeadLink(f"no answer to pings ({backend.redact(str(exc))})") from None
+            raise
+        finally:
+            self.live = False
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _disconnected(self) -> None:
+        self._fan_out(DISCONNECTED)  # each subscriber runs its on_disconnect
 
     # -- frames --------------------------------------------------------------------------------
     def _on_frame(self, raw: str | bytes) -> None:
