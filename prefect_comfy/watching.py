@@ -32,6 +32,7 @@ from prefect_comfy.exceptions import (
     ComfyConfigError,
     JobCancelled,
     JobFailed,
+    JobLost,
     JobTimedOut,
     UploadFailed,
 )
@@ -312,7 +313,7 @@ async def _conclude(
     log, emitter = watch.log, watch.emitter
     outcome = terminal.event.split(".", 1)[-1]
     job: Job | None = None
-    if outcome != "cancelled":
+    if outcome not in ("cancelled", "lost"):
         job = await backend.get_job(job_id)
     await watch.stop(100.0 if outcome == "completed" else None)
     watch.status = outcome
@@ -331,6 +332,10 @@ async def _conclude(
         )
         log.error("%s", exc)
         raise exc
+    if outcome == "lost":
+        lost = JobLost(job_id, reason=_error_of(terminal, None).message)
+        log.error("%s", lost)
+        raise lost
     log.warning("Comfy job %s was cancelled", job_id)
     raise JobCancelled(job_id)
 

@@ -411,7 +411,15 @@ class EventHub:
             waiter.deliver(event)
 
     def _missing(self, key: Key, exc: NotFound) -> None:
-        for waiter in list(self._waiters.get(key, [])):
+        """The server has no such resource: a wrong id, or a job it lost since we saw it."""
+        group = list(self._waiters.get(key, []))
+        if key[0] == "job" and key in self._last_status:
+            event = lost_event(key[1], "the server answered that it has no such job any more")
+            self._remember(key, event)
+            for waiter in group:
+                waiter.deliver(event)
+            return
+        for waiter in group:
             waiter.fail(exc)
 
     # -- closing --------------------------------------------------------------------------------
@@ -468,6 +476,14 @@ class EventHub:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def lost_event(job_id: str, message: str) -> ComfyEvent:
+    """The ``job.lost`` event of a job the server no longer knows."""
+    return ComfyEvent(
+        event="job.lost",
+        payload={"id": job_id, "status": "lost", "error": {"code": "lost", "message": message}},
+    )
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

@@ -592,3 +592,33 @@ def test_block_makes_a_backend_and_hides_the_key() -> None:
     assert ComfyUIServer().get_backend().address == "http://127.0.0.1:8188"
     assert ComfyUIServer(api_key="**********").get_backend().api_key is None
     assert ComfyUIServer.get_block_type_slug() == "comfyui-server"
+
+
+async def test_a_restart_loses_queued_prompts_it_does_not_cancel_them(fake: FakeComfyUI) -> None:
+    """Issue 11 item 7: prompts gone from queue and history across a reconnect are ``job.lost``."""
+    connect = FakeConnect()
+    settings = ComfySettings(max_retries=0, max_reconnect_attempts=3, reconnect_delay=0.01)
+    fake.pending.append([0, "p-lost", GRAPH, m.extra_data_for(["r"], None), ["2"]])
+    fake.pending.append([1, "p-deleted", GRAPH, {}, ["2"]])
+    b = ComfyUIBackend(
+        fake.origin,
+        client_id=f"unit-{uuid.uuid4()}",
+        transport=fake.transport(),
+        settings=settings,
+        connect=connect,
+    )
+    events, task = await collect(b, ["job.*"])
+    sock = connect.sockets[0]
+    fake.pending = [item for item in fake.pending if item[1] != "p-deleted"]
+    sock.send("status", {"status": {"exec_info": {"queue_remaining": 1}}})
+    deleted = await eventually(lambda: find(events, "job.cancelled", "p-deleted"), timeout=5)
+    assert deleted.payload["status"] == "cancelled"
+    fake.pending.clear()  # ComfyUI restarts: its queue is gone, and so is the socket
+    sock.drop()
+    lost = await eventually(lambda: find(events, "job.lost", "p-lost"), timeout=5)
+    assert lost.payload["status"] == "lost" and lost.payload["tags"] == ["r"]
+    assert lost.payload["error"]["code"] == "lost"
+    assert find(events, "job.cancelled", "p-lost") is None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await b.aclose()

@@ -358,3 +358,16 @@ async def test_cancelled_wait_leaves_cleanly(hub, world, caplog):
         await waiter
     assert hub.stats["pending"] == 0
     await eventually(lambda: not hub.stream_open)
+
+
+async def test_a_job_the_server_forgets_is_lost_not_missing(hub, world):
+    """Issue 11 item 7: a job seen before and unknown after a reconnect ends ``job.lost``."""
+    world.jobs["job_gone"] = job("job_gone", "running")
+    waiter = start(hub.wait("job", "job_gone"))
+    await eventually(lambda: world.reads == 1)
+    del world.jobs["job_gone"]  # the server restarted and forgot it
+    world.queue.put_nowait(DROP)
+    result = await asyncio.wait_for(waiter, 5)
+    assert result.event == "job.lost" and result.payload["error"]["code"] == "lost"
+    with pytest.raises(NotFound):  # never seen: a wrong id stays NotFound
+        await asyncio.wait_for(hub.wait("job", "job_never"), 5)

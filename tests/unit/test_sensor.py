@@ -151,6 +151,23 @@ async def test_cancelled_raises_job_cancelled(sent):
     assert sent[-1].event == "comfy.job.cancelled"
 
 
+async def test_lost_raises_job_lost_and_is_retryable(sent):
+    """Issue 11 item 7: a job the server lost is neither a cancel nor a plain failure."""
+    from prefect_comfy.exceptions import JobLost, is_retryable
+
+    lost = ComfyEvent(
+        event="job.lost",
+        payload={"id": "j1", "status": "lost", "error": {"code": "lost", "message": "restarted"}},
+    )
+    backend = FakeBackend(lost, Job(id="j1", status="running"))
+    with pytest.raises(JobLost) as caught:
+        await watch_comfy_job(backend, "j1", **QUIET)
+    assert not isinstance(caught.value, JobCancelled) and is_retryable(caught.value)
+    assert "restarted" in str(caught.value) and caught.value.status == "lost"
+    assert sent[-1].event == "comfy.job.lost"
+    assert sent[-1].resource["comfy.status"] == "lost"
+
+
 @pytest.mark.parametrize("cancel", [True, False])
 async def test_timeout_emits_timed_out_and_cancels(sent, cancel):
     backend = FakeBackend(None, Job(id="j1", status="running"), [5])

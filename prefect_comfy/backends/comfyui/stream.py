@@ -338,7 +338,7 @@ class SharedStream:
             self.state.connections_opened += 1
         try:
             logger.info("ComfyUI event stream connected to %s", backend.address)
-            await self._reconcile(baseline=not self._baseline)
+            await self._reconcile(baseline=not self._baseline, after_gap=self._baseline)
             self._baseline = self.live = True
             attempt.established()
             self.ensure_model_poller()
@@ -472,8 +472,13 @@ class SharedStream:
             except Exception as exc:
                 logger.warning("could not reconcile with ComfyUI's queue and history: %s", exc)
 
-    async def _reconcile(self, *, baseline: bool = False) -> None:
-        """Emit the outcome of every prompt that ended since the last look (none for a baseline)."""
+    async def _reconcile(self, *, baseline: bool = False, after_gap: bool = False) -> None:
+        """Emit the outcome of every prompt that ended since the last look (none for a baseline).
+
+        A queued prompt that is gone with no history entry was deleted (``job.cancelled``) if the
+        connection stayed up meanwhile; ``after_gap`` (the first look after a reconnect) it was
+        lost: ComfyUI forgets its queue when it restarts, which also drops the socket (``job.lost``).
+        """
         backend = self.backend
         assert backend is not None
         queue = await backend.queue_records()  # first the queue, then the history: no gap
@@ -500,9 +505,14 @@ class SharedStream:
                 self.emit_history(pid, entry)
             else:  # it left the queue without running: deleted
                 tags = self.state.tags.get(pid) or []
-                self.emit(
-                    ComfyEvent(event="job.cancelled", payload=mapping.cancelled_payload(pid, tags))
-                )
+                if after_gap and pid not in self.state.cancelled:
+                    self.emit(ComfyEvent(event="job.lost", payload=_lost_payload(pid, tags)))
+                else:
+                    self.emit(
+                        ComfyEvent(
+                            event="job.cancelled", payload=mapping.cancelled_payload(pid, tags)
+                        )
+                    )
         self._tracked = {pid: status for pid, (status, _) in queue.items()}
         for pid, (_, record) in queue.items():
             self.state.tags.remember(pid, record.tags, replace=False)
@@ -547,3 +557,16 @@ class SharedStream:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _lost_payload(prompt_id: str, tags: list[str]) -> dict[str, Any]:
+    return {
+        "id": prompt_id,
+        "status": "lost",
+        "tags": list(tags),
+        "error": {
+            "code": "lost",
+            "message": "ComfyUI no longer has this prompt in its queue or history "
+            "(it restarted while the connection was down)",
+        },
+    }
