@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, ClassVar, Literal
 
@@ -73,6 +74,8 @@ DEFAULT_LINGER = 5.0
 """Seconds the stream stays open after the last wait ends."""
 REST_CONCURRENCY = 16
 """Most single REST reads in flight at once while reconciling."""
+LATE_BATCH_DELAY = 0.02
+"""Seconds the hub gathers waits that register while the stream is up before reading them together."""
 SEEN_EVENTS = 10_000
 """Event digests remembered to drop repeats."""
 REMEMBERED_OUTCOMES = 4096
@@ -119,7 +122,7 @@ class EventHub:
         self._linger: asyncio.TimerHandle | None = None
         self._live = False
         self._epoch = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._late: list[Key] | None = None
         self._reconciler = self._make_reconciler()
         self.streams_opened = 0
         """How many times the hub opened the backend's stream."""
@@ -161,6 +164,7 @@ class EventHub:
             "connections_opened": self.connections_opened,
             "rest_reads": self._reconciler.reads,
             "rest_lists": self._reconciler.lists,
+            "reconciling": int(self._reconciler.busy or self._late is not None),
             "events_received": self.events_received,
             "pending": sum(len(w) for w in list(self._waiters.values())),
             "stream_open": int(self._stream is not None),
@@ -179,11 +183,16 @@ class EventHub:
     async def ready(self, timeout: float | None = None) -> Mark:
         """Open the stream if needed and return :meth:`mark` once it is up (for submit-then-wait)."""
         await self._on_home(self._open_for_marks)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             mark = self.mark()
             if mark is not None:
                 return mark
-            await within(asyncio.sleep(0.01), timeout)
+            if deadline is not None and time.monotonic() > deadline:
+                raise WebSocketConnectionError(
+                    f"the Comfy event stream was not up within {timeout:g}s"
+                )
+            await asyncio.sleep(0.01)
 
     # -- waiting --------------------------------------------------------------------------------
     async def wait(
@@ -215,6 +224,26 @@ class EventHub:
             WebSocketAuthError, WebSocketConnectionError: the stream failed for good.
             NotFound: the resource does not exist.
         """
+        waiter = self.enter(kind, resource_id, on_progress, covered_since)
+        try:
+            if timeout is None:  # no timer and no extra coroutine frame for the common case
+                return await waiter.future
+            return await within(waiter.future, timeout)
+        except TimeoutError:
+            raise self.timed_out(waiter, timeout or 0.0) from None
+        finally:
+            self.exit(waiter)
+
+    # The three steps of :meth:`wait`, for callers that inline it to save a coroutine frame per
+    # pending wait (:func:`~prefect_comfy.waiting.waiters.wait_for_job`).
+    def enter(
+        self,
+        kind: str,
+        resource_id: str,
+        on_progress: ProgressCallback | None = None,
+        covered_since: Mark | None = None,
+    ) -> Waiter:
+        """Register a wait from the running loop; await ``waiter.future``, then call :meth:`exit`."""
         if kind not in ("job", "input", "model"):
             raise ComfyConfigError(f"kind must be 'job', 'input' or 'model', got {kind!r}")
         if not resource_id:
@@ -224,22 +253,19 @@ class EventHub:
             self._loop = caller
         waiter = Waiter(kind, str(resource_id), caller.create_future(), caller, on_progress)
         self._call(self._register, waiter, covered_since)
-        try:
-            return await within(waiter.future, timeout)
-        except TimeoutError:
-            if waiter.future.done() and not waiter.future.cancelled():
-                raise  # not our timeout
-            status = self._last_status.get(waiter.key)
-            if kind == "job":
-                raise JobTimedOut(
-                    waiter.resource_id, timeout=timeout or 0.0, status=status
-                ) from None
-            raise WaitTimedOut(
-                kind, waiter.resource_id, timeout=timeout or 0.0, status=status
-            ) from None
-        finally:
-            waiter.close()
-            self._call(self._leave, waiter)
+        return waiter
+
+    def timed_out(self, waiter: Waiter, timeout: float) -> WaitTimedOut:
+        """The error of a wait whose timeout passed (it names the last known status)."""
+        status = self._last_status.get(waiter.key)
+        if waiter.kind == "job":
+            return JobTimedOut(waiter.resource_id, timeout=timeout, status=status)
+        return WaitTimedOut(waiter.kind, waiter.resource_id, timeout=timeout, status=status)
+
+    def exit(self, waiter: Waiter) -> None:
+        """The wait returned, failed or was cancelled (on the wait's loop)."""
+        waiter.close()
+        self._call(self._leave, waiter)
 
     def _call(self, callback: Any, *args: Any) -> None:
         """Run ``callback`` on the hub's loop (now, if that is the running one)."""
@@ -289,7 +315,19 @@ class EventHub:
         self._keep_open()
         covered_now = covered is not None and covered == self.mark()
         if self._live and self._closer is None and len(group) == 1 and not covered_now:
-            self._spawn(self._reconciler.run([key]))
+            self._reconcile_soon(key)
+
+    def _reconcile_soon(self, key: Key) -> None:
+        """Read a late registrant once; registrations of one loop turn are read together (a burst
+        of 10,000 waits is one listing, not 10,000 reads and tasks)."""
+        if self._late is None:
+            self._late = []
+            asyncio.get_running_loop().call_later(LATE_BATCH_DELAY, self._reconcile_late)
+        self._late.append(key)
+
+    def _reconcile_late(self) -> None:
+        keys, self._late = self._late or [], None
+        self._reconciler.submit(keys)
 
     def _open_for_marks(self) -> None:
         self._keep_open()
@@ -357,7 +395,7 @@ class EventHub:
         self.connections_opened += 1
         self._epoch += 1
         self._live = True
-        await self._reconciler.run(list(self._waiters))
+        self._reconciler.submit(list(self._waiters))
 
     async def _on_disconnect(self) -> None:
         self._live = False
@@ -440,10 +478,10 @@ class EventHub:
 
     async def _close_stream(self) -> None:
         try:
-            tasks = [t for t in (self._stream, *self._tasks) if t is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._stream is not None:
+                self._stream.cancel()
+                await asyncio.gather(self._stream, return_exceptions=True)
+            await self._reconciler.aclose()
             self._outcomes.clear()  # an idle hub keeps nothing; the next wait reads
             self._forgotten += 1
             if not self._backend_closed:
@@ -471,11 +509,6 @@ class EventHub:
         if self._closer is None:
             self._closer = asyncio.ensure_future(self._close_stream())
         await asyncio.shield(self._closer)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 def lost_event(job_id: str, message: str) -> ComfyEvent:

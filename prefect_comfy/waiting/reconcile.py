@@ -71,87 +71,100 @@ class Reconciler:
         self._found = found
         self._missing = missing
         self._limit = asyncio.Semaphore(concurrency)
-        self._busy: set[Key] = set()
+        self._queue: dict[Key, None] = {}
+        self._runner: asyncio.Task[None] | None = None
         self.reads = 0
         """Single REST reads made."""
         self.lists = 0
         """Listings of unfinished jobs made (each may be several pages)."""
 
-    async def run(self, keys: Iterable[Key]) -> None:
-        """Reconcile these keys until each is known or no longer waited for."""
-        todo = [k for k in dict.fromkeys(keys) if k not in self._busy and self._pending(k)]
-        if not todo:
-            return
-        self._busy.update(todo)
-        backoff: Backoff | None = None
-        try:
-            while todo:
-                todo = await self._round(todo)
-                todo = [k for k in todo if self._pending(k)]
-                if todo:
-                    backoff = backoff or Backoff(RETRY_INITIAL_DELAY, RETRY_MAX_DELAY, _RNG)
-                    delay = backoff.next_delay()
-                    logger.info(
-                        "Could not reconcile %d pending Comfy resource(s); trying again in %.1fs",
-                        len(todo),
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-        finally:
-            self._busy.difference_update(todo)
-            self._busy.difference_update(k for k in list(self._busy) if not self._pending(k))
+    def submit(self, keys: Iterable[Key]) -> None:
+        """Reconcile these keys soon: keys that come while a round runs go into the next round, so
+        one listing in flight serves every wait (a burst of 10,000 registrations included)."""
+        for key in keys:
+            self._queue[key] = None
+        if self._queue and (self._runner is None or self._runner.done()):
+            self._runner = asyncio.ensure_future(self._drain())
 
-    async def _round(self, keys: list[Key]) -> list[Key]:
-        """One try at every key; returns the keys to try again."""
-        retry: list[Key] = []
+    @property
+    def busy(self) -> bool:
+        """Whether a reconciliation is queued or running."""
+        return bool(self._queue) or (self._runner is not None and not self._runner.done())
+
+    async def aclose(self) -> None:
+        """Stop reconciling (the hub is closing)."""
+        self._queue.clear()
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        backoff: Backoff | None = None
+        while self._queue:
+            keys = [k for k in self._queue if self._pending(k)]
+            self._queue.clear()
+            if not keys:
+                return
+            failed, stale = await self._round(keys)
+            for key in (*failed, *stale):
+                self._queue[key] = None
+            if failed:
+                backoff = backoff or Backoff(RETRY_INITIAL_DELAY, RETRY_MAX_DELAY, _RNG)
+                delay = backoff.next_delay()
+                logger.info(
+                    "Could not reconcile %d pending Comfy resource(s); trying again in %.1fs",
+                    len(failed),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            elif not stale:
+                backoff = None
+
+    async def _round(self, keys: list[Key]) -> tuple[list[Key], list[Key]]:
+        """One try at every key: (keys that failed, keys whose answer predates a reconnect)."""
+        failed: list[Key] = []
+        stale: list[Key] = []
         jobs = [k for k in keys if k[0] == "job"]
         singles = [k for k in keys if k[0] != "job"]
         if len(jobs) >= LIST_THRESHOLD:
-            listed = await self._list_unfinished(jobs)
-            if listed is None:
-                singles += jobs
-            elif listed is False:
-                retry += jobs
+            epoch = self._epoch()
+            try:
+                unfinished = await self.backend.unfinished_jobs()
+            except Exception as exc:
+                logger.warning("could not list unfinished Comfy jobs to reconcile: %s", exc)
+                failed += jobs
             else:
-                singles += listed
+                self.lists += 1
+                if unfinished is None:
+                    singles += jobs
+                elif self._epoch() != epoch:
+                    stale += jobs  # listed across a reconnect: list again
+                else:
+                    by_id = {job.id: job for job in unfinished}
+                    for key in jobs:
+                        job = by_id.get(key[1])
+                        if job is None:
+                            singles.append(key)  # it ended (or never was): read its outcome
+                        else:
+                            self._found(key, job)
         else:
             singles += jobs
         results = await asyncio.gather(*(self._read(k) for k in singles))
-        retry += [k for k, ok in zip(singles, results, strict=True) if not ok]
-        for key in keys:
-            if key not in retry:
-                self._busy.discard(key)
-        return retry
+        for key, result in zip(singles, results, strict=True):
+            if result == "failed":
+                failed.append(key)
+            elif result == "stale":
+                stale.append(key)
+        return failed, stale
 
-    async def _list_unfinished(self, jobs: list[Key]) -> list[Key] | None | bool:
-        """The pending jobs NOT in the server's unfinished list (``None``: cannot list; ``False``: failed)."""
-        epoch = self._epoch()
-        try:
-            unfinished = await self.backend.unfinished_jobs()
-        except Exception as exc:
-            logger.warning("could not list unfinished Comfy jobs to reconcile: %s", exc)
-            return False
-        self.lists += 1
-        if unfinished is None:
-            return None
-        by_id = {job.id: job for job in unfinished}
-        rest: list[Key] = []
-        for key in jobs:
-            job = by_id.get(key[1])
-            if job is None or self._epoch() != epoch:
-                rest.append(key)
-            else:
-                self._found(key, job)
-        return rest
-
-    async def _read(self, key: Key) -> bool:
-        """Read one resource; False if it should be tried again."""
+    async def _read(self, key: Key) -> str:
+        """Read one resource: ``done``, ``failed`` (try again, backed off) or ``stale``."""
         kind, rid = key
         if not self._pending(key):
-            return True
+            return "done"
         async with self._limit:
             if not self._pending(key):
-                return True
+                return "done"
             read = {
                 "job": self.backend.get_job,
                 "input": self.backend.get_input,
@@ -163,10 +176,10 @@ class Reconciler:
                 resource = await read(rid)
             except NotFound as exc:
                 self._missing(key, exc)
-                return True
+                return "done"
             except Exception as exc:
                 logger.warning("could not read Comfy %s %s to reconcile: %s", kind, rid, exc)
-                return False
+                return "failed"
         self._found(key, resource)
         # Unfinished, but read before a later reconnect: read again, it cannot have seen the gap.
-        return resource.is_terminal or self._epoch() == epoch
+        return "done" if resource.is_terminal or self._epoch() == epoch else "stale"

@@ -18,10 +18,13 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any
 
 from prefect_comfy.backends.base import ProgressCallback
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.transport.deadlines import within
 from prefect_comfy.waiting.hub import EventHub
 
 __all__ = ["wait_for_input_ready", "wait_for_job", "wait_for_model_ready"]
@@ -56,17 +59,18 @@ def _hub(api_key: str | None, base_url: str | None) -> EventHub:
     return hub
 
 
-async def _wait(
+def _wait(
     kind: str,
     api_key: str | None,
     resource_id: str | None,
     timeout: float | None,
     base_url: str | None,
     on_progress: ProgressCallback | None = None,
-) -> ComfyEvent:
+) -> Coroutine[Any, Any, ComfyEvent]:
+    """The hub's wait (a plain function: one coroutine frame less per pending wait)."""
     if not resource_id:
         raise ComfyConfigError(f"a {kind} id is required")
-    return await _hub(api_key, base_url).wait(
+    return _hub(api_key, base_url).wait(
         kind,  # type: ignore[arg-type]
         resource_id,
         timeout=timeout,
@@ -101,8 +105,19 @@ async def wait_for_job(
         WebSocketAuthError: the key was refused.
         WebSocketConnectionError: the stream could not be kept within the reconnect budget.
     """
-    callback = on_progress if include_progress else None
-    return await _wait("job", api_key, job_id, timeout, base_url, callback)
+    # _wait's steps inlined: one coroutine frame per pending wait, not two (10,000 waits).
+    if not job_id:
+        raise ComfyConfigError("a job id is required")
+    hub = _hub(api_key, base_url)
+    waiter = hub.enter("job", job_id, on_progress if include_progress else None)
+    try:
+        if timeout is None:
+            return await waiter.future
+        return await within(waiter.future, timeout)
+    except TimeoutError:
+        raise hub.timed_out(waiter, timeout or 0.0) from None
+    finally:
+        hub.exit(waiter)
 
 
 async def wait_for_input_ready(
