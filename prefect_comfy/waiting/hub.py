@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, ClassVar, Literal
 
 from prefect_comfy.backends.base import ComfyBackend, ProgressCallback
@@ -123,6 +123,9 @@ class EventHub:
         self._live = False
         self._epoch = 0
         self._late: list[Key] | None = None
+        self._inbox: deque[tuple[Any, tuple[Any, ...]]] = deque()
+        self._inbox_lock = threading.Lock()
+        self._inbox_scheduled = False
         self._reconciler = self._make_reconciler()
         self.streams_opened = 0
         """How many times the hub opened the backend's stream."""
@@ -277,9 +280,23 @@ class EventHub:
             running = None
         if running is loop:
             callback(*args)
-        else:
-            with contextlib.suppress(RuntimeError):  # the hub's loop is gone (a test's closed loop)
-                loop.call_soon_threadsafe(callback, *args)
+            return
+        # From another thread: queue it, and wake the hub's loop once per batch, not once per
+        # call (10,000 registrations would otherwise be 10,000 self-pipe writes and wake-ups).
+        self._inbox.append((callback, args))
+        with self._inbox_lock:
+            if self._inbox_scheduled:
+                return
+            self._inbox_scheduled = True
+        with contextlib.suppress(RuntimeError):  # the hub's loop is gone (a test's closed loop)
+            loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            self._inbox_scheduled = False
+        while self._inbox:
+            callback, args = self._inbox.popleft()
+            callback(*args)
 
     async def _on_home(self, callback: Any, *args: Any) -> None:
         """Run ``callback`` on the hub's loop and wait until it ran."""
