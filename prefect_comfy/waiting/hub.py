@@ -7,18 +7,9 @@ event loop or thread (Prefect's sync tasks each run a loop of their own) share i
 hub owns a clone of the backend, opens ``events(["job.*", "input.*", "model.*"])`` when the first
 wait starts, and closes it :data:`DEFAULT_LINGER` seconds after the last wait ends.
 
-What the hub alone does, for every backend:
-
-- **fan-out**: each event goes to the waits for its resource (progress only to waits that asked);
-- **de-duplication**: event digests (16 bytes each, never payloads) of the last
-  :data:`SEEN_EVENTS` events;
-- **remembered outcomes**: the last :data:`REMEMBERED_OUTCOMES` terminal events, so that a wait
-  that registers after its resource ended returns at once;
-- **reconciliation** after every (re)connect (:mod:`prefect_comfy.waiting.reconcile`): list calls
-  where the server can list, single reads elsewhere, failed ones tried again until they succeed;
-- **no read when the stream covered the resource**: a wait given ``covered_since=hub.mark()``
-  (taken before the resource was created, while the stream was up) needs no REST read as long as
-  the stream has not broken since.
+It alone fans events out, drops duplicates (:mod:`~prefect_comfy.waiting.recall`), remembers
+recent outcomes for waits that register late, and reconciles pending resources after every
+(re)connect (:mod:`~prefect_comfy.waiting.reconcile`). docs/architecture.md tells the whole story.
 
 Example:
     >>> async def main(backend, job_id):  # doctest: +SKIP
@@ -29,13 +20,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from prefect_comfy.backends.base import ComfyBackend, ProgressCallback
 from prefect_comfy.exceptions import (
@@ -47,8 +36,10 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
 from prefect_comfy.transport.deadlines import within
-from prefect_comfy.waiting.loop import waiting_loop
+from prefect_comfy.waiting.loop import Mailbox, waiting_loop
+from prefect_comfy.waiting.recall import REMEMBERED_OUTCOMES, SEEN_EVENTS, Recall, lost_event
 from prefect_comfy.waiting.reconcile import Reconciler, Resource
+from prefect_comfy.waiting.stream import DEFAULT_LINGER, HUB_PATTERNS, SharedStream
 from prefect_comfy.waiting.waiter import Waiter
 
 __all__ = [
@@ -68,21 +59,13 @@ Key = tuple[str, str]
 Mark = tuple[int, int]
 """What :meth:`EventHub.mark` returns: the connection epoch and the outcomes forgotten so far."""
 
-HUB_PATTERNS: tuple[str, ...] = ("job.*", "input.*", "model.*")
-"""What the shared stream subscribes to."""
-DEFAULT_LINGER = 5.0
-"""Seconds the stream stays open after the last wait ends."""
 REST_CONCURRENCY = 16
 """Most single REST reads in flight at once while reconciling."""
 LATE_BATCH_DELAY = 0.02
 """Seconds the hub gathers waits that register while the stream is up before reading them together."""
-SEEN_EVENTS = 10_000
-"""Event digests remembered to drop repeats."""
-REMEMBERED_OUTCOMES = 4096
-"""Terminal events remembered for waits that register late."""
 
 
-class EventHub:
+class EventHub(SharedStream):
     """The shared event stream of one set of credentials.
 
     Use :meth:`shared`; the constructor is for tests (a hub made directly runs on the loop of its
@@ -106,31 +89,14 @@ class EventHub:
         rest_concurrency: int = REST_CONCURRENCY,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self.backend = backend
-        self.linger = linger
-        self._loop = loop
+        super().__init__(backend, linger, Mailbox(loop))
         self._pid = os.getpid()
         self._rest_concurrency = rest_concurrency
-        self._backend_closed = False
         self._waiters: dict[Key, list[Waiter]] = {}
         self._last_status: dict[Key, str] = {}
-        self._outcomes: OrderedDict[Key, ComfyEvent] = OrderedDict()
-        self._forgotten = 0
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._stream: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
-        self._linger: asyncio.TimerHandle | None = None
-        self._live = False
-        self._epoch = 0
+        self._recall = Recall()
         self._late: list[Key] | None = None
-        self._inbox: deque[tuple[Any, tuple[Any, ...]]] = deque()
-        self._inbox_lock = threading.Lock()
-        self._inbox_scheduled = False
         self._reconciler = self._make_reconciler()
-        self.streams_opened = 0
-        """How many times the hub opened the backend's stream."""
-        self.connections_opened = 0
-        """How many connects and reconnects the stream reported (``on_connect`` calls)."""
         self.events_received = 0
 
     @classmethod
@@ -173,19 +139,14 @@ class EventHub:
             "stream_open": int(self._stream is not None),
         }
 
-    @property
-    def stream_open(self) -> bool:
-        """Whether the shared stream is running."""
-        return self._stream is not None
-
     def mark(self) -> Mark | None:
         """A token to pass as ``covered_since`` for resources created from now on (``None`` while
         the stream is not up: then waits read once as usual)."""
-        return (self._epoch, self._forgotten) if self._live else None
+        return (self._epoch, self._recall.forgotten) if self._live else None
 
     async def ready(self, timeout: float | None = None) -> Mark:
         """Open the stream if needed and return :meth:`mark` once it is up (for submit-then-wait)."""
-        await self._on_home(self._open_for_marks)
+        await self._home.run(self._open_for_marks)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             mark = self.mark()
@@ -252,10 +213,9 @@ class EventHub:
         if not resource_id:
             raise ComfyConfigError(f"a {kind} id is required")
         caller = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = caller
+        self._home.bind()
         waiter = Waiter(kind, str(resource_id), caller.create_future(), caller, on_progress)
-        self._call(self._register, waiter, covered_since)
+        self._home.call(self._register, waiter, covered_since)
         return waiter
 
     def timed_out(self, waiter: Waiter, timeout: float) -> WaitTimedOut:
@@ -268,60 +228,14 @@ class EventHub:
     def exit(self, waiter: Waiter) -> None:
         """The wait returned, failed or was cancelled (on the wait's loop)."""
         waiter.close()
-        self._call(self._leave, waiter)
-
-    def _call(self, callback: Any, *args: Any) -> None:
-        """Run ``callback`` on the hub's loop (now, if that is the running one)."""
-        loop = self._loop
-        assert loop is not None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            callback(*args)
-            return
-        # From another thread: queue it, and wake the hub's loop once per batch, not once per
-        # call (10,000 registrations would otherwise be 10,000 self-pipe writes and wake-ups).
-        self._inbox.append((callback, args))
-        with self._inbox_lock:
-            if self._inbox_scheduled:
-                return
-            self._inbox_scheduled = True
-        with contextlib.suppress(RuntimeError):  # the hub's loop is gone (a test's closed loop)
-            loop.call_soon_threadsafe(self._drain_inbox)
-
-    def _drain_inbox(self) -> None:
-        with self._inbox_lock:
-            self._inbox_scheduled = False
-        while self._inbox:
-            callback, args = self._inbox.popleft()
-            callback(*args)
-
-    async def _on_home(self, callback: Any, *args: Any) -> None:
-        """Run ``callback`` on the hub's loop and wait until it ran."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        if asyncio.get_running_loop() is self._loop:
-            callback(*args)
-            return
-        done = asyncio.get_running_loop().create_future()
-
-        def run() -> None:
-            try:
-                callback(*args)
-            finally:
-                done.get_loop().call_soon_threadsafe(_set_done, done)
-
-        self._loop.call_soon_threadsafe(run)
-        await done
+        self._home.call(self._leave, waiter)
 
     # -- on the hub's loop ----------------------------------------------------------------------
     def _register(self, waiter: Waiter, covered: Mark | None) -> None:
         if waiter.ended:
             return  # it left before it got here
         key = waiter.key
-        outcome = self._outcomes.get(key)
+        outcome = self._recall.outcome(key)
         if outcome is not None:
             waiter.deliver(outcome)
             return
@@ -351,11 +265,6 @@ class EventHub:
         if not self._waiters:
             self._schedule_linger()
 
-    def _keep_open(self) -> None:
-        self._cancel_linger()
-        if self._stream is None and self._closer is None:
-            self._open_stream()
-
     def _leave(self, waiter: Waiter) -> None:
         key = waiter.key
         group = self._waiters.get(key)
@@ -374,66 +283,17 @@ class EventHub:
         self._waiters.clear()
         self._last_status.clear()
 
-    # -- the stream -----------------------------------------------------------------------------
-    def _open_stream(self) -> None:
-        if self._backend_closed:
-            self.backend = self.backend.clone()
-            self._reconciler = self._make_reconciler()
-            self._backend_closed = False
-        self.streams_opened += 1
-        self._stream = asyncio.ensure_future(self._run_stream())
-
-    async def _run_stream(self) -> None:
-        error: BaseException = WebSocketConnectionError("the Comfy event stream ended")
-        stream = self.backend.events(
-            list(HUB_PATTERNS), on_connect=self._on_connect, on_disconnect=self._on_disconnect
-        )
-        try:
-            async for event in stream:
-                self._dispatch(event)
-        except asyncio.CancelledError:
-            error = WebSocketConnectionError("the Comfy event stream was closed")
-            raise
-        except Exception as exc:  # WebSocketAuthError, WebSocketConnectionError, or a bug below
-            error = exc
-            logger.warning("Comfy event stream stopped: %s", exc)
-        finally:
-            self._live = False
-            self._epoch += 1
-            self._stream = None
-            with contextlib.suppress(Exception):  # not BaseException: a cancel goes on
-                await stream.aclose()  # type: ignore[attr-defined]
-            self._fail_all(error)
-            if self._closer is None and not self._waiters:
-                self._schedule_linger()
-
-    async def _on_connect(self) -> None:
-        """After every connect and reconnect: reconcile every pending resource."""
-        self.connections_opened += 1
-        self._epoch += 1
-        self._live = True
-        self._reconciler.submit(list(self._waiters))
-
-    async def _on_disconnect(self) -> None:
-        self._live = False
-        self._epoch += 1
-
     def _dispatch(self, event: ComfyEvent) -> None:
         self.events_received += 1
-        digest = event.digest() if event.id is not None else None
-        if digest is not None:
-            if digest in self._seen:
-                return
-            self._seen[digest] = None
-            if len(self._seen) > SEEN_EVENTS:
-                self._seen.popitem(last=False)
+        if self._recall.repeated(event):
+            return
         rid = event.resource_id
         if rid is None:
             return
         key = (event.kind, rid)
         terminal = event.event in TERMINAL_EVENTS
         if terminal:
-            self._remember(key, event)
+            self._recall.remember(key, event)
         group = self._waiters.get(key)
         if not group:
             return
@@ -445,13 +305,6 @@ class EventHub:
             for waiter in list(group):
                 waiter.deliver(event)
 
-    def _remember(self, key: Key, event: ComfyEvent) -> None:
-        self._outcomes[key] = event
-        self._outcomes.move_to_end(key)
-        if len(self._outcomes) > REMEMBERED_OUTCOMES:
-            self._outcomes.popitem(last=False)
-            self._forgotten += 1
-
     def _found(self, key: Key, resource: Resource) -> None:
         group = self._waiters.get(key)
         if not group:
@@ -461,7 +314,7 @@ class EventHub:
         if name is None:
             return
         event = ComfyEvent(event=name, payload=resource.model_dump(mode="json", exclude_none=True))
-        self._remember(key, event)
+        self._recall.remember(key, event)
         for waiter in list(group):
             waiter.deliver(event)
 
@@ -470,72 +323,35 @@ class EventHub:
         group = list(self._waiters.get(key, []))
         if key[0] == "job" and key in self._last_status:
             event = lost_event(key[1], "the server answered that it has no such job any more")
-            self._remember(key, event)
+            self._recall.remember(key, event)
             for waiter in group:
                 waiter.deliver(event)
             return
         for waiter in group:
             waiter.fail(exc)
 
-    # -- closing --------------------------------------------------------------------------------
-    def _schedule_linger(self) -> None:
-        self._cancel_linger()
-        assert self._loop is not None
-        self._linger = self._loop.call_later(self.linger, self._linger_expired)
+    # -- hooks of the stream's life ----------------------------------------------------------
+    def _connected(self) -> None:
+        self._reconciler.submit(list(self._waiters))
 
-    def _cancel_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+    def _ended(self, error: BaseException) -> None:
+        self._fail_all(error)
 
-    def _linger_expired(self) -> None:
-        self._linger = None
-        if not self._waiters and self._closer is None:
-            self._closer = asyncio.ensure_future(self._close_stream())
+    def _idle(self) -> bool:
+        return not self._waiters
 
-    async def _close_stream(self) -> None:
-        try:
-            if self._stream is not None:
-                self._stream.cancel()
-                await asyncio.gather(self._stream, return_exceptions=True)
-            await self._reconciler.aclose()
-            self._outcomes.clear()  # an idle hub keeps nothing; the next wait reads
-            self._forgotten += 1
-            if not self._backend_closed:
-                self._backend_closed = True
-                try:
-                    await self.backend.aclose()
-                except Exception as exc:
-                    logger.debug("closing the hub's backend failed: %s", exc)
-            logger.debug("Comfy event hub closed its stream")
-        finally:
-            self._closer = None
-            if self._waiters:  # waits came while closing
-                self._open_stream()
+    def _new_backend(self) -> None:
+        self._reconciler = self._make_reconciler()
+
+    async def _closing(self) -> None:
+        await self._reconciler.aclose()
+        self._recall.forget_outcomes()  # an idle hub keeps nothing; the next wait reads
 
     async def aclose(self) -> None:
         """Close the stream now (pending waits fail with :class:`WebSocketConnectionError`)."""
-        if self._loop is None:
-            return
-        if asyncio.get_running_loop() is not self._loop:
-            future = asyncio.run_coroutine_threadsafe(self.aclose(), self._loop)
+        if self._home.loop is not None and not self._home.here():
+            future = asyncio.run_coroutine_threadsafe(self.aclose(), self._home.loop)
             await asyncio.wrap_future(future)
             return
-        self._cancel_linger()
         self._fail_all(WebSocketConnectionError("the Comfy event stream was closed"))
-        if self._closer is None:
-            self._closer = asyncio.ensure_future(self._close_stream())
-        await asyncio.shield(self._closer)
-
-
-def lost_event(job_id: str, message: str) -> ComfyEvent:
-    """The ``job.lost`` event of a job the server no longer knows."""
-    return ComfyEvent(
-        event="job.lost",
-        payload={"id": job_id, "status": "lost", "error": {"code": "lost", "message": message}},
-    )
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        await self._close_now()
