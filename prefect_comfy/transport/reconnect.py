@@ -34,13 +34,17 @@ from types import TracebackType
 from prefect_comfy.exceptions import WebSocketAuthError, WebSocketConnectionError
 from prefect_comfy.transport.backoff import Backoff
 
-__all__ = ["HEALTHY_AFTER", "Attempt", "DeadLink", "Reconnect"]
+__all__ = ["HEALTHY_AFTER", "Attempt", "ConnectionLost", "DeadLink", "Reconnect"]
 
 logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER = 10.0
 """Seconds a connection must stay healthy before the reconnect budget is refilled."""
 _REASON_CUT = 160
+
+
+class ConnectionLost(Exception):
+    """The server or the network closed the connection (the message says how, never with a key)."""
 
 
 class DeadLink(Exception):

@@ -497,8 +497,6 @@ async def test_listener_reconciliation_sees_deleted_pending_prompt(fake: FakeCom
 
 
 async def test_the_reader_hears_a_drop_before_the_reconnect(fake: FakeComfyUI) -> None:
-    from prefect_comfy.listener.forwarder import _accepts_on_disconnect
-
     connect = FakeConnect()
     settings = ComfySettings(max_retries=0, max_reconnect_attempts=3, reconnect_delay=0.01)
     b = ComfyUIBackend(
@@ -508,7 +506,6 @@ async def test_the_reader_hears_a_drop_before_the_reconnect(fake: FakeComfyUI) -
         settings=settings,
         connect=connect,
     )
-    assert _accepts_on_disconnect(b)  # so the listener passes it and shows comfy.connected=false
     calls: dict[str, list[str]] = {"a": [], "b": []}
 
     def reader(name: str) -> asyncio.Task[None]:

@@ -32,7 +32,7 @@ from pydantic import SecretStr
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from prefect_comfy.backends.cloud import protocol
-from prefect_comfy.backends.cloud.ws_loop import END, ConnectionLoop, ConnectionLost
+from prefect_comfy.backends.cloud.ws_loop import END, ConnectionLoop
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     ComfyProtocolError,
@@ -44,6 +44,7 @@ from prefect_comfy.redaction import redact
 from prefect_comfy.settings import API_PREFIX, ComfySettings
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.transport.reconnect import ConnectionLost
 
 __all__ = ["ComfyWebSocket", "WebSocketAuthError", "WebSocketConnectionError", "ws_url"]
 

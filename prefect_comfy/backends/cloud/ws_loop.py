@@ -23,18 +23,14 @@ from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.exceptions import WebSocketAuthError, WebSocketConnectionError
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
-from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
+from prefect_comfy.transport.reconnect import Attempt, ConnectionLost, DeadLink, Reconnect
 
-__all__ = ["END", "ConnectionLoop", "ConnectionLost"]
+__all__ = ["END", "ConnectionLoop"]
 
 logger = logging.getLogger("prefect_comfy.backends.cloud.ws")
 
 END = object()
 """Put on the event queue when the loop ends."""
-
-
-class ConnectionLost(Exception):
-    """The server or the network closed the connection (says how, never with the key)."""
 
 
 class ConnectionLoop:
