@@ -2,7 +2,8 @@
 
 :class:`ComfyWebSocket` matches the ``ComfyWebSocket`` of Comfy's own Python SDK (same constructor,
 ``subscribe`` and ``events``) and adds what long waits need: a JSON ``ping`` keepalive that treats a
-missing ``pong`` as a dead link, jittered reconnects that reset after a good connection, an
+missing ``pong`` as a dead link, jittered reconnects on the one reconnect primitive (a budget
+that only a connection healthy for a while refills), an
 ``on_connect`` hook for REST reconciliation (the stream has no replay), an ``on_disconnect`` hook
 for telling "reconnecting" from "connected", and de-duplication.
 
