@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "wait_for_job": "prefect_comfy.waiting.waiters",
     "wait_for_input_ready": "prefect_comfy.waiting.waiters",
     "wait_for_model_ready": "prefect_comfy.waiting.waiters",
+    **dict.fromkeys(
+        ("wait_for", "wait_for_input", "wait_for_model"), "prefect_comfy.waiting.waits"
+    ),
     "ComfyBackend": "prefect_comfy.backends.base",
     "CloudBackend": "prefect_comfy.backends.cloud.backend",
     # Prefect: blocks
@@ -90,6 +93,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobFailed",
+    "JobLost",
     "JobTimedOut",
     "Model",
     "NotFound",
@@ -116,8 +120,11 @@ __all__ = [
     "wait_for_comfy_input",
     "wait_for_comfy_job",
     "wait_for_comfy_model",
+    "wait_for",
+    "wait_for_input",
     "wait_for_input_ready",
     "wait_for_job",
+    "wait_for_model",
     "wait_for_model_ready",
 ]
 
@@ -159,6 +166,7 @@ if TYPE_CHECKING:
         InvalidWorkflow,
         JobCancelled,
         JobFailed,
+        JobLost,
         JobTimedOut,
         NotFound,
         OutcomeError,
@@ -192,3 +200,4 @@ if TYPE_CHECKING:
         wait_for_job,
         wait_for_model_ready,
     )
+    from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model

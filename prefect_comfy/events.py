@@ -34,6 +34,7 @@ JOB_PROGRESS = "comfy.job.progress"
 JOB_COMPLETED = "comfy.job.completed"
 JOB_FAILED = "comfy.job.failed"
 JOB_CANCELLED = "comfy.job.cancelled"
+JOB_LOST = "comfy.job.lost"
 JOB_TIMED_OUT = "comfy.job.timed-out"
 INPUT_READY = "comfy.input.ready"
 INPUT_FAILED = "comfy.input.failed"
@@ -47,6 +48,8 @@ EVENT_NAMES: dict[str, str] = {
     JOB_COMPLETED: "The job finished; payload `outputs` lists its files.",
     JOB_FAILED: "The job failed; payload `error` has the Comfy `code`, `message` and `node_id`.",
     JOB_CANCELLED: "The job was cancelled.",
+    JOB_LOST: "The server no longer knows the job (a ComfyUI restart): it was lost, not cancelled; "
+    "submitting it again may succeed (payload `error.code` is `lost`).",
     JOB_TIMED_OUT: "A wait for the job timed out (the sensor's own event; payload `timeout`).",
     INPUT_READY: "An uploaded input is ready to be used by name.",
     INPUT_FAILED: "An input upload failed; payload `error`.",

@@ -20,6 +20,7 @@ Every error the package raises derives from :class:`ComfyError`, split by the ki
     └── OutcomeError                a job or upload ended, or a wait ended, without success
         ├── JobFailed               ``error_code``, ``error_message``, ``node_id``
         ├── JobCancelled
+        ├── JobLost                 the server no longer knows the job (a ComfyUI restart); retryable
         ├── UploadFailed            an input or model ended ``failed``
         └── WaitTimedOut            also a :class:`TimeoutError`; names the resource and its last state
             └── JobTimedOut
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidWorkflow",
     "JobCancelled",
     "JobFailed",
+    "JobLost",
     "JobTimedOut",
     "NotFound",
     "OutcomeError",
@@ -217,6 +219,26 @@ class JobCancelled(OutcomeError):
         )
 
 
+class JobLost(OutcomeError):
+    """The Comfy server no longer knows a job it had accepted: it was lost, not cancelled.
+
+    A self-hosted ComfyUI forgets its queue and the prompts it was running when it restarts. The
+    job never ran to an end, so submitting it again may succeed: :func:`is_retryable` says so, and
+    the Prefect event is ``comfy.job.lost`` (never ``comfy.job.cancelled``).
+    """
+
+    kind = "job"
+
+    def __init__(self, job_id: str, *, reason: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(
+            f"Comfy job {job_id} was lost by the server ({reason or 'it no longer exists there'}); "
+            "submit it again",
+            resource_id=job_id,
+            status="lost",
+        )
+
+
 class UploadFailed(OutcomeError):
     """An input or model upload ended ``failed``."""
 
@@ -262,9 +284,9 @@ class JobTimedOut(WaitTimedOut):
 def is_retryable(exc: BaseException) -> bool:
     """Whether repeating the same call may succeed: the one rule every retry loop uses.
 
-    Transport failures, 429 and 5xx are retryable; every other API error, every usage error and every
-    job outcome is not.
+    Transport failures, 429, 5xx and a job the server lost are retryable; every other API error, every
+    usage error and every other job outcome is not.
     """
-    if isinstance(exc, (ComfyTransportError, RateLimited, ServerError)):
+    if isinstance(exc, (ComfyTransportError, RateLimited, ServerError, JobLost)):
         return True
     return bool(isinstance(exc, WebSocketConnectionError))

@@ -6,6 +6,8 @@ ComfyUI backend maps its server's answers onto these same models.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -168,12 +170,25 @@ class ComfyEvent(WireModel):
         """True for an event that ends its resource (completed, failed, cancelled, ready)."""
         return self.event in TERMINAL_EVENTS
 
+    def digest(self) -> bytes:
+        """16 bytes that identify the event: its id, or its name and body when it has none.
+
+        De-duplication remembers these, never the payload itself (a body can be megabytes).
+        """
+        if self.id is not None:
+            text = f"id\x1f{self.id}"
+        else:
+            body = json.dumps(self.payload, sort_keys=True, separators=(",", ":"), default=str)
+            text = f"body\x1f{self.event}\x1f{body}"
+        return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
 
 TERMINAL_EVENTS: frozenset[str] = frozenset(
     {
         "job.completed",
         "job.failed",
         "job.cancelled",
+        "job.lost",
         "input.ready",
         "input.failed",
         "model.ready",
@@ -185,6 +200,7 @@ STATUS_EVENT: dict[tuple[str, str], str] = {
     ("job", "completed"): "job.completed",
     ("job", "failed"): "job.failed",
     ("job", "cancelled"): "job.cancelled",
+    ("job", "lost"): "job.lost",
     ("input", "ready"): "input.ready",
     ("input", "failed"): "input.failed",
     ("model", "ready"): "model.ready",

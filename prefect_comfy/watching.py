@@ -1,6 +1,6 @@
 """Watching a Comfy job (or upload) from Prefect, task-free: the sensor's logic.
 
-:func:`watch_comfy_job` waits with :meth:`ComfyBackend.wait_for_job` (the shared event stream, one
+:func:`watch_comfy_job` waits with :func:`~prefect_comfy.waiting.waits.wait_for` (the shared event stream, one
 REST read after every connect; no polling loop), and meanwhile:
 
 - emits ``comfy.job.progress`` Prefect events, coalesced (:mod:`prefect_comfy.emitter`), and the
@@ -32,11 +32,13 @@ from prefect_comfy.exceptions import (
     ComfyConfigError,
     JobCancelled,
     JobFailed,
+    JobLost,
     JobTimedOut,
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
 from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
 __all__ = ["CANCEL_TIMEOUT", "watch_comfy_job", "watch_comfy_upload"]
 
@@ -243,8 +245,8 @@ async def watch_comfy_job(
             await artifact.start(0.0)
         watch.start()
         try:
-            terminal = await backend.wait_for_job(
-                job_id, timeout=timeout, on_progress=watch.on_progress
+            terminal = await wait_for(
+                backend, "job", job_id, timeout=timeout, on_progress=watch.on_progress
             )
         except JobTimedOut as exc:
             await watch.stop()
@@ -311,7 +313,7 @@ async def _conclude(
     log, emitter = watch.log, watch.emitter
     outcome = terminal.event.split(".", 1)[-1]
     job: Job | None = None
-    if outcome != "cancelled":
+    if outcome not in ("cancelled", "lost"):
         job = await backend.get_job(job_id)
     await watch.stop(100.0 if outcome == "completed" else None)
     watch.status = outcome
@@ -330,6 +332,10 @@ async def _conclude(
         )
         log.error("%s", exc)
         raise exc
+    if outcome == "lost":
+        lost = JobLost(job_id, reason=_error_of(terminal, None).message)
+        log.error("%s", lost)
+        raise lost
     log.warning("Comfy job %s was cancelled", job_id)
     raise JobCancelled(job_id)
 
@@ -343,10 +349,10 @@ async def watch_comfy_upload(
     try:
         log.info("Waiting for Comfy %s %s", kind, resource_id)
         if kind == "input":
-            terminal = await backend.wait_for_input(resource_id, timeout=timeout)
+            terminal = await wait_for_input(backend, resource_id, timeout=timeout)
             resource: Input | Model = await backend.get_input(resource_id)
         else:
-            terminal = await backend.wait_for_model(resource_id, timeout=timeout)
+            terminal = await wait_for_model(backend, resource_id, timeout=timeout)
             resource = await backend.get_model(resource_id)
         if emit_events:
             ComfyEventEmitter.for_backend(backend).outcome(terminal, resource=resource)

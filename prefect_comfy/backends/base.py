@@ -7,10 +7,10 @@ so a new kind of server is one new file. Two implementations ship:
 - :class:`prefect_comfy.backends.comfyui.backend.ComfyUIBackend`: a self-hosted ComfyUI, or Comfy Cloud's
   ComfyUI-compatible API.
 
-Waiting is not part of what a backend implements: :meth:`ComfyBackend.wait_for_job` and friends are
-built here on :meth:`events` and the ``get_*`` reads by the shared
-:class:`~prefect_comfy.waiting.hub.EventHub`, which holds one stream per :attr:`connection_key` and
-reconciles pending waits with one REST read after every (re)connect.
+Waiting is not part of what a backend implements, and this module does not import the waiting
+layer (it sits above the backends): :mod:`prefect_comfy.waiting` builds waits on :meth:`events`,
+the ``get_*`` reads and :meth:`unfinished_jobs`, with one stream per :attr:`connection_key` and
+process.
 """
 
 from __future__ import annotations
@@ -152,13 +152,20 @@ class ComfyBackend(abc.ABC):
         ``on_disconnect`` is awaited (or run as a task) when an established connection is lost
         (one that ``on_connect`` was called for), before reconnecting, so that the caller can tell
         "reconnecting" from "connected"; not when the caller closes the stream. Exceptions in either
-        hook are logged, never raised into the stream. (Added after the first backends: callers
-        pass it only to backends whose ``events`` accepts it.)
+        hook are logged, never raised into the stream. Every backend takes both.
 
         Raises:
             WebSocketAuthError: the key was refused.
             WebSocketConnectionError: the reconnect budget is spent.
         """
+
+    async def unfinished_jobs(self) -> list[Job] | None:
+        """Every job of these credentials that is pending or running, or ``None`` if the server
+        cannot list them (then the waiting layer reads pending jobs one by one).
+
+        Used to reconcile after a reconnect with a few list calls instead of a read per job.
+        """
+        return None
 
     # -- life ---------------------------------------------------------------------------------
     async def aclose(self) -> None:  # noqa: B027 - a backend with nothing to close keeps this
@@ -169,39 +176,6 @@ class ComfyBackend(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    # -- waiting, built on the above by the shared hub ------------------------------------------
-    async def wait_for_job(
-        self,
-        job_id: str,
-        *,
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> ComfyEvent:
-        """Wait for a job's terminal event (``job.completed``, ``job.failed`` or ``job.cancelled``).
-
-        Event-driven over the shared stream, with one REST read after every (re)connect.
-
-        Raises:
-            JobTimedOut: ``timeout`` seconds passed first; it names the last known status.
-        """
-        from prefect_comfy.waiting.hub import EventHub
-
-        return await EventHub.shared(self).wait(
-            "job", job_id, timeout=timeout, on_progress=on_progress
-        )
-
-    async def wait_for_input(self, input_id: str, *, timeout: float | None = None) -> ComfyEvent:
-        """Wait for ``input.ready`` or ``input.failed``; raises :class:`WaitTimedOut` on timeout."""
-        from prefect_comfy.waiting.hub import EventHub
-
-        return await EventHub.shared(self).wait("input", input_id, timeout=timeout)
-
-    async def wait_for_model(self, model_id: str, *, timeout: float | None = None) -> ComfyEvent:
-        """Wait for ``model.ready`` or ``model.failed``; raises :class:`WaitTimedOut` on timeout."""
-        from prefect_comfy.waiting.hub import EventHub
-
-        return await EventHub.shared(self).wait("model", model_id, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(address={self.address!r})"

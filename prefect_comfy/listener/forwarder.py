@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -71,6 +71,7 @@ from prefect_comfy.listener.tracking import InFlightTracker
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
+from prefect_comfy.transport.reconnect import Attempt, ConnectionLost, Reconnect
 
 logger = logging.getLogger(__name__)
 
@@ -91,17 +92,6 @@ def default_listener_id() -> str:
     """``<hostname>-<pid>``, made safe for a resource id."""
     raw = f"{socket.gethostname()}-{os.getpid()}"
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in raw).strip("-") or "listener"
-
-
-def _accepts_on_disconnect(backend: ComfyBackend) -> bool:
-    """Whether ``backend.events`` takes ``on_disconnect`` (added to the interface later)."""
-    try:
-        parameters = inspect.signature(backend.events).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.name == "on_disconnect" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
 
 
 @dataclass
@@ -172,10 +162,10 @@ class ComfyListener:
         self.stats = ListenerStats()
         self.connected = False
         """Whether the Comfy stream is up, as far as the listener can tell."""
-        self._hears_disconnects = _accepts_on_disconnect(backend)
         self._client_factory = events_client or prefect_events_client
         self._drain_timeout = drain_timeout
         self._restart_backoff = Backoff(initial=restart_delay, maximum=60.0)
+        self._attempt: Attempt | None = None
         self._sender = PrefectSender(
             self.stats,
             queue_size=queue_size,
@@ -260,50 +250,60 @@ class ComfyListener:
 
     # -- reading from Comfy ---------------------------------------------------------------------
     async def _consume(self) -> None:
-        """Read the stream until a stop; open a new one when it gives up (auth failures are fatal)."""
-        while not self._stopping:
-            hooks: dict[str, Any] = {"on_connect": self._on_connect}
-            if self._hears_disconnects:
-                hooks["on_disconnect"] = self._on_disconnect
-            stream = self.backend.events(self.patterns, **hooks)
-            try:
-                async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                    iterator = stream.__aiter__()
-                    while True:
-                        self._idle.set()
-                        try:
-                            comfy_event = await iterator.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        self._idle.clear()
-                        if not self._hears_disconnects:
-                            # No drop signal: an event is the best sign of life. (With one, an
-                            # event queued before a drop must not undo the drop.)
-                            self.connected = True
-                        self.stats.received += 1
-                        await self.forward(comfy_event)
-                        if self._stopping:
-                            return
-                reason = "the stream ended"
-            except WebSocketAuthError:
-                self.connected = False
-                logger.error("Comfy refused the API key; the listener stops")
-                raise
-            except Exception as exc:  # a spent reconnect budget, a transport failure
-                reason = str(exc) or type(exc).__name__
-            finally:
+        """Read the stream until a stop; open a new one when it gives up (auth failures are fatal).
+
+        The backend's stream reconnects by itself; this is the loop around it, on the same
+        reconnect primitive, with a budget that never runs out: a listener does not give up.
+        """
+        reconnect = Reconnect(
+            f"Comfy event stream at {self.backend.address} (listener)",
+            max_attempts=sys.maxsize,
+            backoff=self._restart_backoff,
+        )
+        try:
+            async for attempt in reconnect:
+                self._attempt = attempt
+                async with attempt:
+                    await self._read_stream()
                 self._idle.set()
+                self.connected = False
+                if self._stopping:
+                    return
+                self.stats.stream_restarts += 1
+                logger.warning(
+                    "Comfy event stream lost (%s); opening a new one",
+                    reconnect.describe(attempt.reason),
+                )
+        except WebSocketAuthError:
             self.connected = False
-            self.stats.stream_restarts += 1
-            delay = self._restart_backoff.next_delay()
-            logger.warning(
-                "Comfy event stream lost (%s); opening a new one in %.1fs", reason, delay
-            )
-            await asyncio.sleep(delay)
+            logger.error("Comfy refused the API key; the listener stops")
+            raise
+        finally:
+            self._idle.set()
+
+    async def _read_stream(self) -> None:
+        """One ``events()`` stream, forwarded until it ends or the listener stops."""
+        stream = self.backend.events(
+            self.patterns, on_connect=self._on_connect, on_disconnect=self._on_disconnect
+        )
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            iterator = stream.__aiter__()
+            while True:
+                self._idle.set()
+                try:
+                    comfy_event = await iterator.__anext__()
+                except StopAsyncIteration:
+                    raise ConnectionLost("the stream ended") from None
+                self._idle.clear()
+                self.stats.received += 1
+                await self.forward(comfy_event)
+                if self._stopping:
+                    return
 
     async def _on_connect(self) -> None:
         self.connected = True
-        self._restart_backoff.reset()
+        if self._attempt is not None:
+            self._attempt.established()
         self.stats.connects += 1
         if self.stats.connects > 1:
             logger.info(

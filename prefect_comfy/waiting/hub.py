@@ -1,33 +1,30 @@
-"""Waiting at scale: one event stream per set of credentials, shared by every waiter in an event loop.
+"""The waiting layer's hub: ONE event stream per server and credentials per process, fanned out.
 
-:meth:`EventHub.shared` returns the hub of a backend's :attr:`~ComfyBackend.connection_key` in the
-running event loop. The hub owns a clone of the backend, opens ONE stream
-(``events(["job.*", "input.*", "model.*"])``) when the first wait starts, hands each event to the
-waits for its resource, and closes the stream a short while (:data:`DEFAULT_LINGER`) after the last
-wait ends, so that a burst of sequential waits reuses it.
+:meth:`EventHub.shared` returns the process-wide hub of a backend's
+:attr:`~prefect_comfy.backends.base.ComfyBackend.connection_key`. It lives on the waiting layer's
+own loop (:func:`~prefect_comfy.waiting.loop.waiting_loop`, a daemon thread), so waits from any
+event loop or thread (Prefect's sync tasks each run a loop of their own) share its one stream. The
+hub owns a clone of the backend, opens ``events(["job.*", "input.*", "model.*"])`` when the first
+wait starts, and closes it :data:`DEFAULT_LINGER` seconds after the last wait ends.
 
-The stream has no replay, so after every connect and reconnect the hub reads each pending resource
-once over REST (at most :data:`REST_CONCURRENCY` reads at a time) and resolves the waits whose
-resource already ended; a wait that starts while the stream is up reads its resource once too. There
-is no polling while the stream is healthy.
+It alone fans events out, drops duplicates (:mod:`~prefect_comfy.waiting.recall`), remembers
+recent outcomes for waits that register late, and reconciles pending resources after every
+(re)connect (:mod:`~prefect_comfy.waiting.reconcile`). docs/architecture.md tells the whole story.
 
 Example:
-    >>> async def main(backend):  # doctest: +SKIP
-    ...     event = await EventHub.shared(backend).wait("job", "job_123", timeout=600)
-    ...     print(event.event)  # job.completed, job.failed or job.cancelled
+    >>> async def main(backend, job_id):  # doctest: +SKIP
+    ...     event = await EventHub.shared(backend).wait("job", job_id, timeout=600)
+    ...     print(event.event)  # job.completed, job.failed, job.cancelled or job.lost
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
+import os
+import threading
 import time
-import weakref
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from prefect_comfy.backends.base import ComfyBackend, ProgressCallback
 from prefect_comfy.exceptions import (
@@ -38,88 +35,51 @@ from prefect_comfy.exceptions import (
     WebSocketConnectionError,
 )
 from prefect_comfy.models import STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.transport.deadlines import within
+from prefect_comfy.waiting.loop import Mailbox, waiting_loop
+from prefect_comfy.waiting.recall import REMEMBERED_OUTCOMES, SEEN_EVENTS, Recall, lost_event
+from prefect_comfy.waiting.reconcile import Reconciler, Resource
+from prefect_comfy.waiting.stream import DEFAULT_LINGER, HUB_PATTERNS, SharedStream
+from prefect_comfy.waiting.waiter import Waiter
 
-__all__ = ["DEFAULT_LINGER", "HUB_PATTERNS", "REST_CONCURRENCY", "EventHub"]
+__all__ = [
+    "DEFAULT_LINGER",
+    "HUB_PATTERNS",
+    "REMEMBERED_OUTCOMES",
+    "REST_CONCURRENCY",
+    "SEEN_EVENTS",
+    "EventHub",
+    "Mark",
+]
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["job", "input", "model"]
-HUB_PATTERNS: tuple[str, ...] = ("job.*", "input.*", "model.*")
-"""What the shared stream subscribes to."""
-DEFAULT_LINGER = 5.0
-"""Seconds the stream stays open after the last wait ends."""
+Key = tuple[str, str]
+Mark = tuple[int, int]
+"""What :meth:`EventHub.mark` returns: the connection epoch and the outcomes forgotten so far."""
+
 REST_CONCURRENCY = 16
-"""Most REST reads in flight at once while reconciling."""
-_SEEN_IDS = 10_000
+"""Most single REST reads in flight at once while reconciling."""
+LATE_BATCH_DELAY = 0.02
+"""Seconds the hub gathers waits that register while the stream is up before reading them together."""
 
 
-@dataclass(eq=False)
-class _Waiter:
-    """One call of :meth:`EventHub.wait`."""
+class EventHub(SharedStream):
+    """The shared event stream of one set of credentials.
 
-    kind: str
-    resource_id: str
-    future: asyncio.Future[ComfyEvent]
-    on_progress: ProgressCallback | None = None
-    inbox: asyncio.Queue[ComfyEvent] | None = None
-    pump: asyncio.Task[None] | None = None
-    delivered: set[str] = field(default_factory=set)
-    ended: bool = False
-
-    def deliver(self, event: ComfyEvent) -> None:
-        """Hand an event over in order: progress to the callback, the terminal one to the future."""
-        if self.ended:
-            return
-        if event.id is not None:
-            if event.id in self.delivered:
-                return
-            self.delivered.add(event.id)
-        terminal = event.event in TERMINAL_EVENTS
-        if terminal:
-            self.ended = True
-        if self.on_progress is None:
-            if terminal and not self.future.done():
-                self.future.set_result(event)
-            return
-        if self.inbox is None:
-            self.inbox = asyncio.Queue()
-            self.pump = asyncio.create_task(self._pump(), name=f"comfy-progress-{self.resource_id}")
-        self.inbox.put_nowait(event)
-
-    def fail(self, exc: BaseException) -> None:
-        self.ended = True
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-    async def _pump(self) -> None:
-        assert self.inbox is not None
-        while True:
-            event = await self.inbox.get()
-            if event.event in TERMINAL_EVENTS:
-                if not self.future.done():
-                    self.future.set_result(event)
-                return
-            try:
-                result = self.on_progress(event)  # type: ignore[misc]
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("on_progress callback for Comfy job %s failed", self.resource_id)
-
-
-class EventHub:
-    """The shared event stream of one set of credentials in one event loop.
-
-    Use :meth:`shared`; the constructor is for tests.
+    Use :meth:`shared`; the constructor is for tests (a hub made directly runs on the loop of its
+    first wait).
 
     Args:
         backend: the backend the hub owns (a clone; the hub closes it when idle).
         linger: seconds to keep the stream open after the last wait ends.
-        rest_concurrency: most REST reads in flight at once.
+        rest_concurrency: most single REST reads in flight at once.
+        loop: the loop the hub runs on (default: the first wait's).
     """
 
-    _registry: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, EventHub]]]
-    _registry = weakref.WeakKeyDictionary()
+    _shared: ClassVar[dict[str, EventHub]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
         self,
@@ -127,37 +87,43 @@ class EventHub:
         *,
         linger: float = DEFAULT_LINGER,
         rest_concurrency: int = REST_CONCURRENCY,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self.backend = backend
-        self.linger = linger
-        self._backend_closed = False
-        self._waiters: dict[tuple[str, str], list[_Waiter]] = {}
-        self._last_status: dict[tuple[str, str], str] = {}
-        self._stream: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
-        self._linger: asyncio.TimerHandle | None = None
-        self._live = False
-        self._rest = asyncio.Semaphore(rest_concurrency)
-        self._side_tasks: set[asyncio.Task[Any]] = set()
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self.streams_opened = 0
-        """How many times the hub opened the backend's stream."""
-        self.connections_opened = 0
-        """How many connects and reconnects the stream reported (``on_connect`` calls)."""
-        self.rest_reads = 0
-        """REST reads made to reconcile."""
+        super().__init__(backend, linger, Mailbox(loop))
+        self._pid = os.getpid()
+        self._rest_concurrency = rest_concurrency
+        self._waiters: dict[Key, list[Waiter]] = {}
+        self._last_status: dict[Key, str] = {}
+        self._recall = Recall()
+        self._late: list[Key] | None = None
+        self._reconciler = self._make_reconciler()
         self.events_received = 0
 
     @classmethod
     def shared(cls, backend: ComfyBackend) -> EventHub:
-        """The hub for the backend's credentials in the running event loop (made on first use)."""
-        loop = asyncio.get_running_loop()
-        hubs = cls._registry.setdefault(loop, {})
+        """The process-wide hub of the backend's credentials (made on first use, on the waiting loop)."""
         key = backend.connection_key
-        hub = hubs.get(key)
-        if hub is None:
-            hub = hubs[key] = cls(backend.clone())
-        return hub
+        with cls._shared_lock:
+            hub = cls._shared.get(key)
+            if hub is None or hub._pid != os.getpid():
+                hub = cls._shared[key] = cls(backend.clone(), loop=waiting_loop())
+            return hub
+
+    def _make_reconciler(self) -> Reconciler:
+        return Reconciler(
+            self.backend,
+            pending=self._waiters.__contains__,
+            epoch=lambda: self._epoch,
+            found=self._found,
+            missing=self._missing,
+            concurrency=self._rest_concurrency,
+        )
+
+    # -- counters -------------------------------------------------------------------------------
+    @property
+    def rest_reads(self) -> int:
+        """Single REST reads made to reconcile."""
+        return self._reconciler.reads
 
     @property
     def stats(self) -> dict[str, int]:
@@ -165,18 +131,34 @@ class EventHub:
         return {
             "streams_opened": self.streams_opened,
             "connections_opened": self.connections_opened,
-            "rest_reads": self.rest_reads,
+            "rest_reads": self._reconciler.reads,
+            "rest_lists": self._reconciler.lists,
+            "reconciling": int(self._reconciler.busy or self._late is not None),
             "events_received": self.events_received,
-            "pending": sum(len(w) for w in self._waiters.values()),
+            "pending": sum(len(w) for w in list(self._waiters.values())),
             "stream_open": int(self._stream is not None),
         }
 
-    @property
-    def stream_open(self) -> bool:
-        """Whether the shared stream is running."""
-        return self._stream is not None
+    def mark(self) -> Mark | None:
+        """A token to pass as ``covered_since`` for resources created from now on (``None`` while
+        the stream is not up: then waits read once as usual)."""
+        return (self._epoch, self._recall.forgotten) if self._live else None
 
-    # -- waiting ------------------------------------------------------------------------------
+    async def ready(self, timeout: float | None = None) -> Mark:
+        """Open the stream if needed and return :meth:`mark` once it is up (for submit-then-wait)."""
+        await self._home.run(self._open_for_marks)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            mark = self.mark()
+            if mark is not None:
+                return mark
+            if deadline is not None and time.monotonic() > deadline:
+                raise WebSocketConnectionError(
+                    f"the Comfy event stream was not up within {timeout:g}s"
+                )
+            await asyncio.sleep(0.01)
+
+    # -- waiting --------------------------------------------------------------------------------
     async def wait(
         self,
         kind: Kind,
@@ -184,6 +166,7 @@ class EventHub:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        covered_since: Mark | None = None,
     ) -> ComfyEvent:
         """Wait for a resource's terminal event and return it (failed and cancelled included).
 
@@ -191,8 +174,10 @@ class EventHub:
             kind: ``job``, ``input`` or ``model``.
             resource_id: the resource's id.
             timeout: seconds; ``None`` waits for ever.
-            on_progress: called (sync or async, in order, once each) with every ``job.progress``
-                of the job before the wait returns; its exceptions are logged.
+            on_progress: called (sync or async, in order, once each, on the caller's loop) with
+                every ``job.progress`` of the job before the wait returns; its exceptions are logged.
+            covered_since: a :meth:`mark` taken before the resource was created: no REST read
+                while the stream has not broken since.
 
         Returns:
             The terminal :class:`ComfyEvent`, such as ``job.completed`` or ``job.failed``.
@@ -203,97 +188,112 @@ class EventHub:
             WebSocketAuthError, WebSocketConnectionError: the stream failed for good.
             NotFound: the resource does not exist.
         """
+        waiter = self.enter(kind, resource_id, on_progress, covered_since)
+        try:
+            if timeout is None:  # no timer and no extra coroutine frame for the common case
+                return await waiter.future
+            return await within(waiter.future, timeout)
+        except TimeoutError:
+            raise self.timed_out(waiter, timeout or 0.0) from None
+        finally:
+            self.exit(waiter)
+
+    # The three steps of :meth:`wait`, for callers that inline it to save a coroutine frame per
+    # pending wait (:func:`~prefect_comfy.waiting.waiters.wait_for_job`).
+    def enter(
+        self,
+        kind: str,
+        resource_id: str,
+        on_progress: ProgressCallback | None = None,
+        covered_since: Mark | None = None,
+    ) -> Waiter:
+        """Register a wait from the running loop; await ``waiter.future``, then call :meth:`exit`."""
         if kind not in ("job", "input", "model"):
             raise ComfyConfigError(f"kind must be 'job', 'input' or 'model', got {kind!r}")
         if not resource_id:
             raise ComfyConfigError(f"a {kind} id is required")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        resource_id = str(resource_id)
-        waiter = _Waiter(kind, resource_id, asyncio.get_running_loop().create_future(), on_progress)
-        key = (kind, resource_id)
-        if self._closer is not None:
-            await asyncio.shield(self._closer)
-        self._waiters.setdefault(key, []).append(waiter)
-        self._cancel_linger()
-        try:
-            if self._stream is None:
-                self._open_stream()
-            elif self._live:
-                self._spawn(self._reconcile([key]))  # it may have ended before we listened
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = await asyncio.wait({waiter.future}, timeout=remaining)
-            if not done:
-                status = self._last_status.get(key)
-                if kind == "job":
-                    raise JobTimedOut(resource_id, timeout=timeout or 0.0, status=status)
-                raise WaitTimedOut(kind, resource_id, timeout=timeout or 0.0, status=status)
-            return waiter.future.result()
-        finally:
-            self._leave(waiter)
+        caller = asyncio.get_running_loop()
+        self._home.bind()
+        waiter = Waiter(kind, str(resource_id), caller.create_future(), caller, on_progress)
+        self._home.call(self._register, waiter, covered_since)
+        return waiter
 
-    def _leave(self, waiter: _Waiter) -> None:
-        key = (waiter.kind, waiter.resource_id)
-        waiter.ended = True
-        if waiter.pump is not None and not waiter.pump.done():
-            waiter.pump.cancel()
-        if not waiter.future.done():
-            waiter.future.cancel()
-        group = self._waiters.get(key, [])
-        if waiter in group:
+    def timed_out(self, waiter: Waiter, timeout: float) -> WaitTimedOut:
+        """The error of a wait whose timeout passed (it names the last known status)."""
+        status = self._last_status.get(waiter.key)
+        if waiter.kind == "job":
+            return JobTimedOut(waiter.resource_id, timeout=timeout, status=status)
+        return WaitTimedOut(waiter.kind, waiter.resource_id, timeout=timeout, status=status)
+
+    def exit(self, waiter: Waiter) -> None:
+        """The wait returned, failed or was cancelled (on the wait's loop)."""
+        waiter.close()
+        self._home.call(self._leave, waiter)
+
+    # -- on the hub's loop ----------------------------------------------------------------------
+    def _register(self, waiter: Waiter, covered: Mark | None) -> None:
+        if waiter.ended:
+            return  # it left before it got here
+        key = waiter.key
+        outcome = self._recall.outcome(key)
+        if outcome is not None:
+            waiter.deliver(outcome)
+            return
+        group = self._waiters.get(key)
+        if group is None:
+            group = self._waiters[key] = []
+        group.append(waiter)
+        self._keep_open()
+        covered_now = covered is not None and covered == self.mark()
+        if self._live and self._closer is None and len(group) == 1 and not covered_now:
+            self._reconcile_soon(key)
+
+    def _reconcile_soon(self, key: Key) -> None:
+        """Read a late registrant once; registrations of one loop turn are read together (a burst
+        of 10,000 waits is one listing, not 10,000 reads and tasks)."""
+        if self._late is None:
+            self._late = []
+            asyncio.get_running_loop().call_later(LATE_BATCH_DELAY, self._reconcile_late)
+        self._late.append(key)
+
+    def _reconcile_late(self) -> None:
+        keys, self._late = self._late or [], None
+        self._reconciler.submit(keys)
+
+    def _open_for_marks(self) -> None:
+        self._keep_open()
+        if not self._waiters:
+            self._schedule_linger()
+
+    def _leave(self, waiter: Waiter) -> None:
+        key = waiter.key
+        group = self._waiters.get(key)
+        if group is not None and waiter in group:
             group.remove(waiter)
-        if not group:
-            self._waiters.pop(key, None)
-            self._last_status.pop(key, None)
+            if not group:
+                del self._waiters[key]
+                self._last_status.pop(key, None)
         if not self._waiters and not self._backend_closed:
             self._schedule_linger()
 
-    # -- the stream ---------------------------------------------------------------------------
-    def _open_stream(self) -> None:
-        if self._backend_closed:
-            self.backend = self.backend.clone()
-            self._backend_closed = False
-        self.streams_opened += 1
-        self._stream = asyncio.create_task(self._run_stream(), name="comfy-event-hub")
-
-    async def _run_stream(self) -> None:
-        error: BaseException = WebSocketConnectionError("the Comfy event stream ended")
-        stream = self.backend.events(list(HUB_PATTERNS), on_connect=self._on_connect)
-        try:
-            async for event in stream:
-                self._dispatch(event)
-        except asyncio.CancelledError:
-            error = WebSocketConnectionError("the Comfy event stream was closed")
-            raise
-        except Exception as exc:  # WebSocketAuthError, WebSocketConnectionError, or a bug below
-            error = exc
-            logger.warning("Comfy event stream stopped: %s", exc)
-        finally:
-            self._live = False
-            self._stream = None
-            with contextlib.suppress(BaseException):
-                await stream.aclose()  # type: ignore[attr-defined]
-            for group in list(self._waiters.values()):
-                for waiter in group:
-                    waiter.fail(error)
-
-    async def _on_connect(self) -> None:
-        """After every connect and reconnect: one REST read per pending resource."""
-        self.connections_opened += 1
-        self._live = True
-        await self._reconcile(list(self._waiters))
+    def _fail_all(self, error: BaseException) -> None:
+        for group in list(self._waiters.values()):
+            for waiter in group:
+                waiter.fail(error)
+        self._waiters.clear()
+        self._last_status.clear()
 
     def _dispatch(self, event: ComfyEvent) -> None:
         self.events_received += 1
-        if event.id is not None:
-            if event.id in self._seen:
-                return
-            self._seen[event.id] = None
-            if len(self._seen) > _SEEN_IDS:
-                self._seen.popitem(last=False)
+        if self._recall.repeated(event):
+            return
         rid = event.resource_id
         if rid is None:
             return
         key = (event.kind, rid)
+        terminal = event.event in TERMINAL_EVENTS
+        if terminal:
+            self._recall.remember(key, event)
         group = self._waiters.get(key)
         if not group:
             return
@@ -301,88 +301,57 @@ class EventHub:
             "running" if event.event == "job.progress" else event.event.split(".", 1)[-1]
         )
         self._last_status[key] = str(status)
-        if event.event == "job.progress" or event.event in TERMINAL_EVENTS:
+        if event.event == "job.progress" or terminal:
             for waiter in list(group):
                 waiter.deliver(event)
 
-    async def _reconcile(self, keys: list[tuple[str, str]]) -> None:
-        if keys:
-            await asyncio.gather(*(self._read(key) for key in keys))
-
-    async def _read(self, key: tuple[str, str]) -> None:
-        kind, rid = key
-        if key not in self._waiters:
-            return
-        async with self._rest:
-            if key not in self._waiters:
-                return
-            read = {
-                "job": self.backend.get_job,
-                "input": self.backend.get_input,
-                "model": self.backend.get_model,
-            }[kind]
-            self.rest_reads += 1
-            try:
-                resource = await read(rid)
-            except NotFound as exc:
-                for waiter in list(self._waiters.get(key, [])):
-                    waiter.fail(exc)
-                return
-            except Exception as exc:
-                logger.warning("could not read Comfy %s %s to reconcile: %s", kind, rid, exc)
-                return
+    def _found(self, key: Key, resource: Resource) -> None:
         group = self._waiters.get(key)
         if not group:
             return
         self._last_status[key] = resource.status
-        name = STATUS_EVENT.get((kind, resource.status))
+        name = STATUS_EVENT.get((key[0], resource.status))
         if name is None:
             return
         event = ComfyEvent(event=name, payload=resource.model_dump(mode="json", exclude_none=True))
+        self._recall.remember(key, event)
         for waiter in list(group):
             waiter.deliver(event)
 
-    # -- closing ------------------------------------------------------------------------------
-    def _schedule_linger(self) -> None:
-        self._cancel_linger()
-        loop = asyncio.get_running_loop()
-        self._linger = loop.call_later(self.linger, self._linger_expired)
+    def _missing(self, key: Key, exc: NotFound) -> None:
+        """The server has no such resource: a wrong id, or a job it lost since we saw it."""
+        group = list(self._waiters.get(key, []))
+        if key[0] == "job" and key in self._last_status:
+            event = lost_event(key[1], "the server answered that it has no such job any more")
+            self._recall.remember(key, event)
+            for waiter in group:
+                waiter.deliver(event)
+            return
+        for waiter in group:
+            waiter.fail(exc)
 
-    def _cancel_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+    # -- hooks of the stream's life ----------------------------------------------------------
+    def _connected(self) -> None:
+        self._reconciler.submit(list(self._waiters))
 
-    def _linger_expired(self) -> None:
-        self._linger = None
-        if not self._waiters and self._closer is None:
-            self._closer = asyncio.create_task(self._close_stream())
+    def _ended(self, error: BaseException) -> None:
+        self._fail_all(error)
 
-    async def _close_stream(self) -> None:
-        try:
-            stream = self._stream
-            if stream is not None:
-                stream.cancel()
-                with contextlib.suppress(BaseException):
-                    await stream
-            for task in list(self._side_tasks):
-                task.cancel()
-            if not self._backend_closed:
-                self._backend_closed = True
-                with contextlib.suppress(Exception):
-                    await self.backend.aclose()
-            logger.debug("Comfy event hub closed its stream")
-        finally:
-            self._closer = None
+    def _idle(self) -> bool:
+        return not self._waiters
+
+    def _new_backend(self) -> None:
+        self._reconciler = self._make_reconciler()
+
+    async def _closing(self) -> None:
+        await self._reconciler.aclose()
+        self._recall.forget_outcomes()  # an idle hub keeps nothing; the next wait reads
 
     async def aclose(self) -> None:
         """Close the stream now (pending waits fail with :class:`WebSocketConnectionError`)."""
-        self._cancel_linger()
-        if self._closer is None:
-            self._closer = asyncio.create_task(self._close_stream())
-        await asyncio.shield(self._closer)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        if self._home.loop is not None and not self._home.here():
+            future = asyncio.run_coroutine_threadsafe(self.aclose(), self._home.loop)
+            await asyncio.wrap_future(future)
+            return
+        self._fail_all(WebSocketConnectionError("the Comfy event stream was closed"))
+        await self._close_now()

@@ -1,10 +1,9 @@
 """Module-level waits with the signatures of Comfy's own Python SDK.
 
-Each call waits through the shared :class:`~prefect_comfy.waiting.hub.EventHub` of a
-:class:`~prefect_comfy.backends.cloud.backend.CloudBackend`, so any number of concurrent calls with the same
-key in one event loop share ONE WebSocket connection. Each call builds a backend only to name the
-hub (no I/O: its HTTP client would be made on a first request, which never comes); the hub works on a
-clone of its own.
+Each call waits through the process-wide :class:`~prefect_comfy.waiting.hub.EventHub` of a
+:class:`~prefect_comfy.backends.cloud.backend.CloudBackend`, so any number of concurrent calls with the
+same key, in any event loop or thread of the process, share ONE WebSocket connection. A call builds
+no backend: the hub is found by a digest of the key and origin (the first call of a key builds one).
 
 Example:
     >>> async def main(job_id):  # doctest: +SKIP
@@ -15,30 +14,63 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any
+
 from prefect_comfy.backends.base import ProgressCallback
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.transport.deadlines import within
 from prefect_comfy.waiting.hub import EventHub
 
 __all__ = ["wait_for_input_ready", "wait_for_job", "wait_for_model_ready"]
 
 
-async def _wait(
+_HUBS: OrderedDict[bytes, EventHub] = OrderedDict()
+_HUBS_LOCK = threading.Lock()
+_HUBS_SIZE = 64
+
+
+def _hub(api_key: str | None, base_url: str | None) -> EventHub:
+    """The shared hub for a key and origin, without building a backend per call.
+
+    Building a :class:`CloudBackend` parses the environment and makes a REST client; at 10,000
+    waits that dominated both time and memory. The hub is found by a digest of what names it.
+    """
+    key_text = api_key if api_key is not None else os.environ.get("COMFY_API_KEY", "")
+    url_text = base_url if base_url is not None else os.environ.get("COMFY_BASE_URL", "")
+    digest = hashlib.blake2b(f"{key_text}\x1f{url_text}".encode(), digest_size=16).digest()
+    with _HUBS_LOCK:
+        hub = _HUBS.get(digest)
+        if hub is not None and hub is EventHub._shared.get(hub.backend.connection_key):
+            _HUBS.move_to_end(digest)
+            return hub
+    from prefect_comfy.backends.cloud.backend import CloudBackend
+
+    hub = EventHub.shared(CloudBackend(api_key=api_key, base_url=base_url))
+    with _HUBS_LOCK:
+        _HUBS[digest] = hub
+        while len(_HUBS) > _HUBS_SIZE:
+            _HUBS.popitem(last=False)
+    return hub
+
+
+def _wait(
     kind: str,
     api_key: str | None,
     resource_id: str | None,
     timeout: float | None,
     base_url: str | None,
     on_progress: ProgressCallback | None = None,
-) -> ComfyEvent:
-    from prefect_comfy.backends.cloud.backend import CloudBackend
-
+) -> Coroutine[Any, Any, ComfyEvent]:
+    """The hub's wait (a plain function: one coroutine frame less per pending wait)."""
     if not resource_id:
         raise ComfyConfigError(f"a {kind} id is required")
-    # Only names the hub: the hub works on a clone of its own, so this backend never opens a
-    # connection and has nothing to close (building one costs well under a millisecond).
-    backend = CloudBackend(api_key=api_key, base_url=base_url)
-    return await EventHub.shared(backend).wait(
+    return _hub(api_key, base_url).wait(
         kind,  # type: ignore[arg-type]
         resource_id,
         timeout=timeout,
@@ -73,8 +105,19 @@ async def wait_for_job(
         WebSocketAuthError: the key was refused.
         WebSocketConnectionError: the stream could not be kept within the reconnect budget.
     """
-    callback = on_progress if include_progress else None
-    return await _wait("job", api_key, job_id, timeout, base_url, callback)
+    # _wait's steps inlined: one coroutine frame per pending wait, not two (10,000 waits).
+    if not job_id:
+        raise ComfyConfigError("a job id is required")
+    hub = _hub(api_key, base_url)
+    waiter = hub.enter("job", job_id, on_progress if include_progress else None)
+    try:
+        if timeout is None:
+            return await waiter.future
+        return await within(waiter.future, timeout)
+    except TimeoutError:
+        raise hub.timed_out(waiter, timeout or 0.0) from None
+    finally:
+        hub.exit(waiter)
 
 
 async def wait_for_input_ready(

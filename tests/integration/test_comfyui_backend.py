@@ -15,6 +15,7 @@ from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.exceptions import InvalidWorkflow, NotFound
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.waiting.hub import EventHub
+from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 from tests.support.comfyui_server import RunningComfyUI
 from tests.waiting import eventually
 
@@ -92,7 +93,7 @@ async def test_empty_image_completes_and_downloads(backend: ComfyUIBackend, tmp_
         empty_to_save(72, prefix="backend"), tags=["smoke", "prefect.flow-run.x"]
     )
     assert job.status == "pending"
-    event = await backend.wait_for_job(job.id, timeout=60)
+    event = await wait_for(backend, "job", job.id, timeout=60)
     assert event.event == "job.completed", event
     assert "smoke" in event.payload["tags"]
     done = await backend.get_job(job.id)
@@ -113,7 +114,7 @@ async def test_uploaded_input_feeds_load_image(backend: ComfyUIBackend) -> None:
     name = f"in-{uuid.uuid4().hex[:8]}.png"
     item = await backend.upload_input(buffer.getvalue(), name=name)
     assert item.status == "ready" and item.name == name
-    ready = await backend.wait_for_input(item.id, timeout=30)
+    ready = await wait_for_input(backend, item.id, timeout=30)
     assert ready.event == "input.ready"
     assert (await backend.get_input(item.id)).status == "ready"
     with pytest.raises(NotFound):
@@ -126,7 +127,7 @@ async def test_uploaded_input_feeds_load_image(backend: ComfyUIBackend) -> None:
         },
     }
     job = await backend.submit(graph)
-    event = await backend.wait_for_job(job.id, timeout=60)
+    event = await wait_for(backend, "job", job.id, timeout=60)
     assert event.event == "job.completed", event
     assert event.payload["outputs"][0]["name"].startswith("loaded")
 
@@ -144,7 +145,7 @@ async def test_runtime_error_is_job_failed_naming_the_node(backend: ComfyUIBacke
         "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "fail"}},
     }
     job = await backend.submit(graph, tags=["will-fail"])
-    event = await backend.wait_for_job(job.id, timeout=60)
+    event = await wait_for(backend, "job", job.id, timeout=60)
     assert event.event == "job.failed", event
     error = event.payload["error"]
     assert error["node_id"] == "3"
@@ -184,7 +185,7 @@ async def test_cancel_running_and_pending(
     progress: list[ComfyEvent] = []
     long_job = await backend.submit(long_graph(), tags=["long"])
     waiting = asyncio.create_task(
-        backend.wait_for_job(long_job.id, timeout=120, on_progress=progress.append)
+        wait_for(backend, "job", long_job.id, timeout=120, on_progress=progress.append)
     )
     await eventually(
         lambda: any(e.payload.get("node_class") == "ImageBlur" for e in progress),
@@ -197,7 +198,7 @@ async def test_cancel_running_and_pending(
     started = time.monotonic()
     cancelled = await backend.cancel(pending.id)
     assert cancelled.status == "cancelled"
-    event = await backend.wait_for_job(pending.id, timeout=10)
+    event = await wait_for(backend, "job", pending.id, timeout=10)
     assert event.event == "job.cancelled"
     assert time.monotonic() - started < 2.0, "a pending job ends at once"
     assert (await backend.get_job(pending.id)).status == "cancelled"
@@ -226,7 +227,7 @@ async def test_fifty_jobs_through_one_websocket(backend: ComfyUIBackend) -> None
         )
     )
     started = time.monotonic()
-    outcomes = await asyncio.gather(*(backend.wait_for_job(j.id, timeout=120) for j in jobs))
+    outcomes = await asyncio.gather(*(wait_for(backend, "job", j.id, timeout=120) for j in jobs))
     elapsed = time.monotonic() - started
     assert [e.event for e in outcomes] == ["job.completed"] * 50
     assert all(e.payload["outputs"] for e in outcomes)
@@ -244,7 +245,7 @@ async def test_other_client_sees_completion_via_status_and_history(
     collector = Collector(other, ["job.*"])
     await asyncio.wait_for(collector.connected.wait(), 30)
     job = await backend.submit(empty_to_save(70, color=1234, prefix="seen"), tags=["elsewhere"])
-    mine = await backend.wait_for_job(job.id, timeout=60)
+    mine = await wait_for(backend, "job", job.id, timeout=60)
     assert mine.event == "job.completed"
     seen = await eventually(lambda: collector.find("job.completed", job.id), timeout=15)
     assert seen.payload["tags"] == ["elsewhere"]
@@ -262,7 +263,7 @@ async def test_model_wait_notices_a_copied_file(
     folder = comfyui_server.models_dir / "upscale_models"  # the server's own, under tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     name = f"test-{uuid.uuid4().hex[:8]}.pth"
-    waiting = asyncio.create_task(backend.wait_for_model(f"upscale_models/{name}", timeout=30))
+    waiting = asyncio.create_task(wait_for_model(backend, f"upscale_models/{name}", timeout=30))
     await eventually(lambda: EventHub.shared(backend).stream_open, timeout=10)
     (folder / name).write_bytes(b"not really a model")
     try:
@@ -356,3 +357,39 @@ async def test_flow_and_listener_on_comfyui(
 async def _when(awaitable, condition):
     value = await awaitable
     return value if condition(value) else None
+
+
+def test_waits_from_two_threads_share_one_comfyui_socket(comfyui_server: RunningComfyUI) -> None:
+    """Two threads, each with its own event loop, wait on one ComfyUI: ONE WebSocket."""
+    import threading
+
+    async def submit() -> tuple[list[str], int]:
+        async with ComfyUIBackend(comfyui_server.url) as b:
+            await EventHub.shared(b).aclose()  # start from no shared stream
+            before = b.stream_stats["connections_opened"]
+            jobs = [
+                await b.submit(empty_to_save(24, color=i, prefix=f"threads{i}")) for i in (1, 2)
+            ]
+            return [j.id for j in jobs], before
+
+    ids, before = asyncio.run(submit())
+    results: dict[int, object] = {}
+
+    def wait_in_thread(n: int) -> None:
+        async def main() -> ComfyEvent:
+            async with ComfyUIBackend(comfyui_server.url) as b:
+                return await wait_for(b, "job", ids[n], timeout=60)
+
+        try:
+            results[n] = asyncio.run(main())
+        except BaseException as exc:  # reported by the assertion below
+            results[n] = exc
+
+    threads = [threading.Thread(target=wait_in_thread, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert [getattr(results[n], "event", results[n]) for n in range(2)] == ["job.completed"] * 2
+    probe = ComfyUIBackend(comfyui_server.url)
+    assert probe.stream_stats["connections_opened"] - before == 1

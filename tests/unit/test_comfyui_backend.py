@@ -32,7 +32,7 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.models import Output
 from prefect_comfy.redaction import redact_url
 from prefect_comfy.settings import ComfySettings
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_sync
 
 KEY = "comfyui-unit-comfyui-key"
 GRAPH = {
@@ -158,7 +158,7 @@ def test_identity_is_shared_per_process_and_never_shows_the_key() -> None:
     assert ComfyUIBackend("http://comfy.test:8188").connection_key != a.connection_key
     other = ComfyUIBackend("http://comfy.test:8188", KEY, client_id="listener")
     assert other.connection_key != a.connection_key
-    for text in (repr(a), a.connection_key, redact_url(a.ws_url()), str(a.__dict__.get("_state"))):
+    for text in (repr(a), a.connection_key, redact_url(a.ws_url()), str(a.__dict__.get("_memory"))):
         assert KEY not in text
     assert f"token={KEY}" in a.ws_url() and a.ws_url().startswith(
         "ws://comfy.test:8188/ws?clientId="
@@ -398,7 +398,9 @@ def find(events: list, name: str, rid: str):
     return next((e for e in events if e.event == name and e.resource_id == rid), None)
 
 
-async def test_stream_maps_frames_and_shares_one_socket(fake: FakeComfyUI) -> None:
+async def test_stream_maps_frames(fake: FakeComfyUI) -> None:
+    """One ``events()`` call, one socket; sharing it is the waiting layer's job (see
+    test_waits_from_two_loops_share_one_comfyui_socket)."""
     connect = FakeConnect()
     b = ComfyUIBackend(
         fake.origin,
@@ -409,7 +411,6 @@ async def test_stream_maps_frames_and_shares_one_socket(fake: FakeComfyUI) -> No
         connect=connect,
     )
     events, task = await collect(b)
-    events2, task2 = await collect(b.clone(), ["job.completed"])
     assert len(connect.sockets) == 1 and b.stream_stats["connections_opened"] == 1
     assert f"clientId={b.client_id}" in connect.urls[0] and f"token={KEY}" in connect.urls[0]
     sock = connect.sockets[0]
@@ -432,7 +433,6 @@ async def test_stream_maps_frames_and_shares_one_socket(fake: FakeComfyUI) -> No
         "node_class": "SaveImage",
         "tags": ["t"],
     }
-    await eventually(lambda: find(events2, "job.completed", job.id), timeout=5)
 
     # Another client's prompt, seen only through status → queue/history reconciliation.
     fake.finish("theirs", extra=m.extra_data_for(["x"], None))
@@ -468,15 +468,11 @@ async def test_stream_maps_frames_and_shares_one_socket(fake: FakeComfyUI) -> No
     # An upload is ready when answered.
     await b.upload_input(b"png", name="a.png")
     await eventually(lambda: find(events, "input.ready", "masks/up.png"), timeout=5)
-    assert not [e for e in events2 if e.event != "job.completed"]
     assert len([e for e in events if e.event == "job.completed" and e.resource_id == job.id]) == 1
 
-    for t in (task, task2):
-        t.cancel()
-    await asyncio.gather(task, task2, return_exceptions=True)
-    await eventually(
-        lambda: sock.closed, timeout=5, message="the socket closed after the last subscriber"
-    )
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await eventually(lambda: sock.closed, timeout=5, message="the socket closed with its reader")
     await b.aclose()
 
 
@@ -500,9 +496,7 @@ async def test_listener_reconciliation_sees_deleted_pending_prompt(fake: FakeCom
     await b.aclose()
 
 
-async def test_each_subscriber_hears_a_drop_before_the_reconnect(fake: FakeComfyUI) -> None:
-    from prefect_comfy.listener.forwarder import _accepts_on_disconnect
-
+async def test_the_reader_hears_a_drop_before_the_reconnect(fake: FakeComfyUI) -> None:
     connect = FakeConnect()
     settings = ComfySettings(max_retries=0, max_reconnect_attempts=3, reconnect_delay=0.01)
     b = ComfyUIBackend(
@@ -512,7 +506,6 @@ async def test_each_subscriber_hears_a_drop_before_the_reconnect(fake: FakeComfy
         settings=settings,
         connect=connect,
     )
-    assert _accepts_on_disconnect(b)  # so the listener passes it and shows comfy.connected=false
     calls: dict[str, list[str]] = {"a": [], "b": []}
 
     def reader(name: str) -> asyncio.Task[None]:
@@ -530,19 +523,22 @@ async def test_each_subscriber_hears_a_drop_before_the_reconnect(fake: FakeComfy
 
         return asyncio.create_task(read())
 
-    tasks = [reader("a"), reader("b")]
-    await eventually(lambda: calls["a"] == calls["b"] == ["connect"], timeout=5)
-    assert len(connect.sockets) == 1
-    connect.sockets[0].drop()
-    reconnected = ["connect", "disconnect", "connect"]
-    await eventually(lambda: calls["a"] == calls["b"] == reconnected, timeout=5)
-    assert len(connect.sockets) == 2 and not any(t.done() for t in tasks)
+    # One reader per socket (a second one would have a socket of its own): "b" has a failing hook.
+    for name in ("a", "b"):
+        connect.sockets.clear()
+        tasks = [reader(name)]
+        await eventually(lambda n=name: calls[n] == ["connect"], timeout=5)
+        assert len(connect.sockets) == 1
+        connect.sockets[0].drop()
+        reconnected = ["connect", "disconnect", "connect"]
+        await eventually(lambda n=name, r=reconnected: calls[n] == r, timeout=5)
+        assert len(connect.sockets) == 2 and not any(t.done() for t in tasks)
 
-    for t in tasks:  # closing the iterators is not a drop
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await eventually(lambda: connect.sockets[1].closed, timeout=5)
-    assert calls["a"] == calls["b"] == reconnected
+        for t in tasks:  # closing the iterator is not a drop
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await eventually(lambda: connect.sockets[1].closed, timeout=5)
+        assert calls[name] == reconnected
     await b.aclose()
 
 
@@ -592,3 +588,102 @@ def test_block_makes_a_backend_and_hides_the_key() -> None:
     assert ComfyUIServer().get_backend().address == "http://127.0.0.1:8188"
     assert ComfyUIServer(api_key="**********").get_backend().api_key is None
     assert ComfyUIServer.get_block_type_slug() == "comfyui-server"
+
+
+async def test_a_restart_loses_queued_prompts_it_does_not_cancel_them(fake: FakeComfyUI) -> None:
+    """Issue 11 item 7: prompts gone from queue and history across a reconnect are ``job.lost``."""
+    connect = FakeConnect()
+    settings = ComfySettings(max_retries=0, max_reconnect_attempts=3, reconnect_delay=0.01)
+    fake.pending.append([0, "p-lost", GRAPH, m.extra_data_for(["r"], None), ["2"]])
+    fake.pending.append([1, "p-deleted", GRAPH, {}, ["2"]])
+    b = ComfyUIBackend(
+        fake.origin,
+        client_id=f"unit-{uuid.uuid4()}",
+        transport=fake.transport(),
+        settings=settings,
+        connect=connect,
+    )
+    events, task = await collect(b, ["job.*"])
+    sock = connect.sockets[0]
+    fake.pending = [item for item in fake.pending if item[1] != "p-deleted"]
+    sock.send("status", {"status": {"exec_info": {"queue_remaining": 1}}})
+    deleted = await eventually(lambda: find(events, "job.cancelled", "p-deleted"), timeout=5)
+    assert deleted.payload["status"] == "cancelled"
+    fake.pending.clear()  # ComfyUI restarts: its queue is gone, and so is the socket
+    sock.drop()
+    lost = await eventually(lambda: find(events, "job.lost", "p-lost"), timeout=5)
+    assert lost.payload["status"] == "lost" and lost.payload["tags"] == ["r"]
+    assert lost.payload["error"]["code"] == "lost"
+    assert find(events, "job.cancelled", "p-lost") is None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await b.aclose()
+
+
+async def test_patterns_filter_what_a_reader_gets(fake: FakeComfyUI) -> None:
+    connect = FakeConnect()
+    b = ComfyUIBackend(
+        fake.origin,
+        client_id=f"unit-{uuid.uuid4()}",
+        transport=fake.transport(),
+        settings=FAST,
+        connect=connect,
+    )
+    events, task = await collect(b, ["job.completed"])
+    job = await b.submit(GRAPH)
+    sock = connect.sockets[0]
+    sock.send("execution_start", {"prompt_id": job.id})
+    fake.pending.clear()
+    fake.finish(job.id)
+    sock.send("execution_success", {"prompt_id": job.id})
+    await eventually(lambda: find(events, "job.completed", job.id), timeout=5)
+    await b.upload_input(b"png", name="a.png")
+    assert not [e for e in events if e.event != "job.completed"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await b.aclose()
+
+
+def test_waits_from_two_loops_share_one_comfyui_socket(fake: FakeComfyUI) -> None:
+    """The sharing the ComfyUI backend no longer does itself: the waiting layer's one hub per
+    server and credentials per process opens ONE socket for waits from two threads."""
+    import threading
+
+    from prefect_comfy.waiting.hub import EventHub
+
+    connect = FakeConnect()
+    b = ComfyUIBackend(
+        fake.origin,
+        KEY,
+        client_id=f"unit-{uuid.uuid4()}",
+        transport=fake.transport(),
+        settings=FAST,
+        connect=connect,
+    )
+    fake.running.append([0, "p-1", GRAPH, {}, ["2"]])
+    fake.pending.append([1, "p-2", GRAPH, {}, ["2"]])
+    hub = EventHub.shared(b)
+    results: dict[str, Any] = {}
+
+    def wait_in_thread(prompt_id: str) -> None:
+        async def main() -> Any:
+            return await hub.wait("job", prompt_id, timeout=10)
+
+        try:
+            results[prompt_id] = asyncio.run(main())
+        except BaseException as exc:  # reported by the assertion below
+            results[prompt_id] = exc
+
+    threads = [threading.Thread(target=wait_in_thread, args=(p,)) for p in ("p-1", "p-2")]
+    for thread in threads:
+        thread.start()
+    eventually_sync(lambda: hub.stats["pending"] == 2 and connect.sockets, message="two waits")
+    for prompt_id in ("p-1", "p-2"):
+        fake.finish(prompt_id)
+    fake.running.clear()
+    fake.pending.clear()
+    connect.sockets[0].send("status", {"status": {"exec_info": {"queue_remaining": 0}}})
+    for thread in threads:
+        thread.join(10)
+    assert [results[p].event for p in ("p-1", "p-2")] == ["job.completed"] * 2, results
+    assert len(connect.sockets) == 1

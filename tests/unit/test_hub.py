@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -19,10 +20,37 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
 from prefect_comfy.waiting.hub import EventHub
+from prefect_comfy.waiting.waits import wait_for
 from tests.waiting import eventually
 
 _keys = itertools.count()
 DROP = object()
+
+
+class Mailbox:
+    """The fake server's live event queue; thread-safe, as the process-wide hub reads it on the
+    waiting layer's own loop while the test pushes from its loop."""
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._lock = threading.Lock()
+        self._reader: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+            reader = self._reader
+        if reader is not None:
+            reader[0].call_soon_threadsafe(reader[1].set)
+
+    async def get(self) -> Any:
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.pop(0)
+                wake = asyncio.Event()
+                self._reader = (asyncio.get_running_loop(), wake)
+            await wake.wait()
 
 
 class World:
@@ -32,7 +60,7 @@ class World:
         self.jobs: dict[str, Job] = {}
         self.inputs: dict[str, Input] = {}
         self.models: dict[str, Model] = {}
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queue = Mailbox()
         self.streams = 0
         self.connects = 0
         self.reads = 0
@@ -89,7 +117,7 @@ class FakeBackend(ComfyBackend):
     async def get_model(self, model_id: str) -> Model:
         return await self._read(self.world.models, model_id)
 
-    async def events(self, patterns=("*",), *, on_connect=None):
+    async def events(self, patterns=("*",), *, on_connect=None, on_disconnect=None):
         w = self.world
         w.streams += 1
         w.patterns.append(list(patterns))
@@ -300,7 +328,7 @@ async def test_shared_hub_per_connection_key_owns_a_clone(world, backend):
     other = FakeBackend(world, backend.key + "-other")
     assert EventHub.shared(other) is not hub
     world.jobs["job_s"] = job("job_s", "running")
-    waits = [start(backend.wait_for_job("job_s")) for _ in range(5)]
+    waits = [start(wait_for(backend, "job", "job_s")) for _ in range(5)]
     await eventually(lambda: hub.stats["pending"] == 5)
     await backend.aclose()  # the hub's clone outlives the caller's backend
     world.push("job.completed", "job_s", status="completed")
@@ -330,3 +358,16 @@ async def test_cancelled_wait_leaves_cleanly(hub, world, caplog):
         await waiter
     assert hub.stats["pending"] == 0
     await eventually(lambda: not hub.stream_open)
+
+
+async def test_a_job_the_server_forgets_is_lost_not_missing(hub, world):
+    """Issue 11 item 7: a job seen before and unknown after a reconnect ends ``job.lost``."""
+    world.jobs["job_gone"] = job("job_gone", "running")
+    waiter = start(hub.wait("job", "job_gone"))
+    await eventually(lambda: world.reads == 1)
+    del world.jobs["job_gone"]  # the server restarted and forgot it
+    world.queue.put_nowait(DROP)
+    result = await asyncio.wait_for(waiter, 5)
+    assert result.event == "job.lost" and result.payload["error"]["code"] == "lost"
+    with pytest.raises(NotFound):  # never seen: a wrong id stays NotFound
+        await asyncio.wait_for(hub.wait("job", "job_never"), 5)

@@ -30,6 +30,8 @@ from prefect_comfy.tasks import retry_if_retryable, task_run_idempotency_key
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}}}
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
+pytestmark = pytest.mark.usefixtures("scripted_waits")
+
 
 class FakeBackend(ComfyBackend):
     """Jobs end as ``outcome`` says: completed, failed, cancelled, or a wait that times out."""

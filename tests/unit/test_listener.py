@@ -82,7 +82,11 @@ class FakeBackend(ComfyBackend):
         self._queue.put_nowait(WebSocketConnectionError("gone"))
 
     async def events(
-        self, patterns: Sequence[str] = ("*",), *, on_connect: Any = None
+        self,
+        patterns: Sequence[str] = ("*",),
+        *,
+        on_connect: Any = None,
+        on_disconnect: Any = None,  # every backend takes it; this one never reports a drop
     ) -> AsyncIterator[ComfyEvent]:
         self.streams_opened += 1
         if self.auth_fails:

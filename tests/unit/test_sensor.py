@@ -22,6 +22,8 @@ from prefect_comfy.watching import _JobWatch, watch_comfy_job
 from prefect_comfy.watching import watch_comfy_upload as _watch_upload
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.usefixtures("scripted_waits")
+
 
 class FakeBackend(ComfyBackend):
     kind = "cloud"
@@ -147,6 +149,23 @@ async def test_cancelled_raises_job_cancelled(sent):
     with pytest.raises(JobCancelled):
         await watch_comfy_job(backend, "j1", **QUIET)
     assert sent[-1].event == "comfy.job.cancelled"
+
+
+async def test_lost_raises_job_lost_and_is_retryable(sent):
+    """Issue 11 item 7: a job the server lost is neither a cancel nor a plain failure."""
+    from prefect_comfy.exceptions import JobLost, is_retryable
+
+    lost = ComfyEvent(
+        event="job.lost",
+        payload={"id": "j1", "status": "lost", "error": {"code": "lost", "message": "restarted"}},
+    )
+    backend = FakeBackend(lost, Job(id="j1", status="running"))
+    with pytest.raises(JobLost) as caught:
+        await watch_comfy_job(backend, "j1", **QUIET)
+    assert not isinstance(caught.value, JobCancelled) and is_retryable(caught.value)
+    assert "restarted" in str(caught.value) and caught.value.status == "lost"
+    assert sent[-1].event == "comfy.job.lost"
+    assert sent[-1].resource["comfy.status"] == "lost"
 
 
 @pytest.mark.parametrize("cancel", [True, False])

@@ -39,6 +39,10 @@ class ScriptedServer:
         self.send_connected = True
         self.answer_subscribe = True
         self.answer_pings = True
+        self.close_after_connected = 0
+        """Close this many connections right after sending ``connected`` (before any subscribe)."""
+        self.oversize_after_subscribe: int | None = None
+        """After confirming a subscribe, send a frame of this many bytes."""
         self.url = ""
 
     def process_request(self, connection: ServerConnection, request: Any) -> Any:
@@ -57,12 +61,18 @@ class ScriptedServer:
         try:
             if self.send_connected:
                 await ws.send(json.dumps({"type": "connected", "data": {"session_id": "ses_1"}}))
+            if self.close_after_connected > 0:
+                self.close_after_connected -= 1
+                await ws.close(1011, "closing right after connected")
+                return
             async for message in ws:
                 frame = json.loads(message)
                 if frame["type"] == "subscribe":
                     self.subscribes.append(frame["data"]["events"])
                     if self.answer_subscribe:
                         await ws.send(json.dumps({"type": "subscribed", "data": frame["data"]}))
+                    if self.oversize_after_subscribe is not None:
+                        await ws.send("x" * self.oversize_after_subscribe)
                 elif frame["type"] == "ping":
                     self.pings += 1
                     if self.answer_pings:
@@ -446,3 +456,51 @@ async def test_unconfirmed_subscribe_means_a_dead_link(server, caplog):
         await asyncio.wait_for(pending, 5)
         assert server.subscribes[-1] == ["job.*"]
     assert "subscribed" in caplog.text
+
+
+# -- regressions of issue 11: a close at any point of the handshake, flapping links -------------------
+async def test_a_close_right_after_connected_is_a_reconnect_like_any_other(server):
+    server.close_after_connected = 3
+    async with make(server, max_reconnect_attempts=5) as ws:
+        await asyncio.wait_for(ws.subscribe(["job.*"]), 10)
+        stream = ws.events()
+        await server.push(event("job.completed", "job_1", "evt_1"))
+        assert (await next_event(stream)).payload["id"] == "job_1"
+    assert server.handshakes == 4 and server.close_after_connected == 0
+
+
+async def test_a_close_after_connected_never_reaches_a_subscriber_raw(server):
+    """Subscribing on a connection that the server closed meanwhile is not the caller's error."""
+    async with make(server, max_reconnect_attempts=5) as ws:
+        await ws.subscribe(["job.*"])
+        server.close_after_connected = 2
+        await server.drop()
+        # Subscribing now may hit the closed connection: it must reconnect, not raise.
+        await asyncio.wait_for(ws.subscribe(["input.ready"]), 10)
+        stream = ws.events()
+        await server.push(event("input.ready", "inp_1", "evt_2"))
+        assert (await next_event(stream)).event == "input.ready"
+
+
+async def test_a_frame_over_the_size_limit_gives_bounded_reconnects(server, monkeypatch):
+    monkeypatch.setattr(ws_module, "MAX_FRAME_BYTES", 1024)
+    server.oversize_after_subscribe = 4096
+    async with make(server, max_reconnect_attempts=3) as ws:
+        await ws.subscribe(["job.*"])
+        stream = ws.events()
+        with pytest.raises(WebSocketConnectionError) as caught:
+            await next_event(stream, timeout=10)
+    # Each connection subscribed before it died: that must not refill the budget.
+    assert server.handshakes == 4
+    assert "1009" in str(caught.value) and "3 reconnect attempt" in str(caught.value)
+
+
+async def test_a_server_that_never_answers_pings_gives_bounded_reconnects(server):
+    server.answer_pings = False
+    async with make(server, max_reconnect_attempts=2, ping_interval=0.05, ping_timeout=0.05) as ws:
+        await ws.subscribe(["job.*"])
+        stream = ws.events()
+        with pytest.raises(WebSocketConnectionError) as caught:
+            await next_event(stream, timeout=10)
+    assert server.handshakes == 3
+    assert "no pong" in str(caught.value) and "(x3)" in str(caught.value)

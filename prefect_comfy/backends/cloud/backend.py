@@ -135,6 +135,13 @@ class CloudBackend(ComfyBackend):
     async def get_model(self, model_id: str) -> Model:
         return await self.client.get_model(model_id)
 
+    async def unfinished_jobs(self) -> list[Job] | None:
+        """Pending and running jobs, in pages of 100 (``GET /jobs?status=…``)."""
+        found: list[Job] = []
+        for status in ("pending", "running"):
+            found.extend([job async for job in self.client.iter_jobs(status=status, page_size=100)])
+        return found
+
     # -- the event stream -------------------------------------------------------------------------
     async def events(
         self,

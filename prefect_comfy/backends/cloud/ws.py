@@ -2,7 +2,8 @@
 
 :class:`ComfyWebSocket` matches the ``ComfyWebSocket`` of Comfy's own Python SDK (same constructor,
 ``subscribe`` and ``events``) and adds what long waits need: a JSON ``ping`` keepalive that treats a
-missing ``pong`` as a dead link, jittered reconnects that reset after a good connection, an
+missing ``pong`` as a dead link, jittered reconnects on the one reconnect primitive (a budget
+that only a connection healthy for a while refills), an
 ``on_connect`` hook for REST reconciliation (the stream has no replay), an ``on_disconnect`` hook
 for telling "reconnecting" from "connected", and de-duplication.
 
@@ -22,8 +23,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -34,6 +33,7 @@ from pydantic import SecretStr
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from prefect_comfy.backends.cloud import protocol
+from prefect_comfy.backends.cloud.ws_loop import END, ConnectionLoop
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     ComfyProtocolError,
@@ -45,6 +45,7 @@ from prefect_comfy.redaction import redact, redacting_logger
 from prefect_comfy.settings import API_PREFIX, ComfySettings
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.transport.reconnect import ConnectionLost
 
 __all__ = ["ComfyWebSocket", "WebSocketAuthError", "WebSocketConnectionError", "ws_url"]
 
@@ -56,7 +57,6 @@ CONNECTED_GRACE = 2.0
 """Longest wait for the server's ``connected`` frame; its absence is tolerated (lenient)."""
 MAX_FRAME_BYTES = 16 * 2**20
 _LOG_CUT = 200
-_END = object()
 
 
 def ws_url(base_url: str) -> str:
@@ -71,10 +71,6 @@ def ws_url(base_url: str) -> str:
     if scheme is None or not parts.netloc:
         raise ComfyConfigError(f"base_url must be an http(s) origin, got {redact(base_url)!r}")
     return f"{scheme}://{parts.netloc}{API_PREFIX}/ws"
-
-
-class _Dead(Exception):
-    """The connection is unusable (no pong, no ``subscribed``); reconnect."""
 
 
 class _RecentSet:
@@ -95,7 +91,7 @@ class _RecentSet:
         return False
 
 
-class ComfyWebSocket:
+class ComfyWebSocket(ConnectionLoop):
     """The developer API's event stream, as an async context manager.
 
     Args:
@@ -223,9 +219,8 @@ class ComfyWebSocket:
         tasks = [t for t in (self._runner, *self._hooks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        # gather, not suppress(BaseException): a cancellation of the caller itself must go on.
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._runner = None
         await self._close_conn()
 
@@ -249,7 +244,7 @@ class ComfyWebSocket:
         if self._runner is None:
             await self.connect()
         if self._live and not set(wanted) <= self._acked:
-            await self._send_subscribe()
+            await self._try_send_subscribe()
         conn = self._conn
         while not set(wanted) <= self._acked:
             self._raise_if_fatal()
@@ -270,109 +265,12 @@ class ComfyWebSocket:
             await self.connect()
         while True:
             item = await self._queue.get()
-            if item is _END:
-                self._queue.put_nowait(_END)  # for any other reader
+            if item is END:
+                self._queue.put_nowait(END)  # for any other reader
                 if self._fatal is not None:
                     raise self._fatal
                 return
             yield item
-
-    # -- the connection loop ------------------------------------------------------------------
-    async def _run(self) -> None:
-        attempts = 0  # reconnect attempts since the last good connection
-        try:
-            while not self._closing:
-                self._good = False
-                refused: WebSocketAuthError | None = None
-                try:
-                    await self._serve_one()
-                    reason = "the server closed the connection"
-                except WebSocketAuthError as exc:
-                    refused = exc
-                except Exception as exc:
-                    reason = self._describe(exc)
-                finally:
-                    self._live = False
-                    self._acked = set()
-                    self._sent.clear()
-                    await self._close_conn()
-                    self._pulse()
-                if self._closing:
-                    return
-                if self._good:
-                    attempts = 0
-                    self._backoff.reset()
-                    if self._on_disconnect is not None:
-                        await self._run_hook(self._on_disconnect, "on_disconnect")
-                if refused is not None:
-                    self._fatal = refused
-                    logger.warning("%s", refused)
-                    return
-                if not self.auto_reconnect or attempts >= self.max_reconnect_attempts:
-                    self._fatal = WebSocketConnectionError(
-                        f"Comfy event stream at {self.url} is gone ({reason}); "
-                        f"{attempts} reconnect attempt(s) failed in a row"
-                    )
-                    logger.warning("%s", self._fatal)
-                    return
-                attempts += 1
-                delay = self._backoff.next_delay()
-                logger.info(
-                    "Comfy event stream lost (%s); reconnecting in %.2fs (attempt %d of %d)",
-                    reason,
-                    delay,
-                    attempts,
-                    self.max_reconnect_attempts,
-                )
-                await asyncio.sleep(delay)
-        finally:
-            self._queue.put_nowait(_END)
-            self._pulse()
-
-    async def _serve_one(self) -> None:
-        """One connection from handshake to drop; sets ``_good`` once it is subscribed."""
-        self._conn = conn = await self._open()
-        self.connections_opened += 1
-        logger.info("Comfy event stream connected to %s", self.url)
-        subscribed = False
-        keepalive = asyncio.create_task(self._keepalive(conn), name="comfy-ws-ping")
-        loop = asyncio.get_running_loop()
-
-        def unconfirmed() -> None:
-            if not subscribed and self._conn is conn:
-                self._dead_reason = f"no 'subscribed' within {self._connect_timeout:g}s"
-                logger.warning("Comfy event stream: %s; reconnecting", self._dead_reason)
-                self._abort(conn)
-
-        watchdog = loop.call_later(self._connect_timeout, unconfirmed)
-        try:
-            await self._await_connected(conn)
-            if self._patterns:
-                await self._send_subscribe()
-            else:
-                watchdog.cancel()
-                self._good = self._connected_once = True
-            self._live = True
-            self._pulse()
-            while True:
-                if self._handle(await conn.recv()) and not subscribed:
-                    subscribed = self._good = self._connected_once = True
-                    self._start_hook()
-                    self._pulse()
-        except ConnectionClosed as exc:
-            self._check_close_code(exc)
-            raise
-        finally:
-            watchdog.cancel()
-            keepalive.cancel()
-            with contextlib.suppress(BaseException):
-                await keepalive
-            if self._dead_reason:
-                dead, self._dead_reason = self._dead_reason, None
-                raise _Dead(dead)
-
-    _good = False
-    _dead_reason: str | None = None
 
     async def _open(self) -> Any:
         headers = {}
@@ -398,14 +296,14 @@ class ComfyWebSocket:
                     f"Comfy event stream at {self.url} refused the API key (HTTP {status}); "
                     "check the key (COMFY_API_KEY or the api_key argument)"
                 ) from None
-            raise _Dead(f"handshake answered HTTP {status}") from None
+            raise ConnectionLost(f"handshake answered HTTP {status}") from None
         except ConnectionClosed as exc:
             self._check_close_code(exc)
-            raise _Dead(self._describe(exc)) from None
+            raise ConnectionLost(self._describe(exc)) from None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise _Dead(self._describe(exc)) from None
+            raise ConnectionLost(self._describe(exc)) from None
 
     async def _await_connected(self, conn: Any) -> None:
         """Read the ``connected`` frame if it comes soon (lenient: its absence is tolerated)."""
@@ -415,25 +313,6 @@ class ComfyWebSocket:
             logger.debug("no 'connected' frame from the Comfy event stream; going on")
             return
         self._handle(first)
-
-    async def _send_subscribe(self) -> None:
-        patterns = list(self._patterns)
-        self._sent.append(patterns)
-        await self._conn.send(protocol.subscribe_frame(patterns))
-
-    async def _keepalive(self, conn: Any) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.ping_interval)
-            self._pong = loop.create_future()
-            await conn.send(protocol.PING_FRAME)
-            try:
-                await within(asyncio.shield(self._pong), self.ping_timeout)
-            except asyncio.TimeoutError:
-                self._dead_reason = f"no pong within {self.ping_timeout:g}s"
-                logger.warning("Comfy event stream: %s; treating it as dead", self._dead_reason)
-                self._abort(conn)
-                return
 
     # -- frames -------------------------------------------------------------------------------
     def _handle(self, raw: str | bytes) -> bool:
@@ -451,7 +330,7 @@ class ComfyWebSocket:
                 self._acked.update(sent)
                 missing = [p for p in self._patterns if p not in self._acked]
                 if missing and not self._sent and self._live:
-                    task = asyncio.create_task(self._send_subscribe())
+                    task = asyncio.create_task(self._try_send_subscribe())
                     self._hooks.add(task)
                     task.add_done_callback(self._hooks.discard)
                 self._pulse()
@@ -474,12 +353,7 @@ class ComfyWebSocket:
     def _on_event(self, event: ComfyEvent) -> None:
         if not protocol.matches_any(self._patterns, event.event):
             return
-        if event.id is not None:
-            key: Any = ("id", event.id)
-        else:
-            body = json.dumps(event.payload, sort_keys=True, separators=(",", ":"), default=str)
-            key = ("body", event.event, body)
-        if self._recent.seen(key):
+        if self._recent.seen(event.digest()):
             logger.debug("dropping a repeated %s event", event.event)
             return
         self._queue.put_nowait(event)
@@ -500,32 +374,6 @@ class ComfyWebSocket:
             await hook()
         except Exception:
             logger.exception("the %s hook of the Comfy event stream failed", name)
-
-    def _check_close_code(self, exc: ConnectionClosed) -> None:
-        code = exc.rcvd.code if exc.rcvd is not None else None
-        if code in protocol.AUTH_CLOSE_CODES:
-            raise WebSocketAuthError(
-                f"Comfy event stream at {self.url} closed with code {code}: the API key was "
-                "refused; check the key (COMFY_API_KEY or the api_key argument)"
-            ) from None
-
-    def _abort(self, conn: Any = None) -> None:
-        conn = conn or self._conn
-        if conn is None:
-            return
-        transport = getattr(conn, "transport", None)
-        if transport is not None:
-            transport.abort()
-        else:  # a test double
-            task = asyncio.create_task(conn.close())
-            self._hooks.add(task)
-            task.add_done_callback(self._hooks.discard)
-
-    async def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
 
     def _raise_if_fatal(self) -> None:
         if self._fatal is not None:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from os import PathLike
@@ -38,13 +39,8 @@ from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, Disconnec
 from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
-from prefect_comfy.backends.comfyui.stream import (
-    CONNECTED,
-    DISCONNECTED,
-    Subscriber,
-    process_client_id,
-    server_state,
-)
+from prefect_comfy.backends.comfyui.memory import ServerMemory
+from prefect_comfy.backends.comfyui.stream import ComfyUIStream
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -57,7 +53,6 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.transport.origins import normalize_origin
-from prefect_comfy.transport.retry import RetryPolicy
 
 __all__ = ["DEFAULT_URL", "ComfyUIBackend"]
 
@@ -67,6 +62,27 @@ DEFAULT_URL = "http://127.0.0.1:8188"
 """Where a local ComfyUI listens by default."""
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f7c2e-61a4-5d8e-9c3b-0e2a4f6d8c10")
 """uuid5 namespace of prompt ids derived from idempotency keys."""
+
+
+_PROCESS_NAMESPACE = uuid.uuid4()
+
+
+def _new_process_namespace() -> None:
+    global _PROCESS_NAMESPACE
+    _PROCESS_NAMESPACE = uuid.uuid4()
+
+
+os.register_at_fork(after_in_child=_new_process_namespace)
+
+
+def process_client_id(origin: str, key_hash: str) -> str:
+    """The client id every backend of this process uses for a server: derived, not stored.
+
+    ComfyUI sends a prompt's execution messages only to the socket of the client id that submitted
+    it, so the waiting layer's one socket must use the id the process submits with. A forked child
+    gets ids of its own.
+    """
+    return f"prefect-comfy-{uuid.uuid5(_PROCESS_NAMESPACE, f'{origin}#{key_hash}')}"
 
 
 def _key_hash(key: str | None) -> str:
@@ -112,7 +128,7 @@ class ComfyUIBackend(ComfyBackend):
         self.client_id = client_id or process_client_id(self._origin, self._hash)
         self._transport = transport
         self._connect = connect
-        self._state = server_state(self._origin, self._hash, self.client_id)
+        self._memory = ServerMemory.of(self.connection_key)
         self.http = ComfyUIHttp(self._origin, self._key, settings, transport)
         """Requests to the server (its httpx client is made on the first one)."""
 
@@ -139,7 +155,8 @@ class ComfyUIBackend(ComfyBackend):
         return SecretStr(self._key) if self._key else None
 
     def clone(self) -> ComfyUIBackend:
-        """A new backend with the same URL, key, client id, settings and transport."""
+        """A new backend with the same URL, key, client id, settings and transport (and so the
+        same :class:`~prefect_comfy.backends.comfyui.memory.ServerMemory`)."""
         return ComfyUIBackend(
             self._origin,
             self._key,
@@ -154,38 +171,11 @@ class ComfyUIBackend(ComfyBackend):
 
     @property
     def stream_stats(self) -> dict[str, int]:
-        """Counters of the process's shared stream to this server (for tests and benchmarks)."""
-        stream = self._state.stream
+        """Counters of the streams of this backend and its clones (for tests and benchmarks)."""
         return {
-            "connections_opened": self._state.connections_opened,
-            "subscribers": len(stream.subscribers) if stream is not None else 0,
+            "connections_opened": self._memory.connections_opened,
+            "subscribers": len(self._memory.streams),
         }
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """The retry policy of this backend's requests."""
-        return self.http.retry
-
-    def redact(self, text: str) -> str:
-        """A text with the key (and any ``token=``) removed."""
-        return self.http.redact(text)
-
-    # -- reads the stream uses too (the HTTP layer is ComfyUIHttp) ---------------------------------
-    async def queue_records(self) -> dict[str, tuple[str, mapping.PromptRecord]]:
-        """Queued prompts: ``{prompt_id: ("running" | "pending", record)}``."""
-        return await self.http.queue_records()
-
-    async def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
-        """A prompt's ``/history`` entry, or ``None`` (not finished, unknown, or deleted)."""
-        return await self.http.history_entry(prompt_id)
-
-    async def recent_history(self, max_items: int) -> dict[str, Any]:
-        """The newest ``max_items`` history entries, oldest first."""
-        return await self.http.recent_history(max_items)
-
-    async def model_files(self, folder: str) -> list[str]:
-        """The files ComfyUI lists under ``models/<folder>``."""
-        return await self.http.model_files(folder)
 
     # -- jobs ---------------------------------------------------------------------------------
     async def submit(
@@ -222,18 +212,20 @@ class ComfyUIBackend(ComfyBackend):
             body["prompt_id"] = prompt_id
         # Not retried: a lost answer to a submit that reached the server would queue it twice.
         prompt_id = await self.http.post_prompt(body, retry=bool(idempotency_key))
-        self._state.note_submitted(prompt_id, tags, workflow)
+        self._memory.note_submitted(prompt_id, tags, workflow)
         return Job(id=prompt_id, status="pending", tags=tags, workflow=workflow)
 
     async def _find(self, prompt_id: str) -> Job | None:
-        queued = (await self.queue_records()).get(prompt_id)
+        queued = (await self.http.queue_records()).get(prompt_id)
         if queued is not None:
             return Job(id=prompt_id, status=queued[0], tags=queued[1].tags)
-        entry = await self.history_entry(prompt_id)
+        entry = await self.http.history_entry(prompt_id)
         if entry is not None:
             return mapping.job_from_history(prompt_id, entry, self._origin)
-        if prompt_id in self._state.cancelled:
-            return Job(id=prompt_id, status="cancelled", tags=self._state.tags.get(prompt_id) or [])
+        if prompt_id in self._memory.cancelled:
+            return Job(
+                id=prompt_id, status="cancelled", tags=self._memory.tags.get(prompt_id) or []
+            )
         return None
 
     async def get_job(self, job_id: str) -> Job:
@@ -262,13 +254,13 @@ class ComfyUIBackend(ComfyBackend):
                 return job
             if job.status == "pending":
                 await self.http.delete_pending(job_id)
-                queued = (await self.queue_records()).get(job_id)
+                queued = (await self.http.queue_records()).get(job_id)
                 if queued is None:
-                    if await self.history_entry(job_id) is not None:
+                    if await self.http.history_entry(job_id) is not None:
                         return await self.get_job(job_id)  # it ran to the end in between
-                    self._state.cancelled.remember(job_id)
+                    self._memory.cancelled.remember(job_id)
                     cancelled = Job(id=job_id, status="cancelled", tags=job.tags)
-                    self._state.publish(
+                    self._memory.publish(
                         ComfyEvent(
                             event="job.cancelled",
                             payload=mapping.cancelled_payload(job_id, job.tags),
@@ -337,7 +329,7 @@ class ComfyUIBackend(ComfyBackend):
         except (InvalidRequest, ComfyAPIError) as exc:
             if isinstance(exc, AuthenticationError):
                 raise
-            self._state.publish(
+            self._memory.publish(
                 ComfyEvent(
                     event="input.failed",
                     payload={
@@ -362,7 +354,7 @@ class ComfyUIBackend(ComfyBackend):
             tags=list(tags),
             download_url=mapping.view_url(self._origin, returned, folder, "input"),
         )
-        self._state.publish(
+        self._memory.publish(
             ComfyEvent(event="input.ready", payload=item.model_dump(mode="json", exclude_none=True))
         )
         return item
@@ -418,25 +410,16 @@ class ComfyUIBackend(ComfyBackend):
         """
         folder, filename = mapping.model_location(model_id)
         model_type = next((t for t, f in mapping.MODEL_FOLDERS.items() if f == folder), None)
-        files = await self.model_files(folder)
+        files = await self.http.model_files(folder)
         if filename in files:
             return Model(id=model_id, name=filename, status="ready", type=model_type)
-        self._state.watch_model(model_id, folder, filename, model_type)
+        self._memory.watch_model(model_id, folder, filename, model_type)
         return Model(id=model_id, name=filename, status="pending_upload", type=model_type)
 
     # -- the event stream ---------------------------------------------------------------------
     def ws_url(self) -> str:
         """The WebSocket URL, with the ``token`` (if any) in it: never log it unredacted."""
         return self.http.ws_url(self.client_id)
-
-    async def open_socket(self) -> Any:
-        """Open one WebSocket (used by the shared stream).
-
-        Raises:
-            WebSocketAuthError: the handshake was refused (HTTP 401/403).
-            ComfyTransportError: the server could not be reached, or answered another status.
-        """
-        return await self.http.open_socket(self.client_id, self._connect)
 
     async def events(
         self,
@@ -445,13 +428,14 @@ class ComfyUIBackend(ComfyBackend):
         on_connect: ConnectCallback | None = None,
         on_disconnect: DisconnectCallback | None = None,
     ) -> AsyncIterator[ComfyEvent]:
-        """Events matching ``patterns`` from the process's one WebSocket to this server.
+        """Events matching ``patterns`` from one WebSocket to this server (opened for this call).
 
         ``on_connect`` runs as a task after every connect and reconnect, once the stream has
         reconciled with ``/queue`` and ``/history``. ``on_disconnect`` is awaited when a connection
         that ``on_connect`` ran for is lost, before the stream reconnects (not when this iterator is
-        closed). Every subscriber of the shared socket gets its own calls; a hook's exception is
-        logged.
+        closed); a hook's exception is logged. Two calls with one client id would steal each
+        other's execution messages (a ComfyUI rule): share one stream through
+        :mod:`prefect_comfy.waiting` instead.
 
         Raises:
             WebSocketAuthError: the key was refused.
@@ -461,41 +445,20 @@ class ComfyUIBackend(ComfyBackend):
             wanted = [protocol.validate_pattern(p) for p in patterns]
         except ValueError as exc:
             raise ComfyConfigError(str(exc)) from None
-        sub = Subscriber(asyncio.get_running_loop())
-        stream = self._state.subscribe(sub, self.clone)
-        hooks: set[asyncio.Task[Any]] = set()
-        connected = False  # on_connect ran for the current connection
-        try:
-            while True:
-                item = await sub.queue.get()
-                if item is CONNECTED:
-                    connected = True
-                    if on_connect is not None:
-                        task = asyncio.create_task(_run_hook(on_connect, "on_connect"))
-                        hooks.add(task)
-                        task.add_done_callback(hooks.discard)
-                elif item is DISCONNECTED:
-                    if connected and on_disconnect is not None:
-                        await _run_hook(on_disconnect, "on_disconnect")
-                    connected = False
-                elif isinstance(item, BaseException):
-                    raise item
-                elif protocol.matches_any(wanted, item.event):
-                    yield item
-        finally:
-            with contextlib.suppress(RuntimeError):
-                stream.loop.call_soon_threadsafe(stream.remove, sub)
-            for task in hooks:
-                task.cancel()
+        stream = ComfyUIStream(
+            self.http,
+            self._memory,
+            open_socket=lambda: self.http.open_socket(self.client_id, self._connect),
+            get_job=self.get_job,
+            on_connect=on_connect,
+            on_disconnect=on_disconnect,
+        )
+        async with contextlib.aclosing(stream.iterate()) as events:
+            async for event in events:
+                if protocol.matches_any(wanted, event.event):
+                    yield event
 
     # -- life ---------------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Close the HTTP client (the shared stream closes when its last subscriber leaves)."""
+        """Close the HTTP client (a stream closes with its ``events()`` iterator)."""
         await self.http.aclose()
-
-
-async def _run_hook(hook: ConnectCallback | DisconnectCallback, name: str) -> None:
-    try:
-        await hook()
-    except Exception:
-        logger.exception("the %s hook of the ComfyUI event stream failed", name)

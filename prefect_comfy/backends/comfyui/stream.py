@@ -1,12 +1,10 @@
-"""ComfyUI's event stream: ONE WebSocket per process and server, shared by every ``events()`` call.
+"""ComfyUI's event stream: one WebSocket per ``events()`` call, reconnecting, mapped to Comfy events.
 
-Why one per process. ComfyUI sends a prompt's execution messages only to the socket whose
-``clientId`` submitted it, and a second socket with the same ``clientId`` silently takes over the
-first (the first then gets nothing, not even ``status``). So every backend of a process uses the same
-client id for a server (:func:`process_client_id`), and every ``events()`` call of the process with
-that id shares one :class:`SharedStream`. The stream runs on a small event loop in a daemon thread of
-its own (:func:`stream_loop`), so that waits in different event loops (Prefect runs sync tasks in
-worker threads) still share the socket; each subscriber gets its events on its own loop.
+Sharing is not this module's business: the waiting layer (:mod:`prefect_comfy.waiting`) keeps one
+stream per server and credentials per process, so ComfyUI's rule that only the socket whose
+``clientId`` submitted a prompt gets its execution messages (and that a second socket with the same
+id silently takes over) needs nothing special here. Every backend of a process uses the same client
+id for a server (see :func:`~prefect_comfy.backends.comfyui.backend.process_client_id`).
 
 What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comfyui.mapping`):
 
@@ -17,9 +15,9 @@ What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comf
 - ``execution_error`` → ``job.failed``; ``execution_interrupted`` → ``job.cancelled``;
 - every ``status`` frame (a broadcast: the queue changed) → a **reconciliation**: ``/queue`` and the
   newest ``/history`` entries are compared with what the stream has seen, and the terminal event of
-  each prompt that ended since is emitted, from any client. This is how a listener in another
-  process, which receives no execution messages of other clients, still sees jobs end; a pending
-  prompt that left the queue without a history entry was deleted: ``job.cancelled``.
+  each prompt that ended since is emitted, from any client. A pending prompt that left the queue
+  without a history entry was deleted (``job.cancelled``), or, when the connection was lost in
+  between, lost in a ComfyUI restart (``job.lost``).
 
 The one poll: while a model wait is pending (a ``get_model`` answered "not there yet"), the stream
 lists ``/api/models/{folder}`` every :data:`MODEL_POLL_INTERVAL` seconds and emits ``model.ready``
@@ -32,204 +30,72 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import threading
 import time
-import uuid
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
 
 from prefect_comfy.backends.comfyui import mapping as mapping
+from prefect_comfy.backends.comfyui.http import ComfyUIHttp
+from prefect_comfy.backends.comfyui.memory import Bounded, ServerMemory
 from prefect_comfy.exceptions import (
     ComfyError,
     NotFound,
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.models import ComfyEvent
+from prefect_comfy.models import ComfyEvent, Job
 from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
 
-if TYPE_CHECKING:
-    from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+__all__ = ["ComfyUIStream"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_POLL_INTERVAL = 2.0
 """Seconds between two listings of a model folder while a model wait is pending."""
-MODEL_WATCH_TTL = 3600.0
-"""A model watch not renewed by a ``get_model`` for this long is dropped."""
 HISTORY_WINDOW = 32
 """Newest ``/history`` entries read per reconciliation (doubled while all of them are new)."""
 HISTORY_WINDOW_MAX = 1024
 """The most ``/history`` entries one reconciliation reads."""
 HISTORY_POLL_TIMEOUT = 10.0
 """How long ``execution_success`` waits for its ``/history`` entry before the next ``status`` must do."""
-LINGER = 0.5
-"""Seconds the socket stays open after its last subscriber left."""
-REMEMBERED = 10_000
-"""Prompt ids remembered (tags, seen history, emitted outcomes)."""
+_END = object()
 
-CONNECTED = object()
-"""Put on a subscriber's queue after every (re)connect, once reconciled: run ``on_connect`` then."""
-DISCONNECTED = object()
-"""Put on a subscriber's queue when a connection that was ``CONNECTED`` is lost, before the stream
-reconnects (not when it closes): run ``on_disconnect`` then."""
+Hook = Callable[[], Awaitable[None]]
 
 
-class Bounded(OrderedDict):
-    """A dict that forgets its oldest entries past ``size``.
+class ComfyUIStream:
+    """The events of one ``events()`` call, on the caller's loop.
 
-    Written from two threads (a backend's caller and the stream's loop): :meth:`remember` and
-    :meth:`take` hold a lock; a single read (``in``, ``get``) is atomic anyway.
+    Args:
+        http: the server's REST side (not closed here).
+        memory: shared with the backend and its clones (tags, graphs, deletions, model watches).
+        on_connect: run as a task after every connect and reconnect, once reconciled.
+        on_disconnect: awaited when a connection that ``on_connect`` ran for is lost, before the
+            reconnect; its exceptions are logged.
     """
-
-    def __init__(self, size: int = REMEMBERED) -> None:
-        super().__init__()
-        self.size = size
-        self._lock = threading.Lock()
-
-    def remember(self, key: Any, value: Any = None, *, replace: bool = True) -> None:
-        """Store ``key`` as the newest entry (keep an existing value unless ``replace``)."""
-        with self._lock:
-            if replace or key not in self:
-                self[key] = value
-            self.move_to_end(key)
-            while len(self) > self.size:
-                self.popitem(last=False)
-
-    def take(self, key: Any) -> Any:
-        """Remove and return ``key``'s value (``None`` when absent)."""
-        with self._lock:
-            return self.pop(key, None)
-
-
-# -- process-wide registries --------------------------------------------------------------------
-_lock = threading.Lock()
-_client_ids: dict[tuple[int, str, str], str] = {}
-_states: dict[tuple[int, str, str, str], ServerState] = {}
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_pid: int | None = None
-
-
-def process_client_id(origin: str, key_hash: str) -> str:
-    """The client id every backend of this process uses for a server (one uuid per process)."""
-    key = (os.getpid(), origin, key_hash)
-    with _lock:
-        value = _client_ids.get(key)
-        if value is None:
-            value = _client_ids[key] = f"prefect-comfy-{uuid.uuid4()}"
-        return value
-
-
-def server_state(origin: str, key_hash: str, client_id: str) -> ServerState:
-    """The process-wide state of one server, key and client id (shared by clones)."""
-    key = (os.getpid(), origin, key_hash, client_id)
-    with _lock:
-        state = _states.get(key)
-        if state is None:
-            state = _states[key] = ServerState(origin, client_id)
-        return state
-
-
-def stream_loop() -> asyncio.AbstractEventLoop:
-    """The event loop (in a daemon thread) that runs every shared ComfyUI stream of the process."""
-    global _loop, _loop_pid
-    with _lock:
-        if _loop is None or _loop_pid != os.getpid() or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=loop.run_forever, name="prefect-comfy-comfyui-stream", daemon=True
-            )
-            thread.start()
-            _loop, _loop_pid = loop, os.getpid()
-        return _loop
-
-
-@dataclass
-class ServerState:
-    """What the backends of one process know about one server (thread-safe where it matters)."""
-
-    origin: str
-    client_id: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    tags: Bounded = field(default_factory=Bounded)
-    graphs: Bounded = field(default_factory=lambda: Bounded(1024))
-    cancelled: Bounded = field(default_factory=Bounded)
-    idempotency: Bounded = field(default_factory=Bounded)
-    model_watches: dict[str, tuple[str, str, str | None, float]] = field(default_factory=dict)
-    stream: SharedStream | None = None
-    pending_adds: int = 0
-    connections_opened: int = 0
-
-    def note_submitted(self, prompt_id: str, tags: list[str], graph: dict[str, Any]) -> None:
-        with self.lock:
-            self.tags.remember(prompt_id, list(tags))
-            self.graphs.remember(prompt_id, graph)
-
-    def publish(self, event: ComfyEvent) -> None:
-        """Hand an event the backend made up (a deleted pending job, an upload) to the stream."""
-        with self.lock:
-            stream = self.stream
-        if stream is not None:
-            stream.loop.call_soon_threadsafe(stream.emit, event)
-
-    def watch_model(self, model_id: str, folder: str, filename: str, type: str | None) -> None:
-        with self.lock:
-            self.model_watches[model_id] = (
-                folder,
-                filename,
-                type,
-                time.monotonic() + MODEL_WATCH_TTL,
-            )
-            stream = self.stream
-        if stream is not None:
-            stream.loop.call_soon_threadsafe(stream.ensure_model_poller)
-
-    def subscribe(
-        self, sub: Subscriber, make_backend: Callable[[], ComfyUIBackend]
-    ) -> SharedStream:
-        loop = stream_loop()
-        with self.lock:
-            stream = self.stream
-            if stream is None:
-                stream = self.stream = SharedStream(self, loop, make_backend)
-            self.pending_adds += 1
-        loop.call_soon_threadsafe(stream.add, sub)
-        return stream
-
-
-@dataclass(eq=False)
-class Subscriber:
-    """One ``events()`` call: a queue on the caller's loop."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-
-    def put(self, item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the subscriber's loop is gone
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
-class SharedStream:
-    """The one WebSocket of a process to a server; lives on :func:`stream_loop`."""
 
     def __init__(
         self,
-        state: ServerState,
-        loop: asyncio.AbstractEventLoop,
-        make_backend: Callable[[], ComfyUIBackend],
+        http: ComfyUIHttp,
+        memory: ServerMemory,
+        *,
+        open_socket: Callable[[], Awaitable[Any]],
+        get_job: Callable[[str], Awaitable[Job]],
+        on_connect: Hook | None = None,
+        on_disconnect: Hook | None = None,
     ) -> None:
-        self.state = state
-        self.loop = loop
-        self._make_backend = make_backend
-        self.backend: ComfyUIBackend | None = None
-        self.subscribers: set[Subscriber] = set()
+        self.http = http
+        self.state = memory
+        self._open_socket = open_socket
+        self._get_job = get_job
         self.live = False
-        self.closed = False
-        self._runner: asyncio.Task[None] | None = None
-        self._closer: asyncio.TimerHandle | None = None
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tracker = mapping.ProgressTracker()
         self._seen_history = Bounded()
@@ -239,116 +105,99 @@ class SharedStream:
         self._dirty = False
         self._reconciler: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._graphs_known = Bounded(1024)
 
-    # -- subscribers (called on the stream loop) -----------------------------------------------
-    def add(self, sub: Subscriber) -> None:
+    async def iterate(self) -> AsyncIterator[ComfyEvent]:
+        """The events, across reconnects, until the caller stops or the budget is spent.
+
+        Raises:
+            WebSocketAuthError: the key was refused.
+            WebSocketConnectionError: the reconnect budget is spent.
+        """
+        self._loop = asyncio.get_running_loop()
         with self.state.lock:
-            self.state.pending_adds -= 1
-        self.subscribers.add(sub)
-        if self._closer is not None:
-            self._closer.cancel()
-            self._closer = None
-        if self.live:
-            sub.put(CONNECTED)
-        if self._runner is None:
-            self._runner = asyncio.ensure_future(self._run())
+            self.state.streams.add(self)
+        runner = asyncio.ensure_future(self._run())
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            with self.state.lock:
+                self.state.streams.discard(self)
+            tasks = [t for t in (runner, self._reconciler, self._poller, *self._tasks) if t]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # never suppress(BaseException)
 
-    def remove(self, sub: Subscriber) -> None:
-        self.subscribers.discard(sub)
-        if not self.subscribers and self._closer is None:
-            self._closer = self.loop.call_later(LINGER, self._close_if_idle)
+    # -- from the backend (any thread) -----------------------------------------------------------
+    def publish(self, event: ComfyEvent) -> None:
+        """An event the backend made up (a deleted pending prompt, an upload)."""
+        self._soon(self.emit, event)
 
-    def _close_if_idle(self) -> None:
-        self._closer = None
-        with self.state.lock:
-            if self.subscribers or self.state.pending_adds:
-                return
-            self.closed = True
-            if self.state.stream is self:
-                self.state.stream = None
-        asyncio.ensure_future(self._shutdown())
+    def models_changed(self) -> None:
+        """A model watch was added: make sure the poller runs."""
+        self._soon(self.ensure_model_poller)
 
-    async def _shutdown(self) -> None:
-        tasks = [t for t in (self._runner, self._reconciler, self._poller, *self._tasks) if t]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        if self.backend is not None:
-            await self.backend.aclose()
+    def _soon(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the stream's loop is gone
+                self._loop.call_soon_threadsafe(callback, *args)
 
     def _fan_out(self, item: Any) -> None:
-        for sub in list(self.subscribers):
-            sub.put(item)
+        self._queue.put_nowait(item)
 
     # -- the connection loop -------------------------------------------------------------------
     async def _run(self) -> None:
-        self.backend = backend = self._make_backend()
-        settings = backend.settings
-        backoff = Backoff(initial=settings.reconnect_delay, maximum=settings.max_reconnect_delay)
-        attempts = 0
-        error: BaseException | None = None
+        http = self.http
+        settings = http.settings
+        reconnect = Reconnect(
+            f"ComfyUI event stream at {http.origin}",
+            max_attempts=settings.max_reconnect_attempts,
+            backoff=Backoff(initial=settings.reconnect_delay, maximum=settings.max_reconnect_delay),
+            describe=http.redact,
+            on_disconnect=self._on_disconnect,
+        )
         try:
-            while self.subscribers and not self.closed:
-                good = False
-                try:
-                    conn = await backend.open_socket()
-                    with self.state.lock:
-                        self.state.connections_opened += 1
-                    try:
-                        logger.info("ComfyUI event stream connected to %s", backend.address)
-                        await self._reconcile(baseline=not self._baseline)
-                        self._baseline = good = self.live = True
-                        self.ensure_model_poller()
-                        self._fan_out(CONNECTED)
-                        async for raw in conn:
-                            self._on_frame(raw)
-                        reason = "the server closed the connection"
-                    finally:
-                        self.live = False
-                        with contextlib.suppress(Exception):
-                            await conn.close()
-                except WebSocketAuthError as exc:
-                    error = exc
-                    logger.warning("%s", exc)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    reason = backend.redact(str(exc) or type(exc).__name__)
-                if good:
-                    attempts = 0
-                    backoff.reset()
-                    self._fan_out(DISCONNECTED)  # each subscriber runs its on_disconnect
-                if attempts >= settings.max_reconnect_attempts:
-                    error = WebSocketConnectionError(
-                        f"ComfyUI event stream at {backend.address} is gone ({reason}); "
-                        f"{attempts} reconnect attempt(s) failed in a row"
-                    )
-                    logger.warning("%s", error)
-                    return
-                attempts += 1
-                delay = backoff.next_delay()
-                logger.info(
-                    "ComfyUI event stream lost (%s); reconnecting in %.2fs (attempt %d of %d)",
-                    reason,
-                    delay,
-                    attempts,
-                    settings.max_reconnect_attempts,
-                )
-                await asyncio.sleep(delay)
+            async for attempt in reconnect:
+                async with attempt:
+                    await self._serve_one(attempt)
+        except (WebSocketAuthError, WebSocketConnectionError) as exc:
+            if isinstance(exc, WebSocketAuthError):
+                logger.warning("%s", exc)
+            self._fan_out(exc)
         finally:
             self.live = False
-            if error is not None:
-                with self.state.lock:
-                    self.closed = True
-                    if self.state.stream is self:
-                        self.state.stream = None
-                self._fan_out(error)
-                self.subscribers.clear()
-                for task in [t for t in (self._reconciler, self._poller, *self._tasks) if t]:
-                    task.cancel()
+
+    async def _serve_one(self, attempt: Attempt) -> None:
+        """One connection: open, reconcile, then read frames until it drops."""
+        conn = await self._open_socket()
+        with self.state.lock:
+            self.state.connections_opened += 1
+        try:
+            logger.info("ComfyUI event stream connected to %s", self.http.origin)
+            await self._reconcile(baseline=not self._baseline, after_gap=self._baseline)
+            self._baseline = self.live = True
+            attempt.established()
+            self.ensure_model_poller()
+            if self._on_connect is not None:
+                self._spawn(_run_hook(self._on_connect, "on_connect"))
+            async for raw in conn:
+                attempt.alive()
+                self._on_frame(raw)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            if code == 1011 or (exc.sent is not None and exc.sent.code == 1011):
+                raise DeadLink(f"no answer to pings ({self.http.redact(str(exc))})") from None
+            raise
+        finally:
+            self.live = False
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     # -- frames --------------------------------------------------------------------------------
     def _on_frame(self, raw: str | bytes) -> None:
@@ -382,28 +231,31 @@ class SharedStream:
         elif kind == "execution_interrupted" and prompt_id:
             self._spawn(self._outcome(prompt_id, "job.cancelled", data))
 
-    def _register(self, prompt_id: str) -> None:
-        graph = self.state.graphs.take(prompt_id)
+    def _register(self, prompt_id: str, graph: dict[str, Any] | None = None) -> None:
+        """Give the progress tracker a prompt's graph: the submitter's copy, else ``/queue``'s."""
+        if prompt_id in self._graphs_known:
+            return
+        graph = self.state.graphs.take(prompt_id) or graph
         if graph:
+            self._graphs_known.remember(prompt_id)
             self._tracker.register(prompt_id, graph)
 
     async def _tags(self, prompt_id: str) -> list[str] | None:
         tags = self.state.tags.get(prompt_id)
-        if tags is None and self.backend is not None:
+        if tags is None:
             with contextlib.suppress(ComfyError):
-                tags = (await self.backend.get_job(prompt_id)).tags
+                tags = (await self._get_job(prompt_id)).tags
                 self.state.tags.remember(prompt_id, tags)
         return tags
 
     async def _outcome(self, prompt_id: str, name: str, data: dict[str, Any] | None) -> None:
         """Emit a prompt's outcome once its ``/history`` entry is written (so that a ``get_job``
         after the event agrees with it); from the frame alone if the entry is slow to come."""
-        assert self.backend is not None
         deadline = time.monotonic() + HISTORY_POLL_TIMEOUT
         delay = 0.02
         while ("job", prompt_id) not in self._ended:
             try:
-                entry = await self.backend.history_entry(prompt_id)
+                entry = await self.http.history_entry(prompt_id)
             except ComfyError as exc:
                 logger.debug("could not read the history of %s: %s", prompt_id, exc)
                 entry = None
@@ -426,8 +278,7 @@ class SharedStream:
 
     def emit_history(self, prompt_id: str, entry: dict[str, Any]) -> None:
         """Emit the outcome of a finished prompt from its ``/history`` entry."""
-        assert self.backend is not None
-        name, payload = mapping.outcome_event(prompt_id, entry, self.backend.address)
+        name, payload = mapping.outcome_event(prompt_id, entry, self.http.origin)
         self.emit(ComfyEvent(event=name, payload=payload))
 
     def emit(self, event: ComfyEvent) -> None:
@@ -440,6 +291,7 @@ class SharedStream:
             self._ended.remember(key)
             if event.kind == "job":
                 self._tracker.forget(rid)
+                self._graphs_known.take(rid)
                 self._tracked.pop(rid, None)
                 tags = event.payload.get("tags")
                 if isinstance(tags, list):
@@ -463,14 +315,18 @@ class SharedStream:
             except Exception as exc:
                 logger.warning("could not reconcile with ComfyUI's queue and history: %s", exc)
 
-    async def _reconcile(self, *, baseline: bool = False) -> None:
-        """Emit the outcome of every prompt that ended since the last look (none for a baseline)."""
-        backend = self.backend
-        assert backend is not None
-        queue = await backend.queue_records()  # first the queue, then the history: no gap
+    async def _reconcile(self, *, baseline: bool = False, after_gap: bool = False) -> None:
+        """Emit the outcome of every prompt that ended since the last look (none for a baseline).
+
+        A queued prompt that is gone with no history entry was deleted (``job.cancelled``) if the
+        connection stayed up meanwhile; ``after_gap`` (the first look after a reconnect) it was
+        lost: ComfyUI forgets its queue when it restarts, which also drops the socket (``job.lost``).
+        """
+        http = self.http
+        queue = await http.queue_records()  # first the queue, then the history: no gap
         window = HISTORY_WINDOW
         while True:
-            history = await backend.recent_history(window)
+            history = await http.recent_history(window)
             if baseline or len(history) < window or window >= HISTORY_WINDOW_MAX:
                 break
             if any(pid in self._seen_history for pid in history):
@@ -486,17 +342,23 @@ class SharedStream:
         for pid in [p for p in self._tracked if p not in queue and p not in history]:
             if ("job", pid) in self._ended:
                 continue
-            entry = await backend.history_entry(pid)
+            entry = await http.history_entry(pid)
             if entry:
                 self.emit_history(pid, entry)
             else:  # it left the queue without running: deleted
                 tags = self.state.tags.get(pid) or []
-                self.emit(
-                    ComfyEvent(event="job.cancelled", payload=mapping.cancelled_payload(pid, tags))
-                )
+                if after_gap and pid not in self.state.cancelled:
+                    self.emit(ComfyEvent(event="job.lost", payload=_lost_payload(pid, tags)))
+                else:
+                    self.emit(
+                        ComfyEvent(
+                            event="job.cancelled", payload=mapping.cancelled_payload(pid, tags)
+                        )
+                    )
         self._tracked = {pid: status for pid, (status, _) in queue.items()}
         for pid, (_, record) in queue.items():
             self.state.tags.remember(pid, record.tags, replace=False)
+            self._register(pid, record.graph)
 
     # -- model files: the one poll ---------------------------------------------------------------
     def ensure_model_poller(self) -> None:
@@ -504,21 +366,16 @@ class SharedStream:
             self._poller = asyncio.ensure_future(self._poll_models())
 
     async def _poll_models(self) -> None:
-        backend = self.backend
-        assert backend is not None
+        http = self.http
         while True:
-            now = time.monotonic()
-            with self.state.lock:
-                for mid in [m for m, w in self.state.model_watches.items() if w[3] < now]:
-                    del self.state.model_watches[mid]
-                watches = dict(self.state.model_watches)
+            watches = self.state.current_watches()
             if not watches:
                 return
             listings: dict[str, set[str] | None] = {}
             for model_id, (folder, filename, type_, _) in watches.items():
                 if folder not in listings:
                     try:
-                        listings[folder] = set(await backend.model_files(folder))
+                        listings[folder] = set(await http.model_files(folder))
                     except NotFound:
                         listings[folder] = set()
                     except ComfyError as exc:
@@ -526,8 +383,7 @@ class SharedStream:
                         listings[folder] = None
                 files = listings[folder]
                 if files is not None and filename in files:
-                    with self.state.lock:
-                        self.state.model_watches.pop(model_id, None)
+                    self.state.unwatch_model(model_id)
                     payload = {"id": model_id, "name": filename, "status": "ready"}
                     if type_:
                         payload["type"] = type_
@@ -538,3 +394,23 @@ class SharedStream:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _lost_payload(prompt_id: str, tags: list[str]) -> dict[str, Any]:
+    return {
+        "id": prompt_id,
+        "status": "lost",
+        "tags": list(tags),
+        "error": {
+            "code": "lost",
+            "message": "ComfyUI no longer has this prompt in its queue or history "
+            "(it restarted while the connection was down)",
+        },
+    }
+
+
+async def _run_hook(hook: Hook, name: str) -> None:
+    try:
+        await hook()
+    except Exception:
+        logger.exception("the %s hook of the ComfyUI event stream failed", name)

@@ -1,0 +1,185 @@
+"""Reconciliation: after every (re)connect, find out over REST what ended while nobody listened.
+
+The stream has no replay. After each connect the hub hands the keys of its pending waits to a
+:class:`Reconciler`, which
+
+1. lists the server's unfinished jobs when it can (:meth:`ComfyBackend.unfinished_jobs`, pages of
+   100): a pending job in that list is still running, and the stream will tell how it ends;
+2. reads the rest one by one (at most ``concurrency`` at a time): jobs missing from the list,
+   inputs and models, and every key when the server cannot list;
+3. tries a failed list or read again, backed off with jitter up to :data:`RETRY_MAX_DELAY` seconds
+   apart, until it succeeds or nobody waits for the key any more (issue 11 item 2: a REST outage
+   longer than the client's own retry budget must not leave a wait hanging).
+
+A read that started before a later (re)connect and found the resource unfinished is made again:
+it could not see what the lost connection missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterable
+
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.exceptions import NotFound
+from prefect_comfy.models import Input, Job, Model
+from prefect_comfy.transport.backoff import Backoff
+
+__all__ = ["LIST_THRESHOLD", "RETRY_MAX_DELAY", "Reconciler"]
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Resource = Job | Input | Model
+
+RETRY_INITIAL_DELAY = 0.5
+"""The first pause before a failed reconciliation is tried again, seconds."""
+RETRY_MAX_DELAY = 10.0
+"""The longest pause between two tries of a failed reconciliation, seconds."""
+LIST_THRESHOLD = 3
+"""From this many pending jobs on, reconciliation lists unfinished jobs instead of reading each."""
+_RNG = random.Random()
+
+
+class Reconciler:
+    """Reads pending resources for a hub (runs on the hub's loop).
+
+    Args:
+        backend: where to read.
+        pending: whether a key is still waited for.
+        epoch: the hub's connection counter (it changes at every connect and disconnect).
+        found: called with each resource read (or listed as unfinished).
+        missing: called with the :class:`NotFound` of a key.
+        concurrency: most single reads in flight at once.
+    """
+
+    def __init__(
+        self,
+        backend: ComfyBackend,
+        *,
+        pending: Callable[[Key], bool],
+        epoch: Callable[[], int],
+        found: Callable[[Key, Resource], None],
+        missing: Callable[[Key, NotFound], None],
+        concurrency: int,
+    ) -> None:
+        self.backend = backend
+        self._pending = pending
+        self._epoch = epoch
+        self._found = found
+        self._missing = missing
+        self._limit = asyncio.Semaphore(concurrency)
+        self._queue: dict[Key, None] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self.reads = 0
+        """Single REST reads made."""
+        self.lists = 0
+        """Listings of unfinished jobs made (each may be several pages)."""
+
+    def submit(self, keys: Iterable[Key]) -> None:
+        """Reconcile these keys soon: keys that come while a round runs go into the next round, so
+        one listing in flight serves every wait (a burst of 10,000 registrations included)."""
+        for key in keys:
+            self._queue[key] = None
+        if self._queue and (self._runner is None or self._runner.done()):
+            self._runner = asyncio.ensure_future(self._drain())
+
+    @property
+    def busy(self) -> bool:
+        """Whether a reconciliation is queued or running."""
+        return bool(self._queue) or (self._runner is not None and not self._runner.done())
+
+    async def aclose(self) -> None:
+        """Stop reconciling (the hub is closing)."""
+        self._queue.clear()
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        backoff: Backoff | None = None
+        while self._queue:
+            keys = [k for k in self._queue if self._pending(k)]
+            self._queue.clear()
+            if not keys:
+                return
+            failed, stale = await self._round(keys)
+            for key in (*failed, *stale):
+                self._queue[key] = None
+            if failed:
+                backoff = backoff or Backoff(RETRY_INITIAL_DELAY, RETRY_MAX_DELAY, _RNG)
+                delay = backoff.next_delay()
+                logger.info(
+                    "Could not reconcile %d pending Comfy resource(s); trying again in %.1fs",
+                    len(failed),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            elif not stale:
+                backoff = None
+
+    async def _round(self, keys: list[Key]) -> tuple[list[Key], list[Key]]:
+        """One try at every key: (keys that failed, keys whose answer predates a reconnect)."""
+        failed: list[Key] = []
+        stale: list[Key] = []
+        jobs = [k for k in keys if k[0] == "job"]
+        singles = [k for k in keys if k[0] != "job"]
+        if len(jobs) >= LIST_THRESHOLD:
+            epoch = self._epoch()
+            try:
+                unfinished = await self.backend.unfinished_jobs()
+            except Exception as exc:
+                logger.warning("could not list unfinished Comfy jobs to reconcile: %s", exc)
+                failed += jobs
+            else:
+                self.lists += 1
+                if unfinished is None:
+                    singles += jobs
+                elif self._epoch() != epoch:
+                    stale += jobs  # listed across a reconnect: list again
+                else:
+                    by_id = {job.id: job for job in unfinished}
+                    for key in jobs:
+                        job = by_id.get(key[1])
+                        if job is None:
+                            singles.append(key)  # it ended (or never was): read its outcome
+                        else:
+                            self._found(key, job)
+        else:
+            singles += jobs
+        results = await asyncio.gather(*(self._read(k) for k in singles))
+        for key, result in zip(singles, results, strict=True):
+            if result == "failed":
+                failed.append(key)
+            elif result == "stale":
+                stale.append(key)
+        return failed, stale
+
+    async def _read(self, key: Key) -> str:
+        """Read one resource: ``done``, ``failed`` (try again, backed off) or ``stale``."""
+        kind, rid = key
+        if not self._pending(key):
+            return "done"
+        async with self._limit:
+            if not self._pending(key):
+                return "done"
+            read = {
+                "job": self.backend.get_job,
+                "input": self.backend.get_input,
+                "model": self.backend.get_model,
+            }[kind]
+            epoch = self._epoch()
+            self.reads += 1
+            try:
+                resource = await read(rid)
+            except NotFound as exc:
+                self._missing(key, exc)
+                return "done"
+            except Exception as exc:
+                logger.warning("could not read Comfy %s %s to reconcile: %s", kind, rid, exc)
+                return "failed"
+        self._found(key, resource)
+        # Unfinished, but read before a later reconnect: read again, it cannot have seen the gap.
+        return "done" if resource.is_terminal or self._epoch() == epoch else "stale"

@@ -1,0 +1,65 @@
+"""Waits on any backend: the functions the Prefect layer and the listener call.
+
+Each goes through the process-wide :class:`~prefect_comfy.waiting.hub.EventHub` of the backend's
+credentials, so every wait of the process on one server shares one stream, whatever its event
+loop or thread. They replace the ``wait_for_*`` methods that :class:`ComfyBackend` had (the backend
+interface no longer imports the waiting layer).
+
+Example:
+    >>> async def main(backend, job_id):  # doctest: +SKIP
+    ...     event = await wait_for(backend, "job", job_id, timeout=600)
+    ...     print(event.event)
+"""
+
+from __future__ import annotations
+
+from prefect_comfy.backends.base import ComfyBackend, ProgressCallback
+from prefect_comfy.models import ComfyEvent
+from prefect_comfy.waiting.hub import EventHub, Kind, Mark
+
+__all__ = ["wait_for", "wait_for_input", "wait_for_model"]
+
+
+async def wait_for(
+    backend: ComfyBackend,
+    kind: Kind,
+    resource_id: str,
+    *,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    covered_since: Mark | None = None,
+) -> ComfyEvent:
+    """Wait for a job's, input's or model's terminal event (returned, not raised).
+
+    Args:
+        backend: the server and credentials (the hub keeps a clone: closing yours is fine).
+        kind: ``job``, ``input`` or ``model``.
+        resource_id: the resource's id.
+        timeout: seconds; ``None`` waits for ever.
+        on_progress: called with each ``job.progress`` event (sync or async), in order.
+        covered_since: ``await EventHub.shared(backend).ready()`` taken before submitting: the
+            wait then needs no REST read while the stream stays up.
+
+    Raises:
+        JobTimedOut: a job wait timed out; it names the last known status.
+        WaitTimedOut: an input or model wait timed out.
+        WebSocketAuthError, WebSocketConnectionError: the stream failed for good.
+        NotFound: the server has no such resource.
+    """
+    return await EventHub.shared(backend).wait(
+        kind, resource_id, timeout=timeout, on_progress=on_progress, covered_since=covered_since
+    )
+
+
+async def wait_for_input(
+    backend: ComfyBackend, input_id: str, *, timeout: float | None = None
+) -> ComfyEvent:
+    """Wait for ``input.ready`` or ``input.failed``; raises :class:`WaitTimedOut` on timeout."""
+    return await wait_for(backend, "input", input_id, timeout=timeout)
+
+
+async def wait_for_model(
+    backend: ComfyBackend, model_id: str, *, timeout: float | None = None
+) -> ComfyEvent:
+    """Wait for ``model.ready`` or ``model.failed``; raises :class:`WaitTimedOut` on timeout."""
+    return await wait_for(backend, "model", model_id, timeout=timeout)
