@@ -26,7 +26,6 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.jobs import ComfyJobResult, ComfyJobRun, ComfyWorkflow
 from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
 from prefect_comfy.tasks import retry_if_retryable, task_run_idempotency_key
-from prefect_comfy.workflows import load_workflow
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}}}
 PNG = b"\x89PNG\r\n\x1a\nfake"
@@ -227,33 +226,6 @@ def test_the_block_reads_a_workflow_file(tmp_path, world) -> None:
     path.write_text(json.dumps(GRAPH))
     make_block(tmp_path, workflow=str(path)).trigger()
     assert world["submits"][0]["workflow"] == GRAPH
-
-
-# -- workflows ----------------------------------------------------------------------------------
-def test_load_workflow_from_dict_text_and_file(tmp_path) -> None:
-    path = tmp_path / "wf.json"
-    path.write_text(json.dumps(GRAPH))
-    assert load_workflow(GRAPH) == GRAPH
-    assert load_workflow(json.dumps(GRAPH)) == GRAPH
-    assert load_workflow(str(path)) == GRAPH
-    assert load_workflow(path) == GRAPH
-
-
-@pytest.mark.parametrize(
-    ("workflow", "needle"),
-    [
-        ({}, "non-empty dict"),
-        ([1, 2], "non-empty dict"),
-        ({"nodes": [], "links": []}, "UI-format"),
-        ({"1": {"inputs": {}}}, "class_type"),
-        ({"1": {"class_type": "X", "inputs": [1]}}, "inputs must be a dict"),
-        ("{not json", "not JSON"),
-        ("/no/such/workflow.json", "No workflow file"),
-    ],
-)
-def test_load_workflow_refuses(workflow, needle) -> None:
-    with pytest.raises(InvalidWorkflow, match=needle):
-        load_workflow(workflow)
 
 
 # -- task helpers -------------------------------------------------------------------------------
