@@ -42,3 +42,26 @@ def test_every_third_party_import_is_declared() -> None:
     test_imports = (_imported(ROOT / "tests") | _imported(ROOT / "benchmarks")) - local
     missing = {IMPORT_NAMES.get(n, n) for n in test_imports} - dev
     assert not missing, f"imported by tests or benchmarks but not declared: {sorted(missing)}"
+
+
+PREFECT_LAYER = [
+    "artifacts", "budget", "emitter", "flows", "job_steps", "jobs", "results", "runs", "tasks",
+    "triggers", "watching", "workflows",
+]  # fmt: skip
+"""The Prefect layer's modules (``prefect_comfy/<name>.py``)."""
+
+
+def test_the_prefect_layer_sees_servers_only_through_the_interface_and_the_registry() -> None:
+    allowed = {"prefect_comfy.backends.base", "prefect_comfy.backends.registry"}
+    for name in PREFECT_LAYER:
+        tree = ast.parse((ROOT / "prefect_comfy" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.startswith("prefect_comfy.backends"):
+                    assert target in allowed, f"{name}.py imports {target}"
