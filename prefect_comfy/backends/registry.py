@@ -88,8 +88,10 @@ def _by_slug(slug: Any) -> type[Block] | None:
 def _any_registered(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     if isinstance(value, tuple(_BLOCK_TYPES)):
         return value
-    if isinstance(value, dict) and (kind := _by_slug(value.get("block_type_slug"))) is not None:
-        return kind.model_validate(value)
+    if isinstance(value, dict) and "$ref" not in value:
+        # By slug, else by field names: a plain union would let ComfyCloudCredentials (which
+        # allows extra fields) swallow a ComfyUIServer's {"url": ...}.
+        return _kind_of_fields(value).model_validate(value)
     return handler(value)
 
 

@@ -97,6 +97,17 @@ async def test_workflow_block_round_trip(prefect_api_url, creds) -> None:
     assert loaded.credentials.api_key.get_secret_value() == API_KEY
 
 
+async def test_workflow_block_round_trip_keeps_the_kind_of_server(prefect_api_url) -> None:
+    from prefect_comfy.backends.comfyui.block import ComfyUIServer
+
+    name = f"wf-ui-{uuid.uuid4().hex[:8]}"
+    server = ComfyUIServer(url="http://127.0.0.1:8188")
+    await ComfyWorkflow(credentials=server, workflow=tiny_workflow()).save(name)
+    loaded = await ComfyWorkflow.load(name)
+    assert isinstance(loaded.credentials, ComfyUIServer)
+    assert loaded.credentials.url == "http://127.0.0.1:8188"
+
+
 async def test_blocks_are_found_by_register(prefect_api_url) -> None:
     from prefect.cli.block import _register_blocks_in_module  # `prefect block register -m`
 
