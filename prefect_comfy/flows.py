@@ -38,6 +38,7 @@ from prefect.states import State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_comfy.backends.registry import ComfyCredentials, credentials_from_parameter
+from prefect_comfy.dispatch import STOPPED_MESSAGE
 from prefect_comfy.exceptions import InvalidWorkflow, NotFound, OutcomeError
 from prefect_comfy.job_steps import cancel_job, cancel_jobs_quietly, unfinished_jobs_of
 from prefect_comfy.jobs import ComfyJobRun, ComfyWorkflow
@@ -171,7 +172,7 @@ def _cancel_unless_ended(run: ComfyJobRun) -> None:
     """The flow run stopped first (a Prefect timeout, a cancellation, an error): cancel its job."""
     if run.job.is_terminal:
         return
-    run_logger().warning("The flow run stopped before its Comfy job ended: cancelling it")
+    run_logger().warning(STOPPED_MESSAGE)
     flow_run_id = str(FlowRunContext.get().flow_run.id)  # type: ignore[union-attr]
     run_coro_as_sync(
         cancel_jobs_quietly(run.block.credentials, run.job_id, flow_run_id=flow_run_id)

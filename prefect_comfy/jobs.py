@@ -22,20 +22,26 @@ coroutine runs on Prefect's own loop thread).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import functools
 import os
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect.blocks.abstract import JobBlock, JobRun
-from prefect.context import FlowRunContext, TaskRunContext
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import Field
 
 from prefect_comfy.backends.registry import ComfyCredentials
+from prefect_comfy.dispatch import (
+    STOPPED_MESSAGE,
+    astep,
+    dispatch,
+    in_a_run,
+    in_a_sync_flow,
+    late_job,
+    result_of,
+    step,
+)
 from prefect_comfy.exceptions import JobCancelled, JobFailed, OutcomeError
 from prefect_comfy.job_steps import cancel_job, cancel_jobs_quietly, raise_for_outcome
 from prefect_comfy.models import Job
@@ -56,92 +62,6 @@ __all__ = [
     "ComfyOutputFile",
     "ComfyWorkflow",
 ]
-
-R = TypeVar("R")
-
-WAIT_SLICE = 0.5
-"""Seconds of one wait for a step's task in a sync flow (see :func:`_result_of`)."""
-
-LATE_RESULT_WAIT = 10.0
-"""Seconds a stopped trigger waits for a submit in flight to learn the id of the job to cancel."""
-
-
-def _dispatch(
-    async_method: Callable[..., Coroutine[Any, Any, R]],
-) -> Callable[[Callable[..., R]], Callable[..., Any]]:
-    """The sync/async twin of a method: the coroutine in async code, the result in sync code.
-
-    What Prefect's own ``Block.load`` does, with public API only: ``_sync=True`` forces the
-    blocking form, ``_sync=False`` the coroutine.
-    """
-
-    def decorator(sync_method: Callable[..., R]) -> Callable[..., Any]:
-        @functools.wraps(sync_method)
-        def twin(*args: Any, _sync: bool | None = None, **kwargs: Any) -> Any:
-            run_sync = _sync if _sync is not None else not _in_async_code()
-            return (sync_method if run_sync else async_method)(*args, **kwargs)
-
-        twin.aio = async_method  # type: ignore[attr-defined]
-        return twin
-
-    return decorator
-
-
-def _in_async_code() -> bool:
-    """Whether the caller is async: in an async flow or task run, or (outside runs) in a loop."""
-    run = FlowRunContext.get() if TaskRunContext.get() is None else TaskRunContext.get()
-    if run is not None:
-        parent = getattr(run, "task", None) or getattr(run, "flow", None)
-        return bool(getattr(parent, "isasync", True))
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _in_a_run() -> bool:
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def _in_a_sync_flow() -> bool:
-    """Directly in a sync flow's body (not in a task): steps are submitted to its task runner."""
-    flow_ctx = FlowRunContext.get()
-    return flow_ctx is not None and TaskRunContext.get() is None and not flow_ctx.flow.isasync
-
-
-async def _astep(task: Any, *args: Any, **kwargs: Any) -> Any:
-    """A step: its task inside a run, the task's body outside one."""
-    return await (task(*args, **kwargs) if _in_a_run() else task.fn(*args, **kwargs))
-
-
-def _step(task: Any, *args: Any, **kwargs: Any) -> Any:
-    """A step, blocking: in a sync flow its task is submitted and waited for in slices."""
-    if _in_a_sync_flow():
-        return _result_of(task.submit(*args, **kwargs))
-    return run_coro_as_sync(_astep(task, *args, **kwargs))
-
-
-def _result_of(future: PrefectFuture[Any]) -> Any:
-    """A task's result, waiting in short slices: a Prefect timeout of a flow that runs outside the
-    main thread is an exception raised between two Python instructions, never inside one long wait.
-    """
-    wrapped = getattr(future, "wrapped_future", None)
-    if isinstance(wrapped, concurrent.futures.Future):
-        while not wrapped.done():
-            concurrent.futures.wait([wrapped], timeout=WAIT_SLICE)
-    return future.result()
-
-
-def _late_job(future: PrefectFuture[Any]) -> Job | None | bool:
-    """What a submit still running when the flow stopped gave, within :data:`LATE_RESULT_WAIT`:
-    the job, ``None`` (it failed: no job), or ``False`` (no answer yet).
-    """
-    try:
-        result = future.result(timeout=LATE_RESULT_WAIT, raise_on_failure=False)
-    except Exception:  # still running
-        return False
-    return result if isinstance(result, Job) else None
 
 
 class ComfyJobRun(JobRun[ComfyJobResult]):
@@ -168,7 +88,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
 
     def _wait_args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         b = self.block
-        artifacts = _in_a_run()  # Prefect deprecates artifacts outside a run: there, events only
+        artifacts = in_a_run()  # Prefect deprecates artifacts outside a run: there, events only
         return (b.credentials, self.job.id), dict(
             timeout=b.timeout,
             cancel_on_timeout=b.cancel_on_timeout,
@@ -201,17 +121,17 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
         """
         args, kwargs = self._wait_args()
         try:
-            self.job = await _astep(wait_for_comfy_job, *args, **kwargs)
+            self.job = await astep(wait_for_comfy_job, *args, **kwargs)
         except OutcomeError as exc:
             self._ended_with(exc)
         self._ended()
 
-    @_dispatch(await_for_completion)
+    @dispatch(await_for_completion)
     def wait_for_completion(self) -> None:  # type: ignore[override]
         """Blocking :meth:`await_for_completion` (returns its coroutine in async code)."""
         args, kwargs = self._wait_args()
         try:
-            self.job = _step(wait_for_comfy_job, *args, **kwargs)
+            self.job = step(wait_for_comfy_job, *args, **kwargs)
         except OutcomeError as exc:
             self._ended_with(exc)
         self._ended()
@@ -228,25 +148,25 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
             await self.await_for_completion()
         self._raise_outcome()
         if not self.job.outputs:
-            self.job = await _astep(get_comfy_job, self.block.credentials, self.job.id)
+            self.job = await astep(get_comfy_job, self.block.credentials, self.job.id)
         if self.block.output_dir is None:
             return job_result(self.job)
-        paths = await _astep(
+        paths = await astep(
             download_comfy_outputs, self.block.credentials, self.job, self.block.output_dir
         )
         return self._result(paths)
 
-    @_dispatch(afetch_result)
+    @dispatch(afetch_result)
     def fetch_result(self) -> ComfyJobResult:  # type: ignore[override]
         """Blocking :meth:`afetch_result` (returns its coroutine in async code)."""
         if not self._waited and self._outcome is None:
             self.wait_for_completion(_sync=True)
         self._raise_outcome()
         if not self.job.outputs:
-            self.job = _step(get_comfy_job, self.block.credentials, self.job.id)
+            self.job = step(get_comfy_job, self.block.credentials, self.job.id)
         if self.block.output_dir is None:
             return job_result(self.job)
-        paths = _step(
+        paths = step(
             download_comfy_outputs, self.block.credentials, self.job, self.block.output_dir
         )
         return self._result(paths)
@@ -266,7 +186,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
         self.job = await cancel_job(self.block.credentials, self.job.id)
         return self.job
 
-    @_dispatch(acancel)
+    @dispatch(acancel)
     def cancel(self) -> Job:
         """Blocking :meth:`acancel` (returns its coroutine in async code)."""
         return run_coro_as_sync(self.acancel())
@@ -348,22 +268,23 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
                 the server refused it.
         """
         args, kwargs = self._submit_args(idempotency_key)
-        return ComfyJobRun(self, await _astep(submit_comfy_job, *args, **kwargs))
+        return ComfyJobRun(self, await astep(submit_comfy_job, *args, **kwargs))
 
-    @_dispatch(atrigger)
+    @dispatch(atrigger)
     def trigger(self, *, idempotency_key: str | None = None) -> ComfyJobRun:  # type: ignore[override]
         """Blocking :meth:`atrigger` (returns its coroutine in async code).
 
         Stopped while the submit is answered (a Prefect timeout or cancellation of a sync flow),
         it cancels the job it may have started before it re-raises: it waits up to
-        :data:`LATE_RESULT_WAIT` for the job's id, else cancels the flow run's unfinished jobs.
+        :data:`~prefect_comfy.dispatch.LATE_RESULT_WAIT` for the job's id, else cancels the
+        flow run's unfinished jobs.
         """
         args, kwargs = self._submit_args(idempotency_key)
-        if not _in_a_sync_flow():
+        if not in_a_sync_flow():
             return run_coro_as_sync(self.atrigger(idempotency_key=idempotency_key))
         submitted = submit_comfy_job.submit(*args, **kwargs)
         try:
-            return ComfyJobRun(self, _result_of(submitted))
+            return ComfyJobRun(self, result_of(submitted))
         except BaseException:
             wrapped = getattr(submitted, "wrapped_future", None)
             if wrapped is not None and not wrapped.done():  # stopped while in flight
@@ -373,10 +294,8 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
     def _cancel_late(self, submitted: PrefectFuture[Any]) -> None:
         """After the flow stopped while its submit was in flight: cancel what it started, if any."""
         flow_run_id = str(FlowRunContext.get().flow_run.id)  # type: ignore[union-attr]
-        run_logger().warning(
-            "The flow run stopped while its Comfy job was submitted: cancelling it"
-        )
-        late = _late_job(submitted)
+        run_logger().warning(STOPPED_MESSAGE)
+        late = late_job(submitted)
         if late is None:  # the submit failed: no job was created
             return
         job_id = late.id if isinstance(late, Job) else None

@@ -115,6 +115,12 @@ async def test_blocks_are_found_by_register(prefect_api_url) -> None:
 
     registered = await _register_blocks_in_module(prefect_comfy)
     assert {b.__name__ for b in registered} >= {"ComfyCloudCredentials", "ComfyWorkflow"}
+    # exactly the three blocks: no stray JobBlock[ComfyJobResult] in the catalog
+    assert sorted(b.get_block_type_slug() for b in registered) == [
+        "comfy-cloud-credentials",
+        "comfy-workflow",
+        "comfyui-server",
+    ]
     async with get_client() as client:
         block_type = await client.read_block_type_by_slug("comfy-cloud-credentials")
     assert block_type.name == "Comfy Cloud Credentials"

@@ -45,7 +45,7 @@ def test_every_third_party_import_is_declared() -> None:
 
 
 PREFECT_LAYER = [
-    "artifacts", "budget", "emitter", "flows", "job_steps", "jobs", "results", "runs", "tasks",
+    "artifacts", "budget", "dispatch", "emitter", "flows", "job_steps", "jobs", "results", "runs", "tasks",
     "triggers", "watching", "workflows",
 ]  # fmt: skip
 """The Prefect layer's modules (``prefect_comfy/<name>.py``)."""
