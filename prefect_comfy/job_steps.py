@@ -1,144 +1,38 @@
-"""The steps that tasks, the flow and the job block share: load, submit, label, wait, cancel, download.
+"""The steps of running a Comfy job from Prefect: submit, cancel, find, download. Task-free.
 
-Also the types they share: :data:`ComfyCredentials` (either block) and the result models
-:class:`ComfyJobResult` / :class:`ComfyOutputFile`. :mod:`prefect_comfy.jobs` builds the job block on
-these and re-exports them.
+The tasks in :mod:`prefect_comfy.tasks` and the job block in :mod:`prefect_comfy.jobs` are built
+on these; each step takes a backend or a credentials block of any registered kind
+(:mod:`prefect_comfy.backends.registry`) and sees the server only through
+:class:`~prefect_comfy.backends.base.ComfyBackend`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect.blocks.core import Block
-from pydantic import BaseModel, Field
-
 from prefect_comfy import events
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-from prefect_comfy.backends.comfyui.block import ComfyUIServer
+from prefect_comfy.backends.registry import backend_of
 from prefect_comfy.emitter import emit_submitted, run_context_ids
-from prefect_comfy.exceptions import (
-    InvalidWorkflow,
-    JobCancelled,
-    JobFailed,
-)
+from prefect_comfy.exceptions import JobCancelled, JobFailed, NotFound
 from prefect_comfy.models import Job, Output
-from prefect_comfy.redaction import redact_url
+from prefect_comfy.results import ComfyOutputFile, output_file
+from prefect_comfy.runs import label_flow_run, run_logger
+from prefect_comfy.workflows import load_workflow
 
-logger = logging.getLogger(__name__)
-
-COMFY_JOB_ID_LABEL = "comfy.job-id"
-"""The flow-run label that names the Comfy job a flow run submitted (what cancellation reads)."""
-
-ComfyCredentials = ComfyCloudCredentials | ComfyUIServer
-"""What the Prefect layer takes as credentials: any block with ``get_backend()``.
-
-:class:`ComfyCloudCredentials` for the developer API, :class:`ComfyUIServer` for a self-hosted
-ComfyUI (or Comfy Cloud's ComfyUI-compatible API). Choosing the block chooses the backend.
-"""
-
-
-# -- the result --------------------------------------------------------------------------------
-class ComfyOutputFile(BaseModel):
-    """One file a job produced, and where it was saved."""
-
-    id: str = Field(description="The output's id.")
-    name: str | None = Field(default=None, description="The file name, if the server gave one.")
-    type: str = Field(default="file", description="The kind of output (image, video, file ...).")
-    mime_type: str | None = Field(default=None, description="The media type, if known.")
-    url: str | None = Field(default=None, description="The download URL, keys redacted.")
-    path: Path | None = Field(default=None, description="The local file, once downloaded.")
+__all__ = [
+    "cancel_job",
+    "cancel_jobs_quietly",
+    "download_outputs",
+    "raise_for_outcome",
+    "submit_job",
+    "unfinished_jobs_of",
+]
 
 
-class ComfyJobResult(BaseModel):
-    """What a finished Comfy job gave: its id, final status and output files."""
-
-    job_id: str = Field(description="The Comfy job's id.")
-    status: str = Field(description="The job's final status (``completed``).")
-    outputs: list[ComfyOutputFile] = Field(default_factory=list, description="The job's files.")
-    tags: list[str] = Field(default_factory=list, description="The job's tags.")
-
-    @property
-    def paths(self) -> list[Path]:
-        """The local paths of the downloaded outputs, in order."""
-        return [o.path for o in self.outputs if o.path is not None]
-
-
-# -- workflows ---------------------------------------------------------------------------------
-def load_workflow(workflow: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
-    """An API-format workflow graph from a dict, a JSON text, or the path of a JSON file.
-
-    Checked locally before any request: the graph must be a non-empty mapping of node ids to nodes,
-    each with a ``class_type`` and an ``inputs`` mapping.
-
-    Raises:
-        InvalidWorkflow: not a graph in API format (a UI-format export says so), or not JSON.
-
-    Example:
-        >>> load_workflow({"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64}}})
-        {'1': {'class_type': 'EmptyLatentImage', 'inputs': {'width': 64}}}
-    """
-    graph: Any = workflow
-    if isinstance(workflow, (str, os.PathLike)):
-        text = str(workflow) if isinstance(workflow, str) else None
-        if text is not None and text.lstrip().startswith("{"):
-            source = "the workflow text"
-        else:
-            path = Path(workflow).expanduser()
-            if not path.is_file():
-                raise InvalidWorkflow(f"No workflow file at {str(path)!r}")
-            source = str(path)
-            text = path.read_text(encoding="utf-8")
-        try:
-            graph = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidWorkflow(f"{source} is not JSON: {exc}") from None
-    _check_graph(graph)
-    return dict(graph)
-
-
-def _check_graph(graph: Any) -> None:
-    if not isinstance(graph, Mapping) or not graph:
-        raise InvalidWorkflow(
-            "A workflow must be a non-empty dict of nodes in ComfyUI API format "
-            '({"1": {"class_type": ..., "inputs": {...}}, ...})'
-        )
-    if "nodes" in graph and "links" in graph:
-        raise InvalidWorkflow(
-            "This is a UI-format workflow; export it in API format (Workflow > Export (API))"
-        )
-    problems = []
-    for node_id, node in graph.items():
-        if not isinstance(node, Mapping) or not isinstance(node.get("class_type"), str):
-            problems.append({"node_id": str(node_id), "message": "not a node with a class_type"})
-        elif not isinstance(node.get("inputs", {}), Mapping):
-            problems.append(
-                {"node_id": str(node_id), "class_type": node["class_type"], "field": "inputs",
-                 "message": "inputs must be a dict"}
-            )  # fmt: skip
-    if problems:
-        raise InvalidWorkflow("The workflow is not a graph in API format", problems)
-
-
-# -- where we run ------------------------------------------------------------------------------
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run logger inside a run, this module's logger outside."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logger
-
-
-# -- the steps ---------------------------------------------------------------------------------
 async def submit_job(
     backend: ComfyBackend,
     workflow: Mapping[str, Any] | str | os.PathLike[str],
@@ -147,10 +41,14 @@ async def submit_job(
     idempotency_key: str | None = None,
     emit_events: bool = True,
 ) -> Job:
-    """Submit a workflow the way the Prefect layer does.
+    """Check and submit a workflow the way the Prefect layer does.
 
+    The graph is checked first (:func:`~prefect_comfy.workflows.load_workflow`, the one check).
     Inside a flow run the job is tagged ``prefect.flow-run.<id>`` and the flow run gets the label
     ``comfy.job-id``; ``comfy.job.submitted`` is emitted when ``emit_events``.
+
+    Raises:
+        InvalidWorkflow: the graph is not in API format (before any request), or was refused.
     """
     graph = load_workflow(workflow)
     flow_run_id, task_run_id = run_context_ids()
@@ -166,115 +64,56 @@ async def submit_job(
     return job
 
 
-async def label_flow_run(flow_run_id: str, job_id: str) -> None:
-    """Set the ``comfy.job-id`` label on a flow run, so that a cancellation hook can find the job."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        async with get_client() as client:
-            await client.update_flow_run_labels(
-                uuid.UUID(flow_run_id), {COMFY_JOB_ID_LABEL: job_id}
-            )
-    except Exception as exc:  # the job runs either way; only remote cancellation loses its handle
-        run_logger().warning("Could not label flow run %s with the Comfy job: %r", flow_run_id, exc)
-
-
-async def load_credentials(name: str) -> ComfyCredentials:
-    """Load a saved credentials block by name: either kind, so a name alone chooses the backend.
-
-    ``"<block type slug>/<name>"`` loads that type; a bare name is tried as a
-    :class:`ComfyCloudCredentials`, then as a :class:`ComfyUIServer`.
-
-    Raises:
-        ValueError: no block of either kind has that name.
-    """
-    if "/" in name:
-        return await Block.aload(name)  # type: ignore[return-value]
-    try:
-        return await ComfyCloudCredentials.aload(name)
-    except ValueError:
-        try:
-            return await ComfyUIServer.aload(name)
-        except ValueError:
-            raise ValueError(
-                f"No saved ComfyCloudCredentials or ComfyUIServer block is named {name!r}"
-            ) from None
-
-
-async def cancel_job(credentials: ComfyCredentials, job_id: str) -> Job:
+async def cancel_job(credentials: Any, job_id: str) -> Job:
     """Ask Comfy to cancel a job; cancelling a job that already ended returns it as it is."""
-    async with credentials.get_backend() as backend:
+    async with backend_of(credentials) as backend:
         job = await backend.cancel(job_id)
     run_logger().info("Asked Comfy to cancel job %s (now %s)", job_id, job.status)
     return job
 
 
-async def unfinished_jobs_of(credentials: ComfyCredentials, flow_run_id: str) -> list[str]:
+async def unfinished_jobs_of(credentials: Any, flow_run_id: str) -> list[str]:
     """Ids of the unfinished Comfy jobs tagged with a flow run (``prefect.flow-run.<id>``).
 
-    For a job whose id never reached the flow (it was stopped while the submit was answered). Needs
-    credentials whose client lists jobs by tag (``ComfyCloudCredentials``); else none are found.
+    For a job whose id never reached the flow (it was stopped while the submit was answered).
+    Needs a kind of server that finds jobs by tag (``capabilities.find_jobs_by_tag``); with
+    another, none are found.
     """
-    make_client = getattr(credentials, "get_client", None)
-    if make_client is None:
-        return []
-    async with make_client() as client:
-        if not hasattr(client, "list_jobs"):
+    async with backend_of(credentials) as backend:
+        if not backend.capabilities.find_jobs_by_tag:
             return []
-        page = await client.list_jobs(tags=[events.FLOW_RUN_TAG_PREFIX + flow_run_id], limit=100)
-    return [job.id for job in page.items if not job.is_terminal]
+        jobs = await backend.unfinished_jobs(events.FLOW_RUN_TAG_PREFIX + flow_run_id)
+    return [job.id for job in jobs]
 
 
-async def cancel_jobs_quietly(
-    credentials: ComfyCredentials, job_id: str | None, *, flow_run_id: str | None = None
-) -> None:
-    """Cancel a job, or when its id is unknown the flow run's unfinished jobs; log, never raise."""
-    try:
-        if job_id is not None:
-            job_ids = [job_id]
-        elif flow_run_id is not None:
-            job_ids = await unfinished_jobs_of(credentials, flow_run_id)
-        else:
-            job_ids = []
-        for one in job_ids:
-            await cancel_job(credentials, one)
-    except Exception as exc:
-        run_logger().warning("Could not cancel Comfy job %s: %r", job_id or flow_run_id, exc)
+async def cancel_jobs_quietly(credentials: Any, job_id: str | None, *, flow_run_id: str) -> None:
+    """Cancel a job, or when its id is unknown the flow run's unfinished jobs; log, never raise.
 
-
-async def wait_job(
-    credentials: ComfyCredentials,
-    job_id: str,
-    *,
-    timeout: float | None = None,
-    cancel_on_timeout: bool = True,
-    emit_events: bool = True,
-    progress_artifact: bool = True,
-    outputs_artifact: bool = True,
-) -> Job:
-    """Wait for a job with the sensor: as a task inside a Prefect run, as a coroutine outside one
-    (where no artifact is written).
-
-    Raises:
-        JobFailed, JobCancelled, JobTimedOut: per outcome.
+    A job the server no longer has (its cancellation already went through elsewhere) is logged at
+    INFO, not as a failure.
     """
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    from prefect_comfy.tasks import wait_for_comfy_job
-    from prefect_comfy.watching import watch_comfy_job
-
-    kwargs: dict[str, Any] = dict(
-        timeout=timeout,
-        cancel_on_timeout=cancel_on_timeout,
-        emit_events=emit_events,
-        progress_artifact=progress_artifact,
-        outputs_artifact=outputs_artifact,
-    )
-    if FlowRunContext.get() or TaskRunContext.get():
-        return await wait_for_comfy_job(credentials, job_id, **kwargs)
-    # Prefect deprecates artifacts outside a run: there, events only.
-    kwargs.update(progress_artifact=False, outputs_artifact=False)
-    return await watch_comfy_job(credentials, job_id, **kwargs)
+    log = run_logger()
+    if job_id is None:
+        try:
+            job_ids = await unfinished_jobs_of(credentials, flow_run_id)
+        except Exception as exc:
+            log.warning(
+                "Could not look for unfinished Comfy jobs of flow run %s to cancel: %r",
+                flow_run_id,
+                exc,
+            )
+            return
+        if not job_ids:
+            log.info("Flow run %s has no unfinished Comfy job to cancel", flow_run_id)
+    else:
+        job_ids = [job_id]
+    for one in job_ids:
+        try:
+            await cancel_job(credentials, one)
+        except NotFound:
+            log.info("Comfy job %s no longer exists on the server: nothing to cancel", one)
+        except Exception as exc:
+            log.warning("Could not cancel Comfy job %s: %r", one, exc)
 
 
 def raise_for_outcome(job: Job) -> None:
@@ -301,28 +140,5 @@ async def download_outputs(
         Path(dest_dir).mkdir(parents=True, exist_ok=True)
     for output in outputs:
         path = await backend.download(output, dest_dir) if dest_dir is not None else None
-        files.append(
-            ComfyOutputFile(
-                id=output.id,
-                name=output.name or (path.name if path else None),
-                type=output.type,
-                mime_type=output.mime_type,
-                url=redact_url(output.download_url) if output.download_url else None,
-                path=path,
-            )
-        )
+        files.append(output_file(output, path))
     return files
-
-
-async def job_result(
-    credentials: ComfyCredentials, job: Job, dest_dir: str | os.PathLike[str] | None
-) -> ComfyJobResult:
-    """The :class:`ComfyJobResult` of a completed job (raising for a failed or cancelled one)."""
-    raise_for_outcome(job)
-    async with credentials.get_backend() as backend:
-        files = await download_outputs(backend, job, dest_dir)
-    user_tags = [t for t in job.tags if not t.startswith(events.FLOW_RUN_TAG_PREFIX)]
-    return ComfyJobResult(job_id=job.id, status=job.status, outputs=files, tags=user_tags)
-
-
-# -- the job block -----------------------------------------------------------------------------

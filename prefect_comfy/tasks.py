@@ -1,6 +1,7 @@
 """Prefect tasks for Comfy: submit, read, cancel, download, upload, and (from the sensor) wait.
 
-Each task is thin: it makes a backend from the credentials block, does one thing and closes it.
+Each task is thin: it makes a backend from the credentials block (any registered kind, see
+:mod:`prefect_comfy.backends.registry`), does one thing and closes it.
 Creating tasks (submit, uploads) are idempotent across Prefect retries: the ``Idempotency-Key`` is
 derived from the task run's id, which a retry keeps, so a retried submit gets the first job back
 instead of starting a second one. They retry only what
@@ -38,10 +39,12 @@ from prefect.context import TaskRunContext
 from prefect.states import State
 
 from prefect_comfy import events
+from prefect_comfy.backends.registry import ComfyCredentials, backend_of
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.exceptions import is_retryable
-from prefect_comfy.job_steps import ComfyCredentials, download_outputs, run_logger, submit_job
+from prefect_comfy.job_steps import download_outputs, submit_job
 from prefect_comfy.models import Input, Job, Model
+from prefect_comfy.runs import run_logger
 from prefect_comfy.watching import watch_comfy_job, watch_comfy_upload
 
 __all__ = [
@@ -116,7 +119,7 @@ async def submit_comfy_job(
             the server refused it.
     """
     key = idempotency_key or task_run_idempotency_key("submit")
-    async with credentials.get_backend() as backend:
+    async with backend_of(credentials) as backend:
         return await submit_job(
             backend, workflow, tags=tags, idempotency_key=key, emit_events=emit_events
         )
@@ -125,7 +128,7 @@ async def submit_comfy_job(
 @task(name="get-comfy-job", cache_policy=NO_CACHE)
 async def get_comfy_job(credentials: ComfyCredentials, job_id: str) -> Job:
     """Read a job's current state (never cached)."""
-    async with credentials.get_backend() as backend:
+    async with backend_of(credentials) as backend:
         return await backend.get_job(job_id)
 
 
@@ -137,7 +140,7 @@ async def cancel_comfy_job(credentials: ComfyCredentials, job: Job | str) -> Job
     returned unchanged (not an error).
     """
     job_id = _job_id(job)
-    async with credentials.get_backend() as backend:
+    async with backend_of(credentials) as backend:
         result = await backend.cancel(job_id)
     run_logger().info("Asked Comfy to cancel job %s (now %s)", job_id, result.status)
     return result
@@ -162,7 +165,7 @@ async def download_comfy_outputs(
     """
     from prefect_comfy.artifacts import create_outputs_artifact
 
-    async with credentials.get_backend() as backend:
+    async with backend_of(credentials) as backend:
         if not isinstance(job, Job) or not job.outputs:
             job = await backend.get_job(_job_id(job))
         files = await download_outputs(backend, job, dest_dir)
@@ -191,7 +194,7 @@ async def upload_comfy_input(
     Pair it with :func:`wait_for_comfy_input`. A Prefect retry returns the same input.
     """
     key = task_run_idempotency_key("input")
-    async with credentials.get_backend() as backend:
+    async with backend_of(credentials) as backend:
         uploaded = await backend.upload_input(path, name=name, tags=tags, idempotency_key=key)
     run_logger().info("Uploaded Comfy input %s (%s)", uploaded.name, uploaded.status)
     return uploaded
@@ -216,7 +219,7 @@ async def upload_comfy_model(
     Pair it with :func:`wait_for_comfy_model`. A Prefect retry returns the same model.
     """
     key = task_run_idempotency_key("model")
-    async with credentials.get_backend() as backend:
+    async with backend_of(credentials) as backend:
         uploaded = await backend.upload_model(
             path, type=type, name=name, tags=tags, idempotency_key=key
         )

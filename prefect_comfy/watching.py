@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import logging
 from typing import Any
 
 from prefect_comfy.artifacts import JobProgressArtifact, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.backends.registry import open_backend
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
 from prefect_comfy.exceptions import (
-    ComfyConfigError,
     JobCancelled,
     JobFailed,
     JobLost,
@@ -37,6 +35,7 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
+from prefect_comfy.runs import run_logger
 from prefect_comfy.transport.deadlines import wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
@@ -53,33 +52,6 @@ CLOSE_TIMEOUT = 10.0
 
 INTERRUPT_CLEANUP_TIMEOUT = 2 * STOP_TIMEOUT + CANCEL_TIMEOUT + CLOSE_TIMEOUT
 """Most seconds an interrupted wait spends cleaning up (:func:`_after_interrupt`) before it re-raises."""
-
-_module_logger = logging.getLogger(__name__)
-
-
-def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return _module_logger
-
-
-async def _open_backend(credentials: Any) -> tuple[ComfyBackend, bool]:
-    """The backend of a credentials block (owned: closed after) or a backend given directly."""
-    if isinstance(credentials, ComfyBackend):
-        return credentials, False
-    get_backend = getattr(credentials, "get_backend", None)
-    if get_backend is None:
-        raise ComfyConfigError(
-            f"expected a ComfyBackend or a block with get_backend(), got {type(credentials).__name__}"
-        )
-    backend = get_backend()
-    if inspect.isawaitable(backend):
-        backend = await backend
-    return backend, True
 
 
 def _error_of(event: ComfyEvent, resource: Job | Input | None) -> ResourceError:
@@ -224,8 +196,8 @@ async def watch_comfy_job(
         JobTimedOut: ``timeout`` passed first (the job was cancelled if ``cancel_on_timeout``).
     """
     job_id = str(job_id)
-    log = _run_logger()
-    backend, owned = await _open_backend(credentials)
+    log = run_logger(__name__)
+    backend, owned = await open_backend(credentials)
     try:
         emitter = (
             ComfyEventEmitter.for_backend(backend, progress_interval=progress_interval)
@@ -344,8 +316,8 @@ async def watch_comfy_upload(
     credentials: Any, kind: str, resource_id: str, timeout: float | None, emit_events: bool
 ) -> Input | Model:
     resource_id = str(resource_id)
-    log = _run_logger()
-    backend, owned = await _open_backend(credentials)
+    log = run_logger(__name__)
+    backend, owned = await open_backend(credentials)
     try:
         log.info("Waiting for Comfy %s %s", kind, resource_id)
         if kind == "input":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +37,23 @@ Source = str | PathLike[str] | bytes
 """What an upload takes: a path to a file, or the bytes themselves (then ``name`` is required)."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind of server can do beyond the required methods; the Prefect layer reads these.
+
+    Attributes:
+        upload_models: :meth:`ComfyBackend.upload_model` uploads (else it raises with what to do).
+        global_event_stream: :meth:`ComfyBackend.events` carries the events of every job of the
+            credentials, including jobs other clients submitted (else only this client's).
+        find_jobs_by_tag: :meth:`ComfyBackend.unfinished_jobs` works (what cancellation uses to
+            find a job whose id never reached the flow).
+    """
+
+    upload_models: bool = False
+    global_event_stream: bool = False
+    find_jobs_by_tag: bool = False
+
+
 class ComfyBackend(abc.ABC):
     """One Comfy server, reached with one set of credentials.
 
@@ -45,6 +63,9 @@ class ComfyBackend(abc.ABC):
 
     kind: ClassVar[str]
     """The ``comfy.backend`` label of Prefect events: ``cloud`` or ``comfyui``."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    """What this kind of server can do beyond the required methods (all off by default)."""
 
     @property
     @abc.abstractmethod
@@ -91,6 +112,16 @@ class ComfyBackend(abc.ABC):
 
         Cancelling a job that already ended is not an error: the job is returned as it is.
         """
+
+    async def unfinished_jobs(self, tag: str) -> list[Job]:
+        """The jobs carrying ``tag`` that have not ended yet (pending or running).
+
+        Only where :attr:`capabilities` says ``find_jobs_by_tag``; the default raises.
+
+        Raises:
+            NotImplementedError: this kind of server cannot find jobs by tag.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot find jobs by tag")
 
     @abc.abstractmethod
     async def outputs(self, job_id: str) -> list[Output]:

@@ -440,7 +440,7 @@ def _on_signal(listener: ComfyListener, sig: int) -> None:
 
 async def _backend_from(block: str | None) -> ComfyBackend:
     if block:
-        from prefect_comfy.job_steps import load_credentials
+        from prefect_comfy.backends.registry import load_credentials
 
         return (await load_credentials(block)).get_backend()
     from prefect_comfy.backends.cloud.backend import CloudBackend

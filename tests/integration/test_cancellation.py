@@ -177,3 +177,28 @@ async def test_the_hook_without_a_label_does_nothing(saved_creds):
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]))
         )
     assert API_KEY not in " ".join(log.message for log in logs)
+
+
+async def _logs_of(flow_run_id: uuid.UUID) -> list:
+    async with get_client() as client:
+        return await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+async def test_the_hook_logs_no_error_for_a_job_the_server_no_longer_has(saved_creds):
+    # The flow's own cleanup got there first: ComfyUI forgets a prompt deleted from its queue, so
+    # the hook (another process) finds no such job. That is nothing to cancel, not an ERROR.
+    _, creds = saved_creds
+    gone = f"job_gone_{uuid.uuid4().hex[:8]}"
+    flow_run = await _labelled_flow_run(
+        {"$ref": {"block_document_id": str(creds._block_document_id)}}, gone
+    )
+    await cancel_comfy_job_hook(run_comfy_workflow, flow_run, Cancelling())
+
+    async def said_gone() -> list:
+        logs = await _logs_of(flow_run.id)
+        return logs if any("nothing to cancel" in log.message for log in logs) else []
+
+    logs = await eventually(said_gone, timeout=20, message="the hook's 'nothing to cancel' line")
+    assert [log.message for log in logs if log.level >= 40] == []

@@ -255,3 +255,47 @@ async def test_failure_automation_fails_the_submitting_flow_run(
 
         final = await eventually(failed, timeout=30, interval=0.3, message="flow run failed")
     assert "Comfy job" in (final.state.message or "")
+
+
+async def test_failure_automation_holds_for_a_flow_still_running(
+    emulator, prefect_api_url, flows_on_path
+):
+    # The case the example's docs describe, with the flow still running when its job fails: the
+    # automation fails the run, then the flow returns; its on_completion hook keeps it FAILED
+    # (without it, Prefect's final COMPLETED replaces the automation's FAILED: checked by hand).
+    import failure_automation as example
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
+    from prefect_comfy.tasks import submit_comfy_job
+    from tests.waiting import eventually_sync
+
+    t = f"r{uuid.uuid4().hex[:10]}"
+    await example.create_failure_automation(name=f"fail-{t}", tags=[t])
+    creds = ComfyCloudCredentials(api_key=API_KEY, base_url=emulator.url)
+
+    def own_state_failed() -> bool:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(FlowRunContext.get().flow_run.id)
+        return bool(run.state and run.state.is_failed())
+
+    @flow(name="comfy-fire-and-forget-running", on_completion=[example.keep_comfy_failure])
+    def fire_and_forget() -> str:
+        job = submit_comfy_job.submit(
+            creds, failing_workflow("out of memory", code="oom"), tags=[t]
+        ).result()
+        eventually_sync(own_state_failed, timeout=45, message="the automation failing this run")
+        return job.id
+
+    async with RunningListener(emulator, "failure-running-test"):
+        state = await asyncio.to_thread(fire_and_forget, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+
+    async def final_failed() -> Any:
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+        return run.state if run.state and run.state.is_failed() and run.end_time else None
+
+    final = await eventually(final_failed, timeout=30, interval=0.3, message="run ends FAILED")
+    assert final.message == example.FAILURE_MESSAGE

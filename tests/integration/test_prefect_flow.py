@@ -29,11 +29,11 @@ from prefect.events.filters import (
 
 from prefect_comfy import events
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-from prefect_comfy.exceptions import InvalidWorkflow, JobFailed, JobTimedOut
+from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow, JobFailed, JobTimedOut
 from prefect_comfy.flows import run_comfy_workflow
 from prefect_comfy.jobs import COMFY_JOB_ID_LABEL, ComfyJobResult, ComfyWorkflow
 from prefect_comfy.tasks import submit_comfy_job
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, WRONG_KEY
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
 
@@ -97,6 +97,17 @@ async def test_workflow_block_round_trip(prefect_api_url, creds) -> None:
     assert loaded.credentials.api_key.get_secret_value() == API_KEY
 
 
+async def test_workflow_block_round_trip_keeps_the_kind_of_server(prefect_api_url) -> None:
+    from prefect_comfy.backends.comfyui.block import ComfyUIServer
+
+    name = f"wf-ui-{uuid.uuid4().hex[:8]}"
+    server = ComfyUIServer(url="http://127.0.0.1:8188")
+    await ComfyWorkflow(credentials=server, workflow=tiny_workflow()).save(name)
+    loaded = await ComfyWorkflow.load(name)
+    assert isinstance(loaded.credentials, ComfyUIServer)
+    assert loaded.credentials.url == "http://127.0.0.1:8188"
+
+
 async def test_blocks_are_found_by_register(prefect_api_url) -> None:
     from prefect.cli.block import _register_blocks_in_module  # `prefect block register -m`
 
@@ -104,6 +115,12 @@ async def test_blocks_are_found_by_register(prefect_api_url) -> None:
 
     registered = await _register_blocks_in_module(prefect_comfy)
     assert {b.__name__ for b in registered} >= {"ComfyCloudCredentials", "ComfyWorkflow"}
+    # exactly the three blocks: no stray JobBlock[ComfyJobResult] in the catalog
+    assert sorted(b.get_block_type_slug() for b in registered) == [
+        "comfy-cloud-credentials",
+        "comfy-workflow",
+        "comfyui-server",
+    ]
     async with get_client() as client:
         block_type = await client.read_block_type_by_slug("comfy-cloud-credentials")
     assert block_type.name == "Comfy Cloud Credentials"
@@ -284,6 +301,33 @@ async def test_an_invalid_workflow_fails_before_any_request(prefect_api_url, cre
     )
     with pytest.raises(InvalidWorkflow):
         await state.result()
+
+
+async def test_no_job_created_means_nothing_to_cancel_and_no_flow_run_id_as_job(
+    prefect_api_url, emulator
+):
+    # The submit fails (here the key is refused; an unreachable server fails the same way, after
+    # its retries): no Comfy job exists, so the flow must not try to cancel one, let alone log
+    # "Could not cancel Comfy job <the flow run's id>".
+    creds = ComfyCloudCredentials(api_key=WRONG_KEY, base_url=emulator.url)
+    state = await asyncio.to_thread(
+        run_comfy_workflow, creds, tiny_workflow("no-job"), return_state=True
+    )
+    with pytest.raises(AuthenticationError):
+        await state.result()
+    flow_run_id = state.state_details.flow_run_id
+
+    async def final_logs() -> list:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+        return logs if any("Finished in state" in log.message for log in logs) else []
+
+    logs = await eventually(final_logs, timeout=30, message="the flow run's last log line")
+    for log in logs:
+        assert "cancel" not in log.message.lower(), log.message
+        assert not (str(flow_run_id) in log.message and "Comfy job" in log.message), log.message
 
 
 async def _is(creds: ComfyCloudCredentials, job_id: str, status: str) -> bool:

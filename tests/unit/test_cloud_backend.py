@@ -217,3 +217,25 @@ async def test_backend_download_takes_an_output(tmp_path: Path) -> None:
     async with CloudBackend(KEY, ORIGIN, transport=transport) as backend:
         output = Output(id="o", download_url=ORIGIN + "/_storage/o.png", name="pic.png")
         assert await backend.download(output, tmp_path) == tmp_path / "pic.png"
+
+
+async def test_unfinished_jobs_by_tag_list_every_page() -> None:
+    pages = {
+        0: [{"id": "j1", "status": "running"}, {"id": "j2", "status": "completed"}],
+        2: [{"id": "j3", "status": "pending"}],
+    }
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        offset = int(request.url.params.get("offset", 0))
+        items = pages.get(offset, [])
+        body = {"jobs": items, "total": 3, "has_more": offset == 0}
+        return httpx.Response(200, json=body)
+
+    async with CloudBackend(KEY, ORIGIN, transport=httpx.MockTransport(handler)) as backend:
+        assert backend.capabilities.find_jobs_by_tag and backend.capabilities.upload_models
+        assert backend.capabilities.global_event_stream
+        jobs = await backend.unfinished_jobs("prefect.flow-run.abc")
+    assert [(j.id, j.status) for j in jobs] == [("j1", "running"), ("j3", "pending")]
+    assert {r.url.params["tags"] for r in seen} == {"prefect.flow-run.abc"}

@@ -293,6 +293,20 @@ async def test_cancel_running_interrupts_and_terminal_is_returned(
     assert len(fake.sent("POST", "/api/interrupt")) == 1
 
 
+async def test_unfinished_jobs_by_tag_come_from_the_queue(
+    fake: FakeComfyUI, backend: ComfyUIBackend
+) -> None:
+    assert backend.capabilities.find_jobs_by_tag and not backend.capabilities.upload_models
+    assert not backend.capabilities.global_event_stream
+    fake.running.append([0, "r", GRAPH, m.extra_data_for(["run-1", "x"], None), ["2"]])
+    fake.pending.append([1, "p", GRAPH, m.extra_data_for(["run-1"], None), ["2"]])
+    fake.pending.append([2, "other", GRAPH, m.extra_data_for(["run-2"], None), ["2"]])
+    fake.finish("done", extra=m.extra_data_for(["run-1"], None))
+    jobs = await backend.unfinished_jobs("run-1")
+    assert sorted((j.id, j.status) for j in jobs) == [("p", "pending"), ("r", "running")]
+    assert await backend.unfinished_jobs("nobody") == []
+
+
 # -- uploads and models --------------------------------------------------------------------------------
 async def test_upload_input_multipart(
     fake: FakeComfyUI, backend: ComfyUIBackend, tmp_path: Path

@@ -22,7 +22,13 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import SecretStr
 
-from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, DisconnectCallback, Source
+from prefect_comfy.backends.base import (
+    Capabilities,
+    ComfyBackend,
+    ConnectCallback,
+    DisconnectCallback,
+    Source,
+)
 from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
@@ -44,6 +50,9 @@ class CloudBackend(ComfyBackend):
     """
 
     kind: ClassVar[str] = "cloud"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        upload_models=True, global_event_stream=True, find_jobs_by_tag=True
+    )
 
     def __init__(
         self,
@@ -96,6 +105,10 @@ class CloudBackend(ComfyBackend):
 
     async def cancel(self, job_id: str) -> Job:
         return await self.client.cancel_job(job_id)
+
+    async def unfinished_jobs(self, tag: str) -> list[Job]:
+        """``GET /jobs?tags=<tag>``, page after page, keeping the jobs not yet ended."""
+        return [job async for job in self.client.iter_jobs(tags=[tag]) if not job.is_terminal]
 
     async def outputs(self, job_id: str) -> list[Output]:
         return await self.client.job_outputs(job_id)

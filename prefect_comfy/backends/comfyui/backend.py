@@ -35,7 +35,13 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr
 
-from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, DisconnectCallback, Source
+from prefect_comfy.backends.base import (
+    Capabilities,
+    ComfyBackend,
+    ConnectCallback,
+    DisconnectCallback,
+    Source,
+)
 from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
@@ -109,6 +115,7 @@ class ComfyUIBackend(ComfyBackend):
     """
 
     kind: ClassVar[str] = "comfyui"
+    capabilities: ClassVar[Capabilities] = Capabilities(find_jobs_by_tag=True)
 
     def __init__(
         self,
@@ -273,6 +280,14 @@ class ComfyUIBackend(ComfyBackend):
             logger.info("Asked ComfyUI to interrupt running prompt %s", job_id)
             return job
         return await self.get_job(job_id)
+
+    async def unfinished_jobs(self, tag: str) -> list[Job]:
+        """The prompts in ``/queue`` (pending or running) whose ``extra_data`` carries ``tag``."""
+        return [
+            Job(id=prompt_id, status=status, tags=record.tags)
+            for prompt_id, (status, record) in (await self.queue_records()).items()
+            if tag in record.tags
+        ]
 
     async def outputs(self, job_id: str) -> list[Output]:
         """The files of a completed job (``[]`` for any other state)."""

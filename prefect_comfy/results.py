@@ -1,0 +1,65 @@
+"""What a finished Comfy job gives the Prefect layer: :class:`ComfyJobResult` and its files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from prefect_comfy import events
+from prefect_comfy.models import Job, Output
+from prefect_comfy.redaction import redact_url
+
+__all__ = ["ComfyJobResult", "ComfyOutputFile", "job_result", "output_file"]
+
+
+class ComfyOutputFile(BaseModel):
+    """One file a job produced, and where it was saved."""
+
+    id: str = Field(description="The output's id.")
+    name: str | None = Field(default=None, description="The file name, if the server gave one.")
+    type: str = Field(default="file", description="The kind of output (image, video, file ...).")
+    mime_type: str | None = Field(default=None, description="The media type, if known.")
+    url: str | None = Field(default=None, description="The download URL, keys redacted.")
+    path: Path | None = Field(default=None, description="The local file, once downloaded.")
+
+
+class ComfyJobResult(BaseModel):
+    """What a finished Comfy job gave: its id, final status and output files."""
+
+    job_id: str = Field(description="The Comfy job's id.")
+    status: str = Field(description="The job's final status (``completed``).")
+    outputs: list[ComfyOutputFile] = Field(default_factory=list, description="The job's files.")
+    tags: list[str] = Field(default_factory=list, description="The job's tags.")
+
+    @property
+    def paths(self) -> list[Path]:
+        """The local paths of the downloaded outputs, in order."""
+        return [o.path for o in self.outputs if o.path is not None]
+
+
+def output_file(output: Output, path: Path | None) -> ComfyOutputFile:
+    """The result entry of one output, downloaded to ``path`` (or not: ``None``); keys redacted."""
+    return ComfyOutputFile(
+        id=output.id,
+        name=output.name or (path.name if path else None),
+        type=output.type,
+        mime_type=output.mime_type,
+        url=redact_url(output.download_url) if output.download_url else None,
+        path=path,
+    )
+
+
+def job_result(job: Job, paths: Mapping[str, Path] | None = None) -> ComfyJobResult:
+    """The result of a completed job; ``paths`` maps output ids to their downloads.
+
+    The flow run's own tag (``prefect.flow-run.<id>``) is left out of ``tags``.
+    """
+    paths = paths or {}
+    return ComfyJobResult(
+        job_id=job.id,
+        status=job.status,
+        outputs=[output_file(o, paths.get(o.id)) for o in job.outputs],
+        tags=[t for t in job.tags if not t.startswith(events.FLOW_RUN_TAG_PREFIX)],
+    )

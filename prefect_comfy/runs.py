@@ -1,0 +1,41 @@
+"""Where the Prefect layer runs: the run logger, and the label that ties a flow run to its job."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+__all__ = ["COMFY_JOB_ID_LABEL", "label_flow_run", "run_logger"]
+
+COMFY_JOB_ID_LABEL = "comfy.job-id"
+"""The flow-run label that names the Comfy job a flow run submitted (what cancellation reads)."""
+
+
+def run_logger(
+    name: str = "prefect_comfy",
+) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger inside a flow or task run; outside one, the logger ``name``."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)
+
+
+async def label_flow_run(flow_run_id: str, job_id: str) -> None:
+    """Set the ``comfy.job-id`` label on a flow run, so that a cancellation hook can find the job.
+
+    Logs a warning instead of raising: the job runs either way, only remote cancellation loses its
+    handle.
+    """
+    from prefect.client.orchestration import get_client
+
+    try:
+        async with get_client() as client:
+            await client.update_flow_run_labels(
+                uuid.UUID(flow_run_id), {COMFY_JOB_ID_LABEL: job_id}
+            )
+    except Exception as exc:
+        run_logger().warning("Could not label flow run %s with the Comfy job: %r", flow_run_id, exc)

@@ -1,0 +1,67 @@
+"""Every third-party package the source imports is declared in pyproject.toml."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+
+IMPORT_NAMES = {"pydantic_settings": "pydantic-settings", "yaml": "pyyaml", "PIL": "pillow"}
+"""Import name -> distribution name, where they differ."""
+
+
+def _imported(folder: Path) -> set[str]:
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {
+        n for n in names if n not in sys.stdlib_module_names and n not in {"prefect_comfy", "tests"}
+    }
+
+
+def _declared(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_every_third_party_import_is_declared() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = _declared(project["dependencies"])
+    dev = runtime | _declared(project["optional-dependencies"]["dev"])
+    missing = {IMPORT_NAMES.get(n, n) for n in _imported(ROOT / "prefect_comfy")} - runtime
+    assert not missing, f"imported by prefect_comfy but not in dependencies: {sorted(missing)}"
+    local = {p.stem for d in ("flows", "benchmarks", "scripts") for p in (ROOT / d).glob("*.py")}
+    test_imports = (_imported(ROOT / "tests") | _imported(ROOT / "benchmarks")) - local
+    missing = {IMPORT_NAMES.get(n, n) for n in test_imports} - dev
+    assert not missing, f"imported by tests or benchmarks but not declared: {sorted(missing)}"
+
+
+PREFECT_LAYER = [
+    "artifacts", "budget", "dispatch", "emitter", "flows", "job_steps", "jobs", "results", "runs", "tasks",
+    "triggers", "watching", "workflows",
+]  # fmt: skip
+"""The Prefect layer's modules (``prefect_comfy/<name>.py``)."""
+
+
+def test_the_prefect_layer_sees_servers_only_through_the_interface_and_the_registry() -> None:
+    allowed = {"prefect_comfy.backends.base", "prefect_comfy.backends.registry"}
+    for name in PREFECT_LAYER:
+        tree = ast.parse((ROOT / "prefect_comfy" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.startswith("prefect_comfy.backends"):
+                    assert target in allowed, f"{name}.py imports {target}"
