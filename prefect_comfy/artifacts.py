@@ -328,9 +328,8 @@ def outputs_markdown(
         else:
             shown = "no preview (not an image)"
         mime = _mime_of(output) or output.type
-        lines.append(
-            f"| {_cell(name)} | {_cell(mime)} | {_human_size(output.size)} | {link} | {shown} |"
-        )
+        label = f"{_cell(name)} (preview, not saved)" if output.temporary else _cell(name)
+        lines.append(f"| {label} | {_cell(mime)} | {_human_size(output.size)} | {link} | {shown} |")
     return "\n".join(lines) + "\n"
 
 

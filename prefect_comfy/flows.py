@@ -42,16 +42,16 @@ from prefect_comfy.job_steps import (
     COMFY_JOB_ID_LABEL,
     ComfyCredentials,
     ComfyJobResult,
-    ComfyOutputFile,
     cancel_job,
     cancel_jobs_quietly,
     load_credentials,
     load_workflow,
+    output_file,
     run_logger,
+    to_download,
     unfinished_jobs_of,
 )
 from prefect_comfy.models import Job
-from prefect_comfy.redaction import redact_url
 from prefect_comfy.tasks import (
     download_comfy_outputs,
     get_comfy_job,
@@ -238,17 +238,9 @@ def _late_result(future: PrefectFuture[Any]) -> Any:
 
 
 def _result(job: Job, paths: list[Path]) -> ComfyJobResult:
-    """The result model; ``paths`` are the downloads of ``job.outputs``, in the same order."""
-    files = [
-        ComfyOutputFile(
-            id=output.id,
-            name=output.name or path.name,
-            type=output.type,
-            mime_type=output.mime_type,
-            url=redact_url(output.download_url) if output.download_url else None,
-            path=path,
-        )
-        for output, path in zip(job.outputs, paths, strict=False)
-    ]
+    """The result model; ``paths`` are the downloads of the saved outputs (previews are listed with
+    no path: the download leaves them out), in the same order."""
+    downloaded = dict(zip([o.id for o in to_download(job.outputs)], paths, strict=False))
+    files = [output_file(output, downloaded.get(output.id)) for output in job.outputs]
     user_tags = [t for t in job.tags if not t.startswith(events.FLOW_RUN_TAG_PREFIX)]
     return ComfyJobResult(job_id=job.id, status=job.status, outputs=files, tags=user_tags)

@@ -51,6 +51,11 @@ class ComfyOutputFile(BaseModel):
     id: str = Field(description="The output's id.")
     name: str | None = Field(default=None, description="The file name, if the server gave one.")
     type: str = Field(default="file", description="The kind of output (image, video, file ...).")
+    temporary: bool = Field(
+        default=False,
+        description="A preview the server did not save (ComfyUI PreviewImage, type temp); not "
+        "downloaded unless asked for.",
+    )
     mime_type: str | None = Field(default=None, description="The media type, if known.")
     url: str | None = Field(default=None, description="The download URL, keys redacted.")
     path: Path | None = Field(default=None, description="The local file, once downloaded.")
@@ -68,6 +73,11 @@ class ComfyJobResult(BaseModel):
     def paths(self) -> list[Path]:
         """The local paths of the downloaded outputs, in order."""
         return [o.path for o in self.outputs if o.path is not None]
+
+    @property
+    def saved(self) -> list[ComfyOutputFile]:
+        """The outputs the server saved (previews left out)."""
+        return [o for o in self.outputs if not o.temporary]
 
 
 # -- workflows ---------------------------------------------------------------------------------
@@ -291,26 +301,46 @@ def raise_for_outcome(job: Job) -> None:
         raise JobCancelled(job.id)
 
 
+def output_file(output: Output, path: Path | None = None) -> ComfyOutputFile:
+    """The result entry of one output, downloaded to ``path`` (``None``: not downloaded)."""
+    return ComfyOutputFile(
+        id=output.id,
+        name=output.name or (path.name if path else None),
+        type=output.type,
+        temporary=output.temporary,
+        mime_type=output.mime_type,
+        url=redact_url(output.download_url) if output.download_url else None,
+        path=path,
+    )
+
+
+def to_download(outputs: Sequence[Output], *, include_temporary: bool = False) -> list[Output]:
+    """The outputs a download fetches: the saved ones, and previews only if ``include_temporary``."""
+    return [o for o in outputs if include_temporary or not o.temporary]
+
+
 async def download_outputs(
-    backend: ComfyBackend, job: Job, dest_dir: str | os.PathLike[str] | None
+    backend: ComfyBackend,
+    job: Job,
+    dest_dir: str | os.PathLike[str] | None,
+    *,
+    include_temporary: bool = False,
 ) -> list[ComfyOutputFile]:
-    """Describe a completed job's outputs, downloading each into ``dest_dir`` unless it is ``None``."""
+    """Describe a completed job's outputs, downloading each into ``dest_dir`` unless it is ``None``.
+
+    Previews the server did not save (``temporary``) are listed but not downloaded (their ``path``
+    stays ``None``) unless ``include_temporary``.
+    """
     outputs: list[Output] = list(job.outputs) or await backend.outputs(job.id)
+    wanted = {o.id for o in to_download(outputs, include_temporary=include_temporary)}
     files = []
     if dest_dir is not None:
         Path(dest_dir).mkdir(parents=True, exist_ok=True)
     for output in outputs:
-        path = await backend.download(output, dest_dir) if dest_dir is not None else None
-        files.append(
-            ComfyOutputFile(
-                id=output.id,
-                name=output.name or (path.name if path else None),
-                type=output.type,
-                mime_type=output.mime_type,
-                url=redact_url(output.download_url) if output.download_url else None,
-                path=path,
-            )
-        )
+        path = None
+        if dest_dir is not None and output.id in wanted:
+            path = await backend.download(output, dest_dir)
+        files.append(output_file(output, path))
     return files
 
 

@@ -110,6 +110,20 @@ def test_outputs_markdown(tmp_path):
     assert md.count("\n| ") == 5  # header, rule, three rows
 
 
+def test_outputs_markdown_marks_previews_that_were_not_saved():
+    job = Job(
+        id="j1",
+        status="completed",
+        outputs=[
+            Output(id="o1", name="kept.png", mime_type="image/png"),
+            Output(id="o2", name="prev.png", mime_type="image/png", temporary=True),
+        ],
+    )
+    md = outputs_markdown(job, job.outputs, {})
+    assert "| kept.png |" in md
+    assert "| prev.png (preview, not saved) |" in md
+
+
 class FakeBackend:
     def __init__(self) -> None:
         self.downloads: list[str] = []
