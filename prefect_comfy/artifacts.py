@@ -170,10 +170,26 @@ class JobProgressArtifact:
         self._pending: float | None = None
         self._written_at: float | None = None
         self._failed = False
+        self.where: str | None = None
+        self.outcome: str | None = None
 
     @property
     def description(self) -> str:
-        return f"Progress of Comfy job {self.job_id}"
+        """What the artifact's card in the UI says (the card shows no value, so this says it).
+
+        ``Progress of Comfy job job_1`` at first, then ``… job_1: 42% · KSampler step 12/20`` as it
+        is written, ``… job_1: completed · 100%`` at the end.
+        """
+        return self._describe(self.written)
+
+    def _describe(self, value: float | None) -> str:
+        text = f"Progress of Comfy job {self.job_id}"
+        parts = [self.outcome] if self.outcome else []
+        if value is not None and (value > 0 or self.where or self.outcome):
+            parts.append(f"{int(value)}%")
+        if self.where and self.outcome != "completed":
+            parts.append(self.where)
+        return f"{text}: {' · '.join(parts)}" if parts else text
 
     @property
     def failed(self) -> bool:
@@ -194,9 +210,11 @@ class JobProgressArtifact:
                 self._give_up(exc)
         return self.artifact_id
 
-    def offer(self, progress: float) -> None:
-        """Note a new progress value; :meth:`flush_due` writes it when its interval has passed."""
+    def offer(self, progress: float, where: str | None = None) -> None:
+        """Note a new progress value (and where the job is: ``KSampler step 12/20``);
+        :meth:`flush_due` writes it when its interval has passed."""
         value = _clamp(progress)
+        self.where = where or self.where
         if value != self.written:
             self._pending = value
 
@@ -214,10 +232,16 @@ class JobProgressArtifact:
             return await self._write(self._pending)
         return False
 
-    async def finish(self, progress: float | None = None) -> bool:
-        """Write the final value now (``progress``, else the held one), whatever the interval."""
+    async def finish(self, progress: float | None = None, outcome: str | None = None) -> bool:
+        """Write the final value now (``progress``, else the held one), whatever the interval.
+
+        ``outcome`` (``completed``, ``failed`` …) goes into the description.
+        """
+        self.outcome = outcome
         value = _clamp(progress) if progress is not None else self._pending
-        if value is None or value == self.written:
+        if value is None and outcome is not None:
+            value = self.written  # say the outcome, at the value last written
+        if value is None or (value == self.written and outcome is None):
             self._pending = None
             return False
         return await self._write(value)
@@ -230,7 +254,10 @@ class JobProgressArtifact:
         self._pending = None
         try:
             await bounded(
-                self._update(artifact_id=self.artifact_id, progress=value), self.write_timeout
+                self._update(
+                    artifact_id=self.artifact_id, progress=value, description=self._describe(value)
+                ),
+                self.write_timeout,
             )
         except Exception as exc:
             self._give_up(exc)

@@ -141,13 +141,21 @@ def job_display_name(name: str, status: str, labels: Mapping[str, str]) -> str:
         parts.append(status)
     if "comfy.progress" in labels:
         parts.append(f"{labels['comfy.progress']}%")
+    where = job_position(labels)
+    if where and status != "completed":
+        parts.append(where)
+    return " · ".join(parts)
+
+
+def job_position(labels: Mapping[str, str]) -> str | None:
+    """Where a job is, from :func:`job_progress_labels`: ``KSampler step 12/20``, ``node 3``."""
     node = labels.get("comfy.node-class") or (
         f"node {labels['comfy.node']}" if "comfy.node" in labels else ""
     )
-    if node and status != "completed":
-        step = labels.get("comfy.step")
-        parts.append(f"{node} step {step}" if step else node)
-    return " · ".join(parts)
+    if not node:
+        return None
+    step = labels.get("comfy.step")
+    return f"{node} step {step}" if step else node
 
 
 def resource_for(

@@ -28,6 +28,7 @@ from typing import Any
 from prefect_comfy.artifacts import JobProgressArtifact, bounded, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
+from prefect_comfy.events import job_position, job_progress_labels
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     JobCancelled,
@@ -122,7 +123,8 @@ class _JobWatch:
             self.emitter.progress(event)
         progress = event.payload.get("progress")
         if self.artifact is not None and isinstance(progress, (int, float)):
-            self.artifact.offer(float(progress))
+            where = job_position(job_progress_labels(event.payload))
+            self.artifact.offer(float(progress), where)
         self._wake.set()
 
     def note_status(self, status: str) -> None:
@@ -155,9 +157,12 @@ class _JobWatch:
                 await self.artifact.flush_due()
             await asyncio.sleep(0.005)  # the budget may be shared with other threads: never spin
 
-    async def stop(self, final_progress: float | None = None, *, outcome: bool = False) -> None:
-        """Stop the pump and write what is held: the final artifact value, and the held progress
-        event unless an outcome event follows (``outcome``; it takes the held progress over).
+    async def stop(
+        self, final_progress: float | None = None, *, outcome: str | None = None
+    ) -> None:
+        """Stop the pump and write what is held: the final artifact value (with the ``outcome`` in
+        its description), and the held progress event unless an outcome event follows (it takes the
+        held progress over).
 
         Bounded in time: the pump gets :data:`STOP_TIMEOUT` to end (the flag ends its loop even if
         its cancellation is lost, see :mod:`~prefect_comfy.transport.deadlines`); the final artifact
@@ -172,12 +177,12 @@ class _JobWatch:
             done, _ = await asyncio.wait({pump}, timeout=STOP_TIMEOUT)
             if not done:
                 self.log.warning("The progress reporter of Comfy job %s did not stop", self.job_id)
-        if self.emitter is not None and not outcome:
+        if self.emitter is not None and outcome is None:
             self.emitter.flush(self.job_id)  # within the budget: what has no room is dropped
         if self.artifact is not None:
             in_time = True
             try:
-                await bounded(self.artifact.finish(final_progress), STOP_TIMEOUT)
+                await bounded(self.artifact.finish(final_progress, outcome), STOP_TIMEOUT)
             except TimeoutError:
                 in_time = False
             if not in_time or self.artifact.failed:
@@ -254,7 +259,7 @@ async def watch_comfy_job(
                 job_id, timeout=timeout, on_progress=watch.on_progress
             )
         except JobTimedOut as exc:
-            await watch.stop(outcome=emitter is not None)
+            await watch.stop(outcome="timed out")
             log.warning(
                 "Timed out after %gs waiting for Comfy job %s (last status: %s)",
                 exc.timeout,
@@ -320,7 +325,7 @@ async def _conclude(
     job: Job | None = None
     if outcome != "cancelled":
         job = await backend.get_job(job_id)
-    await watch.stop(100.0 if outcome == "completed" else None, outcome=True)
+    await watch.stop(100.0 if outcome == "completed" else None, outcome=outcome)
     watch.status = outcome
     if emitter is not None:
         emitter.outcome(terminal, resource=job)
