@@ -177,8 +177,9 @@ class JobProgressArtifact:
     def description(self) -> str:
         """What the artifact's card in the UI says (the card shows no value, so this says it).
 
-        ``Progress of Comfy job job_1`` at first, then ``… job_1: 42% · KSampler step 12/20`` as it
-        is written, ``… job_1: completed · 100%`` at the end.
+        ``Progress of Comfy job job_1`` at first, then ``42% · KSampler step 12/20 (Comfy job job_1)``
+        as it is written, ``completed · 100% (Comfy job job_1)`` at the end: the value first, because
+        the card cuts the description short.
         """
         return self._describe(self.written)
 
@@ -189,7 +190,7 @@ class JobProgressArtifact:
             parts.append(f"{int(value)}%")
         if self.where and self.outcome != "completed":
             parts.append(self.where)
-        return f"{text}: {' · '.join(parts)}" if parts else text
+        return f"{' · '.join(parts)} (Comfy job {self.job_id})" if parts else text
 
     @property
     def failed(self) -> bool:

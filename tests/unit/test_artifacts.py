@@ -207,12 +207,12 @@ async def test_progress_artifact_description_says_the_value_on_the_ui_card():
     await art.finish(40, outcome="failed")
     assert descriptions == [
         "Progress of Comfy job job_9",
-        "Progress of Comfy job job_9: 42% · KSampler step 12/20",
-        "Progress of Comfy job job_9: failed · 40% · KSampler step 12/20",
+        "42% · KSampler step 12/20 (Comfy job job_9)",
+        "failed · 40% · KSampler step 12/20 (Comfy job job_9)",
     ]
     art.outcome = None
     await art.finish(100, outcome="completed")
-    assert descriptions[-1] == "Progress of Comfy job job_9: completed · 100%"
+    assert descriptions[-1] == "completed · 100% (Comfy job job_9)"
 
 
 async def test_progress_artifact_failure_never_raises(caplog):

@@ -291,6 +291,9 @@ def test_progress_event_labels_related_and_payload(sent, clock):
     assert event.resource["prefect.resource.name"] == "job_1 · 42% · node 3"
     assert event.resource["comfy.progress"] == "42"
     assert event.resource["comfy.node"] == "3"
+    # what the UI's event card shows: a related resource of our own whose id says it
+    shown = [r for r in event.related if r.role == "comfy-progress"]
+    assert [r.id for r in shown] == ["comfy.progress.42% · node 3"]
     assert event.resource["comfy.backend"] == "cloud"
     assert event.resource["comfy.status"] == "running"
     assert event.resource["comfy.tags"] == "hero"
@@ -299,6 +302,7 @@ def test_progress_event_labels_related_and_payload(sent, clock):
     assert related == {
         f"prefect.flow-run.{FLOW_RUN}": "flow-run",
         f"prefect.task-run.{TASK_RUN}": "task-run",
+        "comfy.progress.42% · node 3": "comfy-progress",
     }
     assert event.payload["progress"] == 42.5
     assert json.loads(json.dumps(event.payload)) == event.payload
