@@ -5,6 +5,12 @@ are exact and the run takes a second or two. Both sides build real Prefect event
 so the CPU column compares like with like.
 
     .venv/bin/python benchmarks/bench_progress_events.py --jobs 1000 --updates 100 --duration 60
+
+Then a batch that ends at once (issue 11, item 17): ``--batch`` jobs updating every 0.1 s for 10 s,
+all completing in the same instant, through the budget as it is now (a sliding one-second window;
+the outcome takes over the held progress) and, as the baseline in the same run, as it was (a token
+bucket of one second's worth, every job's held value forced out before its outcome). It prints the
+busiest one-second window of progress events against the budget.
 """
 
 from __future__ import annotations
@@ -69,6 +75,85 @@ def run(jobs: int, per_job: int, duration: float, interval: float, rate: float, 
     return progress, len(sent) - progress, cpu
 
 
+BATCH_SECONDS = 10.0
+"""Simulated length of the batch: updates for 10 s, then every job completes."""
+
+
+class FormerBucket:
+    """The budget as it was: a token bucket of one second's worth that a final value could overdraw."""
+
+    def __init__(self, rate: float, clock: SimClock) -> None:
+        self.rate, self.capacity, self._clock = rate, max(1.0, rate), clock
+        self._tokens, self._stamp = self.capacity, clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def try_acquire(self) -> bool:
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def force_acquire(self) -> None:
+        self._refill()
+        self._tokens = max(self._tokens - 1.0, -self.capacity)
+
+    def seconds_until_available(self) -> float:
+        self._refill()
+        return 0.0 if self._tokens >= 1 else (1.0 - self._tokens) / self.rate
+
+
+class FormerEmitter(ComfyEventEmitter):
+    """The emitter as it was: the held progress forced out (over the budget) before the outcome."""
+
+    def outcome(self, comfy_event, **kwargs):  # type: ignore[override]
+        state = self._jobs.get(comfy_event.resource_id or "")
+        if state is not None and state.pending is not None:
+            self.budget.force_acquire()  # type: ignore[attr-defined]
+            self._send_pending(state, self._clock())
+        return super().outcome(comfy_event, **kwargs)
+
+
+def batch_end(jobs: int, rate: float, former: bool) -> tuple[int, float, int]:
+    """(progress events, their average per second, the most in any one-second window)."""
+    clock = SimClock()
+    stamps: list[float] = []
+
+    def sink(event) -> None:
+        if event.event == "comfy.job.progress":
+            stamps.append(clock.now)
+
+    budget = FormerBucket(rate, clock) if former else ProgressBudget(rate, clock=clock)
+    cls = FormerEmitter if former else ComfyEventEmitter
+    emitters = [
+        cls("http://bench", "cloud", budget=budget, sink=sink, clock=clock)  # type: ignore[arg-type]
+        for _ in range(jobs)
+    ]
+    for tick in range(int(BATCH_SECONDS * 10)):  # updates every 0.1 s; the pumps flush each tick
+        clock.now = tick * 0.1
+        for j, em in enumerate(emitters):
+            event = ComfyEvent(
+                event="job.progress",
+                payload={"id": f"job{j}", "status": "running", "progress": tick + 1},
+            )
+            em.progress(event)
+            em.flush_due()
+    clock.now = 10.0
+    for j, em in enumerate(emitters):  # every job ends in the same instant
+        em.outcome(ComfyEvent(event="job.completed", payload={"id": f"job{j}"}))
+    busiest = 0
+    first = 0
+    for i, at in enumerate(stamps):  # sorted: the widest one-second window ending at each send
+        while stamps[first] <= at - 1.0:
+            first += 1
+        busiest = max(busiest, i - first + 1)
+    return len(stamps), len(stamps) / BATCH_SECONDS, busiest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -76,6 +161,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="simulated seconds per job")
     parser.add_argument("--interval", type=float, default=1.0, help="progress_interval, seconds")
     parser.add_argument("--rate", type=float, default=50.0, help="process budget, events/s")
+    parser.add_argument("--batch", type=int, default=200, help="jobs that end at once")
     args = parser.parse_args()
 
     total = args.jobs * args.updates
@@ -96,8 +182,21 @@ def main() -> None:
     print(
         f"progress events: {co_p:,} instead of {base_p:,} (ratio {base_p / max(co_p, 1):,.1f}x fewer)"
     )
+    print(f"outcomes kept: {co_o == base_o == args.jobs} (each says where its job stood)")
+    print()
+    print(f"a batch of {args.batch} jobs ending at once, budget {args.rate:g}/s:")
+    print(f"{'':>28} {'progress':>9} {'avg/s':>7} {'busiest 1 s':>12}")
+    results = {}
+    for label, former in (
+        ("token bucket + forced finals", True),
+        ("sliding window, no finals", False),
+    ):
+        results[former] = batch_end(args.batch, args.rate, former)
+        count, average, busiest = results[former]
+        print(f"{label:>28} {count:>9,} {average:>7.1f} {busiest:>12,}")
     print(
-        f"every job's final value sent: {co_p >= args.jobs}; outcomes kept: {co_o == base_o == args.jobs}"
+        f"busiest second: {results[False][2]} (budget {args.rate:g}) instead of {results[True][2]} "
+        f"(ratio {results[True][2] / max(results[False][2], 1):.1f}x)"
     )
 
 

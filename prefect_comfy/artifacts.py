@@ -10,6 +10,10 @@
 Artifact keys hold lowercase letters, digits and dashes only (:func:`artifact_key`). URLs go through
 :func:`~prefect_comfy.redaction.redact_url`; no artifact ever holds an API key.
 
+Every write to the Prefect API is best effort and bounded in time (:data:`ARTIFACT_WRITE_TIMEOUT`,
+:data:`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
+keeps it from returning (issue 11, item 15: 200 waits in one flow hung on their artifact writes).
+
 Example:
     >>> artifact_key("job", "Job_42")
     'comfy-job-job-42-41182457'
@@ -19,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -29,16 +34,18 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect_comfy.models import Job, Output
 from prefect_comfy.redaction import redact_url
 
 __all__ = [
+    "ARTIFACT_WRITE_TIMEOUT",
     "MAX_KEY_LENGTH",
     "MAX_PREVIEW_BYTES",
     "MAX_PREVIEWS",
+    "OUTPUTS_ARTIFACT_TIMEOUT",
     "PREVIEW_MIME_TYPES",
     "JobProgressArtifact",
     "artifact_key",
@@ -58,6 +65,43 @@ MAX_KEY_LENGTH = 100
 """Artifact keys are cut to this length (a hash keeps cut keys distinct)."""
 PREVIEW_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 """Image types a browser renders inline."""
+ARTIFACT_WRITE_TIMEOUT = 10.0
+"""Seconds one progress artifact write may take; after that it is abandoned and writing stops."""
+OUTPUTS_ARTIFACT_TIMEOUT = 30.0
+"""Seconds the outputs artifact may take in all (previews and the write); after that it is skipped."""
+
+T = TypeVar("T")
+
+
+async def bounded(work: Awaitable[T], timeout: float) -> T:
+    """``await work`` for at most ``timeout`` seconds, even if it never gives in to cancellation.
+
+    Unlike :func:`~prefect_comfy.transport.deadlines.within`, which waits for the cancelled work to
+    end, the work runs as a task of its own that is cancelled and *left behind* at the deadline: a
+    Prefect client stuck in its own retries or a shielded call cannot hold the caller. A cancellation
+    of the caller cancels the work too.
+
+    Raises:
+        TimeoutError: the work did not end in time.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise TimeoutError(f"no answer within {timeout:g}s")
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Collect what an abandoned write ended with, so that asyncio does not report it."""
+    if not task.cancelled():
+        task.exception()
+
 
 _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
 
@@ -95,8 +139,10 @@ class JobProgressArtifact:
         create: creates the artifact (``prefect.artifacts.acreate_progress_artifact`` by default).
         update: updates it (``prefect.artifacts.aupdate_progress_artifact`` by default).
         clock: a monotonic clock (tests inject one).
+        write_timeout: seconds one write may take (:data:`ARTIFACT_WRITE_TIMEOUT` by default).
 
-    Writing is best effort: a failure is logged once and never fails the wait.
+    Writing is best effort: a failure or a write that takes longer than ``write_timeout`` is logged
+    once, ends the writing (:attr:`failed`) and never fails or holds up the wait.
     """
 
     def __init__(
@@ -108,6 +154,7 @@ class JobProgressArtifact:
         create: Creator | None = None,
         update: Updater | None = None,
         clock: Callable[[], float] = time.monotonic,
+        write_timeout: float | None = None,
     ) -> None:
         from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
@@ -117,32 +164,58 @@ class JobProgressArtifact:
         self._create = create or acreate_progress_artifact
         self._update = update or aupdate_progress_artifact
         self._clock = clock
+        self.write_timeout = ARTIFACT_WRITE_TIMEOUT if write_timeout is None else write_timeout
         self.artifact_id: UUID | None = None
         self.written: float | None = None
         self._pending: float | None = None
         self._written_at: float | None = None
         self._failed = False
+        self.where: str | None = None
+        self.outcome: str | None = None
 
     @property
     def description(self) -> str:
-        return f"Progress of Comfy job {self.job_id}"
+        """What the artifact's card in the UI says (the card shows no value, so this says it).
+
+        ``Progress of Comfy job job_1`` at first, then ``42% · KSampler step 12/20 (Comfy job job_1)``
+        as it is written, ``completed · 100% (Comfy job job_1)`` at the end: the value first, because
+        the card cuts the description short.
+        """
+        return self._describe(self.written)
+
+    def _describe(self, value: float | None) -> str:
+        text = f"Progress of Comfy job {self.job_id}"
+        parts = [self.outcome] if self.outcome else []
+        if value is not None and (value > 0 or self.where or self.outcome):
+            parts.append(f"{int(value)}%")
+        if self.where and self.outcome != "completed":
+            parts.append(self.where)
+        return f"{' · '.join(parts)} (Comfy job {self.job_id})" if parts else text
+
+    @property
+    def failed(self) -> bool:
+        """Whether a write failed or timed out (no more are tried)."""
+        return self._failed
 
     async def start(self, progress: float = 0.0) -> UUID | None:
         """Create the artifact (once)."""
         if self.artifact_id is None and not self._failed:
             value = _clamp(progress)
             try:
-                self.artifact_id = await self._create(
-                    progress=value, key=self.key, description=self.description
+                self.artifact_id = await bounded(
+                    self._create(progress=value, key=self.key, description=self.description),
+                    self.write_timeout,
                 )
                 self.written, self._written_at = value, self._clock()
             except Exception as exc:
                 self._give_up(exc)
         return self.artifact_id
 
-    def offer(self, progress: float) -> None:
-        """Note a new progress value; :meth:`flush_due` writes it when its interval has passed."""
+    def offer(self, progress: float, where: str | None = None) -> None:
+        """Note a new progress value (and where the job is: ``KSampler step 12/20``);
+        :meth:`flush_due` writes it when its interval has passed."""
         value = _clamp(progress)
+        self.where = where or self.where
         if value != self.written:
             self._pending = value
 
@@ -160,10 +233,16 @@ class JobProgressArtifact:
             return await self._write(self._pending)
         return False
 
-    async def finish(self, progress: float | None = None) -> bool:
-        """Write the final value now (``progress``, else the held one), whatever the interval."""
+    async def finish(self, progress: float | None = None, outcome: str | None = None) -> bool:
+        """Write the final value now (``progress``, else the held one), whatever the interval.
+
+        ``outcome`` (``completed``, ``failed`` …) goes into the description.
+        """
+        self.outcome = outcome
         value = _clamp(progress) if progress is not None else self._pending
-        if value is None or value == self.written:
+        if value is None and outcome is not None:
+            value = self.written  # say the outcome, at the value last written
+        if value is None or (value == self.written and outcome is None):
             self._pending = None
             return False
         return await self._write(value)
@@ -175,7 +254,12 @@ class JobProgressArtifact:
             return await self.start(value) is not None
         self._pending = None
         try:
-            await self._update(artifact_id=self.artifact_id, progress=value)
+            await bounded(
+                self._update(
+                    artifact_id=self.artifact_id, progress=value, description=self._describe(value)
+                ),
+                self.write_timeout,
+            )
         except Exception as exc:
             self._give_up(exc)
             return False
@@ -272,9 +356,8 @@ def outputs_markdown(
         else:
             shown = "no preview (not an image)"
         mime = _mime_of(output) or output.type
-        lines.append(
-            f"| {_cell(name)} | {_cell(mime)} | {_human_size(output.size)} | {link} | {shown} |"
-        )
+        label = f"{_cell(name)} (preview, not saved)" if output.temporary else _cell(name)
+        lines.append(f"| {label} | {_cell(mime)} | {_human_size(output.size)} | {link} | {shown} |")
     return "\n".join(lines) + "\n"
 
 
@@ -316,6 +399,8 @@ async def create_outputs_artifact(
     paths: Mapping[str, str | PathLike[str]] | None = None,
     key: str | None = None,
     max_preview_bytes: int = MAX_PREVIEW_BYTES,
+    timeout: float | None = None,
+    create: Callable[..., Awaitable[UUID]] | None = None,
 ) -> UUID | None:
     """Create the markdown artifact listing a completed job's outputs, with image previews.
 
@@ -325,22 +410,29 @@ async def create_outputs_artifact(
         paths: downloaded files by output id (or name): previews are made from them.
         key: the artifact key; ``comfy-job-<id>-outputs`` by default.
         max_preview_bytes: the largest image inlined.
+        timeout: seconds for the whole of it, previews and write (:data:`OUTPUTS_ARTIFACT_TIMEOUT` by
+            default).
+        create: writes the artifact (``prefect.artifacts.acreate_markdown_artifact`` by default).
 
     Returns:
-        The artifact id, or ``None`` if it could not be written (logged).
+        The artifact id, or ``None`` if it could not be written in time (logged, never raised).
     """
-    from prefect.artifacts import acreate_markdown_artifact
+    if create is None:
+        from prefect.artifacts import acreate_markdown_artifact as create
 
-    previews = await _previews(
-        job.outputs, backend=backend, paths=paths or {}, max_bytes=max_preview_bytes
-    )
-    markdown = outputs_markdown(job, job.outputs, previews, max_bytes=max_preview_bytes)
-    try:
-        return await acreate_markdown_artifact(
+    async def write() -> UUID:
+        previews = await _previews(
+            job.outputs, backend=backend, paths=paths or {}, max_bytes=max_preview_bytes
+        )
+        markdown = outputs_markdown(job, job.outputs, previews, max_bytes=max_preview_bytes)
+        return await create(
             markdown=markdown,
             key=key or artifact_key("job", job.id, "outputs"),
             description=f"Outputs of Comfy job {job.id}",
         )
+
+    try:
+        return await bounded(write(), OUTPUTS_ARTIFACT_TIMEOUT if timeout is None else timeout)
     except Exception as exc:
         logger.warning("Outputs artifact of Comfy job %s not written: %r", job.id, exc)
         return None

@@ -1,4 +1,4 @@
-"""The process-wide budget of progress events: a token bucket shared by every emitter.
+"""The process-wide budget of progress events: a sliding window shared by every emitter.
 
 A Prefect server stores about 1,000 events a second on a machine like ours, so a process may send
 only so many ``comfy.job.progress`` events, all jobs together; outcomes never touch this budget.
@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 __all__ = [
@@ -37,7 +38,13 @@ PROGRESS_BUDGET_ENV = "COMFY_PROGRESS_EVENTS_PER_SECOND"
 
 
 class ProgressBudget:
-    """A token bucket: ``rate`` progress events a second on average, bursts up to ``capacity``.
+    """At most ``rate`` progress events in any one-second window, all jobs together.
+
+    A sliding window, not a token bucket: a bucket that holds a second's worth lets twice the rate
+    through in the second after a quiet one (its burst plus its refill), which is how a batch's end
+    overran the budget. Here the count over *every* window of :attr:`window` seconds stays at most
+    :attr:`capacity`: ``floor(rate)`` events a second for a rate of 1 or more, one event every
+    ``1/rate`` seconds below 1, none at 0.
 
     Thread-safe, because sensors may run in several threads (one event loop each) of one process.
 
@@ -47,47 +54,40 @@ class ProgressBudget:
         [True, True, False]
     """
 
-    def __init__(
-        self, rate: float, *, capacity: float | None = None, clock: Clock = time.monotonic
-    ):
-        if rate < 0:
+    def __init__(self, rate: float, *, clock: Clock = time.monotonic):
+        if rate < 0 or math.isnan(rate):
             raise ValueError("rate must be >= 0")
         self.rate = float(rate)
-        self.capacity = float(capacity if capacity is not None else max(1.0, self.rate))
+        self.capacity = int(self.rate) if self.rate >= 1 else (1 if self.rate > 0 else 0)
+        self.window = 1.0 if self.rate >= 1 else (1.0 / self.rate if self.rate > 0 else math.inf)
         self._clock = clock
-        self._tokens = self.capacity if self.rate > 0 else 0.0
-        self._stamp = clock()
+        self._sent: deque[float] = deque()
         self._lock = threading.Lock()
 
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
+    def _expire(self, now: float) -> None:
+        while self._sent and self._sent[0] <= now - self.window:
+            self._sent.popleft()
 
     def try_acquire(self) -> bool:
-        """Take one token if there is one."""
+        """Count one event if the window has room for it."""
         with self._lock:
-            self._refill()
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
+            now = self._clock()
+            self._expire(now)
+            if len(self._sent) < self.capacity:
+                self._sent.append(now)
                 return True
             return False
-
-    def force_acquire(self) -> None:
-        """Take one token even if there is none (a final progress value): the debt slows what follows."""
-        with self._lock:
-            self._refill()
-            self._tokens = max(self._tokens - 1.0, -self.capacity)
 
     def seconds_until_available(self) -> float:
         """How long until :meth:`try_acquire` can succeed (``inf`` with a rate of 0)."""
         with self._lock:
-            self._refill()
-            if self._tokens >= 1.0:
+            now = self._clock()
+            self._expire(now)
+            if len(self._sent) < self.capacity:
                 return 0.0
-            if self.rate <= 0:
+            if self.capacity == 0:
                 return math.inf
-            return (1.0 - self._tokens) / self.rate
+            return max(self._sent[0] + self.window - now, 0.0)
 
 
 _budget: ProgressBudget | None = None

@@ -3,13 +3,17 @@
 A Prefect server stores about 1,000 events a second, so progress is a budget and outcomes are not:
 
 - per job, at most one ``comfy.job.progress`` per ``progress_interval`` (default 1 s); updates in
-  between are coalesced (the newest wins) and the last one is always sent, either when its interval
-  has passed (:meth:`ComfyEventEmitter.flush_due`) or before the outcome (:meth:`~ComfyEventEmitter.flush`);
-- across the whole process, progress events share one token bucket, :func:`progress_budget`
-  (``COMFY_PROGRESS_EVENTS_PER_SECOND``, default :data:`DEFAULT_PROGRESS_EVENTS_PER_SECOND`, read when
-  first needed; :func:`set_progress_events_per_second` changes it);
+  between are coalesced (the newest wins) and sent when the interval has passed
+  (:meth:`ComfyEventEmitter.flush_due`);
+- across the whole process, progress events share one budget, :func:`progress_budget` (at most
+  ``COMFY_PROGRESS_EVENTS_PER_SECOND`` in any second, default :data:`DEFAULT_PROGRESS_EVENTS_PER_SECOND`,
+  read when first needed; :func:`set_progress_events_per_second` changes it). No progress event
+  ever goes over it;
 - outcomes (``submitted``, ``completed``, ``failed``, ``cancelled``, ``timed-out``, input and model
-  ``ready``/``failed``) are never throttled and never dropped.
+  ``ready``/``failed``) are never throttled and never dropped. An outcome takes the place of the
+  progress still held for its job: it carries where the job stood (``progress``, ``node_id``,
+  ``node_class``, ``step``, ``steps``; 100 % for ``completed``), so no progress event is sent just
+  before it.
 
 Events are built by :func:`prefect_comfy.events.from_comfy_event` (deterministic ids) with the flow run
 and task run related explicitly, and handed to a sink. The default sink, :func:`prefect_event_sink`,
@@ -165,11 +169,16 @@ def resource_payload(resource: WireModel | Mapping[str, Any]) -> dict[str, Any]:
     return _scrub(data)
 
 
+PROGRESS_FIELDS = ("progress", "node_id", "node_class", "step", "steps")
+"""Where a job stands: the progress payload fields an outcome takes over from the last progress."""
+
+
 @dataclass
 class _JobProgress:
     last_sent_at: float | None = None
     last_occurrence: str | None = None
     pending: ComfyEvent | None = None
+    latest: dict[str, Any] | None = None  # the newest progress payload seen, sent or not
 
 
 class ComfyEventEmitter:
@@ -276,6 +285,7 @@ class ComfyEventEmitter:
         if job_id is None:
             return False
         state = self._jobs.setdefault(job_id, _JobProgress())
+        state.latest = comfy_event.payload
         occurrence = names.occurrence_of(comfy_event)
         if occurrence == state.last_occurrence:
             state.pending = None  # a repeat of what was sent last: nothing new to say
@@ -330,9 +340,10 @@ class ComfyEventEmitter:
         return sent
 
     def flush(self, job_id: str | None = None) -> int:
-        """Send the held update of a job (or of all jobs) now, whatever the interval and budget.
+        """Send the held update of a job (or of all jobs) now, whatever the interval, within the budget.
 
-        The final progress value of a job is always emitted: this is the trailing flush.
+        For a wait that ends with no outcome to report (it was interrupted): what the budget has no
+        room for is dropped. A wait that ends with an outcome does not flush: the outcome says it.
         """
         now = self._clock()
         sent = 0
@@ -340,11 +351,24 @@ class ComfyEventEmitter:
         if job_id is None:
             states = list(self._jobs.values())
         for state in states:
-            if state.pending is not None:
-                self.budget.force_acquire()
+            if state.pending is None:
+                continue
+            if self.budget.try_acquire():
                 self._send_pending(state, now)
                 sent += 1
+            else:
+                state.pending = None
         return sent
+
+    def _take_over_progress(self, resource_id: str | None, payload: dict[str, Any]) -> None:
+        """End a job's progress: its held update is dropped, where it stood goes into ``payload``."""
+        state = self._jobs.pop(resource_id, None) if resource_id is not None else None
+        latest = state.latest if state is not None else None
+        for key in PROGRESS_FIELDS:
+            if payload.get(key) is None and latest and latest.get(key) is not None:
+                payload[key] = latest[key]
+        if payload.get("status") == "completed":
+            payload["progress"] = 100
 
     # -- outcomes ---------------------------------------------------------------------------------
     def outcome(
@@ -354,7 +378,7 @@ class ComfyEventEmitter:
         resource: WireModel | Mapping[str, Any] | None = None,
         occurrence: str | None = None,
     ) -> Event:
-        """Emit an outcome (never throttled), after the job's last held progress.
+        """Emit an outcome (never throttled); it takes the place of the job's held progress.
 
         Args:
             comfy_event: the terminal Comfy event (``job.completed``, ``input.ready`` …).
@@ -362,37 +386,36 @@ class ComfyEventEmitter:
                 full outputs); its fields complete the event's payload.
             occurrence: overrides what distinguishes this occurrence in the event id.
         """
-        resource_id = comfy_event.resource_id
-        if resource_id is not None:
-            self.flush(resource_id)
-            self._jobs.pop(resource_id, None)
+        payload = _scrub(comfy_event.payload)
         if resource is not None:
             # The resource as read after the event is the fuller record (a job's outputs).
-            payload = _scrub(comfy_event.payload)
             for key, value in resource_payload(resource).items():
                 if value not in (None, [], {}) or key not in payload:
                     payload[key] = value
-            comfy_event = ComfyEvent(
-                event=comfy_event.event, payload=payload, timestamp=comfy_event.timestamp
-            )
+        if comfy_event.kind == "job":
+            payload.setdefault("status", comfy_event.event.split(".", 1)[-1])
+            self._take_over_progress(comfy_event.resource_id, payload)
+        comfy_event = ComfyEvent(
+            event=comfy_event.event,
+            payload=payload,
+            id=comfy_event.id,
+            timestamp=comfy_event.timestamp,
+        )
         return self.emit(self.build(comfy_event, occurrence=occurrence))
 
     def timed_out(self, job_id: str, *, timeout: float, last_status: str | None) -> Event:
-        """Emit ``comfy.job.timed-out`` (payload ``id``, ``timeout``, ``last_status``).
+        """Emit ``comfy.job.timed-out`` (payload ``id``, ``timeout``, ``last_status``, where it stood).
 
         Its id is unique to the task run (a later wait's time-out is another occurrence).
         """
-        event = ComfyEvent(
-            event="job.timed-out",
-            payload={
-                "id": job_id,
-                "timeout": timeout,
-                "last_status": last_status,
-                "status": last_status or "unknown",
-            },
-        )
-        self.flush(job_id)
-        self._jobs.pop(job_id, None)
+        payload: dict[str, Any] = {
+            "id": job_id,
+            "timeout": timeout,
+            "last_status": last_status,
+            "status": last_status or "unknown",
+        }
+        self._take_over_progress(job_id, payload)
+        event = ComfyEvent(event="job.timed-out", payload=payload)
         return self.emit(self.build(event, occurrence=f"{self.task_run_id or ''}|{timeout}"))
 
 

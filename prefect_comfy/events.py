@@ -100,6 +100,67 @@ def flow_run_id_from_tags(tags: Iterable[str]) -> str | None:
     return None
 
 
+def job_progress_labels(payload: Mapping[str, Any]) -> dict[str, str]:
+    """Where a job stands, as resource labels: ``comfy.progress`` (whole percent), ``comfy.node``,
+    ``comfy.node-class`` and ``comfy.step`` (``12/20``), each only when the payload says it.
+
+    Example:
+        >>> job_progress_labels({"progress": 42.9, "node_id": "3", "node_class": "KSampler",
+        ...                      "step": 12, "steps": 20})
+        {'comfy.progress': '42', 'comfy.node': '3', 'comfy.node-class': 'KSampler', 'comfy.step': '12/20'}
+    """
+    labels: dict[str, str] = {}
+    progress = payload.get("progress")
+    if (
+        isinstance(progress, (int, float))
+        and not isinstance(progress, bool)
+        and progress == progress
+    ):
+        # Whole percent, rounded down: 99.6 % is not done yet.
+        labels["comfy.progress"] = str(int(min(max(progress, 0.0), 100.0)))
+    if payload.get("node_id") not in (None, ""):
+        labels["comfy.node"] = str(payload["node_id"])
+    if payload.get("node_class"):
+        labels["comfy.node-class"] = str(payload["node_class"])
+    step, steps = payload.get("step"), payload.get("steps")
+    if step is not None and steps:
+        labels["comfy.step"] = f"{step}/{steps}"
+    return labels
+
+
+def job_display_name(name: str, status: str, labels: Mapping[str, str]) -> str:
+    """The job's ``prefect.resource.name``: what the Prefect UI shows on each event card.
+
+    ``job_1 · 42% · KSampler step 12/20`` while it runs, ``job_1 · completed · 100%`` at the end,
+    ``job_1 · failed · 40% · KSampler step 8/20`` where it stopped.
+
+    Example:
+        >>> job_display_name("job_1", "running", {"comfy.progress": "42", "comfy.node-class":
+        ...                  "KSampler", "comfy.node": "3", "comfy.step": "12/20"})
+        'job_1 · 42% · KSampler step 12/20'
+    """
+    parts = [name]
+    if status and status != "running":
+        parts.append(status)
+    if "comfy.progress" in labels:
+        parts.append(f"{labels['comfy.progress']}%")
+    where = job_position(labels)
+    if where and status != "completed":
+        parts.append(where)
+    return " · ".join(parts)
+
+
+def job_position(labels: Mapping[str, str]) -> str | None:
+    """Where a job is, from :func:`job_progress_labels`: ``KSampler step 12/20``, ``node 3``."""
+    node = labels.get("comfy.node-class") or (
+        f"node {labels['comfy.node']}" if "comfy.node" in labels else ""
+    )
+    if not node:
+        return None
+    step = labels.get("comfy.step")
+    return f"{node} step {step}" if step else node
+
+
 def resource_for(
     kind: str,
     payload: Mapping[str, Any],
@@ -111,12 +172,18 @@ def resource_for(
     """The primary resource of an event about a Comfy job, input or model."""
     comfy_id = str(payload.get("id"))
     tags = [t for t in payload.get("tags") or [] if isinstance(t, str)]
+    status = str(status or payload.get("status") or "")
+    shown = str(name or payload.get("name") or comfy_id)
     labels: dict[str, str] = {
         "prefect.resource.id": resource_id(kind, comfy_id),
-        "prefect.resource.name": str(name or payload.get("name") or comfy_id),
+        "prefect.resource.name": shown,
         "comfy.backend": backend_kind,
-        "comfy.status": str(status or payload.get("status") or ""),
+        "comfy.status": status,
     }
+    if kind == "job":
+        progress_labels = job_progress_labels(payload)
+        labels.update(progress_labels)
+        labels["prefect.resource.name"] = job_display_name(shown, status, progress_labels)
     if kind == "model" and payload.get("type"):
         labels["comfy.model-type"] = str(payload["type"])
     user_tags = [t for t in tags if not t.startswith(FLOW_RUN_TAG_PREFIX)]
@@ -175,14 +242,40 @@ def from_comfy_event(
     payload = json_safe(comfy_event.payload)
     resource = resource_for(kind, payload, backend_kind=backend_kind)
     flow_run_id = flow_run_id or flow_run_id_from_tags(payload.get("tags") or [])
+    extra = [progress_related(resource)] if kind == "job" and "comfy.progress" in resource else []
     return Event(
         id=event_id(address, name, resource.id, occurrence_of(comfy_event)),
         event=name,
         occurred=occurred or comfy_event.timestamp or datetime.now(timezone.utc),
         resource=resource,
-        related=related_for(flow_run_id=flow_run_id, task_run_id=task_run_id),
+        related=related_for(flow_run_id=flow_run_id, task_run_id=task_run_id, extra=extra),
         payload=payload,
     )
+
+
+PROGRESS_ROLE = "comfy-progress"
+"""Role of the related resource that says where a job stands (see :func:`progress_related`)."""
+
+
+def progress_related(resource: Resource) -> dict[str, str]:
+    """A related resource whose id reads ``comfy.progress.42% · KSampler step 12/20``.
+
+    The Prefect UI (3.9) shows on an event card the event's name, the primary resource's *id* (not
+    its ``prefect.resource.name``) and the related resources, a resource of a role it does not know
+    by its id. So where the job stands goes into this id to be seen without opening Raw; the
+    primary resource (``comfy.job.<id>``, what triggers match) is unchanged.
+    """
+    status = resource.get("comfy.status", "")
+    parts = [status] if status and status != "running" else []
+    parts.append(f"{resource['comfy.progress']}%")
+    where = job_position(resource)
+    if where and status != "completed":
+        parts.append(where)
+    return {
+        "prefect.resource.id": f"{PREFIX}.progress.{' · '.join(parts)}",
+        "prefect.resource.role": PROGRESS_ROLE,
+        "prefect.resource.name": resource["prefect.resource.name"],
+    }
 
 
 def json_safe(value: Any) -> Any:

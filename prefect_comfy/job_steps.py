@@ -19,7 +19,7 @@ from prefect_comfy.backends.registry import backend_of
 from prefect_comfy.emitter import emit_submitted, run_context_ids
 from prefect_comfy.exceptions import JobCancelled, JobFailed, NotFound
 from prefect_comfy.models import Job, Output
-from prefect_comfy.results import ComfyOutputFile, output_file
+from prefect_comfy.results import ComfyOutputFile, output_file, to_download
 from prefect_comfy.runs import label_flow_run, run_logger
 from prefect_comfy.workflows import load_workflow
 
@@ -82,7 +82,7 @@ async def unfinished_jobs_of(credentials: Any, flow_run_id: str) -> list[str]:
     async with backend_of(credentials) as backend:
         if not backend.capabilities.find_jobs_by_tag:
             return []
-        jobs = await backend.unfinished_jobs(events.FLOW_RUN_TAG_PREFIX + flow_run_id)
+        jobs = await backend.unfinished_jobs(events.FLOW_RUN_TAG_PREFIX + flow_run_id) or []
     return [job.id for job in jobs]
 
 
@@ -131,14 +131,25 @@ def raise_for_outcome(job: Job) -> None:
 
 
 async def download_outputs(
-    backend: ComfyBackend, job: Job, dest_dir: str | os.PathLike[str] | None
+    backend: ComfyBackend,
+    job: Job,
+    dest_dir: str | os.PathLike[str] | None,
+    *,
+    include_temporary: bool = False,
 ) -> list[ComfyOutputFile]:
-    """Describe a completed job's outputs, downloading each into ``dest_dir`` unless it is ``None``."""
+    """Describe a completed job's outputs, downloading each into ``dest_dir`` unless it is ``None``.
+
+    Previews the server did not save (``temporary``) are listed but not downloaded (their ``path``
+    stays ``None``) unless ``include_temporary``.
+    """
     outputs: list[Output] = list(job.outputs) or await backend.outputs(job.id)
+    wanted = {o.id for o in to_download(outputs, include_temporary=include_temporary)}
     files = []
     if dest_dir is not None:
         Path(dest_dir).mkdir(parents=True, exist_ok=True)
     for output in outputs:
-        path = await backend.download(output, dest_dir) if dest_dir is not None else None
+        path = None
+        if dest_dir is not None and output.id in wanted:
+            path = await backend.download(output, dest_dir)
         files.append(output_file(output, path))
     return files

@@ -45,7 +45,7 @@ from prefect_comfy.dispatch import (
 from prefect_comfy.exceptions import JobCancelled, JobFailed, OutcomeError
 from prefect_comfy.job_steps import cancel_job, cancel_jobs_quietly, raise_for_outcome
 from prefect_comfy.models import Job
-from prefect_comfy.results import ComfyJobResult, ComfyOutputFile, job_result
+from prefect_comfy.results import ComfyJobResult, ComfyOutputFile, job_result, to_download
 from prefect_comfy.runs import COMFY_JOB_ID_LABEL, run_logger
 from prefect_comfy.tasks import (
     download_comfy_outputs,
@@ -177,8 +177,9 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
         raise_for_outcome(self.job)
 
     def _result(self, paths: list[Any]) -> ComfyJobResult:
-        # download_comfy_outputs returns the files of job.outputs, in order
-        by_id = {o.id: p for o, p in zip(self.job.outputs, paths, strict=False)}
+        # download_comfy_outputs returns the files of the saved outputs (previews are listed with no
+        # path: the download leaves them out), in order
+        by_id = {o.id: p for o, p in zip(to_download(self.job.outputs), paths, strict=False)}
         return job_result(self.job, by_id)
 
     async def acancel(self) -> Job:

@@ -52,10 +52,15 @@ class ResourceError(WireModel):
 
 
 class Output(WireModel):
-    """One file a job produced."""
+    """One file a job produced.
+
+    ``temporary`` marks a preview that the server did not save (ComfyUI's ``PreviewImage`` writes
+    ``type: "temp"`` files, cleared at its next start): downloads leave these out unless asked for.
+    """
 
     id: str
     type: str = "file"
+    temporary: bool = False
     download_url: str | None = None
     name: str | None = None
     mime_type: str | None = None

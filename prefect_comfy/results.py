@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -11,7 +11,7 @@ from prefect_comfy import events
 from prefect_comfy.models import Job, Output
 from prefect_comfy.redaction import redact_url
 
-__all__ = ["ComfyJobResult", "ComfyOutputFile", "job_result", "output_file"]
+__all__ = ["ComfyJobResult", "ComfyOutputFile", "job_result", "output_file", "to_download"]
 
 
 class ComfyOutputFile(BaseModel):
@@ -20,6 +20,11 @@ class ComfyOutputFile(BaseModel):
     id: str = Field(description="The output's id.")
     name: str | None = Field(default=None, description="The file name, if the server gave one.")
     type: str = Field(default="file", description="The kind of output (image, video, file ...).")
+    temporary: bool = Field(
+        default=False,
+        description="A preview the server did not save (ComfyUI PreviewImage, type temp); not "
+        "downloaded unless asked for.",
+    )
     mime_type: str | None = Field(default=None, description="The media type, if known.")
     url: str | None = Field(default=None, description="The download URL, keys redacted.")
     path: Path | None = Field(default=None, description="The local file, once downloaded.")
@@ -38,6 +43,11 @@ class ComfyJobResult(BaseModel):
         """The local paths of the downloaded outputs, in order."""
         return [o.path for o in self.outputs if o.path is not None]
 
+    @property
+    def saved(self) -> list[ComfyOutputFile]:
+        """The outputs the server saved (previews left out)."""
+        return [o for o in self.outputs if not o.temporary]
+
 
 def output_file(output: Output, path: Path | None) -> ComfyOutputFile:
     """The result entry of one output, downloaded to ``path`` (or not: ``None``); keys redacted."""
@@ -45,10 +55,16 @@ def output_file(output: Output, path: Path | None) -> ComfyOutputFile:
         id=output.id,
         name=output.name or (path.name if path else None),
         type=output.type,
+        temporary=output.temporary,
         mime_type=output.mime_type,
         url=redact_url(output.download_url) if output.download_url else None,
         path=path,
     )
+
+
+def to_download(outputs: Sequence[Output], *, include_temporary: bool = False) -> list[Output]:
+    """The outputs a download fetches: the saved ones, and previews only if ``include_temporary``."""
+    return [o for o in outputs if include_temporary or not o.temporary]
 
 
 def job_result(job: Job, paths: Mapping[str, Path] | None = None) -> ComfyJobResult:

@@ -153,8 +153,9 @@ async def download_comfy_outputs(
     dest_dir: str | os.PathLike[str],
     *,
     outputs_artifact: bool = False,
+    include_temporary: bool = False,
 ) -> list[Path]:
-    """Download every output of a completed job into ``dest_dir``; returns the files' paths.
+    """Download the saved outputs of a completed job into ``dest_dir``; returns the files' paths.
 
     Args:
         credentials: the credentials block.
@@ -162,13 +163,15 @@ async def download_comfy_outputs(
         dest_dir: the folder (created if missing).
         outputs_artifact: also publish a markdown artifact listing the outputs with previews
             (the wait already publishes one by default).
+        include_temporary: also download previews the server did not save (ComfyUI
+            ``PreviewImage``, ``Output.temporary``); left out by default.
     """
     from prefect_comfy.artifacts import create_outputs_artifact
 
     async with backend_of(credentials) as backend:
         if not isinstance(job, Job) or not job.outputs:
             job = await backend.get_job(_job_id(job))
-        files = await download_outputs(backend, job, dest_dir)
+        files = await download_outputs(backend, job, dest_dir, include_temporary=include_temporary)
         if outputs_artifact:
             paths = {f.id: f.path for f in files if f.path is not None}
             await create_outputs_artifact(job, backend=backend, paths=paths)

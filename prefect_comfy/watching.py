@@ -23,10 +23,11 @@ import asyncio
 import contextlib
 from typing import Any
 
-from prefect_comfy.artifacts import JobProgressArtifact, create_outputs_artifact
+from prefect_comfy.artifacts import JobProgressArtifact, bounded, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.registry import open_backend
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
+from prefect_comfy.events import job_position, job_progress_labels
 from prefect_comfy.exceptions import (
     JobCancelled,
     JobFailed,
@@ -96,7 +97,8 @@ class _JobWatch:
             self.emitter.progress(event)
         progress = event.payload.get("progress")
         if self.artifact is not None and isinstance(progress, (int, float)):
-            self.artifact.offer(float(progress))
+            where = job_position(job_progress_labels(event.payload))
+            self.artifact.offer(float(progress), where)
         self._wake.set()
 
     def note_status(self, status: str) -> None:
@@ -129,12 +131,17 @@ class _JobWatch:
                 await self.artifact.flush_due()
             await asyncio.sleep(0.005)  # the budget may be shared with other threads: never spin
 
-    async def stop(self, final_progress: float | None = None) -> None:
-        """Stop the pump and write what is held: the final progress event and artifact value.
+    async def stop(
+        self, final_progress: float | None = None, *, outcome: str | None = None
+    ) -> None:
+        """Stop the pump and write what is held: the final artifact value (with the ``outcome`` in
+        its description), and the held progress event unless an outcome event follows (it takes the
+        held progress over).
 
         Bounded in time: the pump gets :data:`STOP_TIMEOUT` to end (the flag ends its loop even if
-        its cancellation is lost, see :mod:`~prefect_comfy.transport.deadlines`), the final artifact
-        write as much.
+        its cancellation is lost, see :mod:`~prefect_comfy.transport.deadlines`); the final artifact
+        write is abandoned after :data:`~prefect_comfy.artifacts.ARTIFACT_WRITE_TIMEOUT`, and never
+        takes more than :data:`STOP_TIMEOUT`. A failed write is logged; the wait goes on.
         """
         self._stopping = True
         pump, self._pump = self._pump, None
@@ -144,13 +151,18 @@ class _JobWatch:
             done, _ = await asyncio.wait({pump}, timeout=STOP_TIMEOUT)
             if not done:
                 self.log.warning("The progress reporter of Comfy job %s did not stop", self.job_id)
-        if self.emitter is not None:
-            self.emitter.flush(self.job_id)
+        if self.emitter is not None and outcome is None:
+            self.emitter.flush(self.job_id)  # within the budget: what has no room is dropped
         if self.artifact is not None:
+            in_time = True
             try:
-                await within(self.artifact.finish(final_progress), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
-                self.log.warning("Could not write the final progress of Comfy job %s", self.job_id)
+                await bounded(self.artifact.finish(final_progress, outcome), STOP_TIMEOUT)
+            except TimeoutError:
+                in_time = False
+            if not in_time or self.artifact.failed:
+                self.log.warning(
+                    "Could not write the final progress of Comfy job %s; going on", self.job_id
+                )
 
 
 async def _cancel_job(backend: ComfyBackend, job_id: str, log: Any) -> Job | None:
@@ -221,7 +233,7 @@ async def watch_comfy_job(
                 backend, "job", job_id, timeout=timeout, on_progress=watch.on_progress
             )
         except JobTimedOut as exc:
-            await watch.stop()
+            await watch.stop(outcome="timed out")
             log.warning(
                 "Timed out after %gs waiting for Comfy job %s (last status: %s)",
                 exc.timeout,
@@ -287,7 +299,7 @@ async def _conclude(
     job: Job | None = None
     if outcome not in ("cancelled", "lost"):
         job = await backend.get_job(job_id)
-    await watch.stop(100.0 if outcome == "completed" else None)
+    await watch.stop(100.0 if outcome == "completed" else None, outcome=outcome)
     watch.status = outcome
     if emitter is not None:
         emitter.outcome(terminal, resource=job)

@@ -113,16 +113,6 @@ class ComfyBackend(abc.ABC):
         Cancelling a job that already ended is not an error: the job is returned as it is.
         """
 
-    async def unfinished_jobs(self, tag: str) -> list[Job]:
-        """The jobs carrying ``tag`` that have not ended yet (pending or running).
-
-        Only where :attr:`capabilities` says ``find_jobs_by_tag``; the default raises.
-
-        Raises:
-            NotImplementedError: this kind of server cannot find jobs by tag.
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot find jobs by tag")
-
     @abc.abstractmethod
     async def outputs(self, job_id: str) -> list[Output]:
         """The outputs of a completed job."""
@@ -190,11 +180,14 @@ class ComfyBackend(abc.ABC):
             WebSocketConnectionError: the reconnect budget is spent.
         """
 
-    async def unfinished_jobs(self) -> list[Job] | None:
-        """Every job of these credentials that is pending or running, or ``None`` if the server
-        cannot list them (then the waiting layer reads pending jobs one by one).
+    async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
+        """The jobs of these credentials that have not ended (pending or running), or ``None`` when
+        this kind of server cannot list them.
 
-        Used to reconcile after a reconnect with a few list calls instead of a read per job.
+        With ``tag``, only the jobs carrying it: what cancellation uses to find a job whose id never
+        reached the flow (only where :attr:`capabilities` says ``find_jobs_by_tag``). Without, every
+        unfinished job: what the waiting layer uses to reconcile after a reconnect with a few list
+        calls instead of a read per job (``None``: it reads pending jobs one by one).
         """
         return None
 

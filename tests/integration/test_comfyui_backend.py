@@ -106,6 +106,31 @@ async def test_empty_image_completes_and_downloads(backend: ComfyUIBackend, tmp_
     assert path.read_bytes().startswith(PNG_MAGIC)
 
 
+async def test_preview_outputs_are_temporary_and_not_downloaded(
+    backend: ComfyUIBackend, tmp_path: Path
+) -> None:
+    from prefect_comfy.job_steps import download_outputs
+
+    graph = empty_to_save(64, prefix="kept")
+    graph["3"] = {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+    job = await backend.submit(graph)
+    event = await backend.wait_for_job(job.id, timeout=60)
+    assert event.event == "job.completed", event
+    done = await backend.get_job(job.id)
+    kinds = sorted((o.temporary, o.name.split("_")[0]) for o in done.outputs)
+    assert [k[0] for k in kinds] == [False, True], done.outputs
+    files = await download_outputs(backend, done, tmp_path / "out")
+    assert [
+        (f.temporary, f.path is not None) for f in sorted(files, key=lambda f: f.temporary)
+    ] == [
+        (False, True),
+        (True, False),
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["kept_00001_.png"]
+    both = await download_outputs(backend, done, tmp_path / "all", include_temporary=True)
+    assert all(f.path is not None and f.path.is_file() for f in both)
+
+
 async def test_uploaded_input_feeds_load_image(backend: ComfyUIBackend) -> None:
     from PIL import Image
 

@@ -127,8 +127,12 @@ class MemoryBackend(ComfyBackend):
         await self.get_job(job_id)
         return self.server.cancel(job_id)
 
-    async def unfinished_jobs(self, tag: str) -> list[Job]:
-        return [j for j in self.server.jobs.values() if tag in j.tags and not j.is_terminal]
+    async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
+        return [
+            j
+            for j in self.server.jobs.values()
+            if (tag is None or tag in j.tags) and not j.is_terminal
+        ]
 
     async def outputs(self, job_id: str) -> list[Output]:
         return (await self.get_job(job_id)).outputs

@@ -110,6 +110,20 @@ def test_outputs_markdown(tmp_path):
     assert md.count("\n| ") == 5  # header, rule, three rows
 
 
+def test_outputs_markdown_marks_previews_that_were_not_saved():
+    job = Job(
+        id="j1",
+        status="completed",
+        outputs=[
+            Output(id="o1", name="kept.png", mime_type="image/png"),
+            Output(id="o2", name="prev.png", mime_type="image/png", temporary=True),
+        ],
+    )
+    md = outputs_markdown(job, job.outputs, {})
+    assert "| kept.png |" in md
+    assert "| prev.png (preview, not saved) |" in md
+
+
 class FakeBackend:
     def __init__(self) -> None:
         self.downloads: list[str] = []
@@ -145,6 +159,7 @@ class Clock:
 async def test_progress_artifact_is_throttled_and_ends_with_the_final_value():
     clock = Clock()
     calls: list[tuple[str, float]] = []
+    descriptions: list[str] = []
     artifact_id = uuid.uuid4()
 
     async def create(progress, key, description):
@@ -152,8 +167,9 @@ async def test_progress_artifact_is_throttled_and_ends_with_the_final_value():
         assert KEY_RE.match(key) and "job_9" in description
         return artifact_id
 
-    async def update(artifact_id, progress):
+    async def update(artifact_id, progress, description):
         calls.append(("update", progress))
+        descriptions.append(description)
 
     art = JobProgressArtifact("job_9", interval=1.0, create=create, update=update, clock=clock)
     assert await art.start(0) == artifact_id
@@ -171,6 +187,32 @@ async def test_progress_artifact_is_throttled_and_ends_with_the_final_value():
     assert await art.finish(100) is True
     assert calls == [("create", 0), ("update", 40), ("update", 100)]
     assert art.written == 100
+
+
+async def test_progress_artifact_description_says_the_value_on_the_ui_card():
+    # The UI's artifact card shows the description, not the value: the description says it.
+    descriptions: list[str] = []
+
+    async def create(progress, key, description):
+        descriptions.append(description)
+        return uuid.uuid4()
+
+    async def update(artifact_id, progress, description):
+        descriptions.append(description)
+
+    art = JobProgressArtifact("job_9", interval=0, create=create, update=update)
+    await art.start(0)
+    art.offer(42.7, "KSampler step 12/20")
+    await art.flush_due()
+    await art.finish(40, outcome="failed")
+    assert descriptions == [
+        "Progress of Comfy job job_9",
+        "42% · KSampler step 12/20 (Comfy job job_9)",
+        "failed · 40% · KSampler step 12/20 (Comfy job job_9)",
+    ]
+    art.outcome = None
+    await art.finish(100, outcome="completed")
+    assert descriptions[-1] == "completed · 100% (Comfy job job_9)"
 
 
 async def test_progress_artifact_failure_never_raises(caplog):

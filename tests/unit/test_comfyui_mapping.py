@@ -247,6 +247,8 @@ def test_outputs_of_every_kind_and_subfolder() -> None:
         ("p:9:clip.mp4", "video"),
     ]
     assert found[0].download_url == f"{ORIGIN}/api/view?filename=a+b.png&subfolder=sub&type=temp"
+    # PreviewImage's "temp" files are told apart from saved outputs
+    assert [o.temporary for o in found] == [True, False]
 
 
 # -- refused graphs -------------------------------------------------------------------------------

@@ -96,27 +96,60 @@ def test_update_after_interval_goes_out_immediately(sent, clock):
     assert [v for _, _, v in values(sent)] == [10, 20]
 
 
-def test_trailing_flush_sends_last_value_before_outcome(sent, clock):
+def test_outcome_takes_the_place_of_the_held_progress(sent, clock):
     em = make(sent, clock)
     em.progress(progress("j1", 10))
     clock.advance(0.3)
-    em.progress(progress("j1", 90))
-    em.progress(progress("j1", 100))
+    em.progress(progress("j1", 90, node_class="KSampler", step=18, steps=20))
+    em.progress(progress("j1", 100, node_class="SaveImage"))
     em.outcome(outcome("j1"))
+    # No final progress event right before the outcome: the outcome says 100 % itself.
     assert values(sent) == [
         ("comfy.job.j1", "comfy.job.progress", 10),
-        ("comfy.job.j1", "comfy.job.progress", 100),
-        ("comfy.job.j1", "comfy.job.completed", None),
+        ("comfy.job.j1", "comfy.job.completed", 100),
     ]
+    completed = sent[-1]
+    assert completed.resource["comfy.progress"] == "100"
+    assert completed.resource["comfy.node-class"] == "SaveImage"
+    assert completed.resource["prefect.resource.name"] == "j1 · completed · 100%"
     assert em.next_due() is None  # the job's state is gone
 
 
-def test_flush_sends_last_value_even_without_budget(sent, clock):
+def test_failed_outcome_says_where_the_job_stopped(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("j1", 10))
+    clock.advance(0.3)
+    em.progress(progress("j1", 40, node_class="KSampler", step=8, steps=20))
+    event = em.outcome(outcome("j1", "failed", error={"code": "oom", "node_id": "3"}))
+    assert [e.event for e in sent] == ["comfy.job.progress", "comfy.job.failed"]
+    assert (event.payload["progress"], event.payload["step"], event.payload["steps"]) == (40, 8, 20)
+    assert event.resource["prefect.resource.name"] == "j1 · failed · 40% · KSampler step 8/20"
+    assert event.resource["comfy.step"] == "8/20"
+
+
+def test_outcome_ids_do_not_depend_on_the_progress_taken_over(clock):
+    a, b = [], []
+    em_a, em_b = make(a, clock), make(b, clock)
+    em_a.progress(progress("j1", 10))
+    clock.advance(0.1)
+    em_a.progress(progress("j1", 20))
+    assert em_a.outcome(outcome("j1")).id == em_b.outcome(outcome("j1")).id
+
+
+def test_flush_without_an_outcome_stays_within_the_budget(sent, clock):
     em = make(sent, clock, rate=0)
     assert em.progress(progress("j1", 50)) is False
-    assert em.next_due() == 60.0  # a budget of 0 never refills: the pump sleeps long
-    assert em.flush("j1") == 1
-    assert values(sent) == [("comfy.job.j1", "comfy.job.progress", 50)]
+    assert em.next_due() == 60.0  # a budget of 0 never frees up: the pump sleeps long
+    assert em.flush("j1") == 0  # no room: dropped, never forced through
+    assert sent == [] and em.next_due() is None
+    roomy = make(sent, clock, rate=10, interval=60)
+    roomy.progress(progress("j2", 10))
+    roomy.progress(progress("j2", 20))
+    assert roomy.flush("j2") == 1  # within the budget, whatever the interval
+    assert values(sent) == [
+        ("comfy.job.j2", "comfy.job.progress", 10),
+        ("comfy.job.j2", "comfy.job.progress", 20),
+    ]
 
 
 def test_repeated_identical_progress_is_not_sent_twice(sent, clock):
@@ -147,12 +180,12 @@ def test_budget_is_shared_across_emitters(sent, clock):
     results = [em.progress(progress(f"job{i}", 1)) for i, em in enumerate(emitters)]
     assert results == [True, True, True, False, False]
     assert len(sent) == 3
-    # the held ones wait for tokens, not for their interval
-    assert emitters[3].next_due() == pytest.approx(1 / 3)
-    clock.advance(1 / 3)
+    # the held ones wait for room in the window, not for their interval
+    assert emitters[3].next_due() == pytest.approx(1.0)
+    clock.advance(0.5)
+    assert emitters[3].flush_due() == 0
+    clock.advance(0.5)
     assert emitters[3].flush_due() == 1
-    assert emitters[4].flush_due() == 0
-    clock.advance(1 / 3)
     assert emitters[4].flush_due() == 1
     assert len(sent) == 5
 
@@ -175,13 +208,58 @@ def test_outcomes_are_never_throttled(sent, clock):
     ]
 
 
-def test_budget_token_bucket(clock):
+def test_budget_is_a_sliding_one_second_window(clock):
     budget = ProgressBudget(10, clock=clock)
     assert sum(budget.try_acquire() for _ in range(20)) == 10
     clock.advance(0.5)
-    assert sum(budget.try_acquire() for _ in range(20)) == 5
-    budget.force_acquire()  # a final value may run into debt
-    assert budget.seconds_until_available() == pytest.approx(0.2)
+    # a token bucket would let 5 more through here, and 15 in this second in all
+    assert sum(budget.try_acquire() for _ in range(20)) == 0
+    assert budget.seconds_until_available() == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert sum(budget.try_acquire() for _ in range(20)) == 10
+
+
+@pytest.mark.parametrize(
+    ("rate", "capacity", "window"), [(50, 50, 1.0), (2.5, 2, 1.0), (0.5, 1, 2.0), (0, 0, None)]
+)
+def test_budget_window_for_any_rate(clock, rate, capacity, window):
+    budget = ProgressBudget(rate, clock=clock)
+    assert budget.capacity == capacity
+    if window is None:
+        assert budget.try_acquire() is False
+        assert budget.seconds_until_available() == float("inf")
+    else:
+        assert budget.window == window
+        assert sum(budget.try_acquire() for _ in range(100)) == capacity
+
+
+def test_end_of_batch_never_exceeds_the_budget_in_any_second(clock):
+    """Issue 11 item 17: 200 jobs ending together once forced 190 progress events into one second."""
+    sent: list = []
+    rate, jobs = 50, 200
+    budget = ProgressBudget(rate, clock=clock)
+    emitters = [make(sent, clock, budget=budget) for _ in range(jobs)]
+    stamps: list[float] = []
+    record = sent.append
+
+    def sink(event):
+        stamps.append(clock.now) if event.event == "comfy.job.progress" else None
+        record(event)
+
+    for em in emitters:
+        em._sink = sink
+    for tick in range(100):  # 10 s of updates every 0.1 s, the pumps flushing at each tick
+        for j, em in enumerate(emitters):
+            em.progress(progress(f"job{j}", min(100, tick + 1)))
+            em.flush_due()
+        clock.advance(0.1)
+    for j, em in enumerate(emitters):  # every job ends in the same instant
+        em.outcome(outcome(f"job{j}"))
+    outcomes = [e for e in sent if e.event == "comfy.job.completed"]
+    assert len(outcomes) == jobs and all(e.payload["progress"] == 100 for e in outcomes)
+    assert stamps, "some progress went out"
+    for start in stamps:  # every one-second window that starts at a send
+        assert sum(1 for t in stamps if start <= t < start + 1.0) <= rate
 
 
 def test_process_budget_from_environment_read_lazily(monkeypatch):
@@ -210,7 +288,12 @@ def test_progress_event_labels_related_and_payload(sent, clock):
     (event,) = sent
     assert event.event == "comfy.job.progress"
     assert event.resource.id == "comfy.job.job_1"
-    assert event.resource["prefect.resource.name"] == "job_1"
+    assert event.resource["prefect.resource.name"] == "job_1 · 42% · node 3"
+    assert event.resource["comfy.progress"] == "42"
+    assert event.resource["comfy.node"] == "3"
+    # what the UI's event card shows: a related resource of our own whose id says it
+    shown = [r for r in event.related if r.role == "comfy-progress"]
+    assert [r.id for r in shown] == ["comfy.progress.42% · node 3"]
     assert event.resource["comfy.backend"] == "cloud"
     assert event.resource["comfy.status"] == "running"
     assert event.resource["comfy.tags"] == "hero"
@@ -219,6 +302,7 @@ def test_progress_event_labels_related_and_payload(sent, clock):
     assert related == {
         f"prefect.flow-run.{FLOW_RUN}": "flow-run",
         f"prefect.task-run.{TASK_RUN}": "task-run",
+        "comfy.progress.42% · node 3": "comfy-progress",
     }
     assert event.payload["progress"] == 42.5
     assert json.loads(json.dumps(event.payload)) == event.payload
@@ -244,16 +328,14 @@ def test_timed_out_payload_and_status(sent, clock):
     clock.advance(0.1)
     em.progress(progress("j1", 30))
     event = em.timed_out("j1", timeout=2.5, last_status="running")
-    assert [e.event for e in sent] == [
-        "comfy.job.progress",
-        "comfy.job.progress",
-        "comfy.job.timed-out",
-    ]
+    assert [e.event for e in sent] == ["comfy.job.progress", "comfy.job.timed-out"]
     assert event.payload == {
         "id": "j1",
         "timeout": 2.5,
         "last_status": "running",
         "status": "running",
+        "progress": 30,
+        "node_id": "3",
     }
     assert event.resource["comfy.status"] == "running"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -113,8 +114,7 @@ async def test_completed_returns_the_job_read_again(sent, caplog):
     assert backend.closed  # made from the credentials: closed here
     assert [(e.event, e.payload.get("progress")) for e in sent] == [
         ("comfy.job.progress", 10),
-        ("comfy.job.progress", 100),  # coalesced, last one flushed
-        ("comfy.job.completed", None),
+        ("comfy.job.completed", 100),  # coalesced; the outcome says 100 %, no progress before it
     ]
     assert sent[-1].payload["outputs"][0]["name"] == "a.png"
     lines = [r.getMessage() for r in caplog.records if "j1" in r.getMessage()]
@@ -179,6 +179,7 @@ async def test_timeout_emits_timed_out_and_cancels(sent, cancel):
         "timeout": 0.01,
         "last_status": "running",
         "status": "running",
+        "progress": 5,  # where the job stood, taken over from the last progress
     }
     assert backend.cancelled == (["j1"] if cancel else [])
 
@@ -269,3 +270,82 @@ async def test_stopping_right_after_a_progress_event_ends_the_pump():
         stopping.cancel()
     assert done, "stop() did not end the pump"
     assert emitter.flushed == ["j1"]
+
+
+# -- a Prefect API that fails or hangs artifact writes (issue 11, item 15) --------------------------
+class StubbornWrites:
+    """Artifact writes that hang and ignore the first cancellation, as a client stuck in retries."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls: list[str] = []
+
+    def hang(self, name: str):
+        async def write(**kwargs: Any):
+            self.calls.append(name)
+            try:
+                await asyncio.wait_for(self.release.wait(), 3600)
+            except asyncio.CancelledError:
+                await self.release.wait()  # deaf to the cancellation until the test lets go
+            raise RuntimeError("released")
+
+        return write
+
+
+@pytest.fixture
+def quick_bounds(monkeypatch):
+    from prefect_comfy import artifacts, watching
+
+    monkeypatch.setattr(artifacts, "ARTIFACT_WRITE_TIMEOUT", 0.2)
+    monkeypatch.setattr(artifacts, "OUTPUTS_ARTIFACT_TIMEOUT", 0.2)
+    monkeypatch.setattr(watching, "STOP_TIMEOUT", 0.5)
+
+
+@pytest.mark.parametrize("where", ["create", "update", "outputs", "all"])
+async def test_hanging_artifact_writes_never_keep_the_wait_from_returning(
+    sent, monkeypatch, quick_bounds, caplog, where
+):
+    stubborn = StubbornWrites()
+    real: dict[str, Any] = {"create": None, "update": None, "outputs": None}
+
+    async def fine(**kwargs: Any):
+        return __import__("uuid").uuid4()
+
+    for name, attr in (
+        ("create", "acreate_progress_artifact"),
+        ("update", "aupdate_progress_artifact"),
+        ("outputs", "acreate_markdown_artifact"),
+    ):
+        real[name] = stubborn.hang(name) if where in (name, "all") else fine
+        monkeypatch.setattr(f"prefect.artifacts.{attr}", real[name])
+    job = Job(id="j1", status="completed", outputs=[Output(id="o1", name="a.txt")])
+    backend = FakeBackend(ComfyEvent(event="job.completed", payload={"id": "j1"}), job, [10, 50])
+    # Without the bounds, the wait would return only when the writes let go, after 4 s.
+    asyncio.get_running_loop().call_later(4.0, stubborn.release.set)
+    started = time.monotonic()
+    try:
+        result = await watch_comfy_job(backend, "j1", progress_interval=0)
+        elapsed = time.monotonic() - started
+    finally:
+        stubborn.release.set()
+    assert result is job
+    assert elapsed < 2.0, f"the wait took {elapsed:.1f}s"
+    assert stubborn.calls, "a write was tried"
+    assert sent[-1].event == "comfy.job.completed"
+    assert "not written" in caplog.text
+
+
+async def test_failing_artifact_writes_never_fail_the_wait(sent, monkeypatch, caplog):
+    async def refuse(**kwargs: Any):
+        raise RuntimeError("503 from the Prefect API")
+
+    for attr in (
+        "acreate_progress_artifact",
+        "aupdate_progress_artifact",
+        "acreate_markdown_artifact",
+    ):
+        monkeypatch.setattr(f"prefect.artifacts.{attr}", refuse)
+    job = Job(id="j1", status="completed", outputs=[Output(id="o1", name="a.txt")])
+    backend = FakeBackend(ComfyEvent(event="job.completed", payload={"id": "j1"}), job, [10])
+    assert await asyncio.wait_for(watch_comfy_job(backend, "j1"), timeout=5) is job
+    assert "503 from the Prefect API" in caplog.text

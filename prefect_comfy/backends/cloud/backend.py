@@ -106,10 +106,6 @@ class CloudBackend(ComfyBackend):
     async def cancel(self, job_id: str) -> Job:
         return await self.client.cancel_job(job_id)
 
-    async def unfinished_jobs(self, tag: str) -> list[Job]:
-        """``GET /jobs?tags=<tag>``, page after page, keeping the jobs not yet ended."""
-        return [job async for job in self.client.iter_jobs(tags=[tag]) if not job.is_terminal]
-
     async def outputs(self, job_id: str) -> list[Output]:
         return await self.client.job_outputs(job_id)
 
@@ -148,8 +144,11 @@ class CloudBackend(ComfyBackend):
     async def get_model(self, model_id: str) -> Model:
         return await self.client.get_model(model_id)
 
-    async def unfinished_jobs(self) -> list[Job] | None:
-        """Pending and running jobs, in pages of 100 (``GET /jobs?status=…``)."""
+    async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
+        """Pending and running jobs, in pages of 100: ``GET /jobs?tags=<tag>`` keeping the jobs not
+        yet ended, or without a tag ``GET /jobs?status=pending`` then ``status=running``."""
+        if tag is not None:
+            return [job async for job in self.client.iter_jobs(tags=[tag]) if not job.is_terminal]
         found: list[Job] = []
         for status in ("pending", "running"):
             found.extend([job async for job in self.client.iter_jobs(status=status, page_size=100)])

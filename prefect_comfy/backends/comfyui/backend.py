@@ -281,8 +281,14 @@ class ComfyUIBackend(ComfyBackend):
             return job
         return await self.get_job(job_id)
 
-    async def unfinished_jobs(self, tag: str) -> list[Job]:
-        """The prompts in ``/queue`` (pending or running) whose ``extra_data`` carries ``tag``."""
+    async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
+        """The prompts in ``/queue`` (pending or running) whose ``extra_data`` carries ``tag``.
+
+        Without a tag, ``None``: a prompt that just ended is in neither ``/queue`` nor ``/history``
+        for a moment, so the waiting layer reads each pending prompt instead of trusting the queue.
+        """
+        if tag is None:
+            return None
         return [
             Job(id=prompt_id, status=status, tags=record.tags)
             for prompt_id, (status, record) in (await self.queue_records()).items()

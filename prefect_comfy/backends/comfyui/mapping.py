@@ -138,7 +138,8 @@ def outputs_from_history(prompt_id: str, outputs: Any, origin: str) -> list[Outp
     """Every file in a history entry's ``outputs`` ``{node: {"images": [{filename, subfolder, type}]}}``.
 
     Lists under any key (``images``, ``gifs``, ``audio`` …) count; entries without a ``filename``
-    (text outputs) do not. Ids are ``<prompt_id>:<node>:<subfolder/filename>``.
+    (text outputs) do not. Ids are ``<prompt_id>:<node>:<subfolder/filename>``. A file of ``type``
+    ``temp`` (``PreviewImage`` and other previews, not saved) is ``temporary``.
     """
     found: list[Output] = []
     if not isinstance(outputs, Mapping):
@@ -162,6 +163,7 @@ def outputs_from_history(prompt_id: str, outputs: Any, origin: str) -> list[Outp
                         id=f"{prompt_id}:{node_id}:{path}",
                         name=filename,
                         type=kind,
+                        temporary=str(where) == "temp",
                         mime_type=mime,
                         download_url=view_url(origin, filename, subfolder, str(where)),
                         job_id=prompt_id,

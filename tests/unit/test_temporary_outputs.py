@@ -1,0 +1,60 @@
+"""Temporary (preview) outputs: told apart from saved ones, and left out of downloads unless asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect_comfy.flows import _result
+from prefect_comfy.job_steps import download_outputs, to_download
+from prefect_comfy.models import Job, Output
+
+SAVED = Output(id="p:9:kept.png", name="kept.png", type="image", download_url="http://x/a")
+PREVIEW = Output(id="p:3:prev.png", name="prev.png", type="image", temporary=True)
+JOB = Job(id="p", status="completed", outputs=[PREVIEW, SAVED])
+
+
+class Downloads:
+    """The one backend method a download uses, writing a small file."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def download(self, output: Output, dest: Any) -> Path:
+        self.asked.append(output.id)
+        path = Path(dest) / str(output.name)
+        path.write_bytes(b"x")
+        return path
+
+
+def test_output_is_saved_unless_marked():
+    assert Output(id="o").temporary is False
+    assert to_download(JOB.outputs) == [SAVED]
+    assert to_download(JOB.outputs, include_temporary=True) == [PREVIEW, SAVED]
+
+
+async def test_download_leaves_previews_out_but_lists_them(tmp_path):
+    backend = Downloads()
+    files = await download_outputs(backend, JOB, tmp_path)  # type: ignore[arg-type]
+    assert backend.asked == [SAVED.id]
+    assert [(f.id, f.temporary, f.path) for f in files] == [
+        (PREVIEW.id, True, None),
+        (SAVED.id, False, tmp_path / "kept.png"),
+    ]
+
+
+async def test_download_previews_when_asked(tmp_path):
+    backend = Downloads()
+    files = await download_outputs(backend, JOB, tmp_path, include_temporary=True)  # type: ignore[arg-type]
+    assert backend.asked == [PREVIEW.id, SAVED.id]
+    assert all(f.path is not None for f in files)
+
+
+def test_flow_result_pairs_paths_with_saved_outputs_only(tmp_path):
+    result = _result(JOB, [tmp_path / "kept.png"])
+    assert [(o.id, o.temporary, o.path) for o in result.outputs] == [
+        (PREVIEW.id, True, None),
+        (SAVED.id, False, tmp_path / "kept.png"),
+    ]
+    assert result.paths == [tmp_path / "kept.png"]
+    assert [o.id for o in result.saved] == [SAVED.id]
