@@ -128,7 +128,10 @@ async def test_a_20000_event_burst_stores_every_outcome_and_keeps_progress_in_bu
     assert stats.forwarded + stats.coalesced == stats.received, stats
     progress_sent = stats.forwarded - JOBS
     # Within the budget: at most its burst capacity plus its rate over the time it was sending.
-    assert progress_sent <= budget.capacity + PROGRESS_RATE * sending_seconds, (stats, sending_seconds)
+    assert progress_sent <= budget.capacity + PROGRESS_RATE * sending_seconds, (
+        stats,
+        sending_seconds,
+    )
     assert progress_sent >= 1
 
     completed = [
