@@ -198,7 +198,7 @@ class VariableCursor:
         value = state.to_json()
         entries = value["in_flight"]
         dropped = 0
-        while entries and len(json.dumps(value, separators=(",", ":"))) > _VARIABLE_LIMIT:
+        while entries and len(json.dumps(value)) > _VARIABLE_LIMIT:  # spaced: stricter than Prefect
             cut = max(1, len(entries) // 10)
             del entries[:cut]  # the oldest first
             dropped += cut
