@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -342,6 +343,43 @@ async def test_heartbeats_say_whether_the_stream_is_connected():
     assert len({b.id for b in beats}) == len(beats)
     assert beats[-1].payload["received"] == listener.stats.received
     assert listener.stats.forwarded == 0  # heartbeats are not counted as forwarded
+
+
+async def test_heartbeats_say_when_the_listener_is_behind():
+    class StuckClient(FakeEventsClient):
+        """Takes heartbeats, holds everything else until ``gate`` opens."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def emit(self, event: Any) -> None:
+            if event.event != comfy_events.LISTENER_HEARTBEAT:
+                await self.gate.wait()
+            await super().emit(event)
+
+    backend, client = FakeBackend(), StuckClient()
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    for i in range(3):
+        backend.push("job.completed", id=f"job_{i}", status="completed", tags=[])
+    backend.push("job.progress", id="job_x", status="running", progress=5, tags=[])
+    backend.push("job.progress", id="job_x", status="running", progress=6, tags=[])
+    await eventually(lambda: listener.stats.received == 5)
+    # The first outcome is being sent (stuck), two more and one progress wait.
+    queue = listener._sender.queue
+    queue._clock = lambda: time.monotonic() + 60  # a minute later, as far as ages go
+    beat = listener.heartbeat_event()
+    assert beat.resource["comfy.behind"] == "true"
+    assert beat.payload["queued"] == 4
+    assert beat.payload["coalesced"] == 1
+    assert beat.payload["oldest_pending_seconds"] >= 59
+    assert beat.payload["behind"] is True
+    queue._clock = time.monotonic
+    client.gate.set()
+    await eventually(lambda: listener.stats.queued == 0)
+    assert listener.heartbeat_event().resource["comfy.behind"] == "false"
+    await stop(listener, task)
 
 
 async def test_heartbeats_go_on_while_disconnected():

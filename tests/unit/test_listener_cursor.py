@@ -261,3 +261,50 @@ def test_a_comfyui_history_entry_says_when_it_finished():
     }
     assert _finished_at(entry) == NOW
     assert _finished_at({"status": {}}) is None
+
+
+async def test_comfyui_catch_up_reads_the_queue_and_the_history_since():
+    stamp = lambda when: int(when.timestamp() * 1000)  # noqa: E731
+
+    def entry(when: datetime, outcome: str = "execution_success") -> dict[str, Any]:
+        return {
+            "prompt": [0, "p", {}, {"prefect_comfy": {"tags": ["t"]}}, []],
+            "outputs": {},
+            "status": {
+                "status_str": "success",
+                "messages": [[outcome, {"timestamp": stamp(when)}]],
+            },
+        }
+
+    class ComfyUIish:
+        address = "http://127.0.0.1:8188"
+
+        async def queue_records(self) -> dict[str, Any]:
+            return {"p_running": ("running", None)}
+
+        async def recent_history(self, max_items: int) -> dict[str, Any]:
+            return {
+                "p_old": entry(NOW - timedelta(hours=2)),
+                "p_done": entry(NOW),
+                "p_stopped": entry(NOW, "execution_interrupted"),
+            }
+
+    forwarded: list[ComfyEvent] = []
+    tracked: list[tuple[str, str, str]] = []
+
+    async def forward(event: ComfyEvent) -> None:
+        forwarded.append(event)
+
+    found = await catch_up(
+        ComfyUIish(),
+        NOW - timedelta(minutes=5),
+        forward=forward,
+        track=lambda *e: tracked.append(e),
+        already=lambda kind, rid: False,
+    )
+    assert found == 2
+    assert [(e.event, e.resource_id) for e in forwarded] == [
+        ("job.completed", "p_done"),
+        ("job.cancelled", "p_stopped"),
+    ]
+    assert tracked == [("job", "p_running", "running")]
