@@ -177,7 +177,9 @@ async def test_job_events_are_related_to_the_submitting_flow_run(emulator, liste
         response = await http.post(
             "/jobs",
             json={
-                "workflow": tiny_workflow("rel"),
+                # Long enough for progress to be sent: a job that ends within milliseconds has
+                # its progress coalesced into its outcome.
+                "workflow": slow_workflow(10, step_seconds=0.05),
                 "tags": ["rel", f"prefect.flow-run.{flow_run_id}"],
             },
         )
