@@ -191,7 +191,8 @@ class PacedQueue:
         """Queue ``event`` without waiting (the outcome queue may then exceed ``queue_size``)."""
         key = event.resource.id
         if event.event == comfy_events.JOB_PROGRESS:
-            self._put_progress(key, event, counted)
+            if not self._put_progress(key, event, counted):
+                return  # replaced or dropped: nothing new for the sender to look at
         else:
             if event.event in _JOB_ENDINGS:
                 if self._progress.pop(key, None) is not None:
@@ -202,19 +203,21 @@ class PacedQueue:
         self.stats.queued = len(self)
         self.changed.set()
 
-    def _put_progress(self, key: str, event: Event, counted: bool) -> None:
+    def _put_progress(self, key: str, event: Event, counted: bool) -> bool:
+        """Whether a new job's progress now waits (not a replacement, not dropped)."""
         if key in self._ended or self._progress_budget().rate <= 0:
             self.stats.coalesced += 1  # the outcome (queued or sent) already says 100 %
-            return
+            return False
         older = self._progress.get(key)
         if older is not None:
             self.stats.coalesced += 1
             older.event, older.counted = event, counted  # keeps its place and its age
-            return
+            return False
         self._progress[key] = Pending(event, counted, self._clock())
         while len(self._progress) > self.queue_size:
             self._progress.popitem(last=False)
             self.stats.coalesced += 1
+        return True
 
     # -- taking -------------------------------------------------------------------------------
     def next(self) -> tuple[Pending | None, float | None]:
