@@ -6,7 +6,10 @@ document, saved at most every :data:`SAVE_INTERVAL` seconds while something chan
 
 - ``in_flight``: ``[kind, id, status]`` of every job, input and model last seen in flight, plus
   those whose terminal event was received but not yet sent to Prefect;
-- ``watermark``: the wall-clock time (UTC) up to which the listener was connected and listening.
+- ``watermark``: the wall-clock time (UTC) up to which the listener was connected and listening;
+- ``ended``: ``[kind, id]`` of the newest :data:`ENDED_SAVED` resources whose terminal event was sent,
+  so that the catch-up after a restart does not send them again (a repeat is stored once, but
+  Prefect's triggers remember event ids only for a while).
 
 On start the listener reads the cursor, reconciles each entry through REST and lists what changed
 since the watermark (:mod:`prefect_comfy.listener.catchup`). Two places to keep it, the user's choice:
@@ -61,6 +64,8 @@ CURSOR_ENV = "COMFY_LISTENER_CURSOR"
 SAVE_INTERVAL = 1.0
 """Seconds between two saves of a changed cursor (a SIGKILL loses at most this much)."""
 FORMAT_VERSION = 1
+ENDED_SAVED = 1_000
+"""Resources whose terminal event was sent, remembered in the cursor (newest first kept)."""
 _VARIABLE_LIMIT = 5_000
 """Characters a Prefect variable's value may hold (``prefect.types.MAX_VARIABLE_VALUE_LENGTH``)."""
 
@@ -77,6 +82,8 @@ class CursorState:
     in_flight: list[Entry] = field(default_factory=list)
     watermark: datetime | None = None
     """Up to when the listener was connected (UTC); ``None`` if it never was."""
+    ended: list[tuple[str, str]] = field(default_factory=list)
+    """``(kind, id)`` of resources whose terminal event was sent, oldest first."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +91,7 @@ class CursorState:
             "address": self.address,
             "watermark": self.watermark.isoformat() if self.watermark else None,
             "in_flight": [list(e) for e in self.in_flight],
+            "ended": [list(e) for e in self.ended],
         }
 
     @classmethod
@@ -101,9 +109,15 @@ class CursorState:
             for e in data.get("in_flight") or []
             if isinstance(e, list) and len(e) == 3 and e[0] in ("job", "input", "model")
         ]
+        ended = [
+            (str(e[0]), str(e[1]))
+            for e in data.get("ended") or []
+            if isinstance(e, list) and len(e) == 2
+        ]
         return cls(
             address=str(data.get("address") or ""),
             in_flight=entries,
+            ended=ended,
             watermark=datetime.fromisoformat(watermark) if watermark else None,
         )
 
@@ -196,6 +210,7 @@ class VariableCursor:
         from prefect.variables import Variable
 
         value = state.to_json()
+        del value["ended"][: max(0, len(value["ended"]) - 20)]  # room for what is in flight
         entries = value["in_flight"]
         dropped = 0
         while entries and len(json.dumps(value)) > _VARIABLE_LIMIT:  # spaced: stricter than Prefect
@@ -256,6 +271,8 @@ class CursorKeeper:
         cursor: where the state lives.
         address: the backend's address (a cursor saved for another server is ignored).
         in_flight: the listener's ``(kind, id) -> status`` memory (seeded on restore).
+        ended: the listener's memory of resources whose terminal event was queued (seeded on
+            restore; saved without those still pending).
         pending: ``(kind, id)`` of the terminal events received but not yet sent to Prefect.
         connected: whether the stream is up now (the watermark only moves while it is).
         interval: seconds between two saves.
@@ -267,6 +284,7 @@ class CursorKeeper:
         *,
         address: str,
         in_flight: MutableMapping[tuple[str, str], Any],
+        ended: MutableMapping[tuple[str, str], Any],
         pending: Callable[[], Iterable[tuple[str, str]]],
         connected: Callable[[], bool],
         interval: float = SAVE_INTERVAL,
@@ -274,6 +292,7 @@ class CursorKeeper:
         self.cursor = cursor
         self.address = address
         self.in_flight = in_flight
+        self.ended = ended
         self.pending = pending
         self.connected = connected
         self.interval = interval
@@ -306,6 +325,8 @@ class CursorKeeper:
             return None
         for kind, rid, status in state.in_flight:
             self.in_flight.setdefault((kind, rid), status)
+        for key in state.ended:
+            self.ended.setdefault(key, True)
         self.watermark = self.restored_watermark = state.watermark
         logger.info(
             "listener cursor (%s): %d resources in flight, listening until %s",
@@ -322,8 +343,12 @@ class CursorKeeper:
         entries = {key: str(status) for key, status in self.in_flight.items()}
         for key in self.pending():
             entries.setdefault(key, "ended")
+        ended = [key for key in self.ended if key not in entries]
         return CursorState(
-            self.address, [(k, r, s) for (k, r), s in entries.items()], self.watermark
+            self.address,
+            [(k, r, s) for (k, r), s in entries.items()],
+            self.watermark,
+            ended[-ENDED_SAVED:],
         )
 
     async def save(self, *, force: bool = False) -> None:
@@ -331,7 +356,11 @@ class CursorKeeper:
         state = self.snapshot()
         data = state.to_json()
         last = self._last
-        if not force and last is not None and last["in_flight"] == data["in_flight"]:
+        same = last is not None and (last["in_flight"], last["ended"]) == (
+            data["in_flight"],
+            data["ended"],
+        )
+        if not force and same:
             previous = last["watermark"]
             if previous == data["watermark"] or (
                 previous

@@ -200,6 +200,7 @@ class ComfyListener:
                 cursor,
                 address=backend.address,
                 in_flight=self._in_flight,
+                ended=self._ended,
                 pending=self._sender.pending_resources,
                 connected=lambda: self.connected,
             )

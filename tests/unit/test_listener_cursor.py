@@ -113,6 +113,7 @@ async def test_the_keeper_restores_in_flight_and_holds_the_watermark_until_caugh
         memory,
         address=ADDRESS,
         in_flight=in_flight,
+        ended=Bounded(10),
         pending=lambda: pending,
         connected=lambda: True,
     )
@@ -133,11 +134,46 @@ async def test_the_keeper_restores_in_flight_and_holds_the_watermark_until_caugh
     assert memory.saves == saves
 
 
+async def test_the_cursor_remembers_what_was_sent_so_that_a_catch_up_skips_it():
+    memory = MemoryCursor()
+    ended = Bounded(10)
+    pending = [("job", "job_queued")]
+    keeper = CursorKeeper(
+        memory,
+        address=ADDRESS,
+        in_flight=Bounded(10),
+        ended=ended,
+        pending=lambda: pending,
+        connected=lambda: True,
+    )
+    ended.remember(("job", "job_sent"), True)
+    ended.remember(("job", "job_queued"), True)  # its outcome waits: in flight, not ended
+    await keeper.save()
+    assert memory.state.ended == [("job", "job_sent")]
+    assert ("job", "job_queued", "ended") in memory.state.in_flight
+
+    restarted = Bounded(10)
+    await CursorKeeper(
+        memory,
+        address=ADDRESS,
+        in_flight=Bounded(10),
+        ended=restarted,
+        pending=list,
+        connected=lambda: True,
+    ).restore()
+    assert ("job", "job_sent") in restarted
+
+
 async def test_a_cursor_of_another_server_is_ignored(caplog):
     memory = MemoryCursor(CursorState("http://other", [("job", "job_1", "running")], NOW))
     in_flight = Bounded(10)
     keeper = CursorKeeper(
-        memory, address=ADDRESS, in_flight=in_flight, pending=list, connected=lambda: True
+        memory,
+        address=ADDRESS,
+        in_flight=in_flight,
+        ended=Bounded(10),
+        pending=list,
+        connected=lambda: True,
     )
     assert await keeper.restore() is None
     assert not in_flight and "belongs to http://other" in caplog.text
