@@ -54,6 +54,26 @@ def listen(
             show_default=False,
         ),
     ] = None,
+    events_per_second: Annotated[
+        float | None,
+        typer.Option(
+            "--events-per-second",
+            help="Most events a second sent to Prefect (outcomes first, progress coalesced); 0 for "
+            "no limit. Default: COMFY_LISTENER_EVENTS_PER_SECOND, else 300.",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    cursor: Annotated[
+        str,
+        typer.Option(
+            "--cursor",
+            help="Where to keep what is in flight across restarts: a file path, "
+            "variable:NAME (a Prefect variable) or none. Default: COMFY_LISTENER_CURSOR, else a "
+            "state file under $PREFECT_HOME/comfy-listener/.",
+            show_default=False,
+        ),
+    ] = "",
     log_level: Annotated[
         str,
         typer.Option(
@@ -82,6 +102,8 @@ def listen(
                 block=block,
                 heartbeat_interval=heartbeat_interval,
                 listener_id=name,
+                events_per_second=events_per_second,
+                cursor=cursor,
             )
         )
     except ComfyConfigError as exc:
@@ -94,7 +116,8 @@ def listen(
         raise typer.Exit(code=130) from None
     typer.echo(
         f"listener stopped: received={stats.received} reconciled={stats.reconciled} "
-        f"forwarded={stats.forwarded} connects={stats.connects}",
+        f"forwarded={stats.forwarded} connects={stats.connects} coalesced={stats.coalesced} "
+        f"caught_up={stats.caught_up}",
         err=True,
     )
 

@@ -20,6 +20,12 @@ What it does beyond copying events:
   moment the link drops (the backend's ``on_disconnect``) until the stream is subscribed again
   (``on_connect``); with a backend whose ``events`` has no ``on_disconnect``, only once the stream
   gives up.
+- **Pacing.** At most ``events_per_second`` events a second go to Prefect (a server stores only a
+  few hundred and drops the overflow silently); outcomes first, progress coalesced per job
+  (:mod:`prefect_comfy.listener.sender`). Stats and heartbeats say when it is behind.
+- **A durable cursor.** With a ``cursor`` (:mod:`prefect_comfy.listener.cursor`; :func:`run_listener`
+  uses a state file by default) what is in flight survives a restart: on start it is reconciled and
+  what changed since is listed (:mod:`prefect_comfy.listener.catchup`).
 - **A clean stop.** :meth:`ComfyListener.stop` (SIGTERM and SIGINT under :func:`run_listener`) stops
   reading, sends everything already received, and flushes the Prefect events client.
 
@@ -50,7 +56,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,16 +64,25 @@ from prefect.events import Event, Resource
 
 from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
+from prefect_comfy.listener.cursor import Cursor, CursorKeeper, open_cursor
 from prefect_comfy.listener.sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
+from prefect_comfy.listener.sender import DEFAULT_PROGRESS_INTERVAL as DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.listener.sender import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
 from prefect_comfy.listener.sender import NO_API_URL_MESSAGE as NO_API_URL_MESSAGE
-from prefect_comfy.listener.sender import PrefectSender, flush, prefect_events_client
+from prefect_comfy.listener.sender import (
+    PrefectSender,
+    events_per_second_from_env,
+    flush,
+    prefect_events_client,
+)
 from prefect_comfy.listener.sender import require_prefect_api_url as require_prefect_api_url
+from prefect_comfy.listener.stats import ListenerStats as ListenerStats
 from prefect_comfy.listener.tracking import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRACKED
 from prefect_comfy.listener.tracking import RECONCILE_CONCURRENCY as RECONCILE_CONCURRENCY
 from prefect_comfy.listener.tracking import REST_TIMEOUT as REST_TIMEOUT
-from prefect_comfy.listener.tracking import InFlightTracker
+from prefect_comfy.listener.tracking import Bounded, InFlightTracker
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
@@ -94,27 +109,6 @@ def default_listener_id() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in raw).strip("-") or "listener"
 
 
-@dataclass
-class ListenerStats:
-    """What a listener has done so far (also the payload of its heartbeats)."""
-
-    received: int = 0
-    """Events read from the Comfy stream."""
-    reconciled: int = 0
-    """Terminal events synthesised from REST after a reconnect."""
-    forwarded: int = 0
-    """Prefect events sent (heartbeats excluded)."""
-    heartbeats: int = 0
-    connects: int = 0
-    """Connects and reconnects of the Comfy stream (as reported by ``on_connect``)."""
-    disconnects: int = 0
-    """Drops of an established connection (as reported by ``on_disconnect``, where supported)."""
-    stream_restarts: int = 0
-    """Times the stream gave up (reconnect budget spent) and the listener opened a new one."""
-    send_errors: int = 0
-    """Failed attempts to send to Prefect (each retried)."""
-
-
 class ComfyListener:
     """Forwards the events of one Comfy backend into Prefect.
 
@@ -132,6 +126,12 @@ class ComfyListener:
         drain_timeout: the longest a stop spends sending what was already received.
         restart_delay: first pause before opening a new stream after the old one gave up.
         send_retry_delay: first pause before sending again after Prefect refused an event.
+        events_per_second: most events sent to Prefect a second, all kinds; ``None``:
+            ``COMFY_LISTENER_EVENTS_PER_SECOND`` or 300; ``0``: no limit.
+        progress_interval: least seconds between two progress events of one job.
+        progress_events: the progress budget (default: the process-wide one).
+        cursor: a durable cursor (:class:`~prefect_comfy.listener.cursor.FileCursor`,
+            :class:`~prefect_comfy.listener.cursor.VariableCursor`); ``None``: in memory only.
 
     Example:
         >>> listener = ComfyListener(backend, patterns=("*",))  # doctest: +SKIP
@@ -152,6 +152,10 @@ class ComfyListener:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         restart_delay: float = 1.0,
         send_retry_delay: float = 0.5,
+        events_per_second: float | None = None,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        progress_events: ProgressBudget | None = None,
+        cursor: Cursor | None = None,
     ) -> None:
         if isinstance(patterns, str):
             patterns = [patterns]
@@ -171,10 +175,28 @@ class ComfyListener:
             queue_size=queue_size,
             drain_timeout=drain_timeout,
             retry_delay=send_retry_delay,
+            events_per_second=(
+                events_per_second_from_env() if events_per_second is None else events_per_second
+            ),
+            progress_interval=progress_interval,
+            progress_events=progress_events,
         )
         self._tracker = InFlightTracker(backend, max_tracked)
         self._tags = self._tracker.tags
         self._in_flight = self._tracker.in_flight
+        self._ended = Bounded(max_tracked)
+        self._cursor = (
+            CursorKeeper(
+                cursor,
+                address=backend.address,
+                in_flight=self._in_flight,
+                ended=self._ended,
+                pending=self._sender.pending_resources,
+                connected=lambda: self.connected,
+            )
+            if cursor is not None
+            else None
+        )
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
         self._idle = asyncio.Event()
@@ -200,9 +222,13 @@ class ComfyListener:
                 ",".join(self.patterns),
                 self.backend.address,
             )
+            if self._cursor is not None:
+                await self._cursor.restore()
             sender = asyncio.create_task(self._sender.send_loop(client), name="comfy-listener-send")
             consumer = asyncio.create_task(self._consume(), name="comfy-listener-read")
             tasks = [consumer]
+            if self._cursor is not None:
+                tasks.append(asyncio.create_task(self._cursor.run(), name="comfy-listener-cursor"))
             if self.heartbeat_interval:
                 tasks.append(
                     asyncio.create_task(self._heartbeat_loop(), name="comfy-listener-heartbeat")
@@ -223,6 +249,9 @@ class ComfyListener:
                         await task
                 await self._sender.drain(sender)
                 await flush(client)
+                if self._cursor is not None:
+                    await self._cursor.save_quietly()
+                self._refresh_backlog()
             logger.info(
                 "Comfy listener %s stopped: received %d, reconciled %d, forwarded %d events",
                 self.listener_id,
@@ -232,6 +261,14 @@ class ComfyListener:
             )
             if consumer.done() and not consumer.cancelled() and consumer.exception():
                 raise consumer.exception()  # type: ignore[misc]
+
+    def _refresh_backlog(self) -> None:
+        backlog = self._sender.backlog()
+        self.stats.queued = backlog.queued
+        self.stats.oldest_pending_seconds = backlog.oldest_pending_seconds
+        self.stats.behind = backlog.behind
+        if self._cursor is not None:
+            self.stats.cursor_saves = self._cursor.saves
 
     def stop(self) -> None:
         """Ask the listener to stop (safe from a signal handler or another thread)."""
@@ -315,6 +352,13 @@ class ComfyListener:
         else:
             logger.info("Comfy event stream connected to %s", self.backend.address)
         await self.reconcile()
+        if self._cursor is not None and not self._cursor.caught_up:
+            await self._cursor.catch_up(
+                self.backend,
+                forward=self._forward_caught_up,
+                track=lambda kind, rid, status: self._in_flight.remember((kind, rid), status),
+                already=lambda kind, rid: (kind, rid) in self._ended,
+            )
 
     async def _on_disconnect(self) -> None:
         self.connected = False
@@ -335,6 +379,8 @@ class ComfyListener:
             comfy_event, address=self.backend.address, backend_kind=self.backend.kind
         )
         self._tracker.track(comfy_event)
+        if rid and comfy_event.is_terminal:
+            self._ended.remember((kind, rid), True)
         await self._sender.put(event)
         if reconciled:
             self.stats.reconciled += 1
@@ -352,10 +398,15 @@ class ComfyListener:
     async def _forward_reconciled(self, comfy_event: ComfyEvent) -> None:
         await self.forward(comfy_event, reconciled=True)
 
+    async def _forward_caught_up(self, comfy_event: ComfyEvent) -> None:
+        await self.forward(comfy_event, reconciled=True)
+        self.stats.caught_up += 1
+
     # -- heartbeats -----------------------------------------------------------------------------
     def heartbeat_event(self) -> Event:
         """The ``comfy.listener.heartbeat`` event for now."""
         resource_id = f"{comfy_events.PREFIX}.listener.{self.listener_id}"
+        self._refresh_backlog()
         return Event(
             event=comfy_events.LISTENER_HEARTBEAT,
             occurred=datetime.now(timezone.utc),
@@ -365,6 +416,7 @@ class ComfyListener:
                     "prefect.resource.name": f"Comfy listener {self.listener_id}",
                     "comfy.backend": self.backend.kind,
                     "comfy.connected": "true" if self.connected else "false",
+                    "comfy.behind": "true" if self.stats.behind else "false",
                 }
             ),
             payload={
@@ -391,6 +443,7 @@ async def run_listener(
     *,
     block: str | None = None,
     install_signal_handlers: bool = True,
+    cursor: Cursor | str | None = "",
     **options: Any,
 ) -> ListenerStats:
     """Run a :class:`ComfyListener` until SIGTERM or SIGINT (or cancellation); return its stats.
@@ -401,6 +454,10 @@ async def run_listener(
         patterns: event patterns to subscribe to.
         block: the name of a saved ``ComfyCloudCredentials`` block.
         install_signal_handlers: stop cleanly on SIGTERM and SIGINT.
+        cursor: a :class:`~prefect_comfy.listener.cursor.Cursor`, or where to keep one: a file path,
+            ``variable:NAME`` (a Prefect variable) or ``"none"``; ``""`` (the default):
+            ``COMFY_LISTENER_CURSOR``, else a state file under ``$PREFECT_HOME/comfy-listener/``.
+            ``None``: no cursor.
         **options: passed to :class:`ComfyListener` (``heartbeat_interval``, ``listener_id`` …).
 
     Raises:
@@ -411,7 +468,13 @@ async def run_listener(
     owned = backend is None
     if backend is None:
         backend = await _backend_from(block)
-    listener = ComfyListener(backend, patterns, **options)
+    if isinstance(cursor, str):
+        cursor = open_cursor(
+            cursor or None,
+            connection_key=backend.connection_key,
+            name=options.get("listener_id"),
+        )
+    listener = ComfyListener(backend, patterns, cursor=cursor, **options)
     loop = asyncio.get_running_loop()
     installed: list[int] = []
     if install_signal_handlers:

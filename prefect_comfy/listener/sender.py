@@ -1,25 +1,30 @@
-"""The Prefect side of the listener: an events client, a send queue, a drain and a final flush.
+"""The Prefect side of the listener: an events client, a paced send loop, a drain and a final flush.
 
 :class:`ComfyListener <prefect_comfy.listener.forwarder.ComfyListener>` puts every Prefect event it makes on
-a :class:`PrefectSender` queue; one task sends them through an explicit Prefect events client
+a :class:`PrefectSender`; one task sends them through an explicit Prefect events client
 (``get_events_client()``), never ``emit_event``: an events worker started inside a flow run would
-relate later events to that run. A full queue makes reading from Comfy wait (back pressure); a
-refused send is retried with a backoff; on a stop the queue is drained within a deadline and
-:func:`flush` has the Prefect server confirm what was sent.
+relate later events to that run. What goes next, and when, is the
+:class:`~prefect_comfy.listener.pacing.PacedQueue`'s choice: outcomes first, progress coalesced, at
+most ``events_per_second`` (:data:`DEFAULT_EVENTS_PER_SECOND`, or
+``COMFY_LISTENER_EVENTS_PER_SECOND``). A refused send is retried with a backoff; a warning is logged
+when the oldest pending event has waited more than ``BEHIND_AFTER`` seconds; on a stop the queue is
+drained within a deadline and :func:`flush` has the Prefect server confirm what was sent.
 
 Example:
     >>> import asyncio
-    >>> from prefect_comfy.listener.forwarder import ListenerStats
+    >>> from prefect.events import Event
+    >>> from prefect_comfy.listener.stats import ListenerStats
     >>> class Client:
     ...     async def emit(self, event):
-    ...         print("sent", event)
+    ...         print("sent", event.event)
     >>> async def main():
     ...     sender = PrefectSender(ListenerStats(), queue_size=10, drain_timeout=1, retry_delay=0.1)
     ...     task = asyncio.create_task(sender.send_loop(Client()))
-    ...     await sender.put("an event", counted=False)  # a real caller puts a prefect Event
+    ...     await sender.put(Event(event="comfy.input.ready",
+    ...                            resource={"prefect.resource.id": "comfy.input.i1"}))
     ...     await sender.drain(task)
     >>> asyncio.run(main())
-    sent an event
+    sent comfy.input.ready
 """
 
 from __future__ import annotations
@@ -27,33 +32,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from prefect_comfy.exceptions import ComfyConfigError
+from prefect_comfy.listener.pacing import DEFAULT_EVENTS_PER_SECOND as DEFAULT_EVENTS_PER_SECOND
+from prefect_comfy.listener.pacing import DEFAULT_PROGRESS_INTERVAL as DEFAULT_PROGRESS_INTERVAL
+from prefect_comfy.listener.pacing import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
+from prefect_comfy.listener.pacing import Backlog, PacedQueue, Pending
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
 
 if TYPE_CHECKING:
     from prefect.events import Event
 
-    from prefect_comfy.listener.forwarder import ListenerStats
+    from prefect_comfy.budget import ProgressBudget
+    from prefect_comfy.listener.stats import ListenerStats
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_EVENTS_PER_SECOND",
+    "DEFAULT_PROGRESS_INTERVAL",
     "DEFAULT_QUEUE_SIZE",
+    "EVENTS_PER_SECOND_ENV",
     "NO_API_URL_MESSAGE",
     "PrefectSender",
+    "events_per_second_from_env",
     "flush",
     "prefect_events_client",
     "require_prefect_api_url",
 ]
 
-DEFAULT_QUEUE_SIZE = 10_000
-"""Prefect events waiting to be sent before reading from Comfy pauses (back pressure)."""
 DEFAULT_DRAIN_TIMEOUT = 30.0
 """Longest time a stop spends sending what was already received."""
+EVENTS_PER_SECOND_ENV = "COMFY_LISTENER_EVENTS_PER_SECOND"
+"""The environment variable that sets the listener's send rate (``0``: no limit)."""
 
 NO_API_URL_MESSAGE = (
     "No Prefect API URL is configured, so Comfy events would have nowhere to go. The listener does "
@@ -90,14 +106,39 @@ def prefect_events_client() -> Any:
     return get_events_client()
 
 
+def events_per_second_from_env() -> float:
+    """``COMFY_LISTENER_EVENTS_PER_SECOND`` if set, else :data:`DEFAULT_EVENTS_PER_SECOND`.
+
+    Raises:
+        ComfyConfigError: the variable is set to something other than a number >= 0.
+    """
+    raw = os.environ.get(EVENTS_PER_SECOND_ENV, "").strip()
+    if not raw:
+        return DEFAULT_EVENTS_PER_SECOND
+    try:
+        rate = float(raw)
+    except ValueError:
+        rate = math.nan
+    if not rate >= 0:
+        raise ComfyConfigError(
+            f"{EVENTS_PER_SECOND_ENV}={raw!r} is not a number >= 0: set it to the events a second "
+            f"the listener may send to Prefect (default {DEFAULT_EVENTS_PER_SECOND:g}; 0: no limit)."
+        )
+    return rate
+
+
 class PrefectSender:
-    """The queue between reading from Comfy and sending to Prefect, and the loop that empties it.
+    """Sends what the :class:`~prefect_comfy.listener.pacing.PacedQueue` hands out, until stopped.
 
     Args:
-        stats: the listener's counters; ``forwarded`` and ``send_errors`` are kept here.
-        queue_size: Prefect events buffered before :meth:`put` waits.
+        stats: the listener's counters; ``forwarded``, ``send_errors``, ``coalesced`` and
+            ``queued`` are kept here.
+        queue_size: outcome events buffered before :meth:`put` waits.
         drain_timeout: the longest :meth:`drain` waits for the queue to empty.
         retry_delay: first pause before sending again after Prefect refused an event.
+        events_per_second: the most events sent a second, all kinds together; ``0`` for no limit.
+        progress_interval: the least time between two progress events of one job.
+        progress_events: the progress budget (default: the process-wide one).
     """
 
     def __init__(
@@ -107,52 +148,115 @@ class PrefectSender:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         retry_delay: float = 0.5,
+        events_per_second: float = DEFAULT_EVENTS_PER_SECOND,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        progress_events: ProgressBudget | None = None,
     ) -> None:
         self.stats = stats
         self.drain_timeout = drain_timeout
-        self.queue: asyncio.Queue[tuple[Event, bool]] = asyncio.Queue(maxsize=queue_size)
+        self.queue = PacedQueue(
+            stats,
+            queue_size=queue_size,
+            events_per_second=events_per_second,
+            progress_interval=progress_interval,
+            progress_events=progress_events,
+        )
+        self._in_hand: Pending | None = None
+        self._empty = asyncio.Event()
+        self._behind = False
         self._backoff = Backoff(initial=retry_delay, maximum=30.0)
 
     async def put(self, event: Event, *, counted: bool = True) -> None:
-        """Queue ``event`` (waits while the queue is full); ``counted`` ones count as forwarded."""
-        await self.queue.put((event, counted))
+        """Queue ``event`` (an outcome waits while the queue is full); ``counted`` ones count as
+        forwarded once sent."""
+        self._empty.clear()
+        await self.queue.put(event, counted=counted)
+
+    def backlog(self) -> Backlog:
+        """The queue depth (the event being sent included) and the oldest pending event's age."""
+        backlog = self.queue.backlog()
+        if self._in_hand is None:
+            return backlog
+        return Backlog(backlog.queued + 1, backlog.oldest_pending_seconds)
+
+    def pending_resources(self) -> list[tuple[str, str]]:
+        """``(kind, id)`` of the resources whose outcomes are received but not yet sent."""
+        found = self.queue.pending_resources()
+        item = self._in_hand
+        if item is not None and item.counted:
+            parts = item.event.resource.id.split(".", 2)
+            if len(parts) == 3 and parts[1] in ("job", "input", "model"):
+                found.append((parts[1], parts[2]))
+        return found
 
     async def send_loop(self, client: Any) -> None:
-        """Send queued events through ``client`` in order, retrying each until it goes (forever)."""
-        backoff = self._backoff
+        """Send queued events through ``client``, paced, retrying each until it goes (forever)."""
         while True:
-            event, counted = await self.queue.get()
+            self._say_if_behind()
+            item, wait = self.queue.next()
+            if item is None:
+                if not len(self.queue):
+                    self._empty.set()
+                self.queue.changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await within(self.queue.changed.wait(), wait)
+                continue
+            self._in_hand = item
             try:
-                while True:
-                    try:
-                        await client.emit(event)
-                        break
-                    except Exception as exc:
-                        self.stats.send_errors += 1
-                        delay = backoff.next_delay()
-                        logger.warning(
-                            "could not send %s to Prefect (%s); retrying in %.1fs",
-                            event.event,
-                            exc,
-                            delay,
-                        )
-                        await asyncio.sleep(delay)
-                backoff.reset()
-                if counted:
-                    self.stats.forwarded += 1
-                    logger.debug("forwarded %s %s id=%s", event.event, event.resource.id, event.id)
+                await self._send(client, item)
             finally:
-                self.queue.task_done()
+                self._in_hand = None
+
+    async def _send(self, client: Any, item: Pending) -> None:
+        event = item.event
+        while True:
+            try:
+                await client.emit(event)
+                break
+            except Exception as exc:
+                self.stats.send_errors += 1
+                delay = self._backoff.next_delay()
+                logger.warning(
+                    "could not send %s to Prefect (%s); retrying in %.1fs", event.event, exc, delay
+                )
+                await asyncio.sleep(delay)
+        self._backoff.reset()
+        if item.counted:
+            self.stats.forwarded += 1
+            logger.debug("forwarded %s %s id=%s", event.event, event.resource.id, event.id)
+
+    def _say_if_behind(self) -> None:
+        backlog = self.backlog()
+        if backlog.behind and not self._behind:
+            logger.warning(
+                "the listener is behind: %d events wait to be sent to Prefect, the oldest for "
+                "%.1fs (sending at most %g a second)",
+                backlog.queued,
+                backlog.oldest_pending_seconds,
+                self.queue.events_per_second,
+            )
+        elif self._behind and not backlog.behind:
+            logger.info("the listener caught up: %d events wait to be sent", backlog.queued)
+        self._behind = backlog.behind
 
     async def drain(self, sender: asyncio.Task[None]) -> None:
-        """Let ``sender`` (the :meth:`send_loop` task) empty the queue, then cancel it."""
-        if not sender.done():
-            try:
-                await within(self.queue.join(), self.drain_timeout)
-            except asyncio.TimeoutError:
+        """Let ``sender`` (the :meth:`send_loop` task) send everything queued, then cancel it.
+
+        Pending progress goes too, without waiting for its interval or budget (still paced).
+        """
+        self.queue.draining = True
+        self.queue.changed.set()
+        if not sender.done() and (len(self.queue) or self._in_hand is not None):
+            self._empty.clear()
+            finished = asyncio.ensure_future(self._empty.wait())
+            await asyncio.wait(
+                {finished, sender}, timeout=self.drain_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            finished.cancel()
+            if not self._empty.is_set() and not sender.done():
                 logger.warning(
                     "gave up sending %d events to Prefect after %.0fs",
-                    self.queue.qsize(),
+                    self.backlog().queued,
                     self.drain_timeout,
                 )
         sender.cancel()

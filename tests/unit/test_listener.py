@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     NotFound,
@@ -167,6 +169,10 @@ def make_listener(backend: FakeBackend, client: FakeEventsClient, **kw: Any) -> 
     kw.setdefault("heartbeat_interval", None)
     kw.setdefault("restart_delay", 0.01)
     kw.setdefault("send_retry_delay", 0.01)
+    # No progress interval and a budget of its own: tests of other things see every progress
+    # event that is sent before the next one arrives (coalescing is tested on its own).
+    kw.setdefault("progress_interval", 0)
+    kw.setdefault("progress_events", ProgressBudget(1_000))
     return ComfyListener(backend, events_client=lambda: client, listener_id="unit", **kw)
 
 
@@ -210,6 +216,7 @@ async def test_progress_without_tags_gets_the_tags_seen_for_the_job():
     task = await started(listener)
     tags = [f"{comfy_events.FLOW_RUN_TAG_PREFIX}{FLOW_RUN}"]
     backend.push("job.progress", id="job_1", status="running", progress=10, tags=tags)
+    await eventually(lambda: len(client.events) == 1)  # else the second replaces the first
     backend.push("job.progress", id="job_1", status="running", progress=50)
     await eventually(lambda: len(client.events) == 2)
     await stop(listener, task)
@@ -225,9 +232,9 @@ async def test_progress_of_an_unknown_job_reads_its_tags_once():
     backend.jobs["job_2"] = Job(id="job_2", status="running", tags=tags)
     listener = make_listener(backend, client)
     task = await started(listener)
-    for p in (10, 20, 30):
+    for sent, p in enumerate((10, 20, 30), start=1):
         backend.push("job.progress", id="job_2", status="running", progress=p)
-    await eventually(lambda: len(client.events) == 3)
+        await eventually(lambda sent=sent: len(client.events) == sent)
     await stop(listener, task)
     assert backend.reads == [("job", "job_2")]
     assert all(e.related[0].id == f"prefect.flow-run.{FLOW_RUN}" for e in client.events)
@@ -254,7 +261,8 @@ async def test_reconnect_reconciles_what_was_in_flight():
     backend.push("job.progress", id="job_gone", status="running", progress=40, tags=[])
     backend.push("job.progress", id="job_c", status="running", progress=40, tags=[])
     backend.push("job.completed", id="job_c", status="completed", tags=[])
-    await eventually(lambda: len(client.events) == 5)
+    # job_c's progress may be dropped for its outcome (coalesced), never both lost.
+    await eventually(lambda: len(client.events) + listener.stats.coalesced == 5)
     assert set(listener._in_flight) == {("job", "job_a"), ("job", "job_b"), ("job", "job_gone")}
 
     # While the stream is down, job_a completes and job_b fails; job_gone was deleted.
@@ -267,7 +275,7 @@ async def test_reconnect_reconciles_what_was_in_flight():
     backend.disconnect()
     await eventually(lambda: listener.stats.connects == 2, message="reconnect")
     await eventually(lambda: listener.stats.reconciled == 2, message="reconciliation")
-    await eventually(lambda: len(client.events) == 7)
+    await eventually(lambda: len(client.events) + listener.stats.coalesced == 7)
     await stop(listener, task)
 
     completed = client.named("comfy.job.completed")
@@ -339,6 +347,43 @@ async def test_heartbeats_say_whether_the_stream_is_connected():
     assert len({b.id for b in beats}) == len(beats)
     assert beats[-1].payload["received"] == listener.stats.received
     assert listener.stats.forwarded == 0  # heartbeats are not counted as forwarded
+
+
+async def test_heartbeats_say_when_the_listener_is_behind():
+    class StuckClient(FakeEventsClient):
+        """Takes heartbeats, holds everything else until ``gate`` opens."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def emit(self, event: Any) -> None:
+            if event.event != comfy_events.LISTENER_HEARTBEAT:
+                await self.gate.wait()
+            await super().emit(event)
+
+    backend, client = FakeBackend(), StuckClient()
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    for i in range(3):
+        backend.push("job.completed", id=f"job_{i}", status="completed", tags=[])
+    backend.push("job.progress", id="job_x", status="running", progress=5, tags=[])
+    backend.push("job.progress", id="job_x", status="running", progress=6, tags=[])
+    await eventually(lambda: listener.stats.received == 5)
+    # The first outcome is being sent (stuck), two more and one progress wait.
+    queue = listener._sender.queue
+    queue._clock = lambda: time.monotonic() + 60  # a minute later, as far as ages go
+    beat = listener.heartbeat_event()
+    assert beat.resource["comfy.behind"] == "true"
+    assert beat.payload["queued"] == 4
+    assert beat.payload["coalesced"] == 1
+    assert beat.payload["oldest_pending_seconds"] >= 59
+    assert beat.payload["behind"] is True
+    queue._clock = time.monotonic
+    client.gate.set()
+    await eventually(lambda: listener.stats.queued == 0)
+    assert listener.heartbeat_event().resource["comfy.behind"] == "false"
+    await stop(listener, task)
 
 
 async def test_heartbeats_go_on_while_disconnected():

@@ -1,0 +1,167 @@
+"""Catching up after the listener was down: list what changed on the server since its cursor.
+
+The cursor (:mod:`prefect_comfy.listener.cursor`) names what the listener saw in flight; a job that
+was submitted **and** ended while no listener ran was never seen. :func:`catch_up` lists recent
+resources where the server allows it and hands the terminal event of each one that ended since
+``since`` to the listener (the same deterministic id as the live event, so a repeat is stored once);
+the ones still in flight are tracked, so the live stream or the next reconciliation ends them.
+
+What each backend allows:
+
+- **Comfy Cloud** (and the emulator): ``GET /jobs``, ``/inputs`` and ``/models`` page by
+  offset/limit, newest first. Jobs created since ``since`` are read; a terminal one is forwarded
+  unless it ended before ``since`` (``completed_at``); inputs and models created since ``since``
+  that are ``ready`` or ``failed`` are forwarded. At most :data:`CATCH_UP_LIMIT` of each kind.
+- **ComfyUI**: ``/history`` (the newest :data:`CATCH_UP_LIMIT` prompts, kept in the server's
+  memory) and ``/queue``. A prompt that finished since ``since`` (the time of its last status
+  message) is forwarded; queued and running prompts are tracked. ComfyUI keeps no history across its
+  own restart: a prompt lost in a ComfyUI restart cannot be recovered by anyone.
+- Any other backend: nothing is listed (logged); only the cursor's entries are reconciled.
+
+Example:
+    >>> import asyncio
+    >>> asyncio.run(catch_up(object(), None, forward=print, track=print, already=lambda k, i: False))
+    0
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prefect_comfy.models import JOB_TERMINAL, STATUS_EVENT, UPLOAD_TERMINAL, ComfyEvent
+from prefect_comfy.transport.deadlines import within
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CATCH_UP_LIMIT", "CATCH_UP_SLACK", "catch_up", "terminal_event"]
+
+CATCH_UP_LIMIT = 1_000
+"""Most resources of each kind read when catching up."""
+CATCH_UP_SLACK = timedelta(minutes=5)
+"""Taken off the cursor's watermark before listing: covers clock skew between the listener and the
+server, and jobs queued shortly before the outage but not yet seen running."""
+PAGE_SIZE = 100
+READ_TIMEOUT = 30.0
+
+Forward = Callable[[ComfyEvent], Awaitable[Any]]
+Track = Callable[[str, str, str], Any]
+Already = Callable[[str, str], bool]
+
+_TERMINAL = {"job": JOB_TERMINAL, "input": UPLOAD_TERMINAL, "model": UPLOAD_TERMINAL}
+
+
+def terminal_event(kind: str, resource: Any, when: datetime | None = None) -> ComfyEvent | None:
+    """The terminal Comfy event a resource's state stands for, or ``None`` if it is in flight."""
+    name = STATUS_EVENT.get((kind, resource.status))
+    if name is None:
+        return None
+    payload = resource.model_dump(mode="json", exclude_none=True, exclude={"workflow"})
+    return ComfyEvent(event=name, payload=payload, timestamp=when)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+async def catch_up(
+    backend: Any, since: datetime | None, *, forward: Forward, track: Track, already: Already
+) -> int:
+    """Forward the terminal events of resources that ended since ``since``; track those in flight.
+
+    Args:
+        backend: the listener's backend.
+        since: list what changed after this time (``None``: nothing is listed).
+        forward: sends one terminal event (the listener's ``forward``).
+        track: remembers ``(kind, id, status)`` as in flight.
+        already: whether the terminal event of ``(kind, id)`` was forwarded in this run.
+
+    Returns:
+        How many terminal events were forwarded.
+    """
+    if since is None:
+        return 0
+    client = getattr(backend, "client", None)
+    if client is not None and hasattr(client, "list_jobs"):
+        found = 0
+        for kind, lister in (
+            ("job", client.list_jobs),
+            ("input", client.list_inputs),
+            ("model", client.list_models),
+        ):
+            found += await _catch_up_pages(kind, lister, since, forward, track, already)
+        return found
+    if hasattr(backend, "recent_history") and hasattr(backend, "queue_records"):
+        return await _catch_up_comfyui(backend, since, forward, track, already)
+    logger.info(
+        "%s cannot list recent jobs: only the cursor was reconciled", type(backend).__name__
+    )
+    return 0
+
+
+async def _catch_up_pages(
+    kind: str,
+    lister: Callable[..., Awaitable[Any]],
+    since: datetime,
+    forward: Forward,
+    track: Track,
+    already: Already,
+) -> int:
+    found = offset = 0
+    while offset < CATCH_UP_LIMIT:
+        page = await within(lister(offset=offset, limit=PAGE_SIZE), READ_TIMEOUT)
+        recent = [r for r in page.items if (_aware(r.created_at) or since) >= since]
+        for resource in recent:
+            if resource.status not in _TERMINAL[kind]:
+                track(kind, resource.id, resource.status)
+                continue
+            ended = _aware(getattr(resource, "completed_at", None))
+            if (ended is not None and ended < since) or already(kind, resource.id):
+                continue
+            event = terminal_event(kind, resource, ended)
+            if event is not None:
+                await forward(event)
+                found += 1
+        # Lists are newest first: a page with nothing recent ends the search.
+        if not recent or not page.has_more:
+            break
+        offset += len(page.items)
+    return found
+
+
+def _finished_at(entry: Any) -> datetime | None:
+    """When a ComfyUI history entry's last status message was written (``timestamp`` in ms)."""
+    status = entry.get("status") if isinstance(entry, dict) else None
+    messages = status.get("messages") if isinstance(status, dict) else None
+    for message in reversed(messages or []):
+        data = message[1] if isinstance(message, (list, tuple)) and len(message) == 2 else None
+        stamp = data.get("timestamp") if isinstance(data, dict) else None
+        if isinstance(stamp, (int, float)):
+            return datetime.fromtimestamp(stamp / 1000, tz=timezone.utc)
+    return None
+
+
+async def _catch_up_comfyui(
+    backend: Any, since: datetime, forward: Forward, track: Track, already: Already
+) -> int:
+    from prefect_comfy.backends.comfyui.mapping import job_from_history
+
+    for prompt_id, (status, _record) in (
+        await within(backend.queue_records(), READ_TIMEOUT)
+    ).items():
+        track("job", prompt_id, status)
+    history = await within(backend.recent_history(CATCH_UP_LIMIT), READ_TIMEOUT)
+    found = 0
+    for prompt_id, entry in history.items():
+        ended = _finished_at(entry)
+        if (ended is not None and ended < since) or already("job", prompt_id):
+            continue
+        event = terminal_event("job", job_from_history(prompt_id, entry, backend.address), ended)
+        if event is not None:
+            await forward(event)
+            found += 1
+    return found

@@ -1,0 +1,425 @@
+"""The listener's durable cursor: what it saw in flight, kept across its own restarts.
+
+The Comfy event stream has no replay, so a listener that is killed forgets the jobs and uploads it
+saw in flight, and their terminal events would never reach Prefect. The cursor is a small JSON
+document, saved at most every :data:`SAVE_INTERVAL` seconds while something changed, and at a stop:
+
+- ``in_flight``: ``[kind, id, status]`` of every job, input and model last seen in flight, plus
+  those whose terminal event was received but not yet sent to Prefect;
+- ``watermark``: the wall-clock time (UTC) up to which the listener was connected and listening;
+- ``ended``: ``[kind, id]`` of the newest :data:`ENDED_SAVED` resources whose terminal event was sent,
+  so that the catch-up after a restart does not send them again (a repeat is stored once, but
+  Prefect's triggers remember event ids only for a while).
+
+On start the listener reads the cursor, reconciles each entry through REST and lists what changed
+since the watermark (:mod:`prefect_comfy.listener.catchup`). Two places to keep it, the user's choice:
+
+- a state file (:class:`FileCursor`, the default), written atomically (a temporary file in the
+  same folder, flushed to disk, then renamed over the old one), under
+  ``$PREFECT_HOME/comfy-listener/`` (``~/.prefect-comfy/`` when Prefect has no home);
+- a Prefect variable (:class:`VariableCursor`, ``variable:NAME``), for a listener without a
+  persistent disk. A variable holds at most 5,000 characters: past that, the newest entries are
+  kept, a warning is logged, and the rest is left to the catch-up by time.
+
+Example:
+    >>> import asyncio, tempfile, os
+    >>> cursor = FileCursor(os.path.join(tempfile.mkdtemp(), "c.json"))
+    >>> asyncio.run(cursor.save(CursorState("http://127.0.0.1:1", [("job", "job_1", "running")])))
+    >>> asyncio.run(cursor.load()).in_flight
+    [('job', 'job_1', 'running')]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from prefect_comfy.exceptions import ComfyConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CURSOR_ENV",
+    "SAVE_INTERVAL",
+    "Cursor",
+    "CursorKeeper",
+    "CursorState",
+    "FileCursor",
+    "VariableCursor",
+    "default_cursor_path",
+    "open_cursor",
+]
+
+CURSOR_ENV = "COMFY_LISTENER_CURSOR"
+"""Where the cursor lives: a file path, ``variable:NAME`` (a Prefect variable) or ``none``."""
+SAVE_INTERVAL = 1.0
+"""Seconds between two saves of a changed cursor (a SIGKILL loses at most this much)."""
+FORMAT_VERSION = 1
+ENDED_SAVED = 1_000
+"""Resources whose terminal event was sent, remembered in the cursor (newest first kept)."""
+_VARIABLE_LIMIT = 5_000
+"""Characters a Prefect variable's value may hold (``prefect.types.MAX_VARIABLE_VALUE_LENGTH``)."""
+
+Entry = tuple[str, str, str]
+"""``(kind, id, status)`` of one resource in flight."""
+
+
+@dataclass
+class CursorState:
+    """What the cursor holds."""
+
+    address: str
+    """The Comfy server it belongs to (a cursor of another server is ignored)."""
+    in_flight: list[Entry] = field(default_factory=list)
+    watermark: datetime | None = None
+    """Up to when the listener was connected (UTC); ``None`` if it never was."""
+    ended: list[tuple[str, str]] = field(default_factory=list)
+    """``(kind, id)`` of resources whose terminal event was sent, oldest first."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "address": self.address,
+            "watermark": self.watermark.isoformat() if self.watermark else None,
+            "in_flight": [list(e) for e in self.in_flight],
+            "ended": [list(e) for e in self.ended],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> CursorState:
+        """Parse a saved cursor.
+
+        Raises:
+            ValueError: it is not a cursor this version wrote.
+        """
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            raise ValueError("not a listener cursor of format version 1")
+        watermark = data.get("watermark")
+        entries = [
+            (str(e[0]), str(e[1]), str(e[2]))
+            for e in data.get("in_flight") or []
+            if isinstance(e, list) and len(e) == 3 and e[0] in ("job", "input", "model")
+        ]
+        ended = [
+            (str(e[0]), str(e[1]))
+            for e in data.get("ended") or []
+            if isinstance(e, list) and len(e) == 2
+        ]
+        return cls(
+            address=str(data.get("address") or ""),
+            in_flight=entries,
+            ended=ended,
+            watermark=datetime.fromisoformat(watermark) if watermark else None,
+        )
+
+
+class Cursor(Protocol):
+    """Where a :class:`CursorState` is kept."""
+
+    description: str
+
+    async def load(self) -> CursorState | None:
+        """The saved state, or ``None`` if there is none (or it cannot be read: logged)."""
+
+    async def save(self, state: CursorState) -> None:
+        """Replace the saved state (an error is raised; the listener logs it and tries again)."""
+
+
+class FileCursor:
+    """A cursor in a JSON file, replaced atomically on every save.
+
+    Args:
+        path: the file; its folder is created when missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self.description = f"state file {self.path}"
+
+    async def load(self) -> CursorState | None:
+        try:
+            text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return CursorState.from_json(json.loads(text))
+        except ValueError as exc:
+            logger.warning(
+                "ignoring the listener cursor %s (%s); it will be replaced", self.path, exc
+            )
+            return None
+
+    async def save(self, state: CursorState) -> None:
+        await asyncio.to_thread(self._write, json.dumps(state.to_json(), separators=(",", ":")))
+
+    def _write(self, text: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __repr__(self) -> str:
+        return f"FileCursor({str(self.path)!r})"
+
+
+class VariableCursor:
+    """A cursor in a Prefect variable (JSON value, at most 5,000 characters).
+
+    Args:
+        name: the variable's name (letters, digits, dashes and underscores).
+    """
+
+    def __init__(self, name: str) -> None:
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ComfyConfigError(
+                f"{name!r} is not a Prefect variable name: use letters, digits, '-' and '_', "
+                "as in --cursor variable:comfy-listener-cursor"
+            )
+        self.name = name
+        self.description = f"Prefect variable {name}"
+
+    async def load(self) -> CursorState | None:
+        from prefect.variables import Variable
+
+        value = await Variable.aget(self.name, default=None)
+        if value is None:
+            return None
+        try:
+            return CursorState.from_json(value)
+        except ValueError as exc:
+            logger.warning("ignoring the Prefect variable %s (%s)", self.name, exc)
+            return None
+
+    async def save(self, state: CursorState) -> None:
+        from prefect.variables import Variable
+
+        value = state.to_json()
+        del value["ended"][: max(0, len(value["ended"]) - 20)]  # room for what is in flight
+        entries = value["in_flight"]
+        dropped = 0
+        while entries and len(json.dumps(value)) > _VARIABLE_LIMIT:  # spaced: stricter than Prefect
+            cut = max(1, len(entries) // 10)
+            del entries[:cut]  # the oldest first
+            dropped += cut
+        if dropped:
+            logger.warning(
+                "the Prefect variable %s holds only the newest %d of %d resources in flight; "
+                "use a state file (--cursor PATH) to keep them all",
+                self.name,
+                len(entries),
+                len(entries) + dropped,
+            )
+        await Variable.aset(self.name, value, overwrite=True)
+
+    def __repr__(self) -> str:
+        return f"VariableCursor({self.name!r})"
+
+
+def default_cursor_path(connection_key: str, name: str | None = None) -> Path:
+    """``$PREFECT_HOME/comfy-listener/<name or default>-<hash of the server and key>.json``.
+
+    The hash is over the backend's connection key (itself a hash of the API key, never the key).
+    """
+    from prefect.settings import PREFECT_HOME
+
+    try:
+        home = Path(PREFECT_HOME.value()).expanduser()
+    except Exception:  # no Prefect home: our own
+        home = Path("~/.prefect-comfy").expanduser()
+    digest = hashlib.sha256(connection_key.encode()).hexdigest()[:12]
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in (name or "default"))
+    return home / "comfy-listener" / f"{slug}-{digest}.json"
+
+
+def open_cursor(spec: str | None, *, connection_key: str, name: str | None = None) -> Cursor | None:
+    """The cursor ``spec`` names: a path, ``variable:NAME``, ``none``; empty: ``COMFY_LISTENER_CURSOR``,
+    else the default state file (:func:`default_cursor_path`).
+
+    Raises:
+        ComfyConfigError: a variable name that Prefect would refuse.
+    """
+    spec = (spec if spec is not None else os.environ.get(CURSOR_ENV, "")).strip()
+    if spec.lower() in ("none", "off"):
+        return None
+    if spec.startswith("variable:"):
+        return VariableCursor(spec.removeprefix("variable:"))
+    if spec:
+        return FileCursor(spec)
+    return FileCursor(default_cursor_path(connection_key, name))
+
+
+class CursorKeeper:
+    """Restores a listener's in-flight memory from a cursor on start, and keeps the cursor saved.
+
+    Args:
+        cursor: where the state lives.
+        address: the backend's address (a cursor saved for another server is ignored).
+        in_flight: the listener's ``(kind, id) -> status`` memory (seeded on restore).
+        ended: the listener's memory of resources whose terminal event was queued (seeded on
+            restore; saved without those still pending).
+        pending: ``(kind, id)`` of the terminal events received but not yet sent to Prefect.
+        connected: whether the stream is up now (the watermark only moves while it is).
+        interval: seconds between two saves.
+    """
+
+    def __init__(
+        self,
+        cursor: Cursor,
+        *,
+        address: str,
+        in_flight: MutableMapping[tuple[str, str], Any],
+        ended: MutableMapping[tuple[str, str], Any],
+        pending: Callable[[], Iterable[tuple[str, str]]],
+        connected: Callable[[], bool],
+        interval: float = SAVE_INTERVAL,
+    ) -> None:
+        self.cursor = cursor
+        self.address = address
+        self.in_flight = in_flight
+        self.ended = ended
+        self.pending = pending
+        self.connected = connected
+        self.interval = interval
+        self.watermark: datetime | None = None
+        self.restored_watermark: datetime | None = None
+        self.caught_up = False
+        """Set once the restored state is reconciled: until then the watermark stays put."""
+        self.saves = 0
+        self._last: dict[str, Any] | None = None
+
+    async def restore(self) -> CursorState | None:
+        """Load the cursor and seed ``in_flight`` with it; the state, or ``None`` (none, unusable)."""
+        try:
+            state = await self.cursor.load()
+        except Exception as exc:
+            logger.warning(
+                "could not read the listener cursor (%s): %s", self.cursor.description, exc
+            )
+            return None
+        if state is None:
+            logger.info("no listener cursor yet (%s); starting afresh", self.cursor.description)
+            return None
+        if state.address != self.address:
+            logger.warning(
+                "the listener cursor (%s) belongs to %s, not %s: ignored",
+                self.cursor.description,
+                state.address,
+                self.address,
+            )
+            return None
+        for kind, rid, status in state.in_flight:
+            self.in_flight.setdefault((kind, rid), status)
+        for key in state.ended:
+            self.ended.setdefault(key, True)
+        self.watermark = self.restored_watermark = state.watermark
+        logger.info(
+            "listener cursor (%s): %d resources in flight, listening until %s",
+            self.cursor.description,
+            len(state.in_flight),
+            state.watermark.isoformat() if state.watermark else "never",
+        )
+        return state
+
+    def snapshot(self) -> CursorState:
+        """The state to save now."""
+        if self.caught_up and self.connected():
+            self.watermark = datetime.now(timezone.utc)
+        entries = {key: str(status) for key, status in self.in_flight.items()}
+        for key in self.pending():
+            entries.setdefault(key, "ended")
+        ended = [key for key in self.ended if key not in entries]
+        return CursorState(
+            self.address,
+            [(k, r, s) for (k, r), s in entries.items()],
+            self.watermark,
+            ended[-ENDED_SAVED:],
+        )
+
+    async def save(self, *, force: bool = False) -> None:
+        """Save the state if it changed (the watermark alone moves it every 30 s), or if ``force``."""
+        state = self.snapshot()
+        data = state.to_json()
+        last = self._last
+        same = last is not None and (last["in_flight"], last["ended"]) == (
+            data["in_flight"],
+            data["ended"],
+        )
+        if not force and same:
+            previous = last["watermark"]
+            if previous == data["watermark"] or (
+                previous
+                and data["watermark"]
+                and state.watermark
+                and state.watermark - datetime.fromisoformat(previous) < timedelta(seconds=30)
+            ):
+                return
+        await self.cursor.save(state)
+        self._last = data
+        self.saves += 1
+
+    async def save_quietly(self) -> None:
+        """Save now, whatever changed; a failure is logged (a stop must go on)."""
+        try:
+            await self.save(force=True)
+        except Exception as exc:
+            logger.warning(
+                "could not save the listener cursor (%s): %s", self.cursor.description, exc
+            )
+
+    async def catch_up(self, backend: Any, **hooks: Any) -> None:
+        """After a restart, list what changed since the restored watermark (once per run).
+
+        ``hooks`` go to :func:`prefect_comfy.listener.catchup.catch_up`. A failure is logged and
+        the catch-up is tried again after the next (re)connect; until it succeeds, the watermark
+        stays where the previous run left it.
+        """
+        from prefect_comfy.listener.catchup import CATCH_UP_SLACK, catch_up
+
+        if self.restored_watermark is not None:
+            since = self.restored_watermark - CATCH_UP_SLACK
+            try:
+                found = await catch_up(backend, since, **hooks)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("could not list what changed while the listener was down: %s", exc)
+                return
+            logger.info(
+                "caught up since %s: %d terminal events of resources never seen in flight",
+                since.isoformat(),
+                found,
+            )
+        self.caught_up = True
+
+    async def run(self) -> None:
+        """Save every ``interval`` seconds, forever (a failed save is logged and tried again)."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.save()
+                if failing:
+                    logger.info("the listener cursor is saved again (%s)", self.cursor.description)
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    logger.warning(
+                        "could not save the listener cursor (%s): %s", self.cursor.description, exc
+                    )
+                failing = True
