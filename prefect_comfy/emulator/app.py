@@ -26,6 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
 from prefect_comfy.emulator.control import control_routes
+from prefect_comfy.emulator.idempotency import Answer
+from prefect_comfy.emulator.limits import BodyLimit
 from prefect_comfy.emulator.routes import IDEMPOTENT_PATHS, api_routes
 from prefect_comfy.emulator.state import EmulatorState
 from prefect_comfy.emulator.storage import storage_routes
@@ -85,42 +87,47 @@ class ApiGate:
             await _send_error(fault.error(), scope, receive, send)
             return
         idem_key = headers.get("idempotency-key")
-        record_key = None
+        claim = None
         if scope["method"] == "POST" and path in IDEMPOTENT_PATHS and idem_key:
-            record_key = (owner, path, idem_key)
-            if record_key in state.idempotency:
-                status, body, ctype = state.idempotency[record_key]
+            held = await state.idempotency.claim((owner, path, idem_key))
+            if isinstance(held, Answer):
                 await Response(
-                    body,
-                    status_code=status,
-                    media_type=ctype,
+                    held.body,
+                    status_code=held.status,
+                    media_type=held.content_type,
                     headers={"Idempotent-Replayed": "true"},
                 )(scope, receive, send)
                 return
+            claim = held
         captured: list[Message] = []
 
         async def capture(message: Message) -> None:
             captured.append(message)
 
-        await self.app(scope, receive, capture)
-        start = next((m for m in captured if m["type"] == "http.response.start"), None)
-        status = start["status"] if start else 500
-        if record_key is not None and 200 <= status < 300:
-            body = b"".join(
-                m.get("body", b"") for m in captured if m["type"] == "http.response.body"
-            )
-            ctype = (
-                Headers(raw=start["headers"]).get("content-type", "application/json")
-                if start
-                else ""
-            )
-            state.idempotency[record_key] = (status, body, ctype)
+        answer = None
+        try:
+            await self.app(scope, receive, capture)
+            answer = _answer(captured)
+        finally:
+            if claim is not None:
+                keep = answer is not None and 200 <= answer.status < 300
+                state.idempotency.settle(claim, answer if keep else None)
         fault = state.take_fault(path, "after")
         if fault is not None:
             await _send_error(fault.error(), scope, receive, send)
             return
         for message in captured:
             await send(message)
+
+
+def _answer(captured: list[Message]) -> Answer:
+    """The status, body and content type of a captured response."""
+    start = next((m for m in captured if m["type"] == "http.response.start"), None)
+    if start is None:
+        return Answer(500, b"", "")
+    body = b"".join(m.get("body", b"") for m in captured if m["type"] == "http.response.body")
+    ctype = Headers(raw=start["headers"]).get("content-type", "application/json")
+    return Answer(start["status"], body, ctype)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -172,7 +179,10 @@ def create_app(config: EmulatorConfig) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ApiGate, state=state, keys=keys)],
+        middleware=[
+            Middleware(BodyLimit, max_bytes=config.max_request_bytes),
+            Middleware(ApiGate, state=state, keys=keys),
+        ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
         lifespan=lifespan,
     )

@@ -33,6 +33,11 @@ class EmulatorConfig(BaseModel):
         max_image_side: largest width or height of an output image (bigger requests are cut down).
         max_batch_images: most images one SaveImage/PreviewImage writes per job.
         ws_queue_size: frames a WebSocket connection may have waiting before it is closed with 1013.
+        ws_send_buffer_bytes: bytes of frames a WebSocket connection may have waiting (queued, or
+            handed to a socket that the client does not read) before it is closed with 1013.
+        ws_close_timeout: seconds a connection closed for reading too slowly gets to take its close
+            frame before its TCP stream is cut.
+        max_request_bytes: largest request body; a bigger one is answered 413 without being read.
         download_timeout: seconds the emulator waits on a ``from-url`` download.
         account_email: the e-mail shown by ``GET /account``.
     """
@@ -49,6 +54,9 @@ class EmulatorConfig(BaseModel):
     max_image_side: int = Field(default=1024, ge=1, le=4096)
     max_batch_images: int = Field(default=16, ge=1, le=256)
     ws_queue_size: int = Field(default=10_000, ge=1)
+    ws_send_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    ws_close_timeout: float = Field(default=2.0, gt=0)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     download_timeout: float = Field(default=10.0, gt=0)
     account_email: str = "developer@example.com"
 

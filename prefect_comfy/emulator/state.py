@@ -19,6 +19,7 @@ import httpx
 
 from prefect_comfy.emulator.bus import EventBus
 from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
+from prefect_comfy.emulator.idempotency import IdempotencyRecords
 from prefect_comfy.emulator.images import make_png, png_size
 from prefect_comfy.emulator.records import (
     IdFactory,
@@ -80,11 +81,14 @@ class EmulatorState:
         self.config = config
         self.ids = IdFactory(config.seed)
         self.secret = self.ids.token(32).encode()
-        self.bus = EventBus(self.ids.new, now_iso, config.ws_queue_size)
+        self.bus = EventBus(
+            self.ids.new, now_iso, config.ws_queue_size,
+            max_bytes=config.ws_send_buffer_bytes, close_timeout=config.ws_close_timeout,
+        )  # fmt: skip
         self.jobs: dict[str, JobRecord] = {}
         self.uploads: dict[str, UploadRecord] = {}
         self.outputs: dict[str, OutputRecord] = {}
-        self.idempotency: dict[tuple[str, str, str], tuple[int, bytes, str]] = {}
+        self.idempotency = IdempotencyRecords()
         self.faults: list[Fault] = []
         self.requests_total = 0
         self._save_counters: Counter[tuple[str, str]] = Counter()
@@ -143,6 +147,7 @@ class EmulatorState:
             "ws_connections_open": len(self.bus.connections),
             "ws_connections_total": self.bus.ws_connections_total,
             "ws_handshakes_refused": self.bus.ws_handshakes_refused,
+            "ws_closed_slow": self.bus.ws_closed_slow,
             "requests_total": self.requests_total,
             "jobs": {status: counts.get(status, 0) for status in JOB_STATUSES},
             "events_sent": self.bus.events_sent,
