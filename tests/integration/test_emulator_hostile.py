@@ -89,9 +89,9 @@ async def test_deep_json_is_refused_on_every_json_route(server: EmulatorServer) 
 @pytest.mark.parametrize(
     "raw",
     [
-        '{"workflow": %s}' % json.dumps(QUICK).replace('"color": 0', '"color": 0, "x": NaN'),
-        '{"workflow": %s}' % json.dumps(QUICK).replace('"color": 0', '"color": -Infinity'),
-        '{"workflow": %s}' % json.dumps(QUICK).replace('"color": 0', '"color": 1e999'),
+        '{"workflow": ' + json.dumps(QUICK).replace('"color": 0', '"color": 0, "x": NaN') + "}",
+        '{"workflow": ' + json.dumps(QUICK).replace('"color": 0', '"color": -Infinity') + "}",
+        '{"workflow": ' + json.dumps(QUICK).replace('"color": 0', '"color": 1e999') + "}",
         json.dumps({"workflow": with_input("\ud800")}),
     ],
     ids=["nan", "infinity", "overflow", "lone-surrogate"],
