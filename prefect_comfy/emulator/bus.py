@@ -16,7 +16,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prefect_comfy.backends.cloud.protocol import matches_any
 
@@ -90,6 +90,15 @@ class Connection:
             self._watchdog.cancel()
 
 
+class Listener(Protocol):
+    """An in-process consumer of events (the v2 face's SSE streams): it gets every event of every
+    account, subject to pause, duplicates and drops like a WebSocket connection."""
+
+    def deliver(self, owner: str, name: str, payload: dict[str, Any]) -> None: ...
+
+    def drop(self) -> None: ...
+
+
 class EventBus:
     """Routes events to connections; counts what it does; holds events while paused."""
 
@@ -109,6 +118,8 @@ class EventBus:
         self.connections: set[Connection] = set()
         self.paused = False
         self.duplicate = False
+        self.listeners: set[Listener] = set()
+        self._held_for_listeners: list[tuple[Listener, str, str, dict[str, Any]]] = []
         self.abort_transport: Callable[[Connection], bool] | None = None
         """Set by :class:`EmulatorServer`: cut a connection's TCP stream without a close frame."""
         self.reset_counters()
@@ -137,7 +148,9 @@ class EventBus:
         conn.finished()
 
     def publish(self, owner: str, name: str, payload: dict[str, Any]) -> None:
-        """Send an event to every matching connection of ``owner`` (twice while duplicating)."""
+        """Send an event to every matching connection of ``owner`` and to every listener (twice
+        while duplicating)."""
+        self.tell_listeners(owner, name, payload)
         targets = [
             c for c in self.connections if c.owner == owner and matches_any(c.patterns, name)
         ]
@@ -159,13 +172,26 @@ class EventBus:
                 else:
                     conn.offer(frame)
 
+    def tell_listeners(self, owner: str, name: str, payload: dict[str, Any]) -> None:
+        """Hand an event to the listeners only (events that the WebSocket protocol does not have)."""
+        for listener in list(self.listeners):
+            for _ in range(2 if self.duplicate else 1):
+                if self.paused:
+                    self._held_for_listeners.append((listener, owner, name, payload))
+                else:
+                    listener.deliver(owner, name, payload)
+
     def pause(self) -> None:
         self.paused = True
 
     def resume(self) -> int:
         """Deliver every held frame, in order; return how many."""
         self.paused = False
-        count = 0
+        count = len(self._held_for_listeners)
+        held_events, self._held_for_listeners = self._held_for_listeners, []
+        for listener, owner, name, payload in held_events:
+            if listener in self.listeners:
+                listener.deliver(owner, name, payload)
         for conn in list(self.connections):
             held, conn.held = conn.held, []
             for frame in held:
@@ -181,6 +207,8 @@ class EventBus:
 
     def drop_all(self) -> int:
         """Cut every connection: abruptly when the server can, else with close code 1012."""
+        for listener in list(self.listeners):
+            listener.drop()
         conns = list(self.connections)
         for conn in conns:
             if self.abort_transport is None or not self.abort_transport(conn):

@@ -65,6 +65,15 @@ class IdempotencyRecords:
                 return entry
             await asyncio.shield(entry)
 
+    def try_claim(self, key: RecordKey) -> Claim | None:
+        """A :class:`Claim` when nobody used ``key`` before, else ``None`` at once (single-use
+        keys: a duplicate is refused whether the first request is still running or not)."""
+        if key in self._entries:
+            return None
+        claim = Claim(key, asyncio.get_running_loop().create_future())
+        self._entries[key] = claim.done
+        return claim
+
     def settle(self, claim: Claim, answer: Answer | None) -> None:
         """End a claim: keep ``answer`` for its key, or release the key (``None``)."""
         if self._entries.get(claim.key) is claim.done:

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,8 +32,13 @@ def body_too_large(max_bytes: int) -> ApiError:
 class BodyLimit:
     """ASGI middleware in front of every HTTP route (API, storage and controls)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        shape: Callable[[str, ApiError], ApiError] = lambda path, error: error,
+    ) -> None:
+        self.app, self.max_bytes, self.shape = app, max_bytes, shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,7 +46,8 @@ class BodyLimit:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await body_too_large(self.max_bytes).response()(scope, receive, send)
+            error = self.shape(scope.get("path", ""), body_too_large(self.max_bytes))
+            await error.response()(scope, receive, send)
             return
         received = 0
 

@@ -10,15 +10,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 
 from prefect_comfy.emulator.bus import EventBus
-from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
+from prefect_comfy.emulator.config import EmulatorConfig
+from prefect_comfy.emulator.faults import Fault
 from prefect_comfy.emulator.idempotency import IdempotencyRecords
 from prefect_comfy.emulator.images import make_png, png_size
 from prefect_comfy.emulator.records import (
@@ -46,34 +46,6 @@ UPLOAD_URL_LIFETIME = timedelta(hours=1)
 IMAGE_OUTPUT_CLASSES = ("SaveImage", "PreviewImage")
 
 
-@dataclass
-class Fault:
-    """An injected failure: the next ``remaining`` matching API requests get ``status``."""
-
-    status: int
-    remaining: int
-    retry_after: float | None = None
-    path: str | None = None
-    when: str = "before"
-
-    def matches(self, path: str) -> bool:
-        if not self.path:
-            return True
-        relative = path[len(API_PREFIX) :] if path.startswith(API_PREFIX) else path
-        return path.startswith(self.path) or relative.startswith(self.path)
-
-    def error(self) -> ApiError:
-        if self.status == 429:
-            headers = {}
-            if self.retry_after is not None:
-                value = self.retry_after
-                headers["Retry-After"] = (
-                    str(int(value)) if float(value).is_integer() else str(value)
-                )
-            return ApiError(429, "rate_limited", "rate limit exceeded (injected)", headers=headers)
-        return ApiError(self.status, "internal_error", f"server error {self.status} (injected)")
-
-
 class EmulatorState:
     """The state and behaviour behind one emulator app."""
 
@@ -95,6 +67,8 @@ class EmulatorState:
         self._queue: asyncio.Queue[str] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_reset: list[Callable[[], None]] = []
+        """Called by :meth:`reset` (a face that keeps state of its own forgets it there)."""
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _ensure_workers(self) -> asyncio.Queue[str]:
@@ -134,6 +108,8 @@ class EmulatorState:
             conn.held.clear()
         self.requests_total = 0
         self.bus.reset_counters()
+        for forget in self.on_reset:
+            forget()
 
     def reset_faults(self) -> None:
         """Clear injected HTTP faults, the event pause (held events are delivered) and duplicates."""
@@ -280,10 +256,11 @@ class EmulatorState:
     async def _run(self, job: JobRecord) -> None:
         job.status = "running"
         job.started_at = now_iso()
+        self.bus.tell_listeners(job.owner, "job.running", {"id": job.id})
         plan = execution_plan(job.workflow)
         total = max(1, sum(run.steps for run in plan))
         done = 0
-        for run in plan:
+        for index, run in enumerate(plan):
             for step in range(1, run.steps + 1):
                 if job.cancel_requested:  # the checkpoint before every step
                     self._finish(job, "cancelled")
@@ -295,6 +272,11 @@ class EmulatorState:
                     return
                 done += 1
                 job.progress = 100.0 if done == total else round(100 * done / total, 2)
+                job.live = {
+                    "node_id": run.node_id, "node_class": run.class_type, "step": step,
+                    "steps": run.steps, "nodes_done": index + (step == run.steps),
+                    "nodes_total": len(plan),
+                }  # fmt: skip
                 self.bus.publish(job.owner, "job.progress", self._progress(job, run, step))
             if run.fails:
                 self._finish(job, "failed", self._failure(job, run))
@@ -354,7 +336,7 @@ class EmulatorState:
                     OutputRecord(
                         id=self.ids.new("out"), job_id=job.id, owner=job.owner,
                         name=self._output_name(job.owner, node), data=data, origin=job.origin,
-                        tags=list(job.tags), created_at=now_iso(),
+                        tags=list(job.tags), created_at=now_iso(), node_id=node_id,
                     )
                 )  # fmt: skip
         return outputs
