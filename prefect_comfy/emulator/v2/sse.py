@@ -71,9 +71,9 @@ async def _frames(face: V2Face, stream: JobStream, origin: str) -> AsyncIterator
         yield frame("status", {"status": sent, "queue_position": queue_position(face, job)})
         if sent in TERMINAL_V2:
             return
-        snapshot = progress_of(job)
-        if snapshot is not None:
-            yield frame("progress", snapshot)
+        last = progress_of(job)
+        if last is not None:
+            yield frame("progress", last)
         while True:
             try:
                 name, _ = await asyncio.wait_for(
@@ -92,9 +92,13 @@ async def _frames(face: V2Face, stream: JobStream, origin: str) -> AsyncIterator
                 yield frame("status", {"status": now, "queue_position": queue_position(face, job)})
             if name == "job.progress" and now not in TERMINAL_V2:
                 snapshot = progress_of(job)
-                if snapshot is not None:
+                if snapshot is not None and snapshot != last:
+                    last = snapshot
                     yield frame("progress", snapshot)
             if now in TERMINAL_V2:
+                snapshot = progress_of(job)
+                if now == "succeeded" and snapshot is not None and snapshot != last:
+                    yield frame("progress", snapshot)  # the 100 % that the last step made
                 for output in job.outputs:
                     yield frame("output", output_of(output, origin))
                 yield frame("status", {"status": now, "queue_position": None})
