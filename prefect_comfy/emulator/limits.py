@@ -45,7 +45,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
             error = self.shape(scope.get("path", ""), body_too_large(self.max_bytes))
             await error.response()(scope, receive, send)
             return

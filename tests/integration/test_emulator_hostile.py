@@ -299,3 +299,19 @@ async def test_a_slow_reader_of_small_frames_keeps_its_connection(server: Emulat
                 if frame.get("data", {}).get("event") == "job.completed":
                     done.add(frame["data"]["payload"]["id"])
     assert server.stats()["ws_closed_slow"] == 0
+
+
+async def test_unicode_digits_in_node_ids_and_numbers_are_no_crash(server: EmulatorServer) -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` fails: node ids and numbers are read as ASCII."""
+    workflow = {
+        "²": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "1": {"class_type": "SaveImage", "inputs": {"images": ["²", 0], "filename_prefix": "u"}},
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=server.api_url, headers=AUTH, timeout=10) as http:
+        answer = await http.post("/workflows/validate", json={"workflow": workflow})
+        assert answer.status_code == 200, answer.text[:300]
+        job = (await http.post("/jobs", json={"workflow": workflow})).json()
+        await eventually(lambda: server.state.jobs[job["id"]].status == "completed")
+    async with httpx.AsyncClient(base_url=server.url + "/api/v2", headers=AUTH, timeout=10) as v2:
+        answer = await v2.get("/jobs", params={"limit": "²"})
+        assert answer.status_code == 422, answer.text[:300]

@@ -178,7 +178,8 @@ async def test_list_by_metadata_with_cursor(http) -> None:
         if cursor is None:
             break
     assert seen == list(reversed(ids)), "newest first, each once"
-    error_of(await http.get("/jobs", params={"cursor": "bm9wZQ"}), 422, "invalid_request")
+    error_of(await http.get("/jobs", params={"cursor": "bm9wZQ"}), 422, "invalid_cursor")
+    error_of(await http.get("/jobs", params={"metadata": "x"}), 422, "invalid_metadata_filter")
     error_of(await http.get("/jobs", params={"limit": "0"}), 422, "invalid_request")
 
 

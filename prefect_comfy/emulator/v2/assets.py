@@ -42,7 +42,7 @@ def _file_path(value: Any) -> str:
 def _expires_in(value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 60 <= value <= 604_800:
         raise invalid("'expires_in' must be seconds from 60 to 604800", "expires_in")

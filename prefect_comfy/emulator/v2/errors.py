@@ -40,6 +40,8 @@ V2_ERROR_CODES = frozenset(
         "not_implemented",
         "asset_in_use",
         "metadata_invalid",
+        "invalid_cursor",
+        "invalid_metadata_filter",
         # bad input that the contract leaves unnamed
         "invalid_request",
         "method_not_allowed",

@@ -229,7 +229,9 @@ def _after(cursor: str) -> str:
     try:
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except ValueError:
-        raise invalid("'cursor' is not a cursor this server gave out", "cursor") from None
+        raise V2Error(
+            422, "invalid_cursor", "'cursor' is not a cursor this server gave out"
+        ) from None
 
 
 async def list_jobs(request: Request) -> Response:
@@ -237,13 +239,21 @@ async def list_jobs(request: Request) -> Response:
     if not face.config.v2_list_jobs:
         raise V2Error(501, "not_implemented", "listing jobs is not implemented on this server")
     raw_limit = request.query_params.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100:
         raise invalid("'limit' must be an integer from 1 to 100", "limit")
     wanted: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
-        if key.startswith("metadata[") and key.endswith("]") and len(key) > len("metadata[]"):
+        if key.startswith("metadata"):
+            if not (key.startswith("metadata[") and key.endswith("]") and len(key) > 10):
+                raise V2Error(
+                    422, "invalid_metadata_filter", "filter by metadata as metadata[<key>]=<value>"
+                )
             wanted[key[len("metadata[") : -1]] = value
-        elif key not in ("limit", "cursor"):
+        if len(wanted) > MAX_METADATA:
+            raise V2Error(
+                422, "invalid_metadata_filter", f"at most {MAX_METADATA} metadata filters"
+            )
+        elif key not in ("limit", "cursor") and not key.startswith("metadata"):
             raise invalid(f"unknown query parameter {key!r}", key)
     jobs = [
         j
@@ -255,7 +265,7 @@ async def list_jobs(request: Request) -> Response:
         after = _after(cursor)
         index = next((i for i, j in enumerate(jobs) if j.id == after), None)
         if index is None:
-            raise invalid("'cursor' is not a cursor this server gave out", "cursor")
+            raise V2Error(422, "invalid_cursor", "'cursor' is not a cursor this server gave out")
         jobs = jobs[index + 1 :]
     page = jobs[: int(raw_limit)]
     origin = origin_of(request)
