@@ -114,6 +114,10 @@ class ApiGate:
                 )(scope, receive, send)
                 return
             claim = held
+        if claim is None and not state.has_fault(path, "after"):
+            # Nothing to store or replace: stream the answer as it comes (SSE needs this).
+            await self.app(scope, receive, send)
+            return
         captured: list[Message] = []
 
         async def capture(message: Message) -> None:

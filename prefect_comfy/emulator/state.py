@@ -133,6 +133,9 @@ class EmulatorState:
     def add_fault(self, fault: Fault) -> None:
         self.faults.append(fault)
 
+    def has_fault(self, path: str, when: str) -> bool:
+        return any(f.when == when and f.remaining > 0 and f.matches(path) for f in self.faults)
+
     def take_fault(self, path: str, when: str) -> Fault | None:
         for fault in self.faults:
             if fault.when == when and fault.remaining > 0 and fault.matches(path):

@@ -438,3 +438,14 @@ async def test_surfaces_without_sse_or_listing_answer_501() -> None:
             job = await submit(http, QUICK)
             error_of(await http.get(f"/jobs/{job['id']}/events"), 501, "not_implemented")
             error_of(await http.get("/jobs"), 501, "not_implemented")
+
+
+async def test_frames_arrive_while_the_job_runs(http) -> None:
+    """The stream is not held back until it ends (it once was, by the middleware)."""
+    job = await submit(http, sleeper(30))
+    async with asyncio.timeout(5), http.stream("GET", f"/jobs/{job['id']}/events") as answer:
+        lines = answer.aiter_lines()
+        while await anext(lines) != "event: progress":
+            pass
+        assert (await http.get(f"/jobs/{job['id']}")).json()["status"] == "running"
+    await http.post(f"/jobs/{job['id']}/cancel")
