@@ -185,6 +185,7 @@ def create_app(config: EmulatorConfig) -> Starlette:
 
     face = V2Face(state)
     state.on_reset.append(face.reset)
+    state.on_reset_faults.append(face.injected.clear)
     routes: list[Any] = [
         *v2_routes(),
         *api_routes(),
