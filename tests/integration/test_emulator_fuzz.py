@@ -48,6 +48,15 @@ ENDPOINTS = [
     ("POST", "/models/get-upload-url"), ("GET", "/models/{id}"), ("DELETE", "/models/{id}"),
     ("POST", "/models/{id}/complete"),
 ]  # fmt: skip
+V2_ENDPOINTS = [
+    ("POST", "/api/v2/jobs"), ("GET", "/api/v2/jobs"), ("GET", "/api/v2/jobs/{id}"),
+    ("GET", "/api/v2/jobs/{id}/workflow"), ("POST", "/api/v2/jobs/{id}/cancel"),
+    ("POST", "/api/v2/assets"), ("POST", "/api/v2/assets/from-hash"),
+    ("HEAD", "/api/v2/assets/by-hash/{id}"), ("GET", "/api/v2/assets/{id}"),
+    ("DELETE", "/api/v2/assets/{id}"), ("GET", "/api/v2/assets/{id}/content"),
+]  # fmt: skip
+"""The v2 face's routes (not the event stream, which stays open while a job runs)."""
+ENDPOINTS += V2_ENDPOINTS
 """Every API route with its method; the fuzzer also tries other methods and routes that do not exist."""
 ROUTES = [route for _, route in ENDPOINTS] + ["/ws", "/archives", "/{id}", ""]
 KNOWN = "KNOWN-ID"
@@ -56,7 +65,8 @@ state that changes between runs)."""
 QUERY_NAMES = ["offset", "limit", "tags", "status", "batch_id", "job_id", "type", "sig", "x"]
 JSON_FIELDS = [
     "workflow", "tags", "jobs", "url", "name", "type", "metadata", "mime_type", "size",
-    "display_name", "trained_words", "class_type", "inputs", "x",
+    "display_name", "trained_words", "class_type", "inputs", "x", "hash", "file_path",
+    "extra_data", "webhook_url",
 ]  # fmt: skip
 
 
@@ -99,6 +109,9 @@ def plausible_bodies() -> st.SearchStrategy[Any]:
             "size": st.integers(min_value=-5, max_value=2**40) | json_values(),
             "metadata": json_values(),
             "x": json_values(),
+            "hash": st.sampled_from(["blake3:" + "0" * 64, "blake3:x", "sha256:1"]),
+            "file_path": st.sampled_from(["a.png", "../a", "/abs", ""]) | st.text(max_size=5),
+            "extra_data": json_values(),
         },
     )
 
@@ -125,7 +138,23 @@ def multipart_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
         st.sampled_from(["b0undary", "x", ""]) | st.text("abc-_", min_size=1, max_size=10)
     )
     names = draw(
-        st.lists(st.sampled_from(["file", "name", "tags", "type", "metadata", "other"]), max_size=5)
+        st.lists(
+            st.sampled_from(
+                [
+                    "file",
+                    "name",
+                    "tags",
+                    "type",
+                    "metadata",
+                    "other",
+                    "content_type",
+                    "file_path",
+                    "expected_hash",
+                    "expires_in",
+                ]
+            ),
+            max_size=6,
+        )
     )
     parts = []
     for name in names:
@@ -205,8 +234,12 @@ def fuzzed_requests(draw: st.DrawFn, real_routes: bool) -> dict[str, Any]:
     path = draw(
         st.sampled_from([API_PREFIX, API_PREFIX, "/_storage/outputs/x", "/_storage/uploads"])
     )
-    path = path + route if path == API_PREFIX else path + "/" + ident
+    path = path + route if path in ("", API_PREFIX) else path + "/" + ident
     query = draw(st.dictionaries(st.sampled_from(QUERY_NAMES), st.text(max_size=12), max_size=3))
+    if draw(st.booleans()):
+        query[draw(st.sampled_from(["metadata[a]", "metadata", "metadata[]", "cursor"]))] = draw(
+            st.text(max_size=6)
+        )
     headers = dict(AUTH)
     kind = draw(
         st.sampled_from(
@@ -250,6 +283,7 @@ def account_view(http: httpx.Client, emu: EmulatorServer) -> dict[str, Any]:
         body = answer.json()
         view[plural] = (body["total"], sorted(item["id"] for item in body[plural]))
     view["idempotency"] = len(emu.state.idempotency)
+    view["assets"] = len(emu.app.state.v2.assets)
     view["outputs"] = set(emu.state.outputs)  # outputs appear as jobs end: compared as a subset
     return view
 
