@@ -65,7 +65,9 @@ class JobStream:
 
 async def _frames(face: V2Face, stream: JobStream, origin: str) -> AsyncIterator[bytes]:
     state = face.state
-    job = state.jobs[stream.job_id]
+    job = state.jobs.get(stream.job_id)
+    if job is None:  # forgotten by a reset between the answer and its first frame
+        return
     try:
         sent = status_of(job)
         yield frame("status", {"status": sent, "queue_position": queue_position(face, job)})
