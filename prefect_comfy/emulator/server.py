@@ -76,7 +76,12 @@ class EmulatorServer:
         self._server = uvicorn.Server(config)
         # Two listening sockets: the API, and the storage stand-in on an origin of its own, so
         # that a client following a v2 content redirect there must (and httpx does) drop its key.
-        sockets = [_listen(self.config.host, self.config.port), _listen(self.config.host, 0)]
+        api_socket = _listen(self.config.host, self.config.port)
+        try:
+            sockets = [api_socket, _listen(self.config.host, 0)]
+        except OSError:
+            api_socket.close()
+            raise
         host = self.config.host
         host = f"[{host}]" if ":" in host else host
         self.app.state.storage_origin = f"http://{host}:{sockets[1].getsockname()[1]}"
