@@ -1,9 +1,11 @@
-"""A local emulator of the Comfy Cloud developer API, for tests and the demo.
+"""A local emulator of the Comfy Cloud developer API and of Comfy API v2, for tests and the demo.
 
 Strict about what it accepts, faithful in what it answers; see ``docs/emulator.md``. Its parts:
 ``wire`` (request models, errors), ``nodes``/``workflow`` (what a graph may hold), ``images`` (PNGs),
-``records``/``state``/``bus`` (resources, the executor, events), ``routes``/``ws``/``storage``/``control``
-(HTTP), ``app`` (:func:`create_app`), ``server`` (:class:`EmulatorServer`) and ``cli``.
+``records``/``state``/``uploads``/``bus`` (resources, the executor, events), ``faults``,
+``idempotency`` and ``limits`` (what the gate in front of the routes applies),
+``routes``/``ws``/``storage``/``control`` (HTTP), ``v2`` (the Comfy API v2 face on the same state),
+``app`` (:func:`create_app`), ``server`` (:class:`EmulatorServer`) and ``cli``.
 
 Names are imported when first used, so that ``prefect-comfy --help`` (which imports ``cli``) stays fast.
 """

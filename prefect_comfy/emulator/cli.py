@@ -53,6 +53,7 @@ def emulator(
         signal.signal(signum, lambda *_: stop.set())
     with EmulatorServer(config) as server:
         typer.echo(f"Comfy emulator listening on {server.url} (API at {server.api_url})")
+        typer.echo(f"Comfy API v2 face at {server.url}/api/v2 (COMFY_BASE_URL={server.v2_url})")
         typer.echo(f"{len(keys)} API key(s) accepted; test controls at {server.url}/_emulator/")
         while not stop.wait(0.5):
             pass

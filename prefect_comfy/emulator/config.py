@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 API_PREFIX = "/developer/api/v1"
 """Where the REST routes and the WebSocket hang (the same prefix as the real service)."""
+V2_PREFIX = "/api/v2"
+"""Where the Comfy API v2 face hangs (same port, same keys, same state)."""
 CONTROL_PREFIX = "/_emulator"
 """The reserved prefix of the test controls (no authentication)."""
 STORAGE_PREFIX = "/_storage"
@@ -33,6 +35,16 @@ class EmulatorConfig(BaseModel):
         max_image_side: largest width or height of an output image (bigger requests are cut down).
         max_batch_images: most images one SaveImage/PreviewImage writes per job.
         ws_queue_size: frames a WebSocket connection may have waiting before it is closed with 1013.
+        ws_send_buffer_bytes: bytes of frames a WebSocket connection may have waiting (queued, or
+            handed to a socket that the client does not read) before it is closed with 1013.
+        ws_close_timeout: seconds a connection closed for reading too slowly gets to take its close
+            frame before its TCP stream is cut.
+        max_request_bytes: largest request body; a bigger one is answered 413 without being read.
+        v2_max_streams: SSE streams the v2 face keeps open at once (the proxy's cap is 8).
+        v2_stream_retry_after: the ``Retry-After`` (seconds) of a 429 ``too_many_streams``.
+        v2_keepalive_seconds: the keep-alive comment interval of a quiet SSE stream.
+        v2_sse: ``False`` answers the event streams 501 ``not_implemented`` (a surface without SSE).
+        v2_list_jobs: ``False`` answers ``GET /api/v2/jobs`` 501, as Comfy Cloud does.
         download_timeout: seconds the emulator waits on a ``from-url`` download.
         account_email: the e-mail shown by ``GET /account``.
     """
@@ -49,6 +61,14 @@ class EmulatorConfig(BaseModel):
     max_image_side: int = Field(default=1024, ge=1, le=4096)
     max_batch_images: int = Field(default=16, ge=1, le=256)
     ws_queue_size: int = Field(default=10_000, ge=1)
+    ws_send_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    ws_close_timeout: float = Field(default=2.0, gt=0)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    v2_max_streams: int = Field(default=8, ge=0)
+    v2_stream_retry_after: int = Field(default=5, ge=0)
+    v2_keepalive_seconds: float = Field(default=15.0, gt=0)
+    v2_sse: bool = True
+    v2_list_jobs: bool = True
     download_timeout: float = Field(default=10.0, gt=0)
     account_email: str = "developer@example.com"
 

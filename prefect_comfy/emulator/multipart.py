@@ -35,6 +35,11 @@ def _header_params(value: str) -> Message:
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, Part]:
     """The fields of a multipart body, by name (the last one wins); 400 if it is not multipart."""
+    return dict(parse_multipart_all(content_type, body))
+
+
+def parse_multipart_all(content_type: str, body: bytes) -> list[tuple[str, Part]]:
+    """Every field of a multipart body in order, repeated names kept (``tags`` in v2)."""
     if not content_type.lower().startswith("multipart/form-data"):
         raise ApiError(400, "invalid_request", "expected a multipart/form-data body")
     boundary = _header_params(content_type).get_param("boundary")
@@ -44,7 +49,7 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Part]:
     pieces = body.split(delimiter)
     if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
         raise ApiError(400, "invalid_request", "malformed multipart body")
-    fields: dict[str, Part] = {}
+    fields: list[tuple[str, Part]] = []
     for piece in pieces[1:-1]:
         piece = piece.removeprefix(b"\r\n").removesuffix(b"\r\n")
         head, sep, data = piece.partition(b"\r\n\r\n")
@@ -61,9 +66,10 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Part]:
         if not isinstance(name, str):
             raise ApiError(400, "invalid_request", "multipart part without a name")
         filename = disposition.get_param("filename")
-        fields[name] = Part(
+        part = Part(
             data=data,
             filename=filename if isinstance(filename, str) else None,
             content_type=headers.get("content-type"),
         )
+        fields.append((name, part))
     return fields

@@ -75,6 +75,7 @@ class OutputRecord:
     created_at: str
     type: str = "image"
     mime_type: str = "image/png"
+    node_id: str = ""
 
     def wire(self, secret: bytes) -> dict[str, Any]:
         return {
@@ -106,6 +107,12 @@ class JobRecord:
     error: dict[str, Any] | None = None
     outputs: list[OutputRecord] = field(default_factory=list)
     cancel_requested: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Labels given on the v2 face (``metadata``); the v1 face neither shows nor sets them."""
+    asset_ids: list[str] = field(default_factory=list)
+    """The v2 assets its workflow referred to (``core/ASSET``)."""
+    live: dict[str, Any] = field(default_factory=dict)
+    """Where a running job is (node, step, node counts), for the v2 face's progress snapshots."""
 
     def wire(self, secret: bytes) -> dict[str, Any]:
         return _drop_none(

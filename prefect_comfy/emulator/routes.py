@@ -3,7 +3,6 @@ idempotency are handled before these run, by :class:`prefect_comfy.emulator.app.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,6 +25,7 @@ from prefect_comfy.emulator.wire import (
     ModelMetadata,
     ValidateWorkflow,
     parse_body,
+    parse_json,
     split_tags,
     validate_model,
 )
@@ -180,9 +180,9 @@ def _metadata(raw: Part | None) -> dict[str, Any]:
     if raw is None or not raw.data:
         return {}
     try:
-        data = json.loads(raw.data)
-    except ValueError:
-        raise _invalid("metadata", "must be a JSON object") from None
+        data = parse_json(raw.data)
+    except ApiError as exc:
+        raise _invalid("metadata", f"must be a JSON object ({exc.message})") from None
     if not isinstance(data, dict):
         raise _invalid("metadata", "must be a JSON object")
     return validate_model(ModelMetadata, data).model_dump(exclude_none=True)

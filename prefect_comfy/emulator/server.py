@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +25,19 @@ from prefect_comfy.emulator.state import EmulatorState, Fault
 T = TypeVar("T")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 class EmulatorServer:
@@ -60,9 +74,20 @@ class EmulatorServer:
             ws_ping_interval=None,
         )
         self._server = uvicorn.Server(config)
+        # Two listening sockets: the API, and the storage stand-in on an origin of its own, so
+        # that a client following a v2 content redirect there must (and httpx does) drop its key.
+        api_socket = _listen(self.config.host, self.config.port)
+        try:
+            sockets = [api_socket, _listen(self.config.host, 0)]
+        except OSError:
+            api_socket.close()
+            raise
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        self.app.state.storage_origin = f"http://{host}:{sockets[1].getsockname()[1]}"
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="comfy-emulator", daemon=True
+            target=self._serve, args=(ready, sockets), name="comfy-emulator", daemon=True
         )
         self._thread.start()
         if not ready.wait(START_TIMEOUT) or not self._server.started:
@@ -73,7 +98,7 @@ class EmulatorServer:
         self.state.bus.abort_transport = self._abort_transport
         return self
 
-    def _serve(self, ready: threading.Event) -> None:
+    def _serve(self, ready: threading.Event, sockets: list[socket.socket]) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
@@ -81,7 +106,7 @@ class EmulatorServer:
         assert server is not None
 
         async def main() -> None:
-            task = asyncio.create_task(server.serve())
+            task = asyncio.create_task(server.serve(sockets=sockets))
             while not server.started and not task.done():
                 await asyncio.sleep(0.005)
             ready.set()
@@ -133,6 +158,17 @@ class EmulatorServer:
     @property
     def api_url(self) -> str:
         return self.url + API_PREFIX
+
+    @property
+    def v2_url(self) -> str:
+        """The base URL of the v2 face for clients that append ``/api/v2`` themselves (comfy-sdk's
+        ``COMFY_BASE_URL``): the origin."""
+        return self.url
+
+    @property
+    def storage_origin(self) -> str:
+        """Where v2 content redirects point: the storage stand-in on a port of its own."""
+        return self.app.state.storage_origin
 
     @property
     def ws_url(self) -> str:
@@ -188,6 +224,28 @@ class EmulatorServer:
             self.state.bus.duplicate = enabled
 
         self._call(flip)
+
+    def v2_stats(self) -> dict[str, Any]:
+        """The v2 face's counters: ``streams_open``, ``streams_peak``, ``streams_refused``, ``assets``."""
+        return self._call(self.app.state.v2.stats)
+
+    def inject_v2_error(
+        self,
+        code: str,
+        count: int = 1,
+        retry_after: float | None = None,
+        path: str = "/jobs",
+        method: str = "POST",
+    ) -> None:
+        """The next ``count`` v2 ``method`` requests under ``path`` (below ``/api/v2``) get the
+        contract's error ``code`` (``insufficient_credits``, ``queue_full``, …) with its status."""
+        from prefect_comfy.emulator.v2.errors import STATUS_OF
+        from prefect_comfy.emulator.v2.face import InjectedError
+
+        if code not in STATUS_OF or count < 1:
+            raise ValueError(f"code must be one of {', '.join(sorted(STATUS_OF))}; count >= 1")
+        item = InjectedError(code, count, retry_after, path, method)
+        self._call(lambda: self.app.state.v2.injected.append(item))
 
     def _abort_transport(self, conn: Connection) -> bool:
         """Close a WebSocket's TCP stream without a close frame (runs on the server's loop)."""

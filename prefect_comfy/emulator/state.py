@@ -10,15 +10,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import httpx
-
 from prefect_comfy.emulator.bus import EventBus
-from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
+from prefect_comfy.emulator.config import EmulatorConfig
+from prefect_comfy.emulator.faults import Fault
+from prefect_comfy.emulator.idempotency import IdempotencyRecords
 from prefect_comfy.emulator.images import make_png, png_size
 from prefect_comfy.emulator.records import (
     IdFactory,
@@ -27,6 +25,7 @@ from prefect_comfy.emulator.records import (
     UploadRecord,
     now_iso,
 )
+from prefect_comfy.emulator.uploads import UploadsMixin
 from prefect_comfy.emulator.wire import ApiError, not_found
 from prefect_comfy.emulator.workflow import (
     NodeRun,
@@ -41,56 +40,34 @@ from prefect_comfy.models import JOB_TERMINAL
 logger = logging.getLogger(__name__)
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-UPLOAD_URL_LIFETIME = timedelta(hours=1)
 IMAGE_OUTPUT_CLASSES = ("SaveImage", "PreviewImage")
 
 
-@dataclass
-class Fault:
-    """An injected failure: the next ``remaining`` matching API requests get ``status``."""
-
-    status: int
-    remaining: int
-    retry_after: float | None = None
-    path: str | None = None
-    when: str = "before"
-
-    def matches(self, path: str) -> bool:
-        if not self.path:
-            return True
-        relative = path[len(API_PREFIX) :] if path.startswith(API_PREFIX) else path
-        return path.startswith(self.path) or relative.startswith(self.path)
-
-    def error(self) -> ApiError:
-        if self.status == 429:
-            headers = {}
-            if self.retry_after is not None:
-                value = self.retry_after
-                headers["Retry-After"] = (
-                    str(int(value)) if float(value).is_integer() else str(value)
-                )
-            return ApiError(429, "rate_limited", "rate limit exceeded (injected)", headers=headers)
-        return ApiError(self.status, "internal_error", f"server error {self.status} (injected)")
-
-
-class EmulatorState:
+class EmulatorState(UploadsMixin):
     """The state and behaviour behind one emulator app."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.ids = IdFactory(config.seed)
         self.secret = self.ids.token(32).encode()
-        self.bus = EventBus(self.ids.new, now_iso, config.ws_queue_size)
+        self.bus = EventBus(
+            self.ids.new, now_iso, config.ws_queue_size,
+            max_bytes=config.ws_send_buffer_bytes, close_timeout=config.ws_close_timeout,
+        )  # fmt: skip
         self.jobs: dict[str, JobRecord] = {}
         self.uploads: dict[str, UploadRecord] = {}
         self.outputs: dict[str, OutputRecord] = {}
-        self.idempotency: dict[tuple[str, str, str], tuple[int, bytes, str]] = {}
+        self.idempotency = IdempotencyRecords()
         self.faults: list[Fault] = []
         self.requests_total = 0
         self._save_counters: Counter[tuple[str, str]] = Counter()
         self._queue: asyncio.Queue[str] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_reset: list[Callable[[], None]] = []
+        """Called by :meth:`reset` (a face that keeps state of its own forgets it there)."""
+        self.on_reset_faults: list[Callable[[], None]] = []
+        """Called by :meth:`reset_faults` (and so by :meth:`reset`)."""
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _ensure_workers(self) -> asyncio.Queue[str]:
@@ -130,10 +107,14 @@ class EmulatorState:
             conn.held.clear()
         self.requests_total = 0
         self.bus.reset_counters()
+        for forget in self.on_reset:
+            forget()
 
     def reset_faults(self) -> None:
         """Clear injected HTTP faults, the event pause (held events are delivered) and duplicates."""
         self.faults.clear()
+        for clear in self.on_reset_faults:
+            clear()
         self.bus.duplicate = False
         self.bus.resume()
 
@@ -143,6 +124,7 @@ class EmulatorState:
             "ws_connections_open": len(self.bus.connections),
             "ws_connections_total": self.bus.ws_connections_total,
             "ws_handshakes_refused": self.bus.ws_handshakes_refused,
+            "ws_closed_slow": self.bus.ws_closed_slow,
             "requests_total": self.requests_total,
             "jobs": {status: counts.get(status, 0) for status in JOB_STATUSES},
             "events_sent": self.bus.events_sent,
@@ -151,6 +133,9 @@ class EmulatorState:
     # ---- faults ----------------------------------------------------------------------------
     def add_fault(self, fault: Fault) -> None:
         self.faults.append(fault)
+
+    def has_fault(self, path: str, when: str) -> bool:
+        return any(f.when == when and f.remaining > 0 and f.matches(path) for f in self.faults)
 
     def take_fault(self, path: str, when: str) -> Fault | None:
         for fault in self.faults:
@@ -275,10 +260,11 @@ class EmulatorState:
     async def _run(self, job: JobRecord) -> None:
         job.status = "running"
         job.started_at = now_iso()
+        self.bus.tell_listeners(job.owner, "job.running", {"id": job.id})
         plan = execution_plan(job.workflow)
         total = max(1, sum(run.steps for run in plan))
         done = 0
-        for run in plan:
+        for index, run in enumerate(plan):
             for step in range(1, run.steps + 1):
                 if job.cancel_requested:  # the checkpoint before every step
                     self._finish(job, "cancelled")
@@ -290,6 +276,11 @@ class EmulatorState:
                     return
                 done += 1
                 job.progress = 100.0 if done == total else round(100 * done / total, 2)
+                job.live = {
+                    "node_id": run.node_id, "node_class": run.class_type, "step": step,
+                    "steps": run.steps, "nodes_done": index + (step == run.steps),
+                    "nodes_total": len(plan),
+                }  # fmt: skip
                 self.bus.publish(job.owner, "job.progress", self._progress(job, run, step))
             if run.fails:
                 self._finish(job, "failed", self._failure(job, run))
@@ -349,7 +340,7 @@ class EmulatorState:
                     OutputRecord(
                         id=self.ids.new("out"), job_id=job.id, owner=job.owner,
                         name=self._output_name(job.owner, node), data=data, origin=job.origin,
-                        tags=list(job.tags), created_at=now_iso(),
+                        tags=list(job.tags), created_at=now_iso(), node_id=node_id,
                     )
                 )  # fmt: skip
         return outputs
@@ -373,64 +364,3 @@ class EmulatorState:
             return png_size(record.data)
         except ValueError:
             return None
-
-    # ---- inputs and models -----------------------------------------------------------------
-    def new_upload(
-        self, owner: str, kind: str, origin: str, name: str, status: str, **fields: Any
-    ) -> UploadRecord:
-        record = UploadRecord(
-            id=self.ids.new("inp" if kind == "input" else "mod"), kind=kind, owner=owner, name=name,
-            status=status, origin=origin, created_at=now_iso(), **fields,
-        )  # fmt: skip
-        self.uploads[record.id] = record
-        return record
-
-    def accept_bytes(self, record: UploadRecord, data: bytes, mime_type: str | None) -> None:
-        """Bytes arrived (multipart or PUT + complete): ``uploading`` now, ``ready`` after upload_duration."""
-        record.data = data
-        record.size = len(data)
-        record.mime_type = mime_type or record.mime_type or "application/octet-stream"
-        record.status = "uploading"
-        self._spawn(self._settle(record, None))
-
-    def start_download(self, record: UploadRecord, url: str) -> None:
-        self._spawn(self._download(record, url))
-
-    async def _download(self, record: UploadRecord, url: str) -> None:
-        error = None
-        try:
-            async with httpx.AsyncClient(timeout=self.config.download_timeout) as client:
-                answer = await client.get(url, follow_redirects=True)
-            if answer.status_code >= 400:
-                error = f"HTTP {answer.status_code} while downloading from URL"
-            else:
-                record.data = answer.content
-                record.size = len(answer.content)
-                ctype = answer.headers.get("content-type", "application/octet-stream")
-                record.mime_type = ctype.split(";")[0].strip()
-        except httpx.HTTPError as exc:
-            error = f"download failed: {type(exc).__name__}"
-        await self._settle(record, error and {"code": "download_failed", "message": error})
-
-    async def _settle(self, record: UploadRecord, error: dict[str, Any] | None) -> None:
-        await asyncio.sleep(self.config.upload_duration)
-        if self.uploads.get(record.id) is not record:
-            return
-        record.status = "failed" if error else "ready"
-        record.error = error
-        self.bus.publish(record.owner, f"{record.kind}.{record.status}", record.wire(self.secret))
-
-    def fail_upload(self, record: UploadRecord, code: str, message: str) -> None:
-        record.status = "failed"
-        record.error = {"code": code, "message": message}
-        self.bus.publish(record.owner, f"{record.kind}.failed", record.wire(self.secret))
-
-    def new_presigned(self, record: UploadRecord) -> None:
-        record.upload_token = self.ids.token()
-        record.upload_expires_at = datetime.now(timezone.utc) + UPLOAD_URL_LIFETIME
-
-    def upload_by_token(self, token: str) -> UploadRecord | None:
-        for record in self.uploads.values():
-            if record.upload_token == token:
-                return record
-        return None

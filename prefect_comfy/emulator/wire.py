@@ -167,14 +167,69 @@ def details_of(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a JSON body may have (a ComfyUI workflow needs about 6)."""
+
+
+def _bad_json(message: str) -> ApiError:
+    return ApiError(400, "invalid_request", f"the request body is not valid JSON: {message}")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _bad_json(f"{name} is not a JSON number; send a finite number or null")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _bad_json(f"the number {text[:32]} is out of range; send a finite number")
+    return value
+
+
+def _check_tree(data: Any) -> None:
+    """Refuse what parsed but cannot be answered back: nesting past :data:`MAX_JSON_DEPTH` and
+    strings that are not valid Unicode (lone surrogates). Iterative, so depth cannot overflow it."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _bad_json("a string holds a lone surrogate (invalid Unicode)") from None
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _bad_json(f"arrays and objects are nested more than {MAX_JSON_DEPTH} deep")
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for key, item in items:
+            if key is not None:
+                stack.append((key, depth))
+            stack.append((item, depth + 1))
+
+
 def parse_json(raw: bytes) -> Any:
-    """The JSON of a request body, or a 400 ``invalid_request``."""
+    """The JSON of a request body, or a 400 ``invalid_request``.
+
+    Stricter than :func:`json.loads`, so that whatever is accepted can be stored and answered back:
+    ``NaN``, ``Infinity`` and numbers that overflow to infinity are refused, and so are nesting past
+    :data:`MAX_JSON_DEPTH` and lone surrogates.
+
+    Example:
+        >>> parse_json(b'{"x": NaN}')
+        Traceback (most recent call last):
+        ...
+        prefect_comfy.emulator.wire.ApiError: the request body is not valid JSON: NaN is not a JSON number; send a finite number or null
+    """
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise _bad_json(f"arrays and objects are nested more than {MAX_JSON_DEPTH} deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400, "invalid_request", f"the request body is not valid JSON: {exc}"
-        ) from None
+        raise _bad_json(str(exc)) from None
+    _check_tree(data)
+    return data
 
 
 def parse_body(model: type[B], raw: bytes) -> B:

@@ -176,7 +176,7 @@ def catalogue_has(name: str, types: tuple[str, ...]) -> bool:
 
 
 def _sort_key(node_id: str) -> tuple[int, int, str]:
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+    return (0, int(node_id), "") if node_id.isascii() and node_id.isdigit() else (1, 0, node_id)
 
 
 def topological_order(workflow: dict[str, Any]) -> list[str] | None:

@@ -45,7 +45,7 @@ def handle_frame(conn: Connection, text: str | None) -> None:
         return
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         conn.offer(_error("the frame is not JSON"))
         return
     kind = message.get("type") if isinstance(message, dict) else None
@@ -74,9 +74,20 @@ async def _sender(websocket: WebSocket, conn: Connection, state: EmulatorState) 
             with contextlib.suppress(Exception):
                 await websocket.close(item.code, item.reason)
             return
+        # Waits while the socket's write buffer is full (the client does not read): the frame
+        # still counts against the connection's bound until the socket takes it.
         await websocket.send_text(item)
+        conn.sent(item)
         if item.startswith(EVENT_PREFIX):
             state.bus.events_sent += 1
+
+
+async def _receiver(websocket: WebSocket, conn: Connection) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        handle_frame(conn, message.get("text"))
 
 
 def _key(websocket: WebSocket) -> str | None:
@@ -99,16 +110,23 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     client = (websocket.client.host, websocket.client.port) if websocket.client else None
     conn = state.bus.open(owner, state.ids.new("ses"), client)
-    conn.offer(_frame("connected", {"session_id": conn.session_id}))
     sender = asyncio.create_task(_sender(websocket, conn, state))
+    receiver = asyncio.create_task(_receiver(websocket, conn))
+
+    def cut() -> None:
+        """A slow client did not take its close frame in time: cut its TCP stream (when served
+        by EmulatorServer), else stop sending and end the connection."""
+        abort = state.bus.abort_transport
+        if abort is None or not abort(conn):
+            sender.cancel()
+
+    conn.cut = cut
+    conn.offer(_frame("connected", {"session_id": conn.session_id}))
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            handle_frame(conn, message.get("text"))
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         state.bus.close(conn)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        for task in (sender, receiver):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -581,7 +581,7 @@ async def test_reset_stats_and_unknown_routes() -> None:
             stats = (await ctl.get("/_emulator/stats")).json()
             assert set(stats) == {
                 "ws_connections_open", "ws_connections_total", "ws_handshakes_refused",
-                "requests_total", "jobs", "events_sent",
+                "requests_total", "jobs", "events_sent", "ws_closed_slow",
             }  # fmt: skip
             assert stats["requests_total"] == 1
             internal = (await ctl.get(f"/_emulator/jobs/{job['id']}")).json()
@@ -630,10 +630,13 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         assert (
             httpx.get(url + "/developer/api/v1/account", headers=AUTH, timeout=5).status_code == 200
         )
+        v2_line = process.stdout.readline()
+        assert v2_line.startswith(f"Comfy API v2 face at {url}/api/v2"), v2_line
+        assert httpx.get(url + "/api/v2/health", timeout=5).json() == {"status": "ok"}
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=15)
         assert process.returncode == 0
-        assert API_KEY not in line + output
+        assert API_KEY not in line + v2_line + output
     finally:
         if process.poll() is None:
             process.kill()
