@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from prefect_comfy.cli.errors import UsageProblem
+from prefect_comfy.cli.errors import PrefectUnavailable, UsageProblem
 
 if TYPE_CHECKING:
     from prefect_comfy import ComfyBackend
@@ -61,6 +61,11 @@ async def load_block(name: str) -> Any:
             return await kind.aload(name)
         except ValueError:
             continue
+        except Exception as exc:  # the server is down or refuses us: say which server
+            raise PrefectUnavailable(
+                f"Could not load block {name!r} from the Prefect server at {api_url}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     raise UsageProblem(
         f"No ComfyCloudCredentials or ComfyUIServer block named {name!r} on {api_url}; "
         "save one with 'prefect-comfy blocks create cloud|comfyui'"

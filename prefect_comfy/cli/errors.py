@@ -41,6 +41,10 @@ class UsageProblem(ComfyConfigError):
     """Something the user gave the command cannot work; the message says what to do instead."""
 
 
+class PrefectUnavailable(ComfyError):
+    """The Prefect server that holds the blocks did not answer."""
+
+
 class Interrupted(Exception):
     """Ctrl-C stopped the command after it did what the message says (a job cancelled, say)."""
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,12 @@ class FlowRunWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def finish(self, status: str, detail: str = "") -> None:
+        """Stop watching and show the flow's outcome on the job's row (if the job was seen)."""
+        self.stop()
+        if self.job_id is not None:
+            self.board.finish(str(self.job_id), status, detail)
+
     async def _watch(self) -> None:
         from prefect.client.orchestration import get_client
 
@@ -83,6 +91,51 @@ class FlowRunWatcher:
                 await wait
 
 
+class _Chatter(logging.Filter):
+    """Drops the engine's lines about running the watcher's hook."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "prefect.engine":
+            return True
+        return not str(record.msg).startswith(("Running hook", "Hook "))
+
+
+class _RunErrors(logging.Filter):
+    """Drops the failure lines of flow and task runs (tracebacks, "Finished in state Failed"):
+    the caller says what failed in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return True
+        failed = str(record.msg).startswith("Finished in state Failed")
+        return not (record.levelno >= logging.ERROR or failed)
+
+
+@contextlib.contextmanager
+def prefect_logs_through(console: Any, *, hide_run_errors: bool = False) -> Iterator[None]:
+    """Print Prefect's console log lines through ``console`` (above the live bars, not across them).
+
+    With ``hide_run_errors``, the ERROR lines of flow and task runs (a failure's tracebacks) are
+    left out of the terminal; the Prefect server still gets them, and the UI shows them.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [h.console for h in handlers]
+    filters: list[logging.Filter] = [_Chatter(), *([_RunErrors()] if hide_run_errors else [])]
+    for handler in handlers:
+        handler.console = console
+        for one in filters:
+            handler.addFilter(one)
+    try:
+        yield
+    finally:
+        for handler, previous in zip(handlers, saved, strict=True):
+            handler.console = previous
+            for one in filters:
+                handler.removeFilter(one)
+
+
 def run_as_flow(
     graph: dict[str, Any],
     block: str | None,
@@ -90,39 +143,37 @@ def run_as_flow(
     tags: list[str],
     timeout: float | None,
     board: JobBoard,
+    *,
+    debug: bool = False,
 ) -> tuple[str, str, list[Path]]:
-    """Run ``run_comfy_workflow`` with live bars; returns the job id, its status and the files."""
+    """Run ``run_comfy_workflow`` with live bars; returns the job id, its status and the files.
+
+    The run's own error lines (tracebacks) stay in Prefect unless ``debug``: the command's one-line
+    error says what failed.
+    """
     from prefect_comfy import JobFailed, OutcomeError, run_comfy_workflow
 
     credentials = asyncio.run(credentials_for(block))
     watcher = FlowRunWatcher(credentials, board)
     flow = run_comfy_workflow.with_options(on_running=[watcher.on_running])
-    with board:
+    with board, prefect_logs_through(board.console, hide_run_errors=not debug):
         try:
             result = flow(credentials, graph, tags=tags, output_dir=str(out), timeout=timeout)
         except KeyboardInterrupt:
-            watcher.stop()
-            _finish(board, watcher, "cancelled", "(Ctrl-C)")
+            watcher.finish("cancelled", "(Ctrl-C)")
             raise Interrupted(
                 f"Interrupted: the flow run cancelled Comfy job {watcher.job_id or '(none yet)'}"
                 + (f"; see {watcher.ui_url}" if watcher.ui_url else "")
             ) from None
         except OutcomeError as exc:
-            watcher.stop()
             status = getattr(exc, "status", None) or "failed"
             detail = f"at node {exc.node_id}" if isinstance(exc, JobFailed) and exc.node_id else ""
-            _finish(board, watcher, status, detail)
+            watcher.finish(status, detail)
             raise
         except BaseException:
             watcher.stop()
             raise
-        watcher.stop()
-        _finish(board, watcher, result.status, "")
+        watcher.finish(result.status)
     if watcher.ui_url:
         board.console.print(f"Flow run: {watcher.ui_url}")
     return result.job_id, result.status, [Path(f.path) for f in result.outputs]
-
-
-def _finish(board: JobBoard, watcher: FlowRunWatcher, status: str, detail: str) -> None:
-    if watcher.job_id is not None:
-        board.finish(str(watcher.job_id), status, detail)

@@ -39,6 +39,7 @@ OutOption = Annotated[
 
 
 def run(
+    ctx: typer.Context,
     workflow: WorkflowArgument,
     out: OutOption = Path(DEFAULT_OUT),
     tag: Annotated[
@@ -77,7 +78,8 @@ def run(
     if not no_prefect and prefect_api_url():
         from prefect_comfy.cli.flow_run import run_as_flow
 
-        job_id, status, paths = run_as_flow(graph, block, out, tags, timeout, board)
+        debug = bool(ctx.find_root().params.get("debug"))
+        job_id, status, paths = run_as_flow(graph, block, out, tags, timeout, board, debug=debug)
     else:
         job_id, status, paths = asyncio.run(_run_direct(graph, block, out, tags, timeout, board))
     board.console.print(f"Job {job_id} {status}: {len(paths)} output(s) in {out}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,8 @@ def listen(
         str | None,
         typer.Option(
             "--block",
+            "-b",
+            metavar="NAME",
             help="Name of a saved ComfyCloudCredentials or ComfyUIServer block. Default: COMFY_API_KEY and "
             "COMFY_BASE_URL from the environment.",
             show_default=False,
@@ -64,7 +66,7 @@ def listen(
 ) -> None:
     """Forward Comfy events into Prefect as events (comfy.<event>), until SIGTERM or Ctrl-C."""
     from prefect_comfy.exceptions import ComfyConfigError, WebSocketAuthError
-    from prefect_comfy.listener.forwarder import require_prefect_api_url, run_listener
+    from prefect_comfy.listener.forwarder import require_prefect_api_url
 
     _configure_logging(log_level)
     try:
@@ -76,15 +78,8 @@ def listen(
         "sending events to Prefect at %s", api_url
     )
     try:
-        stats = asyncio.run(
-            run_listener(
-                patterns=tuple(pattern or ("*",)),
-                block=block,
-                heartbeat_interval=heartbeat_interval,
-                listener_id=name,
-            )
-        )
-    except ComfyConfigError as exc:
+        stats = asyncio.run(_listen(block, tuple(pattern or ("*",)), heartbeat_interval, name))
+    except ComfyConfigError as exc:  # also a --block that no saved block has: one line, exit 2
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     except WebSocketAuthError as exc:
@@ -97,6 +92,19 @@ def listen(
         f"forwarded={stats.forwarded} connects={stats.connects}",
         err=True,
     )
+
+
+async def _listen(
+    block: str | None, patterns: tuple[str, ...], heartbeat_interval: float, name: str | None
+) -> Any:
+    """Run the listener on the backend of ``block`` (or the environment), closed after."""
+    from prefect_comfy.cli.connect import backend_for
+    from prefect_comfy.listener.forwarder import run_listener
+
+    async with await backend_for(block) as backend:
+        return await run_listener(
+            backend, patterns, heartbeat_interval=heartbeat_interval, listener_id=name
+        )
 
 
 def _configure_logging(level: str) -> None:
