@@ -41,6 +41,10 @@ class UsageProblem(ComfyConfigError):
     """Something the user gave the command cannot work; the message says what to do instead."""
 
 
+class CommandFailed(ComfyError):
+    """The command ran but its work did not succeed (a job it watched failed, say)."""
+
+
 class PrefectUnavailable(ComfyError):
     """The Prefect server that holds the blocks did not answer."""
 

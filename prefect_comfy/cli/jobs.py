@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_comfy.cli.connect import BlockOption, backend_for
-from prefect_comfy.cli.errors import UsageProblem
+from prefect_comfy.cli.errors import CommandFailed, UsageProblem
 from prefect_comfy.cli.help import command, group
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, download_all
-from prefect_comfy.exceptions import ComfyError, JobFailed, OutcomeError
+from prefect_comfy.exceptions import ComfyError, JobFailed
 from prefect_comfy.models import JOB_TERMINAL, Job
 
 app = group("jobs", "List, inspect, cancel and watch jobs.")
@@ -115,8 +115,12 @@ async def _get(job_id: str, block: str | None) -> Job:
 def cancel(job_ids: JobIds, block: BlockOption = None) -> None:
     """Cancel jobs: a pending job ends at once, a running one at its next step."""
     for job in asyncio.run(_cancel(job_ids, block)):
-        note = "" if job.status == "cancelled" else " (it had ended already)"
-        typer.echo(f"{job.id}  {job.status}{note}")
+        if job.status == "cancelled":
+            typer.echo(f"{job.id}  cancelled")
+        elif job.is_terminal:
+            typer.echo(f"{job.id}  {job.status} (it had ended already)")
+        else:
+            typer.echo(f"{job.id}  cancel requested (was {job.status}; it stops at its next step)")
 
 
 async def _cancel(job_ids: list[str], block: str | None) -> list[Job]:
@@ -148,7 +152,7 @@ def watch(
         outcomes = asyncio.run(_watch(job_ids, timeout, block, board))
     failed = {job_id: why for job_id, why in outcomes.items() if why}
     if failed:
-        raise OutcomeError(
+        raise CommandFailed(
             f"{len(failed)} of {len(job_ids)} job(s) did not complete: "
             + "; ".join(f"{job_id} {why}" for job_id, why in failed.items())
         )
@@ -165,8 +169,8 @@ async def _watch(
             try:
                 job = await backend.get_job(job_id)
                 if job.status in JOB_TERMINAL:
-                    board.finish(job_id, job.status)
-                    return "" if job.status == "completed" else job.status
+                    node = job.error.node_id if job.error is not None else None
+                    return _outcome(board, job_id, job.status, node)
                 board.add(job_id, job.status)
                 event = await backend.wait_for_job(
                     job_id, timeout=timeout, on_progress=board.on_progress
@@ -174,14 +178,17 @@ async def _watch(
             except ComfyError as exc:
                 board.finish(job_id, "error")
                 return _short(exc)
-            status = event.event.removeprefix("job.")
             node = (event.payload.get("error") or {}).get("node_id")
-            board.finish(job_id, status, f"at node {node}" if node else "")
-            if status == "completed":
-                return ""
-            return f"{status} at node {node}" if node else status
+            return _outcome(board, job_id, event.event.removeprefix("job."), node)
 
         return dict(zip(job_ids, await asyncio.gather(*(one(j) for j in job_ids)), strict=True))
+
+
+def _outcome(board: JobBoard, job_id: str, status: str, node: str | None) -> str:
+    """Show a job's end on its row; ``""`` for completed, else what happened (and where)."""
+    where = f"at node {node}" if node else ""
+    board.finish(job_id, status, where)
+    return "" if status == "completed" else f"{status} {where}".rstrip()
 
 
 def _short(exc: ComfyError) -> str:
