@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from prefect_comfy.cli.connect import prefect_api_url
-from prefect_comfy.cli.errors import UsageProblem
+from prefect_comfy.cli.errors import PrefectUnavailable, UsageProblem
 from prefect_comfy.cli.help import command, group
 
 app = group("blocks", "Save Comfy credentials as a Prefect block.")
@@ -106,10 +106,15 @@ def _api_key(*, required: bool) -> str | None:
 
 def _save(block: object, name: str, overwrite: bool) -> None:
     try:
-        asyncio.run(block.save(name, overwrite=overwrite))  # type: ignore[attr-defined]
+        asyncio.run(block.asave(name, overwrite=overwrite))  # type: ignore[attr-defined]
     except ValueError as exc:
         if "already in use" in str(exc) or "already exists" in str(exc):
             raise UsageProblem(
                 f"A block named {name!r} exists already; pass --overwrite to replace it"
             ) from None
         raise UsageProblem(f"Cannot save block {name!r}: {exc}") from None
+    except Exception as exc:  # the server is down or refuses us: say which server
+        raise PrefectUnavailable(
+            f"Could not save block {name!r} on the Prefect server at {prefect_api_url()}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

@@ -41,7 +41,7 @@ class JobBoard:
     """Progress bars for one or more jobs; use it as a context manager around the wait."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(bar_width=30),
