@@ -34,6 +34,7 @@ def listen(
         typer.Option(
             "--pattern",
             "-p",
+            metavar="PATTERN",
             help="Event pattern to forward: '*', 'job.*' or a name such as input.ready "
             "(repeat for several). Default: '*'.",
             show_default=False,
@@ -43,6 +44,7 @@ def listen(
         float,
         typer.Option(
             "--heartbeat-interval",
+            metavar="SECONDS",
             help="Seconds between comfy.listener.heartbeat events; 0 for none.",
             min=0,
         ),
@@ -51,6 +53,7 @@ def listen(
         str | None,
         typer.Option(
             "--name",
+            metavar="NAME",
             help="Stable id of the heartbeat resource comfy.listener.<name>. Default: "
             "<hostname>-<pid>.",
             show_default=False,
@@ -60,6 +63,7 @@ def listen(
         str,
         typer.Option(
             "--log-level",
+            metavar="LEVEL",
             help="Level of the listener's own log lines (DEBUG logs every forwarded event id).",
         ),
     ] = "INFO",
