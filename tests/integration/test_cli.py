@@ -189,7 +189,7 @@ async def test_ctrl_c_during_run_cancels_the_comfy_job(emulator, tmp_path: Path)
     )  # fmt: skip
     try:
         running = await eventually(
-            lambda: _running(emulator, tag), timeout=60, message="the CLI's job running"
+            lambda: running_jobs(emulator, tag), timeout=60, message="the CLI's job running"
         )
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)
@@ -205,7 +205,7 @@ async def test_ctrl_c_during_run_cancels_the_comfy_job(emulator, tmp_path: Path)
     assert (await job(emulator, job_id)).status == "cancelled"
 
 
-async def _running(emulator: Any, tag: str) -> list[Any]:
+async def running_jobs(emulator: Any, tag: str) -> list[Any]:
     return [j for j in await tagged(emulator, tag) if j.status == "running"]
 
 
@@ -257,7 +257,7 @@ def test_run_draws_a_live_progress_bar_in_a_terminal(emulator, tmp_path: Path) -
 async def test_jobs_list_get_cancel_and_outputs(emulator, tmp_path: Path) -> None:
     tag = f"jobs-{uuid.uuid4().hex[:8]}"
     done_id = await submit(emulator, tiny_workflow("listed"), tag)
-    await eventually(lambda: _status_is(emulator, done_id, "completed"), message="job completed")
+    await eventually(lambda: status_is(emulator, done_id, "completed"), message="job completed")
     slow_id = await submit(emulator, slow_workflow(400), tag)
     env = env_for(emulator)
 
@@ -283,7 +283,7 @@ async def test_jobs_list_get_cancel_and_outputs(emulator, tmp_path: Path) -> Non
         rf"^{slow_id}  (cancelled|cancel requested \(was running)", cancelled.stdout, re.M
     )
     assert f"{done_id}  completed (it had ended already)" in cancelled.stdout
-    await eventually(lambda: _status_is(emulator, slow_id, "cancelled"), message="job cancelled")
+    await eventually(lambda: status_is(emulator, slow_id, "cancelled"), message="job cancelled")
 
     saved = cli("outputs", done_id, "--out", str(tmp_path / "o"), env=env)
     assert saved.returncode == 0, saved.stderr
@@ -294,7 +294,7 @@ async def test_jobs_list_get_cancel_and_outputs(emulator, tmp_path: Path) -> Non
     assert missing.returncode == 1 and len(error_lines(missing.stderr)) == 1
 
 
-async def _status_is(emulator: Any, job_id: str, status: str) -> bool:
+async def status_is(emulator: Any, job_id: str, status: str) -> bool:
     return (await job(emulator, job_id)).status == status
 
 

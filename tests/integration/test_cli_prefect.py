@@ -10,6 +10,7 @@ import pty
 import re
 import select
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,8 +19,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
-from tests.integration.test_cli import CLI, cli, env_for, error_lines, write_json
-from tests.workflows import failing_workflow, tiny_workflow
+from tests.integration.test_cli import (
+    CLI,
+    cli,
+    env_for,
+    error_lines,
+    running_jobs,
+    status_is,
+    write_json,
+)
+from tests.waiting import eventually
+from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -142,3 +152,30 @@ def test_run_as_a_prefect_flow_run_prints_its_link(emulator, prefect_api_url, tm
     assert "Traceback" not in done.stderr
     errors = [line for line in error_lines(done.stderr) if line.startswith("Error:")]
     assert len(errors) == 1 and re.search(r"job_\w+ failed at node 1", errors[0]), done.stderr
+
+
+async def test_ctrl_c_during_a_flow_run_cancels_the_comfy_job(
+    emulator, prefect_api_url, tmp_path
+) -> None:
+    tag = f"sigint-flow-{uuid.uuid4().hex[:8]}"
+    workflow = write_json(tmp_path / "slow.json", slow_workflow(600, step_seconds=0.05))
+    process = subprocess.Popen(
+        [*CLI, "run", str(workflow), "--tag", tag, "--out", str(tmp_path)],
+        env=prefect_env(emulator, prefect_api_url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        running = await eventually(
+            lambda: running_jobs(emulator, tag), timeout=120, message="the flow run's job running"
+        )
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    assert API_KEY not in stdout + stderr
+    job_id = running[0].id
+    assert f"Interrupted: the flow run cancelled Comfy job {job_id}" in stderr
+    await eventually(lambda: status_is(emulator, job_id, "cancelled"), message="job cancelled")
