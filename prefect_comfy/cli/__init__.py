@@ -125,7 +125,12 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     )
     app.callback(help=unwrap(_options.__doc__))(_options)
     named = [word for word in argv if not word.startswith("-")][:1]
-    wanted = named if named and named[0] in COMMANDS else list(COMMANDS)
+    if named and named[0] in COMMANDS:
+        wanted = named
+    elif "--version" in argv:  # answered before any command: import none
+        wanted = []
+    else:
+        wanted = list(COMMANDS)
     for name in wanted:
         entry = COMMANDS[name]
         target = getattr(importlib.import_module(entry.module), entry.attribute)
