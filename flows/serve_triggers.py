@@ -9,13 +9,16 @@ values as parameters. Only resources tagged ``auto`` trigger here, so that ordin
     prefect-comfy listen &                       # forwards comfy.* events into Prefect
     python flows/serve_triggers.py               # serves the two deployments below
 
-Then upload an input tagged ``auto``; ``process-ready-input`` runs with its id and name. The same two
-deployments are written out in YAML in ``flows/prefect.yaml``.
+Then upload an input tagged ``auto``; ``process-ready-input`` runs with its id and name, and saves
+its images under ``$COMFY_OUTPUT_DIR/triggered`` (by default in the system's temporary folder, never
+in the checkout). The same two deployments are written out in YAML in ``flows/prefect.yaml``.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from prefect import flow, get_run_logger, serve
 from prefect.artifacts import acreate_markdown_artifact
@@ -26,6 +29,11 @@ from prefect_comfy.triggers import on_input_ready, on_model_ready
 TRIGGER_TAG = os.environ.get("COMFY_TRIGGER_TAG", "auto")
 """Comfy tag that makes an upload start the deployments (``COMFY_TRIGGER_TAG``, default ``auto``)."""
 
+OUTPUT_ROOT = Path(
+    os.environ.get("COMFY_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "prefect-comfy-outputs"
+)
+"""Where triggered runs save their images (``COMFY_OUTPUT_DIR``), outside the checkout by default."""
+
 
 @flow(name="comfy-process-ready-input", log_prints=True)
 async def process_ready_input(
@@ -33,9 +41,12 @@ async def process_ready_input(
     input_name: str | None = None,
     blur_radius: int = 4,
     credentials_block: str | None = None,
-    output_dir: str = "outputs/triggered",
+    output_dir: str | None = None,
 ) -> list[str]:
-    """Blur and invert an input that just became ready (started by ``comfy.input.ready``)."""
+    """Blur and invert an input that just became ready (started by ``comfy.input.ready``).
+
+    The images go to ``output_dir``, by default ``OUTPUT_ROOT/triggered``.
+    """
     log = get_run_logger()
     credentials = await credentials_from(credentials_block)
     if input_name is None:
@@ -43,7 +54,11 @@ async def process_ready_input(
             input_name = (await backend.get_input(input_id)).name
     log.info("Processing Comfy input %s (%s)", input_id, input_name)
     return await process_input(
-        credentials, input_name, blur_radius=blur_radius, output_dir=output_dir, tags=["triggered"]
+        credentials,
+        input_name,
+        blur_radius=blur_radius,
+        output_dir=output_dir or str(OUTPUT_ROOT / "triggered"),
+        tags=["triggered"],
     )
 
 

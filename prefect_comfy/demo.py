@@ -7,8 +7,11 @@ loopback port, starts ``prefect server start`` on another, saves a credentials b
 2. the upload pipeline: upload an input, wait until it is ready, use it by name in a workflow;
 3. a workflow that fails on purpose, to show ``comfy.job.failed`` and :class:`JobFailed`.
 
-It then reads the run's Prefect events and artifacts back from the server's API and prints them.
-With ``--keep-open`` both servers stay up until Ctrl-C so that the runs can be looked at in the UI.
+Each job shows a live progress bar and each flow run its Prefect UI link; the deliberate failure is
+reported in one line (what failed, at which node, and the Prefect event that recorded it), its
+tracebacks left to the Prefect UI. It then reads the Prefect events and artifacts back from the
+server's API and prints them. With ``--keep-open`` both servers stay up until Ctrl-C so that the runs
+can be looked at in the UI; otherwise both are stopped, and nothing is left running.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import typer
 
 DEMO_KEY = "comfyui-demo-key-not-secret"
 """The key the demo's emulator accepts (a placeholder: the emulator is local)."""
@@ -170,20 +174,25 @@ def run_demo(*, keep_open: bool = False, output_dir: Path | None = None) -> int:
     with EmulatorServer(config) as emulator:
         _say(f"Comfy emulator:  {emulator.url} (developer API at {emulator.api_url})")
         port = _free_port()
-        _say("Starting Prefect's local server (about 10 s) ...")
+        _say("Starting Prefect's local server (10 to 40 s on a small machine) ...")
         with prefect_server(workdir / "home", port) as api_url:
-            _say(f"Prefect server:  {api_url.removesuffix('/api')}  (UI)")
+            ui_url = api_url.removesuffix("/api")
+            _say(f"Prefect server:  {ui_url}  (UI)")
             os.environ["PREFECT_API_URL"] = api_url
-            from prefect.settings import PREFECT_API_URL, temporary_settings
+            os.environ["PREFECT_UI_URL"] = ui_url
+            from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-            with temporary_settings({PREFECT_API_URL: api_url}):
+            with temporary_settings({PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
                 code = _run_flows(emulator.url, output_dir, api_url)
                 _flush_run_logs()
                 if keep_open and code == 0:
-                    _say("\nServers stay up: open the UI above. Ctrl-C to stop.")
+                    _say(f"\nServers stay up: open {ui_url} in a browser. Ctrl-C to stop them.")
                     with contextlib.suppress(KeyboardInterrupt):
                         signal.pause()
     shutil.rmtree(workdir, ignore_errors=True)
+    _say("Both servers are stopped.")
+    if not keep_open:
+        _say("To keep them (and the Prefect UI) open after the flows: make demo ARGS=--keep-open")
     return code
 
 
@@ -197,42 +206,111 @@ def _run_flows(emulator_url: str, output_dir: Path, api_url: str) -> int:
         upload_comfy_input,
         wait_for_comfy_input,
     )
+    from prefect_comfy.cli.flow_run import FlowRunWatcher, prefect_logs_through
+    from prefect_comfy.cli.progress import JobBoard
 
     credentials = ComfyCloudCredentials(api_key=DEMO_KEY, base_url=emulator_url)
     credentials.save("comfy-demo", overwrite=True)
     _say('Saved credentials block "comfy-demo" (the key is stored as a secret).\n')
 
+    def watched(board: JobBoard) -> tuple[Any, FlowRunWatcher]:
+        """``run_comfy_workflow`` that prints its UI link and shows its job on ``board``."""
+        watcher = FlowRunWatcher(credentials, board)
+        return run_comfy_workflow.with_options(on_running=[watcher.on_running]), watcher
+
     _say("1. run_comfy_workflow: txt2img, 25 sampler steps (about 6 s), waited on the event stream")
-    result = run_comfy_workflow(credentials, TXT2IMG, tags=["demo"], output_dir=str(output_dir))
+    board = JobBoard()
+    with board, prefect_logs_through(board.console):
+        run, watcher = watched(board)
+        try:
+            result = run(credentials, TXT2IMG, tags=["demo"], output_dir=str(output_dir))
+        finally:
+            watcher.stop()
+        watcher.finish(result.status)
     for out in result.outputs:
         _say(f"   {result.job_id} {result.status}: {out.name} -> {out.path}")
 
-    @flow(name="comfy-upload-pipeline-demo")
+    def print_link(flow: Any, flow_run: Any, state: Any) -> None:
+        from prefect.utilities.urls import url_for
+
+        board.console.print(
+            f"Prefect flow run {flow_run.name}: {url_for(flow_run)}", soft_wrap=True
+        )
+
+    @flow(name="comfy-upload-pipeline-demo", on_running=[print_link])
     def upload_pipeline(image: Path) -> Any:
         # The tasks are async: a sync flow runs them with .submit(...).result().
         uploaded = upload_comfy_input.submit(credentials, str(image), name="demo-reference.png")
         ready = wait_for_comfy_input.submit(credentials, uploaded.result().id, timeout=60).result()
-        _say(f"   input {ready.id} ({ready.name}) is {ready.status}")
-        return run_comfy_workflow(credentials, _uses_input(ready.name), output_dir=str(output_dir))
+        board.console.print(f"   input {ready.id} ({ready.name}) is {ready.status}")
+        run, watcher = watched(board)
+        try:
+            done = run(credentials, _uses_input(ready.name), output_dir=str(output_dir))
+        finally:
+            watcher.stop()
+        watcher.finish(done.status)
+        return done
 
     _say("\n2. upload pipeline: upload an input, wait for input.ready, use it by name")
-    inverted = upload_pipeline(Path(result.outputs[0].path))
+    board = JobBoard()
+    with board, prefect_logs_through(board.console):
+        inverted = upload_pipeline(Path(result.outputs[0].path))
     for out in inverted.outputs:
         _say(f"   {inverted.job_id} {inverted.status}: {out.name} -> {out.path}")
 
     _say("\n3. a workflow that fails on purpose (node class EmulatorFail)")
-    try:
-        run_comfy_workflow(credentials, FAILING)
-    except JobFailed as exc:
-        _say(f"   JobFailed: {exc}")
-    else:
+    board = JobBoard()
+    failure: JobFailed | None = None
+    with board, prefect_logs_through(board.console, hide_run_errors=True):
+        run, watcher = watched(board)
+        try:
+            run(credentials, FAILING)
+        except JobFailed as exc:
+            failure = exc
+            watcher.finish("failed", f"at node {exc.node_id}")
+        finally:
+            watcher.stop()
+    if failure is None:
         _say("   the failing workflow did not fail: something is wrong")
         return 1
+    _say("   " + asyncio.run(_failure_line(failure)))
+    return asyncio.run(_report(api_url, [result.job_id, inverted.job_id], output_dir))
 
-    return asyncio.run(_report(api_url, [result.job_id, inverted.job_id]))
+
+async def _failure_line(failure: Any) -> str:
+    """One line: what failed, at which node, and the Prefect event that recorded it."""
+    node = FAILING.get(str(failure.node_id), {}).get("class_type", "?")
+    text = (
+        f"Failed as intended: job {failure.resource_id}, node {failure.node_id} ({node}): "
+        f"[{failure.error_code}] {failure.error_message}."
+    )
+    event = await _stored_event("comfy.job.failed", f"comfy.job.{failure.resource_id}")
+    if event is None:
+        return text + " Prefect has not stored its comfy.job.failed event (yet)."
+    from prefect.utilities.urls import url_for
+
+    return f"{text} Prefect stored event {event.event} {event.id}: {url_for(event)}"
 
 
-async def _report(api_url: str, job_ids: list[str]) -> int:
+async def _stored_event(name: str, resource_id: str, timeout: float = 20.0) -> Any:
+    """The event ``name`` about ``resource_id`` once the server has persisted it, else ``None``."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    flt = EventFilter(
+        event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id])
+    )
+    async with get_client() as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            page = await client.read_events(filter=flt, limit=1)
+            if page.events:
+                return page.events[0]
+            await asyncio.sleep(0.5)
+    return None
+
+
+async def _report(api_url: str, job_ids: list[str], output_dir: Path) -> int:
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
     from prefect.types._datetime import now
@@ -264,17 +342,38 @@ async def _report(api_url: str, job_ids: list[str]) -> int:
     if missing:
         _say(f"\nMissing events: {sorted(missing)}")
         return 1
-    _say(f"\nDone. Outputs are in {Path('demo-output').resolve()}")
+    _say(f"\nDone. Outputs are in {output_dir}")
+    _say(
+        "The command line is in the project's environment: .venv/bin/prefect-comfy --help "
+        "(or 'source .venv/bin/activate', then prefect-comfy --help; or 'uv run prefect-comfy')."
+    )
     return 0
 
 
 def demo(
-    keep_open: bool = False,
-    output_dir: str = "demo-output",
+    keep_open: Annotated[
+        bool,
+        typer.Option(
+            "--keep-open",
+            help="Keep the emulator and the Prefect server (and its UI) running after the flows, "
+            "until Ctrl-C.",
+        ),
+    ] = False,
+    output_dir: Annotated[
+        str,
+        typer.Option("--output-dir", help="Folder for the generated images.", metavar="DIR"),
+    ] = "demo-output",
 ) -> None:
-    """Run the demo: the emulator, a local Prefect server and three flows (see the module docs)."""
+    """Run the demo: the emulator, a local Prefect server and three flows.
+
+    Starts the Comfy Cloud emulator and 'prefect server start' on free loopback ports, runs a
+    text-to-image workflow, an upload pipeline and a workflow that fails on purpose, with live progress
+    bars and each run's Prefect UI link, then stops both servers.
+    """
     raise SystemExit(run_demo(keep_open=keep_open, output_dir=Path(output_dir)))
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_demo(keep_open="--keep-open" in sys.argv[1:]))
+if __name__ == "__main__":  # `make demo ARGS=...`: the same options as `prefect-comfy demo`
+    from prefect_comfy.cli import main
+
+    main(["demo", *sys.argv[1:]])

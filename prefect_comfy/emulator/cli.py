@@ -15,26 +15,45 @@ import typer
 
 
 def emulator(
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind; 0 picks a free one.")] = 8765,
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback by default).", metavar="ADDRESS")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="Port to bind; 0 picks a free one.", metavar="PORT")
+    ] = 8765,
     api_key: Annotated[
         list[str] | None,
         typer.Option(
             "--api-key",
             help="An API key to accept (repeat for several). Default: the COMFY_API_KEY variable.",
+            metavar="KEY",
             show_default=False,
         ),
     ] = None,
-    step_duration: Annotated[float, typer.Option(help="Seconds per execution step.")] = 0.05,
+    step_duration: Annotated[
+        float,
+        typer.Option(
+            help="Seconds each execution step takes (a KSampler runs one per sampler step).",
+            metavar="SECONDS",
+        ),
+    ] = 0.05,
     upload_duration: Annotated[
-        float, typer.Option(help="Seconds an upload takes to turn ready.")
+        float, typer.Option(help="Seconds an upload takes to turn ready.", metavar="SECONDS")
     ] = 0.1,
     seed: Annotated[
-        int | None, typer.Option(help="Seed for ids and images (default: random).")
+        int | None,
+        typer.Option(help="Seed for ids and images. Default: random.", metavar="SEED"),
     ] = None,
-    concurrency: Annotated[int, typer.Option(help="Jobs that run at the same time.")] = 4,
+    concurrency: Annotated[
+        int, typer.Option(help="Jobs that run at the same time.", metavar="N")
+    ] = 4,
 ) -> None:
-    """Run the local emulator of the Comfy Cloud developer API until Ctrl-C or SIGTERM."""
+    """Run the local emulator of the Comfy Cloud developer API until Ctrl-C or SIGTERM.
+
+    It speaks the developer API (REST and the event stream) on loopback, so that flows, the listener
+    and this command line can be tried and tested without an account: point COMFY_BASE_URL at the
+    URL it prints and use one of its keys as COMFY_API_KEY.
+    """
     from prefect_comfy.emulator.config import EmulatorConfig
     from prefect_comfy.emulator.server import EmulatorServer
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,8 @@ def listen(
         str | None,
         typer.Option(
             "--block",
+            "-b",
+            metavar="NAME",
             help="Name of a saved ComfyCloudCredentials or ComfyUIServer block. Default: COMFY_API_KEY and "
             "COMFY_BASE_URL from the environment.",
             show_default=False,
@@ -32,6 +34,7 @@ def listen(
         typer.Option(
             "--pattern",
             "-p",
+            metavar="PATTERN",
             help="Event pattern to forward: '*', 'job.*' or a name such as input.ready "
             "(repeat for several). Default: '*'.",
             show_default=False,
@@ -41,6 +44,7 @@ def listen(
         float,
         typer.Option(
             "--heartbeat-interval",
+            metavar="SECONDS",
             help="Seconds between comfy.listener.heartbeat events; 0 for none.",
             min=0,
         ),
@@ -49,6 +53,7 @@ def listen(
         str | None,
         typer.Option(
             "--name",
+            metavar="NAME",
             help="Stable id of the heartbeat resource comfy.listener.<name>. Default: "
             "<hostname>-<pid>.",
             show_default=False,
@@ -78,13 +83,14 @@ def listen(
         str,
         typer.Option(
             "--log-level",
+            metavar="LEVEL",
             help="Level of the listener's own log lines (DEBUG logs every forwarded event id).",
         ),
     ] = "INFO",
 ) -> None:
     """Forward Comfy events into Prefect as events (comfy.<event>), until SIGTERM or Ctrl-C."""
     from prefect_comfy.exceptions import ComfyConfigError, WebSocketAuthError
-    from prefect_comfy.listener.forwarder import require_prefect_api_url, run_listener
+    from prefect_comfy.listener.forwarder import require_prefect_api_url
 
     _configure_logging(log_level)
     try:
@@ -97,16 +103,16 @@ def listen(
     )
     try:
         stats = asyncio.run(
-            run_listener(
-                patterns=tuple(pattern or ("*",)),
-                block=block,
+            _listen(
+                block,
+                tuple(pattern or ("*",)),
                 heartbeat_interval=heartbeat_interval,
                 listener_id=name,
                 events_per_second=events_per_second,
                 cursor=cursor,
             )
         )
-    except ComfyConfigError as exc:
+    except ComfyConfigError as exc:  # also a --block that no saved block has: one line, exit 2
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     except WebSocketAuthError as exc:
@@ -120,6 +126,15 @@ def listen(
         f"caught_up={stats.caught_up}",
         err=True,
     )
+
+
+async def _listen(block: str | None, patterns: tuple[str, ...], **options: Any) -> Any:
+    """Run the listener on the backend of ``block`` (or the environment), closed after."""
+    from prefect_comfy.cli.connect import backend_for
+    from prefect_comfy.listener.forwarder import run_listener
+
+    async with await backend_for(block) as backend:
+        return await run_listener(backend, patterns, **options)
 
 
 def _configure_logging(level: str) -> None:

@@ -176,7 +176,12 @@ async def one_run(deployment_id: uuid.UUID) -> Any:
 async def test_served_trigger_deployment_runs_to_completion(emulator, prefect_api_url, tmp_path):
     """serve_triggers.py served in a subprocess; an input tagged for it is processed end to end."""
     t = f"s{uuid.uuid4().hex[:10]}"
-    env = example_env(emulator, COMFY_TRIGGER_TAG=t, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    env = example_env(
+        emulator,
+        COMFY_TRIGGER_TAG=t,
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        COMFY_OUTPUT_DIR=str(tmp_path / "outputs"),
+    )
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         str(FLOWS / "serve_triggers.py"),

@@ -1,0 +1,161 @@
+"""The ``prefect-comfy`` command line.
+
+Everyday work: ``run``, ``jobs list|get|cancel|watch``, ``outputs``, ``upload input|model``,
+``validate``, ``blocks create``; services: ``listen``, ``emulator``, ``demo``. See ``docs/cli.md``.
+
+Each command lives in its own module and only the command being run is imported (Prefect takes
+seconds to import; ``prefect-comfy emulator`` and ``--version`` do without it). ``--help`` with no
+command imports them all to list them. Errors end as one line and an exit code
+(:mod:`prefect_comfy.cli.errors`); ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import sys
+from typing import Annotated, NamedTuple
+
+import typer
+
+from prefect_comfy.cli.errors import report
+from prefect_comfy.cli.help import PlainCommand, PlainGroup, unwrap
+
+
+class Entry(NamedTuple):
+    """Where a command is: its module, the function (or sub-app) there, its one-line help."""
+
+    module: str
+    attribute: str
+    help: str
+    panel: str
+
+
+_WORK = "Everyday work"
+_SERVICES = "Services"
+
+COMMANDS: dict[str, Entry] = {
+    "run": Entry(
+        "prefect_comfy.cli.run", "run", "Run a workflow: live progress, then its outputs.", _WORK
+    ),
+    "jobs": Entry("prefect_comfy.cli.jobs", "app", "List, inspect, cancel and watch jobs.", _WORK),
+    "outputs": Entry(
+        "prefect_comfy.cli.jobs", "outputs", "Download the outputs of a finished job.", _WORK
+    ),
+    "upload": Entry(
+        "prefect_comfy.cli.uploads", "app", "Upload an input image or a model file.", _WORK
+    ),
+    "validate": Entry(
+        "prefect_comfy.cli.validate", "validate", "Check a workflow file before running it.", _WORK
+    ),
+    "blocks": Entry(
+        "prefect_comfy.cli.blocks", "app", "Save Comfy credentials as a Prefect block.", _WORK
+    ),
+    "listen": Entry(
+        "prefect_comfy.listener.cli", "listen", "Forward Comfy events into Prefect.", _SERVICES
+    ),
+    "emulator": Entry(
+        "prefect_comfy.emulator.cli",
+        "emulator",
+        "Run the local emulator of the Comfy Cloud developer API.",
+        _SERVICES,
+    ),
+    "demo": Entry(
+        "prefect_comfy.demo",
+        "demo",
+        "Run the demo: the emulator, a local Prefect server and three flows.",
+        _SERVICES,
+    ),
+}
+
+
+def version_text() -> str:
+    """``prefect-comfy X (prefect Y, Python Z)``, read without importing Prefect."""
+
+    def of(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"prefect-comfy {of('prefect-comfy')} (prefect {of('prefect')}, Python {python})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_show_version,
+            help="Print the versions of prefect-comfy, Prefect and Python, and exit.",
+        ),
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Print the full traceback of an error (anywhere on the line)."
+        ),
+    ] = False,
+) -> None:
+    """Orchestrate ComfyUI and Comfy Cloud from Prefect, and run Comfy jobs from the terminal.
+
+    Credentials come from --block NAME (a saved ComfyCloudCredentials or ComfyUIServer block) or
+    from COMFY_API_KEY and COMFY_BASE_URL.
+    """
+
+
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """The Typer app with the command named in ``argv`` registered (all of them without one)."""
+    argv = sys.argv[1:] if argv is None else argv
+    app = typer.Typer(
+        name="prefect-comfy",
+        cls=PlainGroup,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["--help", "-h"]},
+    )
+    app.callback(help=unwrap(_options.__doc__))(_options)
+    named = [word for word in argv if not word.startswith("-")][:1]
+    if named and named[0] in COMMANDS:
+        wanted = named
+    elif "--version" in argv:  # answered before any command: import none
+        wanted = []
+    else:
+        wanted = list(COMMANDS)
+    for name in wanted:
+        entry = COMMANDS[name]
+        target = getattr(importlib.import_module(entry.module), entry.attribute)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=name, help=entry.help, rich_help_panel=entry.panel)
+        else:
+            app.command(
+                name=name,
+                help=unwrap(target.__doc__) or entry.help,
+                short_help=entry.help,
+                cls=PlainCommand,
+                rich_help_panel=entry.panel,
+            )(target)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``prefect-comfy`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line: move it where the group's option is parsed
+        argv = ["--debug", *(word for word in argv if word != "--debug")]
+    try:
+        build_app(argv)(args=argv, prog_name="prefect-comfy")
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every error ends as one line and a code
+        raise SystemExit(report(exc, debug=debug)) from None

@@ -1,0 +1,120 @@
+"""``prefect-comfy blocks create cloud|comfyui NAME``: save credentials as a Prefect block.
+
+The API key comes from ``COMFY_API_KEY`` when it is set, else from a prompt that does not echo it.
+It is saved as a secret and never printed. The block is saved on the Prefect server that
+``PREFECT_API_URL`` (or the active Prefect profile) names; every command then takes ``--block NAME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated
+
+import typer
+
+from prefect_comfy.cli.connect import prefect_api_url
+from prefect_comfy.cli.errors import PrefectUnavailable, UsageProblem
+from prefect_comfy.cli.help import command, group
+
+app = group("blocks", "Save Comfy credentials as a Prefect block.")
+create = group("create", "Save a block: Comfy Cloud credentials or a ComfyUI server.")
+app.add_typer(create, name="create")
+
+NameArgument = Annotated[
+    str, typer.Argument(help="Name to save the block under.", metavar="NAME", show_default=False)
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace a block of that name and type.")
+]
+
+
+@command(create, "cloud")
+def create_cloud(
+    name: NameArgument,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            help="Origin of the developer API. Default: COMFY_BASE_URL, or "
+            "https://cloud.comfy.org when the block is used.",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Save a ComfyCloudCredentials block: an API key (asked for, or COMFY_API_KEY) and a URL."""
+    api_url = _require_prefect()
+    key = _api_key(required=True)
+    base_url = base_url or os.environ.get("COMFY_BASE_URL") or None
+    from prefect_comfy import ComfyCloudCredentials
+
+    block = ComfyCloudCredentials(api_key=key, base_url=base_url)
+    _save(block, name, overwrite)
+    where = base_url or "https://cloud.comfy.org"
+    typer.echo(f'Saved ComfyCloudCredentials block "{name}" ({where}) on {api_url}.')
+    typer.echo(f"Use it with --block {name}, or ComfyCloudCredentials.load({name!r}).")
+
+
+@command(create, "comfyui")
+def create_comfyui(
+    name: NameArgument,
+    url: Annotated[
+        str, typer.Option("--url", help="The ComfyUI server's origin.", metavar="URL")
+    ] = "http://127.0.0.1:8188",
+    with_key: Annotated[
+        bool,
+        typer.Option(
+            "--with-key",
+            help="Also save an API key (Comfy Cloud's ComfyUI-compatible API): asked for, or "
+            "COMFY_API_KEY.",
+        ),
+    ] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Save a ComfyUIServer block: where a self-hosted ComfyUI is (and a key, with --with-key)."""
+    api_url = _require_prefect()
+    key = _api_key(required=True) if with_key else None
+    from prefect_comfy import ComfyUIServer
+
+    _save(ComfyUIServer(url=url, api_key=key), name, overwrite)
+    typer.echo(f'Saved ComfyUIServer block "{name}" ({url}) on {api_url}.')
+    typer.echo(f"Use it with --block {name}, or ComfyUIServer.load({name!r}).")
+
+
+def _require_prefect() -> str:
+    api_url = prefect_api_url()
+    if not api_url:
+        raise UsageProblem(
+            "Blocks are saved on a Prefect server: set PREFECT_API_URL (for instance "
+            "http://127.0.0.1:4200/api after 'prefect server start')"
+        )
+    return api_url
+
+
+def _api_key(*, required: bool) -> str | None:
+    key = os.environ.get("COMFY_API_KEY")
+    if key:
+        typer.echo("Using the API key in COMFY_API_KEY.", err=True)
+        return key
+    key = typer.prompt("Comfy API key (not shown)", hide_input=True, default="", show_default=False)
+    if required and not key.strip():
+        raise UsageProblem("No API key given: type it at the prompt, or set COMFY_API_KEY")
+    return key.strip() or None
+
+
+def _save(block: object, name: str, overwrite: bool) -> None:
+    try:
+        asyncio.run(block.asave(name, overwrite=overwrite))  # type: ignore[attr-defined]
+    except ValueError as exc:
+        if "already in use" in str(exc) or "already exists" in str(exc):
+            raise UsageProblem(
+                f"A block named {name!r} exists already; pass --overwrite to replace it"
+            ) from None
+        raise UsageProblem(f"Cannot save block {name!r}: {exc}") from None
+    except Exception as exc:  # the server is down or refuses us: say which server
+        raise PrefectUnavailable(
+            f"Could not save block {name!r} on the Prefect server at {prefect_api_url()}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

@@ -1,0 +1,179 @@
+"""``prefect-comfy run`` as a Prefect flow run of ``run_comfy_workflow``, with live bars.
+
+The flow runs in this thread, as any flow called from Python. An ``on_running`` hook learns the
+flow run, prints its UI link and starts a watcher thread, which reads the job id from the flow-run
+label ``comfy.job-id`` (``run_comfy_workflow`` sets it as soon as the job is submitted, for its
+cancellation hook) and then waits on the job's event stream with the bars as ``on_progress``.
+Ctrl-C interrupts the flow, whose own cleanup cancels the Comfy job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect_comfy.cli.connect import credentials_for
+from prefect_comfy.cli.errors import Interrupted
+from prefect_comfy.cli.progress import JobBoard
+
+JOB_ID_LABEL = "comfy.job-id"
+"""The flow-run label that names the Comfy job (documented in :mod:`prefect_comfy.flows`)."""
+
+LABEL_POLL = 0.2
+"""Seconds between two reads of the flow run while its job is not yet submitted."""
+
+
+class FlowRunWatcher:
+    """Follows the Comfy job of the flow run it is hooked into, on a board of progress bars."""
+
+    def __init__(self, credentials: Any, board: JobBoard) -> None:
+        self.credentials = credentials
+        self.board = board
+        self.flow_run_id: str | None = None
+        self.job_id: str | None = None
+        self.ui_url: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def on_running(self, flow: Any, flow_run: Any, state: Any) -> None:
+        """The flow's ``on_running`` hook: print the run's link, start watching."""
+        from prefect.utilities.urls import url_for
+
+        self.flow_run_id = str(flow_run.id)
+        self.ui_url = url_for(flow_run)
+        self.board.console.print(
+            f"Prefect flow run {flow_run.name}: {self.ui_url or self.flow_run_id}"
+        )
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._watch(),), name="comfy-cli-watch", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the watcher (the flow is over) and wait a little for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def finish(self, status: str, detail: str = "") -> None:
+        """Stop watching and show the flow's outcome on the job's row (if the job was seen)."""
+        self.stop()
+        if self.job_id is not None:
+            self.board.finish(str(self.job_id), status, detail)
+
+    async def _watch(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            while self.job_id is None and not self._stop.is_set():
+                with contextlib.suppress(Exception):  # a missed read is tried again
+                    run = await client.read_flow_run(self.flow_run_id)
+                    self.job_id = (run.labels or {}).get(JOB_ID_LABEL)
+                if self.job_id is None:
+                    await asyncio.sleep(LABEL_POLL)
+        if self.job_id is None:
+            return
+        self.board.add(str(self.job_id), "submitted")
+        async with self.credentials.get_backend() as backend:
+            wait = asyncio.ensure_future(
+                backend.wait_for_job(str(self.job_id), on_progress=self.board.on_progress)
+            )
+            while not wait.done() and not self._stop.is_set():
+                await asyncio.wait({wait}, timeout=LABEL_POLL)
+            if not wait.done():
+                wait.cancel()
+            with contextlib.suppress(BaseException):
+                await wait
+
+
+class _Chatter(logging.Filter):
+    """Drops the engine's lines about running the watcher's hook."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "prefect.engine":
+            return True
+        return not str(record.msg).startswith(("Running hook", "Hook "))
+
+
+class _RunErrors(logging.Filter):
+    """Drops the failure lines of flow and task runs (tracebacks, "Finished in state Failed"):
+    the caller says what failed in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return True
+        failed = str(record.msg).startswith("Finished in state Failed")
+        return not (record.levelno >= logging.ERROR or failed)
+
+
+@contextlib.contextmanager
+def prefect_logs_through(console: Any, *, hide_run_errors: bool = False) -> Iterator[None]:
+    """Print Prefect's console log lines through ``console`` (above the live bars, not across them).
+
+    With ``hide_run_errors``, the ERROR lines of flow and task runs (a failure's tracebacks) are
+    left out of the terminal; the Prefect server still gets them, and the UI shows them.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [h.console for h in handlers]
+    filters: list[logging.Filter] = [_Chatter(), *([_RunErrors()] if hide_run_errors else [])]
+    for handler in handlers:
+        handler.console = console
+        for one in filters:
+            handler.addFilter(one)
+    try:
+        yield
+    finally:
+        for handler, previous in zip(handlers, saved, strict=True):
+            handler.console = previous
+            for one in filters:
+                handler.removeFilter(one)
+
+
+def run_as_flow(
+    graph: dict[str, Any],
+    block: str | None,
+    out: Path,
+    tags: list[str],
+    timeout: float | None,
+    board: JobBoard,
+    *,
+    debug: bool = False,
+) -> tuple[str, str, list[Path]]:
+    """Run ``run_comfy_workflow`` with live bars; returns the job id, its status and the files.
+
+    The run's own error lines (tracebacks) stay in Prefect unless ``debug``: the command's one-line
+    error says what failed.
+    """
+    from prefect_comfy import JobFailed, OutcomeError, run_comfy_workflow
+
+    credentials = asyncio.run(credentials_for(block))
+    watcher = FlowRunWatcher(credentials, board)
+    flow = run_comfy_workflow.with_options(on_running=[watcher.on_running])
+    with board, prefect_logs_through(board.console, hide_run_errors=not debug):
+        try:
+            result = flow(credentials, graph, tags=tags, output_dir=str(out), timeout=timeout)
+        except KeyboardInterrupt:
+            watcher.finish("cancelled", "(Ctrl-C)")
+            raise Interrupted(
+                f"Interrupted: the flow run cancelled Comfy job {watcher.job_id or '(none yet)'}"
+                + (f"; see {watcher.ui_url}" if watcher.ui_url else "")
+            ) from None
+        except OutcomeError as exc:
+            status = getattr(exc, "status", None) or "failed"
+            detail = f"at node {exc.node_id}" if isinstance(exc, JobFailed) and exc.node_id else ""
+            watcher.finish(status, detail)
+            raise
+        except BaseException:
+            watcher.stop()
+            raise
+        watcher.finish(result.status)
+    if watcher.ui_url:
+        board.console.print(f"Flow run: {watcher.ui_url}")
+    return result.job_id, result.status, [Path(f.path) for f in result.outputs]

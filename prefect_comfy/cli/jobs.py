@@ -1,0 +1,220 @@
+"""``prefect-comfy jobs list|get|cancel|watch`` and ``prefect-comfy outputs``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prefect_comfy.cli.connect import BlockOption, backend_for
+from prefect_comfy.cli.errors import CommandFailed, UsageProblem
+from prefect_comfy.cli.help import command, group
+from prefect_comfy.cli.progress import JobBoard
+from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, download_all
+from prefect_comfy.exceptions import ComfyError, JobFailed
+from prefect_comfy.models import JOB_TERMINAL, Job
+
+app = group("jobs", "List, inspect, cancel and watch jobs.")
+
+JobIds = Annotated[
+    list[str], typer.Argument(help="One or more job ids.", metavar="ID...", show_default=False)
+]
+
+
+@command(app, "list")
+def list_jobs(
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only jobs in this status (pending, running, completed, failed, cancelled).",
+            metavar="STATUS",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag", "-t", help="Only jobs with this tag (repeat: all of them).", metavar="TAG"
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="Most jobs to show.", metavar="N", min=1)
+    ] = 20,
+    block: BlockOption = None,
+) -> None:
+    """List recent jobs, newest first: id, status, progress, creation time, tags."""
+    jobs = asyncio.run(_list(status, tag or [], limit, block))
+    table = Table("ID", "STATUS", "PROGRESS", "CREATED", "TAGS", box=None, pad_edge=False)
+    for job in jobs:
+        progress = f"{job.progress:.0f}%" if job.progress is not None else ""
+        created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
+        table.add_row(job.id, job.status, progress, created, ",".join(job.tags))
+    Console(width=200, soft_wrap=True).print(table)
+    if not jobs:
+        typer.echo("No jobs.", err=True)
+
+
+async def _list(status: str | None, tags: list[str], limit: int, block: str | None) -> list[Job]:
+    async with await backend_for(block) as backend:
+        client = getattr(backend, "client", None)
+        if client is not None and hasattr(client, "list_jobs"):  # the developer API
+            page = await client.list_jobs(status=status, tags=tags or None, limit=limit)
+            return list(page.items)
+        # ComfyUI: the queue, then the history, newest first
+        queued = list((await backend.queue_records()).keys())
+        done = list(reversed(list((await backend.recent_history(limit)).keys())))
+        jobs = [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
+    wanted = [
+        j for j in jobs if (status is None or j.status == status) and set(tags) <= set(j.tags)
+    ]
+    return wanted[:limit]
+
+
+@command(app, "get")
+def get(
+    job_id: Annotated[str, typer.Argument(help="The job id.", metavar="ID", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+    block: BlockOption = None,
+) -> None:
+    """Show one job: status, progress, times, error and outputs."""
+    job = asyncio.run(_get(job_id, block))
+    if as_json:
+        typer.echo(json.dumps(job.model_dump(mode="json", exclude_none=True), indent=2))
+        return
+    typer.echo(
+        f"{job.id}  {job.status}" + (f"  {job.progress:.0f}%" if job.progress is not None else "")
+    )
+    for label, value in (
+        ("created", job.created_at),
+        ("started", job.started_at),
+        ("ended", job.completed_at),
+    ):
+        if value is not None:
+            typer.echo(f"  {label:<8} {value:%Y-%m-%d %H:%M:%S %Z}".rstrip())
+    if job.tags:
+        typer.echo(f"  tags     {', '.join(job.tags)}")
+    if job.error is not None:
+        where = f" at node {job.error.node_id}" if job.error.node_id else ""
+        typer.echo(f"  error    [{job.error.code or 'unknown'}]{where}: {job.error.message or ''}")
+    for output in job.outputs:
+        typer.echo(f"  output   {output.name or output.id} ({output.type})")
+
+
+async def _get(job_id: str, block: str | None) -> Job:
+    async with await backend_for(block) as backend:
+        return await backend.get_job(job_id)
+
+
+@command(app, "cancel")
+def cancel(job_ids: JobIds, block: BlockOption = None) -> None:
+    """Cancel jobs: a pending job ends at once, a running one at its next step."""
+    for job in asyncio.run(_cancel(job_ids, block)):
+        if job.status == "cancelled":
+            typer.echo(f"{job.id}  cancelled")
+        elif job.is_terminal:
+            typer.echo(f"{job.id}  {job.status} (it had ended already)")
+        else:
+            typer.echo(f"{job.id}  cancel requested (was {job.status}; it stops at its next step)")
+
+
+async def _cancel(job_ids: list[str], block: str | None) -> list[Job]:
+    async with await backend_for(block) as backend:
+        return [await backend.cancel(job_id) for job_id in job_ids]
+
+
+@command(app, "watch")
+def watch(
+    job_ids: JobIds,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Seconds to watch before giving up (the jobs keep running).",
+            metavar="SECONDS",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    block: BlockOption = None,
+) -> None:
+    """Watch jobs with a live progress bar each, until they end. Ctrl-C stops watching only.
+
+    Exits 0 when every job completed, 1 otherwise.
+    """
+    board = JobBoard()
+    with board:
+        outcomes = asyncio.run(_watch(job_ids, timeout, block, board))
+    failed = {job_id: why for job_id, why in outcomes.items() if why}
+    if failed:
+        raise CommandFailed(
+            f"{len(failed)} of {len(job_ids)} job(s) did not complete: "
+            + "; ".join(f"{job_id} {why}" for job_id, why in failed.items())
+        )
+
+
+async def _watch(
+    job_ids: list[str], timeout: float | None, block: str | None, board: JobBoard
+) -> dict[str, str]:
+    """Each job's outcome: ``""`` for completed, else what happened."""
+    async with await backend_for(block) as backend:
+
+        async def one(job_id: str) -> str:
+            board.add(job_id, "…")
+            try:
+                job = await backend.get_job(job_id)
+                if job.status in JOB_TERMINAL:
+                    node = job.error.node_id if job.error is not None else None
+                    return _outcome(board, job_id, job.status, node)
+                board.add(job_id, job.status)
+                event = await backend.wait_for_job(
+                    job_id, timeout=timeout, on_progress=board.on_progress
+                )
+            except ComfyError as exc:
+                board.finish(job_id, "error")
+                return _short(exc)
+            node = (event.payload.get("error") or {}).get("node_id")
+            return _outcome(board, job_id, event.event.removeprefix("job."), node)
+
+        return dict(zip(job_ids, await asyncio.gather(*(one(j) for j in job_ids)), strict=True))
+
+
+def _outcome(board: JobBoard, job_id: str, status: str, node: str | None) -> str:
+    """Show a job's end on its row; ``""`` for completed, else what happened (and where)."""
+    where = f"at node {node}" if node else ""
+    board.finish(job_id, status, where)
+    return "" if status == "completed" else f"{status} {where}".rstrip()
+
+
+def _short(exc: ComfyError) -> str:
+    if isinstance(exc, JobFailed):
+        return f"failed at node {exc.node_id}" if exc.node_id else "failed"
+    return str(exc)
+
+
+def outputs(
+    job_id: Annotated[str, typer.Argument(help="The job id.", metavar="ID", show_default=False)],
+    out: OutOption = Path(DEFAULT_OUT),
+    block: BlockOption = None,
+) -> None:
+    """Download the outputs of a completed job; prints their paths, one a line."""
+    for path in asyncio.run(_outputs(job_id, out, block)):
+        typer.echo(str(path))
+
+
+async def _outputs(job_id: str, out: Path, block: str | None) -> list[Path]:
+    async with await backend_for(block) as backend:
+        job = await backend.get_job(job_id)
+        if job.status != "completed":
+            hint = (
+                f"wait for it with 'prefect-comfy jobs watch {job_id}'"
+                if job.status not in JOB_TERMINAL
+                else "only a completed job has outputs"
+            )
+            raise UsageProblem(f"Job {job_id} is {job.status}: {hint}")
+        return await download_all(backend, job_id, out)

@@ -1,0 +1,113 @@
+"""Live progress bars for Comfy jobs, one row per job, fed by ``job.progress`` events.
+
+A row shows the job id, a bar, the percent, the node that runs (class and id), its step and the
+time since the row was added; at the end, the job's outcome. The bars are drawn on stderr, so what a
+command prints on stdout (the paths of the outputs) stays clean for a pipe. Off a terminal, Rich
+draws the final state once.
+
+Feed it from any thread: Rich's ``Progress`` takes a lock around every update.
+
+Example:
+    >>> from prefect_comfy import ComfyEvent
+    >>> board = JobBoard()
+    >>> board.add("job_1")
+    >>> board.on_progress(ComfyEvent(event="job.progress", payload={
+    ...     "id": "job_1", "progress": 40.0, "node_id": "3", "node_class": "KSampler",
+    ...     "step": 10, "steps": 25}))
+    >>> board.row("job_1")
+    {'percent': 40.0, 'node': 'KSampler #3', 'step': 'step 10/25', 'status': 'running'}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from prefect_comfy.models import ComfyEvent
+
+OUTCOME_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow"}
+
+
+class JobBoard:
+    """Progress bars for one or more jobs; use it as a context manager around the wait."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=30),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[node]}"),
+            TextColumn("{task.fields[step]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=self.console,
+            refresh_per_second=8,
+        )
+        self._rows: dict[str, TaskID] = {}
+
+    def __enter__(self) -> JobBoard:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def add(self, job_id: str, status: str = "submitted") -> None:
+        """A new row for ``job_id`` (nothing if it has one already)."""
+        if job_id not in self._rows:
+            self._rows[job_id] = self._progress.add_task(
+                job_id, total=100, node="", step="", status=status
+            )
+
+    def on_progress(self, event: ComfyEvent) -> None:
+        """Move a job's bar to what a ``job.progress`` event says (the ``on_progress`` callback)."""
+        job_id = event.resource_id
+        if job_id is None:
+            return
+        self.add(job_id)
+        payload = event.payload
+        fields: dict[str, Any] = {"status": "running"}
+        if payload.get("node_class") or payload.get("node_id"):
+            fields["node"] = " #".join(
+                str(part) for part in (payload.get("node_class"), payload.get("node_id")) if part
+            )
+        steps = payload.get("steps")
+        if isinstance(steps, int) and steps > 1:
+            fields["step"] = f"step {payload.get('step', '?')}/{steps}"
+        else:
+            fields["step"] = ""
+        percent = payload.get("progress")
+        if isinstance(percent, (int, float)):
+            fields["completed"] = max(0.0, min(100.0, float(percent)))
+        self._progress.update(self._rows[job_id], **fields)
+
+    def finish(self, job_id: str, status: str, detail: str = "") -> None:
+        """Show a job's outcome: ``completed`` fills the bar, others keep where it stopped."""
+        self.add(job_id)
+        style = OUTCOME_STYLE.get(status, "")
+        text = f"[{style}]{status}[/]" if style else status
+        fields: dict[str, Any] = {"status": f"{text} {detail}".rstrip()}
+        if status == "completed":
+            fields["completed"] = 100
+        self._progress.update(self._rows[job_id], **fields)
+        self._progress.stop_task(self._rows[job_id])
+
+    def row(self, job_id: str) -> dict[str, Any]:
+        """What the row of ``job_id`` shows (for tests and for a one-line summary)."""
+        task = self._progress.tasks[self._rows[job_id]]
+        return {
+            "percent": task.completed,
+            "node": task.fields["node"],
+            "step": task.fields["step"],
+            "status": task.fields["status"],
+        }

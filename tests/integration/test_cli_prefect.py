@@ -1,0 +1,181 @@
+"""The command line with a Prefect server: saved blocks, ``--block``, and ``run`` as a flow run.
+
+Subprocesses against the session's emulator and the Prefect test harness; the key is never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import API_KEY
+from tests.integration.test_cli import (
+    CLI,
+    cli,
+    env_for,
+    error_lines,
+    running_jobs,
+    status_is,
+    write_json,
+)
+from tests.waiting import eventually
+from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+
+pytestmark = pytest.mark.prefect
+
+
+def prefect_env(emulator: Any, api_url: str, **extra: str) -> dict[str, str]:
+    return env_for(emulator, PREFECT_API_URL=api_url, **extra)
+
+
+def test_blocks_create_then_every_command_takes_block(emulator, prefect_api_url, tmp_path) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    env = prefect_env(emulator, prefect_api_url)
+    done = cli("blocks", "create", "cloud", name, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f'Saved ComfyCloudCredentials block "{name}" ({emulator.url})' in done.stdout
+    assert "Using the API key in COMFY_API_KEY." in done.stderr
+
+    again = cli("blocks", "create", "cloud", name, env=env)
+    assert again.returncode == 2
+    assert error_lines(again.stderr)[-1] == (
+        f"Error: A block named {name!r} exists already; pass --overwrite to replace it"
+    )
+
+    keyless = {k: v for k, v in env.items() if not k.startswith("COMFY_")}
+    workflow = write_json(tmp_path / "wf.json", tiny_workflow("byblock"))
+    run = cli("run", str(workflow), "--no-prefect", "--block", name, "--out", str(tmp_path),
+              env=keyless)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stdout.splitlines()[0]).is_file()
+    listed = cli("jobs", "list", "-b", name, env=keyless)
+    assert listed.returncode == 0 and "job_" in listed.stdout
+
+
+def test_block_commands_say_what_is_missing(emulator, prefect_api_url) -> None:
+    env = prefect_env(emulator, prefect_api_url)
+    missing = cli("jobs", "list", "--block", "no-such-block", env=env)
+    assert missing.returncode == 2
+    assert error_lines(missing.stderr) == [
+        f"Error: No ComfyCloudCredentials or ComfyUIServer block named 'no-such-block' on "
+        f"{prefect_api_url}; save one with 'prefect-comfy blocks create cloud|comfyui'"
+    ]
+    no_prefect = cli("jobs", "list", "--block", "x", env=env_for(emulator))
+    assert no_prefect.returncode == 2
+    assert "--block x needs a Prefect server that holds the block" in no_prefect.stderr
+
+
+def test_listen_with_a_missing_block_exits_2_in_one_line(emulator, prefect_api_url) -> None:
+    done = cli("listen", "--block", "no-such-block", env=prefect_env(emulator, prefect_api_url))
+    assert done.returncode == 2
+    errors = [line for line in error_lines(done.stderr) if "Error" in line or "Traceback" in line]
+    assert errors == [
+        f"Error: No ComfyCloudCredentials or ComfyUIServer block named 'no-such-block' on "
+        f"{prefect_api_url}; save one with 'prefect-comfy blocks create cloud|comfyui'"
+    ]
+
+
+def test_blocks_create_comfyui_and_a_key_typed_at_the_hidden_prompt(
+    emulator, prefect_api_url
+) -> None:
+    env = prefect_env(emulator, prefect_api_url)
+    name = f"ui-{uuid.uuid4().hex[:8]}"
+    done = cli("blocks", "create", "comfyui", name, "--url", "http://127.0.0.1:8188", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f'Saved ComfyUIServer block "{name}" (http://127.0.0.1:8188)' in done.stdout
+
+    del env["COMFY_API_KEY"]
+    typed = "comfyui-typed-at-the-prompt"
+    screen = _in_terminal([*CLI, "blocks", "create", "cloud", f"{name}-c"], env, typed)
+    assert "Comfy API key (not shown):" in screen
+    assert typed not in screen and API_KEY not in screen
+    assert f'Saved ComfyCloudCredentials block "{name}-c"' in screen
+
+
+def _in_terminal(command: list[str], env: dict[str, str], answer: str) -> str:
+    """Run ``command`` on a pseudo-terminal that is its controlling terminal (as a shell's is, so
+    that a hidden prompt can turn echo off), type ``answer`` at its prompt; return the screen."""
+    pid, main = pty.fork()
+    if pid == 0:  # the child: exec at once, nothing else
+        os.execve(command[0], command, env)
+    screen, answered = b"", False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([main], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+            # the prompt's last character comes from getpass, once it has turned echo off
+            if not answered and b"(not shown): " in screen:
+                os.write(main, answer.encode() + b"\n")
+                answered = True
+    finally:
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if not ended:  # still running after the deadline
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+        os.close(main)
+    assert answered and os.waitstatus_to_exitcode(status) == 0, screen.decode(errors="replace")
+    return screen.decode(errors="replace")
+
+
+def test_run_as_a_prefect_flow_run_prints_its_link(emulator, prefect_api_url, tmp_path) -> None:
+    env = prefect_env(emulator, prefect_api_url)
+    workflow = write_json(tmp_path / "wf.json", tiny_workflow("asflow"))
+    done = cli("run", str(workflow), "--out", str(tmp_path / "out"), env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(
+        r"Prefect flow run [\w-]+: http://\S+/runs/flow-run/[0-9a-f-]{36}", done.stderr
+    )
+    (path,) = done.stdout.splitlines()
+    assert Path(path).parent == tmp_path / "out" and Path(path).is_file()
+
+    failing = write_json(tmp_path / "fail.json", failing_workflow("flow failure", code="oom"))
+    done = cli("run", str(failing), env=env, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [line for line in error_lines(done.stderr) if line.startswith("Error:")]
+    assert len(errors) == 1 and re.search(r"job_\w+ failed at node 1", errors[0]), done.stderr
+
+
+async def test_ctrl_c_during_a_flow_run_cancels_the_comfy_job(
+    emulator, prefect_api_url, tmp_path
+) -> None:
+    tag = f"sigint-flow-{uuid.uuid4().hex[:8]}"
+    workflow = write_json(tmp_path / "slow.json", slow_workflow(600, step_seconds=0.05))
+    process = subprocess.Popen(
+        [*CLI, "run", str(workflow), "--tag", tag, "--out", str(tmp_path)],
+        env=prefect_env(emulator, prefect_api_url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        running = await eventually(
+            lambda: running_jobs(emulator, tag), timeout=120, message="the flow run's job running"
+        )
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    assert API_KEY not in stdout + stderr
+    job_id = running[0].id
+    assert f"Interrupted: the flow run cancelled Comfy job {job_id}" in stderr
+    await eventually(lambda: status_is(emulator, job_id, "cancelled"), message="job cancelled")
