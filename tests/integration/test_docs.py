@@ -35,6 +35,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -256,3 +257,54 @@ def test_readme_links_resolve():
     assert targets, "the README links to the docs"
     missing = [t for t in targets if not (ROOT / t).exists()]
     assert not missing, f"README links to files that do not exist: {missing}"
+
+
+SERVICE_PAGE = ROOT / "docs" / "how-to" / "listener-service.md"
+VENV_BIN = Path(sys.executable).parent
+DOCUMENTED_VENV_BIN = "/opt/prefect-comfy/.venv/bin/"
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """The listener's systemd unit passes ``systemd-analyze verify`` (unknown keys are reported)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    (unit,) = fenced_blocks(SERVICE_PAGE, "ini")
+    assert DOCUMENTED_VENV_BIN in unit.source
+    path = tmp_path / "prefect-comfy-listener.service"
+    path.write_text(unit.source.replace(DOCUMENTED_VENV_BIN, f"{VENV_BIN}/"), encoding="utf-8")
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def listener_commands() -> list[list[str]]:
+    """The ``prefect-comfy`` arguments of the systemd unit and of the Kubernetes Deployment."""
+    import yaml
+
+    (unit,) = fenced_blocks(SERVICE_PAGE, "ini")
+    exec_start = re.search(r"^ExecStart=\S*/prefect-comfy (.*)$", unit.source, re.MULTILINE)
+    manifests = [
+        d for b in fenced_blocks(SERVICE_PAGE, "yaml") for d in yaml.safe_load_all(b.source)
+    ]
+    containers = [
+        c
+        for d in manifests
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
+    return [exec_start[1].split(), *(c["args"] for c in containers)]
+
+
+def test_service_commands_are_accepted():
+    """Every option the service recipes pass exists: the CLI parses them (an unknown one exits 2)."""
+    commands = listener_commands()
+    assert len(commands) == 2
+    for args in commands:
+        done = subprocess.run(
+            [str(VENV_BIN / "prefect-comfy"), *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
