@@ -161,6 +161,26 @@ def _serve_by_applying(flow, name=None, **options):  # noqa: ANN001, ANN003
         client.delete_deployment(deployment_id)
 
 
+def point_prefect_console_at_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make Prefect's console log handlers write to this test's captured stderr.
+
+    They keep the stream they were made with: that of the test that first set up Prefect's
+    logging, which ``capsys`` has closed since. Writing to it fails, and under ``log_prints=True``
+    the failure's report is printed, logged and fails again, until a ``RecursionError``. Pointed at
+    the current stream, the run's log lines are also part of the output checked for the key.
+    """
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, PrefectConsoleHandler):
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+                monkeypatch.setattr(handler.console, "file", sys.stderr)
+
+
 def run_block(source: str, path: Path) -> None:
     path.write_text(source, encoding="utf-8")
     code = compile(source, str(path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
@@ -180,6 +200,7 @@ def test_doc_example(block, request, emulator, prefect_api_url, workdirs, monkey
     monkeypatch.setenv("COMFY_API_KEY", API_KEY)
     monkeypatch.setenv("COMFY_BASE_URL", emulator.url)
     monkeypatch.setattr(Flow, "serve", _serve_by_applying)
+    point_prefect_console_at_this_test(monkeypatch)
     ComfyCloudCredentials(api_key=API_KEY, base_url=emulator.url).save("comfy", overwrite=True)
 
     source = block.source
