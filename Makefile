@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # uv through its module, so a uv that pip has just installed works whatever PATH says.
 UV := python3 -m uv
 
-.PHONY: setup demo test test-fast comfyui bench lint clean
+.PHONY: setup demo test test-fast docs comfyui bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
@@ -23,12 +23,17 @@ comfyui:
 	bash scripts/install-comfyui.sh
 
 # A failed ComfyUI install does not stop the other tests: the ComfyUI tests then fail, saying why.
-test: setup
+test: setup docs
 	@bash scripts/install-comfyui.sh || echo "ComfyUI could not be installed: the comfyui tests will fail and say why"
 	$(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not comfyui"
+
+# The documentation site, into site/ (ignored by git). --strict: a broken link or an API name that
+# does not resolve fails the build, and so `make test` and CI.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
@@ -38,4 +43,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -1,4 +1,5 @@
-"""Every ```python block of README.md and docs/*.md runs here, as a reader would run it.
+"""Every ```python block of README.md and of every page of the documentation site (docs/**/*.md)
+runs here, as a reader would run it.
 
 How a block runs:
 
@@ -14,12 +15,16 @@ How a block runs:
 - Placeholders are replaced before running, by :data:`SUBSTITUTIONS` (and, for ComfyUI blocks, the
   default ComfyUI address by the ``comfyui_server`` fixture's).
 - An HTML comment on the line just before the fence changes this:
-  ``<!-- docs-test: skip (reason) -->`` does not run the block (the reason shows in the skip), and
+  ``<!-- docs-test: skip (reason) -->`` does not run the block (the reason shows in the skip),
   ``<!-- docs-test: comfyui -->`` runs it against the real ComfyUI of ``comfyui_server``
-  (marked ``comfyui``, so ``make test-fast`` leaves it out).
+  (marked ``comfyui``, so ``make test-fast`` leaves it out), and ``<!-- docs-test: pytest -->``
+  saves the block as a test module of its own and runs pytest on it in a subprocess, as a user's
+  project would: no fixtures of this suite, no placeholders, no ``COMFY_*`` variables; only
+  ``PREFECT_API_URL``, the session's Prefect server (a module may start its own when it is unset).
 
-docs/dev/ and docs/comfyui-protocol-notes.md (observations of ComfyUI's wire protocol, not examples
-of this package) are not covered.
+Blocks that are not Python are checked where a tool can: ```yaml blocks must parse. The site itself
+(links, the nav, the API reference) is checked by ``make docs`` (``mkdocs build --strict``), which
+``make test`` runs; the README is not part of the site, so its relative links are checked here.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ import ast
 import asyncio
 import inspect
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +49,7 @@ from tests.workflows import tiny_workflow
 pytestmark = pytest.mark.prefect
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-EXCLUDED = {"comfyui-protocol-notes.md"}
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 COMFYUI_DEFAULT_URL = "http://127.0.0.1:8188"
 
 SUBSTITUTIONS = {
@@ -52,7 +60,9 @@ SUBSTITUTIONS = {
 """Placeholder (exact text, quotes included) → what the test runs instead."""
 
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>\w*)\s*$")
-DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(?P<kind>skip|comfyui)\b\s*(?P<reason>.*?)\s*-->")
+DIRECTIVE = re.compile(
+    r"<!--\s*docs-test:\s*(?P<kind>skip|comfyui|pytest)\b\s*(?P<reason>.*?)\s*-->"
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,11 @@ class Block:
 
 
 def python_blocks(path: Path) -> list[Block]:
+    return fenced_blocks(path, "python")
+
+
+def fenced_blocks(path: Path, language: str) -> list[Block]:
+    """The blocks fenced as ```<language> in a Markdown file, with their directive."""
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks, i = [], 0
     while i < len(lines):
@@ -77,7 +92,7 @@ def python_blocks(path: Path) -> list[Block]:
             i += 1
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
-        if fence["lang"] == "python":
+        if fence["lang"] == language:
             indent = len(fence["indent"])
             body = "\n".join(line[indent:] for line in lines[i + 1 : end]) + "\n"
             previous = next((line for line in reversed(lines[:i]) if line.strip()), "")
@@ -95,12 +110,13 @@ def python_blocks(path: Path) -> list[Block]:
     return blocks
 
 
-def cases() -> list[pytest.param]:
+def cases(*, test_modules: bool = False) -> list[pytest.param]:
+    """The Python blocks as test parameters: the examples, or (``test_modules``) the test modules."""
     params = []
     for path in DOCS:
-        if path.name in EXCLUDED:
-            continue
         for block in python_blocks(path):
+            if (block.directive == "pytest") != test_modules:
+                continue
             marks = []
             if block.directive == "skip":
                 marks.append(pytest.mark.skip(reason=block.reason or "marked skip"))
@@ -145,6 +161,26 @@ def _serve_by_applying(flow, name=None, **options):  # noqa: ANN001, ANN003
         client.delete_deployment(deployment_id)
 
 
+def point_prefect_console_at_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make Prefect's console log handlers write to this test's captured stderr.
+
+    They keep the stream they were made with: that of the test that first set up Prefect's
+    logging, which ``capsys`` has closed since. Writing to it fails, and under ``log_prints=True``
+    the failure's report is printed, logged and fails again, until a ``RecursionError``. Pointed at
+    the current stream, the run's log lines are also part of the output checked for the key.
+    """
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, PrefectConsoleHandler):
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+                monkeypatch.setattr(handler.console, "file", sys.stderr)
+
+
 def run_block(source: str, path: Path) -> None:
     path.write_text(source, encoding="utf-8")
     code = compile(source, str(path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
@@ -164,6 +200,7 @@ def test_doc_example(block, request, emulator, prefect_api_url, workdirs, monkey
     monkeypatch.setenv("COMFY_API_KEY", API_KEY)
     monkeypatch.setenv("COMFY_BASE_URL", emulator.url)
     monkeypatch.setattr(Flow, "serve", _serve_by_applying)
+    point_prefect_console_at_this_test(monkeypatch)
     ComfyCloudCredentials(api_key=API_KEY, base_url=emulator.url).save("comfy", overwrite=True)
 
     source = block.source
@@ -179,3 +216,116 @@ def test_doc_example(block, request, emulator, prefect_api_url, workdirs, monkey
 
     out = capsys.readouterr()
     assert API_KEY not in out.out + out.err
+
+
+@pytest.mark.parametrize("block", cases(test_modules=True))
+def test_doc_test_module(block, prefect_api_url, tmp_path):
+    """A page's example test module passes under pytest, run as in a project of the reader's own."""
+    module = tmp_path / f"test_{block.path.stem.replace('-', '_')}_{block.line}.py"
+    module.write_text(block.source, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "COMFY_"))}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            module.name,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    report = done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.returncode == 0, report
+    assert re.search(r"\b[1-9]\d* passed\b", done.stdout), report
+    assert " failed" not in done.stdout and " skipped" not in done.stdout, report
+
+
+def test_every_doc_test_module_is_collected():
+    """The directive is spelled right where it is used: a page with ``docs-test: pytest`` gives a case."""
+    marked = sum(
+        text.count("docs-test: pytest") for text in (p.read_text(encoding="utf-8") for p in DOCS)
+    )
+    assert marked == len(cases(test_modules=True)) >= 1
+
+
+@pytest.mark.parametrize(
+    "block", [pytest.param(b, id=b.id) for path in DOCS for b in fenced_blocks(path, "yaml")]
+)
+def test_yaml_block_parses(block):
+    """A YAML example (a manifest, a prefect.yaml) is at least valid YAML, with no empty document."""
+    import yaml
+
+    documents = list(yaml.safe_load_all(block.source))
+    assert documents and all(isinstance(d, dict) and d for d in documents), block.id
+
+
+def test_readme_links_resolve():
+    """The README is not part of the site, so mkdocs does not check its relative links: this does."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\((?!https?://|#|mailto:)([^)\s#]+)", text)
+    assert targets, "the README links to the docs"
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+
+SERVICE_PAGE = ROOT / "docs" / "how-to" / "listener-service.md"
+VENV_BIN = Path(sys.executable).parent
+DOCUMENTED_VENV_BIN = "/opt/prefect-comfy/.venv/bin/"
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """The listener's systemd unit passes ``systemd-analyze verify`` (unknown keys are reported)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    (unit,) = fenced_blocks(SERVICE_PAGE, "ini")
+    assert DOCUMENTED_VENV_BIN in unit.source
+    path = tmp_path / "prefect-comfy-listener.service"
+    path.write_text(unit.source.replace(DOCUMENTED_VENV_BIN, f"{VENV_BIN}/"), encoding="utf-8")
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def listener_commands() -> list[list[str]]:
+    """The ``prefect-comfy`` arguments of the systemd unit and of the Kubernetes Deployment."""
+    import yaml
+
+    (unit,) = fenced_blocks(SERVICE_PAGE, "ini")
+    exec_start = re.search(r"^ExecStart=\S*/prefect-comfy (.*)$", unit.source, re.MULTILINE)
+    manifests = [
+        d for b in fenced_blocks(SERVICE_PAGE, "yaml") for d in yaml.safe_load_all(b.source)
+    ]
+    containers = [
+        c
+        for d in manifests
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    ]
+    return [exec_start[1].split(), *(c["args"] for c in containers)]
+
+
+def test_service_commands_are_accepted():
+    """Every option the service recipes pass exists: the CLI parses them (an unknown one exits 2)."""
+    commands = listener_commands()
+    assert len(commands) == 2
+    for args in commands:
+        done = subprocess.run(
+            [str(VENV_BIN / "prefect-comfy"), *args, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])

@@ -1,5 +1,5 @@
 """ComfyUI answers and frames → the project's models and events (frames copied from
-docs/comfyui-protocol-notes.md, as a real ComfyUI 0.3.75 sent them)."""
+dev/comfyui-protocol-notes.md, as a real ComfyUI 0.3.75 sent them)."""
 
 from __future__ import annotations
 
