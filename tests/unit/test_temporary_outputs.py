@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect_comfy.flows import _result
-from prefect_comfy.job_steps import download_outputs, to_download
+from prefect_comfy.job_steps import download_outputs
+from prefect_comfy.jobs import ComfyJobRun
+from prefect_comfy.results import to_download
 from prefect_comfy.models import Job, Output
 
 SAVED = Output(id="p:9:kept.png", name="kept.png", type="image", download_url="http://x/a")
@@ -51,7 +52,9 @@ async def test_download_previews_when_asked(tmp_path):
 
 
 def test_flow_result_pairs_paths_with_saved_outputs_only(tmp_path):
-    result = _result(JOB, [tmp_path / "kept.png"])
+    # the flow's result is the job block's: download_comfy_outputs returns the saved outputs' paths
+    run = ComfyJobRun(block=None, job=JOB)  # type: ignore[arg-type]
+    result = run._result([tmp_path / "kept.png"])
     assert [(o.id, o.temporary, o.path) for o in result.outputs] == [
         (PREVIEW.id, True, None),
         (SAVED.id, False, tmp_path / "kept.png"),
