@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections import OrderedDict
@@ -63,6 +64,9 @@ _REMEMBERED = 4096
 _SUBMITTED: OrderedDict[tuple[str, str], str] = OrderedDict()
 """(connection key, Idempotency-Key) -> job id, for submissions this process saw answered."""
 _CLOUD_HOSTS = ("cloud.comfy.org",)
+_TEXT_METADATA: set[str] = set()
+"""Origins that take ``metadata`` only as one string (comfy-api-proxy 0.1.6): JSON text is sent."""
+MAX_METADATA_TEXT = 1024
 
 
 def _is_hosted(host: str) -> bool:
@@ -183,13 +187,7 @@ class V2Backend(ComfyBackend):
         if known is not None:
             return await self.get_job(known)
         try:
-            raw = await self.http.v2(
-                "POST",
-                "/jobs",
-                json={"workflow": workflow, "metadata": self._metadata(tags, key)},
-                headers={"Idempotency-Key": key},
-                workflow=True,
-            )
+            raw = await self._post_job(workflow, self._metadata(tags, key), key)
         except InvalidRequest as exc:
             if not is_code(exc, "idempotency_key_reuse"):
                 raise
@@ -200,6 +198,27 @@ class V2Backend(ComfyBackend):
         while len(_SUBMITTED) > _REMEMBERED:
             _SUBMITTED.popitem(last=False)
         return job
+
+    async def _post_job(self, workflow: dict[str, Any], metadata: dict[str, str], key: str) -> Any:
+        """``POST /jobs``; metadata as labels, or as their JSON text where the server wants a string."""
+        for _ in range(2):
+            as_text = self._origin in _TEXT_METADATA
+            sent: Any = _metadata_text(metadata) if as_text else metadata
+            try:
+                return await self.http.v2(
+                    "POST",
+                    "/jobs",
+                    json={"workflow": workflow, "metadata": sent},
+                    headers={"Idempotency-Key": key},
+                    workflow=True,
+                )
+            except InvalidRequest as exc:
+                # comfy-api-proxy checks metadata before it claims the key: sending again is safe.
+                refused = "'metadata' must be a string" in str(exc)
+                if as_text or not refused:
+                    raise
+                _TEXT_METADATA.add(self._origin)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _find_submitted(self, key: str, refused: InvalidRequest) -> Job:
         """The job an earlier attempt with ``key`` created (its answer was lost)."""
@@ -248,18 +267,24 @@ class V2Backend(ComfyBackend):
         )
         return await stream_download(self.http, url, dest, output.name or output.id)
 
-    async def _list_jobs(self, metadata: dict[str, str], limit: int = 100) -> list[Job]:
+    async def _list_jobs(self, metadata: dict[str, str], limit: int | None = None) -> list[Job]:
+        """Jobs carrying every label, pages of 100 (filtered here too: comfy-api-proxy 0.1.6
+        ignores the ``metadata[...]`` filter and lists its newest jobs)."""
         params = {f"metadata[{k}]": v for k, v in metadata.items()}
         jobs: list[Job] = []
         cursor: str | None = None
         while True:
-            page_params = {**params, "limit": str(limit)}
+            page_params = {**params, "limit": "100"}
             if cursor:
                 page_params["cursor"] = cursor
             body = await self.http.v2("GET", "/jobs", params=page_params) or {}
-            jobs.extend(mapping.job_of(j) for j in body.get("jobs") or [] if isinstance(j, dict))
+            jobs.extend(
+                mapping.job_of(j)
+                for j in body.get("jobs") or []
+                if isinstance(j, dict) and mapping.matches(j, metadata)
+            )
             cursor = body.get("next_cursor")
-            if not cursor or (limit == 1 and jobs):
+            if not cursor or (limit is not None and len(jobs) >= limit):
                 return jobs
 
     async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
@@ -363,6 +388,17 @@ class V2Backend(ComfyBackend):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _metadata_text(metadata: dict[str, str]) -> str:
+    """The labels as compact JSON within :data:`MAX_METADATA_TEXT` bytes (tag labels dropped first)."""
+    labels = dict(metadata)
+    text = json.dumps(labels, separators=(",", ":"))
+    while len(text.encode()) > MAX_METADATA_TEXT:
+        extra = [k for k in labels if k.startswith(mapping.TAG_PREFIX)] or ["prefect_tags"]
+        labels.pop(extra[-1], None)
+        text = json.dumps(labels, separators=(",", ":"))
+    return text
 
 
 def _file_name(source: Source, name: str | None) -> str:

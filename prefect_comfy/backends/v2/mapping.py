@@ -30,6 +30,8 @@ __all__ = [
     "SseParser",
     "event_of",
     "job_of",
+    "matches",
+    "metadata_of",
     "output_of",
     "progress_payload",
 ]
@@ -93,7 +95,7 @@ def _percent(raw: Any) -> float | None:
 def job_of(raw: dict[str, Any]) -> Job:
     """A v2 Job (lenient: unknown fields ignored)."""
     job_id = str(raw.get("id"))
-    metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    metadata = metadata_of(raw)
     status = STATUS.get(str(raw.get("status")), "running")
     return Job(
         id=job_id,
@@ -110,6 +112,24 @@ def job_of(raw: dict[str, Any]) -> Job:
 
 TAG_PREFIX = "tag:"
 """Metadata labels ``tag:<tag> = "1"`` carry the job's tags (v2 filters metadata by equality)."""
+
+
+def metadata_of(raw: dict[str, Any]) -> dict[str, Any]:
+    """A job's metadata as labels: an object (Cloud, the emulator) or the JSON text of one
+    (comfy-api-proxy keeps metadata as one opaque string of at most 1,024 bytes)."""
+    metadata = raw.get("metadata")
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def matches(raw: dict[str, Any], wanted: dict[str, str]) -> bool:
+    """Whether a listed job carries every wanted label (servers that ignore the filter exist)."""
+    metadata = metadata_of(raw)
+    return all(metadata.get(k) == v for k, v in wanted.items())
 
 
 def tags_of(metadata: dict[str, Any]) -> list[str]:
