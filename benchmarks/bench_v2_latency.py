@@ -58,9 +58,12 @@ async def sse_wait(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
         async for line in response.aiter_lines():
             if line.startswith("event:"):
                 event = line[6:].strip()
-            elif line.startswith("data:") and event == "status":
-                if json.loads(line[5:])["status"] in TERMINAL:
-                    break
+            elif (
+                line.startswith("data:")
+                and event == "status"
+                and json.loads(line[5:])["status"] in TERMINAL
+            ):
+                break
     answer = await client.get(f"/jobs/{job_id}")
     answer.raise_for_status()
     return answer.json()
@@ -71,7 +74,9 @@ async def run_sse(api: str, durations: list[float]) -> list[float]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     limits = httpx.Limits(max_connections=2 * IN_FLIGHT + 4)
     slots = asyncio.Semaphore(IN_FLIGHT)
-    async with httpx.AsyncClient(base_url=api, headers=headers, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=api, headers=headers, limits=limits, timeout=60
+    ) as client:
 
         async def one(seconds: float) -> None:
             async with slots:
@@ -128,7 +133,10 @@ def main() -> None:
         api = f"{emu.v2_url}/api/v2"
         sse = asyncio.run(run_sse(api, durations))
         polling = asyncio.run(run_polling(api, durations))
-    rows = [("SSE (httpx, + 1 confirming read)", sse), ("polling (comfy_sdk AsyncJob.wait)", polling)]
+    rows = [
+        ("SSE (httpx, + 1 confirming read)", sse),
+        ("polling (comfy_sdk AsyncJob.wait)", polling),
+    ]
     print(f"{args.jobs} jobs of 0.2-4 s per side, {IN_FLIGHT} in flight, emulator v2 face")
     print(f"{'':36} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
     for name, values in rows:

@@ -58,6 +58,8 @@ POLL_MAX = 5.0
 """The longest pause between two rounds, seconds."""
 REFUSAL_PAUSE = 5.0
 """Seconds before a new stream is tried after a refusal without ``Retry-After``."""
+REOPEN_DELAY = 0.5
+"""Seconds before a job whose stream ended early (and was read once) is streamed or polled again."""
 FAILURES_BEFORE_POLLING = 3
 """Streams in a row that fail before yielding anything, after which only the poll is used."""
 
@@ -110,6 +112,7 @@ class JobStreams:
         self._poller: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._resting: dict[Key, asyncio.TimerHandle] = {}  # streams ended early, read once
         self._limit = asyncio.Semaphore(concurrency)
         self.streams_opened = 0
         """Streams opened so far."""
@@ -150,7 +153,9 @@ class JobStreams:
     def track(self, keys: Iterable[Key]) -> None:
         """Start following these pending resources: on a stream if a slot is free, else polled."""
         for key in keys:
-            if key in self._streams or key in self._polled or not self._pending(key):
+            if key in self._streams or key in self._polled or key in self._resting:
+                continue
+            if not self._pending(key):
                 continue
             if key[0] == "job" and self._slot_free():
                 self._open(key)
@@ -165,6 +170,9 @@ class JobStreams:
         self._polled.pop(key, None)
         self._fresh.pop(key, None)
         self._status.pop(key, None)
+        rest = self._resting.pop(key, None)
+        if rest is not None:
+            rest.cancel()
         self._fill()
 
     async def serve(self, on_connect: Callable[[], Awaitable[None]]) -> AsyncIterator[ComfyEvent]:
@@ -188,6 +196,9 @@ class JobStreams:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for rest in self._resting.values():
+            rest.cancel()
+        self._resting.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -243,10 +254,24 @@ class JobStreams:
         if self._streams.get(key) is asyncio.current_task():
             del self._streams[key]
         if outcome == "ended" and self._pending(key):
-            await self._read(key)  # the stream ended without an outcome: ask once
-        if self._pending(key) and outcome != "terminal" and key not in self._streams:
-            self._poll(key, fresh=outcome == "refused")
+            await self._read(key)  # the stream ended without an outcome: ask once, …
+            if self._pending(key) and key not in self._resting:
+                # … then let it rest, so that a server that keeps ending streams early is not
+                # asked in a tight loop; it comes back on a stream if a slot is free, else polled.
+                loop = asyncio.get_running_loop()
+                self._resting[key] = loop.call_later(REOPEN_DELAY, self._wake_up, key)
+        elif outcome == "refused" and self._pending(key) and key not in self._streams:
+            self._poll(key, fresh=True)  # it never got its snapshot: read it now
         self._fill()
+
+    def _wake_up(self, key: Key) -> None:
+        self._resting.pop(key, None)
+        if not self._pending(key) or key in self._streams or key in self._polled:
+            return
+        if self._slot_free():
+            self._open(key)
+        else:
+            self._poll(key, fresh=False)  # read a moment ago: the next round is soon enough
 
     async def _stream(self, key: Key) -> str:
         """``terminal``, ``ended`` (no outcome: read once), ``refused`` or ``missing``."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from prefect_comfy.backends.base import Capabilities
-from prefect_comfy.exceptions import NotFound, TooManyStreams
+from prefect_comfy.exceptions import NotFound, ServerError, TooManyStreams
 from prefect_comfy.models import ComfyEvent, Input, Job
 from prefect_comfy.waiting import slots
 from prefect_comfy.waiting.hub import EventHub
@@ -39,6 +39,7 @@ class StreamWorld(World):
         self.refused_at: list[float] = []
         self.opened_at: list[float] = []
         self.subscribers: dict[str, list[asyncio.Queue[Any]]] = {}
+        self.broken: BaseException | None = None  # every stream fails with this at once
 
     def streaming(self, jid: str) -> bool:
         return bool(self.subscribers.get(jid))
@@ -73,6 +74,8 @@ class StreamBackend(FakeBackend):
 
     async def job_events(self, job_id: str):
         w = self.world
+        if w.broken is not None:
+            raise w.broken
         if w.open >= w.cap:
             w.refused += 1
             w.refused_at.append(time.monotonic())
@@ -93,7 +96,9 @@ class StreamBackend(FakeBackend):
         try:
             job = w.jobs[job_id]  # the snapshot first
             if job.is_terminal:
-                yield ComfyEvent(event=f"job.{job.status}", payload={"id": job_id, **job.model_dump()})
+                yield ComfyEvent(
+                    event=f"job.{job.status}", payload={"id": job_id, **job.model_dump()}
+                )
                 return
             yield ComfyEvent(event="job.progress", payload={"id": job_id, "progress": 0.0})
             while True:
@@ -190,9 +195,11 @@ async def test_a_stream_that_ends_early_is_followed_by_one_read_then_streamed_ag
     (jid,) = running(world, 1)
     wait = asyncio.ensure_future(hub.wait("job", jid, timeout=10))
     await eventually(lambda: world.streaming(jid))
+    ended = time.monotonic()
     world.end_stream(jid)
     await eventually(lambda: world.opened == 2 and world.streaming(jid), message="reopened")
     assert world.reads == 1
+    assert world.opened_at[1] - ended >= slots.REOPEN_DELAY - 0.01  # no tight reopen loop
     world.finish(jid, "completed")
     assert (await asyncio.wait_for(wait, 5)).event == "job.completed"
     assert world.reads == 1
@@ -259,3 +266,21 @@ async def test_a_left_wait_closes_its_stream():
     with pytest.raises(TimeoutError):
         await hub.wait("job", jid, timeout=0.3)
     await eventually(lambda: world.open == 0, message="stream closed")
+
+
+async def test_streams_that_keep_failing_leave_every_job_to_the_shared_poll():
+    world = StreamWorld(cap=8)
+    world.broken = ServerError("no streams here", status_code=501, error_code="not_implemented")
+    hub = make_hub(world)
+    ids = running(world, 5)
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=30)) for jid in ids]
+    jobs = hub.job_streams
+    assert jobs is not None
+    await eventually(lambda: jobs.polled == 5 and jobs.open_streams == 0, message="all polled")
+    tried = jobs.streams_opened
+    assert tried <= slots.FAILURES_BEFORE_POLLING + 5  # a few tries, then no more streams
+    for jid in ids:
+        world.finish(jid, "completed")
+    results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    assert [r.event for r in results] == ["job.completed"] * 5
+    assert jobs.streams_opened == tried
