@@ -142,8 +142,10 @@ class RateLimited(ComfyAPIError):
 
 
 class TooManyStreams(RateLimited):
-    """429 ``too_many_streams``: the server caps open event streams; ``retry_after`` says when to
-    try a new one. The waiting layer lowers its stream cap and polls the jobs it cannot stream."""
+    """429 ``too_many_streams``: the server already holds as many event streams as it allows.
+
+    ``retry_after`` says when a slot may be free; meanwhile read the job over REST.
+    """
 
 
 class ServerError(ComfyAPIError):
