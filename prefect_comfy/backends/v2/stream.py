@@ -74,7 +74,9 @@ async def job_events(http: V2Http, read_job: ReadJob, job_id: str) -> AsyncItera
                         yield terminal
                         return
     finally:
-        await response.aclose()
+        # Shielded: a caller that cancels the task that is closing this stream (the task that
+        # just got the terminal event) must not leave the connection checked out of the pool.
+        await asyncio.shield(response.aclose())
 
 
 async def confirmed_end(read_job: ReadJob, job_id: str, said: str) -> ComfyEvent | None:
