@@ -194,6 +194,8 @@ class V2Backend(ComfyBackend):
             job = await self._find_submitted(key, exc)
         else:
             job = mapping.job_of(raw)
+        if tags and not job.tags:  # comfy-api-proxy does not echo metadata on submit
+            job = job.model_copy(update={"tags": list(tags)})
         _SUBMITTED[(self._connection_key, key)] = job.id
         while len(_SUBMITTED) > _REMEMBERED:
             _SUBMITTED.popitem(last=False)
