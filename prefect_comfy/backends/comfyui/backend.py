@@ -243,6 +243,13 @@ class ComfyUIBackend(ComfyBackend):
                 await asyncio.sleep(0.1)  # a history entry written in between two reads
         raise NotFound(f"ComfyUI at {self._origin} has no prompt {job_id}", status_code=404)
 
+    async def unfinished_jobs(self) -> list[Job]:
+        """Every queued prompt (running or pending, of any client): one ``GET /queue``."""
+        queue = await self.http.queue_records()
+        return [
+            Job(id=pid, status=status, tags=record.tags) for pid, (status, record) in queue.items()
+        ]
+
     async def cancel(self, job_id: str) -> Job:
         """Pending: delete it from the queue (``job.cancelled`` at once); running: interrupt it.
 
