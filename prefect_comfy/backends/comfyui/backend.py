@@ -38,17 +38,14 @@ from pydantic import SecretStr
 from prefect_comfy.backends.base import ComfyBackend, ConnectCallback, DisconnectCallback, Source
 from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.comfyui import mapping as mapping
+from prefect_comfy.backends.comfyui import uploads
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
 from prefect_comfy.backends.comfyui.memory import ServerMemory
 from prefect_comfy.backends.comfyui.stream import ComfyUIStream
 from prefect_comfy.exceptions import (
-    AuthenticationError,
-    ComfyAPIError,
     ComfyConfigError,
     ComfyProtocolError,
-    InvalidRequest,
     NotFound,
-    UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
@@ -300,7 +297,7 @@ class ComfyUIBackend(ComfyBackend):
         target.parent.mkdir(parents=True, exist_ok=True)
         return await self.http.download(url, target, output.id)
 
-    # -- uploads ------------------------------------------------------------------------------
+    # -- uploads (the work is in prefect_comfy.backends.comfyui.uploads) ----------------------
     async def upload_input(
         self,
         source: Source,
@@ -319,52 +316,9 @@ class ComfyUIBackend(ComfyBackend):
         Raises:
             UploadFailed: ComfyUI refused the file (``input.failed`` is emitted).
         """
-        if isinstance(source, bytes):
-            if not name:
-                raise ComfyConfigError("name is required when uploading bytes")
-            data = source
-        else:
-            path = Path(source)
-            data = path.read_bytes()
-            name = name or path.name
-        assert name is not None
-        subfolder, _, filename = name.rpartition("/")
-        try:
-            answer = await self.http.upload_image(
-                filename, data, subfolder=subfolder, overwrite=overwrite
-            )
-        except (InvalidRequest, ComfyAPIError) as exc:
-            if isinstance(exc, AuthenticationError):
-                raise
-            self._memory.publish(
-                ComfyEvent(
-                    event="input.failed",
-                    payload={
-                        "id": name,
-                        "name": name,
-                        "status": "failed",
-                        "error": {"code": "upload_failed", "message": str(exc)},
-                    },
-                )
-            )
-            raise UploadFailed(
-                "input", name, error_code="upload_failed", error_message=str(exc)
-            ) from None
-        returned = str(answer.get("name") or filename)
-        folder = str(answer.get("subfolder") or "")
-        input_id = f"{folder}/{returned}" if folder else returned
-        item = Input(
-            id=input_id,
-            name=input_id,
-            status="ready",
-            size=len(data),
-            tags=list(tags),
-            download_url=mapping.view_url(self._origin, returned, folder, "input"),
+        return await uploads.upload_input(
+            self.http, self._memory, source, name=name, tags=tags, overwrite=overwrite
         )
-        self._memory.publish(
-            ComfyEvent(event="input.ready", payload=item.model_dump(mode="json", exclude_none=True))
-        )
-        return item
 
     async def get_input(self, input_id: str) -> Input:
         """``ready`` when ``/view?type=input`` serves the file.
@@ -372,16 +326,7 @@ class ComfyUIBackend(ComfyBackend):
         Raises:
             NotFound: no such file in the input folder.
         """
-        subfolder, _, filename = str(input_id).rpartition("/")
-        url = mapping.view_url(self._origin, filename, subfolder, "input")
-        size = (await self.http.head(url)).get("Content-Length")
-        return Input(
-            id=input_id,
-            name=input_id,
-            status="ready",
-            size=int(size) if size and size.isdigit() else None,
-            download_url=url,
-        )
+        return await uploads.get_input(self.http, input_id)
 
     async def upload_model(
         self,
@@ -397,31 +342,19 @@ class ComfyUIBackend(ComfyBackend):
         Raises:
             ComfyConfigError: says where on the server the file must be copied.
         """
-        folder = mapping.MODEL_FOLDERS.get(type, type)
-        shown = name or (Path(source).name if not isinstance(source, bytes) else "<file>")
-        raise ComfyConfigError(
-            f"ComfyUI has no API to upload models: copy {shown} into the server's "
-            f"models/{folder}/ folder, then wait for model id '{folder}/{shown}' "
-            "(wait_for_model notices the file)"
-        )
+        raise uploads.no_model_upload(source, type=type, name=name)
 
     async def get_model(self, model_id: str) -> Model:
         """``ready`` once ``/models/{folder}`` lists the file; ``pending_upload`` before.
 
-        A ``pending_upload`` answer starts a watch: the shared stream lists the folder every
-        couple of seconds and emits ``model.ready`` when the file appears (the one poll).
+        A ``pending_upload`` answer starts a watch: the stream lists the folder every couple of
+        seconds and emits ``model.ready`` when the file appears (the one poll).
 
         Raises:
             ComfyConfigError: the id is not ``<folder>/<filename>``.
             NotFound: the server has no such model folder.
         """
-        folder, filename = mapping.model_location(model_id)
-        model_type = next((t for t, f in mapping.MODEL_FOLDERS.items() if f == folder), None)
-        files = await self.http.model_files(folder)
-        if filename in files:
-            return Model(id=model_id, name=filename, status="ready", type=model_type)
-        self._memory.watch_model(model_id, folder, filename, model_type)
-        return Model(id=model_id, name=filename, status="pending_upload", type=model_type)
+        return await uploads.get_model(self.http, self._memory, model_id)
 
     # -- the event stream ---------------------------------------------------------------------
     def ws_url(self) -> str:
