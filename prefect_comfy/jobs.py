@@ -26,6 +26,7 @@ from pydantic import Field
 from prefect_comfy.exceptions import (
     JobCancelled,
     JobFailed,
+    JobLost,
     OutcomeError,
 )
 from prefect_comfy.job_steps import (  # noqa: F401 - the shared steps, re-exported here
@@ -100,7 +101,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
                 progress_artifact=b.progress_artifact,
                 outputs_artifact=b.outputs_artifact,
             )
-        except (JobFailed, JobCancelled) as exc:
+        except (JobFailed, JobCancelled, JobLost) as exc:  # ended: fetch_result raises it
             self._outcome = exc
             self.job = self.job.model_copy(update={"status": exc.status})
         except OutcomeError as exc:  # JobTimedOut: say it again from fetch_result
