@@ -179,6 +179,12 @@ class _JobProgress:
     last_occurrence: str | None = None
     pending: ComfyEvent | None = None
     latest: dict[str, Any] | None = None  # the newest progress payload seen, sent or not
+    hold_until: float = float("-inf")  # a 100 % value waits this long for the outcome to say it
+
+
+def _says_done(comfy_event: ComfyEvent) -> bool:
+    progress = comfy_event.payload.get("progress")
+    return isinstance(progress, (int, float)) and progress >= 100
 
 
 class ComfyEventEmitter:
@@ -292,12 +298,17 @@ class ComfyEventEmitter:
             return False
         state.pending = comfy_event
         now = self._clock()
+        if _says_done(comfy_event) and state.hold_until == float("-inf"):
+            # The outcome follows at once and says 100 % itself: hold this one for an interval.
+            state.hold_until = now + self.progress_interval
         if self._interval_passed(state, now) and self.budget.try_acquire():
             self._send_pending(state, now)
             return True
         return False
 
     def _interval_passed(self, state: _JobProgress, now: float) -> bool:
+        if now < state.hold_until:
+            return False
         return state.last_sent_at is None or now - state.last_sent_at >= self.progress_interval
 
     def _send_pending(self, state: _JobProgress, now: float) -> None:
@@ -319,7 +330,7 @@ class ComfyEventEmitter:
                 if state.last_sent_at is None
                 else state.last_sent_at + self.progress_interval - now
             )
-            waits.append(max(wait, 0.0))
+            waits.append(max(wait, state.hold_until - now, 0.0))
         if not waits:
             return None
         soonest = min(waits)

@@ -323,9 +323,10 @@ async def _conclude(
     log, emitter = watch.log, watch.emitter
     outcome = terminal.event.split(".", 1)[-1]
     job: Job | None = None
+    # Stopped first: while the job is read, no held progress can go out ahead of the outcome.
+    await watch.stop(100.0 if outcome == "completed" else None, outcome=outcome)
     if outcome != "cancelled":
         job = await backend.get_job(job_id)
-    await watch.stop(100.0 if outcome == "completed" else None, outcome=outcome)
     watch.status = outcome
     if emitter is not None:
         emitter.outcome(terminal, resource=job)
