@@ -25,7 +25,7 @@ import inspect
 import logging
 from typing import Any
 
-from prefect_comfy.artifacts import JobProgressArtifact, bounded, create_outputs_artifact
+from prefect_comfy.artifacts import JobProgressArtifact, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
 from prefect_comfy.events import job_position, job_progress_labels
@@ -37,7 +37,7 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
-from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.transport.deadlines import bounded, wait_event, within
 
 __all__ = ["CANCEL_TIMEOUT", "watch_comfy_job", "watch_comfy_upload"]
 
