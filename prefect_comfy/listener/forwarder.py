@@ -469,13 +469,18 @@ async def run_listener(
     owned = backend is None
     if backend is None:
         backend = await _backend_from(block)
-    if isinstance(cursor, str):
-        cursor = open_cursor(
-            cursor or None,
-            connection_key=backend.connection_key,
-            name=options.get("listener_id"),
-        )
-    listener = ComfyListener(backend, patterns, cursor=cursor, **options)
+    try:
+        if isinstance(cursor, str):
+            cursor = open_cursor(
+                cursor or None,
+                connection_key=backend.connection_key,
+                name=options.get("listener_id"),
+            )
+        listener = ComfyListener(backend, patterns, cursor=cursor, **options)
+    except BaseException:  # a bad option: the backend this made is closed
+        if owned:
+            await backend.aclose()
+        raise
     loop = asyncio.get_running_loop()
     installed: list[int] = []
     if install_signal_handlers:
