@@ -63,6 +63,19 @@ def test_outcomes_jump_the_queue_ahead_of_progress():
     ]
 
 
+async def test_a_heartbeat_goes_first_and_never_waits():
+    clock = Clock()
+    q, _, _ = queue(clock, queue_size=2)
+    await q.put(event("job.completed", "a"))
+    await q.put(event("job.completed", "b"))
+    await asyncio.wait_for(q.put(event("listener.heartbeat", "x"), counted=False), 1)
+    assert [e.event for e in drain_now(q)] == [
+        "comfy.listener.heartbeat",
+        "comfy.job.completed",
+        "comfy.job.completed",
+    ]
+
+
 def test_progress_is_coalesced_per_job_newest_wins_and_once_per_interval():
     clock = Clock()
     q, stats, _ = queue(clock, progress_interval=1.0)
