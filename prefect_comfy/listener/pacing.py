@@ -157,11 +157,8 @@ class PacedQueue:
         """Set by a stop: pending progress goes at once, whatever its interval and budget."""
         self._clock = clock
         self._pace = (
-            ProgressBudget(
-                events_per_second, capacity=max(1.0, events_per_second / 10), clock=clock
-            )
-            if events_per_second
-            else None
+            # the same sliding window as the progress budget: never over the rate in any second
+            ProgressBudget(events_per_second, clock=clock) if events_per_second else None
         )
         self._budget = progress_events
         self._outcomes: deque[Pending] = deque()
