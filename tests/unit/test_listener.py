@@ -469,7 +469,7 @@ def test_refuses_without_a_prefect_api_url():
 
 
 async def test_a_bad_rate_or_cursor_is_a_configuration_error_before_anything_runs(monkeypatch):
-    from prefect_comfy.listener.forwarder import run_listener
+    from prefect_comfy.listener.run import run_listener
 
     backend, client = FakeBackend(), FakeEventsClient()
     monkeypatch.setenv("COMFY_LISTENER_EVENTS_PER_SECOND", "-5")
