@@ -7,17 +7,15 @@ emits outside a Prefect run and exits soon after should ``await drain_events()``
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from prefect.events import Event
 
+from prefect_comfy.bounded import Bounded
+
 __all__ = ["drain_events", "prefect_event_sink"]
 
-_SENT_IDS: OrderedDict[Any, None] = OrderedDict()
-_SENT_IDS_MAX = 8192
-_sent_lock = threading.Lock()
+_SENT_IDS = Bounded(8192)
 
 
 def _first_time(event_id: Any) -> bool:
@@ -26,14 +24,7 @@ def _first_time(event_id: Any) -> bool:
     Prefect's events worker keys its per-event context by id: the same id queued twice makes the
     second one fail in the worker (and the server stores it once anyway), so repeats stop here.
     """
-    with _sent_lock:
-        if event_id in _SENT_IDS:
-            _SENT_IDS.move_to_end(event_id)
-            return False
-        _SENT_IDS[event_id] = None
-        if len(_SENT_IDS) > _SENT_IDS_MAX:
-            _SENT_IDS.popitem(last=False)
-        return True
+    return not _SENT_IDS.seen(event_id)
 
 
 def prefect_event_sink(event: Event) -> None:

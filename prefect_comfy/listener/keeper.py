@@ -6,7 +6,7 @@
 Example:
     >>> import asyncio
     >>> from prefect_comfy.listener.cursor import CursorState
-    >>> from prefect_comfy.listener.tracking import Bounded
+    >>> from prefect_comfy.bounded import Bounded
     >>> class Memory:
     ...     description = "memory"
     ...     state = CursorState("http://comfy.test", [("job", "job_1", "running")])

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prefect_comfy import events as comfy_events
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.budget import ProgressBudget, progress_budget
 from prefect_comfy.exceptions import ComfyConfigError
 
@@ -113,13 +114,6 @@ class Pending:
         self.since = since
 
 
-def _remember(memory: OrderedDict, key: str, value: object) -> None:
-    memory[key] = value
-    memory.move_to_end(key)
-    while len(memory) > _REMEMBERED:
-        memory.popitem(last=False)
-
-
 class PacedQueue:
     """The events waiting for Prefect, in the order and at the pace they may go.
 
@@ -163,8 +157,8 @@ class PacedQueue:
         self._budget = progress_events
         self._outcomes: deque[Pending] = deque()
         self._progress: OrderedDict[str, Pending] = OrderedDict()
-        self._progress_sent: OrderedDict[str, float] = OrderedDict()
-        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._progress_sent = Bounded(_REMEMBERED)
+        self._ended = Bounded(_REMEMBERED)
         self._space = asyncio.Event()
         self._space.set()
         self.changed = asyncio.Event()
@@ -200,7 +194,7 @@ class PacedQueue:
                 if self._progress.pop(key, None) is not None:
                     self.stats.coalesced += 1
                 self._progress_sent.pop(key, None)
-                _remember(self._ended, key, None)
+                self._ended.remember(key)
             pending = Pending(event, counted, self._clock())
             if counted:
                 self._outcomes.append(pending)
@@ -259,7 +253,7 @@ class PacedQueue:
                 continue
             if not budget.try_acquire():
                 return None, max(budget.seconds_until_available(), 0.001)
-            _remember(self._progress_sent, key, now)
+            self._progress_sent.remember(key, now)
             return self._progress.pop(key), None
         return None, soonest
 

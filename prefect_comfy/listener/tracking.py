@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.bounded import Bounded as Bounded
 from prefect_comfy.exceptions import NotFound
 from prefect_comfy.models import (
     JOB_TERMINAL,
@@ -58,20 +58,6 @@ REST_TIMEOUT = 30.0
 """Longest wait for one REST read (reconciliation, tag lookups)."""
 
 _TERMINAL = {"job": JOB_TERMINAL, "input": UPLOAD_TERMINAL, "model": UPLOAD_TERMINAL}
-
-
-class Bounded(OrderedDict):
-    """An insertion-ordered dict that forgets its oldest entries past ``size``."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
 
 
 class InFlightTracker:

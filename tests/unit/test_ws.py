@@ -517,6 +517,6 @@ async def test_dedup_remembers_digests_not_payloads(server):
             await server.push(event("job.progress", f"job_{n}", blob=big))  # a repeat
         seen = [await next_event(stream) for _ in range(5)]
         assert [e.payload["id"] for e in seen] == [f"job_{n}" for n in range(5)]
-        remembered = list(ws._recent._items)
+        remembered = list(ws._recent)
         assert len(remembered) == 5
         assert all(isinstance(k, bytes) and len(k) == 16 for k in remembered)

@@ -38,7 +38,8 @@ from websockets.exceptions import ConnectionClosed
 
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
-from prefect_comfy.backends.comfyui.memory import Bounded, ServerMemory
+from prefect_comfy.backends.comfyui.memory import REMEMBERED, ServerMemory
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import (
     ComfyError,
     NotFound,
@@ -98,8 +99,8 @@ class ComfyUIStream:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tracker = mapping.ProgressTracker()
-        self._seen_history = Bounded()
-        self._ended = Bounded()
+        self._seen_history = Bounded(REMEMBERED)
+        self._ended = Bounded(REMEMBERED)
         self._tracked: dict[str, str] = {}
         self._baseline = False
         self._dirty = False
