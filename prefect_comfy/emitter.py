@@ -15,9 +15,9 @@ A Prefect server stores about 1,000 events a second, so progress is a budget and
   ``node_class``, ``step``, ``steps``; 100 % for ``completed``), so no progress event is sent just
   before it.
 
-Events are built by :func:`prefect_comfy.events.from_comfy_event` (deterministic ids) with the flow run
-and task run related explicitly, and handed to a sink. The default sink, :func:`prefect_event_sink`,
-queues them on Prefect's events worker (one connection per process, shared by every wait); a process
+Events are built by :func:`prefect_comfy.events.from_comfy_event` (deterministic ids) from payloads
+scrubbed by :mod:`prefect_comfy.event_payloads`, with the flow run and task run related explicitly,
+and handed to a sink. The default sink, :func:`prefect_event_sink`, queues them on Prefect's events worker (one connection per process, shared by every wait); a process
 that emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
 
 Example:
@@ -49,9 +49,11 @@ from prefect_comfy.budget import (
     progress_budget,
     set_progress_events_per_second,
 )
+from prefect_comfy.event_payloads import resource_payload as resource_payload
+from prefect_comfy.event_payloads import run_context_ids as run_context_ids
+from prefect_comfy.event_payloads import scrub
 from prefect_comfy.event_sink import drain_events, prefect_event_sink
 from prefect_comfy.models import ComfyEvent, Job, ResourceError, WireModel
-from prefect_comfy.redaction import redact
 
 __all__ = [
     "DEFAULT_PROGRESS_EVENTS_PER_SECOND",
@@ -76,44 +78,6 @@ EventSink = Callable[[Event], Any]
 """Where built events go: a callable that takes one Prefect :class:`~prefect.events.Event`."""
 
 Clock = Callable[[], float]
-
-_DROPPED_PAYLOAD_KEYS = frozenset({"workflow"})
-"""Payload fields left out of events: a workflow graph can be large and is not an outcome."""
-
-
-# -- building events -------------------------------------------------------------------------------
-def run_context_ids() -> tuple[str | None, str | None]:
-    """``(flow_run_id, task_run_id)`` of the current Prefect run, ``None`` outside one."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    task_ctx = TaskRunContext.get()
-    flow_ctx = FlowRunContext.get()
-    task_run_id = str(task_ctx.task_run.id) if task_ctx else None
-    flow_run_id = None
-    if flow_ctx is not None and flow_ctx.flow_run is not None:
-        flow_run_id = str(flow_ctx.flow_run.id)
-    elif task_ctx is not None and task_ctx.task_run.flow_run_id:
-        flow_run_id = str(task_ctx.task_run.flow_run_id)
-    return flow_run_id, task_run_id
-
-
-def _scrub(value: Any) -> Any:
-    """A JSON-native copy with secret-looking URL parameters and bearer tokens redacted."""
-    value = names.json_safe(value)
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if k not in _DROPPED_PAYLOAD_KEYS}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, str):
-        return redact(value)
-    return value
-
-
-def resource_payload(resource: WireModel | Mapping[str, Any]) -> dict[str, Any]:
-    """The event payload for a job, input or model: its fields, JSON-native, without the workflow."""
-    data = resource.model_dump(mode="json") if isinstance(resource, WireModel) else dict(resource)
-    return _scrub(data)
-
 
 PROGRESS_FIELDS = ("progress", "node_id", "node_class", "step", "steps")
 """Where a job stands: the progress payload fields an outcome takes over from the last progress."""
@@ -195,7 +159,7 @@ class ComfyEventEmitter:
 
         ``occurrence`` overrides what distinguishes this occurrence in the deterministic id.
         """
-        payload = _scrub(comfy_event.payload)
+        payload = scrub(comfy_event.payload)
         if isinstance(payload.get("error"), dict):
             payload["error"] = ResourceError(**payload["error"]).model_dump(mode="json")
         if not payload.get("status"):
@@ -343,7 +307,7 @@ class ComfyEventEmitter:
                 full outputs); its fields complete the event's payload.
             occurrence: overrides what distinguishes this occurrence in the event id.
         """
-        payload = _scrub(comfy_event.payload)
+        payload = scrub(comfy_event.payload)
         if resource is not None:
             # The resource as read after the event is the fuller record (a job's outputs).
             for key, value in resource_payload(resource).items():
