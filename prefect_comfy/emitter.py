@@ -17,8 +17,8 @@ A Prefect server stores about 1,000 events a second, so progress is a budget and
 
 Events are built by :func:`prefect_comfy.events.from_comfy_event` (deterministic ids) from payloads
 scrubbed by :mod:`prefect_comfy.event_payloads`, with the flow run and task run related explicitly,
-and handed to a sink. The default sink, :func:`prefect_event_sink`, queues them on Prefect's events worker (one connection per process, shared by every wait); a process
-that emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
+and handed to a sink. The default sink, :func:`prefect_event_sink`, queues them on Prefect's events
+worker (one connection per process, shared by every wait); a process that emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
 
 Example:
     >>> sent = []
