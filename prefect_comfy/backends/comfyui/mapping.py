@@ -46,6 +46,7 @@ __all__ = [
     "invalid_workflow",
     "job_from_history",
     "job_from_queue",
+    "lost_payload",
     "model_location",
     "outcome_event",
     "outputs_from_history",
@@ -322,3 +323,17 @@ def model_location(model_id: str) -> tuple[str, str]:
             f"got {model_id!r}"
         )
     return MODEL_FOLDERS.get(folder, folder), filename
+
+
+def lost_payload(prompt_id: str, tags: list[str]) -> dict[str, Any]:
+    """The payload of ``job.lost``: a prompt ComfyUI forgot (it restarted while the link was down)."""
+    return {
+        "id": prompt_id,
+        "status": "lost",
+        "tags": list(tags),
+        "error": {
+            "code": "lost",
+            "message": "ComfyUI no longer has this prompt in its queue or history "
+            "(it restarted while the connection was down)",
+        },
+    }
