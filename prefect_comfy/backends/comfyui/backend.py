@@ -3,7 +3,8 @@
 REST calls go to the server's ``/api/...`` routes (ComfyUI serves every route with and without the
 prefix) through :mod:`prefect_comfy.backends.comfyui.http`, where every failure is translated; the
 event stream is :mod:`prefect_comfy.backends.comfyui.stream` (one WebSocket per process and server);
-answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui.mapping`. Building a backend
+answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui.mapping`; the ids it submits
+and listens with are derived in :mod:`prefect_comfy.backends.comfyui.client_id`. Building a backend
 does no I/O: the httpx client (with the process's shared SSL context) and the default settings are
 made on first use.
 
@@ -23,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from os import PathLike
@@ -45,6 +44,9 @@ from prefect_comfy.backends.base import (
 from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.backends.comfyui import uploads
+from prefect_comfy.backends.comfyui.client_id import IDEMPOTENCY_NAMESPACE as IDEMPOTENCY_NAMESPACE
+from prefect_comfy.backends.comfyui.client_id import key_hash
+from prefect_comfy.backends.comfyui.client_id import process_client_id as process_client_id
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
 from prefect_comfy.backends.comfyui.memory import ServerMemory
 from prefect_comfy.backends.comfyui.stream import ComfyUIStream
@@ -63,33 +65,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 """Where a local ComfyUI listens by default."""
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f7c2e-61a4-5d8e-9c3b-0e2a4f6d8c10")
-"""uuid5 namespace of prompt ids derived from idempotency keys."""
-
-
-_PROCESS_NAMESPACE = uuid.uuid4()
-
-
-def _new_process_namespace() -> None:
-    global _PROCESS_NAMESPACE
-    _PROCESS_NAMESPACE = uuid.uuid4()
-
-
-os.register_at_fork(after_in_child=_new_process_namespace)
-
-
-def process_client_id(origin: str, key_hash: str) -> str:
-    """The client id every backend of this process uses for a server: derived, not stored.
-
-    ComfyUI sends a prompt's execution messages only to the socket of the client id that submitted
-    it, so the waiting layer's one socket must use the id the process submits with. A forked child
-    gets ids of its own.
-    """
-    return f"prefect-comfy-{uuid.uuid5(_PROCESS_NAMESPACE, f'{origin}#{key_hash}')}"
-
-
-def _key_hash(key: str | None) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16] if key else "nokey"
 
 
 class ComfyUIBackend(ComfyBackend):
@@ -128,7 +103,7 @@ class ComfyUIBackend(ComfyBackend):
         if isinstance(api_key, SecretStr):
             api_key = api_key.get_secret_value()
         self._key: str | None = (api_key or "").strip() or None
-        self._hash = _key_hash(self._key)
+        self._hash = key_hash(self._key)
         self.client_id = client_id or process_client_id(self._origin, self._hash)
         self._transport = transport
         self._connect = connect

@@ -4,7 +4,7 @@ Sharing is not this module's business: the waiting layer (:mod:`prefect_comfy.wa
 stream per server and credentials per process, so ComfyUI's rule that only the socket whose
 ``clientId`` submitted a prompt gets its execution messages (and that a second socket with the same
 id silently takes over) needs nothing special here. Every backend of a process uses the same client
-id for a server (see :func:`~prefect_comfy.backends.comfyui.backend.process_client_id`).
+id for a server (see :func:`~prefect_comfy.backends.comfyui.client_id.process_client_id`).
 
 What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comfyui.mapping`):
 
