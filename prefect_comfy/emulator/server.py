@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -23,10 +24,13 @@ from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
 from prefect_comfy.emulator.state import EmulatorState, Fault
 from prefect_comfy.emulator.v2.errors import STATUS_OF
 from prefect_comfy.emulator.v2.face import InjectedError
+from prefect_comfy.redaction import RedactingFilter
 
 T = TypeVar("T")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "websockets.server")
+"""Loggers of the in-process server that see requests: the API key is redacted from their records."""
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -56,6 +60,8 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port: int | None = None
+        self._log_filter = RedactingFilter(config.api_keys)
+        self._filtered: list[logging.Logger] = []
 
     def __repr__(self) -> str:
         where = self.url if self._port else "not started"
@@ -76,6 +82,7 @@ class EmulatorServer:
             ws_ping_interval=None,
         )
         self._server = uvicorn.Server(config)
+        self._redact_server_logs()
         # Two listening sockets: the API, and the storage stand-in on an origin of its own, so
         # that a client following a v2 content redirect there must (and httpx does) drop its key.
         api_socket = _listen(self.config.host, self.config.port)
@@ -129,6 +136,24 @@ class EmulatorServer:
             self._thread.join(STOP_TIMEOUT)
         self._thread = None
         self._loop = None
+        for logger in self._filtered:
+            logger.removeFilter(self._log_filter)
+        self._filtered = []
+
+    def _redact_server_logs(self) -> None:
+        """Keep the accepted keys out of what uvicorn and the emulator log, at every level.
+
+        A client's key arrives as ``Authorization: Bearer`` (logged by the WebSocket server at
+        DEBUG) or as ``?api_key=`` in the path (uvicorn's access log). Done after ``uvicorn.Config``,
+        which configures uvicorn's loggers; undone by :meth:`stop`.
+        """
+        names = [*SERVER_LOGGERS, "prefect_comfy.emulator"]
+        names += [
+            n for n in logging.Logger.manager.loggerDict if n.startswith("prefect_comfy.emulator.")
+        ]
+        self._filtered = [logging.getLogger(name) for name in dict.fromkeys(names)]
+        for logger in self._filtered:
+            logger.addFilter(self._log_filter)
 
     def __enter__(self) -> EmulatorServer:
         return self.start()

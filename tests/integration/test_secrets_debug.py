@@ -22,13 +22,14 @@ from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.exceptions import ComfyError, WebSocketAuthError
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.waiting.waits import wait_for
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
 from tests.workflows import tiny_workflow
 
 COMFYUI_KEY = "comfyui-sweep-key-for-a-local-comfyui"
 SERVER_SIDE = ("uvicorn", "prefect_comfy.emulator", "websockets.server")
-"""The emulator runs in this process: what its server logs about requests it received is the
-server's side (the real Comfy Cloud is elsewhere), not the client's, and is not swept here."""
+"""The emulator runs in this process: what its server logs about the requests it received (the
+bearer header, the ``?api_key=`` path in uvicorn's access log) is swept too; the emulator redacts it."""
 
 
 class Everything(logging.Handler):
@@ -40,8 +41,10 @@ class Everything(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith(SERVER_SIDE):
-            self.lines.append(self.format(record))
+        self.lines.append(self.format(record))
+
+    def server_side(self) -> list[str]:
+        return [line for line in self.lines if line.startswith(SERVER_SIDE)]
 
 
 @contextlib.contextmanager
@@ -83,7 +86,7 @@ async def full_run(backend: ComfyBackend, tmp_path: Path) -> list[str]:
     try:
         await asyncio.wait_for(connected.wait(), 30)
         job = await backend.submit(tiny_workflow("sweep"))
-        event = await backend.wait_for_job(job.id, timeout=60)
+        event = await wait_for(backend, "job", job.id, timeout=60)
         assert event.event == "job.completed", event
         done = await backend.get_job(job.id)
         paths = [await backend.download(output, tmp_path) for output in done.outputs]
@@ -131,6 +134,10 @@ async def test_cloud_backend_at_debug_leaks_no_key(
         assert any("Authorization: Bearer REDACTED" in line for line in handshake)
     else:
         assert any("api_key=REDACTED" in line for line in handshake)
+    # The emulator's own uvicorn logged the requests it served (swept above, with the key redacted).
+    assert any("/developer/api/v1/" in line for line in captured.server_side()), "no server log"
+    if ws_auth == "query":
+        assert any("api_key=REDACTED" in line for line in captured.server_side())
 
 
 @pytest.mark.comfyui
