@@ -246,6 +246,17 @@ class EmulatorServer:
             raise ValueError("status must be 429/500/502/503, count >= 1, when 'before' or 'after'")
         self._call(lambda: self.state.add_fault(Fault(status, count, retry_after, path, when)))
 
+    def close_after_connected(self, count: int) -> None:
+        """Close the next ``count`` WebSocket connections right after ``connected`` (before the
+        client subscribes): a close during the handshake."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+
+        def arm() -> None:
+            self.state.bus.close_after_connected = count
+
+        self._call(arm)
+
     def duplicate_events(self, enabled: bool) -> None:
         def flip() -> None:
             self.state.bus.duplicate = enabled
