@@ -19,8 +19,14 @@ cleanup() {
   if [ "$status" != 0 ]; then
     for log in "$TMP"/*.log; do echo "== $log"; tail -n 15 "$log"; done >&2
   fi
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # Each background command leads a process group of its own (setsid): stop the whole group,
+  # politely first; a worker can take its time over SIGTERM, so after 20 s it is killed.
+  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 20))
+  for pid in "${PIDS[@]}"; do
+    while kill -0 -- "-$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done
   "${RUN_PG[@]}" pg_ctl -D "$TMP/pg" -m fast stop >/dev/null 2>&1 || true
   if [ -n "${KEEP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
@@ -46,7 +52,7 @@ export PREFECT_HOME=$TMP/home PREFECT_SERVER_ANALYTICS_ENABLED=false
 API_PORT=$(free_port)
 export PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://postgres@127.0.0.1:$PG_PORT/prefect"
 START=$SECONDS
-"$BIN/prefect" server start --host 127.0.0.1 --port "$API_PORT" >"$TMP/server.log" 2>&1 &
+setsid "$BIN/prefect" server start --host 127.0.0.1 --port "$API_PORT" >"$TMP/server.log" 2>&1 &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$API_PORT/api/health" 120
 echo "Prefect server on PostgreSQL answered /api/health after $((SECONDS - START)) s"
@@ -55,7 +61,7 @@ export PREFECT_API_URL=http://127.0.0.1:$API_PORT/api
 
 # The Comfy server: the emulator
 EMU_PORT=$(free_port)
-"$BIN/prefect-comfy" emulator --port "$EMU_PORT" --api-key "$KEY" --step-duration 0.05 >"$TMP/emulator.log" 2>&1 &
+setsid "$BIN/prefect-comfy" emulator --port "$EMU_PORT" --api-key "$KEY" --step-duration 0.05 >"$TMP/emulator.log" 2>&1 &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$EMU_PORT/_emulator/health" 60
 
@@ -66,7 +72,7 @@ ComfyCloudCredentials(api_key='$KEY', base_url='http://127.0.0.1:$EMU_PORT').sav
 "$BIN/prefect" work-pool create comfy --type process >/dev/null
 "$BIN/prefect" work-pool set-concurrency-limit comfy 4 >/dev/null
 for name in worker-a worker-b; do
-  PREFECT_WORKER_QUERY_SECONDS=1 "$BIN/prefect" worker start --pool comfy --name "$name" --limit 2 \
+  PREFECT_WORKER_QUERY_SECONDS=1 setsid "$BIN/prefect" worker start --pool comfy --name "$name" --limit 2 \
     >"$TMP/$name.log" 2>&1 &
   PIDS+=($!)
 done
