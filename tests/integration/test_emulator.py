@@ -581,7 +581,7 @@ async def test_reset_stats_and_unknown_routes() -> None:
             stats = (await ctl.get("/_emulator/stats")).json()
             assert set(stats) == {
                 "ws_connections_open", "ws_connections_total", "ws_handshakes_refused",
-                "requests_total", "jobs", "events_sent", "ws_closed_slow",
+                "requests_total", "jobs", "events_sent", "ws_closed_slow", "ws_closed_at_handshake",
             }  # fmt: skip
             assert stats["requests_total"] == 1
             internal = (await ctl.get(f"/_emulator/jobs/{job['id']}")).json()
