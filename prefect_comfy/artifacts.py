@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -34,11 +33,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from prefect_comfy.models import Job, Output
 from prefect_comfy.redaction import redact_url
+from prefect_comfy.transport.deadlines import bounded
 
 __all__ = [
     "ARTIFACT_WRITE_TIMEOUT",
@@ -69,39 +69,6 @@ ARTIFACT_WRITE_TIMEOUT = 10.0
 """Seconds one progress artifact write may take; after that it is abandoned and writing stops."""
 OUTPUTS_ARTIFACT_TIMEOUT = 30.0
 """Seconds the outputs artifact may take in all (previews and the write); after that it is skipped."""
-
-T = TypeVar("T")
-
-
-async def bounded(work: Awaitable[T], timeout: float) -> T:
-    """``await work`` for at most ``timeout`` seconds, even if it never gives in to cancellation.
-
-    Unlike :func:`~prefect_comfy.transport.deadlines.within`, which waits for the cancelled work to
-    end, the work runs as a task of its own that is cancelled and *left behind* at the deadline: a
-    Prefect client stuck in its own retries or a shielded call cannot hold the caller. A cancellation
-    of the caller cancels the work too.
-
-    Raises:
-        TimeoutError: the work did not end in time.
-    """
-    task = asyncio.ensure_future(work)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()
-        task.add_done_callback(_forget)
-        raise TimeoutError(f"no answer within {timeout:g}s")
-    return task.result()
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    """Collect what an abandoned write ended with, so that asyncio does not report it."""
-    if not task.cancelled():
-        task.exception()
-
 
 _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
 

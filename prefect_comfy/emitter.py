@@ -33,9 +33,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +49,7 @@ from prefect_comfy.budget import (
     progress_budget,
     set_progress_events_per_second,
 )
+from prefect_comfy.event_sink import drain_events, prefect_event_sink
 from prefect_comfy.models import ComfyEvent, Job, ResourceError, WireModel
 from prefect_comfy.redaction import redact
 
@@ -80,59 +79,6 @@ Clock = Callable[[], float]
 
 _DROPPED_PAYLOAD_KEYS = frozenset({"workflow"})
 """Payload fields left out of events: a workflow graph can be large and is not an outcome."""
-
-
-# -- sinks -----------------------------------------------------------------------------------------
-_SENT_IDS: OrderedDict[Any, None] = OrderedDict()
-_SENT_IDS_MAX = 8192
-_sent_lock = threading.Lock()
-
-
-def _first_time(event_id: Any) -> bool:
-    """Whether this process has not yet queued an event with this id.
-
-    Prefect's events worker keys its per-event context by id: the same id queued twice makes the
-    second one fail in the worker (and the server stores it once anyway), so repeats stop here.
-    """
-    with _sent_lock:
-        if event_id in _SENT_IDS:
-            _SENT_IDS.move_to_end(event_id)
-            return False
-        _SENT_IDS[event_id] = None
-        if len(_SENT_IDS) > _SENT_IDS_MAX:
-            _SENT_IDS.popitem(last=False)
-        return True
-
-
-def prefect_event_sink(event: Event) -> None:
-    """Queue an event on Prefect's events worker with its own id and related resources.
-
-    Inside a run, the worker adds the flow, deployment and tags of the run; resources already
-    related (the flow run and task run given explicitly) are not repeated. Never raises, except
-    :class:`prefect.exceptions.EventTooLarge`.
-    """
-    from prefect.events import emit_event
-
-    if not _first_time(event.id):
-        return
-    emit_event(
-        event=event.event,
-        resource=dict(event.resource.root),
-        occurred=event.occurred,
-        related=list(event.related),
-        payload=event.payload,
-        id=event.id,
-    )
-
-
-async def drain_events(timeout: float | None = 10.0) -> None:
-    """Wait until every queued Prefect event has been sent (stops the worker; the next emit starts one).
-
-    For short-lived processes that emit outside a Prefect run; inside one, Prefect drains at exit.
-    """
-    from prefect.events.worker import EventsWorker
-
-    await EventsWorker.drain_all(timeout=timeout)
 
 
 # -- building events -------------------------------------------------------------------------------
@@ -179,6 +125,12 @@ class _JobProgress:
     last_occurrence: str | None = None
     pending: ComfyEvent | None = None
     latest: dict[str, Any] | None = None  # the newest progress payload seen, sent or not
+    hold_until: float = float("-inf")  # a 100 % value waits this long for the outcome to say it
+
+
+def _says_done(comfy_event: ComfyEvent) -> bool:
+    progress = comfy_event.payload.get("progress")
+    return isinstance(progress, (int, float)) and progress >= 100
 
 
 class ComfyEventEmitter:
@@ -292,12 +244,17 @@ class ComfyEventEmitter:
             return False
         state.pending = comfy_event
         now = self._clock()
+        if _says_done(comfy_event) and state.hold_until == float("-inf"):
+            # The outcome follows at once and says 100 % itself: hold this one for an interval.
+            state.hold_until = now + self.progress_interval
         if self._interval_passed(state, now) and self.budget.try_acquire():
             self._send_pending(state, now)
             return True
         return False
 
     def _interval_passed(self, state: _JobProgress, now: float) -> bool:
+        if now < state.hold_until:
+            return False
         return state.last_sent_at is None or now - state.last_sent_at >= self.progress_interval
 
     def _send_pending(self, state: _JobProgress, now: float) -> None:
@@ -319,7 +276,7 @@ class ComfyEventEmitter:
                 if state.last_sent_at is None
                 else state.last_sent_at + self.progress_interval - now
             )
-            waits.append(max(wait, 0.0))
+            waits.append(max(wait, state.hold_until - now, 0.0))
         if not waits:
             return None
         soonest = min(waits)

@@ -21,6 +21,8 @@ from prefect_comfy.emulator.app import create_app
 from prefect_comfy.emulator.bus import Connection
 from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
 from prefect_comfy.emulator.state import EmulatorState, Fault
+from prefect_comfy.emulator.v2.errors import STATUS_OF
+from prefect_comfy.emulator.v2.face import InjectedError
 
 T = TypeVar("T")
 START_TIMEOUT = 10.0
@@ -239,9 +241,6 @@ class EmulatorServer:
     ) -> None:
         """The next ``count`` v2 ``method`` requests under ``path`` (below ``/api/v2``) get the
         contract's error ``code`` (``insufficient_credits``, ``queue_full``, …) with its status."""
-        from prefect_comfy.emulator.v2.errors import STATUS_OF
-        from prefect_comfy.emulator.v2.face import InjectedError
-
         if code not in STATUS_OF or count < 1:
             raise ValueError(f"code must be one of {', '.join(sorted(STATUS_OF))}; count >= 1")
         item = InjectedError(code, count, retry_after, path, method)

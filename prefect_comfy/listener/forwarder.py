@@ -66,7 +66,8 @@ from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
-from prefect_comfy.listener.cursor import Cursor, CursorKeeper, open_cursor
+from prefect_comfy.listener.cursor import Cursor, open_cursor
+from prefect_comfy.listener.keeper import CursorKeeper
 from prefect_comfy.listener.sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from prefect_comfy.listener.sender import DEFAULT_PROGRESS_INTERVAL as DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.listener.sender import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
@@ -468,13 +469,18 @@ async def run_listener(
     owned = backend is None
     if backend is None:
         backend = await _backend_from(block)
-    if isinstance(cursor, str):
-        cursor = open_cursor(
-            cursor or None,
-            connection_key=backend.connection_key,
-            name=options.get("listener_id"),
-        )
-    listener = ComfyListener(backend, patterns, cursor=cursor, **options)
+    try:
+        if isinstance(cursor, str):
+            cursor = open_cursor(
+                cursor or None,
+                connection_key=backend.connection_key,
+                name=options.get("listener_id"),
+            )
+        listener = ComfyListener(backend, patterns, cursor=cursor, **options)
+    except BaseException:  # a bad option: the backend this made is closed
+        if owned:
+            await backend.aclose()
+        raise
     loop = asyncio.get_running_loop()
     installed: list[int] = []
     if install_signal_handlers:
