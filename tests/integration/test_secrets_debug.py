@@ -22,6 +22,7 @@ from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.exceptions import ComfyError, WebSocketAuthError
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.waiting.waits import wait_for
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
 from tests.workflows import tiny_workflow
 
@@ -83,7 +84,7 @@ async def full_run(backend: ComfyBackend, tmp_path: Path) -> list[str]:
     try:
         await asyncio.wait_for(connected.wait(), 30)
         job = await backend.submit(tiny_workflow("sweep"))
-        event = await backend.wait_for_job(job.id, timeout=60)
+        event = await wait_for(backend, "job", job.id, timeout=60)
         assert event.event == "job.completed", event
         done = await backend.get_job(job.id)
         paths = [await backend.download(output, tmp_path) for output in done.outputs]
