@@ -172,7 +172,25 @@ async def suspend_unless_ended(credentials: Any, job_id: str, *, timeout: float 
         seconds,
     )
     await asuspend_flow_run(flow_run_id=root.id, timeout=seconds, key=str(uuid.uuid4()))
+    await _resume_if_ended_meanwhile(backend_of(credentials), job.id, root.id)
     from prefect._flow_run_suspension import raise_if_flow_run_suspension_requested
 
     raise_if_flow_run_suspension_requested()
     raise Pause(f"Suspended while Comfy job {job.id} runs")
+
+
+async def _resume_if_ended_meanwhile(backend_cm: Any, job_id: str, root_id: Any) -> None:
+    """The job may have ended between the check and the suspension: its outcome event then found a
+    run that was not suspended yet, and nothing would resume it. Read once more and resume it now.
+    """
+    from prefect.flow_runs import aresume_flow_run
+
+    async with backend_cm as backend:
+        job = await backend.get_job(job_id)
+    if not job.is_terminal:
+        return
+    run_logger().info("Comfy job %s ended while the flow run suspended: resuming it", job_id)
+    try:
+        await aresume_flow_run(root_id)
+    except Exception as exc:  # the automation got there first
+        run_logger().info("Flow run %s was resumed already: %r", root_id, exc)
