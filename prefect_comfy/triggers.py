@@ -265,8 +265,8 @@ def resume_automation(name: str = RESUME_AUTOMATION_NAME) -> Any:
 async def create_resume_automation(name: str = RESUME_AUTOMATION_NAME) -> Any:
     """Create the resume automation, or bring the one of that ``name`` up to date; returns its id.
 
-    Idempotent: run it at every deploy. Extra automations of the same name (made by hand) are
-    updated too, so none keeps an older trigger.
+    Idempotent: run it at every deploy. An automation of that name that differs (an older
+    version, or one changed by hand) is replaced, and so are duplicates of that name.
 
     Example:
         ```python
@@ -281,8 +281,33 @@ async def create_resume_automation(name: str = RESUME_AUTOMATION_NAME) -> Any:
     automation = resume_automation(name)
     async with get_client() as client:
         existing = await client.read_automations_by_name(name)
-        if not existing:
-            return await client.create_automation(automation)
+        if len(existing) == 1 and _same(existing[0], automation):
+            return existing[0].id
+        # Replaced, not updated: in Prefect 3.9.1 an automation updated in place stopped firing
+        # (the server's trigger cache kept the old trigger), measured in the integration test.
         for one in existing:
-            await client.update_automation(one.id, automation)
-        return existing[0].id
+            await client.delete_automation(one.id)
+        return await client.create_automation(automation)
+
+
+def _same(existing: Any, wanted: Any) -> bool:
+    """Whether a saved automation already is ``wanted`` (ids aside)."""
+
+    def shape(automation: Any) -> Any:
+        trigger = automation.trigger
+        return (
+            automation.description,
+            automation.enabled,
+            type(trigger).__name__,
+            sorted(trigger.expect),
+            trigger.match.model_dump(),
+            trigger.match_related.model_dump()
+            if not isinstance(trigger.match_related, list)
+            else [m.model_dump() for m in trigger.match_related],
+            str(trigger.posture),
+            trigger.threshold,
+            trigger.within.total_seconds(),
+            [action.type for action in automation.actions],
+        )
+
+    return shape(existing) == shape(wanted)

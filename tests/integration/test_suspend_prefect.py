@@ -168,7 +168,27 @@ async def completed(stack: Stack, run_id: uuid.UUID, timeout: float = 120) -> Fl
         assert not run.state.is_failed() and not run.state.is_crashed(), run.state
         return run if run.state.is_completed() else None
 
-    return await eventually(done, timeout=timeout, interval=0.3, message=f"{run_id} completed")
+    try:
+        return await eventually(done, timeout=timeout, interval=0.3, message=f"{run_id} completed")
+    except AssertionError:
+        print(await diagnosis(stack, run_id))
+        raise
+
+
+async def diagnosis(stack: Stack, run_id: uuid.UUID) -> str:
+    """What Prefect holds about a run that did not finish: its states and its related events."""
+    from prefect.events.filters import EventFilter, EventRelatedFilter
+
+    async with client(stack) as c:
+        page = await c.read_events(
+            filter=EventFilter(related=EventRelatedFilter(id=[f"prefect.flow-run.{run_id}"])),
+            limit=50,
+        )
+        automations = await c.read_automations()
+    lines = [f"states: {await state_names(stack, run_id)}"]
+    lines += [f"event {e.event} {e.resource.id} {[r.id for r in e.related]}" for e in page.events]
+    lines += [f"automation {a.name} {a.trigger}" for a in automations]
+    return "\n".join(lines)
 
 
 async def test_each_way_to_call_it_suspends_then_resumes_and_downloads(stack, emulator, tmp_path):
