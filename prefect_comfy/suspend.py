@@ -41,6 +41,7 @@ __all__ = [
     "SuspendNotPossible",
     "remember_submission",
     "resumed_job",
+    "submission_key",
     "suspend_unless_ended",
 ]
 
@@ -51,6 +52,8 @@ DEFAULT_SUSPEND_TIMEOUT = 24 * 3600
 
 # job id -> the resume key of the submit that made it, for the jobs submitted in this process
 _submissions: dict[str, str] = {}
+# (root flow run id, subflow path) -> submits made so far in this process
+_counts: dict[tuple[Any, str], int] = {}
 
 
 class SuspendNotPossible(ComfyConfigError):
@@ -63,8 +66,8 @@ _lineages: dict[Any, tuple[FlowRun, str]] = {}
 async def lineage() -> tuple[FlowRun, str] | None:
     """The root flow run of the current run, and the path of subflow calls that leads here.
 
-    The path (each parent task's key and dynamic key) is the same in the rerun after a resume,
-    whether or not Prefect reattaches the same subflow run.
+    The path (each parent task's key: which subflow, not which call of it) is the same in the
+    rerun after a resume, whether or not Prefect reattaches the same subflow run.
     """
     flow_ctx = FlowRunContext.get()
     if flow_ctx is None or flow_ctx.flow_run is None:
@@ -78,7 +81,7 @@ async def lineage() -> tuple[FlowRun, str] | None:
     async with get_client() as client:
         while flow_run.parent_task_run_id is not None:
             parent_task = await client.read_task_run(flow_run.parent_task_run_id)
-            path.append(f"{parent_task.task_key}#{parent_task.dynamic_key}")
+            path.append(parent_task.task_key)  # dynamic keys are random uuids in Prefect 3.9
             flow_run = await client.read_flow_run(parent_task.flow_run_id)  # type: ignore[arg-type]
     found = (flow_run, "/".join(reversed(path)))
     _lineages[flow_ctx.flow_run.id] = found
@@ -91,27 +94,31 @@ async def root_flow_run() -> FlowRun | None:
     return found[0] if found else None
 
 
-async def _submit_key() -> str | None:
-    """The key of the running submit task: equal in the rerun of the same flow run after a resume."""
-    task_ctx = TaskRunContext.get()
+async def submission_key() -> str | None:
+    """A key for the submit being made, equal for the same submit in the rerun after a resume.
+
+    It counts the submits of this process under the same root run and subflow path (a rerun
+    starts a new process and repeats them in order), and includes the root's ``run_count``, which
+    a resume keeps and a Prefect retry of the flow run increases (a retry submits anew).
+    """
     found = await lineage()
-    if task_ctx is None or found is None:
+    if found is None or TaskRunContext.get() is None:
         return None
-    run = task_ctx.task_run
-    raw = f"{found[0].id}|{found[1]}|{run.task_key}#{run.dynamic_key}"
+    root, path = found
+    counter = (root.id, path)
+    _counts[counter] = _counts.get(counter, 0) + 1
+    raw = f"{root.id}|{root.run_count}|{path}|{_counts[counter]}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-async def remember_submission(job_id: str) -> None:
-    """Note which submit made ``job_id`` (inside a submit task), for a suspending wait to persist."""
-    key = await _submit_key()
+def remember_submission(job_id: str, key: str | None) -> None:
+    """Note which submit made ``job_id``, for a suspending wait to persist before it suspends."""
     if key is not None:
         _submissions[job_id] = key
 
 
-async def resumed_job(credentials: Any) -> Job | None:
-    """The job this submit made before its flow run suspended, or ``None`` (then submit)."""
-    key = await _submit_key()
+async def resumed_job(credentials: Any, key: str | None) -> Job | None:
+    """The job the submit of ``key`` made before its flow run suspended, or ``None`` (submit)."""
     if key is None:
         return None
     root = await root_flow_run()
@@ -120,8 +127,6 @@ async def resumed_job(credentials: Any) -> Job | None:
     if root.parent_task_run_id is None:  # the context's copy may predate this run's labels
         async with get_client() as client:
             root = await client.read_flow_run(root.id)
-    if root.run_count <= 1:  # never resumed: nothing was submitted before
-        return None
     job_id = (root.labels or {}).get(RESUME_LABEL_PREFIX + key)
     if not job_id:
         return None

@@ -49,6 +49,7 @@ from prefect_comfy.suspend import (
     remember_submission,
     resumed_job,
     root_flow_run,
+    submission_key,
     suspend_unless_ended,
 )
 from prefect_comfy.watching import watch_comfy_job, watch_comfy_upload
@@ -126,7 +127,8 @@ async def submit_comfy_job(
         InvalidWorkflow: the workflow is not an API-format graph (checked before any request), or
             the server refused it.
     """
-    resumed = await resumed_job(credentials)  # the rerun of a resumed flow run: same job
+    resume_key = await submission_key()
+    resumed = await resumed_job(credentials, resume_key)  # the rerun of a resumed run: same job
     if resumed is not None:
         return resumed
     key = idempotency_key or task_run_idempotency_key("submit")
@@ -139,7 +141,7 @@ async def submit_comfy_job(
         job = await submit_job(
             backend, workflow, tags=tags, idempotency_key=key, emit_events=emit_events
         )
-    await remember_submission(job.id)
+    remember_submission(job.id, resume_key)
     return job
 
 

@@ -104,7 +104,7 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(
-            f"== {p.name}\n{p.read_text(errors='replace')[-6000:]}"
+            f"== {p.name}\n{p.read_text(errors='replace')[-30000:]}"
             for p in sorted(self.home.glob("*.log"))
         )
 
