@@ -95,6 +95,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
             emit_events=b.emit_events,
             progress_artifact=b.progress_artifact and artifacts,
             outputs_artifact=b.outputs_artifact and artifacts,
+            suspend=b.suspend,
         )
 
     def _ended_with(self, exc: BaseException) -> None:
@@ -243,6 +244,11 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
         default=True,
         description="Whether a completed job publishes a Prefect artifact listing its outputs (inside "
         "a flow or task run).",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Whether a job that still runs suspends the deployment's flow run (no process "
+        "waits) until its outcome event resumes it; needs the resume automation and the listener.",
     )
     output_dir: str | None = Field(
         default=None,
