@@ -34,6 +34,7 @@ from typing import Any
 from prefect import flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
+from prefect.exceptions import Pause
 from prefect.states import State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -119,6 +120,7 @@ def run_comfy_workflow(
     emit_events: bool = True,
     progress_artifact: bool = True,
     outputs_artifact: bool = True,
+    suspend: bool = False,
 ) -> ComfyJobResult:
     """Run a Comfy workflow: submit it, wait for it on the event stream, download its outputs.
 
@@ -136,6 +138,9 @@ def run_comfy_workflow(
         emit_events: whether to emit ``comfy.job.*`` Prefect events.
         progress_artifact: whether to keep a progress artifact up to date while waiting.
         outputs_artifact: whether to publish a markdown artifact of the outputs, with previews.
+        suspend: while the job runs, suspend the deployment's root flow run instead of waiting in
+            a process (``timeout`` then bounds the suspension); see
+            :mod:`prefect_comfy.suspend` and docs/how-to/long-jobs.md.
 
     Returns:
         The job's id, status and output files (name, type, redacted URL, local path).
@@ -155,6 +160,7 @@ def run_comfy_workflow(
         emit_events=emit_events,
         progress_artifact=progress_artifact,
         outputs_artifact=outputs_artifact,
+        suspend=suspend,
         output_dir=output_dir or tempfile.mkdtemp(prefix="comfy-outputs-"),
     )
     run = block.trigger()
@@ -162,6 +168,8 @@ def run_comfy_workflow(
         run.wait_for_completion()
         return run.fetch_result()
     except (InvalidWorkflow, OutcomeError):  # it ended (a timed-out wait: the sensor's business)
+        raise
+    except Pause:  # suspended while the job runs: the job must go on
         raise
     except BaseException:
         _cancel_unless_ended(run)

@@ -42,7 +42,7 @@ from prefect_comfy.dispatch import (
     result_of,
     step,
 )
-from prefect_comfy.exceptions import JobCancelled, JobFailed, OutcomeError
+from prefect_comfy.exceptions import JobCancelled, JobFailed, JobLost, OutcomeError
 from prefect_comfy.job_steps import cancel_job, cancel_jobs_quietly, raise_for_outcome
 from prefect_comfy.models import Job
 from prefect_comfy.results import ComfyJobResult, ComfyOutputFile, job_result, to_download
@@ -95,11 +95,12 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
             emit_events=b.emit_events,
             progress_artifact=b.progress_artifact and artifacts,
             outputs_artifact=b.outputs_artifact and artifacts,
+            suspend=b.suspend,
         )
 
     def _ended_with(self, exc: BaseException) -> None:
         """Note a wait's outcome error: failed and cancelled are for :meth:`fetch_result` to raise."""
-        if isinstance(exc, (JobFailed, JobCancelled)):
+        if isinstance(exc, (JobFailed, JobCancelled, JobLost)):
             self._outcome = exc
             self.job = self.job.model_copy(update={"status": exc.status})
             return
@@ -243,6 +244,11 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
         default=True,
         description="Whether a completed job publishes a Prefect artifact listing its outputs (inside "
         "a flow or task run).",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Whether a job that still runs suspends the deployment's flow run (no process "
+        "waits) until its outcome event resumes it; needs the resume automation and the listener.",
     )
     output_dir: str | None = Field(
         default=None,

@@ -35,7 +35,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.states import State
 
 from prefect_comfy import events
@@ -45,6 +45,13 @@ from prefect_comfy.exceptions import is_retryable
 from prefect_comfy.job_steps import download_outputs, submit_job
 from prefect_comfy.models import Input, Job, Model
 from prefect_comfy.runs import run_logger
+from prefect_comfy.suspend import (
+    remember_submission,
+    resumed_job,
+    root_flow_run,
+    submission_key,
+    suspend_unless_ended,
+)
 from prefect_comfy.watching import watch_comfy_job, watch_comfy_upload
 
 __all__ = [
@@ -105,7 +112,9 @@ async def submit_comfy_job(
     """Submit a workflow; returns the new job (``pending``).
 
     The job is tagged ``prefect.flow-run.<id>`` with the submitting flow run, the flow run gets the
-    label ``comfy.job-id``, and ``comfy.job.submitted`` is emitted.
+    label ``comfy.job-id``, and ``comfy.job.submitted`` is emitted. In the rerun of a flow run that
+    a suspending wait suspended, it returns the job it submitted before instead of submitting again
+    (see :mod:`prefect_comfy.suspend`).
 
     Args:
         credentials: the credentials block.
@@ -118,11 +127,22 @@ async def submit_comfy_job(
         InvalidWorkflow: the workflow is not an API-format graph (checked before any request), or
             the server refused it.
     """
+    resume_key = await submission_key()
+    resumed = await resumed_job(credentials, resume_key)  # the rerun of a resumed run: same job
+    if resumed is not None:
+        return resumed
     key = idempotency_key or task_run_idempotency_key("submit")
+    root = await root_flow_run()
+    flow_ctx = FlowRunContext.get()
+    if root is not None and flow_ctx is not None and flow_ctx.flow_run.id != root.id:
+        # a subflow's job names the deployment's root run first: its events then resume that run
+        tags = [events.FLOW_RUN_TAG_PREFIX + str(root.id), *tags]
     async with backend_of(credentials) as backend:
-        return await submit_job(
+        job = await submit_job(
             backend, workflow, tags=tags, idempotency_key=key, emit_events=emit_events
         )
+    remember_submission(job.id, resume_key)
+    return job
 
 
 @task(name="get-comfy-job", cache_policy=NO_CACHE)
@@ -246,10 +266,16 @@ async def wait_for_comfy_job(
     progress_artifact: bool = True,
     outputs_artifact: bool = True,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+    suspend: bool = False,
 ) -> Job:
     """Wait for a Comfy job, event-driven, with Prefect events, a progress artifact and outputs.
 
-    See :func:`watch_comfy_job` for the arguments, the return value and the errors.
+    See :func:`watch_comfy_job` for the arguments, the return value and the errors. With
+    ``suspend=True`` (flow runs of deployments only) a job that still runs suspends the root flow
+    run instead, for at most ``timeout`` seconds, and the flow's process exits; the resume
+    automation (:func:`~prefect_comfy.triggers.create_resume_automation`) resumes it when the job
+    ends, and this wait then returns what the ordinary wait returns (see
+    :mod:`prefect_comfy.suspend`).
 
     Example:
         ```python
@@ -264,6 +290,8 @@ async def wait_for_comfy_job(
             return [o.name for o in job.outputs]
         ```
     """
+    if suspend:
+        await suspend_unless_ended(credentials, str(job_id), timeout=timeout)
     return await watch_comfy_job(
         credentials,
         job_id,

@@ -45,11 +45,15 @@ __all__ = [
     "JOB_COMPLETED_PARAMETERS",
     "JOB_FAILED_PARAMETERS",
     "MODEL_READY_PARAMETERS",
+    "RESUME_AUTOMATION_NAME",
+    "RESUME_EVENTS",
     "comfy_trigger",
+    "create_resume_automation",
     "on_input_ready",
     "on_job_completed",
     "on_job_failed",
     "on_model_ready",
+    "resume_automation",
 ]
 
 INPUT_READY_PARAMETERS: dict[str, str] = {
@@ -213,3 +217,97 @@ def on_job_failed(
         parameters=parameters,
         **trigger_options,
     )
+
+
+RESUME_AUTOMATION_NAME = "comfy: resume flow runs suspended on a Comfy job"
+"""The name :func:`create_resume_automation` creates (and finds again) its automation by."""
+RESUME_EVENTS = (
+    comfy_events.JOB_COMPLETED,
+    comfy_events.JOB_FAILED,
+    comfy_events.JOB_CANCELLED,
+    comfy_events.JOB_LOST,
+)
+"""The job outcomes that resume the flow run a job's events are related to."""
+
+
+def resume_automation(name: str = RESUME_AUTOMATION_NAME) -> Any:
+    """The automation that resumes a suspended flow run when its Comfy job ends (not saved).
+
+    It fires on each of :data:`RESUME_EVENTS` about a ``comfy.job.*`` resource related to a flow
+    run, and resumes the first related ``prefect.flow-run.<id>`` (the submitting flow run, or the
+    deployment's root run for a job submitted in a subflow). Resuming a run that is not suspended
+    is refused by the server and changes nothing, so a repeated event is harmless.
+
+    Example:
+        >>> automation = resume_automation()
+        >>> sorted(automation.trigger.expect)[0], automation.actions[0].type
+        ('comfy.job.cancelled', 'resume-flow-run')
+    """
+    from prefect.events.actions import ResumeFlowRun
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    return AutomationCore(
+        name=name,
+        description="Resumes the flow run a Comfy job's outcome event is related to "
+        "(prefect_comfy suspending waits). Needs `prefect-comfy listen` running.",
+        trigger=EventTrigger(
+            expect=set(RESUME_EVENTS),
+            match={"prefect.resource.id": f"{comfy_events.PREFIX}.job.*"},
+            match_related={"prefect.resource.role": "flow-run"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=0,
+        ),
+        actions=[ResumeFlowRun()],
+    )
+
+
+async def create_resume_automation(name: str = RESUME_AUTOMATION_NAME) -> Any:
+    """Create the resume automation, or bring the one of that ``name`` up to date; returns its id.
+
+    Idempotent: run it at every deploy. An automation of that name that differs (an older
+    version, or one changed by hand) is replaced, and so are duplicates of that name.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect_comfy.triggers import create_resume_automation
+
+        automation_id = asyncio.run(create_resume_automation())
+        ```
+    """
+    from prefect.client.orchestration import get_client
+
+    automation = resume_automation(name)
+    async with get_client() as client:
+        existing = await client.read_automations_by_name(name)
+        if len(existing) == 1 and _same(existing[0], automation):
+            return existing[0].id
+        # Replaced, not updated: in Prefect 3.9.1 an automation updated in place stopped firing
+        # (the server's trigger cache kept the old trigger), measured in the integration test.
+        for one in existing:
+            await client.delete_automation(one.id)
+        return await client.create_automation(automation)
+
+
+def _same(existing: Any, wanted: Any) -> bool:
+    """Whether a saved automation already is ``wanted`` (ids aside)."""
+
+    def shape(automation: Any) -> Any:
+        trigger = automation.trigger
+        return (
+            automation.description,
+            automation.enabled,
+            type(trigger).__name__,
+            sorted(trigger.expect),
+            trigger.match.model_dump(),
+            trigger.match_related.model_dump()
+            if not isinstance(trigger.match_related, list)
+            else [m.model_dump() for m in trigger.match_related],
+            str(trigger.posture),
+            trigger.threshold,
+            trigger.within.total_seconds(),
+            [action.type for action in automation.actions],
+        )
+
+    return shape(existing) == shape(wanted)

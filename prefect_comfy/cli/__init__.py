@@ -51,6 +51,12 @@ COMMANDS: dict[str, Entry] = {
     "blocks": Entry(
         "prefect_comfy.cli.blocks", "app", "Save Comfy credentials as a Prefect block.", _WORK
     ),
+    "automations": Entry(
+        "prefect_comfy.cli.automations",
+        "app",
+        "Create the automation that resumes suspended flow runs.",
+        _SERVICES,
+    ),
     "listen": Entry(
         "prefect_comfy.listener.cli", "listen", "Forward Comfy events into Prefect.", _SERVICES
     ),

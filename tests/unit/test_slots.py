@@ -284,3 +284,30 @@ async def test_streams_that_keep_failing_leave_every_job_to_the_shared_poll():
     results = await asyncio.wait_for(asyncio.gather(*waits), 10)
     assert [r.event for r in results] == ["job.completed"] * 5
     assert jobs.streams_opened == tried
+
+
+async def test_the_cap_starts_from_comfy_max_streams(monkeypatch):
+    monkeypatch.setenv("COMFY_MAX_STREAMS", "2")
+    world = StreamWorld(cap=8)
+    hub = EventHub(StreamBackend(world, f"v2fake#{next(_keys)}"), linger=0.05)
+    assert hub.job_streams is not None and hub.job_streams.cap == 2
+    ids = running(world, 4)
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=10)) for jid in ids]
+    await eventually(lambda: hub.stats["job_streams_open"] == 2 and hub.stats["polled"] == 2)
+    for jid in ids:
+        world.finish(jid, "completed")
+    assert [e.event for e in await asyncio.wait_for(asyncio.gather(*waits), 10)] == [
+        "job.completed"
+    ] * 4
+    assert world.max_open == 2
+
+
+async def test_a_server_with_a_global_stream_keeps_the_one_stream():
+    world = World()
+    hub = EventHub(FakeBackend(world, f"fake#{next(_keys)}"), linger=0.05)
+    assert hub.job_streams is None
+    world.jobs["job_1"] = Job(id="job_1", status="running")
+    wait = asyncio.ensure_future(hub.wait("job", "job_1"))
+    await eventually(lambda: world.streams == 1 and world.reads == 1)
+    world.push("job.completed", "job_1", status="completed")
+    assert (await asyncio.wait_for(wait, 5)).event == "job.completed"
