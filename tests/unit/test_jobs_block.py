@@ -276,7 +276,7 @@ def test_every_export_resolves() -> None:
     assert prefect_comfy.ComfyWorkflow is ComfyWorkflow
 
 
-def test_the_package_defines_exactly_three_block_types() -> None:
+def test_the_package_defines_exactly_its_four_block_types() -> None:
     # In a fresh interpreter: what `import prefect_comfy` alone puts in Prefect's block registry,
     # which a Prefect server loading the package as a collection registers (no JobBlock[...]).
     import subprocess
@@ -292,4 +292,6 @@ def test_the_package_defines_exactly_three_block_types() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True
     ).stdout
-    assert out.strip() == str(["comfy-cloud-credentials", "comfy-workflow", "comfyui-server"])
+    assert out.strip() == str(
+        ["comfy-cloud-credentials", "comfy-v2-credentials", "comfy-workflow", "comfyui-server"]
+    )
