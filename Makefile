@@ -25,6 +25,7 @@ comfyui:
 # A failed ComfyUI install does not stop the other tests: the ComfyUI tests then fail, saying why.
 test: setup docs
 	@bash scripts/install-comfyui.sh || echo "ComfyUI could not be installed: the comfyui tests will fail and say why"
+	@bash scripts/install-comfy-api-proxy.sh || echo "comfy-api-proxy could not be installed: the v2 proxy tests will fail and say why"
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -3,8 +3,8 @@
 Starts the emulator in-process (its own thread, 127.0.0.1, a free port), then, for each mode, submits N
 small jobs in batches of 50 and waits for all of them:
 
-- ``hub``: ``wait_for_job`` for every job, all at once (one shared WebSocket, one REST read per job
-  after connecting);
+- ``hub``: ``wait_for_job`` for every job, all at once (one shared WebSocket; after connecting, the
+  unfinished jobs are listed in pages of 100 and only the jobs missing from the list are read);
 - ``poll``: the baseline, ``GET /jobs/{id}`` every ``--interval`` seconds per job until it ends.
 
 It prints wall time, WebSocket connections and REST requests (from the emulator's stats) of each

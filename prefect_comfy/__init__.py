@@ -5,9 +5,9 @@ The public surface, importable from ``prefect_comfy``:
 - configuration and errors: ``ComfySettings`` and the error tree rooted at ``ComfyError``;
 - wire models: ``Job``, ``Input``, ``Model``, ``Output``, ``ComfyEvent``, ``ResourceError``;
 - the SDK: ``ComfyClient`` (REST), ``ComfyWebSocket`` (the event stream), ``wait_for_job`` and
-  friends, the backend interface ``ComfyBackend`` and its two kinds ``CloudBackend`` and
-  ``ComfyUIBackend``;
-- Prefect: the blocks ``ComfyCloudCredentials``, ``ComfyUIServer`` and ``ComfyWorkflow`` (with
+  friends, the backend interface ``ComfyBackend`` and its three kinds ``CloudBackend``,
+  ``ComfyUIBackend`` and ``V2Backend`` (Comfy API v2);
+- Prefect: the blocks ``ComfyCloudCredentials``, ``ComfyUIServer``, ``ComfyV2Credentials`` and ``ComfyWorkflow`` (with
   ``ComfyJobRun``, ``ComfyJobResult``, ``ComfyOutputFile``), the tasks (``submit_comfy_job``,
   ``wait_for_comfy_job`` …), the flow ``run_comfy_workflow`` and its ``cancel_comfy_job_hook``.
 
@@ -23,6 +23,8 @@ from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.backends.cloud.ws import ComfyWebSocket
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
+from prefect_comfy.backends.v2.backend import V2Backend
+from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -41,6 +43,7 @@ from prefect_comfy.exceptions import (
     RateLimited,
     ResponseTooLarge,
     ServerError,
+    TooManyStreams,
     UploadFailed,
     WaitTimedOut,
     WebSocketAuthError,
@@ -87,6 +90,7 @@ __all__ = [
     "ComfyTransportError",
     "ComfyUIBackend",
     "ComfyUIServer",
+    "ComfyV2Credentials",
     "ComfyWebSocket",
     "ComfyWorkflow",
     "Input",
@@ -105,7 +109,9 @@ __all__ = [
     "ResourceError",
     "ResponseTooLarge",
     "ServerError",
+    "TooManyStreams",
     "UploadFailed",
+    "V2Backend",
     "WaitTimedOut",
     "WebSocketAuthError",
     "WebSocketConnectionError",

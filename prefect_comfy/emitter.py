@@ -15,10 +15,10 @@ A Prefect server stores about 1,000 events a second, so progress is a budget and
   ``node_class``, ``step``, ``steps``; 100 % for ``completed``), so no progress event is sent just
   before it.
 
-Events are built by :func:`prefect_comfy.events.from_comfy_event` (deterministic ids) with the flow run
-and task run related explicitly, and handed to a sink. The default sink, :func:`prefect_event_sink`,
-queues them on Prefect's events worker (one connection per process, shared by every wait); a process
-that emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
+Events are built by :func:`prefect_comfy.events.from_comfy_event` (deterministic ids) from payloads
+scrubbed by :mod:`prefect_comfy.event_payloads`, with the flow run and task run related explicitly,
+and handed to a sink. The default sink, :func:`prefect_event_sink`, queues them on Prefect's events
+worker (one connection per process, shared by every wait); a process that emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
 
 Example:
     >>> sent = []
@@ -33,9 +33,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,8 +49,11 @@ from prefect_comfy.budget import (
     progress_budget,
     set_progress_events_per_second,
 )
+from prefect_comfy.event_payloads import resource_payload as resource_payload
+from prefect_comfy.event_payloads import run_context_ids as run_context_ids
+from prefect_comfy.event_payloads import scrub
+from prefect_comfy.event_sink import drain_events, prefect_event_sink
 from prefect_comfy.models import ComfyEvent, Job, ResourceError, WireModel
-from prefect_comfy.redaction import redact
 
 __all__ = [
     "DEFAULT_PROGRESS_EVENTS_PER_SECOND",
@@ -78,97 +79,6 @@ EventSink = Callable[[Event], Any]
 
 Clock = Callable[[], float]
 
-_DROPPED_PAYLOAD_KEYS = frozenset({"workflow"})
-"""Payload fields left out of events: a workflow graph can be large and is not an outcome."""
-
-
-# -- sinks -----------------------------------------------------------------------------------------
-_SENT_IDS: OrderedDict[Any, None] = OrderedDict()
-_SENT_IDS_MAX = 8192
-_sent_lock = threading.Lock()
-
-
-def _first_time(event_id: Any) -> bool:
-    """Whether this process has not yet queued an event with this id.
-
-    Prefect's events worker keys its per-event context by id: the same id queued twice makes the
-    second one fail in the worker (and the server stores it once anyway), so repeats stop here.
-    """
-    with _sent_lock:
-        if event_id in _SENT_IDS:
-            _SENT_IDS.move_to_end(event_id)
-            return False
-        _SENT_IDS[event_id] = None
-        if len(_SENT_IDS) > _SENT_IDS_MAX:
-            _SENT_IDS.popitem(last=False)
-        return True
-
-
-def prefect_event_sink(event: Event) -> None:
-    """Queue an event on Prefect's events worker with its own id and related resources.
-
-    Inside a run, the worker adds the flow, deployment and tags of the run; resources already
-    related (the flow run and task run given explicitly) are not repeated. Never raises, except
-    :class:`prefect.exceptions.EventTooLarge`.
-    """
-    from prefect.events import emit_event
-
-    if not _first_time(event.id):
-        return
-    emit_event(
-        event=event.event,
-        resource=dict(event.resource.root),
-        occurred=event.occurred,
-        related=list(event.related),
-        payload=event.payload,
-        id=event.id,
-    )
-
-
-async def drain_events(timeout: float | None = 10.0) -> None:
-    """Wait until every queued Prefect event has been sent (stops the worker; the next emit starts one).
-
-    For short-lived processes that emit outside a Prefect run; inside one, Prefect drains at exit.
-    """
-    from prefect.events.worker import EventsWorker
-
-    await EventsWorker.drain_all(timeout=timeout)
-
-
-# -- building events -------------------------------------------------------------------------------
-def run_context_ids() -> tuple[str | None, str | None]:
-    """``(flow_run_id, task_run_id)`` of the current Prefect run, ``None`` outside one."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    task_ctx = TaskRunContext.get()
-    flow_ctx = FlowRunContext.get()
-    task_run_id = str(task_ctx.task_run.id) if task_ctx else None
-    flow_run_id = None
-    if flow_ctx is not None and flow_ctx.flow_run is not None:
-        flow_run_id = str(flow_ctx.flow_run.id)
-    elif task_ctx is not None and task_ctx.task_run.flow_run_id:
-        flow_run_id = str(task_ctx.task_run.flow_run_id)
-    return flow_run_id, task_run_id
-
-
-def _scrub(value: Any) -> Any:
-    """A JSON-native copy with secret-looking URL parameters and bearer tokens redacted."""
-    value = names.json_safe(value)
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if k not in _DROPPED_PAYLOAD_KEYS}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, str):
-        return redact(value)
-    return value
-
-
-def resource_payload(resource: WireModel | Mapping[str, Any]) -> dict[str, Any]:
-    """The event payload for a job, input or model: its fields, JSON-native, without the workflow."""
-    data = resource.model_dump(mode="json") if isinstance(resource, WireModel) else dict(resource)
-    return _scrub(data)
-
-
 PROGRESS_FIELDS = ("progress", "node_id", "node_class", "step", "steps")
 """Where a job stands: the progress payload fields an outcome takes over from the last progress."""
 
@@ -179,6 +89,12 @@ class _JobProgress:
     last_occurrence: str | None = None
     pending: ComfyEvent | None = None
     latest: dict[str, Any] | None = None  # the newest progress payload seen, sent or not
+    hold_until: float = float("-inf")  # a 100 % value waits this long for the outcome to say it
+
+
+def _says_done(comfy_event: ComfyEvent) -> bool:
+    progress = comfy_event.payload.get("progress")
+    return isinstance(progress, (int, float)) and progress >= 100
 
 
 class ComfyEventEmitter:
@@ -243,7 +159,7 @@ class ComfyEventEmitter:
 
         ``occurrence`` overrides what distinguishes this occurrence in the deterministic id.
         """
-        payload = _scrub(comfy_event.payload)
+        payload = scrub(comfy_event.payload)
         if isinstance(payload.get("error"), dict):
             payload["error"] = ResourceError(**payload["error"]).model_dump(mode="json")
         if not payload.get("status"):
@@ -292,12 +208,17 @@ class ComfyEventEmitter:
             return False
         state.pending = comfy_event
         now = self._clock()
+        if _says_done(comfy_event) and state.hold_until == float("-inf"):
+            # The outcome follows at once and says 100 % itself: hold this one for an interval.
+            state.hold_until = now + self.progress_interval
         if self._interval_passed(state, now) and self.budget.try_acquire():
             self._send_pending(state, now)
             return True
         return False
 
     def _interval_passed(self, state: _JobProgress, now: float) -> bool:
+        if now < state.hold_until:
+            return False
         return state.last_sent_at is None or now - state.last_sent_at >= self.progress_interval
 
     def _send_pending(self, state: _JobProgress, now: float) -> None:
@@ -319,7 +240,7 @@ class ComfyEventEmitter:
                 if state.last_sent_at is None
                 else state.last_sent_at + self.progress_interval - now
             )
-            waits.append(max(wait, 0.0))
+            waits.append(max(wait, state.hold_until - now, 0.0))
         if not waits:
             return None
         soonest = min(waits)
@@ -386,7 +307,7 @@ class ComfyEventEmitter:
                 full outputs); its fields complete the event's payload.
             occurrence: overrides what distinguishes this occurrence in the event id.
         """
-        payload = _scrub(comfy_event.payload)
+        payload = scrub(comfy_event.payload)
         if resource is not None:
             # The resource as read after the event is the fuller record (a job's outputs).
             for key, value in resource_payload(resource).items():

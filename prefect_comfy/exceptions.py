@@ -11,6 +11,7 @@ Every error the package raises derives from :class:`ComfyError`, split by the ki
     │   ├── NotFound                404
     │   ├── InvalidRequest          400 / 409 / 422 (never retried)
     │   ├── RateLimited             429, ``retry_after`` seconds (retryable)
+    │   │   └── TooManyStreams      429 ``too_many_streams``: the server caps open event streams
     │   └── ServerError             5xx (retryable)
     ├── ComfyProtocolError          a frame or body that breaks the protocol
     │   └── ResponseTooLarge        an answer or download over its size limit (never retried)
@@ -51,6 +52,7 @@ __all__ = [
     "RateLimited",
     "ResponseTooLarge",
     "ServerError",
+    "TooManyStreams",
     "UploadFailed",
     "WaitTimedOut",
     "WebSocketAuthError",
@@ -137,6 +139,13 @@ class RateLimited(ComfyAPIError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         self.retry_after = retry_after
         super().__init__(message, **kwargs)
+
+
+class TooManyStreams(RateLimited):
+    """429 ``too_many_streams``: the server already holds as many event streams as it allows.
+
+    ``retry_after`` says when a slot may be free; meanwhile read the job over REST.
+    """
 
 
 class ServerError(ComfyAPIError):

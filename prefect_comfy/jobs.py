@@ -42,7 +42,7 @@ from prefect_comfy.dispatch import (
     result_of,
     step,
 )
-from prefect_comfy.exceptions import JobCancelled, JobFailed, OutcomeError
+from prefect_comfy.exceptions import JobCancelled, JobFailed, JobLost, OutcomeError
 from prefect_comfy.job_steps import cancel_job, cancel_jobs_quietly, raise_for_outcome
 from prefect_comfy.models import Job
 from prefect_comfy.results import ComfyJobResult, ComfyOutputFile, job_result, to_download
@@ -100,7 +100,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
 
     def _ended_with(self, exc: BaseException) -> None:
         """Note a wait's outcome error: failed and cancelled are for :meth:`fetch_result` to raise."""
-        if isinstance(exc, (JobFailed, JobCancelled)):
+        if isinstance(exc, (JobFailed, JobCancelled, JobLost)):
             self._outcome = exc
             self.job = self.job.model_copy(update={"status": exc.status})
             return

@@ -80,6 +80,45 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.logger.log(level, "%s", text, **kwargs)
 
 
+class RedactingFilter(logging.Filter):
+    """A logging filter that scrubs secrets from the records of loggers this package does not own.
+
+    For code that logs through its own loggers (uvicorn's access log prints the request path with its
+    ``?api_key=``; websockets' server side logs the ``Authorization: Bearer`` header at DEBUG): add it
+    to those loggers. The message and every argument whose text holds a secret are redacted in
+    place; other arguments are left as they are, so a formatter that unpacks ``record.args``
+    (uvicorn's access formatter) still works.
+
+    Example:
+        >>> import logging
+        >>> record = logging.LogRecord("uvicorn.access", 20, "", 0, '"%s %s"', ("GET", "/ws?api_key=k1"), None)
+        >>> RedactingFilter(["k1"]).filter(record), record.getMessage()
+        (True, '"GET /ws?api_key=REDACTED"')
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s]
+
+    def _clean(self, value: object) -> object:
+        text = value if isinstance(value, str) else str(value)
+        cleaned = redact(text, self._secrets)
+        return value if cleaned == text else cleaned
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: self._clean(arg) for key, arg in record.args.items()}
+        if record.exc_info and record.exc_info[0] is not None:
+            trace = "".join(traceback.format_exception(*record.exc_info))
+            record.msg = f"{record.msg}\n{redact(trace, self._secrets)}"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def redacting_logger(name: str, secrets: Iterable[str | None]) -> RedactingLogger:
     """:class:`RedactingLogger` over ``logging.getLogger(name)``."""
     return RedactingLogger(logging.getLogger(name), secrets)

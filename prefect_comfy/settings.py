@@ -49,6 +49,12 @@ class ComfySettings(BaseSettings):
         description="Seconds between WebSocket pings; a missing pong is a dead link.",
     )
     ping_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for a pong.")
+    max_streams: int = Field(
+        default=8,
+        ge=1,
+        description="Most per-job event streams open at once on a server without a global stream "
+        "(Comfy API v2); lowered when the server answers 429 too_many_streams.",
+    )
     max_reconnect_attempts: int = Field(
         default=5, ge=0, description="Failed reconnects in a row before the stream gives up."
     )

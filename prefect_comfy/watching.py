@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from prefect_comfy.artifacts import JobProgressArtifact, bounded, create_outputs_artifact
+from prefect_comfy.artifacts import JobProgressArtifact, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.registry import open_backend
 from prefect_comfy.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
@@ -37,7 +37,7 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
 from prefect_comfy.runs import run_logger
-from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
 __all__ = ["CANCEL_TIMEOUT", "watch_comfy_job", "watch_comfy_upload"]
@@ -297,9 +297,10 @@ async def _conclude(
     log, emitter = watch.log, watch.emitter
     outcome = terminal.event.split(".", 1)[-1]
     job: Job | None = None
+    # Stopped first: while the job is read, no held progress can go out ahead of the outcome.
+    await watch.stop(100.0 if outcome == "completed" else None, outcome=outcome)
     if outcome not in ("cancelled", "lost"):
         job = await backend.get_job(job_id)
-    await watch.stop(100.0 if outcome == "completed" else None, outcome=outcome)
     watch.status = outcome
     if emitter is not None:
         emitter.outcome(terminal, resource=job)

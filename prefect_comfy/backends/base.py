@@ -52,6 +52,8 @@ class Capabilities:
     upload_models: bool = False
     global_event_stream: bool = False
     find_jobs_by_tag: bool = False
+    per_job_streams: bool = False
+    """:meth:`ComfyBackend.job_events` streams one job's events (servers without a global stream)."""
 
 
 class ComfyBackend(abc.ABC):
@@ -179,6 +181,16 @@ class ComfyBackend(abc.ABC):
             WebSocketAuthError: the key was refused.
             WebSocketConnectionError: the reconnect budget is spent.
         """
+
+    def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
+        """One job's events (``job.progress`` snapshots, then its terminal ``job.*`` event), ending
+        after the terminal one or when the server closes the stream (then the caller reads the job).
+        Only where ``capabilities.per_job_streams``.
+
+        Raises:
+            TooManyStreams: the server caps open streams (429 ``too_many_streams``); ``retry_after``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-job event stream")
 
     async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
         """The jobs of these credentials that have not ended (pending or running), or ``None`` when

@@ -33,6 +33,7 @@ from pydantic import ValidatorFunctionWrapHandler, WrapValidator
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
+from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.exceptions import ComfyConfigError
 
 __all__ = [
@@ -70,6 +71,7 @@ def register(block_type: type[Block]) -> type[Block]:
 # The kinds of server this package ships: one line each.
 register(ComfyCloudCredentials)  # the Comfy Cloud developer API (and the local emulator)
 register(ComfyUIServer)  # a self-hosted ComfyUI (or Comfy Cloud's ComfyUI-compatible API)
+register(ComfyV2Credentials)  # Comfy API v2: Comfy Cloud, serverless deployments, comfy-api-proxy
 
 
 def block_types() -> tuple[type[Block], ...]:

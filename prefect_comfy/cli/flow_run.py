@@ -20,6 +20,7 @@ from typing import Any
 from prefect_comfy.cli.connect import credentials_for
 from prefect_comfy.cli.errors import Interrupted
 from prefect_comfy.cli.progress import JobBoard
+from prefect_comfy.waiting.waits import wait_for
 
 JOB_ID_LABEL = "comfy.job-id"
 """The flow-run label that names the Comfy job (documented in :mod:`prefect_comfy.flows`)."""
@@ -81,7 +82,7 @@ class FlowRunWatcher:
         self.board.add(str(self.job_id), "submitted")
         async with self.credentials.get_backend() as backend:
             wait = asyncio.ensure_future(
-                backend.wait_for_job(str(self.job_id), on_progress=self.board.on_progress)
+                wait_for(backend, "job", str(self.job_id), on_progress=self.board.on_progress)
             )
             while not wait.done() and not self._stop.is_set():
                 await asyncio.wait({wait}, timeout=LABEL_POLL)

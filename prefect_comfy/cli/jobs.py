@@ -18,6 +18,7 @@ from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, download_all
 from prefect_comfy.exceptions import ComfyError, JobFailed
 from prefect_comfy.models import JOB_TERMINAL, Job
+from prefect_comfy.waiting.waits import wait_for
 
 app = group("jobs", "List, inspect, cancel and watch jobs.")
 
@@ -172,8 +173,8 @@ async def _watch(
                     node = job.error.node_id if job.error is not None else None
                     return _outcome(board, job_id, job.status, node)
                 board.add(job_id, job.status)
-                event = await backend.wait_for_job(
-                    job_id, timeout=timeout, on_progress=board.on_progress
+                event = await wait_for(
+                    backend, "job", job_id, timeout=timeout, on_progress=board.on_progress
                 )
             except ComfyError as exc:
                 board.finish(job_id, "error")

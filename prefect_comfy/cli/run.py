@@ -26,6 +26,7 @@ from prefect_comfy.cli.errors import Interrupted
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.validate import WorkflowArgument, read_workflow
 from prefect_comfy.exceptions import JobCancelled, JobFailed, JobTimedOut
+from prefect_comfy.waiting.waits import wait_for
 
 DEFAULT_OUT = "comfy-outputs"
 """Where ``run`` and ``outputs`` save files unless ``--out`` says otherwise."""
@@ -124,8 +125,8 @@ async def _submit_and_wait(
         try:
             job = await backend.submit(graph, tags=tags, idempotency_key=key)
             board.add(job.id, job.status)
-            event = await backend.wait_for_job(
-                job.id, timeout=timeout, on_progress=board.on_progress
+            event = await wait_for(
+                backend, "job", job.id, timeout=timeout, on_progress=board.on_progress
             )
         except JobTimedOut:
             await backend.cancel(job.id)

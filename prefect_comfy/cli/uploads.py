@@ -13,6 +13,7 @@ from prefect_comfy.cli.errors import UsageProblem
 from prefect_comfy.cli.help import command, group
 from prefect_comfy.exceptions import UploadFailed
 from prefect_comfy.models import MODEL_TYPES
+from prefect_comfy.waiting.waits import wait_for
 
 app = group("upload", "Upload an input image or a model file.")
 
@@ -107,8 +108,7 @@ async def _upload(
             final = resource.status
             error = resource.error
         else:
-            waiter = backend.wait_for_model if kind == "model" else backend.wait_for_input
-            event = await waiter(resource.id, timeout=timeout)
+            event = await wait_for(backend, kind, resource.id, timeout=timeout)
             final = event.event.split(".", 1)[1]
             error = event.payload.get("error")
             typer.echo(f"{kind} {resource.id} {resource.name}: {final}")

@@ -118,6 +118,9 @@ class EventBus:
         self.connections: set[Connection] = set()
         self.paused = False
         self.duplicate = False
+        self.close_after_connected = 0
+        """The next this many WebSocket connections are closed right after ``connected``, before
+        the client can subscribe (a close during the handshake, issue 11 item 1)."""
         self.listeners: set[Listener] = set()
         self._held_for_listeners: list[tuple[Listener, str, str, dict[str, Any]]] = []
         self.abort_transport: Callable[[Connection], bool] | None = None
@@ -128,6 +131,7 @@ class EventBus:
         self.ws_connections_total = len(getattr(self, "connections", ()))
         self.ws_handshakes_refused = 0
         self.ws_closed_slow = 0
+        self.ws_closed_at_handshake = 0
         self.events_sent = 0
 
     def open(self, owner: str, session_id: str, client: tuple[str, int] | None) -> Connection:

@@ -10,7 +10,13 @@ from starlette.routing import BaseRoute, Route
 
 from prefect_comfy.emulator.config import CONTROL_PREFIX
 from prefect_comfy.emulator.state import EmulatorState, Fault
-from prefect_comfy.emulator.wire import DuplicateEvents, FaultRequest, not_found, parse_body
+from prefect_comfy.emulator.wire import (
+    CloseAfterConnected,
+    DuplicateEvents,
+    FaultRequest,
+    not_found,
+    parse_body,
+)
 
 MALFORMED_FRAMES = ("this is not JSON {", json.dumps({"data": {"note": "a frame without a type"}}))
 """What ``POST /_emulator/malformed-frame`` sends to every connection, in order."""
@@ -77,6 +83,12 @@ async def duplicate_events(request: Request) -> Response:
     return JSONResponse({"enabled": body.enabled})
 
 
+async def close_after_connected(request: Request) -> Response:
+    body = parse_body(CloseAfterConnected, await request.body())
+    _state(request).bus.close_after_connected = body.count
+    return JSONResponse({"count": body.count})
+
+
 async def malformed_frame(request: Request) -> Response:
     bus = _state(request).bus
     count = 0
@@ -110,5 +122,6 @@ def control_routes() -> list[BaseRoute]:
         r("/faults", clear_faults, "DELETE"),
         r("/duplicate-events", duplicate_events, "POST"),
         r("/malformed-frame", malformed_frame, "POST"),
+        r("/close-after-connected", close_after_connected, "POST"),
         r("/jobs/{id}", job_internals, "GET"),
     ]

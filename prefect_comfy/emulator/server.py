@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -21,10 +22,15 @@ from prefect_comfy.emulator.app import create_app
 from prefect_comfy.emulator.bus import Connection
 from prefect_comfy.emulator.config import API_PREFIX, EmulatorConfig
 from prefect_comfy.emulator.state import EmulatorState, Fault
+from prefect_comfy.emulator.v2.errors import STATUS_OF
+from prefect_comfy.emulator.v2.face import InjectedError
+from prefect_comfy.redaction import RedactingFilter
 
 T = TypeVar("T")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "websockets.server")
+"""Loggers of the in-process server that see requests: the API key is redacted from their records."""
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -54,6 +60,8 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port: int | None = None
+        self._log_filter = RedactingFilter(config.api_keys)
+        self._filtered: list[logging.Logger] = []
 
     def __repr__(self) -> str:
         where = self.url if self._port else "not started"
@@ -74,6 +82,7 @@ class EmulatorServer:
             ws_ping_interval=None,
         )
         self._server = uvicorn.Server(config)
+        self._redact_server_logs()
         # Two listening sockets: the API, and the storage stand-in on an origin of its own, so
         # that a client following a v2 content redirect there must (and httpx does) drop its key.
         api_socket = _listen(self.config.host, self.config.port)
@@ -127,6 +136,24 @@ class EmulatorServer:
             self._thread.join(STOP_TIMEOUT)
         self._thread = None
         self._loop = None
+        for logger in self._filtered:
+            logger.removeFilter(self._log_filter)
+        self._filtered = []
+
+    def _redact_server_logs(self) -> None:
+        """Keep the accepted keys out of what uvicorn and the emulator log, at every level.
+
+        A client's key arrives as ``Authorization: Bearer`` (logged by the WebSocket server at
+        DEBUG) or as ``?api_key=`` in the path (uvicorn's access log). Done after ``uvicorn.Config``,
+        which configures uvicorn's loggers; undone by :meth:`stop`.
+        """
+        names = [*SERVER_LOGGERS, "prefect_comfy.emulator"]
+        names += [
+            n for n in logging.Logger.manager.loggerDict if n.startswith("prefect_comfy.emulator.")
+        ]
+        self._filtered = [logging.getLogger(name) for name in dict.fromkeys(names)]
+        for logger in self._filtered:
+            logger.addFilter(self._log_filter)
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -219,6 +246,17 @@ class EmulatorServer:
             raise ValueError("status must be 429/500/502/503, count >= 1, when 'before' or 'after'")
         self._call(lambda: self.state.add_fault(Fault(status, count, retry_after, path, when)))
 
+    def close_after_connected(self, count: int) -> None:
+        """Close the next ``count`` WebSocket connections right after ``connected`` (before the
+        client subscribes): a close during the handshake."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+
+        def arm() -> None:
+            self.state.bus.close_after_connected = count
+
+        self._call(arm)
+
     def duplicate_events(self, enabled: bool) -> None:
         def flip() -> None:
             self.state.bus.duplicate = enabled
@@ -239,9 +277,6 @@ class EmulatorServer:
     ) -> None:
         """The next ``count`` v2 ``method`` requests under ``path`` (below ``/api/v2``) get the
         contract's error ``code`` (``insufficient_credits``, ``queue_full``, …) with its status."""
-        from prefect_comfy.emulator.v2.errors import STATUS_OF
-        from prefect_comfy.emulator.v2.face import InjectedError
-
         if code not in STATUS_OF or count < 1:
             raise ValueError(f"code must be one of {', '.join(sorted(STATUS_OF))}; count >= 1")
         item = InjectedError(code, count, retry_after, path, method)

@@ -116,6 +116,7 @@ class EmulatorState(UploadsMixin):
         for clear in self.on_reset_faults:
             clear()
         self.bus.duplicate = False
+        self.bus.close_after_connected = 0
         self.bus.resume()
 
     def stats(self) -> dict[str, Any]:
@@ -123,6 +124,7 @@ class EmulatorState(UploadsMixin):
         return {
             "ws_connections_open": len(self.bus.connections),
             "ws_connections_total": self.bus.ws_connections_total,
+            "ws_closed_at_handshake": self.bus.ws_closed_at_handshake,
             "ws_handshakes_refused": self.bus.ws_handshakes_refused,
             "ws_closed_slow": self.bus.ws_closed_slow,
             "requests_total": self.requests_total,

@@ -156,6 +156,10 @@ class DuplicateEvents(StrictBody):
     enabled: bool
 
 
+class CloseAfterConnected(StrictBody):
+    count: int = Field(ge=0, le=1_000_000)
+
+
 B = TypeVar("B", bound=BaseModel)
 
 

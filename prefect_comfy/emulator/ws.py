@@ -108,6 +108,12 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         )
         return
     await websocket.accept()
+    if state.bus.close_after_connected > 0:  # a fault: close before the client can subscribe
+        state.bus.close_after_connected -= 1
+        state.bus.ws_closed_at_handshake += 1
+        await websocket.send_text(_frame("connected", {"session_id": state.ids.new("ses")}))
+        await websocket.close(1011, "emulator fault: closed after connected")
+        return
     client = (websocket.client.host, websocket.client.port) if websocket.client else None
     conn = state.bus.open(owner, state.ids.new("ses"), client)
     sender = asyncio.create_task(_sender(websocket, conn, state))

@@ -9,8 +9,8 @@ from prefect_comfy.listener.forwarder import (
     ListenerStats,
     default_listener_id,
     require_prefect_api_url,
-    run_listener,
 )
+from prefect_comfy.listener.run import run_listener
 
 __all__ = [
     "NO_API_URL_MESSAGE",

@@ -131,7 +131,7 @@ def listen(
 async def _listen(block: str | None, patterns: tuple[str, ...], **options: Any) -> Any:
     """Run the listener on the backend of ``block`` (or the environment), closed after."""
     from prefect_comfy.cli.connect import backend_for
-    from prefect_comfy.listener.forwarder import run_listener
+    from prefect_comfy.listener.run import run_listener
 
     async with await backend_for(block) as backend:
         return await run_listener(backend, patterns, **options)

@@ -12,7 +12,8 @@ document, saved at most every :data:`SAVE_INTERVAL` seconds while something chan
   Prefect's triggers remember event ids only for a while).
 
 On start the listener reads the cursor, reconciles each entry through REST and lists what changed
-since the watermark (:mod:`prefect_comfy.listener.catchup`). Two places to keep it, the user's choice:
+since the watermark (:mod:`prefect_comfy.listener.catchup`); :class:`~prefect_comfy.listener.keeper.CursorKeeper`
+does the reading and saving. Two places to keep it, the user's choice:
 
 - a state file (:class:`FileCursor`, the default), written atomically (a temporary file in the
   same folder, flushed to disk, then renamed over the old one), under
@@ -37,9 +38,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,7 +51,6 @@ __all__ = [
     "CURSOR_ENV",
     "SAVE_INTERVAL",
     "Cursor",
-    "CursorKeeper",
     "CursorState",
     "FileCursor",
     "VariableCursor",
@@ -262,164 +261,3 @@ def open_cursor(spec: str | None, *, connection_key: str, name: str | None = Non
     if spec:
         return FileCursor(spec)
     return FileCursor(default_cursor_path(connection_key, name))
-
-
-class CursorKeeper:
-    """Restores a listener's in-flight memory from a cursor on start, and keeps the cursor saved.
-
-    Args:
-        cursor: where the state lives.
-        address: the backend's address (a cursor saved for another server is ignored).
-        in_flight: the listener's ``(kind, id) -> status`` memory (seeded on restore).
-        ended: the listener's memory of resources whose terminal event was queued (seeded on
-            restore; saved without those still pending).
-        pending: ``(kind, id)`` of the terminal events received but not yet sent to Prefect.
-        connected: whether the stream is up now (the watermark only moves while it is).
-        interval: seconds between two saves.
-    """
-
-    def __init__(
-        self,
-        cursor: Cursor,
-        *,
-        address: str,
-        in_flight: MutableMapping[tuple[str, str], Any],
-        ended: MutableMapping[tuple[str, str], Any],
-        pending: Callable[[], Iterable[tuple[str, str]]],
-        connected: Callable[[], bool],
-        interval: float = SAVE_INTERVAL,
-    ) -> None:
-        self.cursor = cursor
-        self.address = address
-        self.in_flight = in_flight
-        self.ended = ended
-        self.pending = pending
-        self.connected = connected
-        self.interval = interval
-        self.watermark: datetime | None = None
-        self.restored_watermark: datetime | None = None
-        self.caught_up = False
-        """Set once the restored state is reconciled: until then the watermark stays put."""
-        self.saves = 0
-        self._last: dict[str, Any] | None = None
-
-    async def restore(self) -> CursorState | None:
-        """Load the cursor and seed ``in_flight`` with it; the state, or ``None`` (none, unusable)."""
-        try:
-            state = await self.cursor.load()
-        except Exception as exc:
-            logger.warning(
-                "could not read the listener cursor (%s): %s", self.cursor.description, exc
-            )
-            return None
-        if state is None:
-            logger.info("no listener cursor yet (%s); starting afresh", self.cursor.description)
-            return None
-        if state.address != self.address:
-            logger.warning(
-                "the listener cursor (%s) belongs to %s, not %s: ignored",
-                self.cursor.description,
-                state.address,
-                self.address,
-            )
-            return None
-        for kind, rid, status in state.in_flight:
-            self.in_flight.setdefault((kind, rid), status)
-        for key in state.ended:
-            self.ended.setdefault(key, True)
-        self.watermark = self.restored_watermark = state.watermark
-        logger.info(
-            "listener cursor (%s): %d resources in flight, listening until %s",
-            self.cursor.description,
-            len(state.in_flight),
-            state.watermark.isoformat() if state.watermark else "never",
-        )
-        return state
-
-    def snapshot(self) -> CursorState:
-        """The state to save now."""
-        if self.caught_up and self.connected():
-            self.watermark = datetime.now(timezone.utc)
-        entries = {key: str(status) for key, status in self.in_flight.items()}
-        for key in self.pending():
-            entries.setdefault(key, "ended")
-        ended = [key for key in self.ended if key not in entries]
-        return CursorState(
-            self.address,
-            [(k, r, s) for (k, r), s in entries.items()],
-            self.watermark,
-            ended[-ENDED_SAVED:],
-        )
-
-    async def save(self, *, force: bool = False) -> None:
-        """Save the state if it changed (the watermark alone moves it every 30 s), or if ``force``."""
-        state = self.snapshot()
-        data = state.to_json()
-        last = self._last
-        same = last is not None and (last["in_flight"], last["ended"]) == (
-            data["in_flight"],
-            data["ended"],
-        )
-        if not force and same:
-            previous = last["watermark"]
-            if previous == data["watermark"] or (
-                previous
-                and data["watermark"]
-                and state.watermark
-                and state.watermark - datetime.fromisoformat(previous) < timedelta(seconds=30)
-            ):
-                return
-        await self.cursor.save(state)
-        self._last = data
-        self.saves += 1
-
-    async def save_quietly(self) -> None:
-        """Save now, whatever changed; a failure is logged (a stop must go on)."""
-        try:
-            await self.save(force=True)
-        except Exception as exc:
-            logger.warning(
-                "could not save the listener cursor (%s): %s", self.cursor.description, exc
-            )
-
-    async def catch_up(self, backend: Any, **hooks: Any) -> None:
-        """After a restart, list what changed since the restored watermark (once per run).
-
-        ``hooks`` go to :func:`prefect_comfy.listener.catchup.catch_up`. A failure is logged and
-        the catch-up is tried again after the next (re)connect; until it succeeds, the watermark
-        stays where the previous run left it.
-        """
-        from prefect_comfy.listener.catchup import CATCH_UP_SLACK, catch_up
-
-        if self.restored_watermark is not None:
-            since = self.restored_watermark - CATCH_UP_SLACK
-            try:
-                found = await catch_up(backend, since, **hooks)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("could not list what changed while the listener was down: %s", exc)
-                return
-            logger.info(
-                "caught up since %s: %d terminal events of resources never seen in flight",
-                since.isoformat(),
-                found,
-            )
-        self.caught_up = True
-
-    async def run(self) -> None:
-        """Save every ``interval`` seconds, forever (a failed save is logged and tried again)."""
-        failing = False
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.save()
-                if failing:
-                    logger.info("the listener cursor is saved again (%s)", self.cursor.description)
-                failing = False
-            except Exception as exc:
-                if not failing:
-                    logger.warning(
-                        "could not save the listener cursor (%s): %s", self.cursor.description, exc
-                    )
-                failing = True

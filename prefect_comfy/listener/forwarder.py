@@ -33,10 +33,13 @@ Events go through an explicit Prefect events client (``get_events_client()``), n
 an events worker started inside a flow run would relate later events to that run. Without a Prefect
 API URL the listener refuses to start (instead of quietly starting a temporary server).
 
-The pieces: this module reads the Comfy stream, makes heartbeats and runs the whole
-(:class:`ComfyListener`, :func:`run_listener`); :mod:`prefect_comfy.listener.tracking` remembers tags
-and what is in flight and reconciles through REST; :mod:`prefect_comfy.listener.sender` sends to
-Prefect (queue, retries, drain, flush). Everything public is importable from here.
+The pieces: this module reads the Comfy stream and forwards it
+(:class:`ComfyListener`); :mod:`prefect_comfy.listener.run` runs it as a process
+(:func:`~prefect_comfy.listener.run.run_listener`: backend, cursor, signals);
+:mod:`prefect_comfy.listener.heartbeat` makes heartbeats; :mod:`prefect_comfy.listener.tracking`
+remembers tags and what is in flight and reconciles through REST; :mod:`prefect_comfy.listener.sender`
+sends to Prefect (queue, retries, drain, flush). Everything public is importable from
+:mod:`prefect_comfy.listener`.
 
 Example:
     >>> import asyncio
@@ -56,17 +59,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any
 
-from prefect.events import Event, Resource
+from prefect.events import Event
 
 from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
-from prefect_comfy.listener.cursor import Cursor, CursorKeeper, open_cursor
+from prefect_comfy.listener.cursor import Cursor
+from prefect_comfy.listener.heartbeat import heartbeat_event
+from prefect_comfy.listener.keeper import CursorKeeper
 from prefect_comfy.listener.sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from prefect_comfy.listener.sender import DEFAULT_PROGRESS_INTERVAL as DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.listener.sender import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
@@ -96,7 +99,6 @@ __all__ = [
     "ListenerStats",
     "default_listener_id",
     "require_prefect_api_url",
-    "run_listener",
 ]
 
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
@@ -405,28 +407,15 @@ class ComfyListener:
     # -- heartbeats -----------------------------------------------------------------------------
     def heartbeat_event(self) -> Event:
         """The ``comfy.listener.heartbeat`` event for now."""
-        resource_id = f"{comfy_events.PREFIX}.listener.{self.listener_id}"
         self._refresh_backlog()
-        return Event(
-            event=comfy_events.LISTENER_HEARTBEAT,
-            occurred=datetime.now(timezone.utc),
-            resource=Resource(
-                {
-                    "prefect.resource.id": resource_id,
-                    "prefect.resource.name": f"Comfy listener {self.listener_id}",
-                    "comfy.backend": self.backend.kind,
-                    "comfy.connected": "true" if self.connected else "false",
-                    "comfy.behind": "true" if self.stats.behind else "false",
-                }
-            ),
-            payload={
-                "address": self.backend.address,
-                "patterns": list(self.patterns),
-                "connected": self.connected,
-                "uptime_seconds": round(time.monotonic() - self._started, 1),
-                "in_flight": len(self._in_flight),
-                **asdict(self.stats),
-            },
+        return heartbeat_event(
+            self.listener_id,
+            self.backend,
+            patterns=self.patterns,
+            connected=self.connected,
+            uptime=time.monotonic() - self._started,
+            in_flight=len(self._in_flight),
+            stats=self.stats,
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -435,77 +424,3 @@ class ComfyListener:
             await self._sender.put(self.heartbeat_event(), counted=False)
             self.stats.heartbeats += 1
             await asyncio.sleep(self.heartbeat_interval)
-
-
-async def run_listener(
-    backend: ComfyBackend | None = None,
-    patterns: Sequence[str] = ("*",),
-    *,
-    block: str | None = None,
-    install_signal_handlers: bool = True,
-    cursor: Cursor | str | None = "",
-    **options: Any,
-) -> ListenerStats:
-    """Run a :class:`ComfyListener` until SIGTERM or SIGINT (or cancellation); return its stats.
-
-    Args:
-        backend: the Comfy backend; if omitted, from the saved ``ComfyCloudCredentials`` block
-            ``block``, else from ``COMFY_API_KEY`` / ``COMFY_BASE_URL``.
-        patterns: event patterns to subscribe to.
-        block: the name of a saved ``ComfyCloudCredentials`` block.
-        install_signal_handlers: stop cleanly on SIGTERM and SIGINT.
-        cursor: a :class:`~prefect_comfy.listener.cursor.Cursor`, or where to keep one: a file path,
-            ``variable:NAME`` (a Prefect variable) or ``"none"``; ``""`` (the default):
-            ``COMFY_LISTENER_CURSOR``, else a state file under ``$PREFECT_HOME/comfy-listener/``.
-            ``None``: no cursor.
-        **options: passed to :class:`ComfyListener` (``heartbeat_interval``, ``listener_id`` …).
-
-    Raises:
-        ComfyConfigError: no Prefect API URL, or no Comfy credentials.
-    """
-    if options.get("events_client") is None:
-        require_prefect_api_url()
-    owned = backend is None
-    if backend is None:
-        backend = await _backend_from(block)
-    if isinstance(cursor, str):
-        cursor = open_cursor(
-            cursor or None,
-            connection_key=backend.connection_key,
-            name=options.get("listener_id"),
-        )
-    listener = ComfyListener(backend, patterns, cursor=cursor, **options)
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
-    if install_signal_handlers:
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, _on_signal, listener, sig)
-                installed.append(sig)
-    try:
-        await listener.run()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        if owned:
-            await backend.aclose()
-    return listener.stats
-
-
-def _on_signal(listener: ComfyListener, sig: int) -> None:
-    import signal
-
-    logger.info("received %s; sending what was received, then stopping", signal.Signals(sig).name)
-    listener.stop()
-
-
-async def _backend_from(block: str | None) -> ComfyBackend:
-    if block:
-        from prefect_comfy.backends.registry import load_credentials
-
-        return (await load_credentials(block)).get_backend()
-    from prefect_comfy.backends.cloud.backend import CloudBackend
-
-    return CloudBackend()

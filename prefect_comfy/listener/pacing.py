@@ -5,8 +5,9 @@ silently. :class:`PacedQueue` holds what the listener has to send, with no I/O o
 (:class:`~prefect_comfy.listener.sender.PrefectSender` sends what it hands out):
 
 - **Outcomes first, never dropped.** Every event that is not ``comfy.job.progress`` (outcomes,
-  uploads, heartbeats) waits in one first-in-first-out queue that is always served before progress.
-  Once ``queue_size`` of them wait, :meth:`PacedQueue.put` waits too (back pressure on reading).
+  uploads) waits in one first-in-first-out queue that is always served before progress. Once
+  ``queue_size`` of them wait, :meth:`PacedQueue.put` waits too (back pressure on reading). A
+  heartbeat (uncounted) goes ahead of them all and never waits.
 - **Progress coalesced, as the sensor does.** One pending progress event per job, the newest
   replacing the older (in its place, keeping its age); at most one per job every
   ``progress_interval`` seconds, within the progress budget
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prefect_comfy import events as comfy_events
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.budget import ProgressBudget, progress_budget
 from prefect_comfy.exceptions import ComfyConfigError
 
@@ -112,13 +114,6 @@ class Pending:
         self.since = since
 
 
-def _remember(memory: OrderedDict, key: str, value: object) -> None:
-    memory[key] = value
-    memory.move_to_end(key)
-    while len(memory) > _REMEMBERED:
-        memory.popitem(last=False)
-
-
 class PacedQueue:
     """The events waiting for Prefect, in the order and at the pace they may go.
 
@@ -156,17 +151,14 @@ class PacedQueue:
         """Set by a stop: pending progress goes at once, whatever its interval and budget."""
         self._clock = clock
         self._pace = (
-            ProgressBudget(
-                events_per_second, capacity=max(1.0, events_per_second / 10), clock=clock
-            )
-            if events_per_second
-            else None
+            # the same sliding window as the progress budget: never over the rate in any second
+            ProgressBudget(events_per_second, clock=clock) if events_per_second else None
         )
         self._budget = progress_events
         self._outcomes: deque[Pending] = deque()
         self._progress: OrderedDict[str, Pending] = OrderedDict()
-        self._progress_sent: OrderedDict[str, float] = OrderedDict()
-        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._progress_sent = Bounded(_REMEMBERED)
+        self._ended = Bounded(_REMEMBERED)
         self._space = asyncio.Event()
         self._space.set()
         self.changed = asyncio.Event()
@@ -180,8 +172,12 @@ class PacedQueue:
 
     # -- putting ------------------------------------------------------------------------------
     async def put(self, event: Event, *, counted: bool = True) -> None:
-        """Queue ``event``; progress never waits, anything else while ``queue_size`` outcomes wait."""
-        if event.event != comfy_events.JOB_PROGRESS:
+        """Queue ``event``; progress never waits, outcomes while ``queue_size`` outcomes wait.
+
+        An uncounted event (a heartbeat) goes first and never waits: it says how far behind the
+        listener is, so it must not wait behind the backlog it reports.
+        """
+        if counted and event.event != comfy_events.JOB_PROGRESS:
             while len(self._outcomes) >= self.queue_size:
                 self._space.clear()
                 await self._space.wait()
@@ -198,8 +194,12 @@ class PacedQueue:
                 if self._progress.pop(key, None) is not None:
                     self.stats.coalesced += 1
                 self._progress_sent.pop(key, None)
-                _remember(self._ended, key, None)
-            self._outcomes.append(Pending(event, counted, self._clock()))
+                self._ended.remember(key)
+            pending = Pending(event, counted, self._clock())
+            if counted:
+                self._outcomes.append(pending)
+            else:
+                self._outcomes.appendleft(pending)
         self.stats.queued = len(self)
         self.changed.set()
 
@@ -253,7 +253,7 @@ class PacedQueue:
                 continue
             if not budget.try_acquire():
                 return None, max(budget.seconds_until_available(), 0.001)
-            _remember(self._progress_sent, key, now)
+            self._progress_sent.remember(key, now)
             return self._progress.pop(key), None
         return None, soonest
 

@@ -2,9 +2,9 @@
 
 The Comfy event stream has no replay. :class:`InFlightTracker` remembers (bounded, oldest
 forgotten first) the tags last seen for each job and every job and upload last seen in flight;
-after a reconnect, :meth:`InFlightTracker.reconcile` reads each of those through REST and hands the
-terminal event that was missed (synthesised from :data:`prefect_comfy.models.STATUS_EVENT`) to
-the listener to forward. Job events whose payload has no tags (progress) get the remembered tags,
+after a reconnect, :meth:`InFlightTracker.reconcile` has the waiting layer's reconciler read those
+through REST (listing where it can, retrying what fails) and hands the terminal event that was
+missed (synthesised from :data:`prefect_comfy.models.STATUS_EVENT`) to the listener to forward. Job events whose payload has no tags (progress) get the remembered tags,
 or those of one REST read of the job (:meth:`InFlightTracker.job_tags`).
 
 Example:
@@ -22,14 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.bounded import Bounded as Bounded
 from prefect_comfy.exceptions import NotFound
-from prefect_comfy.models import JOB_TERMINAL, STATUS_EVENT, UPLOAD_TERMINAL, ComfyEvent
+from prefect_comfy.models import (
+    JOB_TERMINAL,
+    STATUS_EVENT,
+    UPLOAD_TERMINAL,
+    ComfyEvent,
+    Input,
+    Job,
+    Model,
+)
 from prefect_comfy.transport.deadlines import within
+from prefect_comfy.waiting.reconcile import Reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +60,6 @@ REST_TIMEOUT = 30.0
 _TERMINAL = {"job": JOB_TERMINAL, "input": UPLOAD_TERMINAL, "model": UPLOAD_TERMINAL}
 
 
-class Bounded(OrderedDict):
-    """An insertion-ordered dict that forgets its oldest entries past ``size``."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def remember(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
 class InFlightTracker:
     """What the listener remembers of one backend's jobs and uploads between events.
 
@@ -79,6 +74,16 @@ class InFlightTracker:
         """Job id → the tags last seen for it."""
         self.in_flight: Bounded = Bounded(max_tracked)
         """``(kind, id)`` → last status, for jobs and uploads not yet seen to end."""
+        self._epoch = 0
+        self._missed: list[ComfyEvent] = []
+        self._reconciler = Reconciler(
+            backend,
+            pending=self.in_flight.__contains__,
+            epoch=lambda: self._epoch,
+            found=self._found,
+            missing=self._missing,
+            concurrency=RECONCILE_CONCURRENCY,
+        )
 
     def track(self, comfy_event: ComfyEvent) -> None:
         """Remember a job's tags, and whether the event's job or upload is still in flight."""
@@ -112,46 +117,36 @@ class InFlightTracker:
     async def reconcile(self, forward: Callable[[ComfyEvent], Awaitable[Any]]) -> int:
         """Read every resource last seen in flight; pass each missed terminal event to ``forward``.
 
+        The reading is the waiting layer's :class:`~prefect_comfy.waiting.reconcile.Reconciler`
+        (the one REST reconciler of the package): unfinished jobs listed where the server can list,
+        single reads elsewhere, and a failed read tried again, backed off, until it succeeds or the
+        resource is no longer in flight. So this returns once every resource is known.
+
         Returns:
             How many terminal events were synthesised.
         """
         pending = list(self.in_flight)
         if not pending:
             return 0
-        limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
-        results = await asyncio.gather(
-            *(self._reconcile_one(k, r, limit, forward) for k, r in pending)
-        )
-        found = sum(results)
-        if found:
-            logger.info("reconciled %d missed terminal events through REST", found)
-        return found
+        self._epoch += 1  # answers of an earlier round predate this reconnect
+        self._reconciler.submit(pending)
+        await self._reconciler.settled()
+        missed, self._missed = self._missed, []
+        for comfy_event in missed:
+            await forward(comfy_event)
+        if missed:
+            logger.info("reconciled %d missed terminal events through REST", len(missed))
+        return len(missed)
 
-    async def _reconcile_one(
-        self,
-        kind: str,
-        rid: str,
-        limit: asyncio.Semaphore,
-        forward: Callable[[ComfyEvent], Awaitable[Any]],
-    ) -> int:
-        read = {
-            "job": self.backend.get_job,
-            "input": self.backend.get_input,
-            "model": self.backend.get_model,
-        }[kind]
-        async with limit:
-            try:
-                resource = await within(read(rid), REST_TIMEOUT)
-            except NotFound:
-                self.in_flight.pop((kind, rid), None)
-                return 0
-            except Exception as exc:  # keep it for the next reconnect
-                logger.debug("could not reconcile %s %s: %s", kind, rid, exc)
-                return 0
+    def _found(self, key: tuple[str, str], resource: Job | Input | Model) -> None:
+        kind, _ = key
         name = STATUS_EVENT.get((kind, resource.status))
-        if name is None or (kind, rid) not in self.in_flight:
-            return 0  # still in flight, or the live event got there first
+        if name is None or key not in self.in_flight:
+            return  # still in flight, or the live event got there first
+        self.in_flight.pop(key, None)
         payload = resource.model_dump(mode="json", exclude_none=True, exclude={"workflow"})
         when = getattr(resource, "completed_at", None)
-        await forward(ComfyEvent(event=name, payload=payload, timestamp=when))
-        return 1
+        self._missed.append(ComfyEvent(event=name, payload=payload, timestamp=when))
+
+    def _missing(self, key: tuple[str, str], exc: NotFound) -> None:
+        self.in_flight.pop(key, None)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["wait_event", "within"]
+__all__ = ["bounded", "wait_event", "within"]
 
 T = TypeVar("T")
 
@@ -51,3 +51,33 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except asyncio.TimeoutError:
         return event.is_set()
     return True
+
+
+async def bounded(work: Awaitable[T], timeout: float) -> T:
+    """``await work`` for at most ``timeout`` seconds, even if it never gives in to cancellation.
+
+    Unlike :func:`within`, which waits for the cancelled work to end, the work runs as a task of its
+    own that is cancelled and *left behind* at the deadline: a Prefect client stuck in its own
+    retries or a shielded call cannot hold the caller. A cancellation of the caller cancels the work
+    too. For best-effort writes whose caller must go on (the sensor's artifacts).
+
+    Raises:
+        TimeoutError: the work did not end in time.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_forget)
+        raise TimeoutError(f"no answer within {timeout:g}s")
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Collect what abandoned work ended with, so that asyncio does not report it."""
+    if not task.cancelled():
+        task.exception()

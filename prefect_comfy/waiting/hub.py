@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import ClassVar, Literal
 
 from prefect_comfy.backends.base import ComfyBackend, ProgressCallback
@@ -35,10 +36,12 @@ from prefect_comfy.exceptions import (
     WebSocketConnectionError,
 )
 from prefect_comfy.models import STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.settings import ComfySettings
 from prefect_comfy.transport.deadlines import within
 from prefect_comfy.waiting.loop import Mailbox, waiting_loop
 from prefect_comfy.waiting.recall import REMEMBERED_OUTCOMES, SEEN_EVENTS, Recall, lost_event
 from prefect_comfy.waiting.reconcile import Reconciler, Resource
+from prefect_comfy.waiting.slots import JobStreams, per_job_mode
 from prefect_comfy.waiting.stream import DEFAULT_LINGER, HUB_PATTERNS, SharedStream
 from prefect_comfy.waiting.waiter import Waiter
 
@@ -76,6 +79,8 @@ class EventHub(SharedStream):
         linger: seconds to keep the stream open after the last wait ends.
         rest_concurrency: most single REST reads in flight at once.
         loop: the loop the hub runs on (default: the first wait's).
+        max_streams: on a server without a global stream, the most per-job streams to hold at
+            once (default: ``COMFY_MAX_STREAMS``, 8); see :mod:`~prefect_comfy.waiting.slots`.
     """
 
     _shared: ClassVar[dict[str, EventHub]] = {}
@@ -88,8 +93,11 @@ class EventHub(SharedStream):
         linger: float = DEFAULT_LINGER,
         rest_concurrency: int = REST_CONCURRENCY,
         loop: asyncio.AbstractEventLoop | None = None,
+        max_streams: int | None = None,
     ) -> None:
         super().__init__(backend, linger, Mailbox(loop))
+        self._per_job = per_job_mode(backend)
+        self._max_streams = max_streams
         self._pid = os.getpid()
         self._rest_concurrency = rest_concurrency
         self._waiters: dict[Key, list[Waiter]] = {}
@@ -97,6 +105,7 @@ class EventHub(SharedStream):
         self._recall = Recall()
         self._late: list[Key] | None = None
         self._reconciler = self._make_reconciler()
+        self._jobs = self._make_job_streams()
         self.events_received = 0
 
     @classmethod
@@ -119,6 +128,26 @@ class EventHub(SharedStream):
             concurrency=self._rest_concurrency,
         )
 
+    def _make_job_streams(self) -> JobStreams | None:
+        if not self._per_job:
+            return None
+        if self._max_streams is None:
+            self._max_streams = ComfySettings().max_streams
+        return JobStreams(
+            self.backend,
+            pending=self._waiters.__contains__,
+            dispatch=self._dispatch,
+            found=self._found,
+            missing=self._missing,
+            max_streams=self._max_streams,
+            concurrency=self._rest_concurrency,
+        )
+
+    @property
+    def job_streams(self) -> JobStreams | None:
+        """The per-job streams and shared poll, on a server without a global stream."""
+        return self._jobs
+
     # -- counters -------------------------------------------------------------------------------
     @property
     def rest_reads(self) -> int:
@@ -137,16 +166,22 @@ class EventHub(SharedStream):
             "events_received": self.events_received,
             "pending": sum(len(w) for w in list(self._waiters.values())),
             "stream_open": int(self._stream is not None),
+            **(self._jobs.stats if self._jobs is not None else {}),
         }
 
     def mark(self) -> Mark | None:
         """A token to pass as ``covered_since`` for resources created from now on (``None`` while
-        the stream is not up: then waits read once as usual)."""
+        the stream is not up: then waits read once as usual; always ``None`` on a server without a
+        global stream, where no stream sees a job from before it was created)."""
+        if self._per_job:
+            return None
         return (self._epoch, self._recall.forgotten) if self._live else None
 
     async def ready(self, timeout: float | None = None) -> Mark:
         """Open the stream if needed and return :meth:`mark` once it is up (for submit-then-wait)."""
         await self._home.run(self._open_for_marks)
+        if self._per_job:
+            return (-1, -1)  # never equal to mark(): every wait is followed as usual
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             mark = self.mark()
@@ -258,7 +293,10 @@ class EventHub(SharedStream):
 
     def _reconcile_late(self) -> None:
         keys, self._late = self._late or [], None
-        self._reconciler.submit(keys)
+        if self._jobs is not None:
+            self._jobs.track(keys)
+        else:
+            self._reconciler.submit(keys)
 
     def _open_for_marks(self) -> None:
         self._keep_open()
@@ -273,6 +311,8 @@ class EventHub(SharedStream):
             if not group:
                 del self._waiters[key]
                 self._last_status.pop(key, None)
+                if self._jobs is not None:
+                    self._jobs.forget(key)
         if not self._waiters and not self._backend_closed:
             self._schedule_linger()
 
@@ -331,8 +371,16 @@ class EventHub(SharedStream):
             waiter.fail(exc)
 
     # -- hooks of the stream's life ----------------------------------------------------------
+    def _source(self) -> AsyncIterator[ComfyEvent]:
+        if self._jobs is not None:
+            return self._jobs.serve(self._on_connect)
+        return super()._source()
+
     def _connected(self) -> None:
-        self._reconciler.submit(list(self._waiters))
+        if self._jobs is not None:
+            self._jobs.track(list(self._waiters))
+        else:
+            self._reconciler.submit(list(self._waiters))
 
     def _ended(self, error: BaseException) -> None:
         self._fail_all(error)
@@ -342,6 +390,7 @@ class EventHub(SharedStream):
 
     def _new_backend(self) -> None:
         self._reconciler = self._make_reconciler()
+        self._jobs = self._make_job_streams()
 
     async def _closing(self) -> None:
         await self._reconciler.aclose()

@@ -26,6 +26,7 @@ from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import NotFound
 from prefect_comfy.models import Input, Job, Model
 from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.transport.deadlines import within
 
 __all__ = ["LIST_THRESHOLD", "RETRY_MAX_DELAY", "Reconciler"]
 
@@ -38,6 +39,8 @@ RETRY_INITIAL_DELAY = 0.5
 """The first pause before a failed reconciliation is tried again, seconds."""
 RETRY_MAX_DELAY = 10.0
 """The longest pause between two tries of a failed reconciliation, seconds."""
+READ_TIMEOUT = 60.0
+"""Longest wait for one read (the REST client's own retries included); then it is tried again."""
 LIST_THRESHOLD = 3
 """From this many pending jobs on, reconciliation lists unfinished jobs instead of reading each."""
 _RNG = random.Random()
@@ -90,6 +93,11 @@ class Reconciler:
     def busy(self) -> bool:
         """Whether a reconciliation is queued or running."""
         return bool(self._queue) or (self._runner is not None and not self._runner.done())
+
+    async def settled(self) -> None:
+        """Wait until nothing is queued or running (a cancel of the caller stops only the waiting)."""
+        while self.busy and self._runner is not None:
+            await asyncio.shield(self._runner)
 
     async def aclose(self) -> None:
         """Stop reconciling (the hub is closing)."""
@@ -173,7 +181,7 @@ class Reconciler:
             epoch = self._epoch()
             self.reads += 1
             try:
-                resource = await read(rid)
+                resource = await within(read(rid), READ_TIMEOUT)
             except NotFound as exc:
                 self._missing(key, exc)
                 return "done"

@@ -5,7 +5,7 @@ backend and its ``events()`` iterator: it opens the stream when the first wait c
 connection *epochs* (every connect and every disconnect starts a new one, so that an answer or a
 ``covered_since`` mark from before a gap is recognised as such), lingers :data:`DEFAULT_LINGER`
 seconds after the last wait, then closes the stream and the backend, and opens them anew (on a
-fresh clone) for the next wait. The hub fills in what happens to waits through the ``_dispatch``,
+fresh clone) for the next wait. The hub fills in what happens to waits through the ``_source``, ``_dispatch``,
 ``_connected``, ``_ended``, ``_idle``, ``_new_backend`` and ``_closing`` hooks.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import WebSocketConnectionError
@@ -60,6 +61,12 @@ class SharedStream:
         return self._stream is not None
 
     # -- hooks ----------------------------------------------------------------------------------
+    def _source(self) -> AsyncIterator[ComfyEvent]:
+        """The stream to run: the backend's global ``events()``."""
+        return self.backend.events(
+            list(HUB_PATTERNS), on_connect=self._on_connect, on_disconnect=self._on_disconnect
+        )
+
     def _dispatch(self, event: ComfyEvent) -> None:
         raise NotImplementedError
 
@@ -95,9 +102,7 @@ class SharedStream:
 
     async def _run_stream(self) -> None:
         error: BaseException = WebSocketConnectionError("the Comfy event stream ended")
-        stream = self.backend.events(
-            list(HUB_PATTERNS), on_connect=self._on_connect, on_disconnect=self._on_disconnect
-        )
+        stream = self._source()
         try:
             async for event in stream:
                 self._dispatch(event)

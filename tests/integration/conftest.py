@@ -18,3 +18,12 @@ def comfyui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     install = ensure_comfyui()
     with running_comfyui(install, tmp_path_factory.mktemp("comfyui")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def api_proxy(comfyui_server: RunningComfyUI, tmp_path_factory: pytest.TempPathFactory):
+    """comfy-api-proxy 0.1.6 (Comfy API v2) in front of the session's real ComfyUI, with a token."""
+    from tests.support.api_proxy import running_proxy
+
+    with running_proxy(comfyui_server, tmp_path_factory.mktemp("api-proxy")) as proxy:
+        yield proxy

@@ -258,7 +258,7 @@ async def test_jobs_list_get_cancel_and_outputs(emulator, tmp_path: Path) -> Non
     tag = f"jobs-{uuid.uuid4().hex[:8]}"
     done_id = await submit(emulator, tiny_workflow("listed"), tag)
     await eventually(lambda: status_is(emulator, done_id, "completed"), message="job completed")
-    slow_id = await submit(emulator, slow_workflow(400), tag)
+    slow_id = await submit(emulator, slow_workflow(4000), tag)  # runs until cancelled
     env = env_for(emulator)
 
     listed = cli("jobs", "list", "--tag", tag, env=env)

@@ -114,7 +114,7 @@ async def test_preview_outputs_are_temporary_and_not_downloaded(
     graph = empty_to_save(64, prefix="kept")
     graph["3"] = {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
     job = await backend.submit(graph)
-    event = await backend.wait_for_job(job.id, timeout=60)
+    event = await wait_for(backend, "job", job.id, timeout=60)
     assert event.event == "job.completed", event
     done = await backend.get_job(job.id)
     kinds = sorted((o.temporary, o.name.split("_")[0]) for o in done.outputs)

@@ -572,6 +572,28 @@ async def test_malformed_frames_and_drop(emulator) -> None:
     assert emulator.stats()["ws_connections_open"] == 0
 
 
+async def test_close_after_connected_closes_during_the_handshake(emulator) -> None:
+    """The chaos suite's handshake-time close: ``connected``, then a close before any subscribe."""
+    async with httpx.AsyncClient(base_url=emulator.url) as ctl:
+        assert (await ctl.post("/_emulator/close-after-connected", json={"count": 1})).json() == {
+            "count": 1
+        }
+        refused = await ctl.post("/_emulator/close-after-connected", json={"count": -1})
+        assert refused.status_code == 422 and "error" in refused.json()
+    before = emulator.stats()["ws_closed_at_handshake"]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with websockets.connect(
+        emulator.ws_url, additional_headers=headers, open_timeout=5
+    ) as ws:
+        assert (await recv(ws))["type"] == "connected"
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+    assert emulator.stats()["ws_closed_at_handshake"] == before + 1
+    async with event_stream(emulator, ["*"]):  # only the next one: this one subscribes
+        pass
+
+
 async def test_reset_stats_and_unknown_routes() -> None:
     with own_server() as server:
         async with httpx.AsyncClient(base_url=server.url) as ctl:
@@ -581,7 +603,7 @@ async def test_reset_stats_and_unknown_routes() -> None:
             stats = (await ctl.get("/_emulator/stats")).json()
             assert set(stats) == {
                 "ws_connections_open", "ws_connections_total", "ws_handshakes_refused",
-                "requests_total", "jobs", "events_sent", "ws_closed_slow",
+                "requests_total", "jobs", "events_sent", "ws_closed_slow", "ws_closed_at_handshake",
             }  # fmt: skip
             assert stats["requests_total"] == 1
             internal = (await ctl.get(f"/_emulator/jobs/{job['id']}")).json()

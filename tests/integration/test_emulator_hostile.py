@@ -177,12 +177,17 @@ def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def test_a_declared_huge_body_is_refused_before_it_is_sent() -> None:
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("/developer/api/v1/jobs", "invalid_request"), ("/api/v2/jobs", "payload_too_large")],
+    ids=["v1", "v2"],
+)
+def test_a_declared_huge_body_is_refused_before_it_is_sent(path: str, code: str) -> None:
     with own_server(max_request_bytes=1024 * 1024) as emu:
         before = snapshot(emu)
         with socket.create_connection(("127.0.0.1", emu.port), timeout=10) as sock:
             sock.sendall(
-                b"POST /developer/api/v1/jobs HTTP/1.1\r\nHost: x\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode()
                 + f"Authorization: Bearer {API_KEY}\r\n".encode()
                 + b"Content-Type: application/json\r\nContent-Length: 300000000\r\n\r\n"
                 + b'{"workflow": '
@@ -191,7 +196,7 @@ def test_a_declared_huge_body_is_refused_before_it_is_sent() -> None:
             status, headers, body = _read_response(sock)
             assert status == 413 and headers.get("connection") == "close"
             error = json.loads(body)["error"]
-            assert error["code"] == "invalid_request" and "max_request_bytes" in error["message"]
+            assert error["code"] == code and "max_request_bytes" in error["message"]
             assert sock.recv(1) == b"", "the server must close instead of reading 300 MB"
         assert snapshot(emu) == before
 

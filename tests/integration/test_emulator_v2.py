@@ -206,10 +206,11 @@ async def test_event_stream_frames_and_end(http) -> None:
     ]
 
 
-async def test_stream_of_a_cancelled_job_shows_canceling(http) -> None:
+async def test_stream_of_a_cancelled_job_shows_canceling(server, http) -> None:
     job = await submit(http, sleeper(30))
     await eventually(lambda: _status(http, job["id"], "running"))
     reader = asyncio.create_task(sse(http, job["id"]))
+    await eventually(lambda: server.v2_stats()["streams_open"] == 1)  # the stream is open
     await eventually(lambda: _progress_seen(http, job["id"]))
     await http.post(f"/jobs/{job['id']}/cancel")
     statuses = [data["status"] for name, data in await reader if name == "status"]
@@ -249,15 +250,19 @@ async def test_drop_connections_ends_streams_and_pause_holds_frames(server, http
     frames = await reader
     assert all(data["status"] != "canceled" for name, data in frames if name == "status")
     await http.post(f"/jobs/{job['id']}/cancel")
-    quick = await submit(http, sleeper(0.3))
-    server.pause_events()
-    reader = asyncio.create_task(sse(http, quick["id"]))
-    await until_terminal(http, quick["id"])
-    assert not reader.done(), "the terminal frame is held while events are paused"
-    server.resume_events()
-    frames = await reader
-    assert frames[-1][1]["status"] == "succeeded"
-    assert ("comment", ": keep-alive") in frames, "a quiet stream sends keep-alive comments"
+    held = await submit(http, sleeper(30))
+    async with asyncio.timeout(15), http.stream("GET", f"/jobs/{held['id']}/events") as answer:
+        lines = answer.aiter_lines()
+        assert await anext(lines) == "event: status"
+        server.pause_events()
+        await http.post(f"/jobs/{held['id']}/cancel")
+        await until_terminal(http, held["id"])
+        # While paused the stream holds the terminal frame and sends keep-alive comments.
+        while (line := await anext(lines)) != ": keep-alive":
+            assert "canceled" not in line, line
+        server.resume_events()
+        rest = [line async for line in lines if line]
+    assert rest[-2:] == ["event: status", 'data: {"status": "canceled", "queue_position": null}']
 
 
 # ---- idempotency ---------------------------------------------------------------------------------
@@ -412,7 +417,11 @@ async def test_assets_hash_dedup_content_and_load_image(server, http) -> None:
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "in"}},
     }
     job = await submit(http, workflow)
+    slow = {**workflow, "3": {"class_type": "EmulatorSleep", "inputs": {"seconds": 30}}}
+    user = await submit(http, slow)
     error_of(await http.delete(f"/assets/{asset['id']}"), 409, "asset_in_use")
+    await http.post(f"/jobs/{user['id']}/cancel")
+    assert (await until_terminal(http, user["id"]))["status"] == "canceled"
     done = await until_terminal(http, job["id"])
     assert done["status"] == "succeeded"
     out = await http.get(

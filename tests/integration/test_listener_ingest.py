@@ -48,8 +48,16 @@ PROGRESS_RATE = 50.0
 @pytest.fixture(scope="module")
 def burst_emulator():
     """An emulator of its own: 50 jobs at once, so that the burst is about 1,000+ events a second."""
+    # A frame queue larger than the burst: on a loaded machine the listener may read slower than the
+    # emulator writes for a while, and this test is about what reaches Prefect, not about the
+    # emulator cutting off a slow reader (its default closes a connection 10,000 frames behind).
     config = EmulatorConfig(
-        api_keys=[API_KEY], seed=11, step_duration=0, upload_duration=0.01, concurrency=BATCH
+        api_keys=[API_KEY],
+        seed=11,
+        step_duration=0,
+        upload_duration=0.01,
+        concurrency=BATCH,
+        ws_queue_size=2 * EVENTS,
     )
     with EmulatorServer(config) as server:
         yield server

@@ -236,3 +236,18 @@ async def test_sigkill_and_restart_loses_and_duplicates_no_terminal_event(
     # catch-up by time (a repeat of one the first listener had sent is possible and harmless).
     assert caught_up >= 5, second.text[-3000:]
     assert reconciled >= 4 + caught_up, second.text[-3000:]
+
+
+async def test_a_prefect_variable_holds_the_cursor(prefect_api_url):
+    from datetime import datetime, timezone
+
+    from prefect_comfy.listener.cursor import CursorState, VariableCursor
+
+    cursor = VariableCursor(f"comfy-cursor-{uuid.uuid4().hex[:8]}")
+    assert await cursor.load() is None
+    when = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+    first = CursorState("http://127.0.0.1:1", [("job", "job_1", "running")], when, [("job", "j0")])
+    await cursor.save(first)
+    second = CursorState("http://127.0.0.1:1", [("model", "mod_1", "uploading")], when)
+    await cursor.save(second)  # replaces the first
+    assert await cursor.load() == second

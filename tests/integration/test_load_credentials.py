@@ -10,7 +10,7 @@ from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.backends.registry import load_credentials
 from prefect_comfy.flows import credentials_from_parameter
-from prefect_comfy.listener.forwarder import _backend_from
+from prefect_comfy.listener.run import _backend_from
 from tests.conftest import API_KEY
 
 

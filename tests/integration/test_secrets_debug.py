@@ -1,5 +1,8 @@
 """Item 9: with EVERY logger at DEBUG, no API key in any log line, exception or repr, on every backend.
 
+And issue 11's sweep of the whole Prefect path: ``run_comfy_workflow`` on every backend, then every
+event, artifact, log, flow run and task run the Prefect server holds of it is read back and swept.
+
 A full submit → wait → download runs against the emulator (the key in the handshake's header, and in
 its ``?api_key=`` query) and against a real ComfyUI (the key as ``X-API-Key`` and in the WebSocket's
 ``&token=``). Every record of every logger is captured, formatted with its traceback, and swept. The
@@ -12,23 +15,38 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
 
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.exceptions import ComfyError, WebSocketAuthError
+from prefect_comfy.flows import run_comfy_workflow
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.waiting.waits import wait_for
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
-from tests.workflows import tiny_workflow
+from tests.integration.test_comfyui_backend import empty_to_save
+from tests.waiting import eventually
+from tests.workflows import failing_workflow, tiny_workflow
 
 COMFYUI_KEY = "comfyui-sweep-key-for-a-local-comfyui"
 SERVER_SIDE = ("uvicorn", "prefect_comfy.emulator", "websockets.server")
-"""The emulator runs in this process: what its server logs about requests it received is the
-server's side (the real Comfy Cloud is elsewhere), not the client's, and is not swept here."""
+"""The emulator runs in this process: what its server logs about the requests it received (the
+bearer header, the ``?api_key=`` path in uvicorn's access log) is swept too; the emulator redacts it."""
 
 
 class Everything(logging.Handler):
@@ -40,8 +58,10 @@ class Everything(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not record.name.startswith(SERVER_SIDE):
-            self.lines.append(self.format(record))
+        self.lines.append(self.format(record))
+
+    def server_side(self) -> list[str]:
+        return [line for line in self.lines if line.startswith(SERVER_SIDE)]
 
 
 @contextlib.contextmanager
@@ -83,7 +103,7 @@ async def full_run(backend: ComfyBackend, tmp_path: Path) -> list[str]:
     try:
         await asyncio.wait_for(connected.wait(), 30)
         job = await backend.submit(tiny_workflow("sweep"))
-        event = await backend.wait_for_job(job.id, timeout=60)
+        event = await wait_for(backend, "job", job.id, timeout=60)
         assert event.event == "job.completed", event
         done = await backend.get_job(job.id)
         paths = [await backend.download(output, tmp_path) for output in done.outputs]
@@ -131,6 +151,10 @@ async def test_cloud_backend_at_debug_leaks_no_key(
         assert any("Authorization: Bearer REDACTED" in line for line in handshake)
     else:
         assert any("api_key=REDACTED" in line for line in handshake)
+    # The emulator's own uvicorn logged the requests it served (swept above, with the key redacted).
+    assert any("/developer/api/v1/" in line for line in captured.server_side()), "no server log"
+    if ws_auth == "query":
+        assert any("api_key=REDACTED" in line for line in captured.server_side())
 
 
 @pytest.mark.comfyui
@@ -142,3 +166,89 @@ async def test_comfyui_backend_at_debug_leaks_no_key(comfyui_server: Any, tmp_pa
     swept(captured.lines + texts, COMFYUI_KEY)
     handshake = [line for line in captured.lines if line.startswith("websockets.client")]
     assert any("token=REDACTED" in line for line in handshake), "the handshake was not logged"
+
+
+# -- the whole Prefect path: events, artifacts, logs, states ---------------------------------------
+async def prefect_texts(flow_run_id: Any, since: datetime) -> list[str]:
+    """Everything the Prefect server holds of one flow run: events, artifacts, logs, the run."""
+    async with get_client() as client:
+        events = []
+        for resource in (
+            EventResourceFilter(id_prefix=["comfy."]),
+            EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+        ):
+            page = await client.read_events(
+                filter=EventFilter(occurred=EventOccurredFilter(since=since), resource=resource),
+                limit=50,
+            )
+            events += page.events
+        artifacts = await client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+        flow_run = await client.read_flow_run(flow_run_id)
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return (
+        [e.model_dump_json() for e in events]
+        + [a.model_dump_json() for a in artifacts]
+        + [log.model_dump_json() for log in logs]
+        + [flow_run.model_dump_json()]
+        + [t.model_dump_json() for t in task_runs]
+    )
+
+
+async def flow_at_debug(credentials: Any, key: str, tmp_path: Path, workflow: dict) -> list[str]:
+    """Run ``run_comfy_workflow`` with every logger at DEBUG; return all that can be read of it."""
+    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with every_logger_at_debug() as captured:
+        state = await asyncio.to_thread(
+            run_comfy_workflow,
+            credentials,
+            workflow,
+            output_dir=str(tmp_path),
+            return_state=True,
+        )
+    flow_run_id = state.state_details.flow_run_id
+    texts = captured.lines + [repr(state), str(state.message), repr(credentials)]
+    try:
+        texts.append(repr(await state.result()))
+    except Exception as exc:  # a failed job: the exception is part of the sweep
+        texts += [str(exc), repr(exc), repr(getattr(exc, "__cause__", None))]
+
+    async def outcome_stored() -> list[str] | None:
+        found = await prefect_texts(flow_run_id, since)
+        done = [t for t in found if '"comfy.job.completed"' in t or '"comfy.job.failed"' in t]
+        return found if done else None
+
+    texts += await eventually(outcome_stored, timeout=30, message="the outcome event in Prefect")
+    return texts
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("ws_auth", ["header", "query"])
+async def test_a_flow_on_the_cloud_backend_leaves_no_key_in_prefect(
+    prefect_api_url: str, emulator: Any, tmp_path: Path, ws_auth: str
+) -> None:
+    credentials = ComfyCloudCredentials(api_key=API_KEY, base_url=emulator.url, ws_auth=ws_auth)
+    texts = await flow_at_debug(credentials, API_KEY, tmp_path / "ok", tiny_workflow("sweep-flow"))
+    assert any('"comfy.job.completed"' in t for t in texts)
+    assert any("comfy-job-" in t for t in texts), "no artifact was read back"
+    texts += await flow_at_debug(credentials, API_KEY, tmp_path / "bad", failing_workflow())
+    swept(texts, API_KEY)
+
+
+@pytest.mark.prefect
+@pytest.mark.comfyui
+async def test_a_flow_on_comfyui_leaves_no_key_in_prefect(
+    prefect_api_url: str, comfyui_server: Any, tmp_path: Path
+) -> None:
+    credentials = ComfyUIServer(url=comfyui_server.url, api_key=COMFYUI_KEY)
+    texts = await flow_at_debug(
+        credentials, COMFYUI_KEY, tmp_path, empty_to_save(64, prefix="sweep")
+    )
+    assert any('"comfy.job.completed"' in t for t in texts)
+    swept(texts, COMFYUI_KEY)

@@ -129,23 +129,27 @@ async def test_completed_job_events_artifacts_and_logs(prefect_api_url, emulator
     assert job.status == "completed" and job.outputs
     flow_run_id = state.state_details.flow_run_id
 
-    async def final_progress_and_completed() -> list:
+    async def progress_and_completed() -> list:
         found = await read_events(job.id, "comfy.job.progress", "comfy.job.completed")
-        return found if any(e.payload.get("progress") == 100 for e in found) else []
+        names = {e.event for e in found}
+        return found if names == {"comfy.job.progress", "comfy.job.completed"} else []
 
     events = await eventually(
-        final_progress_and_completed, timeout=30, message="progress and completed events"
+        progress_and_completed, timeout=30, message="progress and completed events"
     )
     progress = [e for e in events if e.event == "comfy.job.progress"]
     (completed,) = [e for e in events if e.event == "comfy.job.completed"]
-    # coalesced: 20+ updates in about 1 s at one per 0.2 s; the last one (100) is always sent
+    # coalesced: 20+ updates in about 1 s at one per 0.2 s; the outcome says 100 %, so no
+    # progress event of 100 % precedes it
     assert 1 <= len(progress) <= 12
-    assert max(e.payload["progress"] for e in progress) == 100
+    assert max(e.payload["progress"] for e in progress) < 100
+    assert completed.payload["progress"] == 100
+    assert completed.resource["comfy.progress"] == "100"
     assert completed.resource.id == f"comfy.job.{job.id}"
     assert completed.resource["comfy.backend"] == "cloud"
     assert completed.resource["comfy.status"] == "completed"
     assert completed.resource["comfy.tag.sensor-test"] == "true"
-    assert completed.resource["prefect.resource.name"] == job.id
+    assert completed.resource["prefect.resource.name"] == f"{job.id} · completed · 100%"
     related = {r.id: r.role for r in completed.related}
     assert related[f"prefect.flow-run.{flow_run_id}"] == "flow-run"
     assert "task-run" in related.values()
@@ -154,6 +158,7 @@ async def test_completed_job_events_artifacts_and_logs(prefect_api_url, emulator
     key = artifact_key("job", job.id)
     artifacts = await eventually(lambda: read_artifacts(key), message="progress artifact")
     assert artifacts[0].type == "progress" and artifacts[0].data == 100
+    assert artifacts[0].description == f"completed · 100% (Comfy job {job.id})"
     outputs = await eventually(lambda: read_artifacts(artifact_key("job", job.id, "outputs")))
     assert outputs[0].type == "markdown"
     assert job.outputs[0].name in outputs[0].data

@@ -104,7 +104,9 @@ async def test_jobs_ending_during_an_outage_with_failing_rest_end_their_waits(em
 async def test_covered_waits_need_no_rest_read(emulator):
     """A wait for a job created while the stream was up (``covered_since``) reads nothing."""
     async with CloudBackend(settings=settings_for(emulator, OTHER_KEY)) as backend:
-        hub = EventHub(backend.clone(), linger=0.2)
+        hub = EventHub(
+            backend.clone(), linger=10.0
+        )  # the stream must stay up while the jobs are submitted
         try:
             mark = await asyncio.wait_for(hub.ready(), 10)
             jobs = [await backend.submit(tiny_workflow(f"c{i}")) for i in range(5)]

@@ -701,3 +701,17 @@ def test_waits_from_two_loops_share_one_comfyui_socket(fake: FakeComfyUI) -> Non
         thread.join(10)
     assert [results[p].event for p in ("p-1", "p-2")] == ["job.completed"] * 2, results
     assert len(connect.sockets) == 1
+
+
+async def test_unfinished_jobs_is_one_queue_read(
+    fake: FakeComfyUI, backend: ComfyUIBackend
+) -> None:
+    """The waiting layer reconciles ComfyUI prompts from one ``/queue`` read, not a read each."""
+    fake.running.append([0, "r-1", GRAPH, m.extra_data_for(["a"], None), ["2"]])
+    fake.pending.append([1, "p-1", GRAPH, {}, ["2"]])
+    jobs = await backend.unfinished_jobs()
+    assert [(j.id, j.status, j.tags) for j in jobs] == [
+        ("r-1", "running", ["a"]),
+        ("p-1", "pending", []),
+    ]
+    assert len(fake.sent("GET", "/api/queue")) == 1

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from prefect_comfy.transport.deadlines import wait_event, within
+from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from tests.waiting import eventually
 
 
@@ -44,3 +44,33 @@ async def test_wait_event():
     event.set()
     assert await wait_event(event, 0.01) is True
     assert await wait_event(event, None) is True
+
+
+async def test_bounded_leaves_work_deaf_to_cancellation_behind():
+    release = asyncio.Event()
+
+    async def deaf() -> str:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await release.wait()  # ignores the cancellation until let go
+        return "late"
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await bounded(deaf(), 0.1)
+    assert loop.time() - started < 1.0  # within() would wait here until the work ends
+    release.set()
+
+
+async def test_bounded_returns_and_raises_what_the_work_does():
+    async def value() -> int:
+        return 7
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    assert await bounded(value(), 1) == 7
+    with pytest.raises(ValueError, match="boom"):
+        await bounded(boom(), 1)

@@ -409,3 +409,23 @@ def test_prefect_sink_queues_each_id_once(monkeypatch):
     assert kw["event"] == "comfy.job.completed"
     assert kw["resource"]["prefect.resource.id"] == f"comfy.job.{unique}"
     assert kw["id"] is not None and kw["related"]
+
+
+def test_a_100_percent_update_waits_an_interval_for_the_outcome(sent, clock):
+    em = make(sent, clock)
+    em.progress(progress("j1", 90))
+    clock.advance(5)  # the interval has long passed: 100 % would go out at once
+    assert em.progress(progress("j1", 100)) is False
+    assert em.next_due() == pytest.approx(1.0)
+    em.outcome(outcome("j1"))
+    assert values(sent) == [
+        ("comfy.job.j1", "comfy.job.progress", 90),
+        ("comfy.job.j1", "comfy.job.completed", 100),
+    ]
+    # with no outcome after it, it goes out one interval later
+    em.progress(progress("j2", 100))
+    clock.advance(0.5)
+    assert em.flush_due() == 0
+    clock.advance(0.5)
+    assert em.flush_due() == 1
+    assert values(sent)[-1] == ("comfy.job.j2", "comfy.job.progress", 100)

@@ -78,13 +78,13 @@ async def test_comfyui_refuses_the_key_over_remote_http_but_not_without_a_key() 
     server = Recorder(httpx.Response(200, json={"queue_running": [], "queue_pending": []}))
     async with ComfyUIBackend(INSECURE, KEY, transport=httpx.MockTransport(server)) as backend:
         with pytest.raises(ComfyConfigError, match="plain http"):
-            await backend.queue_records()
+            await backend.http.queue_records()
         with pytest.raises(ComfyConfigError, match="plain http"):
-            await backend.open_socket()  # the handshake would carry the token
+            await backend.http.open_socket(backend.client_id)  # the handshake would carry the token
     assert server.requests == []
     # A self-hosted ComfyUI on the LAN without a key has nothing to leak.
     async with ComfyUIBackend(INSECURE, transport=httpx.MockTransport(server)) as backend:
-        assert await backend.queue_records() == {}
+        assert await backend.http.queue_records() == {}
     assert len(server.requests) == 1
 
 
@@ -117,7 +117,7 @@ async def test_opt_in_by_settings_by_env_and_by_block(monkeypatch: pytest.Monkey
     assert server_block.get_backend().settings.allow_insecure_http is True
     refused = ComfyUIServer(url=INSECURE, api_key=KEY).get_backend()
     with pytest.raises(ComfyConfigError):
-        await refused.open_socket()
+        await refused.http.open_socket(refused.client_id)
 
 
 async def test_loopback_and_https_need_no_opt_in() -> None:

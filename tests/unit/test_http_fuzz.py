@@ -98,9 +98,9 @@ CLOUD_CALLS = [
 ]
 COMFYUI_CALLS = [
     lambda b: b.get_job("p"),
-    lambda b: b.queue_records(),
-    lambda b: b.recent_history(5),
-    lambda b: b.model_files("checkpoints"),
+    lambda b: b.http.queue_records(),
+    lambda b: b.http.recent_history(5),
+    lambda b: b.http.model_files("checkpoints"),
     lambda b: b.get_model("checkpoints/x.safetensors"),
     lambda b: b.submit({"1": {"class_type": "X", "inputs": {}}}),
     lambda b: b.upload_input(b"x", name="a.png"),

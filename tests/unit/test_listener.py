@@ -466,3 +466,21 @@ def test_refuses_without_a_prefect_api_url():
             asyncio.run(listener.run())
     assert "prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api" in str(info.value)
     assert "prefect server start" in str(info.value)
+
+
+async def test_a_bad_rate_or_cursor_is_a_configuration_error_before_anything_runs(monkeypatch):
+    from prefect_comfy.listener.run import run_listener
+
+    backend, client = FakeBackend(), FakeEventsClient()
+    monkeypatch.setenv("COMFY_LISTENER_EVENTS_PER_SECOND", "-5")
+    with pytest.raises(ComfyConfigError, match="COMFY_LISTENER_EVENTS_PER_SECOND"):
+        await run_listener(backend, events_client=lambda: client, install_signal_handlers=False)
+    monkeypatch.delenv("COMFY_LISTENER_EVENTS_PER_SECOND")
+    with pytest.raises(ComfyConfigError, match="not a Prefect variable name"):
+        await run_listener(
+            backend,
+            cursor="variable:bad name",
+            events_client=lambda: client,
+            install_signal_handlers=False,
+        )
+    assert backend.streams_opened == 0 and client.entered == 0

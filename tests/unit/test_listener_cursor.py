@@ -14,13 +14,13 @@ from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.listener import cursor as cursor_module
 from prefect_comfy.listener.catchup import _finished_at, catch_up
 from prefect_comfy.listener.cursor import (
-    CursorKeeper,
     CursorState,
     FileCursor,
     VariableCursor,
     default_cursor_path,
     open_cursor,
 )
+from prefect_comfy.listener.keeper import CursorKeeper
 from prefect_comfy.listener.tracking import Bounded
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Page
 from tests.unit.test_listener import ADDRESS, FakeBackend, FakeEventsClient, make_listener, started

@@ -63,6 +63,19 @@ def test_outcomes_jump_the_queue_ahead_of_progress():
     ]
 
 
+async def test_a_heartbeat_goes_first_and_never_waits():
+    clock = Clock()
+    q, _, _ = queue(clock, queue_size=2)
+    await q.put(event("job.completed", "a"))
+    await q.put(event("job.completed", "b"))
+    await asyncio.wait_for(q.put(event("listener.heartbeat", "x"), counted=False), 1)
+    assert [e.event for e in drain_now(q)] == [
+        "comfy.listener.heartbeat",
+        "comfy.job.completed",
+        "comfy.job.completed",
+    ]
+
+
 def test_progress_is_coalesced_per_job_newest_wins_and_once_per_interval():
     clock = Clock()
     q, stats, _ = queue(clock, progress_interval=1.0)
@@ -102,11 +115,11 @@ def test_progress_stays_within_its_budget_and_outcomes_do_not_touch_it():
         q.put_nowait(event("job.failed", job))
     sent = drain_now(q)
     assert [e.event for e in sent].count("comfy.job.failed") == 5
-    assert [e.event for e in sent].count("comfy.job.progress") == 2  # the bucket's 2 tokens
+    assert [e.event for e in sent].count("comfy.job.progress") == 2  # 2 in any one second
     _, wait = q.next()
-    assert wait == pytest.approx(0.5)
-    clock.now += 0.5
-    assert len(drain_now(q)) == 1
+    assert wait == pytest.approx(1.0)  # the sliding window: the next when the first is 1 s old
+    clock.now += 1.0
+    assert len(drain_now(q)) == 2
 
 
 def test_a_budget_of_zero_sends_no_progress():
@@ -118,13 +131,13 @@ def test_a_budget_of_zero_sends_no_progress():
 
 def test_the_pace_holds_every_kind_of_event():
     clock = Clock()
-    q, _, _ = queue(clock, events_per_second=10)  # bursts of at most 1 (10 / 10)
+    q, _, _ = queue(clock, events_per_second=2)  # at most 2 in any one second
     for job in "abc":
         q.put_nowait(event("job.completed", job))
-    assert len(drain_now(q)) == 1
+    assert len(drain_now(q)) == 2
     item, wait = q.next()
-    assert item is None and wait == pytest.approx(0.1)
-    clock.now += 0.11
+    assert item is None and wait == pytest.approx(1.0)
+    clock.now += 1.01
     assert len(drain_now(q)) == 1
 
 

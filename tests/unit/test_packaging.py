@@ -11,7 +11,12 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
-IMPORT_NAMES = {"pydantic_settings": "pydantic-settings", "yaml": "pyyaml", "PIL": "pillow"}
+IMPORT_NAMES = {
+    "pydantic_settings": "pydantic-settings",
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "comfy_sdk": "comfy-sdk",
+}
 """Import name -> distribution name, where they differ."""
 
 

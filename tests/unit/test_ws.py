@@ -504,3 +504,19 @@ async def test_a_server_that_never_answers_pings_gives_bounded_reconnects(server
             await next_event(stream, timeout=10)
     assert server.handshakes == 3
     assert "no pong" in str(caught.value) and "(x3)" in str(caught.value)
+
+
+async def test_dedup_remembers_digests_not_payloads(server):
+    """Issue 11 item 4: id-less events with big bodies must not be kept whole to drop repeats."""
+    big = "x" * 200_000
+    async with make(server) as ws:
+        await ws.subscribe(["job.*"])
+        stream = ws.events()
+        for n in range(5):
+            await server.push(event("job.progress", f"job_{n}", blob=big))
+            await server.push(event("job.progress", f"job_{n}", blob=big))  # a repeat
+        seen = [await next_event(stream) for _ in range(5)]
+        assert [e.payload["id"] for e in seen] == [f"job_{n}" for n in range(5)]
+        remembered = list(ws._recent)
+        assert len(remembered) == 5
+        assert all(isinstance(k, bytes) and len(k) == 16 for k in remembered)

@@ -28,8 +28,9 @@ def is_masked(value: str) -> bool:
     return bool(value) and set(value) == {"*"}
 
 
-_NEVER = "\u0000"
-"""A property name no document has (see :func:`deployment_parameter_schema`)."""
+_NEVER = "$ref is not a block document"
+"""A property name no document has (see :func:`deployment_parameter_schema`). Printable: PostgreSQL's
+JSONB refuses a ``\\u0000`` in a block schema, so a NUL here made the block unregistrable there."""
 
 
 def deployment_parameter_schema(schema: dict[str, Any], model: type[Block]) -> None:

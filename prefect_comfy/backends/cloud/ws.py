@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.cloud.ws_loop import END, ConnectionLoop
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     ComfyProtocolError,
@@ -71,24 +72,6 @@ def ws_url(base_url: str) -> str:
     if scheme is None or not parts.netloc:
         raise ComfyConfigError(f"base_url must be an http(s) origin, got {redact(base_url)!r}")
     return f"{scheme}://{parts.netloc}{API_PREFIX}/ws"
-
-
-class _RecentSet:
-    """A bounded set that forgets its oldest member first."""
-
-    def __init__(self, size: int) -> None:
-        self._items: OrderedDict[Any, None] = OrderedDict()
-        self._size = size
-
-    def seen(self, key: Any) -> bool:
-        """Whether the key was seen recently; remember it either way."""
-        if key in self._items:
-            self._items.move_to_end(key)
-            return True
-        self._items[key] = None
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return False
 
 
 class ComfyWebSocket(ConnectionLoop):
@@ -178,7 +161,7 @@ class ComfyWebSocket(ConnectionLoop):
         self._live = False
         self._connected_once = False
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._recent = _RecentSet(DEDUP_SIZE)
+        self._recent = Bounded(DEDUP_SIZE)
         self._runner: asyncio.Task[None] | None = None
         self._fatal: BaseException | None = None
         self._changed = asyncio.Event()

@@ -3,7 +3,8 @@
 REST calls go to the server's ``/api/...`` routes (ComfyUI serves every route with and without the
 prefix) through :mod:`prefect_comfy.backends.comfyui.http`, where every failure is translated; the
 event stream is :mod:`prefect_comfy.backends.comfyui.stream` (one WebSocket per process and server);
-answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui.mapping`. Building a backend
+answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui.mapping`; the ids it submits
+and listens with are derived in :mod:`prefect_comfy.backends.comfyui.client_id`. Building a backend
 does no I/O: the httpx client (with the process's shared SSL context) and the default settings are
 made on first use.
 
@@ -23,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from os import PathLike
@@ -44,17 +43,17 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.comfyui import mapping as mapping
+from prefect_comfy.backends.comfyui import uploads
+from prefect_comfy.backends.comfyui.client_id import IDEMPOTENCY_NAMESPACE as IDEMPOTENCY_NAMESPACE
+from prefect_comfy.backends.comfyui.client_id import key_hash
+from prefect_comfy.backends.comfyui.client_id import process_client_id as process_client_id
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
 from prefect_comfy.backends.comfyui.memory import ServerMemory
 from prefect_comfy.backends.comfyui.stream import ComfyUIStream
 from prefect_comfy.exceptions import (
-    AuthenticationError,
-    ComfyAPIError,
     ComfyConfigError,
     ComfyProtocolError,
-    InvalidRequest,
     NotFound,
-    UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
@@ -66,33 +65,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 """Where a local ComfyUI listens by default."""
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f7c2e-61a4-5d8e-9c3b-0e2a4f6d8c10")
-"""uuid5 namespace of prompt ids derived from idempotency keys."""
-
-
-_PROCESS_NAMESPACE = uuid.uuid4()
-
-
-def _new_process_namespace() -> None:
-    global _PROCESS_NAMESPACE
-    _PROCESS_NAMESPACE = uuid.uuid4()
-
-
-os.register_at_fork(after_in_child=_new_process_namespace)
-
-
-def process_client_id(origin: str, key_hash: str) -> str:
-    """The client id every backend of this process uses for a server: derived, not stored.
-
-    ComfyUI sends a prompt's execution messages only to the socket of the client id that submitted
-    it, so the waiting layer's one socket must use the id the process submits with. A forked child
-    gets ids of its own.
-    """
-    return f"prefect-comfy-{uuid.uuid5(_PROCESS_NAMESPACE, f'{origin}#{key_hash}')}"
-
-
-def _key_hash(key: str | None) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16] if key else "nokey"
 
 
 class ComfyUIBackend(ComfyBackend):
@@ -131,7 +103,7 @@ class ComfyUIBackend(ComfyBackend):
         if isinstance(api_key, SecretStr):
             api_key = api_key.get_secret_value()
         self._key: str | None = (api_key or "").strip() or None
-        self._hash = _key_hash(self._key)
+        self._hash = key_hash(self._key)
         self.client_id = client_id or process_client_id(self._origin, self._hash)
         self._transport = transport
         self._connect = connect
@@ -250,6 +222,16 @@ class ComfyUIBackend(ComfyBackend):
                 await asyncio.sleep(0.1)  # a history entry written in between two reads
         raise NotFound(f"ComfyUI at {self._origin} has no prompt {job_id}", status_code=404)
 
+    async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
+        """Every queued prompt (running or pending, of any client) from one ``GET /queue``; with
+        ``tag``, only those whose ``extra_data`` carries it."""
+        queue = await self.http.queue_records()
+        return [
+            Job(id=pid, status=status, tags=record.tags)
+            for pid, (status, record) in queue.items()
+            if tag is None or tag in record.tags
+        ]
+
     async def cancel(self, job_id: str) -> Job:
         """Pending: delete it from the queue (``job.cancelled`` at once); running: interrupt it.
 
@@ -281,20 +263,6 @@ class ComfyUIBackend(ComfyBackend):
             return job
         return await self.get_job(job_id)
 
-    async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
-        """The prompts in ``/queue`` (pending or running) whose ``extra_data`` carries ``tag``.
-
-        Without a tag, ``None``: a prompt that just ended is in neither ``/queue`` nor ``/history``
-        for a moment, so the waiting layer reads each pending prompt instead of trusting the queue.
-        """
-        if tag is None:
-            return None
-        return [
-            Job(id=prompt_id, status=status, tags=record.tags)
-            for prompt_id, (status, record) in (await self.queue_records()).items()
-            if tag in record.tags
-        ]
-
     async def outputs(self, job_id: str) -> list[Output]:
         """The files of a completed job (``[]`` for any other state)."""
         return list((await self.get_job(job_id)).outputs)
@@ -314,7 +282,7 @@ class ComfyUIBackend(ComfyBackend):
             url, dest, f"{subfolder}/{filename}" if subfolder else filename
         )
 
-    # -- uploads ------------------------------------------------------------------------------
+    # -- uploads (the work is in prefect_comfy.backends.comfyui.uploads) ----------------------
     async def upload_input(
         self,
         source: Source,
@@ -333,52 +301,9 @@ class ComfyUIBackend(ComfyBackend):
         Raises:
             UploadFailed: ComfyUI refused the file (``input.failed`` is emitted).
         """
-        if isinstance(source, bytes):
-            if not name:
-                raise ComfyConfigError("name is required when uploading bytes")
-            data = source
-        else:
-            path = Path(source)
-            data = path.read_bytes()
-            name = name or path.name
-        assert name is not None
-        subfolder, _, filename = name.rpartition("/")
-        try:
-            answer = await self.http.upload_image(
-                filename, data, subfolder=subfolder, overwrite=overwrite
-            )
-        except (InvalidRequest, ComfyAPIError) as exc:
-            if isinstance(exc, AuthenticationError):
-                raise
-            self._memory.publish(
-                ComfyEvent(
-                    event="input.failed",
-                    payload={
-                        "id": name,
-                        "name": name,
-                        "status": "failed",
-                        "error": {"code": "upload_failed", "message": str(exc)},
-                    },
-                )
-            )
-            raise UploadFailed(
-                "input", name, error_code="upload_failed", error_message=str(exc)
-            ) from None
-        returned = str(answer.get("name") or filename)
-        folder = str(answer.get("subfolder") or "")
-        input_id = f"{folder}/{returned}" if folder else returned
-        item = Input(
-            id=input_id,
-            name=input_id,
-            status="ready",
-            size=len(data),
-            tags=list(tags),
-            download_url=mapping.view_url(self._origin, returned, folder, "input"),
+        return await uploads.upload_input(
+            self.http, self._memory, source, name=name, tags=tags, overwrite=overwrite
         )
-        self._memory.publish(
-            ComfyEvent(event="input.ready", payload=item.model_dump(mode="json", exclude_none=True))
-        )
-        return item
 
     async def get_input(self, input_id: str) -> Input:
         """``ready`` when ``/view?type=input`` serves the file.
@@ -386,16 +311,7 @@ class ComfyUIBackend(ComfyBackend):
         Raises:
             NotFound: no such file in the input folder.
         """
-        subfolder, _, filename = str(input_id).rpartition("/")
-        url = mapping.view_url(self._origin, filename, subfolder, "input")
-        size = (await self.http.head(url)).get("Content-Length")
-        return Input(
-            id=input_id,
-            name=input_id,
-            status="ready",
-            size=int(size) if size and size.isdigit() else None,
-            download_url=url,
-        )
+        return await uploads.get_input(self.http, input_id)
 
     async def upload_model(
         self,
@@ -411,31 +327,19 @@ class ComfyUIBackend(ComfyBackend):
         Raises:
             ComfyConfigError: says where on the server the file must be copied.
         """
-        folder = mapping.MODEL_FOLDERS.get(type, type)
-        shown = name or (Path(source).name if not isinstance(source, bytes) else "<file>")
-        raise ComfyConfigError(
-            f"ComfyUI has no API to upload models: copy {shown} into the server's "
-            f"models/{folder}/ folder, then wait for model id '{folder}/{shown}' "
-            "(wait_for_model notices the file)"
-        )
+        raise uploads.no_model_upload(source, type=type, name=name)
 
     async def get_model(self, model_id: str) -> Model:
         """``ready`` once ``/models/{folder}`` lists the file; ``pending_upload`` before.
 
-        A ``pending_upload`` answer starts a watch: the shared stream lists the folder every
-        couple of seconds and emits ``model.ready`` when the file appears (the one poll).
+        A ``pending_upload`` answer starts a watch: the stream lists the folder every couple of
+        seconds and emits ``model.ready`` when the file appears (the one poll).
 
         Raises:
             ComfyConfigError: the id is not ``<folder>/<filename>``.
             NotFound: the server has no such model folder.
         """
-        folder, filename = mapping.model_location(model_id)
-        model_type = next((t for t, f in mapping.MODEL_FOLDERS.items() if f == folder), None)
-        files = await self.http.model_files(folder)
-        if filename in files:
-            return Model(id=model_id, name=filename, status="ready", type=model_type)
-        self._memory.watch_model(model_id, folder, filename, model_type)
-        return Model(id=model_id, name=filename, status="pending_upload", type=model_type)
+        return await uploads.get_model(self.http, self._memory, model_id)
 
     # -- the event stream ---------------------------------------------------------------------
     def ws_url(self) -> str:

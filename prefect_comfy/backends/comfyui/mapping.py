@@ -8,7 +8,8 @@ What maps to what (``docs/comfyui.md`` has the whole table):
 - ``/history`` ``outputs`` → :class:`~prefect_comfy.models.Output` with a ``/api/view`` download URL;
 - a refused graph (HTTP 400 with ``node_errors``) → :class:`~prefect_comfy.exceptions.InvalidWorkflow`;
 - ``execution_start``/``execution_cached``/``progress_state``/``executing``/``progress`` frames →
-  ``job.progress`` payloads, by :class:`ProgressTracker`.
+  ``job.progress`` payloads, by :class:`~prefect_comfy.backends.comfyui.progress.ProgressTracker`
+  (its own module, re-exported here).
 
 Tags and the idempotency key of a job live in the prompt's ``extra_data`` under :data:`EXTRA_KEY`;
 ComfyUI stores ``extra_data`` with the prompt in ``/queue`` and ``/history``.
@@ -25,10 +26,13 @@ from __future__ import annotations
 import mimetypes
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from prefect_comfy.backends.comfyui.progress import PROGRESS_FRAMES as PROGRESS_FRAMES
+from prefect_comfy.backends.comfyui.progress import RUNNING_CAP as RUNNING_CAP
+from prefect_comfy.backends.comfyui.progress import ProgressTracker as ProgressTracker
 from prefect_comfy.exceptions import ComfyConfigError, InvalidWorkflow
 from prefect_comfy.models import Job, Output, ResourceError
 
@@ -42,6 +46,7 @@ __all__ = [
     "invalid_workflow",
     "job_from_history",
     "job_from_queue",
+    "lost_payload",
     "model_location",
     "outcome_event",
     "outputs_from_history",
@@ -69,11 +74,6 @@ MODEL_FOLDERS: dict[str, str] = {
 TERMINAL_FRAMES: frozenset[str] = frozenset(
     {"execution_success", "execution_error", "execution_interrupted"}
 )
-PROGRESS_FRAMES: frozenset[str] = frozenset(
-    {"execution_start", "execution_cached", "progress_state", "executing", "progress"}
-)
-RUNNING_CAP = 99.0
-"""``job.progress`` stays below 100 until the job has completed."""
 
 _NODE_IN_DETAILS = re.compile(r"Node ID '#?([^']+)'")
 
@@ -325,110 +325,15 @@ def model_location(model_id: str) -> tuple[str, str]:
     return MODEL_FOLDERS.get(folder, folder), filename
 
 
-# -- progress ----------------------------------------------------------------------------------
-@dataclass
-class _Prompt:
-    classes: dict[str, str] = field(default_factory=dict)
-    done: set[str] = field(default_factory=set)
-    node: str | None = None
-    value: float = 0.0
-    max: float = 0.0
-    last: tuple[Any, ...] | None = None
-
-
-class ProgressTracker:
-    """Turns a prompt's execution frames into ``job.progress`` payloads, identical ones dropped.
-
-    Percent = 100 × (nodes done + the current node's ``value/max``) / nodes in the graph, below
-    :data:`RUNNING_CAP` until the job completes. Nodes done are those ``progress_state`` reports
-    ``finished`` and those ``execution_cached`` names. The graph size comes from :meth:`register`
-    (a prompt submitted here) and otherwise is the number of nodes seen so far.
-
-    Example:
-        >>> t = ProgressTracker()
-        >>> t.register("p", {"1": {"class_type": "EmptyImage"}, "2": {"class_type": "SaveImage"}})
-        >>> t.feed("executing", {"node": "2", "prompt_id": "p"})["node_class"]
-        'SaveImage'
-    """
-
-    def __init__(self, max_prompts: int = 1024) -> None:
-        self._prompts: dict[str, _Prompt] = {}
-        self._max = max_prompts
-
-    def register(self, prompt_id: str, graph: Mapping[str, Any]) -> None:
-        """Remember a prompt's node classes (and so its size)."""
-        prompt = self._get(prompt_id)
-        for node_id, node in graph.items():
-            if isinstance(node, Mapping):
-                prompt.classes[str(node_id)] = str(node.get("class_type") or "")
-
-    def forget(self, prompt_id: str) -> None:
-        """Drop a finished prompt."""
-        self._prompts.pop(prompt_id, None)
-
-    def _get(self, prompt_id: str) -> _Prompt:
-        prompt = self._prompts.get(prompt_id)
-        if prompt is None:
-            if len(self._prompts) >= self._max:
-                self._prompts.pop(next(iter(self._prompts)))
-            prompt = self._prompts[prompt_id] = _Prompt()
-        return prompt
-
-    def feed(self, frame_type: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The ``job.progress`` payload for one frame, or ``None`` (not progress, or no change)."""
-        prompt_id = data.get("prompt_id")
-        if frame_type not in PROGRESS_FRAMES or not prompt_id:
-            return None
-        prompt_id = str(prompt_id)
-        prompt = self._get(prompt_id)
-        if frame_type == "execution_cached":
-            prompt.done.update(str(n) for n in data.get("nodes") or [])
-        elif frame_type == "progress_state":
-            for node_id, node in (data.get("nodes") or {}).items():
-                if not isinstance(node, Mapping):
-                    continue
-                node_id = str(node.get("node_id") or node_id)
-                prompt.classes.setdefault(node_id, "")
-                if node.get("state") == "finished":
-                    prompt.done.add(node_id)
-                elif node.get("state") == "running":
-                    prompt.node = node_id
-                    prompt.value = float(node.get("value") or 0)
-                    prompt.max = float(node.get("max") or 0)
-        elif frame_type == "executing":
-            node_id = data.get("node")
-            if node_id is None:
-                return None  # the worker finished the prompt; the outcome frame says how
-            if str(node_id) != prompt.node:
-                prompt.node, prompt.value, prompt.max = str(node_id), 0.0, 0.0
-            prompt.classes.setdefault(str(node_id), "")
-        elif frame_type == "progress":
-            node_id = data.get("node")
-            if node_id is not None:
-                prompt.node = str(node_id)
-                prompt.classes.setdefault(prompt.node, "")
-            prompt.value = float(data.get("value") or 0)
-            prompt.max = float(data.get("max") or 0)
-        return self._payload(prompt_id, prompt)
-
-    def _payload(self, prompt_id: str, prompt: _Prompt) -> dict[str, Any] | None:
-        total = max(len(prompt.classes), len(prompt.done), 1)
-        node = prompt.node if prompt.node not in prompt.done else None
-        fraction = (
-            min(1.0, prompt.value / prompt.max) if node is not None and prompt.max > 0 else 0.0
-        )
-        percent = round(min(RUNNING_CAP, 100.0 * (len(prompt.done) + fraction) / total), 1)
-        step = int(prompt.value) if node is not None and prompt.max > 0 else None
-        steps = int(prompt.max) if node is not None and prompt.max > 0 else None
-        key = (percent, node, step, steps)
-        if key == prompt.last:
-            return None
-        prompt.last = key
-        payload: dict[str, Any] = {"id": prompt_id, "status": "running", "progress": percent}
-        if node is not None:
-            payload["node_id"] = node
-            if prompt.classes.get(node):
-                payload["node_class"] = prompt.classes[node]
-        if step is not None:
-            payload["step"], payload["steps"] = step, steps
-        return payload
+def lost_payload(prompt_id: str, tags: list[str]) -> dict[str, Any]:
+    """The payload of ``job.lost``: a prompt ComfyUI forgot (it restarted while the link was down)."""
+    return {
+        "id": prompt_id,
+        "status": "lost",
+        "tags": list(tags),
+        "error": {
+            "code": "lost",
+            "message": "ComfyUI no longer has this prompt in its queue or history "
+            "(it restarted while the connection was down)",
+        },
+    }

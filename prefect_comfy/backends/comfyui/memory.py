@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.models import ComfyEvent
 
 __all__ = ["MODEL_WATCH_TTL", "REMEMBERED", "Bounded", "ServerMemory"]
@@ -27,33 +27,6 @@ REMEMBERED = 10_000
 """Prompt ids remembered (tags, seen history, emitted outcomes)."""
 MODEL_WATCH_TTL = 3600.0
 """A model watch not renewed by a ``get_model`` for this long is dropped."""
-
-
-class Bounded(OrderedDict):
-    """A dict that forgets its oldest entries past ``size``.
-
-    Written from two threads (a backend's caller and the waiting layer's loop): :meth:`remember` and
-    :meth:`take` hold a lock; a single read (``in``, ``get``) is atomic anyway.
-    """
-
-    def __init__(self, size: int = REMEMBERED) -> None:
-        super().__init__()
-        self.size = size
-        self._lock = threading.Lock()
-
-    def remember(self, key: Any, value: Any = None, *, replace: bool = True) -> None:
-        """Store ``key`` as the newest entry (keep an existing value unless ``replace``)."""
-        with self._lock:
-            if replace or key not in self:
-                self[key] = value
-            self.move_to_end(key)
-            while len(self) > self.size:
-                self.popitem(last=False)
-
-    def take(self, key: Any) -> Any:
-        """Remove and return ``key``'s value (``None`` when absent)."""
-        with self._lock:
-            return self.pop(key, None)
 
 
 class Listener(Protocol):
@@ -72,9 +45,9 @@ class ServerMemory:
     """Shared by the ComfyUI backends of one server, key and client id (thread-safe where it matters)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    tags: Bounded = field(default_factory=Bounded)
+    tags: Bounded = field(default_factory=lambda: Bounded(REMEMBERED))
     graphs: Bounded = field(default_factory=lambda: Bounded(1024))
-    cancelled: Bounded = field(default_factory=Bounded)
+    cancelled: Bounded = field(default_factory=lambda: Bounded(REMEMBERED))
     model_watches: dict[str, tuple[str, str, str | None, float]] = field(default_factory=dict)
     streams: set[Listener] = field(default_factory=set)
     connections_opened: int = 0

@@ -4,7 +4,7 @@ Sharing is not this module's business: the waiting layer (:mod:`prefect_comfy.wa
 stream per server and credentials per process, so ComfyUI's rule that only the socket whose
 ``clientId`` submitted a prompt gets its execution messages (and that a second socket with the same
 id silently takes over) needs nothing special here. Every backend of a process uses the same client
-id for a server (see :func:`~prefect_comfy.backends.comfyui.backend.process_client_id`).
+id for a server (see :func:`~prefect_comfy.backends.comfyui.client_id.process_client_id`).
 
 What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comfyui.mapping`):
 
@@ -21,7 +21,8 @@ What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comf
 
 The one poll: while a model wait is pending (a ``get_model`` answered "not there yet"), the stream
 lists ``/api/models/{folder}`` every :data:`MODEL_POLL_INTERVAL` seconds and emits ``model.ready``
-when the file appears. ComfyUI has no event for model files.
+when the file appears (:mod:`prefect_comfy.backends.comfyui.model_poll`). ComfyUI has no event for
+model files.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from websockets.exceptions import ConnectionClosed
 
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
-from prefect_comfy.backends.comfyui.memory import Bounded, ServerMemory
+from prefect_comfy.backends.comfyui.memory import REMEMBERED, ServerMemory
+from prefect_comfy.backends.comfyui.model_poll import poll_models
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import (
     ComfyError,
-    NotFound,
     WebSocketAuthError,
     WebSocketConnectionError,
 )
@@ -98,8 +100,8 @@ class ComfyUIStream:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tracker = mapping.ProgressTracker()
-        self._seen_history = Bounded()
-        self._ended = Bounded()
+        self._seen_history = Bounded(REMEMBERED)
+        self._ended = Bounded(REMEMBERED)
         self._tracked: dict[str, str] = {}
         self._baseline = False
         self._dirty = False
@@ -348,7 +350,7 @@ class ComfyUIStream:
             else:  # it left the queue without running: deleted
                 tags = self.state.tags.get(pid) or []
                 if after_gap and pid not in self.state.cancelled:
-                    self.emit(ComfyEvent(event="job.lost", payload=_lost_payload(pid, tags)))
+                    self.emit(ComfyEvent(event="job.lost", payload=mapping.lost_payload(pid, tags)))
                 else:
                     self.emit(
                         ComfyEvent(
@@ -366,47 +368,12 @@ class ComfyUIStream:
             self._poller = asyncio.ensure_future(self._poll_models())
 
     async def _poll_models(self) -> None:
-        http = self.http
-        while True:
-            watches = self.state.current_watches()
-            if not watches:
-                return
-            listings: dict[str, set[str] | None] = {}
-            for model_id, (folder, filename, type_, _) in watches.items():
-                if folder not in listings:
-                    try:
-                        listings[folder] = set(await http.model_files(folder))
-                    except NotFound:
-                        listings[folder] = set()
-                    except ComfyError as exc:
-                        logger.debug("could not list ComfyUI models/%s: %s", folder, exc)
-                        listings[folder] = None
-                files = listings[folder]
-                if files is not None and filename in files:
-                    self.state.unwatch_model(model_id)
-                    payload = {"id": model_id, "name": filename, "status": "ready"}
-                    if type_:
-                        payload["type"] = type_
-                    self.emit(ComfyEvent(event="model.ready", payload=payload))
-            await asyncio.sleep(MODEL_POLL_INTERVAL)
+        await poll_models(self.http, self.state, self.emit, interval=MODEL_POLL_INTERVAL)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _lost_payload(prompt_id: str, tags: list[str]) -> dict[str, Any]:
-    return {
-        "id": prompt_id,
-        "status": "lost",
-        "tags": list(tags),
-        "error": {
-            "code": "lost",
-            "message": "ComfyUI no longer has this prompt in its queue or history "
-            "(it restarted while the connection was down)",
-        },
-    }
 
 
 async def _run_hook(hook: Hook, name: str) -> None:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from prefect_comfy.emulator.multipart import parse_multipart_all
 from prefect_comfy.emulator.v2.errors import V2Error, as_v2
+from prefect_comfy.emulator.v2.face import blake3_of
 from prefect_comfy.emulator.v2.jobs import (
     claim_key,
     face_of,
@@ -26,6 +27,7 @@ from prefect_comfy.emulator.v2.jobs import (
     owner_of,
     settle_key,
 )
+from prefect_comfy.emulator.v2.render import output_of
 from prefect_comfy.emulator.wire import ApiError
 
 HASH = re.compile(r"blake3:[0-9a-f]{64}")
@@ -89,8 +91,6 @@ async def upload(request: Request) -> Response:
     status = 500
     try:
         data = files[0].data
-        from prefect_comfy.emulator.v2.face import blake3_of
-
         digest = blake3_of(data)
         if expected is not None and expected != digest:
             raise V2Error(
@@ -148,8 +148,6 @@ async def get_asset(request: Request) -> Response:
     asset_id = request.path_params["id"]
     output = face.state.outputs.get(asset_id)
     if output is not None and output.owner == owner:
-        from prefect_comfy.emulator.v2.render import output_of
-
         body = output_of(output, origin_of(request))
         body.update(created_at=output.created_at, file_path=output.name, expires_at=None)
         return JSONResponse(body)

@@ -15,7 +15,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from prefect_comfy.emulator.config import V2_PREFIX
 from prefect_comfy.emulator.idempotency import Answer, Claim
 from prefect_comfy.emulator.records import JobRecord
 from prefect_comfy.emulator.v2.errors import V2Error, as_v2
@@ -301,6 +300,3 @@ def job_routes() -> list[tuple[str, Any, str]]:
         ("/jobs/{id}/workflow", get_workflow, "GET"),
         ("/jobs/{id}/cancel", cancel, "POST"),
     ]
-
-
-__all__ = ["V2_PREFIX", "job_routes"]

@@ -1,0 +1,409 @@
+"""Comfy API v2 (Comfy Cloud, serverless deployments, comfy-api-proxy) as a :class:`ComfyBackend`.
+
+REST calls go through :class:`~prefect_comfy.backends.v2.http.V2Http` (the package's one HTTP
+session in the v2 dialect); one job's events come from its Server-Sent-Events stream
+(:meth:`V2Backend.job_events`). v2 has no account-wide stream: :meth:`V2Backend.events` raises.
+
+Two real servers' quirks are handled here, not passed on:
+
+- a terminal ``status`` frame is confirmed with a read of the job before it is reported
+  (comfy-api-proxy answers a transient false ``expired`` right after a fast job; an ``expired``
+  is read again, backed off, for a few seconds: :mod:`~prefect_comfy.backends.v2.stream`);
+- a cancel the server acknowledges (``canceling``) is not reported as cancelled: ``canceling`` is
+  ``running``, and the job's real end (``canceled``, or ``succeeded`` on a ComfyUI 0.3.75 behind
+  the proxy, which never performs it) is what the stream and reads report.
+
+Example:
+    >>> backend = V2Backend("http://127.0.0.1:8189", "secret-doc-key")
+    >>> backend.address, backend.kind, backend.capabilities.per_job_streams
+    ('http://127.0.0.1:8189', 'v2', True)
+    >>> "secret-doc-key" in backend.connection_key + repr(backend)
+    False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+
+from prefect_comfy.backends.base import (
+    Capabilities,
+    ComfyBackend,
+    ConnectCallback,
+    DisconnectCallback,
+    Source,
+)
+from prefect_comfy.backends.v2 import mapping
+from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
+from prefect_comfy.backends.v2.http import V2Http, is_code
+from prefect_comfy.backends.v2.stream import job_events
+from prefect_comfy.exceptions import ComfyAPIError, ComfyConfigError, InvalidRequest
+from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
+from prefect_comfy.settings import ComfySettings
+from prefect_comfy.transport.download import download as stream_download
+from prefect_comfy.transport.origins import normalize_origin
+
+__all__ = ["V2Backend"]
+
+logger = logging.getLogger(__name__)
+
+MAX_TAG_LABELS = 12
+"""Tags carried as ``tag:<tag>`` metadata labels (v2 allows 16 labels; 4 are the run's ids)."""
+KEY_LABEL = "prefect_idempotency_key"
+_REMEMBERED = 4096
+_SUBMITTED: OrderedDict[tuple[str, str], str] = OrderedDict()
+"""(connection key, Idempotency-Key) -> job id, for submissions this process saw answered."""
+_CLOUD_HOSTS = ("cloud.comfy.org",)
+_TEXT_METADATA: set[str] = set()
+"""Origins that take ``metadata`` only as one string (comfy-api-proxy 0.1.6): JSON text is sent."""
+MAX_METADATA_TEXT = 1024
+
+
+def _is_hosted(host: str) -> bool:
+    return host in _CLOUD_HOSTS or host.endswith(".comfy.org") or host.endswith(".run.comfy.app")
+
+
+def _run_ids() -> dict[str, str]:
+    """The Prefect flow-run and task-run ids of the current run, if any (no Prefect import above)."""
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+    except ImportError:  # pragma: no cover - Prefect is a dependency
+        return {}
+    found: dict[str, str] = {}
+    task = TaskRunContext.get()
+    flow = FlowRunContext.get()
+    if task is not None:
+        found["prefect_task_run_id"] = str(task.task_run.id)
+        if task.task_run.flow_run_id:
+            found["prefect_flow_run_id"] = str(task.task_run.flow_run_id)
+    if flow is not None and flow.flow_run is not None:
+        found.setdefault("prefect_flow_run_id", str(flow.flow_run.id))
+    return found
+
+
+class V2Backend(ComfyBackend):
+    """A Comfy API v2 server reached with one key (or none, for an open proxy).
+
+    Args:
+        base_url: the origin: ``https://cloud.comfy.org``, ``https://<deployment>.run.comfy.app``
+            or a comfy-api-proxy (``http://127.0.0.1:8189``).
+        api_key: the secret key; required for Comfy Cloud and deployments.
+        settings: timeouts, retries, limits (``ComfySettings()`` on first use when ``None``).
+        transport: an httpx transport (tests).
+
+    Raises:
+        ComfyConfigError: a bad URL, or a Comfy-hosted server without a key.
+    """
+
+    kind: ClassVar[str] = "v2"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        upload_models=True, global_event_stream=False, find_jobs_by_tag=True, per_job_streams=True
+    )
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        settings: ComfySettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._origin = normalize_origin(base_url.strip().rstrip("/").removesuffix("/api/v2"))
+        host = httpx.URL(self._origin).host
+        if api_key is None and _is_hosted(host):
+            raise ComfyConfigError(
+                f"Comfy API v2 at {self._origin} needs a secret key: set api_key on the "
+                "ComfyV2Credentials block, or COMFY_V2_API_KEY (or COMFY_API_KEY)"
+            )
+        if _is_hosted(host):  # Comfy Cloud answers GET /api/v2/jobs with 501
+            self.capabilities = Capabilities(  # type: ignore[misc]
+                upload_models=True, per_job_streams=True
+            )
+        self._key = api_key
+        self._settings = settings
+        self._transport = transport
+        self.http = V2Http(self._origin, api_key, settings=settings, transport=transport)
+        digest = hashlib.sha256((api_key or "").encode()).hexdigest()
+        self._connection_key = f"{self._origin}/api/v2#{digest[:16]}"
+
+    @property
+    def address(self) -> str:
+        """The origin, such as ``https://cloud.comfy.org`` (no key, no path)."""
+        return self._origin
+
+    @property
+    def connection_key(self) -> str:
+        """``origin/api/v2#<first 16 hex digits of sha256(key)>``."""
+        return self._connection_key
+
+    def clone(self) -> V2Backend:
+        return V2Backend(
+            self._origin, self._key, settings=self._settings, transport=self._transport
+        )
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def _metadata(self, tags: Sequence[str], key: str) -> dict[str, str]:
+        metadata = {KEY_LABEL: key, **_run_ids()}
+        if tags:
+            metadata["prefect_tags"] = ",".join(tags)[:512]
+        for tag in list(dict.fromkeys(tags))[:MAX_TAG_LABELS]:
+            metadata[f"{mapping.TAG_PREFIX}{tag}"[:128]] = "1"
+        return metadata
+
+    async def submit(
+        self,
+        workflow: dict[str, Any],
+        *,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """``POST /api/v2/jobs`` with metadata naming the Prefect run, its tags and the key.
+
+        v2 refuses a reused ``Idempotency-Key`` (422 ``idempotency_key_reuse``) instead of
+        replaying it. A submit with a key this process already saw answered returns that job; a
+        refused key (a retry after an answer was lost) is looked up by the ``prefect_idempotency_key``
+        metadata label where the server lists jobs. No second job is ever started.
+
+        Raises:
+            InvalidWorkflow: the graph was refused (``invalid_workflow`` names the node;
+                ``workflow_format_ui``: export the graph in API format).
+            InvalidRequest: the key was used before and the job cannot be found (Comfy Cloud
+                cannot list): the message says so.
+        """
+        if not isinstance(workflow, dict):
+            raise ComfyConfigError("A workflow is a dict of nodes (ComfyUI's API format)")
+        key = idempotency_key or str(uuid.uuid4())
+        known = _SUBMITTED.get((self._connection_key, key))
+        if known is not None:
+            return await self.get_job(known)
+        try:
+            raw = await self._post_job(workflow, self._metadata(tags, key), key)
+        except InvalidRequest as exc:
+            if not is_code(exc, "idempotency_key_reuse"):
+                raise
+            job = await self._find_submitted(key, exc)
+        else:
+            job = mapping.job_of(raw)
+        _SUBMITTED[(self._connection_key, key)] = job.id
+        while len(_SUBMITTED) > _REMEMBERED:
+            _SUBMITTED.popitem(last=False)
+        return job
+
+    async def _post_job(self, workflow: dict[str, Any], metadata: dict[str, str], key: str) -> Any:
+        """``POST /jobs``; metadata as labels, or as their JSON text where the server wants a string."""
+        for _ in range(2):
+            as_text = self._origin in _TEXT_METADATA
+            sent: Any = _metadata_text(metadata) if as_text else metadata
+            try:
+                return await self.http.v2(
+                    "POST",
+                    "/jobs",
+                    json={"workflow": workflow, "metadata": sent},
+                    headers={"Idempotency-Key": key},
+                    workflow=True,
+                )
+            except InvalidRequest as exc:
+                # comfy-api-proxy checks metadata before it claims the key: sending again is safe.
+                refused = "'metadata' must be a string" in str(exc)
+                if as_text or not refused:
+                    raise
+                _TEXT_METADATA.add(self._origin)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _find_submitted(self, key: str, refused: InvalidRequest) -> Job:
+        """The job an earlier attempt with ``key`` created (its answer was lost)."""
+        try:
+            found = await self._list_jobs({KEY_LABEL: key}, limit=1)
+        except ComfyAPIError as exc:
+            if exc.status_code != 501:
+                raise
+            found = None
+        if found:
+            logger.info("Found the job an earlier submit with this key created: %s", found[0].id)
+            return found[0]
+        why = (
+            "this server cannot list jobs (HTTP 501, as on Comfy Cloud)"
+            if found is None
+            else "no job carries it"
+        )
+        raise InvalidRequest(
+            f"Comfy API v2 at {self._origin} refused Idempotency-Key {key!r}: an earlier attempt "
+            f"used it and its answer was lost, and the job it may have created cannot be found "
+            f"({why}). No second job was started. Look for a job with metadata "
+            f"{KEY_LABEL}={key} in the Comfy dashboard before running the task again with a new key.",
+            status_code=refused.status_code,
+            error_code="idempotency_key_reuse",
+            details=refused.details,
+        ) from None
+
+    async def get_job(self, job_id: str) -> Job:
+        return mapping.job_of(await self.http.v2("GET", f"/jobs/{quote(job_id, safe='')}"))
+
+    async def cancel(self, job_id: str) -> Job:
+        """``POST /api/v2/jobs/{id}/cancel``; ``canceling`` comes back as ``running``.
+
+        comfy-api-proxy on ComfyUI 0.3.75 acknowledges a cancel it never performs: the job then
+        ends ``succeeded``, and that is what is reported.
+        """
+        return mapping.job_of(await self.http.v2("POST", f"/jobs/{quote(job_id, safe='')}/cancel"))
+
+    async def outputs(self, job_id: str) -> list[Output]:
+        return (await self.get_job(job_id)).outputs
+
+    async def download(self, output: Output, dest: str | PathLike[str]) -> Path:
+        """``GET /api/v2/assets/{id}/content``, its redirect to signed storage followed without the key."""
+        url = httpx.URL(self._origin).join(
+            output.download_url or f"/api/v2/assets/{quote(output.id, safe='')}/content"
+        )
+        return await stream_download(self.http, url, dest, output.name or output.id)
+
+    async def _list_jobs(self, metadata: dict[str, str], limit: int | None = None) -> list[Job]:
+        """Jobs carrying every label, pages of 100 (filtered here too: comfy-api-proxy 0.1.6
+        ignores the ``metadata[...]`` filter and lists its newest jobs)."""
+        params = {f"metadata[{k}]": v for k, v in metadata.items()}
+        jobs: list[Job] = []
+        cursor: str | None = None
+        while True:
+            page_params = {**params, "limit": "100"}
+            if cursor:
+                page_params["cursor"] = cursor
+            body = await self.http.v2("GET", "/jobs", params=page_params) or {}
+            jobs.extend(
+                mapping.job_of(j)
+                for j in body.get("jobs") or []
+                if isinstance(j, dict) and mapping.matches(j, metadata)
+            )
+            cursor = body.get("next_cursor")
+            if not cursor or (limit is not None and len(jobs) >= limit):
+                return jobs
+
+    async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
+        """With a tag, ``GET /api/v2/jobs?metadata[tag:<tag>]=1`` keeping the unfinished ones;
+        ``None`` without a tag (v2 lists no status filter: the waiting layer reads jobs one by
+        one) or where the server cannot list (Comfy Cloud answers 501)."""
+        if tag is None or not self.capabilities.find_jobs_by_tag:
+            return None
+        try:
+            jobs = await self._list_jobs({f"{mapping.TAG_PREFIX}{tag}"[:128]: "1"})
+        except ComfyAPIError as exc:
+            if exc.status_code == 501:
+                return None
+            raise
+        return [job for job in jobs if not job.is_terminal]
+
+    # -- uploads ----------------------------------------------------------------------------------
+    def _ready(self, asset: dict[str, Any], file_path: str, tags: Sequence[str]) -> dict[str, Any]:
+        return {
+            "id": str(asset.get("id")),
+            "name": asset.get("file_path") or file_path,
+            "status": "ready",
+            "size": asset.get("size_bytes") or None,
+            "mime_type": asset.get("content_type"),
+            "tags": list(asset.get("tags") or tags),
+            "created_at": asset.get("created_at"),
+        }
+
+    async def upload_input(
+        self,
+        source: Source,
+        *,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Input:
+        """An asset at ``name`` (by blake3 hash first); ready when this returns.
+
+        Refer to it in a workflow by name (the proxy and the emulator place it there) or with
+        :func:`~prefect_comfy.backends.v2.assets.asset_reference`. ``idempotency_key`` is not
+        sent: uploads are idempotent by content hash.
+        """
+        file_path = _file_name(source, name)
+        asset = await upload_asset(self.http, source, file_path=file_path, tags=["input", *tags])
+        return Input(**self._ready(asset, file_path, tags))
+
+    async def upload_model(
+        self,
+        source: Source,
+        *,
+        type: str,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Model:
+        """An asset at ``models/<folder of type>/<name>``; ready when this returns."""
+        folder = MODEL_FOLDERS.get(type)
+        if folder is None:
+            raise ComfyConfigError(
+                f"Unknown model type {type!r}: use one of {', '.join(MODEL_FOLDERS)}"
+            )
+        bare = _file_name(source, name)
+        file_path = f"models/{folder}/{bare}"
+        asset = await upload_asset(self.http, source, file_path=file_path, tags=["models", *tags])
+        return Model(**self._ready(asset, file_path, tags), type=type)
+
+    async def get_input(self, input_id: str) -> Input:
+        asset = await self.http.v2("GET", f"/assets/{quote(input_id, safe='')}")
+        return Input(**self._ready(asset, str(asset.get("file_path") or input_id), ()))
+
+    async def get_model(self, model_id: str) -> Model:
+        asset = await self.http.v2("GET", f"/assets/{quote(model_id, safe='')}")
+        return Model(**self._ready(asset, str(asset.get("file_path") or model_id), ()))
+
+    # -- events -----------------------------------------------------------------------------------
+    async def events(
+        self,
+        patterns: Sequence[str] = ("*",),
+        *,
+        on_connect: ConnectCallback | None = None,
+        on_disconnect: DisconnectCallback | None = None,
+    ) -> AsyncIterator[ComfyEvent]:
+        """Comfy API v2 has no account-wide stream: use :meth:`job_events` per job.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(
+            "Comfy API v2 has no account-wide event stream; wait per job (job_events)"
+        )
+        yield  # pragma: no cover - makes this an async generator
+
+    def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
+        """``GET /api/v2/jobs/{id}/events``: ``job.progress`` per snapshot, then the confirmed
+        terminal event (see :func:`~prefect_comfy.backends.v2.stream.job_events`).
+
+        Raises:
+            TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
+        """
+        return job_events(self.http, self.get_job, job_id)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def _metadata_text(metadata: dict[str, str]) -> str:
+    """The labels as compact JSON within :data:`MAX_METADATA_TEXT` bytes (tag labels dropped first)."""
+    labels = dict(metadata)
+    text = json.dumps(labels, separators=(",", ":"))
+    while len(text.encode()) > MAX_METADATA_TEXT:
+        extra = [k for k in labels if k.startswith(mapping.TAG_PREFIX)] or ["prefect_tags"]
+        labels.pop(extra[-1], None)
+        text = json.dumps(labels, separators=(",", ":"))
+    return text
+
+
+def _file_name(source: Source, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, bytes):
+        raise ComfyConfigError("Uploading bytes needs a name= (the file name workflows use)")
+    return Path(source).name

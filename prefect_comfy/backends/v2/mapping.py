@@ -1,0 +1,201 @@
+"""Comfy API v2's wire shapes as the package's models and events: plain code, no I/O.
+
+- :func:`job_of`: a v2 Job as a :class:`~prefect_comfy.models.Job` (statuses by :data:`STATUS`;
+  ``expired`` is ``failed`` with code ``expired``; ``canceling`` is still ``running``, because a
+  server may acknowledge a cancel it never performs).
+- :func:`progress_payload`: a v2 ``progress`` snapshot (value 0..1) as a ``job.progress`` payload
+  (``progress`` 0-100, ``node_id``, ``node_class``, ``step``, ``steps``).
+- :class:`SseParser`: Server-Sent Events, line by line (comments are keep-alives).
+
+Example:
+    >>> job_of({"id": "j1", "status": "canceling"}).status
+    'running'
+    >>> job_of({"id": "j1", "status": "expired"}).error.code
+    'expired'
+    >>> p = SseParser()
+    >>> [p.feed(line) for line in ["event: status", 'data: {"status": "running"}', ""]][-1]
+    ('status', {'status': 'running'})
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
+
+__all__ = [
+    "STATUS",
+    "TERMINAL_V2",
+    "SseParser",
+    "event_of",
+    "job_of",
+    "matches",
+    "metadata_of",
+    "output_of",
+    "progress_payload",
+]
+
+STATUS: dict[str, str] = {
+    "queued": "pending",
+    "running": "running",
+    "canceling": "running",
+    "succeeded": "completed",
+    "failed": "failed",
+    "canceled": "cancelled",
+    "expired": "failed",
+}
+"""v2 status -> the package's job status."""
+
+TERMINAL_V2: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
+
+
+def output_of(raw: dict[str, Any], job_id: str | None = None) -> Output:
+    """A v2 Output (an asset) as an :class:`Output`; downloads go through its content route."""
+    asset_id = str(raw.get("id") or "")
+    return Output(
+        id=asset_id,
+        type=str(raw.get("type") or "file"),
+        name=raw.get("name"),
+        mime_type=raw.get("content_type"),
+        size=raw.get("size_bytes") or None,
+        job_id=raw.get("job_id") or job_id,
+        download_url=f"/api/v2/assets/{asset_id}/content" if asset_id else raw.get("url"),
+    )
+
+
+def _error_of(raw: dict[str, Any]) -> ResourceError | None:
+    status, error = raw.get("status"), raw.get("error")
+    if status == "expired":
+        return ResourceError(
+            code="expired",
+            message="the server says the job expired (its records are gone); run it again",
+        )
+    if not isinstance(error, dict):
+        return (
+            ResourceError(code="unknown", message="no error reported")
+            if status == "failed"
+            else None
+        )
+    message = str(error.get("message") or "")
+    if error.get("class_type"):
+        message = f"{message} (class {error['class_type']})".strip()
+    node = error.get("node_id")
+    return ResourceError(
+        code=error.get("code"), message=message, node_id=str(node) if node is not None else None
+    )
+
+
+def _percent(raw: Any) -> float | None:
+    if isinstance(raw, dict) and isinstance(raw.get("value"), int | float):
+        return round(max(0.0, min(1.0, float(raw["value"]))) * 100.0, 1)
+    return None
+
+
+def job_of(raw: dict[str, Any]) -> Job:
+    """A v2 Job (lenient: unknown fields ignored)."""
+    job_id = str(raw.get("id"))
+    metadata = metadata_of(raw)
+    status = STATUS.get(str(raw.get("status")), "running")
+    return Job(
+        id=job_id,
+        status=status,
+        tags=tags_of(metadata),
+        outputs=[output_of(o, job_id) for o in raw.get("outputs") or [] if isinstance(o, dict)],
+        error=_error_of(raw),
+        progress=100.0 if status == "completed" else _percent(raw.get("progress")),
+        created_at=raw.get("created_at"),
+        started_at=raw.get("started_at"),
+        completed_at=raw.get("completed_at"),
+    )
+
+
+TAG_PREFIX = "tag:"
+"""Metadata labels ``tag:<tag> = "1"`` carry the job's tags (v2 filters metadata by equality)."""
+
+
+def metadata_of(raw: dict[str, Any]) -> dict[str, Any]:
+    """A job's metadata as labels: an object (Cloud, the emulator) or the JSON text of one
+    (comfy-api-proxy keeps metadata as one opaque string of at most 1,024 bytes)."""
+    metadata = raw.get("metadata")
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def matches(raw: dict[str, Any], wanted: dict[str, str]) -> bool:
+    """Whether a listed job carries every wanted label (servers that ignore the filter exist)."""
+    metadata = metadata_of(raw)
+    return all(metadata.get(k) == v for k, v in wanted.items())
+
+
+def tags_of(metadata: dict[str, Any]) -> list[str]:
+    return [k[len(TAG_PREFIX) :] for k in metadata if str(k).startswith(TAG_PREFIX)]
+
+
+def progress_payload(job_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A v2 ``progress`` snapshot as the payload of a ``job.progress`` event."""
+    payload: dict[str, Any] = {
+        "id": job_id,
+        "status": "running",
+        "progress": min(99.9, _percent(raw) or 0.0),
+    }
+    if raw.get("current_node") is not None:
+        payload["node_id"] = str(raw["current_node"])
+    if raw.get("current_node_class"):
+        payload["node_class"] = raw["current_node_class"]
+    if raw.get("step") is not None and raw.get("steps"):
+        payload["step"], payload["steps"] = raw["step"], raw["steps"]
+    return payload
+
+
+EVENT_OF_STATUS = {
+    "completed": "job.completed",
+    "failed": "job.failed",
+    "cancelled": "job.cancelled",
+}
+
+
+def event_of(job: Job) -> ComfyEvent | None:
+    """The terminal event a job in a final state stands for (its payload the job), or ``None``."""
+    name = EVENT_OF_STATUS.get(job.status)
+    if name is None:
+        return None
+    return ComfyEvent(event=name, payload=job.model_dump(mode="json", exclude={"workflow"}))
+
+
+class SseParser:
+    """Server-Sent Events, one line at a time: :meth:`feed` returns ``(event, data)`` at a blank line.
+
+    ``data`` is decoded JSON (``None`` when it is not JSON); comments (``: keep-alive``) and fields
+    other than ``event``/``data`` are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._event = "message"
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, Any] | None:
+        line = line.rstrip("\r\n")
+        if not line:
+            if not self._data:
+                self._event = "message"
+                return None
+            text, name = "\n".join(self._data), self._event
+            self._event, self._data = "message", []
+            try:
+                return name, json.loads(text)
+            except ValueError:
+                return name, None
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        return None

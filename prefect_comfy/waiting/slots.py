@@ -1,0 +1,379 @@
+"""Waiting on a server without a global stream: per-job streams in capped slots, one shared poll.
+
+Comfy API v2 has no account-wide event stream, only one stream per job
+(:meth:`ComfyBackend.job_events <prefect_comfy.backends.base.ComfyBackend.job_events>`), and servers
+cap how many are open (429 ``too_many_streams``). For such a backend
+(``capabilities.per_job_streams`` and not ``global_event_stream``) the hub hands its pending
+resources to one :class:`JobStreams`, which
+
+- opens a stream for each pending job while fewer than :attr:`JobStreams.cap` are open (the cap
+  starts at ``COMFY_MAX_STREAMS``, default 8, and is learned: a refusal lowers it to the streams
+  open at that moment, and no new stream is tried before the refusal's ``retry_after``);
+- reads every other pending resource in ONE shared, backed-off REST loop (every polled resource each
+  round; 0.5 s apart, x1.5 per quiet round up to 5 s, back to 0.5 s when something changed). A
+  resource new to the loop is read at once; inputs and models end on that first read, since a v2
+  upload is ready when it returns;
+- moves polled jobs onto streams, oldest first, as slots free up;
+- follows a stream that ends without a terminal event with ONE read, then streams or polls the job
+  again.
+
+Stream events go to the hub's ``dispatch`` (progress reaches ``on_progress`` exactly as from a
+global stream), reads to ``found``. A terminal event from ``job_events`` is trusted: the backend
+confirms it with a read before yielding it. docs/architecture.md ("Servers without a global
+stream") tells the whole story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.exceptions import NotFound, TooManyStreams
+from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.waiting.reconcile import Resource
+
+__all__ = [
+    "DEFAULT_MAX_STREAMS",
+    "POLL_FACTOR",
+    "POLL_INITIAL",
+    "POLL_MAX",
+    "JobStreams",
+    "per_job_mode",
+]
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+DEFAULT_MAX_STREAMS = 8
+"""Streams tried at most at once when ``COMFY_MAX_STREAMS`` is not set."""
+POLL_INITIAL = 0.5
+"""Seconds between the shared poll's rounds after a change (comfy-sdk's ``Job.wait`` schedule)."""
+POLL_FACTOR = 1.5
+"""How much the pause grows after a round in which nothing changed."""
+POLL_MAX = 5.0
+"""The longest pause between two rounds, seconds."""
+REFUSAL_PAUSE = 5.0
+"""Seconds before a new stream is tried after a refusal without ``Retry-After``."""
+REOPEN_DELAY = 0.5
+"""Seconds before a job whose stream ended early (and was read once) is streamed or polled again."""
+FAILURES_BEFORE_POLLING = 3
+"""Streams in a row that fail before yielding anything, after which only the poll is used."""
+
+
+def per_job_mode(backend: ComfyBackend) -> bool:
+    """Whether the hub waits on this backend with per-job streams and the shared poll."""
+    caps = backend.capabilities
+    return bool(getattr(caps, "per_job_streams", False)) and not caps.global_event_stream
+
+
+class JobStreams:
+    """The per-job streams and the shared poll of one hub (runs on the hub's loop).
+
+    Args:
+        backend: the hub's backend.
+        pending: whether a key is still waited for.
+        dispatch: called with every event of a stream.
+        found: called with every resource read.
+        missing: called with the :class:`NotFound` of a key.
+        max_streams: the cap to start from.
+        concurrency: most REST reads in flight at once.
+    """
+
+    def __init__(
+        self,
+        backend: ComfyBackend,
+        *,
+        pending: Callable[[Key], bool],
+        dispatch: Callable[[ComfyEvent], None],
+        found: Callable[[Key, Resource], None],
+        missing: Callable[[Key, NotFound], None],
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        concurrency: int = 16,
+    ) -> None:
+        self.backend = backend
+        self._pending = pending
+        self._dispatch = dispatch
+        self._found = found
+        self._missing = missing
+        self.cap = max(1, max_streams)
+        """Streams tried at most at once (lowered by refusals)."""
+        self._streams: dict[Key, asyncio.Task[None]] = {}
+        self._connected: set[Key] = set()  # streams that the server accepted (one event or more)
+        self._polled: dict[Key, None] = {}  # in order: the oldest moves to a stream first
+        self._fresh: dict[Key, None] = {}  # polled but never read: read without waiting a round
+        self._status: dict[Key, str] = {}
+        self._blocked_until = 0.0
+        self._failures = 0
+        self._streaming = True
+        self._poller: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._resting: dict[Key, asyncio.TimerHandle] = {}  # streams ended early, read once
+        self._limit = asyncio.Semaphore(concurrency)
+        self.streams_opened = 0
+        """Streams opened so far."""
+        self.most_streams = 0
+        """The most streams that were open at once."""
+        self.refusals = 0
+        """``TooManyStreams`` answers so far."""
+        self.reads = 0
+        """REST reads made (the poll's and the one after a stream that ended early)."""
+        self.rounds = 0
+        """Full rounds of the shared poll."""
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open now."""
+        return len(self._streams)
+
+    @property
+    def polled(self) -> int:
+        """Resources the shared poll reads now."""
+        return len(self._polled)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters for the hub's :attr:`~prefect_comfy.waiting.hub.EventHub.stats`."""
+        return {
+            "job_streams_open": len(self._streams),
+            "job_streams_opened": self.streams_opened,
+            "job_streams_most": self.most_streams,
+            "job_streams_cap": self.cap,
+            "job_streams_refused": self.refusals,
+            "polled": len(self._polled),
+            "poll_reads": self.reads,
+            "poll_rounds": self.rounds,
+        }
+
+    # -- what the hub calls ---------------------------------------------------------------------
+    def track(self, keys: Iterable[Key]) -> None:
+        """Start following these pending resources: on a stream if a slot is free, else polled."""
+        for key in keys:
+            if key in self._streams or key in self._polled or key in self._resting:
+                continue
+            if not self._pending(key):
+                continue
+            if key[0] == "job" and self._slot_free():
+                self._open(key)
+            else:
+                self._poll(key, fresh=True)
+
+    def forget(self, key: Key) -> None:
+        """Nobody waits for this resource any more: close its stream or stop polling it."""
+        task = self._streams.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self._polled.pop(key, None)
+        self._fresh.pop(key, None)
+        self._status.pop(key, None)
+        rest = self._resting.pop(key, None)
+        if rest is not None:
+            rest.cancel()
+        self._fill()
+
+    async def serve(self, on_connect: Callable[[], Awaitable[None]]) -> AsyncIterator[ComfyEvent]:
+        """What the hub runs in place of ``events()``: "connected" at once, then nothing until
+        closed (events reach the hub through ``dispatch``); closing it closes every stream."""
+        try:
+            await on_connect()
+            await asyncio.Event().wait()
+        finally:
+            await self.aclose()
+        yield  # pragma: no cover - an async generator that yields nothing
+
+    async def aclose(self) -> None:
+        """Close every stream and stop the poll."""
+        tasks = [*self._streams.values(), *([self._poller] if self._poller else [])]
+        self._streams.clear()
+        self._connected.clear()
+        self._polled.clear()
+        self._fresh.clear()
+        self._poller = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for rest in self._resting.values():
+            rest.cancel()
+        self._resting.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- slots ----------------------------------------------------------------------------------
+    def _slot_free(self) -> bool:
+        if not self._streaming or len(self._streams) >= self.cap:
+            return False
+        return asyncio.get_running_loop().time() >= self._blocked_until
+
+    def _open(self, key: Key) -> None:
+        self._polled.pop(key, None)
+        self._fresh.pop(key, None)
+        self.streams_opened += 1
+        self._streams[key] = asyncio.ensure_future(self._follow(key))
+        self.most_streams = max(self.most_streams, len(self._streams))
+
+    def _fill(self) -> None:
+        """Move the oldest polled jobs onto streams while slots are free."""
+        if not self._polled or not self._slot_free():
+            return
+        for key in list(self._polled):
+            if key[0] != "job":
+                continue
+            if not self._pending(key):
+                self._polled.pop(key, None)
+                continue
+            self._open(key)
+            if not self._slot_free():
+                return
+
+    def _refused(self, key: Key, exc: TooManyStreams) -> None:
+        self.refusals += 1
+        others = len(self._connected)  # the streams the server holds for us now
+        if others < self.cap:
+            self.cap = max(1, others)
+            logger.info("The Comfy server caps event streams; holding at most %d", self.cap)
+        loop = asyncio.get_running_loop()
+        pause = exc.retry_after if exc.retry_after is not None else REFUSAL_PAUSE
+        self._blocked_until = max(self._blocked_until, loop.time() + max(0.0, pause))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(self._blocked_until, self._unblocked)
+
+    def _unblocked(self) -> None:
+        self._timer = None
+        self._fill()
+
+    # -- one stream -----------------------------------------------------------------------------
+    async def _follow(self, key: Key) -> None:
+        """Serve one job's stream; then free its slot (and read once if it ended early)."""
+        outcome = await self._stream(key)
+        if self._streams.get(key) is asyncio.current_task():
+            del self._streams[key]
+        if outcome == "ended" and self._pending(key):
+            await self._read(key)  # the stream ended without an outcome: ask once, …
+            if self._pending(key) and key not in self._resting:
+                # … then let it rest, so that a server that keeps ending streams early is not
+                # asked in a tight loop; it comes back on a stream if a slot is free, else polled.
+                loop = asyncio.get_running_loop()
+                self._resting[key] = loop.call_later(REOPEN_DELAY, self._wake_up, key)
+        elif outcome == "refused" and self._pending(key) and key not in self._streams:
+            self._poll(key, fresh=True)  # it never got its snapshot: read it now
+        self._fill()
+
+    def _wake_up(self, key: Key) -> None:
+        self._resting.pop(key, None)
+        if not self._pending(key) or key in self._streams or key in self._polled:
+            return
+        if self._slot_free():
+            self._open(key)
+        else:
+            self._poll(key, fresh=False)  # read a moment ago: the next round is soon enough
+
+    async def _stream(self, key: Key) -> str:
+        """``terminal``, ``ended`` (no outcome: read once), ``refused`` or ``missing``."""
+        events = 0
+        stream = self.backend.job_events(key[1])
+        try:
+            async for event in stream:
+                if not events:
+                    self._connected.add(key)
+                events += 1
+                self._dispatch(event)
+                if event.event in TERMINAL_EVENTS:
+                    self._failures = 0
+                    return "terminal"
+        except TooManyStreams as exc:
+            self._refused(key, exc)
+            return "refused"
+        except NotFound as exc:
+            self._missing(key, exc)
+            return "missing"
+        except Exception as exc:  # a dropped connection, a 5xx, a surface without streams
+            logger.info("Comfy event stream of job %s ended: %s", key[1], exc)
+        finally:
+            self._connected.discard(key)
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        if events:
+            self._failures = 0
+        else:
+            self._failures += 1
+            if self._failures >= FAILURES_BEFORE_POLLING and self._streaming:
+                self._streaming = False
+                logger.warning(
+                    "Comfy per-job event streams keep failing; polling every pending job instead"
+                )
+        return "ended"
+
+    # -- the shared poll ------------------------------------------------------------------------
+    def _poll(self, key: Key, *, fresh: bool) -> None:
+        self._polled[key] = None
+        if fresh:
+            self._fresh[key] = None
+        if self._poller is None or self._poller.done():
+            self._wake = asyncio.Event()
+            self._poller = asyncio.ensure_future(self._poll_loop())
+        elif fresh and self._wake is not None:
+            self._wake.set()
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = POLL_INITIAL
+        next_round = loop.time() + interval
+        wake = self._wake
+        assert wake is not None
+        while self._polled:
+            if self._fresh:  # first reads at once, without touching the schedule
+                keys = list(self._fresh)
+                self._fresh.clear()
+                await self._read_all(keys)
+                continue
+            delay = next_round - loop.time()
+            if delay > 0:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+                continue
+            self.rounds += 1
+            changed = await self._read_all(list(self._polled))
+            interval = POLL_INITIAL if changed else min(interval * POLL_FACTOR, POLL_MAX)
+            next_round = loop.time() + interval
+
+    async def _read_all(self, keys: list[Key]) -> bool:
+        """Read these keys (``concurrency`` at a time); whether any changed status."""
+        results = await asyncio.gather(*(self._read(k) for k in keys))
+        return any(results)
+
+    async def _read(self, key: Key) -> bool:
+        """Read one resource and report it; whether its status changed."""
+        if not self._pending(key) or key in self._streams:
+            self._polled.pop(key, None)
+            return False
+        kind, rid = key
+        read = {
+            "job": self.backend.get_job,
+            "input": self.backend.get_input,
+            "model": self.backend.get_model,
+        }[kind]
+        async with self._limit:
+            self.reads += 1
+            try:
+                resource = await read(rid)
+            except NotFound as exc:
+                self._polled.pop(key, None)
+                self._missing(key, exc)
+                return True
+            except Exception as exc:
+                logger.warning("could not read Comfy %s %s: %s", kind, rid, exc)
+                return False
+        if resource.is_terminal:
+            self._polled.pop(key, None)
+            self._fresh.pop(key, None)
+        changed = self._status.get(key) != resource.status
+        self._status[key] = resource.status
+        self._found(key, resource)
+        return changed

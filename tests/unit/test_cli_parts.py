@@ -1,0 +1,127 @@
+"""Unit tests of the command line's parts: the progress board, error lines and exit codes, and the
+workflow file checks (the commands themselves run in subprocesses in tests/integration/test_cli.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from prefect_comfy.cli.errors import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Interrupted,
+    UsageProblem,
+    exit_code,
+    one_line,
+)
+from prefect_comfy.cli.progress import JobBoard
+from prefect_comfy.cli.validate import read_workflow
+from prefect_comfy.exceptions import (
+    AuthenticationError,
+    ComfyConfigError,
+    JobFailed,
+    ServerError,
+    WebSocketAuthError,
+)
+from prefect_comfy.models import ComfyEvent
+
+
+def progress(job_id: str, **payload: object) -> ComfyEvent:
+    return ComfyEvent(event="job.progress", payload={"id": job_id, **payload})
+
+
+def test_the_board_follows_progress_events_and_shows_the_outcome() -> None:
+    out = io.StringIO()
+    board = JobBoard(Console(file=out, width=120, force_terminal=False))
+    with board:
+        board.add("job_a", "pending")
+        board.on_progress(progress("job_a", progress=12.5, node_id="3", node_class="KSampler",
+                                   step=3, steps=25))  # fmt: skip
+        assert board.row("job_a") == {
+            "percent": 12.5, "node": "KSampler #3", "step": "step 3/25", "status": "running"
+        }  # fmt: skip
+        board.on_progress(progress("job_b", progress=250, node_id="9", steps=1))  # a new job
+        assert board.row("job_b")["percent"] == 100.0 and board.row("job_b")["step"] == ""
+        board.on_progress(ComfyEvent(event="job.progress", payload={}))  # no id: ignored
+        board.finish("job_a", "completed", "in 1.0 s")
+        board.finish("job_b", "failed", "at node 9")
+    assert board.row("job_a")["percent"] == 100
+    assert board.row("job_b")["status"] == "[red]failed[/] at node 9"
+    text = out.getvalue()
+    assert "job_a" in text and "completed in 1.0 s" in text and "failed at node 9" in text
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UsageProblem("bad"), EXIT_USAGE),
+        (ComfyConfigError("no key"), EXIT_USAGE),
+        (AuthenticationError("refused", status_code=401), EXIT_AUTH),
+        (WebSocketAuthError("refused"), EXIT_AUTH),
+        (JobFailed("job_1", error_code="oom", node_id="3"), EXIT_FAILED),
+        (ServerError("down", status_code=503), EXIT_FAILED),
+        (RuntimeError("bug"), EXIT_FAILED),
+        (Interrupted("Interrupted"), EXIT_INTERRUPTED),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED),
+    ],
+)
+def test_exit_codes_by_kind_of_error(error: BaseException, code: int) -> None:
+    assert exit_code(error) == code
+
+
+def test_one_line_joins_lines_names_foreign_errors_and_hides_the_key(monkeypatch) -> None:
+    monkeypatch.setenv("COMFY_API_KEY", "comfyui-secret-123")
+    assert one_line(ComfyConfigError("first\n\n  second ")) == "first; second"
+    assert (
+        one_line(ValueError("key comfyui-secret-123 leaked")) == "ValueError: key REDACTED leaked"
+    )
+    assert one_line(OSError()) == "OSError"
+    assert len(one_line(ComfyConfigError("x" * 5000))) == 400
+
+
+def test_read_workflow_accepts_an_api_format_graph(tmp_path: Path) -> None:
+    path = tmp_path / "wf.json"
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}, "2": {"class_type": "X"}}
+    path.write_text(json.dumps(graph))
+    assert read_workflow(path) == graph
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"nodes": [{"id": 1}], "links": []}',
+            "UI-format workflow; open it in ComfyUI and export",
+        ),
+        ('{"nodes": []}', "UI-format workflow"),
+        ("{}", "does not hold a workflow graph"),
+        ('{"1": {"class_type": "A", "inputs": [1]}}', "node(s) 1 have no class_type or no inputs"),
+        ('{"1": {"class_type": "A", "inputs": {"x": Infinity}}}', "Infinity is not a JSON number"),
+        ('{"1": {"class_type": "A", "inputs": {"x": 1e999}}}', "an input is NaN or infinite"),
+        (
+            "\n\n  {",
+            "is not valid JSON: Expecting property name enclosed in double quotes at line 3",
+        ),
+    ],
+)
+def test_read_workflow_refuses_what_no_server_runs(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "wf.json"
+    path.write_text(text)
+    with pytest.raises(UsageProblem, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_workflow(path)
+
+
+def test_read_workflow_says_when_the_file_is_missing_or_binary(tmp_path: Path) -> None:
+    with pytest.raises(UsageProblem, match="No workflow file at"):
+        read_workflow(tmp_path / "absent.json")
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(UsageProblem, match="is not a text file"):
+        read_workflow(binary)
