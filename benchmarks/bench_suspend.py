@@ -32,6 +32,7 @@ from prefect.client.orchestration import PrefectClient  # noqa: E402
 
 from prefect_comfy.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
 from tests.support.prefect_stack import Stack, prefect_stack  # noqa: E402
+from tests.workflows import slow_workflow  # noqa: E402
 
 KEY = "comfyui-bench-key-not-real"
 POOL = "bench-pool"
@@ -53,11 +54,7 @@ for name, suspend in (("ordinary", False), ("suspending", True)):
 
 
 def workflow(seconds: float) -> dict[str, Any]:
-    return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64}},
-        "3": {"class_type": "EmulatorSleep", "inputs": {"seconds": seconds, "images": ["1", 0]}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "b"}},
-    }
+    return slow_workflow(steps=int(seconds / 0.05))
 
 
 async def held_seconds(client: PrefectClient, run_id: uuid.UUID) -> tuple[float, int, float]:
