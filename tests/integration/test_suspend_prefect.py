@@ -186,7 +186,10 @@ async def diagnosis(stack: Stack, run_id: uuid.UUID) -> str:
         )
         automations = await c.read_automations()
     run = await flow_run(stack, run_id)
-    lines = [f"states: {await state_names(stack, run_id)}", f"labels: {run.labels} run_count: {run.run_count}"]
+    lines = [
+        f"states: {await state_names(stack, run_id)}",
+        f"labels: {run.labels} run_count: {run.run_count}",
+    ]
     lines += [f"event {e.event} {e.resource.id} {[r.id for r in e.related]}" for e in page.events]
     lines += [f"automation {a.name} {a.trigger}" for a in automations]
     return "\n".join(lines)
