@@ -115,9 +115,10 @@ async def test_blocks_are_found_by_register(prefect_api_url) -> None:
 
     registered = await _register_blocks_in_module(prefect_comfy)
     assert {b.__name__ for b in registered} >= {"ComfyCloudCredentials", "ComfyWorkflow"}
-    # exactly the three blocks: no stray JobBlock[ComfyJobResult] in the catalog
+    # exactly the package's four blocks: no stray JobBlock[ComfyJobResult] in the catalog
     assert sorted(b.get_block_type_slug() for b in registered) == [
         "comfy-cloud-credentials",
+        "comfy-v2-credentials",
         "comfy-workflow",
         "comfyui-server",
     ]
