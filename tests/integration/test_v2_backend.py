@@ -6,6 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 
 from prefect_comfy.backends.v2.assets import asset_reference
@@ -197,3 +198,28 @@ async def test_the_block_reads_the_v2_environment(monkeypatch, emulator):
         assert backend.address == emulator.v2_url.rstrip("/")
         job = await backend.submit(tiny_workflow())
         assert (await backend.get_job(job.id)).id == job.id
+
+
+async def test_progress_events_carry_the_jobs_tags_like_other_backends(emulator, backend):
+    """A v2 ``progress`` frame has no metadata: the backend adds the job's tags (from its submit,
+    or one read for a job submitted elsewhere), so ``comfy.tag.*`` labels reach Prefect."""
+    from prefect_comfy.events import from_comfy_event
+
+    mine = await backend.submit(slow_workflow(4), tags=["v2-tagged", "x"])
+    async with httpx.AsyncClient(
+        base_url=emulator.v2_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+    ) as http:
+        answer = await http.post(
+            "/api/v2/jobs",
+            json={"workflow": slow_workflow(4), "metadata": {"tag:elsewhere": "1"}},
+        )
+    assert answer.status_code == 201, answer.text
+    for job_id, tags in ((mine.id, ["v2-tagged", "x"]), (answer.json()["id"], ["elsewhere"])):
+        async with V2Backend(emulator.v2_url, API_KEY) as fresh:
+            events = await asyncio.wait_for(events_of(fresh, job_id), 20)
+        progress = [e for e in events if e.event == "job.progress"]
+        assert progress
+        for event in progress:
+            assert sorted(event.payload["tags"]) == sorted(tags)
+            resource = from_comfy_event(event, address=backend.address, backend_kind="v2").resource
+            assert all(resource.get(f"comfy.tag.{t}") == "true" for t in tags)

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import uuid
 from collections import OrderedDict
@@ -45,7 +44,10 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
+from prefect_comfy.backends.v2.follow import TAGS, list_page
 from prefect_comfy.backends.v2.http import V2Http, is_code
+from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
+from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
 from prefect_comfy.backends.v2.stream import job_events
 from prefect_comfy.exceptions import ComfyAPIError, ComfyConfigError, InvalidRequest
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
@@ -57,38 +59,16 @@ __all__ = ["V2Backend"]
 
 logger = logging.getLogger(__name__)
 
-MAX_TAG_LABELS = 12
-"""Tags carried as ``tag:<tag>`` metadata labels (v2 allows 16 labels; 4 are the run's ids)."""
-KEY_LABEL = "prefect_idempotency_key"
 _REMEMBERED = 4096
 _SUBMITTED: OrderedDict[tuple[str, str], str] = OrderedDict()
 """(connection key, Idempotency-Key) -> job id, for submissions this process saw answered."""
 _CLOUD_HOSTS = ("cloud.comfy.org",)
 _TEXT_METADATA: set[str] = set()
 """Origins that take ``metadata`` only as one string (comfy-api-proxy 0.1.6): JSON text is sent."""
-MAX_METADATA_TEXT = 1024
 
 
 def _is_hosted(host: str) -> bool:
     return host in _CLOUD_HOSTS or host.endswith(".comfy.org") or host.endswith(".run.comfy.app")
-
-
-def _run_ids() -> dict[str, str]:
-    """The Prefect flow-run and task-run ids of the current run, if any (no Prefect import above)."""
-    try:
-        from prefect.context import FlowRunContext, TaskRunContext
-    except ImportError:  # pragma: no cover - Prefect is a dependency
-        return {}
-    found: dict[str, str] = {}
-    task = TaskRunContext.get()
-    flow = FlowRunContext.get()
-    if task is not None:
-        found["prefect_task_run_id"] = str(task.task_run.id)
-        if task.task_run.flow_run_id:
-            found["prefect_flow_run_id"] = str(task.task_run.flow_run_id)
-    if flow is not None and flow.flow_run is not None:
-        found.setdefault("prefect_flow_run_id", str(flow.flow_run.id))
-    return found
 
 
 class V2Backend(ComfyBackend):
@@ -153,12 +133,7 @@ class V2Backend(ComfyBackend):
 
     # -- jobs -------------------------------------------------------------------------------------
     def _metadata(self, tags: Sequence[str], key: str) -> dict[str, str]:
-        metadata = {KEY_LABEL: key, **_run_ids()}
-        if tags:
-            metadata["prefect_tags"] = ",".join(tags)[:512]
-        for tag in list(dict.fromkeys(tags))[:MAX_TAG_LABELS]:
-            metadata[f"{mapping.TAG_PREFIX}{tag}"[:128]] = "1"
-        return metadata
+        return labels_for(tags, key)
 
     async def submit(
         self,
@@ -197,6 +172,7 @@ class V2Backend(ComfyBackend):
         if tags and not job.tags:  # comfy-api-proxy does not echo metadata on submit
             job = job.model_copy(update={"tags": list(tags)})
         _SUBMITTED[(self._connection_key, key)] = job.id
+        TAGS.remember(self._connection_key, job.id, job.tags)
         while len(_SUBMITTED) > _REMEMBERED:
             _SUBMITTED.popitem(last=False)
         return job
@@ -249,7 +225,14 @@ class V2Backend(ComfyBackend):
         ) from None
 
     async def get_job(self, job_id: str) -> Job:
-        return mapping.job_of(await self.http.v2("GET", f"/jobs/{quote(job_id, safe='')}"))
+        job = mapping.job_of(await self.http.v2("GET", f"/jobs/{quote(job_id, safe='')}"))
+        TAGS.remember(self._connection_key, job.id, job.tags)
+        return job
+
+    async def _tags_of(self, job_id: str) -> list[str]:
+        """The job's tags: remembered (submitted, read or listed here), else read once."""
+        known = TAGS.get(self._connection_key, job_id)
+        return known if known is not None else (await self.get_job(job_id)).tags
 
     async def cancel(self, job_id: str) -> Job:
         """``POST /api/v2/jobs/{id}/cancel``; ``canceling`` comes back as ``running``.
@@ -272,22 +255,26 @@ class V2Backend(ComfyBackend):
     async def _list_jobs(self, metadata: dict[str, str], limit: int | None = None) -> list[Job]:
         """Jobs carrying every label, pages of 100 (filtered here too: comfy-api-proxy 0.1.6
         ignores the ``metadata[...]`` filter and lists its newest jobs)."""
-        params = {f"metadata[{k}]": v for k, v in metadata.items()}
         jobs: list[Job] = []
         cursor: str | None = None
         while True:
-            page_params = {**params, "limit": "100"}
-            if cursor:
-                page_params["cursor"] = cursor
-            body = await self.http.v2("GET", "/jobs", params=page_params) or {}
-            jobs.extend(
-                mapping.job_of(j)
-                for j in body.get("jobs") or []
-                if isinstance(j, dict) and mapping.matches(j, metadata)
-            )
-            cursor = body.get("next_cursor")
+            page, cursor = await self.list_jobs_page(cursor, metadata=metadata)
+            jobs.extend(page)
             if not cursor or (limit is not None and len(jobs) >= limit):
                 return jobs
+
+    async def list_jobs_page(
+        self, cursor: str | None = None, *, metadata: dict[str, str] | None = None
+    ) -> tuple[list[Job], str | None]:
+        """One page of ``GET /api/v2/jobs``, newest first, and the next page's cursor.
+
+        Raises:
+            ComfyAPIError: 501 where the server cannot list jobs (Comfy Cloud).
+        """
+        jobs, next_cursor = await list_page(self.http, cursor=cursor, metadata=metadata)
+        for job in jobs:
+            TAGS.remember(self._connection_key, job.id, job.tags)
+        return jobs, next_cursor
 
     async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
         """With a tag, ``GET /api/v2/jobs?metadata[tag:<tag>]=1`` keeping the unfinished ones;
@@ -380,27 +367,16 @@ class V2Backend(ComfyBackend):
         yield  # pragma: no cover - makes this an async generator
 
     def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
-        """``GET /api/v2/jobs/{id}/events``: ``job.progress`` per snapshot, then the confirmed
-        terminal event (see :func:`~prefect_comfy.backends.v2.stream.job_events`).
+        """``GET /api/v2/jobs/{id}/events``: ``job.progress`` per snapshot (with the job's tags, as
+        on the other backends), then the confirmed terminal event (see :func:`~prefect_comfy.backends.v2.stream.job_events`).
 
         Raises:
             TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
         """
-        return job_events(self.http, self.get_job, job_id)
+        return job_events(self.http, self.get_job, job_id, tags_of=self._tags_of)
 
     async def aclose(self) -> None:
         await self.http.aclose()
-
-
-def _metadata_text(metadata: dict[str, str]) -> str:
-    """The labels as compact JSON within :data:`MAX_METADATA_TEXT` bytes (tag labels dropped first)."""
-    labels = dict(metadata)
-    text = json.dumps(labels, separators=(",", ":"))
-    while len(text.encode()) > MAX_METADATA_TEXT:
-        extra = [k for k in labels if k.startswith(mapping.TAG_PREFIX)] or ["prefect_tags"]
-        labels.pop(extra[-1], None)
-        text = json.dumps(labels, separators=(",", ":"))
-    return text
 
 
 def _file_name(source: Source, name: str | None) -> str:

@@ -1,7 +1,7 @@
 """One v2 job's Server-Sent-Events stream as the package's events, its terminal status confirmed.
 
 :func:`job_events` reads ``GET /api/v2/jobs/{id}/events`` on the backend's one HTTP session:
-``progress`` snapshots become ``job.progress`` events; a terminal ``status`` frame is confirmed
+``progress`` snapshots become ``job.progress`` events (with the job's tags); a terminal ``status`` frame is confirmed
 with a read of the job before it is reported (comfy-api-proxy says a transient false ``expired``
 right after a fast job, so an ``expired`` is read again, backed off, for up to
 :data:`EXPIRED_CONFIRM_SECONDS`); ``output`` frames are skipped (the job's outputs are
@@ -25,6 +25,8 @@ from prefect_comfy.models import ComfyEvent, Job
 
 ReadJob = Callable[[str], Awaitable[Job]]
 """How a job is read (the backend's ``get_job``)."""
+ReadTags = Callable[[str], Awaitable[list[str]]]
+"""How a job's tags are found (remembered, else read)."""
 
 __all__ = ["EXPIRED_CONFIRM_SECONDS", "SSE_READ_TIMEOUT", "job_events"]
 
@@ -36,8 +38,11 @@ EXPIRED_CONFIRM_SECONDS = 3.0
 """How long an ``expired`` from the stream is read again before it is believed."""
 
 
-async def job_events(http: V2Http, read_job: ReadJob, job_id: str) -> AsyncIterator[ComfyEvent]:
-    """One job's events; see the module docstring.
+async def job_events(
+    http: V2Http, read_job: ReadJob, job_id: str, *, tags_of: ReadTags | None = None
+) -> AsyncIterator[ComfyEvent]:
+    """One job's events; see the module docstring. ``tags_of`` gives the job's tags for its
+    progress events (a v2 ``progress`` frame has none); it is asked once, at the first one.
 
     Raises:
         TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
@@ -58,6 +63,7 @@ async def job_events(http: V2Http, read_job: ReadJob, job_id: str) -> AsyncItera
         raise
     try:
         parser = mapping.SseParser()
+        tags: list[str] | None = None
         with http.translating(request):
             async for line in response.aiter_lines():
                 item = parser.feed(line)
@@ -65,9 +71,12 @@ async def job_events(http: V2Http, read_job: ReadJob, job_id: str) -> AsyncItera
                     continue
                 name, data = item
                 if name == "progress":
-                    yield ComfyEvent(
-                        event="job.progress", payload=mapping.progress_payload(job_id, data)
-                    )
+                    payload = mapping.progress_payload(job_id, data)
+                    if tags is None and tags_of is not None:
+                        tags = await _tags(tags_of, job_id)
+                    if tags is not None:
+                        payload["tags"] = tags
+                    yield ComfyEvent(event="job.progress", payload=payload)
                 elif name == "status" and data.get("status") in mapping.TERMINAL_V2:
                     terminal = await confirmed_end(read_job, job_id, str(data["status"]))
                     if terminal is not None:
@@ -91,6 +100,14 @@ async def confirmed_end(read_job: ReadJob, job_id: str, said: str) -> ComfyEvent
     if not job.is_terminal:
         logger.info("Comfy job %s: the stream said %s, a read says %s", job_id, said, job.status)
     return mapping.event_of(job)
+
+
+async def _tags(tags_of: ReadTags, job_id: str) -> list[str] | None:
+    try:
+        return list(await tags_of(job_id))
+    except ComfyAPIError as exc:  # the progress goes out without tags rather than not at all
+        logger.debug("could not read the tags of Comfy job %s: %s", job_id, exc)
+        return None
 
 
 def _expired(job: Job) -> bool:

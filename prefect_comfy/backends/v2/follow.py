@@ -1,0 +1,80 @@
+"""What following a v2 server's jobs needs from the backend: pages of the job list and job tags.
+
+Comfy API v2 has no account-wide stream. A listener follows the jobs it can find: it lists them
+(``GET /api/v2/jobs?limit=&cursor=``, newest first, where the server can: the emulator and
+comfy-api-proxy; Comfy Cloud answers 501) and opens one job's stream per job. This module holds the
+two backend-side pieces of that:
+
+- :func:`list_page`: one page of the job list (optionally filtered by metadata labels, filtered
+  here too: comfy-api-proxy 0.1.6 ignores ``metadata[...]``);
+- :class:`TagMemory`: the tags of jobs this process saw (submitted, read or listed), so that a
+  ``job.progress`` event from a job's stream carries the job's tags like every other backend's
+  (a v2 ``progress`` frame has no metadata). One job read fills the gap for a job never seen.
+
+Example:
+    >>> memory = TagMemory(size=2)
+    >>> memory.remember("k", "job_1", ["a"]); memory.get("k", "job_1")
+    ['a']
+    >>> memory.get("k", "job_2") is None
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect_comfy.backends.v2 import mapping
+from prefect_comfy.backends.v2.http import V2Http
+from prefect_comfy.bounded import Bounded
+from prefect_comfy.models import Job
+
+__all__ = ["PAGE_SIZE", "TAGS", "TagMemory", "list_page"]
+
+PAGE_SIZE = 100
+"""Jobs asked for per page (the most v2 allows)."""
+
+
+class TagMemory:
+    """``(connection key, job id) -> tags``, bounded (the oldest forgotten first)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._tags: Bounded = Bounded(size)
+
+    def remember(self, connection_key: str, job_id: str, tags: list[str]) -> None:
+        self._tags.remember((connection_key, job_id), list(tags))
+
+    def get(self, connection_key: str, job_id: str) -> list[str] | None:
+        tags = self._tags.get((connection_key, job_id))
+        return None if tags is None else list(tags)
+
+
+TAGS = TagMemory()
+"""The process's memory of v2 job tags (shared by a backend and its clones)."""
+
+
+async def list_page(
+    http: V2Http,
+    *,
+    cursor: str | None = None,
+    limit: int = PAGE_SIZE,
+    metadata: dict[str, str] | None = None,
+) -> tuple[list[Job], str | None]:
+    """One page of ``GET /api/v2/jobs`` (newest first): the jobs carrying every label, and the
+    cursor of the next page (``None`` on the last).
+
+    Raises:
+        ComfyAPIError: 501 where the server cannot list (Comfy Cloud).
+    """
+    metadata = metadata or {}
+    params: dict[str, Any] = {f"metadata[{k}]": v for k, v in metadata.items()}
+    params["limit"] = str(max(1, min(PAGE_SIZE, limit)))
+    if cursor:
+        params["cursor"] = cursor
+    body = await http.v2("GET", "/jobs", params=params) or {}
+    jobs = [
+        mapping.job_of(raw)
+        for raw in body.get("jobs") or []
+        if isinstance(raw, dict) and mapping.matches(raw, metadata)
+    ]
+    next_cursor = body.get("next_cursor")
+    return jobs, str(next_cursor) if next_cursor else None
