@@ -16,6 +16,9 @@ What each backend allows:
   memory) and ``/queue``. A prompt that finished since ``since`` (the time of its last status
   message) is forwarded; queued and running prompts are tracked. ComfyUI keeps no history across its
   own restart: a prompt lost in a ComfyUI restart cannot be recovered by anyone.
+- **Comfy API v2** where the server lists jobs (comfy-api-proxy, the emulator): ``GET /api/v2/jobs``
+  pages, newest first, read as for Comfy Cloud (jobs only: v2 uploads end when the upload call
+  returns). Where listing answers 501 (Comfy Cloud), nothing is listed.
 - Any other backend: nothing is listed (logged); only the cursor's entries are reconciled.
 
 Example:
@@ -31,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from prefect_comfy.exceptions import ComfyAPIError
 from prefect_comfy.models import JOB_TERMINAL, STATUS_EVENT, UPLOAD_TERMINAL, ComfyEvent
 from prefect_comfy.transport.deadlines import within
 
@@ -97,6 +101,12 @@ async def catch_up(
         return found
     if hasattr(backend, "recent_history") and hasattr(backend, "queue_records"):
         return await _catch_up_comfyui(backend, since, forward, track, already)
+    if hasattr(backend, "list_jobs_page"):
+        try:
+            return await _catch_up_pages("job", _v2_lister(backend), since, forward, track, already)
+        except ComfyAPIError as exc:
+            if exc.status_code != 501:
+                raise
     logger.info(
         "%s cannot list recent jobs: only the cursor was reconciled", type(backend).__name__
     )
@@ -131,6 +141,23 @@ async def _catch_up_pages(
             break
         offset += len(page.items)
     return found
+
+
+class _Page:
+    def __init__(self, items: list[Any], has_more: bool) -> None:
+        self.items, self.has_more = items, has_more
+
+
+def _v2_lister(backend: Any) -> Callable[..., Awaitable[Any]]:
+    """Comfy API v2's cursor pages (newest first) as the offset pages ``_catch_up_pages`` reads."""
+    cursors: dict[int, str | None] = {0: None}
+
+    async def lister(*, offset: int, limit: int) -> _Page:
+        jobs, cursor = await backend.list_jobs_page(cursors.get(offset))
+        cursors[offset + len(jobs)] = cursor
+        return _Page(jobs, cursor is not None)
+
+    return lister
 
 
 def _finished_at(entry: Any) -> datetime | None:

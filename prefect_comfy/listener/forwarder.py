@@ -68,6 +68,7 @@ from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
 from prefect_comfy.listener.cursor import Cursor
+from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.listener.heartbeat import heartbeat_event
 from prefect_comfy.listener.keeper import CursorKeeper
 from prefect_comfy.listener.sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
@@ -90,6 +91,7 @@ from prefect_comfy.models import ComfyEvent
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
 from prefect_comfy.transport.reconnect import Attempt, ConnectionLost, Reconnect
+from prefect_comfy.waiting.slots import per_job_mode
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,8 @@ class ComfyListener:
         progress_events: the progress budget (default: the process-wide one).
         cursor: a durable cursor (:class:`~prefect_comfy.listener.cursor.FileCursor`,
             :class:`~prefect_comfy.listener.cursor.VariableCursor`); ``None``: in memory only.
+        **follow: for a backend without a global stream (Comfy API v2), passed to
+            :class:`~prefect_comfy.listener.follow.JobFollower` (``submitted``, ``max_streams``).
 
     Example:
         >>> listener = ComfyListener(backend, patterns=("*",))  # doctest: +SKIP
@@ -158,6 +162,7 @@ class ComfyListener:
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
         progress_events: ProgressBudget | None = None,
         cursor: Cursor | None = None,
+        **follow: Any,
     ) -> None:
         if isinstance(patterns, str):
             patterns = [patterns]
@@ -186,6 +191,11 @@ class ComfyListener:
         self._tracker = InFlightTracker(backend, max_tracked)
         self._tags = self._tracker.tags
         self._in_flight = self._tracker.in_flight
+        self.follower = (  # no account-wide stream (Comfy API v2): find and follow the jobs
+            JobFollower(backend, in_flight=self._in_flight, max_tracked=max_tracked, **follow)
+            if per_job_mode(backend)
+            else None
+        )
         self._ended = Bounded(max_tracked)
         self._cursor = (
             CursorKeeper(
@@ -322,7 +332,8 @@ class ComfyListener:
 
     async def _read_stream(self) -> None:
         """One ``events()`` stream, forwarded until it ends or the listener stops."""
-        stream = self.backend.events(
+        source = self.follower.events if self.follower is not None else self.backend.events
+        stream = source(
             self.patterns, on_connect=self._on_connect, on_disconnect=self._on_disconnect
         )
         async with contextlib.aclosing(stream):  # type: ignore[type-var]

@@ -1,0 +1,251 @@
+"""The listener on Comfy API v2 (no account-wide stream), between the emulator's v2 face and a real
+Prefect server (the test harness).
+
+Jobs are submitted by another process (raw HTTP, not the project's code) where the server lists
+jobs, and through the project's submit task where listing answers 501 (as on Comfy Cloud).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.events.clients import get_events_client
+from prefect.events.filters import EventFilter, EventResourceFilter
+
+from prefect_comfy.backends.v2.backend import V2Backend
+from prefect_comfy.backends.v2.block import ComfyV2Credentials
+from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy.listener.cursor import FileCursor
+from prefect_comfy.listener.forwarder import ComfyListener
+from prefect_comfy.tasks import submit_comfy_job
+from tests.conftest import API_KEY
+from tests.waiting import eventually
+from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+
+pytestmark = pytest.mark.prefect
+
+TERMINAL = {"comfy.job.completed", "comfy.job.failed", "comfy.job.cancelled"}
+
+SUBMITTER = """
+import json, sys, httpx
+url, key, specs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ids = []
+with httpx.Client(base_url=url + "/api/v2", headers={"Authorization": "Bearer " + key}) as http:
+    for workflow in specs:
+        answer = http.post("/jobs", json={"workflow": workflow, "metadata": {"tag:elsewhere": "1"}})
+        answer.raise_for_status()
+        ids.append(answer.json()["id"])
+print(json.dumps(ids))
+"""
+
+
+def submit_elsewhere(emu: EmulatorServer, workflows: list[dict]) -> list[str]:
+    """Submit from another process, with plain HTTP: the listener can only find these by listing."""
+    done = subprocess.run(
+        [sys.executable, "-c", SUBMITTER, emu.v2_url, API_KEY, json.dumps(workflows)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+class Counting:
+    """The real Prefect events client, counting what the listener sends through it."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[Any]:
+        async with get_events_client() as client:
+            emit = client.emit
+
+            async def counted(event: Any) -> None:
+                self.sent.append(event)
+                await emit(event)
+
+            client.emit = counted  # type: ignore[method-assign]
+            yield client
+
+    def terminal(self, job_id: str) -> list[str]:
+        return [
+            e.event
+            for e in self.sent
+            if e.event in TERMINAL and e.resource.id == f"comfy.job.{job_id}"
+        ]
+
+
+async def stored_terminal(job_id: str) -> list[str]:
+    async with get_client() as client:
+        page = await client.read_events(
+            filter=EventFilter(resource=EventResourceFilter(id=[f"comfy.job.{job_id}"])), limit=50
+        )
+    return [e.event for e in page.events if e.event in TERMINAL]
+
+
+@contextlib.asynccontextmanager
+async def listening(emu: EmulatorServer, counting: Counting, **options: Any) -> AsyncIterator:
+    backend = V2Backend(emu.v2_url, API_KEY)
+    listener = ComfyListener(backend, heartbeat_interval=None, events_client=counting, **options)
+    task = asyncio.create_task(listener.run())
+    try:
+        await eventually(
+            lambda: listener.connected or task.done(), timeout=20, message="listener up"
+        )
+        yield listener
+    finally:
+        listener.stop()
+        await asyncio.wait_for(task, 30)
+        await backend.aclose()
+
+
+@pytest.fixture
+def capped() -> Iterator[EmulatorServer]:
+    config = EmulatorConfig(api_keys=[API_KEY], step_duration=0.01, v2_max_streams=3)
+    with EmulatorServer(config) as emu:
+        yield emu
+
+
+@pytest.fixture
+def cloud_like() -> Iterator[EmulatorServer]:
+    config = EmulatorConfig(api_keys=[API_KEY], step_duration=0.01, v2_list_jobs=False)
+    with EmulatorServer(config) as emu:
+        yield emu
+
+
+async def cancel(emu: EmulatorServer, job_id: str) -> None:
+    async with V2Backend(emu.v2_url, API_KEY) as backend:
+        await backend.cancel(job_id)
+
+
+async def test_listing_v2_forwards_each_outcome_once_with_more_jobs_than_streams(
+    prefect_api_url, capped: EmulatorServer, caplog: pytest.LogCaptureFixture
+):
+    counting = Counting()
+    caplog.set_level("INFO", logger="prefect_comfy.listener")
+    async with listening(capped, counting) as listener:
+        assert listener.follower is not None and listener.follower.mode == "listing"
+        assert "follows the jobs found by listing" in caplog.text
+        workflows = [slow_workflow(20)] * 6 + [failing_workflow("v2 listener")] * 2
+        workflows += [slow_workflow(400), tiny_workflow()]
+        ids = await asyncio.to_thread(submit_elsewhere, capped, workflows)
+        expected = {job_id: "comfy.job.completed" for job_id in ids[:6] + ids[9:]}
+        expected |= {job_id: "comfy.job.failed" for job_id in ids[6:8]}
+        expected[ids[8]] = "comfy.job.cancelled"
+        await eventually(
+            lambda: listener.follower.following >= 1, timeout=20, message="a job followed"
+        )
+        await cancel(capped, ids[8])
+
+        async def all_sent() -> bool:
+            return all(counting.terminal(j) for j in ids)
+
+        await eventually(all_sent, timeout=60, message="every outcome sent")
+        for job_id, name in expected.items():
+            assert counting.terminal(job_id) == [name], job_id
+        progress = [e for e in counting.sent if e.event == "comfy.job.progress"]
+        assert progress and all(e.resource.get("comfy.tag.elsewhere") == "true" for e in progress)
+        streams = listener.follower.stats
+    assert 1 <= capped.v2_stats()["streams_peak"] <= 3
+    assert streams["job_streams_opened"] >= 3
+
+    async def all_stored() -> bool:
+        return all([await stored_terminal(j) for j in ids])
+
+    await eventually(all_stored, timeout=30, message="every outcome stored in Prefect")
+    for job_id, name in expected.items():
+        assert await stored_terminal(job_id) == [name]
+
+
+async def test_without_listing_it_follows_jobs_submitted_through_the_project(
+    prefect_api_url, cloud_like: EmulatorServer, caplog: pytest.LogCaptureFixture
+):
+    creds = ComfyV2Credentials(endpoint=cloud_like.v2_url, api_key=API_KEY)
+    tag = f"v2-501-{uuid.uuid4().hex[:8]}"
+
+    @flow
+    async def submit_three() -> list[str]:
+        jobs = [
+            await submit_comfy_job(creds, slow_workflow(10), tags=[tag]),
+            await submit_comfy_job(creds, failing_workflow("through the project"), tags=[tag]),
+            await submit_comfy_job(creds, tiny_workflow(), tags=[tag]),
+        ]
+        return [job.id for job in jobs]
+
+    counting = Counting()
+    caplog.set_level("INFO", logger="prefect_comfy.listener")
+    async with listening(cloud_like, counting) as listener:
+        assert listener.follower is not None and listener.follower.mode == "submitted"
+        assert "job listing not available (501)" in caplog.text
+        assert "only the jobs submitted through prefect-comfy" in caplog.text
+        ids = await submit_three()
+        [outsider] = await asyncio.to_thread(submit_elsewhere, cloud_like, [tiny_workflow()])
+
+        async def all_sent() -> bool:
+            return all(counting.terminal(j) for j in ids)
+
+        await eventually(all_sent, timeout=60, message="the project's jobs' outcomes")
+        names = ["comfy.job.completed", "comfy.job.failed", "comfy.job.completed"]
+        assert [counting.terminal(j) for j in ids] == [[n] for n in names]
+        async with V2Backend(cloud_like.v2_url, API_KEY) as backend:
+            await eventually(
+                lambda: _ended(backend, outsider), timeout=20, message="the outsider ended"
+            )
+        rounds = listener.follower.rounds
+        await eventually(
+            lambda: listener.follower.rounds >= rounds + 2, timeout=30, message="two more rounds"
+        )
+        assert counting.terminal(outsider) == []  # not submitted through the project: not seen
+
+
+async def _ended(backend: V2Backend, job_id: str) -> bool:
+    return (await backend.get_job(job_id)).is_terminal
+
+
+async def test_a_restart_with_a_cursor_sends_what_ended_while_down(
+    prefect_api_url, capped: EmulatorServer, tmp_path: Path
+):
+    cursor_path = tmp_path / "cursor.json"
+    counting = Counting()
+    async with listening(
+        capped, counting, cursor=FileCursor(cursor_path), listener_id="v2-restart"
+    ) as listener:
+        [running] = await asyncio.to_thread(submit_elsewhere, capped, [slow_workflow(60)])
+        await eventually(
+            lambda: any(
+                e.event == "comfy.job.progress" and e.resource.id == f"comfy.job.{running}"
+                for e in counting.sent
+            ),
+            timeout=20,
+            message="the running job seen in flight",
+        )
+        assert listener.follower.following == 1
+    assert running in cursor_path.read_text()
+    assert counting.terminal(running) == []
+    # While no listener runs: the job in flight ends, and a new one is submitted and ends.
+    [while_down] = await asyncio.to_thread(submit_elsewhere, capped, [tiny_workflow()])
+    async with V2Backend(capped.v2_url, API_KEY) as backend:
+        for job_id in (running, while_down):
+            await eventually(lambda j=job_id: _ended(backend, j), timeout=30, message=job_id)
+    again = Counting()
+    async with listening(capped, again, cursor=FileCursor(cursor_path), listener_id="v2-restart"):
+        await eventually(
+            lambda: again.terminal(running) and again.terminal(while_down),
+            timeout=30,
+            message="both outcomes after the restart",
+        )
+        assert again.terminal(running) == ["comfy.job.completed"]
+        assert again.terminal(while_down) == ["comfy.job.completed"]
