@@ -113,8 +113,8 @@ def _options(
 ) -> None:
     """Orchestrate ComfyUI and Comfy Cloud from Prefect, and run Comfy jobs from the terminal.
 
-    Credentials come from --block NAME (a saved ComfyCloudCredentials or ComfyUIServer block) or
-    from COMFY_API_KEY and COMFY_BASE_URL.
+    Credentials come from --block NAME (a saved ComfyCloudCredentials, ComfyUIServer or
+    ComfyV2Credentials block) or from COMFY_API_KEY and COMFY_BASE_URL.
     """
 
 

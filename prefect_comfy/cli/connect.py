@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from prefect_comfy import ComfyBackend
 
 BLOCK_HELP = (
-    "Name of a saved ComfyCloudCredentials or ComfyUIServer block. Default: COMFY_API_KEY and "
+    "Name of a saved ComfyCloudCredentials, ComfyUIServer or ComfyV2Credentials block. Default: COMFY_API_KEY and "
     "COMFY_BASE_URL from the environment."
 )
 
@@ -40,10 +40,10 @@ def prefect_api_url() -> str | None:
 
 
 async def load_block(name: str) -> Any:
-    """A saved credentials block of either kind.
+    """A saved credentials block of any of the three kinds.
 
     Raises:
-        UsageProblem: no Prefect API is configured, or no block of either kind has that name.
+        UsageProblem: no Prefect API is configured, or no block of any kind has that name.
     """
     api_url = prefect_api_url()
     if not api_url:
@@ -53,9 +53,9 @@ async def load_block(name: str) -> Any:
         )
     from prefect.blocks.core import Block
 
-    from prefect_comfy import ComfyCloudCredentials, ComfyUIServer
+    from prefect_comfy import ComfyCloudCredentials, ComfyUIServer, ComfyV2Credentials
 
-    kinds = [Block] if "/" in name else [ComfyCloudCredentials, ComfyUIServer]
+    kinds = [Block] if "/" in name else [ComfyCloudCredentials, ComfyUIServer, ComfyV2Credentials]
     for kind in kinds:
         try:
             return await kind.aload(name)
@@ -67,8 +67,9 @@ async def load_block(name: str) -> Any:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
     raise UsageProblem(
-        f"No ComfyCloudCredentials or ComfyUIServer block named {name!r} on {api_url}; "
-        "save one with 'prefect-comfy blocks create cloud|comfyui'"
+        f"No ComfyCloudCredentials, ComfyUIServer or ComfyV2Credentials block named {name!r} on "
+        f"{api_url}; save one with 'prefect-comfy blocks create cloud|comfyui' (a "
+        "ComfyV2Credentials block with .save(NAME) in Python)"
     )
 
 

@@ -24,7 +24,7 @@ def listen(
             "--block",
             "-b",
             metavar="NAME",
-            help="Name of a saved ComfyCloudCredentials or ComfyUIServer block. Default: COMFY_API_KEY and "
+            help="Name of a saved ComfyCloudCredentials, ComfyUIServer or ComfyV2Credentials block. Default: COMFY_API_KEY and "
             "COMFY_BASE_URL from the environment.",
             show_default=False,
         ),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -249,3 +251,49 @@ async def test_a_restart_with_a_cursor_sends_what_ended_while_down(
         )
         assert again.terminal(running) == ["comfy.job.completed"]
         assert again.terminal(while_down) == ["comfy.job.completed"]
+
+
+async def test_prefect_comfy_listen_with_a_saved_v2_block(prefect_api_url, capped: EmulatorServer):
+    """The command users run: ``prefect-comfy listen --block NAME`` with a ComfyV2Credentials block."""
+    name = f"v2-listen-{uuid.uuid4().hex[:8]}"
+    await ComfyV2Credentials(endpoint=capped.v2_url, api_key=API_KEY).save(name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFY_")}
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-c", "from prefect_comfy.cli import main; main()", "listen"],
+        *["--block", name, "--cursor", "none", "--heartbeat-interval", "0"],
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    lines: list[str] = []
+
+    async def read() -> None:
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            lines.append(raw.decode(errors="replace"))
+
+    reader = asyncio.create_task(read())
+    try:
+        await eventually(
+            lambda: (
+                any("event stream connected" in line for line in lines)
+                or process.returncode is not None
+            ),
+            timeout=90,
+            message="the listener connected",
+        )
+        text = "".join(lines)
+        assert f"Comfy API v2 at {capped.v2_url}: follows the jobs found by listing" in text, text
+        [job_id] = await asyncio.to_thread(submit_elsewhere, capped, [slow_workflow(10)])
+
+        async def stored() -> list[str]:
+            return await stored_terminal(job_id)
+
+        assert await eventually(stored, timeout=60, message="the outcome in Prefect") == [
+            "comfy.job.completed"
+        ]
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(lines)[-3000:]
+        await reader
