@@ -20,7 +20,9 @@ How jobs are found depends on the server (the start-up line says which):
   listener is in the Prefect layer), from :data:`SUBMITTED_LOOKBACK` before the start on, and each
   job named is followed. Jobs submitted by other clients are never seen.
 
-Either way the jobs the cursor had in flight are followed too. Uploads are not followed: on v2 an
+Either way the jobs the cursor had in flight are followed too. Where listing works, a round that
+fails counts as the link dropping (the listener's heartbeats say ``comfy.connected: false``), and
+the first round that succeeds after it as a reconnect (what was in flight is reconciled). Uploads are not followed: on v2 an
 upload is ready when the upload call returns, and the uploading task emits its own event.
 """
 
@@ -65,6 +67,7 @@ SUBMITTED_SLACK = timedelta(seconds=60)
 """Read again from this long before the newest submitted event seen: Prefect stores events in
 batches, so an event can appear after a later one."""
 MAX_SUBMITTED_PAGES = 20
+JOB_EVENTS = ("job.progress", "job.completed", "job.failed", "job.cancelled")
 
 SubmittedJobs = Callable[[datetime], Awaitable[list[tuple[str, datetime]]]]
 """``since -> [(job id, occurred)]``: the v2 jobs submitted through prefect-comfy since then."""
@@ -136,6 +139,9 @@ class JobFollower:
         self._since = datetime.now(timezone.utc) - SUBMITTED_LOOKBACK
         self.rounds = 0
         """Rounds of finding jobs so far."""
+        self._down = False
+        self._on_connect: Callable[[], Awaitable[None]] | None = None
+        self._on_disconnect: Callable[[], Awaitable[None]] | None = None
 
     @property
     def following(self) -> int:
@@ -197,13 +203,16 @@ class JobFollower:
             max_streams=self._max_streams or ComfySettings().max_streams,
         )
         finder: asyncio.Task[None] | None = None
+        self._on_connect, self._on_disconnect = on_connect, on_disconnect
         try:
+            if not any(matches_any(patterns, name) for name in JOB_EVENTS):
+                logger.info("no job event pattern: Comfy API v2 jobs are not followed")
+                if on_connect is not None:
+                    await on_connect()
+                await asyncio.Event().wait()
             await self._first_round()
             logger.info("%s", self.describe())
-            if on_connect is not None:
-                await on_connect()  # the listener reconciles and catches up here
-            self.follow(rid for kind, rid in list(self._in_flight) if kind == "job")
-            self._streams.track(("job", job_id) for job_id in self._following)
+            await self._connected()
             finder = asyncio.ensure_future(self._find_loop())
             while True:
                 event = await self._queue.get()
@@ -219,6 +228,14 @@ class JobFollower:
             if on_disconnect is not None:
                 with contextlib.suppress(Exception):
                     await on_disconnect()
+
+    async def _connected(self) -> None:
+        """Tell the listener (it reconciles and catches up), then follow what it has in flight."""
+        if self._on_connect is not None:
+            await self._on_connect()
+        self.follow(rid for kind, rid in list(self._in_flight) if kind == "job")
+        if self._streams is not None:
+            self._streams.track(("job", job_id) for job_id in self._following)
 
     # -- what JobStreams reports ----------------------------------------------------------------
     def _put(self, event: ComfyEvent) -> None:
@@ -263,6 +280,14 @@ class JobFollower:
             except Exception as exc:
                 logger.warning("could not find new Comfy jobs on %s: %s", self.backend.address, exc)
                 new = 0
+                if self.mode == "listing" and not self._down:
+                    self._down = True  # the server is unreachable: heartbeats say so
+                    if self._on_disconnect is not None:
+                        await self._on_disconnect()
+            else:
+                if self._down:
+                    self._down = False
+                    await self._connected()  # back: reconcile what was in flight
             interval = DISCOVER_INITIAL if new else min(interval * 1.5, DISCOVER_MAX)
             await asyncio.sleep(interval)  # the schedule between rounds, not a synchronisation
 

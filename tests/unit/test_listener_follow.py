@@ -1,0 +1,193 @@
+"""Unit tests of :mod:`prefect_comfy.listener.follow` on an in-memory v2 server (one module).
+
+The real-socket tests are in ``tests/integration/test_listener_v2.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from prefect_comfy.backends.base import Capabilities
+from prefect_comfy.exceptions import (
+    AuthenticationError,
+    ComfyAPIError,
+    NotFound,
+    WebSocketAuthError,
+)
+from prefect_comfy.listener import follow
+from prefect_comfy.listener.follow import JobFollower
+from prefect_comfy.models import ComfyEvent, Job
+from tests.waiting import eventually
+
+END = {"completed": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
+
+
+class FakeV2:
+    """Jobs in memory; listing pages of 2, newest first; a job's stream yields its end."""
+
+    address = "http://v2.invalid"
+    kind = "v2"
+    capabilities = Capabilities(per_job_streams=True)
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.list_error: Exception | None = None
+        self.lists = 0
+        self._ended: dict[str, asyncio.Event] = {}
+
+    def add(self, job_id: str, status: str = "running") -> None:
+        self.jobs[job_id] = Job(id=job_id, status=status)
+        self._ended[job_id] = asyncio.Event()
+        if status in END:
+            self._ended[job_id].set()
+
+    def end(self, job_id: str, status: str = "completed") -> None:
+        self.jobs[job_id] = Job(id=job_id, status=status)
+        self._ended[job_id].set()
+
+    async def list_jobs_page(self, cursor: str | None = None, **_: Any) -> tuple[list[Job], Any]:
+        self.lists += 1
+        if self.list_error is not None:
+            raise self.list_error
+        newest = list(reversed(self.jobs.values()))
+        start = int(cursor or 0)
+        more = start + 2 < len(newest)
+        return newest[start : start + 2], str(start + 2) if more else None
+
+    async def get_job(self, job_id: str) -> Job:
+        if job_id not in self.jobs:
+            raise NotFound("no such job", status_code=404)
+        return self.jobs[job_id]
+
+    async def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
+        if job_id not in self.jobs:
+            raise NotFound("no such job", status_code=404)
+        await self._ended[job_id].wait()
+        job = self.jobs[job_id]
+        yield ComfyEvent(event=END[job.status], payload=job.model_dump(mode="json"))
+
+
+class Run:
+    """The follower's ``events()`` consumed in a task, with its connects and disconnects counted."""
+
+    def __init__(self, follower: JobFollower, patterns: tuple[str, ...] = ("*",)) -> None:
+        self.follower = follower
+        self.events: list[ComfyEvent] = []
+        self.connects = self.disconnects = 0
+        self.task = asyncio.create_task(self._consume(patterns))
+
+    async def _connect(self) -> None:
+        self.connects += 1
+
+    async def _disconnect(self) -> None:
+        self.disconnects += 1
+
+    async def _consume(self, patterns: tuple[str, ...]) -> None:
+        stream = self.follower.events(
+            patterns, on_connect=self._connect, on_disconnect=self._disconnect
+        )
+        async for event in stream:
+            self.events.append(event)
+
+    def ends(self) -> list[tuple[str, str | None]]:
+        return [(e.event, e.resource_id) for e in self.events if e.event != "job.progress"]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@pytest.fixture(autouse=True)
+def quick_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(follow, "DISCOVER_INITIAL", 0.02)
+    monkeypatch.setattr(follow, "DISCOVER_MAX", 0.05)
+
+
+async def test_listing_follows_new_jobs_and_sends_each_end_once() -> None:
+    server = FakeV2()
+    for i in range(5):
+        server.add(f"old{i}", "completed")  # ended before the start: the cursor's business
+    server.add("running")
+    run = Run(JobFollower(server, max_streams=1))
+    await eventually(lambda: run.connects == 1, message="connected")
+    assert run.follower.mode == "listing" and run.follower.following == 1
+    server.add("quick", "failed")  # started and ended between two rounds
+    server.add("later")
+    await eventually(lambda: run.follower.following == 2, message="the new job followed")
+    server.end("running")
+    server.end("later", "cancelled")
+    await eventually(lambda: len(run.ends()) == 3, message="three ends")
+    rounds = run.follower.rounds
+    await eventually(lambda: run.follower.rounds >= rounds + 3, message="more rounds")
+    await run.stop()
+    assert sorted(run.ends()) == [
+        ("job.cancelled", "later"),
+        ("job.completed", "running"),
+        ("job.failed", "quick"),
+    ]
+    assert run.follower.following == 0
+
+
+async def test_without_listing_it_follows_the_submitted_jobs_only() -> None:
+    server = FakeV2()
+    server.list_error = ComfyAPIError("not implemented", status_code=501)
+    server.add("mine")
+    server.add("someone-elses")
+    asked: list[datetime] = []
+
+    async def submitted(since: datetime) -> list[tuple[str, datetime]]:
+        asked.append(since)
+        return [("mine", datetime.now(timezone.utc))]
+
+    run = Run(JobFollower(server, submitted=submitted))
+    await eventually(lambda: run.follower.following == 1, message="the submitted job followed")
+    assert run.follower.mode == "submitted"
+    assert "listing not available (501)" in run.follower.describe()
+    server.end("mine")
+    server.end("someone-elses")
+    await eventually(lambda: run.ends(), message="its end")
+    rounds = run.follower.rounds
+    await eventually(lambda: run.follower.rounds >= rounds + 3, message="more rounds")
+    await run.stop()
+    assert run.ends() == [("job.completed", "mine")]
+    assert server.lists == 1  # asked once; after the 501 only Prefect's events are read
+    assert asked[0] < datetime.now(timezone.utc) - follow.SUBMITTED_LOOKBACK
+
+
+async def test_a_refused_key_stops_the_listener() -> None:
+    server = FakeV2()
+    server.list_error = AuthenticationError("bad key", status_code=401)
+    with pytest.raises(WebSocketAuthError):
+        async for _ in JobFollower(server).events():
+            pass
+
+
+async def test_a_failed_round_is_a_disconnect_and_the_next_good_one_a_reconnect() -> None:
+    server = FakeV2()
+    server.add("running")
+    run = Run(JobFollower(server))
+    await eventually(lambda: run.connects == 1, message="connected")
+    server.list_error = ComfyAPIError("down", status_code=503)
+    await eventually(lambda: run.disconnects == 1, message="a disconnect")
+    server.list_error = None
+    await eventually(lambda: run.connects == 2, message="a reconnect")
+    server.end("running")
+    await eventually(lambda: run.ends(), message="the end")
+    await run.stop()
+    assert run.ends() == [("job.completed", "running")]
+
+
+async def test_without_a_job_pattern_nothing_is_followed() -> None:
+    server = FakeV2()
+    server.add("running")
+    run = Run(JobFollower(server), patterns=("input.ready",))
+    await eventually(lambda: run.connects == 1, message="connected")
+    await run.stop()
+    assert server.lists == 0 and run.follower.following == 0
