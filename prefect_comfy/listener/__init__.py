@@ -10,11 +10,13 @@ from prefect_comfy.listener.forwarder import (
     default_listener_id,
     require_prefect_api_url,
 )
+from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.listener.run import run_listener
 
 __all__ = [
     "NO_API_URL_MESSAGE",
     "ComfyListener",
+    "JobFollower",
     "ListenerStats",
     "default_listener_id",
     "require_prefect_api_url",

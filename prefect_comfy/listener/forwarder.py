@@ -1,6 +1,8 @@
 """Forward Comfy events into Prefect, from one long-running process.
 
-:class:`ComfyListener` holds one event stream to a Comfy backend and turns every Comfy event into the
+:class:`ComfyListener` holds one event stream to a Comfy backend (on Comfy API v2, which has no
+account-wide stream, :class:`~prefect_comfy.listener.follow.JobFollower` finds the jobs and follows
+each on its own stream) and turns every Comfy event into the
 Prefect event ``comfy.<event>`` with the same resources, labels and deterministic ids as the sensor
 (:func:`prefect_comfy.events.from_comfy_event`), so that an event seen by both, or by two listeners,
 is stored once and fires a trigger once.

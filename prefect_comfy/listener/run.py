@@ -36,10 +36,12 @@ async def run_listener(
     """Run a :class:`ComfyListener` until SIGTERM or SIGINT (or cancellation); return its stats.
 
     Args:
-        backend: the Comfy backend; if omitted, from the saved ``ComfyCloudCredentials`` block
-            ``block``, else from ``COMFY_API_KEY`` / ``COMFY_BASE_URL``.
+        backend: the Comfy backend; if omitted, from the saved credentials block ``block``
+            (``ComfyCloudCredentials``, ``ComfyUIServer`` or ``ComfyV2Credentials``), else from
+            ``COMFY_API_KEY`` / ``COMFY_BASE_URL``. On Comfy API v2 the listener follows jobs one
+            by one (:class:`~prefect_comfy.listener.follow.JobFollower`).
         patterns: event patterns to subscribe to.
-        block: the name of a saved ``ComfyCloudCredentials`` block.
+        block: the name of a saved credentials block.
         install_signal_handlers: stop cleanly on SIGTERM and SIGINT.
         cursor: a :class:`~prefect_comfy.listener.cursor.Cursor`, or where to keep one: a file path,
             ``variable:NAME`` (a Prefect variable) or ``"none"``; ``""`` (the default):
