@@ -3,6 +3,7 @@
 ``prefect-comfy listen --block NAME`` runs it; :func:`run_listener` is the same from Python.
 """
 
+from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.listener.forwarder import (
     NO_API_URL_MESSAGE,
     ComfyListener,
@@ -10,7 +11,6 @@ from prefect_comfy.listener.forwarder import (
     default_listener_id,
     require_prefect_api_url,
 )
-from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.listener.run import run_listener
 
 __all__ = [
