@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 DISCOVER_INITIAL = 1.0
 """Seconds between two rounds of finding jobs after a round that found something."""
-DISCOVER_MAX = 10.0
+DISCOVER_MAX = 5.0
 """The longest pause between two rounds, seconds."""
 LIST_LIMIT = 1_000
 """Most jobs listed in one round."""
