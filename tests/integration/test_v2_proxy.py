@@ -145,3 +145,55 @@ async def test_the_flow_emits_the_same_job_events_with_backend_v2(
         if event.event != "comfy.job.progress":  # known gap, see the report: progress lacks tags
             assert event.resource["comfy.tag.on-v2-proxy"] == "true"
         assert api_proxy.token not in event.model_dump_json()
+
+
+class _Recording:
+    """A Prefect events client stand-in: what the listener sends."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    async def __aenter__(self) -> _Recording:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def emit(self, event) -> None:
+        self.sent.append(event)
+
+
+async def test_the_listener_finds_and_follows_jobs_on_the_real_proxy(api_proxy: RunningProxy):
+    """comfy-api-proxy lists jobs (metadata as text, its filter ignored): the listener finds jobs
+    another client submitted and forwards each outcome once."""
+    from prefect_comfy.listener.forwarder import ComfyListener
+
+    client = _Recording()
+    async with (
+        V2Backend(api_proxy.url, api_proxy.token) as mine,
+        V2Backend(api_proxy.url, api_proxy.token) as other,
+    ):
+        listener = ComfyListener(mine, heartbeat_interval=None, events_client=lambda: client)
+        task = asyncio.create_task(listener.run())
+        try:
+            await eventually(lambda: listener.connected or task.done(), timeout=30)
+            assert listener.follower is not None and listener.follower.mode == "listing"
+            jobs = [await other.submit(empty_to_save(prefix="v2listen"), tags=["v2-listen"])]
+            jobs.append(await other.submit(long_graph(), tags=["v2-listen"]))
+
+            def ends(job_id: str) -> list[str]:
+                return [
+                    e.event
+                    for e in client.sent
+                    if e.resource.id == f"comfy.job.{job_id}"
+                    and e.event in ("comfy.job.completed", "comfy.job.failed")
+                ]
+
+            await eventually(lambda: all(ends(j.id) for j in jobs), timeout=120, interval=0.2)
+            assert [ends(j.id) for j in jobs] == [["comfy.job.completed"]] * 2
+            for event in client.sent:
+                if event.resource.id in {f"comfy.job.{j.id}" for j in jobs}:
+                    assert event.resource.get("comfy.tag.v2-listen") == "true", event.event
+        finally:
+            listener.stop()
+            await asyncio.wait_for(task, 30)
