@@ -6,7 +6,8 @@ in one shared poll (:mod:`prefect_comfy.listener.follow`). This submits ``--jobs
 from plain HTTP (as another client would) to the emulator's v2 face with a cap of ``--cap``
 streams, and measures for each job the time from its end on the server (``completed_at``) to the
 listener handing its terminal event to Prefect (a counting events client, no server), plus how many
-streams the server saw at once.
+streams the server saw at once. The baseline, in the same run on the same jobs: comfy-sdk's
+``Job.wait`` schedule (one poller per job, ``GET /api/v2/jobs/{id}`` 0.5 s apart, x1.5 up to 5 s).
 
     .venv/bin/python benchmarks/bench_listener_v2.py [--jobs 40 --cap 8 --seconds 6.0]
 """
@@ -81,27 +82,49 @@ async def run(jobs: int, cap: int, seconds: float) -> None:
                     *(http.post("/jobs", json={"workflow": workflow(seconds)}) for _ in range(jobs))
                 )
                 ids = [a.raise_for_status().json()["id"] for a in answers]
+                polled = asyncio.gather(*(_poll_like_comfy_sdk(http, i) for i in ids))
                 deadline = time.monotonic() + 60 + seconds * jobs
                 while not all(i in client.ends for i in ids):
                     assert time.monotonic() < deadline, "not every outcome arrived"
                     await asyncio.sleep(0.05)
                 ended = {i: (await http.get(f"/jobs/{i}")).json()["completed_at"] for i in ids}
+                seen_by_polling = dict(zip(ids, await polled, strict=True))
             stats = listener.follower.stats if listener.follower else {}
             listener.stop()
             await task
-        lags = sorted(
-            (
-                client.ends[i] - datetime.fromisoformat(ended[i].replace("Z", "+00:00"))
-            ).total_seconds()
-            for i in ids
-        )
+        lags = _lags(client.ends, ended)
+        baseline = _lags(seen_by_polling, ended)
         peak = emu.v2_stats()["streams_peak"]
-    p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))]
     print(
-        f"{jobs} jobs of {seconds:.1f} s, stream cap {cap}: outcome lag after the job ended "
+        f"{jobs} jobs of {seconds:.1f} s, stream cap {cap}: outcome lag after the job ended, "
+        f"listener {_describe(lags)}; comfy-sdk polling {_describe(baseline)}; ratio of medians "
+        f"{statistics.median(lags) / statistics.median(baseline):.2f}; server saw at most {peak} "
+        f"streams; streams opened {stats.get('job_streams_opened')}, poll reads "
+        f"{stats.get('poll_reads')}"
+    )
+
+
+async def _poll_like_comfy_sdk(http: httpx.AsyncClient, job_id: str) -> datetime:
+    delay = 0.5
+    ends = ("succeeded", "failed", "canceled", "expired")
+    while (await http.get(f"/jobs/{job_id}")).json()["status"] not in ends:
+        await asyncio.sleep(delay)  # the client's schedule, measured, not a synchronisation
+        delay = min(delay * 1.5, 5.0)
+    return _now()
+
+
+def _lags(seen: dict[str, datetime], ended: dict[str, str]) -> list[float]:
+    return sorted(
+        (seen[i] - datetime.fromisoformat(ended[i].replace("Z", "+00:00"))).total_seconds()
+        for i in ended
+    )
+
+
+def _describe(lags: list[float]) -> str:
+    p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))]
+    return (
         f"median {statistics.median(lags) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-        f"max {lags[-1] * 1000:.0f} ms; server saw at most {peak} streams; "
-        f"streams opened {stats.get('job_streams_opened')}, poll reads {stats.get('poll_reads')}"
+        f"max {lags[-1] * 1000:.0f} ms"
     )
 
 
