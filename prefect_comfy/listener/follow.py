@@ -140,6 +140,7 @@ class JobFollower:
         self.rounds = 0
         """Rounds of finding jobs so far."""
         self._down = False
+        self._live = False
         self._on_connect: Callable[[], Awaitable[None]] | None = None
         self._on_disconnect: Callable[[], Awaitable[None]] | None = None
 
@@ -207,6 +208,7 @@ class JobFollower:
         try:
             if not any(matches_any(patterns, name) for name in JOB_EVENTS):
                 logger.info("no job event pattern: Comfy API v2 jobs are not followed")
+                self._live = True
                 if on_connect is not None:
                     await on_connect()
                 await asyncio.Event().wait()
@@ -225,12 +227,14 @@ class JobFollower:
             streams, self._streams = self._streams, None
             if streams is not None:
                 await streams.aclose()
-            if on_disconnect is not None:
+            if on_disconnect is not None and self._live:
                 with contextlib.suppress(Exception):
                     await on_disconnect()
+            self._live = False
 
     async def _connected(self) -> None:
         """Tell the listener (it reconciles and catches up), then follow what it has in flight."""
+        self._live = True
         if self._on_connect is not None:
             await self._on_connect()
         self.follow(rid for kind, rid in list(self._in_flight) if kind == "job")
@@ -281,7 +285,7 @@ class JobFollower:
                 logger.warning("could not find new Comfy jobs on %s: %s", self.backend.address, exc)
                 new = 0
                 if self.mode == "listing" and not self._down:
-                    self._down = True  # the server is unreachable: heartbeats say so
+                    self._down, self._live = True, False  # unreachable: heartbeats say so
                     if self._on_disconnect is not None:
                         await self._on_disconnect()
             else:

@@ -191,3 +191,12 @@ async def test_without_a_job_pattern_nothing_is_followed() -> None:
     await eventually(lambda: run.connects == 1, message="connected")
     await run.stop()
     assert server.lists == 0 and run.follower.following == 0
+
+
+async def test_a_server_down_at_the_start_is_an_error_and_no_disconnect() -> None:
+    server = FakeV2()
+    server.list_error = ComfyAPIError("unavailable", status_code=503)
+    run = Run(JobFollower(server))
+    with pytest.raises(ComfyAPIError):
+        await asyncio.wait_for(run.task, 5)
+    assert (run.connects, run.disconnects) == (0, 0)
