@@ -11,7 +11,8 @@ How jobs are found depends on the server (the start-up line says which):
 
 - **Where the server lists jobs** (comfy-api-proxy, the emulator): ``GET /api/v2/jobs`` newest first,
   every :data:`DISCOVER_INITIAL` s, backed off x1.5 to :data:`DISCOVER_MAX` s while nothing is new,
-  paged until a page holds nothing new (at most :data:`LIST_LIMIT` jobs a round). The first round
+  paged until a page holds nothing new (at most :data:`LIST_LIMIT` jobs a round; after the
+  baseline a round's first page is the newest :data:`QUIET_PAGE` jobs). The first round
   is the baseline: its unfinished jobs are followed, its finished ones are left to the cursor's
   catch-up. A job first seen finished in a later round (it started and ended between two rounds)
   has its terminal event sent at once. Every job of the key is followed, whoever submitted it.
@@ -67,6 +68,8 @@ SUBMITTED_SLACK = timedelta(seconds=60)
 """Read again from this long before the newest submitted event seen: Prefect stores events in
 batches, so an event can appear after a later one."""
 MAX_SUBMITTED_PAGES = 20
+QUIET_PAGE = 10
+"""Jobs asked for in the first page of a round after the baseline (more pages while all are new)."""
 JOB_EVENTS = ("job.progress", "job.completed", "job.failed", "job.cancelled")
 
 SubmittedJobs = Callable[[datetime], Awaitable[list[tuple[str, datetime]]]]
@@ -307,7 +310,8 @@ class JobFollower:
         new = looked = 0
         cursor: str | None = None
         while True:
-            jobs, cursor = await lister(cursor)
+            # A quiet round asks for a short first page: only the newest jobs can be new.
+            jobs, cursor = await lister(cursor, limit=100 if baseline or new else QUIET_PAGE)
             fresh = [job for job in jobs if not self._seen.seen(job.id)]
             looked += len(jobs)
             new += len(fresh)

@@ -39,6 +39,7 @@ class FakeV2:
         self.jobs: dict[str, Job] = {}
         self.list_error: Exception | None = None
         self.lists = 0
+        self.limits: list[int] = []
         self._ended: dict[str, asyncio.Event] = {}
 
     def add(self, job_id: str, status: str = "running") -> None:
@@ -51,8 +52,11 @@ class FakeV2:
         self.jobs[job_id] = Job(id=job_id, status=status)
         self._ended[job_id].set()
 
-    async def list_jobs_page(self, cursor: str | None = None, **_: Any) -> tuple[list[Job], Any]:
+    async def list_jobs_page(
+        self, cursor: str | None = None, *, limit: int = 100
+    ) -> tuple[list[Job], Any]:
         self.lists += 1
+        self.limits.append(limit)
         if self.list_error is not None:
             raise self.list_error
         newest = list(reversed(self.jobs.values()))
@@ -133,6 +137,7 @@ async def test_listing_follows_new_jobs_and_sends_each_end_once() -> None:
         ("job.failed", "quick"),
     ]
     assert run.follower.following == 0
+    assert server.limits[0] == 100 and server.limits[-1] == follow.QUIET_PAGE
 
 
 async def test_without_listing_it_follows_the_submitted_jobs_only() -> None:

@@ -44,7 +44,7 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
-from prefect_comfy.backends.v2.follow import TAGS, list_page
+from prefect_comfy.backends.v2.follow import PAGE_SIZE, TAGS, list_page
 from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
@@ -264,14 +264,20 @@ class V2Backend(ComfyBackend):
                 return jobs
 
     async def list_jobs_page(
-        self, cursor: str | None = None, *, metadata: dict[str, str] | None = None
+        self,
+        cursor: str | None = None,
+        *,
+        metadata: dict[str, str] | None = None,
+        limit: int = PAGE_SIZE,
     ) -> tuple[list[Job], str | None]:
         """One page of ``GET /api/v2/jobs``, newest first, and the next page's cursor.
 
         Raises:
             ComfyAPIError: 501 where the server cannot list jobs (Comfy Cloud).
         """
-        jobs, next_cursor = await list_page(self.http, cursor=cursor, metadata=metadata)
+        jobs, next_cursor = await list_page(
+            self.http, cursor=cursor, metadata=metadata, limit=limit
+        )
         for job in jobs:
             TAGS.remember(self._connection_key, job.id, job.tags)
         return jobs, next_cursor
