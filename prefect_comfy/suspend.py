@@ -170,10 +170,13 @@ async def suspend_unless_ended(credentials: Any, job_id: str, *, timeout: float 
             await client.update_flow_run_labels(root.id, {RESUME_LABEL_PREFIX + key: job.id})
     seconds = int(timeout if timeout is not None else DEFAULT_SUSPEND_TIMEOUT)
     run_logger().info(
-        "Comfy job %s is %s: suspending flow run %s for up to %d s; its outcome event resumes it",
+        "Comfy job %s is %s: suspending flow run %s for up to %d s. The job's outcome event "
+        "resumes it (it needs `prefect-comfy listen` running and the resume automation); if "
+        "nothing resumes it in %d s, Prefect fails the run ('never resumed') and the job goes on",
         job.id,
         job.status,
         root.id,
+        seconds,
         seconds,
     )
     await asuspend_flow_run(flow_run_id=root.id, timeout=seconds, key=str(uuid.uuid4()))
