@@ -418,7 +418,8 @@ async def test_without_a_listener_the_suspension_timeout_fails_the_run(
     stack, emulator, _emulator_server, tmp_path
 ):
     """Nothing brings the outcome event: when the suspension's timeout passes, Prefect fails the
-    run with a message that says so, and the wait's log line said what would resume it."""
+    run with a message that says so, and the wait's log line said what would resume it. The
+    listener, once back, cancels the job as an ordinary wait's timeout does."""
     with listeners_down(stack, _emulator_server.url):
         run_id = await start(
             stack,
@@ -439,13 +440,21 @@ async def test_without_a_listener_the_suspension_timeout_fails_the_run(
     assert "never resumed" in (state.message or ""), state.message
     assert (await state_names(stack, run_id))[-2:] == ["Suspended", "Failed"]
     [job] = jobs_of(emulator, run_id)
-    assert job.status in ("pending", "running"), "the job is not the timeout's business"
+    assert job.status in ("pending", "running"), "nothing of ours ran while the listeners were down"
     async with client(stack) as c:
         logs = await c.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
         )
     said = "\n".join(log.message for log in logs)
     assert "prefect-comfy listen" in said and "3 s" in said, said
+
+    # the listeners are back: their catch-up sees the timed-out suspension and, as the ordinary
+    # wait's timeout does (cancel_on_timeout), cancels the job
+    def job_cancelled() -> bool:
+        return jobs_of(emulator, run_id)[0].status == "cancelled"
+
+    await eventually(job_cancelled, timeout=30, interval=0.2, message="the Comfy job cancelled")
+    assert (await state_of(stack, run_id)).is_failed()
 
 
 async def test_a_run_resumed_while_its_job_runs_suspends_again(stack, emulator, tmp_path):
@@ -455,7 +464,7 @@ async def test_a_run_resumed_while_its_job_runs_suspends_again(stack, emulator, 
     run_id = await start(
         stack,
         "tasks-flow/suspend",
-        {"block": BLOCK, "workflow": slow_workflow(steps=int(30 / 0.05)), "output_dir": str(out)},
+        {"block": BLOCK, "workflow": slow_workflow(steps=int(45 / 0.05)), "output_dir": str(out)},
     )
     await suspended_without_a_process(stack, emulator, run_id)
     async with client(stack) as c:
@@ -464,9 +473,8 @@ async def test_a_run_resumed_while_its_job_runs_suspends_again(stack, emulator, 
     async def suspended_twice() -> bool:
         return (await state_names(stack, run_id)).count("Suspended") == 2
 
-    await eventually(suspended_twice, timeout=60, interval=0.3, message="suspended again")
-    [job] = jobs_of(emulator, run_id)
-    assert job.status in ("pending", "running")
+    await eventually(suspended_twice, timeout=90, interval=0.3, message="suspended again")
+    # (it suspends only a job it read as not ended: the rerun saw it running)
     await completed(stack, run_id, timeout=90)
     assert (await state_names(stack, run_id)).count("Suspended") == 2
     assert len(jobs_of(emulator, run_id)) == 1

@@ -82,32 +82,63 @@ def canceller(
     )
 
 
+def failed(flow_run_id: str, from_name: str = "Suspended") -> Event:
+    return cancelled(flow_run_id, from_name, event=cancels.FAILED_EVENT)
+
+
 @pytest.mark.parametrize(
     ("event", "expected"),
     [
-        (cancelled("r1"), "r1"),
-        (cancelled("r1", "Resuming"), "r1"),
+        (cancelled("r1"), ("r1", "cancelled")),
+        (cancelled("r1", "Resuming"), ("r1", "cancelled")),
         (cancelled("r1", "Running"), None),  # a run with a process: its own hook cancels the job
         (cancelled("r1", "Paused"), None),  # a blocking pause keeps its process
         (cancelled("r1", None), None),
-        (cancelled("r1", event="prefect.flow-run.Failed"), None),
+        (failed("r1"), ("r1", "failed")),  # the suspension's timeout
+        (failed("r1", "Running"), None),  # the flow's own failure: its own cleanup
+        (failed("r1", "Resuming"), None),
+        (cancelled("r1", event="prefect.flow-run.Completed"), None),
         (cancelled("r1", resource="prefect.task-run.r1"), None),
     ],
 )
-def test_only_a_cancellation_that_left_a_state_without_a_process_counts(event, expected) -> None:
-    assert cancels.suspended_run_cancelled(event) == expected
+def test_only_the_end_of_a_run_without_a_process_counts(event, expected) -> None:
+    assert cancels.suspended_run_ended(event) == expected
 
 
-def test_the_job_ids_are_the_resume_labels_and_the_job_id_label() -> None:
+def test_a_cancelled_run_cancels_every_job_its_labels_name() -> None:
     labels = {
         "comfy.resume.abc": "job-1",
         "comfy.resume.def": "job-2",
         "comfy.job-id": "job-1",
+        "comfy.suspended-job": "job-4",
         "comfy.other": "job-3",
         "team": "x",
     }
-    assert job_ids_of_labels(labels) == ["job-1", "job-2"]
+    assert job_ids_of_labels(labels) == ["job-1", "job-2", "job-4"]
     assert job_ids_of_labels(None) == []
+
+
+@pytest.mark.parametrize(
+    ("cancel_on_timeout", "expected"),
+    [(None, ["job-4"]), ("true", ["job-4"]), ("false", []), ("False", [])],
+)
+def test_a_timed_out_suspension_cancels_its_job_unless_told_not_to(cancel_on_timeout, expected):
+    labels = {"comfy.resume.abc": "job-1", "comfy.job-id": "job-1", "comfy.suspended-job": "job-4"}
+    if cancel_on_timeout is not None:
+        labels["comfy.cancel-on-timeout"] = cancel_on_timeout
+    assert job_ids_of_labels(labels, "failed") == expected
+    assert job_ids_of_labels({"comfy.resume.abc": "job-1"}, "failed") == []
+
+
+async def test_a_timed_out_suspension_is_handled_like_the_ordinary_timeout() -> None:
+    run_id = str(uuid.uuid4())
+    client = FakeClient({run_id: {"comfy.suspended-job": "live", "comfy.resume.a": "other"}})
+    backend = FakeBackend({"live": "running", "other": "running"})
+    c = canceller(backend, client)
+    assert await c.handle(failed(run_id)) == ["live"]
+    assert backend.cancels == ["live"]
+    # a cancellation of the same run afterwards is another ending: its other jobs go too
+    assert await c.handle(cancelled(run_id)) == ["other"]
 
 
 async def test_it_cancels_the_unfinished_jobs_of_a_cancelled_suspended_run() -> None:
@@ -170,7 +201,7 @@ async def test_the_catch_up_reads_every_page_of_recent_cancellations() -> None:
     assert await c.catch_up() == 2
     assert backend.cancels == ["job-0", "job-2"]
     [event_filter] = client.filters
-    assert event_filter.event.name == [cancels.CANCELLED_EVENT]
+    assert event_filter.event.name == [cancels.CANCELLED_EVENT, cancels.FAILED_EVENT]
     assert event_filter.occurred.since is not None
 
 
@@ -225,7 +256,7 @@ async def test_run_follows_the_stream_and_reopens_it_when_it_breaks(monkeypatch)
     with pytest.raises(asyncio.CancelledError):
         await task
     assert backend.cancels == ["job-0", "job-1"]
-    assert len(opened) >= 2 and opened[0].event.name == [cancels.CANCELLED_EVENT]
+    assert len(opened) >= 2 and cancels.CANCELLED_EVENT in opened[0].event.name
 
 
 async def test_run_survives_a_catch_up_that_fails(monkeypatch) -> None:

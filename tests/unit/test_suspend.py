@@ -227,7 +227,16 @@ async def test_a_running_job_labels_the_root_then_suspends_it(world, caplog) -> 
     suspend.remember_submission("job-1", "k")
     with pytest.raises(Pause, match="job-1"):
         await suspend.suspend_unless_ended(object(), "job-1", timeout=42.9)
-    assert world.client.labels == [(root.id, {suspend.RESUME_LABEL_PREFIX + "k": "job-1"})]
+    assert world.client.labels == [
+        (
+            root.id,
+            {
+                suspend.RESUME_LABEL_PREFIX + "k": "job-1",
+                suspend.SUSPENDED_JOB_LABEL: "job-1",
+                suspend.CANCEL_ON_TIMEOUT_LABEL: "true",
+            },
+        )
+    ]
     [call] = world.suspended
     assert call["flow_run_id"] == root.id and call["timeout"] == 42
     assert world.resumed == [], "still running after the suspension: nothing to resume"
@@ -240,7 +249,16 @@ async def test_without_a_timeout_the_suspension_lasts_the_default(world) -> None
     with pytest.raises(Pause):
         await suspend.suspend_unless_ended(object(), "job-1", timeout=None)
     assert world.suspended[0]["timeout"] == suspend.DEFAULT_SUSPEND_TIMEOUT
-    assert world.client.labels == [], "a job not submitted here needs no label"
+
+
+async def test_a_job_from_elsewhere_gets_no_resume_label_and_may_be_kept_on_timeout(world):
+    root = run()
+    in_flow(world, root)
+    with pytest.raises(Pause):
+        await suspend.suspend_unless_ended(object(), "job-7", timeout=5, cancel_on_timeout=False)
+    assert world.client.labels == [
+        (root.id, {suspend.SUSPENDED_JOB_LABEL: "job-7", suspend.CANCEL_ON_TIMEOUT_LABEL: "false"})
+    ]
 
 
 async def test_each_suspension_has_its_own_key(world) -> None:
