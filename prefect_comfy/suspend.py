@@ -15,6 +15,11 @@ worker then runs the flow again from the start, and:
 - the wait reads the job once (the truth): ended, it returns exactly what the ordinary wait
   returns; still running (resumed by hand, or a duplicate event), it suspends again.
 
+When nothing resumes the run (no listener), Prefect fails it once ``timeout`` passes ("The flow
+was paused and never resumed."). The labels ``comfy.suspended-job`` and ``comfy.cancel-on-timeout``
+let the listener cancel that job then, as the ordinary wait's ``cancel_on_timeout`` does, and cancel
+it when the suspended run is cancelled (:mod:`prefect_comfy.listener.cancels`).
+
 Only jobs submitted by ``submit_comfy_job`` in the same flow run are deduplicated this way; a job id
 that came from elsewhere needs no deduplication.
 """
@@ -36,8 +41,10 @@ from prefect_comfy.models import Job
 from prefect_comfy.runs import run_logger
 
 __all__ = [
+    "CANCEL_ON_TIMEOUT_LABEL",
     "DEFAULT_SUSPEND_TIMEOUT",
     "RESUME_LABEL_PREFIX",
+    "SUSPENDED_JOB_LABEL",
     "SuspendNotPossible",
     "remember_submission",
     "resumed_job",
@@ -47,6 +54,11 @@ __all__ = [
 
 RESUME_LABEL_PREFIX = "comfy.resume."
 """Root flow-run labels ``comfy.resume.<key>`` = job id: the submits a resumed run must not repeat."""
+SUSPENDED_JOB_LABEL = "comfy.suspended-job"
+"""Root flow-run label: the job the run is (or was last) suspended on."""
+CANCEL_ON_TIMEOUT_LABEL = "comfy.cancel-on-timeout"
+"""Root flow-run label, ``"true"`` or ``"false"``: whether the listener cancels that job when the
+suspension's timeout fails the run (the wait's ``cancel_on_timeout``)."""
 DEFAULT_SUSPEND_TIMEOUT = 24 * 3600
 """Seconds a suspended run waits to be resumed when no ``timeout`` is given (then it fails)."""
 
@@ -139,7 +151,9 @@ async def resumed_job(credentials: Any, key: str | None) -> Job | None:
     return job
 
 
-async def suspend_unless_ended(credentials: Any, job_id: str, *, timeout: float | None) -> Job:
+async def suspend_unless_ended(
+    credentials: Any, job_id: str, *, timeout: float | None, cancel_on_timeout: bool = True
+) -> Job:
     """Read the job once; return it if it ended, else suspend the root flow run (raises ``Pause``).
 
     Args:
@@ -147,6 +161,9 @@ async def suspend_unless_ended(credentials: Any, job_id: str, *, timeout: float 
         job_id: the Comfy job.
         timeout: seconds the suspended run waits to be resumed before Prefect fails it
             (``None``: :data:`DEFAULT_SUSPEND_TIMEOUT`).
+        cancel_on_timeout: whether the listener cancels the job when that timeout fails the run
+            (written as the label :data:`CANCEL_ON_TIMEOUT_LABEL`; see
+            :mod:`prefect_comfy.listener.cancels`).
 
     Raises:
         SuspendNotPossible: not inside a flow run of a deployment.
@@ -165,15 +182,23 @@ async def suspend_unless_ended(credentials: Any, job_id: str, *, timeout: float 
     key = _submissions.get(job.id)
     from prefect.flow_runs import asuspend_flow_run
 
+    labels = {
+        SUSPENDED_JOB_LABEL: job.id,
+        CANCEL_ON_TIMEOUT_LABEL: "true" if cancel_on_timeout else "false",
+    }
+    if key is not None:
+        labels[RESUME_LABEL_PREFIX + key] = job.id
     async with get_client() as client:
-        if key is not None:
-            await client.update_flow_run_labels(root.id, {RESUME_LABEL_PREFIX + key: job.id})
+        await client.update_flow_run_labels(root.id, labels)
     seconds = int(timeout if timeout is not None else DEFAULT_SUSPEND_TIMEOUT)
     run_logger().info(
-        "Comfy job %s is %s: suspending flow run %s for up to %d s; its outcome event resumes it",
+        "Comfy job %s is %s: suspending flow run %s for up to %d s. The job's outcome event "
+        "resumes it (it needs `prefect-comfy listen` running and the resume automation); if "
+        "nothing resumes it in %d s, Prefect fails the run ('never resumed')",
         job.id,
         job.status,
         root.id,
+        seconds,
         seconds,
     )
     await asuspend_flow_run(flow_run_id=root.id, timeout=seconds, key=str(uuid.uuid4()))

@@ -291,7 +291,9 @@ async def wait_for_comfy_job(
         ```
     """
     if suspend:
-        await suspend_unless_ended(credentials, str(job_id), timeout=timeout)
+        await suspend_unless_ended(
+            credentials, str(job_id), timeout=timeout, cancel_on_timeout=cancel_on_timeout
+        )
     return await watch_comfy_job(
         credentials,
         job_id,

@@ -79,6 +79,14 @@ def listen(
             show_default=False,
         ),
     ] = "",
+    cancel_suspended: Annotated[
+        bool,
+        typer.Option(
+            "--cancel-suspended/--no-cancel-suspended",
+            help="Cancel the Comfy jobs of suspended flow runs that are cancelled (no process of "
+            "such a run exists to do it).",
+        ),
+    ] = True,
     log_level: Annotated[
         str,
         typer.Option(
@@ -110,6 +118,7 @@ def listen(
                 listener_id=name,
                 events_per_second=events_per_second,
                 cursor=cursor,
+                cancel_suspended=cancel_suspended,
             )
         )
     except ComfyConfigError as exc:  # also a --block that no saved block has: one line, exit 2

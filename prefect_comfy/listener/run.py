@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.listener.cancels import SuspendedRunCanceller
 from prefect_comfy.listener.cursor import Cursor, open_cursor
 from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.listener.sender import require_prefect_api_url
@@ -31,6 +32,7 @@ async def run_listener(
     block: str | None = None,
     install_signal_handlers: bool = True,
     cursor: Cursor | str | None = "",
+    cancel_suspended: bool = True,
     **options: Any,
 ) -> ListenerStats:
     """Run a :class:`ComfyListener` until SIGTERM or SIGINT (or cancellation); return its stats.
@@ -47,6 +49,8 @@ async def run_listener(
             ``variable:NAME`` (a Prefect variable) or ``"none"``; ``""`` (the default):
             ``COMFY_LISTENER_CURSOR``, else a state file under ``$PREFECT_HOME/comfy-listener/``.
             ``None``: no cursor.
+        cancel_suspended: also cancel the Comfy jobs of suspended flow runs that are cancelled
+            (:mod:`prefect_comfy.listener.cancels`); not with a given ``events_client``.
         **options: passed to :class:`ComfyListener` (``heartbeat_interval``, ``listener_id`` …).
 
     Raises:
@@ -78,9 +82,16 @@ async def run_listener(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, _on_signal, listener, sig)
                 installed.append(sig)
+    canceller = None
+    if cancel_suspended and options.get("events_client") is None:
+        canceller = asyncio.create_task(SuspendedRunCanceller(backend).run())
     try:
         await listener.run()
     finally:
+        if canceller is not None:
+            canceller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await canceller
         for sig in installed:
             loop.remove_signal_handler(sig)
         if owned:

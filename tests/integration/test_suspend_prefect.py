@@ -15,11 +15,14 @@ import asyncio
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 
 from tests.conftest import API_KEY
@@ -42,10 +45,12 @@ FLOWS = textwrap.dedent(
 
 
     @flow
-    async def tasks_flow(block: str, workflow: dict, output_dir: str) -> list[str]:
+    async def tasks_flow(
+        block: str, workflow: dict, output_dir: str, timeout: float = 300
+    ) -> list[str]:
         creds = await ComfyCloudCredentials.load(block)
         job = await submit_comfy_job(creds, workflow)
-        job = await wait_for_comfy_job(creds, job.id, suspend=True, timeout=300)
+        job = await wait_for_comfy_job(creds, job.id, suspend=True, timeout=timeout)
         return [str(p) for p in await download_comfy_outputs(creds, job, output_dir)]
 
 
@@ -102,12 +107,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory, _emulator_server) -> Any:
         running.spawn(
             "worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL]
         )
-        for name in ("one", "two"):
-            running.listener(_emulator_server.url, API_KEY, name)
+        start_listeners(running, _emulator_server.url)
         try:
             yield running
         finally:
             print(running.logs())  # shown when a test fails
+
+
+LISTENERS = ("one", "two")
+_listeners: dict[str, Any] = {}
+
+
+def start_listeners(stack: Stack, emulator_url: str) -> None:
+    """The two listeners (the same names: the same cursor files, so a restart catches up)."""
+    for name in LISTENERS:
+        _listeners[name] = stack.listener(emulator_url, API_KEY, name)
+
+
+@contextmanager
+def listeners_down(stack: Stack, emulator_url: str) -> Iterator[None]:
+    """SIGKILL both listeners (no clean stop, no drain); start them again on leaving."""
+    for proc in _listeners.values():
+        proc.kill()
+        proc.wait(10)
+    try:
+        yield
+    finally:
+        start_listeners(stack, emulator_url)
 
 
 def client(stack: Stack) -> PrefectClient:
@@ -232,5 +258,224 @@ async def test_a_job_that_ends_before_the_check_never_suspends(stack, emulator, 
     )
     await completed(stack, run_id)
     assert "Suspended" not in await state_names(stack, run_id)
+    assert len(jobs_of(emulator, run_id)) == 1
+    assert list(out.iterdir())
+
+
+async def cancel(stack: Stack, run_id: uuid.UUID) -> None:
+    """What ``prefect flow-run cancel`` does: propose Cancelling (Prefect makes it Cancelled)."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    async with client(stack) as c:
+        await c.set_flow_run_state(run_id, State(type=StateType.CANCELLING, name="Cancelling"))
+
+
+async def events_about(stack: Stack, run_id: uuid.UUID, names: list[str]) -> list[Any]:
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    async with client(stack) as c:
+        page = await c.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=names),
+                related=EventRelatedFilter(id=[f"prefect.flow-run.{run_id}"]),
+            ),
+            limit=50,
+        )
+    return page.events
+
+
+async def actions_on(stack: Stack, event_id: uuid.UUID, name: str) -> list[Any]:
+    """The automation-action events of ``name`` that the event ``event_id`` triggered."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    async with client(stack) as c:
+        page = await c.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=[name]),
+                related=EventRelatedFilter(id=[f"prefect.event.{event_id}"]),
+            ),
+            limit=50,
+        )
+    return page.events
+
+
+async def state_of(stack: Stack, run_id: uuid.UUID) -> Any:
+    return (await flow_run(stack, run_id)).state
+
+
+async def test_cancelling_a_suspended_run_cancels_its_comfy_job(stack, emulator, tmp_path):
+    """No process of a suspended run exists to run a hook: the listener cancels the job."""
+    workflow = slow_workflow(steps=int(120 / 0.05))  # far longer than the test
+    run_id = await start(
+        stack,
+        "tasks-flow/suspend",
+        {"block": BLOCK, "workflow": workflow, "output_dir": str(tmp_path / "x")},
+    )
+    await suspended_without_a_process(stack, emulator, run_id)
+    await cancel(stack, run_id)
+    assert (await state_of(stack, run_id)).name == "Cancelled"  # straight, no process to stop
+
+    def job_cancelled() -> bool:
+        [job] = jobs_of(emulator, run_id)
+        return job.status == "cancelled"
+
+    await eventually(job_cancelled, timeout=30, interval=0.2, message="the Comfy job cancelled")
+    assert len(jobs_of(emulator, run_id)) == 1
+    # the job's comfy.job.cancelled event reaches Prefect; the automation cannot resume the run
+    await eventually(
+        lambda: events_about(stack, run_id, ["comfy.job.cancelled"]),
+        timeout=30,
+        interval=0.3,
+        message="comfy.job.cancelled in Prefect",
+    )
+    assert (await state_of(stack, run_id)).name == "Cancelled"
+    assert "Resuming" not in await state_names(stack, run_id)
+
+
+async def test_a_repeated_outcome_event_resumes_the_run_once(stack, emulator, tmp_path):
+    """Two listeners forward every event; a third copy with a new id fires the automation again."""
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    out = tmp_path / "twice"
+    run_id = await start(
+        stack,
+        "tasks-flow/suspend",
+        {
+            "block": BLOCK,
+            "workflow": slow_workflow(steps=int(JOB_SECONDS / 0.05)),
+            "output_dir": str(out),
+        },
+    )
+    await suspended_without_a_process(stack, emulator, run_id)
+    done = await completed(stack, run_id)
+    [job] = jobs_of(emulator, run_id)
+    files = sorted(out.iterdir())
+    event_id = uuid.uuid4()
+    async with PrefectEventsClient(stack.api_url) as events:
+        await events.emit(
+            Event(
+                id=event_id,
+                event="comfy.job.completed",
+                resource={"prefect.resource.id": f"comfy.job.{job.id}"},
+                related=[
+                    {
+                        "prefect.resource.id": f"prefect.flow-run.{run_id}",
+                        "prefect.resource.role": "flow-run",
+                    }
+                ],
+                payload={"id": job.id, "status": "completed"},
+            )
+        )
+    # the automation fired on it, and the server refused to resume a run that is not suspended
+    [failed] = await eventually(
+        lambda: actions_on(stack, event_id, "prefect.automation.action.failed"),
+        timeout=30,
+        interval=0.3,
+        message="the resume automation fired on the repeated event",
+    )
+    assert "resume" in failed.payload.get("reason", "").lower(), failed.payload
+    again = await flow_run(stack, run_id)
+    assert again.state is not None and again.state.is_completed()
+    assert again.run_count == done.run_count
+    assert (await state_names(stack, run_id)).count("Suspended") == 1
+    assert len(jobs_of(emulator, run_id)) == 1
+    assert sorted(out.iterdir()) == files, "the outputs were downloaded once"
+
+
+async def test_a_listener_restarted_during_the_suspension_catches_up_and_resumes(
+    stack, emulator, _emulator_server, tmp_path
+):
+    """Both listeners are killed while the run is suspended; the job completes while they are
+    down; started again, their catch-up forwards the outcome and the run resumes."""
+    out = tmp_path / "restart"
+    run_id = await start(
+        stack,
+        "tasks-flow/suspend",
+        {
+            "block": BLOCK,
+            "workflow": slow_workflow(steps=int(JOB_SECONDS / 0.05)),
+            "output_dir": str(out),
+        },
+    )
+    await suspended_without_a_process(stack, emulator, run_id)
+    with listeners_down(stack, _emulator_server.url):
+
+        def job_completed() -> bool:
+            [job] = jobs_of(emulator, run_id)
+            return job.status == "completed"
+
+        await eventually(job_completed, timeout=60, interval=0.2, message="the job completed")
+        assert (await state_of(stack, run_id)).name == "Suspended", "nothing else resumes it"
+    await completed(stack, run_id)
+    assert (await state_names(stack, run_id)).count("Suspended") == 1
+    assert len(jobs_of(emulator, run_id)) == 1
+    assert list(out.iterdir())
+
+
+async def test_without_a_listener_the_suspension_timeout_fails_the_run(
+    stack, emulator, _emulator_server, tmp_path
+):
+    """Nothing brings the outcome event: when the suspension's timeout passes, Prefect fails the
+    run with a message that says so, and the wait's log line said what would resume it. The
+    listener, once back, cancels the job as an ordinary wait's timeout does."""
+    with listeners_down(stack, _emulator_server.url):
+        run_id = await start(
+            stack,
+            "tasks-flow/suspend",
+            {
+                "block": BLOCK,
+                "workflow": slow_workflow(steps=int(40 / 0.05)),
+                "output_dir": str(tmp_path / "never"),
+                "timeout": 3,
+            },
+        )
+
+        async def failed() -> Any:
+            state = await state_of(stack, run_id)
+            return state if state is not None and state.is_failed() else None
+
+        state = await eventually(failed, timeout=90, interval=0.3, message="the run failed")
+    assert "never resumed" in (state.message or ""), state.message
+    assert (await state_names(stack, run_id))[-2:] == ["Suspended", "Failed"]
+    [job] = jobs_of(emulator, run_id)
+    assert job.status in ("pending", "running"), "nothing of ours ran while the listeners were down"
+    async with client(stack) as c:
+        logs = await c.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+        )
+    said = "\n".join(log.message for log in logs)
+    assert "prefect-comfy listen" in said and "3 s" in said, said
+
+    # the listeners are back: their catch-up sees the timed-out suspension and, as the ordinary
+    # wait's timeout does (cancel_on_timeout), cancels the job
+    def job_cancelled() -> bool:
+        return jobs_of(emulator, run_id)[0].status == "cancelled"
+
+    await eventually(job_cancelled, timeout=30, interval=0.2, message="the Comfy job cancelled")
+    assert (await state_of(stack, run_id)).is_failed()
+
+
+async def test_a_run_resumed_while_its_job_runs_suspends_again(stack, emulator, tmp_path):
+    """Resumed by hand while the job still runs: the rerun reads the job, sees it running and
+    suspends again; the real outcome event resumes it to completion, one job."""
+    out = tmp_path / "by-hand"
+    run_id = await start(
+        stack,
+        "tasks-flow/suspend",
+        {"block": BLOCK, "workflow": slow_workflow(steps=int(45 / 0.05)), "output_dir": str(out)},
+    )
+    await suspended_without_a_process(stack, emulator, run_id)
+    async with client(stack) as c:
+        await c.resume_flow_run(run_id)
+
+    async def suspended_twice() -> bool:
+        return (await state_names(stack, run_id)).count("Suspended") == 2
+
+    await eventually(suspended_twice, timeout=90, interval=0.3, message="suspended again")
+    # (it suspends only a job it read as not ended: the rerun saw it running)
+    await completed(stack, run_id, timeout=90)
+    assert (await state_names(stack, run_id)).count("Suspended") == 2
     assert len(jobs_of(emulator, run_id)) == 1
     assert list(out.iterdir())
