@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-__all__ = ["COMFY_JOB_ID_LABEL", "label_flow_run", "run_logger"]
+__all__ = ["COMFY_JOB_ID_LABEL", "label_flow_run", "quiet_suspended_task_finish", "run_logger"]
 
 COMFY_JOB_ID_LABEL = "comfy.job-id"
 """The flow-run label that names the Comfy job a flow run submitted (what cancellation reads)."""
@@ -39,3 +39,39 @@ async def label_flow_run(flow_run_id: str, job_id: str) -> None:
             )
     except Exception as exc:
         run_logger().warning("Could not label flow run %s with the Comfy job: %r", flow_run_id, exc)
+
+
+SUSPENDED_TASK_MESSAGE = (
+    "Left in state Running(): its flow run is suspended while the Comfy job runs"
+)
+
+
+class _SuspendedTaskFinish(logging.Filter):
+    """Turns one task run's ERROR ``Finished in state Running()`` into an INFO that says why."""
+
+    def __init__(self, task_run_id: str) -> None:
+        super().__init__()
+        self.task_run_id = task_run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "task_run_id", None) == self.task_run_id and str(record.msg).startswith(
+            "Finished in state Running"
+        ):
+            record.msg, record.args = SUSPENDED_TASK_MESSAGE, ()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            logging.getLogger("prefect.task_runs").removeFilter(self)
+        return True
+
+
+def quiet_suspended_task_finish() -> None:
+    """Call in a task run that is about to raise Prefect's ``Pause``.
+
+    Prefect's task engine logs ``Finished in state Running()`` at ERROR for a task run that a
+    ``Pause`` leaves (its state is still Running, and only Completed is logged at INFO). For a
+    suspending wait that is the expected way out, so the record becomes an INFO that says so.
+    """
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is not None and ctx.task_run is not None:
+        logging.getLogger("prefect.task_runs").addFilter(_SuspendedTaskFinish(str(ctx.task_run.id)))

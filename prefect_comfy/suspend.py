@@ -38,7 +38,7 @@ from prefect.exceptions import Pause
 from prefect_comfy.backends.registry import backend_of
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import Job
-from prefect_comfy.runs import run_logger
+from prefect_comfy.runs import quiet_suspended_task_finish, run_logger
 
 __all__ = [
     "CANCEL_ON_TIMEOUT_LABEL",
@@ -205,6 +205,7 @@ async def suspend_unless_ended(
     await _resume_if_ended_meanwhile(backend_of(credentials), job.id, root.id)
     from prefect._flow_run_suspension import raise_if_flow_run_suspension_requested
 
+    quiet_suspended_task_finish()
     raise_if_flow_run_suspension_requested()
     raise Pause(f"Suspended while Comfy job {job.id} runs")
 
