@@ -35,12 +35,12 @@ from prefect import flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.exceptions import Pause
-from prefect.states import State
+from prefect.states import Cancelled, State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_comfy.backends.registry import ComfyCredentials, credentials_from_parameter
 from prefect_comfy.dispatch import STOPPED_MESSAGE
-from prefect_comfy.exceptions import InvalidWorkflow, NotFound, OutcomeError
+from prefect_comfy.exceptions import InvalidWorkflow, JobCancelled, NotFound, OutcomeError
 from prefect_comfy.job_steps import cancel_job, cancel_jobs_quietly, unfinished_jobs_of
 from prefect_comfy.jobs import ComfyJobRun, ComfyWorkflow
 from prefect_comfy.results import ComfyJobResult
@@ -121,7 +121,7 @@ def run_comfy_workflow(
     progress_artifact: bool = True,
     outputs_artifact: bool = True,
     suspend: bool = False,
-) -> ComfyJobResult:
+) -> ComfyJobResult | State:
     """Run a Comfy workflow: submit it, wait for it on the event stream, download its outputs.
 
     The job block's steps (:class:`~prefect_comfy.jobs.ComfyWorkflow`): ``trigger()`` (the task
@@ -143,12 +143,16 @@ def run_comfy_workflow(
             :mod:`prefect_comfy.suspend` and docs/how-to/long-jobs.md.
 
     Returns:
-        The job's id, status and output files (name, type, redacted URL, local path).
+        The job's id, status and output files (name, type, redacted URL, local path). A job
+        cancelled on the Comfy side (ComfyUI's own interrupt or queue delete, the Comfy API,
+        another client) ends the flow run ``Cancelled``, as a cancel from Prefect does: the flow
+        returns a ``Cancelled`` state whose message names the job and says it was cancelled on
+        the server, not by Prefect (a parent flow calling it gets
+        ``prefect.exceptions.CancelledRun``, or the state with ``return_state=True``).
 
     Raises:
         InvalidWorkflow: the workflow is not an API-format graph, or the server refused it.
         JobFailed: the job failed; it carries Comfy's error code, message and node.
-        JobCancelled: the job was cancelled.
         JobTimedOut: ``timeout`` passed first.
     """
     block = ComfyWorkflow(
@@ -167,6 +171,8 @@ def run_comfy_workflow(
     try:
         run.wait_for_completion()
         return run.fetch_result()
+    except JobCancelled as exc:  # cancelled on the Comfy side: the run ends Cancelled, not Failed
+        return cancelled_on_server(exc)
     except (InvalidWorkflow, OutcomeError):  # it ended (a timed-out wait: the sensor's business)
         raise
     except Pause:  # suspended while the job runs: the job must go on
@@ -174,6 +180,16 @@ def run_comfy_workflow(
     except BaseException:
         _cancel_unless_ended(run)
         raise
+
+
+def cancelled_on_server(exc: JobCancelled) -> State:
+    """The ``Cancelled`` state of a flow run whose Comfy job was cancelled on the Comfy side."""
+    message = (
+        f"Comfy job {exc.job_id} was cancelled on the Comfy server (ComfyUI's interrupt or "
+        "queue, the Comfy API or another client), not by Prefect"
+    )
+    run_logger().warning("%s: the flow run ends Cancelled", message)
+    return Cancelled(message=message)
 
 
 def _cancel_unless_ended(run: ComfyJobRun) -> None:

@@ -40,13 +40,23 @@ from prefect_comfy.transport.deadlines import within
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CATCH_UP_LIMIT", "CATCH_UP_SLACK", "catch_up", "terminal_event"]
+__all__ = [
+    "CATCH_UP_LIMIT",
+    "CATCH_UP_SLACK",
+    "RECONNECT_CATCH_UP_SLACK",
+    "catch_up",
+    "terminal_event",
+]
 
 CATCH_UP_LIMIT = 1_000
 """Most resources of each kind read when catching up."""
 CATCH_UP_SLACK = timedelta(minutes=5)
 """Taken off the cursor's watermark before listing: covers clock skew between the listener and the
 server, and jobs queued shortly before the outage but not yet seen running."""
+RECONNECT_CATCH_UP_SLACK = timedelta(seconds=60)
+"""After a reconnect (the process kept running), the listener lists the resources created this long
+before the drop and since: a job that started and ended while the stream was down, or whose events
+a paused server held until the drop, was never seen in flight."""
 PAGE_SIZE = 100
 READ_TIMEOUT = 30.0
 

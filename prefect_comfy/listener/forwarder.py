@@ -61,6 +61,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from prefect.events import Event
@@ -69,6 +70,7 @@ from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
+from prefect_comfy.listener.catchup import RECONNECT_CATCH_UP_SLACK, catch_up
 from prefect_comfy.listener.cursor import Cursor
 from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.listener.heartbeat import heartbeat_event
@@ -199,6 +201,7 @@ class ComfyListener:
             else None
         )
         self._ended = Bounded(max_tracked)
+        self._dropped_at: datetime | None = None  # the first drop not caught up on yet
         self._cursor = (
             CursorKeeper(
                 cursor,
@@ -367,6 +370,8 @@ class ComfyListener:
         else:
             logger.info("Comfy event stream connected to %s", self.backend.address)
         await self.reconcile()
+        if self._dropped_at is not None:
+            await self._catch_up_after_drop(self._dropped_at)
         if self._cursor is not None and not self._cursor.caught_up:
             await self._cursor.catch_up(
                 self.backend,
@@ -375,7 +380,24 @@ class ComfyListener:
                 already=lambda kind, rid: (kind, rid) in self._ended,
             )
 
+    async def _catch_up_after_drop(self, dropped_at: datetime) -> None:
+        """List what was created shortly before the drop and since: a job that started and ended
+        while the stream was down (or whose events a paused server held) was never seen in flight."""
+        try:
+            await catch_up(
+                self.backend,
+                dropped_at - RECONNECT_CATCH_UP_SLACK,
+                forward=self._forward_caught_up,
+                track=lambda kind, rid, status: self._in_flight.remember((kind, rid), status),
+                already=lambda kind, rid: (kind, rid) in self._ended,
+            )
+        except Exception as exc:  # tried again after the next reconnect
+            logger.warning("Could not catch up after the Comfy event stream dropped: %s", exc)
+        else:
+            self._dropped_at = None
+
     async def _on_disconnect(self) -> None:
+        self._dropped_at = self._dropped_at or datetime.now(timezone.utc)
         self.connected = False
         self.stats.disconnects += 1
         logger.info("Comfy event stream to %s dropped; reconnecting", self.backend.address)

@@ -162,6 +162,7 @@ class EventHub(SharedStream):
             "connections_opened": self.connections_opened,
             "rest_reads": self._reconciler.reads,
             "rest_lists": self._reconciler.lists,
+            "rest_polls_while_down": self._reconciler.polls,
             "reconciling": int(self._reconciler.busy or self._late is not None),
             "events_received": self.events_received,
             "pending": sum(len(w) for w in list(self._waiters.values())),
@@ -282,6 +283,16 @@ class EventHub(SharedStream):
         covered_now = covered is not None and covered == self.mark()
         if self._live and self._closer is None and len(group) == 1 and not covered_now:
             self._reconcile_soon(key)
+        elif not self._live:
+            self._poll_while_down()
+
+    def _poll_while_down(self) -> None:
+        """The stream is down: read pending waits' truth over REST until it is live again."""
+        if self._jobs is None:  # per-job streams reconnect (and read) each on its own
+            self._reconciler.poll_while_down(
+                lambda: not self._live and self._stream is not None and bool(self._waiters),
+                lambda: list(self._waiters),
+            )
 
     def _reconcile_soon(self, key: Key) -> None:
         """Read a late registrant once; registrations of one loop turn are read together (a burst
@@ -381,6 +392,10 @@ class EventHub(SharedStream):
             self._jobs.track(list(self._waiters))
         else:
             self._reconciler.submit(list(self._waiters))
+
+    async def _on_disconnect(self) -> None:
+        await super()._on_disconnect()
+        self._poll_while_down()
 
     def _ended(self, error: BaseException) -> None:
         self._fail_all(error)

@@ -13,6 +13,12 @@ The stream has no replay. After each connect the hub hands the keys of its pendi
 
 A read that started before a later (re)connect and found the resource unfinished is made again:
 it could not see what the lost connection missed.
+
+While the stream is down (reconnecting, or a link that flaps and never stays subscribed), the hub
+also asks for :meth:`Reconciler.poll_while_down`: every pending key is reconciled again and again,
+:data:`DOWN_POLL_INITIAL` seconds after the stream went down, then backed off to at most
+:data:`DOWN_POLL_MAX` seconds apart, until the stream is live again or nobody waits. A wait thus
+ends within seconds of its job ending even when the stream never stays up (issue 11 item 3).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from prefect_comfy.models import Input, Job, Model
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
 
-__all__ = ["LIST_THRESHOLD", "RETRY_MAX_DELAY", "Reconciler"]
+__all__ = ["DOWN_POLL_INITIAL", "DOWN_POLL_MAX", "LIST_THRESHOLD", "RETRY_MAX_DELAY", "Reconciler"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,11 @@ RETRY_INITIAL_DELAY = 0.5
 """The first pause before a failed reconciliation is tried again, seconds."""
 RETRY_MAX_DELAY = 10.0
 """The longest pause between two tries of a failed reconciliation, seconds."""
+DOWN_POLL_INITIAL = 1.0
+"""Seconds after the stream went down before pending keys are read the first time (then backed
+off up to :data:`DOWN_POLL_MAX`)."""
+DOWN_POLL_MAX = 5.0
+"""The longest pause between two reconciliations while the stream is down, seconds."""
 READ_TIMEOUT = 60.0
 """Longest wait for one read (the REST client's own retries included); then it is tried again."""
 LIST_THRESHOLD = 3
@@ -76,10 +87,14 @@ class Reconciler:
         self._limit = asyncio.Semaphore(concurrency)
         self._queue: dict[Key, None] = {}
         self._runner: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_backoff = Backoff(DOWN_POLL_INITIAL, DOWN_POLL_MAX, _RNG)
         self.reads = 0
         """Single REST reads made."""
         self.lists = 0
         """Listings of unfinished jobs made (each may be several pages)."""
+        self.polls = 0
+        """Reconciliations made while the stream was down."""
 
     def submit(self, keys: Iterable[Key]) -> None:
         """Reconcile these keys soon: keys that come while a round runs go into the next round, so
@@ -88,6 +103,21 @@ class Reconciler:
             self._queue[key] = None
         if self._queue and (self._runner is None or self._runner.done()):
             self._runner = asyncio.ensure_future(self._drain())
+
+    def poll_while_down(self, down: Callable[[], bool], keys: Callable[[], Iterable[Key]]) -> None:
+        """Reconcile ``keys()`` repeatedly, backed off, for as long as ``down()`` says the stream
+        is not live (and somebody waits); a new call restarts the back-off from its first pause."""
+        self._poll_backoff.reset()
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll(down, keys))
+
+    async def _poll(self, down: Callable[[], bool], keys: Callable[[], Iterable[Key]]) -> None:
+        while True:
+            await asyncio.sleep(self._poll_backoff.next_delay())
+            if not down():
+                return
+            self.polls += 1
+            self.submit(keys())
 
     @property
     def busy(self) -> bool:
@@ -102,9 +132,10 @@ class Reconciler:
     async def aclose(self) -> None:
         """Stop reconciling (the hub is closing)."""
         self._queue.clear()
-        if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+        for task in (self._runner, self._poller):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _drain(self) -> None:
         backoff: Backoff | None = None
