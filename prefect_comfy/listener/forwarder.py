@@ -7,29 +7,14 @@ Prefect event ``comfy.<event>`` with the same resources, labels and deterministi
 (:func:`prefect_comfy.events.from_comfy_event`), so that an event seen by both, or by two listeners,
 is stored once and fires a trigger once.
 
-What it does beyond copying events:
-
-- **Flow-run relations.** A job submitted by a flow run carries the tag ``prefect.flow-run.<id>``; the
-  Prefect event is related to that flow run, so flow-run actions and ``{{ flow_run.* }}`` templates
-  work. Job events whose payload has no tags (progress) get the tags last seen for the job, or those
-  of one REST read of the job (remembered, bounded).
-- **Reconciliation.** The stream has no replay. After every reconnect the listener reads through REST
-  each job and upload it last saw in flight and emits the terminal event it missed (synthesised from
-  :data:`prefect_comfy.models.STATUS_EVENT`; its deterministic id makes a repeat harmless).
-- **Heartbeats.** ``comfy.listener.heartbeat`` every ``heartbeat_interval`` seconds, connected or not,
-  on the resource ``comfy.listener.<listener id>`` with the label ``comfy.connected``, so that a
-  proactive automation can alert when a listener goes quiet. The label is ``"false"`` from the
-  moment the link drops (the backend's ``on_disconnect``) until the stream is subscribed again
-  (``on_connect``); with a backend whose ``events`` has no ``on_disconnect``, only once the stream
-  gives up.
-- **Pacing.** At most ``events_per_second`` events a second go to Prefect (a server stores only a
-  few hundred and drops the overflow silently); outcomes first, progress coalesced per job
-  (:mod:`prefect_comfy.listener.sender`). Stats and heartbeats say when it is behind.
-- **A durable cursor.** With a ``cursor`` (:mod:`prefect_comfy.listener.cursor`; :func:`run_listener`
-  uses a state file by default) what is in flight survives a restart: on start it is reconciled and
-  what changed since is listed (:mod:`prefect_comfy.listener.catchup`).
-- **A clean stop.** :meth:`ComfyListener.stop` (SIGTERM and SIGINT under :func:`run_listener`) stops
-  reading, sends everything already received, and flushes the Prefect events client.
+What it does beyond copying events (each in its own module, described in ``docs/listener.md``):
+flow-run relations from the job's ``prefect.flow-run.<id>`` tag, with the tags of progress events
+filled in (:mod:`~prefect_comfy.listener.tracking`); reconciliation through REST of what was in
+flight after every reconnect, and a catch-up by time of what was created around the drop
+(:mod:`~prefect_comfy.listener.catchup`); ``comfy.listener.heartbeat`` events with the label
+``comfy.connected`` (:mod:`~prefect_comfy.listener.heartbeat`); pacing, with outcomes first and
+progress coalesced (:mod:`~prefect_comfy.listener.sender`); a durable cursor of what is in flight
+(:mod:`~prefect_comfy.listener.cursor`); and a clean stop that sends what was received and flushes.
 
 Events go through an explicit Prefect events client (``get_events_client()``), never ``emit_event``:
 an events worker started inside a flow run would relate later events to that run. Without a Prefect
@@ -373,23 +358,21 @@ class ComfyListener:
         if self._dropped_at is not None:
             await self._catch_up_after_drop(self._dropped_at)
         if self._cursor is not None and not self._cursor.caught_up:
-            await self._cursor.catch_up(
-                self.backend,
-                forward=self._forward_caught_up,
-                track=lambda kind, rid, status: self._in_flight.remember((kind, rid), status),
-                already=lambda kind, rid: (kind, rid) in self._ended,
-            )
+            await self._cursor.catch_up(self.backend, **self._catch_up_hooks())
+
+    def _catch_up_hooks(self) -> dict[str, Any]:
+        return {
+            "forward": self._forward_caught_up,
+            "track": lambda kind, rid, status: self._in_flight.remember((kind, rid), status),
+            "already": lambda kind, rid: (kind, rid) in self._ended,
+        }
 
     async def _catch_up_after_drop(self, dropped_at: datetime) -> None:
         """List what was created shortly before the drop and since: a job that started and ended
         while the stream was down (or whose events a paused server held) was never seen in flight."""
         try:
             await catch_up(
-                self.backend,
-                dropped_at - RECONNECT_CATCH_UP_SLACK,
-                forward=self._forward_caught_up,
-                track=lambda kind, rid, status: self._in_flight.remember((kind, rid), status),
-                already=lambda kind, rid: (kind, rid) in self._ended,
+                self.backend, dropped_at - RECONNECT_CATCH_UP_SLACK, **self._catch_up_hooks()
             )
         except Exception as exc:  # tried again after the next reconnect
             logger.warning("Could not catch up after the Comfy event stream dropped: %s", exc)
