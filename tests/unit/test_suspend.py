@@ -87,6 +87,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     monkeypatch.setattr(suspend.TaskRunContext, "get", classmethod(lambda cls: w.task_ctx))
     monkeypatch.setattr(suspend, "get_client", lambda: w.client)
     monkeypatch.setattr(suspend, "run_logger", lambda: logging.getLogger("test-suspend"))
+    # Rewriting Prefect's log record is runs.py's concern (tests/integration/test_suspend_logs.py).
+    monkeypatch.setattr(suspend, "quiet_suspended_task_finish", lambda: None)
 
     @asynccontextmanager
     async def backend_of(credentials: Any):
