@@ -29,7 +29,9 @@ def _imported(folder: Path) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
     return {
-        n for n in names if n not in sys.stdlib_module_names and n not in {"prefect_comfy", "tests", "benchmarks"}
+        n
+        for n in names
+        if n not in sys.stdlib_module_names and n not in {"prefect_comfy", "tests", "benchmarks"}
     }
 
 
