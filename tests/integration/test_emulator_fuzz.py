@@ -223,11 +223,15 @@ def sound_requests(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def fuzzed_requests(draw: st.DrawFn, real_routes: bool) -> dict[str, Any]:
+    # Each face is its own branch: one list of all routes let hypothesis's bias towards the first
+    # elements leave the v2 face with 4 of 90 requests in one run.
     if real_routes:  # the real method of a real route
-        method, route = draw(st.sampled_from(ENDPOINTS))
+        v1 = [e for e in ENDPOINTS if e not in V2_ENDPOINTS]
+        method, route = draw(st.sampled_from(V2_ENDPOINTS) | st.sampled_from(v1))
     else:
         method = draw(st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD"]))
-        route = draw(st.sampled_from(ROUTES))
+        v2 = [r for r in ROUTES if r.startswith("/api/v2")]
+        route = draw(st.sampled_from(v2) | st.sampled_from([r for r in ROUTES if r not in v2]))
     ident = draw(
         st.just(KNOWN)
         | st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
