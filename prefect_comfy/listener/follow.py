@@ -25,6 +25,11 @@ Either way the jobs the cursor had in flight are followed too. Where listing wor
 fails counts as the link dropping (the listener's heartbeats say ``comfy.connected: false``), and
 the first round that succeeds after it as a reconnect (what was in flight is reconciled). Uploads are not followed: on v2 an
 upload is ready when the upload call returns, and the uploading task emits its own event.
+
+What the streams report waits in a queue until the listener takes it (it takes no faster than
+Prefect accepts). The queue holds at most :data:`MAX_QUEUED_PROGRESS` progress events: past that a
+progress event is dropped (counted in :attr:`JobFollower.progress_dropped`; the listener would have
+coalesced it anyway), while an outcome is never dropped (there is at most one per followed job).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = [
     "DISCOVER_INITIAL",
     "DISCOVER_MAX",
     "LIST_LIMIT",
+    "MAX_QUEUED_PROGRESS",
     "SUBMITTED_LOOKBACK",
     "JobFollower",
     "submitted_in_prefect",
@@ -70,6 +76,8 @@ batches, so an event can appear after a later one."""
 MAX_SUBMITTED_PAGES = 20
 QUIET_PAGE = 10
 """Jobs asked for in the first page of a round after the baseline (more pages while all are new)."""
+MAX_QUEUED_PROGRESS = 1_000
+"""Most progress events waiting for the listener; more are dropped, outcomes never are."""
 JOB_EVENTS = ("job.progress", "job.completed", "job.failed", "job.cancelled")
 
 SubmittedJobs = Callable[[datetime], Awaitable[list[tuple[str, datetime]]]]
@@ -142,6 +150,9 @@ class JobFollower:
         self._since = datetime.now(timezone.utc) - SUBMITTED_LOOKBACK
         self.rounds = 0
         """Rounds of finding jobs so far."""
+        self.progress_dropped = 0
+        """Progress events dropped because :data:`MAX_QUEUED_PROGRESS` were waiting."""
+        self._queued_progress = 0
         self._down = False
         self._live = False
         self._on_connect: Callable[[], Awaitable[None]] | None = None
@@ -197,7 +208,7 @@ class JobFollower:
             WebSocketAuthError: the server refused the key.
         """
         patterns = tuple(patterns)
-        self._queue = asyncio.Queue()
+        self._queue, self._queued_progress = asyncio.Queue(), 0
         self._streams = JobStreams(
             self.backend,
             pending=lambda key: key[1] in self._following,
@@ -221,6 +232,8 @@ class JobFollower:
             finder = asyncio.ensure_future(self._find_loop())
             while True:
                 event = await self._queue.get()
+                if event.event == "job.progress":
+                    self._queued_progress -= 1
                 if matches_any(patterns, event.event):
                     yield event
         finally:
@@ -249,6 +262,17 @@ class JobFollower:
         if event.event in TERMINAL_EVENTS and event.resource_id:
             self._following.pop(event.resource_id, None)
         assert self._queue is not None
+        if event.event == "job.progress":
+            if self._queued_progress >= MAX_QUEUED_PROGRESS:
+                self.progress_dropped += 1
+                if self.progress_dropped == 1 or self.progress_dropped % 1000 == 0:
+                    logger.warning(
+                        "Prefect is slower than Comfy's progress: %d progress events dropped so "
+                        "far (outcomes are kept)",
+                        self.progress_dropped,
+                    )
+                return
+            self._queued_progress += 1
         self._queue.put_nowait(event)
 
     def _found(self, key: tuple[str, str], resource: Any) -> None:

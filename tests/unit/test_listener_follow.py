@@ -205,3 +205,38 @@ async def test_a_server_down_at_the_start_is_an_error_and_no_disconnect() -> Non
     with pytest.raises(ComfyAPIError):
         await asyncio.wait_for(run.task, 5)
     assert (run.connects, run.disconnects) == (0, 0)
+
+
+class Chatty(FakeV2):
+    """A job's stream says ``burst`` progress snapshots at once, then its end."""
+
+    burst = 2_500
+
+    async def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
+        for step in range(self.burst):
+            yield ComfyEvent(event="job.progress", payload={"id": job_id, "value": step})
+        async for end in super().job_events(job_id):
+            yield end
+
+
+async def test_a_listener_slower_than_the_progress_drops_progress_never_an_outcome() -> None:
+    backend = Chatty()
+    follower = JobFollower(backend)
+    stream = follower.events(("*",))
+    backend.add("j1", "completed")  # the baseline leaves it to the cursor: not followed
+    first = asyncio.ensure_future(stream.__anext__())
+    await eventually(lambda: backend.lists >= 1, timeout=5, message="the baseline round")
+    backend.add("j2")  # running: followed, its stream says 2,500 snapshots at once
+    follower.follow(["j2"])
+    dropped = Chatty.burst - follow.MAX_QUEUED_PROGRESS
+    await eventually(lambda: follower.progress_dropped == dropped, timeout=5, message="the burst")
+    backend.end("j2")
+    await eventually(lambda: follower.following == 0, timeout=5, message="j2's end queued")
+    events = [await first]
+    while len(events) < 1 + follow.MAX_QUEUED_PROGRESS:
+        events.append(await asyncio.wait_for(stream.__anext__(), 5))
+    await stream.aclose()
+    progress = [e for e in events if e.event == "job.progress"]
+    assert len(progress) == follow.MAX_QUEUED_PROGRESS
+    assert follower.progress_dropped == dropped
+    assert [(e.event, e.resource_id) for e in events[-1:]] == [("job.completed", "j2")]
