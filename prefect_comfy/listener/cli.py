@@ -98,7 +98,7 @@ def listen(
 ) -> None:
     """Forward Comfy events into Prefect as events (comfy.<event>), until SIGTERM or Ctrl-C."""
     from prefect_comfy.exceptions import ComfyConfigError, WebSocketAuthError
-    from prefect_comfy.listener.forwarder import require_prefect_api_url
+    from prefect_comfy.listener.sender import require_prefect_api_url
 
     _configure_logging(log_level)
     try:

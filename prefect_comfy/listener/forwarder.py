@@ -9,9 +9,9 @@ is stored once and fires a trigger once.
 
 What it does beyond copying events (each in its own module, described in ``docs/listener.md``):
 flow-run relations from the job's ``prefect.flow-run.<id>`` tag, with the tags of progress events
-filled in (:mod:`~prefect_comfy.listener.tracking`); reconciliation through REST of what was in
-flight after every reconnect, and a catch-up by time of what was created around the drop
-(:mod:`~prefect_comfy.listener.catchup`); ``comfy.listener.heartbeat`` events with the label
+filled in (:mod:`~prefect_comfy.listener.tracking`); after every reconnect, reconciliation through
+REST of what was in flight and a catch-up by time of what was created around the drop
+(:mod:`~prefect_comfy.listener.recovery`); ``comfy.listener.heartbeat`` events with the label
 ``comfy.connected`` (:mod:`~prefect_comfy.listener.heartbeat`); pacing, with outcomes first and
 progress coalesced (:mod:`~prefect_comfy.listener.sender`); a durable cursor of what is in flight
 (:mod:`~prefect_comfy.listener.cursor`); and a clean stop that sends what was received and flushes.
@@ -20,13 +20,8 @@ Events go through an explicit Prefect events client (``get_events_client()``), n
 an events worker started inside a flow run would relate later events to that run. Without a Prefect
 API URL the listener refuses to start (instead of quietly starting a temporary server).
 
-The pieces: this module reads the Comfy stream and forwards it
-(:class:`ComfyListener`); :mod:`prefect_comfy.listener.run` runs it as a process
-(:func:`~prefect_comfy.listener.run.run_listener`: backend, cursor, signals);
-:mod:`prefect_comfy.listener.heartbeat` makes heartbeats; :mod:`prefect_comfy.listener.tracking`
-remembers tags and what is in flight and reconciles through REST; :mod:`prefect_comfy.listener.sender`
-sends to Prefect (queue, retries, drain, flush). Everything public is importable from
-:mod:`prefect_comfy.listener`.
+:mod:`prefect_comfy.listener.run` runs it as a process (backend, cursor, signals). Everything public
+is importable from :mod:`prefect_comfy.listener`.
 
 Example:
     >>> import asyncio
@@ -46,7 +41,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from prefect.events import Event
@@ -55,27 +49,22 @@ from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
-from prefect_comfy.listener.catchup import RECONNECT_CATCH_UP_SLACK, catch_up
 from prefect_comfy.listener.cursor import Cursor
 from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.listener.heartbeat import heartbeat_event
 from prefect_comfy.listener.keeper import CursorKeeper
-from prefect_comfy.listener.sender import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
-from prefect_comfy.listener.sender import DEFAULT_PROGRESS_INTERVAL as DEFAULT_PROGRESS_INTERVAL
-from prefect_comfy.listener.sender import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
-from prefect_comfy.listener.sender import NO_API_URL_MESSAGE as NO_API_URL_MESSAGE
+from prefect_comfy.listener.recovery import Recovery
 from prefect_comfy.listener.sender import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_PROGRESS_INTERVAL,
+    DEFAULT_QUEUE_SIZE,
     PrefectSender,
     events_per_second_from_env,
     flush,
     prefect_events_client,
 )
-from prefect_comfy.listener.sender import require_prefect_api_url as require_prefect_api_url
-from prefect_comfy.listener.stats import ListenerStats as ListenerStats
-from prefect_comfy.listener.tracking import DEFAULT_MAX_TRACKED as DEFAULT_MAX_TRACKED
-from prefect_comfy.listener.tracking import RECONCILE_CONCURRENCY as RECONCILE_CONCURRENCY
-from prefect_comfy.listener.tracking import REST_TIMEOUT as REST_TIMEOUT
-from prefect_comfy.listener.tracking import Bounded, InFlightTracker
+from prefect_comfy.listener.stats import ListenerStats
+from prefect_comfy.listener.tracking import DEFAULT_MAX_TRACKED, Bounded, InFlightTracker
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
@@ -84,13 +73,7 @@ from prefect_comfy.waiting.slots import per_job_mode
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "NO_API_URL_MESSAGE",
-    "ComfyListener",
-    "ListenerStats",
-    "default_listener_id",
-    "require_prefect_api_url",
-]
+__all__ = ["ComfyListener", "default_listener_id"]
 
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
 """Seconds between two ``comfy.listener.heartbeat`` events."""
@@ -186,7 +169,6 @@ class ComfyListener:
             else None
         )
         self._ended = Bounded(max_tracked)
-        self._dropped_at: datetime | None = None  # the first drop not caught up on yet
         self._cursor = (
             CursorKeeper(
                 cursor,
@@ -198,6 +180,14 @@ class ComfyListener:
             )
             if cursor is not None
             else None
+        )
+        self._recovery = Recovery(
+            backend,
+            self._tracker,
+            ended=self._ended,
+            cursor=self._cursor,
+            forward=self._forward_reconciled,
+            stats=self.stats,
         )
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
@@ -354,33 +344,10 @@ class ComfyListener:
             )
         else:
             logger.info("Comfy event stream connected to %s", self.backend.address)
-        await self.reconcile()
-        if self._dropped_at is not None:
-            await self._catch_up_after_drop(self._dropped_at)
-        if self._cursor is not None and not self._cursor.caught_up:
-            await self._cursor.catch_up(self.backend, **self._catch_up_hooks())
-
-    def _catch_up_hooks(self) -> dict[str, Any]:
-        return {
-            "forward": self._forward_caught_up,
-            "track": lambda kind, rid, status: self._in_flight.remember((kind, rid), status),
-            "already": lambda kind, rid: (kind, rid) in self._ended,
-        }
-
-    async def _catch_up_after_drop(self, dropped_at: datetime) -> None:
-        """List what was created shortly before the drop and since: a job that started and ended
-        while the stream was down (or whose events a paused server held) was never seen in flight."""
-        try:
-            await catch_up(
-                self.backend, dropped_at - RECONNECT_CATCH_UP_SLACK, **self._catch_up_hooks()
-            )
-        except Exception as exc:  # tried again after the next reconnect
-            logger.warning("Could not catch up after the Comfy event stream dropped: %s", exc)
-        else:
-            self._dropped_at = None
+        await self._recovery.after_connect()
 
     async def _on_disconnect(self) -> None:
-        self._dropped_at = self._dropped_at or datetime.now(timezone.utc)
+        self._recovery.dropped()
         self.connected = False
         self.stats.disconnects += 1
         logger.info("Comfy event stream to %s dropped; reconnecting", self.backend.address)
@@ -406,21 +373,16 @@ class ComfyListener:
             self.stats.reconciled += 1
         return event
 
-    # -- reconciliation -------------------------------------------------------------------------
     async def reconcile(self) -> int:
-        """Read every resource last seen in flight; emit the terminal events that were missed.
+        """Read every resource last seen in flight; forward the terminal events that were missed.
 
         Returns:
             How many terminal events were synthesised.
         """
-        return await self._tracker.reconcile(self._forward_reconciled)
+        return await self._recovery.reconcile()
 
     async def _forward_reconciled(self, comfy_event: ComfyEvent) -> None:
         await self.forward(comfy_event, reconciled=True)
-
-    async def _forward_caught_up(self, comfy_event: ComfyEvent) -> None:
-        await self.forward(comfy_event, reconciled=True)
-        self.stats.caught_up += 1
 
     # -- heartbeats -----------------------------------------------------------------------------
     def heartbeat_event(self) -> Event:

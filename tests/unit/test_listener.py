@@ -18,7 +18,8 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.listener.forwarder import ComfyListener, require_prefect_api_url
+from prefect_comfy.listener.forwarder import ComfyListener
+from prefect_comfy.listener.sender import require_prefect_api_url
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
 from tests.waiting import eventually
 
