@@ -25,6 +25,7 @@ from prefect.client.orchestration import get_client
 from prefect.events.clients import get_events_client
 from prefect.events.filters import EventFilter, EventResourceFilter
 
+from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
@@ -297,3 +298,89 @@ async def test_prefect_comfy_listen_with_a_saved_v2_block(prefect_api_url, cappe
             process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(lines)[-3000:]
         await reader
+
+
+async def stored_terminal_events(job_id: str) -> list[Any]:
+    async with get_client() as client:
+        page = await client.read_events(
+            filter=EventFilter(resource=EventResourceFilter(id=[f"comfy.job.{job_id}"])), limit=50
+        )
+    return [e for e in page.events if e.event in TERMINAL]
+
+
+async def test_a_sigkill_and_restart_loses_and_duplicates_no_outcome(
+    prefect_api_url, capped: EmulatorServer, tmp_path: Path
+):
+    """``prefect-comfy listen`` on v2, killed with SIGKILL while 4 jobs run (one more than the cap of
+    streams: one is read in the shared poll) and restarted: jobs that end while it is down, and jobs
+    that start and end while it is down, each get exactly one outcome in Prefect, with the id the
+    live event would have had."""
+    from tests.integration.test_listener_restart import ListenerProcess, cursor_ids
+
+    block = f"v2-kill-{uuid.uuid4().hex[:8]}"
+    await ComfyV2Credentials(endpoint=capped.v2_url, api_key=API_KEY).save(block)
+    cursor = tmp_path / "cursor.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFY_")}
+    listeners = []
+    for _ in range(2):
+        process = ListenerProcess(capped, cursor, "v2-kill")
+        process.args[process.args.index("--name") : process.args.index("--name")] = ["--block", block]  # fmt: skip
+        process.env = env
+        listeners.append(process)
+    first, second = listeners
+    async with V2Backend(capped.v2_url, API_KEY) as backend:
+
+        async def status(job_id: str) -> str:
+            return (await backend.get_job(job_id)).status
+
+        try:
+            await first.start()
+            # 4 running jobs: 1 ends before the kill, 2 during the outage, 1 after the restart.
+            seconds = [0.5, 4.0, 4.0, 14.0]
+            specs = [slow_workflow(int(s / 0.05), step_seconds=0.05) for s in seconds]
+            running = await asyncio.to_thread(submit_elsewhere, capped, specs)
+            later = set(running[1:])
+            await eventually(
+                lambda: later <= cursor_ids(cursor), timeout=30, message="3 jobs in the cursor"
+            )
+            await eventually(
+                lambda: _ended(backend, running[0]), timeout=30, message="the first job ended"
+            )
+            assert await first.end(signal.SIGKILL) == -signal.SIGKILL
+
+            # While no listener runs: jobs start and end, never seen in flight by any listener.
+            unseen = await asyncio.to_thread(
+                submit_elsewhere, capped, [tiny_workflow(), failing_workflow("oom", code="oom")]
+            )
+
+            async def outage_over() -> bool:
+                return all([await _ended(backend, j) for j in running[1:3] + unseen])
+
+            await eventually(outage_over, timeout=60, interval=0.1, message="jobs ended while down")
+            assert await status(running[-1]) == "running", "too slow a machine"
+
+            await second.start()
+            await eventually(
+                lambda: _ended(backend, running[-1]), timeout=60, message="the last job ended"
+            )
+            expected = {j: f"comfy.job.{await status(j)}" for j in running + unseen}
+
+            async def every_outcome_stored() -> bool:
+                return all([await stored_terminal_events(j) for j in expected])
+
+            await eventually(
+                every_outcome_stored, timeout=60, interval=0.5, message="an outcome for every job"
+            )
+            assert await second.end(signal.SIGTERM) == 0, second.text[-3000:]
+        finally:
+            for listener in listeners:
+                if listener.process is not None and listener.process.returncode is None:
+                    listener.process.kill()
+                    await listener.process.wait()
+        address = backend.address
+    assert expected[unseen[-1]] == "comfy.job.failed"
+    for job_id, name in expected.items():
+        stored = await stored_terminal_events(job_id)
+        assert [e.event for e in stored] == [name], (job_id, stored)
+        assert stored[0].id == comfy_events.event_id(address, name, f"comfy.job.{job_id}")
+    assert API_KEY not in first.text + second.text
