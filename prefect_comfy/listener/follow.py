@@ -18,8 +18,10 @@ How jobs are found depends on the server (the start-up line says which):
   has its terminal event sent at once. Every job of the key is followed, whoever submitted it.
 - **Where listing answers 501** (Comfy Cloud): only the jobs submitted through prefect-comfy. Their
   ``comfy.job.submitted`` events are read back from Prefect (:func:`submitted_in_prefect`; the
-  listener is in the Prefect layer), from :data:`SUBMITTED_LOOKBACK` before the start on, and each
-  job named is followed. Jobs submitted by other clients are never seen.
+  listener is in the Prefect layer), from :data:`SUBMITTED_LOOKBACK` before the start on (or from
+  the restored cursor's watermark, less 5 minutes, when that is earlier: :meth:`JobFollower.look_back_to`),
+  and each job named is followed, also one that ended while no listener ran. Jobs submitted by
+  other clients are never seen.
 
 Either way the jobs the cursor had in flight are followed too. Where listing works, a round that
 fails counts as the link dropping (the listener's heartbeats say ``comfy.connected: false``), and
@@ -183,6 +185,11 @@ class JobFollower:
             f"prefect-comfy (their comfy.job.submitted events in Prefect) and those in the "
             f"cursor; jobs submitted by other clients and {uploads}"
         )
+
+    def look_back_to(self, when: datetime) -> None:
+        """Read the submitted events from ``when`` on, where that is earlier than the default
+        lookback (the listener passes its restored cursor's watermark, less a slack)."""
+        self._since = min(self._since, when)
 
     def follow(self, job_ids: Iterable[str]) -> None:
         """Follow these jobs until they end (a job already followed is left as it is)."""

@@ -49,6 +49,7 @@ from prefect_comfy import events as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
+from prefect_comfy.listener.catchup import CATCH_UP_SLACK
 from prefect_comfy.listener.cursor import Cursor
 from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.listener.heartbeat import heartbeat_event
@@ -216,6 +217,8 @@ class ComfyListener:
             )
             if self._cursor is not None:
                 await self._cursor.restore()
+                if self.follower is not None and self._cursor.restored_watermark is not None:
+                    self.follower.look_back_to(self._cursor.restored_watermark - CATCH_UP_SLACK)
             sender = asyncio.create_task(self._sender.send_loop(client), name="comfy-listener-send")
             consumer = asyncio.create_task(self._consume(), name="comfy-listener-read")
             tasks = [consumer]

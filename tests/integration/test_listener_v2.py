@@ -384,3 +384,48 @@ async def test_a_sigkill_and_restart_loses_and_duplicates_no_outcome(
         assert [e.event for e in stored] == [name], (job_id, stored)
         assert stored[0].id == comfy_events.event_id(address, name, f"comfy.job.{job_id}")
     assert API_KEY not in first.text + second.text
+
+
+async def test_without_listing_a_restart_looks_back_to_the_cursor_watermark(
+    prefect_api_url, cloud_like: EmulatorServer, tmp_path: Path
+):
+    """On Comfy Cloud (501) a job submitted through the project 30 minutes before a restart, and
+    ended while no listener ran, gets its outcome: the submitted events are read back from the
+    cursor's watermark, not only from 10 minutes before the start."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.events import Event
+
+    from prefect_comfy.listener.cursor import CursorState
+
+    async with V2Backend(cloud_like.v2_url, API_KEY) as backend:
+        job = await backend.submit(tiny_workflow())
+        await eventually(lambda: _ended(backend, job.id), timeout=30, message="the job ended")
+        address = backend.address
+    now = datetime.now(timezone.utc)
+    submitted = Event(
+        event="comfy.job.submitted",
+        occurred=now - timedelta(minutes=30),
+        resource={"prefect.resource.id": f"comfy.job.{job.id}", "comfy.backend": "v2"},
+    )
+    async with get_events_client() as client:
+        await client.emit(submitted)
+
+    async def stored() -> bool:
+        async with get_client() as prefect:
+            page = await prefect.read_events(
+                filter=EventFilter(resource=EventResourceFilter(id=[f"comfy.job.{job.id}"])),
+                limit=5,
+            )
+        return any(e.id == submitted.id for e in page.events)
+
+    await eventually(stored, timeout=30, message="the old submitted event in Prefect")
+    cursor = FileCursor(tmp_path / "cursor.json")
+    await cursor.save(CursorState(address, [], now - timedelta(minutes=40)))
+    counting = Counting()
+    async with listening(cloud_like, counting, cursor=cursor) as listener:
+        assert listener.follower is not None
+        await eventually(
+            lambda: counting.terminal(job.id), timeout=30, message="the old job's outcome"
+        )
+    assert counting.terminal(job.id) == ["comfy.job.completed"]
