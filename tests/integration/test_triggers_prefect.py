@@ -225,6 +225,12 @@ async def test_extra_parameters_are_templated_and_none_drops_a_default(prefect_a
 async def test_the_same_event_twice_creates_one_run(prefect_api_url):
     t = tag()
     deployment_id = await apply(input_flow, on_input_ready(tags=[t]))
+    # First a run that shows the trigger is live: Prefect's trigger service loads a new automation
+    # a moment after it is created, and an event sent before that creates no run (seen in CI).
+    await emit(
+        ComfyEvent(event="input.ready", payload={"id": "inp_warm", "name": "w", "tags": [t]})
+    )
+    await runs_of(deployment_id, count=1, timeout=60)
     event = ComfyEvent(event="input.ready", payload={"id": "inp_dup", "name": "d", "tags": [t]})
     await emit(event)
     await emit(event)
@@ -232,5 +238,5 @@ async def test_the_same_event_twice_creates_one_run(prefect_api_url):
     await emit(
         ComfyEvent(event="input.ready", payload={"id": "inp_next", "name": "e", "tags": [t]})
     )
-    runs = await runs_of(deployment_id, count=2)
-    assert sorted(r.parameters["input_id"] for r in runs) == ["inp_dup", "inp_next"]
+    runs = await runs_of(deployment_id, count=3)
+    assert sorted(r.parameters["input_id"] for r in runs) == ["inp_dup", "inp_next", "inp_warm"]
