@@ -44,7 +44,7 @@ import re
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect_comfy.exceptions import InvalidWorkflow, UnknownNodeType
 from prefect_comfy.workflows.catalog import NodeCatalog, NodeSpec, WidgetSlot
@@ -141,7 +141,16 @@ def to_api_format(
 # --- the document, read once --------------------------------------------------------------------
 
 
-@dataclass
+class _Step(NamedTuple):
+    """The next hop of a link walk: an input (``is_input``) or an output of a node."""
+
+    is_input: bool
+    exec_id: str
+    slot: int
+    want: Any
+
+
+@dataclass(slots=True)
 class _Link:
     id: Any
     origin_id: str
@@ -151,7 +160,7 @@ class _Link:
     type: Any
 
 
-@dataclass
+@dataclass(slots=True)
 class _Input:
     name: str
     type: Any
@@ -159,7 +168,7 @@ class _Input:
     widget: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Node:
     """One node as the editor holds it after ``configure``: inputs reordered by its class."""
 
@@ -184,7 +193,7 @@ class _Node:
         return f"{self.id} ({self.title})" if self.title and self.title != self.type else self.id
 
 
-@dataclass
+@dataclass(slots=True)
 class _Graph:
     """The root graph or one subgraph definition."""
 
@@ -506,7 +515,7 @@ class _Converter:
             if control is not None:
                 controls[(exec_id, name)] = control
         for slot, node_input in enumerate(node.inputs):
-            resolved = self._resolve_input(exec_id, slot, set(), None)
+            resolved = self._resolve(exec_id, slot)
             if resolved is None or resolved[0] == "missing":
                 continue
             if resolved[0] == "value":
@@ -521,9 +530,25 @@ class _Converter:
             controls.pop((exec_id, node_input.name), None)
         return {"inputs": inputs, "class_type": node.type, "_meta": {"title": node.title}}
 
-    def _resolve_input(
+    def _resolve(self, exec_id: str, slot: int) -> tuple[Any, ...] | None:
+        """What input ``slot`` of a node receives, as ``resolveInput`` finds it.
+
+        ``None`` (nothing), ``("link", node id, output slot)``, ``("value", value, control)``
+        (a subgraph's promoted widget), or ``("missing", bypassed node id, type)``. The walk
+        is a loop, not a recursion, so a chain of ten thousand Reroutes does not overflow.
+        """
+        visited: set[str] = set()
+        step: _Step | tuple[Any, ...] | None = _Step(True, exec_id, slot, None)
+        while isinstance(step, _Step):
+            if step.is_input:
+                step = self._input_step(step.exec_id, step.slot, visited, step.want)
+            else:
+                step = self._output_step(step.exec_id, step.slot, step.want, visited)
+        return step
+
+    def _input_step(
         self, exec_id: str, slot: int, visited: set[str], want: Any
-    ) -> tuple[Any, ...] | None:
+    ) -> _Step | tuple[Any, ...] | None:
         node, graph, path, container = self.dtos[exec_id]
         key = f"{graph.id}:{node.id}[I]{slot}"
         if key in visited:
@@ -542,7 +567,7 @@ class _Converter:
                 f"{node_input.link} which does not exist; reconnect that input in ComfyUI"
             )
         if container is not None and link.origin_id == str(SUBGRAPH_INPUT_ID):
-            return self._resolve_from_outside(container, link, node_input, visited)
+            return self._from_outside(container, link, node_input)
         origin = graph.nodes.get(link.origin_id)
         if origin is None:
             raise InvalidWorkflow(
@@ -550,11 +575,11 @@ class _Converter:
                 f"{link.origin_id}{_where(graph.id)}, which does not exist; reconnect it in ComfyUI"
             )
         origin_id = ":".join((*path, origin.id))
-        return self._resolve_output(origin_id, link.origin_slot, want or node_input.type, visited)
+        return _Step(False, origin_id, link.origin_slot, want or node_input.type)
 
-    def _resolve_from_outside(
-        self, container: str, link: _Link, node_input: _Input, visited: set[str]
-    ) -> tuple[Any, ...] | None:
+    def _from_outside(
+        self, container: str, link: _Link, node_input: _Input
+    ) -> _Step | tuple[Any, ...] | None:
         outer, _graph, _path, _container = self.dtos[container]
         if link.origin_slot >= len(outer.inputs):
             raise InvalidWorkflow(
@@ -573,11 +598,11 @@ class _Converter:
                     outer.controls.get(outer_input.widget),
                 )
             return None
-        return self._resolve_input(container, link.origin_slot, visited, None)
+        return _Step(True, container, link.origin_slot, None)
 
-    def _resolve_output(
+    def _output_step(
         self, exec_id: str, slot: int, want: Any, visited: set[str]
-    ) -> tuple[Any, ...] | None:
+    ) -> _Step | tuple[Any, ...] | None:
         node, graph, path, _container = self.dtos[exec_id]
         key = f"{graph.id}:{node.id}[O]{slot}"
         if key in visited:
@@ -590,18 +615,18 @@ class _Converter:
             index = _bypass_slot(node, slot, want)
             if index == -1:
                 return ("missing", exec_id, want)
-            return self._resolve_input(exec_id, index, visited, None)
+            return _Step(True, exec_id, index, None)
         if node.subgraph is not None:
-            return self._resolve_subgraph_output(exec_id, node, slot, want, visited)
+            return self._subgraph_output(exec_id, node, slot, want)
         if node.virtual:
             if slot < len(node.inputs) and node.inputs[slot].link is not None:
-                return self._resolve_input(exec_id, slot, visited, want)
+                return _Step(True, exec_id, slot, want)
             return None
         return ("link", exec_id, slot)
 
-    def _resolve_subgraph_output(
-        self, exec_id: str, node: _Node, slot: int, want: Any, visited: set[str]
-    ) -> tuple[Any, ...] | None:
+    def _subgraph_output(
+        self, exec_id: str, node: _Node, slot: int, want: Any
+    ) -> _Step | tuple[Any, ...] | None:
         subgraph = node.subgraph
         assert subgraph is not None
         if slot >= len(subgraph.outputs):
@@ -626,14 +651,14 @@ class _Converter:
         if link is None:
             return None
         if link.origin_id == str(SUBGRAPH_INPUT_ID):  # an input wired straight to an output
-            return self._resolve_input(exec_id, link.origin_slot, visited, None)
+            return _Step(True, exec_id, link.origin_slot, None)
         inner = ":".join((exec_id, link.origin_id))
         if inner not in self.dtos:
             raise InvalidWorkflow(
                 f"Subgraph {subgraph.id} links its output {slot} to node {link.origin_id}, "
                 "which does not exist; reconnect it in ComfyUI"
             )
-        return self._resolve_output(inner, link.origin_slot, want, visited)
+        return _Step(False, inner, link.origin_slot, want)
 
     def _check_required(self, graph: dict[str, Any]) -> None:
         # A bypass the frontend could not pass through leaves a consumer's input empty: the
@@ -646,7 +671,7 @@ class _Converter:
                 spec_input = node.spec.input(node_input.name) if node.spec else None
                 if spec_input is None or not spec_input.required:
                     continue
-                resolved = self._resolve_input(exec_id, slot, set(), None)
+                resolved = self._resolve(exec_id, slot)
                 if resolved is not None and resolved[0] == "missing":
                     bypassed = self.dtos[resolved[1]][0]
                     raise InvalidWorkflow(
