@@ -83,9 +83,6 @@ class Node:
     def virtual(self) -> bool:
         return self.subgraph is not None or (self.spec is None and self.type in VIRTUAL_NODE_TYPES)
 
-    def label(self) -> str:
-        return f"{self.id} ({self.title})" if self.title and self.title != self.type else self.id
-
 
 @dataclass(slots=True)
 class Graph:
