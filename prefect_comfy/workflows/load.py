@@ -38,7 +38,7 @@ def load_workflow(workflow: Mapping[str, Any] | str | os.PathLike[str]) -> dict[
 
     Raises:
         InvalidWorkflow: not a graph in API format (a UI-format export says so in one line), not
-            JSON, or no such file.
+            JSON, a file that is not UTF-8, or no such file.
 
     Example:
         >>> load_workflow({"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64}}})
@@ -57,7 +57,7 @@ def _text_of(workflow: str | os.PathLike[str]) -> tuple[str, str]:
         return "The workflow text", workflow
     path = Path(workflow).expanduser()
     if path.is_file():
-        return str(path), path.read_text(encoding="utf-8")
+        return str(path), _decode(str(path), path.read_bytes())
     if isinstance(workflow, str):
         try:  # JSON that is no graph ("5", "null", a quoted string): say so, not "no file"
             json.loads(workflow)
@@ -69,6 +69,17 @@ def _text_of(workflow: str | os.PathLike[str]) -> tuple[str, str]:
         f"No workflow file at {str(path)!r} (give a graph as a dict, as JSON text, or the path "
         "of a JSON file)"
     )
+
+
+def _decode(source: str, data: bytes) -> str:
+    """The file's text: UTF-8 (a leading byte-order mark is allowed), as JSON must be."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidWorkflow(
+            f"{source} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the workflow as UTF-8 JSON (ComfyUI's Save and Export do)"
+        ) from None
 
 
 def _refuse_constant(name: str) -> Any:
