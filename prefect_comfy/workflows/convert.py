@@ -213,12 +213,9 @@ class _Converter:
                 target = graph.nodes.get(link.target_id) if link is not None else None
                 if target is None or link is None:
                     continue
-                slot = (
-                    target.inputs[link.target_slot]
-                    if link.target_slot < len(target.inputs)
-                    else None
-                )
-                # the editor's PrimitiveNode finds the target input by slot, then its widget by name
+                # The editor renumbers a loaded node's inputs, and its links with them; the
+                # PrimitiveNode then takes the linked input's widget name. Find it by the link.
+                slot = next((i for i in target.inputs if i.link == link.id), None)
                 name = slot.widget if slot is not None else None
                 if name is not None:
                     target_id = ":".join((*path, target.id))

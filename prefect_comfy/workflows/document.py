@@ -17,6 +17,7 @@ from prefect_comfy.exceptions import InvalidWorkflow
 from prefect_comfy.workflows.catalog import SEED_NAMES, NodeCatalog, NodeSpec, WidgetSlot
 
 __all__ = [
+    "FRONTEND_DISPLAY_NAMES",
     "MODE_BYPASS",
     "MODE_NEVER",
     "SUBGRAPH_INPUT_ID",
@@ -37,6 +38,14 @@ MODE_NEVER = 2
 """A muted node: dropped, with every input linked to it."""
 MODE_BYPASS = 4
 """A bypassed node: dropped, its consumers wired to its matching input."""
+
+FRONTEND_DISPLAY_NAMES = {
+    "EmptyHunyuanLatentVideo": "EmptyHunyuanLatentVideo",
+    "Preview3D": "Preview 3D",
+    "PreviewAny": "Preview Any",
+}
+"""Titles the editor's English locale (frontend 1.32.9) gives a new node instead of the server's
+``display_name`` (ComfyUI 0.3.75): the only three classes of its catalog where the two differ."""
 
 SUBGRAPH_INPUT_ID = -10
 """The id a subgraph's links give its input node."""
@@ -220,7 +229,7 @@ class Document:
         title = raw.get("title")
         if not isinstance(title, str):
             if spec is not None:
-                title = spec.display_name
+                title = FRONTEND_DISPLAY_NAMES.get(node_type, spec.display_name)
             elif subgraph is not None:
                 title = str(self.raw_subgraphs[node_type].get("name") or node_type)
             else:
@@ -292,7 +301,8 @@ class Document:
         promoted: list[tuple[str, Any]] = []
         for index, sub_input in enumerate(subgraph.inputs):
             name = str(sub_input.get("name", ""))
-            saved = by_name.get(name) or (saved_inputs[index] if index < len(saved_inputs) else {})
+            # by name only: an instance saves just the inputs it shows as sockets
+            saved = by_name.get(name) or {}
             widget = _promoted_widget(subgraph, index, sub_input)
             node.inputs.append(
                 Input(name, sub_input.get("type"), saved.get("link"), name if widget else None)
