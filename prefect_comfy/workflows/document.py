@@ -308,9 +308,9 @@ class Document:
                 Input(name, sub_input.get("type"), saved.get("link"), name if widget else None)
             )
             if widget is not None:
+                # A promoted widget is a copy of the inner one without its control widget: the
+                # editor (1.32.9) never changes it after a run, whatever the inner control says.
                 promoted.append((name, widget[0]))
-                if widget[1] is not None:
-                    node.controls[name] = widget[1]
         node.output_types = [o.get("type") for o in subgraph.outputs]
         node.output_links = [_links_of(s) for s in saved_outputs]
         values = node.raw.get("widgets_values")
@@ -408,7 +408,8 @@ def _default(slot: WidgetSlot) -> Any:
 def _promoted_widget(
     subgraph: Graph, index: int, sub_input: Mapping[str, Any]
 ) -> tuple[Any, str | None] | None:
-    """The inner widget a subgraph input stands for: the first linked inner widget input."""
+    """The inner widget a subgraph input stands for (the first linked inner widget input): its
+    value and control."""
     link_ids = sub_input.get("linkIds")
     if isinstance(link_ids, list):
         links = [subgraph.links[i] for i in link_ids if i in subgraph.links]
