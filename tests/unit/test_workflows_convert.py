@@ -193,3 +193,52 @@ def test_a_muted_source_drops_the_consumers_input_but_keeps_the_consumer(object_
 def test_messages_quote_a_node_title_exactly() -> None:
     error = UnknownNodeType("4:7", "Foo", "My (odd) title")
     assert re.search(r"Node 4:7 'My \(odd\) title' is of type 'Foo'", str(error))
+
+
+# Rules found by comparing the official templates with the editor's graphs (regression tests).
+
+
+def test_a_primitive_reaches_a_widget_input_saved_before_the_widgets(object_info) -> None:
+    # Saved inputs list the linked widget "width" at slot 1; the editor rebuilds the node's inputs
+    # (model, max_shift, base_shift, width, height), so slot 1 is no longer "width".
+    workflow = {
+        "nodes": [
+            {"id": 1, "type": "PrimitiveNode", "mode": 0, "widgets_values": [768, "fixed"],
+             "outputs": [{"name": "INT", "type": "INT", "links": [1]}]},
+            {"id": 2, "type": "ModelSamplingFlux", "mode": 0, "widgets_values": [1.15, 0.5, 1, 1],
+             "inputs": [{"name": "model", "type": "MODEL", "link": None},
+                        {"name": "width", "type": "INT", "widget": {"name": "width"}, "link": 1}]},
+        ],
+        "links": [[1, 1, 0, 2, 1, "INT"]],
+    }  # fmt: skip
+    converted = convert_workflow(workflow, object_info)
+    assert converted.graph["2"]["inputs"] == {
+        "max_shift": 1.15,
+        "base_shift": 0.5,
+        "width": 768,
+        "height": 1,
+    }
+    assert converted.controls[("2", "width")] == "fixed"
+
+
+def test_the_editors_3d_viewer_widget_is_sent_and_titles_follow_its_locale(object_info) -> None:
+    workflow = {
+        "nodes": [
+            {"id": 1, "type": "SaveGLB", "mode": 0, "widgets_values": ["mesh/x", ""],
+             "inputs": [{"name": "mesh", "type": "MESH", "link": None}]},
+            {"id": 2, "type": "EmptyHunyuanLatentVideo", "mode": 0,
+             "widgets_values": [848, 480, 25, 1]},
+        ],
+        "links": [],
+    }  # fmt: skip
+    graph = to_api_format(workflow, object_info)
+    assert graph["1"]["inputs"] == {"filename_prefix": "mesh/x", "image": ""}
+    assert graph["2"]["_meta"]["title"] == "EmptyHunyuanLatentVideo"  # not the server's name
+
+
+def test_a_subgraph_instance_matches_saved_inputs_by_name(object_info) -> None:
+    workflow = load(CASES / "subgraph.json")
+    instance = next(n for n in workflow["nodes"] if n["type"] == workflow["definitions"][
+        "subgraphs"][0]["id"])  # fmt: skip
+    instance["inputs"] = list(reversed(instance.get("inputs") or []))
+    assert to_api_format(workflow, object_info) == load(CASES / "subgraph.api.json")
