@@ -177,6 +177,9 @@ class Document:
                 self.raw_subgraphs[sub["id"]] = sub
         self.subgraphs: dict[str, Graph] = {}
         self.building: set[str] = set()
+        self._layouts: dict[
+            str, tuple[tuple[tuple[str, str, str | None], ...], frozenset[str]]
+        ] = {}
         self.root = self._graph(None, workflow)
 
     def _graph(self, graph_id: str | None, raw: Mapping[str, Any]) -> Graph:
@@ -271,18 +274,18 @@ class Document:
         saved_inputs: list[Mapping[str, Any]],
         saved_outputs: list[Mapping[str, Any]],
     ) -> None:
-        by_name = {s.get("name"): s for s in saved_inputs}
-        sockets = [i for i in spec.inputs if not i.is_widget]
-        widget_inputs = [i for i in spec.inputs if i.is_widget]
-        inputs: list[Input] = []
-        for spec_input in sockets + widget_inputs:
-            saved = by_name.get(spec_input.name)
-            link = saved.get("link") if saved is not None else None
-            widget = spec_input.name if spec_input.is_widget else None
-            inputs.append(Input(spec_input.name, spec_input.type, link, widget))
-        known = {i.name for i in inputs}
-        inputs += [_input_of(s) for s in saved_inputs if s.get("name") not in known]
-        node.inputs = inputs
+        layout = self._layouts.get(spec.class_type)
+        if layout is None:  # the editor's socket order, once per class: links, then widgets
+            order = [i for i in spec.inputs if not i.is_widget]
+            order += [i for i in spec.inputs if i.is_widget]
+            slots = tuple((i.name, i.type, i.name if i.is_widget else None) for i in order)
+            layout = (slots, frozenset(i.name for i in order))
+            self._layouts[spec.class_type] = layout
+        slots, known = layout
+        links = {s.get("name"): s.get("link") for s in saved_inputs}
+        node.inputs = [Input(name, kind, links.get(name), widget) for name, kind, widget in slots]
+        # a saved input the class no longer has stays, after the class's own
+        node.inputs += [_input_of(s) for s in saved_inputs if s.get("name") not in known]
         node.output_types = list(spec.outputs) + [
             s.get("type") for s in saved_outputs[len(spec.outputs) :]
         ]
@@ -330,13 +333,11 @@ class Document:
                 ):
                     node.widgets[entry[1]] = value
 
-    # -- flattening ------------------------------------------------------------------------------
-
 
 def _saved_slots(raw: Any, node_id: str, what: str) -> list[Mapping[str, Any]]:
     if raw is None:
         return []
-    if not isinstance(raw, list) or not all(isinstance(s, Mapping) for s in raw):
+    if type(raw) is not list or not all(type(s) is dict or isinstance(s, Mapping) for s in raw):
         raise InvalidWorkflow(
             f"Node {node_id} has malformed {what} (a list of objects is expected); "
             "re-save the workflow in ComfyUI"
