@@ -242,3 +242,38 @@ def test_a_subgraph_instance_matches_saved_inputs_by_name(object_info) -> None:
         "subgraphs"][0]["id"])  # fmt: skip
     instance["inputs"] = list(reversed(instance.get("inputs") or []))
     assert to_api_format(workflow, object_info) == load(CASES / "subgraph.api.json")
+
+
+# Edge cases probed on the real frontend (scripts/workflow_probe.py): identical, but for two
+# deliberate differences.
+PROBED = FIXTURES / "workflows" / "probed"
+PROBED_MANIFEST = json.loads((PROBED / "manifest.json").read_text())
+DELIBERATE = {
+    # The core frontend ignores dict-form widgets_values (it only reads lists) and sends the
+    # defaults; dict form is written by custom nodes whose own editor extension reads it by name,
+    # which is what the converter does.
+    "dict_widgets": {"1": {"width": 16, "height": 8}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(PROBED_MANIFEST) - {"bypass_loader"}))
+def test_probed_edge_case_matches_the_frontend(name, object_info) -> None:
+    expected = load(PROBED / f"{name}.api.json")
+    for node_id, inputs in DELIBERATE.get(name, {}).items():
+        expected[node_id]["inputs"].update(inputs)
+    converted = convert_workflow(load(PROBED / f"{name}.json"), object_info)
+    assert converted.graph == expected
+    assert list(converted.graph) == list(expected)
+    moving = {f"{n}.{i}" for (n, i), c in converted.controls.items() if c != "fixed"}
+    assert moving == set(PROBED_MANIFEST[name]["controlled"])
+
+
+def test_a_bypassed_loader_nothing_can_replace_is_an_error_not_a_graph_the_server_refuses(
+    object_info,
+) -> None:
+    # The frontend sends the consumers without their "clip"/"model" inputs (the server then
+    # refuses the graph); the converter says which bypassed node is the cause.
+    frontend = load(PROBED / "bypass_loader.api.json")
+    assert "clip" not in frontend["2"]["inputs"]
+    with pytest.raises(InvalidWorkflow, match=r"from bypassed node 1 \(Load Checkpoint\)"):
+        convert_workflow(load(PROBED / "bypass_loader.json"), object_info)
