@@ -15,6 +15,7 @@ themselves are not committed.
 Where outputs go (default ``--out tests/fixtures``):
 
 - ``object_info/comfyui-0.3.75.json``: the server's ``GET /object_info`` (compact JSON).
+- ``workflows/oracle.json``: the versions of ComfyUI, its frontend, the templates and Chromium used.
 - ``workflows/templates/<id>.api.json``: the frontend's API graph per save-format template.
 - ``workflows/templates/manifest.json``: per template its distribution, version, path in the wheel,
   sha256, format (``save``, or ``other`` for the gallery's ``index*.json``), the node types the
@@ -316,6 +317,8 @@ async def _oracle_templates(
     for i, template in enumerate(iter_templates(ensure_templates())):
         if limit is not None and i >= limit:
             break
+        if i and i % 25 == 0:
+            print(f"  {i} templates done", flush=True)
         workflow = template.load()
         entry: dict = {
             "distribution": template.distribution,
@@ -360,7 +363,14 @@ async def _run(args: argparse.Namespace) -> int:
             object_info = json.loads(resp.read())
         _write(out / "object_info" / f"comfyui-{COMFYUI_VERSION}.json", _dump(object_info))
         async with FrontendOracle(server.url) as oracle:
-            print(f"ComfyUI {COMFYUI_VERSION}, frontend {oracle.frontend_version}")
+            print(f"ComfyUI {COMFYUI_VERSION}, frontend {oracle.frontend_version}", flush=True)
+            about = {
+                "comfyui": COMFYUI_VERSION,
+                "frontend": oracle.frontend_version,
+                "templates": TEMPLATES_VERSION,
+                "browser": oracle.browser_version,
+            }
+            _write(out / "workflows" / "oracle.json", json.dumps(about, indent=1) + "\n")
             cases = templates = None
             if args.only in (None, "cases"):
                 cases = await _oracle_cases(oracle, out, args.rebuild_cases)
