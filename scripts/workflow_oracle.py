@@ -247,6 +247,19 @@ CASES: dict[str, str] = {
       muted.title = 'Muted subgraph';
       h.mode(muted, 2);
     }""",
+    "subgraph_mode_outer_only": """() => {
+      // A file whose subgraph nodes are bypassed/muted but the nodes inside are not (mode set
+      // directly, not by the editor's command): frontend 1.32.9 still runs the muted one's inside.
+      const img = h.add('EmptyImage', [0, 0], {width: 40, height: 24});
+      const a = h.add('ImageInvert', [300, 0], {}, 'In a bypassed subgraph');
+      const save = h.add('SaveImage', [600, 0], {filename_prefix: 'bypassed-subgraph'});
+      h.link(img, 0, a, 0); h.link(a, 0, save, 0);
+      app.graph.convertToSubgraph(new Set([a])).node.mode = 4;
+      const d = h.add('ImageInvert', [300, 600], {}, 'In a muted subgraph');
+      const save3 = h.add('SaveImage', [600, 600], {filename_prefix: 'muted-subgraph'});
+      h.link(img, 0, d, 0); h.link(d, 0, save3, 0);
+      app.graph.convertToSubgraph(new Set([d])).node.mode = 2;
+    }""",
     "subgraph_widget_input": """() => {
       // A widget of an inner node promoted to the subgraph's input, set on the outer node.
       const img = h.add('EmptyImage', [0, 0], {width: 40, height: 24});
