@@ -44,6 +44,7 @@ from prefect_comfy.exceptions import (
     ResponseTooLarge,
     ServerError,
     TooManyStreams,
+    UnknownNodeType,
     UploadFailed,
     WaitTimedOut,
     WebSocketAuthError,
@@ -69,6 +70,7 @@ from prefect_comfy.tasks import (
 )
 from prefect_comfy.waiting.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
+from prefect_comfy.workflows.convert import to_api_format
 
 __version__ = "0.1.0"
 
@@ -110,6 +112,7 @@ __all__ = [
     "ResponseTooLarge",
     "ServerError",
     "TooManyStreams",
+    "UnknownNodeType",
     "UploadFailed",
     "V2Backend",
     "WaitTimedOut",
@@ -123,6 +126,7 @@ __all__ = [
     "is_retryable",
     "run_comfy_workflow",
     "submit_comfy_job",
+    "to_api_format",
     "upload_comfy_input",
     "upload_comfy_model",
     "wait_for",

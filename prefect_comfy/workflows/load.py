@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect_comfy.exceptions import InvalidWorkflow
+from prefect_comfy.workflows.convert import is_save_format
 from prefect_comfy.workflows.png import PNG_SIGNATURE, workflow_of_png
 
-__all__ = ["MAX_WORKFLOW_BYTES", "is_save_format", "load_workflow"]
+__all__ = ["MAX_WORKFLOW_BYTES", "load_workflow"]
 
 MAX_WORKFLOW_BYTES = 64 * 2**20
 """The largest workflow file (or PNG) read; the size is checked before reading."""
@@ -39,11 +40,6 @@ _SHAPE = (
     '({"1": {"class_type": ..., "inputs": {...}}, ...}) or the editor\'s save format '
     '({"nodes": [...], "links": [...]})'
 )
-
-
-def is_save_format(obj: Any) -> bool:
-    """Whether ``obj`` is a workflow in the editor's save format (it has a ``nodes`` list)."""
-    return isinstance(obj, Mapping) and isinstance(obj.get("nodes"), list)
 
 
 def load_workflow(workflow: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
