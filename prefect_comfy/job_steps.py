@@ -18,12 +18,11 @@ from pydantic import Field
 from prefect_comfy import events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.registry import backend_of
-from prefect_comfy.bounded import Bounded
 from prefect_comfy.emitter import emit_submitted, run_context_ids
 from prefect_comfy.exceptions import InvalidWorkflow, JobCancelled, JobFailed, NotFound
 from prefect_comfy.models import Job, Output
 from prefect_comfy.prepare import PreparedWorkflow, prepare_workflow
-from prefect_comfy.results import ComfyOutputFile, output_file, to_download
+from prefect_comfy.results import ComfyOutputFile, output_file, remember_seeds, to_download
 from prefect_comfy.runs import label_flow_run, run_logger
 
 __all__ = [
@@ -32,7 +31,6 @@ __all__ = [
     "cancel_jobs_quietly",
     "download_outputs",
     "raise_for_outcome",
-    "seeds_of_job",
     "submit_job",
     "unfinished_jobs_of",
 ]
@@ -46,15 +44,6 @@ class SubmittedJob(Job):
         description='The seeds the job runs with, {"<node id>.<input>": value}: pass them back '
         "as inputs to make the same picture again.",
     )
-
-
-_SEEDS: Bounded = Bounded(1_000)
-"""Job id -> the seeds it was submitted with, for the outputs artifact and the result."""
-
-
-def seeds_of_job(job_id: str) -> dict[str, int]:
-    """The seeds a job of this process was submitted with (``{}`` when unknown)."""
-    return dict(_SEEDS.get(job_id) or {})
 
 
 async def submit_job(
@@ -96,7 +85,7 @@ async def submit_job(
         prepared = again
         job = await backend.submit(prepared.graph, tags=all_tags, idempotency_key=idempotency_key)
     submitted = SubmittedJob(**dict(job), seeds=prepared.seeds)
-    _SEEDS.remember(job.id, prepared.seeds)
+    remember_seeds(job.id, prepared.seeds)
     run_logger().info(
         "Submitted Comfy job %s (%s)%s",
         job.id,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from prefect_comfy.bounded import Bounded
@@ -28,9 +28,6 @@ from prefect_comfy.exceptions import CatalogUnavailable, ComfyError
 from prefect_comfy.redaction import redact_url
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.workflows.catalog import NodeCatalog
-
-if TYPE_CHECKING:
-    from prefect_comfy.backends.base import ComfyBackend
 
 __all__ = ["CATALOG_HINT", "MAX_CATALOG_BYTES", "node_catalog", "read_catalog_source"]
 
@@ -50,15 +47,16 @@ _CACHE: Bounded = Bounded(64)
 """``connection_key|catalog_source`` -> :class:`NodeCatalog`, one per server and process."""
 
 
-def _cache_key(backend: ComfyBackend) -> str:
+def _cache_key(backend: Any) -> str:
     return f"{backend.connection_key}|{backend.catalog_source or ''}"
 
 
-async def node_catalog(backend: ComfyBackend, *, refresh: bool = False) -> tuple[NodeCatalog, bool]:
+async def node_catalog(backend: Any, *, refresh: bool = False) -> tuple[NodeCatalog, bool]:
     """The server's node catalog, and whether it was read just now (``False``: from the cache).
 
     Args:
-        backend: the server.
+        backend: the server (a :class:`~prefect_comfy.backends.base.ComfyBackend`; not imported
+            here: the interface calls this module).
         refresh: read it again even if cached (a stale catalog: the server gained or lost a node).
 
     Raises:

@@ -139,7 +139,7 @@ def resolve_inputs(
 def _type_problem(spec: InputSpec | None, value: Any, current: Any) -> str | None:
     """Why ``value`` does not fit the input, or ``None``."""
     kind = spec.type if spec is not None else _kind_of(current)
-    if spec is not None and spec.choices is not None:
+    if spec is not None and spec.choices:  # an empty list: the server did not list them
         if value in spec.choices:
             return None
         return f"{value!r} is not one of the {len(spec.choices)} choices: " + _listed(

@@ -121,6 +121,8 @@ def _parse(source: str, text: str) -> Any:
 
 
 def _check_save_format(workflow: Mapping[str, Any]) -> None:
+    if not workflow["nodes"]:
+        raise InvalidWorkflow("This save-format workflow has no nodes: there is nothing to run")
     bad = [i for i, node in enumerate(workflow["nodes"]) if not isinstance(node, Mapping)]
     if bad:
         raise InvalidWorkflow(

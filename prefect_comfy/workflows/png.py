@@ -49,7 +49,9 @@ def png_text_chunks(data: bytes, source: str = "The PNG") -> dict[str, str]:
         kind = data[at + 4 : at + 8]
         body = data[at + 8 : at + 8 + length]
         if len(body) < length:
-            raise InvalidWorkflow(f"{source} is cut short (a {kind.decode('latin-1')} chunk ends early)")
+            raise InvalidWorkflow(
+                f"{source} is cut short (a {kind.decode('latin-1')} chunk ends early)"
+            )
         at += 12 + length
         if kind == b"IEND":
             break
