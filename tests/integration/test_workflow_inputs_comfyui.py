@@ -102,3 +102,30 @@ def test_cli_run_with_set_on_comfyui(
     assert files and files[0].name.startswith(prefix)
     prompt = json.loads(png_text_chunks((tmp_path / files[0]).read_bytes())["prompt"])
     assert prompt["1"]["inputs"]["color"] == 255
+
+
+async def test_v2_through_comfy_api_proxy_with_the_comfyui_as_catalog_source(
+    api_proxy, comfyui_server: RunningComfyUI, tmp_path: Path
+) -> None:
+    from prefect_comfy import CatalogUnavailable, ComfyV2Credentials
+    from prefect_comfy.job_steps import download_outputs, submit_job
+    from prefect_comfy.waiting.waits import wait_for
+
+    prefix = f"v2-{uuid.uuid4().hex[:8]}"
+    creds = ComfyV2Credentials(
+        endpoint=api_proxy.url, api_key=api_proxy.token, catalog_source=comfyui_server.url
+    )
+    async with creds.get_backend() as backend:
+        job = await submit_job(
+            backend, invert(), inputs={"Save.filename_prefix": prefix}, emit_events=False
+        )
+        event = await wait_for(backend, "job", job.id, timeout=120)
+        assert event.event == "job.completed"
+        done = await backend.get_job(job.id)
+        files = await download_outputs(backend, done, tmp_path)
+    assert files and files[0].path is not None and files[0].path.read_bytes()[:4] == b"\x89PNG"
+
+    bare = ComfyV2Credentials(endpoint=api_proxy.url, api_key=api_proxy.token)
+    async with bare.get_backend() as backend:
+        with pytest.raises(CatalogUnavailable, match="set catalog_source"):
+            await submit_job(backend, invert(), emit_events=False)
