@@ -27,11 +27,13 @@ from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.exceptions import (
     AuthenticationError,
+    CatalogUnavailable,
     ComfyAPIError,
     ComfyConfigError,
     ComfyError,
     ComfyProtocolError,
     ComfyTransportError,
+    InvalidInputs,
     InvalidRequest,
     InvalidWorkflow,
     JobCancelled,
@@ -71,10 +73,13 @@ from prefect_comfy.tasks import (
 from prefect_comfy.waiting.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 from prefect_comfy.workflows.convert import to_api_format
+from prefect_comfy.workflows.load import load_workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CatalogUnavailable",
+    "InvalidInputs",
     "AuthenticationError",
     "CloudBackend",
     "ComfyAPIError",
@@ -126,6 +131,7 @@ __all__ = [
     "is_retryable",
     "run_comfy_workflow",
     "submit_comfy_job",
+    "load_workflow",
     "to_api_format",
     "upload_comfy_input",
     "upload_comfy_model",

@@ -4,7 +4,9 @@ Every error the package raises derives from :class:`ComfyError`, split by the ki
 
     ComfyError
     ├── ComfyConfigError            usage: missing key, bad URL, a workflow that is not a graph
+    │   └── CatalogUnavailable      no node catalog to convert or check a workflow with
     ├── InvalidWorkflow             the server (or a local check) refused the graph; ``node_errors``
+    │   ├── InvalidInputs           an input by name is unknown, ambiguous or out of the catalog's range
     │   └── UnknownNodeType         a node's class the server's catalog lacks: ``node_id``, ``title``
     ├── ComfyTransportError         connect/read/write failures and timeouts (retryable)
     ├── ComfyAPIError               an HTTP error answer: ``status_code``, ``error_code``, ``details``
@@ -37,11 +39,13 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "CatalogUnavailable",
     "ComfyAPIError",
     "ComfyConfigError",
     "ComfyError",
     "ComfyProtocolError",
     "ComfyTransportError",
+    "InvalidInputs",
     "InvalidRequest",
     "InvalidWorkflow",
     "JobCancelled",
@@ -94,6 +98,20 @@ class InvalidWorkflow(ComfyError):
                 lines.append(f"  - {where}: {err.get('message', '')}")
             message = message + "\n" + "\n".join(lines)
         super().__init__(message)
+
+
+class CatalogUnavailable(ComfyConfigError):
+    """No node catalog could be had: none is configured for this kind of server, or it cannot be
+    read (unreachable, not JSON, not a catalog). The message says what to set; nothing was submitted.
+    """
+
+
+class InvalidInputs(InvalidWorkflow):
+    """An input given by name does not fit the workflow or the node catalog; nothing was submitted.
+
+    Each entry of ``node_errors`` names the input and what is wrong (unknown or ambiguous node,
+    unknown input, wrong type, out of range, not one of the choices), with the candidates.
+    """
 
 
 class UnknownNodeType(InvalidWorkflow):
