@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 
-from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
+from prefect_comfy import load_workflow
+from prefect_comfy.backends.registry import credentials_from_parameter
 from prefect_comfy.tasks import download_comfy_outputs, submit_comfy_job, wait_for_comfy_job
 
 WORKFLOWS = Path(__file__).parent / "workflows"
@@ -39,33 +39,10 @@ DEFAULT_PROMPTS = [
 ]
 
 
-def load_workflow(name: str) -> dict[str, Any]:
-    """A workflow template from ``flows/workflows`` (or any JSON path)."""
-    path = Path(name) if Path(name).is_file() else WORKFLOWS / name
-    return json.loads(path.read_text())
-
-
-def apply_overrides(template: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``template`` with ``{"<node id>.<input>": value}`` set.
-
-    Example:
-        >>> apply_overrides({"6": {"inputs": {"text": "a"}}}, {"6.text": "b"})["6"]["inputs"]
-        {'text': 'b'}
-    """
-    workflow = copy.deepcopy(template)
-    for key, value in overrides.items():
-        node_id, _, field = key.partition(".")
-        if node_id not in workflow or not field:
-            raise ValueError(f"override {key!r} names no node input of the workflow")
-        workflow[node_id]["inputs"][field] = value
-    return workflow
-
-
-async def credentials_from(block: str | None) -> ComfyCloudCredentials:
-    """A saved block by name, or (no name) the ``COMFY_API_KEY`` / ``COMFY_BASE_URL`` environment."""
-    if block:
-        return await ComfyCloudCredentials.aload(block)
-    return ComfyCloudCredentials()
+def template_path(name: str) -> str:
+    """A workflow template from ``flows/workflows`` (or any path: JSON in either format, or a
+    PNG ComfyUI saved)."""
+    return name if Path(name).is_file() else str(WORKFLOWS / name)
 
 
 @flow(name="comfy-scheduled-generation", log_prints=True)
@@ -73,44 +50,51 @@ async def scheduled_generation(
     prompts: list[str] | None = None,
     variants: list[dict[str, Any]] | None = None,
     workflow: str = "txt2img.json",
-    prompt_field: str = "6.text",
-    seed_field: str | None = "3.seed",
+    prompt_input: str = "Positive Prompt.text",
+    seed_input: str | None = "KSampler.seed",
     credentials_block: str | None = None,
     output_dir: str = "outputs/scheduled",
     timeout: float = 900,
     tags: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate one job per prompt (or per variant of overrides) from one workflow template.
+    """Generate one job per prompt (or per variant of inputs) from one workflow template.
+
+    Inputs are named the way the workflow names its nodes: ``"Positive Prompt.text"`` (a title),
+    ``"KSampler.seed"`` (a class type only one node has) or ``"3.steps"`` (an id). They are checked
+    against the workflow (and the server's node catalog, when it has one) before anything is
+    submitted.
 
     Args:
-        prompts: texts set on ``prompt_field``; each also gets seed ``i`` on ``seed_field``.
-        variants: instead of prompts, a list of overrides ``{"<node id>.<input>": value}``.
-        workflow: a file in ``flows/workflows`` (``txt2img.json``, ``empty_image.json``) or a path.
-        credentials_block: a saved ``ComfyCloudCredentials`` block; default the environment.
+        prompts: texts set on ``prompt_input``; each also gets seed ``i`` on ``seed_input``.
+        variants: instead of prompts, a list of inputs by name ``{"<node>.<input>": value}``.
+        workflow: a file in ``flows/workflows`` (``txt2img.json``, ``empty_image.json``) or a path,
+            in API or save format (save format needs the server's node catalog).
+        prompt_input: the input each prompt is set on.
+        seed_input: the input each prompt's seed is set on (``None``: the workflow's own, or a
+            fresh one where the workflow says randomize).
+        credentials_block: a saved credentials block of any kind; default the ``COMFY_*``
+            environment (the developer API).
         output_dir: where the outputs land, one folder per job.
         timeout: seconds to wait for each job.
         tags: Comfy tags of every job (``scheduled`` is always added).
 
     Returns:
-        One row per variant: the job id, its status, and the downloaded files.
+        One row per variant: the inputs, the job id, its status, its seeds and the downloaded files.
     """
     log = get_run_logger()
-    credentials = await credentials_from(credentials_block)
-    template = load_workflow(workflow)
+    credentials = await credentials_from_parameter(credentials_block)
+    template = load_workflow(template_path(workflow))  # read once, checked before any submit
     if variants is None:
         prompts = prompts if prompts is not None else DEFAULT_PROMPTS
         variants = []
         for i, prompt in enumerate(prompts):
-            variant = {prompt_field: prompt}
-            if seed_field:
-                variant[seed_field] = i
+            variant: dict[str, Any] = {prompt_input: prompt}
+            if seed_input:
+                variant[seed_input] = i
             variants.append(variant)
     job_tags = ["scheduled", *(tags or [])]
     jobs = await asyncio.gather(
-        *(
-            submit_comfy_job(credentials, apply_overrides(template, v), tags=job_tags)
-            for v in variants
-        )
+        *(submit_comfy_job(credentials, template, inputs=v, tags=job_tags) for v in variants)
     )
     log.info("Submitted %d Comfy jobs", len(jobs))
     finished = await asyncio.gather(
@@ -119,7 +103,12 @@ async def scheduled_generation(
     )
     rows: list[dict[str, Any]] = []
     for variant, job, result in zip(variants, jobs, finished, strict=True):
-        row: dict[str, Any] = {"variant": json.dumps(variant), "job_id": job.id, "files": []}
+        row: dict[str, Any] = {
+            "inputs": json.dumps(variant),
+            "job_id": job.id,
+            "seeds": json.dumps(getattr(job, "seeds", {})),
+            "files": [],
+        }
         if isinstance(result, BaseException):
             row["status"] = f"failed: {result}"
         else:

@@ -29,11 +29,13 @@ from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.deployments import run_comfy_deployment, workflow_deployment
 from prefect_comfy.exceptions import (
     AuthenticationError,
+    CatalogUnavailable,
     ComfyAPIError,
     ComfyConfigError,
     ComfyError,
     ComfyProtocolError,
     ComfyTransportError,
+    InvalidInputs,
     InvalidRequest,
     InvalidWorkflow,
     JobCancelled,
@@ -46,6 +48,7 @@ from prefect_comfy.exceptions import (
     ResponseTooLarge,
     ServerError,
     TooManyStreams,
+    UnknownNodeType,
     UploadFailed,
     WaitTimedOut,
     WebSocketAuthError,
@@ -71,10 +74,14 @@ from prefect_comfy.tasks import (
 )
 from prefect_comfy.waiting.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
+from prefect_comfy.workflows.convert import to_api_format
+from prefect_comfy.workflows.load import load_workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CatalogUnavailable",
+    "InvalidInputs",
     "AuthenticationError",
     "CloudBackend",
     "ComfyAPIError",
@@ -112,6 +119,7 @@ __all__ = [
     "ResponseTooLarge",
     "ServerError",
     "TooManyStreams",
+    "UnknownNodeType",
     "UploadFailed",
     "V2Backend",
     "WaitTimedOut",
@@ -126,6 +134,8 @@ __all__ = [
     "run_comfy_deployment",
     "run_comfy_workflow",
     "submit_comfy_job",
+    "load_workflow",
+    "to_api_format",
     "upload_comfy_input",
     "upload_comfy_model",
     "wait_for",

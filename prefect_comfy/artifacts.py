@@ -272,7 +272,11 @@ async def create_outputs_artifact(
         previews = await _previews(
             job.outputs, backend=backend, paths=paths or {}, max_bytes=max_preview_bytes
         )
-        markdown = outputs_markdown(job, job.outputs, previews, max_bytes=max_preview_bytes)
+        from prefect_comfy.results import seeds_of_job
+
+        markdown = outputs_markdown(
+            job, job.outputs, previews, max_bytes=max_preview_bytes, seeds=seeds_of_job(job.id)
+        )
         return await create(
             markdown=markdown,
             key=key or artifact_key("job", job.id, "outputs"),

@@ -4,7 +4,10 @@ Every error the package raises derives from :class:`ComfyError`, split by the ki
 
     ComfyError
     ├── ComfyConfigError            usage: missing key, bad URL, a workflow that is not a graph
+    │   └── CatalogUnavailable      no node catalog to convert or check a workflow with
     ├── InvalidWorkflow             the server (or a local check) refused the graph; ``node_errors``
+    │   ├── InvalidInputs           an input by name is unknown, ambiguous or out of the catalog's range
+    │   └── UnknownNodeType         a node's class the server's catalog lacks: ``node_id``, ``title``
     ├── ComfyTransportError         connect/read/write failures and timeouts (retryable)
     ├── ComfyAPIError               an HTTP error answer: ``status_code``, ``error_code``, ``details``
     │   ├── AuthenticationError     401 / 403: the API key is wrong or lacks rights
@@ -36,11 +39,13 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "CatalogUnavailable",
     "ComfyAPIError",
     "ComfyConfigError",
     "ComfyError",
     "ComfyProtocolError",
     "ComfyTransportError",
+    "InvalidInputs",
     "InvalidRequest",
     "InvalidWorkflow",
     "JobCancelled",
@@ -53,6 +58,7 @@ __all__ = [
     "ResponseTooLarge",
     "ServerError",
     "TooManyStreams",
+    "UnknownNodeType",
     "UploadFailed",
     "WaitTimedOut",
     "WebSocketAuthError",
@@ -92,6 +98,48 @@ class InvalidWorkflow(ComfyError):
                 lines.append(f"  - {where}: {err.get('message', '')}")
             message = message + "\n" + "\n".join(lines)
         super().__init__(message)
+
+
+class CatalogUnavailable(ComfyConfigError):
+    """No node catalog could be had: none is configured for this kind of server, or it cannot be
+    read (unreachable, not JSON, not a catalog). The message says what to set; nothing was submitted.
+    """
+
+
+class InvalidInputs(InvalidWorkflow):
+    """An input given by name does not fit the workflow or the node catalog; nothing was submitted.
+
+    Each entry of ``node_errors`` names the input and what is wrong (unknown or ambiguous node,
+    unknown input, wrong type, out of range, not one of the choices), with the candidates.
+    """
+
+
+class UnknownNodeType(InvalidWorkflow):
+    """A node's class type is not in the server's node catalog.
+
+    The converter raises it without knowing which server it asked; the caller that fetched the
+    catalog adds that (``str(exc)`` plus the server's name).
+
+    Attributes:
+        node_id: the node's id in the workflow (``"12"``, or ``"5:3"`` inside a subgraph).
+        title: the node's title in the editor, or ``None``.
+        class_type: the class the catalog lacks.
+    """
+
+    def __init__(
+        self, node_id: str, class_type: str, title: str | None = None, *, message: str | None = None
+    ) -> None:
+        self.node_id = node_id
+        self.title = title
+        self.class_type = class_type
+        named = f" {title!r}" if title and title != class_type else ""
+        super().__init__(
+            message
+            or (
+                f"Node {node_id}{named} is of type {class_type!r}, which the server does not "
+                "know; install the custom node that provides it, or remove the node"
+            )
+        )
 
 
 class ComfyTransportError(ComfyError):

@@ -113,6 +113,7 @@ def run_comfy_workflow(
     credentials: ComfyCredentials,
     workflow: dict[str, Any] | str,
     *,
+    inputs: dict[str, Any] | None = None,
     tags: Sequence[str] = (),
     output_dir: str | None = None,
     timeout: float | None = None,
@@ -130,7 +131,12 @@ def run_comfy_workflow(
 
     Args:
         credentials: the credentials block (any registered kind of server).
-        workflow: an API-format graph, JSON text, or the path of a JSON file holding one.
+        workflow: a graph in API format or in the editor's save format (converted with the
+            server's node catalog), JSON text, or the path of a JSON file or of a PNG ComfyUI
+            saved.
+        inputs: values to set by name, ``{"Positive Prompt.text": "a fox", "KSampler.seed": 7,
+            "3.steps": 20}``; checked against the catalog before anything is submitted. A seed
+            marked randomize in the save format gets a fresh value unless given here.
         tags: tags for the Comfy job (the flow run's own tag is added).
         output_dir: where the outputs are saved; a new temporary folder if unset.
         timeout: seconds to wait for the job; ``None`` waits for ever.
@@ -143,7 +149,8 @@ def run_comfy_workflow(
             :mod:`prefect_comfy.suspend` and docs/how-to/long-jobs.md.
 
     Returns:
-        The job's id, status and output files (name, type, redacted URL, local path). A job
+        The job's id, status, output files (name, type, redacted URL, local path) and the seeds
+        it ran with. A job
         cancelled on the Comfy side (ComfyUI's own interrupt or queue delete, the Comfy API,
         another client) ends the flow run ``Cancelled``, as a cancel from Prefect does: the flow
         returns a ``Cancelled`` state whose message names the job and says it was cancelled on
@@ -151,13 +158,17 @@ def run_comfy_workflow(
         ``prefect.exceptions.CancelledRun``, or the state with ``return_state=True``).
 
     Raises:
-        InvalidWorkflow: the workflow is not an API-format graph, or the server refused it.
+        InvalidWorkflow: not a workflow, it does not convert, an input does not fit, or the
+            server refused it (nothing is submitted in the first three cases).
+        CatalogUnavailable: a save-format workflow needs the server's node catalog and none can
+            be had.
         JobFailed: the job failed; it carries Comfy's error code, message and node.
         JobTimedOut: ``timeout`` passed first.
     """
     block = ComfyWorkflow(
         credentials=credentials,
         workflow=workflow,
+        inputs=dict(inputs or {}),
         tags=list(tags),
         timeout=timeout,
         cancel_on_timeout=cancel_on_timeout,

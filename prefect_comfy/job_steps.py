@@ -13,17 +13,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from prefect_comfy import events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.registry import backend_of
 from prefect_comfy.emitter import emit_submitted, run_context_ids
-from prefect_comfy.exceptions import JobCancelled, JobFailed, NotFound
+from prefect_comfy.exceptions import InvalidWorkflow, JobCancelled, JobFailed, NotFound
 from prefect_comfy.models import Job, Output
-from prefect_comfy.results import ComfyOutputFile, output_file, to_download
+from prefect_comfy.prepare import PreparedWorkflow, prepare_workflow
+from prefect_comfy.results import ComfyOutputFile, output_file, remember_seeds, to_download
 from prefect_comfy.runs import label_flow_run, run_logger
-from prefect_comfy.workflows import load_workflow
 
 __all__ = [
+    "SubmittedJob",
     "cancel_job",
     "cancel_jobs_quietly",
     "download_outputs",
@@ -33,35 +36,83 @@ __all__ = [
 ]
 
 
+class SubmittedJob(Job):
+    """A job as this client submitted it: the server's answer plus the seeds it was given."""
+
+    seeds: dict[str, int] = Field(
+        default_factory=dict,
+        description='The seeds the job runs with, {"<node id>.<input>": value}: pass them back '
+        "as inputs to make the same picture again.",
+    )
+
+
 async def submit_job(
     backend: ComfyBackend,
     workflow: Mapping[str, Any] | str | os.PathLike[str],
     *,
+    inputs: Mapping[str, Any] | None = None,
     tags: Sequence[str] = (),
     idempotency_key: str | None = None,
     emit_events: bool = True,
-) -> Job:
-    """Check and submit a workflow the way the Prefect layer does.
+) -> SubmittedJob:
+    """Prepare and submit a workflow the way the Prefect layer does.
 
-    The graph is checked first (:func:`~prefect_comfy.workflows.load_workflow`, the one check).
-    Inside a flow run the job is tagged ``prefect.flow-run.<id>`` and the flow run gets the label
-    ``comfy.job-id``; ``comfy.job.submitted`` is emitted when ``emit_events``.
+    The workflow is read, converted from save format and given its inputs first
+    (:func:`~prefect_comfy.prepare.prepare_workflow`: nothing is sent if that fails). Inside a
+    flow run the job is tagged ``prefect.flow-run.<id>`` and the flow run gets the label
+    ``comfy.job-id``; ``comfy.job.submitted`` is emitted when ``emit_events``, its payload
+    carrying the seeds used.
+
+    A server that refuses a graph prepared with a cached catalog gets one more try: the catalog is
+    read again and the workflow prepared again (a node the server no longer has is then named).
 
     Raises:
-        InvalidWorkflow: the graph is not in API format (before any request), or was refused.
+        InvalidWorkflow: the workflow is in neither format, does not convert, its inputs do not fit
+            (all before any request), or the server refused it.
+        CatalogUnavailable: a catalog is needed and cannot be had (before any request).
     """
-    graph = load_workflow(workflow)
+    prepared = await prepare_workflow(backend, workflow, inputs, seed_key=idempotency_key)
     flow_run_id, task_run_id = run_context_ids()
     all_tags = list(dict.fromkeys(tags))
     if flow_run_id:
         all_tags.append(events.FLOW_RUN_TAG_PREFIX + flow_run_id)
-    job = await backend.submit(graph, tags=all_tags, idempotency_key=idempotency_key)
-    run_logger().info("Submitted Comfy job %s (%s)", job.id, job.status)
+    try:
+        job = await backend.submit(prepared.graph, tags=all_tags, idempotency_key=idempotency_key)
+    except InvalidWorkflow:
+        again = await _prepared_again(backend, prepared, workflow, inputs, idempotency_key)
+        if again is None:
+            raise
+        prepared = again
+        job = await backend.submit(prepared.graph, tags=all_tags, idempotency_key=idempotency_key)
+    submitted = SubmittedJob(**dict(job), seeds=prepared.seeds)
+    remember_seeds(job.id, prepared.seeds)
+    run_logger().info(
+        "Submitted Comfy job %s (%s)%s",
+        job.id,
+        job.status,
+        f" with seeds {prepared.seeds}" if prepared.seeds else "",
+    )
     if flow_run_id:
         await label_flow_run(flow_run_id, job.id)
     if emit_events:
-        emit_submitted(job, backend, flow_run_id=flow_run_id, task_run_id=task_run_id)
-    return job
+        emit_submitted(submitted, backend, flow_run_id=flow_run_id, task_run_id=task_run_id)
+    return submitted
+
+
+async def _prepared_again(
+    backend: ComfyBackend,
+    prepared: PreparedWorkflow,
+    workflow: Any,
+    inputs: Mapping[str, Any] | None,
+    key: str | None,
+) -> PreparedWorkflow | None:
+    """After a refusal: the workflow prepared with a fresh catalog, if the cached one was used and
+    the graph comes out different; ``None`` to raise the server's refusal as it is."""
+    if not prepared.catalog_cached:
+        return None
+    run_logger().info("The server refused the graph: reading its node catalog again")
+    again = await prepare_workflow(backend, workflow, inputs, seed_key=key, refresh=True)
+    return again if again.graph != prepared.graph else None
 
 
 async def cancel_job(credentials: Any, job_id: str) -> Job:

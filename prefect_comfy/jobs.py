@@ -70,11 +70,13 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
     Attributes:
         job: the job as last seen (terminal after a successful wait).
         block: the :class:`ComfyWorkflow` that started it.
+        seeds: the seeds the job was submitted with, ``{"<node id>.<input>": value}``.
     """
 
     def __init__(self, block: ComfyWorkflow, job: Job) -> None:
         self.block = block
         self.job = job
+        self.seeds: dict[str, int] = dict(getattr(job, "seeds", None) or {})
         self._outcome: OutcomeError | None = None
         self._waited = False
 
@@ -151,7 +153,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
         if not self.job.outputs:
             self.job = await astep(get_comfy_job, self.block.credentials, self.job.id)
         if self.block.output_dir is None:
-            return job_result(self.job)
+            return job_result(self.job, seeds=self.seeds)
         paths = await astep(
             download_comfy_outputs, self.block.credentials, self.job, self.block.output_dir
         )
@@ -166,7 +168,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
         if not self.job.outputs:
             self.job = step(get_comfy_job, self.block.credentials, self.job.id)
         if self.block.output_dir is None:
-            return job_result(self.job)
+            return job_result(self.job, seeds=self.seeds)
         paths = step(
             download_comfy_outputs, self.block.credentials, self.job, self.block.output_dir
         )
@@ -181,7 +183,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
         # download_comfy_outputs returns the files of the saved outputs (previews are listed with no
         # path: the download leaves them out), in order
         by_id = {o.id: p for o, p in zip(to_download(self.job.outputs), paths, strict=False)}
-        return job_result(self.job, by_id)
+        return job_result(self.job, by_id, seeds=self.seeds)
 
     async def acancel(self) -> Job:
         """Ask Comfy to cancel the job; returns it as it is then (safe to repeat)."""
@@ -214,13 +216,20 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
     _block_type_slug = "comfy-workflow"
     _logo_url = "https://github.com/Comfy-Org.png?size=200"
     _documentation_url = "https://docs.comfy.org/"
-    _description = "A ComfyUI workflow (API format) to run on Comfy as a job."
+    _description = "A ComfyUI workflow (API or save format) to run on Comfy as a job."
 
     credentials: ComfyCredentials = Field(
         description="Where and as whom to run the workflow.",
     )
     workflow: dict[str, Any] | str = Field(
-        description="The workflow graph in ComfyUI API format, or the path of a JSON file holding it.",
+        description="The workflow: a graph in ComfyUI API format or in the editor's save format, or "
+        "the path of a JSON file or of a PNG ComfyUI saved. Save format is converted with the "
+        "server's node catalog.",
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Values to set by name: {"Positive Prompt.text": "a fox", "KSampler.seed": 7, '
+        '"3.steps": 20} (a node by id, title or unique class type), checked before submitting.',
     )
     tags: list[str] = Field(
         default_factory=list, description="Tags given to each Comfy job this block starts."
@@ -260,7 +269,10 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
             os.fspath(self.workflow) if isinstance(self.workflow, os.PathLike) else self.workflow
         )
         return (self.credentials, workflow), dict(
-            tags=list(self.tags), idempotency_key=idempotency_key, emit_events=self.emit_events
+            inputs=dict(self.inputs),
+            tags=list(self.tags),
+            idempotency_key=idempotency_key,
+            emit_events=self.emit_events,
         )
 
     async def atrigger(self, *, idempotency_key: str | None = None) -> ComfyJobRun:

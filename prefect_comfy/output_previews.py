@@ -102,14 +102,24 @@ def outputs_markdown(
     previews: Mapping[str, str | None],
     *,
     max_bytes: int = MAX_PREVIEW_BYTES,
+    seeds: Mapping[str, int] | None = None,
 ) -> str:
-    """The markdown of the outputs artifact: one table row per output, previews inline."""
+    """The markdown of the outputs artifact: one table row per output, previews inline, and the
+    seeds the job ran with (to make the same picture again)."""
     lines = [
         f"## Outputs of Comfy job `{_code(job.id)}`",
         "",
         f"{len(outputs)} file(s). Download links are signed and expire; previews are inlined "
         f"for images of at most {max_bytes // 1024} KiB.",
         "",
+    ]
+    if seeds:
+        shown = ", ".join(f"`{_code(k)}` = {v}" for k, v in seeds.items())
+        lines += [
+            f"Seeds: {shown} (give them as inputs to make the same outputs again).",
+            "",
+        ]
+    lines += [
         "| Name | Type | Size | Link | Preview |",
         "| --- | --- | --- | --- | --- |",
     ]

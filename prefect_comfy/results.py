@@ -8,10 +8,33 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from prefect_comfy import events
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.models import Job, Output
 from prefect_comfy.redaction import redact_url
 
-__all__ = ["ComfyJobResult", "ComfyOutputFile", "job_result", "output_file", "to_download"]
+__all__ = [
+    "ComfyJobResult",
+    "ComfyOutputFile",
+    "job_result",
+    "output_file",
+    "remember_seeds",
+    "seeds_of_job",
+    "to_download",
+]
+
+_SEEDS: Bounded = Bounded(1_000)
+"""Job id -> the seeds it was submitted with, for the result and the outputs artifact."""
+
+
+def remember_seeds(job_id: str, seeds: Mapping[str, int]) -> None:
+    """Note the seeds a job was submitted with (this process only)."""
+    if seeds:
+        _SEEDS.remember(job_id, dict(seeds))
+
+
+def seeds_of_job(job_id: str) -> dict[str, int]:
+    """The seeds a job of this process was submitted with (``{}`` when unknown)."""
+    return dict(_SEEDS.get(job_id) or {})
 
 
 class ComfyOutputFile(BaseModel):
@@ -37,6 +60,11 @@ class ComfyJobResult(BaseModel):
     status: str = Field(description="The job's final status (``completed``).")
     outputs: list[ComfyOutputFile] = Field(default_factory=list, description="The job's files.")
     tags: list[str] = Field(default_factory=list, description="The job's tags.")
+    seeds: dict[str, int] = Field(
+        default_factory=dict,
+        description='The seeds the job ran with, {"<node id>.<input>": value}; pass them back as '
+        "inputs to make the same picture again.",
+    )
 
     @property
     def paths(self) -> list[Path]:
@@ -67,13 +95,17 @@ def to_download(outputs: Sequence[Output], *, include_temporary: bool = False) -
     return [o for o in outputs if include_temporary or not o.temporary]
 
 
-def job_result(job: Job, paths: Mapping[str, Path] | None = None) -> ComfyJobResult:
+def job_result(
+    job: Job, paths: Mapping[str, Path] | None = None, seeds: Mapping[str, int] | None = None
+) -> ComfyJobResult:
     """The result of a completed job; ``paths`` maps output ids to their downloads.
 
-    The flow run's own tag (``prefect.flow-run.<id>``) is left out of ``tags``.
+    The flow run's own tag (``prefect.flow-run.<id>``) is left out of ``tags``; ``seeds`` default
+    to those this process submitted the job with.
     """
     paths = paths or {}
     return ComfyJobResult(
+        seeds=dict(seeds) if seeds is not None else seeds_of_job(job.id),
         job_id=job.id,
         status=job.status,
         outputs=[output_file(o, paths.get(o.id)) for o in job.outputs],

@@ -84,6 +84,13 @@ class ComfySettings(BaseSettings):
         description="Seconds a download may go without receiving a byte before it fails.",
     )
 
+    catalog_source: str | None = Field(
+        default=None,
+        description="Where a server without a catalog route (the developer API, Comfy API v2) "
+        "gets its node catalog: a ComfyUI URL (http://127.0.0.1:8188) or a saved object_info JSON "
+        "file; used to convert save-format workflows and check inputs by name.",
+    )
+
     @field_validator("base_url")
     @classmethod
     def _strip_base_url(cls, value: str) -> str:

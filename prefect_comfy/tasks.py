@@ -105,11 +105,12 @@ async def submit_comfy_job(
     credentials: ComfyCredentials,
     workflow: Mapping[str, Any] | str | os.PathLike[str],
     *,
+    inputs: Mapping[str, Any] | None = None,
     tags: Sequence[str] = (),
     idempotency_key: str | None = None,
     emit_events: bool = True,
 ) -> Job:
-    """Submit a workflow; returns the new job (``pending``).
+    """Submit a workflow; returns the new job (``pending``), with the ``seeds`` it runs with.
 
     The job is tagged ``prefect.flow-run.<id>`` with the submitting flow run, the flow run gets the
     label ``comfy.job-id``, and ``comfy.job.submitted`` is emitted. In the rerun of a flow run that
@@ -118,14 +119,20 @@ async def submit_comfy_job(
 
     Args:
         credentials: the credentials block.
-        workflow: an API-format graph, or the path of a JSON file holding one.
+        workflow: a graph in API format or in the editor's save format (converted with the
+            server's node catalog), JSON text, or the path of a JSON file or of a PNG ComfyUI
+            saved.
+        inputs: values to set by name, ``{"Positive Prompt.text": "a fox", "KSampler.seed": 7,
+            "3.steps": 20}``: a node by id, title or unique class type, checked against the
+            catalog before anything is sent (see :mod:`prefect_comfy.workflows.inputs`).
         tags: tags for the Comfy job.
         idempotency_key: overrides the key derived from the task run.
         emit_events: whether to emit ``comfy.job.submitted``.
 
     Raises:
-        InvalidWorkflow: the workflow is not an API-format graph (checked before any request), or
-            the server refused it.
+        InvalidWorkflow: the workflow is not a workflow, does not convert, or an input does not
+            fit (checked before any request), or the server refused it.
+        CatalogUnavailable: a save-format workflow needs a catalog and none can be had.
     """
     resume_key = await submission_key()
     resumed = await resumed_job(credentials, resume_key)  # the rerun of a resumed run: same job
@@ -139,7 +146,12 @@ async def submit_comfy_job(
         tags = [events.FLOW_RUN_TAG_PREFIX + str(root.id), *tags]
     async with backend_of(credentials) as backend:
         job = await submit_job(
-            backend, workflow, tags=tags, idempotency_key=key, emit_events=emit_events
+            backend,
+            workflow,
+            inputs=inputs,
+            tags=tags,
+            idempotency_key=key,
+            emit_events=emit_events,
         )
     remember_submission(job.id, resume_key)
     return job

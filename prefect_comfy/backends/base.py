@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
+from prefect_comfy.workflows.catalog import NodeCatalog
 
 ProgressCallback = Callable[[ComfyEvent], Any | Awaitable[Any]]
 """Called with each ``job.progress`` event; may be sync or async."""
@@ -54,6 +55,9 @@ class Capabilities:
     find_jobs_by_tag: bool = False
     per_job_streams: bool = False
     """:meth:`ComfyBackend.job_events` streams one job's events (servers without a global stream)."""
+    node_catalog: bool = False
+    """The server itself serves its node catalog (ComfyUI's ``GET /object_info``); a kind without
+    one reads :meth:`ComfyBackend.object_info` from the block's ``catalog_source``, if set."""
 
 
 class ComfyBackend(abc.ABC):
@@ -202,6 +206,37 @@ class ComfyBackend(abc.ABC):
         calls instead of a read per job (``None``: it reads pending jobs one by one).
         """
         return None
+
+    # -- the node catalog ----------------------------------------------------------------------
+    async def object_info(self) -> dict[str, Any]:
+        """The node catalog, in the shape of ComfyUI's ``GET /object_info`` (never cached here:
+        :func:`prefect_comfy.backends.catalog.node_catalog` caches it per server and process).
+
+        A kind whose server serves it (``capabilities.node_catalog``) asks the server; the others
+        read the ``catalog_source`` they were given (a ComfyUI URL or a saved JSON file), which
+        this default does.
+
+        Raises:
+            CatalogUnavailable: no catalog source is set, or it cannot be read.
+        """
+        from prefect_comfy.backends.catalog import read_catalog_source
+
+        return await read_catalog_source(self.catalog_source, kind=self.kind, server=self.address)
+
+    async def node_catalog(self, *, refresh: bool = False) -> tuple[NodeCatalog, bool]:
+        """The server's node catalog, cached once per server (``connection_key``) and process,
+        and whether it was read just now; ``refresh`` reads it again (a stale catalog).
+
+        Raises:
+            CatalogUnavailable: no catalog to be had; the message says what to set.
+        """
+        from prefect_comfy.backends.catalog import node_catalog
+
+        return await node_catalog(self, refresh=refresh)
+
+    catalog_source: str | None = None
+    """Where a kind without a catalog route reads its node catalog: a ComfyUI URL (its
+    ``/api/object_info``) or the path of a saved ``object_info`` JSON file; ``None``: nowhere."""
 
     # -- life ---------------------------------------------------------------------------------
     async def aclose(self) -> None:  # noqa: B027 - a backend with nothing to close keeps this

@@ -146,8 +146,9 @@ def run_as_flow(
     board: JobBoard,
     *,
     debug: bool = False,
-) -> tuple[str, str, list[Path]]:
-    """Run ``run_comfy_workflow`` with live bars; returns the job id, its status and the files.
+    inputs: dict[str, Any] | None = None,
+) -> tuple[str, str, list[Path], dict[str, int]]:
+    """Run ``run_comfy_workflow`` with live bars; returns the job id, its status, the files and the seeds.
 
     The run's own error lines (tracebacks) stay in Prefect unless ``debug``: the command's one-line
     error says what failed.
@@ -159,7 +160,14 @@ def run_as_flow(
     flow = run_comfy_workflow.with_options(on_running=[watcher.on_running])
     with board, prefect_logs_through(board.console, hide_run_errors=not debug):
         try:
-            result = flow(credentials, graph, tags=tags, output_dir=str(out), timeout=timeout)
+            result = flow(
+                credentials,
+                graph,
+                inputs=inputs or None,
+                tags=tags,
+                output_dir=str(out),
+                timeout=timeout,
+            )
         except KeyboardInterrupt:
             watcher.finish("cancelled", "(Ctrl-C)")
             raise Interrupted(
@@ -177,4 +185,5 @@ def run_as_flow(
         watcher.finish(result.status)
     if watcher.ui_url:
         board.console.print(f"Flow run: {watcher.ui_url}")
-    return result.job_id, result.status, [Path(f.path) for f in result.outputs]
+    paths = [Path(f.path) for f in result.outputs]
+    return result.job_id, result.status, paths, dict(result.seeds)

@@ -24,7 +24,7 @@ import typer
 from prefect_comfy.cli.connect import BlockOption, backend_for, prefect_api_url
 from prefect_comfy.cli.errors import Interrupted
 from prefect_comfy.cli.progress import JobBoard
-from prefect_comfy.cli.validate import WorkflowArgument, read_workflow
+from prefect_comfy.cli.validate import SetOption, WorkflowArgument, parse_sets, read_workflow
 from prefect_comfy.exceptions import JobCancelled, JobFailed, JobTimedOut
 from prefect_comfy.waiting.waits import wait_for
 
@@ -65,45 +65,63 @@ def run(
             "--no-prefect", help="Run without Prefect even when a Prefect API is configured."
         ),
     ] = False,
+    sets: SetOption = None,
     block: BlockOption = None,
 ) -> None:
     """Run a workflow: submit it, show its progress live, download its outputs.
+
+    The workflow may be in API format, in the editor's save format (converted with the server's
+    node catalog) or a PNG ComfyUI saved; --set changes inputs by name. The seeds used are
+    printed, to make the same outputs again with --set.
 
     With a Prefect API configured (PREFECT_API_URL) the run is a Prefect flow run of
     run_comfy_workflow and its UI link is printed. Ctrl-C cancels the Comfy job. The outputs' paths
     are printed on stdout, one a line.
     """
-    graph = read_workflow(workflow)
+    loaded = read_workflow(workflow)
+    inputs = parse_sets(sets)
     tags = list(dict.fromkeys(tag or []))
     board = JobBoard()
     if not no_prefect and prefect_api_url():
         from prefect_comfy.cli.flow_run import run_as_flow
 
         debug = bool(ctx.find_root().params.get("debug"))
-        job_id, status, paths = run_as_flow(graph, block, out, tags, timeout, board, debug=debug)
+        job_id, status, paths, seeds = run_as_flow(
+            loaded, block, out, tags, timeout, board, debug=debug, inputs=inputs
+        )
     else:
-        job_id, status, paths = asyncio.run(_run_direct(graph, block, out, tags, timeout, board))
+        job_id, status, paths, seeds = asyncio.run(
+            _run_direct(loaded, inputs, block, out, tags, timeout, board)
+        )
+    if seeds:
+        shown = " ".join(f'--set "{k}={v}"' for k, v in seeds.items())
+        board.console.print(f"Seeds: {shown}")
     board.console.print(f"Job {job_id} {status}: {len(paths)} output(s) in {out}")
     for path in paths:
         typer.echo(str(path))
 
 
 async def _run_direct(
-    graph: dict[str, Any],
+    workflow: dict[str, Any],
+    inputs: dict[str, Any],
     block: str | None,
     out: Path,
     tags: list[str],
     timeout: float | None,
     board: JobBoard,
-) -> tuple[str, str, list[Path]]:
-    """Submit, wait and download in this process; Ctrl-C (SIGINT) cancels the job."""
+) -> tuple[str, str, list[Path], dict[str, int]]:
+    """Prepare, submit, wait and download in this process; Ctrl-C (SIGINT) cancels the job."""
+    from prefect_comfy.prepare import prepare_workflow
+
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
     loop.add_signal_handler(signal.SIGINT, task.cancel)
     try:
         async with await backend_for(block) as backend:
-            return await _submit_and_wait(backend, graph, out, tags, timeout, board)
+            prepared = await prepare_workflow(backend, workflow, inputs)
+            found = await _submit_and_wait(backend, prepared.graph, out, tags, timeout, board)
+            return (*found, prepared.seeds)
     except asyncio.CancelledError:
         raise Interrupted("Interrupted") from None
     finally:

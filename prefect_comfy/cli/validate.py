@@ -1,16 +1,15 @@
-"""``prefect-comfy validate WORKFLOW.json``, and how every command reads a workflow file.
+"""``prefect-comfy validate WORKFLOW``, and how every command reads a workflow file.
 
-A workflow file must hold a graph in ComfyUI's API format (``{"3": {"class_type": "KSampler",
-"inputs": {...}}, ...}``): what ComfyUI's "Save (API format)" writes. The graph the editor saves
-by default (with ``nodes`` and ``links`` lists) is the UI format, which no server runs: it is told
-apart and named, with the way to export the other one.
+A workflow file holds a graph in ComfyUI's API format (``{"3": {"class_type": "KSampler",
+"inputs": {...}}, ...}``, what "Export (API)" writes), a workflow in the editor's save format
+(``nodes`` and ``links``, what Save and Export write), or is a PNG ComfyUI saved. A save-format
+workflow is converted with the server's node catalog
+(:func:`~prefect_comfy.prepare.prepare_workflow`); ``--set NODE.INPUT=VALUE`` sets inputs by name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,77 +17,68 @@ import typer
 
 from prefect_comfy.cli.connect import BlockOption, backend_for
 from prefect_comfy.cli.errors import UsageProblem
-
-EXPORT_HINT = "open it in ComfyUI and export it with 'Save (API format)' (Workflow menu)"
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number; ComfyUI cannot use it")
+from prefect_comfy.exceptions import InvalidWorkflow
+from prefect_comfy.workflows.convert import is_save_format
+from prefect_comfy.workflows.inputs import apply_inputs, parse_assignment
+from prefect_comfy.workflows.load import load_workflow
 
 
 def read_workflow(path: Path) -> dict[str, Any]:
-    """The API-format graph in a JSON file.
+    """The workflow in a file: an API-format graph, a save-format workflow, or a ComfyUI PNG's.
 
     Raises:
-        UsageProblem: no such file, not JSON, a UI-format export, or not a graph of nodes.
+        UsageProblem: no such file, not UTF-8 JSON, neither format, or a PNG without a workflow.
     """
     if not path.is_file():
         raise UsageProblem(f"No workflow file at {str(path)!r}")
     try:
-        text = path.read_text(encoding="utf-8")
-        graph = json.loads(text, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise UsageProblem(f"{path} is not a text file; a workflow is JSON") from None
-    except json.JSONDecodeError as exc:
-        raise UsageProblem(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        ) from None
-    except ValueError as exc:  # NaN, Infinity
-        raise UsageProblem(f"{path}: {exc}") from None
-    return check_graph(graph, str(path))
+        return load_workflow(path)
+    except InvalidWorkflow as exc:
+        raise UsageProblem(str(exc)) from None
 
 
-def check_graph(graph: Any, source: str) -> dict[str, Any]:
-    """``graph`` if it is an API-format graph, else a :class:`UsageProblem` that says why."""
-    if isinstance(graph, dict) and isinstance(graph.get("nodes"), list):
-        raise UsageProblem(f"{source} is a UI-format workflow; {EXPORT_HINT}")
-    if not isinstance(graph, dict) or not graph:
-        raise UsageProblem(
-            f"{source} does not hold a workflow graph: expected a JSON object of nodes such as "
-            '{"1": {"class_type": "EmptyImage", "inputs": {...}}}; ' + EXPORT_HINT
-        )
-    bad = [
-        str(node_id)
-        for node_id, node in graph.items()
-        if not isinstance(node, dict)
-        or not isinstance(node.get("class_type"), str)
-        or not isinstance(node.get("inputs", {}), dict)
-    ]
-    if bad:
-        raise UsageProblem(
-            f"{source}: node(s) {', '.join(bad[:5])} have no class_type or no inputs object; "
-            f"an API-format graph maps node ids to {{class_type, inputs}} ({EXPORT_HINT})"
-        )
-    if any(_has_non_finite(node.get("inputs", {})) for node in graph.values()):
-        raise UsageProblem(f"{source}: an input is NaN or infinite; ComfyUI cannot use it")
-    return graph
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """``--set`` options as inputs by name (a value is JSON when it parses, else text).
+
+    Raises:
+        UsageProblem: an option that is not ``NODE.INPUT=VALUE``.
+    """
+    inputs: dict[str, Any] = {}
+    for text in sets or []:
+        try:
+            name, value = parse_assignment(text)
+        except InvalidWorkflow as exc:
+            raise UsageProblem(f"--set {exc}") from None
+        inputs[name] = value
+    return inputs
 
 
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help='Set an input by name: "Positive Prompt.text=a fox", "KSampler.seed=7", "3.steps=20" '
+        "(a node by id, title or unique class type; the value is JSON if it parses, else text). "
+        "Repeat for several.",
+        metavar="NODE.INPUT=VALUE",
+    ),
+]
+
+
+def describe(workflow: dict[str, Any]) -> str:
+    """``save-format workflow with 7 nodes`` or ``API-format graph with 7 nodes``."""
+    if is_save_format(workflow):
+        return f"save-format workflow with {len(workflow['nodes'])} nodes"
+    return f"API-format graph with {len(workflow)} nodes"
 
 
 WorkflowArgument = Annotated[
     Path,
     typer.Argument(
-        help="A workflow exported from ComfyUI with 'Save (API format)' (a JSON file).",
-        metavar="WORKFLOW.json",
+        help="A workflow saved by ComfyUI: a JSON file in the editor's save format or in API "
+        "format, or a PNG ComfyUI saved.",
+        metavar="WORKFLOW",
         show_default=False,
     ),
 ]
@@ -100,18 +90,28 @@ def validate(
         bool,
         typer.Option("--offline", help="Check the file only; do not ask the server."),
     ] = False,
+    sets: SetOption = None,
     block: BlockOption = None,
 ) -> None:
-    """Check a workflow file: its format here, then its nodes and inputs on the server.
+    """Check a workflow file: its format here, then its conversion, inputs and nodes on the server.
 
-    Comfy Cloud checks a graph without running it; a self-hosted ComfyUI checks a graph only when
-    it is queued, so for a ComfyUIServer block only the file is checked.
+    A save-format workflow is converted with the server's node catalog. Comfy Cloud checks a graph
+    without running it; a self-hosted ComfyUI checks a graph only when it is queued, so for a
+    ComfyUIServer block the conversion and the inputs are checked, not the graph.
     """
-    graph = read_workflow(workflow)
-    typer.echo(f"{workflow}: API-format graph with {len(graph)} nodes")
+    loaded = read_workflow(workflow)
+    inputs = parse_sets(sets)
+    typer.echo(f"{workflow}: {describe(loaded)}")
     if offline:
+        if is_save_format(loaded):
+            typer.echo(
+                "Save format is converted with the server's node catalog: not checked offline."
+            )
+        elif inputs:
+            apply_inputs(loaded, inputs)
+            typer.echo(f"The {len(inputs)} input(s) fit the graph.")
         return
-    problems = asyncio.run(_server_check(graph, block))
+    problems = asyncio.run(_server_check(loaded, inputs, block))
     if problems is None:
         typer.echo("The server was not asked: a self-hosted ComfyUI checks a graph when it runs.")
         return
@@ -122,13 +122,22 @@ def validate(
     typer.echo("The server accepts it.")
 
 
-async def _server_check(graph: dict[str, Any], block: str | None) -> list[str] | None:
+async def _server_check(
+    workflow: dict[str, Any], inputs: dict[str, Any], block: str | None
+) -> list[str] | None:
     """The server's objections (``[]`` for none), or ``None`` for a server that cannot check."""
+    from prefect_comfy.prepare import prepare_workflow
+
     async with await backend_for(block) as backend:
+        prepared = await prepare_workflow(backend, workflow, inputs)
+        if prepared.converted:
+            typer.echo(f"Converted to an API-format graph with {len(prepared.graph)} nodes.")
+        if inputs:
+            typer.echo(f"The {len(inputs)} input(s) fit the graph and the server's catalog.")
         client = getattr(backend, "client", None)
         if client is None or not hasattr(client, "validate_workflow"):
             return None
-        answer = await client.validate_workflow(graph)
+        answer = await client.validate_workflow(prepared.graph)
     if answer.valid:
         return []
     lines = []

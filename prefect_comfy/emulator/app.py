@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from prefect_comfy.emulator.catalog import catalog_routes
 from prefect_comfy.emulator.config import API_PREFIX, V2_PREFIX, EmulatorConfig
 from prefect_comfy.emulator.control import control_routes
 from prefect_comfy.emulator.idempotency import Answer
@@ -192,6 +193,7 @@ def create_app(config: EmulatorConfig) -> Starlette:
         WebSocketRoute(API_PREFIX + "/ws", ws_endpoint),
         *storage_routes(),
         *control_routes(),
+        *catalog_routes(),
     ]
     app = Starlette(
         routes=routes,

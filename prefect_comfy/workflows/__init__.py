@@ -4,6 +4,22 @@ Pure code with no network: a core room. ``load_workflow`` reads and checks a gra
 is sent.
 """
 
+from prefect_comfy.workflows.catalog import InputSpec, NodeCatalog, NodeSpec
+from prefect_comfy.workflows.convert import (
+    ApiWorkflow,
+    convert_workflow,
+    is_save_format,
+    to_api_format,
+)
 from prefect_comfy.workflows.load import load_workflow
 
-__all__ = ["load_workflow"]
+__all__ = [
+    "ApiWorkflow",
+    "InputSpec",
+    "NodeCatalog",
+    "NodeSpec",
+    "convert_workflow",
+    "is_save_format",
+    "load_workflow",
+    "to_api_format",
+]

@@ -93,21 +93,23 @@ def test_read_workflow_accepts_an_api_format_graph(tmp_path: Path) -> None:
     assert read_workflow(path) == graph
 
 
+def test_read_workflow_accepts_a_save_format_workflow(tmp_path: Path) -> None:
+    path = tmp_path / "wf.json"
+    path.write_text('{"nodes": [{"id": 1}], "links": []}')
+    assert read_workflow(path) == {"nodes": [{"id": 1}], "links": []}
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (
-            '{"nodes": [{"id": 1}], "links": []}',
-            "UI-format workflow; open it in ComfyUI and export",
-        ),
-        ('{"nodes": []}', "UI-format workflow"),
-        ("{}", "does not hold a workflow graph"),
-        ('{"1": {"class_type": "A", "inputs": [1]}}', "node(s) 1 have no class_type or no inputs"),
-        ('{"1": {"class_type": "A", "inputs": {"x": Infinity}}}', "Infinity is not a JSON number"),
-        ('{"1": {"class_type": "A", "inputs": {"x": 1e999}}}', "an input is NaN or infinite"),
+        ('{"nodes": []}', "save-format workflow has no nodes"),
+        ("{}", "must be a non-empty dict"),
+        ('{"1": {"class_type": "A", "inputs": [1]}}', "node 1 (A), input 'inputs': inputs must"),
+        ('{"1": {"class_type": "A", "inputs": {"x": Infinity}}}', "Infinity is not valid JSON"),
+        ('{"1": {"class_type": "A", "inputs": {"x": 1e999}}}', "inf is not valid JSON"),
         (
             "\n\n  {",
-            "is not valid JSON: Expecting property name enclosed in double quotes at line 3",
+            "is not JSON: Expecting property name enclosed in double quotes: line 3",
         ),
     ],
 )
@@ -123,5 +125,9 @@ def test_read_workflow_says_when_the_file_is_missing_or_binary(tmp_path: Path) -
         read_workflow(tmp_path / "absent.json")
     binary = tmp_path / "image.png"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
-    with pytest.raises(UsageProblem, match="is not a text file"):
+    with pytest.raises(UsageProblem, match="carries no ComfyUI workflow"):
         read_workflow(binary)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"1": {"class_type": "A", "inputs": {"t": "\xe9"}}}'.encode("latin-1"))
+    with pytest.raises(UsageProblem, match="is not UTF-8 text"):
+        read_workflow(latin1)

@@ -69,6 +69,7 @@ class CloudBackend(ComfyBackend):
         self._transport = transport
         digest = hashlib.sha256(self.client.api_key.get_secret_value().encode()).hexdigest()
         self._connection_key = f"{self.client.base_url}#{digest[:16]}"
+        self.catalog_source = self.settings.catalog_source
 
     @property
     def address(self) -> str:

@@ -98,6 +98,14 @@ class ComfyCloudCredentials(CredentialsBlock):
         "on the network path can read it); unset means COMFY_ALLOW_INSECURE_HTTP, or no.",
     )
 
+    catalog_source: str | None = Field(
+        default=None,
+        title="Node catalog source",
+        description="For save-format workflows and inputs by name: a ComfyUI URL with the same "
+        "nodes (http://127.0.0.1:8188) or the path of a saved object_info JSON file; unset means "
+        "COMFY_CATALOG_SOURCE.",
+    )
+
     def get_settings(self) -> ComfySettings:
         """The effective settings: this block's fields over the ``COMFY_*`` environment."""
         update: dict[str, object] = {}
@@ -112,6 +120,8 @@ class ComfyCloudCredentials(CredentialsBlock):
             update["request_timeout"] = self.request_timeout
         if self.allow_insecure_http is not None:
             update["allow_insecure_http"] = self.allow_insecure_http
+        if self.catalog_source:
+            update["catalog_source"] = self.catalog_source
         return ComfySettings(**update)
 
     def get_client(self) -> ComfyClient:

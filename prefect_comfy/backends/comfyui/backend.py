@@ -87,7 +87,7 @@ class ComfyUIBackend(ComfyBackend):
     """
 
     kind: ClassVar[str] = "comfyui"
-    capabilities: ClassVar[Capabilities] = Capabilities(find_jobs_by_tag=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(find_jobs_by_tag=True, node_catalog=True)
 
     def __init__(
         self,
@@ -384,6 +384,10 @@ class ComfyUIBackend(ComfyBackend):
                     yield event
 
     # -- life ---------------------------------------------------------------------------------
+    async def object_info(self) -> dict[str, Any]:
+        """The server's node catalog: ``GET /api/object_info`` (Comfy Cloud's too)."""
+        return await self.http.json("GET", "/api/object_info")
+
     async def aclose(self) -> None:
         """Close the HTTP client (a stream closes with its ``events()`` iterator)."""
         await self.http.aclose()

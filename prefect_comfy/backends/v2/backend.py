@@ -97,7 +97,9 @@ class V2Backend(ComfyBackend):
         *,
         settings: ComfySettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        catalog_source: str | None = None,
     ) -> None:
+        self.catalog_source = catalog_source or (settings or ComfySettings()).catalog_source
         self._origin = normalize_origin(base_url.strip().rstrip("/").removesuffix("/api/v2"))
         host = httpx.URL(self._origin).host
         if api_key is None and _is_hosted(host):
@@ -128,7 +130,11 @@ class V2Backend(ComfyBackend):
 
     def clone(self) -> V2Backend:
         return V2Backend(
-            self._origin, self._key, settings=self._settings, transport=self._transport
+            self._origin,
+            self._key,
+            settings=self._settings,
+            transport=self._transport,
+            catalog_source=self.catalog_source,
         )
 
     # -- jobs -------------------------------------------------------------------------------------

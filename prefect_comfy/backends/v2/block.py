@@ -68,6 +68,14 @@ class ComfyV2Credentials(Block):
         "the network path can read it); unset means COMFY_ALLOW_INSECURE_HTTP, or no.",
     )
 
+    catalog_source: str | None = Field(
+        default=None,
+        title="Node catalog source",
+        description="For save-format workflows and inputs by name: a ComfyUI URL with the same "
+        "nodes (http://127.0.0.1:8188) or the path of a saved object_info JSON file; unset means "
+        "COMFY_CATALOG_SOURCE.",
+    )
+
     def resolved(self) -> tuple[str, str | None]:
         """``(origin, key)`` after the environment fallbacks (a masked key counts as unset)."""
         endpoint = self.endpoint or os.environ.get("COMFY_V2_BASE_URL") or DEFAULT_V2_URL
@@ -91,4 +99,4 @@ class ComfyV2Credentials(Block):
         if self.allow_insecure_http is not None:
             update["allow_insecure_http"] = self.allow_insecure_http
         settings = ComfySettings(**update) if update else None
-        return V2Backend(endpoint, key, settings=settings)
+        return V2Backend(endpoint, key, settings=settings, catalog_source=self.catalog_source)
