@@ -16,20 +16,25 @@ checks a run's values against the schema (``enforce_parameter_schema``) before i
 
 # No ``from __future__ import annotations``: Prefect builds the flow's parameter model from the
 # annotations, and a worker loads this module by its path.
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.states import State
+from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import ParameterSchema
 
+from prefect_comfy.backends.registry import backend_of
+from prefect_comfy.exceptions import CatalogUnavailable
 from prefect_comfy.flows import run_comfy_workflow
 from prefect_comfy.jobs import ComfyWorkflow
 from prefect_comfy.runs import run_logger
+from prefect_comfy.workflows.catalog import NodeCatalog
+from prefect_comfy.workflows.convert import convert_workflow, is_save_format
 from prefect_comfy.workflows.load import load_workflow
-from prefect_comfy.workflows.schema import apply_inputs, inputs_schema
+from prefect_comfy.workflows.schema import inputs_schema
 
 __all__ = ["run_comfy_deployment", "workflow_deployment"]
 
@@ -41,10 +46,10 @@ WORKFLOW_PARAMETER = "workflow"
 def run_comfy_deployment(workflow: str, inputs: dict[str, Any] | None = None) -> Any:
     """Run the saved :class:`~prefect_comfy.jobs.ComfyWorkflow` block ``workflow`` with ``inputs``.
 
-    The flow of a deployment made by :func:`workflow_deployment`: it loads the block, writes each
-    value of ``inputs`` (named ``NODE.INPUT``) into the graph, and runs it as the subflow
-    :func:`~prefect_comfy.flows.run_comfy_workflow` with the block's credentials and settings (so
-    cancelling the run cancels the Comfy job).
+    The flow of a deployment made by :func:`workflow_deployment`: it loads the block and runs its
+    workflow as the subflow :func:`~prefect_comfy.flows.run_comfy_workflow`, with the block's
+    credentials and settings and ``inputs`` over the block's own (so values are checked against
+    the server's catalog before anything is submitted, and cancelling the run cancels the job).
 
     Args:
         workflow: the name of the saved ``ComfyWorkflow`` block.
@@ -56,15 +61,15 @@ def run_comfy_deployment(workflow: str, inputs: dict[str, Any] | None = None) ->
         run ``Cancelled``).
 
     Raises:
-        ComfyConfigError: an input name the workflow does not have.
+        InvalidInputs: an input name the workflow does not have, or a value that does not fit.
     """
     block = ComfyWorkflow.load(workflow)
-    graph = apply_inputs(load_workflow(block.workflow), inputs or {})
     if inputs:
         run_logger().info("Inputs: %s", ", ".join(f"{k}={v!r}" for k, v in inputs.items()))
     state: State = run_comfy_workflow(
         credentials=block.credentials,
-        workflow=graph,
+        workflow=block.workflow,
+        inputs={**block.inputs, **(inputs or {})},
         tags=block.tags,
         output_dir=block.output_dir,
         timeout=block.timeout,
@@ -85,7 +90,7 @@ def workflow_deployment(
     *,
     name: str,
     expose: Iterable[str],
-    object_info: Mapping[str, Any] | None = None,
+    catalog: NodeCatalog | None = None,
     block_name: str | None = None,
     cron: str | None = None,
     description: str | None = None,
@@ -95,18 +100,21 @@ def workflow_deployment(
     """A deployment that runs ``block``'s workflow, with one run-form field per exposed input.
 
     Checks everything before it saves anything: each name in ``expose`` must resolve in the
-    workflow (by node id, title or unique class type) and, with ``object_info``, its value must
-    fit the server's node catalog. Then it saves ``block`` under ``block_name`` (default: its own
-    name if it was saved, else ``name``) with the graph inline, so that the process running the
-    deployment needs neither the file nor the user's code.
+    workflow (by node id, title or unique class type), and its value must fit the server's node
+    catalog (read through the block's credentials, unless ``catalog`` is given). Then it saves
+    ``block`` under ``block_name`` (default: its own name if it was saved, else ``name``) with the
+    workflow inline, so that the process running the deployment needs neither the file nor the
+    user's code. A save-format workflow is kept as it is (its randomized seeds are drawn afresh
+    on each run) and its exposed names are those of its API-format conversion.
 
     Args:
         block: the job block: credentials, workflow (a graph or a file path) and settings.
         name: the deployment's name.
         expose: the inputs to offer, as ``NODE.INPUT`` (``"Positive Prompt.text"``,
             ``"KSampler.seed"``, ``"3.steps"``), in the form's order.
-        object_info: the server's node catalog (what ``GET /object_info`` returns), for types,
-            ranges and choices; without it each field's type is its value's.
+        catalog: the server's node catalog, for types, ranges and choices; by default the one
+            the credentials' server has (a server kind without one, and no ``catalog_source``:
+            each field is typed by its value, for an API-format workflow).
         block_name: the name to save the block under.
         cron: a cron schedule for the deployment.
         description: the deployment's description; by default, one listing the exposed inputs.
@@ -118,9 +126,10 @@ def workflow_deployment(
         ``d.apply(work_pool_name="pool")`` registers it for a worker.
 
     Raises:
-        ComfyConfigError: a name that does not resolve, is ambiguous or is given twice, or a value
+        InvalidInputs: a name that does not resolve, is ambiguous or is given twice, or a value
             outside the catalog's range or choices (nothing is saved).
-        InvalidWorkflow: the workflow is not an API-format graph.
+        InvalidWorkflow: not a workflow, or a save-format one that does not convert.
+        CatalogUnavailable: a save-format workflow, and no catalog to convert it with.
 
     Example:
         ```python
@@ -135,9 +144,12 @@ def workflow_deployment(
         serve(deployment)
         ```
     """
-    graph = load_workflow(block.workflow)
+    workflow = load_workflow(block.workflow)
+    if catalog is None:
+        catalog = run_coro_as_sync(_server_catalog(block, save_format=is_save_format(workflow)))
+    graph = convert_workflow(workflow, catalog).graph if is_save_format(workflow) else workflow
     names = list(expose)
-    schema = inputs_schema(graph, names, object_info)
+    schema = inputs_schema(graph, names, catalog)
     schema.update(
         title="Workflow inputs",
         description="Values for the workflow's exposed inputs; one left out keeps its default.",
@@ -160,7 +172,7 @@ def workflow_deployment(
         required=[],
     )
     defaults = {key: field["default"] for key, field in schema["properties"].items()}
-    saved = block.model_copy(update={"workflow": graph})
+    saved = block.model_copy(update={"workflow": workflow})
     saved.save(block_name, overwrite=True)
     deployment = run_comfy_deployment.to_deployment(
         name,
@@ -175,3 +187,20 @@ def workflow_deployment(
     )
     deployment._parameter_openapi_schema = parameters_schema
     return deployment
+
+
+async def _server_catalog(block: ComfyWorkflow, *, save_format: bool) -> NodeCatalog | None:
+    """The node catalog of the block's server; ``None`` if it has none and none is needed."""
+    async with backend_of(block.credentials) as backend:
+        try:
+            catalog, _ = await backend.node_catalog()
+        except CatalogUnavailable:
+            if save_format:
+                raise
+            run_logger().warning(
+                "No node catalog for %s: each field of the run form is typed by its value, "
+                "with no range or choices (set a catalog_source on the credentials block)",
+                backend.address,
+            )
+            return None
+    return catalog

@@ -12,9 +12,7 @@ in this process, as ``flow.serve`` does, until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -57,17 +55,6 @@ def deploy(
             "--cron", help="Cron schedule, such as '0 9 * * *'.", metavar="CRON", show_default=False
         ),
     ] = None,
-    catalog: Annotated[
-        Path | None,
-        typer.Option(
-            "--catalog",
-            help="The server's node catalog (a JSON file of what GET /object_info returns): "
-            "gives each field its range and choices (a dropdown), and checks the workflow's "
-            "values. Default: each field typed by its value.",
-            metavar="FILE",
-            show_default=False,
-        ),
-    ] = None,
     workflow_block: Annotated[
         str | None,
         typer.Option(
@@ -80,8 +67,8 @@ def deploy(
 ) -> None:
     """Deploy a workflow to Prefect, with a run-form field for each --expose'd input.
 
-    Each field has the input's type, the workflow's value as its default, and a description
-    naming the node. The workflow is saved on the Prefect server as a ComfyWorkflow block that
+    Each field has the input's type, the workflow's value as its default, its range and choices
+    (from the server's node catalog), and a description naming the node. The workflow is saved on the Prefect server as a ComfyWorkflow block that
     refers to the --block credentials; without --block, runs read COMFY_API_KEY and COMFY_BASE_URL
     from the environment of the process that runs them (no key is saved). With --pool, a worker of that pool runs it; without, this
     command serves it until Ctrl-C.
@@ -102,7 +89,6 @@ def deploy(
         expose=expose,
         block_name=workflow_block or name,
         cron=cron,
-        object_info=_read_catalog(catalog) if catalog else None,
     )
     where = f"{deployment.flow_name}/{name}"
     if pool:
@@ -114,20 +100,6 @@ def deploy(
     from prefect import serve
 
     serve(deployment, print_starting_message=False)
-
-
-def _read_catalog(path: Path) -> dict[str, Any]:
-    try:
-        catalog = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageProblem(f"Cannot read the catalog {str(path)!r}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise UsageProblem(f"The catalog {path} is not JSON: {exc}") from None
-    if not isinstance(catalog, dict):
-        raise UsageProblem(
-            f"The catalog {path} is not a node catalog: save what GET /object_info returns"
-        )
-    return catalog
 
 
 def _api() -> str:

@@ -18,7 +18,6 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from tests.conftest import API_KEY
-from tests.support.object_info import emulator_object_info
 from tests.support.prefect_stack import ROOT, Stack, prefect_stack, stop
 from tests.waiting import eventually
 
@@ -54,7 +53,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, _emulator_server: Any) -> An
     home = tmp_path_factory.mktemp("deploy-prefect")
     with prefect_stack(home, start_timeout=300) as running:
         (home / "txt2img.json").write_text(json.dumps(txt2img()))
-        (home / "object_info.json").write_text(json.dumps(emulator_object_info()))
         running.run(
             [sys.executable, "-c", SAVE_CREDENTIALS, CREDENTIALS, API_KEY, _emulator_server.url]
         )
@@ -70,7 +68,7 @@ def deploy_args(name: str, *extra: str) -> list[str]:
     args = [sys.executable, "-m", "prefect_comfy.cli", "deploy", "txt2img.json", "--name", name]
     for one in EXPOSE:
         args += ["--expose", one]
-    return args + ["--block", CREDENTIALS, "--catalog", "object_info.json", *extra]
+    return args + ["--block", CREDENTIALS, *extra]
 
 
 def cli(stack: Stack, args: list[str]) -> Any:
@@ -157,7 +155,7 @@ async def test_cli_deploys_to_a_pool_with_a_typed_form_and_a_run_uses_its_values
     ("expose", "says"),
     [
         ("Nope.text", "no node has the id, title or class type 'Nope'"),
-        ("CLIPTextEncode.text", "2 nodes have the class type 'CLIPTextEncode'"),
+        ("CLIPTextEncode.text", "2 nodes have the class type 'CLIPTextEncode' (ids 6, 7)"),
         ("KSampler.nope", "has no input 'nope'"),
         ("KSampler.model", "is fed by a link"),
     ],
@@ -167,7 +165,8 @@ async def test_a_bad_exposed_name_is_one_line_and_creates_nothing(
 ) -> None:
     name = f"bad-{uuid.uuid4().hex[:8]}"
     args = [sys.executable, "-m", "prefect_comfy.cli", "deploy", "txt2img.json", "-n", name]
-    done = cli(stack, [*args, "--expose", "KSampler.seed", "--expose", expose, "-p", POOL])
+    args += ["--expose", "KSampler.seed", "--expose", expose, "-p", POOL, "-b", CREDENTIALS]
+    done = cli(stack, args)
     assert done.returncode == 2, done.stderr
     assert says in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -7,10 +7,12 @@ import json
 import jsonschema
 import pytest
 
-from prefect_comfy.exceptions import ComfyConfigError
-from prefect_comfy.workflows.schema import apply_inputs, inputs_schema, resolve_input
-from tests.support.object_info import emulator_object_info
-from tests.workflows import tiny_workflow
+from prefect_comfy.emulator.catalog import object_info
+from prefect_comfy.exceptions import InvalidInputs
+from prefect_comfy.workflows.catalog import NodeCatalog
+from prefect_comfy.workflows.schema import inputs_schema, resolve_input
+
+CATALOG = NodeCatalog(object_info())
 
 
 def graph() -> dict:
@@ -47,22 +49,22 @@ def test_a_node_is_found_by_id_title_or_unique_class_type() -> None:
 @pytest.mark.parametrize(
     ("name", "says"),
     [
-        ("seed", "write NODE.INPUT"),
-        ("Nope.seed", "no node has the id, title or class type 'Nope'; the workflow has 4 "),
-        ("CLIPTextEncode.text", "2 nodes have the class type 'CLIPTextEncode' (6 'Positive"),
-        ("KSampler.nope", "has no input 'nope'; its inputs with values: cfg, sampler_name, seed"),
+        ("seed", "an input is named NODE.INPUT"),
+        ("Nope.seed", "no node has the id, title or class type 'Nope'; the nodes are: 4 ("),
+        ("CLIPTextEncode.text", "2 nodes have the class type 'CLIPTextEncode' (ids 6, 7)"),
+        ("KSampler.nope", "has no input 'nope'; its inputs: cfg, sampler_name, seed, steps"),
         ("Positive Prompt.clip", "fed by a link"),
     ],
 )
 def test_a_name_that_does_not_resolve_says_what_there_is(name: str, says: str) -> None:
-    with pytest.raises(ComfyConfigError, match=None) as caught:
+    with pytest.raises(InvalidInputs, match=None) as caught:
         resolve_input(graph(), name)
     assert says in str(caught.value)
 
 
 def test_the_schema_has_one_typed_field_per_name_in_order_with_the_workflows_values() -> None:
     names = ["Positive Prompt.text", "KSampler.seed", "KSampler.sampler_name", "4.ckpt_name"]
-    schema = inputs_schema(graph(), names, emulator_object_info())
+    schema = inputs_schema(graph(), names, CATALOG)
     fields = schema["properties"]
     assert list(fields) == names
     assert [f["position"] for f in fields.values()] == [0, 1, 2, 3]
@@ -103,7 +105,7 @@ def test_without_a_catalog_a_field_is_typed_by_its_value() -> None:
     ],
 )
 def test_names_given_twice_or_none_are_refused(names: list[str], says: str) -> None:
-    with pytest.raises(ComfyConfigError) as caught:
+    with pytest.raises(InvalidInputs) as caught:
         inputs_schema(graph(), names)
     assert says in str(caught.value)
 
@@ -111,19 +113,10 @@ def test_names_given_twice_or_none_are_refused(names: list[str], says: str) -> N
 def test_a_workflow_value_the_catalog_does_not_allow_is_refused() -> None:
     bad = graph()
     bad["4"]["inputs"]["ckpt_name"] = "mine.safetensors"
-    with pytest.raises(ComfyConfigError, match="'mine.safetensors' is not one the server offers"):
-        inputs_schema(bad, ["4.ckpt_name"], emulator_object_info())
+    with pytest.raises(InvalidInputs, match="'mine.safetensors' is not one the server offers"):
+        inputs_schema(bad, ["4.ckpt_name"], CATALOG)
     bad["3"]["inputs"]["steps"] = 0
-    with pytest.raises(ComfyConfigError, match="value 0 is outside 1..10000"):
-        inputs_schema(bad, ["3.steps"], emulator_object_info())
-    with pytest.raises(ComfyConfigError, match="no node type 'Mystery'"):
-        inputs_schema({"1": {"class_type": "Mystery", "inputs": {"x": 1}}}, ["1.x"], {})
-
-
-def test_apply_inputs_writes_a_copy() -> None:
-    original = tiny_workflow()
-    out = apply_inputs(original, {"EmptyImage.width": 128, "SaveImage.filename_prefix": "x"})
-    assert out["1"]["inputs"]["width"] == 128 and out["2"]["inputs"]["filename_prefix"] == "x"
-    assert original["1"]["inputs"]["width"] == 64
-    with pytest.raises(ComfyConfigError, match="no input 'nope'"):
-        apply_inputs(original, {"1.nope": 1})
+    with pytest.raises(InvalidInputs, match="value 0 is outside 1..10000"):
+        inputs_schema(bad, ["3.steps"], CATALOG)
+    with pytest.raises(InvalidInputs, match="no node type 'Mystery'"):
+        inputs_schema({"1": {"class_type": "Mystery", "inputs": {"x": 1}}}, ["1.x"], CATALOG)
