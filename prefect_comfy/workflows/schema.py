@@ -4,19 +4,18 @@ An *exposed input* is named ``NODE.INPUT``, where ``NODE`` is a node's id (``"6"
 the editor (``"Positive Prompt"``, the node's ``_meta.title``) or its class type where only one
 node has it (``"KSampler"``). :func:`inputs_schema` turns a list of such names into the JSON
 schema of one object with a property per name, which Prefect's run form draws: its type, the
-workflow's value as default, the range and the choices (a dropdown) from the server's node catalog
-(the mapping ``GET /object_info`` returns), and a description naming the node.
-:func:`apply_inputs` writes values given under those names into a copy of the graph.
+workflow's value as default, the range and the choices (a dropdown) from the server's node catalog,
+and a description naming the node. Names resolve as :mod:`prefect_comfy.workflows.inputs` resolves
+them when a run sets them, so a name the form offers is one a run accepts.
 
 Pure code, no I/O.
 
 Example:
     >>> graph = {"6": {"class_type": "CLIPTextEncode", "_meta": {"title": "Positive Prompt"},
     ...                "inputs": {"text": "a fox", "clip": ["4", 1]}}}
-    >>> inputs_schema(graph, ["Positive Prompt.text"])["properties"]["Positive Prompt.text"]["default"]
-    'a fox'
-    >>> apply_inputs(graph, {"Positive Prompt.text": "an owl"})["6"]["inputs"]["text"]
-    'an owl'
+    >>> field = inputs_schema(graph, ["Positive Prompt.text"])["properties"]["Positive Prompt.text"]
+    >>> field["type"], field["default"]
+    ('string', 'a fox')
 """
 
 from __future__ import annotations
