@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,10 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from tests.conftest import API_KEY
 from tests.support.prefect_stack import ROOT, Stack, prefect_stack, stop
+from tests.support.run_form import CHROMIUM, check
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
 
 POOL = "comfy-deploy-pool"
 CREDENTIALS = "deploy-creds"
@@ -36,7 +38,8 @@ EXPOSE = [
 SAVE_CREDENTIALS = """
 import sys
 from prefect_comfy import ComfyCloudCredentials
-ComfyCloudCredentials(api_key=sys.argv[2], base_url=sys.argv[3]).save(sys.argv[1], overwrite=True)
+url = sys.argv[3]  # the emulator serves its node catalog: the developer API's catalog_source
+ComfyCloudCredentials(api_key=sys.argv[2], base_url=url, catalog_source=url).save(sys.argv[1])
 """
 
 
@@ -89,21 +92,29 @@ async def run_with(
 ) -> uuid.UUID:
     """A run with custom values, as the UI's custom-run form creates it; waits until it ends."""
     run = await client.create_flow_run_from_deployment(deployment_id, parameters={"inputs": inputs})
+    await completed(client, run.id)
+    return run.id
 
+
+async def completed(client: PrefectClient, run_id: uuid.UUID) -> None:
     async def ended() -> Any:
-        state = (await client.read_flow_run(run.id)).state
+        state = (await client.read_flow_run(run_id)).state
         return state if state is not None and state.is_final() else None
 
     state = await eventually(ended, timeout=180, interval=0.5, message="the run ends")
     assert state.is_completed(), f"{state.type}: {state.message}"
-    return run.id
+
+
+@pytest.fixture(scope="module")
+def portrait(stack: Stack) -> str:
+    """The output of deploying txt2img to the pool as "portrait", on a cron schedule."""
+    return stack.run(deploy_args("portrait", "--pool", POOL, "--cron", "0 9 * * *"))
 
 
 async def test_cli_deploys_to_a_pool_with_a_typed_form_and_a_run_uses_its_values(
-    stack: Stack, emulator: Any
+    stack: Stack, emulator: Any, portrait: str
 ) -> None:
-    out = stack.run(deploy_args("portrait", "--pool", POOL, "--cron", "0 9 * * *"))
-    assert "run-comfy-deployment/portrait" in out
+    assert "run-comfy-deployment/portrait" in portrait
     async with PrefectClient(api=stack.api_url) as client:
         deployment = await client.read_deployment_by_name("run-comfy-deployment/portrait")
         schema = deployment.parameter_openapi_schema
@@ -149,6 +160,25 @@ async def test_cli_deploys_to_a_pool_with_a_typed_form_and_a_run_uses_its_values
                     deployment.id, parameters={"inputs": bad}
                 )
             assert refused.value.response.status_code == 409, bad
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs chromium")
+async def test_the_ui_run_form_makes_a_run_with_the_values_typed_in(
+    stack: Stack, emulator: Any, portrait: str
+) -> None:
+    async with PrefectClient(api=stack.api_url) as client:
+        deployment = await client.read_deployment_by_name("run-comfy-deployment/portrait")
+        typed = {"Positive Prompt.text": "typed in the form", "KSampler.seed": "99"}
+        run = await check(stack.api_url, str(deployment.id), typed, None)
+        assert run["parameters"]["workflow"] == "portrait"
+        inputs = run["parameters"]["inputs"]
+        assert inputs["Positive Prompt.text"] == "typed in the form"
+        assert inputs["KSampler.seed"] == 99  # the number field sends a number
+        assert inputs["KSampler.sampler_name"] == "euler"  # untouched: the default
+        await completed(client, uuid.UUID(run["id"]))
+        [job] = jobs_of(emulator, uuid.UUID(run["id"]))
+        assert job.workflow["6"]["inputs"]["text"] == "typed in the form"
+        assert job.workflow["3"]["inputs"]["seed"] == 99
 
 
 @pytest.mark.parametrize(
