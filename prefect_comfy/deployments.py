@@ -104,8 +104,9 @@ def workflow_deployment(
     catalog (read through the block's credentials, unless ``catalog`` is given). Then it saves
     ``block`` under ``block_name`` (default: its own name if it was saved, else ``name``) with the
     workflow inline, so that the process running the deployment needs neither the file nor the
-    user's code. A save-format workflow is kept as it is (its randomized seeds are drawn afresh
-    on each run) and its exposed names are those of its API-format conversion.
+    user's code. A save-format workflow is kept as it is and its exposed names are those of its
+    API-format conversion; an exposed seed it marks randomize has no default in the form, so a
+    run that leaves it empty gets a fresh one.
 
     Args:
         block: the job block: credentials, workflow (a graph or a file path) and settings.
@@ -147,9 +148,13 @@ def workflow_deployment(
     workflow = load_workflow(block.workflow)
     if catalog is None:
         catalog = run_coro_as_sync(_server_catalog(block, save_format=is_save_format(workflow)))
-    graph = convert_workflow(workflow, catalog).graph if is_save_format(workflow) else workflow
+    graph, randomized = workflow, set()
+    if is_save_format(workflow):
+        converted = convert_workflow(workflow, catalog)
+        graph = converted.graph
+        randomized = {key for key, control in converted.controls.items() if control == "randomize"}
     names = list(expose)
-    schema = inputs_schema(graph, names, catalog)
+    schema = inputs_schema(graph, names, catalog, randomized=randomized)
     schema.update(
         title="Workflow inputs",
         description="Values for the workflow's exposed inputs; one left out keeps its default.",
@@ -171,7 +176,7 @@ def workflow_deployment(
         },
         required=[],
     )
-    defaults = {key: field["default"] for key, field in schema["properties"].items()}
+    defaults = {k: f["default"] for k, f in schema["properties"].items() if "default" in f}
     saved = block.model_copy(update={"workflow": workflow})
     saved.save(block_name, overwrite=True)
     deployment = run_comfy_deployment.to_deployment(

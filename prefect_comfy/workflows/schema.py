@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,13 +127,17 @@ def _spec(catalog: NodeCatalog | None, exposed: ExposedInput) -> InputSpec | Non
     return node.input(exposed.input)
 
 
-def _field(exposed: ExposedInput, spec: InputSpec | None, position: int) -> dict[str, Any]:
+def _field(
+    exposed: ExposedInput, spec: InputSpec | None, position: int, randomized: bool
+) -> dict[str, Any]:
     where = f"node {exposed.node_id}" + (f" {exposed.title!r}" if exposed.title else "")
     field: dict[str, Any] = {
         "title": exposed.name,
         "description": f"Input {exposed.input!r} of {where} ({exposed.class_type}).",
         "position": position,
     }
+    if randomized:
+        field["description"] += " Leave it empty for a fresh random value on each run."
     if spec is not None and spec.choices:  # an empty list: the server did not list them
         field["enum"] = list(spec.choices)
         if all(isinstance(c, str) for c in spec.choices):
@@ -147,8 +151,9 @@ def _field(exposed: ExposedInput, spec: InputSpec | None, position: int) -> dict
             field["format"] = "textarea"  # Prefect's form draws a text area
     else:  # no catalog, or a type it does not describe: the workflow's value says
         field.update(_type_of_value(exposed.value))
-    field["default"] = exposed.value
     _check_default(exposed, field)
+    if not randomized:  # a default would be sent with every run, and fix the seed
+        field["default"] = exposed.value
     return field
 
 
@@ -188,6 +193,8 @@ def inputs_schema(
     graph: Mapping[str, Any],
     names: Iterable[str],
     catalog: NodeCatalog | None = None,
+    *,
+    randomized: Collection[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """The JSON schema of an object holding the exposed inputs ``names`` of an API-format ``graph``.
 
@@ -196,7 +203,8 @@ def inputs_schema(
     choices and a ``description`` naming the node. Types, ranges and choices come from the
     server's node ``catalog``; without one, the type is that of the workflow's value. No property
     is required: one left out keeps the workflow's value. Other names are refused
-    (``additionalProperties: false``).
+    (``additionalProperties: false``). An input in ``randomized`` (``(node id, input)``, a seed
+    the save format marks randomize) has no default, so that a run that leaves it out draws it.
 
     Raises:
         InvalidInputs: no names, a name given twice, a name that does not resolve (see
@@ -219,7 +227,7 @@ def inputs_schema(
                 "expose it once"
             )
     properties = {
-        one.name: _field(one, _spec(catalog, one), position)
+        one.name: _field(one, _spec(catalog, one), position, (one.node_id, one.input) in randomized)
         for position, one in enumerate(resolved)
     }
     return {"type": "object", "properties": properties, "additionalProperties": False}

@@ -120,3 +120,20 @@ def test_a_workflow_value_the_catalog_does_not_allow_is_refused() -> None:
         inputs_schema(bad, ["3.steps"], CATALOG)
     with pytest.raises(InvalidInputs, match="no node type 'Mystery'"):
         inputs_schema({"1": {"class_type": "Mystery", "inputs": {"x": 1}}}, ["1.x"], CATALOG)
+
+
+def test_a_seed_the_save_format_randomizes_has_no_default_so_a_run_draws_it() -> None:
+    from prefect_comfy.workflows.convert import convert_workflow
+    from tests.support.save_workflows import txt2img
+
+    converted = convert_workflow(txt2img("randomize"), CATALOG)
+    randomized = {k for k, control in converted.controls.items() if control == "randomize"}
+    assert randomized, "the hand-made workflow marks its seed randomize"
+    names = ["Positive Prompt.text", "KSampler.seed"]
+    fields = inputs_schema(converted.graph, names, CATALOG, randomized=randomized)["properties"]
+    assert "default" not in fields["KSampler.seed"]
+    assert "fresh random value" in fields["KSampler.seed"]["description"]
+    assert fields["KSampler.seed"]["type"] == "integer"
+    assert fields["Positive Prompt.text"]["default"]  # the prompt keeps its value
+    fixed = convert_workflow(txt2img("fixed"), CATALOG)
+    assert "default" in inputs_schema(fixed.graph, names, CATALOG)["properties"]["KSampler.seed"]
