@@ -1,6 +1,6 @@
 """A workflow as a typed deployment, through a real ``prefect server start`` and the emulator.
 
-``prefect-comfy deploy`` (to a process work pool, and served) and ``workflow_deployment``: the
+``prefect-comfy deploy`` (to a process work pool, and served; API and save format): the
 stored parameter schema, the cron schedule, runs started through the API with custom values (as
 the UI's custom-run form does) reaching the Comfy job, the server refusing values outside the
 schema, and bad ``--expose`` names creating nothing.
@@ -21,6 +21,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from tests.conftest import API_KEY
 from tests.support.prefect_stack import ROOT, Stack, prefect_stack, stop
 from tests.support.run_form import CHROMIUM, check
+from tests.support.save_workflows import txt2img as save_format_txt2img
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
@@ -56,6 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, _emulator_server: Any) -> An
     home = tmp_path_factory.mktemp("deploy-prefect")
     with prefect_stack(home, start_timeout=300) as running:
         (home / "txt2img.json").write_text(json.dumps(txt2img()))
+        (home / "save_txt2img.json").write_text(json.dumps(save_format_txt2img("randomize")))
         running.run(
             [sys.executable, "-c", SAVE_CREDENTIALS, CREDENTIALS, API_KEY, _emulator_server.url]
         )
@@ -198,8 +200,10 @@ async def test_a_bad_exposed_name_is_one_line_and_creates_nothing(
     args += ["--expose", "KSampler.seed", "--expose", expose, "-p", POOL, "-b", CREDENTIALS]
     done = cli(stack, args)
     assert done.returncode == 2, done.stderr
-    assert says in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    first, *rest = done.stderr.strip().splitlines()
+    assert first.startswith(f"Error: Cannot expose {expose!r}: ") and says in first
+    # at most Prefect's own exit notice of its event queue (the credentials block's load event)
+    assert all("EventsWorker" in line for line in rest), rest
     async with PrefectClient(api=stack.api_url) as client:
         with pytest.raises(ObjectNotFound):
             await client.read_deployment_by_name(f"run-comfy-deployment/{name}")
@@ -207,8 +211,18 @@ async def test_a_bad_exposed_name_is_one_line_and_creates_nothing(
             await client.read_block_document_by_name(name, "comfy-workflow")
 
 
-async def test_served_without_a_pool_and_the_python_api(stack: Stack, emulator: Any) -> None:
-    server = stack.spawn("deploy-serve", deploy_args("served"), PREFECT_RUNNER_POLL_FREQUENCY="1")
+def node_of(graph: dict[str, Any], class_type: str) -> dict[str, Any]:
+    [node] = [n for n in graph.values() if n["class_type"] == class_type]
+    return node
+
+
+async def test_a_save_format_workflow_served_without_a_pool_draws_its_seed(
+    stack: Stack, emulator: Any
+) -> None:
+    """Served (no --pool) until stopped; the seed the save format randomizes is drawn per run."""
+    args = [sys.executable, "-m", "prefect_comfy.cli", "deploy", "save_txt2img.json"]
+    args += ["-n", "served", "-e", "Positive Prompt.text", "-e", "KSampler.seed", "-b", CREDENTIALS]
+    server = stack.spawn("deploy-serve", args, PREFECT_RUNNER_POLL_FREQUENCY="1")
     try:
         async with PrefectClient(api=stack.api_url) as client:
 
@@ -220,8 +234,18 @@ async def test_served_without_a_pool_and_the_python_api(stack: Stack, emulator: 
 
             deployment = await eventually(deployed, timeout=120, interval=0.5, message="served")
             assert deployment.work_pool_name is None
-            run_id = await run_with(client, deployment.id, {"KSampler.seed": 123})
+            fields = deployment.parameter_openapi_schema["properties"]["inputs"]["properties"]
+            assert "default" not in fields["KSampler.seed"]  # randomize: no fixed default
+            assert "KSampler.seed" not in deployment.parameters["inputs"]
+
+            run_id = await run_with(client, deployment.id, {"Positive Prompt.text": "served"})
             [job] = jobs_of(emulator, run_id)
-            assert job.workflow["3"]["inputs"]["seed"] == 123
+            assert node_of(job.workflow, "KSampler")["inputs"]["seed"] != 42  # drawn afresh
+            texts = [n["inputs"]["text"] for n in job.workflow.values() if "text" in n["inputs"]]
+            assert "served" in texts
+
+            run_id = await run_with(client, deployment.id, {"KSampler.seed": 5})
+            [job] = jobs_of(emulator, run_id)
+            assert node_of(job.workflow, "KSampler")["inputs"]["seed"] == 5
     finally:
         stop(server)
