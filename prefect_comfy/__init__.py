@@ -9,7 +9,8 @@ The public surface, importable from ``prefect_comfy``:
   ``ComfyUIBackend`` and ``V2Backend`` (Comfy API v2);
 - Prefect: the blocks ``ComfyCloudCredentials``, ``ComfyUIServer``, ``ComfyV2Credentials`` and ``ComfyWorkflow`` (with
   ``ComfyJobRun``, ``ComfyJobResult``, ``ComfyOutputFile``), the tasks (``submit_comfy_job``,
-  ``wait_for_comfy_job`` …), the flow ``run_comfy_workflow`` and its ``cancel_comfy_job_hook``.
+  ``wait_for_comfy_job`` …), the flow ``run_comfy_workflow`` and its ``cancel_comfy_job_hook``; a workflow as a typed
+  deployment: ``workflow_deployment`` (the flow ``run_comfy_deployment``).
 
 Importing the package defines the three blocks, so Prefect's block registry (``prefect block
 register -m prefect_comfy``, or a server loading the ``prefect.collections`` entry point) finds
@@ -25,6 +26,7 @@ from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
+from prefect_comfy.deployments import run_comfy_deployment, workflow_deployment
 from prefect_comfy.exceptions import (
     AuthenticationError,
     CatalogUnavailable,
@@ -129,6 +131,7 @@ __all__ = [
     "download_comfy_outputs",
     "get_comfy_job",
     "is_retryable",
+    "run_comfy_deployment",
     "run_comfy_workflow",
     "submit_comfy_job",
     "load_workflow",
@@ -144,4 +147,5 @@ __all__ = [
     "wait_for_job",
     "wait_for_model",
     "wait_for_model_ready",
+    "workflow_deployment",
 ]

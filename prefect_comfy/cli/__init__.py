@@ -1,7 +1,7 @@
 """The ``prefect-comfy`` command line.
 
 Everyday work: ``run``, ``jobs list|get|cancel|watch``, ``outputs``, ``upload input|model``,
-``validate``, ``blocks create``; services: ``listen``, ``emulator``, ``demo``. See ``docs/cli.md``.
+``validate``, ``deploy``, ``blocks create``; services: ``listen``, ``emulator``, ``demo``. See ``docs/cli.md``.
 
 Each command lives in its own module and only the command being run is imported (Prefect takes
 seconds to import; ``prefect-comfy emulator`` and ``--version`` do without it). ``--help`` with no
@@ -47,6 +47,12 @@ COMMANDS: dict[str, Entry] = {
     ),
     "validate": Entry(
         "prefect_comfy.cli.validate", "validate", "Check a workflow file before running it.", _WORK
+    ),
+    "deploy": Entry(
+        "prefect_comfy.cli.deploy",
+        "deploy",
+        "Deploy a workflow to Prefect, with run-form fields for its inputs.",
+        _WORK,
     ),
     "blocks": Entry(
         "prefect_comfy.cli.blocks", "app", "Save Comfy credentials as a Prefect block.", _WORK

@@ -110,8 +110,11 @@ class Stack:
 
 
 @contextmanager
-def prefect_stack(home: Path) -> Iterator[Stack]:
-    """``prefect server start`` on a free loopback port, SQLite under ``home``."""
+def prefect_stack(home: Path, *, start_timeout: float = 90) -> Iterator[Stack]:
+    """``prefect server start`` on a free loopback port, SQLite under ``home``.
+
+    ``start_timeout``: seconds to wait for ``/api/health`` (a shared, loaded machine needs more).
+    """
     (home / "flows").mkdir(parents=True, exist_ok=True)
     port = free_port()
     stack = Stack(home, f"http://127.0.0.1:{port}/api")
@@ -123,7 +126,7 @@ def prefect_stack(home: Path) -> Iterator[Stack]:
         PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS="1",
     )
     try:
-        _wait_healthy(stack.api_url, server, 90)
+        _wait_healthy(stack.api_url, server, start_timeout)
         yield stack
     finally:
         for proc in reversed(stack.procs):
