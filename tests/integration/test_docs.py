@@ -59,6 +59,7 @@ SUBSTITUTIONS = {
 }
 """Placeholder (exact text, quotes included) → what the test runs instead."""
 
+
 def cases(*, test_modules: bool = False) -> list[pytest.param]:
     """The Python blocks as test parameters: the examples, or (``test_modules``) the test modules."""
     params = []
