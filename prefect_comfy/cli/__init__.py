@@ -18,6 +18,7 @@ from typing import Annotated, NamedTuple
 
 import typer
 
+from prefect_comfy.cli.connect import lift_server_options
 from prefect_comfy.cli.errors import report
 from prefect_comfy.cli.help import PlainCommand, PlainGroup, unwrap
 
@@ -110,12 +111,46 @@ def _options(
             "--debug", help="Print the full traceback of an error (anywhere on the line)."
         ),
     ] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The Comfy server to talk to, of any kind (a ComfyUI, a Comfy API v2 server, the "
+            "developer API); its kind is found by asking it. Default: COMFY_URL. Anywhere on the "
+            "line.",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="The kind of the --url server, instead of asking it: comfyui, v2 or cloud.",
+            metavar="KIND",
+            show_default=False,
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key-env",
+            help="The environment variable that holds the --url server's key. Default: "
+            "COMFY_API_KEY (COMFY_V2_API_KEY first for v2).",
+            metavar="NAME",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Orchestrate ComfyUI and Comfy Cloud from Prefect, and run Comfy jobs from the terminal.
 
     Credentials come from --block NAME (a saved ComfyCloudCredentials, ComfyUIServer or
-    ComfyV2Credentials block) or from COMFY_API_KEY and COMFY_BASE_URL.
+    ComfyV2Credentials block), from --url URL (any kind of server), or from COMFY_API_KEY and
+    COMFY_BASE_URL.
     """
+    from prefect_comfy.cli.connect import use_server
+
+    use_server(url, kind, api_key_env)
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:
@@ -159,8 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     if debug:  # accepted anywhere on the line: move it where the group's option is parsed
         argv = ["--debug", *(word for word in argv if word != "--debug")]
+    server, rest = lift_server_options(argv)  # the same for --url, --kind and --api-key-env
     try:
-        build_app(argv)(args=argv, prog_name="prefect-comfy")
+        build_app(rest)(args=[*server, *rest], prog_name="prefect-comfy")
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every error ends as one line and a code

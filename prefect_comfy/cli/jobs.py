@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -67,14 +67,22 @@ async def _list(status: str | None, tags: list[str], limit: int, block: str | No
         if client is not None and hasattr(client, "list_jobs"):  # the developer API
             page = await client.list_jobs(status=status, tags=tags or None, limit=limit)
             return list(page.items)
-        # ComfyUI: the queue, then the history, newest first
-        queued = list((await backend.queue_records()).keys())
-        done = list(reversed(list((await backend.recent_history(limit)).keys())))
-        jobs = [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
+        if hasattr(backend, "list_jobs_page"):  # Comfy API v2: newest first, filtered below
+            page, _ = await backend.list_jobs_page(limit=max(limit, 100))
+            jobs = list(page)
+        else:  # ComfyUI: the queue, then the history, newest first
+            jobs = await _queue_then_history(backend, limit)
     wanted = [
         j for j in jobs if (status is None or j.status == status) and set(tags) <= set(j.tags)
     ]
     return wanted[:limit]
+
+
+async def _queue_then_history(backend: Any, limit: int) -> list[Job]:
+    http = backend.http  # ComfyUI's HTTP face: /queue and /history
+    queued = list((await http.queue_records()).keys())
+    done = list(reversed(list((await http.recent_history(limit)).keys())))
+    return [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
 
 
 @command(app, "get")
