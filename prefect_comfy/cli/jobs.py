@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
@@ -17,7 +17,7 @@ from prefect_comfy.cli.help import command, group
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, download_all
 from prefect_comfy.exceptions import ComfyError, JobFailed
-from prefect_comfy.models import JOB_TERMINAL, Job
+from prefect_comfy.models import JOB_TERMINAL, Job, JobStatus
 from prefect_comfy.waiting.waits import wait_for
 
 app = group("jobs", "List, inspect, cancel and watch jobs.")
@@ -50,6 +50,9 @@ def list_jobs(
     block: BlockOption = None,
 ) -> None:
     """List recent jobs, newest first: id, status, progress, creation time, tags."""
+    statuses = get_args(JobStatus)
+    if status is not None and status not in statuses:  # say it here, not as the server's 422
+        raise UsageProblem(f"--status {status}: use one of {', '.join(statuses)}")
     jobs = asyncio.run(_list(status, tag or [], limit, block))
     table = Table("ID", "STATUS", "PROGRESS", "CREATED", "TAGS", box=None, pad_edge=False)
     for job in jobs:
