@@ -54,14 +54,15 @@ def list_jobs(
     if status is not None and status not in statuses:  # say it here, not as the server's 422
         raise UsageProblem(f"--status {status}: use one of {', '.join(statuses)}")
     jobs = asyncio.run(_list(status, tag or [], limit, block))
+    if not jobs:  # a header over nothing says nothing more
+        typer.echo("No jobs.", err=True)
+        return
     table = Table("ID", "STATUS", "PROGRESS", "CREATED", "TAGS", box=None, pad_edge=False)
     for job in jobs:
         progress = f"{job.progress:.0f}%" if job.progress is not None else ""
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
         table.add_row(job.id, job.status, progress, created, ",".join(job.tags))
     Console(width=200, soft_wrap=True).print(table)
-    if not jobs:
-        typer.echo("No jobs.", err=True)
 
 
 async def _list(status: str | None, tags: list[str], limit: int, block: str | None) -> list[Job]:
