@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import sys
 from typing import Annotated, NamedTuple
 
 import typer
 
-from prefect_comfy.cli.connect import lift_server_options
+from prefect_comfy.cli.connect import lift_server_options, use_server
 from prefect_comfy.cli.errors import report
 from prefect_comfy.cli.help import PlainCommand, PlainGroup, unwrap
 
@@ -148,8 +149,6 @@ def _options(
     ComfyV2Credentials block), from --url URL (any kind of server), or from COMFY_API_KEY and
     COMFY_BASE_URL.
     """
-    from prefect_comfy.cli.connect import use_server
-
     use_server(url, kind, api_key_env)
 
 
@@ -201,3 +200,38 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except BaseException as exc:  # noqa: BLE001 - every error ends as one line and a code
         raise SystemExit(report(exc, debug=debug)) from None
+    finally:
+        use_server(None, None, None)  # a next main() in this process starts afresh (tests)
+        send_prefect_events()
+
+
+EVENTS_DRAIN_TIMEOUT = 5.0
+"""Seconds the command waits, at its end, for Prefect's events (a block's ``loaded``) to be sent."""
+
+
+class _DrainChatter(logging.Filter):
+    """Drops the events worker's "Still processing items" while the command drains it itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+def send_prefect_events() -> None:
+    """Send the Prefect events the command queued (loading a block emits one), then stop the worker.
+
+    Without this, Prefect's exit hook drains the worker and says "EventsWorker - Still processing
+    items" while the events client connects, for up to 4 s. Nothing is done where Prefect's events
+    were never imported (``--version``, ``--help``, a command without Prefect).
+    """
+    worker_module = sys.modules.get("prefect.events.worker")
+    if worker_module is None:
+        return
+    chatter = _DrainChatter()
+    events_logger = logging.getLogger("EventsWorker")
+    events_logger.addFilter(chatter)
+    try:
+        worker_module.EventsWorker.drain_all(timeout=EVENTS_DRAIN_TIMEOUT, at_exit=False)
+    except Exception:  # noqa: BLE001 - an unsent event must not change the command's outcome
+        logging.getLogger(__name__).debug("Could not send Prefect's events", exc_info=True)
+    finally:
+        events_logger.removeFilter(chatter)
