@@ -151,6 +151,8 @@ def run_as_flow(
     The run's own error lines (tracebacks) stay in Prefect unless ``debug``: the command's one-line
     error says what failed.
     """
+    from prefect import tags as prefect_tags
+
     from prefect_comfy import JobFailed, OutcomeError, run_comfy_workflow
 
     credentials = asyncio.run(credentials_for(block))
@@ -158,7 +160,8 @@ def run_as_flow(
     flow = run_comfy_workflow.with_options(on_running=[watcher.on_running])
     with board, prefect_logs_through(board.console, hide_run_errors=not debug):
         try:
-            result = flow(credentials, graph, tags=tags, output_dir=str(out), timeout=timeout)
+            with prefect_tags(*tags):  # the flow run carries the tags too, not only the job
+                result = flow(credentials, graph, tags=tags, output_dir=str(out), timeout=timeout)
         except KeyboardInterrupt:
             watcher.finish("cancelled", "(Ctrl-C)")
             raise Interrupted(
