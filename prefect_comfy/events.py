@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect.events import Event, RelatedResource, Resource
@@ -246,7 +246,7 @@ def from_comfy_event(
     return Event(
         id=event_id(address, name, resource.id, occurrence_of(comfy_event)),
         event=name,
-        occurred=occurred or comfy_event.timestamp or datetime.now(timezone.utc),
+        occurred=occurred or comfy_event.timestamp or datetime.now(UTC),
         resource=resource,
         related=related_for(flow_run_id=flow_run_id, task_run_id=task_run_id, extra=extra),
         payload=payload,

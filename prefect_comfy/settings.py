@@ -30,6 +30,11 @@ class ComfySettings(BaseSettings):
         description="Origin of the developer API, such as https://cloud.comfy.org; the client adds "
         "/developer/api/v1.",
     )
+    url: str | None = Field(
+        default=None,
+        description="A server for the command line, of any kind (the developer API, a ComfyUI, a "
+        "Comfy API v2 server): what `prefect-comfy --url` takes when it is not given.",
+    )
     ws_auth: Literal["header", "query"] = Field(
         default="header",
         description="How the WebSocket handshake carries the key: an Authorization header, or the "

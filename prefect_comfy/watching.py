@@ -268,7 +268,7 @@ async def watch_comfy_job(
 async def _close_backend(backend: ComfyBackend, log: Any) -> None:
     try:
         await within(backend.aclose(), CLOSE_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("Closing the Comfy backend took over %gs; going on", CLOSE_TIMEOUT)
 
 

@@ -73,6 +73,23 @@ class ComfyBackend(abc.ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     """What this kind of server can do beyond the required methods (all off by default)."""
 
+    url_probe: ClassVar[tuple[str, frozenset[int]] | None] = None
+    """A path whose ``GET`` (no key sent) answers one of these statuses on this kind of server
+    only: how ``prefect-comfy --url URL`` finds the kind of a server it is given."""
+
+    key_variables: ClassVar[tuple[str, ...]] = ()
+    """The environment variables a key is read from, first set wins, when none is given."""
+
+    @classmethod
+    def at_url(cls, url: str, api_key: str | None = None) -> ComfyBackend:
+        """A backend for the server at ``url`` (its origin) with ``api_key``.
+
+        Args:
+            url: the server's origin, such as ``http://127.0.0.1:8188``.
+            api_key: the key, or ``None`` for the first of :attr:`key_variables` that is set.
+        """
+        return cls(url, api_key)  # type: ignore[call-arg]
+
     @property
     @abc.abstractmethod
     def address(self) -> str:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import sys
 from typing import Annotated, NamedTuple
 
 import typer
 
+from prefect_comfy.cli.connect import lift_server_options, use_server
 from prefect_comfy.cli.errors import report
 from prefect_comfy.cli.help import PlainCommand, PlainGroup, unwrap
 
@@ -116,12 +118,44 @@ def _options(
             "--debug", help="Print the full traceback of an error (anywhere on the line)."
         ),
     ] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The Comfy server to talk to, of any kind (a ComfyUI, a Comfy API v2 server, the "
+            "developer API); its kind is found by asking it. Default: COMFY_URL. Anywhere on the "
+            "line.",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="The kind of the --url server, instead of asking it: comfyui, v2 or cloud.",
+            metavar="KIND",
+            show_default=False,
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key-env",
+            help="The environment variable that holds the --url server's key. Default: "
+            "COMFY_API_KEY (COMFY_V2_API_KEY first for v2).",
+            metavar="NAME",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Orchestrate ComfyUI and Comfy Cloud from Prefect, and run Comfy jobs from the terminal.
 
     Credentials come from --block NAME (a saved ComfyCloudCredentials, ComfyUIServer or
-    ComfyV2Credentials block) or from COMFY_API_KEY and COMFY_BASE_URL.
+    ComfyV2Credentials block), from --url URL (any kind of server), or from COMFY_API_KEY and
+    COMFY_BASE_URL.
     """
+    use_server(url, kind, api_key_env)
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:
@@ -165,9 +199,45 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     if debug:  # accepted anywhere on the line: move it where the group's option is parsed
         argv = ["--debug", *(word for word in argv if word != "--debug")]
+    server, rest = lift_server_options(argv)  # the same for --url, --kind and --api-key-env
     try:
-        build_app(argv)(args=argv, prog_name="prefect-comfy")
+        build_app(rest)(args=[*server, *rest], prog_name="prefect-comfy")
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every error ends as one line and a code
         raise SystemExit(report(exc, debug=debug)) from None
+    finally:
+        use_server(None, None, None)  # a next main() in this process starts afresh (tests)
+        send_prefect_events()
+
+
+EVENTS_DRAIN_TIMEOUT = 5.0
+"""Seconds the command waits, at its end, for Prefect's events (a block's ``loaded``) to be sent."""
+
+
+class _DrainChatter(logging.Filter):
+    """Drops the events worker's "Still processing items" while the command drains it itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+def send_prefect_events() -> None:
+    """Send the Prefect events the command queued (loading a block emits one), then stop the worker.
+
+    Without this, Prefect's exit hook drains the worker and says "EventsWorker - Still processing
+    items" while the events client connects, for up to 4 s. Nothing is done where Prefect's events
+    were never imported (``--version``, ``--help``, a command without Prefect).
+    """
+    worker_module = sys.modules.get("prefect.events.worker")
+    if worker_module is None:
+        return
+    chatter = _DrainChatter()
+    events_logger = logging.getLogger("EventsWorker")
+    events_logger.addFilter(chatter)
+    try:
+        worker_module.EventsWorker.drain_all(timeout=EVENTS_DRAIN_TIMEOUT, at_exit=False)
+    except Exception:  # noqa: BLE001 - an unsent event must not change the command's outcome
+        logging.getLogger(__name__).debug("Could not send Prefect's events", exc_info=True)
+    finally:
+        events_logger.removeFilter(chatter)

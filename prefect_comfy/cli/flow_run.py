@@ -20,6 +20,7 @@ from typing import Any
 from prefect_comfy.cli.connect import credentials_for
 from prefect_comfy.cli.errors import Interrupted
 from prefect_comfy.cli.progress import JobBoard
+from prefect_comfy.threads import start_thread
 from prefect_comfy.waiting.waits import wait_for
 
 JOB_ID_LABEL = "comfy.job-id"
@@ -50,10 +51,8 @@ class FlowRunWatcher:
         self.board.console.print(
             f"Prefect flow run {flow_run.name}: {self.ui_url or self.flow_run_id}"
         )
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._watch(),), name="comfy-cli-watch", daemon=True
-        )
-        self._thread.start()
+        # In this thread's context: it holds the Prefect settings (the API URL) of the caller.
+        self._thread = start_thread(asyncio.run, self._watch(), name="comfy-cli-watch")
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the watcher (the flow is over) and wait a little for it."""
@@ -153,6 +152,8 @@ def run_as_flow(
     The run's own error lines (tracebacks) stay in Prefect unless ``debug``: the command's one-line
     error says what failed.
     """
+    from prefect import tags as prefect_tags
+
     from prefect_comfy import JobFailed, OutcomeError, run_comfy_workflow
 
     credentials = asyncio.run(credentials_for(block))
@@ -160,14 +161,15 @@ def run_as_flow(
     flow = run_comfy_workflow.with_options(on_running=[watcher.on_running])
     with board, prefect_logs_through(board.console, hide_run_errors=not debug):
         try:
-            result = flow(
-                credentials,
-                graph,
-                inputs=inputs or None,
-                tags=tags,
-                output_dir=str(out),
-                timeout=timeout,
-            )
+            with prefect_tags(*tags):  # the flow run carries the tags too, not only the job
+                result = flow(
+                    credentials,
+                    graph,
+                    inputs=inputs or None,
+                    tags=tags,
+                    output_dir=str(out),
+                    timeout=timeout,
+                )
         except KeyboardInterrupt:
             watcher.finish("cancelled", "(Ctrl-C)")
             raise Interrupted(

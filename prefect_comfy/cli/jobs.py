@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
@@ -17,7 +17,7 @@ from prefect_comfy.cli.help import command, group
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, download_all
 from prefect_comfy.exceptions import ComfyError, JobFailed
-from prefect_comfy.models import JOB_TERMINAL, Job
+from prefect_comfy.models import JOB_TERMINAL, Job, JobStatus
 from prefect_comfy.waiting.waits import wait_for
 
 app = group("jobs", "List, inspect, cancel and watch jobs.")
@@ -50,15 +50,19 @@ def list_jobs(
     block: BlockOption = None,
 ) -> None:
     """List recent jobs, newest first: id, status, progress, creation time, tags."""
+    statuses = get_args(JobStatus)
+    if status is not None and status not in statuses:  # say it here, not as the server's 422
+        raise UsageProblem(f"--status {status}: use one of {', '.join(statuses)}")
     jobs = asyncio.run(_list(status, tag or [], limit, block))
+    if not jobs:  # a header over nothing says nothing more
+        typer.echo("No jobs.", err=True)
+        return
     table = Table("ID", "STATUS", "PROGRESS", "CREATED", "TAGS", box=None, pad_edge=False)
     for job in jobs:
         progress = f"{job.progress:.0f}%" if job.progress is not None else ""
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
         table.add_row(job.id, job.status, progress, created, ",".join(job.tags))
     Console(width=200, soft_wrap=True).print(table)
-    if not jobs:
-        typer.echo("No jobs.", err=True)
 
 
 async def _list(status: str | None, tags: list[str], limit: int, block: str | None) -> list[Job]:
@@ -67,14 +71,22 @@ async def _list(status: str | None, tags: list[str], limit: int, block: str | No
         if client is not None and hasattr(client, "list_jobs"):  # the developer API
             page = await client.list_jobs(status=status, tags=tags or None, limit=limit)
             return list(page.items)
-        # ComfyUI: the queue, then the history, newest first
-        queued = list((await backend.queue_records()).keys())
-        done = list(reversed(list((await backend.recent_history(limit)).keys())))
-        jobs = [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
+        if hasattr(backend, "list_jobs_page"):  # Comfy API v2: newest first, filtered below
+            page, _ = await backend.list_jobs_page(limit=max(limit, 100))
+            jobs = list(page)
+        else:  # ComfyUI: the queue, then the history, newest first
+            jobs = await _queue_then_history(backend, limit)
     wanted = [
         j for j in jobs if (status is None or j.status == status) and set(tags) <= set(j.tags)
     ]
     return wanted[:limit]
+
+
+async def _queue_then_history(backend: Any, limit: int) -> list[Job]:
+    http = backend.http  # ComfyUI's HTTP face: /queue and /history
+    queued = list((await http.queue_records()).keys())
+    done = list(reversed(list((await http.recent_history(limit)).keys())))
+    return [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
 
 
 @command(app, "get")

@@ -34,6 +34,21 @@ from rich.progress import (
 
 from prefect_comfy.models import ComfyEvent
 
+ID_WIDTH = 20
+"""The most characters of a job id a row shows (``job_`` + 16 hex on the developer API)."""
+
+
+def short_id(job_id: str) -> str:
+    """``job_id``, or its start and ``…`` when longer than :data:`ID_WIDTH` (a ComfyUI prompt id
+    is a 36-character UUID, which would wrap the row on an 80-column terminal).
+
+    Example:
+        >>> short_id("job_5a218cd138a543c5"), short_id("0b7a4c1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b")
+        ('job_5a218cd138a543c5', '0b7a4c1e-2f3d-4e5f-…')
+    """
+    return job_id if len(job_id) <= ID_WIDTH else job_id[: ID_WIDTH - 1] + "…"
+
+
 OUTCOME_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow"}
 
 
@@ -66,7 +81,7 @@ class JobBoard:
         """A new row for ``job_id`` (nothing if it has one already)."""
         if job_id not in self._rows:
             self._rows[job_id] = self._progress.add_task(
-                job_id, total=100, node="", step="", status=status
+                short_id(job_id), total=100, node="", step="", status=status
             )
 
     def on_progress(self, event: ComfyEvent) -> None:

@@ -7,7 +7,7 @@ import hmac
 import random
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -16,7 +16,7 @@ from prefect_comfy.emulator.config import STORAGE_PREFIX
 
 def now_iso() -> str:
     """The current UTC time in ISO 8601 with a ``Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class IdFactory:

@@ -25,6 +25,7 @@ from prefect_comfy.emulator.state import EmulatorState, Fault
 from prefect_comfy.emulator.v2.errors import STATUS_OF
 from prefect_comfy.emulator.v2.face import InjectedError
 from prefect_comfy.redaction import RedactingFilter
+from prefect_comfy.threads import start_thread
 
 T = TypeVar("T")
 START_TIMEOUT = 10.0
@@ -95,10 +96,7 @@ class EmulatorServer:
         host = f"[{host}]" if ":" in host else host
         self.app.state.storage_origin = f"http://{host}:{sockets[1].getsockname()[1]}"
         ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready, sockets), name="comfy-emulator", daemon=True
-        )
-        self._thread.start()
+        self._thread = start_thread(self._serve, ready, sockets, name="comfy-emulator")
         if not ready.wait(START_TIMEOUT) or not self._server.started:
             self.stop()
             raise RuntimeError("the emulator did not start")

@@ -7,7 +7,7 @@ Like S3 with presigned URLs, it refuses any request that also carries an ``Autho
 from __future__ import annotations
 
 import hmac
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -54,7 +54,7 @@ async def upload(request: Request) -> Response:
     record = state.upload_by_token(request.path_params["token"])
     if record is None or record.upload_expires_at is None:
         raise ApiError(403, "forbidden", "this upload URL is not valid")
-    if record.upload_expires_at < datetime.now(timezone.utc):
+    if record.upload_expires_at < datetime.now(UTC):
         raise ApiError(403, "forbidden", "this upload URL has expired")
     if record.status != "pending_upload":
         raise ApiError(400, "invalid_request", "this upload is already complete")

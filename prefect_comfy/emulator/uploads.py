@@ -8,7 +8,7 @@ state's ids, records, bus, config and task spawner.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -86,7 +86,7 @@ class UploadsMixin:
 
     def new_presigned(self, record: UploadRecord) -> None:
         record.upload_token = self.ids.token()
-        record.upload_expires_at = datetime.now(timezone.utc) + UPLOAD_URL_LIFETIME
+        record.upload_expires_at = datetime.now(UTC) + UPLOAD_URL_LIFETIME
 
     def upload_by_token(self, token: str) -> UploadRecord | None:
         for record in self.uploads.values():

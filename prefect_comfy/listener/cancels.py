@@ -37,7 +37,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_comfy.exceptions import NotFound
@@ -204,7 +204,7 @@ class SuspendedRunCanceller:
 
     async def catch_up(self) -> int:
         """Handle the runs ended in the last ``catch_up``; how many jobs it cancelled."""
-        since = datetime.now(timezone.utc) - self.catch_up_window
+        since = datetime.now(UTC) - self.catch_up_window
         before = len(self.cancelled)
         async with self._client() as client:
             page = await client.read_events(filter=self._filter(since), limit=50)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_comfy.exceptions import ComfyAPIError
@@ -78,7 +78,7 @@ def terminal_event(kind: str, resource: Any, when: datetime | None = None) -> Co
 
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -178,7 +178,7 @@ def _finished_at(entry: Any) -> datetime | None:
         data = message[1] if isinstance(message, (list, tuple)) and len(message) == 2 else None
         stamp = data.get("timestamp") if isinstance(data, dict) else None
         if isinstance(stamp, (int, float)):
-            return datetime.fromtimestamp(stamp / 1000, tz=timezone.utc)
+            return datetime.fromtimestamp(stamp / 1000, tz=UTC)
     return None
 
 

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_comfy.backends.base import ComfyBackend
@@ -149,7 +149,7 @@ class JobFollower:
         self._following: dict[str, None] = {}
         self._streams: JobStreams | None = None
         self._queue: asyncio.Queue[ComfyEvent] | None = None
-        self._since = datetime.now(timezone.utc) - SUBMITTED_LOOKBACK
+        self._since = datetime.now(UTC) - SUBMITTED_LOOKBACK
         self.rounds = 0
         """Rounds of finding jobs so far."""
         self.progress_dropped = 0

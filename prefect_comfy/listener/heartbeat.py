@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect.events import Event, Resource
 
@@ -45,7 +45,7 @@ def heartbeat_event(
     """
     return Event(
         event=comfy_events.LISTENER_HEARTBEAT,
-        occurred=datetime.now(timezone.utc),
+        occurred=datetime.now(UTC),
         resource=Resource(
             {
                 "prefect.resource.id": f"{comfy_events.PREFIX}.listener.{listener_id}",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, MutableMapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_comfy.listener.cursor import ENDED_SAVED, SAVE_INTERVAL, Cursor, CursorState
@@ -112,7 +112,7 @@ class CursorKeeper:
     def snapshot(self) -> CursorState:
         """The state to save now."""
         if self.caught_up and self.connected():
-            self.watermark = datetime.now(timezone.utc)
+            self.watermark = datetime.now(UTC)
         entries = {key: str(status) for key, status in self.in_flight.items()}
         for key in self.pending():
             entries.setdefault(key, "ended")

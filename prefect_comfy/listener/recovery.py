@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect_comfy.backends.base import ComfyBackend
@@ -71,7 +71,7 @@ class Recovery:
 
     def dropped(self) -> None:
         """The stream dropped: remember when (the first drop not yet caught up on)."""
-        self._dropped_at = self._dropped_at or datetime.now(timezone.utc)
+        self._dropped_at = self._dropped_at or datetime.now(UTC)
 
     async def after_connect(self) -> None:
         """Reconcile, catch up around the drop, then the cursor's catch-up (once)."""

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -30,25 +29,15 @@ async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
     """
     if timeout is None:
         return await awaitable
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(timeout):
-            return await awaitable
-    task = asyncio.ensure_future(awaitable)  # pragma: no cover - Python 3.10
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    finally:
-        if not task.done():
-            task.cancel()
-    if not done:
-        raise asyncio.TimeoutError()
-    return task.result()
+    async with asyncio.timeout(timeout):
+        return await awaitable
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     """Wait until ``event`` is set, at most ``timeout`` seconds; whether it was set."""
     try:
         await within(event.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return event.is_set()
     return True
 

@@ -9,7 +9,10 @@
   shortened. A path that would still leave the folder (a symlink inside it) is flattened.
 - **Nothing overwritten, nothing lost.** In a folder a name already taken gets a suffix
   (``same (1).png``), claimed atomically (a hard link, no-clobber), so two outputs never share a
-  path. Given an explicit file path, the file is replaced as asked.
+  path; a file there with the same bytes is the download already done (a second ``outputs`` writes
+  nothing new). Given an explicit file path, the file is replaced as asked.
+- **The user's permissions.** A file gets the mode a file the user creates gets (``0o666`` less the
+  umask: ``0o644`` with the usual ``022``), not the ``0o600`` of a temporary file.
 - **Atomic.** Bytes go to a unique temporary file beside the target, renamed into place once
   complete; a failed attempt leaves nothing behind, and no temporary file is ever written outside
   the target's folder.
@@ -27,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import logging
 import os
 import re
@@ -140,17 +144,44 @@ def _claim(tmp: str, target: Path) -> Path:
         try:
             os.link(tmp, candidate)
         except FileExistsError:
+            if _same_bytes(tmp, candidate):  # downloaded before: keep that one
+                os.unlink(tmp)
+                return candidate
             continue
         except OSError:  # no hard links here: reserve the name, then replace it
             try:
                 os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             except (FileExistsError, IsADirectoryError):
+                if _same_bytes(tmp, candidate):
+                    os.unlink(tmp)
+                    return candidate
                 continue
             os.replace(tmp, candidate)
             return candidate
         os.unlink(tmp)
         return candidate
     raise ComfyProtocolError(f"{_MAX_SUFFIXES} files named like {target.name!r} already exist")
+
+
+def _same_bytes(one: str | Path, other: Path) -> bool:
+    """Whether ``other`` is a regular file with exactly the bytes of ``one``."""
+    try:
+        return other.is_file() and filecmp.cmp(one, other, shallow=False)
+    except OSError:
+        return False
+
+
+def _user_file_mode() -> int:
+    """``0o666`` less the process's umask: the mode of a file the user creates."""
+    try:  # read without changing it (another thread could create a file meanwhile)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 async def _write(
@@ -184,6 +215,7 @@ async def _write(
                 if limits.max_bytes is not None and size > limits.max_bytes:
                     raise _too_large(where, limits.max_bytes)
                 f.write(chunk)
+        os.chmod(tmp, _user_file_mode())  # mkstemp made it 0o600
         if claim:
             final = _claim(tmp, target)
         else:

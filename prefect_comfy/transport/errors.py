@@ -117,6 +117,36 @@ def fields_from_body(body: Any, reason: str = "") -> tuple[str | None, str, list
     return (str(code)[:MESSAGE_CUT] if code else None), str(message)[:MESSAGE_CUT], details
 
 
+SHOWN_DETAILS = 3
+"""How many of an error's ``details`` its message names (all stay in ``ComfyAPIError.details``)."""
+
+
+def details_text(details: list[Any]) -> str:
+    """`` (field: what is wrong; …)`` from an error's ``details``, for the one-line message.
+
+    Example:
+        >>> details_text([{"field": "status", "message": "must be one of pending, running"}])
+        ' (status: must be one of pending, running)'
+        >>> details_text([])
+        ''
+    """
+    parts = []
+    for item in details[:SHOWN_DETAILS]:
+        if isinstance(item, dict):
+            field = item.get("field") or item.get("loc") or item.get("name")
+            said = item.get("message") or item.get("msg") or item.get("details")
+            if isinstance(field, list):
+                field = ".".join(str(p) for p in field)
+            text = f"{field}: {said}" if field and said else str(said or field or "")
+        else:
+            text = str(item)
+        if text:
+            parts.append(text[:MESSAGE_CUT])
+    if len(details) > SHOWN_DETAILS:
+        parts.append(f"{len(details) - SHOWN_DETAILS} more")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _node_errors(details: list[Any]) -> list[dict[str, Any]]:
     errors = []
     for item in details:
@@ -194,6 +224,7 @@ def error_from_response(
     where = f"{request.method} {redact(quiet_url(request.url), secrets)}"
     text = f"{dialect.name} error on {where}: HTTP {status}" + (f" [{code}]" if code else "")
     text += f": {message}" if message else ""
+    text += redact(details_text(details), secrets)
     fields: dict[str, Any] = {"status_code": status, "error_code": code, "details": details}
     if status in (401, 403) and not key_allowed:
         return ComfyAPIError(text, **fields)

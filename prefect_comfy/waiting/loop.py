@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from prefect_comfy.threads import start_thread
+
 __all__ = ["Mailbox", "waiting_loop"]
 
 _lock = threading.Lock()
@@ -37,10 +39,7 @@ def waiting_loop() -> asyncio.AbstractEventLoop:
             loop = asyncio.new_event_loop()
             started = threading.Event()
             loop.call_soon(started.set)
-            thread = threading.Thread(
-                target=loop.run_forever, name="prefect-comfy-waiting", daemon=True
-            )
-            thread.start()
+            start_thread(loop.run_forever, name="prefect-comfy-waiting")
             started.wait()
             _loop, _pid = loop, os.getpid()
         return _loop

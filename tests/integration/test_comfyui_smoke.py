@@ -43,7 +43,7 @@ async def _wait_for_terminal(ws, prompt_id: str, timeout: float) -> list[dict]:
 
     try:
         return await asyncio.wait_for(read(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(
             f"no terminal message for {prompt_id} within {timeout} s: {frames}"
         ) from None

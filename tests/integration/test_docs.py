@@ -38,12 +38,12 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import API_KEY
+from tests.support.markdown import fenced_blocks, python_blocks
 from tests.workflows import tiny_workflow
 
 pytestmark = pytest.mark.prefect
@@ -58,56 +58,6 @@ SUBSTITUTIONS = {
     '"http://127.0.0.1:8765"': "EMULATOR_URL",  # the emulator's documented port: the session's
 }
 """Placeholder (exact text, quotes included) → what the test runs instead."""
-
-FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>\w*)\s*$")
-DIRECTIVE = re.compile(
-    r"<!--\s*docs-test:\s*(?P<kind>skip|comfyui|pytest)\b\s*(?P<reason>.*?)\s*-->"
-)
-
-
-@dataclass(frozen=True)
-class Block:
-    path: Path
-    line: int  # of the opening fence, 1-based
-    source: str
-    directive: str | None
-    reason: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
-
-
-def python_blocks(path: Path) -> list[Block]:
-    return fenced_blocks(path, "python")
-
-
-def fenced_blocks(path: Path, language: str) -> list[Block]:
-    """The blocks fenced as ```<language> in a Markdown file, with their directive."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    blocks, i = [], 0
-    while i < len(lines):
-        fence = FENCE.match(lines[i])
-        if not fence:
-            i += 1
-            continue
-        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
-        if fence["lang"] == language:
-            indent = len(fence["indent"])
-            body = "\n".join(line[indent:] for line in lines[i + 1 : end]) + "\n"
-            previous = next((line for line in reversed(lines[:i]) if line.strip()), "")
-            directive = DIRECTIVE.search(previous)
-            blocks.append(
-                Block(
-                    path,
-                    i + 1,
-                    body,
-                    directive["kind"] if directive else None,
-                    directive["reason"].strip("() ") if directive else "",
-                )
-            )
-        i = end + 1
-    return blocks
 
 
 def cases(*, test_modules: bool = False) -> list[pytest.param]:

@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -239,13 +240,13 @@ async def test_sigkill_and_restart_loses_and_duplicates_no_terminal_event(
 
 
 async def test_a_prefect_variable_holds_the_cursor(prefect_api_url):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from prefect_comfy.listener.cursor import CursorState, VariableCursor
 
     cursor = VariableCursor(f"comfy-cursor-{uuid.uuid4().hex[:8]}")
     assert await cursor.load() is None
-    when = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
     first = CursorState("http://127.0.0.1:1", [("job", "job_1", "running")], when, [("job", "j0")])
     await cursor.save(first)
     second = CursorState("http://127.0.0.1:1", [("model", "mod_1", "uploading")], when)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -392,7 +393,7 @@ async def test_without_listing_a_restart_looks_back_to_the_cursor_watermark(
     """On Comfy Cloud (501) a job submitted through the project 30 minutes before a restart, and
     ended while no listener ran, gets its outcome: the submitted events are read back from the
     cursor's watermark, not only from 10 minutes before the start."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from prefect.events import Event
 
@@ -402,7 +403,7 @@ async def test_without_listing_a_restart_looks_back_to_the_cursor_watermark(
         job = await backend.submit(tiny_workflow())
         await eventually(lambda: _ended(backend, job.id), timeout=30, message="the job ended")
         address = backend.address
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     submitted = Event(
         event="comfy.job.submitted",
         occurred=now - timedelta(minutes=30),

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,7 @@ async def read_submitted(job_id: str) -> list:
     async with get_client() as client:
         page = await client.read_events(
             filter=EventFilter(
-                occurred=EventOccurredFilter(
-                    since=datetime.now(timezone.utc) - timedelta(minutes=10)
-                ),
+                occurred=EventOccurredFilter(since=datetime.now(UTC) - timedelta(minutes=10)),
                 event=EventNameFilter(name=[events.JOB_SUBMITTED]),
                 resource=EventResourceFilter(id=[f"comfy.job.{job_id}"]),
             ),

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ async def prefect_texts(flow_run_id: Any, since: datetime) -> list[str]:
 
 async def flow_at_debug(credentials: Any, key: str, tmp_path: Path, workflow: dict) -> list[str]:
     """Run ``run_comfy_workflow`` with every logger at DEBUG; return all that can be read of it."""
-    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    since = datetime.now(UTC) - timedelta(seconds=5)
     with every_logger_at_debug() as captured:
         state = await asyncio.to_thread(
             run_comfy_workflow,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -79,9 +79,7 @@ async def read_events(job_id: str, *names: str) -> list:
     async with get_client() as client:
         page = await client.read_events(
             filter=EventFilter(
-                occurred=EventOccurredFilter(
-                    since=datetime.now(timezone.utc) - timedelta(minutes=10)
-                ),
+                occurred=EventOccurredFilter(since=datetime.now(UTC) - timedelta(minutes=10)),
                 resource=EventResourceFilter(id=[f"comfy.job.{job_id}"]),
             ),
             limit=50,
@@ -245,9 +243,7 @@ async def read_resource_events(resource_id: str, name: str) -> list:
     async with get_client() as client:
         page = await client.read_events(
             filter=EventFilter(
-                occurred=EventOccurredFilter(
-                    since=datetime.now(timezone.utc) - timedelta(minutes=10)
-                ),
+                occurred=EventOccurredFilter(since=datetime.now(UTC) - timedelta(minutes=10)),
                 resource=EventResourceFilter(id=[resource_id]),
             ),
             limit=50,

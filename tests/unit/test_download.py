@@ -111,6 +111,35 @@ async def test_a_taken_name_gets_a_suffix_and_nothing_is_overwritten(tmp_path: P
     assert [p.read_bytes() for p in paths] == [b"first", b"second", b"third"]
 
 
+async def test_the_same_bytes_again_are_the_file_already_there(tmp_path: Path) -> None:
+    # `prefect-comfy outputs JOB` twice writes no "a (1).png": the second finds the first.
+    bodies = iter([b"same", b"same", b"other"])
+
+    def server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=next(bodies))
+
+    async with ComfyClient(KEY, ORIGIN, transport=httpx.MockTransport(server)) as client:
+        paths = [await client.download(f"{ORIGIN}/_storage/a.png", tmp_path) for _ in range(3)]
+    assert [p.name for p in paths] == ["a.png", "a.png", "a (1).png"]
+    assert sorted(p.name for p in files_under(tmp_path)) == ["a (1).png", "a.png"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+async def test_a_downloaded_file_gets_the_users_mode(tmp_path: Path, umask: int, mode: int) -> None:
+    def server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"png")
+
+    previous = os.umask(umask)
+    try:
+        async with ComfyClient(KEY, ORIGIN, transport=httpx.MockTransport(server)) as client:
+            in_folder = await client.download(f"{ORIGIN}/_storage/a.png", tmp_path)
+            as_file = await client.download(f"{ORIGIN}/_storage/b.png", tmp_path / "b.png")
+    finally:
+        os.umask(previous)
+    assert in_folder.stat().st_mode & 0o777 == mode
+    assert as_file.stat().st_mode & 0o777 == mode
+
+
 async def test_an_explicit_file_path_is_replaced(tmp_path: Path) -> None:
     def server(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"new")

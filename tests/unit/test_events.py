@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect_comfy import events
@@ -43,7 +43,7 @@ def test_resource_ids_and_names():
 
 
 def test_from_comfy_event_relates_flow_run_from_tags():
-    when = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    when = datetime(2025, 1, 1, tzinfo=UTC)
     ev = ComfyEvent(
         event="job.completed",
         payload={

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from prefect_comfy.models import ComfyEvent, Input, Job, Model, Page
 from tests.unit.test_listener import ADDRESS, FakeBackend, FakeEventsClient, make_listener, started
 from tests.waiting import eventually
 
-NOW = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
 # -- the state file -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -149,7 +149,7 @@ async def test_without_listing_it_follows_the_submitted_jobs_only() -> None:
 
     async def submitted(since: datetime) -> list[tuple[str, datetime]]:
         asked.append(since)
-        return [("mine", datetime.now(timezone.utc))]
+        return [("mine", datetime.now(UTC))]
 
     run = Run(JobFollower(server, submitted=submitted))
     await eventually(lambda: run.follower.following == 1, message="the submitted job followed")
@@ -163,7 +163,7 @@ async def test_without_listing_it_follows_the_submitted_jobs_only() -> None:
     await run.stop()
     assert run.ends() == [("job.completed", "mine")]
     assert server.lists == 1  # asked once; after the 501 only Prefect's events are read
-    assert asked[0] < datetime.now(timezone.utc) - follow.SUBMITTED_LOOKBACK
+    assert asked[0] < datetime.now(UTC) - follow.SUBMITTED_LOOKBACK
 
 
 async def test_a_refused_key_stops_the_listener() -> None:

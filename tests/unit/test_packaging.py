@@ -5,9 +5,8 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +52,7 @@ def test_every_third_party_import_is_declared() -> None:
 
 PREFECT_LAYER = [
     "artifacts", "budget", "dispatch", "emitter", "flows", "job_steps", "jobs", "results", "runs", "tasks",
-    "triggers", "watching", "workflows",
+    "triggers", "watching",
 ]  # fmt: skip
 """The Prefect layer's modules (``prefect_comfy/<name>.py``)."""
 
@@ -72,3 +71,37 @@ def test_the_prefect_layer_sees_servers_only_through_the_interface_and_the_regis
             for target in targets:
                 if target.startswith("prefect_comfy.backends"):
                     assert target in allowed, f"{name}.py imports {target}"
+
+
+def _oldest_python() -> tuple[int, int]:
+    """The oldest Python ``requires-python`` admits (its ``>=3.N`` bound)."""
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    found = re.search(r">=\s*3\.(\d+)", spec)
+    assert found, f"requires-python {spec!r} has no >=3.N lower bound"
+    return 3, int(found[1])
+
+
+def test_requires_python_admits_no_python_a_dependency_refuses() -> None:
+    # A bound lower than a dependency's makes uv's universal resolution fail (`uv run` said "No
+    # solution found" for Python 3.10, which Prefect 3.9 does not support).
+    from importlib.metadata import distribution
+
+    oldest = _oldest_python()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    refusing = {}
+    for name in _declared(project["dependencies"]):
+        needs = distribution(name).metadata.get("Requires-Python") or ""
+        bound = re.search(r">=\s*3\.(\d+)", needs)
+        if bound and (3, int(bound[1])) > oldest:
+            refusing[name] = needs
+    assert not refusing, f"requires-python admits 3.{oldest[1]}, which these refuse: {refusing}"
+
+
+def test_the_docs_and_ruff_say_the_same_oldest_python() -> None:
+    major, minor = _oldest_python()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["tool"]["ruff"]["target-version"] == f"py{major}{minor}"
+    for page in ("README.md", "docs/quickstart.md"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        said = set(re.findall(r"Python (3\.\d+)\+", text))
+        assert said == {f"{major}.{minor}"}, f"{page} says Python {said}"

@@ -31,7 +31,7 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
-from prefect_comfy.settings import ComfySettings
+from prefect_comfy.settings import API_PREFIX, ComfySettings
 
 
 class CloudBackend(ComfyBackend):
@@ -53,6 +53,16 @@ class CloudBackend(ComfyBackend):
     capabilities: ClassVar[Capabilities] = Capabilities(
         upload_models=True, global_event_stream=True, find_jobs_by_tag=True
     )
+    url_probe: ClassVar[tuple[str, frozenset[int]] | None] = (
+        API_PREFIX + "/jobs",
+        frozenset({200, 401, 403}),
+    )
+    key_variables: ClassVar[tuple[str, ...]] = ("COMFY_API_KEY",)
+
+    @classmethod
+    def at_url(cls, url: str, api_key: str | None = None) -> CloudBackend:
+        """A backend for the developer API at ``url`` (``COMFY_API_KEY`` without ``api_key``)."""
+        return cls(api_key=api_key, base_url=url)
 
     def __init__(
         self,

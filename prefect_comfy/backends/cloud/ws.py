@@ -292,7 +292,7 @@ class ComfyWebSocket(ConnectionLoop):
         """Read the ``connected`` frame if it comes soon (lenient: its absence is tolerated)."""
         try:
             first = await within(conn.recv(), min(CONNECTED_GRACE, self._connect_timeout))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.debug("no 'connected' frame from the Comfy event stream; going on")
             return
         self._handle(first)

@@ -185,7 +185,7 @@ class ConnectionLoop:
             await conn.send(protocol.PING_FRAME)
             try:
                 await within(asyncio.shield(self._pong), self.ping_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._dead_reason = f"no pong within {self.ping_timeout:g}s"
                 logger.warning("Comfy event stream: %s; treating it as dead", self._dead_reason)
                 self._abort(conn)

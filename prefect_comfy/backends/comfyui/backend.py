@@ -88,6 +88,7 @@ class ComfyUIBackend(ComfyBackend):
 
     kind: ClassVar[str] = "comfyui"
     capabilities: ClassVar[Capabilities] = Capabilities(find_jobs_by_tag=True, node_catalog=True)
+    url_probe: ClassVar[tuple[str, frozenset[int]] | None] = ("/system_stats", frozenset({200}))
 
     def __init__(
         self,

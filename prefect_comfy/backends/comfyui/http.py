@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -217,7 +216,7 @@ class ComfyUIHttp(HttpSession):
             )
         except InvalidStatus as exc:
             raise handshake_error(exc.response.status_code, self.dialect, self.origin) from None
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise ComfyTransportError(
                 self.redact(f"could not open the ComfyUI event stream: {type(exc).__name__}: {exc}")
             ) from None

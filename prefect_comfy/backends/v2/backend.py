@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -89,6 +90,15 @@ class V2Backend(ComfyBackend):
     capabilities: ClassVar[Capabilities] = Capabilities(
         upload_models=True, global_event_stream=False, find_jobs_by_tag=True, per_job_streams=True
     )
+    url_probe: ClassVar[tuple[str, frozenset[int]] | None] = ("/api/v2/health", frozenset({200}))
+    key_variables: ClassVar[tuple[str, ...]] = ("COMFY_V2_API_KEY", "COMFY_API_KEY")
+
+    @classmethod
+    def at_url(cls, url: str, api_key: str | None = None) -> V2Backend:
+        """A backend for the v2 server at ``url`` (the first of :attr:`key_variables` set, without
+        ``api_key``)."""
+        key = api_key or next((os.environ[v] for v in cls.key_variables if os.environ.get(v)), None)
+        return cls(url, key)
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_comfy.emulator.config import EmulatorConfig
@@ -135,7 +135,7 @@ class V2Face:
             owner, "input", "", file_path, "ready", tags=list(tags), mime_type=content_type,
             size=len(data), data=data,
         )  # fmt: skip
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         asset = AssetRecord(
             id=str(uuid.UUID(bytes=hashlib.sha256(self.state.ids.new("ast").encode()).digest()[:16], version=4)),
             owner=owner, hash=digest, content_type=content_type, file_path=file_path,
@@ -181,7 +181,7 @@ class V2Face:
             "created_new": asset.created_new,
             "created_at": iso(asset.created_at),
             "url": content_url(origin, asset.id),
-            "url_expires_at": iso(datetime.now(timezone.utc) + URL_LIFETIME),
+            "url_expires_at": iso(datetime.now(UTC) + URL_LIFETIME),
             "expires_at": iso(asset.expires_at) if asset.expires_at else None,
             "job_id": None,
         }

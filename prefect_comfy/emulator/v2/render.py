@@ -7,7 +7,7 @@ requested is ``canceling``. Progress is a 0..1 snapshot with node counts.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_comfy.emulator.config import V2_PREFIX
@@ -26,7 +26,7 @@ URL_LIFETIME = timedelta(hours=1)
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse(value: str | None) -> datetime | None:
@@ -86,7 +86,7 @@ def output_of(output: OutputRecord, origin: str) -> dict[str, Any]:
         "id": output.id,
         "hash": None,
         "url": content_url(origin, output.id),
-        "url_expires_at": iso(datetime.now(timezone.utc) + URL_LIFETIME),
+        "url_expires_at": iso(datetime.now(UTC) + URL_LIFETIME),
         "job_id": output.job_id,
     }
 

@@ -81,7 +81,7 @@ async def _frames(face: V2Face, stream: JobStream, origin: str) -> AsyncIterator
                 name, _ = await asyncio.wait_for(
                     stream.queue.get(), face.config.v2_keepalive_seconds
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if stream.overflowed:
                     return
                 yield b": keep-alive\n\n"
