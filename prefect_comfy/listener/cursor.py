@@ -132,6 +132,9 @@ class Cursor(Protocol):
     async def save(self, state: CursorState) -> None:
         """Replace the saved state (an error is raised; the listener logs it and tries again)."""
 
+    def missing(self) -> bool:
+        """Whether a state saved before is gone (a file deleted under the listener); optional."""
+
 
 class FileCursor:
     """A cursor in a JSON file, replaced atomically on every save.
@@ -159,6 +162,9 @@ class FileCursor:
 
     async def save(self, state: CursorState) -> None:
         await asyncio.to_thread(self._write, json.dumps(state.to_json(), separators=(",", ":")))
+
+    def missing(self) -> bool:
+        return not self.path.exists()
 
     def _write(self, text: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +231,9 @@ class VariableCursor:
                 len(entries) + dropped,
             )
         await Variable.aset(self.name, value, overwrite=True)
+
+    def missing(self) -> bool:
+        return False  # a variable deleted by hand is written again at the next change
 
     def __repr__(self) -> str:
         return f"VariableCursor({self.name!r})"
