@@ -9,13 +9,14 @@ import httpx
 import pytest
 
 from prefect_comfy.backends.registry import _kind_of_fields, block_types
-from prefect_comfy.backends.v2 import mapping
+from prefect_comfy.backends.v2 import follow, mapping
 from prefect_comfy.backends.v2.assets import blake3_of
 from prefect_comfy.backends.v2.backend import V2Backend, _metadata_text
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.exceptions import (
     ComfyAPIError,
     ComfyConfigError,
+    ComfyProtocolError,
     InvalidRequest,
     InvalidWorkflow,
     NotFound,
@@ -295,3 +296,51 @@ def test_registered_and_told_apart_from_the_other_kinds() -> None:
     assert _kind_of_fields({"endpoint": ORIGIN}) is ComfyV2Credentials
     assert _kind_of_fields({"base_url": ORIGIN}).__name__ == "ComfyCloudCredentials"
     assert _kind_of_fields({"url": ORIGIN}).__name__ == "ComfyUIServer"
+
+
+# -- paging that never ends (issue 20, #3) ---------------------------------------------------------
+def endless_list(cursors):
+    """A job list that answers every page with no matching job and the next of ``cursors``."""
+    gets = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return error(422, "idempotency_key_reuse")
+        gets.append(request.url.params.get("cursor"))
+        return httpx.Response(200, json={"jobs": [], "next_cursor": next(cursors)})
+
+    return handler, gets
+
+
+def same_cursor():
+    while True:
+        yield "stuck"
+
+
+def fresh_cursors():
+    n = 0
+    while True:
+        n += 1
+        yield f"c{n}"
+
+
+async def test_a_repeated_cursor_ends_a_submits_lookup_with_a_protocol_error():
+    handler, gets = endless_list(same_cursor())
+    backend = backend_of(handler)
+    with pytest.raises(ComfyProtocolError, match="repeats the cursor"):
+        await backend.submit({"1": {}}, idempotency_key="key-1")
+    assert len(gets) <= 3
+
+
+async def test_a_repeated_cursor_ends_unfinished_jobs_with_a_protocol_error():
+    handler, gets = endless_list(same_cursor())
+    with pytest.raises(ComfyProtocolError, match="repeats the cursor"):
+        await backend_of(handler).unfinished_jobs("flow-run-1")
+    assert len(gets) <= 3
+
+
+async def test_fresh_cursors_for_ever_end_at_the_page_limit(caplog):
+    handler, gets = endless_list(fresh_cursors())
+    assert await backend_of(handler).unfinished_jobs("flow-run-1") == []
+    assert len(gets) == follow.MAX_PAGES
+    assert "after 100 pages" in caplog.text

@@ -44,7 +44,7 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
-from prefect_comfy.backends.v2.follow import PAGE_SIZE, TAGS, list_page
+from prefect_comfy.backends.v2.follow import PAGE_SIZE, TAGS, list_page, walk_pages
 from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
@@ -256,12 +256,15 @@ class V2Backend(ComfyBackend):
         """Jobs carrying every label, pages of 100 (filtered here too: comfy-api-proxy 0.1.6
         ignores the ``metadata[...]`` filter and lists its newest jobs)."""
         jobs: list[Job] = []
-        cursor: str | None = None
-        while True:
-            page, cursor = await self.list_jobs_page(cursor, metadata=metadata)
+
+        async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
+            return await self.list_jobs_page(cursor, metadata=metadata)
+
+        async for page in walk_pages(read, what=f"{metadata} on {self._origin}"):
             jobs.extend(page)
-            if not cursor or (limit is not None and len(jobs) >= limit):
-                return jobs
+            if limit is not None and len(jobs) >= limit:
+                break
+        return jobs
 
     async def list_jobs_page(
         self,
