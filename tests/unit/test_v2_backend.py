@@ -344,3 +344,69 @@ async def test_fresh_cursors_for_ever_end_at_the_page_limit(caplog):
     assert await backend_of(handler).unfinished_jobs("flow-run-1") == []
     assert len(gets) == follow.MAX_PAGES
     assert "after 100 pages" in caplog.text
+
+
+# -- a stream that never ends, or never ends a line (issue 20, #4 and #5) --------------------------
+def streaming(frames, *, job_status: str = "succeeded", sent: list | None = None):
+    """A server whose job stream is ``frames()`` (an async generator of bytes) and whose job
+    reads say ``job_status``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(
+                200, content=frames(), headers={"Content-Type": "text/event-stream"}
+            )
+        return httpx.Response(200, json=job(job_status))
+
+    return handler
+
+
+@pytest.mark.parametrize("kind", ["keep-alives", "progress", "silence"])
+async def test_a_stream_that_never_says_the_end_is_checked_over_rest(monkeypatch, kind) -> None:
+    import asyncio
+
+    from prefect_comfy.backends.v2 import stream
+
+    monkeypatch.setattr(stream, "TRUST_SECONDS", 0.3)
+
+    async def frames():
+        while True:
+            if kind == "silence":
+                await asyncio.sleep(3600)
+            await asyncio.sleep(0.02)
+            if kind == "progress":
+                yield b'event: progress\ndata: {"value": 0.5}\n\n'
+            else:
+                yield b": keep-alive\n\n"
+
+    events = backend_of(streaming(frames)).job_events("j1")
+    seen = await asyncio.wait_for(_until_terminal(events), 5)
+    assert seen[-1].event == "job.completed"
+
+
+async def _until_terminal(events):
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if event.event != "job.progress":
+            break
+    await events.aclose()
+    return seen
+
+
+async def test_a_stream_line_without_an_end_is_capped() -> None:
+    import asyncio
+
+    sent = []
+
+    async def frames():
+        yield b"data: "
+        while True:
+            sent.append(1)
+            yield b"x" * 65536
+            await asyncio.sleep(0)
+
+    events = backend_of(streaming(frames)).job_events("j1")
+    with pytest.raises(ComfyProtocolError, match="longer than"):
+        await asyncio.wait_for(anext(events), 10)
+    assert len(sent) * 65536 < 4 * 2**20  # read no further than the cap
