@@ -383,3 +383,19 @@ async def test_a_job_the_server_forgets_is_lost_not_missing(hub, world):
     assert result.event == "job.lost" and result.payload["error"]["code"] == "lost"
     with pytest.raises(NotFound):  # never seen: a wrong id stays NotFound
         await asyncio.wait_for(hub.wait("job", "job_never"), 5)
+
+
+async def test_a_large_outcome_of_nobodys_job_is_not_kept_a_late_wait_reads_it(hub, world):
+    """The stream carries other users' jobs: their big final events are not held (issue 20, #5)."""
+    world.jobs["job_w"] = job("job_w", "running")
+    start(hub.wait("job", "job_w", timeout=30))  # keeps the stream open
+    await eventually(lambda: hub.stats["pending"] == 1 and world.reads == 1)
+    for i in range(20):
+        world.push("job.completed", f"other_{i}", status="completed", log="x" * 2**20)
+    world.jobs["other_0"] = job("other_0", "completed")
+    await eventually(lambda: hub.events_received == 20)
+    reads = world.reads
+    late = await asyncio.wait_for(hub.wait("job", "other_0"), 5)
+    assert late.event == "job.completed"
+    assert world.reads == reads + 1  # read over REST, not remembered
+    assert hub._recall.outcome_bytes < 2**20
