@@ -147,6 +147,7 @@ class EventHub(SharedStream):
             dispatch=self._dispatch,
             found=self._found,
             missing=self._missing,
+            broken=self._broken,
             max_streams=self._max_streams,
             concurrency=self._rest_concurrency,
         )
@@ -387,6 +388,11 @@ class EventHub(SharedStream):
                 waiter.deliver(event)
             return
         for waiter in group:
+            waiter.fail(exc)
+
+    def _broken(self, key: Key, exc: BaseException) -> None:
+        """The server answered something that is not the resource: its waits fail at once."""
+        for waiter in list(self._waiters.get(key, [])):
             waiter.fail(exc)
 
     # -- hooks of the stream's life ----------------------------------------------------------

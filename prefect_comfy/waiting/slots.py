@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.exceptions import NotFound, TooManyStreams
+from prefect_comfy.exceptions import ComfyProtocolError, NotFound, TooManyStreams
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent
 from prefect_comfy.waiting.reconcile import Resource
 
@@ -86,6 +86,8 @@ class JobStreams:
         dispatch: called with every event of a stream.
         found: called with every resource read.
         missing: called with the :class:`NotFound` of a key.
+        broken: called with the :class:`ComfyProtocolError` of a read that the server answered
+            with something that is not the resource (the wait fails at once; default: ``missing``).
         max_streams: the cap to start from.
         concurrency: most REST reads in flight at once.
     """
@@ -98,6 +100,7 @@ class JobStreams:
         dispatch: Callable[[ComfyEvent], None],
         found: Callable[[Key, Resource], None],
         missing: Callable[[Key, NotFound], None],
+        broken: Callable[[Key, ComfyProtocolError], None] | None = None,
         max_streams: int = DEFAULT_MAX_STREAMS,
         concurrency: int = 16,
     ) -> None:
@@ -106,6 +109,7 @@ class JobStreams:
         self._dispatch = dispatch
         self._found = found
         self._missing = missing
+        self._broken = broken or missing
         self.cap = max(1, max_streams)
         """Streams tried at most at once (lowered by refusals)."""
         self._streams: dict[Key, asyncio.Task[None]] = {}
@@ -374,6 +378,10 @@ class JobStreams:
             except NotFound as exc:
                 self._polled.pop(key, None)
                 self._missing(key, exc)
+                return True
+            except ComfyProtocolError as exc:  # a malformed answer is not retried to the timeout
+                self._polled.pop(key, None)
+                self._broken(key, exc)  # type: ignore[arg-type]
                 return True
             except Exception as exc:
                 logger.warning("could not read Comfy %s %s: %s", kind, rid, exc)

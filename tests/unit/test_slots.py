@@ -338,3 +338,22 @@ async def test_a_huge_retry_after_is_capped(monkeypatch):
     await eventually(lambda: world.streaming(jid), timeout=10, message="streamed again")
     world.finish(jid, "completed")
     assert (await asyncio.wait_for(wait, 10)).event == "job.completed"
+
+
+async def test_a_malformed_read_fails_the_wait_at_once():
+    """A read the server answers with something that is not the job (issue 20, #13)."""
+    from prefect_comfy.exceptions import ComfyProtocolError
+
+    world = StreamWorld(cap=0, retry_after=None)  # no stream: the job is read
+    hub = make_hub(world)
+    (jid,) = running(world, 1)
+
+    async def malformed(job_id: str) -> Job:
+        world.reads += 1
+        raise ComfyProtocolError("Comfy API v2 answered a job without a string 'id': {}")
+
+    hub.backend.get_job = malformed  # type: ignore[method-assign]
+    hub.job_streams.backend.get_job = malformed  # type: ignore[union-attr]
+    with pytest.raises(ComfyProtocolError):
+        await asyncio.wait_for(hub.wait("job", jid, timeout=30), 5)
+    assert world.reads == 1

@@ -410,3 +410,48 @@ async def test_a_stream_line_without_an_end_is_capped() -> None:
     with pytest.raises(ComfyProtocolError, match="longer than"):
         await asyncio.wait_for(anext(events), 10)
     assert len(sent) * 65536 < 4 * 2**20  # read no further than the cap
+
+
+# -- malformed answers (issue 20, #13) -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "job",
+        7,
+        {"id": None, "status": "succeeded"},
+        {"id": 5, "status": "succeeded"},
+        {"status": "succeeded"},
+        {"id": "j1", "status": "succeeded", "outputs": 5},
+        {"id": "j1", "status": "succeeded", "outputs": [{"id": "a", "size_bytes": "big"}]},
+        {"id": "j1", "status": "running", "created_at": "yesterday-ish"},
+        {"id": "j1", "status": "failed", "error": {"message": "x", "code": ["no"]}},
+    ],
+)
+async def test_a_malformed_job_is_a_protocol_error_at_once(body) -> None:
+    backend = backend_of(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(ComfyProtocolError, match="Comfy API v2"):
+        await backend.get_job("j1")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [1],
+        {"jobs": {"a": 1}},
+        {"jobs": [1]},
+        {"jobs": [{"id": None}]},
+        {"jobs": [], "next_cursor": 5},
+    ],
+)
+async def test_a_malformed_job_list_is_a_protocol_error_at_once(body) -> None:
+    backend = backend_of(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(ComfyProtocolError, match="Comfy API v2"):
+        await backend.list_jobs_page()
+
+
+@pytest.mark.parametrize("body", [[], "x", {"id": "a1", "size_bytes": "big"}])
+async def test_a_malformed_asset_is_a_protocol_error_at_once(body) -> None:
+    backend = backend_of(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(ComfyProtocolError, match="Comfy API v2"):
+        await backend.get_input("a1")

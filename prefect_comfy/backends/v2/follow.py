@@ -132,10 +132,20 @@ async def list_page(
     if cursor:
         params["cursor"] = cursor
     body = await http.v2("GET", "/jobs", params=params) or {}
+    listed = body.get("jobs") if isinstance(body, dict) else None
+    next_cursor = body.get("next_cursor") if isinstance(body, dict) else None
+    if (
+        not isinstance(body, dict)
+        or not isinstance(listed, list | None)
+        or not isinstance(next_cursor, str | None)
+    ):
+        raise ComfyProtocolError(
+            f"Comfy API v2 answered a job list that is not {{'jobs': [...], 'next_cursor': ...}}: "
+            f"{str(body)[:200]!r}"
+        )
     jobs = [
         mapping.job_of(raw)
-        for raw in body.get("jobs") or []
-        if isinstance(raw, dict) and mapping.matches(raw, metadata)
+        for raw in listed or []
+        if not isinstance(raw, dict) or mapping.matches(raw, metadata)
     ]
-    next_cursor = body.get("next_cursor")
-    return jobs, str(next_cursor) if next_cursor else None
+    return jobs, next_cursor or None
