@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -67,14 +67,47 @@ async def _list(status: str | None, tags: list[str], limit: int, block: str | No
         if client is not None and hasattr(client, "list_jobs"):  # the developer API
             page = await client.list_jobs(status=status, tags=tags or None, limit=limit)
             return list(page.items)
-        # ComfyUI: the queue, then the history, newest first
-        queued = list((await backend.queue_records()).keys())
-        done = list(reversed(list((await backend.recent_history(limit)).keys())))
-        jobs = [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
+        if hasattr(backend, "list_jobs_page"):  # Comfy API v2: its job list, newest first
+            jobs = await _list_v2(backend, status, tags, limit)
+        elif hasattr(backend, "queue_records"):  # ComfyUI: the queue, then the history
+            queued = list((await backend.queue_records()).keys())
+            done = list(reversed(list((await backend.recent_history(limit)).keys())))
+            jobs = [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
+        else:
+            raise UsageProblem(
+                f"'jobs list' cannot list the jobs of this kind of server ({backend.kind}); "
+                "use 'prefect-comfy jobs get ID' with a job's id"
+            )
     wanted = [
         j for j in jobs if (status is None or j.status == status) and set(tags) <= set(j.tags)
     ]
     return wanted[:limit]
+
+
+async def _list_v2(backend: Any, status: str | None, tags: list[str], limit: int) -> list[Job]:
+    """Pages of a v2 server's job list until ``limit`` match (the one paging walk)."""
+    from prefect_comfy.backends.v2.follow import walk_pages
+    from prefect_comfy.exceptions import ComfyAPIError
+
+    metadata = {f"tag:{tag}"[:128]: "1" for tag in tags}
+    found: list[Job] = []
+
+    async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
+        return await backend.list_jobs_page(cursor, metadata=metadata or None)
+
+    try:
+        async for page in walk_pages(read, what=f"jobs on {backend.address}", max_pages=20):
+            found += [j for j in page if status is None or j.status == status]
+            if len(found) >= limit:
+                break
+    except ComfyAPIError as exc:
+        if exc.status_code != 501:
+            raise
+        raise UsageProblem(
+            f"{backend.address} cannot list jobs (HTTP 501, as on Comfy Cloud): "
+            "use 'prefect-comfy jobs get ID' with a job's id"
+        ) from None
+    return found
 
 
 @command(app, "get")

@@ -105,15 +105,16 @@ def validate(
     """Check a workflow file: its format here, then its nodes and inputs on the server.
 
     Comfy Cloud checks a graph without running it; a self-hosted ComfyUI checks a graph only when
-    it is queued, so for a ComfyUIServer block only the file is checked.
+    it is queued, and Comfy API v2 when it is submitted, so for their blocks only the file is
+    checked.
     """
     graph = read_workflow(workflow)
     typer.echo(f"{workflow}: API-format graph with {len(graph)} nodes")
     if offline:
         return
-    problems = asyncio.run(_server_check(graph, block))
+    problems, kind = asyncio.run(_server_check(graph, block))
     if problems is None:
-        typer.echo("The server was not asked: a self-hosted ComfyUI checks a graph when it runs.")
+        typer.echo(f"The server was not asked: {UNCHECKED.get(kind, UNCHECKED['comfyui'])}")
         return
     if problems:
         for problem in problems:
@@ -122,15 +123,24 @@ def validate(
     typer.echo("The server accepts it.")
 
 
-async def _server_check(graph: dict[str, Any], block: str | None) -> list[str] | None:
-    """The server's objections (``[]`` for none), or ``None`` for a server that cannot check."""
+UNCHECKED = {
+    "comfyui": "a self-hosted ComfyUI checks a graph when it runs.",
+    "v2": "a Comfy API v2 server checks a graph when it is submitted (it has no separate check).",
+}
+"""Why a server of each kind was not asked (the default: a kind that cannot check a graph)."""
+
+
+async def _server_check(graph: dict[str, Any], block: str | None) -> tuple[list[str] | None, str]:
+    """The server's objections (``[]`` for none), or ``None`` for a server that cannot check;
+    and the server's kind."""
     async with await backend_for(block) as backend:
+        kind = backend.kind
         client = getattr(backend, "client", None)
         if client is None or not hasattr(client, "validate_workflow"):
-            return None
+            return None, kind
         answer = await client.validate_workflow(graph)
     if answer.valid:
-        return []
+        return [], kind
     lines = []
     for err in answer.errors or [{"message": "invalid workflow"}]:
         where = f"node {err['node_id']}" if err.get("node_id") is not None else "workflow"
@@ -139,4 +149,4 @@ async def _server_check(graph: dict[str, Any], block: str | None) -> list[str] |
         if err.get("field"):
             where += f", input {err['field']}"
         lines.append(f"{where}: {err.get('message', 'invalid')}")
-    return lines
+    return lines, kind
