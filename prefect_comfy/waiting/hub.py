@@ -9,10 +9,8 @@ wait starts, and closes it :data:`DEFAULT_LINGER` seconds after the last wait en
 
 It alone fans events out, drops duplicates (:mod:`~prefect_comfy.waiting.recall`), remembers
 recent outcomes for waits that register late, and reconciles pending resources after every
-(re)connect (:mod:`~prefect_comfy.waiting.reconcile`). A stream that gives up (its reconnect
-budget spent on a flappy link) fails no wait: the pending ones are read over REST, backed off, and
-the stream is opened again, backed off too; only a refused key (``WebSocketAuthError``) or the
-wait's own timeout ends a wait with an error. docs/architecture.md tells the whole story.
+(re)connect (:mod:`~prefect_comfy.waiting.reconcile`). A stream that gives up fails no wait (only a
+refused key or a wait's own timeout does). docs/architecture.md tells the whole story.
 
 Example:
     >>> async def main(backend, job_id):  # doctest: +SKIP
@@ -41,7 +39,6 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
 from prefect_comfy.settings import ComfySettings
-from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
 from prefect_comfy.waiting.loop import Mailbox, waiting_loop
 from prefect_comfy.waiting.recall import REMEMBERED_OUTCOMES, SEEN_EVENTS, Recall, lost_event
@@ -111,10 +108,7 @@ class EventHub(SharedStream):
         self._late: list[Key] | None = None
         self._reconciler = self._make_reconciler()
         self._jobs = self._make_job_streams()
-        self._reopen_backoff = Backoff(initial=1.0, maximum=30.0)
         self.events_received = 0
-        self.stream_restarts = 0
-        """Times the stream gave up with waits pending and was opened again."""
 
     @classmethod
     def shared(cls, backend: ComfyBackend) -> EventHub:
@@ -402,7 +396,6 @@ class EventHub(SharedStream):
         return super()._source()
 
     def _connected(self) -> None:
-        self._reopen_backoff.reset()
         if self._jobs is not None:
             self._jobs.track(list(self._waiters))
         else:
@@ -421,11 +414,8 @@ class EventHub(SharedStream):
         ):
             self._fail_all(error)
             return
-        # The stream gave up (a flappy link spent its reconnect budget). The waits are not failed:
-        # REST can still answer them. They are read, backed off, while the stream is down, and
-        # the stream is opened again, backed off too.
-        delay = self._reopen_backoff.next_delay()
-        self.stream_restarts += 1
+        # A flappy link spent the reconnect budget: REST can still answer the waits; reopen later.
+        delay = self._reopen_later()
         logger.warning(
             "Comfy event stream gave up (%s); %d waits are read over REST, the stream opens again "
             "in %.1fs",
@@ -436,11 +426,6 @@ class EventHub(SharedStream):
         self._reconciler.poll_while_down(
             lambda: not self._live and bool(self._waiters), lambda: list(self._waiters)
         )
-        self._home.bind().call_later(delay, self._reopen)
-
-    def _reopen(self) -> None:
-        if self._waiters and self._stream is None and self._closer is None:
-            self._open_stream()
 
     def _idle(self) -> bool:
         return not self._waiters
