@@ -15,7 +15,7 @@ from prefect_comfy.cli.connect import BlockOption, backend_for
 from prefect_comfy.cli.errors import CommandFailed, UsageProblem
 from prefect_comfy.cli.help import command, group
 from prefect_comfy.cli.progress import JobBoard
-from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, download_all
+from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, check_out_folder, download_all
 from prefect_comfy.exceptions import ComfyError, JobFailed
 from prefect_comfy.models import JOB_TERMINAL, Job
 from prefect_comfy.waiting.waits import wait_for
@@ -237,6 +237,7 @@ def outputs(
     block: BlockOption = None,
 ) -> None:
     """Download the outputs of a completed job; prints their paths, one a line."""
+    check_out_folder(out)
     for path in asyncio.run(_outputs(job_id, out, block)):
         typer.echo(str(path))
 

@@ -125,3 +125,32 @@ def test_read_workflow_says_when_the_file_is_missing_or_binary(tmp_path: Path) -
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(UsageProblem, match="is not a text file"):
         read_workflow(binary)
+
+
+async def test_ctrl_c_during_downloads_keeps_the_whole_files_and_says_so(tmp_path, capsys) -> None:
+    """Ctrl-C while a completed job's outputs download (issue 20, #11)."""
+    import asyncio
+
+    from prefect_comfy.cli.errors import Interrupted
+    from prefect_comfy.cli.run import download_all
+    from prefect_comfy.models import Output
+
+    class Backend:
+        async def outputs(self, job_id):
+            return [Output(id=f"o{i}", type="image", name=f"o{i}.png") for i in range(4)]
+
+        async def download(self, output, dest):
+            if output.id == "o2":
+                raise asyncio.CancelledError  # Ctrl-C
+            path = Path(dest) / output.name
+            path.write_bytes(b"png")
+            return path
+
+    with pytest.raises(Interrupted) as caught:
+        await download_all(Backend(), "job_1", tmp_path / "out")
+    message = str(caught.value)
+    assert "job_1 completed" in message and "2 of 4" in message, message
+    assert "prefect-comfy outputs job_1" in message
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "out" / "o0.png"), str(tmp_path / "out" / "o1.png")]
+    assert all(Path(p).read_bytes() == b"png" for p in printed)
