@@ -370,3 +370,20 @@ def test_run_checks_its_output_folder_before_submitting(emulator, tmp_path: Path
     (line,) = error_lines(done.stderr)
     assert line.startswith(f"Error: --out {tmp_path / where}") and "folder" in line, line
     assert emulator.stats()["requests_total"] == before["requests_total"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["blocks", "create", "comfyui", "x", "--url", "not a url"],
+        ["blocks", "create", "comfyui", "x", "--url", "ftp://host"],
+        ["blocks", "create", "cloud", "x", "--base-url", "not a url"],
+    ],
+)
+def test_blocks_create_refuses_a_url_that_is_not_one(emulator, command) -> None:
+    """Nothing is saved for a URL no backend can use (issue 20, #12)."""
+    env = env_for(emulator, PREFECT_API_URL="http://127.0.0.1:9/api")
+    done = cli(*command, env=env)
+    assert done.returncode == 2, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "url" in line.lower() and "nothing was saved" in line, line
