@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,6 +85,24 @@ async def _list(status: str | None, tags: list[str], limit: int, block: str | No
     return wanted[:limit]
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,255}")
+
+
+def checked_ids(job_ids: list[str]) -> list[str]:
+    """The ids as given, once each is one that a server could have made.
+
+    Raises:
+        UsageProblem: an id with a ``/``, ``..``, a space or another character no server uses.
+    """
+    for job_id in job_ids:
+        if not _ID.fullmatch(job_id) or ".." in job_id:
+            raise UsageProblem(
+                f"{job_id!r} is not a job id (letters, digits and . _ - : only); "
+                "'prefect-comfy jobs list' shows the ids"
+            )
+    return job_ids
+
+
 async def _list_v2(backend: Any, status: str | None, tags: list[str], limit: int) -> list[Job]:
     """Pages of a v2 server's job list until ``limit`` match (the one paging walk)."""
     from prefect_comfy.backends.v2.follow import walk_pages
@@ -117,6 +136,7 @@ def get(
     block: BlockOption = None,
 ) -> None:
     """Show one job: status, progress, times, error and outputs."""
+    checked_ids([job_id])
     job = asyncio.run(_get(job_id, block))
     if as_json:
         typer.echo(json.dumps(job.model_dump(mode="json", exclude_none=True), indent=2))
@@ -148,6 +168,7 @@ async def _get(job_id: str, block: str | None) -> Job:
 @command(app, "cancel")
 def cancel(job_ids: JobIds, block: BlockOption = None) -> None:
     """Cancel jobs: a pending job ends at once, a running one at its next step."""
+    checked_ids(job_ids)
     for job in asyncio.run(_cancel(job_ids, block)):
         if job.status == "cancelled":
             typer.echo(f"{job.id}  cancelled")
@@ -181,6 +202,7 @@ def watch(
 
     Exits 0 when every job completed, 1 otherwise.
     """
+    checked_ids(job_ids)
     board = JobBoard()
     with board:
         outcomes = asyncio.run(_watch(job_ids, timeout, block, board))
@@ -237,6 +259,7 @@ def outputs(
     block: BlockOption = None,
 ) -> None:
     """Download the outputs of a completed job; prints their paths, one a line."""
+    checked_ids([job_id])
     check_out_folder(out)
     for path in asyncio.run(_outputs(job_id, out, block)):
         typer.echo(str(path))

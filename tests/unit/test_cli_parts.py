@@ -154,3 +154,22 @@ async def test_ctrl_c_during_downloads_keeps_the_whole_files_and_says_so(tmp_pat
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / "out" / "o0.png"), str(tmp_path / "out" / "o1.png")]
     assert all(Path(p).read_bytes() == b"png" for p in printed)
+
+
+@pytest.mark.parametrize("command", ["get", "cancel", "watch"])
+@pytest.mark.parametrize("bad", ["../../x", "..", "a/b", "job 1", ""])
+def test_a_job_id_that_no_server_makes_is_said_to_be_invalid(command, bad, capsys) -> None:
+    """Not '401 missing API key' (issue 20, #16)."""
+    from prefect_comfy.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["jobs", command, bad])
+    assert caught.value.code == 2
+    assert "is not a job id" in capsys.readouterr().err
+
+
+def test_real_job_ids_pass_the_check() -> None:
+    from prefect_comfy.cli.jobs import checked_ids
+
+    ids = ["job_abc123", "5f0c7a1e-2b1c-4d4e-9f00-0123456789ab", "j1.v2:x"]
+    assert checked_ids(ids) == ids
