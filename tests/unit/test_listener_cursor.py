@@ -401,3 +401,51 @@ async def test_a_failing_save_is_reported_in_the_stats_and_the_heartbeat(tmp_pat
 async def stop_task(listener, task):
     listener.stop()
     await asyncio.wait_for(task, 10)
+
+
+# -- a state file edited by hand, or grown huge (issue 20, #15) -------------------------------------
+async def test_a_watermark_without_a_time_zone_is_read_as_utc_and_catch_up_works(tmp_path):
+    path = tmp_path / "cursor.json"
+    state = CursorState(ADDRESS, [], NOW)
+    data = state.to_json()
+    data["watermark"] = NOW.replace(tzinfo=None).isoformat()  # a hand edit
+    path.write_text(json.dumps(data))
+    loaded = await FileCursor(path).load()
+    assert loaded is not None and loaded.watermark == NOW
+    keeper = CursorKeeper(
+        FileCursor(path),
+        address=ADDRESS,
+        in_flight=Bounded(10),
+        ended=Bounded(10),
+        pending=list,
+        connected=lambda: True,
+    )
+    await keeper.restore()
+
+    class Backend:
+        client = ListingClient(
+            [Job(id="j_done", status="completed", completed_at=NOW + timedelta(minutes=1))], [], []
+        )
+
+    forwarded: list[ComfyEvent] = []
+
+    async def forward(event: ComfyEvent) -> None:
+        forwarded.append(event)
+
+    await keeper.catch_up(
+        Backend(), forward=forward, track=lambda *e: None, already=lambda *k: False
+    )
+    assert keeper.caught_up and [e.resource_id for e in forwarded] == ["j_done"]
+
+
+async def test_a_huge_state_file_is_bounded_on_load(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "cursor.json"
+    data = CursorState(ADDRESS, [], NOW).to_json()
+    data["ended"] = [["job", f"job_{i}"] for i in range(50_000)]
+    path.write_text(json.dumps(data))
+    loaded = await FileCursor(path).load()
+    assert loaded is not None and len(loaded.ended) == cursor_module.ENDED_SAVED
+    assert loaded.ended[-1] == ("job", "job_49999")  # the newest kept
+    monkeypatch.setattr(cursor_module, "MAX_FILE_BYTES", 1000)
+    assert await FileCursor(path).load() is None
+    assert "more than a listener writes" in caplog.text
