@@ -22,6 +22,10 @@ from prefect_comfy.cli.errors import UsageProblem
 EXPORT_HINT = "open it in ComfyUI and export it with 'Save (API format)' (Workflow menu)"
 
 
+MAX_WORKFLOW_BYTES = 64 * 2**20
+"""The largest workflow file read (checked before reading; as much as one API answer may hold)."""
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number; ComfyUI cannot use it")
 
@@ -34,9 +38,17 @@ def read_workflow(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise UsageProblem(f"No workflow file at {str(path)!r}")
+    size = path.stat().st_size
+    if size > MAX_WORKFLOW_BYTES:
+        raise UsageProblem(
+            f"{path} is {size / 2**20:,.0f} MB; a workflow file is at most "
+            f"{MAX_WORKFLOW_BYTES // 2**20} MB (put large inputs in files and upload them)"
+        )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is fine
         graph = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise UsageProblem(f"{path}: its JSON is nested too deeply to be a workflow") from None
     except UnicodeDecodeError:
         raise UsageProblem(f"{path} is not a text file; a workflow is JSON") from None
     except json.JSONDecodeError as exc:

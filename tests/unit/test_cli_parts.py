@@ -173,3 +173,48 @@ def test_real_job_ids_pass_the_check() -> None:
 
     ids = ["job_abc123", "5f0c7a1e-2b1c-4d4e-9f00-0123456789ab", "j1.v2:x"]
     assert checked_ids(ids) == ids
+
+
+# -- workflow files (issue 20, #14) -----------------------------------------------------------------
+def test_a_deeply_nested_workflow_file_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UsageProblem, match="nested too deeply"):
+        read_workflow(path)
+
+
+def test_a_huge_workflow_file_is_refused_before_it_is_read(tmp_path, monkeypatch) -> None:
+    from prefect_comfy.cli import validate
+
+    path = tmp_path / "big.json"
+    path.write_text('{"1": {"class_type": "X", "inputs": {}}}' + " " * 2000)
+    monkeypatch.setattr(validate, "MAX_WORKFLOW_BYTES", 1000)
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("read whole"))
+    with pytest.raises(UsageProblem, match="at most"):
+        read_workflow(path)
+
+
+def test_a_workflow_file_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    from prefect_comfy.workflows.load import load_workflow
+
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(graph).encode())
+    assert read_workflow(path) == graph
+    assert load_workflow(path) == graph
+
+
+def test_a_large_body_cut_off_is_not_reported_as_could_not_reach() -> None:
+    import httpx
+
+    from prefect_comfy.exceptions import ComfyTransportError
+    from prefect_comfy.transport.errors import translating_transport_errors
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/jobs", content=b"x" * (9 * 2**20))
+    with (
+        pytest.raises(ComfyTransportError) as caught,
+        translating_transport_errors(request, [], "Comfy API"),
+    ):
+        raise httpx.WriteError("broken pipe")
+    assert "Could not reach" not in str(caught.value)
+    assert "9 MB body" in str(caught.value) and "refuses requests that large" in str(caught.value)
