@@ -190,7 +190,19 @@ async def suspend_unless_ended(
         labels[RESUME_LABEL_PREFIX + key] = job.id
     async with get_client() as client:
         await client.update_flow_run_labels(root.id, labels)
+        resumable = await _resume_automation_exists(client)
     seconds = int(timeout if timeout is not None else DEFAULT_SUSPEND_TIMEOUT)
+    if resumable is False:
+        run_logger().warning(
+            "No enabled Prefect automation resumes suspended flow runs: nothing will resume flow "
+            "run %s when Comfy job %s ends, and Prefect fails it after %d s. Create it once with "
+            "`prefect-comfy automations create-resume` (or "
+            "prefect_comfy.triggers.create_resume_automation()), and keep `prefect-comfy listen` "
+            "running",
+            root.id,
+            job.id,
+            seconds,
+        )
     run_logger().info(
         "Comfy job %s is %s: suspending flow run %s for up to %d s. The job's outcome event "
         "resumes it (it needs `prefect-comfy listen` running and the resume automation); if "
@@ -208,6 +220,19 @@ async def suspend_unless_ended(
     quiet_suspended_task_finish()
     raise_if_flow_run_suspension_requested()
     raise Pause(f"Suspended while Comfy job {job.id} runs")
+
+
+async def _resume_automation_exists(client: Any) -> bool | None:
+    """Whether an enabled automation resumes flow runs (``None``: the automations cannot be read)."""
+    try:
+        automations = await client.read_automations()
+    except Exception:  # an old server, or no rights: say nothing rather than a false warning
+        return None
+    return any(
+        getattr(a, "enabled", True)
+        and any(getattr(action, "type", None) == "resume-flow-run" for action in a.actions)
+        for a in automations
+    )
 
 
 async def _resume_if_ended_meanwhile(backend_cm: Any, job_id: str, root_id: Any) -> None:

@@ -45,9 +45,11 @@ def create_cloud(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Save a ComfyCloudCredentials block: an API key (asked for, or COMFY_API_KEY) and a URL."""
+    base_url = base_url or os.environ.get("COMFY_BASE_URL") or None
+    if base_url is not None:
+        _check_url(base_url, "--base-url")
     api_url = _require_prefect()
     key = _api_key(required=True)
-    base_url = base_url or os.environ.get("COMFY_BASE_URL") or None
     from prefect_comfy import ComfyCloudCredentials
 
     block = ComfyCloudCredentials(api_key=key, base_url=base_url)
@@ -55,6 +57,17 @@ def create_cloud(
     where = base_url or "https://cloud.comfy.org"
     typer.echo(f'Saved ComfyCloudCredentials block "{name}" ({where}) on {api_url}.')
     typer.echo(f"Use it with --block {name}, or ComfyCloudCredentials.load({name!r}).")
+
+
+def _check_url(url: str, option: str) -> None:
+    """A URL a block can use (``http(s)://host[:port]``), checked before anything is saved."""
+    from prefect_comfy.exceptions import ComfyConfigError
+    from prefect_comfy.transport.origins import normalize_origin
+
+    try:
+        normalize_origin(url)
+    except ComfyConfigError as exc:
+        raise UsageProblem(f"{option}: {exc}; nothing was saved") from None
 
 
 @command(create, "comfyui")
@@ -74,6 +87,7 @@ def create_comfyui(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Save a ComfyUIServer block: where a self-hosted ComfyUI is (and a key, with --with-key)."""
+    _check_url(url, "--url")
     api_url = _require_prefect()
     key = _api_key(required=True) if with_key else None
     from prefect_comfy import ComfyUIServer

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from prefect_comfy.exceptions import (
     AuthenticationError,
@@ -85,3 +86,17 @@ def report(exc: BaseException, *, debug: bool) -> int:
     prefix = "" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "Error: "
     print(f"{prefix}{one_line(exc)}{hint}", file=sys.stderr, flush=True)
     return exit_code(exc)
+
+
+def interrupted_download(
+    job_id: str, out: Path, kept: list[Path], total: int | None
+) -> Interrupted:
+    """Ctrl-C during the downloads of a completed job: print what was kept, and say so."""
+    for path in kept:
+        print(path, flush=True)  # stdout: the paths, one a line, as a finished run prints them
+    of = f" of {total}" if total is not None else ""
+    return Interrupted(
+        f"Interrupted while downloading: Comfy job {job_id} completed; {len(kept)}{of} "
+        f"output(s) downloaded whole into {out} (paths above). Get the rest with "
+        f"'prefect-comfy outputs {job_id} --out {out}'"
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_comfy.cli.connect import credentials_for
-from prefect_comfy.cli.errors import Interrupted
+from prefect_comfy.cli.errors import Interrupted, interrupted_download
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.threads import start_thread
 from prefect_comfy.waiting.waits import wait_for
@@ -39,6 +39,8 @@ class FlowRunWatcher:
         self.flow_run_id: str | None = None
         self.job_id: str | None = None
         self.ui_url: str | None = None
+        self.outcome: str | None = None
+        """The job's terminal event (``job.completed`` …) once the watcher saw it."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,7 +90,12 @@ class FlowRunWatcher:
             if not wait.done():
                 wait.cancel()
             with contextlib.suppress(BaseException):
-                await wait
+                self.outcome = (await wait).event
+
+
+def _whole(path: Path, out: Path) -> bool:
+    """Not a download's temporary file (a file is renamed into place once whole)."""
+    return not any(part.startswith(".") for part in path.relative_to(out).parts)
 
 
 class _Chatter(logging.Filter):
@@ -171,6 +178,10 @@ def run_as_flow(
                     timeout=timeout,
                 )
         except KeyboardInterrupt:
+            if watcher.outcome == "job.completed" and watcher.job_id:  # it was downloading
+                watcher.stop()
+                kept = sorted(p for p in out.rglob("*") if p.is_file() and _whole(p, out))
+                raise interrupted_download(str(watcher.job_id), out, kept, None) from None
             watcher.finish("cancelled", "(Ctrl-C)")
             raise Interrupted(
                 f"Interrupted: the flow run cancelled Comfy job {watcher.job_id or '(none yet)'}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -15,7 +16,7 @@ from prefect_comfy.cli.connect import BlockOption, backend_for
 from prefect_comfy.cli.errors import CommandFailed, UsageProblem
 from prefect_comfy.cli.help import command, group
 from prefect_comfy.cli.progress import JobBoard
-from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, download_all
+from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, check_out_folder, download_all
 from prefect_comfy.exceptions import ComfyError, JobFailed
 from prefect_comfy.models import JOB_TERMINAL, Job, JobStatus
 from prefect_comfy.waiting.waits import wait_for
@@ -71,11 +72,15 @@ async def _list(status: str | None, tags: list[str], limit: int, block: str | No
         if client is not None and hasattr(client, "list_jobs"):  # the developer API
             page = await client.list_jobs(status=status, tags=tags or None, limit=limit)
             return list(page.items)
-        if hasattr(backend, "list_jobs_page"):  # Comfy API v2: newest first, filtered below
-            page, _ = await backend.list_jobs_page(limit=max(limit, 100))
-            jobs = list(page)
-        else:  # ComfyUI: the queue, then the history, newest first
+        if hasattr(backend, "list_jobs_page"):  # Comfy API v2: its job list, newest first
+            jobs = await _list_v2(backend, status, tags, limit)
+        elif hasattr(getattr(backend, "http", None), "queue_records"):  # ComfyUI
             jobs = await _queue_then_history(backend, limit)
+        else:
+            raise UsageProblem(
+                f"'jobs list' cannot list the jobs of this kind of server ({backend.kind}); "
+                "use 'prefect-comfy jobs get ID' with a job's id"
+            )
     wanted = [
         j for j in jobs if (status is None or j.status == status) and set(tags) <= set(j.tags)
     ]
@@ -89,6 +94,50 @@ async def _queue_then_history(backend: Any, limit: int) -> list[Job]:
     return [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,255}")
+
+
+def checked_ids(job_ids: list[str]) -> list[str]:
+    """The ids as given, once each is one that a server could have made.
+
+    Raises:
+        UsageProblem: an id with a ``/``, ``..``, a space or another character no server uses.
+    """
+    for job_id in job_ids:
+        if not _ID.fullmatch(job_id) or ".." in job_id:
+            raise UsageProblem(
+                f"{job_id!r} is not a job id (letters, digits and . _ - : only); "
+                "'prefect-comfy jobs list' shows the ids"
+            )
+    return job_ids
+
+
+async def _list_v2(backend: Any, status: str | None, tags: list[str], limit: int) -> list[Job]:
+    """Pages of a v2 server's job list until ``limit`` match (the one paging walk)."""
+    from prefect_comfy.backends.v2.follow import walk_pages
+    from prefect_comfy.exceptions import ComfyAPIError
+
+    metadata = {f"tag:{tag}"[:128]: "1" for tag in tags}
+    found: list[Job] = []
+
+    async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
+        return await backend.list_jobs_page(cursor, metadata=metadata or None)
+
+    try:
+        async for page in walk_pages(read, what=f"jobs on {backend.address}", max_pages=20):
+            found += [j for j in page if status is None or j.status == status]
+            if len(found) >= limit:
+                break
+    except ComfyAPIError as exc:
+        if exc.status_code != 501:
+            raise
+        raise UsageProblem(
+            f"{backend.address} cannot list jobs (HTTP 501, as on Comfy Cloud): "
+            "use 'prefect-comfy jobs get ID' with a job's id"
+        ) from None
+    return found
+
+
 @command(app, "get")
 def get(
     job_id: Annotated[str, typer.Argument(help="The job id.", metavar="ID", show_default=False)],
@@ -96,6 +145,7 @@ def get(
     block: BlockOption = None,
 ) -> None:
     """Show one job: status, progress, times, error and outputs."""
+    checked_ids([job_id])
     job = asyncio.run(_get(job_id, block))
     if as_json:
         typer.echo(json.dumps(job.model_dump(mode="json", exclude_none=True), indent=2))
@@ -127,6 +177,7 @@ async def _get(job_id: str, block: str | None) -> Job:
 @command(app, "cancel")
 def cancel(job_ids: JobIds, block: BlockOption = None) -> None:
     """Cancel jobs: a pending job ends at once, a running one at its next step."""
+    checked_ids(job_ids)
     for job in asyncio.run(_cancel(job_ids, block)):
         if job.status == "cancelled":
             typer.echo(f"{job.id}  cancelled")
@@ -160,6 +211,7 @@ def watch(
 
     Exits 0 when every job completed, 1 otherwise.
     """
+    checked_ids(job_ids)
     board = JobBoard()
     with board:
         outcomes = asyncio.run(_watch(job_ids, timeout, block, board))
@@ -216,6 +268,8 @@ def outputs(
     block: BlockOption = None,
 ) -> None:
     """Download the outputs of a completed job; prints their paths, one a line."""
+    checked_ids([job_id])
+    check_out_folder(out)
     for path in asyncio.run(_outputs(job_id, out, block)):
         typer.echo(str(path))
 

@@ -13,7 +13,9 @@ Ctrl-C cancels the Comfy job either way: directly, here; in a flow run, the flow
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from prefect_comfy.cli.connect import BlockOption, backend_for, prefect_api_url
-from prefect_comfy.cli.errors import Interrupted
+from prefect_comfy.cli.errors import Interrupted, UsageProblem, interrupted_download
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.validate import SetOption, WorkflowArgument, parse_sets, read_workflow
 from prefect_comfy.exceptions import JobCancelled, JobFailed, JobTimedOut
@@ -80,6 +82,7 @@ def run(
     """
     loaded = read_workflow(workflow)
     inputs = parse_sets(sets)
+    check_out_folder(out)  # before the job runs: a folder that cannot take its outputs is said now
     tags = list(dict.fromkeys(tag or []))
     board = JobBoard()
     if not no_prefect and prefect_api_url():
@@ -177,8 +180,39 @@ async def _submit_and_wait(
     return job.id, status, paths
 
 
+def check_out_folder(out: Path) -> None:
+    """Make ``out`` (and its parents) and prove a file can be written there.
+
+    Raises:
+        UsageProblem: ``out`` is a file, is under a file, or cannot be written (one line).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".prefect-comfy-check-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = "is a file" if out.is_file() else (exc.strerror or type(exc).__name__).lower()
+        raise UsageProblem(
+            f"--out {out}: {why}; choose a folder you can write to (it is created if needed)"
+        ) from None
+
+
 async def download_all(backend: Any, job_id: str, out: Path) -> list[Path]:
-    """Download every output of a finished job into ``out``; return the files' paths."""
+    """Download every output of a finished job into ``out``; return the files' paths.
+
+    Each file is written whole or not at all. Ctrl-C (a cancel) during the downloads keeps the
+    files already downloaded, prints their paths, and says what happened.
+
+    Raises:
+        Interrupted: Ctrl-C stopped the downloads (the message counts what was kept).
+    """
     outputs = await backend.outputs(job_id)
-    out.mkdir(parents=True, exist_ok=True)
-    return [await backend.download(output, out) for output in outputs]
+    check_out_folder(out)
+    paths: list[Path] = []
+    try:
+        for output in outputs:
+            paths.append(await backend.download(output, out))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise interrupted_download(job_id, out, paths, len(outputs)) from None
+    return paths

@@ -22,6 +22,9 @@ from prefect_comfy.workflows.convert import is_save_format
 from prefect_comfy.workflows.inputs import apply_inputs, parse_assignment
 from prefect_comfy.workflows.load import load_workflow
 
+MAX_WORKFLOW_BYTES = 64 * 2**20
+"""The largest workflow file read (checked before reading; as much as one API answer may hold)."""
+
 
 def read_workflow(path: Path) -> dict[str, Any]:
     """The workflow in a file: an API-format graph, a save-format workflow, or a ComfyUI PNG's.
@@ -31,6 +34,12 @@ def read_workflow(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise UsageProblem(f"No workflow file at {str(path)!r}")
+    size = path.stat().st_size
+    if size > MAX_WORKFLOW_BYTES:
+        raise UsageProblem(
+            f"{path} is {size / 2**20:,.0f} MB; a workflow file is at most "
+            f"{MAX_WORKFLOW_BYTES // 2**20} MB (put large inputs in files and upload them)"
+        )
     try:
         return load_workflow(path)
     except InvalidWorkflow as exc:
@@ -111,9 +120,9 @@ def validate(
             apply_inputs(loaded, inputs)
             typer.echo(f"The {len(inputs)} input(s) fit the graph.")
         return
-    problems = asyncio.run(_server_check(loaded, inputs, block))
+    problems, kind = asyncio.run(_server_check(loaded, inputs, block))
     if problems is None:
-        typer.echo("The server was not asked: a self-hosted ComfyUI checks a graph when it runs.")
+        typer.echo(f"The server was not asked: {UNCHECKED.get(kind, UNCHECKED['comfyui'])}")
         return
     if problems:
         for problem in problems:
@@ -122,13 +131,22 @@ def validate(
     typer.echo("The server accepts it.")
 
 
+UNCHECKED = {
+    "comfyui": "a self-hosted ComfyUI checks a graph when it runs.",
+    "v2": "a Comfy API v2 server checks a graph when it is submitted (it has no separate check).",
+}
+"""Why a server of each kind was not asked (the default: a kind that cannot check a graph)."""
+
+
 async def _server_check(
     workflow: dict[str, Any], inputs: dict[str, Any], block: str | None
-) -> list[str] | None:
-    """The server's objections (``[]`` for none), or ``None`` for a server that cannot check."""
+) -> tuple[list[str] | None, str]:
+    """The server's objections (``[]`` for none), or ``None`` for a server that cannot check;
+    and the server's kind."""
     from prefect_comfy.prepare import prepare_workflow
 
     async with await backend_for(block) as backend:
+        kind = backend.kind
         prepared = await prepare_workflow(backend, workflow, inputs)
         if prepared.converted:
             typer.echo(f"Converted to an API-format graph with {len(prepared.graph)} nodes.")
@@ -136,10 +154,10 @@ async def _server_check(
             typer.echo(f"The {len(inputs)} input(s) fit the graph and the server's catalog.")
         client = getattr(backend, "client", None)
         if client is None or not hasattr(client, "validate_workflow"):
-            return None
+            return None, kind
         answer = await client.validate_workflow(prepared.graph)
     if answer.valid:
-        return []
+        return [], kind
     lines = []
     for err in answer.errors or [{"message": "invalid workflow"}]:
         where = f"node {err['node_id']}" if err.get("node_id") is not None else "workflow"
@@ -148,4 +166,4 @@ async def _server_check(
         if err.get("field"):
             where += f", input {err['field']}"
         lines.append(f"{where}: {err.get('message', 'invalid')}")
-    return lines
+    return lines, kind

@@ -39,7 +39,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,6 +65,10 @@ SAVE_INTERVAL = 1.0
 FORMAT_VERSION = 1
 ENDED_SAVED = 1_000
 """Resources whose terminal event was sent, remembered in the cursor (newest first kept)."""
+IN_FLIGHT_LOADED = 100_000
+"""Resources in flight read from a cursor at most (the newest kept)."""
+MAX_FILE_BYTES = 32 * 2**20
+"""A state file larger than this is not read (the listener writes well under 1 MB)."""
 _VARIABLE_LIMIT = 5_000
 """Characters a Prefect variable's value may hold (``prefect.types.MAX_VARIABLE_VALUE_LENGTH``)."""
 
@@ -102,23 +106,35 @@ class CursorState:
         """
         if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
             raise ValueError("not a listener cursor of format version 1")
-        watermark = data.get("watermark")
+        raw_in_flight, raw_ended = data.get("in_flight") or [], data.get("ended") or []
+        if not isinstance(raw_in_flight, list) or not isinstance(raw_ended, list):
+            raise ValueError("'in_flight' and 'ended' must be lists")
         entries = [
             (str(e[0]), str(e[1]), str(e[2]))
-            for e in data.get("in_flight") or []
+            for e in raw_in_flight[-IN_FLIGHT_LOADED:]
             if isinstance(e, list) and len(e) == 3 and e[0] in ("job", "input", "model")
         ]
         ended = [
             (str(e[0]), str(e[1]))
-            for e in data.get("ended") or []
+            for e in raw_ended[-ENDED_SAVED:]
             if isinstance(e, list) and len(e) == 2
         ]
         return cls(
             address=str(data.get("address") or ""),
             in_flight=entries,
             ended=ended,
-            watermark=datetime.fromisoformat(watermark) if watermark else None,
+            watermark=_watermark(data.get("watermark")),
         )
+
+
+def _watermark(value: Any) -> datetime | None:
+    """A saved watermark, always aware: one without a time zone (a hand edit) is UTC."""
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"the watermark {value!r} is not an ISO 8601 time")
+    when = datetime.fromisoformat(value)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 class Cursor(Protocol):
@@ -131,6 +147,9 @@ class Cursor(Protocol):
 
     async def save(self, state: CursorState) -> None:
         """Replace the saved state (an error is raised; the listener logs it and tries again)."""
+
+    def missing(self) -> bool:
+        """Whether a state saved before is gone (a file deleted under the listener); optional."""
 
 
 class FileCursor:
@@ -146,6 +165,16 @@ class FileCursor:
 
     async def load(self) -> CursorState | None:
         try:
+            size = self.path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                logger.warning(
+                    "ignoring the listener cursor %s: %d bytes, more than a listener writes "
+                    "(%d at most); it will be replaced",
+                    self.path,
+                    size,
+                    MAX_FILE_BYTES,
+                )
+                return None
             text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
         except FileNotFoundError:
             return None
@@ -159,6 +188,9 @@ class FileCursor:
 
     async def save(self, state: CursorState) -> None:
         await asyncio.to_thread(self._write, json.dumps(state.to_json(), separators=(",", ":")))
+
+    def missing(self) -> bool:
+        return not self.path.exists()
 
     def _write(self, text: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +257,9 @@ class VariableCursor:
                 len(entries) + dropped,
             )
         await Variable.aset(self.name, value, overwrite=True)
+
+    def missing(self) -> bool:
+        return False  # a variable deleted by hand is written again at the next change
 
     def __repr__(self) -> str:
         return f"VariableCursor({self.name!r})"

@@ -45,6 +45,7 @@ from typing import Any
 
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.cloud.protocol import matches_any
+from prefect_comfy.backends.v2.follow import walk_pages
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import ComfyAPIError, NotFound, WebSocketAuthError
 from prefect_comfy.listener.catchup import terminal_event
@@ -339,10 +340,12 @@ class JobFollower:
         """List newest first until a page holds nothing new; follow what is new and unfinished."""
         lister = self.backend.list_jobs_page  # type: ignore[attr-defined]
         new = looked = 0
-        cursor: str | None = None
-        while True:
+
+        async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
             # A quiet round asks for a short first page: only the newest jobs can be new.
-            jobs, cursor = await lister(cursor, limit=100 if baseline or new else QUIET_PAGE)
+            return await lister(cursor, limit=100 if baseline or new else QUIET_PAGE)
+
+        async for jobs in walk_pages(read, what=f"jobs on {self.backend.address}"):
             fresh = [job for job in jobs if not self._seen.seen(job.id)]
             looked += len(jobs)
             new += len(fresh)
@@ -350,8 +353,9 @@ class JobFollower:
             if not baseline:
                 for job in fresh:
                     self._ended_between_rounds(job)
-            if not cursor or looked >= LIST_LIMIT or (not fresh and not baseline):
-                return new
+            if looked >= LIST_LIMIT or (not fresh and not baseline):
+                break
+        return new
 
     def _ended_between_rounds(self, job: Job) -> None:
         event = terminal_event("job", job, job.completed_at) if job.is_terminal else None

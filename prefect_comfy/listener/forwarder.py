@@ -217,6 +217,7 @@ class ComfyListener:
             )
             if self._cursor is not None:
                 await self._cursor.restore()
+                await self._cursor.check_writable()
                 if self.follower is not None and self._cursor.restored_watermark is not None:
                     self.follower.look_back_to(self._cursor.restored_watermark - CATCH_UP_SLACK)
             sender = asyncio.create_task(self._sender.send_loop(client), name="comfy-listener-send")
@@ -264,6 +265,8 @@ class ComfyListener:
         self.stats.behind = backlog.behind
         if self._cursor is not None:
             self.stats.cursor_saves = self._cursor.saves
+            self.stats.cursor_durable = self._cursor.error is None
+            self.stats.cursor_error = self._cursor.error
 
     def stop(self) -> None:
         """Ask the listener to stop (safe from a signal handler or another thread)."""

@@ -1,7 +1,8 @@
 """The ``comfy.listener.heartbeat`` event: what a listener says of itself, connected or not.
 
 Its resource ``comfy.listener.<listener id>`` carries the labels ``comfy.connected`` and
-``comfy.behind``, so that a proactive automation can alert when a listener goes quiet or falls behind.
+``comfy.behind`` and ``comfy.durable`` (``false`` while its cursor cannot be saved), so that a
+proactive automation can alert when a listener goes quiet, falls behind or runs without durability.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def heartbeat_event(
                 "comfy.backend": backend.kind,
                 "comfy.connected": "true" if connected else "false",
                 "comfy.behind": "true" if stats.behind else "false",
+                "comfy.durable": "true" if stats.cursor_durable else "false",
             }
         ),
         payload={

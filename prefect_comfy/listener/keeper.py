@@ -74,6 +74,9 @@ class CursorKeeper:
         self.caught_up = False
         """Set once the restored state is reconciled: until then the watermark stays put."""
         self.saves = 0
+        self.error: str | None = None
+        """Why the last save failed (``None`` while the cursor is saved): the listener then runs
+        without durability, and says so in its stats and heartbeats."""
         self._last: dict[str, Any] | None = None
 
     async def restore(self) -> CursorState | None:
@@ -133,7 +136,12 @@ class CursorKeeper:
             data["in_flight"],
             data["ended"],
         )
-        if not force and same:
+        missing = getattr(self.cursor, "missing", None)  # optional for a cursor of one's own
+        if same and missing is not None and missing():
+            logger.warning(
+                "the listener cursor (%s) was deleted; re-created it", self.cursor.description
+            )
+        elif not force and same:
             previous = last["watermark"]
             if previous == data["watermark"] or (
                 previous
@@ -145,6 +153,23 @@ class CursorKeeper:
         await self.cursor.save(state)
         self._last = data
         self.saves += 1
+
+    async def check_writable(self) -> None:
+        """Save once at start, so that a state file that cannot be written stops the listener.
+
+        Raises:
+            ComfyConfigError: the cursor cannot be saved (the message says where and why).
+        """
+        from prefect_comfy.exceptions import ComfyConfigError
+
+        try:
+            await self.save(force=True)
+        except Exception as exc:
+            raise ComfyConfigError(
+                f"The listener cannot write its cursor ({self.cursor.description}): {exc}. "
+                "Fix the folder's permissions, or choose another place with --cursor PATH "
+                "(or COMFY_LISTENER_CURSOR); --cursor none runs without one"
+            ) from None
 
     async def save_quietly(self) -> None:
         """Save now, whatever changed; a failure is logged (a stop must go on)."""
@@ -182,17 +207,22 @@ class CursorKeeper:
 
     async def run(self) -> None:
         """Save every ``interval`` seconds, forever (a failed save is logged and tried again)."""
-        failing = False
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self.save()
-                if failing:
-                    logger.info("the listener cursor is saved again (%s)", self.cursor.description)
-                failing = False
-            except Exception as exc:
-                if not failing:
+                await self.save(force=self.error is not None)
+                if self.error is not None:
                     logger.warning(
-                        "could not save the listener cursor (%s): %s", self.cursor.description, exc
+                        "the listener cursor is saved again (%s)", self.cursor.description
                     )
-                failing = True
+                self.error = None
+            except Exception as exc:
+                if self.error is None:
+                    logger.error(
+                        "could not save the listener cursor (%s): %s; the listener runs without "
+                        "durability until a save succeeds (a restart now would lose what is in "
+                        "flight)",
+                        self.cursor.description,
+                        exc,
+                    )
+                self.error = f"{self.cursor.description}: {exc}"

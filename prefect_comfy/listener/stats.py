@@ -47,3 +47,8 @@ class ListenerStats:
     """Whether that exceeds ``BEHIND_AFTER`` (5 s): Prefect takes events slower than Comfy sends."""
     cursor_saves: int = 0
     """Times the durable cursor was written."""
+    cursor_durable: bool = True
+    """Whether the last save of the cursor succeeded (``False``: a restart would lose what is in
+    flight; ``cursor_error`` says why)."""
+    cursor_error: str | None = None
+    """Why the cursor cannot be saved now, or ``None``."""

@@ -286,6 +286,10 @@ def _rejecter(dialect: Dialect) -> str:
     return "Comfy" if dialect.name == CLOUD_DIALECT_NAME else dialect.name
 
 
+LARGE_BODY = 8 * 2**20
+"""A request body this large that is cut off is reported as a refusal of its size."""
+
+
 @contextlib.contextmanager
 def translating_transport_errors(
     request: httpx.Request, secrets: Sequence[str | None], server: str = "Comfy"
@@ -305,6 +309,21 @@ def translating_transport_errors(
             )
         ) from None
     except httpx.TransportError as exc:
+        size = request.headers.get("Content-Length", "")
+        if (
+            size.isdigit()
+            and int(size) >= LARGE_BODY
+            and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        ):  # reached, then cut off while a large body went up: a refusal of its size
+            raise ComfyTransportError(
+                redact(
+                    f"{server} closed the connection during {request.method} "
+                    f"{quiet_url(request.url)} with a {int(size) / 2**20:,.0f} MB body "
+                    f"({type(exc).__name__}): the server likely refuses requests that large; "
+                    "make the workflow or file smaller, or raise the server's request size limit",
+                    secrets,
+                )
+            ) from None
         raise ComfyTransportError(
             redact(
                 f"Could not reach {server} on {request.method} {quiet_url(request.url)}: "

@@ -9,7 +9,8 @@ wait starts, and closes it :data:`DEFAULT_LINGER` seconds after the last wait en
 
 It alone fans events out, drops duplicates (:mod:`~prefect_comfy.waiting.recall`), remembers
 recent outcomes for waits that register late, and reconciles pending resources after every
-(re)connect (:mod:`~prefect_comfy.waiting.reconcile`). docs/architecture.md tells the whole story.
+(re)connect (:mod:`~prefect_comfy.waiting.reconcile`). A stream that gives up fails no wait (only a
+refused key or a wait's own timeout does). docs/architecture.md tells the whole story.
 
 Example:
     >>> async def main(backend, job_id):  # doctest: +SKIP
@@ -33,6 +34,7 @@ from prefect_comfy.exceptions import (
     JobTimedOut,
     NotFound,
     WaitTimedOut,
+    WebSocketAuthError,
     WebSocketConnectionError,
 )
 from prefect_comfy.models import STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
@@ -139,6 +141,7 @@ class EventHub(SharedStream):
             dispatch=self._dispatch,
             found=self._found,
             missing=self._missing,
+            broken=self._broken,
             max_streams=self._max_streams,
             concurrency=self._rest_concurrency,
         )
@@ -381,6 +384,11 @@ class EventHub(SharedStream):
         for waiter in group:
             waiter.fail(exc)
 
+    def _broken(self, key: Key, exc: BaseException) -> None:
+        """The server answered something that is not the resource: its waits fail at once."""
+        for waiter in list(self._waiters.get(key, [])):
+            waiter.fail(exc)
+
     # -- hooks of the stream's life ----------------------------------------------------------
     def _source(self) -> AsyncIterator[ComfyEvent]:
         if self._jobs is not None:
@@ -398,7 +406,26 @@ class EventHub(SharedStream):
         self._poll_while_down()
 
     def _ended(self, error: BaseException) -> None:
-        self._fail_all(error)
+        if (
+            isinstance(error, WebSocketAuthError)
+            or self._closer is not None
+            or not self._waiters
+            or not isinstance(error, Exception)
+        ):
+            self._fail_all(error)
+            return
+        # A flappy link spent the reconnect budget: REST can still answer the waits; reopen later.
+        delay = self._reopen_later()
+        logger.warning(
+            "Comfy event stream gave up (%s); %d waits are read over REST, the stream opens again "
+            "in %.1fs",
+            error,
+            len(self._waiters),
+            delay,
+        )
+        self._reconciler.poll_while_down(
+            lambda: not self._live and bool(self._waiters), lambda: list(self._waiters)
+        )
 
     def _idle(self) -> bool:
         return not self._waiters

@@ -8,7 +8,8 @@ resources to one :class:`JobStreams`, which
 
 - opens a stream for each pending job while fewer than :attr:`JobStreams.cap` are open (the cap
   starts at ``COMFY_MAX_STREAMS``, default 8, and is learned: a refusal lowers it to the streams
-  open at that moment, and no new stream is tried before the refusal's ``retry_after``);
+  open at that moment, moves the job to the shared REST read, and no new stream is tried before
+  the refusal's ``retry_after``, held between :data:`REFUSAL_FLOOR` and :data:`REFUSAL_CEILING`);
 - reads every other pending resource in ONE shared, backed-off REST loop (every polled resource each
   round; 0.5 s apart, x1.5 per quiet round up to 5 s, back to 0.5 s when something changed). A
   resource new to the loop is read at once; inputs and models end on that first read, since a v2
@@ -31,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.exceptions import NotFound, TooManyStreams
+from prefect_comfy.exceptions import ComfyProtocolError, NotFound, TooManyStreams
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent
 from prefect_comfy.waiting.reconcile import Resource
 
@@ -58,6 +59,12 @@ POLL_MAX = 5.0
 """The longest pause between two rounds, seconds."""
 REFUSAL_PAUSE = 5.0
 """Seconds before a new stream is tried after a refusal without ``Retry-After``."""
+REFUSAL_FLOOR = 1.0
+"""The shortest pause after a refusal, whatever ``Retry-After`` says (0, negative or NaN would
+otherwise retry the stream in a tight loop and never let the job's REST read happen)."""
+REFUSAL_CEILING = 60.0
+"""The longest pause after a refusal (``Retry-After: 1e9`` must not block new streams for good;
+the refused jobs are read over REST meanwhile)."""
 REOPEN_DELAY = 0.5
 """Seconds before a job whose stream ended early (and was read once) is streamed or polled again."""
 FAILURES_BEFORE_POLLING = 3
@@ -79,6 +86,8 @@ class JobStreams:
         dispatch: called with every event of a stream.
         found: called with every resource read.
         missing: called with the :class:`NotFound` of a key.
+        broken: called with the :class:`ComfyProtocolError` of a read that the server answered
+            with something that is not the resource (the wait fails at once; default: ``missing``).
         max_streams: the cap to start from.
         concurrency: most REST reads in flight at once.
     """
@@ -91,6 +100,7 @@ class JobStreams:
         dispatch: Callable[[ComfyEvent], None],
         found: Callable[[Key, Resource], None],
         missing: Callable[[Key, NotFound], None],
+        broken: Callable[[Key, ComfyProtocolError], None] | None = None,
         max_streams: int = DEFAULT_MAX_STREAMS,
         concurrency: int = 16,
     ) -> None:
@@ -99,6 +109,7 @@ class JobStreams:
         self._dispatch = dispatch
         self._found = found
         self._missing = missing
+        self._broken = broken or missing
         self.cap = max(1, max_streams)
         """Streams tried at most at once (lowered by refusals)."""
         self._streams: dict[Key, asyncio.Task[None]] = {}
@@ -237,8 +248,9 @@ class JobStreams:
             self.cap = max(1, others)
             logger.info("The Comfy server caps event streams; holding at most %d", self.cap)
         loop = asyncio.get_running_loop()
-        pause = exc.retry_after if exc.retry_after is not None else REFUSAL_PAUSE
-        self._blocked_until = max(self._blocked_until, loop.time() + max(0.0, pause))
+        pause = REFUSAL_PAUSE if exc.retry_after is None else float(exc.retry_after)
+        pause = REFUSAL_FLOOR if pause != pause else min(REFUSAL_CEILING, max(REFUSAL_FLOOR, pause))
+        self._blocked_until = max(self._blocked_until, loop.time() + pause)
         if self._timer is not None:
             self._timer.cancel()
         self._timer = loop.call_at(self._blocked_until, self._unblocked)
@@ -366,6 +378,10 @@ class JobStreams:
             except NotFound as exc:
                 self._polled.pop(key, None)
                 self._missing(key, exc)
+                return True
+            except ComfyProtocolError as exc:  # a malformed answer is not retried to the timeout
+                self._polled.pop(key, None)
+                self._broken(key, exc)  # type: ignore[arg-type]
                 return True
             except Exception as exc:
                 logger.warning("could not read Comfy %s %s: %s", kind, rid, exc)

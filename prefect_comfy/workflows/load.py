@@ -115,7 +115,8 @@ def _refuse_constant(name: str) -> Any:
 
 def _parse(source: str, text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        # A byte-order mark (Windows editors write one) is no reason to refuse a file.
+        return json.loads(text.removeprefix("\ufeff"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise InvalidWorkflow(f"{source} is not JSON: {exc}") from None
 

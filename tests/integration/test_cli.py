@@ -355,3 +355,35 @@ def test_validate_asks_the_server(emulator, tmp_path: Path) -> None:
     )
     offline = cli("validate", str(bad), "--offline", env={**env_for(emulator), "COMFY_API_KEY": ""})
     assert offline.returncode == 0
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/under"])
+def test_run_checks_its_output_folder_before_submitting(emulator, tmp_path: Path, where) -> None:
+    """An --out that cannot take the outputs is said before the job runs (issue 20, #10)."""
+    (tmp_path / "a-file").write_text("")
+    workflow = write_json(tmp_path / "w.json", tiny_workflow("outcheck"))
+    before = emulator.stats()
+    done = cli(
+        "run", str(workflow), "--no-prefect", "--out", str(tmp_path / where), env=env_for(emulator)
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert line.startswith(f"Error: --out {tmp_path / where}") and "folder" in line, line
+    assert emulator.stats()["requests_total"] == before["requests_total"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["blocks", "create", "comfyui", "x", "--url", "not a url"],
+        ["blocks", "create", "comfyui", "x", "--url", "ftp://host"],
+        ["blocks", "create", "cloud", "x", "--base-url", "not a url"],
+    ],
+)
+def test_blocks_create_refuses_a_url_that_is_not_one(emulator, command) -> None:
+    """Nothing is saved for a URL no backend can use (issue 20, #12)."""
+    env = env_for(emulator, PREFECT_API_URL="http://127.0.0.1:9/api")
+    done = cli(*command, env=env)
+    assert done.returncode == 2, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "url" in line.lower() and "nothing was saved" in line, line

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy.exceptions import WebSocketConnectionError
+from prefect_comfy.exceptions import JobTimedOut
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from tests.conftest import API_KEY
@@ -77,22 +77,25 @@ async def test_waits_end_while_the_stream_never_stays_up(emulator) -> None:
     print(f"\n{JOBS} waits ended in {elapsed:.1f}s during {flaps} flaps; {hub.stats}")
 
 
-async def test_a_spent_budget_says_what_kept_failing(emulator) -> None:
+async def test_a_spent_budget_says_what_kept_failing_and_fails_no_wait(emulator, caplog) -> None:
+    """A stream that gives up fails no wait (issue 20, #6): the wait goes on over REST until
+    its own timeout, and the log says what kept failing."""
     async with CloudBackend(settings=storm_settings(emulator, attempts=3)) as backend:
         hub = EventHub(backend.clone(), linger=0.2)
         stop = asyncio.Event()
         try:
             job = await backend.submit(slow_workflow(600, step_seconds=0.1))  # a minute
             storm = asyncio.create_task(flap_for_ever(emulator, stop))
-            with pytest.raises(WebSocketConnectionError) as info:
-                await hub.wait("job", job.id, timeout=60)
+            with pytest.raises(JobTimedOut):
+                await hub.wait("job", job.id, timeout=15)
             stop.set()
             await storm
         finally:
             stop.set()
             await asyncio.to_thread(emulator.close_after_connected, 0)
             await hub.aclose()
-    message = str(info.value)
+    assert hub.stream_restarts >= 1, hub.stats
+    message = caplog.text
     assert "3 reconnect attempt(s) failed in a row" in message, message
     assert "what kept failing:" in message and "closed" in message, message
     assert API_KEY not in message

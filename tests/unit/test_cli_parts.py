@@ -131,3 +131,96 @@ def test_read_workflow_says_when_the_file_is_missing_or_binary(tmp_path: Path) -
     latin1.write_bytes('{"1": {"class_type": "A", "inputs": {"t": "\xe9"}}}'.encode("latin-1"))
     with pytest.raises(UsageProblem, match="is not UTF-8 text"):
         read_workflow(latin1)
+
+
+async def test_ctrl_c_during_downloads_keeps_the_whole_files_and_says_so(tmp_path, capsys) -> None:
+    """Ctrl-C while a completed job's outputs download (issue 20, #11)."""
+    import asyncio
+
+    from prefect_comfy.cli.errors import Interrupted
+    from prefect_comfy.cli.run import download_all
+    from prefect_comfy.models import Output
+
+    class Backend:
+        async def outputs(self, job_id):
+            return [Output(id=f"o{i}", type="image", name=f"o{i}.png") for i in range(4)]
+
+        async def download(self, output, dest):
+            if output.id == "o2":
+                raise asyncio.CancelledError  # Ctrl-C
+            path = Path(dest) / output.name
+            path.write_bytes(b"png")
+            return path
+
+    with pytest.raises(Interrupted) as caught:
+        await download_all(Backend(), "job_1", tmp_path / "out")
+    message = str(caught.value)
+    assert "job_1 completed" in message and "2 of 4" in message, message
+    assert "prefect-comfy outputs job_1" in message
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "out" / "o0.png"), str(tmp_path / "out" / "o1.png")]
+    assert all(Path(p).read_bytes() == b"png" for p in printed)
+
+
+@pytest.mark.parametrize("command", ["get", "cancel", "watch"])
+@pytest.mark.parametrize("bad", ["../../x", "..", "a/b", "job 1", ""])
+def test_a_job_id_that_no_server_makes_is_said_to_be_invalid(command, bad, capsys) -> None:
+    """Not '401 missing API key' (issue 20, #16)."""
+    from prefect_comfy.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["jobs", command, bad])
+    assert caught.value.code == 2
+    assert "is not a job id" in capsys.readouterr().err
+
+
+def test_real_job_ids_pass_the_check() -> None:
+    from prefect_comfy.cli.jobs import checked_ids
+
+    ids = ["job_abc123", "5f0c7a1e-2b1c-4d4e-9f00-0123456789ab", "j1.v2:x"]
+    assert checked_ids(ids) == ids
+
+
+# -- workflow files (issue 20, #14) -----------------------------------------------------------------
+def test_a_deeply_nested_workflow_file_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UsageProblem, match="nested too deeply"):
+        read_workflow(path)
+
+
+def test_a_huge_workflow_file_is_refused_before_it_is_read(tmp_path, monkeypatch) -> None:
+    from prefect_comfy.cli import validate
+
+    path = tmp_path / "big.json"
+    path.write_text('{"1": {"class_type": "X", "inputs": {}}}' + " " * 2000)
+    monkeypatch.setattr(validate, "MAX_WORKFLOW_BYTES", 1000)
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("read whole"))
+    with pytest.raises(UsageProblem, match="at most"):
+        read_workflow(path)
+
+
+def test_a_workflow_file_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    from prefect_comfy.workflows.load import load_workflow
+
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(graph).encode())
+    assert read_workflow(path) == graph
+    assert load_workflow(path) == graph
+
+
+def test_a_large_body_cut_off_is_not_reported_as_could_not_reach() -> None:
+    import httpx
+
+    from prefect_comfy.exceptions import ComfyTransportError
+    from prefect_comfy.transport.errors import translating_transport_errors
+
+    request = httpx.Request("POST", "http://127.0.0.1:1/jobs", content=b"x" * (9 * 2**20))
+    with (
+        pytest.raises(ComfyTransportError) as caught,
+        translating_transport_errors(request, [], "Comfy API"),
+    ):
+        raise httpx.WriteError("broken pipe")
+    assert "Could not reach" not in str(caught.value)
+    assert "9 MB body" in str(caught.value) and "refuses requests that large" in str(caught.value)

@@ -715,3 +715,28 @@ async def test_unfinished_jobs_is_one_queue_read(
         ("p-1", "pending", []),
     ]
     assert len(fake.sent("GET", "/api/queue")) == 1
+
+
+async def test_a_websocket_frame_larger_than_the_cap_is_refused() -> None:
+    """A server cannot make the client hold a frame of any size (issue 20, #5)."""
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosedError
+
+    from prefect_comfy.backends.comfyui.http import ComfyUIHttp
+
+    async def handler(ws: Any) -> None:
+        await ws.send(b"x" * (2 * 2**20))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        settings = ComfySettings(max_response_bytes=2**20)
+        http = ComfyUIHttp(f"http://127.0.0.1:{port}", None, settings=settings)
+        ws = await http.open_socket("unit")
+        try:
+            with pytest.raises(ConnectionClosedError) as caught:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert caught.value.rcvd is None or caught.value.sent.code == 1009
+        finally:
+            await ws.close()
+            await http.aclose()

@@ -1,8 +1,9 @@
 """Fuzzing (hypothesis): whatever a server answers, the client raises only the package's own errors.
 
 REST answers (random statuses, headers and bodies, through ``httpx.MockTransport``) go through every
-reading call of both backends; frames of any shape go through the Cloud stream's parser. Each call
-runs under a deadline, so a hang fails the test too.
+reading call of the three backends; frames of any shape go through the Cloud stream's parser, and
+event streams of any shape through a v2 job's stream. Each call runs under a deadline, so a hang
+fails the test too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.exceptions import ComfyError
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.settings import ComfySettings
@@ -41,6 +43,7 @@ KEYS = st.sampled_from(
         "id", "status", "jobs", "outputs", "items", "total", "has_more", "error", "types",
         "queue_running", "queue_pending", "prompt_id", "download_url", "name", "tags",
         "node_errors", "code", "message", "details", "type", "data", "event", "payload",
+        "next_cursor", "metadata", "size_bytes", "file_path", "value", "created_at",
     ]
 )  # fmt: skip
 SHAPED = st.recursive(
@@ -171,3 +174,66 @@ def test_cloud_frames_decode_or_fail_with_a_protocol_error(frame: str | bytes) -
             assert isinstance(decoded.event(), ComfyEvent)
     except ComfyError:
         pass
+
+
+V2_CALLS = [
+    lambda b: b.get_job("j"),
+    lambda b: b.list_jobs_page(),
+    lambda b: b.unfinished_jobs("t"),
+    lambda b: b.submit({"1": {"class_type": "X", "inputs": {}}}),
+    lambda b: b.cancel("j"),
+    lambda b: b.outputs("j"),
+    lambda b: b.get_input("a"),
+    lambda b: b.get_model("m"),
+]
+
+
+def v2_backend(transport: httpx.MockTransport) -> V2Backend:
+    backend = V2Backend(ORIGIN, KEY, transport=transport)
+    backend.http.retry = RetryPolicy(max_retries=1, sleep=no_wait)
+    return backend
+
+
+@FUZZ
+@given(status=STATUSES, headers=HEADERS, body=BODIES, which=st.integers(0, len(V2_CALLS) - 1))
+def test_v2_rest_answers_end_in_the_package_errors(
+    status: int, headers: dict[str, str], body: bytes, which: int
+) -> None:
+    async def run() -> None:
+        async with v2_backend(answering(status, headers, body)) as backend:
+            await only_own_errors(V2_CALLS[which](backend))
+
+    asyncio.run(run())
+
+
+SSE_LINES = st.one_of(
+    st.sampled_from(["", ": keep-alive", "event: status", "event: progress", "event: output"]),
+    SHAPED.map(lambda v: f"data: {json.dumps(v)}"),
+    st.fixed_dictionaries({"status": st.sampled_from(["running", "succeeded", "failed", 3])}).map(
+        lambda v: f"data: {json.dumps(v)}"
+    ),
+    st.text(max_size=30),
+)
+
+
+@FUZZ
+@given(lines=st.lists(SSE_LINES, max_size=12), job=BODIES)
+def test_v2_event_streams_end_in_events_or_the_package_errors(lines: list[str], job: bytes) -> None:
+    """A job's stream of any shape, the job read of any shape: events or own errors, no hang."""
+    body = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, stream=httpx.ByteStream(body))
+        return httpx.Response(200, stream=httpx.ByteStream(job))
+
+    async def run() -> None:
+        async with v2_backend(httpx.MockTransport(handler)) as backend:
+
+            async def drain() -> None:
+                async for event in backend.job_events("j"):
+                    assert isinstance(event, ComfyEvent)
+
+            await only_own_errors(drain())
+
+    asyncio.run(run())

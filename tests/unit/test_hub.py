@@ -294,20 +294,32 @@ async def test_not_found_fails_the_wait(hub, world):
         await asyncio.wait_for(hub.wait("job", "job_missing"), 5)
 
 
-@pytest.mark.parametrize(
-    "error", [WebSocketConnectionError("gone"), WebSocketAuthError("check the key")]
-)
-async def test_a_dead_stream_fails_every_pending_wait_and_the_next_opens_anew(hub, world, error):
+async def test_a_refused_key_fails_every_pending_wait_and_the_next_opens_anew(hub, world):
     world.jobs["job_x"] = job("job_x", "running")
     waits = [start(hub.wait("job", "job_x")) for _ in range(3)]
     await eventually(lambda: hub.stats["pending"] == 3 and world.reads == 1)
-    world.queue.put_nowait(error)
+    world.queue.put_nowait(WebSocketAuthError("check the key"))
     for w in waits:
-        with pytest.raises(type(error)):
+        with pytest.raises(WebSocketAuthError):
             await asyncio.wait_for(w, 5)
     world.jobs["job_x"] = job("job_x", "completed")
     assert (await asyncio.wait_for(hub.wait("job", "job_x"), 5)).event == "job.completed"
     assert world.streams == 2 and hub.streams_opened == 2
+
+
+async def test_a_stream_that_gives_up_leaves_the_waits_to_rest_and_opens_again(hub, world):
+    """The reconnect budget ran out on a flappy link (issue 20, #6): a wait that REST can
+    answer never fails; the stream is opened again, backed off."""
+    world.jobs["job_x"] = job("job_x", "running")
+    world.jobs["job_y"] = job("job_y", "running")
+    waits = [start(hub.wait("job", jid, timeout=30)) for jid in ("job_x", "job_x", "job_y")]
+    await eventually(lambda: hub.stats["pending"] == 3 and world.reads == 2)
+    world.queue.put_nowait(WebSocketConnectionError("gave up after 6 reconnects"))
+    world.jobs["job_x"] = job("job_x", "completed")  # ended while the stream was down: read
+    await eventually(lambda: world.streams == 2, message="the stream opened again")
+    world.push("job.failed", "job_y", status="failed")  # ended once it is back: streamed
+    results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    assert [r.event for r in results] == ["job.completed", "job.completed", "job.failed"]
 
 
 async def test_stream_closes_after_linger_and_reopens(backend, world):
@@ -371,3 +383,19 @@ async def test_a_job_the_server_forgets_is_lost_not_missing(hub, world):
     assert result.event == "job.lost" and result.payload["error"]["code"] == "lost"
     with pytest.raises(NotFound):  # never seen: a wrong id stays NotFound
         await asyncio.wait_for(hub.wait("job", "job_never"), 5)
+
+
+async def test_a_large_outcome_of_nobodys_job_is_not_kept_a_late_wait_reads_it(hub, world):
+    """The stream carries other users' jobs: their big final events are not held (issue 20, #5)."""
+    world.jobs["job_w"] = job("job_w", "running")
+    start(hub.wait("job", "job_w", timeout=30))  # keeps the stream open
+    await eventually(lambda: hub.stats["pending"] == 1 and world.reads == 1)
+    for i in range(20):
+        world.push("job.completed", f"other_{i}", status="completed", log="x" * 2**20)
+    world.jobs["other_0"] = job("other_0", "completed")
+    await eventually(lambda: hub.events_received == 20)
+    reads = world.reads
+    late = await asyncio.wait_for(hub.wait("job", "other_0"), 5)
+    assert late.event == "job.completed"
+    assert world.reads == reads + 1  # read over REST, not remembered
+    assert hub._recall.outcome_bytes < 2**20

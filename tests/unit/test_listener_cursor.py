@@ -344,3 +344,108 @@ async def test_comfyui_catch_up_reads_the_queue_and_the_history_since():
         ("job.cancelled", "p_stopped"),
     ]
     assert tracked == [("job", "p_running", "running")]
+
+
+# -- a state file that disappears or cannot be written (issue 20, #1) ----------------------------
+async def test_a_deleted_state_file_is_re_created_at_the_next_save_and_said(tmp_path, caplog):
+    path = tmp_path / "cursor.json"
+    in_flight = Bounded(10)
+    keeper = CursorKeeper(
+        FileCursor(path),
+        address=ADDRESS,
+        in_flight=in_flight,
+        ended=Bounded(10),
+        pending=list,
+        connected=lambda: False,
+    )
+    in_flight.remember(("job", "job_1"), "running")
+    await keeper.save()
+    path.unlink()  # a tmp cleaner; nothing in flight changes afterwards
+    await keeper.save()
+    assert [e[1] for e in json.loads(path.read_text())["in_flight"]] == ["job_1"]
+    assert "re-created" in caplog.text
+
+
+async def test_a_state_file_that_cannot_be_written_stops_the_listener_at_start(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client, cursor=FileCursor(blocker / "cursor.json"))
+    with pytest.raises(ComfyConfigError, match="cannot write"):
+        await asyncio.wait_for(listener.run(), 10)
+
+
+async def test_a_failing_save_is_reported_in_the_stats_and_the_heartbeat(tmp_path):
+    path = tmp_path / "state" / "cursor.json"
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client, cursor=FileCursor(path))
+    listener._cursor.interval = 0.01
+    task = await started(listener)
+    await eventually(lambda: path.exists(), message="the first save")
+    path.unlink()
+    path.parent.rmdir()
+    path.parent.write_text("")  # a file where the folder was: every save fails from now on
+    try:
+        backend.push("job.progress", id="job_1", status="running", progress=10, tags=[])
+        await eventually(lambda: not listener.heartbeat_event().payload["cursor_durable"])
+        beat = listener.heartbeat_event()
+        assert beat.resource["comfy.durable"] == "false"
+        assert "cursor.json" in beat.payload["cursor_error"]
+        path.parent.unlink()
+        await eventually(lambda: listener.heartbeat_event().payload["cursor_durable"])
+        assert listener.heartbeat_event().resource["comfy.durable"] == "true"
+    finally:
+        await stop_task(listener, task)
+
+
+async def stop_task(listener, task):
+    listener.stop()
+    await asyncio.wait_for(task, 10)
+
+
+# -- a state file edited by hand, or grown huge (issue 20, #15) -------------------------------------
+async def test_a_watermark_without_a_time_zone_is_read_as_utc_and_catch_up_works(tmp_path):
+    path = tmp_path / "cursor.json"
+    state = CursorState(ADDRESS, [], NOW)
+    data = state.to_json()
+    data["watermark"] = NOW.replace(tzinfo=None).isoformat()  # a hand edit
+    path.write_text(json.dumps(data))
+    loaded = await FileCursor(path).load()
+    assert loaded is not None and loaded.watermark == NOW
+    keeper = CursorKeeper(
+        FileCursor(path),
+        address=ADDRESS,
+        in_flight=Bounded(10),
+        ended=Bounded(10),
+        pending=list,
+        connected=lambda: True,
+    )
+    await keeper.restore()
+
+    class Backend:
+        client = ListingClient(
+            [Job(id="j_done", status="completed", completed_at=NOW + timedelta(minutes=1))], [], []
+        )
+
+    forwarded: list[ComfyEvent] = []
+
+    async def forward(event: ComfyEvent) -> None:
+        forwarded.append(event)
+
+    await keeper.catch_up(
+        Backend(), forward=forward, track=lambda *e: None, already=lambda *k: False
+    )
+    assert keeper.caught_up and [e.resource_id for e in forwarded] == ["j_done"]
+
+
+async def test_a_huge_state_file_is_bounded_on_load(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "cursor.json"
+    data = CursorState(ADDRESS, [], NOW).to_json()
+    data["ended"] = [["job", f"job_{i}"] for i in range(50_000)]
+    path.write_text(json.dumps(data))
+    loaded = await FileCursor(path).load()
+    assert loaded is not None and len(loaded.ended) == cursor_module.ENDED_SAVED
+    assert loaded.ended[-1] == ("job", "job_49999")  # the newest kept
+    monkeypatch.setattr(cursor_module, "MAX_FILE_BYTES", 1000)
+    assert await FileCursor(path).load() is None
+    assert "more than a listener writes" in caplog.text

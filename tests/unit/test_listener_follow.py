@@ -17,6 +17,7 @@ from prefect_comfy.backends.base import Capabilities
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
+    ComfyProtocolError,
     NotFound,
     WebSocketAuthError,
 )
@@ -240,3 +241,21 @@ async def test_a_listener_slower_than_the_progress_drops_progress_never_an_outco
     assert len(progress) == follow.MAX_QUEUED_PROGRESS
     assert follower.progress_dropped == dropped
     assert [(e.event, e.resource_id) for e in events[-1:]] == [("job.completed", "j2")]
+
+
+class StuckCursor(FakeV2):
+    """A job list whose ``next_cursor`` never changes (issue 20, #3)."""
+
+    async def list_jobs_page(
+        self, cursor: str | None = None, *, limit: int = 100
+    ) -> tuple[list[Job], Any]:
+        self.lists += 1
+        return [], "stuck"
+
+
+async def test_a_first_round_on_a_cursor_that_never_changes_ends_with_an_error() -> None:
+    server = StuckCursor()
+    run = Run(JobFollower(server))
+    with pytest.raises(ComfyProtocolError, match="repeats the cursor"):
+        await asyncio.wait_for(run.task, 5)
+    assert server.lists <= 3

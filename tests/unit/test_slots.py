@@ -311,3 +311,49 @@ async def test_a_server_with_a_global_stream_keeps_the_one_stream():
     await eventually(lambda: world.streams == 1 and world.reads == 1)
     world.push("job.completed", "job_1", status="completed")
     assert (await asyncio.wait_for(wait, 5)).event == "job.completed"
+
+
+# -- refusals with a Retry-After that is no help (issue 20, #2) ----------------------------------
+@pytest.mark.parametrize("retry_after", [0.0, -5.0, float("nan")])
+async def test_a_refusal_with_no_real_retry_after_moves_the_job_to_the_rest_read(retry_after):
+    world = StreamWorld(cap=0, retry_after=retry_after)  # another client holds every slot
+    hub = make_hub(world)
+    (jid,) = running(world, 1)
+    wait = asyncio.ensure_future(hub.wait("job", jid, timeout=20))
+    await eventually(lambda: world.reads >= 1, message="the job read over REST")
+    world.jobs[jid] = Job(id=jid, status="completed")
+    assert (await asyncio.wait_for(wait, 10)).event == "job.completed"
+    # A floor on the pause: a handful of tries, not a tight loop of hundreds.
+    assert world.refused <= 3, world.refused
+
+
+async def test_a_huge_retry_after_is_capped(monkeypatch):
+    monkeypatch.setattr(slots, "REFUSAL_CEILING", 0.3)
+    world = StreamWorld(cap=0, retry_after=1e9)
+    hub = make_hub(world)
+    (jid,) = running(world, 1)
+    wait = asyncio.ensure_future(hub.wait("job", jid, timeout=20))
+    await eventually(lambda: world.refused == 1)
+    world.cap = 1  # the slot frees: a new stream is tried after the ceiling, not in 30 years
+    await eventually(lambda: world.streaming(jid), timeout=10, message="streamed again")
+    world.finish(jid, "completed")
+    assert (await asyncio.wait_for(wait, 10)).event == "job.completed"
+
+
+async def test_a_malformed_read_fails_the_wait_at_once():
+    """A read the server answers with something that is not the job (issue 20, #13)."""
+    from prefect_comfy.exceptions import ComfyProtocolError
+
+    world = StreamWorld(cap=0, retry_after=None)  # no stream: the job is read
+    hub = make_hub(world)
+    (jid,) = running(world, 1)
+
+    async def malformed(job_id: str) -> Job:
+        world.reads += 1
+        raise ComfyProtocolError("Comfy API v2 answered a job without a string 'id': {}")
+
+    hub.backend.get_job = malformed  # type: ignore[method-assign]
+    hub.job_streams.backend.get_job = malformed  # type: ignore[union-attr]
+    with pytest.raises(ComfyProtocolError):
+        await asyncio.wait_for(hub.wait("job", jid, timeout=30), 5)
+    assert world.reads == 1

@@ -36,6 +36,8 @@ class FakeClient:
         self.runs = runs or {}
         self.tasks = tasks or {}
         self.labels: list[tuple[Any, dict[str, str]]] = []
+        resume = SimpleNamespace(type="resume-flow-run")
+        self.automations = [SimpleNamespace(enabled=True, actions=[resume])]
 
     async def __aenter__(self) -> FakeClient:
         return self
@@ -48,6 +50,9 @@ class FakeClient:
 
     async def read_task_run(self, task_run_id: Any) -> Any:
         return self.tasks[task_run_id]
+
+    async def read_automations(self) -> list[Any]:
+        return self.automations
 
     async def update_flow_run_labels(self, flow_run_id: Any, labels: dict[str, str]) -> None:
         self.labels.append((flow_run_id, labels))
@@ -296,3 +301,34 @@ def test_remember_submission_ignores_a_submit_without_a_key() -> None:
     suspend._submissions.clear()
     suspend.remember_submission("job-9", None)
     assert "job-9" not in suspend._submissions
+
+
+@pytest.mark.parametrize("automations", ["none", "disabled", "another action"])
+async def test_suspending_without_the_resume_automation_warns_in_the_runs_log(
+    world, caplog, automations
+) -> None:
+    """The run would stay Suspended until its timeout with no word (issue 20, #8)."""
+    caplog.set_level(logging.INFO, "test-suspend")
+    world.client.automations = {
+        "none": [],
+        "disabled": [
+            SimpleNamespace(enabled=False, actions=[SimpleNamespace(type="resume-flow-run")])
+        ],
+        "another action": [
+            SimpleNamespace(enabled=True, actions=[SimpleNamespace(type="run-deployment")])
+        ],
+    }[automations]
+    in_flow(world, run())
+    with pytest.raises(Pause):
+        await suspend.suspend_unless_ended(object(), "job-1", timeout=30)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "prefect-comfy automations create-resume" in warnings[0].getMessage()
+
+
+async def test_with_the_resume_automation_there_is_no_warning(world, caplog) -> None:
+    caplog.set_level(logging.INFO, "test-suspend")
+    in_flow(world, run())
+    with pytest.raises(Pause):
+        await suspend.suspend_unless_ended(object(), "job-1", timeout=30)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -9,13 +9,14 @@ import httpx
 import pytest
 
 from prefect_comfy.backends.registry import _kind_of_fields, block_types
-from prefect_comfy.backends.v2 import mapping
+from prefect_comfy.backends.v2 import follow, mapping
 from prefect_comfy.backends.v2.assets import blake3_of
 from prefect_comfy.backends.v2.backend import V2Backend, _metadata_text
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.exceptions import (
     ComfyAPIError,
     ComfyConfigError,
+    ComfyProtocolError,
     InvalidRequest,
     InvalidWorkflow,
     NotFound,
@@ -295,3 +296,162 @@ def test_registered_and_told_apart_from_the_other_kinds() -> None:
     assert _kind_of_fields({"endpoint": ORIGIN}) is ComfyV2Credentials
     assert _kind_of_fields({"base_url": ORIGIN}).__name__ == "ComfyCloudCredentials"
     assert _kind_of_fields({"url": ORIGIN}).__name__ == "ComfyUIServer"
+
+
+# -- paging that never ends (issue 20, #3) ---------------------------------------------------------
+def endless_list(cursors):
+    """A job list that answers every page with no matching job and the next of ``cursors``."""
+    gets = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return error(422, "idempotency_key_reuse")
+        gets.append(request.url.params.get("cursor"))
+        return httpx.Response(200, json={"jobs": [], "next_cursor": next(cursors)})
+
+    return handler, gets
+
+
+def same_cursor():
+    while True:
+        yield "stuck"
+
+
+def fresh_cursors():
+    n = 0
+    while True:
+        n += 1
+        yield f"c{n}"
+
+
+async def test_a_repeated_cursor_ends_a_submits_lookup_with_a_protocol_error():
+    handler, gets = endless_list(same_cursor())
+    backend = backend_of(handler)
+    with pytest.raises(ComfyProtocolError, match="repeats the cursor"):
+        await backend.submit({"1": {}}, idempotency_key="key-1")
+    assert len(gets) <= 3
+
+
+async def test_a_repeated_cursor_ends_unfinished_jobs_with_a_protocol_error():
+    handler, gets = endless_list(same_cursor())
+    with pytest.raises(ComfyProtocolError, match="repeats the cursor"):
+        await backend_of(handler).unfinished_jobs("flow-run-1")
+    assert len(gets) <= 3
+
+
+async def test_fresh_cursors_for_ever_end_at_the_page_limit(caplog):
+    handler, gets = endless_list(fresh_cursors())
+    assert await backend_of(handler).unfinished_jobs("flow-run-1") == []
+    assert len(gets) == follow.MAX_PAGES
+    assert "after 100 pages" in caplog.text
+
+
+# -- a stream that never ends, or never ends a line (issue 20, #4 and #5) --------------------------
+def streaming(frames, *, job_status: str = "succeeded", sent: list | None = None):
+    """A server whose job stream is ``frames()`` (an async generator of bytes) and whose job
+    reads say ``job_status``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(
+                200, content=frames(), headers={"Content-Type": "text/event-stream"}
+            )
+        return httpx.Response(200, json=job(job_status))
+
+    return handler
+
+
+@pytest.mark.parametrize("kind", ["keep-alives", "progress", "silence"])
+async def test_a_stream_that_never_says_the_end_is_checked_over_rest(monkeypatch, kind) -> None:
+    import asyncio
+
+    from prefect_comfy.backends.v2 import stream
+
+    monkeypatch.setattr(stream, "TRUST_SECONDS", 0.3)
+
+    async def frames():
+        while True:
+            if kind == "silence":
+                await asyncio.sleep(3600)
+            await asyncio.sleep(0.02)
+            if kind == "progress":
+                yield b'event: progress\ndata: {"value": 0.5}\n\n'
+            else:
+                yield b": keep-alive\n\n"
+
+    events = backend_of(streaming(frames)).job_events("j1")
+    seen = await asyncio.wait_for(_until_terminal(events), 5)
+    assert seen[-1].event == "job.completed"
+
+
+async def _until_terminal(events):
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if event.event != "job.progress":
+            break
+    await events.aclose()
+    return seen
+
+
+async def test_a_stream_line_without_an_end_is_capped() -> None:
+    import asyncio
+
+    sent = []
+
+    async def frames():
+        yield b"data: "
+        while True:
+            sent.append(1)
+            yield b"x" * 65536
+            await asyncio.sleep(0)
+
+    events = backend_of(streaming(frames)).job_events("j1")
+    with pytest.raises(ComfyProtocolError, match="longer than"):
+        await asyncio.wait_for(anext(events), 10)
+    assert len(sent) * 65536 < 4 * 2**20  # read no further than the cap
+
+
+# -- malformed answers (issue 20, #13) -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "job",
+        7,
+        {"id": None, "status": "succeeded"},
+        {"id": 5, "status": "succeeded"},
+        {"status": "succeeded"},
+        {"id": "j1", "status": "succeeded", "outputs": 5},
+        {"id": "j1", "status": "succeeded", "outputs": [{"id": "a", "size_bytes": "big"}]},
+        {"id": "j1", "status": "running", "created_at": "yesterday-ish"},
+        {"id": "j1", "status": "failed", "error": {"message": "x", "code": ["no"]}},
+    ],
+)
+async def test_a_malformed_job_is_a_protocol_error_at_once(body) -> None:
+    backend = backend_of(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(ComfyProtocolError, match="Comfy API v2"):
+        await backend.get_job("j1")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [1],
+        {"jobs": {"a": 1}},
+        {"jobs": [1]},
+        {"jobs": [{"id": None}]},
+        {"jobs": [], "next_cursor": 5},
+    ],
+)
+async def test_a_malformed_job_list_is_a_protocol_error_at_once(body) -> None:
+    backend = backend_of(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(ComfyProtocolError, match="Comfy API v2"):
+        await backend.list_jobs_page()
+
+
+@pytest.mark.parametrize("body", [[], "x", {"id": "a1", "size_bytes": "big"}])
+async def test_a_malformed_asset_is_a_protocol_error_at_once(body) -> None:
+    backend = backend_of(lambda r: httpx.Response(200, json=body))
+    with pytest.raises(ComfyProtocolError, match="Comfy API v2"):
+        await backend.get_input("a1")

@@ -211,7 +211,9 @@ class ComfyUIHttp(HttpSession):
                 ping_timeout=s.ping_timeout,
                 open_timeout=s.connect_timeout,
                 close_timeout=min(2.0, s.connect_timeout),
-                max_size=None,
+                # Previews and SaveImageWebsocket images are binary frames: as much as one API
+                # answer may hold, no more (a larger frame closes the socket with 1009).
+                max_size=s.max_response_bytes,
                 logger=redacting_logger("websockets.client", [self._key]),
             )
         except InvalidStatus as exc:

@@ -45,12 +45,17 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
-from prefect_comfy.backends.v2.follow import PAGE_SIZE, TAGS, list_page
+from prefect_comfy.backends.v2.follow import PAGE_SIZE, TAGS, list_page, walk_pages
 from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
 from prefect_comfy.backends.v2.stream import job_events
-from prefect_comfy.exceptions import ComfyAPIError, ComfyConfigError, InvalidRequest
+from prefect_comfy.exceptions import (
+    ComfyAPIError,
+    ComfyConfigError,
+    ComfyProtocolError,
+    InvalidRequest,
+)
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.transport.download import download as stream_download
@@ -272,12 +277,15 @@ class V2Backend(ComfyBackend):
         """Jobs carrying every label, pages of 100 (filtered here too: comfy-api-proxy 0.1.6
         ignores the ``metadata[...]`` filter and lists its newest jobs)."""
         jobs: list[Job] = []
-        cursor: str | None = None
-        while True:
-            page, cursor = await self.list_jobs_page(cursor, metadata=metadata)
+
+        async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
+            return await self.list_jobs_page(cursor, metadata=metadata)
+
+        async for page in walk_pages(read, what=f"{metadata} on {self._origin}"):
             jobs.extend(page)
-            if not cursor or (limit is not None and len(jobs) >= limit):
-                return jobs
+            if limit is not None and len(jobs) >= limit:
+                break
+        return jobs
 
     async def list_jobs_page(
         self,
@@ -313,7 +321,14 @@ class V2Backend(ComfyBackend):
         return [job for job in jobs if not job.is_terminal]
 
     # -- uploads ----------------------------------------------------------------------------------
-    def _ready(self, asset: dict[str, Any], file_path: str, tags: Sequence[str]) -> dict[str, Any]:
+    def _ready(self, asset: Any, file_path: str, tags: Sequence[str]) -> dict[str, Any]:
+        if not isinstance(asset, dict) or not isinstance(asset.get("id"), str | int):
+            raise ComfyProtocolError(
+                f"Comfy API v2 answered {str(asset)[:200]!r} where an asset was expected"
+            )
+        size = asset.get("size_bytes")
+        if size is not None and not isinstance(size, int):
+            raise ComfyProtocolError(f"Comfy API v2 answered an asset size {str(size)[:40]!r}")
         return {
             "id": str(asset.get("id")),
             "name": asset.get("file_path") or file_path,
@@ -364,11 +379,11 @@ class V2Backend(ComfyBackend):
 
     async def get_input(self, input_id: str) -> Input:
         asset = await self.http.v2("GET", f"/assets/{quote(input_id, safe='')}")
-        return Input(**self._ready(asset, str(asset.get("file_path") or input_id), ()))
+        return Input(**self._ready(asset, _asset_path(asset, input_id), ()))
 
     async def get_model(self, model_id: str) -> Model:
         asset = await self.http.v2("GET", f"/assets/{quote(model_id, safe='')}")
-        return Model(**self._ready(asset, str(asset.get("file_path") or model_id), ()))
+        return Model(**self._ready(asset, _asset_path(asset, model_id), ()))
 
     # -- events -----------------------------------------------------------------------------------
     async def events(
@@ -399,6 +414,10 @@ class V2Backend(ComfyBackend):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _asset_path(asset: Any, fallback: str) -> str:
+    return str((asset.get("file_path") if isinstance(asset, dict) else None) or fallback)
 
 
 def _file_name(source: Source, name: str | None) -> str:

@@ -7,6 +7,9 @@ two backend-side pieces of that:
 
 - :func:`list_page`: one page of the job list (optionally filtered by metadata labels, filtered
   here too: comfy-api-proxy 0.1.6 ignores ``metadata[...]``);
+- :func:`walk_pages`: the one walk over those pages, used by every caller (a submit that looks up a
+  refused key, ``unfinished_jobs``, the listener's rounds): a cursor seen twice ends it with a
+  :class:`~prefect_comfy.exceptions.ComfyProtocolError`, and it reads at most :data:`MAX_PAGES` pages;
 - :class:`TagMemory`: the tags of jobs this process saw (submitted, read or listed), so that a
   ``job.progress`` event from a job's stream carries the job's tags like every other backend's
   (a v2 ``progress`` frame has no metadata). One job read fills the gap for a job never seen.
@@ -21,17 +24,75 @@ Example:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.http import V2Http
 from prefect_comfy.bounded import Bounded
+from prefect_comfy.exceptions import ComfyProtocolError
 from prefect_comfy.models import Job
 
-__all__ = ["PAGE_SIZE", "TAGS", "TagMemory", "list_page"]
+__all__ = ["MAX_PAGES", "PAGE_SIZE", "TAGS", "TagMemory", "list_page", "walk_pages"]
+
+logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
 """Jobs asked for per page (the most v2 allows)."""
+MAX_PAGES = 100
+"""Pages one walk over the job list reads at most (10,000 jobs): a server that keeps handing out
+fresh cursors cannot keep a caller reading (and remembering) for ever."""
+
+Page = tuple[list[Job], str | None]
+ReadPage = Callable[[str | None, int], Awaitable[Page]]
+"""Reads one page: ``(cursor, page number from 0) -> (jobs, next cursor)``."""
+
+
+async def walk_pages(
+    read: ReadPage, *, what: str, max_pages: int = MAX_PAGES
+) -> AsyncIterator[list[Job]]:
+    """Each page's jobs, newest first, until the last page (a caller may stop early).
+
+    Args:
+        read: reads one page (the cursor, the page's number from 0).
+        what: what is walked, for the error and the warning (``"jobs on http://..."``).
+        max_pages: the most pages read; past that the walk ends with a warning.
+
+    Raises:
+        ComfyProtocolError: the server handed out a cursor it had handed out before (a walk that
+            would never end).
+
+    Example:
+        >>> import asyncio
+        >>> async def read(cursor, n):
+        ...     return [], "same"
+        >>> async def walk():
+        ...     return [page async for page in walk_pages(read, what="jobs")]
+        >>> asyncio.run(walk())
+        Traceback (most recent call last):
+        ...
+        prefect_comfy.exceptions.ComfyProtocolError: The server's job list for jobs repeats the cursor 'same' (page 2): the listing would never end, so it was stopped. Report this to the server's operator
+    """
+    seen: set[str] = set()
+    cursor: str | None = None
+    for number in range(max_pages):
+        jobs, cursor = await read(cursor, number)
+        yield jobs
+        if not cursor:
+            return
+        if cursor in seen:
+            raise ComfyProtocolError(
+                f"The server's job list for {what} repeats the cursor {cursor[:64]!r} "
+                f"(page {number + 1}): the listing would never end, so it was stopped. "
+                "Report this to the server's operator"
+            )
+        seen.add(cursor)
+    logger.warning(
+        "Stopped listing %s after %d pages of the server's job list (the most one walk reads)",
+        what,
+        max_pages,
+    )
 
 
 class TagMemory:
@@ -71,10 +132,20 @@ async def list_page(
     if cursor:
         params["cursor"] = cursor
     body = await http.v2("GET", "/jobs", params=params) or {}
+    listed = body.get("jobs") if isinstance(body, dict) else None
+    next_cursor = body.get("next_cursor") if isinstance(body, dict) else None
+    if (
+        not isinstance(body, dict)
+        or not isinstance(listed, list | None)
+        or not isinstance(next_cursor, str | None)
+    ):
+        raise ComfyProtocolError(
+            f"Comfy API v2 answered a job list that is not {{'jobs': [...], 'next_cursor': ...}}: "
+            f"{str(body)[:200]!r}"
+        )
     jobs = [
         mapping.job_of(raw)
-        for raw in body.get("jobs") or []
-        if isinstance(raw, dict) and mapping.matches(raw, metadata)
+        for raw in listed or []
+        if not isinstance(raw, dict) or mapping.matches(raw, metadata)
     ]
-    next_cursor = body.get("next_cursor")
-    return jobs, str(next_cursor) if next_cursor else None
+    return jobs, next_cursor or None

@@ -22,6 +22,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
+from prefect_comfy.exceptions import ComfyProtocolError
 from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
 
 __all__ = [
@@ -92,8 +95,38 @@ def _percent(raw: Any) -> float | None:
     return None
 
 
-def job_of(raw: dict[str, Any]) -> Job:
-    """A v2 Job (lenient: unknown fields ignored)."""
+def job_of(raw: Any) -> Job:
+    """A v2 Job (lenient: unknown fields ignored).
+
+    Raises:
+        ComfyProtocolError: not a job: not an object, no string ``id``, or fields of the wrong
+            type (a malformed answer is an error at once, never a job ``'None'``).
+
+    Example:
+        >>> job_of({"id": None, "status": "queued"})
+        Traceback (most recent call last):
+        ...
+        prefect_comfy.exceptions.ComfyProtocolError: Comfy API v2 answered a job without a string 'id': {'id': None, 'status': 'queued'}
+    """
+    if not isinstance(raw, dict):
+        raise ComfyProtocolError(f"Comfy API v2 answered {_cut(raw)} where a job was expected")
+    if not isinstance(raw.get("id"), str) or not raw["id"]:
+        raise ComfyProtocolError(f"Comfy API v2 answered a job without a string 'id': {_cut(raw)}")
+    try:
+        return _job_of(raw)
+    except (TypeError, AttributeError, ValueError, ValidationError) as exc:
+        what = exc.errors()[:1] if isinstance(exc, ValidationError) else exc
+        raise ComfyProtocolError(
+            f"Comfy API v2 answered a job {raw['id']!r} that does not fit: {_cut(what)}"
+        ) from None
+
+
+def _cut(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:200]}…"
+
+
+def _job_of(raw: dict[str, Any]) -> Job:
     job_id = str(raw.get("id"))
     metadata = metadata_of(raw)
     status = STATUS.get(str(raw.get("status")), "running")

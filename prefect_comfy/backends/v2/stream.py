@@ -7,6 +7,13 @@ right after a fast job, so an ``expired`` is read again, backed off, for up to
 :data:`EXPIRED_CONFIRM_SECONDS`); ``output`` frames are skipped (the job's outputs are
 authoritative), and so are keep-alive comments. A server without SSE (501) ends the stream at once;
 a stream the server ends without a terminal frame just ends (the caller reads the job).
+
+An open stream is not trusted for ever: when it has been quiet, or has sent only progress and
+keep-alives, for :data:`TRUST_SECONDS`, the job is read over REST, and a terminal read ends the
+stream with that outcome (a server that keeps a stream alive but never sends the end, or stalls,
+delays an outcome by at most that much). A line longer than :data:`MAX_LINE_BYTES` ends the stream
+with a :class:`~prefect_comfy.exceptions.ComfyProtocolError` (the server does not decide how much
+memory a stream takes).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import httpx
 
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.http import V2Http
-from prefect_comfy.exceptions import ComfyAPIError
+from prefect_comfy.exceptions import ComfyAPIError, ComfyProtocolError
 from prefect_comfy.models import ComfyEvent, Job
 
 ReadJob = Callable[[str], Awaitable[Job]]
@@ -28,7 +35,13 @@ ReadJob = Callable[[str], Awaitable[Job]]
 ReadTags = Callable[[str], Awaitable[list[str]]]
 """How a job's tags are found (remembered, else read)."""
 
-__all__ = ["EXPIRED_CONFIRM_SECONDS", "SSE_READ_TIMEOUT", "job_events"]
+__all__ = [
+    "EXPIRED_CONFIRM_SECONDS",
+    "MAX_LINE_BYTES",
+    "SSE_READ_TIMEOUT",
+    "TRUST_SECONDS",
+    "job_events",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +49,11 @@ SSE_READ_TIMEOUT = 45.0
 """Seconds an event stream may stay silent (servers send a keep-alive every ~15 s)."""
 EXPIRED_CONFIRM_SECONDS = 3.0
 """How long an ``expired`` from the stream is read again before it is believed."""
+TRUST_SECONDS = 20.0
+"""How long a stream may stay quiet, or progress-only, before the job is read over REST."""
+MAX_LINE_BYTES = 1 << 20
+"""The longest line of an event stream (v2 frames are a few hundred bytes)."""
+_END = object()
 
 
 async def job_events(
@@ -61,31 +79,116 @@ async def job_events(
             logger.debug("Comfy API v2 at %s has no event streams (501)", http.origin)
             return
         raise
+    lines: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+    pump = asyncio.ensure_future(_pump(http, request, response, lines))
     try:
         parser = mapping.SseParser()
         tags: list[str] | None = None
-        with http.translating(request):
-            async for line in response.aiter_lines():
-                item = parser.feed(line)
-                if item is None or not isinstance(item[1], dict):
-                    continue
-                name, data = item
-                if name == "progress":
-                    payload = mapping.progress_payload(job_id, data)
-                    if tags is None and tags_of is not None:
-                        tags = await _tags(tags_of, job_id)
-                    if tags is not None:
-                        payload["tags"] = tags
-                    yield ComfyEvent(event="job.progress", payload=payload)
-                elif name == "status" and data.get("status") in mapping.TERMINAL_V2:
+        loop = asyncio.get_running_loop()
+        checked = loop.time()  # when the job's state was last known from a status frame or a read
+        while True:
+            try:
+                line = await asyncio.wait_for(
+                    lines.get(), max(0.0, checked + TRUST_SECONDS - loop.time())
+                )
+            except TimeoutError:
+                line = None
+            if isinstance(line, BaseException):
+                raise line
+            if line is _END:
+                return
+            if loop.time() - checked >= TRUST_SECONDS:  # quiet, or progress-only, too long
+                checked = loop.time()
+                event = mapping.event_of(await read_job(job_id))
+                if event is not None:
+                    logger.info(
+                        "Comfy job %s: its stream had not said it ended; a read says %s",
+                        job_id,
+                        event.event,
+                    )
+                    yield event
+                    return
+            if not isinstance(line, str):
+                continue
+            item = parser.feed(line)
+            if item is None or not isinstance(item[1], dict):
+                continue
+            name, data = item
+            if name == "progress":
+                payload = mapping.progress_payload(job_id, data)
+                if tags is None and tags_of is not None:
+                    tags = await _tags(tags_of, job_id)
+                if tags is not None:
+                    payload["tags"] = tags
+                yield ComfyEvent(event="job.progress", payload=payload)
+            elif name == "status":
+                checked = loop.time()
+                if data.get("status") in mapping.TERMINAL_V2:
                     terminal = await confirmed_end(read_job, job_id, str(data["status"]))
                     if terminal is not None:
                         yield terminal
                         return
     finally:
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
         # Shielded: a caller that cancels the task that is closing this stream (the task that
         # just got the terminal event) must not leave the connection checked out of the pool.
         await asyncio.shield(response.aclose())
+
+
+async def _pump(
+    http: V2Http, request: httpx.Request, response: httpx.Response, out: asyncio.Queue[object]
+) -> None:
+    """The stream's lines into ``out``, then ``_END`` (or the error that ended it)."""
+    try:
+        with http.translating(request):
+            async for line in bounded_lines(response.aiter_bytes()):
+                await out.put(line)
+        await out.put(_END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        await out.put(exc)
+
+
+async def bounded_lines(
+    chunks: AsyncIterator[bytes], limit: int | None = None
+) -> AsyncIterator[str]:
+    r"""Lines (ended by ``\n`` or ``\r\n``) of a byte stream, none longer than ``limit`` bytes.
+
+    Raises:
+        ComfyProtocolError: a line longer than the limit (:data:`MAX_LINE_BYTES` by default).
+
+    Example:
+        >>> async def body():
+        ...     yield b"event: a\r\ndata: 1\n\nda"
+        ...     yield b"ta: 2\n"
+        >>> async def read():
+        ...     return [line async for line in bounded_lines(body())]
+        >>> asyncio.run(read())
+        ['event: a', 'data: 1', '', 'data: 2']
+    """
+    limit = MAX_LINE_BYTES if limit is None else limit
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        *complete, rest = bytes(buffer).split(b"\n")
+        for raw in complete:
+            if len(raw) > limit:
+                raise _too_long(limit)
+            yield raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+        if len(rest) > limit:
+            raise _too_long(limit)
+        buffer = bytearray(rest)
+    if buffer:
+        yield bytes(buffer).decode("utf-8", errors="replace")
+
+
+def _too_long(limit: int) -> ComfyProtocolError:
+    return ComfyProtocolError(
+        f"A line of the Comfy API v2 event stream is longer than {limit:,} bytes; the stream "
+        "was closed (the job is read over REST instead)"
+    )
 
 
 async def confirmed_end(read_job: ReadJob, job_id: str, said: str) -> ComfyEvent | None:
