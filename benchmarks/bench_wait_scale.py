@@ -124,13 +124,13 @@ def rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-async def side_waits(url: str, ids: list[str]) -> dict[str, float]:
-    """In a child process: bytes per pending wait (RSS, then tracemalloc), the stream already up."""
+async def side_waits(url: str, ids: list[str], how: str) -> dict[str, float]:
+    """In a child process: bytes per pending wait (``rss`` or ``traced``), the stream already up."""
     backend = CloudBackend(settings=ComfySettings(api_key=API_KEY, base_url=url))
     hub = EventHub.shared(backend)
     await hub.ready(timeout=30)
     result: dict[str, float] = {}
-    for how in ("rss", "traced"):
+    if how:
         gc.collect()
         if how == "traced":
             tracemalloc.start()
@@ -155,11 +155,11 @@ async def side_waits(url: str, ids: list[str]) -> dict[str, float]:
     return result
 
 
-async def side_sockets(url: str, count: int) -> dict[str, float]:
-    """In a child process: bytes per raw subscribed WebSocket (RSS, then tracemalloc)."""
+async def side_sockets(url: str, count: int, how: str) -> dict[str, float]:
+    """In a child process: bytes per raw subscribed WebSocket (``rss`` or ``traced``)."""
     ws_url = "ws" + url[len("http") :] + "/developer/api/v1/ws"
     result: dict[str, float] = {}
-    for how in ("rss", "traced"):
+    if how:
         gc.collect()
         if how == "traced":
             tracemalloc.start()
@@ -179,9 +179,9 @@ async def side_sockets(url: str, count: int) -> dict[str, float]:
     return result
 
 
-def run_side(side: str, url: str, arg: str) -> dict[str, float]:
+def run_side(side: str, how: str, url: str, arg: str) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--side", side, "--url", url, "--arg", arg],
+        [sys.executable, __file__, "--side", side, "--how", how, "--url", url, "--arg", arg],
         check=True,
         capture_output=True,
         text=True,
@@ -281,9 +281,10 @@ async def scale(n: int, sockets: int, repeats: int) -> dict[str, Any]:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(ids, f)
         mem: dict[str, list[dict[str, float]]] = {"waits": [], "sockets": []}
-        for side in ("waits", "sockets", "sockets", "waits"):
-            arg = f.name if side == "waits" else str(sockets)
-            mem[side].append(run_side(side, url, arg))
+        for how in ("rss", "traced"):  # one measure per child: neither skews the other
+            for side in ("waits", "sockets", "sockets", "waits"):
+                arg = f.name if side == "waits" else str(sockets)
+                mem[side].append(run_side(side, how, url, arg))
         os.unlink(f.name)
         out["memory"] = mem
         return out
@@ -361,14 +362,15 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds of each timing")
     parser.add_argument("--side", choices=["waits", "sockets"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--how", choices=["rss", "traced"], help=argparse.SUPPRESS)
     parser.add_argument("--arg", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side == "waits":
         with open(args.arg) as f:
-            print(json.dumps(await side_waits(args.url, json.load(f))))
+            print(json.dumps(await side_waits(args.url, json.load(f), args.how)))
         return
     if args.side == "sockets":
-        print(json.dumps(await side_sockets(args.url, int(args.arg))))
+        print(json.dumps(await side_sockets(args.url, int(args.arg), args.how)))
         return
     n = args.n
     print(f"== {n} pending wait_for_job calls; emulator in its own process; {load()}")
@@ -395,8 +397,10 @@ async def main() -> None:
     )
     waits = s["memory"]["waits"]
     socks = s["memory"]["sockets"]
-    w_t, w_r = med(x["traced"] for x in waits), med(x["rss"] for x in waits)
-    k_t, k_r = med(x["traced"] for x in socks), med(x["rss"] for x in socks)
+    w_t = med(x["traced"] for x in waits if "traced" in x)
+    w_r = med(x["rss"] for x in waits if "rss" in x)
+    k_t = med(x["traced"] for x in socks if "traced" in x)
+    k_r = med(x["rss"] for x in socks if "rss" in x)
     print(
         f"memory per pending wait (child process, emulator elsewhere): {w_t:.0f} B traced "
         f"(goal <= 1536 B), {w_r:.0f} B RSS; one raw subscribed WebSocket ({args.sockets} in a "
