@@ -31,7 +31,6 @@ import gc
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import tracemalloc
 from typing import Any
 
 import httpx
+from _emulator import start_emulator
 from websockets.asyncio.client import connect
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
@@ -101,22 +101,6 @@ async def raw_socket(url: str) -> Any:
     await ws.send(json.dumps({"type": "subscribe", "data": {"events": ["job.*"]}}))
     await ws.recv()  # subscribed
     return ws
-
-
-def start_emulator(**options: Any) -> tuple[subprocess.Popen[str], str]:
-    """The emulator in a process of its own (so its CPU and memory are not the client's)."""
-    args = [sys.executable, "-m", "prefect_comfy.cli", "emulator", "--port", "0"]
-    args += ["--api-key", API_KEY]
-    for name, value in options.items():
-        args += [f"--{name.replace('_', '-')}", str(value)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        found = re.search(r"listening on (http://\S+)", line)
-        if found:
-            return proc, found.group(1)
-    proc.kill()
-    raise RuntimeError("the emulator did not start")
 
 
 def rss() -> int:
@@ -239,7 +223,7 @@ async def scale(n: int, sockets: int, repeats: int) -> dict[str, Any]:
     """Registration, reconciliation and memory with N jobs that stay pending, against an emulator
     in a process of its own."""
     global COUNTER
-    proc, url = start_emulator(step_duration=3600, concurrency=1, seed=1)
+    proc, url = start_emulator(API_KEY, step_duration=3600, concurrency=1, seed=1)
     try:
         COUNTER = counting = CountingTransport()
         settings = ComfySettings(api_key=API_KEY, base_url=url, reconnect_delay=0.05)
