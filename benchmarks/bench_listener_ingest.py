@@ -210,7 +210,7 @@ async def main(jobs: int) -> None:
     config = EmulatorConfig(
         api_keys=[KEY], seed=3, step_duration=0, upload_duration=0, concurrency=BATCH
     )
-    with prefect_test_harness(server_startup_timeout=90), EmulatorServer(config) as emu:
+    with prefect_test_harness(server_startup_timeout=300), EmulatorServer(config) as emu:
         results = {
             name: await burst(emu, jobs, paced)
             for name, paced in (("paced", True), ("every event", False))
