@@ -15,6 +15,10 @@ Artifact keys hold lowercase letters, digits and dashes only (:func:`artifact_ke
 Every write to the Prefect API is best effort and bounded in time (:data:`ARTIFACT_WRITE_TIMEOUT`,
 :data:`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
 keeps it from returning (issue 11, item 15: 200 waits in one flow hung on their artifact writes).
+Progress writes stay off the waiting path: the artifact is created by the wait's reporter (a task of
+its own), not before the wait, and the waits of one event loop share
+:data:`PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
+comes (issue 21, section 4).
 
 Example:
     >>> artifact_key("job", "Job_42")
