@@ -14,7 +14,12 @@ this is what it can take in; an event counts once it is sent or coalesced into a
 job. By default it sends at most 300 events a second to a Prefect server (which stores a few
 hundred a second) and coalesces progress: see ``tests/integration/test_listener_ingest.py``.
 
+With ``--against CHECKOUT`` it also measures the listener's CPU per Comfy event with the default
+progress interval (most progress coalesced), here and in another checkout of the package (such as
+the previous release), each in a child process, alternated.
+
     .venv/bin/python benchmarks/bench_listener.py [--jobs 8 --steps 500 --rounds 3]
+    .venv/bin/python benchmarks/bench_listener.py --against ../main
 """
 
 from __future__ import annotations
@@ -141,6 +146,68 @@ async def through_listener(
     return listener.stats.forwarded + listener.stats.coalesced, elapsed
 
 
+async def cpu_per_event(emu: EmulatorServer, jobs: int, steps: int) -> float:
+    """CPU seconds of the listener's thread per Comfy event, with the default progress interval
+    (1 s per job, so most progress is coalesced) and no rate limit, from the release of the
+    burst until every event is sent or coalesced; the emulator runs on a thread of its own."""
+    client = CountingClient(serialise=True)
+    async with CloudBackend(KEY, emu.url) as backend:
+        listener = ComfyListener(
+            backend,
+            events_client=lambda: client,
+            heartbeat_interval=None,
+            listener_id="bench",
+            events_per_second=0,
+            progress_events=ProgressBudget(1e12),
+        )
+        task = asyncio.create_task(listener.run())
+        while listener.stats.connects < 1:
+            await asyncio.sleep(0.01)
+        expected = await produce_burst(emu, jobs, steps)
+        start = time.thread_time()
+        emu.resume_events()
+        while listener.stats.forwarded + listener.stats.coalesced < expected:
+            client.changed.clear()
+            await client.changed.wait()
+        used = time.thread_time() - start
+        listener.stop()
+        await task
+    return used / expected
+
+
+async def cpu_child(jobs: int, steps: int, rounds: int) -> None:
+    config = EmulatorConfig(
+        api_keys=[KEY], seed=1, step_duration=0, upload_duration=0, concurrency=jobs,
+        ws_queue_size=1_000_000,
+    )  # fmt: skip
+    with EmulatorServer(config) as emu:
+        values = [await cpu_per_event(emu, jobs, steps) for _ in range(rounds)]
+    print(json.dumps(values))
+
+
+def compare_cpu(against: str, jobs: int, steps: int, rounds: int) -> None:
+    """The listener's CPU per event here and in another checkout (``against``), each in a child
+    process (its PYTHONPATH pointed at that checkout), alternated ABBA."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found: dict[str, list[float]] = {"this": [], "against": []}
+    for side in ("this", "against", "against", "this"):
+        env = {**os.environ, "PYTHONPATH": here if side == "this" else against}
+        args = [sys.executable, __file__, "--cpu-child", "--jobs", str(jobs)]
+        args += ["--steps", str(steps), "--rounds", str(rounds)]
+        out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+        found[side] += json.loads(out.strip().splitlines()[-1])
+    this, other = statistics.median(found["this"]), statistics.median(found["against"])
+    print(
+        f"listener CPU per Comfy event (default progress interval, events serialised): "
+        f"{this * 1e6:.1f} us here vs {other * 1e6:.1f} us in {against}: ratio {this / other:.2f} "
+        f"(load average {os.getloadavg()[0]:.2f})"
+    )
+
+
 async def main(jobs: int, steps: int, rounds: int) -> None:
     config = EmulatorConfig(
         api_keys=[KEY], seed=1, step_duration=0, upload_duration=0, concurrency=jobs,
@@ -168,5 +235,14 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--against", metavar="CHECKOUT", help="also compare CPU per event with this checkout"
+    )
+    parser.add_argument("--cpu-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.steps, args.rounds))
+    if args.cpu_child:
+        asyncio.run(cpu_child(args.jobs, args.steps, args.rounds))
+    else:
+        asyncio.run(main(args.jobs, args.steps, args.rounds))
+        if args.against:
+            compare_cpu(args.against, args.jobs, args.steps, args.rounds)

@@ -6,13 +6,14 @@ burst (1,000 jobs x 19 progress events + 1 outcome, 50 jobs at a time on the emu
 the listener twice, into the same server:
 
 1. **paced** (the default: 300 events/s, progress coalesced per job within 50/s);
-2. **every event** (the baseline, what the listener did before: each of the 20,000 events sent as
-   fast as Prefect's events client takes them). The listener collects them with an in-memory client
-   (unpaced, no interval, so that it keeps up and coalesces nothing), then they are sent to the
-   server through ``get_events_client()`` in a tight loop.
+2. **every event** (the baseline: each of the 20,000 events sent as fast as Prefect's events client
+   takes them). A plain reader of the Comfy stream turns every frame into its Prefect event
+   (nothing coalesced: the listener's queue would coalesce progress whenever its sender lags),
+   then they are sent to the server through ``get_events_client()`` in a tight loop.
 
-For each it prints the events sent, the events the server stored (counted by the jobs' tag), and
-the outcomes stored (read back by id). Takes about 2-3 minutes.
+For each it prints the events sent, the events the server stored (counted by the jobs' tag), the
+outcomes stored (read back by id), and how long after each job ended its outcome reached the server
+(p50, p99: the server's ``received`` minus the job's ``completed_at``). Takes about 2-3 minutes.
 
     .venv/bin/python benchmarks/bench_listener_ingest.py [--jobs 1000]
 """
@@ -25,6 +26,7 @@ import os
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -65,14 +67,15 @@ async def stored_by_tag(tag: str) -> int:
     return page.total
 
 
-async def stored_ids(ids: list[uuid.UUID]) -> int:
-    found = 0
+async def stored_ids(ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """The stored events among ``ids``, by id (each with the server's ``received`` time)."""
+    found: dict[uuid.UUID, Any] = {}
     async with get_client() as client:
         for start in range(0, len(ids), 50):
             page = await client.read_events(
                 filter=EventFilter(id=EventIDFilter(id=ids[start : start + 50])), limit=50
             )
-            found += len(page.events)
+            found.update((event.id, event) for event in page.events)
     return found
 
 
@@ -115,24 +118,39 @@ async def send_all(events: list[Any]) -> float:
     return time.monotonic() - start
 
 
+async def collect_every_event(backend: CloudBackend, into: list[Any], connected: Any) -> None:
+    """The baseline's reader: every Comfy event becomes a Prefect event, nothing coalesced."""
+
+    async def on_connect() -> None:
+        connected.set()
+
+    async for comfy_event in backend.events(["*"], on_connect=on_connect):
+        into.append(
+            comfy_events.from_comfy_event(
+                comfy_event, address=backend.address, backend_kind=backend.kind
+            )
+        )
+
+
 async def burst(emu: EmulatorServer, jobs: int, paced: bool) -> dict[str, Any]:
     tag = f"bench{uuid.uuid4().hex[:8]}"
-    collector = Collector()
-    options: dict[str, Any] = (
-        {"progress_events": ProgressBudget(50)}
-        if paced
-        else {
-            "events_client": lambda: collector,
-            "events_per_second": 0,
-            "progress_interval": 0,
-            "progress_events": ProgressBudget(1e12),
-        }
-    )
+    collected: list[Any] = []
+    expected = jobs * 20
     async with CloudBackend(KEY, emu.url) as backend:
-        listener = ComfyListener(backend, heartbeat_interval=None, listener_id="bench", **options)
-        task = asyncio.create_task(listener.run())
-        while listener.stats.connects < 1:
-            await asyncio.sleep(0.01)
+        if paced:
+            listener = ComfyListener(
+                backend,
+                heartbeat_interval=None,
+                listener_id="bench",
+                progress_events=ProgressBudget(50),
+            )
+            task = asyncio.create_task(listener.run())
+            while listener.stats.connects < 1:
+                await asyncio.sleep(0.01)
+        else:
+            connected = asyncio.Event()
+            task = asyncio.create_task(collect_every_event(backend, collected, connected))
+            await connected.wait()
         start = time.monotonic()
         ids: list[str] = []
         async with httpx.AsyncClient(
@@ -143,14 +161,20 @@ async def burst(emu: EmulatorServer, jobs: int, paced: bool) -> dict[str, Any]:
                 response = await http.post("/jobs/batch", json=body)
                 response.raise_for_status()
                 ids += [job["id"] for job in response.json()["jobs"]]
-        expected = jobs * 20
-        while listener.stats.received < expected or listener.stats.queued:
-            await asyncio.sleep(0.2)
-        elapsed = time.monotonic() - start
-        listener.stop()
-        await task
-        if not paced:
-            elapsed = await send_all(collector.events)
+        if paced:
+            while listener.stats.received < expected or listener.stats.queued:
+                await asyncio.sleep(0.2)
+            elapsed = time.monotonic() - start
+            listener.stop()
+            await task
+            received, sent = listener.stats.received, listener.stats.forwarded
+        else:
+            while len(collected) < expected:
+                await asyncio.sleep(0.2)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            received = sent = len(collected)
+            elapsed = await send_all(collected)
         outcome_ids = [
             comfy_events.event_id(
                 backend.address, comfy_events.JOB_COMPLETED, comfy_events.resource_id("job", j)
@@ -159,12 +183,24 @@ async def burst(emu: EmulatorServer, jobs: int, paced: bool) -> dict[str, Any]:
         ]
     stored = await settle(lambda: stored_by_tag(tag))
     outcomes = await stored_ids(outcome_ids)
+    # how long after each job ended its outcome reached the server
+    ended = {
+        eid: datetime.fromisoformat(emu.state.jobs[j].completed_at.replace("Z", "+00:00"))
+        for eid, j in zip(outcome_ids, ids, strict=True)
+    }
+    lags = sorted(
+        (event.received - ended[eid]).total_seconds()
+        for eid, event in outcomes.items()
+        if eid in ended
+    )
     return {
-        "received": listener.stats.received,
-        "sent": listener.stats.forwarded,
+        "received": received,
+        "sent": sent,
         "stored": stored,
-        "outcomes": outcomes,
+        "outcomes": len(outcomes),
         "seconds": elapsed,
+        "lag_p50": lags[len(lags) // 2] if lags else float("nan"),
+        "lag_p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan"),
     }
 
 
@@ -174,18 +210,22 @@ async def main(jobs: int) -> None:
     config = EmulatorConfig(
         api_keys=[KEY], seed=3, step_duration=0, upload_duration=0, concurrency=BATCH
     )
-    with prefect_test_harness(server_startup_timeout=90), EmulatorServer(config) as emu:
+    with prefect_test_harness(server_startup_timeout=300), EmulatorServer(config) as emu:
         results = {
             name: await burst(emu, jobs, paced)
             for name, paced in (("paced", True), ("every event", False))
         }
-    print(f"burst: {jobs} jobs x 20 events = {jobs * 20} Comfy events, into one Prefect server")
+    print(
+        f"burst: {jobs} jobs x 20 events = {jobs * 20} Comfy events, into one Prefect server; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     for name, r in results.items():
         lost = r["sent"] - r["stored"]
         print(
             f"{name:>11}: sent {r['sent']:6,} in {r['seconds']:5.1f}s ({r['sent'] / r['seconds']:6,.0f}/s)"
             f"  stored {r['stored']:6,}  lost {lost:6,} ({lost / r['sent']:5.1%})"
             f"  outcomes stored {r['outcomes']:,}/{jobs}"
+            f"  stored after the job ended: p50 {r['lag_p50']:.1f}s p99 {r['lag_p99']:.1f}s"
         )
     paced, unpaced = results["paced"], results["every event"]
     print(

@@ -5,9 +5,8 @@ at most 8 in flight (the emulator's, and comfy-api-proxy's, stream cap), each an
 a seeded random 0.2-4 s:
 
 1. **SSE**: submit with httpx, then read ``GET /api/v2/jobs/{id}/events`` with httpx until the
-   terminal ``status`` frame, then confirm it with one ``GET /api/v2/jobs/{id}`` (as the waiting
-   layer trusts a terminal event only once the backend has read it). The SSE side is driven with
-   httpx directly: the project's v2 backend was not merged when this was written.
+   terminal ``status`` frame: raw SSE, the outcome known when that frame arrives (no confirming
+   read).
 2. **Polling**: the official client itself, ``comfy_sdk.AsyncComfy`` 0.5.0: ``submit`` then
    ``AsyncJob.wait()`` (a read, then sleeps of 0.5 s x1.5 up to 5 s).
 3. Where the project's v2 backend is installed (``prefect_comfy.backends.v2``), **the waiting
@@ -15,14 +14,15 @@ a seeded random 0.2-4 s:
    8 in flight (every job on a stream); and the same with every job submitted at once (8 on
    streams, the rest read by the shared poll and moved onto streams as slots free up).
 
-Latency is the wall-clock time from the job's ``completed_at`` (the emulator's clock, millisecond
+Every side runs twice, in opposite orders (so no side always runs on a fresher or a more loaded
+emulator). Latency is the wall-clock time from the job's ``completed_at`` (the emulator's clock, millisecond
 precision, same host) to the moment the client knows the outcome. Prints p50/p99 of each and the
 ratio polling / SSE.
 
 Run::
 
-    .venv/bin/python benchmarks/bench_v2_latency.py            # 48 jobs
-    .venv/bin/python benchmarks/bench_v2_latency.py -m 16
+    .venv/bin/python benchmarks/bench_v2_latency.py            # 200 jobs
+    .venv/bin/python benchmarks/bench_v2_latency.py -m 1000
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def completed_at(job: dict[str, Any]) -> float:
     return datetime.fromisoformat(job["completed_at"].replace("Z", "+00:00")).timestamp()
 
 
-async def sse_wait(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    """Read the job's SSE stream until its terminal status, then read the job once (the confirm)."""
+async def sse_wait(client: httpx.AsyncClient, job_id: str) -> float:
+    """Read the job's SSE stream until its terminal status; return when that frame arrived (raw
+    SSE: no confirming read)."""
     event = ""
     async with client.stream("GET", f"/jobs/{job_id}/events") as response:
         response.raise_for_status()
@@ -68,10 +69,8 @@ async def sse_wait(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
                 and event == "status"
                 and json.loads(line[5:])["status"] in TERMINAL
             ):
-                break
-    answer = await client.get(f"/jobs/{job_id}")
-    answer.raise_for_status()
-    return answer.json()
+                return time.time()
+    raise RuntimeError(f"the stream of {job_id} ended without an outcome")
 
 
 async def run_sse(api: str, durations: list[float]) -> list[float]:
@@ -87,10 +86,11 @@ async def run_sse(api: str, durations: list[float]) -> list[float]:
             async with slots:
                 answer = await client.post("/jobs", json={"workflow": graph(seconds)})
                 answer.raise_for_status()
-                job = await sse_wait(client, answer.json()["id"])
-                known = time.time()
-                assert job["status"] == "succeeded", job
-                latencies.append(known - completed_at(job))
+                job_id = answer.json()["id"]
+                known = await sse_wait(client, job_id)
+            job = (await client.get(f"/jobs/{job_id}")).json()  # not timed
+            assert job["status"] == "succeeded", job
+            latencies.append(known - completed_at(job))
 
         await asyncio.gather(*(one(s) for s in durations))
     return latencies
@@ -154,36 +154,45 @@ def quantile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-m", "--jobs", type=int, default=48, help="jobs per side")
+    parser.add_argument("-m", "--jobs", type=int, default=200, help="jobs per side and pass")
     parser.add_argument("--seed", type=int, default=9)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     durations = [round(rng.uniform(0.2, 4.0), 2) for _ in range(args.jobs)]
     config = EmulatorConfig(api_keys=[API_KEY], step_duration=0.01)
+    names = ["SSE (httpx, raw)", "polling (comfy_sdk AsyncJob.wait)"]
+    with_hub = importlib.util.find_spec("prefect_comfy.backends.v2") is not None
+    if with_hub:
+        names += [f"waiting layer, {IN_FLIGHT} in flight", "waiting layer, all at once"]
+    found: dict[str, list[float]] = {name: [] for name in names}
     with EmulatorServer(config) as emu:
         os.environ["COMFY_BASE_URL"] = emu.v2_url
         api = f"{emu.v2_url}/api/v2"
-        sse = asyncio.run(run_sse(api, durations))
-        polling = asyncio.run(run_polling(api, durations))
-        rows = [
-            ("SSE (httpx, + 1 confirming read)", sse),
-            ("polling (comfy_sdk AsyncJob.wait)", polling),
-        ]
-        if importlib.util.find_spec("prefect_comfy.backends.v2") is not None:
-            hub = asyncio.run(run_hub(emu.v2_url, durations, IN_FLIGHT))
-            rows.append((f"waiting layer, {IN_FLIGHT} in flight", hub))
-            burst = asyncio.run(run_hub(emu.v2_url, durations, len(durations)))
-            rows.append(("waiting layer, all at once", burst))
-    print(f"{args.jobs} jobs of 0.2-4 s per side, {IN_FLIGHT} in flight, emulator v2 face")
+        sides = {
+            names[0]: lambda: run_sse(api, durations),
+            names[1]: lambda: run_polling(api, durations),
+        }
+        if with_hub:
+            sides[names[2]] = lambda: run_hub(emu.v2_url, durations, IN_FLIGHT)
+            sides[names[3]] = lambda: run_hub(emu.v2_url, durations, len(durations))
+        for order in (names, names[::-1]):  # two passes, the sides in opposite orders
+            for name in order:
+                found[name] += asyncio.run(sides[name]())
+    rows = [(name, found[name]) for name in names]
+    print(
+        f"{args.jobs} jobs of 0.2-4 s per side and pass, 2 passes in opposite orders, "
+        f"{IN_FLIGHT} in flight, emulator v2 face; load average {os.getloadavg()[0]:.2f}"
+    )
     print(f"{'':36} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
     for name, values in rows:
         p50, p99 = quantile(values, 0.5) * 1000, quantile(values, 0.99) * 1000
         print(f"{name:36} {p50:9.1f} {p99:9.1f} {statistics.fmean(values) * 1000:9.1f}")
+    sse, polling = found[names[0]], found[names[1]]
     pairs = [("polling / SSE", polling, sse)]
-    if len(rows) > 2:
+    if with_hub:
         pairs += [
-            ("waiting layer 8 in flight / SSE", rows[2][1], sse),
-            ("polling / waiting layer all at once", polling, rows[3][1]),
+            ("waiting layer 8 in flight / SSE", found[names[2]], sse),
+            ("polling / waiting layer all at once", polling, found[names[3]]),
         ]
     for name, top, bottom in pairs:
         ratios = [quantile(top, q) / max(quantile(bottom, q), 1e-3) for q in (0.5, 0.99)]

@@ -15,6 +15,10 @@ Artifact keys hold lowercase letters, digits and dashes only (:func:`artifact_ke
 Every write to the Prefect API is best effort and bounded in time (:data:`ARTIFACT_WRITE_TIMEOUT`,
 :data:`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
 keeps it from returning (issue 11, item 15: 200 waits in one flow hung on their artifact writes).
+Progress writes stay off the waiting path: the artifact is created by the wait's reporter (a task of
+its own), not before the wait, and the waits of one event loop share
+:data:`PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
+comes (issue 21, section 4).
 
 Example:
     >>> artifact_key("job", "Job_42")
@@ -25,10 +29,12 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from os import PathLike
 from typing import Any
@@ -65,6 +71,10 @@ MAX_KEY_LENGTH = 100
 """Artifact keys are cut to this length (a hash keeps cut keys distinct)."""
 ARTIFACT_WRITE_TIMEOUT = 10.0
 """Seconds one progress artifact write may take; after that it is abandoned and writing stops."""
+PROGRESS_WRITES_IN_FLIGHT = 4
+"""Most progress artifact writes in flight at once per event loop: waits that share a loop share
+these, and a write that waits its turn sends the latest value held when its turn comes (so a slow
+Prefect API gets fewer writes, never a growing backlog of them)."""
 OUTPUTS_ARTIFACT_TIMEOUT = 30.0
 """Seconds the outputs artifact may take in all (previews and the write); after that it is skipped."""
 
@@ -193,10 +203,12 @@ class JobProgressArtifact:
         return max(self._written_at + self.interval - self._clock(), 0.0)
 
     async def flush_due(self) -> bool:
-        """Write the held value if its interval has passed."""
-        if self.next_due() == 0.0:
+        """Write the held value if its interval has passed: once a write slot of the loop is free
+        (:data:`PROGRESS_WRITES_IN_FLIGHT`), the latest value held by then."""
+        if self.next_due() != 0.0:
+            return False
+        async with _slots():
             return await self._write(self._pending)
-        return False
 
     async def finish(self, progress: float | None = None, outcome: str | None = None) -> bool:
         """Write the final value now (``progress``, else the held one), whatever the interval.
@@ -234,6 +246,20 @@ class JobProgressArtifact:
     def _give_up(self, exc: Exception) -> None:
         self._failed = True
         logger.warning("Progress artifact of Comfy job %s not written: %r", self.job_id, exc)
+
+
+_write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slots() -> asyncio.Semaphore:
+    """The progress-write slots of the running loop (:data:`PROGRESS_WRITES_IN_FLIGHT`)."""
+    loop = asyncio.get_running_loop()
+    slots = _write_slots.get(loop)
+    if slots is None:
+        slots = _write_slots[loop] = asyncio.Semaphore(PROGRESS_WRITES_IN_FLIGHT)
+    return slots
 
 
 def _clamp(progress: float) -> float:

@@ -226,7 +226,7 @@ async def watch_comfy_job(
             f" (timeout {timeout:g}s)" if timeout is not None else "",
         )
         if artifact is not None:
-            await artifact.start(0.0)
+            artifact.offer(0.0)  # created by the reporter, off the waiting path
         watch.start()
         try:
             terminal = await wait_for(

@@ -25,6 +25,25 @@ from typing import Any, ClassVar
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.workflows.catalog import NodeCatalog
 
+
+@dataclass(frozen=True)
+class UnfinishedJobs:
+    """What :meth:`ComfyBackend.list_unfinished` found.
+
+    Attributes:
+        jobs: the unfinished jobs listed.
+        complete: every unfinished job is in ``jobs`` (else the listing stopped early, because it
+            would have taken more requests than allowed: ``jobs`` holds what was read so far).
+        requests: the REST requests it took (0 where the backend does not know).
+        backlog: how many unfinished jobs the server has, where it said (else ``None``).
+    """
+
+    jobs: list[Job]
+    complete: bool = True
+    requests: int = 0
+    backlog: int | None = None
+
+
 ProgressCallback = Callable[[ComfyEvent], Any | Awaitable[Any]]
 """Called with each ``job.progress`` event; may be sync or async."""
 
@@ -223,6 +242,17 @@ class ComfyBackend(abc.ABC):
         calls instead of a read per job (``None``: it reads pending jobs one by one).
         """
         return None
+
+    async def list_unfinished(self, *, max_requests: int | None = None) -> UnfinishedJobs | None:
+        """Every unfinished job, for the waiting layer's reconciliation, unless listing them would
+        take more than ``max_requests`` REST requests: then stop early (``complete=False``) and
+        return what was read, so that the caller reads its few jobs one by one instead.
+
+        The default lists with :meth:`unfinished_jobs` whatever it costs; a backend that can learn
+        the size of the backlog from its first page overrides it. ``None``: it cannot list.
+        """
+        jobs = await self.unfinished_jobs()
+        return None if jobs is None else UnfinishedJobs(jobs)
 
     # -- the node catalog ----------------------------------------------------------------------
     async def object_info(self) -> dict[str, Any]:

@@ -41,6 +41,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from prefect.events import Event
@@ -358,26 +360,47 @@ class ComfyListener:
         self.stats.disconnects += 1
         logger.info("Comfy event stream to %s dropped; reconnecting", self.backend.address)
 
-    async def forward(self, comfy_event: ComfyEvent, *, reconciled: bool = False) -> Event:
-        """Turn one Comfy event into its Prefect event and queue it for sending."""
+    async def forward(self, comfy_event: ComfyEvent, *, reconciled: bool = False) -> None:
+        """Queue one Comfy event for Prefect; it never waits on REST.
+
+        The Prefect event is built when it is sent (:meth:`PacedQueue.put_lazy`), so progress that
+        is coalesced into a newer update is never built, and a job event without tags gets the tags
+        known by then: those of an earlier event of the job, or of a REST read started here in the
+        background (:meth:`InFlightTracker.tags_soon`), which the sender awaits for a moment.
+        """
         kind = comfy_event.kind
         rid = comfy_event.resource_id
+        self._tracker.track(comfy_event)
+        ready = None
         if kind == "job" and rid and "tags" not in comfy_event.payload:
-            tags = await self._tracker.job_tags(rid)
+            ready = self._tracker.tags_soon(rid)
+        if rid and comfy_event.is_terminal:
+            self._ended.remember((kind, rid), True)
+        received = None if comfy_event.timestamp is not None else datetime.now(UTC)
+        await self._sender.put_lazy(
+            comfy_events.prefect_event_name(comfy_event.event),
+            comfy_events.resource_id(kind, str(comfy_event.payload.get("id"))),
+            partial(self._build, comfy_event, received),
+            ready=ready,
+        )
+        if reconciled:
+            self.stats.reconciled += 1
+
+    def _build(self, comfy_event: ComfyEvent, received: datetime | None) -> Event:
+        """The Prefect event of a Comfy event, with the job's tags if it came without them."""
+        rid = comfy_event.resource_id
+        if comfy_event.kind == "job" and rid and "tags" not in comfy_event.payload:
+            tags = self._tags.get(rid)
             if tags is not None:
                 comfy_event = comfy_event.model_copy(
                     update={"payload": {**comfy_event.payload, "tags": tags}}
                 )
-        event = comfy_events.from_comfy_event(
-            comfy_event, address=self.backend.address, backend_kind=self.backend.kind
+        return comfy_events.from_comfy_event(
+            comfy_event,
+            address=self.backend.address,
+            backend_kind=self.backend.kind,
+            occurred=received,
         )
-        self._tracker.track(comfy_event)
-        if rid and comfy_event.is_terminal:
-            self._ended.remember((kind, rid), True)
-        await self._sender.put(event)
-        if reconciled:
-            self.stats.reconciled += 1
-        return event
 
     async def reconcile(self) -> int:
         """Read every resource last seen in flight; forward the terminal events that were missed.

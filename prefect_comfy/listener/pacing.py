@@ -104,14 +104,58 @@ class Backlog:
 
 
 class Pending:
-    """One event waiting to be sent: ``counted`` ones count as forwarded; ``since`` is when it came."""
+    """One event waiting to be sent: ``counted`` ones count as forwarded; ``since`` is when it came.
 
-    __slots__ = ("counted", "event", "since")
+    ``name`` (the Prefect event's name) and ``key`` (its resource id) are known at once; the event
+    itself may be built only when it is sent (:meth:`lazy`), so that progress coalesced away is never
+    built. ``ready``, when set, is awaited (within a bound) by the sender before it builds the
+    event: the lookup of the job's tags, made off the stream's loop.
+    """
+
+    __slots__ = ("_build", "_event", "counted", "key", "name", "ready", "since")
 
     def __init__(self, event: Event, counted: bool, since: float) -> None:
-        self.event = event
+        self._event: Event | None = event
+        self._build: Callable[[], Event] | None = None
+        self.name: str = event.event
+        self.key: str = event.resource.id
         self.counted = counted
         self.since = since
+        self.ready: asyncio.Future[object] | None = None
+
+    @classmethod
+    def lazy(
+        cls,
+        name: str,
+        key: str,
+        build: Callable[[], Event],
+        counted: bool,
+        since: float,
+        ready: asyncio.Future[object] | None = None,
+    ) -> Pending:
+        """An event built by ``build()`` when it is first read."""
+        item = cls.__new__(cls)
+        item._event, item._build = None, build
+        item.name, item.key, item.counted, item.since, item.ready = name, key, counted, since, ready
+        return item
+
+    @property
+    def event(self) -> Event:
+        """The Prefect event (built now if it was put lazily)."""
+        if self._event is None:
+            assert self._build is not None
+            self._event, self._build = self._build(), None
+        return self._event
+
+    def replace_with(self, newer: Pending) -> None:
+        """Take a newer event's content, keeping this one's place and age."""
+        self._event, self._build = newer._event, newer._build
+        self.name, self.key, self.counted, self.ready = (
+            newer.name,
+            newer.key,
+            newer.counted,
+            newer.ready,
+        )
 
 
 class PacedQueue:
@@ -185,17 +229,37 @@ class PacedQueue:
 
     def put_nowait(self, event: Event, *, counted: bool = True) -> None:
         """Queue ``event`` without waiting (the outcome queue may then exceed ``queue_size``)."""
-        key = event.resource.id
-        if event.event == comfy_events.JOB_PROGRESS:
-            if not self._put_progress(key, event, counted):
+        self.put_pending(Pending(event, counted, self._clock()))
+
+    async def put_lazy(
+        self,
+        name: str,
+        key: str,
+        build: Callable[[], Event],
+        *,
+        counted: bool = True,
+        ready: asyncio.Future[object] | None = None,
+    ) -> None:
+        """Queue the event that ``build()`` makes, built only if and when it is sent (progress
+        coalesced into a newer one never is); ``name`` and ``key`` are its name and resource id."""
+        if counted and name != comfy_events.JOB_PROGRESS:
+            while len(self._outcomes) >= self.queue_size:
+                self._space.clear()
+                await self._space.wait()
+        self.put_pending(Pending.lazy(name, key, build, counted, self._clock(), ready))
+
+    def put_pending(self, pending: Pending) -> None:
+        """Queue one :class:`Pending` without waiting."""
+        key, counted = pending.key, pending.counted
+        if pending.name == comfy_events.JOB_PROGRESS:
+            if not self._put_progress(key, pending):
                 return  # replaced or dropped: nothing new for the sender to look at
         else:
-            if event.event in _JOB_ENDINGS:
+            if pending.name in _JOB_ENDINGS:
                 if self._progress.pop(key, None) is not None:
                     self.stats.coalesced += 1
                 self._progress_sent.pop(key, None)
                 self._ended.remember(key)
-            pending = Pending(event, counted, self._clock())
             if counted:
                 self._outcomes.append(pending)
             else:
@@ -203,7 +267,7 @@ class PacedQueue:
         self.stats.queued = len(self)
         self.changed.set()
 
-    def _put_progress(self, key: str, event: Event, counted: bool) -> bool:
+    def _put_progress(self, key: str, pending: Pending) -> bool:
         """Whether a new job's progress now waits (not a replacement, not dropped)."""
         if key in self._ended or self._progress_budget().rate <= 0:
             self.stats.coalesced += 1  # the outcome (queued or sent) already says 100 %
@@ -211,9 +275,9 @@ class PacedQueue:
         older = self._progress.get(key)
         if older is not None:
             self.stats.coalesced += 1
-            older.event, older.counted = event, counted  # keeps its place and its age
+            older.replace_with(pending)  # keeps its place and its age
             return False
-        self._progress[key] = Pending(event, counted, self._clock())
+        self._progress[key] = pending
         while len(self._progress) > self.queue_size:
             self._progress.popitem(last=False)
             self.stats.coalesced += 1
@@ -270,7 +334,7 @@ class PacedQueue:
         """``(kind, id)`` of the jobs and uploads whose counted outcomes wait to be sent."""
         found = []
         for item in self._outcomes:
-            parts = item.event.resource.id.split(".", 2)
+            parts = item.key.split(".", 2)
             if item.counted and len(parts) == 3 and parts[1] in ("job", "input", "model"):
                 found.append((parts[1], parts[2]))
         return found

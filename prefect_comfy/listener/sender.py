@@ -34,6 +34,7 @@ import contextlib
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prefect_comfy.exceptions import ComfyConfigError
@@ -66,6 +67,9 @@ __all__ = [
     "require_prefect_api_url",
 ]
 
+TAGS_WAIT = 5.0
+"""The longest the sender waits for a job's tags (read off the stream's loop) before it sends the
+job's event without them."""
 DEFAULT_DRAIN_TIMEOUT = 30.0
 """Longest time a stop spends sending what was already received."""
 EVENTS_PER_SECOND_ENV = "COMFY_LISTENER_EVENTS_PER_SECOND"
@@ -172,6 +176,18 @@ class PrefectSender:
         self._empty.clear()
         await self.queue.put(event, counted=counted)
 
+    async def put_lazy(
+        self,
+        name: str,
+        key: str,
+        build: Callable[[], Event],
+        *,
+        ready: asyncio.Future[object] | None = None,
+    ) -> None:
+        """Queue the event ``build()`` makes, built when sent (see :meth:`PacedQueue.put_lazy`)."""
+        self._empty.clear()
+        await self.queue.put_lazy(name, key, build, ready=ready)
+
     def backlog(self) -> Backlog:
         """The queue depth (the event being sent included) and the oldest pending event's age."""
         backlog = self.queue.backlog()
@@ -184,7 +200,7 @@ class PrefectSender:
         found = self.queue.pending_resources()
         item = self._in_hand
         if item is not None and item.counted:
-            parts = item.event.resource.id.split(".", 2)
+            parts = item.key.split(".", 2)
             if len(parts) == 3 and parts[1] in ("job", "input", "model"):
                 found.append((parts[1], parts[2]))
         return found
@@ -208,6 +224,9 @@ class PrefectSender:
                 self._in_hand = None
 
     async def _send(self, client: Any, item: Pending) -> None:
+        if item.ready is not None and not item.ready.done():
+            # the job's tags are being read (off the stream's loop): give them a moment
+            await asyncio.wait({item.ready}, timeout=TAGS_WAIT)
         event = item.event
         while True:
             try:

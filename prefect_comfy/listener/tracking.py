@@ -5,7 +5,7 @@ forgotten first) the tags last seen for each job and every job and upload last s
 after a reconnect, :meth:`InFlightTracker.reconcile` has the waiting layer's reconciler read those
 through REST (listing where it can, retrying what fails) and hands the terminal event that was
 missed (synthesised from :data:`prefect_comfy.models.STATUS_EVENT`) to the listener to forward. Job events whose payload has no tags (progress) get the remembered tags,
-or those of one REST read of the job (:meth:`InFlightTracker.job_tags`).
+or those of one REST read of the job, made in the background (:meth:`InFlightTracker.tags_soon`).
 
 Example:
     >>> from prefect_comfy.models import ComfyEvent
@@ -54,6 +54,8 @@ DEFAULT_MAX_TRACKED = 10_000
 """Jobs and uploads whose tags and in-flight state the listener remembers (oldest forgotten first)."""
 RECONCILE_CONCURRENCY = 8
 """REST reads at once while reconciling after a reconnect."""
+TAG_LOOKUPS = 8
+"""Most REST reads of jobs' tags at once (made in the background, never by the stream's loop)."""
 REST_TIMEOUT = 30.0
 """Longest wait for one REST read (reconciliation, tag lookups)."""
 
@@ -76,6 +78,8 @@ class InFlightTracker:
         """``(kind, id)`` → last status, for jobs and uploads not yet seen to end."""
         self._epoch = 0
         self._missed: list[ComfyEvent] = []
+        self._lookups: dict[str, asyncio.Future[object]] = {}
+        self._lookup_limit = asyncio.Semaphore(TAG_LOOKUPS)
         self._reconciler = Reconciler(
             backend,
             pending=self.in_flight.__contains__,
@@ -98,6 +102,22 @@ class InFlightTracker:
             self.in_flight.pop((kind, rid), None)
         else:
             self.in_flight.remember((kind, rid), status)
+
+    def tags_soon(self, job_id: str) -> asyncio.Future[object] | None:
+        """Start reading a job's tags through REST in the background (once per job, at most
+        :data:`TAG_LOOKUPS` at a time) unless they are known; return the lookup to await, or
+        ``None`` when the tags are known. The stream never waits on it."""
+        if job_id in self.tags:
+            return None
+        lookup = self._lookups.get(job_id)
+        if lookup is None:
+            lookup = self._lookups[job_id] = asyncio.ensure_future(self._look_up(job_id))
+            lookup.add_done_callback(lambda _: self._lookups.pop(job_id, None))
+        return lookup
+
+    async def _look_up(self, job_id: str) -> object:
+        async with self._lookup_limit:
+            return await self.job_tags(job_id)
 
     async def job_tags(self, job_id: str) -> list[str] | None:
         """The tags last seen for a job, else one REST read of them; ``None`` if that fails."""

@@ -165,6 +165,8 @@ class EventHub(SharedStream):
             "connections_opened": self.connections_opened,
             "rest_reads": self._reconciler.reads,
             "rest_lists": self._reconciler.lists,
+            "rest_list_requests": self._reconciler.list_requests,
+            "reconcile_ms": round(self._reconciler.seconds * 1000),
             "rest_polls_while_down": self._reconciler.polls,
             "reconciling": int(self._reconciler.busy or self._late is not None),
             "events_received": self.events_received,

@@ -3,8 +3,12 @@
 The stream has no replay. After each connect the hub hands the keys of its pending waits to a
 :class:`Reconciler`, which
 
-1. lists the server's unfinished jobs when it can (:meth:`ComfyBackend.unfinished_jobs`, pages of
-   100): a pending job in that list is still running, and the stream will tell how it ends;
+1. lists the server's unfinished jobs when that costs fewer requests than reading the pending jobs
+   one by one (:meth:`ComfyBackend.list_unfinished`: the first page says how large the server's
+   backlog is, and the listing stops there when reading is cheaper; the other pages are read
+   concurrently): a pending job in that list is still running, and the stream will tell how it
+   ends. Three waits against 10,000 unfinished jobs thus cost one page and three reads, and N
+   waits at most min(N, pages) + 1 requests, plus a read for each job that ended meanwhile;
 2. reads the rest one by one (at most ``concurrency`` at a time): jobs missing from the list,
    inputs and models, and every key when the server cannot list;
 3. tries a failed list or read again, backed off with jitter up to :data:`RETRY_MAX_DELAY` seconds
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 
 from prefect_comfy.backends.base import ComfyBackend
@@ -92,7 +97,11 @@ class Reconciler:
         self.reads = 0
         """Single REST reads made."""
         self.lists = 0
-        """Listings of unfinished jobs made (each may be several pages)."""
+        """Listings of unfinished jobs made (each may be several pages, or stop at the first)."""
+        self.list_requests = 0
+        """REST requests those listings took (where the backend counts them)."""
+        self.seconds = 0.0
+        """How long the last reconciliation took, from its first round to nothing left to read."""
         self.polls = 0
         """Reconciliations made while the stream was down."""
 
@@ -138,6 +147,14 @@ class Reconciler:
                 await asyncio.gather(task, return_exceptions=True)
 
     async def _drain(self) -> None:
+        started = time.perf_counter()
+        try:
+            await self._rounds()
+        finally:
+            self.seconds = time.perf_counter() - started
+            logger.debug("reconciled in %.3fs", self.seconds)
+
+    async def _rounds(self) -> None:
         backoff: Backoff | None = None
         while self._queue:
             keys = [k for k in self._queue if self._pending(k)]
@@ -168,22 +185,25 @@ class Reconciler:
         if len(jobs) >= LIST_THRESHOLD:
             epoch = self._epoch()
             try:
-                unfinished = await self.backend.unfinished_jobs()
+                # Reading N jobs costs N requests: list only where that costs fewer.
+                unfinished = await self.backend.list_unfinished(max_requests=len(jobs))
             except Exception as exc:
                 logger.warning("could not list unfinished Comfy jobs to reconcile: %s", exc)
                 failed += jobs
             else:
-                self.lists += 1
+                if unfinished is not None:
+                    self.lists += 1
+                    self.list_requests += unfinished.requests
                 if unfinished is None:
                     singles += jobs
                 elif self._epoch() != epoch:
                     stale += jobs  # listed across a reconnect: list again
                 else:
-                    by_id = {job.id: job for job in unfinished}
+                    by_id = {job.id: job for job in unfinished.jobs}
                     for key in jobs:
                         job = by_id.get(key[1])
                         if job is None:
-                            singles.append(key)  # it ended (or never was): read its outcome
+                            singles.append(key)  # it ended, or was not listed: read it
                         else:
                             self._found(key, job)
         else:

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.emulator.images import png_size
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_sync
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -663,3 +663,62 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _keep_alive_round_trips(server: EmulatorServer, count: int) -> list[float]:
+    """Seconds from sending a request to holding the whole reply, on one reused connection."""
+    import socket
+    import time
+
+    request = (
+        f"GET {server.api_url}/account HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode()
+    seconds = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = b""
+        for _ in range(count):
+            started = time.perf_counter()
+            sock.sendall(request)
+            while b"\r\n\r\n" not in buffer:
+                buffer += sock.recv(65536)
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    line.split(b":", 1)[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+            )
+            while len(buffer) < length:
+                buffer += sock.recv(65536)
+            buffer = buffer[length:]
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def test_rest_replies_are_not_held_back_by_nagle(emulator) -> None:
+    """uvicorn writes a reply's headers and body separately; with Nagle's algorithm on, the body
+    waits for the client's delayed ACK (~40 ms on Linux) on every reused connection. The fastest
+    of several round trips on one connection is far below that once ``TCP_NODELAY`` is set (the
+    minimum, not the mean, so that a loaded machine cannot fail it; the first round trip is left
+    out: Linux acknowledges at once early in a connection)."""
+    import socket
+
+    fastest = min(_keep_alive_round_trips(emulator, 9)[1:])
+    assert fastest < 0.025, f"a keep-alive reply took at least {fastest * 1000:.0f} ms"
+
+    def nodelay_of_accepted() -> list[int]:
+        assert emulator._server is not None
+        return [
+            protocol.transport.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY
+            )
+            for protocol in emulator._server.server_state.connections
+            if getattr(protocol, "transport", None) is not None
+        ]
+
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=10):
+        flags = eventually_sync(lambda: emulator._call(nodelay_of_accepted))
+    assert all(flags), flags

@@ -236,3 +236,56 @@ async def test_1000_concurrent_wait_for_job_share_one_connection(backend, emulat
     )
     assert all(r.event == "job.completed" for r in results)
     assert emulator.stats()["ws_connections_total"] - before == 1
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Counts the REST requests of a backend and its clones."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(("waits", "most"), [(3, 5), (1_500, 17)])
+async def test_reconciling_costs_the_cheaper_of_reading_and_listing(waits, most):
+    """Issue 21 section 1: after a drop, 3 waits against 1,500 unfinished jobs read the 3 (one
+    page says the backlog); 1,500 waits list the 15 pages (and the running one)."""
+    from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+
+    config = EmulatorConfig(api_keys=[API_KEY], step_duration=3600, concurrency=1, seed=3)
+    with EmulatorServer(config) as emu:
+        counting = CountingTransport()
+        backend = CloudBackend(settings=fast_settings(emu), transport=counting)
+        hub = EventHub(backend.clone(), linger=5)
+        try:
+            ids: list[str] = []
+            for _ in range(30):
+                batch = await backend.client.create_batch([{"workflow": tiny_workflow()}] * 50)
+                ids += [job.id for job in batch.jobs]
+            waited = ids[:waits]  # the oldest: on the last pages of a listing
+            tasks = [asyncio.ensure_future(hub.wait("job", jid)) for jid in waited]
+            await eventually(lambda: hub.stats["pending"] == waits, timeout=30)
+            await eventually(lambda: not hub.stats["reconciling"], timeout=30)
+            before, connections = counting.requests, hub.connections_opened
+            polls = hub.stats["rest_polls_while_down"]
+            emu.drop_connections()
+            await eventually(lambda: hub.connections_opened > connections, timeout=30)
+            await eventually(lambda: counting.requests > before, timeout=30)
+            await eventually(lambda: not hub.stats["reconciling"], timeout=30)
+            # One round after the reconnect (and one per poll while down, on a slow machine).
+            rounds = 1 + hub.stats["rest_polls_while_down"] - polls
+            assert counting.requests - before <= most * rounds, hub.stats
+            assert not any(task.done() for task in tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await hub.aclose()
+            await backend.aclose()

@@ -233,3 +233,45 @@ def test_the_heading_shows_the_job_id_as_it_is() -> None:
 
     text = outputs_markdown(Job(id="job_a_b", status="completed"), [], {})
     assert "## Outputs of Comfy job `job_a_b`" in text
+
+
+async def test_progress_writes_share_a_few_slots_and_a_waiting_one_sends_the_latest_value():
+    """Issue 21 section 4: many waits on one loop never have more than
+    ``PROGRESS_WRITES_IN_FLIGHT`` progress writes in flight (a slow Prefect API gets fewer writes,
+    not a pile of them), and a write that waited for its slot sends the value held by then."""
+    import asyncio
+
+    from prefect_comfy.artifacts import PROGRESS_WRITES_IN_FLIGHT
+
+    gate = asyncio.Event()
+    in_flight = most = 0
+    written: dict[str, list[float]] = {}
+
+    async def create(progress, key, description):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await gate.wait()
+        finally:
+            in_flight -= 1
+        written.setdefault(key, []).append(progress)
+        return uuid.uuid4()
+
+    arts = [
+        JobProgressArtifact(f"job_{i}", interval=0, create=create, update=create)
+        for i in range(3 * PROGRESS_WRITES_IN_FLIGHT)
+    ]
+    for art in arts:
+        art.offer(10)
+    flushes = [asyncio.ensure_future(art.flush_due()) for art in arts]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert in_flight == PROGRESS_WRITES_IN_FLIGHT
+    for art in arts:
+        art.offer(55)  # while waiting for a slot (or in flight): the newer value
+    gate.set()
+    assert all(await asyncio.gather(*flushes))
+    assert most == PROGRESS_WRITES_IN_FLIGHT
+    waited = arts[-1]
+    assert written[waited.key] == [55]  # one write, of the latest value

@@ -485,3 +485,55 @@ async def test_a_bad_rate_or_cursor_is_a_configuration_error_before_anything_run
             install_signal_handlers=False,
         )
     assert backend.streams_opened == 0 and client.entered == 0
+
+
+class SlowTagsBackend(FakeBackend):
+    """A backend whose job reads wait until ``gate`` is set (a slow REST round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def get_job(self, job_id: str) -> Job:
+        await self.gate.wait()
+        return await super().get_job(job_id)
+
+
+async def test_a_slow_tag_read_never_holds_back_the_stream():
+    """Issue 21 section 2: the tags of an unknown job are read in the background; the events
+    behind it are received and forwarded meanwhile, and its own event gets the tags later."""
+    backend, client = SlowTagsBackend(), FakeEventsClient()
+    tags = [f"{comfy_events.FLOW_RUN_TAG_PREFIX}{FLOW_RUN}"]
+    backend.jobs["job_slow"] = Job(id="job_slow", status="running", tags=tags)
+    listener = make_listener(backend, client)
+    task = await started(listener)
+    backend.push("job.progress", id="job_slow", status="running", progress=10)
+    backend.push("job.completed", id="job_fast", status="completed", tags=["x"])
+    await eventually(lambda: [e.resource.id for e in client.events] == ["comfy.job.job_fast"])
+    assert listener.stats.received == 2
+    backend.gate.set()
+    await eventually(lambda: len(client.events) == 2)
+    await stop(listener, task)
+    assert client.events[1].related[0].id == f"prefect.flow-run.{FLOW_RUN}"
+    assert backend.reads == [("job", "job_slow")]
+
+
+async def test_coalesced_progress_is_never_built(monkeypatch):
+    """Issue 21 section 2: a Prefect event is built only for what is sent, not for every frame."""
+    built: list[str] = []
+    real = comfy_events.from_comfy_event
+
+    def counting(comfy_event: ComfyEvent, **kw: Any) -> Any:
+        built.append(comfy_event.event)
+        return real(comfy_event, **kw)
+
+    monkeypatch.setattr(comfy_events, "from_comfy_event", counting)
+    backend, client = FakeBackend(), FakeEventsClient()
+    listener = make_listener(backend, client, progress_interval=60)
+    task = await started(listener)
+    for p in range(50):
+        backend.push("job.progress", id="job_1", status="running", progress=p, tags=[])
+    await eventually(lambda: listener.stats.received == 50)
+    await stop(listener, task)  # sends the one pending progress
+    assert len(client.events) <= 2 and client.events[-1].payload["progress"] == 49
+    assert len(built) == len(client.events)  # before: one for each of the 50 frames

@@ -51,6 +51,8 @@ class FakeBackend(ComfyBackend):
                     payload={"id": job_id, "status": "running", "progress": value},
                 )
             )
+        if self.progress:
+            await asyncio.sleep(0.05)  # a job ends some time after its last progress
         if self.terminal is None:
             await asyncio.sleep(0)
             raise JobTimedOut(job_id, timeout=timeout or 0.0, status="running")

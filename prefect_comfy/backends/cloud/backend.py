@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 from collections.abc import AsyncIterator, Sequence
 from os import PathLike
 from pathlib import Path
@@ -28,10 +30,17 @@ from prefect_comfy.backends.base import (
     ConnectCallback,
     DisconnectCallback,
     Source,
+    UnfinishedJobs,
 )
 from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import API_PREFIX, ComfySettings
+
+PAGE_SIZE = 100
+"""Jobs per page when listing (the API's largest ``limit``)."""
+PAGE_CONCURRENCY = 8
+"""Most pages of one listing read at once (the API pages by offset, so every page is known
+once the first has said the total)."""
 
 
 class CloudBackend(ComfyBackend):
@@ -164,6 +173,45 @@ class CloudBackend(ComfyBackend):
         for status in ("pending", "running"):
             found.extend([job async for job in self.client.iter_jobs(status=status, page_size=100)])
         return found
+
+    async def list_unfinished(self, *, max_requests: int | None = None) -> UnfinishedJobs | None:
+        """Pending then running jobs, in pages of 100, read :data:`PAGE_CONCURRENCY` at a time.
+
+        The first page of pending jobs says how many there are: when the whole listing (the
+        pending pages and at least one of running jobs) would take more than ``max_requests``
+        requests, it stops there with ``complete=False``. A job that moves between pages while
+        they are read can be missed; the caller reads what it did not find.
+        """
+        first = await self.client.list_jobs(status="pending", limit=PAGE_SIZE)
+        jobs: list[Job] = list(first.items)
+        pages = math.ceil(first.total / PAGE_SIZE)
+        if max_requests is not None and max(pages, 1) + 1 > max_requests:
+            return UnfinishedJobs(jobs, complete=False, requests=1, backlog=first.total)
+        limit = asyncio.Semaphore(PAGE_CONCURRENCY)
+
+        async def page(status: str, number: int) -> list[Job]:
+            async with limit:
+                answer = await self.client.list_jobs(
+                    status=status, offset=number * PAGE_SIZE, limit=PAGE_SIZE
+                )
+            return list(answer.items)
+
+        running = asyncio.ensure_future(self.client.list_jobs(status="running", limit=PAGE_SIZE))
+        try:
+            for found in await asyncio.gather(*(page("pending", n) for n in range(1, pages))):
+                jobs.extend(found)
+            first_running = await running
+        finally:
+            running.cancel()
+        jobs.extend(first_running.items)
+        more = math.ceil(first_running.total / PAGE_SIZE)
+        for found in await asyncio.gather(*(page("running", n) for n in range(1, more))):
+            jobs.extend(found)
+        return UnfinishedJobs(
+            jobs,
+            requests=max(pages, 1) + max(more, 1),
+            backlog=first.total + first_running.total,
+        )
 
     # -- the event stream -------------------------------------------------------------------------
     async def events(
