@@ -123,7 +123,8 @@ def job_progress_labels(payload: Mapping[str, Any]) -> dict[str, str]:
     if payload.get("node_class"):
         labels["comfy.node-class"] = str(payload["node_class"])
     step, steps = payload.get("step"), payload.get("steps")
-    if step is not None and steps:
+    # One step is a node without steps: "step 0/1" would say nothing true.
+    if step is not None and isinstance(steps, int) and not isinstance(steps, bool) and steps > 1:
         labels["comfy.step"] = f"{step}/{steps}"
     return labels
 

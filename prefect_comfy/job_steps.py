@@ -21,6 +21,7 @@ from prefect_comfy.exceptions import JobCancelled, JobFailed, NotFound
 from prefect_comfy.models import Job, Output
 from prefect_comfy.results import ComfyOutputFile, output_file, to_download
 from prefect_comfy.runs import label_flow_run, run_logger
+from prefect_comfy.waiting.waits import submit_connected
 from prefect_comfy.workflows import load_workflow
 
 __all__ = [
@@ -55,7 +56,8 @@ async def submit_job(
     all_tags = list(dict.fromkeys(tags))
     if flow_run_id:
         all_tags.append(events.FLOW_RUN_TAG_PREFIX + flow_run_id)
-    job = await backend.submit(graph, tags=all_tags, idempotency_key=idempotency_key)
+    # Connected first, so that a warm server's news of cached nodes reaches the wait.
+    job, _ = await submit_connected(backend, graph, tags=all_tags, idempotency_key=idempotency_key)
     run_logger().info("Submitted Comfy job %s (%s)", job.id, job.status)
     if flow_run_id:
         await label_flow_run(flow_run_id, job.id)

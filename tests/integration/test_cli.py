@@ -180,7 +180,11 @@ def test_missing_credentials_and_a_refused_key_are_one_line_each(emulator, tmp_p
     assert len(error_lines(done.stderr)) == 1 and WRONG_KEY not in done.stderr
 
 
-async def test_ctrl_c_during_run_cancels_the_comfy_job(emulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
+async def test_ctrl_c_during_run_cancels_the_comfy_job(
+    emulator, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C, and SIGTERM and SIGHUP (a closed terminal, issue 17, 3.4), cancel the job."""
     tag = f"sigint-{uuid.uuid4().hex[:8]}"
     workflow = write_json(tmp_path / "slow.json", slow_workflow(400, step_seconds=0.05))
     process = subprocess.Popen(
@@ -191,7 +195,7 @@ async def test_ctrl_c_during_run_cancels_the_comfy_job(emulator, tmp_path: Path)
         running = await eventually(
             lambda: running_jobs(emulator, tag), timeout=60, message="the CLI's job running"
         )
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:

@@ -44,7 +44,7 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
-from prefect_comfy.backends.v2.follow import PAGE_SIZE, TAGS, list_page
+from prefect_comfy.backends.v2.follow import CLASSES, PAGE_SIZE, TAGS, list_page
 from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
@@ -173,6 +173,7 @@ class V2Backend(ComfyBackend):
             job = job.model_copy(update={"tags": list(tags)})
         _SUBMITTED[(self._connection_key, key)] = job.id
         TAGS.remember(self._connection_key, job.id, job.tags)
+        CLASSES.remember((self._connection_key, job.id), _classes_of(workflow))
         while len(_SUBMITTED) > _REMEMBERED:
             _SUBMITTED.popitem(last=False)
         return job
@@ -379,10 +380,25 @@ class V2Backend(ComfyBackend):
         Raises:
             TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
         """
-        return job_events(self.http, self.get_job, job_id, tags_of=self._tags_of)
+        return job_events(
+            self.http,
+            self.get_job,
+            job_id,
+            tags_of=self._tags_of,
+            classes=CLASSES.get((self._connection_key, job_id)),
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _classes_of(workflow: dict[str, Any]) -> dict[str, str]:
+    """Node id -> class_type of an API-format graph (what its progress is counted against)."""
+    return {
+        str(node_id): str(node.get("class_type") or "")
+        for node_id, node in workflow.items()
+        if isinstance(node, dict)
+    }
 
 
 def _file_name(source: Source, name: str | None) -> str:

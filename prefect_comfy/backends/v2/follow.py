@@ -28,7 +28,7 @@ from prefect_comfy.backends.v2.http import V2Http
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.models import Job
 
-__all__ = ["PAGE_SIZE", "TAGS", "TagMemory", "list_page"]
+__all__ = ["CLASSES", "PAGE_SIZE", "TAGS", "TagMemory", "list_page"]
 
 PAGE_SIZE = 100
 """Jobs asked for per page (the most v2 allows)."""
@@ -50,6 +50,10 @@ class TagMemory:
 
 TAGS = TagMemory()
 """The process's memory of v2 job tags (shared by a backend and its clones)."""
+
+CLASSES: Bounded = Bounded(1_000)
+"""``(connection key, job id) -> {node id: class_type}`` of the graphs this process submitted: the
+progress of a job is read against its whole graph (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`)."""
 
 
 async def list_page(

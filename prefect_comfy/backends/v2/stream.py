@@ -39,10 +39,17 @@ EXPIRED_CONFIRM_SECONDS = 3.0
 
 
 async def job_events(
-    http: V2Http, read_job: ReadJob, job_id: str, *, tags_of: ReadTags | None = None
+    http: V2Http,
+    read_job: ReadJob,
+    job_id: str,
+    *,
+    tags_of: ReadTags | None = None,
+    classes: dict[str, str] | None = None,
 ) -> AsyncIterator[ComfyEvent]:
     """One job's events; see the module docstring. ``tags_of`` gives the job's tags for its
     progress events (a v2 ``progress`` frame has none); it is asked once, at the first one.
+    ``classes`` (node id -> class_type of the submitted graph, when known) makes the percentage
+    count the whole graph and names the nodes (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`).
 
     Raises:
         TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
@@ -63,6 +70,7 @@ async def job_events(
         raise
     try:
         parser = mapping.SseParser()
+        progress = mapping.JobProgress(classes)
         tags: list[str] | None = None
         with http.translating(request):
             async for line in response.aiter_lines():
@@ -71,7 +79,7 @@ async def job_events(
                     continue
                 name, data = item
                 if name == "progress":
-                    payload = mapping.progress_payload(job_id, data)
+                    payload = progress.payload(job_id, data)
                     if tags is None and tags_of is not None:
                         tags = await _tags(tags_of, job_id)
                     if tags is not None:
