@@ -105,9 +105,8 @@ def randomise(module, generator) -> None:
 
 
 def build(output: Path) -> dict:
-    import torch
-
     import comfy.cli_args
+    import torch
 
     comfy.cli_args.args.cpu = True  # before comfy.model_management is imported: CPU, no CUDA probe
     import comfy.sd1_clip
