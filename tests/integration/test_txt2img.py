@@ -10,7 +10,12 @@ KSampler four of the seven nodes are done and the job is past 57 %.
 from __future__ import annotations
 
 import io
+import json
+import os
 import random
+import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from prefect_comfy.events import job_position, job_progress_labels
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.waiting.waits import wait_for
 from tests.support.comfyui_server import RunningComfyUI
+from tests.support.terminal import run_in_terminal
 from tests.support.txt2img import STEPS, txt2img_graph
 
 pytestmark = pytest.mark.comfyui
@@ -123,3 +129,37 @@ async def test_txt2img_through_the_api_proxy_never_goes_back_and_names_its_nodes
         during = check_progress(progress)
         assert max(during) < 99.9, during
         await check_png(backend, job.id, tmp_path)
+
+
+@pytest.mark.prefect
+async def test_the_cli_bar_shows_each_step_of_a_warm_first_job(
+    comfyui_server: RunningComfyUI, test_checkpoint: str, prefect_api_url: str, tmp_path: Path
+) -> None:
+    """``prefect-comfy run --block <ComfyUIServer> --no-prefect`` in a terminal: the bar names
+    KSampler and its steps, and (the first job of a new process on a warm server) stands past the
+    four nodes done before it."""
+    async with ComfyUIBackend(comfyui_server.url, client_id=f"warmup-{uuid.uuid4()}") as backend:
+        warmup = await backend.submit(txt2img_graph(seed=fresh_seed()))
+        await wait_for(backend, "job", warmup.id, timeout=JOB_TIMEOUT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMFY_")}
+    env.update(PREFECT_API_URL=prefect_api_url, TERM="xterm-256color", COLUMNS="160")
+    cli = [sys.executable, "-m", "prefect_comfy.cli"]
+    name = f"txt2img-{uuid.uuid4().hex[:8]}"
+    saved = subprocess.run(
+        [*cli, "blocks", "create", "comfyui", name, "--url", comfyui_server.url],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    workflow = tmp_path / "txt2img.json"
+    workflow.write_text(json.dumps(txt2img_graph(seed=fresh_seed(), prefix="cli")))
+    code, screen = run_in_terminal(
+        [*cli, "run", str(workflow), "--block", name, "--no-prefect", "--out", str(tmp_path / "o")],
+        env,
+        timeout=JOB_TIMEOUT,
+    )
+    assert code == 0, screen[-3000:]
+    shown = re.findall(r"(\d+)%\s+KSampler #3\s+step (\d+)/8", screen)
+    assert {int(step) for _, step in shown} >= {2, 4, 6}, screen[-3000:]  # redrawn as it ran
+    assert min(int(percent) for percent, _ in shown) >= int(BEFORE_KSAMPLER), shown
+    assert "step 0/1" not in screen and "completed" in screen
+    assert str(tmp_path / "o") in screen
