@@ -152,6 +152,8 @@ def run_as_flow(
     The run's own error lines (tracebacks) stay in Prefect unless ``debug``: the command's one-line
     error says what failed.
     """
+    from prefect.exceptions import TerminationSignal
+
     from prefect_comfy import JobFailed, OutcomeError, run_comfy_workflow
 
     credentials = asyncio.run(credentials_for(block))
@@ -160,8 +162,10 @@ def run_as_flow(
     with board, prefect_logs_through(board.console, hide_run_errors=not debug):
         try:
             result = flow(credentials, graph, tags=tags, output_dir=str(out), timeout=timeout)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C; SIGTERM inside Prefect's engine
             watcher.finish("cancelled", "(Ctrl-C)")
+            if watcher.flow_run_id:
+                asyncio.run(_mark_cancelled(watcher.flow_run_id))
             raise Interrupted(
                 f"Interrupted: the flow run cancelled Comfy job {watcher.job_id or '(none yet)'}"
                 + (f"; see {watcher.ui_url}" if watcher.ui_url else "")
@@ -178,3 +182,22 @@ def run_as_flow(
     if watcher.ui_url:
         board.console.print(f"Flow run: {watcher.ui_url}")
     return result.job_id, result.status, [Path(f.path) for f in result.outputs]
+
+
+async def _mark_cancelled(flow_run_id: str) -> None:
+    """The user stopped the run (Ctrl-C, SIGTERM, SIGHUP) and its Comfy job was cancelled: the run
+    ends Cancelled, not Crashed as Prefect's engine leaves an interrupted run."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    try:
+        async with get_client() as client:
+            await client.set_flow_run_state(
+                flow_run_id,
+                Cancelled(message="Stopped by the user (Ctrl-C or a signal)"),
+                force=True,
+            )
+    except Exception as exc:  # the line that says the job was cancelled matters more
+        logging.getLogger(__name__).warning(
+            "could not mark flow run %s Cancelled: %s", flow_run_id, exc
+        )

@@ -163,3 +163,50 @@ async def test_the_cli_bar_shows_each_step_of_a_warm_first_job(
     assert min(int(percent) for percent, _ in shown) >= int(BEFORE_KSAMPLER), shown
     assert "step 0/1" not in screen and "completed" in screen
     assert str(tmp_path / "o") in screen
+
+
+@pytest.mark.prefect
+async def test_the_flows_progress_artifact_ends_at_ksampler_or_later(
+    comfyui_server: RunningComfyUI, test_checkpoint: str, prefect_api_url: str, tmp_path: Path
+) -> None:
+    """``run_comfy_workflow`` on the txt2img graph: the progress artifact's descriptions, read while
+    the job runs, move forward, and the last before the end names KSampler or a later node."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    from prefect_comfy.backends.comfyui.block import ComfyUIServer
+    from prefect_comfy.flows import run_comfy_workflow
+
+    progress_only = ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+    async with get_client() as client:
+        before = {a.id for a in await client.read_artifacts(artifact_filter=progress_only)}
+    seen: dict[str, list[str]] = {}
+    run = asyncio.create_task(
+        asyncio.to_thread(
+            run_comfy_workflow,
+            ComfyUIServer(url=comfyui_server.url),
+            txt2img_graph(seed=fresh_seed(), prefix="flow"),
+            output_dir=str(tmp_path),
+            return_state=True,
+        )
+    )
+    async with get_client() as client:
+        while not run.done():
+            for artifact in await client.read_artifacts(artifact_filter=progress_only):
+                text = artifact.description or ""
+                if artifact.id not in before and (
+                    not seen.get(str(artifact.id)) or seen[str(artifact.id)][-1] != text
+                ):
+                    seen.setdefault(str(artifact.id), []).append(text)
+            await asyncio.sleep(0.5)  # a poll of the UI's own source, not a synchronisation
+    state = await run
+    assert state.is_completed(), state
+    [descriptions] = seen.values()
+    running = [d for d in descriptions if "completed" not in d]
+    assert running, descriptions
+    assert re.search(r"(KSampler|VAEDecode|SaveImage)", running[-1]), descriptions
+    assert not any("step 0/1" in d for d in descriptions), descriptions
+    percents = [int(m.group(1)) for d in descriptions if (m := re.match(r"(?:\w+ · )?(\d+)%", d))]
+    assert percents == sorted(percents), descriptions
