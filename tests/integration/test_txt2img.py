@@ -127,7 +127,8 @@ async def test_txt2img_through_the_api_proxy_never_goes_back_and_names_its_nodes
         )
         assert end.event == "job.completed", end
         during = check_progress(progress)
-        assert max(during) < 99.9, during
+        # The server is warm here (the tests above ran the graph): the cached nodes count too.
+        assert min(during) > BEFORE_KSAMPLER and max(during) < 99.9, during
         await check_png(backend, job.id, tmp_path)
 
 

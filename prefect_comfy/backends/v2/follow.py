@@ -52,8 +52,8 @@ TAGS = TagMemory()
 """The process's memory of v2 job tags (shared by a backend and its clones)."""
 
 CLASSES: Bounded = Bounded(1_000)
-"""``(connection key, job id) -> {node id: class_type}`` of the graphs this process submitted: the
-progress of a job is read against its whole graph (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`)."""
+"""``(connection key, job id) -> ({node id: class_type}, {node id: upstream node ids})`` of the graphs
+this process submitted: the progress of a job is read against its whole graph (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`)."""
 
 
 async def list_page(

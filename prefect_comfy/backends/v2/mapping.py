@@ -176,16 +176,33 @@ class JobProgress:
         (37.5, 'KSampler', 4, 8)
     """
 
-    def __init__(self, classes: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, classes: dict[str, str] | None = None, needs: dict[str, set[str]] | None = None
+    ) -> None:
         self.classes = dict(classes or {})
+        self.needs = needs or {}
         self.done = 0
         self.reported = 0.0
+
+    def _upstream(self, node: str) -> int:
+        """How many nodes ``node`` depends on: all done once it runs (ComfyUI runs a graph in
+        dependency order), cached ones included, which the proxy never counts."""
+        seen: set[str] = set()
+        todo = list(self.needs.get(node, ()))
+        while todo:
+            one = todo.pop()
+            if one not in seen:
+                seen.add(one)
+                todo.extend(self.needs.get(one, ()))
+        return len(seen)
 
     def payload(self, job_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         payload = progress_payload(job_id, raw)
         total = len(self.classes)
         if isinstance(raw.get("nodes_total"), int) and raw["nodes_total"] > 0:
             self.done = max(self.done, int(raw.get("nodes_done") or 0))
+        if payload.get("node_id") is not None:
+            self.done = max(self.done, self._upstream(payload["node_id"]))
         if total:
             step, steps = payload.get("step"), payload.get("steps")
             fraction = min(1.0, step / steps) if step is not None and steps else 0.0

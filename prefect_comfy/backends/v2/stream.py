@@ -45,11 +45,12 @@ async def job_events(
     *,
     tags_of: ReadTags | None = None,
     classes: dict[str, str] | None = None,
+    needs: dict[str, set[str]] | None = None,
 ) -> AsyncIterator[ComfyEvent]:
     """One job's events; see the module docstring. ``tags_of`` gives the job's tags for its
     progress events (a v2 ``progress`` frame has none); it is asked once, at the first one.
-    ``classes`` (node id -> class_type of the submitted graph, when known) makes the percentage
-    count the whole graph and names the nodes (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`).
+    ``classes`` (node id -> class_type of the submitted graph, when known) and ``needs`` (node id
+    -> the node ids its inputs come from) make the percentage count the whole graph and name the nodes (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`).
 
     Raises:
         TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
@@ -70,7 +71,7 @@ async def job_events(
         raise
     try:
         parser = mapping.SseParser()
-        progress = mapping.JobProgress(classes)
+        progress = mapping.JobProgress(classes, needs)
         tags: list[str] | None = None
         with http.translating(request):
             async for line in response.aiter_lines():
