@@ -10,6 +10,8 @@ submitted the job.
 Event ids are deterministic: uuid5 over the backend's address, the event name, the resource id and what
 distinguishes the occurrence (a progress value; nothing for an outcome, which happens once). So the same
 Comfy event emitted twice, by the sensor and by the listener, or again after a reconnect, is stored once.
+The outcome of a job with a UUID id (ComfyUI's prompt ids, reused by comfy-api-proxy) leaves the
+address out, so it is one event whichever server address saw it.
 
 ``docs/events.md`` is checked against :data:`EVENT_NAMES` by the test suite.
 """
@@ -76,8 +78,29 @@ def resource_id(kind: str, comfy_id: str) -> str:
 
 
 def event_id(address: str, event: str, resource: str, occurrence: str = "") -> uuid.UUID:
-    """The deterministic id of one occurrence of an event about a resource on a server."""
+    """The deterministic id of one occurrence of an event about a resource on a server.
+
+    An outcome (no ``occurrence``) of a resource whose Comfy id is a UUID leaves the address out:
+    such an id names one job wherever it is seen from. comfy-api-proxy reuses ComfyUI's prompt id
+    as its job id, so a ComfyUI listener and a v2 flow on the same ComfyUI see one job through two
+    addresses, and its end must be one event. Short ids (``job_1``) are only unique per server.
+
+    Example:
+        >>> job = "comfy.job.0b6e8f4e-8d52-4d3e-9a3b-5d1c2e7f9a10"
+        >>> event_id("http://a", "comfy.job.completed", job) == event_id(
+        ...     "http://b", "comfy.job.completed", job)
+        True
+    """
+    if not occurrence and _is_uuid(resource.rpartition(".")[2]):
+        address = ""
     return uuid.uuid5(NAMESPACE, "\x1f".join((address, event, resource, occurrence)))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
 
 
 def occurrence_of(comfy_event: ComfyEvent) -> str:
@@ -123,7 +146,8 @@ def job_progress_labels(payload: Mapping[str, Any]) -> dict[str, str]:
     if payload.get("node_class"):
         labels["comfy.node-class"] = str(payload["node_class"])
     step, steps = payload.get("step"), payload.get("steps")
-    if step is not None and steps:
+    # One step is a node without steps: "step 0/1" would say nothing true.
+    if step is not None and isinstance(steps, int) and not isinstance(steps, bool) and steps > 1:
         labels["comfy.step"] = f"{step}/{steps}"
     return labels
 

@@ -24,6 +24,7 @@ from prefect_comfy.models import Job, Output
 from prefect_comfy.prepare import PreparedWorkflow, prepare_workflow
 from prefect_comfy.results import ComfyOutputFile, output_file, remember_seeds, to_download
 from prefect_comfy.runs import label_flow_run, run_logger
+from prefect_comfy.waiting.waits import submit_connected
 
 __all__ = [
     "SubmittedJob",
@@ -77,7 +78,10 @@ async def submit_job(
     if flow_run_id:
         all_tags.append(events.FLOW_RUN_TAG_PREFIX + flow_run_id)
     try:
-        job = await backend.submit(prepared.graph, tags=all_tags, idempotency_key=idempotency_key)
+        # Connected first, so that a warm server's news of cached nodes reaches the wait.
+        job, _ = await submit_connected(
+            backend, prepared.graph, tags=all_tags, idempotency_key=idempotency_key
+        )
     except InvalidWorkflow:
         again = await _prepared_again(backend, prepared, workflow, inputs)
         if again is None:

@@ -160,6 +160,7 @@ def run_as_flow(
     error says what failed.
     """
     from prefect import tags as prefect_tags
+    from prefect.exceptions import TerminationSignal
 
     from prefect_comfy import JobFailed, OutcomeError, run_comfy_workflow
 
@@ -177,12 +178,14 @@ def run_as_flow(
                     output_dir=str(out),
                     timeout=timeout,
                 )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C; SIGTERM inside Prefect's engine
             if watcher.outcome == "job.completed" and watcher.job_id:  # it was downloading
                 watcher.stop()
                 kept = sorted(p for p in out.rglob("*") if p.is_file() and _whole(p, out))
                 raise interrupted_download(str(watcher.job_id), out, kept, None) from None
             watcher.finish("cancelled", "(Ctrl-C)")
+            if watcher.flow_run_id:
+                asyncio.run(_mark_cancelled(watcher.flow_run_id))
             raise Interrupted(
                 f"Interrupted: the flow run cancelled Comfy job {watcher.job_id or '(none yet)'}"
                 + (f"; see {watcher.ui_url}" if watcher.ui_url else "")
@@ -200,3 +203,22 @@ def run_as_flow(
         board.console.print(f"Flow run: {watcher.ui_url}")
     paths = [Path(f.path) for f in result.outputs]
     return result.job_id, result.status, paths, dict(result.seeds)
+
+
+async def _mark_cancelled(flow_run_id: str) -> None:
+    """The user stopped the run (Ctrl-C, SIGTERM, SIGHUP) and its Comfy job was cancelled: the run
+    ends Cancelled, not Crashed as Prefect's engine leaves an interrupted run."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    try:
+        async with get_client() as client:
+            await client.set_flow_run_state(
+                flow_run_id,
+                Cancelled(message="Stopped by the user (Ctrl-C or a signal)"),
+                force=True,
+            )
+    except Exception as exc:  # the line that says the job was cancelled matters more
+        logging.getLogger(__name__).warning(
+            "could not mark flow run %s Cancelled: %s", flow_run_id, exc
+        )

@@ -13,11 +13,13 @@ Ctrl-C cancels the Comfy job either way: directly, here; in a flow run, the flow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +30,23 @@ from prefect_comfy.cli.errors import Interrupted, UsageProblem, interrupted_down
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.validate import SetOption, WorkflowArgument, parse_sets, read_workflow
 from prefect_comfy.exceptions import JobCancelled, JobFailed, JobTimedOut
-from prefect_comfy.waiting.waits import wait_for
+from prefect_comfy.waiting.waits import submit_connected, wait_for
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop ``run`` the way Ctrl-C does (a closed terminal, ``kill``): the Comfy job is
+cancelled and a flow run ends Cancelled, instead of both being left running."""
+
+
+@contextlib.contextmanager
+def interrupted_by(signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    """While inside, each of ``signals`` raises KeyboardInterrupt in the main thread, as Ctrl-C does."""
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
 
 DEFAULT_OUT = "comfy-outputs"
 """Where ``run`` and ``outputs`` save files unless ``--out`` says otherwise."""
@@ -77,7 +95,8 @@ def run(
     printed, to make the same outputs again with --set.
 
     With a Prefect API configured (PREFECT_API_URL) the run is a Prefect flow run of
-    run_comfy_workflow and its UI link is printed. Ctrl-C cancels the Comfy job. The outputs' paths
+    run_comfy_workflow and its UI link is printed. Ctrl-C (or SIGTERM, SIGHUP: a closed terminal)
+    cancels the Comfy job. The outputs' paths
     are printed on stdout, one a line.
     """
     loaded = read_workflow(workflow)
@@ -89,9 +108,10 @@ def run(
         from prefect_comfy.cli.flow_run import run_as_flow
 
         debug = bool(ctx.find_root().params.get("debug"))
-        job_id, status, paths, seeds = run_as_flow(
-            loaded, block, out, tags, timeout, board, debug=debug, inputs=inputs
-        )
+        with interrupted_by(STOP_SIGNALS):
+            job_id, status, paths, seeds = run_as_flow(
+                loaded, block, out, tags, timeout, board, debug=debug, inputs=inputs
+            )
     else:
         job_id, status, paths, seeds = asyncio.run(
             _run_direct(loaded, inputs, block, out, tags, timeout, board)
@@ -119,7 +139,8 @@ async def _run_direct(
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
-    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
+        loop.add_signal_handler(signum, task.cancel)
     try:
         async with await backend_for(block) as backend:
             prepared = await prepare_workflow(backend, workflow, inputs)
@@ -128,7 +149,8 @@ async def _run_direct(
     except asyncio.CancelledError:
         raise Interrupted("Interrupted") from None
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            loop.remove_signal_handler(signum)
 
 
 async def _submit_and_wait(
@@ -144,10 +166,16 @@ async def _submit_and_wait(
     started = time.monotonic()
     with board:
         try:
-            job = await backend.submit(graph, tags=tags, idempotency_key=key)
+            # Connected first, so that a warm server's news of cached nodes reaches the bar.
+            job, covered = await submit_connected(backend, graph, tags=tags, idempotency_key=key)
             board.add(job.id, job.status)
             event = await wait_for(
-                backend, "job", job.id, timeout=timeout, on_progress=board.on_progress
+                backend,
+                "job",
+                job.id,
+                timeout=timeout,
+                on_progress=board.on_progress,
+                covered_since=covered,
             )
         except JobTimedOut:
             await backend.cancel(job.id)

@@ -13,11 +13,53 @@ Example:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any
+
 from prefect_comfy.backends.base import ComfyBackend, ProgressCallback
-from prefect_comfy.models import ComfyEvent
+from prefect_comfy.exceptions import ComfyError
+from prefect_comfy.models import ComfyEvent, Job
 from prefect_comfy.waiting.hub import EventHub, Kind, Mark
 
-__all__ = ["wait_for", "wait_for_input", "wait_for_model"]
+__all__ = ["stream_ready", "submit_connected", "wait_for", "wait_for_input", "wait_for_model"]
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT = 10.0
+"""Seconds :func:`stream_ready` waits for the event stream before a submit goes ahead without it."""
+
+
+async def stream_ready(backend: ComfyBackend, timeout: float = READY_TIMEOUT) -> Mark | None:
+    """Open the process's event stream for ``backend`` and return its mark once it is up.
+
+    Call it before submitting a job you will follow: a server tells a job's first news only to a
+    client that is connected when the job starts (ComfyUI's ``execution_cached``, the nodes a warm
+    server skips, comes at once and only to the submitting client id). ``None`` when the stream is
+    not up within ``timeout`` seconds: the submit goes ahead, and the wait reads once as usual.
+    """
+    try:
+        return await EventHub.shared(backend).ready(timeout=timeout)
+    except (ComfyError, OSError) as exc:
+        logger.info("submitting before the event stream is up: %s", exc)
+        return None
+
+
+async def submit_connected(
+    backend: ComfyBackend,
+    graph: dict[str, Any],
+    *,
+    tags: Sequence[str] = (),
+    idempotency_key: str | None = None,
+) -> tuple[Job, Mark | None]:
+    """Submit ``graph`` once the event stream is up (:func:`stream_ready`).
+
+    Returns:
+        The job, and the mark to pass to :func:`wait_for` as ``covered_since``.
+    """
+    covered = await stream_ready(backend)
+    job = await backend.submit(graph, tags=list(tags), idempotency_key=idempotency_key)
+    return job, covered
 
 
 async def wait_for(

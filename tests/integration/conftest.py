@@ -6,7 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.comfyui_server import RunningComfyUI, ensure_comfyui, running_comfyui
+from tests.support.comfyui_server import (
+    RunningComfyUI,
+    add_checkpoint,
+    ensure_comfyui,
+    ensure_test_checkpoint,
+    running_comfyui,
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +33,13 @@ def api_proxy(comfyui_server: RunningComfyUI, tmp_path_factory: pytest.TempPathF
 
     with running_proxy(comfyui_server, tmp_path_factory.mktemp("api-proxy")) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def test_checkpoint(comfyui_server: RunningComfyUI) -> str:
+    """The random-weight SD1.5-style checkpoint, built once into the cache (by
+    ``scripts/build-test-checkpoint.py``) and linked into the session's ComfyUI; its ``ckpt_name``.
+
+    A build that fails FAILS the tests that need it, with the script's output.
+    """
+    return add_checkpoint(comfyui_server, ensure_test_checkpoint(comfyui_server.install))

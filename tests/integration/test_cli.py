@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.cli import COMMANDS, build_app
 from tests.conftest import API_KEY, WRONG_KEY
+from tests.support.terminal import run_in_terminal
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
 
@@ -180,7 +181,11 @@ def test_missing_credentials_and_a_refused_key_are_one_line_each(emulator, tmp_p
     assert len(error_lines(done.stderr)) == 1 and WRONG_KEY not in done.stderr
 
 
-async def test_ctrl_c_during_run_cancels_the_comfy_job(emulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
+async def test_ctrl_c_during_run_cancels_the_comfy_job(
+    emulator, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C, and SIGTERM and SIGHUP (a closed terminal, issue 17, 3.4), cancel the job."""
     tag = f"sigint-{uuid.uuid4().hex[:8]}"
     workflow = write_json(tmp_path / "slow.json", slow_workflow(400, step_seconds=0.05))
     process = subprocess.Popen(
@@ -191,7 +196,7 @@ async def test_ctrl_c_during_run_cancels_the_comfy_job(emulator, tmp_path: Path)
         running = await eventually(
             lambda: running_jobs(emulator, tag), timeout=60, message="the CLI's job running"
         )
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
@@ -251,6 +256,18 @@ def test_run_draws_a_live_progress_bar_in_a_terminal(emulator, tmp_path: Path) -
     assert "EmulatorSleep #3" in text and "━" in text
     assert re.search(r"step \d+/\d+", text)
     assert "completed" in text and str(tmp_path / "out") in text
+
+
+def test_no_prefect_prints_no_prefect_telemetry_notice(emulator, tmp_path: Path) -> None:
+    """Regression (issue 17, 3.6): a new user's first run in a terminal printed Prefect's notice."""
+    env = env_for(emulator, TERM="xterm-256color", PREFECT_HOME=str(tmp_path / "fresh-home"))
+    env.pop("DO_NOT_TRACK", None)
+    workflow = write_json(tmp_path / "tiny.json", tiny_workflow())
+    code, screen = run_in_terminal(
+        [*CLI, "run", str(workflow), "--no-prefect", "--out", str(tmp_path / "out")], env
+    )
+    assert code == 0, screen[-2000:]
+    assert "anonymous usage" not in screen and "telemetry" not in screen, screen
 
 
 # -- jobs, outputs -------------------------------------------------------------------------------

@@ -156,9 +156,12 @@ def test_run_as_a_prefect_flow_run_prints_its_link(emulator, prefect_api_url, tm
     assert len(errors) == 1 and re.search(r"job_\w+ failed at node 1", errors[0]), done.stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
 async def test_ctrl_c_during_a_flow_run_cancels_the_comfy_job(
-    emulator, prefect_api_url, tmp_path
+    emulator, prefect_api_url, tmp_path, signum
 ) -> None:
+    """Ctrl-C, and SIGTERM and SIGHUP (a closed terminal, issue 17, 3.4): the job is cancelled
+    and the flow run is not left Running."""
     tag = f"sigint-flow-{uuid.uuid4().hex[:8]}"
     workflow = write_json(tmp_path / "slow.json", slow_workflow(600, step_seconds=0.05))
     process = subprocess.Popen(
@@ -170,7 +173,7 @@ async def test_ctrl_c_during_a_flow_run_cancels_the_comfy_job(
         running = await eventually(
             lambda: running_jobs(emulator, tag), timeout=120, message="the flow run's job running"
         )
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
@@ -181,3 +184,10 @@ async def test_ctrl_c_during_a_flow_run_cancels_the_comfy_job(
     job_id = running[0].id
     assert f"Interrupted: the flow run cancelled Comfy job {job_id}" in stderr
     await eventually(lambda: status_is(emulator, job_id, "cancelled"), message="job cancelled")
+    [flow_run_tag] = [t for t in running[0].tags if t.startswith("prefect.flow-run.")]
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_tag.removeprefix("prefect.flow-run."))
+    assert flow_run.state is not None and flow_run.state.is_final(), flow_run.state
+    assert flow_run.state.type.value == "CANCELLED", flow_run.state

@@ -33,6 +33,11 @@ from typing import TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-comfyui.sh"
+CHECKPOINT_SCRIPT = REPO_ROOT / "scripts" / "build-test-checkpoint.py"
+#: The random-weight SD1.5-style checkpoint that scripts/build-test-checkpoint.py builds.
+TEST_CHECKPOINT = "prefect-comfy-tiny-sd15.safetensors"
+#: Time allowed to build it (measured: 11-30 s on 2 shared cores).
+CHECKPOINT_TIMEOUT_S = 10 * 60
 
 #: Time allowed for a fresh install (measured: about 65-70 s and 1.6 GB on 2 cores).
 INSTALL_TIMEOUT_S = 20 * 60
@@ -233,6 +238,46 @@ def ensure_comfyui(log_path: Path | None = None) -> ComfyUIInstall:
             f"{proc.stdout[-2000:]}\n{_tail(log_path, 20)}"
         )
     return install
+
+
+def ensure_test_checkpoint(install: ComfyUIInstall) -> Path:
+    """The test checkpoint in the cache, built by ``scripts/build-test-checkpoint.py`` when missing.
+
+    Raises RuntimeError with the script's output when it cannot be built.
+    """
+    proc = subprocess.run(
+        [str(install.python), str(CHECKPOINT_SCRIPT)],
+        cwd=install.comfyui_dir,
+        env={**os.environ, "PYTHONPATH": str(install.comfyui_dir)},
+        capture_output=True,
+        text=True,
+        timeout=CHECKPOINT_TIMEOUT_S,
+        check=False,
+    )
+    found = [
+        line.partition("=")[2]
+        for line in proc.stdout.splitlines()
+        if line.startswith("CHECKPOINT=")
+    ]
+    if proc.returncode != 0 or not found or not Path(found[-1]).is_file():
+        raise RuntimeError(
+            f"building the test checkpoint failed ({CHECKPOINT_SCRIPT} exited {proc.returncode}):\n"
+            f"{proc.stdout[-1000:]}{proc.stderr[-3000:]}"
+        )
+    return Path(found[-1])
+
+
+def add_checkpoint(server: RunningComfyUI, checkpoint: Path) -> str:
+    """Link ``checkpoint`` into the running server's ``models/checkpoints``; return its ``ckpt_name``.
+
+    ComfyUI rescans a model folder whose modification time changed, so a running server sees it.
+    """
+    folder = server.models_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / checkpoint.name
+    if not link.exists():
+        link.symlink_to(checkpoint)
+    return checkpoint.name
 
 
 # --------------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_progress_from_real_success_frames() -> None:
     ]
     assert payloads[0] == {"id": PID, "status": "running", "progress": 0.0}
     assert payloads[3]["node_class"] == "SaveImage"
-    assert payloads[3]["step"] == 0 and payloads[3]["steps"] == 1
+    assert "step" not in payloads[3]  # no steps (max 1): no "step 0/1" (issue 17, 3.3)
     assert all(p["status"] == "running" for p in payloads)
     # identical updates are coalesced: feeding the same frames again adds nothing
     assert [tracker.feed(k, d) for k, d in SUCCESS_FRAMES[-2:]] == [None, None]

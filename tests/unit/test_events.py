@@ -69,6 +69,23 @@ def test_event_ids_are_deterministic():
     assert events.occurrence_of(ComfyEvent(event="job.failed", payload={"id": "j"})) == ""
 
 
+def test_one_jobs_end_is_one_event_whichever_address_saw_it():
+    """Regression (issue 17, 3.5): a ComfyUI listener and a v2 flow through comfy-api-proxy on the
+    same ComfyUI saw one prompt id through two addresses and sent two ``comfy.job.completed``."""
+    job = events.resource_id("job", str(uuid.uuid4()))
+    direct = events.event_id("http://127.0.0.1:8188", events.JOB_COMPLETED, job)
+    proxied = events.event_id("http://127.0.0.1:9000", events.JOB_COMPLETED, job)
+    assert direct == proxied
+    # Progress stays per path (its values differ), and short ids stay per server.
+    assert events.event_id("http://a", events.JOB_PROGRESS, job, "1|3|1|8") != events.event_id(
+        "http://b", events.JOB_PROGRESS, job, "1|3|1|8"
+    )
+    short = events.resource_id("job", "job_1")
+    assert events.event_id("http://a", events.JOB_COMPLETED, short) != events.event_id(
+        "http://b", events.JOB_COMPLETED, short
+    )
+
+
 def test_model_type_label():
     res = events.resource_for(
         "model", {"id": "m", "name": "x.safetensors", "type": "lora"}, backend_kind="cloud"

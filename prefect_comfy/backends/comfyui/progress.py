@@ -112,8 +112,9 @@ class ProgressTracker:
             min(1.0, prompt.value / prompt.max) if node is not None and prompt.max > 0 else 0.0
         )
         percent = round(min(RUNNING_CAP, 100.0 * (len(prompt.done) + fraction) / total), 1)
-        step = int(prompt.value) if node is not None and prompt.max > 0 else None
-        steps = int(prompt.max) if node is not None and prompt.max > 0 else None
+        # A node without steps reports max 1: it has no "step 0/1" to show.
+        step = int(prompt.value) if node is not None and prompt.max > 1 else None
+        steps = int(prompt.max) if node is not None and prompt.max > 1 else None
         key = (percent, node, step, steps)
         if key == prompt.last:
             return None

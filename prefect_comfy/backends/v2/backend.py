@@ -45,7 +45,7 @@ from prefect_comfy.backends.base import (
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
-from prefect_comfy.backends.v2.follow import PAGE_SIZE, TAGS, list_page, walk_pages
+from prefect_comfy.backends.v2.follow import CLASSES, PAGE_SIZE, TAGS, list_page, walk_pages
 from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
@@ -194,6 +194,7 @@ class V2Backend(ComfyBackend):
             job = job.model_copy(update={"tags": list(tags)})
         _SUBMITTED[(self._connection_key, key)] = job.id
         TAGS.remember(self._connection_key, job.id, job.tags)
+        CLASSES.remember((self._connection_key, job.id), _shape_of(workflow))
         while len(_SUBMITTED) > _REMEMBERED:
             _SUBMITTED.popitem(last=False)
         return job
@@ -410,7 +411,10 @@ class V2Backend(ComfyBackend):
         Raises:
             TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
         """
-        return job_events(self.http, self.get_job, job_id, tags_of=self._tags_of)
+        classes, needs = CLASSES.get((self._connection_key, job_id)) or (None, None)
+        return job_events(
+            self.http, self.get_job, job_id, tags_of=self._tags_of, classes=classes, needs=needs
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -418,6 +422,24 @@ class V2Backend(ComfyBackend):
 
 def _asset_path(asset: Any, fallback: str) -> str:
     return str((asset.get("file_path") if isinstance(asset, dict) else None) or fallback)
+
+
+def _shape_of(workflow: dict[str, Any]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """What a job's progress is counted against: node id -> class_type, and node id -> the node
+    ids its inputs come from (a link is ``[node id, output index]`` in the API format)."""
+    classes: dict[str, str] = {}
+    needs: dict[str, set[str]] = {}
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict):
+            continue
+        classes[str(node_id)] = str(node.get("class_type") or "")
+        inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
+        needs[str(node_id)] = {
+            str(value[0])
+            for value in inputs.values()
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in workflow
+        }
+    return classes, needs
 
 
 def _file_name(source: Source, name: str | None) -> str:

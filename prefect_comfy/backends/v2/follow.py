@@ -34,7 +34,7 @@ from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import ComfyProtocolError
 from prefect_comfy.models import Job
 
-__all__ = ["MAX_PAGES", "PAGE_SIZE", "TAGS", "TagMemory", "list_page", "walk_pages"]
+__all__ = ["CLASSES", "MAX_PAGES", "PAGE_SIZE", "TAGS", "TagMemory", "list_page", "walk_pages"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,10 @@ class TagMemory:
 
 TAGS = TagMemory()
 """The process's memory of v2 job tags (shared by a backend and its clones)."""
+
+CLASSES: Bounded = Bounded(1_000)
+"""``(connection key, job id) -> ({node id: class_type}, {node id: upstream node ids})`` of the graphs
+this process submitted: the progress of a job is read against its whole graph (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`)."""
 
 
 async def list_page(

@@ -37,6 +37,7 @@ __all__ = [
     "metadata_of",
     "output_of",
     "progress_payload",
+    "JobProgress",
 ]
 
 STATUS: dict[str, str] = {
@@ -180,9 +181,73 @@ def progress_payload(job_id: str, raw: dict[str, Any]) -> dict[str, Any]:
         payload["node_id"] = str(raw["current_node"])
     if raw.get("current_node_class"):
         payload["node_class"] = raw["current_node_class"]
-    if raw.get("step") is not None and raw.get("steps"):
-        payload["step"], payload["steps"] = raw["step"], raw["steps"]
+    steps = raw.get("steps")
+    # One step is a node without steps: no "step 0/1".
+    if raw.get("step") is not None and isinstance(steps, int) and steps > 1:
+        payload["step"], payload["steps"] = raw["step"], steps
     return payload
+
+
+class JobProgress:
+    """One job's v2 ``progress`` snapshots as ``job.progress`` payloads that never go back.
+
+    comfy-api-proxy counts only the nodes it has seen (``nodes_done``/``nodes_total`` of the
+    ``progress_state`` frames; 0/0 with a step fraction in its ``progress`` frames), so its value
+    jumps to 99.9 % after the first node and falls back later, and it names no node classes. Given
+    the graph that was submitted (``classes``: node id -> class_type), the percentage is
+    100 x (nodes done + the current node's step fraction) / nodes in the graph, and the class is
+    filled in. Without it the server's value is used. Either way a lower value than one already
+    reported is never reported.
+
+    Example:
+        >>> p = JobProgress({"1": "EmptyImage", "2": "KSampler", "3": "SaveImage", "4": "VAEDecode"})
+        >>> p.payload("j", {"value": 1.0, "nodes_done": 1, "nodes_total": 1, "current_node": None})["progress"]
+        25.0
+        >>> later = p.payload("j", {"value": 0.5, "nodes_done": 0, "nodes_total": 0,
+        ...                         "current_node": "2", "step": 4, "steps": 8})
+        >>> later["progress"], later["node_class"], later["step"], later["steps"]
+        (37.5, 'KSampler', 4, 8)
+    """
+
+    def __init__(
+        self, classes: dict[str, str] | None = None, needs: dict[str, set[str]] | None = None
+    ) -> None:
+        self.classes = dict(classes or {})
+        self.needs = needs or {}
+        self.done = 0
+        self.reported = 0.0
+
+    def _upstream(self, node: str) -> int:
+        """How many nodes ``node`` depends on: all done once it runs (ComfyUI runs a graph in
+        dependency order), cached ones included, which the proxy never counts."""
+        seen: set[str] = set()
+        todo = list(self.needs.get(node, ()))
+        while todo:
+            one = todo.pop()
+            if one not in seen:
+                seen.add(one)
+                todo.extend(self.needs.get(one, ()))
+        return len(seen)
+
+    def payload(self, job_id: str, raw: dict[str, Any]) -> dict[str, Any]:
+        payload = progress_payload(job_id, raw)
+        total = len(self.classes)
+        if isinstance(raw.get("nodes_total"), int) and raw["nodes_total"] > 0:
+            self.done = max(self.done, int(raw.get("nodes_done") or 0))
+        if payload.get("node_id") is not None:
+            self.done = max(self.done, self._upstream(payload["node_id"]))
+        if total:
+            step, steps = payload.get("step"), payload.get("steps")
+            fraction = min(1.0, step / steps) if step is not None and steps else 0.0
+            percent = 100.0 * (min(self.done, total) + fraction) / total
+        else:
+            percent = payload["progress"]
+        self.reported = round(min(99.9, max(self.reported, percent)), 1)
+        payload["progress"] = self.reported
+        node = payload.get("node_id")
+        if node is not None and "node_class" not in payload and self.classes.get(node):
+            payload["node_class"] = self.classes[node]
+        return payload
 
 
 EVENT_OF_STATUS = {

@@ -57,10 +57,18 @@ _END = object()
 
 
 async def job_events(
-    http: V2Http, read_job: ReadJob, job_id: str, *, tags_of: ReadTags | None = None
+    http: V2Http,
+    read_job: ReadJob,
+    job_id: str,
+    *,
+    tags_of: ReadTags | None = None,
+    classes: dict[str, str] | None = None,
+    needs: dict[str, set[str]] | None = None,
 ) -> AsyncIterator[ComfyEvent]:
     """One job's events; see the module docstring. ``tags_of`` gives the job's tags for its
     progress events (a v2 ``progress`` frame has none); it is asked once, at the first one.
+    ``classes`` (node id -> class_type of the submitted graph, when known) and ``needs`` (node id
+    -> the node ids its inputs come from) make the percentage count the whole graph and name the nodes (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`).
 
     Raises:
         TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
@@ -83,6 +91,7 @@ async def job_events(
     pump = asyncio.ensure_future(_pump(http, request, response, lines))
     try:
         parser = mapping.SseParser()
+        progress = mapping.JobProgress(classes, needs)
         tags: list[str] | None = None
         loop = asyncio.get_running_loop()
         checked = loop.time()  # when the job's state was last known from a status frame or a read
@@ -115,7 +124,7 @@ async def job_events(
                 continue
             name, data = item
             if name == "progress":
-                payload = mapping.progress_payload(job_id, data)
+                payload = progress.payload(job_id, data)
                 if tags is None and tags_of is not None:
                     tags = await _tags(tags_of, job_id)
                 if tags is not None:
