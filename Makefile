@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m prefect_comfy.demo $(ARGS)
+	$(PY) -m prefect_comfy.cli.demo $(ARGS)
 
 comfyui:
 	bash scripts/install-comfyui.sh

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from prefect_comfy.backends.v2.backend import V2Backend
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.listener.forwarder import ComfyListener
 
 KEY = "comfyui-bench-key-not-real"

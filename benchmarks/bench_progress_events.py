@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from prefect_comfy.emitter import ComfyEventEmitter, ProgressBudget
+from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter, ProgressBudget
 from prefect_comfy.models import ComfyEvent
 
 

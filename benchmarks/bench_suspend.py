@@ -37,7 +37,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId  # noqa
 from prefect.client.schemas.sorting import LogSort  # noqa: E402
 
 from benchmarks._procwatch import Lifetime, ProcessWatch  # noqa: E402
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer  # noqa: E402
 from tests.support.prefect_stack import Stack, prefect_stack  # noqa: E402
 from tests.workflows import slow_workflow  # noqa: E402
 
@@ -54,14 +54,14 @@ def empty() -> None:
 DEPLOY = """
 import sys
 from prefect_comfy import ComfyCloudCredentials
-from prefect_comfy.flows import run_comfy_workflow
+from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect import flow
 
 key, url, root, pool, flows = sys.argv[1:6]
 ComfyCloudCredentials(api_key=key, base_url=url).save("bench", overwrite=True)
 creds = ComfyCloudCredentials.load("bench")
 for name, suspend in (("ordinary", False), ("suspending", True)):
-    flow.from_source(root, "prefect_comfy/flows.py:run_comfy_workflow").deploy(
+    flow.from_source(root, "prefect_comfy/orchestration/flows.py:run_comfy_workflow").deploy(
         name=name, work_pool_name=pool, print_next_steps=False,
         parameters={"credentials": creds, "suspend": suspend, "timeout": 3600},
     )

@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
 API_KEY = "comfyui-bench-key-not-real"
 IN_FLIGHT = 8

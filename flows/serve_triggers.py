@@ -1,7 +1,7 @@
 """Deployments that Comfy events start: an input or a model becoming ready.
 
 ``prefect-comfy listen`` (or the sensor inside a flow) turns Comfy events into Prefect events; the
-shipped trigger helpers (:mod:`prefect_comfy.triggers`) turn those into flow runs with the event's
+shipped trigger helpers (:mod:`prefect_comfy.orchestration.triggers`) turn those into flow runs with the event's
 values as parameters. Only resources tagged ``auto`` trigger here, so that ordinary uploads don't.
 
     export COMFY_API_KEY=comfyui-...  COMFY_BASE_URL=http://127.0.0.1:8765  # the emulator
@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, serve
 from prefect.artifacts import acreate_markdown_artifact
 from upload_pipeline import credentials_from, process_input
 
-from prefect_comfy.triggers import on_input_ready, on_model_ready
+from prefect_comfy.orchestration.triggers import on_input_ready, on_model_ready
 
 TRIGGER_TAG = os.environ.get("COMFY_TRIGGER_TAG", "auto")
 """Comfy tag that makes an upload start the deployments (``COMFY_TRIGGER_TAG``, default ``auto``)."""

@@ -25,7 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-from prefect_comfy.tasks import (
+from prefect_comfy.orchestration.tasks import (
     download_comfy_outputs,
     submit_comfy_job,
     upload_comfy_input,

@@ -27,7 +27,7 @@ from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy.deployments import run_comfy_deployment, workflow_deployment
+from prefect_comfy.orchestration.deployments import run_comfy_deployment, workflow_deployment
 from prefect_comfy.exceptions import (
     AuthenticationError,
     CatalogUnavailable,
@@ -57,12 +57,12 @@ from prefect_comfy.exceptions import (
     WebSocketError,
     is_retryable,
 )
-from prefect_comfy.flows import cancel_comfy_job_hook, run_comfy_workflow
-from prefect_comfy.jobs import ComfyJobRun, ComfyWorkflow
+from prefect_comfy.orchestration.flows import cancel_comfy_job_hook, run_comfy_workflow
+from prefect_comfy.orchestration.jobs import ComfyJobRun, ComfyWorkflow
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
-from prefect_comfy.results import ComfyJobResult, ComfyOutputFile
+from prefect_comfy.orchestration.results import ComfyJobResult, ComfyOutputFile
 from prefect_comfy.settings import ComfySettings
-from prefect_comfy.tasks import (
+from prefect_comfy.orchestration.tasks import (
     cancel_comfy_job,
     download_comfy_outputs,
     get_comfy_job,

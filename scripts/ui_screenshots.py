@@ -48,8 +48,8 @@ CHROMIUM_FLAGS = [
 FLOW = r"""
 import copy, sys
 from prefect_comfy import ComfyCloudCredentials
-from prefect_comfy.demo import TXT2IMG
-from prefect_comfy.flows import run_comfy_workflow
+from prefect_comfy.cli.demo import TXT2IMG
+from prefect_comfy.orchestration.flows import run_comfy_workflow
 
 workflow = copy.deepcopy(TXT2IMG)
 workflow["3"]["inputs"]["steps"] = 40
@@ -205,7 +205,7 @@ def main() -> None:
 
 
 def run(args: Any, home: Path, started: list[Any], server_log: Any, flow_log: Any) -> None:
-    from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+    from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
     port = free_port()
     ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"

@@ -35,7 +35,7 @@ def api_key() -> str:
 
 @pytest.fixture(scope="session")
 def _emulator_server():
-    from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+    from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
     config = EmulatorConfig(
         api_keys=[API_KEY, OTHER_KEY],

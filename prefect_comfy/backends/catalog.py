@@ -12,7 +12,7 @@ the server that will run them (what ComfyUI's ``GET /object_info`` returns):
 :func:`node_catalog` caches each server's catalog in a :class:`~prefect_comfy.bounded.Bounded`
 keyed by the backend's ``connection_key`` (and its catalog source); ``refresh=True`` reads it again,
 which the caller does once when the catalog looks stale (see
-:func:`prefect_comfy.job_steps.prepare_workflow`).
+:func:`prefect_comfy.orchestration.job_steps.prepare_workflow`).
 """
 
 from __future__ import annotations

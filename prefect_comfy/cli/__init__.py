@@ -69,13 +69,13 @@ COMMANDS: dict[str, Entry] = {
         "prefect_comfy.listener.cli", "listen", "Forward Comfy events into Prefect.", _SERVICES
     ),
     "emulator": Entry(
-        "prefect_comfy.emulator.cli",
+        "prefect_comfy_emulator.cli",
         "emulator",
         "Run the local emulator of the Comfy Cloud developer API.",
         _SERVICES,
     ),
     "demo": Entry(
-        "prefect_comfy.demo",
+        "prefect_comfy.cli.demo",
         "demo",
         "Run the demo: the emulator, a local Prefect server and three flows.",
         _SERVICES,

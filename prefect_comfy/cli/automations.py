@@ -2,7 +2,7 @@
 
 Creates it on the Prefect server that ``PREFECT_API_URL`` (or the active profile) names, or
 brings an existing one of the same name up to date (see
-:func:`prefect_comfy.triggers.create_resume_automation`). Safe to run at every deploy.
+:func:`prefect_comfy.orchestration.triggers.create_resume_automation`). Safe to run at every deploy.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def create_resume(
             "no Prefect API to create the automation on: set PREFECT_API_URL (or run "
             "`prefect server start` and `prefect config set PREFECT_API_URL=...`)"
         )
-    from prefect_comfy.triggers import RESUME_AUTOMATION_NAME, create_resume_automation
+    from prefect_comfy.orchestration.triggers import RESUME_AUTOMATION_NAME, create_resume_automation
 
     name = name or RESUME_AUTOMATION_NAME
     automation_id = asyncio.run(create_resume_automation(name))

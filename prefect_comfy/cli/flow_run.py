@@ -20,11 +20,11 @@ from typing import Any
 from prefect_comfy.cli.connect import credentials_for
 from prefect_comfy.cli.errors import Interrupted, interrupted_download
 from prefect_comfy.cli.progress import JobBoard
-from prefect_comfy.threads import start_thread
+from prefect_comfy.transport.threads import start_thread
 from prefect_comfy.waiting.waits import wait_for
 
 JOB_ID_LABEL = "comfy.job-id"
-"""The flow-run label that names the Comfy job (documented in :mod:`prefect_comfy.flows`)."""
+"""The flow-run label that names the Comfy job (documented in :mod:`prefect_comfy.orchestration.flows`)."""
 
 LABEL_POLL = 0.2
 """Seconds between two reads of the flow run while its job is not yet submitted."""

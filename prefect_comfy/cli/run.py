@@ -134,7 +134,7 @@ async def _run_direct(
     board: JobBoard,
 ) -> tuple[str, str, list[Path], dict[str, int]]:
     """Prepare, submit, wait and download in this process; Ctrl-C (SIGINT) cancels the job."""
-    from prefect_comfy.prepare import prepare_workflow
+    from prefect_comfy.orchestration.prepare import prepare_workflow
 
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()

@@ -41,8 +41,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect_comfy.exceptions import NotFound
-from prefect_comfy.runs import COMFY_JOB_ID_LABEL
-from prefect_comfy.suspend import (
+from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL
+from prefect_comfy.orchestration.suspend import (
     CANCEL_ON_TIMEOUT_LABEL,
     RESUME_LABEL_PREFIX,
     SUSPENDED_JOB_LABEL,

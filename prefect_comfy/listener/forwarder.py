@@ -4,7 +4,7 @@
 account-wide stream, :class:`~prefect_comfy.listener.follow.JobFollower` finds the jobs and follows
 each on its own stream) and turns every Comfy event into the
 Prefect event ``comfy.<event>`` with the same resources, labels and deterministic ids as the sensor
-(:func:`prefect_comfy.events.from_comfy_event`), so that an event seen by both, or by two listeners,
+(:func:`prefect_comfy.orchestration.events.names.from_comfy_event`), so that an event seen by both, or by two listeners,
 is stored once and fires a trigger once.
 
 What it does beyond copying events (each in its own module, described in ``docs/listener.md``):
@@ -47,9 +47,9 @@ from typing import Any
 
 from prefect.events import Event
 
-from prefect_comfy import events as comfy_events
+from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.budget import ProgressBudget
+from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
 from prefect_comfy.listener.catchup import CATCH_UP_SLACK
 from prefect_comfy.listener.cursor import Cursor

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from prefect.events import Event, Resource
 
-from prefect_comfy import events as comfy_events
+from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.listener.stats import ListenerStats
 

@@ -11,7 +11,7 @@ silently. :class:`PacedQueue` holds what the listener has to send, with no I/O o
 - **Progress coalesced, as the sensor does.** One pending progress event per job, the newest
   replacing the older (in its place, keeping its age); at most one per job every
   ``progress_interval`` seconds, within the progress budget
-  (:func:`prefect_comfy.budget.progress_budget`). A job's outcome discards its pending progress (the
+  (:func:`prefect_comfy.orchestration.events.budget.progress_budget`). A job's outcome discards its pending progress (the
   outcome says 100 %), and later progress of an ended job is dropped.
 - **Pacing.** :meth:`PacedQueue.next` hands out at most ``events_per_second`` events a second, all
   kinds together (``0``: no limit).
@@ -20,7 +20,7 @@ silently. :class:`PacedQueue` holds what the listener has to send, with no I/O o
 
 Example:
     >>> from prefect.events import Event
-    >>> from prefect_comfy.budget import ProgressBudget
+    >>> from prefect_comfy.orchestration.events.budget import ProgressBudget
     >>> from prefect_comfy.listener.stats import ListenerStats
     >>> def job(name, progress=None):
     ...     return Event(event=f"comfy.job.{name}", resource={"prefect.resource.id": "comfy.job.j1"},
@@ -45,9 +45,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prefect_comfy import events as comfy_events
+from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.bounded import Bounded
-from prefect_comfy.budget import ProgressBudget, progress_budget
+from prefect_comfy.orchestration.events.budget import ProgressBudget, progress_budget
 from prefect_comfy.exceptions import ComfyConfigError
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ from prefect_comfy.transport.deadlines import within
 if TYPE_CHECKING:
     from prefect.events import Event
 
-    from prefect_comfy.budget import ProgressBudget
+    from prefect_comfy.orchestration.events.budget import ProgressBudget
     from prefect_comfy.listener.stats import ListenerStats
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from prefect_comfy.threads import start_thread
+from prefect_comfy.transport.threads import start_thread
 
 __all__ = ["Mailbox", "waiting_loop"]
 

@@ -22,8 +22,8 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-from prefect_comfy.flows import cancel_comfy_job_hook, run_comfy_workflow
-from prefect_comfy.jobs import COMFY_JOB_ID_LABEL
+from prefect_comfy.orchestration.flows import cancel_comfy_job_hook, run_comfy_workflow
+from prefect_comfy.orchestration.jobs import COMFY_JOB_ID_LABEL
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import slow_workflow
@@ -36,7 +36,7 @@ SERVE = textwrap.dedent(
     """
     import sys
     from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-    from prefect_comfy.flows import run_comfy_workflow
+    from prefect_comfy.orchestration.flows import run_comfy_workflow
 
     credentials = ComfyCloudCredentials.load(sys.argv[1])
     run_comfy_workflow.serve(name=sys.argv[2], parameters={"credentials": credentials})

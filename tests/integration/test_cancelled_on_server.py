@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import CancelledRun
 
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-from prefect_comfy.flows import run_comfy_workflow
+from prefect_comfy.orchestration.flows import run_comfy_workflow
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import slow_workflow

@@ -28,8 +28,8 @@ from collections import Counter
 from typing import Any
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy.emitter import ComfyEventEmitter
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.exceptions import ComfyError, is_retryable
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub

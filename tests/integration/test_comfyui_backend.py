@@ -109,7 +109,7 @@ async def test_empty_image_completes_and_downloads(backend: ComfyUIBackend, tmp_
 async def test_preview_outputs_are_temporary_and_not_downloaded(
     backend: ComfyUIBackend, tmp_path: Path
 ) -> None:
-    from prefect_comfy.job_steps import download_outputs
+    from prefect_comfy.orchestration.job_steps import download_outputs
 
     graph = empty_to_save(64, prefix="kept")
     graph["3"] = {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
@@ -316,7 +316,7 @@ async def test_flow_and_listener_on_comfyui(
     comfyui_server: RunningComfyUI, prefect_api_url: str, tmp_path: Path
 ) -> None:
     from prefect_comfy.backends.comfyui.block import ComfyUIServer
-    from prefect_comfy.flows import run_comfy_workflow
+    from prefect_comfy.orchestration.flows import run_comfy_workflow
     from prefect_comfy.listener.forwarder import ComfyListener
 
     # The listener, as another process would have it: another client id, so no execution messages.

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
-from prefect_comfy.flows import run_comfy_workflow
+from prefect_comfy.orchestration.flows import run_comfy_workflow
 from tests.integration.test_comfyui_backend import long_graph
 from tests.support.comfyui_server import RunningComfyUI
 from tests.waiting import eventually

@@ -134,7 +134,7 @@ async def test_cli_deploys_to_a_pool_with_a_typed_form_and_a_run_uses_its_values
             in fields["Positive Prompt.text"]["description"]
         )
         assert deployment.enforce_parameter_schema
-        assert deployment.entrypoint == "prefect_comfy.deployments.run_comfy_deployment"
+        assert deployment.entrypoint == "prefect_comfy.orchestration.deployments.run_comfy_deployment"
         assert deployment.work_pool_name == POOL
         assert deployment.parameters["workflow"] == "portrait"
         assert deployment.parameters["inputs"]["KSampler.seed"] == 42

@@ -21,8 +21,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.emulator.images import png_size
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy_emulator.images import png_size
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
 from tests.waiting import eventually, eventually_sync
 
@@ -322,7 +322,7 @@ async def test_fault_control_429_and_5xx(emulator, http) -> None:
 
 # ---- inputs and models -------------------------------------------------------------------------
 async def test_multipart_input_then_load_image(emulator, http, storage) -> None:
-    from prefect_comfy.emulator.images import make_png
+    from prefect_comfy_emulator.images import make_png
 
     png = make_png(40, 30, b"input")
     name = f"ref-{uuid.uuid4().hex[:6]}.png"

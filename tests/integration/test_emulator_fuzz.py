@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.emulator.config import API_PREFIX
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy_emulator.config import API_PREFIX
 from tests.conftest import API_KEY
 
 EXAMPLES = int(os.environ.get("EMULATOR_FUZZ_EXAMPLES", "300"))

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 

@@ -14,8 +14,8 @@ import blake3
 import httpx
 import pytest
 
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.emulator.images import make_png, png_size
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy_emulator.images import make_png, png_size
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
 from tests.waiting import eventually
 

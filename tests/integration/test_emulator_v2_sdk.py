@@ -14,8 +14,8 @@ import pytest
 from comfy_sdk import exceptions as sdk_errors
 from comfy_sdk.events import OutputReady, Progress, StatusChange
 
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.emulator.images import make_png, png_size
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy_emulator.images import make_png, png_size
 from tests.conftest import API_KEY, WRONG_KEY
 
 QUICK = {

@@ -26,7 +26,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.events import DeploymentEventTrigger
 from prefect.states import Running
 
-from prefect_comfy.triggers import INPUT_READY_PARAMETERS, MODEL_READY_PARAMETERS
+from prefect_comfy.orchestration.triggers import INPUT_READY_PARAMETERS, MODEL_READY_PARAMETERS
 from tests.conftest import API_KEY
 from tests.integration.test_listener_prefect import Running as RunningListener
 from tests.integration.test_listener_prefect import comfy_http, upload
@@ -273,7 +273,7 @@ async def test_failure_automation_holds_for_a_flow_still_running(
     from prefect.context import FlowRunContext
 
     from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-    from prefect_comfy.tasks import submit_comfy_job
+    from prefect_comfy.orchestration.tasks import submit_comfy_job
     from tests.waiting import eventually_sync
 
     t = f"r{uuid.uuid4().hex[:10]}"

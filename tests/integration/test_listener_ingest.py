@@ -27,10 +27,10 @@ from prefect.events.filters import (
 )
 from prefect.events.schemas.events import ResourceSpecification
 
-from prefect_comfy import events as comfy_events
+from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy.budget import ProgressBudget
-from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+from prefect_comfy.orchestration.events.budget import ProgressBudget
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.listener.forwarder import ComfyListener
 from tests.conftest import API_KEY
 from tests.waiting import eventually

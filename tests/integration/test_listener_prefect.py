@@ -31,7 +31,7 @@ from prefect.events.filters import (
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.listener.forwarder import ComfyListener
-from prefect_comfy.triggers import on_input_ready, on_model_ready
+from prefect_comfy.orchestration.triggers import on_input_ready, on_model_ready
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import slow_workflow, tiny_workflow

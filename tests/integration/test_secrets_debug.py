@@ -35,7 +35,7 @@ from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.exceptions import ComfyError, WebSocketAuthError
-from prefect_comfy.flows import run_comfy_workflow
+from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.waits import wait_for
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
@@ -44,7 +44,7 @@ from tests.waiting import eventually
 from tests.workflows import failing_workflow, tiny_workflow
 
 COMFYUI_KEY = "comfyui-sweep-key-for-a-local-comfyui"
-SERVER_SIDE = ("uvicorn", "prefect_comfy.emulator", "websockets.server")
+SERVER_SIDE = ("uvicorn", "prefect_comfy_emulator", "websockets.server")
 """The emulator runs in this process: what its server logs about the requests it received (the
 bearer header, the ``?api_key=`` path in uvicorn's access log) is swept too; the emulator redacts it."""
 

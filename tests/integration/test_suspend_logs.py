@@ -8,7 +8,7 @@ import pytest
 from prefect import flow, task
 from prefect.exceptions import Pause
 
-from prefect_comfy.runs import SUSPENDED_TASK_MESSAGE, quiet_suspended_task_finish
+from prefect_comfy.orchestration.runs import SUSPENDED_TASK_MESSAGE, quiet_suspended_task_finish
 
 
 class Records(logging.Handler):

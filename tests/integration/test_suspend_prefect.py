@@ -42,8 +42,8 @@ FLOWS = textwrap.dedent(
     """
     from prefect import flow
     from prefect_comfy import ComfyCloudCredentials
-    from prefect_comfy.flows import run_comfy_workflow
-    from prefect_comfy.tasks import download_comfy_outputs, submit_comfy_job, wait_for_comfy_job
+    from prefect_comfy.orchestration.flows import run_comfy_workflow
+    from prefect_comfy.orchestration.tasks import download_comfy_outputs, submit_comfy_job, wait_for_comfy_job
 
 
     @flow
@@ -79,7 +79,7 @@ DEPLOY = textwrap.dedent(
         flow.from_source(flows_dir, f"suspend_flows.py:{name}").deploy(
             name="suspend", work_pool_name=pool, print_next_steps=False
         )
-    flow.from_source(root, "prefect_comfy/flows.py:run_comfy_workflow").deploy(
+    flow.from_source(root, "prefect_comfy/orchestration/flows.py:run_comfy_workflow").deploy(
         name="suspend",
         work_pool_name=pool,
         parameters={"credentials": creds, "suspend": True, "timeout": 300},

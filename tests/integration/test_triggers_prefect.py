@@ -1,4 +1,4 @@
-"""Every template of prefect_comfy.triggers, rendered by a real Prefect server (the test harness).
+"""Every template of prefect_comfy.orchestration.triggers, rendered by a real Prefect server (the test harness).
 
 Each test applies a deployment with one shipped trigger narrowed to a tag of its own, emits the
 matching Prefect event the way the listener does (``from_comfy_event`` through an explicit events
@@ -17,9 +17,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.events.clients import get_events_client
 
-from prefect_comfy.events import from_comfy_event
+from prefect_comfy.orchestration.events.names import from_comfy_event
 from prefect_comfy.models import ComfyEvent
-from prefect_comfy.triggers import on_input_ready, on_job_completed, on_job_failed, on_model_ready
+from prefect_comfy.orchestration.triggers import on_input_ready, on_job_completed, on_job_failed, on_model_ready
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.prefect

@@ -24,7 +24,7 @@ from PIL import Image, ImageStat
 
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.v2.backend import V2Backend
-from prefect_comfy.events import job_position, job_progress_labels
+from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.waiting.waits import wait_for
 from tests.support.comfyui_server import RunningComfyUI
@@ -182,7 +182,7 @@ async def test_the_flows_progress_artifact_ends_at_ksampler_or_later(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
 
     from prefect_comfy.backends.comfyui.block import ComfyUIServer
-    from prefect_comfy.flows import run_comfy_workflow
+    from prefect_comfy.orchestration.flows import run_comfy_workflow
 
     progress_only = ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
     async with get_client() as client:

@@ -12,7 +12,7 @@ import pytest
 from prefect_comfy.backends.v2.assets import asset_reference
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy.emulator.images import make_png
+from prefect_comfy_emulator.images import make_png
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -131,7 +131,7 @@ async def test_a_5xx_after_the_job_was_created_is_one_job(backend, emulator):
 
 
 async def test_a_reused_key_where_listing_answers_501_says_it_cannot_know():
-    from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+    from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
     config = EmulatorConfig(api_keys=[API_KEY], step_duration=0.01, v2_list_jobs=False)
     with EmulatorServer(config) as emu:
@@ -156,7 +156,7 @@ async def test_unfinished_jobs_by_tag(backend):
 
 
 async def test_too_many_streams_is_its_own_error(emulator):
-    from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+    from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
     config = EmulatorConfig(api_keys=[API_KEY], step_duration=0.01, v2_max_streams=1)
     with EmulatorServer(config) as emu:
@@ -203,7 +203,7 @@ async def test_the_block_reads_the_v2_environment(monkeypatch, emulator):
 async def test_progress_events_carry_the_jobs_tags_like_other_backends(emulator, backend):
     """A v2 ``progress`` frame has no metadata: the backend adds the job's tags (from its submit,
     or one read for a job submitted elsewhere), so ``comfy.tag.*`` labels reach Prefect."""
-    from prefect_comfy.events import from_comfy_event
+    from prefect_comfy.orchestration.events.names import from_comfy_event
 
     mine = await backend.submit(slow_workflow(4), tags=["v2-tagged", "x"])
     async with httpx.AsyncClient(

@@ -15,7 +15,7 @@ import pytest
 from prefect_comfy.backends.v2.assets import asset_reference
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy.emulator.images import make_png
+from prefect_comfy_emulator.images import make_png
 from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow
 from prefect_comfy.waiting.waits import wait_for
 from tests.integration.test_comfyui_backend import PNG_MAGIC, empty_to_save, long_graph
@@ -129,7 +129,7 @@ async def test_twenty_jobs_at_once(backend, api_proxy):
 async def test_the_flow_emits_the_same_job_events_with_backend_v2(
     api_proxy: RunningProxy, prefect_api_url: str, tmp_path: Path
 ):
-    from prefect_comfy.flows import run_comfy_workflow
+    from prefect_comfy.orchestration.flows import run_comfy_workflow
     from tests.integration.test_comfyui_backend import _when, stored_events
 
     creds = ComfyV2Credentials(endpoint=api_proxy.url, api_key=api_proxy.token)

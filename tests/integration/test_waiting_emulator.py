@@ -257,7 +257,7 @@ class CountingTransport(httpx.AsyncBaseTransport):
 async def test_reconciling_costs_the_cheaper_of_reading_and_listing(waits, most):
     """Issue 21 section 1: after a drop, 3 waits against 1,500 unfinished jobs read the 3 (one
     page says the backlog); 1,500 waits list the 15 pages (and the running one)."""
-    from prefect_comfy.emulator import EmulatorConfig, EmulatorServer
+    from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
     config = EmulatorConfig(api_keys=[API_KEY], step_duration=3600, concurrency=1, seed=3)
     with EmulatorServer(config) as emu:

@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_comfy import ComfyCloudCredentials
 from prefect_comfy.cli.flow_run import JOB_ID_LABEL, FlowRunWatcher
 from prefect_comfy.cli.progress import JobBoard
-from prefect_comfy.tasks import submit_comfy_job
+from prefect_comfy.orchestration.tasks import submit_comfy_job
 from tests.conftest import API_KEY
 from tests.waiting import eventually_sync
 from tests.workflows import tiny_workflow

@@ -108,7 +108,7 @@ async def test_v2_through_comfy_api_proxy_with_the_comfyui_as_catalog_source(
     api_proxy, comfyui_server: RunningComfyUI, tmp_path: Path
 ) -> None:
     from prefect_comfy import CatalogUnavailable, ComfyV2Credentials
-    from prefect_comfy.job_steps import download_outputs, submit_job
+    from prefect_comfy.orchestration.job_steps import download_outputs, submit_job
     from prefect_comfy.waiting.waits import wait_for
 
     prefix = f"v2-{uuid.uuid4().hex[:8]}"

@@ -21,16 +21,16 @@ from prefect.client.orchestration import get_client
 from prefect_comfy.backends.catalog import forget_catalogs
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy.emulator.catalog import object_info
+from prefect_comfy_emulator.catalog import object_info
 from prefect_comfy.exceptions import (
     CatalogUnavailable,
     InvalidInputs,
     InvalidWorkflow,
     UnknownNodeType,
 )
-from prefect_comfy.flows import run_comfy_workflow
-from prefect_comfy.job_steps import submit_job
-from prefect_comfy.jobs import ComfyWorkflow
+from prefect_comfy.orchestration.flows import run_comfy_workflow
+from prefect_comfy.orchestration.job_steps import submit_job
+from prefect_comfy.orchestration.jobs import ComfyWorkflow
 from prefect_comfy.waiting.waits import wait_for
 from tests.conftest import API_KEY
 from tests.support.save_workflows import txt2img
@@ -317,7 +317,7 @@ async def test_a_graph_that_cannot_convert_submits_nothing(emulator, make, needl
 async def test_a_10000_node_graph_is_prepared_in_well_under_a_second_of_cpu(emulator) -> None:
     import time
 
-    from prefect_comfy.prepare import prepare_workflow
+    from prefect_comfy.orchestration.prepare import prepare_workflow
 
     count = 10_000
     nodes = [{"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [8, 8, 1, 0],

@@ -42,7 +42,7 @@ def scripted_waits(monkeypatch):
     The Prefect layer waits through :mod:`prefect_comfy.waiting` (the backend interface no longer
     has wait methods); unit tests of that layer script the outcome on their fake backend instead.
     """
-    from prefect_comfy import watching
+    from prefect_comfy.orchestration import sensor as watching
 
     async def wait_for(backend, kind, resource_id, *, timeout=None, on_progress=None, **_):
         if kind == "job":

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from prefect_comfy.artifacts import (
+from prefect_comfy.orchestration.artifacts import (
     MAX_KEY_LENGTH,
     MAX_PREVIEW_BYTES,
     JobProgressArtifact,
@@ -228,7 +228,7 @@ async def test_progress_artifact_failure_never_raises(caplog):
 
 def test_the_heading_shows_the_job_id_as_it_is() -> None:
     """Backslash escapes show literally inside a code span, so the id is not escaped there."""
-    from prefect_comfy.artifacts import outputs_markdown
+    from prefect_comfy.orchestration.artifacts import outputs_markdown
     from prefect_comfy.models import Job
 
     text = outputs_markdown(Job(id="job_a_b", status="completed"), [], {})
@@ -241,7 +241,7 @@ async def test_progress_writes_share_a_few_slots_and_a_waiting_one_sends_the_lat
     not a pile of them), and a write that waited for its slot sends the value held by then."""
     import asyncio
 
-    from prefect_comfy.artifacts import PROGRESS_WRITES_IN_FLIGHT
+    from prefect_comfy.orchestration.artifacts import PROGRESS_WRITES_IN_FLIGHT
 
     gate = asyncio.Event()
     in_flight = most = 0

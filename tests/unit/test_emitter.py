@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from prefect_comfy import emitter as emitter_module
-from prefect_comfy.emitter import (
+from prefect_comfy.orchestration.events import emitter as emitter_module
+from prefect_comfy.orchestration.events.emitter import (
     PROGRESS_BUDGET_ENV,
     ComfyEventEmitter,
     ProgressBudget,

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from prefect_comfy.emulator.images import PNG_SIGNATURE, make_png, png_chunks, png_size
+from prefect_comfy_emulator.images import PNG_SIGNATURE, make_png, png_chunks, png_size
 
 
 def test_png_is_well_formed_and_sized() -> None:

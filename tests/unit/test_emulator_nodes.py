@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from prefect_comfy.emulator.nodes import MODEL_CATALOGUE, NODE_CLASSES, WIDGET_TYPES
-from prefect_comfy.emulator.workflow import (
+from prefect_comfy_emulator.nodes import MODEL_CATALOGUE, NODE_CLASSES, WIDGET_TYPES
+from prefect_comfy_emulator.workflow import (
     execution_plan,
     image_size,
     topological_order,

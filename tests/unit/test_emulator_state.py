@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from prefect_comfy.emulator.bus import Close, EventBus
-from prefect_comfy.emulator.config import EmulatorConfig
-from prefect_comfy.emulator.records import IdFactory, now_iso
-from prefect_comfy.emulator.state import EmulatorState, Fault
+from prefect_comfy_emulator.bus import Close, EventBus
+from prefect_comfy_emulator.config import EmulatorConfig
+from prefect_comfy_emulator.records import IdFactory, now_iso
+from prefect_comfy_emulator.state import EmulatorState, Fault
 from tests.waiting import eventually
 
 SLEEP = {"1": {"class_type": "EmulatorSleep", "inputs": {"seconds": 2.0}}}

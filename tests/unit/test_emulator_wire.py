@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from prefect_comfy.emulator.config import EmulatorConfig
-from prefect_comfy.emulator.multipart import parse_multipart
-from prefect_comfy.emulator.wire import (
+from prefect_comfy_emulator.config import EmulatorConfig
+from prefect_comfy_emulator.multipart import parse_multipart
+from prefect_comfy_emulator.wire import (
     ApiError,
     CreateJob,
     CreateJobBatch,

@@ -1,4 +1,4 @@
-"""prefect_comfy.events: names, resources, ids; and the docs' event reference against the module."""
+"""prefect_comfy.orchestration.events.names: names, resources, ids; and the docs' event reference against the module."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect_comfy import events
+from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.models import ComfyEvent
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events.md"

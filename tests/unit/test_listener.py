@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from prefect_comfy import events as comfy_events
+from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.budget import ProgressBudget
+from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     NotFound,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from prefect_comfy import emitter as emitter_module
+from prefect_comfy.orchestration.events import emitter as emitter_module
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import (
     ComfyConfigError,
@@ -19,8 +19,8 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
-from prefect_comfy.watching import _JobWatch, watch_comfy_job
-from prefect_comfy.watching import watch_comfy_upload as _watch_upload
+from prefect_comfy.orchestration.sensor import _JobWatch, watch_comfy_job
+from prefect_comfy.orchestration.sensor import watch_comfy_upload as _watch_upload
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("scripted_waits")
@@ -296,7 +296,8 @@ class StubbornWrites:
 
 @pytest.fixture
 def quick_bounds(monkeypatch):
-    from prefect_comfy import artifacts, watching
+    from prefect_comfy.orchestration import artifacts
+    from prefect_comfy.orchestration import sensor as watching
 
     monkeypatch.setattr(artifacts, "ARTIFACT_WRITE_TIMEOUT", 0.2)
     monkeypatch.setattr(artifacts, "OUTPUTS_ARTIFACT_TIMEOUT", 0.2)

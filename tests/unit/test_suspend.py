@@ -1,4 +1,4 @@
-"""Unit tests of prefect_comfy.suspend: Prefect's contexts, client and suspension are mocked.
+"""Unit tests of prefect_comfy.orchestration.suspend: Prefect's contexts, client and suspension are mocked.
 
 The end-to-end behaviour (a real server, worker, listener and emulator) is in
 tests/integration/test_suspend_prefect.py; here each decision of the module is pinned alone.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prefect.exceptions import Pause
 
-from prefect_comfy import suspend
+from prefect_comfy.orchestration import suspend
 from prefect_comfy.models import Job
 
 

@@ -1,4 +1,4 @@
-"""prefect_comfy.threads: a started thread sees its caller's context, Prefect's settings included."""
+"""prefect_comfy.transport.threads: a started thread sees its caller's context, Prefect's settings included."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from prefect_comfy.threads import start_thread
+from prefect_comfy.transport.threads import start_thread
 
 marker: contextvars.ContextVar[Any] = contextvars.ContextVar("marker", default=None)
 

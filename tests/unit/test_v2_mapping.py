@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect_comfy.backends.v2.mapping import JobProgress, progress_payload
-from prefect_comfy.events import job_position, job_progress_labels
+from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 
 TXT2IMG = {
     "4": "CheckpointLoaderSimple",

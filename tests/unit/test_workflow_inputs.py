@@ -1,5 +1,5 @@
 """Inputs by name and seeds (:mod:`prefect_comfy.workflows.inputs`), and the one path that
-prepares a workflow for a server (:mod:`prefect_comfy.prepare`) on an in-memory backend."""
+prepares a workflow for a server (:mod:`prefect_comfy.orchestration.prepare`) on an in-memory backend."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pytest
 
 from prefect_comfy.backends.base import Capabilities, ComfyBackend
 from prefect_comfy.backends.catalog import forget_catalogs
-from prefect_comfy.emulator.catalog import object_info
+from prefect_comfy_emulator.catalog import object_info
 from prefect_comfy.exceptions import (
     CatalogUnavailable,
     InvalidInputs,
     InvalidWorkflow,
     UnknownNodeType,
 )
-from prefect_comfy.job_steps import submit_job
+from prefect_comfy.orchestration.job_steps import submit_job
 from prefect_comfy.models import Job
-from prefect_comfy.prepare import prepare_workflow
+from prefect_comfy.orchestration.prepare import prepare_workflow
 from prefect_comfy.workflows.catalog import NodeCatalog
 from prefect_comfy.workflows.inputs import (
     MAX_RANDOM_SEED,

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from prefect_comfy.emulator.catalog import object_info
+from prefect_comfy_emulator.catalog import object_info
 from prefect_comfy.exceptions import InvalidInputs
 from prefect_comfy.workflows.catalog import NodeCatalog
 from prefect_comfy.workflows.schema import inputs_schema, resolve_input

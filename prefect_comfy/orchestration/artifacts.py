@@ -1,0 +1,316 @@
+"""Progress and outputs of Comfy jobs in the Prefect UI.
+
+- :class:`JobProgressArtifact`: one progress artifact per waited job, created once and updated in place
+  (at most one update per interval, default 1 s, plus the final one; 100 on completion).
+- :func:`create_outputs_artifact`: on completion, a markdown artifact listing the outputs (name, type,
+  size, link) with a small inline preview of each image as a ``data:`` URL, because signed download
+  URLs expire. An image is inlined only when its file is at most :data:`MAX_PREVIEW_BYTES`; the table
+  says so otherwise. Pillow is not needed: the file's own bytes are inlined. The table and its
+  previews are made in :mod:`prefect_comfy.orchestration.previews` (no Prefect call there); this module
+  writes artifacts.
+
+Artifact keys hold lowercase letters, digits and dashes only (:func:`artifact_key`). URLs go through
+:func:`~prefect_comfy.redaction.redact_url`; no artifact ever holds an API key.
+
+Every write to the Prefect API is best effort and bounded in time (:data:`ARTIFACT_WRITE_TIMEOUT`,
+:data:`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
+keeps it from returning (issue 11, item 15: 200 waits in one flow hung on their artifact writes).
+Progress writes stay off the waiting path: the artifact is created by the wait's reporter (a task of
+its own), not before the wait, and the waits of one event loop share
+:data:`PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
+comes (issue 21, section 4).
+
+Example:
+    >>> artifact_key("job", "Job_42")
+    'comfy-job-job-42-41182457'
+    >>> data_url(b"\\x89PNG", "image/png")
+    'data:image/png;base64,iVBORw=='
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from os import PathLike
+from typing import Any
+from uuid import UUID
+
+from prefect_comfy.models import Job
+from prefect_comfy.orchestration.previews import MAX_PREVIEW_BYTES as MAX_PREVIEW_BYTES
+from prefect_comfy.orchestration.previews import MAX_PREVIEWS as MAX_PREVIEWS
+from prefect_comfy.orchestration.previews import PREVIEW_MIME_TYPES as PREVIEW_MIME_TYPES
+from prefect_comfy.orchestration.previews import _previews as _previews
+from prefect_comfy.orchestration.previews import data_url as data_url
+from prefect_comfy.orchestration.previews import outputs_markdown as outputs_markdown
+from prefect_comfy.orchestration.previews import preview_from_file as preview_from_file
+from prefect_comfy.transport.deadlines import bounded
+
+__all__ = [
+    "ARTIFACT_WRITE_TIMEOUT",
+    "MAX_KEY_LENGTH",
+    "MAX_PREVIEW_BYTES",
+    "MAX_PREVIEWS",
+    "OUTPUTS_ARTIFACT_TIMEOUT",
+    "PREVIEW_MIME_TYPES",
+    "JobProgressArtifact",
+    "artifact_key",
+    "create_outputs_artifact",
+    "data_url",
+    "outputs_markdown",
+    "preview_from_file",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 100
+"""Artifact keys are cut to this length (a hash keeps cut keys distinct)."""
+ARTIFACT_WRITE_TIMEOUT = 10.0
+"""Seconds one progress artifact write may take; after that it is abandoned and writing stops."""
+PROGRESS_WRITES_IN_FLIGHT = 4
+"""Most progress artifact writes in flight at once per event loop: waits that share a loop share
+these, and a write that waits its turn sends the latest value held when its turn comes (so a slow
+Prefect API gets fewer writes, never a growing backlog of them)."""
+OUTPUTS_ARTIFACT_TIMEOUT = 30.0
+"""Seconds the outputs artifact may take in all (previews and the write); after that it is skipped."""
+
+_NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+def artifact_key(kind: str, resource_id: str, suffix: str | None = None) -> str:
+    """A valid artifact key for a Comfy resource: ``comfy-<kind>-<id>[-<suffix>]``.
+
+    Everything but lowercase letters and digits becomes a dash; when that changes the id (or the
+    key is cut to :data:`MAX_KEY_LENGTH`), 8 hex digits of the original id's hash keep keys distinct.
+    """
+    raw = str(resource_id)
+    safe = _NOT_KEY_CHARS.sub("-", raw.lower()).strip("-") or "id"
+    parts = ["comfy", _NOT_KEY_CHARS.sub("-", kind.lower()).strip("-") or "resource", safe]
+    tail = [_NOT_KEY_CHARS.sub("-", suffix.lower()).strip("-")] if suffix else []
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+    key = "-".join(parts + ([digest] if safe != raw else []) + tail)
+    if len(key) > MAX_KEY_LENGTH:
+        keep = MAX_KEY_LENGTH - len(digest) - 2 - sum(len(t) + 1 for t in tail)
+        key = "-".join([key[:keep].rstrip("-"), digest, *tail])
+    return key
+
+
+# -- progress ---------------------------------------------------------------------------------------
+Creator = Callable[..., Awaitable[UUID]]
+Updater = Callable[..., Awaitable[Any]]
+
+
+class JobProgressArtifact:
+    """The progress artifact of one waited job, updated in place within an interval.
+
+    Args:
+        job_id: the Comfy job.
+        interval: seconds between two updates (the final one is never held back).
+        key: the artifact key; :func:`artifact_key` of the job by default.
+        create: creates the artifact (``prefect.artifacts.acreate_progress_artifact`` by default).
+        update: updates it (``prefect.artifacts.aupdate_progress_artifact`` by default).
+        clock: a monotonic clock (tests inject one).
+        write_timeout: seconds one write may take (:data:`ARTIFACT_WRITE_TIMEOUT` by default).
+
+    Writing is best effort: a failure or a write that takes longer than ``write_timeout`` is logged
+    once, ends the writing (:attr:`failed`) and never fails or holds up the wait.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        interval: float = 1.0,
+        key: str | None = None,
+        create: Creator | None = None,
+        update: Updater | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        write_timeout: float | None = None,
+    ) -> None:
+        from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+        self.job_id = job_id
+        self.key = key or artifact_key("job", job_id)
+        self.interval = interval
+        self._create = create or acreate_progress_artifact
+        self._update = update or aupdate_progress_artifact
+        self._clock = clock
+        self.write_timeout = ARTIFACT_WRITE_TIMEOUT if write_timeout is None else write_timeout
+        self.artifact_id: UUID | None = None
+        self.written: float | None = None
+        self._pending: float | None = None
+        self._written_at: float | None = None
+        self._failed = False
+        self.where: str | None = None
+        self.outcome: str | None = None
+
+    @property
+    def description(self) -> str:
+        """What the artifact's card in the UI says (the card shows no value, so this says it).
+
+        ``Progress of Comfy job job_1`` at first, then ``42% · KSampler step 12/20 (Comfy job job_1)``
+        as it is written, ``completed · 100% (Comfy job job_1)`` at the end: the value first, because
+        the card cuts the description short.
+        """
+        return self._describe(self.written)
+
+    def _describe(self, value: float | None) -> str:
+        text = f"Progress of Comfy job {self.job_id}"
+        parts = [self.outcome] if self.outcome else []
+        if value is not None and (value > 0 or self.where or self.outcome):
+            parts.append(f"{int(value)}%")
+        if self.where and self.outcome != "completed":
+            parts.append(self.where)
+        return f"{' · '.join(parts)} (Comfy job {self.job_id})" if parts else text
+
+    @property
+    def failed(self) -> bool:
+        """Whether a write failed or timed out (no more are tried)."""
+        return self._failed
+
+    async def start(self, progress: float = 0.0) -> UUID | None:
+        """Create the artifact (once)."""
+        if self.artifact_id is None and not self._failed:
+            value = _clamp(progress)
+            try:
+                self.artifact_id = await bounded(
+                    self._create(progress=value, key=self.key, description=self.description),
+                    self.write_timeout,
+                )
+                self.written, self._written_at = value, self._clock()
+            except Exception as exc:
+                self._give_up(exc)
+        return self.artifact_id
+
+    def offer(self, progress: float, where: str | None = None) -> None:
+        """Note a new progress value (and where the job is: ``KSampler step 12/20``);
+        :meth:`flush_due` writes it when its interval has passed."""
+        value = _clamp(progress)
+        self.where = where or self.where
+        if value != self.written:
+            self._pending = value
+
+    def next_due(self) -> float | None:
+        """Seconds until the held value may be written (``None`` when nothing is held)."""
+        if self._pending is None or self._failed:
+            return None
+        if self._written_at is None:
+            return 0.0
+        return max(self._written_at + self.interval - self._clock(), 0.0)
+
+    async def flush_due(self) -> bool:
+        """Write the held value if its interval has passed: once a write slot of the loop is free
+        (:data:`PROGRESS_WRITES_IN_FLIGHT`), the latest value held by then."""
+        if self.next_due() != 0.0:
+            return False
+        async with _slots():
+            return await self._write(self._pending)
+
+    async def finish(self, progress: float | None = None, outcome: str | None = None) -> bool:
+        """Write the final value now (``progress``, else the held one), whatever the interval.
+
+        ``outcome`` (``completed``, ``failed`` …) goes into the description.
+        """
+        self.outcome = outcome
+        value = _clamp(progress) if progress is not None else self._pending
+        if value is None and outcome is not None:
+            value = self.written  # say the outcome, at the value last written
+        if value is None or (value == self.written and outcome is None):
+            self._pending = None
+            return False
+        return await self._write(value)
+
+    async def _write(self, value: float | None) -> bool:
+        if value is None or self._failed:
+            return False
+        if self.artifact_id is None:
+            return await self.start(value) is not None
+        self._pending = None
+        try:
+            await bounded(
+                self._update(
+                    artifact_id=self.artifact_id, progress=value, description=self._describe(value)
+                ),
+                self.write_timeout,
+            )
+        except Exception as exc:
+            self._give_up(exc)
+            return False
+        self.written, self._written_at = value, self._clock()
+        return True
+
+    def _give_up(self, exc: Exception) -> None:
+        self._failed = True
+        logger.warning("Progress artifact of Comfy job %s not written: %r", self.job_id, exc)
+
+
+_write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slots() -> asyncio.Semaphore:
+    """The progress-write slots of the running loop (:data:`PROGRESS_WRITES_IN_FLIGHT`)."""
+    loop = asyncio.get_running_loop()
+    slots = _write_slots.get(loop)
+    if slots is None:
+        slots = _write_slots[loop] = asyncio.Semaphore(PROGRESS_WRITES_IN_FLIGHT)
+    return slots
+
+
+def _clamp(progress: float) -> float:
+    return float(min(max(progress, 0.0), 100.0))
+
+
+async def create_outputs_artifact(
+    job: Job,
+    *,
+    backend: Any | None = None,
+    paths: Mapping[str, str | PathLike[str]] | None = None,
+    key: str | None = None,
+    max_preview_bytes: int = MAX_PREVIEW_BYTES,
+    timeout: float | None = None,
+    create: Callable[..., Awaitable[UUID]] | None = None,
+) -> UUID | None:
+    """Create the markdown artifact listing a completed job's outputs, with image previews.
+
+    Args:
+        job: the completed job (with its outputs, as :meth:`ComfyBackend.get_job` returns it).
+        backend: used to download an image of known size within the bound when no path is given.
+        paths: downloaded files by output id (or name): previews are made from them.
+        key: the artifact key; ``comfy-job-<id>-outputs`` by default.
+        max_preview_bytes: the largest image inlined.
+        timeout: seconds for the whole of it, previews and write (:data:`OUTPUTS_ARTIFACT_TIMEOUT` by
+            default).
+        create: writes the artifact (``prefect.artifacts.acreate_markdown_artifact`` by default).
+
+    Returns:
+        The artifact id, or ``None`` if it could not be written in time (logged, never raised).
+    """
+    if create is None:
+        from prefect.artifacts import acreate_markdown_artifact as create
+
+    async def write() -> UUID:
+        previews = await _previews(
+            job.outputs, backend=backend, paths=paths or {}, max_bytes=max_preview_bytes
+        )
+        from prefect_comfy.orchestration.results import seeds_of_job
+
+        markdown = outputs_markdown(
+            job, job.outputs, previews, max_bytes=max_preview_bytes, seeds=seeds_of_job(job.id)
+        )
+        return await create(
+            markdown=markdown,
+            key=key or artifact_key("job", job.id, "outputs"),
+            description=f"Outputs of Comfy job {job.id}",
+        )
+
+    try:
+        return await bounded(write(), OUTPUTS_ARTIFACT_TIMEOUT if timeout is None else timeout)
+    except Exception as exc:
+        logger.warning("Outputs artifact of Comfy job %s not written: %r", job.id, exc)
+        return None
