@@ -8,10 +8,10 @@ UV := python3 -m uv
 
 .PHONY: setup demo test test-fast docs comfyui bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml emulator/pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
 	@test -x $(PY) || $(UV) venv -q $(VENV)
-	$(UV) pip install -q -p $(VENV) -e '.[dev]'
+	$(UV) pip install -q -p $(VENV) -e ./emulator -e '.[dev]'
 	@touch $@
 
 setup: $(VENV)/.installed

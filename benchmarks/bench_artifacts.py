@@ -27,8 +27,8 @@ from prefect import flow  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 
 from prefect_comfy.backends.cloud.backend import CloudBackend  # noqa: E402
-from prefect_comfy_emulator import EmulatorConfig, EmulatorServer  # noqa: E402
 from prefect_comfy.orchestration.sensor import watch_comfy_job  # noqa: E402
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer  # noqa: E402
 
 KEY = "comfyui-bench-key-not-real"
 

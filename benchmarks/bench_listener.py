@@ -35,9 +35,9 @@ import httpx
 from websockets.asyncio.client import connect
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.listener.forwarder import ComfyListener
 
 KEY = "comfyui-bench-key-not-real"
 

@@ -38,11 +38,11 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.events.filters import EventFilter, EventIDFilter, EventResourceFilter  # noqa: E402
 from prefect.events.schemas.events import ResourceSpecification  # noqa: E402
 
-from prefect_comfy.orchestration.events import names as comfy_events  # noqa: E402
 from prefect_comfy.backends.cloud.backend import CloudBackend  # noqa: E402
+from prefect_comfy.listener.forwarder import ComfyListener  # noqa: E402
+from prefect_comfy.orchestration.events import names as comfy_events  # noqa: E402
 from prefect_comfy.orchestration.events.budget import ProgressBudget  # noqa: E402
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer  # noqa: E402
-from prefect_comfy.listener.forwarder import ComfyListener  # noqa: E402
 
 KEY = "comfyui-bench-key-not-real"
 BATCH = 50

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 
 from prefect_comfy.backends.v2.backend import V2Backend
-from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.listener.forwarder import ComfyListener
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
 KEY = "comfyui-bench-key-not-real"
 TERMINAL = {"comfy.job.completed", "comfy.job.failed", "comfy.job.cancelled"}

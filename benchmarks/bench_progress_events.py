@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter, ProgressBudget
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter, ProgressBudget
 
 
 class SimClock:

@@ -44,10 +44,10 @@ from _emulator import start_emulator
 from websockets.asyncio.client import connect
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.waiters import wait_for_job
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 
 API_KEY = "comfyui-bench-key-not-real"
 WORKFLOW = {

@@ -28,7 +28,11 @@ from prefect.artifacts import acreate_table_artifact
 
 from prefect_comfy import load_workflow
 from prefect_comfy.backends.registry import credentials_from_parameter
-from prefect_comfy.orchestration.tasks import download_comfy_outputs, submit_comfy_job, wait_for_comfy_job
+from prefect_comfy.orchestration.tasks import (
+    download_comfy_outputs,
+    submit_comfy_job,
+    wait_for_comfy_job,
+)
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 

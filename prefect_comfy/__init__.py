@@ -27,7 +27,6 @@ from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy.orchestration.deployments import run_comfy_deployment, workflow_deployment
 from prefect_comfy.exceptions import (
     AuthenticationError,
     CatalogUnavailable,
@@ -57,11 +56,11 @@ from prefect_comfy.exceptions import (
     WebSocketError,
     is_retryable,
 )
+from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
+from prefect_comfy.orchestration.deployments import run_comfy_deployment, workflow_deployment
 from prefect_comfy.orchestration.flows import cancel_comfy_job_hook, run_comfy_workflow
 from prefect_comfy.orchestration.jobs import ComfyJobRun, ComfyWorkflow
-from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
 from prefect_comfy.orchestration.results import ComfyJobResult, ComfyOutputFile
-from prefect_comfy.settings import ComfySettings
 from prefect_comfy.orchestration.tasks import (
     cancel_comfy_job,
     download_comfy_outputs,
@@ -73,6 +72,7 @@ from prefect_comfy.orchestration.tasks import (
     wait_for_comfy_job,
     wait_for_comfy_model,
 )
+from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 from prefect_comfy.workflows.convert import to_api_format

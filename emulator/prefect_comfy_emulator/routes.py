@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from prefect_comfy.models import MODEL_TYPES
 from prefect_comfy_emulator.config import API_PREFIX
 from prefect_comfy_emulator.multipart import Part, parse_multipart
 from prefect_comfy_emulator.state import JOB_STATUSES, EmulatorState
@@ -29,7 +30,6 @@ from prefect_comfy_emulator.wire import (
     split_tags,
     validate_model,
 )
-from prefect_comfy.models import MODEL_TYPES
 
 
 def _state(request: Request) -> EmulatorState:

@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from prefect_comfy.redaction import RedactingFilter
+from prefect_comfy.transport.threads import start_thread
 from prefect_comfy_emulator.app import create_app
 from prefect_comfy_emulator.bus import Connection
 from prefect_comfy_emulator.config import API_PREFIX, EmulatorConfig
 from prefect_comfy_emulator.state import EmulatorState, Fault
 from prefect_comfy_emulator.v2.errors import STATUS_OF
 from prefect_comfy_emulator.v2.face import InjectedError
-from prefect_comfy.redaction import RedactingFilter
-from prefect_comfy.transport.threads import start_thread
 
 T = TypeVar("T")
 START_TIMEOUT = 10.0

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prefect_comfy.models import JOB_TERMINAL
 from prefect_comfy_emulator.bus import EventBus
 from prefect_comfy_emulator.config import EmulatorConfig
 from prefect_comfy_emulator.faults import Fault
@@ -35,7 +36,6 @@ from prefect_comfy_emulator.workflow import (
     is_link,
     validate_workflow,
 )
-from prefect_comfy.models import JOB_TERMINAL
 
 logger = logging.getLogger(__name__)
 

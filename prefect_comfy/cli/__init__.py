@@ -158,6 +158,20 @@ def _options(
     use_server(url, kind, api_key_env)
 
 
+def _not_installed(distribution: str):  # noqa: ANN202 - a Typer command
+    """A command whose package (an extra) is not installed: it says how to install it."""
+    extra = distribution.removeprefix("prefect_comfy_")
+
+    def command() -> None:
+        raise typer.BadParameter(
+            f"{distribution} is not installed: pip install 'prefect-comfy[{extra}]' "
+            f"(from a checkout: pip install -e ./{extra})"
+        )
+
+    command.__doc__ = f"Needs the {extra} extra: pip install 'prefect-comfy[{extra}]'."
+    return command
+
+
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The Typer app with the command named in ``argv`` registered (all of them without one)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -179,7 +193,12 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
         wanted = list(COMMANDS)
     for name in wanted:
         entry = COMMANDS[name]
-        target = getattr(importlib.import_module(entry.module), entry.attribute)
+        try:
+            target = getattr(importlib.import_module(entry.module), entry.attribute)
+        except ModuleNotFoundError as exc:
+            if exc.name != entry.module.split(".")[0] or entry.module.startswith("prefect_comfy."):
+                raise
+            target = _not_installed(entry.module.split(".")[0])
         if isinstance(target, typer.Typer):
             app.add_typer(target, name=name, help=entry.help, rich_help_panel=entry.panel)
         else:

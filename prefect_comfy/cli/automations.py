@@ -33,7 +33,10 @@ def create_resume(
             "no Prefect API to create the automation on: set PREFECT_API_URL (or run "
             "`prefect server start` and `prefect config set PREFECT_API_URL=...`)"
         )
-    from prefect_comfy.orchestration.triggers import RESUME_AUTOMATION_NAME, create_resume_automation
+    from prefect_comfy.orchestration.triggers import (
+        RESUME_AUTOMATION_NAME,
+        create_resume_automation,
+    )
 
     name = name or RESUME_AUTOMATION_NAME
     automation_id = asyncio.run(create_resume_automation(name))

@@ -47,9 +47,7 @@ from typing import Any
 
 from prefect.events import Event
 
-from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.exceptions import WebSocketAuthError
 from prefect_comfy.listener.catchup import CATCH_UP_SLACK
 from prefect_comfy.listener.cursor import Cursor
@@ -69,6 +67,8 @@ from prefect_comfy.listener.sender import (
 from prefect_comfy.listener.stats import ListenerStats
 from prefect_comfy.listener.tracking import DEFAULT_MAX_TRACKED, Bounded, InFlightTracker
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.orchestration.events import names as comfy_events
+from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
 from prefect_comfy.transport.reconnect import Attempt, ConnectionLost, Reconnect

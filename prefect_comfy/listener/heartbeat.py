@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 from prefect.events import Event, Resource
 
-from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.listener.stats import ListenerStats
+from prefect_comfy.orchestration.events import names as comfy_events
 
 __all__ = ["heartbeat_event"]
 

@@ -45,10 +45,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.bounded import Bounded
-from prefect_comfy.orchestration.events.budget import ProgressBudget, progress_budget
 from prefect_comfy.exceptions import ComfyConfigError
+from prefect_comfy.orchestration.events import names as comfy_events
+from prefect_comfy.orchestration.events.budget import ProgressBudget, progress_budget
 
 if TYPE_CHECKING:
     from prefect.events import Event

@@ -48,8 +48,8 @@ from prefect_comfy.transport.deadlines import within
 if TYPE_CHECKING:
     from prefect.events import Event
 
-    from prefect_comfy.orchestration.events.budget import ProgressBudget
     from prefect_comfy.listener.stats import ListenerStats
+    from prefect_comfy.orchestration.events.budget import ProgressBudget
 
 logger = logging.getLogger(__name__)
 

@@ -39,12 +39,16 @@ from prefect.states import Cancelled, State
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from prefect_comfy.backends.registry import ComfyCredentials, credentials_from_parameter
-from prefect_comfy.orchestration.twins import STOPPED_MESSAGE
 from prefect_comfy.exceptions import InvalidWorkflow, JobCancelled, NotFound, OutcomeError
-from prefect_comfy.orchestration.job_steps import cancel_job, cancel_jobs_quietly, unfinished_jobs_of
+from prefect_comfy.orchestration.job_steps import (
+    cancel_job,
+    cancel_jobs_quietly,
+    unfinished_jobs_of,
+)
 from prefect_comfy.orchestration.jobs import ComfyJobRun, ComfyWorkflow
 from prefect_comfy.orchestration.results import ComfyJobResult
 from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL, run_logger
+from prefect_comfy.orchestration.twins import STOPPED_MESSAGE
 
 __all__ = [
     "cancel_comfy_job_hook",

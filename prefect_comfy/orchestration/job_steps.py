@@ -15,14 +15,19 @@ from typing import Any
 
 from pydantic import Field
 
-from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.registry import backend_of
-from prefect_comfy.orchestration.events.emitter import emit_submitted, run_context_ids
 from prefect_comfy.exceptions import InvalidWorkflow, JobCancelled, JobFailed, NotFound
 from prefect_comfy.models import Job, Output
+from prefect_comfy.orchestration.events import names as events
+from prefect_comfy.orchestration.events.emitter import emit_submitted, run_context_ids
 from prefect_comfy.orchestration.prepare import PreparedWorkflow, prepare_workflow
-from prefect_comfy.orchestration.results import ComfyOutputFile, output_file, remember_seeds, to_download
+from prefect_comfy.orchestration.results import (
+    ComfyOutputFile,
+    output_file,
+    remember_seeds,
+    to_download,
+)
 from prefect_comfy.orchestration.runs import label_flow_run, run_logger
 from prefect_comfy.waiting.waits import submit_connected
 

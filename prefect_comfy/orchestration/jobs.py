@@ -32,6 +32,22 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import Field
 
 from prefect_comfy.backends.registry import ComfyCredentials
+from prefect_comfy.exceptions import JobCancelled, JobFailed, JobLost, OutcomeError
+from prefect_comfy.models import Job
+from prefect_comfy.orchestration.job_steps import cancel_job, cancel_jobs_quietly, raise_for_outcome
+from prefect_comfy.orchestration.results import (
+    ComfyJobResult,
+    ComfyOutputFile,
+    job_result,
+    to_download,
+)
+from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL, run_logger
+from prefect_comfy.orchestration.tasks import (
+    download_comfy_outputs,
+    get_comfy_job,
+    submit_comfy_job,
+    wait_for_comfy_job,
+)
 from prefect_comfy.orchestration.twins import (
     STOPPED_MESSAGE,
     astep,
@@ -41,17 +57,6 @@ from prefect_comfy.orchestration.twins import (
     late_job,
     result_of,
     step,
-)
-from prefect_comfy.exceptions import JobCancelled, JobFailed, JobLost, OutcomeError
-from prefect_comfy.orchestration.job_steps import cancel_job, cancel_jobs_quietly, raise_for_outcome
-from prefect_comfy.models import Job
-from prefect_comfy.orchestration.results import ComfyJobResult, ComfyOutputFile, job_result, to_download
-from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL, run_logger
-from prefect_comfy.orchestration.tasks import (
-    download_comfy_outputs,
-    get_comfy_job,
-    submit_comfy_job,
-    wait_for_comfy_job,
 )
 
 __all__ = [

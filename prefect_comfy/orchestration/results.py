@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.models import Job, Output
+from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.redaction import redact_url
 
 __all__ = [

@@ -23,11 +23,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from prefect_comfy.orchestration.artifacts import JobProgressArtifact, create_outputs_artifact
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.registry import open_backend
-from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
-from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 from prefect_comfy.exceptions import (
     JobCancelled,
     JobFailed,
@@ -36,6 +33,9 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
+from prefect_comfy.orchestration.artifacts import JobProgressArtifact, create_outputs_artifact
+from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
+from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 from prefect_comfy.orchestration.runs import run_logger
 from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model

@@ -38,13 +38,14 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.states import State
 
-from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.backends.registry import ComfyCredentials, backend_of
-from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.exceptions import is_retryable
-from prefect_comfy.orchestration.job_steps import download_outputs, submit_job
 from prefect_comfy.models import Input, Job, Model
+from prefect_comfy.orchestration.events import names as events
+from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL
+from prefect_comfy.orchestration.job_steps import download_outputs, submit_job
 from prefect_comfy.orchestration.runs import run_logger
+from prefect_comfy.orchestration.sensor import watch_comfy_job, watch_comfy_upload
 from prefect_comfy.orchestration.suspend import (
     remember_submission,
     resumed_job,
@@ -52,7 +53,6 @@ from prefect_comfy.orchestration.suspend import (
     submission_key,
     suspend_unless_ended,
 )
-from prefect_comfy.orchestration.sensor import watch_comfy_job, watch_comfy_upload
 
 __all__ = [
     "cancel_comfy_job",

@@ -16,10 +16,9 @@ from collections.abc import AsyncIterator
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from prefect_comfy.orchestration import artifacts
-
-from prefect_comfy.orchestration import sensor as watching
 from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.orchestration import artifacts
+from prefect_comfy.orchestration import sensor as watching
 from prefect_comfy.orchestration.sensor import watch_comfy_job
 from tests.conftest import API_KEY
 from tests.workflows import slow_workflow

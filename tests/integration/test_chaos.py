@@ -28,13 +28,13 @@ from collections import Counter
 from typing import Any
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter
-from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.exceptions import ComfyError, is_retryable
+from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.loop import waiting_loop
 from prefect_comfy.waiting.waits import wait_for
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow
 

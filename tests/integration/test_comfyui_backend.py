@@ -316,8 +316,8 @@ async def test_flow_and_listener_on_comfyui(
     comfyui_server: RunningComfyUI, prefect_api_url: str, tmp_path: Path
 ) -> None:
     from prefect_comfy.backends.comfyui.block import ComfyUIServer
-    from prefect_comfy.orchestration.flows import run_comfy_workflow
     from prefect_comfy.listener.forwarder import ComfyListener
+    from prefect_comfy.orchestration.flows import run_comfy_workflow
 
     # The listener, as another process would have it: another client id, so no execution messages.
     listener_backend = ComfyUIBackend(comfyui_server.url, client_id=f"listener-{uuid.uuid4()}")

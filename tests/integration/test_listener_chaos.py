@@ -26,10 +26,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.listener.forwarder import ComfyListener
-from prefect_comfy.settings import ComfySettings
 from prefect_comfy.orchestration.triggers import on_input_ready, on_job_completed
+from prefect_comfy.settings import ComfySettings
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.conftest import API_KEY
 from tests.integration.test_listener_prefect import apply, upload
 from tests.integration.test_listener_v2 import Counting

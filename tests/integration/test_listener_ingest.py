@@ -27,11 +27,11 @@ from prefect.events.filters import (
 )
 from prefect.events.schemas.events import ResourceSpecification
 
-from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.listener.forwarder import ComfyListener
+from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.listener.forwarder import ComfyListener
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import slow_workflow

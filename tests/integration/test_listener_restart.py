@@ -26,9 +26,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventResourceFilter
 
+from prefect_comfy.models import STATUS_EVENT
 from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from prefect_comfy.models import STATUS_EVENT
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow

@@ -26,13 +26,13 @@ from prefect.client.orchestration import get_client
 from prefect.events.clients import get_events_client
 from prefect.events.filters import EventFilter, EventResourceFilter
 
-from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.listener.cursor import FileCursor
 from prefect_comfy.listener.forwarder import ComfyListener
+from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.tasks import submit_comfy_job
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow

@@ -9,8 +9,8 @@ from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.backends.registry import load_credentials
-from prefect_comfy.orchestration.flows import credentials_from_parameter
 from prefect_comfy.listener.run import _backend_from
+from prefect_comfy.orchestration.flows import credentials_from_parameter
 from tests.conftest import API_KEY
 
 

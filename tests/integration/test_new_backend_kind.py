@@ -23,12 +23,12 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 from pydantic import Field
 
-from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.backends.base import Capabilities, ComfyBackend
 from prefect_comfy.backends.registry import load_credentials, register
 from prefect_comfy.exceptions import ComfyConfigError, JobTimedOut, NotFound
-from prefect_comfy.orchestration.flows import cancel_comfy_job_hook, run_comfy_workflow
 from prefect_comfy.models import ComfyEvent, Job, Output
+from prefect_comfy.orchestration.events import names as events
+from prefect_comfy.orchestration.flows import cancel_comfy_job_hook, run_comfy_workflow
 from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL
 from tests.waiting import eventually
 

@@ -27,9 +27,9 @@ from prefect.events.filters import (
     EventResourceFilter,
 )
 
-from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow, JobFailed, JobTimedOut
+from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.orchestration.jobs import COMFY_JOB_ID_LABEL, ComfyJobResult, ComfyWorkflow
 from prefect_comfy.orchestration.tasks import submit_comfy_job

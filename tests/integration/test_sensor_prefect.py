@@ -24,11 +24,15 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
 
-from prefect_comfy.orchestration.artifacts import artifact_key
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.exceptions import JobFailed, JobTimedOut
 from prefect_comfy.models import Job
-from prefect_comfy.orchestration.tasks import wait_for_comfy_input, wait_for_comfy_job, wait_for_comfy_model
+from prefect_comfy.orchestration.artifacts import artifact_key
+from prefect_comfy.orchestration.tasks import (
+    wait_for_comfy_input,
+    wait_for_comfy_job,
+    wait_for_comfy_model,
+)
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow

@@ -17,9 +17,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.events.clients import get_events_client
 
-from prefect_comfy.orchestration.events.names import from_comfy_event
 from prefect_comfy.models import ComfyEvent
-from prefect_comfy.orchestration.triggers import on_input_ready, on_job_completed, on_job_failed, on_model_ready
+from prefect_comfy.orchestration.events.names import from_comfy_event
+from prefect_comfy.orchestration.triggers import (
+    on_input_ready,
+    on_job_completed,
+    on_job_failed,
+    on_model_ready,
+)
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.prefect

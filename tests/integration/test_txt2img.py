@@ -24,8 +24,8 @@ from PIL import Image, ImageStat
 
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.v2.backend import V2Backend
-from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 from prefect_comfy.waiting.waits import wait_for
 from tests.support.comfyui_server import RunningComfyUI
 from tests.support.terminal import run_in_terminal

@@ -12,7 +12,6 @@ import pytest
 from prefect_comfy.backends.v2.assets import asset_reference
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy_emulator.images import make_png
 from prefect_comfy.exceptions import (
     AuthenticationError,
     ComfyAPIError,
@@ -21,6 +20,7 @@ from prefect_comfy.exceptions import (
     RateLimited,
     TooManyStreams,
 )
+from prefect_comfy_emulator.images import make_png
 from tests.conftest import API_KEY, WRONG_KEY
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
 

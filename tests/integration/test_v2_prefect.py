@@ -18,12 +18,12 @@ from prefect.events.filters import EventFilter, EventResourceFilter
 
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy.exceptions import JobCancelled, JobFailed, JobTimedOut
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.orchestration.jobs import ComfyJobResult
 from prefect_comfy.orchestration.tasks import cancel_comfy_job, submit_comfy_job, wait_for_comfy_job
 from prefect_comfy.waiting.waits import wait_for
+from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.conftest import API_KEY
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow

@@ -15,9 +15,9 @@ import pytest
 from prefect_comfy.backends.v2.assets import asset_reference
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy_emulator.images import make_png
 from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow
 from prefect_comfy.waiting.waits import wait_for
+from prefect_comfy_emulator.images import make_png
 from tests.integration.test_comfyui_backend import PNG_MAGIC, empty_to_save, long_graph
 from tests.support.api_proxy import RunningProxy
 from tests.waiting import eventually

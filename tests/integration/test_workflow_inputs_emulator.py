@@ -21,7 +21,6 @@ from prefect.client.orchestration import get_client
 from prefect_comfy.backends.catalog import forget_catalogs
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
-from prefect_comfy_emulator.catalog import object_info
 from prefect_comfy.exceptions import (
     CatalogUnavailable,
     InvalidInputs,
@@ -32,6 +31,7 @@ from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.orchestration.job_steps import submit_job
 from prefect_comfy.orchestration.jobs import ComfyWorkflow
 from prefect_comfy.waiting.waits import wait_for
+from prefect_comfy_emulator.catalog import object_info
 from tests.conftest import API_KEY
 from tests.support.save_workflows import txt2img
 from tests.waiting import eventually

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from prefect_comfy.models import Job, Output
 from prefect_comfy.orchestration.artifacts import (
     MAX_KEY_LENGTH,
     MAX_PREVIEW_BYTES,
@@ -18,7 +19,6 @@ from prefect_comfy.orchestration.artifacts import (
     outputs_markdown,
     preview_from_file,
 )
-from prefect_comfy.models import Job, Output
 
 KEY_RE = re.compile(r"^[a-z0-9-]+$")
 SECRET = "comfyui-secret-key-for-unit-tests"
@@ -228,8 +228,8 @@ async def test_progress_artifact_failure_never_raises(caplog):
 
 def test_the_heading_shows_the_job_id_as_it_is() -> None:
     """Backslash escapes show literally inside a code span, so the id is not escaped there."""
-    from prefect_comfy.orchestration.artifacts import outputs_markdown
     from prefect_comfy.models import Job
+    from prefect_comfy.orchestration.artifacts import outputs_markdown
 
     text = outputs_markdown(Job(id="job_a_b", status="completed"), [], {})
     assert "## Outputs of Comfy job `job_a_b`" in text

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from prefect_comfy.models import ComfyEvent, Job, Output
 from prefect_comfy.orchestration.events import emitter as emitter_module
 from prefect_comfy.orchestration.events.emitter import (
     PROGRESS_BUDGET_ENV,
@@ -16,7 +17,6 @@ from prefect_comfy.orchestration.events.emitter import (
     progress_budget,
     set_progress_events_per_second,
 )
-from prefect_comfy.models import ComfyEvent, Job, Output
 
 ADDRESS = "http://127.0.0.1:8765"
 FLOW_RUN = str(uuid.uuid4())

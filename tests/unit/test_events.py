@@ -8,8 +8,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.orchestration.events import names as events
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 FLOW_RUN = str(uuid.uuid4())

@@ -23,8 +23,8 @@ from prefect_comfy.exceptions import (
     JobTimedOut,
     ServerError,
 )
-from prefect_comfy.orchestration.jobs import ComfyJobResult, ComfyJobRun, ComfyWorkflow
 from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
+from prefect_comfy.orchestration.jobs import ComfyJobResult, ComfyJobRun, ComfyWorkflow
 from prefect_comfy.orchestration.tasks import retry_if_retryable, task_run_idempotency_key
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}}}

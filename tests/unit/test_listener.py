@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.backends.base import ComfyBackend
-from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     NotFound,
@@ -21,6 +19,8 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.listener.sender import require_prefect_api_url
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
+from prefect_comfy.orchestration.events import names as comfy_events
+from prefect_comfy.orchestration.events.budget import ProgressBudget
 from tests.waiting import eventually
 
 ADDRESS = "http://comfy.test"

@@ -8,11 +8,11 @@ import logging
 import pytest
 from prefect.events import Event
 
-from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.listener.pacing import BEHIND_AFTER, PacedQueue
 from prefect_comfy.listener.sender import PrefectSender, events_per_second_from_env
 from prefect_comfy.listener.stats import ListenerStats
+from prefect_comfy.orchestration.events.budget import ProgressBudget
 from tests.waiting import eventually
 
 

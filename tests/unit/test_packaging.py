@@ -38,39 +38,25 @@ def _declared(requirements: list[str]) -> set[str]:
     return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
 
 
+OPTIONAL = {"prefect_comfy_emulator": "emulator"}
+"""Imports of prefect_comfy that an extra brings (imported lazily, by the CLI's demo and emulator)."""
+
+
 def test_every_third_party_import_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = _declared(project["dependencies"])
-    dev = runtime | _declared(project["optional-dependencies"]["dev"])
-    missing = {IMPORT_NAMES.get(n, n) for n in _imported(ROOT / "prefect_comfy")} - runtime
+    extras = project["optional-dependencies"]
+    dev = runtime | _declared(extras["dev"])
+    imported = _imported(ROOT / "prefect_comfy") - {"prefect_comfy_emulator"}
+    missing = {IMPORT_NAMES.get(n, n) for n in imported} - runtime
     assert not missing, f"imported by prefect_comfy but not in dependencies: {sorted(missing)}"
+    for module, extra in OPTIONAL.items():
+        assert module.replace("_", "-") in _declared(extras[extra]), f"{extra} extra lacks {module}"
     local = {p.stem for d in ("flows", "benchmarks", "scripts") for p in (ROOT / d).glob("*.py")}
+    local.add("prefect_comfy_emulator")
     test_imports = (_imported(ROOT / "tests") | _imported(ROOT / "benchmarks")) - local
     missing = {IMPORT_NAMES.get(n, n) for n in test_imports} - dev
     assert not missing, f"imported by tests or benchmarks but not declared: {sorted(missing)}"
-
-
-PREFECT_LAYER = [
-    "artifacts", "budget", "dispatch", "emitter", "flows", "job_steps", "jobs", "results", "runs", "tasks",
-    "triggers", "watching",
-]  # fmt: skip
-"""The Prefect layer's modules (``prefect_comfy/<name>.py``)."""
-
-
-def test_the_prefect_layer_sees_servers_only_through_the_interface_and_the_registry() -> None:
-    allowed = {"prefect_comfy.backends.base", "prefect_comfy.backends.registry"}
-    for name in PREFECT_LAYER:
-        tree = ast.parse((ROOT / "prefect_comfy" / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                targets = [node.module]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            else:
-                continue
-            for target in targets:
-                if target.startswith("prefect_comfy.backends"):
-                    assert target in allowed, f"{name}.py imports {target}"
 
 
 def _oldest_python() -> tuple[int, int]:
@@ -105,3 +91,16 @@ def test_the_docs_and_ruff_say_the_same_oldest_python() -> None:
         text = (ROOT / page).read_text(encoding="utf-8")
         said = set(re.findall(r"Python (3\.\d+)\+", text))
         assert said == {f"{major}.{minor}"}, f"{page} says Python {said}"
+
+
+def test_the_emulator_is_its_own_distribution_and_declares_what_it_imports() -> None:
+    """The runtime wheel carries no web server: starlette and uvicorn belong to the emulator."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not {"starlette", "uvicorn"} & _declared(project["dependencies"])
+    emulator = tomllib.loads((ROOT / "emulator" / "pyproject.toml").read_text())["project"]
+    assert emulator["name"] == "prefect-comfy-emulator"
+    declared = _declared(emulator["dependencies"])
+    imported = _imported(ROOT / "emulator" / "prefect_comfy_emulator") - {"prefect_comfy_emulator"}
+    missing = {IMPORT_NAMES.get(n, n) for n in imported} - declared - {"prefect_comfy"}
+    assert not missing, f"imported by the emulator but not in its dependencies: {sorted(missing)}"
+    assert "prefect-comfy" in declared

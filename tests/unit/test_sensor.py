@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from prefect_comfy.orchestration.events import emitter as emitter_module
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import (
     ComfyConfigError,
@@ -19,6 +18,7 @@ from prefect_comfy.exceptions import (
     UploadFailed,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
+from prefect_comfy.orchestration.events import emitter as emitter_module
 from prefect_comfy.orchestration.sensor import _JobWatch, watch_comfy_job
 from prefect_comfy.orchestration.sensor import watch_comfy_upload as _watch_upload
 from tests.waiting import eventually

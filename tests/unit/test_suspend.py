@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from prefect.exceptions import Pause
 
-from prefect_comfy.orchestration import suspend
 from prefect_comfy.models import Job
+from prefect_comfy.orchestration import suspend
 
 
 def run(*, parent_task: Any = None, deployment: bool = True, run_count: int = 1, labels=None):

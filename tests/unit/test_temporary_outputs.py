@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prefect_comfy.models import Job, Output
 from prefect_comfy.orchestration.job_steps import download_outputs
 from prefect_comfy.orchestration.jobs import ComfyJobRun
-from prefect_comfy.models import Job, Output
 from prefect_comfy.orchestration.results import to_download
 
 SAVED = Output(id="p:9:kept.png", name="kept.png", type="image", download_url="http://x/a")

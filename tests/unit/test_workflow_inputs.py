@@ -11,15 +11,14 @@ import pytest
 
 from prefect_comfy.backends.base import Capabilities, ComfyBackend
 from prefect_comfy.backends.catalog import forget_catalogs
-from prefect_comfy_emulator.catalog import object_info
 from prefect_comfy.exceptions import (
     CatalogUnavailable,
     InvalidInputs,
     InvalidWorkflow,
     UnknownNodeType,
 )
-from prefect_comfy.orchestration.job_steps import submit_job
 from prefect_comfy.models import Job
+from prefect_comfy.orchestration.job_steps import submit_job
 from prefect_comfy.orchestration.prepare import prepare_workflow
 from prefect_comfy.workflows.catalog import NodeCatalog
 from prefect_comfy.workflows.inputs import (
@@ -29,6 +28,7 @@ from prefect_comfy.workflows.inputs import (
     parse_assignment,
     seeds_of,
 )
+from prefect_comfy_emulator.catalog import object_info
 from tests.support.save_workflows import txt2img
 
 CATALOG = NodeCatalog(object_info())

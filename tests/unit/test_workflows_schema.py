@@ -7,10 +7,10 @@ import json
 import jsonschema
 import pytest
 
-from prefect_comfy_emulator.catalog import object_info
 from prefect_comfy.exceptions import InvalidInputs
 from prefect_comfy.workflows.catalog import NodeCatalog
 from prefect_comfy.workflows.schema import inputs_schema, resolve_input
+from prefect_comfy_emulator.catalog import object_info
 
 CATALOG = NodeCatalog(object_info())
 

@@ -41,6 +41,7 @@ from typing import Any
 from prefect.events import Event
 from prefect.exceptions import EventTooLarge
 
+from prefect_comfy.models import ComfyEvent, Job, ResourceError, WireModel
 from prefect_comfy.orchestration.events import names
 from prefect_comfy.orchestration.events.budget import (
     DEFAULT_PROGRESS_EVENTS_PER_SECOND,
@@ -53,7 +54,6 @@ from prefect_comfy.orchestration.events.payloads import resource_payload as reso
 from prefect_comfy.orchestration.events.payloads import run_context_ids as run_context_ids
 from prefect_comfy.orchestration.events.payloads import scrub
 from prefect_comfy.orchestration.events.sink import drain_events, prefect_event_sink
-from prefect_comfy.models import ComfyEvent, Job, ResourceError, WireModel
 
 __all__ = [
     "DEFAULT_PROGRESS_EVENTS_PER_SECOND",

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prefect_comfy.orchestration.events import names
 from prefect_comfy.models import WireModel
+from prefect_comfy.orchestration.events import names
 from prefect_comfy.redaction import redact
 
 __all__ = ["resource_payload", "run_context_ids", "scrub"]
