@@ -39,7 +39,7 @@ from prefect.client.schemas.sorting import LogSort  # noqa: E402
 from benchmarks._procwatch import Lifetime, ProcessWatch  # noqa: E402
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer  # noqa: E402
 from tests.support.prefect_stack import Stack, prefect_stack  # noqa: E402
-from tests.workflows import slow_workflow  # noqa: E402
+from tests.support.workflows import slow_workflow  # noqa: E402
 
 KEY = "comfyui-bench-key-not-real"
 POOL = "bench-pool"

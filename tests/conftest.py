@@ -20,12 +20,7 @@ for _name in ("COMFY_API_KEY", "COMFY_BASE_URL"):
 
 import pytest  # noqa: E402
 
-API_KEY = "comfyui-test-key-not-real"
-"""The key the emulator accepts in tests (an obvious placeholder, never a real key)."""
-OTHER_KEY = "comfyui-second-test-key"
-"""A second accepted key, for tests of per-credentials sharing."""
-WRONG_KEY = "comfyui-wrong-key-for-tests"
-"""A key the emulator refuses."""
+from tests.support.keys import API_KEY, OTHER_KEY  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +77,38 @@ def prefect_api_url():
                 os.environ.pop("PREFECT_API_URL", None)
             else:
                 os.environ["PREFECT_API_URL"] = previous
+
+
+TIERS = {
+    "emulator": ("emulator", "_emulator_server"),
+    "prefect": ("prefect_api_url",),
+    "comfyui": ("comfyui_server",),
+    "proxy": ("api_proxy",),
+}
+"""Marker of each tier, and the session fixtures that put a test in it."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tiers, and scale its pytest-timeout by the suite's one factor.
+
+    Tiers: ``unit`` (tests/unit, in-memory seams only), ``emulator``, ``prefect`` (the harness or a
+    real server), ``comfyui`` (a real ComfyUI) and ``proxy`` (comfy-api-proxy in front of it):
+    ``-m unit`` runs in about two minutes, ``-m "not comfyui"`` skips the real ComfyUI.
+    """
+    from tests.support.waiting import TIMEOUT_FACTOR
+
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        if "/tests/unit/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.unit)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for tier, needs in TIERS.items():
+            if fixtures.intersection(needs):
+                item.add_marker(getattr(pytest.mark, tier))
+        if "proxy" in item.keywords and "comfyui" not in item.keywords:
+            item.add_marker(pytest.mark.comfyui)  # the proxy runs on a real ComfyUI
+        if TIMEOUT_FACTOR != 1:
+            marker = item.get_closest_marker("timeout")
+            seconds = float(marker.args[0]) if marker and marker.args else default
+            if seconds:
+                item.add_marker(pytest.mark.timeout(seconds * TIMEOUT_FACTOR), append=False)

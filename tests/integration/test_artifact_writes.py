@@ -20,8 +20,8 @@ from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.orchestration import artifacts
 from prefect_comfy.orchestration import sensor as watching
 from prefect_comfy.orchestration.sensor import watch_comfy_job
-from tests.conftest import API_KEY
-from tests.workflows import slow_workflow
+from tests.support.keys import API_KEY
+from tests.support.workflows import slow_workflow
 
 # Outside a run Prefect still writes artifacts (it warns that this is deprecated): the writes reach
 # the broken API, which is what this test needs.

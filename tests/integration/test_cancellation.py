@@ -24,9 +24,9 @@ from prefect.states import Cancelling
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.orchestration.flows import cancel_comfy_job_hook, run_comfy_workflow
 from prefect_comfy.orchestration.jobs import COMFY_JOB_ID_LABEL
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import slow_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually
+from tests.support.workflows import slow_workflow
 
 pytestmark = pytest.mark.prefect
 

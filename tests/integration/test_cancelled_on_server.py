@@ -18,9 +18,9 @@ from prefect.exceptions import CancelledRun
 
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.orchestration.flows import run_comfy_workflow
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import slow_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import slow_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -57,7 +57,7 @@ async def test_a_cancel_on_the_server_ends_the_flow_run_cancelled(prefect_api_ur
         )
     )
     job_id = await cancel_when_running(creds, tag)
-    state = await asyncio.wait_for(run, 60)
+    state = await asyncio.wait_for(run, scaled(60))
     assert state.is_cancelled(), state
     assert job_id in state.message and "cancelled on the Comfy server" in state.message
     async with get_client() as client:
@@ -87,7 +87,7 @@ async def test_a_parent_flow_sees_cancelled_run(prefect_api_url, creds):
 
     run = asyncio.create_task(asyncio.to_thread(parent, return_state=True))
     await cancel_when_running(creds, tag)
-    state = await asyncio.wait_for(run, 60)
+    state = await asyncio.wait_for(run, scaled(60))
     # Calling the subflow raises CancelledRun; left uncaught, it fails the parent (Prefect's rule
     # for any exception of a subflow call), with the subflow's message.
     assert len(seen) == 1 and "cancelled on the Comfy server" in str(seen[0])
@@ -95,5 +95,5 @@ async def test_a_parent_flow_sees_cancelled_run(prefect_api_url, creds):
 
     run = asyncio.create_task(asyncio.to_thread(tolerant_parent, return_state=True))
     await cancel_when_running(creds, tag + "-t")
-    state = await asyncio.wait_for(run, 60)
+    state = await asyncio.wait_for(run, scaled(60))
     assert state.is_completed() and await state.result() == "CANCELLED"

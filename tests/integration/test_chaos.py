@@ -35,8 +35,8 @@ from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.loop import waiting_loop
 from prefect_comfy.waiting.waits import wait_for
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow
+from tests.support.waiting import eventually
+from tests.support.workflows import failing_workflow, slow_workflow
 
 KEY = "comfyui-chaos-key-not-real"
 JOBS = 500

@@ -26,7 +26,10 @@ from typer.testing import CliRunner
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.cli import COMMANDS, build_app
 from tests.conftest import API_KEY, WRONG_KEY
+from tests.support.keys import API_KEY, WRONG_KEY
 from tests.support.terminal import run_in_terminal
+from tests.support.waiting import eventually
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
 

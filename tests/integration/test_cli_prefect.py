@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import API_KEY
 from tests.integration.test_cli import (
     CLI,
     cli,
@@ -28,8 +27,9 @@ from tests.integration.test_cli import (
     status_is,
     write_json,
 )
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 

@@ -17,7 +17,7 @@ from prefect_comfy.models import ComfyEvent
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 from tests.support.comfyui_server import RunningComfyUI
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.comfyui
 
@@ -206,7 +206,7 @@ async def test_cancel_running_and_pending(
     listener = Collector(
         ComfyUIBackend(comfyui_server.url, client_id=f"other-{uuid.uuid4()}"), ["job.*"]
     )
-    await asyncio.wait_for(listener.connected.wait(), 30)
+    await asyncio.wait_for(listener.connected.wait(), scaled(30))
     progress: list[ComfyEvent] = []
     long_job = await backend.submit(long_graph(), tags=["long"])
     waiting = asyncio.create_task(
@@ -268,7 +268,7 @@ async def test_other_client_sees_completion_via_status_and_history(
     other = ComfyUIBackend(comfyui_server.url, client_id=f"listener-{uuid.uuid4()}")
     assert other.connection_key != backend.connection_key
     collector = Collector(other, ["job.*"])
-    await asyncio.wait_for(collector.connected.wait(), 30)
+    await asyncio.wait_for(collector.connected.wait(), scaled(30))
     job = await backend.submit(empty_to_save(70, color=1234, prefix="seen"), tags=["elsewhere"])
     mine = await wait_for(backend, "job", job.id, timeout=60)
     assert mine.event == "job.completed"
@@ -375,7 +375,7 @@ async def test_flow_and_listener_on_comfyui(
         message="the listener forwarding job.completed",
     )
     listener.stop()
-    await asyncio.wait_for(running, 30)
+    await asyncio.wait_for(running, scaled(30))
     await listener_backend.aclose()
 
 

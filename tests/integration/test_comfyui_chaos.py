@@ -25,7 +25,7 @@ from prefect_comfy.waiting.loop import waiting_loop
 from prefect_comfy.waiting.waits import wait_for
 from tests.integration.test_comfyui_backend import empty_to_save, long_graph
 from tests.support.comfyui_server import RunningComfyUI
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.comfyui
 

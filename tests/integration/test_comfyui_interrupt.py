@@ -16,7 +16,7 @@ from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from tests.integration.test_comfyui_backend import long_graph
 from tests.support.comfyui_server import RunningComfyUI
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.prefect]
 
@@ -42,7 +42,7 @@ async def test_an_interrupt_from_comfyui_ends_the_flow_run_cancelled(
 
         prompt_id = await eventually(running, timeout=60, interval=0.2, message="prompt running")
         (await http.post("/interrupt")).raise_for_status()  # the UI's stop button
-    state = await asyncio.wait_for(run, 90)
+    state = await asyncio.wait_for(run, scaled(90))
     assert state.is_cancelled(), state
     assert prompt_id in state.message and "cancelled on the Comfy server" in state.message
     assert not list(tmp_path.iterdir())  # nothing downloaded

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.support.comfyui_server import RunningComfyUI
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.comfyui
 

@@ -24,6 +24,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy_emulator.images import png_size
 from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
+from tests.support.keys import API_KEY, OTHER_KEY, WRONG_KEY
+from tests.support.waiting import eventually, scaled
 from tests.waiting import eventually, eventually_sync
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -83,7 +85,7 @@ async def event_stream(
     if query:
         url, headers = f"{url}?api_key={key}", {}
     async with websockets.connect(url, additional_headers=headers, open_timeout=5) as ws:
-        connected = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        connected = json.loads(await asyncio.wait_for(ws.recv(), scaled(5)))
         assert connected["type"] == "connected" and connected["data"]["session_id"].startswith(
             "ses_"
         )
@@ -543,7 +545,7 @@ async def test_pause_resume_and_duplicates(emulator, http) -> None:
         job = (await http.post("/jobs", json={"workflow": QUICK})).json()
         await eventually(lambda: emulator.state.jobs[job["id"]].status == "completed")
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(ws.recv(), 0.2)
+            await asyncio.wait_for(ws.recv(), scaled(0.2))
         resumed = (await ctl.post("/_emulator/resume-events")).json()
         assert resumed["delivered"] >= 1
         await until(ws, "job.completed", job["id"])
@@ -560,14 +562,14 @@ async def test_pause_resume_and_duplicates(emulator, http) -> None:
 async def test_malformed_frames_and_drop(emulator) -> None:
     async with event_stream(emulator, ["*"]) as ws, httpx.AsyncClient(base_url=emulator.url) as ctl:
         assert (await ctl.post("/_emulator/malformed-frame")).json()["connections"] >= 1
-        garbage = await asyncio.wait_for(ws.recv(), 5)
+        garbage = await asyncio.wait_for(ws.recv(), scaled(5))
         with pytest.raises(ValueError):
             json.loads(garbage)
-        assert "type" not in json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert "type" not in json.loads(await asyncio.wait_for(ws.recv(), scaled(5)))
         assert emulator.stats()["ws_connections_open"] >= 1
         assert (await ctl.post("/_emulator/drop-connections")).json()["dropped"] >= 1
         with pytest.raises(ConnectionClosed) as info:
-            await asyncio.wait_for(ws.recv(), 5)
+            await asyncio.wait_for(ws.recv(), scaled(5))
         assert info.value.rcvd is None  # cut without a close frame
     assert emulator.stats()["ws_connections_open"] == 0
 
@@ -587,7 +589,7 @@ async def test_close_after_connected_closes_during_the_handshake(emulator) -> No
     ) as ws:
         assert (await recv(ws))["type"] == "connected"
         with pytest.raises(ConnectionClosed) as info:
-            await asyncio.wait_for(ws.recv(), 5)
+            await asyncio.wait_for(ws.recv(), scaled(5))
         assert info.value.rcvd is not None and info.value.rcvd.code == 1011
     assert emulator.stats()["ws_closed_at_handshake"] == before + 1
     async with event_stream(emulator, ["*"]):  # only the next one: this one subscribes

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy_emulator.config import API_PREFIX
-from tests.conftest import API_KEY
+from tests.support.keys import API_KEY
 
 EXAMPLES = int(os.environ.get("EMULATOR_FUZZ_EXAMPLES", "300"))
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

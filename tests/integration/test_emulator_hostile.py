@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.conftest import API_KEY
-from tests.waiting import eventually
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUICK = {
@@ -298,7 +298,7 @@ async def test_a_slow_reader_of_small_frames_keeps_its_connection(server: Emulat
                 (await http.post("/jobs", json={"workflow": QUICK})).json()["id"] for _ in range(20)
             ]
         done: set[str] = set()
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(scaled(15)):
             while not set(ids) <= done:
                 frame = json.loads(await ws.recv())
                 if frame.get("data", {}).get("event") == "job.completed":

@@ -16,8 +16,8 @@ import pytest
 
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy_emulator.images import make_png, png_size
-from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
-from tests.waiting import eventually
+from tests.support.keys import API_KEY, OTHER_KEY, WRONG_KEY
+from tests.support.waiting import eventually, scaled
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUICK = {
@@ -251,7 +251,10 @@ async def test_drop_connections_ends_streams_and_pause_holds_frames(server, http
     assert all(data["status"] != "canceled" for name, data in frames if name == "status")
     await http.post(f"/jobs/{job['id']}/cancel")
     held = await submit(http, sleeper(30))
-    async with asyncio.timeout(15), http.stream("GET", f"/jobs/{held['id']}/events") as answer:
+    async with (
+        asyncio.timeout(scaled(15)),
+        http.stream("GET", f"/jobs/{held['id']}/events") as answer,
+    ):
         lines = answer.aiter_lines()
         assert await anext(lines) == "event: status"
         server.pause_events()
@@ -452,7 +455,10 @@ async def test_surfaces_without_sse_or_listing_answer_501() -> None:
 async def test_frames_arrive_while_the_job_runs(http) -> None:
     """The stream is not held back until it ends (it once was, by the middleware)."""
     job = await submit(http, sleeper(30))
-    async with asyncio.timeout(5), http.stream("GET", f"/jobs/{job['id']}/events") as answer:
+    async with (
+        asyncio.timeout(scaled(5)),
+        http.stream("GET", f"/jobs/{job['id']}/events") as answer,
+    ):
         lines = answer.aiter_lines()
         while await anext(lines) != "event: progress":
             pass

@@ -16,7 +16,7 @@ from comfy_sdk.events import OutputReady, Progress, StatusChange
 
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy_emulator.images import make_png, png_size
-from tests.conftest import API_KEY, WRONG_KEY
+from tests.support.keys import API_KEY, WRONG_KEY
 
 QUICK = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 24, "height": 16, "batch_size": 1, "color": 0}},

@@ -27,11 +27,11 @@ from prefect.events import DeploymentEventTrigger
 from prefect.states import Running
 
 from prefect_comfy.orchestration.triggers import INPUT_READY_PARAMETERS, MODEL_READY_PARAMETERS
-from tests.conftest import API_KEY
 from tests.integration.test_listener_prefect import Running as RunningListener
 from tests.integration.test_listener_prefect import comfy_http, upload
-from tests.waiting import eventually
-from tests.workflows import failing_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import failing_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -223,7 +223,7 @@ async def test_served_trigger_deployment_runs_to_completion(emulator, prefect_ap
         assert outputs
     finally:
         server.terminate()
-        await asyncio.wait_for(server.wait(), 30)
+        await asyncio.wait_for(server.wait(), scaled(30))
 
 
 async def test_failure_automation_fails_the_submitting_flow_run(
@@ -274,7 +274,7 @@ async def test_failure_automation_holds_for_a_flow_still_running(
 
     from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
     from prefect_comfy.orchestration.tasks import submit_comfy_job
-    from tests.waiting import eventually_sync
+    from tests.support.waiting import eventually_sync
 
     t = f"r{uuid.uuid4().hex[:10]}"
     await example.create_failure_automation(name=f"fail-{t}", tags=[t])

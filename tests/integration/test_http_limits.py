@@ -23,7 +23,8 @@ from prefect_comfy.exceptions import (
     ServerError,
 )
 from prefect_comfy.settings import ComfySettings
-from tests.conftest import API_KEY
+from tests.support.keys import API_KEY
+from tests.support.waiting import scaled
 
 CHUNK = b"x" * 65536
 LIMIT = 1 << 20
@@ -107,10 +108,10 @@ async def peak_memory(call: Callable[[], Awaitable[object]]) -> tuple[BaseExcept
     The first run is the warm-up: imports and pools made once per process are not what is measured.
     """
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(call(), 30)
+        await asyncio.wait_for(call(), scaled(30))
     tracemalloc.start()
     try:
-        await asyncio.wait_for(call(), 30)
+        await asyncio.wait_for(call(), scaled(30))
     except Exception as exc:
         return exc, tracemalloc.get_traced_memory()[1]
     finally:
@@ -161,7 +162,7 @@ async def test_a_stalled_download_fails_after_the_stall_timeout(
     ) as backend:
         target = backend.http.origin_url.join(f"{hostile.url}/stall/view")
         with pytest.raises(ComfyTransportError, match="stalled"):
-            await asyncio.wait_for(backend.http.download(target, tmp_path, "o.png"), 30)
+            await asyncio.wait_for(backend.http.download(target, tmp_path, "o.png"), scaled(30))
     assert list(tmp_path.iterdir()) == []
 
 

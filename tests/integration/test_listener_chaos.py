@@ -30,11 +30,11 @@ from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.triggers import on_input_ready, on_job_completed
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.conftest import API_KEY
 from tests.integration.test_listener_prefect import apply, upload
 from tests.integration.test_listener_v2 import Counting
-from tests.waiting import eventually
-from tests.workflows import slow_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import slow_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -196,7 +196,7 @@ async def test_the_listener_duplicates_no_flow_run_under_chaos(prefect_api_url) 
                 )
         finally:
             listener.stop()
-            await asyncio.wait_for(running, 30)
+            await asyncio.wait_for(running, scaled(30))
             await listener_backend.aclose()
     print(f"\nlistener chaos: {dict(done)}; listener {listener.stats}")
     unsent = [j for j in job_ids if not counting.terminal(j)]

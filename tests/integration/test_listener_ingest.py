@@ -32,9 +32,9 @@ from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import slow_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import slow_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -127,7 +127,7 @@ async def test_a_20000_event_burst_stores_every_outcome_and_keeps_progress_in_bu
         sending_seconds = time.monotonic() - started
     finally:
         listener.stop()
-        await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(task, scaled(60))
         await backend.aclose()
     stats = listener.stats
     assert stats.received == EVENTS, stats

@@ -32,9 +32,9 @@ from prefect.events.filters import (
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.triggers import on_input_ready, on_model_ready
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -126,7 +126,7 @@ class Running:
     async def __aexit__(self, *exc: object) -> None:
         self.listener.stop()
         assert self.task is not None
-        await asyncio.wait_for(self.task, 30)
+        await asyncio.wait_for(self.task, scaled(30))
         await self.backend.aclose()
 
 
@@ -290,7 +290,7 @@ async def test_sigterm_during_a_burst_loses_nothing_it_received(emulator, prefec
             message="the burst under way",
         )
         process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 60)
+        code = await asyncio.wait_for(process.wait(), scaled(60))
         await bursting
         await reader
     finally:

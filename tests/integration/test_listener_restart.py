@@ -29,9 +29,9 @@ from prefect.events.filters import EventFilter, EventResourceFilter
 from prefect_comfy.models import STATUS_EVENT
 from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -102,9 +102,9 @@ class ListenerProcess:
         assert self.process is not None
         if self.process.returncode is None:
             self.process.send_signal(sig)
-        code = await asyncio.wait_for(self.process.wait(), 60)
+        code = await asyncio.wait_for(self.process.wait(), scaled(60))
         assert self._reader is not None
-        await asyncio.wait_for(self._reader, 10)
+        await asyncio.wait_for(self._reader, scaled(10))
         return code
 
 

@@ -33,9 +33,9 @@ from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.tasks import submit_comfy_job
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -112,7 +112,7 @@ async def listening(emu: EmulatorServer, counting: Counting, **options: Any) -> 
         yield listener
     finally:
         listener.stop()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(task, scaled(30))
         await backend.aclose()
 
 
@@ -297,7 +297,7 @@ async def test_prefect_comfy_listen_with_a_saved_v2_block(prefect_api_url, cappe
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0, "".join(lines)[-3000:]
+        assert await asyncio.wait_for(process.wait(), scaled(30)) == 0, "".join(lines)[-3000:]
         await reader
 
 

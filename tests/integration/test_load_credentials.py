@@ -11,7 +11,7 @@ from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.backends.registry import load_credentials
 from prefect_comfy.listener.run import _backend_from
 from prefect_comfy.orchestration.flows import credentials_from_parameter
-from tests.conftest import API_KEY
+from tests.support.keys import API_KEY
 
 
 async def test_either_kind_of_block_loads_by_name(prefect_api_url: str) -> None:

@@ -30,7 +30,7 @@ from prefect_comfy.models import ComfyEvent, Job, Output
 from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.orchestration.flows import cancel_comfy_job_hook, run_comfy_workflow
 from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.prefect
 

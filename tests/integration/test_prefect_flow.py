@@ -33,9 +33,9 @@ from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.orchestration.jobs import COMFY_JOB_ID_LABEL, ComfyJobResult, ComfyWorkflow
 from prefect_comfy.orchestration.tasks import submit_comfy_job
-from tests.conftest import API_KEY, WRONG_KEY
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY, WRONG_KEY
+from tests.support.waiting import eventually
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 
@@ -184,7 +184,7 @@ async def test_a_timed_out_wait_cancels_the_comfy_job(prefect_api_url, creds):
 PREFECT_TIMEOUT_SCRIPT = """
 import os, sys
 from prefect_comfy import ComfyCloudCredentials, run_comfy_workflow
-from tests.workflows import slow_workflow
+from tests.support.workflows import slow_workflow
 
 creds = ComfyCloudCredentials(api_key=os.environ["TEST_COMFY_KEY"], base_url=sys.argv[1])
 run_comfy_workflow.with_options(timeout_seconds=2)(creds, slow_workflow(steps=600), tags=[sys.argv[2]])
@@ -234,7 +234,7 @@ async def test_a_prefect_timeout_cancels_the_comfy_job(prefect_api_url, creds, e
 IN_THREAD_TIMEOUT_SCRIPT = """
 import os, sys, threading
 from prefect_comfy import ComfyCloudCredentials, run_comfy_workflow
-from tests.workflows import slow_workflow
+from tests.support.workflows import slow_workflow
 
 creds = ComfyCloudCredentials(api_key=os.environ["TEST_COMFY_KEY"], base_url=sys.argv[1])
 timed = run_comfy_workflow.with_options(timeout_seconds=2)

@@ -21,8 +21,8 @@ from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.exceptions import JobTimedOut
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
-from tests.conftest import API_KEY
-from tests.workflows import slow_workflow
+from tests.support.keys import API_KEY
+from tests.support.workflows import slow_workflow
 
 JOBS = 10
 FLAP_EVERY = 1.0

@@ -13,9 +13,9 @@ from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow, NotFound, ServerError
 from prefect_comfy.models import Job
 from prefect_comfy.transport.retry import RetryPolicy
-from tests.conftest import API_KEY, WRONG_KEY
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, tiny_workflow
+from tests.support.keys import API_KEY, WRONG_KEY
+from tests.support.waiting import eventually
+from tests.support.workflows import failing_workflow, tiny_workflow
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -38,10 +38,10 @@ from prefect_comfy.exceptions import ComfyError, WebSocketAuthError
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.waits import wait_for
-from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
 from tests.integration.test_comfyui_backend import empty_to_save
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, tiny_workflow
+from tests.support.keys import API_KEY, OTHER_KEY, WRONG_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import failing_workflow, tiny_workflow
 
 COMFYUI_KEY = "comfyui-sweep-key-for-a-local-comfyui"
 SERVER_SIDE = ("uvicorn", "prefect_comfy_emulator", "websockets.server")
@@ -101,7 +101,7 @@ async def full_run(backend: ComfyBackend, tmp_path: Path) -> list[str]:
 
     reader = asyncio.create_task(read())
     try:
-        await asyncio.wait_for(connected.wait(), 30)
+        await asyncio.wait_for(connected.wait(), scaled(30))
         job = await backend.submit(tiny_workflow("sweep"))
         event = await wait_for(backend, "job", job.id, timeout=60)
         assert event.event == "job.completed", event

@@ -33,9 +33,9 @@ from prefect_comfy.orchestration.tasks import (
     wait_for_comfy_job,
     wait_for_comfy_model,
 )
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 

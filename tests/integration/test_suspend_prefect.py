@@ -25,10 +25,10 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 
-from tests.conftest import API_KEY
+from tests.support.keys import API_KEY
 from tests.support.prefect_stack import ROOT, Stack, prefect_stack
-from tests.waiting import eventually
-from tests.workflows import slow_workflow, tiny_workflow
+from tests.support.waiting import eventually
+from tests.support.workflows import slow_workflow, tiny_workflow
 
 pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
 

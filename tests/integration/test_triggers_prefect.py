@@ -25,7 +25,7 @@ from prefect_comfy.orchestration.triggers import (
     on_job_failed,
     on_model_ready,
 )
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.prefect
 

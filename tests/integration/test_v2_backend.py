@@ -21,8 +21,9 @@ from prefect_comfy.exceptions import (
     TooManyStreams,
 )
 from prefect_comfy_emulator.images import make_png
-from tests.conftest import API_KEY, WRONG_KEY
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY, WRONG_KEY
+from tests.support.waiting import scaled
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 UI_GRAPH = {"last_node_id": 2, "nodes": [{"id": 1, "type": "EmptyImage"}], "links": []}
 
@@ -40,7 +41,7 @@ async def events_of(backend: V2Backend, job_id: str) -> list:
 async def test_a_job_completes_streams_progress_and_its_png_downloads(backend, tmp_path: Path):
     job = await backend.submit(slow_workflow(4), tags=["v2-complete"])
     assert job.status in ("pending", "running")
-    events = await asyncio.wait_for(events_of(backend, job.id), 20)
+    events = await asyncio.wait_for(events_of(backend, job.id), scaled(20))
     assert events[-1].event == "job.completed"
     assert all(e.event == "job.progress" for e in events[:-1])
     progress = [e.payload["progress"] for e in events[:-1]]
@@ -53,7 +54,7 @@ async def test_a_job_completes_streams_progress_and_its_png_downloads(backend, t
 
 async def test_a_failed_job_names_node_and_class(backend):
     job = await backend.submit(failing_workflow("broken on purpose"))
-    events = await asyncio.wait_for(events_of(backend, job.id), 20)
+    events = await asyncio.wait_for(events_of(backend, job.id), scaled(20))
     end = events[-1]
     assert end.event == "job.failed"
     error = end.payload["error"]
@@ -64,7 +65,7 @@ async def test_a_failed_job_names_node_and_class(backend):
 async def test_a_cancelled_job_ends_cancelled(backend):
     job = await backend.submit(slow_workflow(200))
     stream = backend.job_events(job.id)
-    first = await asyncio.wait_for(anext(stream), 10)  # running: a progress snapshot came
+    first = await asyncio.wait_for(anext(stream), scaled(10))  # running: a progress snapshot came
     assert first.event == "job.progress"
     acknowledged = await backend.cancel(job.id)
     assert acknowledged.status in ("running", "cancelled")  # canceling is not yet cancelled
@@ -163,7 +164,7 @@ async def test_too_many_streams_is_its_own_error(emulator):
         async with V2Backend(emu.v2_url, API_KEY) as backend:
             job = await backend.submit(slow_workflow(100))
             first = backend.job_events(job.id)
-            await asyncio.wait_for(anext(first), 10)
+            await asyncio.wait_for(anext(first), scaled(10))
             with pytest.raises(TooManyStreams) as caught:
                 await anext(backend.job_events(job.id))
             assert caught.value.retry_after == 5
@@ -187,7 +188,7 @@ async def test_an_uploaded_asset_is_ready_and_used_by_load_image(backend, tmp_pa
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "v2a"}},
     }
     job = await backend.submit(wf)
-    events = await asyncio.wait_for(events_of(backend, job.id), 20)
+    events = await asyncio.wait_for(events_of(backend, job.id), scaled(20))
     assert events[-1].event == "job.completed", events[-1].payload
 
 
@@ -216,7 +217,7 @@ async def test_progress_events_carry_the_jobs_tags_like_other_backends(emulator,
     assert answer.status_code == 201, answer.text
     for job_id, tags in ((mine.id, ["v2-tagged", "x"]), (answer.json()["id"], ["elsewhere"])):
         async with V2Backend(emulator.v2_url, API_KEY) as fresh:
-            events = await asyncio.wait_for(events_of(fresh, job_id), 20)
+            events = await asyncio.wait_for(events_of(fresh, job_id), scaled(20))
         progress = [e for e in events if e.event == "job.progress"]
         assert progress
         for event in progress:

@@ -24,9 +24,9 @@ from prefect_comfy.orchestration.jobs import ComfyJobResult
 from prefect_comfy.orchestration.tasks import cancel_comfy_job, submit_comfy_job, wait_for_comfy_job
 from prefect_comfy.waiting.waits import wait_for
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.conftest import API_KEY
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 

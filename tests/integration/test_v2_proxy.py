@@ -20,7 +20,7 @@ from prefect_comfy.waiting.waits import wait_for
 from prefect_comfy_emulator.images import make_png
 from tests.integration.test_comfyui_backend import PNG_MAGIC, empty_to_save, long_graph
 from tests.support.api_proxy import RunningProxy
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.comfyui
 
@@ -39,7 +39,7 @@ async def stream_to_end(backend: V2Backend, job_id: str) -> list:
 
 async def test_empty_image_to_save_image_completes_and_its_png_downloads(backend, tmp_path: Path):
     job = await backend.submit(empty_to_save(prefix="v2proxy"), tags=["v2-proxy"])
-    events = await asyncio.wait_for(stream_to_end(backend, job.id), 60)
+    events = await asyncio.wait_for(stream_to_end(backend, job.id), scaled(60))
     assert events and events[-1].event == "job.completed", [e.event for e in events]
     outputs = await backend.outputs(job.id)
     assert outputs and outputs[0].type == "image"
@@ -78,7 +78,7 @@ async def test_an_uploaded_asset_works_in_load_image(backend, tmp_path: Path):
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "v2asset"}},
     }  # fmt: skip
     job = await backend.submit(graph)
-    events = await asyncio.wait_for(stream_to_end(backend, job.id), 60)
+    events = await asyncio.wait_for(stream_to_end(backend, job.id), scaled(60))
     assert events[-1].event == "job.completed", events[-1].payload
 
 
@@ -94,7 +94,7 @@ async def test_a_cancel_the_proxy_acknowledges_is_reported_as_what_happened(back
     assert (
         acknowledged.status != "cancelled" or (await backend.get_job(job.id)).status == "cancelled"
     )
-    events = await asyncio.wait_for(_rest(stream), 120)
+    events = await asyncio.wait_for(_rest(stream), scaled(120))
     ends = [e for e in events if e.is_terminal]
     assert len(ends) <= 1, [e.event for e in events]
 
@@ -206,4 +206,4 @@ async def test_the_listener_finds_and_follows_jobs_on_the_real_proxy(api_proxy: 
                     assert event.resource.get("comfy.tag.v2-listen") == "true", event.event
         finally:
             listener.stop()
-            await asyncio.wait_for(task, 30)
+            await asyncio.wait_for(task, scaled(30))

@@ -20,9 +20,9 @@ from prefect_comfy.models import ComfyEvent
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
-from tests.conftest import API_KEY, WRONG_KEY
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
+from tests.support.keys import API_KEY, WRONG_KEY
+from tests.support.waiting import eventually, scaled
+from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
@@ -71,7 +71,7 @@ async def submit_many(backend: CloudBackend, workflows: list[dict[str, Any]]) ->
 
 async def test_submit_then_wait_completed(backend, hub):
     job = await backend.submit(tiny_workflow("wait"))
-    result = await asyncio.wait_for(hub.wait("job", job.id, timeout=30), 30)
+    result = await asyncio.wait_for(hub.wait("job", job.id, timeout=30), scaled(30))
     assert result.event == "job.completed" and result.payload["id"] == job.id
     assert result.payload["outputs"] and result.payload["outputs"][0]["download_url"]
 
@@ -168,7 +168,7 @@ async def test_random_drops_during_200_waits(backend, hub, emulator):
         await asyncio.sleep(rng.uniform(0.01, 0.3))  # a random moment (fault timing, not a wait)
         dropped_while_waiting += hub.stats["pending"] > 0
         emulator.drop_connections()
-    results = await asyncio.wait_for(asyncio.gather(*waits), 60)
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(60))
     expected = ["job.failed" if i % 7 == 0 else "job.completed" for i in range(200)]
     assert [r.event for r in results] == expected
     assert [r.payload["id"] for r in results] == ids
@@ -185,7 +185,7 @@ async def test_duplicated_events_reach_a_waiter_once(backend, emulator):
         got: list[ComfyEvent] = []
         ended: set[str] = set()
         while ended != {first.id, second.id}:
-            event = await asyncio.wait_for(stream.__anext__(), 20)
+            event = await asyncio.wait_for(stream.__anext__(), scaled(20))
             got.append(event)
             if event.is_terminal:
                 ended.add(event.resource_id)
@@ -201,7 +201,7 @@ async def test_duplicates_through_the_hub(backend, hub, emulator):
     emulator.duplicate_events(True)
     job = await backend.submit(slow_workflow(4))
     seen: list[ComfyEvent] = []
-    result = await asyncio.wait_for(hub.wait("job", job.id, on_progress=seen.append), 30)
+    result = await asyncio.wait_for(hub.wait("job", job.id, on_progress=seen.append), scaled(30))
     assert result.event == "job.completed"
     assert len({e.id for e in seen}) == len(seen) > 0
 
@@ -215,7 +215,7 @@ async def test_malformed_server_frame_is_logged_and_skipped(backend, emulator, c
             assert answer.json()["connections"] >= 1
         job = await backend.submit(tiny_workflow("raw"))
         while True:
-            event = await asyncio.wait_for(stream.__anext__(), 20)
+            event = await asyncio.wait_for(stream.__anext__(), scaled(20))
             if event.is_terminal and event.resource_id == job.id:
                 break
         assert ws.connections_opened == 1

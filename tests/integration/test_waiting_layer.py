@@ -16,9 +16,9 @@ from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.waiters import wait_for_job
-from tests.conftest import OTHER_KEY
-from tests.waiting import eventually, eventually_sync
-from tests.workflows import slow_workflow, tiny_workflow
+from tests.support.keys import OTHER_KEY
+from tests.support.waiting import eventually, eventually_sync, scaled
+from tests.support.workflows import slow_workflow, tiny_workflow
 
 
 def settings_for(emulator: Any, key: str, **extra: Any) -> ComfySettings:
@@ -93,7 +93,7 @@ async def test_jobs_ending_during_an_outage_with_failing_rest_end_their_waits(em
             emulator.inject_faults(503, count=6, path="/jobs")
             emulator.drop_connections()
             emulator.resume_events()
-            results = await asyncio.wait_for(asyncio.gather(*waits), 30)
+            results = await asyncio.wait_for(asyncio.gather(*waits), scaled(30))
             assert [r.event for r in results] == ["job.completed"] * 4
             assert [r.payload["id"] for r in results] == [j.id for j in jobs]
             assert hub.connections_opened >= 2
@@ -108,7 +108,7 @@ async def test_covered_waits_need_no_rest_read(emulator):
             backend.clone(), linger=10.0
         )  # the stream must stay up while the jobs are submitted
         try:
-            mark = await asyncio.wait_for(hub.ready(), 10)
+            mark = await asyncio.wait_for(hub.ready(), scaled(10))
             jobs = [await backend.submit(tiny_workflow(f"c{i}")) for i in range(5)]
             results = await asyncio.wait_for(
                 asyncio.gather(*(hub.wait("job", j.id, covered_since=mark) for j in jobs)), 30

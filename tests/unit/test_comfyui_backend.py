@@ -32,7 +32,7 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.models import Output
 from prefect_comfy.redaction import redact_url
 from prefect_comfy.settings import ComfySettings
-from tests.waiting import eventually, eventually_sync
+from tests.support.waiting import eventually, eventually_sync, scaled
 
 KEY = "comfyui-unit-comfyui-key"
 GRAPH = {
@@ -404,7 +404,7 @@ async def collect(backend: ComfyUIBackend, patterns=("*",)):
             events.append(event)
 
     task = asyncio.create_task(read())
-    await asyncio.wait_for(connected.wait(), 5)
+    await asyncio.wait_for(connected.wait(), scaled(5))
     return events, task
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from prefect_comfy.transport.deadlines import bounded, wait_event, within
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 
 async def test_within_returns_the_result():

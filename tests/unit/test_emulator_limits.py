@@ -11,7 +11,7 @@ from prefect_comfy_emulator.bus import CLOSE_OVERFLOW, Close, Connection
 from prefect_comfy_emulator.idempotency import Answer, Claim, IdempotencyRecords
 from prefect_comfy_emulator.v2.errors import V2Error, as_v2
 from prefect_comfy_emulator.wire import MAX_JSON_DEPTH, ApiError, parse_json
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 
 @pytest.mark.parametrize(

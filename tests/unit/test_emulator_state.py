@@ -8,7 +8,7 @@ from prefect_comfy_emulator.bus import Close, EventBus
 from prefect_comfy_emulator.config import EmulatorConfig
 from prefect_comfy_emulator.records import IdFactory, now_iso
 from prefect_comfy_emulator.state import EmulatorState, Fault
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 SLEEP = {"1": {"class_type": "EmulatorSleep", "inputs": {"seconds": 2.0}}}
 QUICK = {

@@ -21,7 +21,7 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.waits import wait_for
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 _keys = itertools.count()
 DROP = object()
@@ -189,7 +189,7 @@ async def test_fan_out_to_many_waiters_over_one_stream(hub, world):
     world.push("job.completed", "job_0", status="completed")
     world.push("job.failed", "job_1", status="failed", error={"code": "x", "message": "boom"})
     world.push("job.cancelled", "job_2", status="cancelled")
-    results = await asyncio.wait_for(asyncio.gather(*waits, *same), 5)
+    results = await asyncio.wait_for(asyncio.gather(*waits, *same), scaled(5))
     assert [r.event for r in results] == [
         "job.completed",
         "job.failed",
@@ -223,7 +223,7 @@ async def test_progress_in_order_once_each_and_callback_errors_are_not_fatal(hub
         world.push("job.progress", "job_p", f"evt_{n if p != 20 else 1}", progress=p)
     world.push("job.completed", "job_p", "evt_end", status="completed")
     world.push("job.progress", "job_p", "evt_late", progress=99)
-    first, second = await asyncio.wait_for(asyncio.gather(a, b), 5)
+    first, second = await asyncio.wait_for(asyncio.gather(a, b), scaled(5))
     assert first.event == second.event == "job.completed"
     assert seen_sync == [10, 20, 30] and seen_async == [10, 20, 30]
     assert "callback bug" in caplog.text
@@ -231,7 +231,7 @@ async def test_progress_in_order_once_each_and_callback_errors_are_not_fatal(hub
 
 async def test_already_finished_job_resolves_from_the_first_connect(hub, world):
     world.jobs["job_done"] = job("job_done", "completed", outputs=[{"id": "o1", "type": "image"}])
-    result = await asyncio.wait_for(hub.wait("job", "job_done"), 5)
+    result = await asyncio.wait_for(hub.wait("job", "job_done"), scaled(5))
     assert result.event == "job.completed" and result.id is None
     assert result.payload["outputs"][0]["id"] == "o1" and "error" not in result.payload
 
@@ -251,7 +251,7 @@ async def test_reconciles_after_reconnect(hub, world):
     world.inputs["inp_r"] = Input(id="inp_r", name="a.png", status="ready")
     world.models["mod_r"] = Model(id="mod_r", name="m", status="failed", type="lora")
     world.queue.put_nowait(DROP)
-    results = await asyncio.wait_for(asyncio.gather(*waits), 5)
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(5))
     assert [r.event for r in results] == ["job.failed", "input.ready", "model.failed"]
     assert results[0].payload["error"]["code"] == "oom"
     assert hub.connections_opened == 2 and world.reads == 6 and world.streams == 1
@@ -262,10 +262,10 @@ async def test_late_waiter_reads_once_after_registering(hub, world):
     world.jobs["job_b"] = job("job_b", "completed")
     first = start(hub.wait("job", "job_a"))
     await eventually(lambda: world.reads == 1)
-    assert (await asyncio.wait_for(hub.wait("job", "job_b"), 5)).event == "job.completed"
+    assert (await asyncio.wait_for(hub.wait("job", "job_b"), scaled(5))).event == "job.completed"
     assert world.reads == 2 and world.streams == 1
     world.push("job.completed", "job_a", status="completed")
-    await asyncio.wait_for(first, 5)
+    await asyncio.wait_for(first, scaled(5))
     assert world.reads == 2  # no polling
 
 
@@ -291,7 +291,7 @@ async def test_input_timeout_uses_the_rest_status(hub, world):
 
 async def test_not_found_fails_the_wait(hub, world):
     with pytest.raises(NotFound):
-        await asyncio.wait_for(hub.wait("job", "job_missing"), 5)
+        await asyncio.wait_for(hub.wait("job", "job_missing"), scaled(5))
 
 
 async def test_a_refused_key_fails_every_pending_wait_and_the_next_opens_anew(hub, world):
@@ -301,9 +301,9 @@ async def test_a_refused_key_fails_every_pending_wait_and_the_next_opens_anew(hu
     world.queue.put_nowait(WebSocketAuthError("check the key"))
     for w in waits:
         with pytest.raises(WebSocketAuthError):
-            await asyncio.wait_for(w, 5)
+            await asyncio.wait_for(w, scaled(5))
     world.jobs["job_x"] = job("job_x", "completed")
-    assert (await asyncio.wait_for(hub.wait("job", "job_x"), 5)).event == "job.completed"
+    assert (await asyncio.wait_for(hub.wait("job", "job_x"), scaled(5))).event == "job.completed"
     assert world.streams == 2 and hub.streams_opened == 2
 
 
@@ -325,11 +325,11 @@ async def test_a_stream_that_gives_up_leaves_the_waits_to_rest_and_opens_again(h
 async def test_stream_closes_after_linger_and_reopens(backend, world):
     hub = EventHub(backend.clone(), linger=0.5)
     world.jobs["job_l"] = job("job_l", "completed")
-    await asyncio.wait_for(hub.wait("job", "job_l"), 5)
-    await asyncio.wait_for(hub.wait("job", "job_l"), 5)  # within the linger: same stream
+    await asyncio.wait_for(hub.wait("job", "job_l"), scaled(5))
+    await asyncio.wait_for(hub.wait("job", "job_l"), scaled(5))  # within the linger: same stream
     assert world.streams == 1
     await eventually(lambda: not hub.stream_open and world.closed_backends == 1)
-    await asyncio.wait_for(hub.wait("job", "job_l"), 5)
+    await asyncio.wait_for(hub.wait("job", "job_l"), scaled(5))
     assert world.streams == 2 and hub.backend.closed is False
 
 
@@ -356,7 +356,7 @@ async def test_reconcile_reads_are_bounded(hub, world):
     waits = [start(hub.wait("job", f"job_{i}")) for i in range(40)]
     await eventually(lambda: world.in_flight == 16)
     world.read_gate.set()
-    await asyncio.wait_for(asyncio.gather(*waits), 5)
+    await asyncio.wait_for(asyncio.gather(*waits), scaled(5))
     assert world.max_in_flight == 16 and world.reads == 40
 
 
@@ -379,10 +379,10 @@ async def test_a_job_the_server_forgets_is_lost_not_missing(hub, world):
     await eventually(lambda: world.reads == 1)
     del world.jobs["job_gone"]  # the server restarted and forgot it
     world.queue.put_nowait(DROP)
-    result = await asyncio.wait_for(waiter, 5)
+    result = await asyncio.wait_for(waiter, scaled(5))
     assert result.event == "job.lost" and result.payload["error"]["code"] == "lost"
     with pytest.raises(NotFound):  # never seen: a wrong id stays NotFound
-        await asyncio.wait_for(hub.wait("job", "job_never"), 5)
+        await asyncio.wait_for(hub.wait("job", "job_never"), scaled(5))
 
 
 async def test_a_large_outcome_of_nobodys_job_is_not_kept_a_late_wait_reads_it(hub, world):
@@ -395,7 +395,7 @@ async def test_a_large_outcome_of_nobodys_job_is_not_kept_a_late_wait_reads_it(h
     world.jobs["other_0"] = job("other_0", "completed")
     await eventually(lambda: hub.events_received == 20)
     reads = world.reads
-    late = await asyncio.wait_for(hub.wait("job", "other_0"), 5)
+    late = await asyncio.wait_for(hub.wait("job", "other_0"), scaled(5))
     assert late.event == "job.completed"
     assert world.reads == reads + 1  # read over REST, not remembered
     assert hub._recall.outcome_bytes < 2**20

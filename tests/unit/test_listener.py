@@ -21,7 +21,7 @@ from prefect_comfy.listener.sender import require_prefect_api_url
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
 from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.events.budget import ProgressBudget
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 ADDRESS = "http://comfy.test"
 FLOW_RUN = "0b7e2b2a-9d5f-4a53-9a3c-4d2a0f6f1c11"
@@ -185,7 +185,7 @@ async def started(listener: ComfyListener) -> asyncio.Task[None]:
 
 async def stop(listener: ComfyListener, task: asyncio.Task[None]) -> None:
     listener.stop()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, scaled(10))
 
 
 async def test_forwards_with_the_sensor_ids_and_relates_the_flow_run():
@@ -444,7 +444,7 @@ async def test_auth_failure_stops_the_listener():
     backend.auth_fails = True
     listener = make_listener(backend, client)
     with pytest.raises(WebSocketAuthError):
-        await asyncio.wait_for(listener.run(), 10)
+        await asyncio.wait_for(listener.run(), scaled(10))
     assert client.exited == 1
 
 
@@ -452,7 +452,7 @@ async def test_stop_before_run_returns_at_once():
     backend, client = FakeBackend(), FakeEventsClient()
     listener = make_listener(backend, client)
     listener.stop()
-    await asyncio.wait_for(listener.run(), 10)
+    await asyncio.wait_for(listener.run(), scaled(10))
     assert client.exited == 1
 
 

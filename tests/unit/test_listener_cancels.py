@@ -15,6 +15,7 @@ from prefect_comfy.exceptions import NotFound
 from prefect_comfy.listener import cancels
 from prefect_comfy.listener.cancels import SuspendedRunCanceller, job_ids_of_labels
 from prefect_comfy.models import Job
+from tests.support.waiting import scaled
 
 
 def cancelled(flow_run_id: str, from_name: str | None = "Suspended", **kw: Any) -> Event:
@@ -251,7 +252,7 @@ async def test_run_follows_the_stream_and_reopens_it_when_it_breaks(monkeypatch)
         while len(backend.cancels) < 2:
             await asyncio.sleep(0)  # yields to the task under test; bounded by wait_for below
 
-    await asyncio.wait_for(both_cancelled(), timeout=5)
+    await asyncio.wait_for(both_cancelled(), scaled(5))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -277,7 +278,7 @@ async def test_run_survives_a_catch_up_that_fails(monkeypatch) -> None:
         while not backend.cancels:
             await asyncio.sleep(0)
 
-    await asyncio.wait_for(done(), timeout=5)
+    await asyncio.wait_for(done(), scaled(5))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -23,8 +23,8 @@ from prefect_comfy.listener.cursor import (
 from prefect_comfy.listener.keeper import CursorKeeper
 from prefect_comfy.listener.tracking import Bounded
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Page
+from tests.support.waiting import eventually, scaled
 from tests.unit.test_listener import ADDRESS, FakeBackend, FakeEventsClient, make_listener, started
-from tests.waiting import eventually
 
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
@@ -198,7 +198,7 @@ async def test_a_restarted_listener_reconciles_what_its_predecessor_saw_in_fligh
     task = await started(second)
     await eventually(lambda: second_client.named("comfy.job.completed"), message="reconciled")
     second.stop()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, scaled(10))
     assert second.stats.reconciled == 1
     assert json.loads(path.read_text())["in_flight"] == []
 

@@ -24,7 +24,7 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.listener import follow
 from prefect_comfy.listener.follow import JobFollower
 from prefect_comfy.models import ComfyEvent, Job
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 END = {"completed": "job.completed", "failed": "job.failed", "cancelled": "job.cancelled"}
 
@@ -204,7 +204,7 @@ async def test_a_server_down_at_the_start_is_an_error_and_no_disconnect() -> Non
     server.list_error = ComfyAPIError("unavailable", status_code=503)
     run = Run(JobFollower(server))
     with pytest.raises(ComfyAPIError):
-        await asyncio.wait_for(run.task, 5)
+        await asyncio.wait_for(run.task, scaled(5))
     assert (run.connects, run.disconnects) == (0, 0)
 
 
@@ -235,7 +235,7 @@ async def test_a_listener_slower_than_the_progress_drops_progress_never_an_outco
     await eventually(lambda: follower.following == 0, timeout=5, message="j2's end queued")
     events = [await first]
     while len(events) < 1 + follow.MAX_QUEUED_PROGRESS:
-        events.append(await asyncio.wait_for(stream.__anext__(), 5))
+        events.append(await asyncio.wait_for(stream.__anext__(), scaled(5)))
     await stream.aclose()
     progress = [e for e in events if e.event == "job.progress"]
     assert len(progress) == follow.MAX_QUEUED_PROGRESS

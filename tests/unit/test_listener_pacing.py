@@ -13,7 +13,7 @@ from prefect_comfy.listener.pacing import BEHIND_AFTER, PacedQueue
 from prefect_comfy.listener.sender import PrefectSender, events_per_second_from_env
 from prefect_comfy.listener.stats import ListenerStats
 from prefect_comfy.orchestration.events.budget import ProgressBudget
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 
 class Clock:
@@ -68,7 +68,7 @@ async def test_a_heartbeat_goes_first_and_never_waits():
     q, _, _ = queue(clock, queue_size=2)
     await q.put(event("job.completed", "a"))
     await q.put(event("job.completed", "b"))
-    await asyncio.wait_for(q.put(event("listener.heartbeat", "x"), counted=False), 1)
+    await asyncio.wait_for(q.put(event("listener.heartbeat", "x"), counted=False), scaled(1))
     assert [e.event for e in drain_now(q)] == [
         "comfy.listener.heartbeat",
         "comfy.job.completed",
@@ -158,12 +158,12 @@ async def test_put_waits_while_the_outcome_queue_is_full_but_progress_never_wait
     clock = Clock()
     q, _, _ = queue(clock, queue_size=1)
     await q.put(event("job.completed", "a"))
-    await asyncio.wait_for(q.put(event("job.progress", "b", 1)), 1)
+    await asyncio.wait_for(q.put(event("job.progress", "b", 1)), scaled(1))
     blocked = asyncio.create_task(q.put(event("job.completed", "c")))
     await asyncio.sleep(0)
     assert not blocked.done()
     q.next()
-    await asyncio.wait_for(blocked, 1)
+    await asyncio.wait_for(blocked, scaled(1))
 
 
 async def test_the_sender_warns_when_behind_and_when_caught_up(caplog):

@@ -21,7 +21,7 @@ from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, Resource
 from prefect_comfy.orchestration.events import emitter as emitter_module
 from prefect_comfy.orchestration.sensor import _JobWatch, watch_comfy_job
 from prefect_comfy.orchestration.sensor import watch_comfy_upload as _watch_upload
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.usefixtures("scripted_waits")
 
@@ -286,7 +286,7 @@ class StubbornWrites:
         async def write(**kwargs: Any):
             self.calls.append(name)
             try:
-                await asyncio.wait_for(self.release.wait(), 3600)
+                await asyncio.wait_for(self.release.wait(), scaled(3600))
             except asyncio.CancelledError:
                 await self.release.wait()  # deaf to the cancellation until the test lets go
             raise RuntimeError("released")
@@ -350,5 +350,5 @@ async def test_failing_artifact_writes_never_fail_the_wait(sent, monkeypatch, ca
         monkeypatch.setattr(f"prefect.artifacts.{attr}", refuse)
     job = Job(id="j1", status="completed", outputs=[Output(id="o1", name="a.txt")])
     backend = FakeBackend(ComfyEvent(event="job.completed", payload={"id": "j1"}), job, [10])
-    assert await asyncio.wait_for(watch_comfy_job(backend, "j1"), timeout=5) is job
+    assert await asyncio.wait_for(watch_comfy_job(backend, "j1"), scaled(5)) is job
     assert "503 from the Prefect API" in caplog.text

@@ -18,8 +18,8 @@ from prefect_comfy.exceptions import NotFound, ServerError, TooManyStreams
 from prefect_comfy.models import ComfyEvent, Input, Job
 from prefect_comfy.waiting import slots
 from prefect_comfy.waiting.hub import EventHub
+from tests.support.waiting import eventually, scaled
 from tests.unit.test_hub import FakeBackend, World
-from tests.waiting import eventually
 
 _keys = itertools.count()
 END = object()  # the server closes a stream without a terminal event
@@ -161,7 +161,7 @@ async def test_200_waits_with_a_cap_of_8_share_8_streams_and_one_poll():
     # Everything ends at once: streamed jobs by their streams, the rest by the shared poll.
     for i, jid in enumerate(ids[8:]):
         world.finish(jid, "failed" if i % 3 == 0 else "completed")
-    results = await asyncio.wait_for(asyncio.gather(*waits), 30)
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(30))
     for i, (jid, event) in enumerate(zip(ids, results, strict=True)):
         expected = "job.failed" if i >= 8 and (i - 8) % 3 == 0 else "job.completed"
         assert (event.resource_id, event.event) == (jid, expected)
@@ -184,7 +184,7 @@ async def test_progress_from_a_job_stream_reaches_on_progress():
     world.progress(jid, 0.5)
     world.progress(jid, 0.9)
     world.finish(jid, "completed")
-    assert (await asyncio.wait_for(wait, 5)).event == "job.completed"
+    assert (await asyncio.wait_for(wait, scaled(5))).event == "job.completed"
     assert seen == [0.0, 0.5, 0.9]  # the snapshot, then each progress, in order
     assert world.reads == 0  # a stream needs no REST read
 
@@ -201,7 +201,7 @@ async def test_a_stream_that_ends_early_is_followed_by_one_read_then_streamed_ag
     assert world.reads == 1
     assert world.opened_at[1] - ended >= slots.REOPEN_DELAY - 0.01  # no tight reopen loop
     world.finish(jid, "completed")
-    assert (await asyncio.wait_for(wait, 5)).event == "job.completed"
+    assert (await asyncio.wait_for(wait, scaled(5))).event == "job.completed"
     assert world.reads == 1
 
 
@@ -213,7 +213,7 @@ async def test_a_stream_that_ends_early_on_a_finished_job_ends_the_wait_by_its_r
     await eventually(lambda: world.streaming(jid))
     world.jobs[jid] = Job(id=jid, status="failed")  # ended while the stream was going away
     world.end_stream(jid)
-    assert (await asyncio.wait_for(wait, 5)).event == "job.failed"
+    assert (await asyncio.wait_for(wait, scaled(5))).event == "job.failed"
     assert world.reads == 1
     assert world.opened == 1
 
@@ -238,7 +238,7 @@ async def test_too_many_streams_lowers_the_cap_and_honours_retry_after():
     assert world.max_open == 3
     for jid in ids[3:]:
         world.finish(jid, "completed")
-    results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(10))
     assert [r.event for r in results] == ["job.completed"] * 10
 
 
@@ -246,7 +246,7 @@ async def test_inputs_and_models_end_on_their_first_read():
     world = StreamWorld(cap=8)
     hub = make_hub(world)
     world.inputs["in_1"] = Input(id="in_1", name="photo.png", status="ready")
-    event = await asyncio.wait_for(hub.wait("input", "in_1"), 5)
+    event = await asyncio.wait_for(hub.wait("input", "in_1"), scaled(5))
     assert event.event == "input.ready"
     assert world.reads == 1
     assert world.opened == 0
@@ -256,7 +256,7 @@ async def test_a_wait_for_an_unknown_job_fails_with_not_found():
     world = StreamWorld(cap=8)
     hub = make_hub(world)
     with pytest.raises(NotFound):
-        await asyncio.wait_for(hub.wait("job", "nope"), 5)
+        await asyncio.wait_for(hub.wait("job", "nope"), scaled(5))
 
 
 async def test_a_left_wait_closes_its_stream():
@@ -281,7 +281,7 @@ async def test_streams_that_keep_failing_leave_every_job_to_the_shared_poll():
     assert tried <= slots.FAILURES_BEFORE_POLLING + 5  # a few tries, then no more streams
     for jid in ids:
         world.finish(jid, "completed")
-    results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(10))
     assert [r.event for r in results] == ["job.completed"] * 5
     assert jobs.streams_opened == tried
 
@@ -296,7 +296,7 @@ async def test_the_cap_starts_from_comfy_max_streams(monkeypatch):
     await eventually(lambda: hub.stats["job_streams_open"] == 2 and hub.stats["polled"] == 2)
     for jid in ids:
         world.finish(jid, "completed")
-    assert [e.event for e in await asyncio.wait_for(asyncio.gather(*waits), 10)] == [
+    assert [e.event for e in await asyncio.wait_for(asyncio.gather(*waits), scaled(10))] == [
         "job.completed"
     ] * 4
     assert world.max_open == 2
@@ -310,7 +310,7 @@ async def test_a_server_with_a_global_stream_keeps_the_one_stream():
     wait = asyncio.ensure_future(hub.wait("job", "job_1"))
     await eventually(lambda: world.streams == 1 and world.reads == 1)
     world.push("job.completed", "job_1", status="completed")
-    assert (await asyncio.wait_for(wait, 5)).event == "job.completed"
+    assert (await asyncio.wait_for(wait, scaled(5))).event == "job.completed"
 
 
 # -- refusals with a Retry-After that is no help (issue 20, #2) ----------------------------------
@@ -322,7 +322,7 @@ async def test_a_refusal_with_no_real_retry_after_moves_the_job_to_the_rest_read
     wait = asyncio.ensure_future(hub.wait("job", jid, timeout=20))
     await eventually(lambda: world.reads >= 1, message="the job read over REST")
     world.jobs[jid] = Job(id=jid, status="completed")
-    assert (await asyncio.wait_for(wait, 10)).event == "job.completed"
+    assert (await asyncio.wait_for(wait, scaled(10))).event == "job.completed"
     # A floor on the pause: a handful of tries, not a tight loop of hundreds.
     assert world.refused <= 3, world.refused
 
@@ -337,7 +337,7 @@ async def test_a_huge_retry_after_is_capped(monkeypatch):
     world.cap = 1  # the slot frees: a new stream is tried after the ceiling, not in 30 years
     await eventually(lambda: world.streaming(jid), timeout=10, message="streamed again")
     world.finish(jid, "completed")
-    assert (await asyncio.wait_for(wait, 10)).event == "job.completed"
+    assert (await asyncio.wait_for(wait, scaled(10))).event == "job.completed"
 
 
 async def test_a_malformed_read_fails_the_wait_at_once():
@@ -355,5 +355,5 @@ async def test_a_malformed_read_fails_the_wait_at_once():
     hub.backend.get_job = malformed  # type: ignore[method-assign]
     hub.job_streams.backend.get_job = malformed  # type: ignore[union-attr]
     with pytest.raises(ComfyProtocolError):
-        await asyncio.wait_for(hub.wait("job", jid, timeout=30), 5)
+        await asyncio.wait_for(hub.wait("job", jid, timeout=30), scaled(5))
     assert world.reads == 1

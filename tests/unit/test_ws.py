@@ -19,7 +19,7 @@ from prefect_comfy.exceptions import (
     WebSocketConnectionError,
 )
 from prefect_comfy.settings import ComfySettings
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 KEY = "comfyui-unit-secret-0123456789"
 
@@ -453,7 +453,7 @@ async def test_unconfirmed_subscribe_means_a_dead_link(server, caplog):
         await eventually(lambda: ws.connections_opened >= 2, message="reconnect")
         assert not pending.done()
         server.answer_subscribe = True
-        await asyncio.wait_for(pending, 5)
+        await asyncio.wait_for(pending, scaled(5))
         assert server.subscribes[-1] == ["job.*"]
     assert "subscribed" in caplog.text
 
@@ -462,7 +462,7 @@ async def test_unconfirmed_subscribe_means_a_dead_link(server, caplog):
 async def test_a_close_right_after_connected_is_a_reconnect_like_any_other(server):
     server.close_after_connected = 3
     async with make(server, max_reconnect_attempts=5) as ws:
-        await asyncio.wait_for(ws.subscribe(["job.*"]), 10)
+        await asyncio.wait_for(ws.subscribe(["job.*"]), scaled(10))
         stream = ws.events()
         await server.push(event("job.completed", "job_1", "evt_1"))
         assert (await next_event(stream)).payload["id"] == "job_1"
@@ -476,7 +476,7 @@ async def test_a_close_after_connected_never_reaches_a_subscriber_raw(server):
         server.close_after_connected = 2
         await server.drop()
         # Subscribing now may hit the closed connection: it must reconnect, not raise.
-        await asyncio.wait_for(ws.subscribe(["input.ready"]), 10)
+        await asyncio.wait_for(ws.subscribe(["input.ready"]), scaled(10))
         stream = ws.events()
         await server.push(event("input.ready", "inp_1", "evt_2"))
         assert (await next_event(stream)).event == "input.ready"
