@@ -63,9 +63,9 @@ def prefect_api_url():
     )
     from prefect.testing.utilities import prefect_test_harness
 
-    # 60 s by default; a machine shared by many test runs may need more (load average above 10).
-    startup = int(os.environ.get("PREFECT_COMFY_TEST_SERVER_STARTUP_S", "60"))
-    with prefect_test_harness(server_startup_timeout=startup):
+    from tests.support.waiting import scaled
+
+    with prefect_test_harness(server_startup_timeout=int(scaled(60))):
         url = PREFECT_API_URL.value()
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url

@@ -1,11 +1,13 @@
 """The small interface every kind of Comfy server implements.
 
-The Prefect layer (blocks, tasks, the sensor, the listener) talks to Comfy only through this class,
-so a new kind of server is one new file. Two implementations ship:
+The Prefect layer (blocks, tasks, the sensor), the waiting layer, the listener and the CLI talk to
+Comfy only through this class, so a new kind of server is one new package. Three kinds ship:
 
 - :class:`prefect_comfy.backends.cloud.backend.CloudBackend`: the Comfy Cloud developer API (and the emulator);
 - :class:`prefect_comfy.backends.comfyui.backend.ComfyUIBackend`: a self-hosted ComfyUI, or Comfy Cloud's
-  ComfyUI-compatible API.
+  ComfyUI-compatible API;
+- :class:`prefect_comfy.backends.v2.backend.V2Backend`: Comfy API v2 (Comfy Cloud, serverless
+  deployments, comfy-api-proxy), which has no account-wide stream, only one per job.
 
 Waiting is not part of what a backend implements, and this module does not import the waiting
 layer (it sits above the backends): :mod:`prefect_comfy.waiting` builds waits on :meth:`events`,
@@ -16,12 +18,14 @@ process.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from prefect_comfy.exceptions import ComfyProtocolError
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.workflows.catalog import NodeCatalog
 
@@ -57,6 +61,102 @@ Source = str | PathLike[str] | bytes
 """What an upload takes: a path to a file, or the bytes themselves (then ``name`` is required)."""
 
 
+def matches(pattern: str, name: str) -> bool:
+    """Whether an event name matches a subscription pattern of :meth:`ComfyBackend.events`.
+
+    ``*`` matches everything, ``job.*`` every name that starts with ``job.``, anything else one name.
+
+    Example:
+        >>> matches("job.*", "job.completed"), matches("job.*", "jobs.x"), matches("*", "x")
+        (True, False, True)
+    """
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return name.startswith(pattern[:-1])
+    return pattern == name
+
+
+def matches_any(patterns: Iterable[str], name: str) -> bool:
+    """Whether any of the patterns matches the name."""
+    return any(matches(p, name) for p in patterns)
+
+
+def validate_pattern(pattern: str) -> str:
+    """Return the pattern if it is well formed (``*``, ``prefix.*`` or a plain name), else raise."""
+    if not isinstance(pattern, str) or not pattern or pattern.strip() != pattern:
+        raise ValueError(f"invalid event pattern {pattern!r}")
+    if "*" in pattern and not (
+        pattern == "*" or (pattern.endswith(".*") and "*" not in pattern[:-2])
+    ):
+        raise ValueError(
+            f"invalid event pattern {pattern!r}: use '*', 'prefix.*' or an exact event name"
+        )
+    return pattern
+
+
+@dataclass(frozen=True)
+class Recent:
+    """A resource the server lists as created (or ended) recently: what catching up reads.
+
+    Attributes:
+        kind: ``job``, ``input`` or ``model``.
+        resource: the resource as the server describes it now.
+        ended: when it ended, where the server says (``None``: in flight, or not said).
+    """
+
+    kind: Literal["job", "input", "model"]
+    resource: Job | Input | Model
+    ended: datetime | None = None
+
+
+PageReader = Callable[[Any], Awaitable[tuple[Sequence[Any], Any]]]
+"""Reads one page of a newest-first listing: ``token -> (items, next token or None)``."""
+
+
+async def recent_from_pages(
+    kind: Literal["job", "input", "model"],
+    read_page: PageReader,
+    since: datetime,
+    *,
+    limit: int,
+) -> list[Recent]:
+    """Walk a newest-first listing until a page holds nothing created since ``since``.
+
+    The one walk of every listing that catching up reads (offset pages and cursor pages alike): at
+    most ``limit`` resources, and a token that comes back a second time ends the walk with an error
+    instead of reading the same page for ever.
+
+    Raises:
+        ComfyProtocolError: the server handed back a page token it had already given.
+    """
+    found: list[Recent] = []
+    token: Any = None
+    seen: set[Any] = set()
+    while len(found) < limit:
+        items, token = await read_page(token)
+        recent = [r for r in items if (_aware(getattr(r, "created_at", None)) or since) >= since]
+        found.extend(
+            Recent(kind, r, _aware(getattr(r, "completed_at", None)))
+            for r in recent[: limit - len(found)]
+        )
+        if not recent or token is None:
+            break
+        if token in seen:
+            raise ComfyProtocolError(
+                f"the server listed {kind}s with a page token it had already given ({token!r}); "
+                "stopped reading its listing"
+            )
+        seen.add(token)
+    return found
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a kind of server can do beyond the required methods; the Prefect layer reads these.
@@ -77,6 +177,9 @@ class Capabilities:
     node_catalog: bool = False
     """The server itself serves its node catalog (ComfyUI's ``GET /object_info``); a kind without
     one reads :meth:`ComfyBackend.object_info` from the block's ``catalog_source``, if set."""
+    list_jobs: bool = False
+    """:meth:`ComfyBackend.list_jobs_page` lists every job of the credentials, newest first (a
+    server may still answer 501 at run time: Comfy Cloud's v2 surface does)."""
 
 
 class ComfyBackend(abc.ABC):
@@ -199,7 +302,6 @@ class ComfyBackend(abc.ABC):
         """Read a model's current state."""
 
     # -- the event stream ---------------------------------------------------------------------
-    @abc.abstractmethod
     def events(
         self,
         patterns: Sequence[str] = ("*",),
@@ -217,10 +319,17 @@ class ComfyBackend(abc.ABC):
         "reconnecting" from "connected"; not when the caller closes the stream. Exceptions in either
         hook are logged, never raised into the stream. Every backend takes both.
 
+        Only where ``capabilities.global_event_stream`` or the server has a stream of this client's
+        events; a kind with neither (Comfy API v2) leaves it out, and the waiting layer and the
+        listener follow its jobs with :meth:`job_events` instead.
+
         Raises:
             WebSocketAuthError: the key was refused.
             WebSocketConnectionError: the reconnect budget is spent.
         """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no event stream: follow each job with job_events()"
+        )
 
     def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
         """One job's events (``job.progress`` snapshots, then its terminal ``job.*`` event), ending
@@ -284,6 +393,29 @@ class ComfyBackend(abc.ABC):
     catalog_source: str | None = None
     """Where a kind without a catalog route reads its node catalog: a ComfyUI URL (its
     ``/api/object_info``) or the path of a saved ``object_info`` JSON file; ``None``: nowhere."""
+
+    async def list_jobs_page(
+        self, cursor: str | None = None, **filters: Any
+    ) -> tuple[list[Job], str | None]:
+        """One page of every job of the credentials, newest first, and the next page's cursor
+        (``None`` after the last). Only where ``capabilities.list_jobs``.
+
+        Raises:
+            ComfyAPIError: 501 where this server does not list.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not list jobs page by page")
+
+    async def recent(
+        self, since: datetime, *, limit: int, kinds: Sequence[str] = ("job", "input", "model")
+    ) -> list[Recent] | None:
+        """The resources of ``kinds`` created (or ended) since ``since``, newest first, at most
+        ``limit`` of each kind; ``None`` when this server cannot list what it did recently.
+
+        What the listener reads to catch up after it was down (a terminal resource is forwarded
+        unless it ended before ``since``, one in flight is tracked), and what ``prefect-comfy jobs
+        list`` shows.
+        """
+        return None
 
     # -- life ---------------------------------------------------------------------------------
     async def aclose(self) -> None:  # noqa: B027 - a backend with nothing to close keeps this

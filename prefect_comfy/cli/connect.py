@@ -13,10 +13,11 @@ where it would stay in the shell's history and in ``ps``.
 talks to a server (:func:`lift_server_options` moves them where the top-level options are parsed,
 and :func:`use_server` keeps them for :func:`backend_for` and :func:`credentials_for`).
 
-``--block`` takes any saved ``ComfyCloudCredentials``, ``ComfyUIServer`` or ``ComfyV2Credentials``
-block (``slug/name`` picks the type when two have the name). Blocks live on a Prefect server, so
-``--block`` needs ``PREFECT_API_URL`` (or a Prefect profile that sets it): without one, Prefect
-would start a throw-away server that holds no blocks, so the command says so instead.
+``--block`` takes a saved block of any registered kind of server (``ComfyCloudCredentials``,
+``ComfyUIServer``, ``ComfyV2Credentials``, or one a package registers; ``slug/name`` picks the type
+when two have the name). Blocks live on a Prefect server, so ``--block`` needs
+``PREFECT_API_URL`` (or a Prefect profile that sets it): without one, Prefect would start a
+throw-away server that holds no blocks, so the command says so instead.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def prefect_api_url() -> str | None:
 
 
 async def load_block(name: str) -> Any:
-    """A saved credentials block of any of the three kinds.
+    """A saved credentials block of any registered kind of server.
 
     Raises:
         UsageProblem: no Prefect API is configured, or no block of any kind has that name.
@@ -140,26 +141,20 @@ async def load_block(name: str) -> Any:
             "(for instance http://127.0.0.1:4200/api), or use --url URL, or COMFY_API_KEY and "
             "COMFY_BASE_URL"
         )
-    from prefect.blocks.core import Block
+    from prefect_comfy.backends.registry import load_credentials
 
-    from prefect_comfy import ComfyCloudCredentials, ComfyUIServer, ComfyV2Credentials
-
-    kinds = [Block] if "/" in name else [ComfyCloudCredentials, ComfyUIServer, ComfyV2Credentials]
-    for kind in kinds:
-        try:
-            return await kind.aload(name)
-        except ValueError:
-            continue
-        except Exception as exc:  # the server is down or refuses us: say which server
-            raise PrefectUnavailable(
-                f"Could not load block {name!r} from the Prefect server at {api_url}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    raise UsageProblem(
-        f"No ComfyCloudCredentials, ComfyUIServer or ComfyV2Credentials block named {name!r} on "
-        f"{api_url}; save one with 'prefect-comfy blocks create cloud|comfyui' (a "
-        "ComfyV2Credentials block with .save(NAME) in Python)"
-    )
+    try:
+        return await load_credentials(name)  # any registered kind of server
+    except ValueError as exc:
+        raise UsageProblem(
+            f"{exc} on {api_url}; save one with 'prefect-comfy blocks create KIND {name}' or "
+            f"with .save({name!r}) in Python"
+        ) from exc
+    except Exception as exc:  # the server is down or refuses us: say which server
+        raise PrefectUnavailable(
+            f"Could not load block {name!r} from the Prefect server at {api_url}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _backend_class(kind: str) -> type[ComfyBackend]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -68,30 +69,17 @@ def list_jobs(
 
 async def _list(status: str | None, tags: list[str], limit: int, block: str | None) -> list[Job]:
     async with await backend_for(block) as backend:
-        client = getattr(backend, "client", None)
-        if client is not None and hasattr(client, "list_jobs"):  # the developer API
-            page = await client.list_jobs(status=status, tags=tags or None, limit=limit)
-            return list(page.items)
-        if hasattr(backend, "list_jobs_page"):  # Comfy API v2: its job list, newest first
-            jobs = await _list_v2(backend, status, tags, limit)
-        elif hasattr(getattr(backend, "http", None), "queue_records"):  # ComfyUI
-            jobs = await _queue_then_history(backend, limit)
-        else:
-            raise UsageProblem(
-                f"'jobs list' cannot list the jobs of this kind of server ({backend.kind}); "
-                "use 'prefect-comfy jobs get ID' with a job's id"
-            )
+        # What every kind of server lists, newest first: the backend's own listing.
+        recent = await backend.recent(_EPOCH, limit=max(limit * 4, 100), kinds=("job",))
+    if recent is None:
+        raise UsageProblem(
+            f"{backend.address} does not list its jobs; read one with 'prefect-comfy jobs get ID'"
+        )
+    jobs = [r.resource for r in recent if r.kind == "job"]
     wanted = [
         j for j in jobs if (status is None or j.status == status) and set(tags) <= set(j.tags)
     ]
     return wanted[:limit]
-
-
-async def _queue_then_history(backend: Any, limit: int) -> list[Job]:
-    http = backend.http  # ComfyUI's HTTP face: /queue and /history
-    queued = list((await http.queue_records()).keys())
-    done = list(reversed(list((await http.recent_history(limit)).keys())))
-    return [await backend.get_job(pid) for pid in dict.fromkeys(queued + done)]
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,255}")
@@ -112,30 +100,8 @@ def checked_ids(job_ids: list[str]) -> list[str]:
     return job_ids
 
 
-async def _list_v2(backend: Any, status: str | None, tags: list[str], limit: int) -> list[Job]:
-    """Pages of a v2 server's job list until ``limit`` match (the one paging walk)."""
-    from prefect_comfy.backends.v2.follow import walk_pages
-    from prefect_comfy.exceptions import ComfyAPIError
 
-    metadata = {f"tag:{tag}"[:128]: "1" for tag in tags}
-    found: list[Job] = []
-
-    async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
-        return await backend.list_jobs_page(cursor, metadata=metadata or None)
-
-    try:
-        async for page in walk_pages(read, what=f"jobs on {backend.address}", max_pages=20):
-            found += [j for j in page if status is None or j.status == status]
-            if len(found) >= limit:
-                break
-    except ComfyAPIError as exc:
-        if exc.status_code != 501:
-            raise
-        raise UsageProblem(
-            f"{backend.address} cannot list jobs (HTTP 501, as on Comfy Cloud): "
-            "use 'prefect-comfy jobs get ID' with a job's id"
-        ) from None
-    return found
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @command(app, "get")

@@ -6,7 +6,8 @@ resources where the server allows it and hands the terminal event of each one th
 ``since`` to the listener (the same deterministic id as the live event, so a repeat is stored once);
 the ones still in flight are tracked, so the live stream or the next reconciliation ends them.
 
-What each backend allows:
+What is listed is each backend's :meth:`~prefect_comfy.backends.base.ComfyBackend.recent`
+(this module names no kind of server). What each kind allows:
 
 - **Comfy Cloud** (and the emulator): ``GET /jobs``, ``/inputs`` and ``/models`` page by
   offset/limit, newest first. Jobs created since ``since`` are read; a terminal one is forwarded
@@ -34,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect_comfy.exceptions import ComfyAPIError
 from prefect_comfy.models import JOB_TERMINAL, STATUS_EVENT, UPLOAD_TERMINAL, ComfyEvent
 from prefect_comfy.transport.deadlines import within
 
@@ -57,8 +57,8 @@ RECONNECT_CATCH_UP_SLACK = timedelta(seconds=60)
 """After a reconnect (the process kept running), the listener lists the resources created this long
 before the drop and since: a job that started and ended while the stream was down, or whose events
 a paused server held until the drop, was never seen in flight."""
-PAGE_SIZE = 100
-READ_TIMEOUT = 30.0
+LIST_TIMEOUT = 120.0
+"""Longest a catch-up's listing may take (every page of every kind)."""
 
 Forward = Callable[[ComfyEvent], Awaitable[Any]]
 Track = Callable[[str, str, str], Any]
@@ -88,7 +88,7 @@ async def catch_up(
     """Forward the terminal events of resources that ended since ``since``; track those in flight.
 
     Args:
-        backend: the listener's backend.
+        backend: the listener's backend; what it lists is its :meth:`ComfyBackend.recent`.
         since: list what changed after this time (``None``: nothing is listed).
         forward: sends one terminal event (the listener's ``forward``).
         track: remembers ``(kind, id, status)`` as in flight.
@@ -99,105 +99,22 @@ async def catch_up(
     """
     if since is None:
         return 0
-    client = getattr(backend, "client", None)
-    if client is not None and hasattr(client, "list_jobs"):
-        found = 0
-        for kind, lister in (
-            ("job", client.list_jobs),
-            ("input", client.list_inputs),
-            ("model", client.list_models),
-        ):
-            found += await _catch_up_pages(kind, lister, since, forward, track, already)
-        return found
-    if hasattr(backend, "recent_history") and hasattr(backend, "queue_records"):
-        return await _catch_up_comfyui(backend, since, forward, track, already)
-    if hasattr(backend, "list_jobs_page"):
-        try:
-            return await _catch_up_pages("job", _v2_lister(backend), since, forward, track, already)
-        except ComfyAPIError as exc:
-            if exc.status_code != 501:
-                raise
-    logger.info(
-        "%s cannot list recent jobs: only the cursor was reconciled", type(backend).__name__
-    )
-    return 0
-
-
-async def _catch_up_pages(
-    kind: str,
-    lister: Callable[..., Awaitable[Any]],
-    since: datetime,
-    forward: Forward,
-    track: Track,
-    already: Already,
-) -> int:
-    found = offset = 0
-    while offset < CATCH_UP_LIMIT:
-        page = await within(lister(offset=offset, limit=PAGE_SIZE), READ_TIMEOUT)
-        recent = [r for r in page.items if (_aware(r.created_at) or since) >= since]
-        for resource in recent:
-            if resource.status not in _TERMINAL[kind]:
-                track(kind, resource.id, resource.status)
-                continue
-            ended = _aware(getattr(resource, "completed_at", None))
-            if (ended is not None and ended < since) or already(kind, resource.id):
-                continue
-            event = terminal_event(kind, resource, ended)
-            if event is not None:
-                await forward(event)
-                found += 1
-        # Lists are newest first: a page with nothing recent ends the search.
-        if not recent or not page.has_more:
-            break
-        offset += len(page.items)
-    return found
-
-
-class _Page:
-    def __init__(self, items: list[Any], has_more: bool) -> None:
-        self.items, self.has_more = items, has_more
-
-
-def _v2_lister(backend: Any) -> Callable[..., Awaitable[Any]]:
-    """Comfy API v2's cursor pages (newest first) as the offset pages ``_catch_up_pages`` reads."""
-    cursors: dict[int, str | None] = {0: None}
-
-    async def lister(*, offset: int, limit: int) -> _Page:
-        jobs, cursor = await backend.list_jobs_page(cursors.get(offset))
-        cursors[offset + len(jobs)] = cursor
-        return _Page(jobs, cursor is not None)
-
-    return lister
-
-
-def _finished_at(entry: Any) -> datetime | None:
-    """When a ComfyUI history entry's last status message was written (``timestamp`` in ms)."""
-    status = entry.get("status") if isinstance(entry, dict) else None
-    messages = status.get("messages") if isinstance(status, dict) else None
-    for message in reversed(messages or []):
-        data = message[1] if isinstance(message, (list, tuple)) and len(message) == 2 else None
-        stamp = data.get("timestamp") if isinstance(data, dict) else None
-        if isinstance(stamp, (int, float)):
-            return datetime.fromtimestamp(stamp / 1000, tz=UTC)
-    return None
-
-
-async def _catch_up_comfyui(
-    backend: Any, since: datetime, forward: Forward, track: Track, already: Already
-) -> int:
-    from prefect_comfy.backends.comfyui.mapping import job_from_history
-
-    for prompt_id, (status, _record) in (
-        await within(backend.queue_records(), READ_TIMEOUT)
-    ).items():
-        track("job", prompt_id, status)
-    history = await within(backend.recent_history(CATCH_UP_LIMIT), READ_TIMEOUT)
+    listed = await within(backend.recent(since, limit=CATCH_UP_LIMIT), LIST_TIMEOUT)
+    if listed is None:
+        logger.info(
+            "%s cannot list recent jobs: only the cursor was reconciled", type(backend).__name__
+        )
+        return 0
     found = 0
-    for prompt_id, entry in history.items():
-        ended = _finished_at(entry)
-        if (ended is not None and ended < since) or already("job", prompt_id):
+    for item in listed:
+        kind, resource = item.kind, item.resource
+        if resource.status not in _TERMINAL[kind]:
+            track(kind, resource.id, resource.status)
             continue
-        event = terminal_event("job", job_from_history(prompt_id, entry, backend.address), ended)
+        ended = _aware(item.ended)
+        if (ended is not None and ended < since) or already(kind, resource.id):
+            continue
+        event = terminal_event(kind, resource, ended)
         if event is not None:
             await forward(event)
             found += 1

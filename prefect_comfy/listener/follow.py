@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect_comfy.backends.base import ComfyBackend
+from prefect_comfy.backends.base import ComfyBackend, matches_any
 from prefect_comfy.backends.cloud.protocol import matches_any
 from prefect_comfy.backends.v2.follow import walk_pages
 from prefect_comfy.bounded import Bounded
@@ -303,7 +303,7 @@ class JobFollower:
         except ComfyAPIError as exc:
             if exc.status_code in (401, 403):
                 raise WebSocketAuthError(str(exc)) from exc
-            if exc.status_code != 501 or not hasattr(self.backend, "list_jobs_page"):
+            if exc.status_code != 501 or not self.backend.capabilities.list_jobs:
                 raise
             self.mode = "submitted"
             return

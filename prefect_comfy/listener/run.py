@@ -111,6 +111,6 @@ async def _backend_from(block: str | None) -> ComfyBackend:
         from prefect_comfy.backends.registry import load_credentials
 
         return (await load_credentials(block)).get_backend()
-    from prefect_comfy.backends.cloud.backend import CloudBackend
+    from prefect_comfy.backends.environment import backend_from_environment
 
-    return CloudBackend()
+    return backend_from_environment()

@@ -1,7 +1,8 @@
 """Module-level waits with the signatures of Comfy's own Python SDK.
 
-Each call waits through the process-wide :class:`~prefect_comfy.waiting.hub.EventHub` of a
-:class:`~prefect_comfy.backends.cloud.backend.CloudBackend`, so any number of concurrent calls with the
+Each call waits through the process-wide :class:`~prefect_comfy.waiting.hub.EventHub` of the
+backend the key and origin describe (:func:`~prefect_comfy.backends.environment.backend_from_environment`:
+the Comfy Cloud developer API), so any number of concurrent calls with the
 same key, in any event loop or thread of the process, share ONE WebSocket connection. A call builds
 no backend: the hub is found by a digest of the key and origin (the first call of a key builds one).
 
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
 from prefect_comfy.backends.base import ProgressCallback
+from prefect_comfy.backends.environment import backend_from_environment
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.transport.deadlines import within
@@ -30,32 +31,25 @@ from prefect_comfy.waiting.hub import EventHub
 __all__ = ["wait_for_input_ready", "wait_for_job", "wait_for_model_ready"]
 
 
-_HUBS: OrderedDict[bytes, EventHub] = OrderedDict()
-_HUBS_LOCK = threading.Lock()
-_HUBS_SIZE = 64
+_HUBS = Bounded(64)
+"""The hub of each key and origin last asked for, found by a digest of what names it."""
 
 
 def _hub(api_key: str | None, base_url: str | None) -> EventHub:
     """The shared hub for a key and origin, without building a backend per call.
 
-    Building a :class:`CloudBackend` parses the environment and makes a REST client; at 10,000
+    Building a backend parses the environment and makes a REST client; at 10,000
     waits that dominated both time and memory. The hub is found by a digest of what names it.
     """
     key_text = api_key if api_key is not None else os.environ.get("COMFY_API_KEY", "")
     url_text = base_url if base_url is not None else os.environ.get("COMFY_BASE_URL", "")
     digest = hashlib.blake2b(f"{key_text}\x1f{url_text}".encode(), digest_size=16).digest()
-    with _HUBS_LOCK:
-        hub = _HUBS.get(digest)
-        if hub is not None and hub is EventHub._shared.get(hub.backend.connection_key):
-            _HUBS.move_to_end(digest)
-            return hub
-    from prefect_comfy.backends.cloud.backend import CloudBackend
-
-    hub = EventHub.shared(CloudBackend(api_key=api_key, base_url=base_url))
-    with _HUBS_LOCK:
-        _HUBS[digest] = hub
-        while len(_HUBS) > _HUBS_SIZE:
-            _HUBS.popitem(last=False)
+    hub = _HUBS.get(digest)
+    if hub is not None and hub is EventHub._shared.get(hub.backend.connection_key):
+        _HUBS.remember(digest, hub)
+        return hub
+    hub = EventHub.shared(backend_from_environment(api_key, base_url))
+    _HUBS.remember(digest, hub)
     return hub
 
 

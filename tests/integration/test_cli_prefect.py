@@ -67,9 +67,9 @@ def test_block_commands_say_what_is_missing(emulator, prefect_api_url) -> None:
     missing = cli("jobs", "list", "--block", "no-such-block", env=env)
     assert missing.returncode == 2
     assert error_lines(missing.stderr) == [
-        f"Error: No ComfyCloudCredentials, ComfyUIServer or ComfyV2Credentials block named "
-        f"'no-such-block' on {prefect_api_url}; save one with 'prefect-comfy blocks create "
-        f"cloud|comfyui' (a ComfyV2Credentials block with .save(NAME) in Python)"
+        "Error: No saved ComfyCloudCredentials or ComfyUIServer or ComfyV2Credentials block is "
+        f"named 'no-such-block' on {prefect_api_url}; save one with 'prefect-comfy blocks create "
+        "KIND no-such-block' or with .save('no-such-block') in Python"
     ]
     no_prefect = cli("jobs", "list", "--block", "x", env=env_for(emulator))
     assert no_prefect.returncode == 2
@@ -81,9 +81,9 @@ def test_listen_with_a_missing_block_exits_2_in_one_line(emulator, prefect_api_u
     assert done.returncode == 2
     errors = [line for line in error_lines(done.stderr) if "Error" in line or "Traceback" in line]
     assert errors == [
-        f"Error: No ComfyCloudCredentials, ComfyUIServer or ComfyV2Credentials block named "
-        f"'no-such-block' on {prefect_api_url}; save one with 'prefect-comfy blocks create "
-        f"cloud|comfyui' (a ComfyV2Credentials block with .save(NAME) in Python)"
+        "Error: No saved ComfyCloudCredentials or ComfyUIServer or ComfyV2Credentials block is "
+        f"named 'no-such-block' on {prefect_api_url}; save one with 'prefect-comfy blocks create "
+        "KIND no-such-block' or with .save('no-such-block') in Python"
     ]
 
 

@@ -23,7 +23,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 from pydantic import Field
 
-from prefect_comfy.backends.base import Capabilities, ComfyBackend
+from prefect_comfy.backends.base import Capabilities, ComfyBackend, Recent
 from prefect_comfy.backends.registry import load_credentials, register
 from prefect_comfy.exceptions import ComfyConfigError, JobTimedOut, NotFound
 from prefect_comfy.models import ComfyEvent, Job, Output
@@ -133,6 +133,10 @@ class MemoryBackend(ComfyBackend):
             for j in self.server.jobs.values()
             if (tag is None or tag in j.tags) and not j.is_terminal
         ]
+
+    async def recent(self, since, *, limit, kinds=("job", "input", "model")) -> list[Recent]:
+        jobs = list(self.server.jobs.values())[::-1][:limit] if "job" in kinds else []
+        return [Recent("job", job) for job in jobs]
 
     async def outputs(self, job_id: str) -> list[Output]:
         return (await self.get_job(job_id)).outputs
@@ -252,3 +256,35 @@ async def test_the_hook_finds_the_job_by_tag_and_the_block_by_name(prefect_api_u
     )
     await cancel_comfy_job_hook(run_comfy_workflow, flow_run, Cancelling())
     assert SERVERS[name].jobs[job.id].status == "cancelled"
+
+
+def test_the_command_line_on_a_new_kind(prefect_api_url, tmp_path, capsys) -> None:
+    """``--block`` takes a saved block of any registered kind: run, then list and read the job."""
+    import json as json_module
+
+    from prefect_comfy.cli import main
+
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    asyncio.run(MemoryComfyServer(name=name).save(name))
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json_module.dumps(graph()))
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as done:
+            main(list(argv))
+        out = capsys.readouterr()
+        return done.value.code or 0, out.out, out.err
+
+    code, out, err = cli(
+        "run", str(workflow), "--no-prefect", "--block", name, "--out", str(tmp_path)
+    )
+    assert code == 0, err
+    saved = Path(out.splitlines()[0])
+    assert saved.read_bytes() == PNG
+    job_id = next(iter(SERVERS[name].jobs))
+    code, out, err = cli("jobs", "list", "--block", name)
+    assert code == 0, err
+    assert job_id in out and "completed" in out
+    code, out, err = cli("jobs", "get", job_id, "--block", name)
+    assert code == 0, err
+    assert job_id in out

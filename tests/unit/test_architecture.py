@@ -36,14 +36,9 @@ SERVER_INTERFACE = {"prefect_comfy.backends.base", "prefect_comfy.backends.regis
 KIND_BLIND = {"waiting", "prefect", "outer"}
 """Layers that must not name a kind of server: they see one only through the interface."""
 MAX_TOP_LEVEL_MODULES = 6
-KNOWN_KIND_IMPORTS = {
-    "prefect_comfy.listener.catchup imports prefect_comfy.backends.comfyui.mapping",
-    "prefect_comfy.listener.follow imports prefect_comfy.backends.cloud.protocol",
-    "prefect_comfy.listener.run imports prefect_comfy.backends.cloud.backend",
-    "prefect_comfy.waiting.waiters imports prefect_comfy.backends.cloud.backend",
-}
-"""Debt of issue 18 still open: each goes through the backend interface when it is paid, and this
-set shrinks with it (the check fails on a new one, and on one paid but still listed)."""
+KNOWN_KIND_IMPORTS: set[str] = set()
+"""Imports of a kind's package from above the backends still to be paid (none): the check fails on a
+new one, and on one paid but still listed."""
 
 
 def _modules() -> dict[str, Path]:

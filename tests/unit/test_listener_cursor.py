@@ -6,13 +6,17 @@ import asyncio
 import json
 import os
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from prefect_comfy.backends.cloud.backend import CloudBackend
+from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
+from prefect_comfy.backends.comfyui.mapping import finished_at as _finished_at
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.listener import cursor as cursor_module
-from prefect_comfy.listener.catchup import _finished_at, catch_up
+from prefect_comfy.listener.catchup import catch_up
 from prefect_comfy.listener.cursor import (
     CursorState,
     FileCursor,
@@ -251,11 +255,8 @@ async def test_catch_up_forwards_what_ended_since_and_tracks_what_runs():
         [Model(id="m_up", name="m", status="uploading", created_at=recent)],
     )
 
-    class Backend:
-        pass
-
-    backend = Backend()
-    backend.client = client
+    backend = CloudBackend(api_key="comfyui-unit-key", base_url="http://127.0.0.1:9")
+    backend.client = client  # the listing the developer API would answer
     forwarded: list[ComfyEvent] = []
     tracked: list[tuple[str, str, str]] = []
 
@@ -312,11 +313,9 @@ async def test_comfyui_catch_up_reads_the_queue_and_the_history_since():
             },
         }
 
-    class ComfyUIish:
-        address = "http://127.0.0.1:8188"
-
+    class Http:  # what a ComfyUI's /queue and /history answer
         async def queue_records(self) -> dict[str, Any]:
-            return {"p_running": ("running", None)}
+            return {"p_running": ("running", SimpleNamespace(tags=[]))}
 
         async def recent_history(self, max_items: int) -> dict[str, Any]:
             return {
@@ -325,6 +324,10 @@ async def test_comfyui_catch_up_reads_the_queue_and_the_history_since():
                 "p_stopped": entry(NOW, "execution_interrupted"),
             }
 
+    # A real ComfyUIBackend (its reads are on .http): a fake with the reads on the backend itself
+    # once hid that catching up on ComfyUI listed nothing.
+    backend = ComfyUIBackend("http://127.0.0.1:8188")
+    backend.http = Http()
     forwarded: list[ComfyEvent] = []
     tracked: list[tuple[str, str, str]] = []
 
@@ -332,16 +335,16 @@ async def test_comfyui_catch_up_reads_the_queue_and_the_history_since():
         forwarded.append(event)
 
     found = await catch_up(
-        ComfyUIish(),
+        backend,
         NOW - timedelta(minutes=5),
         forward=forward,
         track=lambda *e: tracked.append(e),
         already=lambda kind, rid: False,
     )
     assert found == 2
-    assert [(e.event, e.resource_id) for e in forwarded] == [
-        ("job.completed", "p_done"),
+    assert [(e.event, e.resource_id) for e in forwarded] == [  # newest first
         ("job.cancelled", "p_stopped"),
+        ("job.completed", "p_done"),
     ]
     assert tracked == [("job", "p_running", "running")]
 

@@ -34,7 +34,7 @@ class FakeV2:
 
     address = "http://v2.invalid"
     kind = "v2"
-    capabilities = Capabilities(per_job_streams=True)
+    capabilities = Capabilities(per_job_streams=True, list_jobs=True)
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}

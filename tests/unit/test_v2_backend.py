@@ -210,7 +210,7 @@ async def test_a_server_without_sse_ends_the_stream_at_once() -> None:
 
 
 async def test_events_is_not_an_account_wide_stream() -> None:
-    with pytest.raises(NotImplementedError, match="no account-wide"):
+    with pytest.raises(NotImplementedError, match="no event stream"):
         await anext(backend_of(lambda r: httpx.Response(200)).events())
 
 

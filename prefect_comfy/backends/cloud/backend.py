@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -29,8 +30,11 @@ from prefect_comfy.backends.base import (
     ComfyBackend,
     ConnectCallback,
     DisconnectCallback,
+    PageReader,
+    Recent,
     Source,
     UnfinishedJobs,
+    recent_from_pages,
 )
 from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
@@ -72,6 +76,25 @@ class CloudBackend(ComfyBackend):
     def at_url(cls, url: str, api_key: str | None = None) -> CloudBackend:
         """A backend for the developer API at ``url`` (``COMFY_API_KEY`` without ``api_key``)."""
         return cls(api_key=api_key, base_url=url)
+
+    async def recent(
+        self, since: datetime, *, limit: int, kinds: Sequence[str] = ("job", "input", "model")
+    ) -> list[Recent]:
+        """``GET /jobs``, ``/inputs`` and ``/models``, offset pages of 100, newest first."""
+        listers = {
+            "job": self.client.list_jobs,
+            "input": self.client.list_inputs,
+            "model": self.client.list_models,
+        }
+        found: list[Recent] = []
+        for kind in kinds:
+            found += await recent_from_pages(
+                kind,  # type: ignore[arg-type]
+                _offset_pages(listers[kind]),
+                since,
+                limit=limit,
+            )
+        return found
 
     def __init__(
         self,
@@ -253,3 +276,18 @@ class CloudBackend(ComfyBackend):
     async def aclose(self) -> None:
         """Close the REST client. Safe to call twice."""
         await self.client.aclose()
+
+
+def _offset_pages(lister: Callable[..., Awaitable[Any]]) -> PageReader:
+    """The developer API's offset/limit pages as the page tokens of ``recent_from_pages``."""
+
+    async def read(offset: int | None) -> tuple[list[Any], int | None]:
+        page = await lister(offset=offset or 0, limit=RECENT_PAGE)
+        items = list(page.items)
+        return items, ((offset or 0) + len(items) if page.has_more and items else None)
+
+    return read
+
+
+RECENT_PAGE = 100
+"""Page size of the listings that catching up reads."""

@@ -16,6 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from prefect_comfy.backends.base import matches as matches  # re-exported: the pattern syntax
+from prefect_comfy.backends.base import matches_any as matches_any
+from prefect_comfy.backends.base import validate_pattern as validate_pattern
 from prefect_comfy.exceptions import ComfyProtocolError
 from prefect_comfy.models import ComfyEvent
 
@@ -33,40 +36,6 @@ EVENT_NAMES: tuple[str, ...] = (
 
 AUTH_CLOSE_CODES: frozenset[int] = frozenset({1008, 4001, 4003})
 """Close codes that mean the key was refused (lenient: the real service may use any of them)."""
-
-
-def matches(pattern: str, name: str) -> bool:
-    """Whether an event name matches a subscription pattern.
-
-    ``*`` matches everything, ``job.*`` every name that starts with ``job.``, anything else one name.
-
-    Example:
-        >>> matches("job.*", "job.completed"), matches("job.*", "jobs.x"), matches("*", "x")
-        (True, False, True)
-    """
-    if pattern == "*":
-        return True
-    if pattern.endswith(".*"):
-        return name.startswith(pattern[:-1])
-    return pattern == name
-
-
-def matches_any(patterns: Iterable[str], name: str) -> bool:
-    """Whether any of the patterns matches the name."""
-    return any(matches(p, name) for p in patterns)
-
-
-def validate_pattern(pattern: str) -> str:
-    """Return the pattern if it is well formed (``*``, ``prefix.*`` or a plain name), else raise."""
-    if not isinstance(pattern, str) or not pattern or pattern.strip() != pattern:
-        raise ValueError(f"invalid event pattern {pattern!r}")
-    if "*" in pattern and not (
-        pattern == "*" or (pattern.endswith(".*") and "*" not in pattern[:-2])
-    ):
-        raise ValueError(
-            f"invalid event pattern {pattern!r}: use '*', 'prefix.*' or an exact event name"
-        )
-    return pattern
 
 
 @dataclass(frozen=True)

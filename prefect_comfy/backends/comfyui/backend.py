@@ -27,6 +27,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,9 +40,11 @@ from prefect_comfy.backends.base import (
     ComfyBackend,
     ConnectCallback,
     DisconnectCallback,
+    Recent,
     Source,
+    matches_any,
+    validate_pattern,
 )
-from prefect_comfy.backends.cloud import protocol
 from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.backends.comfyui import uploads
 from prefect_comfy.backends.comfyui.client_id import IDEMPOTENCY_NAMESPACE as IDEMPOTENCY_NAMESPACE
@@ -223,6 +226,27 @@ class ComfyUIBackend(ComfyBackend):
                 await asyncio.sleep(0.1)  # a history entry written in between two reads
         raise NotFound(f"ComfyUI at {self._origin} has no prompt {job_id}", status_code=404)
 
+    async def recent(
+        self, since: datetime, *, limit: int, kinds: Sequence[str] = ("job", "input", "model")
+    ) -> list[Recent]:
+        """``/queue`` (in flight) then ``/history`` (the newest ``limit`` prompts the server keeps
+        in memory), newest first; a prompt counts when its last status message was written since
+        ``since``. ComfyUI keeps no history across its own restart, and lists no uploads."""
+        if "job" not in kinds:
+            return []
+        found = [
+            Recent("job", Job(id=pid, status=status, tags=record.tags))
+            for pid, (status, record) in (await self.http.queue_records()).items()
+        ]
+        history = await self.http.recent_history(limit)
+        for prompt_id, entry in reversed(list(history.items())):
+            ended = mapping.finished_at(entry)
+            if ended is None or ended >= since:
+                found.append(
+                    Recent("job", mapping.job_from_history(prompt_id, entry, self.address), ended)
+                )
+        return found
+
     async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
         """Every queued prompt (running or pending, of any client) from one ``GET /queue``; with
         ``tag``, only those whose ``extra_data`` carries it."""
@@ -368,7 +392,7 @@ class ComfyUIBackend(ComfyBackend):
             WebSocketConnectionError: the reconnect budget is spent.
         """
         try:
-            wanted = [protocol.validate_pattern(p) for p in patterns]
+            wanted = [validate_pattern(p) for p in patterns]
         except ValueError as exc:
             raise ComfyConfigError(str(exc)) from None
         stream = ComfyUIStream(
@@ -381,7 +405,7 @@ class ComfyUIBackend(ComfyBackend):
         )
         async with contextlib.aclosing(stream.iterate()) as events:
             async for event in events:
-                if protocol.matches_any(wanted, event.event):
+                if matches_any(wanted, event.event):
                     yield event
 
     # -- life ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import mimetypes
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -337,3 +338,15 @@ def lost_payload(prompt_id: str, tags: list[str]) -> dict[str, Any]:
             "(it restarted while the connection was down)",
         },
     }
+
+
+def finished_at(entry: Any) -> datetime | None:
+    """When a ComfyUI history entry's last status message was written (``timestamp`` in ms)."""
+    status = entry.get("status") if isinstance(entry, dict) else None
+    messages = status.get("messages") if isinstance(status, dict) else None
+    for message in reversed(messages or []):
+        data = message[1] if isinstance(message, (list, tuple)) and len(message) == 2 else None
+        stamp = data.get("timestamp") if isinstance(data, dict) else None
+        if isinstance(stamp, (int, float)):
+            return datetime.fromtimestamp(stamp / 1000, tz=UTC)
+    return None

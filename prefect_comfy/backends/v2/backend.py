@@ -29,6 +29,7 @@ import os
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,9 +40,9 @@ import httpx
 from prefect_comfy.backends.base import (
     Capabilities,
     ComfyBackend,
-    ConnectCallback,
-    DisconnectCallback,
+    Recent,
     Source,
+    recent_from_pages,
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
@@ -93,7 +94,11 @@ class V2Backend(ComfyBackend):
 
     kind: ClassVar[str] = "v2"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        upload_models=True, global_event_stream=False, find_jobs_by_tag=True, per_job_streams=True
+        upload_models=True,
+        global_event_stream=False,
+        find_jobs_by_tag=True,
+        per_job_streams=True,
+        list_jobs=True,
     )
     url_probe: ClassVar[tuple[str, frozenset[int]] | None] = ("/api/v2/health", frozenset({200}))
     key_variables: ClassVar[tuple[str, ...]] = ("COMFY_V2_API_KEY", "COMFY_API_KEY")
@@ -124,7 +129,7 @@ class V2Backend(ComfyBackend):
             )
         if _is_hosted(host):  # Comfy Cloud answers GET /api/v2/jobs with 501
             self.capabilities = Capabilities(  # type: ignore[misc]
-                upload_models=True, per_job_streams=True
+                upload_models=True, per_job_streams=True, list_jobs=False
             )
         self._key = api_key
         self._settings = settings
@@ -386,23 +391,24 @@ class V2Backend(ComfyBackend):
         asset = await self.http.v2("GET", f"/assets/{quote(model_id, safe='')}")
         return Model(**self._ready(asset, _asset_path(asset, model_id), ()))
 
-    # -- events -----------------------------------------------------------------------------------
-    async def events(
-        self,
-        patterns: Sequence[str] = ("*",),
-        *,
-        on_connect: ConnectCallback | None = None,
-        on_disconnect: DisconnectCallback | None = None,
-    ) -> AsyncIterator[ComfyEvent]:
-        """Comfy API v2 has no account-wide stream: use :meth:`job_events` per job.
+    # -- events (no account-wide stream: ComfyBackend.events stays unimplemented) ----------------
+    async def recent(
+        self, since: datetime, *, limit: int, kinds: Sequence[str] = ("job", "input", "model")
+    ) -> list[Recent] | None:
+        """``GET /api/v2/jobs`` cursor pages, newest first (jobs only: a v2 upload is ready when its
+        upload call returns); ``None`` where the server does not list (Comfy Cloud answers 501)."""
+        if "job" not in kinds or not self.capabilities.list_jobs:
+            return None if not self.capabilities.list_jobs else []
 
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError(
-            "Comfy API v2 has no account-wide event stream; wait per job (job_events)"
-        )
-        yield  # pragma: no cover - makes this an async generator
+        async def read(cursor: str | None) -> tuple[list[Job], str | None]:
+            return await self.list_jobs_page(cursor)
+
+        try:
+            return await recent_from_pages("job", read, since, limit=limit)
+        except ComfyAPIError as exc:
+            if exc.status_code == 501:
+                return None
+            raise
 
     def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
         """``GET /api/v2/jobs/{id}/events``: ``job.progress`` per snapshot (with the job's tags, as
