@@ -14,7 +14,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +25,16 @@ from typer.testing import CliRunner
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.cli import COMMANDS, build_app
 from tests.conftest import API_KEY, WRONG_KEY
+from tests.support.cli import (
+    CLI,
+    cli,
+    env_for,
+    error_lines,
+    job,
+    running_jobs,
+    status_is,
+    write_json,
+)
 from tests.support.keys import API_KEY, WRONG_KEY
 from tests.support.terminal import run_in_terminal
 from tests.support.waiting import eventually
@@ -33,49 +42,12 @@ from tests.support.workflows import failing_workflow, slow_workflow, tiny_workfl
 from tests.waiting import eventually
 from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
 
-CLI = [sys.executable, "-m", "prefect_comfy.cli"]
 TYPE_TAG = re.compile(r"<(?:str|bool|int|float|path|list\[[^\]]*\]|[a-z ]+ range)>")
-
-
-def env_for(emulator: Any, **extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: the emulator's URL and key, no Prefect API."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMFY_", "PREFECT_API_"))}
-    env.update({"COMFY_API_KEY": API_KEY, "COMFY_BASE_URL": emulator.url, "NO_COLOR": "1"})
-    env.update(extra)
-    return env
-
-
-def cli(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 90):
-    """Run the CLI to its end; the key must appear in none of its output."""
-    done = subprocess.run(
-        [*CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
-    assert API_KEY not in done.stdout + done.stderr
-    return done
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
-
-
-def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data))
-    return path
-
-
-async def job(emulator: Any, job_id: str) -> Any:
-    async with CloudBackend(API_KEY, emulator.url) as backend:
-        return await backend.get_job(job_id)
 
 
 async def submit(emulator: Any, workflow: dict[str, Any], *tags: str) -> str:
     async with CloudBackend(API_KEY, emulator.url) as backend:
         return (await backend.submit(workflow, tags=list(tags))).id
-
-
-async def tagged(emulator: Any, tag: str) -> list[Any]:
-    async with CloudBackend(API_KEY, emulator.url) as backend:
-        return list((await backend.client.list_jobs(tags=[tag])).items)
 
 
 # -- help and version ----------------------------------------------------------------------------
@@ -213,10 +185,6 @@ async def test_ctrl_c_during_run_cancels_the_comfy_job(
     assert (await job(emulator, job_id)).status == "cancelled"
 
 
-async def running_jobs(emulator: Any, tag: str) -> list[Any]:
-    return [j for j in await tagged(emulator, tag) if j.status == "running"]
-
-
 def test_run_draws_a_live_progress_bar_in_a_terminal(emulator, tmp_path: Path) -> None:
     workflow = write_json(tmp_path / "slow.json", slow_workflow(30, step_seconds=0.05))
     env = env_for(emulator, TERM="xterm-256color", COLUMNS="120")
@@ -312,10 +280,6 @@ async def test_jobs_list_get_cancel_and_outputs(emulator, tmp_path: Path) -> Non
 
     missing = cli("jobs", "get", "job_doesnotexist", env=env)
     assert missing.returncode == 1 and len(error_lines(missing.stderr)) == 1
-
-
-async def status_is(emulator: Any, job_id: str, status: str) -> bool:
-    return (await job(emulator, job_id)).status == status
 
 
 async def test_jobs_watch_follows_several_jobs_and_fails_if_one_fails(emulator) -> None:

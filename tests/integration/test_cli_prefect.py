@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_cli import (
+from tests.support.cli import (
     CLI,
     cli,
     env_for,

@@ -16,45 +16,11 @@ from prefect_comfy.exceptions import InvalidWorkflow, NotFound
 from prefect_comfy.models import ComfyEvent
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
+from tests.support.comfyui_graphs import PNG_MAGIC, _when, empty_to_save, long_graph, stored_events
 from tests.support.comfyui_server import RunningComfyUI
 from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.comfyui
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def empty_to_save(width: int = 64, color: int = 0, prefix: str = "ok") -> dict:
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": width, "height": 64, "batch_size": 1, "color": color},
-        },
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
-    }
-
-
-def long_graph(size: int = 1280, blurs: int = 2) -> dict:
-    """EmptyImage → ImageBlur(31, 10) × blurs → SaveImage: about 1.8 s per blur on 2 idle cores."""
-    graph: dict = {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": size, "height": size, "batch_size": 1, "color": 0x336699},
-        }
-    }
-    previous = "1"
-    for i in range(blurs):
-        node = str(10 + i)
-        graph[node] = {
-            "class_type": "ImageBlur",
-            "inputs": {"image": [previous, 0], "blur_radius": 31, "sigma": 10.0},
-        }
-        previous = node
-    graph["2"] = {
-        "class_type": "SaveImage",
-        "inputs": {"images": [previous, 0], "filename_prefix": "long"},
-    }
-    return graph
 
 
 @pytest.fixture
@@ -300,15 +266,6 @@ async def test_model_wait_notices_a_copied_file(
 
 
 # -- under Prefect: the flow and the listener, unchanged, on the ComfyUI backend ----------------------
-async def stored_events(job_id: str) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventResourceFilter
-
-    async with get_client() as client:
-        page = await client.read_events(
-            filter=EventFilter(resource=EventResourceFilter(id=[f"comfy.job.{job_id}"])), limit=50
-        )
-    return page.events
 
 
 @pytest.mark.prefect
@@ -377,11 +334,6 @@ async def test_flow_and_listener_on_comfyui(
     listener.stop()
     await asyncio.wait_for(running, scaled(30))
     await listener_backend.aclose()
-
-
-async def _when(awaitable, condition):
-    value = await awaitable
-    return value if condition(value) else None
 
 
 def test_waits_from_two_threads_share_one_comfyui_socket(comfyui_server: RunningComfyUI) -> None:

@@ -23,7 +23,7 @@ from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.loop import waiting_loop
 from prefect_comfy.waiting.waits import wait_for
-from tests.integration.test_comfyui_backend import empty_to_save, long_graph
+from tests.support.comfyui_graphs import empty_to_save, long_graph
 from tests.support.comfyui_server import RunningComfyUI
 from tests.support.waiting import eventually
 

@@ -14,7 +14,7 @@ import pytest
 
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
 from prefect_comfy.orchestration.flows import run_comfy_workflow
-from tests.integration.test_comfyui_backend import long_graph
+from tests.support.comfyui_graphs import long_graph
 from tests.support.comfyui_server import RunningComfyUI
 from tests.support.waiting import eventually, scaled
 

@@ -27,9 +27,9 @@ from prefect.events import DeploymentEventTrigger
 from prefect.states import Running
 
 from prefect_comfy.orchestration.triggers import INPUT_READY_PARAMETERS, MODEL_READY_PARAMETERS
-from tests.integration.test_listener_prefect import Running as RunningListener
-from tests.integration.test_listener_prefect import comfy_http, upload
 from tests.support.keys import API_KEY
+from tests.support.listener_prefect import Running as RunningListener
+from tests.support.listener_prefect import comfy_http, upload
 from tests.support.waiting import eventually, scaled
 from tests.support.workflows import failing_workflow
 

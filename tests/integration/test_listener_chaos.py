@@ -30,9 +30,9 @@ from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.triggers import on_input_ready, on_job_completed
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-from tests.integration.test_listener_prefect import apply, upload
-from tests.integration.test_listener_v2 import Counting
 from tests.support.keys import API_KEY
+from tests.support.listener_prefect import apply, upload
+from tests.support.listener_v2 import Counting
 from tests.support.waiting import eventually, scaled
 from tests.support.workflows import slow_workflow
 

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -29,16 +28,14 @@ from prefect.events.filters import (
     EventResourceFilter,
 )
 
-from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.triggers import on_input_ready, on_model_ready
 from tests.support.keys import API_KEY
+from tests.support.listener_prefect import Running, apply, comfy_http, upload
 from tests.support.waiting import eventually, scaled
 from tests.support.workflows import slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
 @flow
@@ -54,28 +51,6 @@ def on_model(model_id: str, model_name: str | None = None, model_type: str | Non
 # -- helpers ----------------------------------------------------------------------------------------
 def tag() -> str:
     return f"l{uuid.uuid4().hex[:10]}"
-
-
-def comfy_http(emulator: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=emulator.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
-    )
-
-
-async def upload(emulator: Any, kind: str, name: str, tags: list[str], **fields: str) -> dict:
-    async with comfy_http(emulator) as http:
-        response = await http.post(
-            f"/{kind}s",
-            files={"file": (name, PNG, "application/octet-stream")},
-            data={"name": name, "tags": ",".join(tags), **fields},
-        )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def apply(flow_obj: Any, trigger: Any) -> uuid.UUID:
-    deployment = await flow_obj.to_deployment(name=f"l-{uuid.uuid4().hex[:8]}", triggers=[trigger])
-    return await deployment.aapply()
 
 
 async def runs_of(deployment_id: uuid.UUID, count: int, timeout: float = 30.0) -> list[Any]:
@@ -107,27 +82,6 @@ async def wait_stored(name: str, resource_id: str, timeout: float = 30.0) -> lis
         interval=0.25,
         message=f"{name} for {resource_id} in Prefect",
     )
-
-
-class Running:
-    """A listener running as a task of the test's loop, on a backend of its own."""
-
-    def __init__(self, emulator: Any, name: str, **options: Any) -> None:
-        self.backend = CloudBackend(API_KEY, emulator.url)
-        options.setdefault("heartbeat_interval", None)
-        self.listener = ComfyListener(self.backend, listener_id=name, **options)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> ComfyListener:
-        self.task = asyncio.create_task(self.listener.run())
-        await eventually(lambda: self.listener.stats.connects >= 1, message="listener connected")
-        return self.listener
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.listener.stop()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, scaled(30))
-        await self.backend.aclose()
 
 
 @pytest.fixture

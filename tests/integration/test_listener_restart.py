@@ -10,15 +10,10 @@ must have exactly one terminal event in Prefect, with the deterministic id the l
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import re
 import signal
-import sys
 import uuid
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +25,8 @@ from prefect_comfy.models import STATUS_EVENT
 from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.support.keys import API_KEY
-from tests.support.waiting import eventually, scaled
+from tests.support.listener_process import ListenerProcess, cursor_ids
+from tests.support.waiting import eventually
 from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
@@ -46,66 +42,6 @@ def restart_emulator():
     )
     with EmulatorServer(config) as server:
         yield server
-
-
-class ListenerProcess:
-    """``prefect-comfy listen`` in a subprocess, its stderr collected line by line."""
-
-    def __init__(self, emulator: Any, cursor: Path, name: str) -> None:
-        self.args = [
-            sys.executable,
-            "-c",
-            "from prefect_comfy.cli import main; main()",
-            "listen",
-            "--name",
-            name,
-            "--cursor",
-            str(cursor),
-            "--heartbeat-interval",
-            "0",
-            "--log-level",
-            "DEBUG",
-        ]
-        self.env = {**os.environ, "COMFY_API_KEY": API_KEY, "COMFY_BASE_URL": emulator.url}
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.args,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-        await eventually(
-            lambda: (
-                any("event stream connected" in line for line in self.lines)
-                or self.process.returncode is not None
-            ),
-            timeout=90,
-            message="the listener connected",
-        )
-        assert self.process.returncode is None, self.text[-3000:]
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        async for raw in self.process.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-
-    @property
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    async def end(self, sig: int) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-        code = await asyncio.wait_for(self.process.wait(), scaled(60))
-        assert self._reader is not None
-        await asyncio.wait_for(self._reader, scaled(10))
-        return code
 
 
 def comfy_http(emulator: Any) -> httpx.AsyncClient:
@@ -124,14 +60,6 @@ async def status(http: httpx.AsyncClient, kind: str, rid: str) -> str:
     response = await http.get(f"/{kind}s/{rid}")
     assert response.status_code == 200, response.text
     return response.json()["status"]
-
-
-def cursor_ids(cursor: Path) -> set[str]:
-    try:
-        data = json.loads(cursor.read_text())
-    except (FileNotFoundError, ValueError):
-        return set()
-    return {rid for _, rid, _ in data["in_flight"]}
 
 
 async def terminal_events(resource_id: str) -> list[Any]:

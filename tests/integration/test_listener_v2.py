@@ -34,12 +34,12 @@ from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.tasks import submit_comfy_job
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.support.keys import API_KEY
+from tests.support.listener_v2 import TERMINAL, Counting
 from tests.support.waiting import eventually, scaled
 from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 pytestmark = pytest.mark.prefect
 
-TERMINAL = {"comfy.job.completed", "comfy.job.failed", "comfy.job.cancelled"}
 
 SUBMITTER = """
 import json, sys, httpx
@@ -64,32 +64,6 @@ def submit_elsewhere(emu: EmulatorServer, workflows: list[dict]) -> list[str]:
         check=True,
     )
     return json.loads(done.stdout)
-
-
-class Counting:
-    """The real Prefect events client, counting what the listener sends through it."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    @contextlib.asynccontextmanager
-    async def __call__(self) -> AsyncIterator[Any]:
-        async with get_events_client() as client:
-            emit = client.emit
-
-            async def counted(event: Any) -> None:
-                self.sent.append(event)
-                await emit(event)
-
-            client.emit = counted  # type: ignore[method-assign]
-            yield client
-
-    def terminal(self, job_id: str) -> list[str]:
-        return [
-            e.event
-            for e in self.sent
-            if e.event in TERMINAL and e.resource.id == f"comfy.job.{job_id}"
-        ]
 
 
 async def stored_terminal(job_id: str) -> list[str]:
@@ -316,7 +290,7 @@ async def test_a_sigkill_and_restart_loses_and_duplicates_no_outcome(
     streams: one is read in the shared poll) and restarted: jobs that end while it is down, and jobs
     that start and end while it is down, each get exactly one outcome in Prefect, with the id the
     live event would have had."""
-    from tests.integration.test_listener_restart import ListenerProcess, cursor_ids
+    from tests.support.listener_process import ListenerProcess, cursor_ids
 
     block = f"v2-kill-{uuid.uuid4().hex[:8]}"
     await ComfyV2Credentials(endpoint=capped.v2_url, api_key=API_KEY).save(block)

@@ -38,7 +38,7 @@ from prefect_comfy.exceptions import ComfyError, WebSocketAuthError
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.waits import wait_for
-from tests.integration.test_comfyui_backend import empty_to_save
+from tests.support.comfyui_graphs import empty_to_save
 from tests.support.keys import API_KEY, OTHER_KEY, WRONG_KEY
 from tests.support.waiting import eventually, scaled
 from tests.support.workflows import failing_workflow, tiny_workflow

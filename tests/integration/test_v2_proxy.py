@@ -18,8 +18,8 @@ from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow
 from prefect_comfy.waiting.waits import wait_for
 from prefect_comfy_emulator.images import make_png
-from tests.integration.test_comfyui_backend import PNG_MAGIC, empty_to_save, long_graph
 from tests.support.api_proxy import RunningProxy
+from tests.support.comfyui_graphs import PNG_MAGIC, empty_to_save, long_graph
 from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.comfyui
@@ -130,7 +130,7 @@ async def test_the_flow_emits_the_same_job_events_with_backend_v2(
     api_proxy: RunningProxy, prefect_api_url: str, tmp_path: Path
 ):
     from prefect_comfy.orchestration.flows import run_comfy_workflow
-    from tests.integration.test_comfyui_backend import _when, stored_events
+    from tests.support.comfyui_graphs import _when, stored_events
 
     creds = ComfyV2Credentials(endpoint=api_proxy.url, api_key=api_proxy.token)
     state = await asyncio.to_thread(

@@ -202,3 +202,16 @@ def test_only_the_backends_name_a_kind_of_server() -> None:
     assert not wrong, "go through the backend interface or its Capabilities:\n" + "\n".join(wrong)
     paid = sorted(KNOWN_KIND_IMPORTS - found)
     assert not paid, f"paid debt: remove these from KNOWN_KIND_IMPORTS: {paid}"
+
+
+def test_no_test_module_imports_another() -> None:
+    """What two test modules share lives in tests/support/ (and fixtures in a conftest)."""
+    tests = PACKAGE.parent / "tests"
+    wrong = sorted(
+        f"{path.relative_to(tests.parent)} imports {node.module}"
+        for path in tests.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith(("tests.unit", "tests.integration", "tests.conftest"))
+    )
+    assert not wrong, "move what is shared into tests/support/:\n" + "\n".join(wrong)

@@ -27,8 +27,14 @@ from prefect_comfy.listener.cursor import (
 from prefect_comfy.listener.keeper import CursorKeeper
 from prefect_comfy.listener.tracking import Bounded
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Page
+from tests.support.listener_fakes import (
+    ADDRESS,
+    FakeBackend,
+    FakeEventsClient,
+    make_listener,
+    started,
+)
 from tests.support.waiting import eventually, scaled
-from tests.unit.test_listener import ADDRESS, FakeBackend, FakeEventsClient, make_listener, started
 
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 

@@ -18,8 +18,8 @@ from prefect_comfy.exceptions import NotFound, ServerError, TooManyStreams
 from prefect_comfy.models import ComfyEvent, Input, Job
 from prefect_comfy.waiting import slots
 from prefect_comfy.waiting.hub import EventHub
+from tests.support.hub_fakes import FakeBackend, World
 from tests.support.waiting import eventually, scaled
-from tests.unit.test_hub import FakeBackend, World
 
 _keys = itertools.count()
 END = object()  # the server closes a stream without a terminal event
