@@ -33,6 +33,7 @@ from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from tests.support.keys import API_KEY
 from tests.support.listener_prefect import apply, upload
 from tests.support.listener_v2 import Counting
+from tests.support.triggers import is_probe
 from tests.support.waiting import eventually, scaled
 from tests.support.workflows import slow_workflow
 
@@ -69,6 +70,7 @@ async def runs_with(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
                 limit=200,
             )
+        runs = [r for r in runs if not is_probe(r)]
         return runs if any(r.parameters.get(parameter) == marker for r in runs) else None
 
     runs = await eventually(probe, timeout=60, interval=0.3, message=f"the run of {marker}")
@@ -138,8 +140,8 @@ async def storm(emulator: EmulatorServer, rnd: random.Random, done: Counter[str]
 
 async def test_the_listener_duplicates_no_flow_run_under_chaos(prefect_api_url) -> None:
     t = f"c{uuid.uuid4().hex[:10]}"
-    jobs_deployment = await apply(on_done, on_job_completed(tags=[t]))
-    inputs_deployment = await apply(on_input, on_input_ready(tags=[t]))
+    jobs_deployment = await apply(on_done, on_job_completed(tags=[t]), "job.completed", t)
+    inputs_deployment = await apply(on_input, on_input_ready(tags=[t]), "input.ready", t)
     config = EmulatorConfig(
         api_keys=[API_KEY], seed=SEED, step_duration=0.01, upload_duration=0.05, concurrency=8
     )

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.events.filters import (
     EventFilter,
     EventIDFilter,
@@ -32,6 +31,7 @@ from prefect_comfy.listener.forwarder import ComfyListener
 from prefect_comfy.orchestration.triggers import on_input_ready, on_model_ready
 from tests.support.keys import API_KEY
 from tests.support.listener_prefect import Running, apply, comfy_http, upload
+from tests.support.triggers import runs_of
 from tests.support.waiting import eventually, scaled
 from tests.support.workflows import slow_workflow, tiny_workflow
 
@@ -51,17 +51,6 @@ def on_model(model_id: str, model_name: str | None = None, model_type: str | Non
 # -- helpers ----------------------------------------------------------------------------------------
 def tag() -> str:
     return f"l{uuid.uuid4().hex[:10]}"
-
-
-async def runs_of(deployment_id: uuid.UUID, count: int, timeout: float = 30.0) -> list[Any]:
-    async def probe() -> list[Any]:
-        async with get_client() as client:
-            runs = await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-            )
-        return runs if len(runs) >= count else []
-
-    return await eventually(probe, timeout=timeout, interval=0.2, message=f"{count} flow run(s)")
 
 
 async def stored_events(name: str, resource_id: str) -> list[Any]:
@@ -93,7 +82,7 @@ async def listener(emulator, prefect_api_url) -> AsyncIterator[ComfyListener]:
 # -- end to end ---------------------------------------------------------------------------------------
 async def test_input_ready_runs_the_triggered_deployment_once(emulator, listener):
     t = tag()
-    deployment_id = await apply(on_input, on_input_ready(tags=[t]))
+    deployment_id = await apply(on_input, on_input_ready(tags=[t]), "input.ready", t)
     created = await upload(emulator, "input", "portrait.png", [t])
 
     (run,) = await runs_of(deployment_id, 1)
@@ -111,7 +100,7 @@ async def test_input_ready_runs_the_triggered_deployment_once(emulator, listener
 
 async def test_model_ready_runs_the_triggered_deployment_once(emulator, listener):
     t = tag()
-    deployment_id = await apply(on_model, on_model_ready(tags=[t]))
+    deployment_id = await apply(on_model, on_model_ready(tags=[t]), "model.ready", t)
     created = await upload(emulator, "model", "style.safetensors", [t], type="lora")
 
     (run,) = await runs_of(deployment_id, 1)
@@ -182,7 +171,7 @@ async def test_a_job_that_finishes_while_disconnected_is_reconciled(emulator, li
 # -- two listeners ---------------------------------------------------------------------------------
 async def test_two_listeners_create_one_flow_run_per_event(emulator, prefect_api_url):
     t = tag()
-    deployment_id = await apply(on_input, on_input_ready(tags=[t]))
+    deployment_id = await apply(on_input, on_input_ready(tags=[t]), "input.ready", t)
     async with Running(emulator, "twin-a") as a, Running(emulator, "twin-b") as b:
         created = [await upload(emulator, "input", f"twin-{i}.png", [t]) for i in range(3)]
         ids = {c["id"] for c in created}

@@ -265,7 +265,7 @@ def test_the_command_line_on_a_new_kind(prefect_api_url, tmp_path, capsys) -> No
     from prefect_comfy.cli import main
 
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    asyncio.run(MemoryComfyServer(name=name).save(name))
+    MemoryComfyServer(name=name).save(name)  # sync here: a sync test
     workflow = tmp_path / "wf.json"
     workflow.write_text(json_module.dumps(graph()))
 

@@ -10,7 +10,9 @@ import httpx
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.listener.forwarder import ComfyListener
+from prefect_comfy.models import ComfyEvent
 from tests.support.keys import API_KEY
+from tests.support.triggers import apply_live
 from tests.support.waiting import eventually, scaled
 
 
@@ -31,9 +33,16 @@ async def upload(emulator: Any, kind: str, name: str, tags: list[str], **fields:
     return response.json()
 
 
-async def apply(flow_obj: Any, trigger: Any) -> uuid.UUID:
-    deployment = await flow_obj.to_deployment(name=f"l-{uuid.uuid4().hex[:8]}", triggers=[trigger])
-    return await deployment.aapply()
+async def apply(flow_obj: Any, trigger: Any, probe: str, t: str) -> uuid.UUID:
+    """A deployment of ``flow_obj`` with ``trigger``, once the trigger is live: a probe event of
+    ``probe`` (``input.ready``, ``job.completed`` …) tagged ``t`` made a run (left out by
+    :func:`tests.support.triggers.runs_of`)."""
+    return await apply_live(
+        flow_obj,
+        trigger,
+        lambda pid: ComfyEvent(event=probe, payload={"id": pid, "tags": [t]}),
+        address="http://probe.invalid",
+    )
 
 
 class Running:
