@@ -100,7 +100,6 @@ def checked_ids(job_ids: list[str]) -> list[str]:
     return job_ids
 
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

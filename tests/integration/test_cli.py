@@ -24,7 +24,6 @@ from typer.testing import CliRunner
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.cli import COMMANDS, build_app
-from tests.conftest import API_KEY, WRONG_KEY
 from tests.support.cli import (
     CLI,
     cli,
@@ -39,8 +38,6 @@ from tests.support.keys import API_KEY, WRONG_KEY
 from tests.support.terminal import run_in_terminal
 from tests.support.waiting import eventually
 from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
-from tests.waiting import eventually
-from tests.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 TYPE_TAG = re.compile(r"<(?:str|bool|int|float|path|list\[[^\]]*\]|[a-z ]+ range)>")
 

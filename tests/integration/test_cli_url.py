@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import API_KEY
 from tests.integration.test_cli import cli, error_lines, write_json
-from tests.workflows import tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.workflows import tiny_workflow
 
 
 def bare_env(**extra: str) -> dict[str, str]:

@@ -13,8 +13,8 @@ import pytest
 
 from prefect_comfy.backends.v2.backend import V2Backend
 from prefect_comfy.cli import main
-from tests.conftest import API_KEY
-from tests.workflows import tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.workflows import tiny_workflow
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from tests.conftest import API_KEY
+from tests.support.keys import API_KEY
 from tests.support.prefect_stack import ROOT, Stack, prefect_stack, stop
 from tests.support.run_form import CHROMIUM, check
 from tests.support.save_workflows import txt2img as save_format_txt2img
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
 
@@ -134,7 +134,9 @@ async def test_cli_deploys_to_a_pool_with_a_typed_form_and_a_run_uses_its_values
             in fields["Positive Prompt.text"]["description"]
         )
         assert deployment.enforce_parameter_schema
-        assert deployment.entrypoint == "prefect_comfy.orchestration.deployments.run_comfy_deployment"
+        assert (
+            deployment.entrypoint == "prefect_comfy.orchestration.deployments.run_comfy_deployment"
+        )
         assert deployment.work_pool_name == POOL
         assert deployment.parameters["workflow"] == "portrait"
         assert deployment.parameters["inputs"]["KSampler.seed"] == 42

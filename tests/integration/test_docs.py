@@ -42,11 +42,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY
 from tests.support.keys import API_KEY
 from tests.support.markdown import fenced_blocks, python_blocks
 from tests.support.workflows import tiny_workflow
-from tests.workflows import tiny_workflow
 
 pytestmark = pytest.mark.prefect
 

@@ -23,10 +23,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
 from prefect_comfy_emulator.images import png_size
-from tests.conftest import API_KEY, OTHER_KEY, WRONG_KEY
 from tests.support.keys import API_KEY, OTHER_KEY, WRONG_KEY
-from tests.support.waiting import eventually, scaled
-from tests.waiting import eventually, eventually_sync
+from tests.support.waiting import eventually, eventually_sync, scaled
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

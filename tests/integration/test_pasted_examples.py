@@ -24,7 +24,7 @@ from prefect.client.schemas.objects import StateType
 from prefect_comfy.models import ComfyEvent
 from tests.integration import test_triggers_prefect as triggers
 from tests.support.markdown import ROOT, Block, python_blocks
-from tests.waiting import eventually
+from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.prefect
 
@@ -98,7 +98,7 @@ async def test_pasted_trigger_example_runs_its_triggered_flow(
         assert final.state.type == StateType.COMPLETED, final.state
     finally:
         server.terminate()
-        await asyncio.wait_for(server.wait(), 30)
+        await asyncio.wait_for(server.wait(), scaled(30))
         if deployment_id is not None:  # its automation goes with it: no later event triggers it
             async with get_client() as client:
                 await client.delete_deployment(deployment_id)

@@ -19,9 +19,9 @@ from prefect_comfy import ComfyCloudCredentials
 from prefect_comfy.cli.flow_run import JOB_ID_LABEL, FlowRunWatcher
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.orchestration.tasks import submit_comfy_job
-from tests.conftest import API_KEY
-from tests.waiting import eventually_sync
-from tests.workflows import tiny_workflow
+from tests.support.keys import API_KEY
+from tests.support.waiting import eventually_sync
+from tests.support.workflows import tiny_workflow
 
 pytestmark = pytest.mark.prefect
 

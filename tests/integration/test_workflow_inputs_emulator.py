@@ -32,9 +32,9 @@ from prefect_comfy.orchestration.job_steps import submit_job
 from prefect_comfy.orchestration.jobs import ComfyWorkflow
 from prefect_comfy.waiting.waits import wait_for
 from prefect_comfy_emulator.catalog import object_info
-from tests.conftest import API_KEY
+from tests.support.keys import API_KEY
 from tests.support.save_workflows import txt2img
-from tests.waiting import eventually
+from tests.support.waiting import eventually
 
 INPUTS = {"Positive Prompt.text": "a red fox", "KSampler.steps": 3, "4.width": 256}
 

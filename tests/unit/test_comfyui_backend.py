@@ -735,7 +735,7 @@ async def test_a_websocket_frame_larger_than_the_cap_is_refused() -> None:
         ws = await http.open_socket("unit")
         try:
             with pytest.raises(ConnectionClosedError) as caught:
-                await asyncio.wait_for(ws.recv(), 10)
+                await asyncio.wait_for(ws.recv(), scaled(10))
             assert caught.value.rcvd is None or caught.value.sent.code == 1009
         finally:
             await ws.close()

@@ -186,7 +186,7 @@ async def test_a_stream_that_gives_up_leaves_the_waits_to_rest_and_opens_again(h
     world.jobs["job_x"] = job("job_x", "completed")  # ended while the stream was down: read
     await eventually(lambda: world.streams == 2, message="the stream opened again")
     world.push("job.failed", "job_y", status="failed")  # ended once it is back: streamed
-    results = await asyncio.wait_for(asyncio.gather(*waits), 10)
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(10))
     assert [r.event for r in results] == ["job.completed", "job.completed", "job.failed"]
 
 

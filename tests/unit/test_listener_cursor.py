@@ -381,7 +381,7 @@ async def test_a_state_file_that_cannot_be_written_stops_the_listener_at_start(t
     backend, client = FakeBackend(), FakeEventsClient()
     listener = make_listener(backend, client, cursor=FileCursor(blocker / "cursor.json"))
     with pytest.raises(ComfyConfigError, match="cannot write"):
-        await asyncio.wait_for(listener.run(), 10)
+        await asyncio.wait_for(listener.run(), scaled(10))
 
 
 async def test_a_failing_save_is_reported_in_the_stats_and_the_heartbeat(tmp_path):
@@ -409,7 +409,7 @@ async def test_a_failing_save_is_reported_in_the_stats_and_the_heartbeat(tmp_pat
 
 async def stop_task(listener, task):
     listener.stop()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, scaled(10))
 
 
 # -- a state file edited by hand, or grown huge (issue 20, #15) -------------------------------------

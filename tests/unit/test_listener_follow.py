@@ -257,5 +257,5 @@ async def test_a_first_round_on_a_cursor_that_never_changes_ends_with_an_error()
     server = StuckCursor()
     run = Run(JobFollower(server))
     with pytest.raises(ComfyProtocolError, match="repeats the cursor"):
-        await asyncio.wait_for(run.task, 5)
+        await asyncio.wait_for(run.task, scaled(5))
     assert server.lists <= 3

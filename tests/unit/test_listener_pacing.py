@@ -158,7 +158,7 @@ async def test_put_waits_while_the_outcome_queue_is_full_but_progress_never_wait
     clock = Clock()
     q, _, _ = queue(clock, queue_size=1)
     await q.put(event("job.completed", "a"))
-    await asyncio.wait_for(q.put(event("job.progress", "b", 1)), scaled(1))
+    await asyncio.wait_for(q.put(event("job.progress", "b", scaled(1))), scaled(1))
     blocked = asyncio.create_task(q.put(event("job.completed", "c")))
     await asyncio.sleep(0)
     assert not blocked.done()

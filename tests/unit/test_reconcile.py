@@ -12,6 +12,7 @@ import pytest
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.waiting.reconcile import Reconciler
+from tests.support.waiting import scaled
 
 KEY = "comfyui-reconcile-secret-abcdef"
 ORIGIN = "http://127.0.0.1:8765"
@@ -85,7 +86,7 @@ async def reconcile(api: CountingAPI, ids: list[str]) -> dict[str, str]:
             concurrency=16,
         )
         reconciler.submit(("job", jid) for jid in ids)
-        await asyncio.wait_for(reconciler.settled(), 30)
+        await asyncio.wait_for(reconciler.settled(), scaled(30))
     return found
 
 

@@ -23,6 +23,7 @@ from prefect_comfy.exceptions import (
     TooManyStreams,
 )
 from prefect_comfy.transport.retry import RetryPolicy
+from tests.support.waiting import scaled
 
 KEY = "v2-unit-secret-key"
 ORIGIN = "http://127.0.0.1:8189"
@@ -380,7 +381,7 @@ async def test_a_stream_that_never_says_the_end_is_checked_over_rest(monkeypatch
                 yield b": keep-alive\n\n"
 
     events = backend_of(streaming(frames)).job_events("j1")
-    seen = await asyncio.wait_for(_until_terminal(events), 5)
+    seen = await asyncio.wait_for(_until_terminal(events), scaled(5))
     assert seen[-1].event == "job.completed"
 
 
@@ -408,7 +409,7 @@ async def test_a_stream_line_without_an_end_is_capped() -> None:
 
     events = backend_of(streaming(frames)).job_events("j1")
     with pytest.raises(ComfyProtocolError, match="longer than"):
-        await asyncio.wait_for(anext(events), 10)
+        await asyncio.wait_for(anext(events), scaled(10))
     assert len(sent) * 65536 < 4 * 2**20  # read no further than the cap
 
 
