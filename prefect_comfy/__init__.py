@@ -17,7 +17,10 @@ register -m prefect_comfy``, or a server loading the ``prefect.collections`` ent
 them. Which block goes with which kind of server is said in :mod:`prefect_comfy.backends.registry`.
 """
 
-from prefect_comfy import _no_prefect  # noqa: F401 - first: it must run before Prefect is imported
+from prefect_comfy.settings import quiet_prefect_for_no_prefect
+
+quiet_prefect_for_no_prefect()  # first: before anything imports Prefect (--no-prefect)
+
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials

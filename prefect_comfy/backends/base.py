@@ -18,6 +18,7 @@ process.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ class UnfinishedJobs:
     requests: int = 0
     backlog: int | None = None
 
+
+logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ComfyEvent], Any | Awaitable[Any]]
 """Called with each ``job.progress`` event; may be sync or async."""
@@ -95,6 +98,60 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
+MAX_PAGES = 100
+"""Pages one walk over the job list reads at most (10,000 jobs): a server that keeps handing out
+fresh cursors cannot keep a caller reading (and remembering) for ever."""
+
+ReadPage = Callable[[Any, int], Awaitable[tuple[Sequence[Any], Any]]]
+"""Reads one page: ``(cursor, page number from 0) -> (jobs, next cursor)``."""
+
+
+async def walk_pages(
+    read: ReadPage, *, what: str, max_pages: int = MAX_PAGES
+) -> AsyncIterator[Sequence[Any]]:
+    """Each page's jobs, newest first, until the last page (a caller may stop early).
+
+    Args:
+        read: reads one page (the cursor, the page's number from 0).
+        what: what is walked, for the error and the warning (``"jobs on http://..."``).
+        max_pages: the most pages read; past that the walk ends with a warning.
+
+    Raises:
+        ComfyProtocolError: the server handed out a cursor it had handed out before (a walk that
+            would never end).
+
+    Example:
+        >>> import asyncio
+        >>> async def read(cursor, n):
+        ...     return [], "same"
+        >>> async def walk():
+        ...     return [page async for page in walk_pages(read, what="jobs")]
+        >>> asyncio.run(walk())
+        Traceback (most recent call last):
+        ...
+        prefect_comfy.exceptions.ComfyProtocolError: The server's list of jobs repeats the page token 'same' (page 2): the listing would never end, so it was stopped. Report this to the server's operator
+    """
+    seen: set[Any] = set()
+    cursor: Any = None
+    for number in range(max_pages):
+        jobs, cursor = await read(cursor, number)
+        yield jobs
+        if not cursor:
+            return
+        if cursor in seen:
+            raise ComfyProtocolError(
+                f"The server's list of {what} repeats the page token {str(cursor)[:64]!r} "
+                f"(page {number + 1}): the listing would never end, so it was stopped. "
+                "Report this to the server's operator"
+            )
+        seen.add(cursor)
+    logger.warning(
+        "Stopped listing %s after %d pages (the most one walk reads)",
+        what,
+        max_pages,
+    )
+
+
 @dataclass(frozen=True)
 class Recent:
     """A resource the server lists as created (or ended) recently: what catching up reads.
@@ -121,33 +178,25 @@ async def recent_from_pages(
     *,
     limit: int,
 ) -> list[Recent]:
-    """Walk a newest-first listing until a page holds nothing created since ``since``.
-
-    The one walk of every listing that catching up reads (offset pages and cursor pages alike): at
-    most ``limit`` resources, and a token that comes back a second time ends the walk with an error
-    instead of reading the same page for ever.
+    """Walk a newest-first listing (:func:`walk_pages`) until a page holds nothing created since
+    ``since``, or ``limit`` resources were found: what catching up reads, for every kind.
 
     Raises:
         ComfyProtocolError: the server handed back a page token it had already given.
     """
     found: list[Recent] = []
-    token: Any = None
-    seen: set[Any] = set()
-    while len(found) < limit:
-        items, token = await read_page(token)
+
+    async def read(token: Any, _number: int) -> tuple[Sequence[Any], Any]:
+        return await read_page(token)
+
+    async for items in walk_pages(read, what=f"{kind}s"):
         recent = [r for r in items if (_aware(getattr(r, "created_at", None)) or since) >= since]
         found.extend(
             Recent(kind, r, _aware(getattr(r, "completed_at", None)))
             for r in recent[: limit - len(found)]
         )
-        if not recent or token is None:
+        if not recent or len(found) >= limit:
             break
-        if token in seen:
-            raise ComfyProtocolError(
-                f"the server listed {kind}s with a page token it had already given ({token!r}); "
-                "stopped reading its listing"
-            )
-        seen.add(token)
     return found
 
 

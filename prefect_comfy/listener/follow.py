@@ -43,9 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect_comfy.backends.base import ComfyBackend, matches_any
-from prefect_comfy.backends.cloud.protocol import matches_any
-from prefect_comfy.backends.v2.follow import walk_pages
+from prefect_comfy.backends.base import ComfyBackend, matches_any, walk_pages
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import ComfyAPIError, NotFound, WebSocketAuthError
 from prefect_comfy.listener.catchup import terminal_event

@@ -25,9 +25,9 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from prefect_comfy.backends.base import MAX_PAGES, walk_pages
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.http import V2Http
 from prefect_comfy.bounded import Bounded
@@ -40,59 +40,6 @@ logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
 """Jobs asked for per page (the most v2 allows)."""
-MAX_PAGES = 100
-"""Pages one walk over the job list reads at most (10,000 jobs): a server that keeps handing out
-fresh cursors cannot keep a caller reading (and remembering) for ever."""
-
-Page = tuple[list[Job], str | None]
-ReadPage = Callable[[str | None, int], Awaitable[Page]]
-"""Reads one page: ``(cursor, page number from 0) -> (jobs, next cursor)``."""
-
-
-async def walk_pages(
-    read: ReadPage, *, what: str, max_pages: int = MAX_PAGES
-) -> AsyncIterator[list[Job]]:
-    """Each page's jobs, newest first, until the last page (a caller may stop early).
-
-    Args:
-        read: reads one page (the cursor, the page's number from 0).
-        what: what is walked, for the error and the warning (``"jobs on http://..."``).
-        max_pages: the most pages read; past that the walk ends with a warning.
-
-    Raises:
-        ComfyProtocolError: the server handed out a cursor it had handed out before (a walk that
-            would never end).
-
-    Example:
-        >>> import asyncio
-        >>> async def read(cursor, n):
-        ...     return [], "same"
-        >>> async def walk():
-        ...     return [page async for page in walk_pages(read, what="jobs")]
-        >>> asyncio.run(walk())
-        Traceback (most recent call last):
-        ...
-        prefect_comfy.exceptions.ComfyProtocolError: The server's job list for jobs repeats the cursor 'same' (page 2): the listing would never end, so it was stopped. Report this to the server's operator
-    """
-    seen: set[str] = set()
-    cursor: str | None = None
-    for number in range(max_pages):
-        jobs, cursor = await read(cursor, number)
-        yield jobs
-        if not cursor:
-            return
-        if cursor in seen:
-            raise ComfyProtocolError(
-                f"The server's job list for {what} repeats the cursor {cursor[:64]!r} "
-                f"(page {number + 1}): the listing would never end, so it was stopped. "
-                "Report this to the server's operator"
-            )
-        seen.add(cursor)
-    logger.warning(
-        "Stopped listing %s after %d pages of the server's job list (the most one walk reads)",
-        what,
-        max_pages,
-    )
 
 
 class TagMemory:
