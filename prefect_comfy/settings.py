@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator

@@ -129,7 +129,7 @@ async def walk_pages(
         >>> asyncio.run(walk())
         Traceback (most recent call last):
         ...
-        prefect_comfy.exceptions.ComfyProtocolError: The server's list of jobs repeats the page token 'same' (page 2): the listing would never end, so it was stopped. Report this to the server's operator
+        prefect_comfy.exceptions.ComfyProtocolError: The server's list of jobs repeats the cursor 'same' (page 2): the listing would never end, so it was stopped. Report this to the server's operator
     """
     seen: set[Any] = set()
     cursor: Any = None
@@ -140,7 +140,7 @@ async def walk_pages(
             return
         if cursor in seen:
             raise ComfyProtocolError(
-                f"The server's list of {what} repeats the page token {str(cursor)[:64]!r} "
+                f"The server's list of {what} repeats the cursor {str(cursor)[:64]!r} "
                 f"(page {number + 1}): the listing would never end, so it was stopped. "
                 "Report this to the server's operator"
             )

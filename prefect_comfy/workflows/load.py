@@ -117,7 +117,9 @@ def _parse(source: str, text: str) -> Any:
     try:
         # A byte-order mark (Windows editors write one) is no reason to refuse a file.
         return json.loads(text.removeprefix("\ufeff"), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise InvalidWorkflow(f"{source}: its JSON is nested too deeply to be a workflow") from None
+    except ValueError as exc:
         raise InvalidWorkflow(f"{source} is not JSON: {exc}") from None
 
 

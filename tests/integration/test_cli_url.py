@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_cli import cli, error_lines, write_json
+from tests.support.cli import cli, error_lines, write_json
 from tests.support.keys import API_KEY
 from tests.support.workflows import tiny_workflow
 

@@ -22,11 +22,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from prefect_comfy.models import ComfyEvent
-from tests.integration import test_triggers_prefect as triggers
 from tests.support.markdown import ROOT, Block, python_blocks
+from tests.support.triggers import runs_of, send, trigger_is_live
 from tests.support.waiting import eventually, scaled
 
 pytestmark = pytest.mark.prefect
+
+
+ADDRESS = "http://pasted-examples.invalid"
 
 
 def example(path: Path, needle: str) -> Block:
@@ -70,9 +73,15 @@ async def test_pasted_trigger_example_runs_its_triggered_flow(
             return found.id if automations else None
 
         deployment_id = await eventually(served, timeout=90, interval=0.5, message="served")
-        triggers._sent_since_apply.clear()
+        await trigger_is_live(
+            deployment_id,
+            lambda pid: ComfyEvent(
+                event="input.ready", payload={"id": pid, "name": f"{pid}.png", "tags": ["auto"]}
+            ),
+            address=ADDRESS,
+        )
         name = f"{uuid.uuid4().hex[:8]}.png"
-        await triggers.emit(
+        await send(
             ComfyEvent(
                 event="input.ready",
                 payload={
@@ -81,9 +90,10 @@ async def test_pasted_trigger_example_runs_its_triggered_flow(
                     "status": "ready",
                     "tags": ["auto"],
                 },
-            )
+            ),
+            address=ADDRESS,
         )
-        runs = await triggers.runs_of(deployment_id)
+        runs = await runs_of(deployment_id)
         run = next(r for r in runs if r.parameters.get("input_name") == name)
 
         async def finished() -> Any:

@@ -71,7 +71,7 @@ async def submit_many(backend: CloudBackend, workflows: list[dict[str, Any]]) ->
 
 async def test_submit_then_wait_completed(backend, hub):
     job = await backend.submit(tiny_workflow("wait"))
-    result = await asyncio.wait_for(hub.wait("job", job.id, scaled(30)), scaled(30))
+    result = await asyncio.wait_for(hub.wait("job", job.id, timeout=30), scaled(30))
     assert result.event == "job.completed" and result.payload["id"] == job.id
     assert result.payload["outputs"] and result.payload["outputs"][0]["download_url"]
 

@@ -431,19 +431,16 @@ async def test_a_watermark_without_a_time_zone_is_read_as_utc_and_catch_up_works
     )
     await keeper.restore()
 
-    class Backend:
-        client = ListingClient(
-            [Job(id="j_done", status="completed", completed_at=NOW + timedelta(minutes=1))], [], []
-        )
-
+    backend = CloudBackend(api_key="comfyui-unit-key", base_url="http://127.0.0.1:9")
+    backend.client = ListingClient(
+        [Job(id="j_done", status="completed", completed_at=NOW + timedelta(minutes=1))], [], []
+    )
     forwarded: list[ComfyEvent] = []
 
     async def forward(event: ComfyEvent) -> None:
         forwarded.append(event)
 
-    await keeper.catch_up(
-        Backend(), forward=forward, track=lambda *e: None, already=lambda *k: False
-    )
+    await keeper.catch_up(backend, forward=forward, track=lambda *e: None, already=lambda *k: False)
     assert keeper.caught_up and [e.resource_id for e in forwarded] == ["j_done"]
 
 

@@ -355,5 +355,5 @@ async def test_a_malformed_read_fails_the_wait_at_once():
     hub.backend.get_job = malformed  # type: ignore[method-assign]
     hub.job_streams.backend.get_job = malformed  # type: ignore[union-attr]
     with pytest.raises(ComfyProtocolError):
-        await asyncio.wait_for(hub.wait("job", jid, scaled(30)), scaled(5))
+        await asyncio.wait_for(hub.wait("job", jid, timeout=30), scaled(5))
     assert world.reads == 1
