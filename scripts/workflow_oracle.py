@@ -15,6 +15,7 @@ themselves are not committed.
 Where outputs go (default ``--out tests/fixtures``):
 
 - ``object_info/comfyui-0.3.75.json``: the server's ``GET /object_info`` (compact JSON).
+- ``workflows/oracle.json``: the versions of ComfyUI, its frontend, the templates and Chromium used.
 - ``workflows/templates/<id>.api.json``: the frontend's API graph per save-format template.
 - ``workflows/templates/manifest.json``: per template its distribution, version, path in the wheel,
   sha256, format (``save``, or ``other`` for the gallery's ``index*.json``), the node types the
@@ -88,6 +89,13 @@ const h = {
     n.widgets[0].callback?.(value);
     if (control) h.set(n, {control_after_generate: control});
   },
+  mode(n, mode) {
+    // As the editor's mute/bypass commands do (toggleSelectedNodesMode): a subgraph node's mode
+    // is given to every node inside it, at every depth.
+    n.mode = mode;
+    const walk = (sg) => { for (const m of sg.nodes) { m.mode = mode; if (m.subgraph) walk(m.subgraph); } };
+    if (n.subgraph) walk(n.subgraph);
+  },
   link(a, out, b, inp) {
     const r = a.connect(out, b, inp);
     if (!r) throw new Error(`cannot link ${a.type}[${out}] -> ${b.type}[${inp}]`);
@@ -151,7 +159,7 @@ CASES: dict[str, str] = {
       const save = h.add('SaveImage', [1100, 0], {filename_prefix: 'bypass'});
       h.link(img, 0, a, 0); h.link(a, 0, b, 0); h.link(b, 0, c, 0); h.link(c, 0, d, 0);
       h.link(d, 0, save, 0);
-      a.mode = 4; b.mode = 4; d.mode = 4;
+      h.mode(a, 4); h.mode(b, 4); h.mode(d, 4);
     }""",
     "muted_branch": """() => {
       const img = h.add('EmptyImage', [0, 0], {width: 32, height: 32});
@@ -160,10 +168,10 @@ CASES: dict[str, str] = {
       const inv = h.add('ImageInvert', [300, 200], {}, 'Muted');
       const save2 = h.add('SaveImage', [600, 200], {filename_prefix: 'muted-branch'}, 'After muted');
       h.link(img, 0, inv, 0); h.link(inv, 0, save2, 0);
-      inv.mode = 2;
+      h.mode(inv, 2);
       const save3 = h.add('SaveImage', [600, 400], {filename_prefix: 'muted-save'}, 'Muted save');
       h.link(img, 0, save3, 0);
-      save3.mode = 2;
+      h.mode(save3, 2);
     }""",
     "widget_as_input": """() => {
       const w = h.add('PrimitiveInt', [0, 0], {value: 80}, 'Width');
@@ -195,6 +203,73 @@ CASES: dict[str, str] = {
       h.link(img, 0, inv, 0); h.link(inv, 0, blur, 0); h.link(blur, 0, save, 0);
       const {node} = app.graph.convertToSubgraph(new Set([inv, blur]));
       node.title = 'Invert and blur';
+    }""",
+    "native_reroutes": """() => {
+      // The editor's own reroutes (dots on a link: graph.reroutes, not a Reroute node).
+      const img = h.add('EmptyImage', [0, 0], {width: 24, height: 24});
+      const inv = h.add('ImageInvert', [500, 0]);
+      const link = h.link(img, 0, inv, 0);
+      const first = app.graph.createReroute([250, 100], link);
+      app.graph.createReroute([350, 100], first);
+      const save = h.add('SaveImage', [800, 0], {filename_prefix: 'native'});
+      h.link(inv, 0, save, 0);
+    }""",
+    "nested_subgraph": """() => {
+      const img = h.add('EmptyImage', [0, 0], {width: 40, height: 24});
+      const a = h.add('ImageInvert', [300, 0], {}, 'Outer invert');
+      const b = h.add('ImageBlur', [500, 0], {blur_radius: 2, sigma: 1.0}, 'Inner blur');
+      const c = h.add('ImageInvert', [700, 0], {}, 'Inner invert');
+      const save = h.add('SaveImage', [1000, 0], {filename_prefix: 'nested'});
+      h.link(img, 0, a, 0); h.link(a, 0, b, 0); h.link(b, 0, c, 0); h.link(c, 0, save, 0);
+      const inner = app.graph.convertToSubgraph(new Set([b, c])).node;
+      inner.title = 'Inner';
+      const outer = app.graph.convertToSubgraph(new Set([a, inner])).node;
+      outer.title = 'Outer';
+    }""",
+    "subgraph_bypassed_and_muted": """() => {
+      const img = h.add('EmptyImage', [0, 0], {width: 40, height: 24});
+      const a = h.add('ImageInvert', [300, 0], {}, 'In a bypassed subgraph');
+      const save = h.add('SaveImage', [600, 0], {filename_prefix: 'bypassed-subgraph'});
+      h.link(img, 0, a, 0); h.link(a, 0, save, 0);
+      const bypassed = app.graph.convertToSubgraph(new Set([a])).node;
+      bypassed.title = 'Bypassed subgraph';
+      h.mode(bypassed, 4);
+      const b = h.add('ImageInvert', [300, 300], {}, 'Bypassed inside');
+      const c = h.add('ImageBlur', [500, 300], {blur_radius: 1, sigma: 0.5}, 'Kept inside');
+      const save2 = h.add('SaveImage', [800, 300], {filename_prefix: 'inner-bypass'});
+      h.link(img, 0, b, 0); h.link(b, 0, c, 0); h.link(c, 0, save2, 0);
+      h.mode(b, 4);
+      app.graph.convertToSubgraph(new Set([b, c])).node.title = 'Bypass inside';
+      const d = h.add('ImageInvert', [300, 600], {}, 'In a muted subgraph');
+      const save3 = h.add('SaveImage', [600, 600], {filename_prefix: 'muted-subgraph'});
+      h.link(img, 0, d, 0); h.link(d, 0, save3, 0);
+      const muted = app.graph.convertToSubgraph(new Set([d])).node;
+      muted.title = 'Muted subgraph';
+      h.mode(muted, 2);
+    }""",
+    "subgraph_mode_outer_only": """() => {
+      // A file whose subgraph nodes are bypassed/muted but the nodes inside are not (mode set
+      // directly, not by the editor's command): frontend 1.32.9 still runs the muted one's inside.
+      const img = h.add('EmptyImage', [0, 0], {width: 40, height: 24});
+      const a = h.add('ImageInvert', [300, 0], {}, 'In a bypassed subgraph');
+      const save = h.add('SaveImage', [600, 0], {filename_prefix: 'bypassed-subgraph'});
+      h.link(img, 0, a, 0); h.link(a, 0, save, 0);
+      app.graph.convertToSubgraph(new Set([a])).node.mode = 4;
+      const d = h.add('ImageInvert', [300, 600], {}, 'In a muted subgraph');
+      const save3 = h.add('SaveImage', [600, 600], {filename_prefix: 'muted-subgraph'});
+      h.link(img, 0, d, 0); h.link(d, 0, save3, 0);
+      app.graph.convertToSubgraph(new Set([d])).node.mode = 2;
+    }""",
+    "subgraph_widget_input": """() => {
+      // A widget of an inner node promoted to the subgraph's input, set on the outer node.
+      const img = h.add('EmptyImage', [0, 0], {width: 40, height: 24});
+      const blur = h.add('ImageBlur', [300, 0], {blur_radius: 2, sigma: 1.0}, 'Blur');
+      const save = h.add('SaveImage', [600, 0], {filename_prefix: 'promoted'});
+      h.link(img, 0, blur, 0); h.link(blur, 0, save, 0);
+      const prim = h.add('PrimitiveInt', [0, 300], {value: 7, control_after_generate: 'fixed'}, 'Radius');
+      h.link(prim, 0, blur, 'blur_radius');
+      const sub = app.graph.convertToSubgraph(new Set([blur, prim])).node;
+      sub.title = 'Blur with radius';
     }""",
     "notes": """() => {
       const img = h.add('EmptyImage', [0, 0], {width: 16, height: 16});
@@ -255,6 +330,8 @@ async def _oracle_templates(
     for i, template in enumerate(iter_templates(ensure_templates())):
         if limit is not None and i >= limit:
             break
+        if i and i % 25 == 0:
+            print(f"  {i} templates done", flush=True)
         workflow = template.load()
         entry: dict = {
             "distribution": template.distribution,
@@ -299,7 +376,14 @@ async def _run(args: argparse.Namespace) -> int:
             object_info = json.loads(resp.read())
         _write(out / "object_info" / f"comfyui-{COMFYUI_VERSION}.json", _dump(object_info))
         async with FrontendOracle(server.url) as oracle:
-            print(f"ComfyUI {COMFYUI_VERSION}, frontend {oracle.frontend_version}")
+            print(f"ComfyUI {COMFYUI_VERSION}, frontend {oracle.frontend_version}", flush=True)
+            about = {
+                "comfyui": COMFYUI_VERSION,
+                "frontend": oracle.frontend_version,
+                "templates": TEMPLATES_VERSION,
+                "browser": oracle.browser_version,
+            }
+            _write(out / "workflows" / "oracle.json", json.dumps(about, indent=1) + "\n")
             cases = templates = None
             if args.only in (None, "cases"):
                 cases = await _oracle_cases(oracle, out, args.rebuild_cases)

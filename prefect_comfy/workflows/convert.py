@@ -150,6 +150,8 @@ class _Step(NamedTuple):
 
 
 class _Converter:
+    """One conversion: the document flattened into executable nodes, then serialised."""
+
     def __init__(self, workflow: Mapping[str, Any], catalog: NodeCatalog) -> None:
         self.root = Document(workflow, catalog).root
         # execution id -> (node, graph, subgraph path, containing subgraph node's execution id)

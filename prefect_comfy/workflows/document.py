@@ -180,6 +180,12 @@ class Document:
         self._layouts: dict[
             str, tuple[tuple[tuple[str, str, str | None], ...], frozenset[str]]
         ] = {}
+        extra = workflow.get("extra")
+        groups = extra.get("groupNodes") if isinstance(extra, Mapping) else None
+        # legacy group nodes, typed "workflow>NAME"
+        self.group_nodes = (
+            {f"workflow>{g}" for g in groups} if isinstance(groups, Mapping) else set()
+        )
         self.root = self._graph(None, workflow)
 
     def _graph(self, graph_id: str | None, raw: Mapping[str, Any]) -> Graph:
@@ -237,6 +243,11 @@ class Document:
                 title = str(self.raw_subgraphs[node_type].get("name") or node_type)
             else:
                 title = node_type
+        if spec is None and node_type in self.group_nodes:
+            raise InvalidWorkflow(
+                f"Node {node_id} ({title}) is a legacy group node, which is not converted; "
+                "open the workflow in ComfyUI and convert the group node to a subgraph"
+            )
         node = Node(
             id=node_id,
             type=node_type,

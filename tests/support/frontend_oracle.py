@@ -160,6 +160,7 @@ class FrontendOracle:
         self.url = comfyui_url.rstrip("/")
         self.startup_timeout = startup_timeout
         self.frontend_version: str | None = None
+        self.browser_version: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._profile: str | None = None
         self._ws: Any = None
@@ -206,6 +207,8 @@ class FrontendOracle:
                     pages = [t for t in json.load(r) if t.get("type") == "page"]
                 if pages:
                     ws_url = pages[0]["webSocketDebuggerUrl"]
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version") as r:
+                        self.browser_version = json.load(r).get("Browser")
                     break
             await asyncio.sleep(0.1)
         self._ws = await websockets.connect(ws_url, max_size=None, open_timeout=30)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -71,6 +72,24 @@ def wheel_path(distribution: str, directory: Path | None = None) -> Path:
     return (directory or cache_dir()) / _wheel_name(distribution, DISTRIBUTIONS[distribution])
 
 
+def _pip_python() -> str:
+    """An interpreter with pip (the project's uv-made venv has none): as install-comfyui.sh picks."""
+    candidates = [os.environ.get("PREFECT_COMFY_BASE_PYTHON"), "python3.11", "python3"]
+    for candidate in candidates:
+        if not candidate:
+            continue
+        path = shutil.which(candidate)
+        if (
+            path
+            and subprocess.run(
+                [path, "-m", "pip", "--version"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ):
+            return path
+    return sys.executable
+
+
 def ensure_templates(directory: Path | None = None) -> Path:
     """Return the folder holding the five template wheels, downloading the missing ones first.
 
@@ -84,7 +103,7 @@ def ensure_templates(directory: Path | None = None) -> Path:
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     pins = [f"{d}=={DISTRIBUTIONS[d]}" for d in missing]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"]
+    cmd = [_pip_python(), "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"]
     try:
         proc = subprocess.run(
             [*cmd, str(directory), *pins],

@@ -277,3 +277,10 @@ def test_a_bypassed_loader_nothing_can_replace_is_an_error_not_a_graph_the_serve
     assert "clip" not in frontend["2"]["inputs"]
     with pytest.raises(InvalidWorkflow, match=r"from bypassed node 1 \(Load Checkpoint\)"):
         convert_workflow(load(PROBED / "bypass_loader.json"), object_info)
+
+
+def test_a_legacy_group_node_says_to_make_it_a_subgraph(object_info) -> None:
+    workflow = _one_node("workflow>Upscale", [])
+    workflow["extra"] = {"groupNodes": {"Upscale": {"nodes": [], "links": []}}}
+    with pytest.raises(InvalidWorkflow, match="legacy group node.*convert the group node to a"):
+        to_api_format(workflow, object_info)
