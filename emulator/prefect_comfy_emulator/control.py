@@ -102,7 +102,13 @@ async def job_internals(request: Request) -> Response:
     job = state.jobs.get(request.path_params["id"])
     if job is None:
         raise not_found("job", request.path_params["id"])
-    return JSONResponse({**job.wire(state.secret), "cancel_requested": job.cancel_requested})
+    return JSONResponse(
+        {
+            **job.wire(state.secret),
+            "cancel_requested": job.cancel_requested,
+            "cancel_requests": job.cancel_requests,
+        }
+    )
 
 
 def control_routes() -> list[BaseRoute]:

@@ -107,6 +107,7 @@ class JobRecord:
     error: dict[str, Any] | None = None
     outputs: list[OutputRecord] = field(default_factory=list)
     cancel_requested: bool = False
+    cancel_requests: int = 0  # every cancel asked for, answered or refused (test controls read it)
     metadata: dict[str, str] = field(default_factory=dict)
     """Labels given on the v2 face (``metadata``); the v1 face neither shows nor sets them."""
     asset_ids: list[str] = field(default_factory=list)

@@ -224,6 +224,7 @@ class EmulatorState(UploadsMixin):
 
     def cancel_job(self, owner: str, job_id: str) -> JobRecord:
         job = self.get_job(owner, job_id)
+        job.cancel_requests += 1
         if job.status in JOB_TERMINAL:
             raise ApiError(
                 400, "invalid_request", f"job {job_id} is {job.status} and cannot be cancelled"

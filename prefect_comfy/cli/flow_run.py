@@ -99,9 +99,12 @@ def _whole(path: Path, out: Path) -> bool:
 
 
 class _Chatter(logging.Filter):
-    """Drops the engine's lines about running the watcher's hook."""
+    """Drops the engine's lines about running the watcher's hook, and the run's "View at URL"
+    (the watcher prints the link once, with the run's name)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("View at "):
+            return False
         if record.name != "prefect.engine":
             return True
         return not str(record.msg).startswith(("Running hook", "Hook "))
@@ -199,8 +202,6 @@ def run_as_flow(
             watcher.stop()
             raise
         watcher.finish(result.status)
-    if watcher.ui_url:
-        board.console.print(f"Flow run: {watcher.ui_url}")
     paths = [Path(f.path) for f in result.outputs]
     return result.job_id, result.status, paths, dict(result.seeds)
 

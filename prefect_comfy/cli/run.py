@@ -107,6 +107,7 @@ def run(
     if not no_prefect and prefect_api_url():
         from prefect_comfy.cli.flow_run import run_as_flow
 
+        board.console.print("Starting a Prefect flow run…")  # Prefect takes seconds to start
         debug = bool(ctx.find_root().params.get("debug"))
         with interrupted_by(STOP_SIGNALS):
             job_id, status, paths, seeds = run_as_flow(

@@ -20,8 +20,11 @@ started it, so :func:`run_comfy_workflow` cancels it explicitly, in two places:
    credentials from the flow run's ``credentials`` parameter (see
    :func:`~prefect_comfy.backends.registry.credentials_from_parameter`).
 
-Cancelling twice is harmless: cancelling a job that already ended returns it unchanged, and a job
-the server no longer has (ComfyUI forgets a prompt deleted from its queue) is logged at INFO.
+Ctrl-C where the flow runs in the calling process (``prefect-comfy run``, a script) cancels the job
+once: the sensor's cleanup, the flow's and the hook claim the cancel of a flow run's job in
+:data:`~prefect_comfy.runs.CANCEL_ASKED`, and only the first sends it. Cancelling twice is
+harmless anyway: cancelling a job that already ended returns it unchanged, and a job the server no
+longer has (ComfyUI forgets a prompt deleted from its queue) is logged at INFO.
 """
 
 # No ``from __future__ import annotations`` here: Prefect validates flow parameters with a model
@@ -47,7 +50,7 @@ from prefect_comfy.orchestration.job_steps import (
 )
 from prefect_comfy.orchestration.jobs import ComfyJobRun, ComfyWorkflow
 from prefect_comfy.orchestration.results import ComfyJobResult
-from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL, run_logger
+from prefect_comfy.orchestration.runs import CANCEL_ASKED, COMFY_JOB_ID_LABEL, run_logger
 from prefect_comfy.orchestration.twins import STOPPED_MESSAGE
 
 __all__ = [
@@ -93,6 +96,11 @@ async def cancel_comfy_job_hook(flow: Any, flow_run: FlowRun, state: State) -> N
     if not job_ids:
         log.info("No Comfy job to cancel for flow run %s", flow_run.id)
     for one in job_ids:
+        if (str(flow_run.id), one) in CANCEL_ASKED:  # the flow, in this process, cancelled it
+            log.info(
+                "Comfy job %s of flow run %s: its cancel was asked for already", one, flow_run.id
+            )
+            continue
         try:
             job = await cancel_job(credentials, one)
         except NotFound:

@@ -28,7 +28,12 @@ from prefect_comfy.orchestration.results import (
     remember_seeds,
     to_download,
 )
-from prefect_comfy.orchestration.runs import label_flow_run, run_logger
+from prefect_comfy.orchestration.runs import (
+    claim_cancel,
+    label_flow_run,
+    release_cancel,
+    run_logger,
+)
 from prefect_comfy.waiting.waits import submit_connected
 
 __all__ = [
@@ -169,11 +174,15 @@ async def cancel_jobs_quietly(credentials: Any, job_id: str | None, *, flow_run_
     else:
         job_ids = [job_id]
     for one in job_ids:
+        if not claim_cancel(one, flow_run_id):  # another cleanup of this flow run sends it
+            log.info("Comfy job %s: its cancel was asked for already", one)
+            continue
         try:
             await cancel_job(credentials, one)
         except NotFound:
             log.info("Comfy job %s no longer exists on the server: nothing to cancel", one)
         except Exception as exc:
+            release_cancel(one, flow_run_id)  # not sent: a later cleanup may try again
             log.warning("Could not cancel Comfy job %s: %r", one, exc)
 
 

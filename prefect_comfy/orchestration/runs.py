@@ -5,10 +5,53 @@ from __future__ import annotations
 import logging
 import uuid
 
-__all__ = ["COMFY_JOB_ID_LABEL", "label_flow_run", "quiet_suspended_task_finish", "run_logger"]
+from prefect_comfy.bounded import Bounded
+
+__all__ = [
+    "CANCEL_ASKED",
+    "COMFY_JOB_ID_LABEL",
+    "label_flow_run",
+    "quiet_suspended_task_finish",
+    "run_logger",
+]
 
 COMFY_JOB_ID_LABEL = "comfy.job-id"
 """The flow-run label that names the Comfy job a flow run submitted (what cancellation reads)."""
+
+CANCEL_ASKED = Bounded()
+"""``(flow run id, Comfy job id)`` of the cancels this process has sent for a flow run: a later
+cleanup of the same run in the same process (the flow's, after the sensor's; the cancel hook,
+after the flow's) sends no second one. See :func:`claim_cancel`."""
+
+
+def current_flow_run_id() -> str | None:
+    """The id of the flow run this code runs in (directly or in one of its task runs), if any."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task = TaskRunContext.get()
+    if task is not None and task.task_run.flow_run_id is not None:
+        return str(task.task_run.flow_run_id)
+    flow = FlowRunContext.get()
+    return str(flow.flow_run.id) if flow is not None and flow.flow_run is not None else None
+
+
+def claim_cancel(job_id: str, flow_run_id: str | None = None) -> bool:
+    """Whether to send the cancel of ``job_id`` now: ``False`` when this process has sent (or is
+    sending) it for the same flow run. Outside a flow run, always ``True``.
+
+    Args:
+        job_id: the Comfy job.
+        flow_run_id: the flow run; default: the one this code runs in.
+    """
+    run = flow_run_id or current_flow_run_id()
+    return run is None or not CANCEL_ASKED.seen((run, job_id))
+
+
+def release_cancel(job_id: str, flow_run_id: str | None = None) -> None:
+    """The claimed cancel of ``job_id`` was not sent: a later cleanup may send it."""
+    run = flow_run_id or current_flow_run_id()
+    if run is not None:
+        CANCEL_ASKED.take((run, job_id))
 
 
 def run_logger(

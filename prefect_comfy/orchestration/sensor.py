@@ -36,7 +36,7 @@ from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
 from prefect_comfy.orchestration.artifacts import JobProgressArtifact, create_outputs_artifact
 from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
 from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
-from prefect_comfy.orchestration.runs import run_logger
+from prefect_comfy.orchestration.runs import claim_cancel, release_cancel, run_logger
 from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
@@ -166,9 +166,13 @@ class _JobWatch:
 
 
 async def _cancel_job(backend: ComfyBackend, job_id: str, log: Any) -> Job | None:
+    if not claim_cancel(job_id):  # another cleanup of this flow run sends it
+        log.info("Comfy job %s: its cancel was asked for already", job_id)
+        return None
     try:
         job = await within(backend.cancel(job_id), CANCEL_TIMEOUT)
     except Exception as exc:
+        release_cancel(job_id)  # not sent: a later cleanup may try again
         log.warning("Could not cancel Comfy job %s: %s", job_id, exc)
         return None
     log.info("Asked to cancel Comfy job %s (now %s)", job_id, job.status)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from tests.support.cli import (
     CLI,
@@ -60,6 +61,9 @@ def test_blocks_create_then_every_command_takes_block(emulator, prefect_api_url,
     assert Path(run.stdout.splitlines()[0]).is_file()
     listed = cli("jobs", "list", "-b", name, env=keyless)
     assert listed.returncode == 0 and "job_" in listed.stdout
+    # Loading the block emitted a Prefect event: sent before the exit, with no "Still processing".
+    for done in (run, listed):
+        assert "Still processing items" not in done.stderr, done.stderr
 
 
 def test_block_commands_say_what_is_missing(emulator, prefect_api_url) -> None:
@@ -137,16 +141,24 @@ def _in_terminal(command: list[str], env: dict[str, str], answer: str) -> str:
     return screen.decode(errors="replace")
 
 
-def test_run_as_a_prefect_flow_run_prints_its_link(emulator, prefect_api_url, tmp_path) -> None:
+async def test_run_as_a_prefect_flow_run_prints_its_link(
+    emulator, prefect_api_url, tmp_path
+) -> None:
     env = prefect_env(emulator, prefect_api_url)
     workflow = write_json(tmp_path / "wf.json", tiny_workflow("asflow"))
-    done = cli("run", str(workflow), "--out", str(tmp_path / "out"), env=env, timeout=120)
+    tag = f"poster-{uuid.uuid4().hex[:6]}"
+    done = cli("run", str(workflow), "--out", str(tmp_path / "out"), "--tag", tag, env=env,
+               timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(
-        r"Prefect flow run [\w-]+: http://\S+/runs/flow-run/[0-9a-f-]{36}", done.stderr
+    link = re.search(
+        r"Prefect flow run [\w-]+: http://\S+/runs/flow-run/([0-9a-f-]{36})", done.stderr
     )
+    assert link
     (path,) = done.stdout.splitlines()
     assert Path(path).parent == tmp_path / "out" and Path(path).is_file()
+    async with get_client() as client:  # --tag tags the flow run too, not only the Comfy job
+        flow_run = await client.read_flow_run(uuid.UUID(link[1]))
+    assert tag in flow_run.tags
 
     failing = write_json(tmp_path / "fail.json", failing_workflow("flow failure", code="oom"))
     done = cli("run", str(failing), env=env, timeout=120)
@@ -191,3 +203,5 @@ async def test_ctrl_c_during_a_flow_run_cancels_the_comfy_job(
         flow_run = await client.read_flow_run(flow_run_tag.removeprefix("prefect.flow-run."))
     assert flow_run.state is not None and flow_run.state.is_final(), flow_run.state
     assert flow_run.state.type.value == "CANCELLED", flow_run.state
+    # One cancel: the sensor's cleanup, the flow's and the crash hook each claim it, one sends it.
+    assert emulator.state.jobs[job_id].cancel_requests == 1
