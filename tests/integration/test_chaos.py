@@ -237,3 +237,125 @@ async def test_500_jobs_under_chaos_end_right_once_each_and_leak_nothing(tmp_pat
             f"event frames sent {stats['events_sent']}; Prefect events {len(sent)}; "
             f"descriptors {fds_before} -> {open_fds()}"
         )
+
+
+# -- the same storm on the surfaces added since (issue 20's suites) ------------------------------
+V2_JOBS = 60
+FLAPPY_JOBS = 60
+
+
+class V2Chaos(Chaos):
+    """Comfy API v2's misbehaviour: dropped streams, refusals with a useless Retry-After, 5xx."""
+
+    async def _do(self, action: str) -> None:
+        emu, rnd = self.emulator, self.random
+        call = asyncio.to_thread
+        if action == "drop":
+            await call(emu.drop_connections)
+        elif action == "too-many-streams, Retry-After 0":
+            await call(
+                emu.inject_v2_error, "too_many_streams", rnd.randint(3, 10), 0, "/jobs", "GET"
+            )
+        elif action == "upstream 5xx":
+            await call(
+                emu.inject_v2_error, "upstream_error", rnd.randint(2, 6), None, "/jobs", "GET"
+            )
+        elif action == "rate limited":
+            await call(emu.inject_v2_error, "rate_limited", rnd.randint(2, 8), 0.1, "/jobs", "GET")
+        elif action == "pause":
+            await call(emu.pause_events)
+            await asyncio.sleep(rnd.uniform(0.2, 1.0))
+            await call(emu.resume_events)
+        self.done[action] += 1
+
+    async def run(self) -> None:
+        actions = [
+            "drop",
+            "too-many-streams, Retry-After 0",
+            "upstream 5xx",
+            "rate limited",
+            "pause",
+        ]
+        deadline = time.monotonic() + CHAOS_SECONDS / 2
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(self.random.uniform(0.15, 0.5))  # the pace, not a synchronisation
+            await self._do(self.random.choice(actions))
+        self.ended = time.monotonic()
+
+
+async def _waits_end_right(backend: Any, jobs: int, chaos: Chaos, seed: int) -> list[Any]:
+    """Submit ``jobs`` (one in ten fails), wait for each under ``chaos``; the wrong outcomes."""
+    gate = asyncio.Semaphore(25)
+
+    async def one(n: int) -> tuple[str, str, str]:
+        expected = "job.failed" if n % FAIL_EVERY == 0 else "job.completed"
+        workflow = (
+            failing_workflow(f"chaos {n}")
+            if n % FAIL_EVERY == 0
+            else slow_workflow(20, step_seconds=0.1)
+        )
+        async with gate:
+            for task_try in range(3 * SUBMIT_TASK_RETRIES + 1):  # the storms here are denser
+                try:
+                    job = await backend.submit(workflow, idempotency_key=f"chaos-{seed}-{n}")
+                    break
+                except ComfyError as exc:
+                    if not is_retryable(exc) or task_try == 3 * SUBMIT_TASK_RETRIES:
+                        raise
+        try:
+            event = await wait_for(backend, "job", job.id, timeout=WAIT_TIMEOUT)
+        except Exception as exc:
+            return job.id, expected, repr(exc)
+        return job.id, expected, event.event
+
+    driver = asyncio.create_task(chaos.run())
+    try:
+        results = await asyncio.gather(*(one(n) for n in range(jobs)))
+    finally:
+        chaos.stopped.set()
+        await driver
+    return [(job_id, want, got) for job_id, want, got in results if want != got]
+
+
+async def test_v2_jobs_under_chaos_end_right_once_each() -> None:
+    """Per-job streams under a cap of 4, refused with Retry-After 0, dropped, 5xx'd, paused."""
+    from prefect_comfy.backends.v2.backend import V2Backend
+
+    config = EmulatorConfig(
+        api_keys=[KEY], seed=SEED, step_duration=0.01, concurrency=RUNNING, v2_max_streams=4
+    )
+    with EmulatorServer(config) as emulator:
+        settings = ComfySettings(max_retries=12, retry_max_delay=1.0)
+        chaos = V2Chaos(emulator, SEED)
+        async with V2Backend(emulator.v2_url, KEY, settings=settings) as backend:
+            wrong = await _waits_end_right(backend, V2_JOBS, chaos, SEED + 1)
+            await EventHub.shared(backend).aclose()
+        v2 = await asyncio.to_thread(emulator.v2_stats)
+    print(f"\nv2 chaos {dict(chaos.done)}; streams {v2}")
+    assert not wrong, f"{len(wrong)} waits ended wrong, e.g. {wrong[:3]}"
+    assert chaos.done["too-many-streams, Retry-After 0"] >= 1, chaos.done
+    assert v2["streams_peak"] <= 4, v2
+
+
+async def test_a_flappy_link_fails_no_wait_whose_job_ended() -> None:
+    """A reconnect budget of 2 spent again and again (drops, closes at the handshake, 429/503,
+    pauses): every wait still ends with its job's outcome, read over REST when the stream is gone."""
+    config = EmulatorConfig(api_keys=[KEY], seed=SEED, step_duration=0.01, concurrency=RUNNING)
+    with EmulatorServer(config) as emulator:
+        settings = ComfySettings(
+            api_key=KEY,
+            base_url=emulator.url,
+            max_retries=12,
+            retry_max_delay=1.0,
+            max_reconnect_attempts=2,
+            reconnect_delay=0.05,
+            max_reconnect_delay=0.2,
+        )
+        chaos = Chaos(emulator, SEED + 2)
+        async with CloudBackend(settings=settings) as backend:
+            wrong = await _waits_end_right(backend, FLAPPY_JOBS, chaos, SEED + 2)
+            hub = EventHub.shared(backend)
+            restarts = hub.stream_restarts
+            await hub.aclose()
+    print(f"\nflappy link {dict(chaos.done)}; the stream gave up and reopened {restarts} times")
+    assert not wrong, f"{len(wrong)} waits ended wrong, e.g. {wrong[:3]}"
