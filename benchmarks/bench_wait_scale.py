@@ -128,6 +128,9 @@ async def side_waits(url: str, ids: list[str], how: str) -> dict[str, float]:
             after_t = tracemalloc.take_snapshot()
             tracemalloc.stop()
             diff = sum(s.size_diff for s in after_t.compare_to(before_t, "filename"))
+            if os.environ.get("BENCH_TOP"):
+                for stat in after_t.compare_to(before_t, "lineno")[:8]:
+                    print(stat, file=sys.stderr)
             result["traced"] = diff / len(ids)
         else:
             result["rss"] = (rss() - before) / len(ids)
