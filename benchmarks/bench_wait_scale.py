@@ -117,7 +117,7 @@ async def side_waits(url: str, ids: list[str], how: str) -> dict[str, float]:
     if how:
         gc.collect()
         if how == "traced":
-            tracemalloc.start()
+            tracemalloc.start(25 if os.environ.get("BENCH_TOP") else 1)
             before_t = tracemalloc.take_snapshot()
         before = rss()
         waits = [asyncio.ensure_future(wait_for_job(API_KEY, jid, base_url=url)) for jid in ids]
@@ -128,6 +128,9 @@ async def side_waits(url: str, ids: list[str], how: str) -> dict[str, float]:
             after_t = tracemalloc.take_snapshot()
             tracemalloc.stop()
             diff = sum(s.size_diff for s in after_t.compare_to(before_t, "filename"))
+            if os.environ.get("BENCH_TOP"):
+                for stat in after_t.compare_to(before_t, "traceback")[:2]:
+                    print(stat, *stat.traceback.format()[-30:], sep="\n", file=sys.stderr)
             result["traced"] = diff / len(ids)
         else:
             result["rss"] = (rss() - before) / len(ids)
