@@ -22,7 +22,7 @@ started it, so :func:`run_comfy_workflow` cancels it explicitly, in two places:
 
 Ctrl-C where the flow runs in the calling process (``prefect-comfy run``, a script) cancels the job
 once: the sensor's cleanup, the flow's and the hook claim the cancel of a flow run's job in
-:data:`~prefect_comfy.runs.CANCEL_ASKED`, and only the first sends it. Cancelling twice is
+:data:`~prefect_comfy.orchestration.runs.CANCEL_ASKED`, and only the first sends it. Cancelling twice is
 harmless anyway: cancelling a job that already ended returns it unchanged, and a job the server no
 longer has (ComfyUI forgets a prompt deleted from its queue) is logged at INFO.
 """
