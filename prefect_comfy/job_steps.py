@@ -79,7 +79,7 @@ async def submit_job(
     try:
         job = await backend.submit(prepared.graph, tags=all_tags, idempotency_key=idempotency_key)
     except InvalidWorkflow:
-        again = await _prepared_again(backend, prepared, workflow, inputs, idempotency_key)
+        again = await _prepared_again(backend, prepared, workflow, inputs)
         if again is None:
             raise
         prepared = again
@@ -104,14 +104,15 @@ async def _prepared_again(
     prepared: PreparedWorkflow,
     workflow: Any,
     inputs: Mapping[str, Any] | None,
-    key: str | None,
 ) -> PreparedWorkflow | None:
     """After a refusal: the workflow prepared with a fresh catalog, if the cached one was used and
     the graph comes out different; ``None`` to raise the server's refusal as it is."""
     if not prepared.catalog_cached:
         return None
     run_logger().info("The server refused the graph: reading its node catalog again")
-    again = await prepare_workflow(backend, workflow, inputs, seed_key=key, refresh=True)
+    again = await prepare_workflow(
+        backend, workflow, inputs, seed_key=prepared.seed_key, refresh=True
+    )
     return again if again.graph != prepared.graph else None
 
 

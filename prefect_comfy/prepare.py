@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ class PreparedWorkflow:
         converted: whether it came in save format.
         catalog_cached: whether a catalog from the cache (not read just now) was used.
         controls: the save format's seed controls, ``(node id, input) -> control``.
+        seed_key: what the seeds were drawn from (preparing again with it draws the same).
     """
 
     graph: dict[str, Any]
@@ -55,6 +57,7 @@ class PreparedWorkflow:
     converted: bool = False
     catalog_cached: bool = False
     controls: dict[tuple[str, str], str] = field(default_factory=dict)
+    seed_key: str = ""
 
 
 def _needs_catalog(backend: ComfyBackend) -> bool:
@@ -94,7 +97,7 @@ async def prepare_workflow(
             file or of a PNG ComfyUI saved.
         inputs: ``{"<node>.<input>": value}``; see :mod:`prefect_comfy.workflows.inputs`.
         seed_key: draws the same seeds for the same key (a Prefect retry of one submit); fresh
-            ones when ``None``.
+            ones (from a random key) when ``None``.
         refresh: read the catalog again even if cached.
 
     Raises:
@@ -103,6 +106,7 @@ async def prepare_workflow(
         InvalidInputs: a name is unknown or ambiguous, or a value does not fit.
         CatalogUnavailable: a catalog is needed and cannot be had.
     """
+    seed_key = seed_key or secrets.token_hex(16)
     loaded = load_workflow(workflow)
     save_format = is_save_format(loaded)
     catalog, fresh = None, False
@@ -116,8 +120,7 @@ async def prepare_workflow(
             graph, controls = converted.graph, dict(converted.controls)
         else:
             graph, controls = loaded, {}
-        rng = random.Random(seed_key) if seed_key else None
-        draw_seeds(graph, controls, catalog=catalog, rng=rng)
+        draw_seeds(graph, controls, catalog=catalog, rng=random.Random(seed_key))
         graph = apply_inputs(graph, inputs, catalog)
     except UnknownNodeType as exc:
         if cached:  # the server may have gained the node since the catalog was read
@@ -142,4 +145,5 @@ async def prepare_workflow(
         converted=save_format,
         catalog_cached=cached,
         controls=controls,
+        seed_key=seed_key,
     )

@@ -57,6 +57,7 @@ CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 """The values of a ``control_after_generate`` widget (a combo's may also be ``increment-wrap``)."""
 
 _MEDIA_UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
+_PREVIEW_3D_NODES = frozenset({"Preview3D", "SaveGLB"})
 _AUDIO_UI_NODES = frozenset(
     {"LoadAudio", "SaveAudio", "PreviewAudio", "SaveAudioMP3", "SaveAudioOpus"}
 )
@@ -248,9 +249,16 @@ def _node_spec(class_type: str, definition: Mapping[str, Any]) -> NodeSpec:
                 inputs.setdefault(str(name), _input_spec(str(name), raw, required=required))
     catalog_inputs = _ordered(definition, inputs)
     # What the frontend's bundled extensions append to a definition before building the node
-    # (after input_order, so last): the audio player, then an upload button after the first
-    # media combo (Comfy.AudioWidget, Comfy.UploadImage, Comfy.UploadAudio).
+    # (after input_order, so last): the 3D viewer, the audio player, then an upload button after
+    # the first media combo (Comfy.Preview3D, Comfy.SaveGLB, Comfy.AudioWidget,
+    # Comfy.UploadImage, Comfy.UploadAudio).
     extra: list[InputSpec] = []
+    if class_type in _PREVIEW_3D_NODES:  # a 3D viewer whose value ("" or a file) is sent
+        viewer = InputSpec("image", "PREVIEW_3D", {}, True, True)
+        replaced = [viewer if i.name == "image" and i.required else i for i in catalog_inputs]
+        if replaced == catalog_inputs:
+            extra.append(viewer)
+        catalog_inputs = replaced
     if class_type in _AUDIO_UI_NODES:
         extra.append(InputSpec("audioUI", "AUDIO_UI", {}, True, True))
     required = [spec for spec in catalog_inputs if spec.required]

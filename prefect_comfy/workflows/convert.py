@@ -40,14 +40,31 @@ Example:
 
 from __future__ import annotations
 
-import re
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect_comfy.exceptions import InvalidWorkflow, UnknownNodeType
-from prefect_comfy.workflows.catalog import NodeCatalog, NodeSpec, WidgetSlot
+from prefect_comfy.workflows.catalog import NodeCatalog
+from prefect_comfy.workflows.document import (
+    MODE_BYPASS,
+    MODE_NEVER,
+    SUBGRAPH_INPUT_ID,
+    SUBGRAPH_OUTPUT_ID,
+    VIRTUAL_NODE_TYPES,
+    Document,
+    Graph,
+    Input,
+    Link,
+    Node,
+    where,
+)
+from prefect_comfy.workflows.topology import (
+    ARRAY_INDEX,
+    bypass_slot,
+    check_acyclic,
+    execution_order,
+)
 
 __all__ = [
     "VIRTUAL_NODE_TYPES",
@@ -56,21 +73,6 @@ __all__ = [
     "is_save_format",
     "to_api_format",
 ]
-
-VIRTUAL_NODE_TYPES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
-"""Node types that live only in the editor: they are never sent to a server."""
-
-MODE_NEVER = 2
-"""A muted node: dropped, with every input linked to it."""
-MODE_BYPASS = 4
-"""A bypassed node: dropped, its consumers wired to its matching input."""
-
-SUBGRAPH_INPUT_ID = -10
-"""The id a subgraph's links give its input node."""
-SUBGRAPH_OUTPUT_ID = -20
-"""The id a subgraph's links give its output node."""
-
-_ARRAY_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
 
 
 @dataclass(frozen=True)
@@ -138,287 +140,26 @@ def to_api_format(
     return convert_workflow(workflow, object_info).graph
 
 
-# --- the document, read once --------------------------------------------------------------------
+class _Step(NamedTuple):
+    """The next hop of a link walk: an input (``is_input``) or an output of a node."""
 
-
-@dataclass
-class _Link:
-    id: Any
-    origin_id: str
-    origin_slot: int
-    target_id: str
-    target_slot: int
-    type: Any
-
-
-@dataclass
-class _Input:
-    name: str
-    type: Any
-    link: Any
-    widget: str | None
-
-
-@dataclass
-class _Node:
-    """One node as the editor holds it after ``configure``: inputs reordered by its class."""
-
-    id: str
-    type: str
-    mode: int
-    title: str
-    inputs: list[_Input]
-    output_types: list[Any]
-    output_links: list[list[Any]]
-    spec: NodeSpec | None
-    subgraph: _Graph | None
-    widgets: dict[str, Any]  # widget name -> value (value widgets and subgraph promotions)
-    controls: dict[str, str]  # value widget name -> control_after_generate
-    raw: Mapping[str, Any]
-
-    @property
-    def virtual(self) -> bool:
-        return self.subgraph is not None or (self.spec is None and self.type in VIRTUAL_NODE_TYPES)
-
-    def label(self) -> str:
-        return f"{self.id} ({self.title})" if self.title and self.title != self.type else self.id
-
-
-@dataclass
-class _Graph:
-    """The root graph or one subgraph definition."""
-
-    id: str | None
-    nodes: dict[str, _Node]
-    links: dict[Any, _Link]
-    inputs: list[Mapping[str, Any]] = field(default_factory=list)
-    outputs: list[Mapping[str, Any]] = field(default_factory=list)
-
-
-def _where(graph_id: str | None) -> str:
-    return f" in subgraph {graph_id}" if graph_id else ""
-
-
-def _node_id(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-        raise InvalidWorkflow(
-            f"{what} has no valid id ({value!r}); re-save the workflow in ComfyUI"
-        )
-    return str(value)
-
-
-def _read_links(raw: Any, graph_id: str | None) -> dict[Any, _Link]:
-    if raw is None:
-        return {}
-    if isinstance(raw, Mapping):
-        raw = list(raw.values())
-    if not isinstance(raw, list):
-        raise InvalidWorkflow(f'"links"{_where(graph_id)} must be a list; re-save the workflow')
-    links: dict[Any, _Link] = {}
-    for entry in raw:
-        if entry is None:
-            continue
-        try:
-            if isinstance(entry, Mapping):
-                fields = (
-                    entry["id"],
-                    entry["origin_id"],
-                    entry["origin_slot"],
-                    entry["target_id"],
-                    entry["target_slot"],
-                    entry.get("type"),
-                )
-            else:
-                fields = tuple(entry[:6]) if len(entry) >= 6 else (*entry[:5], None)
-            link = _Link(
-                fields[0],
-                str(fields[1]),
-                int(fields[2]),
-                str(fields[3]),
-                int(fields[4]),
-                fields[5],
-            )
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise InvalidWorkflow(
-                f"Malformed link {str(entry)[:80]}{_where(graph_id)}: a link is "
-                "[id, origin_id, origin_slot, target_id, target_slot, type]; re-save the workflow"
-            ) from None
-        links[link.id] = link
-    return links
+    is_input: bool
+    exec_id: str
+    slot: int
+    want: Any
 
 
 class _Converter:
+    """One conversion: the document flattened into executable nodes, then serialised."""
+
     def __init__(self, workflow: Mapping[str, Any], catalog: NodeCatalog) -> None:
-        self.catalog = catalog
-        definitions = workflow.get("definitions")
-        subgraphs = definitions.get("subgraphs") if isinstance(definitions, Mapping) else None
-        self.raw_subgraphs: dict[str, Mapping[str, Any]] = {}
-        for sub in subgraphs or ():
-            if isinstance(sub, Mapping) and isinstance(sub.get("id"), str):
-                self.raw_subgraphs[sub["id"]] = sub
-        self.subgraphs: dict[str, _Graph] = {}
-        self.building: set[str] = set()
-        self.root = self._graph(None, workflow)
+        self.root = Document(workflow, catalog).root
         # execution id -> (node, graph, subgraph path, containing subgraph node's execution id)
-        self.dtos: dict[str, tuple[_Node, _Graph, tuple[str, ...], str | None]] = {}
+        self.dtos: dict[str, tuple[Node, Graph, tuple[str, ...], str | None]] = {}
         self.overrides: dict[tuple[str, str], tuple[Any, str | None]] = {}
 
-    # -- reading ---------------------------------------------------------------------------------
-
-    def _graph(self, graph_id: str | None, raw: Mapping[str, Any]) -> _Graph:
-        nodes_raw = raw.get("nodes")
-        if not isinstance(nodes_raw, list):
-            raise InvalidWorkflow(f'"nodes"{_where(graph_id)} must be a list; re-save the workflow')
-        graph = _Graph(graph_id, {}, _read_links(raw.get("links"), graph_id))
-        if graph_id is not None:
-            graph.inputs = [i for i in raw.get("inputs") or () if isinstance(i, Mapping)]
-            graph.outputs = [o for o in raw.get("outputs") or () if isinstance(o, Mapping)]
-        for raw_node in nodes_raw:
-            if not isinstance(raw_node, Mapping):
-                raise InvalidWorkflow(
-                    f"A node{_where(graph_id)} is not an object ({str(raw_node)[:60]}); "
-                    "re-save the workflow"
-                )
-            node_id = _node_id(raw_node.get("id"), f"A node{_where(graph_id)}")
-            if node_id in graph.nodes:
-                raise InvalidWorkflow(
-                    f"Two nodes{_where(graph_id)} have the id {node_id}; re-save the workflow"
-                )
-            graph.nodes[node_id] = self._node(node_id, raw_node, graph_id)
-        return graph
-
-    def _subgraph(self, subgraph_id: str) -> _Graph:
-        graph = self.subgraphs.get(subgraph_id)
-        if graph is None:
-            if subgraph_id in self.building:
-                raise InvalidWorkflow(
-                    f"Subgraph {subgraph_id} contains itself; remove the nested copy in ComfyUI"
-                )
-            self.building.add(subgraph_id)
-            graph = self._graph(subgraph_id, self.raw_subgraphs[subgraph_id])
-            self.building.discard(subgraph_id)
-            self.subgraphs[subgraph_id] = graph
-        return graph
-
-    def _node(self, node_id: str, raw: Mapping[str, Any], graph_id: str | None) -> _Node:
-        node_type = raw.get("type")
-        if not isinstance(node_type, str) or not node_type:
-            raise InvalidWorkflow(
-                f"Node {node_id}{_where(graph_id)} has no type; re-save the workflow in ComfyUI"
-            )
-        mode = raw.get("mode", 0)
-        mode = mode if isinstance(mode, int) and not isinstance(mode, bool) else 0
-        saved_inputs = _saved_slots(raw.get("inputs"), node_id, "inputs")
-        saved_outputs = _saved_slots(raw.get("outputs"), node_id, "outputs")
-        spec = None if node_type in self.raw_subgraphs else self.catalog.node(node_type)
-        subgraph = self._subgraph(node_type) if node_type in self.raw_subgraphs else None
-        title = raw.get("title")
-        if not isinstance(title, str):
-            if spec is not None:
-                title = spec.display_name
-            elif subgraph is not None:
-                title = str(self.raw_subgraphs[node_type].get("name") or node_type)
-            else:
-                title = node_type
-        node = _Node(
-            id=node_id,
-            type=node_type,
-            mode=mode,
-            title=title,
-            inputs=[],
-            output_types=[],
-            output_links=[],
-            spec=spec,
-            subgraph=subgraph,
-            widgets={},
-            controls={},
-            raw=raw,
-        )
-        if spec is not None:
-            self._configure_known(node, spec, saved_inputs, saved_outputs)
-        elif subgraph is not None:
-            self._configure_subgraph_node(node, subgraph, saved_inputs, saved_outputs)
-        else:
-            node.inputs = [_input_of(s) for s in saved_inputs]
-            node.output_types = [s.get("type") for s in saved_outputs]
-            node.output_links = [_links_of(s) for s in saved_outputs]
-            if node_type == "PrimitiveNode":
-                values = raw.get("widgets_values")
-                if isinstance(values, list) and values:
-                    node.widgets["value"] = values[0]
-                    if len(values) > 1 and isinstance(values[1], str):
-                        node.controls["value"] = values[1]
-        return node
-
-    def _configure_known(
-        self,
-        node: _Node,
-        spec: NodeSpec,
-        saved_inputs: list[Mapping[str, Any]],
-        saved_outputs: list[Mapping[str, Any]],
-    ) -> None:
-        by_name = {s.get("name"): s for s in saved_inputs}
-        sockets = [i for i in spec.inputs if not i.is_widget]
-        widget_inputs = [i for i in spec.inputs if i.is_widget]
-        inputs: list[_Input] = []
-        for spec_input in sockets + widget_inputs:
-            saved = by_name.get(spec_input.name)
-            link = saved.get("link") if saved is not None else None
-            widget = spec_input.name if spec_input.is_widget else None
-            inputs.append(_Input(spec_input.name, spec_input.type, link, widget))
-        known = {i.name for i in inputs}
-        inputs += [_input_of(s) for s in saved_inputs if s.get("name") not in known]
-        node.inputs = inputs
-        node.output_types = list(spec.outputs) + [
-            s.get("type") for s in saved_outputs[len(spec.outputs) :]
-        ]
-        node.output_links = [_links_of(s) for s in saved_outputs]
-        values = _migrate(spec, node.raw.get("widgets_values"))
-        _assign_widgets(node, spec.widget_slots, values)
-
-    def _configure_subgraph_node(
-        self,
-        node: _Node,
-        subgraph: _Graph,
-        saved_inputs: list[Mapping[str, Any]],
-        saved_outputs: list[Mapping[str, Any]],
-    ) -> None:
-        by_name = {s.get("name"): s for s in saved_inputs}
-        promoted: list[tuple[str, Any]] = []
-        for index, sub_input in enumerate(subgraph.inputs):
-            name = str(sub_input.get("name", ""))
-            saved = by_name.get(name) or (saved_inputs[index] if index < len(saved_inputs) else {})
-            widget = _promoted_widget(subgraph, index, sub_input)
-            node.inputs.append(
-                _Input(name, sub_input.get("type"), saved.get("link"), name if widget else None)
-            )
-            if widget is not None:
-                promoted.append((name, widget[0]))
-                if widget[1] is not None:
-                    node.controls[name] = widget[1]
-        node.output_types = [o.get("type") for o in subgraph.outputs]
-        node.output_links = [_links_of(s) for s in saved_outputs]
-        values = node.raw.get("widgets_values")
-        values = values if isinstance(values, list) else []
-        for index, (name, value) in enumerate(promoted):
-            node.widgets[name] = values[index] if index < len(values) else value
-        proxies = (node.raw.get("properties") or {}).get("proxyWidgets")
-        if isinstance(proxies, list):  # promoted widgets listed by the newer promotion UI
-            for index, value in enumerate(values):
-                entry = proxies[index] if index < len(proxies) else None
-                if (
-                    isinstance(entry, list)
-                    and len(entry) == 2
-                    and str(entry[0]) == "-1"
-                    and value is not None
-                    and entry[1] in node.widgets
-                ):
-                    node.widgets[entry[1]] = value
-
-    # -- flattening ------------------------------------------------------------------------------
-
     def run(self) -> ApiWorkflow:
-        for node in _execution_order(self.root):
+        for node in execution_order(self.root):
             self._add_dto(node, self.root, (), None, set())
         for node, graph, path, _container in self.dtos.values():
             if node.type == "PrimitiveNode" and node.spec is None and "value" in node.widgets:
@@ -440,17 +181,15 @@ class _Converter:
             ]:
                 del inputs[name]
         self._check_required(graph)
-        _check_acyclic(graph)
-        ordered = {
-            k: graph[k] for k in sorted((k for k in graph if _ARRAY_INDEX.match(k)), key=int)
-        }
+        check_acyclic(graph)
+        ordered = {k: graph[k] for k in sorted((k for k in graph if ARRAY_INDEX.match(k)), key=int)}
         ordered.update((k, v) for k, v in graph.items() if k not in ordered)
         return ApiWorkflow(ordered, {k: v for k, v in controls.items() if k[0] in ordered})
 
     def _add_dto(
         self,
-        node: _Node,
-        graph: _Graph,
+        node: Node,
+        graph: Graph,
         path: tuple[str, ...],
         container: str | None,
         visiting: set[str],
@@ -467,7 +206,7 @@ class _Converter:
         for inner in node.subgraph.nodes.values():
             self._add_dto(inner, node.subgraph, inner_path, exec_id, visiting | {node.type})
 
-    def _apply_primitive(self, node: _Node, graph: _Graph, path: tuple[str, ...]) -> None:
+    def _apply_primitive(self, node: Node, graph: Graph, path: tuple[str, ...]) -> None:
         value = node.widgets["value"]
         control = node.controls.get("value")
         for link_ids in node.output_links[:1]:
@@ -476,12 +215,9 @@ class _Converter:
                 target = graph.nodes.get(link.target_id) if link is not None else None
                 if target is None or link is None:
                     continue
-                slot = (
-                    target.inputs[link.target_slot]
-                    if link.target_slot < len(target.inputs)
-                    else None
-                )
-                # the editor's PrimitiveNode finds the target input by slot, then its widget by name
+                # The editor renumbers a loaded node's inputs, and its links with them; the
+                # PrimitiveNode then takes the linked input's widget name. Find it by the link.
+                slot = next((i for i in target.inputs if i.link == link.id), None)
                 name = slot.widget if slot is not None else None
                 if name is not None:
                     target_id = ":".join((*path, target.id))
@@ -492,7 +228,7 @@ class _Converter:
     def _serialize(
         self,
         exec_id: str,
-        node: _Node,
+        node: Node,
         path: tuple[str, ...],
         controls: dict[tuple[str, str], str],
     ) -> dict[str, Any]:
@@ -506,7 +242,7 @@ class _Converter:
             if control is not None:
                 controls[(exec_id, name)] = control
         for slot, node_input in enumerate(node.inputs):
-            resolved = self._resolve_input(exec_id, slot, set(), None)
+            resolved = self._resolve(exec_id, slot)
             if resolved is None or resolved[0] == "missing":
                 continue
             if resolved[0] == "value":
@@ -521,9 +257,25 @@ class _Converter:
             controls.pop((exec_id, node_input.name), None)
         return {"inputs": inputs, "class_type": node.type, "_meta": {"title": node.title}}
 
-    def _resolve_input(
+    def _resolve(self, exec_id: str, slot: int) -> tuple[Any, ...] | None:
+        """What input ``slot`` of a node receives, as ``resolveInput`` finds it.
+
+        ``None`` (nothing), ``("link", node id, output slot)``, ``("value", value, control)``
+        (a subgraph's promoted widget), or ``("missing", bypassed node id, type)``. The walk
+        is a loop, not a recursion, so a chain of ten thousand Reroutes does not overflow.
+        """
+        visited: set[str] = set()
+        step: _Step | tuple[Any, ...] | None = _Step(True, exec_id, slot, None)
+        while isinstance(step, _Step):
+            if step.is_input:
+                step = self._input_step(step.exec_id, step.slot, visited, step.want)
+            else:
+                step = self._output_step(step.exec_id, step.slot, step.want, visited)
+        return step
+
+    def _input_step(
         self, exec_id: str, slot: int, visited: set[str], want: Any
-    ) -> tuple[Any, ...] | None:
+    ) -> _Step | tuple[Any, ...] | None:
         node, graph, path, container = self.dtos[exec_id]
         key = f"{graph.id}:{node.id}[I]{slot}"
         if key in visited:
@@ -542,19 +294,19 @@ class _Converter:
                 f"{node_input.link} which does not exist; reconnect that input in ComfyUI"
             )
         if container is not None and link.origin_id == str(SUBGRAPH_INPUT_ID):
-            return self._resolve_from_outside(container, link, node_input, visited)
+            return self._from_outside(container, link, node_input)
         origin = graph.nodes.get(link.origin_id)
         if origin is None:
             raise InvalidWorkflow(
                 f"Node {exec_id} ({node.title}), input {node_input.name!r}, is linked to node "
-                f"{link.origin_id}{_where(graph.id)}, which does not exist; reconnect it in ComfyUI"
+                f"{link.origin_id}{where(graph.id)}, which does not exist; reconnect it in ComfyUI"
             )
         origin_id = ":".join((*path, origin.id))
-        return self._resolve_output(origin_id, link.origin_slot, want or node_input.type, visited)
+        return _Step(False, origin_id, link.origin_slot, want or node_input.type)
 
-    def _resolve_from_outside(
-        self, container: str, link: _Link, node_input: _Input, visited: set[str]
-    ) -> tuple[Any, ...] | None:
+    def _from_outside(
+        self, container: str, link: Link, node_input: Input
+    ) -> _Step | tuple[Any, ...] | None:
         outer, _graph, _path, _container = self.dtos[container]
         if link.origin_slot >= len(outer.inputs):
             raise InvalidWorkflow(
@@ -573,11 +325,11 @@ class _Converter:
                     outer.controls.get(outer_input.widget),
                 )
             return None
-        return self._resolve_input(container, link.origin_slot, visited, None)
+        return _Step(True, container, link.origin_slot, None)
 
-    def _resolve_output(
+    def _output_step(
         self, exec_id: str, slot: int, want: Any, visited: set[str]
-    ) -> tuple[Any, ...] | None:
+    ) -> _Step | tuple[Any, ...] | None:
         node, graph, path, _container = self.dtos[exec_id]
         key = f"{graph.id}:{node.id}[O]{slot}"
         if key in visited:
@@ -587,21 +339,21 @@ class _Converter:
             )
         visited.add(key)
         if node.mode == MODE_BYPASS:
-            index = _bypass_slot(node, slot, want)
+            index = bypass_slot(node, slot, want)
             if index == -1:
                 return ("missing", exec_id, want)
-            return self._resolve_input(exec_id, index, visited, None)
+            return _Step(True, exec_id, index, None)
         if node.subgraph is not None:
-            return self._resolve_subgraph_output(exec_id, node, slot, want, visited)
+            return self._subgraph_output(exec_id, node, slot, want)
         if node.virtual:
             if slot < len(node.inputs) and node.inputs[slot].link is not None:
-                return self._resolve_input(exec_id, slot, visited, want)
+                return _Step(True, exec_id, slot, want)
             return None
         return ("link", exec_id, slot)
 
-    def _resolve_subgraph_output(
-        self, exec_id: str, node: _Node, slot: int, want: Any, visited: set[str]
-    ) -> tuple[Any, ...] | None:
+    def _subgraph_output(
+        self, exec_id: str, node: Node, slot: int, want: Any
+    ) -> _Step | tuple[Any, ...] | None:
         subgraph = node.subgraph
         assert subgraph is not None
         if slot >= len(subgraph.outputs):
@@ -626,14 +378,14 @@ class _Converter:
         if link is None:
             return None
         if link.origin_id == str(SUBGRAPH_INPUT_ID):  # an input wired straight to an output
-            return self._resolve_input(exec_id, link.origin_slot, visited, None)
+            return _Step(True, exec_id, link.origin_slot, None)
         inner = ":".join((exec_id, link.origin_id))
         if inner not in self.dtos:
             raise InvalidWorkflow(
                 f"Subgraph {subgraph.id} links its output {slot} to node {link.origin_id}, "
                 "which does not exist; reconnect it in ComfyUI"
             )
-        return self._resolve_output(inner, link.origin_slot, want, visited)
+        return _Step(False, inner, link.origin_slot, want)
 
     def _check_required(self, graph: dict[str, Any]) -> None:
         # A bypass the frontend could not pass through leaves a consumer's input empty: the
@@ -646,7 +398,7 @@ class _Converter:
                 spec_input = node.spec.input(node_input.name) if node.spec else None
                 if spec_input is None or not spec_input.required:
                     continue
-                resolved = self._resolve_input(exec_id, slot, set(), None)
+                resolved = self._resolve(exec_id, slot)
                 if resolved is not None and resolved[0] == "missing":
                     bypassed = self.dtos[resolved[1]][0]
                     raise InvalidWorkflow(
@@ -655,199 +407,3 @@ class _Converter:
                         f"({bypassed.title}), which has no input of that type to pass "
                         "through; un-bypass it or connect the input elsewhere"
                     )
-
-
-def _saved_slots(raw: Any, node_id: str, what: str) -> list[Mapping[str, Any]]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list) or not all(isinstance(s, Mapping) for s in raw):
-        raise InvalidWorkflow(
-            f"Node {node_id} has malformed {what} (a list of objects is expected); "
-            "re-save the workflow in ComfyUI"
-        )
-    return raw
-
-
-def _input_of(saved: Mapping[str, Any]) -> _Input:
-    widget = saved.get("widget")
-    name = widget.get("name") if isinstance(widget, Mapping) else None
-    return _Input(str(saved.get("name", "")), saved.get("type"), saved.get("link"), name)
-
-
-def _links_of(saved: Mapping[str, Any]) -> list[Any]:
-    links = saved.get("links")
-    return list(links) if isinstance(links, list) else []
-
-
-def _migrate(spec: NodeSpec, values: Any) -> Any:
-    """Old saves held a value for each ``forceInput`` input too: drop those, as the editor does."""
-    if not isinstance(values, list):
-        return values
-    counted = [
-        i for i in spec.inputs if i.is_widget or i.options.get("forceInput")
-    ]  # the editor counts the inputs that have a widget, or that are forced to a socket
-    if not any(i.options.get("forceInput") for i in counted):
-        return values
-    size = sum(
-        2 if i.options.get("control_after_generate") or i.name in ("seed", "noise_seed") else 1
-        for i in counted
-    )
-    if size != len(values):
-        return values
-    return [v for i, v in zip(counted, values, strict=False) if not i.options.get("forceInput")]
-
-
-def _assign_widgets(node: _Node, slots: tuple[WidgetSlot, ...], values: Any) -> None:
-    if isinstance(values, Mapping):  # a custom node's dict form: match by name
-        by_index = [values.get(s.name, _MISSING) for s in slots]
-    elif isinstance(values, list):
-        by_index = values
-    else:
-        by_index = []
-    for index, slot in enumerate(slots):
-        value = by_index[index] if index < len(by_index) else _MISSING
-        if slot.control_of is not None:
-            node.controls[slot.control_of] = value if isinstance(value, str) else "randomize"
-            continue
-        if not slot.sends or slot.input is None:
-            continue
-        node.widgets[slot.name] = _default(slot) if value is _MISSING else value
-
-
-_MISSING = object()
-
-
-def _default(slot: WidgetSlot) -> Any:
-    spec = slot.input
-    assert spec is not None
-    default = spec.options.get("default")
-    if spec.type == "COMBO":
-        if default:
-            return default
-        return spec.choices[0] if spec.choices else None
-    if default is not None:
-        return default
-    return {"INT": 0, "FLOAT": 0, "BOOLEAN": False}.get(spec.type, "")
-
-
-def _promoted_widget(
-    subgraph: _Graph, index: int, sub_input: Mapping[str, Any]
-) -> tuple[Any, str | None] | None:
-    """The inner widget a subgraph input stands for: the first linked inner widget input."""
-    link_ids = sub_input.get("linkIds")
-    if isinstance(link_ids, list):
-        links = [subgraph.links[i] for i in link_ids if i in subgraph.links]
-    else:
-        links = [
-            link
-            for link in subgraph.links.values()
-            if link.origin_id == str(SUBGRAPH_INPUT_ID) and link.origin_slot == index
-        ]
-    for link in links:
-        target = subgraph.nodes.get(link.target_id)
-        if target is None:
-            continue
-        target_input = next((i for i in target.inputs if i.link == link.id), None)
-        if target_input is None or target_input.widget is None:
-            continue
-        if target_input.widget in target.widgets:
-            return target.widgets[target_input.widget], target.controls.get(target_input.widget)
-    return None
-
-
-def _valid(a: Any, b: Any) -> bool:
-    """``LiteGraph.isValidConnection``: ``*`` and empty match anything; lists split on commas."""
-    a = 0 if a in ("", "*") else a
-    b = 0 if b in ("", "*") else b
-    if not a or not b or a == b:
-        return True
-    a, b = str(a).lower(), str(b).lower()
-    if "," not in a and "," not in b:
-        return a == b
-    return any(_valid(x, y) for x in a.split(",") for y in b.split(","))
-
-
-def _bypass_slot(node: _Node, slot: int, want: Any) -> int:
-    """Which input a bypassed node passes to its output ``slot`` for a consumer of type ``want``."""
-    inputs = node.inputs
-    if want in ("*", ""):
-        return slot if len(inputs) > slot else 0
-    same = inputs[slot] if slot < len(inputs) else None
-    out_type = node.output_types[slot] if slot < len(node.output_types) else None
-    if same is not None and _valid(same.type, out_type) and _valid(same.type, want):
-        return slot
-    for index, candidate in enumerate(inputs):
-        if candidate.type == want:
-            return index
-    for index, candidate in enumerate(inputs):
-        if _valid(candidate.type, out_type) and _valid(candidate.type, want):
-            return index
-    return -1
-
-
-def _execution_order(graph: _Graph) -> list[_Node]:
-    """litegraph's ``computeExecutionOrder``: Kahn's order, nodes left in a loop at the end."""
-    remaining: dict[str, int] = {}
-    ready: deque[_Node] = deque()
-    for node in graph.nodes.values():
-        count = sum(1 for i in node.inputs if i.link is not None)
-        if count:
-            remaining[node.id] = count
-        else:
-            ready.append(node)
-    order: list[_Node] = []
-    placed: set[str] = set()
-    seen_links: set[Any] = set()
-    while ready:
-        node = ready.popleft()
-        order.append(node)
-        placed.add(node.id)
-        for link_ids in node.output_links:
-            for link_id in link_ids:
-                link = graph.links.get(link_id)
-                if link is None or link.id in seen_links:
-                    continue
-                seen_links.add(link.id)
-                if link.target_id not in graph.nodes:
-                    continue
-                left = remaining.get(link.target_id)
-                if left is None:
-                    continue
-                remaining[link.target_id] = left - 1
-                if left - 1 == 0:
-                    ready.append(graph.nodes[link.target_id])
-    rest = [n for n in graph.nodes.values() if n.id not in placed]
-    rest.sort(key=lambda n: (0, int(n.id), "") if _ARRAY_INDEX.match(n.id) else (1, 0, ""))
-    return order + rest
-
-
-def _check_acyclic(graph: dict[str, Any]) -> None:
-    """The server refuses a graph whose links loop; say which node is in the loop."""
-    state: dict[str, int] = {}
-    for start in graph:
-        if start in state:
-            continue
-        stack: list[tuple[str, Iterator[str]]] = [(start, _sources(graph, start))]
-        state[start] = 1
-        while stack:
-            node_id, sources = stack[-1]
-            source = next(sources, None)
-            if source is None:
-                state[node_id] = 2
-                stack.pop()
-                continue
-            seen = state.get(source)
-            if seen == 1:
-                raise InvalidWorkflow(
-                    f"The workflow's links form a cycle through node {source} "
-                    f"({graph[source]['_meta']['title']}); break the cycle in ComfyUI"
-                )
-            if seen is None:
-                state[source] = 1
-                stack.append((source, _sources(graph, source)))
-
-
-def _sources(graph: dict[str, Any], node_id: str) -> Iterator[str]:
-    for value in graph[node_id]["inputs"].values():
-        if isinstance(value, list) and len(value) == 2 and value[0] in graph:
-            yield value[0]

@@ -192,7 +192,7 @@ def apply_inputs(
     """A copy of an API-format ``graph`` with the named ``inputs`` set, each checked first.
 
     Args:
-        graph: the API-format graph (left unchanged).
+        graph: the API-format graph (left unchanged; nodes that do not change are shared).
         inputs: ``{"<node>.<input>": value}``; see the module docstring.
         catalog: the server's node catalog; without one a value is checked against the type of
             the value it replaces only.
@@ -201,11 +201,15 @@ def apply_inputs(
         InvalidInputs: every name that is unknown or ambiguous and every value that does not fit,
             with the candidates; nothing was changed.
     """
-    out = copy.deepcopy(dict(graph))
+    out = dict(graph)  # the nodes that change are copied below: the graph given stays as it was
     if not inputs:
         return out
     found, problems = resolve_inputs(out, inputs)
+    copied: set[str] = set()
     for (node_id, input_name), value in found.items():
+        if node_id not in copied:
+            out[node_id] = copy.deepcopy(graph[node_id])
+            copied.add(node_id)
         node = out[node_id]
         class_type = node.get("class_type")
         where = {"node_id": node_id, "class_type": class_type, "field": input_name}

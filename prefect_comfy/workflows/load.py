@@ -103,8 +103,8 @@ def _read_file(path: Path) -> Any:
         text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is skipped
     except UnicodeDecodeError as exc:
         raise InvalidWorkflow(
-            f"{path} is not UTF-8 text (byte {exc.start} is not valid UTF-8): save the workflow "
-            "as UTF-8 JSON, or give the PNG ComfyUI saved"
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save "
+            "the workflow as UTF-8 JSON, or give the PNG ComfyUI saved"
         ) from None
     return _parse(str(path), text)
 

@@ -22,7 +22,12 @@ from prefect_comfy.backends.catalog import forget_catalogs
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.backends.v2.block import ComfyV2Credentials
 from prefect_comfy.emulator.catalog import object_info
-from prefect_comfy.exceptions import CatalogUnavailable, InvalidInputs, UnknownNodeType
+from prefect_comfy.exceptions import (
+    CatalogUnavailable,
+    InvalidInputs,
+    InvalidWorkflow,
+    UnknownNodeType,
+)
 from prefect_comfy.flows import run_comfy_workflow
 from prefect_comfy.job_steps import submit_job
 from prefect_comfy.jobs import ComfyWorkflow
@@ -267,3 +272,74 @@ def test_cli_run_and_validate_with_set_on_a_save_format_file(emulator, tmp_path:
     done = run("run", str(path), "--no-prefect", "--set", "seed")
     assert done.returncode == 2 and "NODE.INPUT=VALUE" in done.stderr
     assert jobs_on(emulator) == before
+
+
+def _missing_link() -> dict[str, Any]:
+    workflow = txt2img()
+    workflow["links"].append([40, 99, 0, 6, 1, "VAE"])
+    workflow["nodes"][5]["inputs"][1]["link"] = 40
+    return workflow
+
+
+def _cycle() -> dict[str, Any]:
+    workflow = txt2img()
+    workflow["links"].append([40, 6, 0, 6, 0, "LATENT"])  # VAEDecode fed by itself
+    workflow["nodes"][5]["inputs"][0]["link"] = 40
+    return workflow
+
+
+def _bypass_without_match() -> dict[str, Any]:
+    workflow = txt2img()
+    workflow["nodes"][3]["mode"] = 4  # EmptyLatentImage has no LATENT input to pass through
+    return workflow
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (_missing_link, "is linked to node 99, which does not exist"),
+        (_cycle, "form a cycle through node 6 (VAEDecode)"),
+        (_bypass_without_match, "from bypassed node 4 (EmptyLatentImage), which has no input"),
+    ],
+)
+async def test_a_graph_that_cannot_convert_submits_nothing(emulator, make, needle: str) -> None:
+    creds = ComfyCloudCredentials(
+        api_key=API_KEY, base_url=emulator.url, catalog_source=emulator.url
+    )
+    before = jobs_on(emulator)
+    async with creds.get_backend() as backend:
+        with pytest.raises(InvalidWorkflow) as info:
+            await submit_job(backend, make(), emit_events=False)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert jobs_on(emulator) == before
+
+
+async def test_a_10000_node_graph_is_prepared_in_well_under_a_second_of_cpu(emulator) -> None:
+    import time
+
+    from prefect_comfy.prepare import prepare_workflow
+
+    count = 10_000
+    nodes = [{"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [8, 8, 1, 0],
+              "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}]}]  # fmt: skip
+    links = []
+    for i in range(2, count):
+        nodes.append(
+            {"id": i, "type": "ImageInvert", "mode": 0,
+             "inputs": [{"name": "image", "type": "IMAGE", "link": i - 1}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [i]}]}
+        )  # fmt: skip
+        links.append([i - 1, i - 1, 0, i, 0, "IMAGE"])
+    nodes.append({"id": count, "type": "SaveImage", "mode": 0, "widgets_values": ["x"],
+                  "inputs": [{"name": "images", "type": "IMAGE", "link": count - 1}]})  # fmt: skip
+    links.append([count - 1, count - 1, 0, count, 0, "IMAGE"])
+    creds = ComfyCloudCredentials(
+        api_key=API_KEY, base_url=emulator.url, catalog_source=emulator.url
+    )
+    async with creds.get_backend() as backend:
+        await backend.node_catalog()
+        started = time.process_time()
+        prepared = await prepare_workflow(backend, {"nodes": nodes, "links": links})
+        spent = time.process_time() - started
+    assert len(prepared.graph) == count
+    assert spent < 2.0, f"{spent:.2f} s of CPU to prepare {count} nodes"  # measured ~0.3 s idle

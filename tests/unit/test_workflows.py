@@ -93,3 +93,23 @@ def test_a_value_json_cannot_carry() -> None:
     graph = {"1": {"class_type": "X", "inputs": {"when": object()}}}
     with pytest.raises(InvalidWorkflow, match="JSON cannot carry"):
         load_workflow(graph)
+
+
+def test_a_file_that_is_not_utf8_is_one_line_saying_what_to_do(tmp_path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes(
+        json.dumps({"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "caf\u00e9"}}})
+        .replace("\\u00e9", "\u00e9")
+        .encode("latin-1")
+    )
+    with pytest.raises(
+        InvalidWorkflow, match=r"is not UTF-8 text \(byte 0xe9 at offset \d+\); save"
+    ) as info:
+        load_workflow(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GRAPH).encode())
+    assert load_workflow(path) == GRAPH
