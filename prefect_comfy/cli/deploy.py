@@ -24,19 +24,26 @@ from prefect_comfy.cli.validate import WorkflowArgument, read_workflow
 def deploy(
     workflow: WorkflowArgument,
     name: Annotated[
-        str,
-        typer.Option("--name", "-n", help="The deployment's name.", metavar="NAME"),
-    ],
+        str | None,
+        typer.Option(
+            "--name",
+            "-n",
+            help="The deployment's name (required).",
+            metavar="NAME",
+            show_default=False,
+        ),
+    ] = None,
     expose: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--expose",
             "-e",
             help="An input to offer in the run form, as NODE.INPUT, where NODE is a node's id, "
             "title or unique class type (repeat for several; the form keeps this order).",
             metavar="NODE.INPUT",
+            show_default=False,
         ),
-    ],
+    ] = None,
     block: BlockOption = None,
     pool: Annotated[
         str | None,
@@ -73,6 +80,11 @@ def deploy(
     from the environment of the process that runs them (no key is saved). With --pool, a worker of that pool runs it; without, this
     command serves it until Ctrl-C.
     """
+    if not name or not expose:
+        raise UsageProblem(
+            "deploy needs --name NAME and at least one --expose NODE.INPUT, such as "
+            "--expose KSampler.seed"
+        )
     graph = read_workflow(workflow)
     if not prefect_api_url():
         raise UsageProblem(
