@@ -26,13 +26,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 
-from prefect_comfy import load_workflow
-from prefect_comfy.backends.registry import credentials_from_parameter
-from prefect_comfy.orchestration.tasks import (
+from prefect_comfy import (
     download_comfy_outputs,
+    load_workflow,
     submit_comfy_job,
     wait_for_comfy_job,
 )
+from prefect_comfy.backends.registry import credentials_from_parameter
 
 WORKFLOWS = Path(__file__).parent / "workflows"
 

@@ -24,7 +24,7 @@ from prefect import flow, get_run_logger, serve
 from prefect.artifacts import acreate_markdown_artifact
 from upload_pipeline import credentials_from, process_input
 
-from prefect_comfy.orchestration.triggers import on_input_ready, on_model_ready
+from prefect_comfy import on_input_ready, on_model_ready
 
 TRIGGER_TAG = os.environ.get("COMFY_TRIGGER_TAG", "auto")
 """Comfy tag that makes an upload start the deployments (``COMFY_TRIGGER_TAG``, default ``auto``)."""

@@ -24,14 +24,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
-from prefect_comfy.orchestration.tasks import (
+from prefect_comfy import (
     download_comfy_outputs,
     submit_comfy_job,
     upload_comfy_input,
     wait_for_comfy_input,
     wait_for_comfy_job,
 )
+from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 
 WORKFLOW = Path(__file__).parent / "workflows" / "blur_invert.json"
 

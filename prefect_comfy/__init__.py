@@ -9,7 +9,9 @@ The public surface, importable from ``prefect_comfy``:
   ``ComfyUIBackend`` and ``V2Backend`` (Comfy API v2);
 - Prefect: the blocks ``ComfyCloudCredentials``, ``ComfyUIServer``, ``ComfyV2Credentials`` and ``ComfyWorkflow`` (with
   ``ComfyJobRun``, ``ComfyJobResult``, ``ComfyOutputFile``), the tasks (``submit_comfy_job``,
-  ``wait_for_comfy_job`` …), the flow ``run_comfy_workflow`` and its ``cancel_comfy_job_hook``; a workflow as a typed
+  ``wait_for_comfy_job`` …), the flow ``run_comfy_workflow`` and its ``cancel_comfy_job_hook``; the triggers
+  ``on_input_ready``, ``on_model_ready``, ``on_job_completed``, ``on_job_failed`` (``comfy_trigger``
+  for any other event) and ``create_resume_automation``; a workflow as a typed
   deployment: ``workflow_deployment`` (the flow ``run_comfy_deployment``).
 
 Importing the package defines the three blocks, so Prefect's block registry (``prefect block
@@ -75,6 +77,14 @@ from prefect_comfy.orchestration.tasks import (
     wait_for_comfy_job,
     wait_for_comfy_model,
 )
+from prefect_comfy.orchestration.triggers import (
+    comfy_trigger,
+    create_resume_automation,
+    on_input_ready,
+    on_job_completed,
+    on_job_failed,
+    on_model_ready,
+)
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.waiters import wait_for_input_ready, wait_for_job, wait_for_model_ready
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
@@ -84,9 +94,8 @@ from prefect_comfy.workflows.load import load_workflow
 __version__ = "0.1.0"
 
 __all__ = [
-    "CatalogUnavailable",
-    "InvalidInputs",
     "AuthenticationError",
+    "CatalogUnavailable",
     "CloudBackend",
     "ComfyAPIError",
     "ComfyBackend",
@@ -107,6 +116,7 @@ __all__ = [
     "ComfyWebSocket",
     "ComfyWorkflow",
     "Input",
+    "InvalidInputs",
     "InvalidRequest",
     "InvalidWorkflow",
     "Job",
@@ -132,13 +142,19 @@ __all__ = [
     "WebSocketError",
     "cancel_comfy_job",
     "cancel_comfy_job_hook",
+    "comfy_trigger",
+    "create_resume_automation",
     "download_comfy_outputs",
     "get_comfy_job",
     "is_retryable",
+    "load_workflow",
+    "on_input_ready",
+    "on_job_completed",
+    "on_job_failed",
+    "on_model_ready",
     "run_comfy_deployment",
     "run_comfy_workflow",
     "submit_comfy_job",
-    "load_workflow",
     "to_api_format",
     "upload_comfy_input",
     "upload_comfy_model",
