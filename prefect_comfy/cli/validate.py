@@ -43,7 +43,8 @@ def read_workflow(path: Path) -> dict[str, Any]:
     try:
         return load_workflow(path)
     except InvalidWorkflow as exc:
-        raise UsageProblem(str(exc)) from None
+        message = str(exc)  # the file's name first, once: the user may have passed several
+        raise UsageProblem(message if str(path) in message else f"{path}: {message}") from None
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:

@@ -114,13 +114,11 @@ def test_debug_adds_the_traceback(emulator, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ({"nodes": [], "links": [], "version": 0.4}, "UI-format workflow; open it in ComfyUI and "
-         "export it with 'Save (API format)'"),
-        ("[1, 2, 3]", "does not hold a workflow graph"),
-        ('{"1": {"class_type": "EmptyImage", "inputs": {"width": NaN}}}', "NaN is not a JSON number"),
-        ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at "
-         "line 1, column 2"),
-        ({"1": {"inputs": {}}}, "node(s) 1 have no class_type"),
+        ({"nodes": [], "links": [], "version": 0.4}, "save-format workflow has no nodes"),
+        ("[1, 2, 3]", "A workflow must be a non-empty dict"),
+        ('{"1": {"class_type": "EmptyImage", "inputs": {"width": NaN}}}', "NaN is not valid JSON"),
+        ("{not json", "is not JSON: Expecting property name enclosed in double quotes"),
+        ({"1": {"inputs": {}}}, "node 1: not a node with a class_type"),
     ],
     ids=["ui-format", "list", "nan", "not-json", "no-class"],
 )  # fmt: skip
