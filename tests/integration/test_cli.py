@@ -143,7 +143,8 @@ def test_missing_credentials_and_a_refused_key_are_one_line_each(emulator, tmp_p
     done = cli("run", str(workflow), "--no-prefect", env=env)
     assert done.returncode == 2
     assert error_lines(done.stderr) == [
-        "Error: No Comfy credentials: pass --block NAME (a saved block), or set COMFY_API_KEY "
+        "Error: No Comfy credentials: pass --url URL (any kind of server), --block NAME (a saved "
+        "block), or set COMFY_API_KEY "
         "(and COMFY_BASE_URL for a server other than https://cloud.comfy.org)"
     ]
     done = cli("jobs", "list", env=env_for(emulator, COMFY_API_KEY=WRONG_KEY))
