@@ -81,6 +81,7 @@ class _JobWatch:
         self.artifact = artifact
         self.log = log
         self.status: str | None = None
+        self.milestone: int | None = None
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
@@ -96,10 +97,22 @@ class _JobWatch:
         if self.emitter is not None:
             self.emitter.progress(event)
         progress = event.payload.get("progress")
-        if self.artifact is not None and isinstance(progress, (int, float)):
+        if isinstance(progress, (int, float)):
             where = job_position(job_progress_labels(event.payload))
-            self.artifact.offer(float(progress), where)
+            self.note_milestone(float(progress), where)
+            if self.artifact is not None:
+                self.artifact.offer(float(progress), where)
         self._wake.set()
+
+    def note_milestone(self, progress: float, where: str | None = None) -> None:
+        """Log the job's progress in the run's log at every tenth it reaches: 0, 10 … 100 %, each
+        at most once and in order (a jump from 20 to 45 % logs 40 % only)."""
+        tenth = int(min(max(progress, 0.0), 100.0) // 10) * 10
+        if self.milestone is None or tenth > self.milestone:
+            self.milestone = tenth
+            self.log.info(
+                "Comfy job %s: %d%%%s", self.job_id, tenth, f" · {where}" if where else ""
+            )
 
     def note_status(self, status: str) -> None:
         if status != self.status:
@@ -199,7 +212,9 @@ async def watch_comfy_job(
         timeout: seconds to wait; ``None`` waits for ever.
         cancel_on_timeout: cancel the Comfy job when the wait times out or is itself cancelled.
         emit_events: emit ``comfy.job.*`` Prefect events (progress coalesced, outcomes always).
-        progress_artifact: keep a progress artifact (key ``comfy-job-<id>``) up to date.
+        progress_artifact: keep a progress artifact (key ``comfy-job-<id>``) up to date; inside a
+            flow run it belongs to the flow run, so that the flow run's page shows it. The run's
+            log also says every tenth of the way (0, 10 … 100 %).
         outputs_artifact: on completion, write the outputs artifact (key ``comfy-job-<id>-outputs``).
         progress_interval: seconds between two progress events, and between two artifact writes.
 
@@ -229,6 +244,7 @@ async def watch_comfy_job(
             job_id,
             f" (timeout {timeout:g}s)" if timeout is not None else "",
         )
+        watch.note_milestone(0.0)
         if artifact is not None:
             artifact.offer(0.0)  # created by the reporter, off the waiting path
         watch.start()
@@ -310,6 +326,7 @@ async def _conclude(
         emitter.outcome(terminal, resource=job)
     if outcome == "completed":
         assert job is not None
+        watch.note_milestone(100.0)
         log.info("Comfy job %s completed with %d output(s)", job_id, len(job.outputs))
         if outputs_artifact:
             await create_outputs_artifact(job, backend=backend)
