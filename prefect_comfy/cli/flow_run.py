@@ -24,7 +24,7 @@ from prefect_comfy.transport.threads import start_thread
 from prefect_comfy.waiting.waits import wait_for
 
 JOB_ID_LABEL = "comfy.job-id"
-"""The flow-run label that names the Comfy job (documented in :mod:`prefect_comfy.orchestration.flows`)."""
+"""The flow-run label that names the Comfy job (documented in `prefect_comfy.orchestration.flows`)."""
 
 LABEL_POLL = 0.2
 """Seconds between two reads of the flow run while its job is not yet submitted."""

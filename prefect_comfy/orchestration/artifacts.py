@@ -1,23 +1,23 @@
 """Progress and outputs of Comfy jobs in the Prefect UI.
 
-- :class:`JobProgressArtifact`: one progress artifact per waited job, created once and updated in place
+- `JobProgressArtifact`: one progress artifact per waited job, created once and updated in place
   (at most one update per interval, default 1 s, plus the final one; 100 on completion).
-- :func:`create_outputs_artifact`: on completion, a markdown artifact listing the outputs (name, type,
+- `create_outputs_artifact`: on completion, a markdown artifact listing the outputs (name, type,
   size, link) with a small inline preview of each image as a ``data:`` URL, because signed download
-  URLs expire. An image is inlined only when its file is at most :data:`MAX_PREVIEW_BYTES`; the table
+  URLs expire. An image is inlined only when its file is at most `MAX_PREVIEW_BYTES`; the table
   says so otherwise. Pillow is not needed: the file's own bytes are inlined. The table and its
-  previews are made in :mod:`prefect_comfy.orchestration.previews` (no Prefect call there); this module
+  previews are made in `prefect_comfy.orchestration.previews` (no Prefect call there); this module
   writes artifacts.
 
-Artifact keys hold lowercase letters, digits and dashes only (:func:`artifact_key`). URLs go through
-:func:`~prefect_comfy.redaction.redact_url`; no artifact ever holds an API key.
+Artifact keys hold lowercase letters, digits and dashes only (`artifact_key`). URLs go through
+`redact_url`; no artifact ever holds an API key.
 
-Every write to the Prefect API is best effort and bounded in time (:data:`ARTIFACT_WRITE_TIMEOUT`,
-:data:`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
+Every write to the Prefect API is best effort and bounded in time (`ARTIFACT_WRITE_TIMEOUT`,
+`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
 keeps it from returning (issue 11, item 15: 200 waits in one flow hung on their artifact writes).
 Progress writes stay off the waiting path: the artifact is created by the wait's reporter (a task of
 its own), not before the wait, and the waits of one event loop share
-:data:`PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
+`PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
 comes (issue 21, section 4).
 
 Example:
@@ -88,7 +88,7 @@ def artifact_key(kind: str, resource_id: str, suffix: str | None = None) -> str:
 
     Everything but lowercase letters and digits becomes a dash, and an id that starts with the
     kind (``job_42``) loses that prefix, so a key never says ``job-job``; when that changes the id
-    (or the key is cut to :data:`MAX_KEY_LENGTH`), 8 hex digits of the original id's hash keep keys
+    (or the key is cut to `MAX_KEY_LENGTH`), 8 hex digits of the original id's hash keep keys
     distinct.
     """
     raw = str(resource_id)
@@ -163,15 +163,15 @@ class JobProgressArtifact:
     Args:
         job_id: the Comfy job.
         interval: seconds between two updates (the final one is never held back).
-        key: the artifact key; :func:`artifact_key` of the job by default.
+        key: the artifact key; `artifact_key` of the job by default.
         create: creates the artifact (by default [create_run_progress_artifact][prefect_comfy.orchestration.artifacts.create_run_progress_artifact]:
             on the flow run, so that its page shows the progress).
         update: updates it (``prefect.artifacts.aupdate_progress_artifact`` by default).
         clock: a monotonic clock (tests inject one).
-        write_timeout: seconds one write may take (:data:`ARTIFACT_WRITE_TIMEOUT` by default).
+        write_timeout: seconds one write may take (`ARTIFACT_WRITE_TIMEOUT` by default).
 
     Writing is best effort: a failure or a write that takes longer than ``write_timeout`` is logged
-    once, ends the writing (:attr:`failed`) and never fails or holds up the wait.
+    once, ends the writing (`failed`) and never fails or holds up the wait.
     """
 
     def __init__(
@@ -245,7 +245,7 @@ class JobProgressArtifact:
 
     def offer(self, progress: float, where: str | None = None) -> None:
         """Note a new progress value (and where the job is: ``KSampler step 12/20``);
-        :meth:`flush_due` writes it when its interval has passed."""
+        `flush_due` writes it when its interval has passed."""
         value = _clamp(progress)
         self.where = where or self.where
         if value != self.written:
@@ -261,7 +261,7 @@ class JobProgressArtifact:
 
     async def flush_due(self) -> bool:
         """Write the held value if its interval has passed: once a write slot of the loop is free
-        (:data:`PROGRESS_WRITES_IN_FLIGHT`), the latest value held by then."""
+        (`PROGRESS_WRITES_IN_FLIGHT`), the latest value held by then."""
         if self.next_due() != 0.0:
             return False
         async with _slots():
@@ -311,7 +311,7 @@ _write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semap
 
 
 def _slots() -> asyncio.Semaphore:
-    """The progress-write slots of the running loop (:data:`PROGRESS_WRITES_IN_FLIGHT`)."""
+    """The progress-write slots of the running loop (`PROGRESS_WRITES_IN_FLIGHT`)."""
     loop = asyncio.get_running_loop()
     slots = _write_slots.get(loop)
     if slots is None:
@@ -336,12 +336,12 @@ async def create_outputs_artifact(
     """Create the markdown artifact listing a completed job's outputs, with image previews.
 
     Args:
-        job: the completed job (with its outputs, as :meth:`ComfyBackend.get_job` returns it).
+        job: the completed job (with its outputs, as `ComfyBackend.get_job` returns it).
         backend: used to download an image of known size within the bound when no path is given.
         paths: downloaded files by output id (or name): previews are made from them.
         key: the artifact key; ``comfy-job-<id>-outputs`` by default.
         max_preview_bytes: the largest image inlined.
-        timeout: seconds for the whole of it, previews and write (:data:`OUTPUTS_ARTIFACT_TIMEOUT` by
+        timeout: seconds for the whole of it, previews and write (`OUTPUTS_ARTIFACT_TIMEOUT` by
             default).
         create: writes the artifact (``prefect.artifacts.acreate_markdown_artifact`` by default).
 

@@ -1,20 +1,20 @@
 """Watching a Comfy job (or upload) from Prefect, task-free: the sensor's logic.
 
-:func:`watch_comfy_job` waits with :func:`~prefect_comfy.waiting.waits.wait_for` (the shared event stream, one
+`watch_comfy_job` waits with `wait_for` (the shared event stream, one
 REST read after every connect; no polling loop), and meanwhile:
 
-- emits ``comfy.job.progress`` Prefect events, coalesced (:mod:`prefect_comfy.orchestration.events.emitter`), and the
+- emits ``comfy.job.progress`` Prefect events, coalesced (`prefect_comfy.orchestration.events.emitter`), and the
   outcome (``comfy.job.completed``/``failed``/``cancelled``/``timed-out``), never throttled;
 - keeps a progress artifact up to date (at most one write per interval, 100 on completion) and, on
-  completion, writes an artifact listing the outputs with small previews (:mod:`prefect_comfy.orchestration.artifacts`);
+  completion, writes an artifact listing the outputs with small previews (`prefect_comfy.orchestration.artifacts`);
 - logs on state changes only, each line naming the job.
 
-Then it returns the completed :class:`~prefect_comfy.models.Job` (read again, with its full outputs)
-or raises :class:`JobFailed`, :class:`JobCancelled` or :class:`JobTimedOut`; on a time-out (or when
+Then it returns the completed `Job` (read again, with its full outputs)
+or raises `JobFailed`, `JobCancelled` or `JobTimedOut`; on a time-out (or when
 the wait itself is cancelled) it cancels the Comfy job unless ``cancel_on_timeout=False``.
 
-The tasks in :mod:`prefect_comfy.orchestration.tasks` (``wait_for_comfy_job`` and friends) are thin wrappers of
-these coroutines; call :func:`watch_comfy_job` directly inside your own task.
+The tasks in `prefect_comfy.orchestration.tasks` (``wait_for_comfy_job`` and friends) are thin wrappers of
+these coroutines; call `watch_comfy_job` directly inside your own task.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ CLOSE_TIMEOUT = 10.0
 """Seconds allowed for closing a backend the sensor made."""
 
 INTERRUPT_CLEANUP_TIMEOUT = 2 * STOP_TIMEOUT + CANCEL_TIMEOUT + CLOSE_TIMEOUT
-"""Most seconds an interrupted wait spends cleaning up (:func:`_after_interrupt`) before it re-raises."""
+"""Most seconds an interrupted wait spends cleaning up (`_after_interrupt`) before it re-raises."""
 
 
 def _error_of(event: ComfyEvent, resource: Job | Input | None) -> ResourceError:
@@ -151,10 +151,10 @@ class _JobWatch:
         its description), and the held progress event unless an outcome event follows (it takes the
         held progress over).
 
-        Bounded in time: the pump gets :data:`STOP_TIMEOUT` to end (the flag ends its loop even if
-        its cancellation is lost, see :mod:`~prefect_comfy.transport.deadlines`); the final artifact
-        write is abandoned after :data:`~prefect_comfy.orchestration.artifacts.ARTIFACT_WRITE_TIMEOUT`, and never
-        takes more than :data:`STOP_TIMEOUT`. A failed write is logged; the wait goes on.
+        Bounded in time: the pump gets `STOP_TIMEOUT` to end (the flag ends its loop even if
+        its cancellation is lost, see `deadlines`); the final artifact
+        write is abandoned after `ARTIFACT_WRITE_TIMEOUT`, and never
+        takes more than `STOP_TIMEOUT`. A failed write is logged; the wait goes on.
         """
         self._stopping = True
         pump, self._pump = self._pump, None
@@ -203,11 +203,11 @@ async def watch_comfy_job(
     outputs_artifact: bool = True,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
 ) -> Job:
-    """Wait for a Comfy job and report it to Prefect; the body of :func:`wait_for_comfy_job`.
+    """Wait for a Comfy job and report it to Prefect; the body of `wait_for_comfy_job`.
 
     Args:
         credentials: a block with ``get_backend()`` (such as ``ComfyCloudCredentials``) or a
-            :class:`~prefect_comfy.backends.base.ComfyBackend`; a backend made here is closed here.
+            `ComfyBackend`; a backend made here is closed here.
         job_id: the Comfy job.
         timeout: seconds to wait; ``None`` waits for ever.
         cancel_on_timeout: cancel the Comfy job when the wait times out or is itself cancelled.
