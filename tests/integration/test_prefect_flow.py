@@ -466,4 +466,13 @@ async def test_job_block_inside_a_sync_flow_tags_and_labels(prefect_api_url, cre
     assert events.FLOW_RUN_TAG_PREFIX + str(flow_run_id) in tags and "in-flow" in tags
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
-    assert flow_run.labels.get(COMFY_JOB_ID_LABEL)
+    job_id = flow_run.labels.get(COMFY_JOB_ID_LABEL)
+    assert job_id
+    # The job block's run gives the flow run its own progress too (issue 19, item 8).
+
+    async def progress_artifacts() -> list:
+        found = await read_run_artifacts(flow_run_id)
+        return [a for a in found if a.type == "progress" and a.data == 100]
+
+    (artifact,) = await eventually(progress_artifacts, timeout=30, message="progress artifact")
+    assert artifact.task_run_id is None and artifact.key == artifact_key("job", job_id)
