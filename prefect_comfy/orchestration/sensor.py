@@ -40,7 +40,11 @@ from prefect_comfy.orchestration.runs import claim_cancel, release_cancel, run_l
 from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
-__all__ = ["CANCEL_TIMEOUT", "watch_comfy_job", "watch_comfy_upload"]
+__all__ = ["CANCEL_TIMEOUT", "MILESTONE_LOG", "watch_comfy_job", "watch_comfy_upload"]
+
+MILESTONE_LOG = "Comfy job %s: %d%%%s"
+"""The format of the run's milestone lines (``Comfy job job_abc: 40% · KSampler step 15/40``): the
+CLI, whose bar says the same, leaves them out of the terminal."""
 
 CANCEL_TIMEOUT = 10.0
 """Seconds allowed for cancelling the Comfy job after a time-out or an interrupted wait."""
@@ -110,9 +114,7 @@ class _JobWatch:
         tenth = int(min(max(progress, 0.0), 100.0) // 10) * 10
         if self.milestone is None or tenth > self.milestone:
             self.milestone = tenth
-            self.log.info(
-                "Comfy job %s: %d%%%s", self.job_id, tenth, f" · {where}" if where else ""
-            )
+            self.log.info(MILESTONE_LOG, self.job_id, tenth, f" · {where}" if where else "")
 
     def note_status(self, status: str) -> None:
         if status != self.status:
