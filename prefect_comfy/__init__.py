@@ -16,7 +16,7 @@ The public surface, importable from ``prefect_comfy``:
 
 Importing the package defines the three blocks, so Prefect's block registry (``prefect block
 register -m prefect_comfy``, or a server loading the ``prefect.collections`` entry point) finds
-them. Which block goes with which kind of server is said in :mod:`prefect_comfy.backends.registry`.
+them. Which block goes with which kind of server is said in `prefect_comfy.backends.registry`.
 """
 
 from prefect_comfy.settings import quiet_prefect_for_no_prefect

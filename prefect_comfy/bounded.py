@@ -2,7 +2,7 @@
 
 The listener's tags and in-flight resources, the ComfyUI server memory and stream, the Cloud
 WebSocket's de-duplication, the listener's pacing and the Prefect event sink each keep "the last N
-things seen"; they all use :class:`Bounded`, so that eviction and thread safety are written once.
+things seen"; they all use `Bounded`, so that eviction and thread safety are written once.
 
 Example:
     >>> recent = Bounded(2)

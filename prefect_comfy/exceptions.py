@@ -1,6 +1,6 @@
 """The one error tree of prefect-comfy.
 
-Every error the package raises derives from :class:`ComfyError`, split by the kind of failure::
+Every error the package raises derives from `ComfyError`, split by the kind of failure::
 
     ComfyError
     ├── ComfyConfigError            usage: missing key, bad URL, a workflow that is not a graph
@@ -26,10 +26,10 @@ Every error the package raises derives from :class:`ComfyError`, split by the ki
         ├── JobCancelled
         ├── JobLost                 the server no longer knows the job (a ComfyUI restart); retryable
         ├── UploadFailed            an input or model ended ``failed``
-        └── WaitTimedOut            also a :class:`TimeoutError`; names the resource and its last state
+        └── WaitTimedOut            also a `TimeoutError`; names the resource and its last state
             └── JobTimedOut
 
-:func:`is_retryable` is the one rule that REST retries, reconnects and Prefect task retries all use.
+`is_retryable` is the one rule that REST retries, reconnects and Prefect task retries all use.
 No message in this tree ever contains an API key: the client redacts before it raises.
 """
 
@@ -280,7 +280,7 @@ class JobLost(OutcomeError):
     """The Comfy server no longer knows a job it had accepted: it was lost, not cancelled.
 
     A self-hosted ComfyUI forgets its queue and the prompts it was running when it restarts. The
-    job never ran to an end, so submitting it again may succeed: :func:`is_retryable` says so, and
+    job never ran to an end, so submitting it again may succeed: `is_retryable` says so, and
     the Prefect event is ``comfy.job.lost`` (never ``comfy.job.cancelled``).
     """
 

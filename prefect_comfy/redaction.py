@@ -120,5 +120,5 @@ class RedactingFilter(logging.Filter):
 
 
 def redacting_logger(name: str, secrets: Iterable[str | None]) -> RedactingLogger:
-    """:class:`RedactingLogger` over ``logging.getLogger(name)``."""
+    """`RedactingLogger` over ``logging.getLogger(name)``."""
     return RedactingLogger(logging.getLogger(name), secrets)

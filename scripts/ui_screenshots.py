@@ -3,8 +3,9 @@
 Starts ``prefect server start`` on a free loopback port (PREFECT_HOME in a temporary folder), the
 local emulator with slow steps, and the library flow ``run_comfy_workflow`` in a subprocess on a
 40-step KSampler (about 20 s). While the job runs, and again after it, it opens the flow run page
-(and clicks its Artifacts tab through the DevTools protocol: ``?tab=`` is ignored) and the event
-feed of the flow run, and saves PNGs under ``docs/images/``. Needs Debian's ``chromium``.
+as it opens, with its logs (the progress milestones: ``Comfy job … : 40% · KSampler step 16/40``),
+clicks its Artifacts tab through the DevTools protocol (``?tab=`` is ignored: the flow run's own
+progress artifact), opens the event feed of the flow run, and saves PNGs under ``docs/images/``. Needs Debian's ``chromium``.
 
     .venv/bin/python scripts/ui_screenshots.py [--out docs/images] [--chromium /usr/bin/chromium]
 
@@ -131,6 +132,9 @@ class Page:
 
 
 async def screenshots(page: Page, ui: str, run_id: str, out: Path, stage: str, job: str) -> None:
+    if stage == "during":  # the flow run's page as it opens (its logs): the progress milestones
+        await page.open(f"{ui}/runs/flow-run/{run_id}", f"Comfy job {job}: ")
+        await page.shoot(out / f"ui-{stage}-logs.png")
     await page.open(f"{ui}/runs/flow-run/{run_id}", "Artifacts")
     await page.click_text("Artifacts")
     await page.until("document.body.innerText.includes('comfy-job-')", 30, "the artifacts")

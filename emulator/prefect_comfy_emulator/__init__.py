@@ -5,7 +5,7 @@ Strict about what it accepts, faithful in what it answers; see ``docs/emulator.m
 ``records``/``state``/``uploads``/``bus`` (resources, the executor, events), ``faults``,
 ``idempotency`` and ``limits`` (what the gate in front of the routes applies),
 ``routes``/``ws``/``storage``/``control`` (HTTP), ``v2`` (the Comfy API v2 face on the same state),
-``app`` (:func:`create_app`), ``server`` (:class:`EmulatorServer`) and ``cli``.
+``app`` (`create_app`), ``server`` (`EmulatorServer`) and ``cli``.
 
 Names are imported when first used, so that ``prefect-comfy --help`` (which imports ``cli``) stays fast.
 """

@@ -1,5 +1,5 @@
-"""The emulator as an ASGI app: :func:`create_app` puts the routes, the WebSocket, the storage
-stand-in and the test controls together around one :class:`EmulatorState`.
+"""The emulator as an ASGI app: `create_app` puts the routes, the WebSocket, the storage
+stand-in and the test controls together around one `EmulatorState`.
 
 Example:
     >>> from prefect_comfy_emulator import EmulatorConfig, create_app

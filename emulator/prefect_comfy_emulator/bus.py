@@ -124,7 +124,7 @@ class EventBus:
         self.listeners: set[Listener] = set()
         self._held_for_listeners: list[tuple[Listener, str, str, dict[str, Any]]] = []
         self.abort_transport: Callable[[Connection], bool] | None = None
-        """Set by :class:`EmulatorServer`: cut a connection's TCP stream without a close frame."""
+        """Set by `EmulatorServer`: cut a connection's TCP stream without a close frame."""
         self.reset_counters()
 
     def reset_counters(self) -> None:

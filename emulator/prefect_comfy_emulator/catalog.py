@@ -3,8 +3,8 @@
 Served, like a local ComfyUI's, without authentication at ``/object_info`` and
 ``/api/object_info`` of the emulator's origin, so the emulator's address works as the
 ``catalog_source`` of a block of either face (the developer API and v2 have no catalog route of
-their own). It lists :data:`~prefect_comfy_emulator.nodes.NODE_CLASSES`; a model name's choices are
-the built-in :data:`~prefect_comfy_emulator.nodes.MODEL_CATALOGUE`, and an uploaded image's are
+their own). It lists `NODE_CLASSES`; a model name's choices are
+the built-in `MODEL_CATALOGUE`, and an uploaded image's are
 left empty (the emulator does not list an account's inputs here).
 
 Example:

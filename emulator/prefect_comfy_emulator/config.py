@@ -1,4 +1,4 @@
-"""The emulator's configuration: one object, handed to :func:`create_app` or :class:`EmulatorServer`.
+"""The emulator's configuration: one object, handed to `create_app` or `EmulatorServer`.
 
 Example:
     >>> from prefect_comfy_emulator import EmulatorConfig

@@ -28,7 +28,7 @@ RecordKey = tuple[str, str, str]
 
 @dataclass(frozen=True)
 class Claim:
-    """This request holds ``key`` until it calls :meth:`IdempotencyRecords.settle`."""
+    """This request holds ``key`` until it calls `IdempotencyRecords.settle`."""
 
     key: RecordKey
     done: asyncio.Future[None]
@@ -53,7 +53,7 @@ class IdempotencyRecords:
         return sum(isinstance(e, Answer) for e in self._entries.values())
 
     async def claim(self, key: RecordKey) -> Claim | Answer:
-        """A :class:`Claim` when this request now holds the key (it must :meth:`settle` it), else
+        """A `Claim` when this request now holds the key (it must `settle` it), else
         the answer stored for the key. Waits while another request holds it."""
         while True:
             entry = self._entries.get(key)
@@ -66,7 +66,7 @@ class IdempotencyRecords:
             await asyncio.shield(entry)
 
     def try_claim(self, key: RecordKey) -> Claim | None:
-        """A :class:`Claim` when nobody used ``key`` before, else ``None`` at once (single-use
+        """A `Claim` when nobody used ``key`` before, else ``None`` at once (single-use
         keys: a duplicate is refused whether the first request is still running or not)."""
         if key in self._entries:
             return None

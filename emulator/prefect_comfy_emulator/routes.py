@@ -1,5 +1,5 @@
 """The REST routes of the developer API under ``/developer/api/v1`` (authentication, faults and
-idempotency are handled before these run, by :class:`prefect_comfy_emulator.app.ApiGate`)."""
+idempotency are handled before these run, by `prefect_comfy_emulator.app.ApiGate`)."""
 
 from __future__ import annotations
 

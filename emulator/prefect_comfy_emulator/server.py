@@ -152,7 +152,7 @@ class EmulatorServer:
 
         A client's key arrives as ``Authorization: Bearer`` (logged by the WebSocket server at
         DEBUG) or as ``?api_key=`` in the path (uvicorn's access log). Done after ``uvicorn.Config``,
-        which configures uvicorn's loggers; undone by :meth:`stop`.
+        which configures uvicorn's loggers; undone by `stop`.
         """
         names = [*SERVER_LOGGERS, "prefect_comfy_emulator"]
         names += [

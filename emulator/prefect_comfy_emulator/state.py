@@ -65,9 +65,9 @@ class EmulatorState(UploadsMixin):
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_reset: list[Callable[[], None]] = []
-        """Called by :meth:`reset` (a face that keeps state of its own forgets it there)."""
+        """Called by `reset` (a face that keeps state of its own forgets it there)."""
         self.on_reset_faults: list[Callable[[], None]] = []
-        """Called by :meth:`reset_faults` (and so by :meth:`reset`)."""
+        """Called by `reset_faults` (and so by `reset`)."""
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _ensure_workers(self) -> asyncio.Queue[str]:

@@ -1,7 +1,7 @@
 """Inputs and models of the shared state: created, filled (multipart, PUT + complete, or a real
 download), then ``ready`` or ``failed`` after ``upload_duration``, with their events.
 
-A mixin of :class:`~prefect_comfy_emulator.state.EmulatorState` (kept apart for size): it uses the
+A mixin of `EmulatorState` (kept apart for size): it uses the
 state's ids, records, bus, config and task spawner.
 """
 

@@ -191,7 +191,7 @@ def _finite_float(text: str) -> float:
 
 
 def _check_tree(data: Any) -> None:
-    """Refuse what parsed but cannot be answered back: nesting past :data:`MAX_JSON_DEPTH` and
+    """Refuse what parsed but cannot be answered back: nesting past `MAX_JSON_DEPTH` and
     strings that are not valid Unicode (lone surrogates). Iterative, so depth cannot overflow it."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
@@ -216,9 +216,9 @@ def _check_tree(data: Any) -> None:
 def parse_json(raw: bytes) -> Any:
     """The JSON of a request body, or a 400 ``invalid_request``.
 
-    Stricter than :func:`json.loads`, so that whatever is accepted can be stored and answered back:
+    Stricter than `json.loads`, so that whatever is accepted can be stored and answered back:
     ``NaN``, ``Infinity`` and numbers that overflow to infinity are refused, and so are nesting past
-    :data:`MAX_JSON_DEPTH` and lone surrogates.
+    `MAX_JSON_DEPTH` and lone surrogates.
 
     Example:
         >>> parse_json(b'{"x": NaN}')

@@ -1,4 +1,4 @@
-"""Kinds of Comfy server behind one small interface (:class:`~prefect_comfy.backends.base.ComfyBackend`)."""
+"""Kinds of Comfy server behind one small interface (`ComfyBackend`)."""
 
 from prefect_comfy.backends.base import ComfyBackend
 

@@ -3,15 +3,15 @@
 The Prefect layer (blocks, tasks, the sensor), the waiting layer, the listener and the CLI talk to
 Comfy only through this class, so a new kind of server is one new package. Three kinds ship:
 
-- :class:`prefect_comfy.backends.cloud.backend.CloudBackend`: the Comfy Cloud developer API (and the emulator);
-- :class:`prefect_comfy.backends.comfyui.backend.ComfyUIBackend`: a self-hosted ComfyUI, or Comfy Cloud's
+- `prefect_comfy.backends.cloud.backend.CloudBackend`: the Comfy Cloud developer API (and the emulator);
+- `prefect_comfy.backends.comfyui.backend.ComfyUIBackend`: a self-hosted ComfyUI, or Comfy Cloud's
   ComfyUI-compatible API;
-- :class:`prefect_comfy.backends.v2.backend.V2Backend`: Comfy API v2 (Comfy Cloud, serverless
+- `prefect_comfy.backends.v2.backend.V2Backend`: Comfy API v2 (Comfy Cloud, serverless
   deployments, comfy-api-proxy), which has no account-wide stream, only one per job.
 
 Waiting is not part of what a backend implements, and this module does not import the waiting
-layer (it sits above the backends): :mod:`prefect_comfy.waiting` builds waits on :meth:`events`,
-the ``get_*`` reads and :meth:`unfinished_jobs`, with one stream per :attr:`connection_key` and
+layer (it sits above the backends): `prefect_comfy.waiting` builds waits on `events`,
+the ``get_*`` reads and `unfinished_jobs`, with one stream per `connection_key` and
 process.
 """
 
@@ -33,7 +33,7 @@ from prefect_comfy.workflows.catalog import NodeCatalog
 
 @dataclass(frozen=True)
 class UnfinishedJobs:
-    """What :meth:`ComfyBackend.list_unfinished` found.
+    """What `ComfyBackend.list_unfinished` found.
 
     Attributes:
         jobs: the unfinished jobs listed.
@@ -65,7 +65,7 @@ Source = str | PathLike[str] | bytes
 
 
 def matches(pattern: str, name: str) -> bool:
-    """Whether an event name matches a subscription pattern of :meth:`ComfyBackend.events`.
+    """Whether an event name matches a subscription pattern of `ComfyBackend.events`.
 
     ``*`` matches everything, ``job.*`` every name that starts with ``job.``, anything else one name.
 
@@ -178,7 +178,7 @@ async def recent_from_pages(
     *,
     limit: int,
 ) -> list[Recent]:
-    """Walk a newest-first listing (:func:`walk_pages`) until a page holds nothing created since
+    """Walk a newest-first listing (`walk_pages`) until a page holds nothing created since
     ``since``, or ``limit`` resources were found: what catching up reads, for every kind.
 
     Raises:
@@ -211,10 +211,10 @@ class Capabilities:
     """What a kind of server can do beyond the required methods; the Prefect layer reads these.
 
     Attributes:
-        upload_models: :meth:`ComfyBackend.upload_model` uploads (else it raises with what to do).
-        global_event_stream: :meth:`ComfyBackend.events` carries the events of every job of the
+        upload_models: `ComfyBackend.upload_model` uploads (else it raises with what to do).
+        global_event_stream: `ComfyBackend.events` carries the events of every job of the
             credentials, including jobs other clients submitted (else only this client's).
-        find_jobs_by_tag: :meth:`ComfyBackend.unfinished_jobs` works (what cancellation uses to
+        find_jobs_by_tag: `ComfyBackend.unfinished_jobs` works (what cancellation uses to
             find a job whose id never reached the flow).
     """
 
@@ -222,19 +222,19 @@ class Capabilities:
     global_event_stream: bool = False
     find_jobs_by_tag: bool = False
     per_job_streams: bool = False
-    """:meth:`ComfyBackend.job_events` streams one job's events (servers without a global stream)."""
+    """`ComfyBackend.job_events` streams one job's events (servers without a global stream)."""
     node_catalog: bool = False
     """The server itself serves its node catalog (ComfyUI's ``GET /object_info``); a kind without
-    one reads :meth:`ComfyBackend.object_info` from the block's ``catalog_source``, if set."""
+    one reads `ComfyBackend.object_info` from the block's ``catalog_source``, if set."""
     list_jobs: bool = False
-    """:meth:`ComfyBackend.list_jobs_page` lists every job of the credentials, newest first (a
+    """`ComfyBackend.list_jobs_page` lists every job of the credentials, newest first (a
     server may still answer 501 at run time: Comfy Cloud's v2 surface does)."""
 
 
 class ComfyBackend(abc.ABC):
     """One Comfy server, reached with one set of credentials.
 
-    A backend is an async context manager; :meth:`aclose` releases its connections. Instances are
+    A backend is an async context manager; `aclose` releases its connections. Instances are
     cheap: make one per task if you like, waits share a connection anyway.
     """
 
@@ -257,7 +257,7 @@ class ComfyBackend(abc.ABC):
 
         Args:
             url: the server's origin, such as ``http://127.0.0.1:8188``.
-            api_key: the key, or ``None`` for the first of :attr:`key_variables` that is set.
+            api_key: the key, or ``None`` for the first of `key_variables` that is set.
         """
         return cls(url, api_key)  # type: ignore[call-arg]
 
@@ -315,7 +315,7 @@ class ComfyBackend(abc.ABC):
     async def download(self, output: Output, dest: str | PathLike[str]) -> Path:
         """Stream an output to ``dest`` (a folder, or a file path); returns the file's path.
 
-        The API key is never sent to an origin other than :attr:`address`.
+        The API key is never sent to an origin other than `address`.
         """
 
     # -- uploads ------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ class ComfyBackend(abc.ABC):
 
         Only where ``capabilities.global_event_stream`` or the server has a stream of this client's
         events; a kind with neither (Comfy API v2) leaves it out, and the waiting layer and the
-        listener follow its jobs with :meth:`job_events` instead.
+        listener follow its jobs with `job_events` instead.
 
         Raises:
             WebSocketAuthError: the key was refused.
@@ -395,7 +395,7 @@ class ComfyBackend(abc.ABC):
         this kind of server cannot list them.
 
         With ``tag``, only the jobs carrying it: what cancellation uses to find a job whose id never
-        reached the flow (only where :attr:`capabilities` says ``find_jobs_by_tag``). Without, every
+        reached the flow (only where `capabilities` says ``find_jobs_by_tag``). Without, every
         unfinished job: what the waiting layer uses to reconcile after a reconnect with a few list
         calls instead of a read per job (``None``: it reads pending jobs one by one).
         """
@@ -406,7 +406,7 @@ class ComfyBackend(abc.ABC):
         take more than ``max_requests`` REST requests: then stop early (``complete=False``) and
         return what was read, so that the caller reads its few jobs one by one instead.
 
-        The default lists with :meth:`unfinished_jobs` whatever it costs; a backend that can learn
+        The default lists with `unfinished_jobs` whatever it costs; a backend that can learn
         the size of the backlog from its first page overrides it. ``None``: it cannot list.
         """
         jobs = await self.unfinished_jobs()
@@ -415,7 +415,7 @@ class ComfyBackend(abc.ABC):
     # -- the node catalog ----------------------------------------------------------------------
     async def object_info(self) -> dict[str, Any]:
         """The node catalog, in the shape of ComfyUI's ``GET /object_info`` (never cached here:
-        :func:`prefect_comfy.backends.catalog.node_catalog` caches it per server and process).
+        `prefect_comfy.backends.catalog.node_catalog` caches it per server and process).
 
         A kind whose server serves it (``capabilities.node_catalog``) asks the server; the others
         read the ``catalog_source`` they were given (a ComfyUI URL or a saved JSON file), which

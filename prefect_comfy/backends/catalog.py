@@ -9,10 +9,10 @@ the server that will run them (what ComfyUI's ``GET /object_info`` returns):
   ``catalog_source``: a ComfyUI URL (``http://127.0.0.1:8188``; its ``/api/object_info`` is read,
   no key is sent) or the path of a saved ``object_info`` JSON file.
 
-:func:`node_catalog` caches each server's catalog in a :class:`~prefect_comfy.bounded.Bounded`
+`node_catalog` caches each server's catalog in a `Bounded`
 keyed by the backend's ``connection_key`` (and its catalog source); ``refresh=True`` reads it again,
 which the caller does once when the catalog looks stale (see
-:func:`prefect_comfy.orchestration.job_steps.prepare_workflow`).
+`prefect_comfy.orchestration.job_steps.prepare_workflow`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ CATALOG_HINT = (
 """What to do when a kind of server without a catalog route has no catalog source."""
 
 _CACHE: Bounded = Bounded(64)
-"""``connection_key|catalog_source`` -> :class:`NodeCatalog`, one per server and process."""
+"""``connection_key|catalog_source`` -> `NodeCatalog`, one per server and process."""
 
 
 def _cache_key(backend: Any) -> str:
@@ -55,7 +55,7 @@ async def node_catalog(backend: Any, *, refresh: bool = False) -> tuple[NodeCata
     """The server's node catalog, and whether it was read just now (``False``: from the cache).
 
     Args:
-        backend: the server (a :class:`~prefect_comfy.backends.base.ComfyBackend`; not imported
+        backend: the server (a `ComfyBackend`; not imported
             here: the interface calls this module).
         refresh: read it again even if cached (a stale catalog: the server gained or lost a node).
 

@@ -1,8 +1,8 @@
 """The backend that an API key and the ``COMFY_*`` environment describe, without a Prefect block.
 
-What the SDK-style waits (:func:`prefect_comfy.wait_for_job` and friends, which take an
+What the SDK-style waits (`prefect_comfy.wait_for_job` and friends, which take an
 ``api_key`` and a ``base_url`` as Comfy's own SDK does) and ``prefect-comfy listen`` without
-``--block`` use. Like :mod:`prefect_comfy.backends.registry`, it is allowed to name a kind of
+``--block`` use. Like `prefect_comfy.backends.registry`, it is allowed to name a kind of
 server, so nothing above the backends has to: today that kind is the Comfy Cloud developer API.
 """
 

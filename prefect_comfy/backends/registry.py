@@ -1,18 +1,18 @@
 """Which Prefect block goes with which kind of Comfy server, said once; and credentials from a name.
 
-A kind of server is a :class:`~prefect_comfy.backends.base.ComfyBackend` plus the Prefect block
+A kind of server is a `ComfyBackend` plus the Prefect block
 that makes it (its ``get_backend()``). The Prefect layer (tasks, the flow, the job block, the
 cancel hook, the listener) imports no backend module: it takes any registered block as
 ``credentials`` and calls ``get_backend()``. So a new kind of server is one package (its backend
-and its block) plus one :func:`register` line below, or a ``register`` call (or decorator) of its
+and its block) plus one `register` line below, or a ``register`` call (or decorator) of its
 own for a kind that lives outside this package.
 
-- :data:`ComfyCredentials`: the type of every ``credentials`` parameter and field. Its JSON schema
+- `ComfyCredentials`: the type of every ``credentials`` parameter and field. Its JSON schema
   (the Prefect UI's block picker) lists the kinds registered here; validation accepts a block of
   any kind registered at the time, also one registered later.
-- :func:`load_credentials`: a saved block by name, whatever its kind.
-- :func:`credentials_from_parameter`: the credentials again from what a flow run's parameters hold.
-- :func:`open_backend` / :func:`backend_of`: the backend of a block (or a backend given as it is).
+- `load_credentials`: a saved block by name, whatever its kind.
+- `credentials_from_parameter`: the credentials again from what a flow run's parameters hold.
+- `open_backend` / `backend_of`: the backend of a block (or a backend given as it is).
 
 Example:
     >>> from prefect_comfy.backends.registry import block_types
@@ -54,7 +54,7 @@ def register(block_type: type[Block]) -> type[Block]:
 
     Args:
         block_type: a Prefect block class whose ``get_backend()`` returns a new
-            :class:`~prefect_comfy.backends.base.ComfyBackend` (sync, or awaitable).
+            `ComfyBackend` (sync, or awaitable).
 
     Raises:
         TypeError: not a block class with ``get_backend()``.
@@ -103,8 +103,8 @@ ComfyCredentials = Annotated[
 ]
 """What the Prefect layer takes as credentials: a block of any registered kind.
 
-Choosing the block chooses the backend: :class:`ComfyCloudCredentials` for the developer API,
-:class:`ComfyUIServer` for a self-hosted ComfyUI, or a kind registered with :func:`register`.
+Choosing the block chooses the backend: `ComfyCloudCredentials` for the developer API,
+`ComfyUIServer` for a self-hosted ComfyUI, or a kind registered with `register`.
 """
 
 
@@ -112,7 +112,7 @@ async def load_credentials(name: str) -> Block:
     """Load a saved credentials block by name: any registered kind, so a name alone chooses the backend.
 
     ``"<block type slug>/<name>"`` loads that type; a bare name is tried as each registered kind in
-    turn (:class:`ComfyCloudCredentials` first, then :class:`ComfyUIServer`, then any other).
+    turn (`ComfyCloudCredentials` first, then `ComfyUIServer`, then any other).
 
     Raises:
         ValueError: no block of a registered kind has that name (the message names the kinds).
@@ -154,9 +154,9 @@ async def credentials_from_parameter(value: Any) -> Block:
       and ``serve(parameters=...)`` store): loaded from the Prefect API, key included;
     - a block's fields (a flow called directly with a block): the API key is stored masked, so it
       comes from the environment (``COMFY_API_KEY``) of the process that runs this; the kind is
-      the one whose fields they are (``url`` and no ``base_url``: a :class:`ComfyUIServer`);
-    - a string: the name of a saved block (see :func:`load_credentials`);
-    - nothing: the ``COMFY_*`` environment (a :class:`ComfyCloudCredentials` with no fields).
+      the one whose fields they are (``url`` and no ``base_url``: a `ComfyUIServer`);
+    - a string: the name of a saved block (see `load_credentials`);
+    - nothing: the ``COMFY_*`` environment (a `ComfyCloudCredentials` with no fields).
     """
     if isinstance(value, Block):
         return value
@@ -174,7 +174,7 @@ async def credentials_from_parameter(value: Any) -> Block:
 async def open_backend(credentials: Any) -> tuple[ComfyBackend, bool]:
     """The backend of a credentials block, and whether the caller owns it (then closes it after).
 
-    A :class:`~prefect_comfy.backends.base.ComfyBackend` given as it is comes back as it is, not
+    A `ComfyBackend` given as it is comes back as it is, not
     owned.
 
     Raises:
@@ -196,7 +196,7 @@ async def open_backend(credentials: Any) -> tuple[ComfyBackend, bool]:
 
 @contextlib.asynccontextmanager
 async def backend_of(credentials: Any) -> AsyncIterator[ComfyBackend]:
-    """``async with backend_of(credentials) as backend``: closed after if made here (see :func:`open_backend`)."""
+    """``async with backend_of(credentials) as backend``: closed after if made here (see `open_backend`)."""
     backend, owned = await open_backend(credentials)
     try:
         yield backend

@@ -6,7 +6,7 @@ Everyday work: ``run``, ``jobs list|get|cancel|watch``, ``outputs``, ``upload in
 Each command lives in its own module and only the command being run is imported (Prefect takes
 seconds to import; ``prefect-comfy emulator`` and ``--version`` do without it). ``--help`` with no
 command imports them all to list them. Errors end as one line and an exit code
-(:mod:`prefect_comfy.cli.errors`); ``--debug`` adds the traceback.
+(`prefect_comfy.cli.errors`); ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Creates it on the Prefect server that ``PREFECT_API_URL`` (or the active profile) names, or
 brings an existing one of the same name up to date (see
-:func:`prefect_comfy.orchestration.triggers.create_resume_automation`). Safe to run at every deploy.
+`prefect_comfy.orchestration.triggers.create_resume_automation`). Safe to run at every deploy.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``COMFY_*`` environment (the developer API).
 
 ``--url`` takes any kind of Comfy server. Its kind is found by asking it: each backend names a
-path that only its kind answers (:attr:`~prefect_comfy.backends.base.ComfyBackend.url_probe`:
+path that only its kind answers (`url_probe`:
 the developer API's ``/developer/api/v1/jobs``, Comfy API v2's ``/api/v2/health``, ComfyUI's
 ``/system_stats``), asked in that order with no key; ``--kind comfyui|v2|cloud`` skips the asking.
 The key comes from ``--api-key-env NAME`` (the variable that holds it), else from the kind's usual
@@ -10,8 +10,8 @@ variables (``COMFY_API_KEY``; for v2 ``COMFY_V2_API_KEY`` first), never from the
 where it would stay in the shell's history and in ``ps``.
 
 ``--url``, ``--kind`` and ``--api-key-env`` are accepted anywhere on the line, by every command that
-talks to a server (:func:`lift_server_options` moves them where the top-level options are parsed,
-and :func:`use_server` keeps them for :func:`backend_for` and :func:`credentials_for`).
+talks to a server (`lift_server_options` moves them where the top-level options are parsed,
+and `use_server` keeps them for `backend_for` and `credentials_for`).
 
 ``--block`` takes a saved block of any registered kind of server (``ComfyCloudCredentials``,
 ``ComfyUIServer``, ``ComfyV2Credentials``, or one a package registers; ``slug/name`` picks the type
@@ -58,7 +58,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
 ``--url`` asks a server what it is (the emulator answers the first two: it is taken as ``cloud``)."""
 
 SERVER_OPTIONS = ("--url", "--kind", "--api-key-env")
-"""The options :func:`lift_server_options` accepts anywhere on the command line."""
+"""The options `lift_server_options` accepts anywhere on the command line."""
 
 PROBE_TIMEOUT = 5.0
 """Seconds to wait for each answer while finding the kind of a ``--url`` server."""

@@ -5,7 +5,7 @@ loopback port, starts ``prefect server start`` on another, saves a credentials b
 
 1. ``run_comfy_workflow`` on a txt2img graph: submit, wait on the event stream, download;
 2. the upload pipeline: upload an input, wait until it is ready, use it by name in a workflow;
-3. a workflow that fails on purpose, to show ``comfy.job.failed`` and :class:`JobFailed`.
+3. a workflow that fails on purpose, to show ``comfy.job.failed`` and `JobFailed`.
 
 Each job shows a live progress bar and each flow run its Prefect UI link; the deliberate failure is
 reported in one line (what failed, at which node, and the Prefect event that recorded it), its

@@ -2,7 +2,7 @@
 
 The workflow is saved as a ``ComfyWorkflow`` block (the graph inline, with the credentials block
 ``--block`` names, or none: runs then read the ``COMFY_*`` environment) and deployed as the flow ``run_comfy_deployment``, whose run form has one field
-per ``--expose``d input (see :func:`prefect_comfy.orchestration.deployments.workflow_deployment`).
+per ``--expose``d input (see `prefect_comfy.orchestration.deployments.workflow_deployment`).
 
 With ``--pool`` the deployment is registered for that work pool and the command returns: a
 process worker runs it with the package installed. Without it, the command serves the deployment

@@ -24,7 +24,7 @@ from prefect_comfy.transport.threads import start_thread
 from prefect_comfy.waiting.waits import wait_for
 
 JOB_ID_LABEL = "comfy.job-id"
-"""The flow-run label that names the Comfy job (documented in :mod:`prefect_comfy.orchestration.flows`)."""
+"""The flow-run label that names the Comfy job (documented in `prefect_comfy.orchestration.flows`)."""
 
 LABEL_POLL = 0.2
 """Seconds between two reads of the flow run while its job is not yet submitted."""
@@ -99,11 +99,16 @@ def _whole(path: Path, out: Path) -> bool:
 
 
 class _Chatter(logging.Filter):
-    """Drops the engine's lines about running the watcher's hook, and the run's "View at URL"
-    (the watcher prints the link once, with the run's name)."""
+    """Drops the engine's lines about running the watcher's hook, the run's "View at URL" (the
+    watcher prints the link once, with the run's name), and the job's progress milestones (the
+    live bar says the same; the Prefect server still gets them)."""
+
+    def __init__(self, milestone_format: str | None = None) -> None:
+        super().__init__()
+        self.milestone_format = milestone_format
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("View at "):
+        if str(record.msg).startswith("View at ") or record.msg == self.milestone_format:
             return False
         if record.name != "prefect.engine":
             return True
@@ -130,9 +135,12 @@ def prefect_logs_through(console: Any, *, hide_run_errors: bool = False) -> Iter
     """
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    from prefect_comfy.orchestration.sensor import MILESTONE_LOG
+
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     saved = [h.console for h in handlers]
-    filters: list[logging.Filter] = [_Chatter(), *([_RunErrors()] if hide_run_errors else [])]
+    chatter = _Chatter(MILESTONE_LOG)
+    filters: list[logging.Filter] = [chatter, *([_RunErrors()] if hide_run_errors else [])]
     for handler in handlers:
         handler.console = console
         for one in filters:

@@ -39,7 +39,7 @@ ID_WIDTH = 20
 
 
 def short_id(job_id: str) -> str:
-    """``job_id``, or its start and ``…`` when longer than :data:`ID_WIDTH` (a ComfyUI prompt id
+    """``job_id``, or its start and ``…`` when longer than `ID_WIDTH` (a ComfyUI prompt id
     is a 36-character UUID, which would wrap the row on an 80-column terminal).
 
     Example:

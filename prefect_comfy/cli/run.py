@@ -5,7 +5,7 @@ Two ways, one output:
 - directly (``--no-prefect``, or no Prefect API configured): the backend submits, waits on the
   event stream with the bars as its ``on_progress`` callback, and downloads;
 - as a Prefect flow run of ``run_comfy_workflow`` when a Prefect API is configured (see
-  :mod:`prefect_comfy.cli.flow_run`), with the run's UI link.
+  `prefect_comfy.cli.flow_run`), with the run's UI link.
 
 Ctrl-C cancels the Comfy job either way: directly, here; in a flow run, the flow's own cleanup.
 """

@@ -4,7 +4,7 @@ A workflow file holds a graph in ComfyUI's API format (``{"3": {"class_type": "K
 "inputs": {...}}, ...}``, what "Export (API)" writes), a workflow in the editor's save format
 (``nodes`` and ``links``, what Save and Export write), or is a PNG ComfyUI saved. A save-format
 workflow is converted with the server's node catalog
-(:func:`~prefect_comfy.orchestration.prepare.prepare_workflow`); ``--set NODE.INPUT=VALUE`` sets inputs by name.
+(`prepare_workflow`); ``--set NODE.INPUT=VALUE`` sets inputs by name.
 """
 
 from __future__ import annotations

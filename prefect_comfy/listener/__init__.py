@@ -1,6 +1,6 @@
 """The listener: forwards every Comfy event into Prefect as a Prefect event.
 
-``prefect-comfy listen --block NAME`` runs it; :func:`run_listener` is the same from Python.
+``prefect-comfy listen --block NAME`` runs it; `run_listener` is the same from Python.
 """
 
 from prefect_comfy.listener.follow import JobFollower

@@ -9,7 +9,7 @@ An automation cannot cancel the job either: its actions change Prefect objects o
 deployment, they cannot call Comfy.
 
 The listener runs for the whole suspension anyway (it brings the job's outcome event that resumes
-the run), so it does it: :class:`SuspendedRunCanceller` follows Prefect's
+the run), so it does it: `SuspendedRunCanceller` follows Prefect's
 ``prefect.flow-run.Cancelled`` and ``prefect.flow-run.Failed`` events of runs whose previous state
 was ``Suspended`` (or, for a cancellation, ``Resuming``: resumed, not started yet, no process
 either) and reads the run's labels:

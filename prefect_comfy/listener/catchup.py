@@ -1,19 +1,19 @@
 """Catching up after the listener was down: list what changed on the server since its cursor.
 
-The cursor (:mod:`prefect_comfy.listener.cursor`) names what the listener saw in flight; a job that
-was submitted **and** ended while no listener ran was never seen. :func:`catch_up` lists recent
+The cursor (`prefect_comfy.listener.cursor`) names what the listener saw in flight; a job that
+was submitted **and** ended while no listener ran was never seen. `catch_up` lists recent
 resources where the server allows it and hands the terminal event of each one that ended since
 ``since`` to the listener (the same deterministic id as the live event, so a repeat is stored once);
 the ones still in flight are tracked, so the live stream or the next reconciliation ends them.
 
-What is listed is each backend's :meth:`~prefect_comfy.backends.base.ComfyBackend.recent`
+What is listed is each backend's `recent`
 (this module names no kind of server). What each kind allows:
 
 - **Comfy Cloud** (and the emulator): ``GET /jobs``, ``/inputs`` and ``/models`` page by
   offset/limit, newest first. Jobs created since ``since`` are read; a terminal one is forwarded
   unless it ended before ``since`` (``completed_at``); inputs and models created since ``since``
-  that are ``ready`` or ``failed`` are forwarded. At most :data:`CATCH_UP_LIMIT` of each kind.
-- **ComfyUI**: ``/history`` (the newest :data:`CATCH_UP_LIMIT` prompts, kept in the server's
+  that are ``ready`` or ``failed`` are forwarded. At most `CATCH_UP_LIMIT` of each kind.
+- **ComfyUI**: ``/history`` (the newest `CATCH_UP_LIMIT` prompts, kept in the server's
   memory) and ``/queue``. A prompt that finished since ``since`` (the time of its last status
   message) is forwarded; queued and running prompts are tracked. ComfyUI keeps no history across its
   own restart: a prompt lost in a ComfyUI restart cannot be recovered by anyone.
@@ -88,7 +88,7 @@ async def catch_up(
     """Forward the terminal events of resources that ended since ``since``; track those in flight.
 
     Args:
-        backend: the listener's backend; what it lists is its :meth:`ComfyBackend.recent`.
+        backend: the listener's backend; what it lists is its `ComfyBackend.recent`.
         since: list what changed after this time (``None``: nothing is listed).
         forward: sends one terminal event (the listener's ``forward``).
         track: remembers ``(kind, id, status)`` as in flight.

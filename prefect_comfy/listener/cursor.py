@@ -2,23 +2,23 @@
 
 The Comfy event stream has no replay, so a listener that is killed forgets the jobs and uploads it
 saw in flight, and their terminal events would never reach Prefect. The cursor is a small JSON
-document, saved at most every :data:`SAVE_INTERVAL` seconds while something changed, and at a stop:
+document, saved at most every `SAVE_INTERVAL` seconds while something changed, and at a stop:
 
 - ``in_flight``: ``[kind, id, status]`` of every job, input and model last seen in flight, plus
   those whose terminal event was received but not yet sent to Prefect;
 - ``watermark``: the wall-clock time (UTC) up to which the listener was connected and listening;
-- ``ended``: ``[kind, id]`` of the newest :data:`ENDED_SAVED` resources whose terminal event was sent,
+- ``ended``: ``[kind, id]`` of the newest `ENDED_SAVED` resources whose terminal event was sent,
   so that the catch-up after a restart does not send them again (a repeat is stored once, but
   Prefect's triggers remember event ids only for a while).
 
 On start the listener reads the cursor, reconciles each entry through REST and lists what changed
-since the watermark (:mod:`prefect_comfy.listener.catchup`); :class:`~prefect_comfy.listener.keeper.CursorKeeper`
+since the watermark (`prefect_comfy.listener.catchup`); `CursorKeeper`
 does the reading and saving. Two places to keep it, the user's choice:
 
-- a state file (:class:`FileCursor`, the default), written atomically (a temporary file in the
+- a state file (`FileCursor`, the default), written atomically (a temporary file in the
   same folder, flushed to disk, then renamed over the old one), under
   ``$PREFECT_HOME/comfy-listener/`` (``~/.prefect-comfy/`` when Prefect has no home);
-- a Prefect variable (:class:`VariableCursor`, ``variable:NAME``), for a listener without a
+- a Prefect variable (`VariableCursor`, ``variable:NAME``), for a listener without a
   persistent disk. A variable holds at most 5,000 characters: past that, the newest entries are
   kept, a warning is logged, and the rest is left to the catch-up by time.
 
@@ -138,7 +138,7 @@ def _watermark(value: Any) -> datetime | None:
 
 
 class Cursor(Protocol):
-    """Where a :class:`CursorState` is kept."""
+    """Where a `CursorState` is kept."""
 
     description: str
 
@@ -283,7 +283,7 @@ def default_cursor_path(connection_key: str, name: str | None = None) -> Path:
 
 def open_cursor(spec: str | None, *, connection_key: str, name: str | None = None) -> Cursor | None:
     """The cursor ``spec`` names: a path, ``variable:NAME``, ``none``; empty: ``COMFY_LISTENER_CURSOR``,
-    else the default state file (:func:`default_cursor_path`).
+    else the default state file (`default_cursor_path`).
 
     Raises:
         ComfyConfigError: a variable name that Prefect would refuse.

@@ -1,25 +1,25 @@
 """The listener on a server without an account-wide event stream (Comfy API v2): follow its jobs.
 
 v2 has one Server-Sent-Events stream per job and nothing account-wide, so the listener cannot just
-subscribe. :class:`JobFollower` stands in for the backend's ``events()``: it finds jobs, follows each
+subscribe. `JobFollower` stands in for the backend's ``events()``: it finds jobs, follows each
 unfinished one, and yields the same ``job.progress`` / ``job.completed`` / ``job.failed`` /
 ``job.cancelled`` events as the other backends' streams. Following is the waiting layer's
-:class:`~prefect_comfy.waiting.slots.JobStreams` (a stream per job within the server's cap, learned
+`JobStreams` (a stream per job within the server's cap, learned
 from 429 ``too_many_streams``; one shared backed-off REST read for the rest), not a copy of it.
 
 How jobs are found depends on the server (the start-up line says which):
 
 - **Where the server lists jobs** (comfy-api-proxy, the emulator): ``GET /api/v2/jobs`` newest first,
-  every :data:`DISCOVER_INITIAL` s, backed off x1.5 to :data:`DISCOVER_MAX` s while nothing is new,
-  paged until a page holds nothing new (at most :data:`LIST_LIMIT` jobs a round; after the
-  baseline a round's first page is the newest :data:`QUIET_PAGE` jobs). The first round
+  every `DISCOVER_INITIAL` s, backed off x1.5 to `DISCOVER_MAX` s while nothing is new,
+  paged until a page holds nothing new (at most `LIST_LIMIT` jobs a round; after the
+  baseline a round's first page is the newest `QUIET_PAGE` jobs). The first round
   is the baseline: its unfinished jobs are followed, its finished ones are left to the cursor's
   catch-up. A job first seen finished in a later round (it started and ended between two rounds)
   has its terminal event sent at once. Every job of the key is followed, whoever submitted it.
 - **Where listing answers 501** (Comfy Cloud): only the jobs submitted through prefect-comfy. Their
-  ``comfy.job.submitted`` events are read back from Prefect (:func:`submitted_in_prefect`; the
-  listener is in the Prefect layer), from :data:`SUBMITTED_LOOKBACK` before the start on (or from
-  the restored cursor's watermark, less 5 minutes, when that is earlier: :meth:`JobFollower.look_back_to`),
+  ``comfy.job.submitted`` events are read back from Prefect (`submitted_in_prefect`; the
+  listener is in the Prefect layer), from `SUBMITTED_LOOKBACK` before the start on (or from
+  the restored cursor's watermark, less 5 minutes, when that is earlier: `JobFollower.look_back_to`),
   and each job named is followed, also one that ended while no listener ran. Jobs submitted by
   other clients are never seen.
 
@@ -29,8 +29,8 @@ the first round that succeeds after it as a reconnect (what was in flight is rec
 upload is ready when the upload call returns, and the uploading task emits its own event.
 
 What the streams report waits in a queue until the listener takes it (it takes no faster than
-Prefect accepts). The queue holds at most :data:`MAX_QUEUED_PROGRESS` progress events: past that a
-progress event is dropped (counted in :attr:`JobFollower.progress_dropped`; the listener would have
+Prefect accepts). The queue holds at most `MAX_QUEUED_PROGRESS` progress events: past that a
+progress event is dropped (counted in `JobFollower.progress_dropped`; the listener would have
 coalesced it anyway), while an outcome is never dropped (there is at most one per followed job).
 """
 
@@ -124,7 +124,7 @@ class JobFollower:
         in_flight: the listener's ``(kind, id) -> status`` of what it saw in flight; its jobs are
             followed after every (re)start.
         submitted: how jobs submitted through prefect-comfy are found where listing answers 501
-            (default: :func:`submitted_in_prefect`).
+            (default: `submitted_in_prefect`).
         max_streams: the most job streams at once (default ``COMFY_MAX_STREAMS``, 8).
         max_tracked: job ids remembered as found.
     """
@@ -140,7 +140,7 @@ class JobFollower:
     ) -> None:
         self.backend = backend
         self.mode: str | None = None
-        """``"listing"`` or ``"submitted"`` once :meth:`events` has started."""
+        """``"listing"`` or ``"submitted"`` once `events` has started."""
         self._in_flight = in_flight if in_flight is not None else Bounded(max_tracked)
         self._submitted = submitted or submitted_in_prefect
         self._max_streams = max_streams
@@ -152,7 +152,7 @@ class JobFollower:
         self.rounds = 0
         """Rounds of finding jobs so far."""
         self.progress_dropped = 0
-        """Progress events dropped because :data:`MAX_QUEUED_PROGRESS` were waiting."""
+        """Progress events dropped because `MAX_QUEUED_PROGRESS` were waiting."""
         self._queued_progress = 0
         self._down = False
         self._live = False

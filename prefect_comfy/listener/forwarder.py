@@ -1,27 +1,27 @@
 """Forward Comfy events into Prefect, from one long-running process.
 
-:class:`ComfyListener` holds one event stream to a Comfy backend (on Comfy API v2, which has no
-account-wide stream, :class:`~prefect_comfy.listener.follow.JobFollower` finds the jobs and follows
+`ComfyListener` holds one event stream to a Comfy backend (on Comfy API v2, which has no
+account-wide stream, `JobFollower` finds the jobs and follows
 each on its own stream) and turns every Comfy event into the
 Prefect event ``comfy.<event>`` with the same resources, labels and deterministic ids as the sensor
-(:func:`prefect_comfy.orchestration.events.names.from_comfy_event`), so that an event seen by both, or by two listeners,
+(`prefect_comfy.orchestration.events.names.from_comfy_event`), so that an event seen by both, or by two listeners,
 is stored once and fires a trigger once.
 
 What it does beyond copying events (each in its own module, described in ``docs/listener.md``):
 flow-run relations from the job's ``prefect.flow-run.<id>`` tag, with the tags of progress events
-filled in (:mod:`~prefect_comfy.listener.tracking`); after every reconnect, reconciliation through
+filled in (`tracking`); after every reconnect, reconciliation through
 REST of what was in flight and a catch-up by time of what was created around the drop
-(:mod:`~prefect_comfy.listener.recovery`); ``comfy.listener.heartbeat`` events with the label
-``comfy.connected`` (:mod:`~prefect_comfy.listener.heartbeat`); pacing, with outcomes first and
-progress coalesced (:mod:`~prefect_comfy.listener.sender`); a durable cursor of what is in flight
-(:mod:`~prefect_comfy.listener.cursor`); and a clean stop that sends what was received and flushes.
+(`recovery`); ``comfy.listener.heartbeat`` events with the label
+``comfy.connected`` (`heartbeat`); pacing, with outcomes first and
+progress coalesced (`sender`); a durable cursor of what is in flight
+(`cursor`); and a clean stop that sends what was received and flushes.
 
 Events go through an explicit Prefect events client (``get_events_client()``), never ``emit_event``:
 an events worker started inside a flow run would relate later events to that run. Without a Prefect
 API URL the listener refuses to start (instead of quietly starting a temporary server).
 
-:mod:`prefect_comfy.listener.run` runs it as a process (backend, cursor, signals). Everything public
-is importable from :mod:`prefect_comfy.listener`.
+`prefect_comfy.listener.run` runs it as a process (backend, cursor, signals). Everything public
+is importable from `prefect_comfy.listener`.
 
 Example:
     >>> import asyncio
@@ -109,10 +109,10 @@ class ComfyListener:
             ``COMFY_LISTENER_EVENTS_PER_SECOND`` or 300; ``0``: no limit.
         progress_interval: least seconds between two progress events of one job.
         progress_events: the progress budget (default: the process-wide one).
-        cursor: a durable cursor (:class:`~prefect_comfy.listener.cursor.FileCursor`,
-            :class:`~prefect_comfy.listener.cursor.VariableCursor`); ``None``: in memory only.
+        cursor: a durable cursor (`FileCursor`,
+            `VariableCursor`); ``None``: in memory only.
         **follow: for a backend without a global stream (Comfy API v2), passed to
-            :class:`~prefect_comfy.listener.follow.JobFollower` (``submitted``, ``max_streams``).
+            `JobFollower` (``submitted``, ``max_streams``).
 
     Example:
         >>> listener = ComfyListener(backend, patterns=("*",))  # doctest: +SKIP
@@ -201,7 +201,7 @@ class ComfyListener:
 
     # -- life -----------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Listen and forward until :meth:`stop`; then send what was received and return.
+        """Listen and forward until `stop`; then send what was received and return.
 
         Raises:
             ComfyConfigError: no Prefect API URL is configured (default events client).
@@ -363,10 +363,10 @@ class ComfyListener:
     async def forward(self, comfy_event: ComfyEvent, *, reconciled: bool = False) -> None:
         """Queue one Comfy event for Prefect; it never waits on REST.
 
-        The Prefect event is built when it is sent (:meth:`PacedQueue.put_lazy`), so progress that
+        The Prefect event is built when it is sent (`PacedQueue.put_lazy`), so progress that
         is coalesced into a newer update is never built, and a job event without tags gets the tags
         known by then: those of an earlier event of the job, or of a REST read started here in the
-        background (:meth:`InFlightTracker.tags_soon`), which the sender awaits for a moment.
+        background (`InFlightTracker.tags_soon`), which the sender awaits for a moment.
         """
         kind = comfy_event.kind
         rid = comfy_event.resource_id

@@ -1,6 +1,6 @@
 """Keeping a listener's cursor: restore its memory on start, save it while running, catch up once.
 
-:class:`CursorKeeper` ties a :class:`~prefect_comfy.listener.cursor.Cursor` to the listener's memory
+`CursorKeeper` ties a `Cursor` to the listener's memory
 (what is in flight, what ended, what waits to be sent) and to its connection state.
 
 Example:
@@ -183,7 +183,7 @@ class CursorKeeper:
     async def catch_up(self, backend: Any, **hooks: Any) -> None:
         """After a restart, list what changed since the restored watermark (once per run).
 
-        ``hooks`` go to :func:`prefect_comfy.listener.catchup.catch_up`. A failure is logged and
+        ``hooks`` go to `prefect_comfy.listener.catchup.catch_up`. A failure is logged and
         the catch-up is tried again after the next (re)connect; until it succeeds, the watermark
         stays where the previous run left it.
         """

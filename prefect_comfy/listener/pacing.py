@@ -1,22 +1,22 @@
 """What the listener sends next, and when: outcomes first, progress coalesced, all of it paced.
 
 A Prefect server stores only a few hundred events a second and drops what overflows its queue,
-silently. :class:`PacedQueue` holds what the listener has to send, with no I/O of its own
-(:class:`~prefect_comfy.listener.sender.PrefectSender` sends what it hands out):
+silently. `PacedQueue` holds what the listener has to send, with no I/O of its own
+(`PrefectSender` sends what it hands out):
 
 - **Outcomes first, never dropped.** Every event that is not ``comfy.job.progress`` (outcomes,
   uploads) waits in one first-in-first-out queue that is always served before progress. Once
-  ``queue_size`` of them wait, :meth:`PacedQueue.put` waits too (back pressure on reading). A
+  ``queue_size`` of them wait, `PacedQueue.put` waits too (back pressure on reading). A
   heartbeat (uncounted) goes ahead of them all and never waits.
 - **Progress coalesced, as the sensor does.** One pending progress event per job, the newest
   replacing the older (in its place, keeping its age); at most one per job every
   ``progress_interval`` seconds, within the progress budget
-  (:func:`prefect_comfy.orchestration.events.budget.progress_budget`). A job's outcome discards its pending progress (the
+  (`prefect_comfy.orchestration.events.budget.progress_budget`). A job's outcome discards its pending progress (the
   outcome says 100 %), and later progress of an ended job is dropped.
-- **Pacing.** :meth:`PacedQueue.next` hands out at most ``events_per_second`` events a second, all
+- **Pacing.** `PacedQueue.next` hands out at most ``events_per_second`` events a second, all
   kinds together (``0``: no limit).
-- **Saying when it is behind.** :meth:`PacedQueue.backlog`: the queue depth and the age of the
-  oldest pending event; behind once that exceeds :data:`BEHIND_AFTER` seconds.
+- **Saying when it is behind.** `PacedQueue.backlog`: the queue depth and the age of the
+  oldest pending event; behind once that exceeds `BEHIND_AFTER` seconds.
 
 Example:
     >>> from prefect.events import Event
@@ -99,7 +99,7 @@ class Backlog:
 
     @property
     def behind(self) -> bool:
-        """Whether the oldest pending event has waited more than :data:`BEHIND_AFTER` seconds."""
+        """Whether the oldest pending event has waited more than `BEHIND_AFTER` seconds."""
         return self.oldest_pending_seconds > BEHIND_AFTER
 
 
@@ -107,7 +107,7 @@ class Pending:
     """One event waiting to be sent: ``counted`` ones count as forwarded; ``since`` is when it came.
 
     ``name`` (the Prefect event's name) and ``key`` (its resource id) are known at once; the event
-    itself may be built only when it is sent (:meth:`lazy`), so that progress coalesced away is never
+    itself may be built only when it is sent (`lazy`), so that progress coalesced away is never
     built. ``ready``, when set, is awaited (within a bound) by the sender before it builds the
     event: the lookup of the job's tags, made off the stream's loop.
     """
@@ -163,7 +163,7 @@ class PacedQueue:
 
     Args:
         stats: the listener's counters; ``coalesced`` and ``queued`` are kept here.
-        queue_size: outcome events held before :meth:`put` waits.
+        queue_size: outcome events held before `put` waits.
         events_per_second: the most events handed out a second; ``0`` for no limit.
         progress_interval: the least time between two progress events of one job.
         progress_events: the progress budget (default: the process-wide one, read when needed).
@@ -249,7 +249,7 @@ class PacedQueue:
         self.put_pending(Pending.lazy(name, key, build, counted, self._clock(), ready))
 
     def put_pending(self, pending: Pending) -> None:
-        """Queue one :class:`Pending` without waiting."""
+        """Queue one `Pending` without waiting."""
         key, counted = pending.key, pending.counted
         if pending.name == comfy_events.JOB_PROGRESS:
             if not self._put_progress(key, pending):

@@ -3,14 +3,14 @@
 Three steps, in order (``docs/listener.md``, "What it guarantees"):
 
 1. **reconcile**: every job and upload last seen in flight is read through REST, and the terminal
-   events that were missed are forwarded (:class:`~prefect_comfy.listener.tracking.InFlightTracker`);
-2. **catch up around the drop**: what was created from :data:`RECONNECT_CATCH_UP_SLACK` before the
+   events that were missed are forwarded (`InFlightTracker`);
+2. **catch up around the drop**: what was created from `RECONNECT_CATCH_UP_SLACK` before the
    first unrecovered drop on is listed, for a job that started and ended while the stream was down
    (or whose events a paused server held) and so was never seen in flight
-   (:func:`~prefect_comfy.listener.catchup.catch_up`); a failed catch-up is tried again after the
+   (`catch_up`); a failed catch-up is tried again after the
    next connect;
 3. **the cursor's catch-up**, once, on the first connect after a restart
-   (:class:`~prefect_comfy.listener.keeper.CursorKeeper`).
+   (`CursorKeeper`).
 
 Everything found is forwarded through the listener (counted as ``reconciled``, and the catch-ups
 as ``caught_up`` too); an outcome already forwarded is not forwarded again.

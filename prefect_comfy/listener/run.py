@@ -1,8 +1,8 @@
-"""Run a :class:`~prefect_comfy.listener.forwarder.ComfyListener` as a process: where its backend
+"""Run a `ComfyListener` as a process: where its backend
 and cursor come from, and a clean stop on SIGTERM and SIGINT.
 
 The listener itself (reading, tracking, sending) knows nothing of signals or saved blocks; this
-module is what ``prefect-comfy listen`` and :func:`prefect_comfy.listener.run_listener` call.
+module is what ``prefect-comfy listen`` and `prefect_comfy.listener.run_listener` call.
 """
 
 from __future__ import annotations
@@ -35,23 +35,23 @@ async def run_listener(
     cancel_suspended: bool = True,
     **options: Any,
 ) -> ListenerStats:
-    """Run a :class:`ComfyListener` until SIGTERM or SIGINT (or cancellation); return its stats.
+    """Run a `ComfyListener` until SIGTERM or SIGINT (or cancellation); return its stats.
 
     Args:
         backend: the Comfy backend; if omitted, from the saved credentials block ``block``
             (``ComfyCloudCredentials``, ``ComfyUIServer`` or ``ComfyV2Credentials``), else from
             ``COMFY_API_KEY`` / ``COMFY_BASE_URL``. On Comfy API v2 the listener follows jobs one
-            by one (:class:`~prefect_comfy.listener.follow.JobFollower`).
+            by one (`JobFollower`).
         patterns: event patterns to subscribe to.
         block: the name of a saved credentials block.
         install_signal_handlers: stop cleanly on SIGTERM and SIGINT.
-        cursor: a :class:`~prefect_comfy.listener.cursor.Cursor`, or where to keep one: a file path,
+        cursor: a `Cursor`, or where to keep one: a file path,
             ``variable:NAME`` (a Prefect variable) or ``"none"``; ``""`` (the default):
             ``COMFY_LISTENER_CURSOR``, else a state file under ``$PREFECT_HOME/comfy-listener/``.
             ``None``: no cursor.
         cancel_suspended: also cancel the Comfy jobs of suspended flow runs that are cancelled
-            (:mod:`prefect_comfy.listener.cancels`); not with a given ``events_client``.
-        **options: passed to :class:`ComfyListener` (``heartbeat_interval``, ``listener_id`` …).
+            (`prefect_comfy.listener.cancels`); not with a given ``events_client``.
+        **options: passed to `ComfyListener` (``heartbeat_interval``, ``listener_id`` …).
 
     Raises:
         ComfyConfigError: no Prefect API URL, or no Comfy credentials.

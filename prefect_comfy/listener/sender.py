@@ -1,14 +1,14 @@
 """The Prefect side of the listener: an events client, a paced send loop, a drain and a final flush.
 
-:class:`ComfyListener <prefect_comfy.listener.forwarder.ComfyListener>` puts every Prefect event it makes on
-a :class:`PrefectSender`; one task sends them through an explicit Prefect events client
+`ComfyListener` puts every Prefect event it makes on
+a `PrefectSender`; one task sends them through an explicit Prefect events client
 (``get_events_client()``), never ``emit_event``: an events worker started inside a flow run would
 relate later events to that run. What goes next, and when, is the
-:class:`~prefect_comfy.listener.pacing.PacedQueue`'s choice: outcomes first, progress coalesced, at
-most ``events_per_second`` (:data:`DEFAULT_EVENTS_PER_SECOND`, or
+`PacedQueue`'s choice: outcomes first, progress coalesced, at
+most ``events_per_second`` (`DEFAULT_EVENTS_PER_SECOND`, or
 ``COMFY_LISTENER_EVENTS_PER_SECOND``). A refused send is retried with a backoff; a warning is logged
 when the oldest pending event has waited more than ``BEHIND_AFTER`` seconds; on a stop the queue is
-drained within a deadline and :func:`flush` has the Prefect server confirm what was sent.
+drained within a deadline and `flush` has the Prefect server confirm what was sent.
 
 Example:
     >>> import asyncio
@@ -111,7 +111,7 @@ def prefect_events_client() -> Any:
 
 
 def events_per_second_from_env() -> float:
-    """``COMFY_LISTENER_EVENTS_PER_SECOND`` if set, else :data:`DEFAULT_EVENTS_PER_SECOND`.
+    """``COMFY_LISTENER_EVENTS_PER_SECOND`` if set, else `DEFAULT_EVENTS_PER_SECOND`.
 
     Raises:
         ComfyConfigError: the variable is set to something other than a number >= 0.
@@ -132,13 +132,13 @@ def events_per_second_from_env() -> float:
 
 
 class PrefectSender:
-    """Sends what the :class:`~prefect_comfy.listener.pacing.PacedQueue` hands out, until stopped.
+    """Sends what the `PacedQueue` hands out, until stopped.
 
     Args:
         stats: the listener's counters; ``forwarded``, ``send_errors``, ``coalesced`` and
             ``queued`` are kept here.
-        queue_size: outcome events buffered before :meth:`put` waits.
-        drain_timeout: the longest :meth:`drain` waits for the queue to empty.
+        queue_size: outcome events buffered before `put` waits.
+        drain_timeout: the longest `drain` waits for the queue to empty.
         retry_delay: first pause before sending again after Prefect refused an event.
         events_per_second: the most events sent a second, all kinds together; ``0`` for no limit.
         progress_interval: the least time between two progress events of one job.
@@ -184,7 +184,7 @@ class PrefectSender:
         *,
         ready: asyncio.Future[object] | None = None,
     ) -> None:
-        """Queue the event ``build()`` makes, built when sent (see :meth:`PacedQueue.put_lazy`)."""
+        """Queue the event ``build()`` makes, built when sent (see `PacedQueue.put_lazy`)."""
         self._empty.clear()
         await self.queue.put_lazy(name, key, build, ready=ready)
 
@@ -259,7 +259,7 @@ class PrefectSender:
         self._behind = backlog.behind
 
     async def drain(self, sender: asyncio.Task[None]) -> None:
-        """Let ``sender`` (the :meth:`send_loop` task) send everything queued, then cancel it.
+        """Let ``sender`` (the `send_loop` task) send everything queued, then cancel it.
 
         Pending progress goes too, without waiting for its interval or budget (still paced).
         """

@@ -1,11 +1,11 @@
 """The Comfy side of the listener's memory: job tags, resources in flight, REST reconciliation.
 
-The Comfy event stream has no replay. :class:`InFlightTracker` remembers (bounded, oldest
+The Comfy event stream has no replay. `InFlightTracker` remembers (bounded, oldest
 forgotten first) the tags last seen for each job and every job and upload last seen in flight;
-after a reconnect, :meth:`InFlightTracker.reconcile` has the waiting layer's reconciler read those
+after a reconnect, `InFlightTracker.reconcile` has the waiting layer's reconciler read those
 through REST (listing where it can, retrying what fails) and hands the terminal event that was
-missed (synthesised from :data:`prefect_comfy.models.STATUS_EVENT`) to the listener to forward. Job events whose payload has no tags (progress) get the remembered tags,
-or those of one REST read of the job, made in the background (:meth:`InFlightTracker.tags_soon`).
+missed (synthesised from `prefect_comfy.models.STATUS_EVENT`) to the listener to forward. Job events whose payload has no tags (progress) get the remembered tags,
+or those of one REST read of the job, made in the background (`InFlightTracker.tags_soon`).
 
 Example:
     >>> from prefect_comfy.models import ComfyEvent
@@ -105,7 +105,7 @@ class InFlightTracker:
 
     def tags_soon(self, job_id: str) -> asyncio.Future[object] | None:
         """Start reading a job's tags through REST in the background (once per job, at most
-        :data:`TAG_LOOKUPS` at a time) unless they are known; return the lookup to await, or
+        `TAG_LOOKUPS` at a time) unless they are known; return the lookup to await, or
         ``None`` when the tags are known. The stream never waits on it."""
         if job_id in self.tags:
             return None
@@ -137,7 +137,7 @@ class InFlightTracker:
     async def reconcile(self, forward: Callable[[ComfyEvent], Awaitable[Any]]) -> int:
         """Read every resource last seen in flight; pass each missed terminal event to ``forward``.
 
-        The reading is the waiting layer's :class:`~prefect_comfy.waiting.reconcile.Reconciler`
+        The reading is the waiting layer's `Reconciler`
         (the one REST reconciler of the package): unfinished jobs listed where the server can list,
         single reads elsewhere, and a failed read tried again, backed off, until it succeeds or the
         resource is no longer in flight. So this returns once every resource is known.

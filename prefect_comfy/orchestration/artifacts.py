@@ -1,28 +1,28 @@
 """Progress and outputs of Comfy jobs in the Prefect UI.
 
-- :class:`JobProgressArtifact`: one progress artifact per waited job, created once and updated in place
+- `JobProgressArtifact`: one progress artifact per waited job, created once and updated in place
   (at most one update per interval, default 1 s, plus the final one; 100 on completion).
-- :func:`create_outputs_artifact`: on completion, a markdown artifact listing the outputs (name, type,
+- `create_outputs_artifact`: on completion, a markdown artifact listing the outputs (name, type,
   size, link) with a small inline preview of each image as a ``data:`` URL, because signed download
-  URLs expire. An image is inlined only when its file is at most :data:`MAX_PREVIEW_BYTES`; the table
+  URLs expire. An image is inlined only when its file is at most `MAX_PREVIEW_BYTES`; the table
   says so otherwise. Pillow is not needed: the file's own bytes are inlined. The table and its
-  previews are made in :mod:`prefect_comfy.orchestration.previews` (no Prefect call there); this module
+  previews are made in `prefect_comfy.orchestration.previews` (no Prefect call there); this module
   writes artifacts.
 
-Artifact keys hold lowercase letters, digits and dashes only (:func:`artifact_key`). URLs go through
-:func:`~prefect_comfy.redaction.redact_url`; no artifact ever holds an API key.
+Artifact keys hold lowercase letters, digits and dashes only (`artifact_key`). URLs go through
+`redact_url`; no artifact ever holds an API key.
 
-Every write to the Prefect API is best effort and bounded in time (:data:`ARTIFACT_WRITE_TIMEOUT`,
-:data:`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
+Every write to the Prefect API is best effort and bounded in time (`ARTIFACT_WRITE_TIMEOUT`,
+`OUTPUTS_ARTIFACT_TIMEOUT`): an API that fails or hangs costs a wait at most that long and never
 keeps it from returning (issue 11, item 15: 200 waits in one flow hung on their artifact writes).
 Progress writes stay off the waiting path: the artifact is created by the wait's reporter (a task of
 its own), not before the wait, and the waits of one event loop share
-:data:`PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
+`PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
 comes (issue 21, section 4).
 
 Example:
     >>> artifact_key("job", "Job_42")
-    'comfy-job-job-42-41182457'
+    'comfy-job-42-41182457'
     >>> data_url(b"\\x89PNG", "image/png")
     'data:image/png;base64,iVBORw=='
 """
@@ -60,9 +60,11 @@ __all__ = [
     "JobProgressArtifact",
     "artifact_key",
     "create_outputs_artifact",
+    "create_run_progress_artifact",
     "data_url",
     "outputs_markdown",
     "preview_from_file",
+    "short_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,12 +86,17 @@ _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]+")
 def artifact_key(kind: str, resource_id: str, suffix: str | None = None) -> str:
     """A valid artifact key for a Comfy resource: ``comfy-<kind>-<id>[-<suffix>]``.
 
-    Everything but lowercase letters and digits becomes a dash; when that changes the id (or the
-    key is cut to :data:`MAX_KEY_LENGTH`), 8 hex digits of the original id's hash keep keys distinct.
+    Everything but lowercase letters and digits becomes a dash, and an id that starts with the
+    kind (``job_42``) loses that prefix, so a key never says ``job-job``; when that changes the id
+    (or the key is cut to `MAX_KEY_LENGTH`), 8 hex digits of the original id's hash keep keys
+    distinct.
     """
     raw = str(resource_id)
+    kind_part = _NOT_KEY_CHARS.sub("-", kind.lower()).strip("-") or "resource"
     safe = _NOT_KEY_CHARS.sub("-", raw.lower()).strip("-") or "id"
-    parts = ["comfy", _NOT_KEY_CHARS.sub("-", kind.lower()).strip("-") or "resource", safe]
+    if safe.startswith(f"{kind_part}-") and len(safe) > len(kind_part) + 1:
+        safe = safe[len(kind_part) + 1 :]
+    parts = ["comfy", kind_part, safe]
     tail = [_NOT_KEY_CHARS.sub("-", suffix.lower()).strip("-")] if suffix else []
     digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
     key = "-".join(parts + ([digest] if safe != raw else []) + tail)
@@ -99,7 +106,53 @@ def artifact_key(kind: str, resource_id: str, suffix: str | None = None) -> str:
     return key
 
 
+def short_id(job_id: str, width: int = 12) -> str:
+    """A job id short enough for an artifact card: without a ``job_`` prefix, and cut to 8
+    characters and ``…`` when longer than ``width``.
+
+    Example:
+        >>> short_id("job_1"), short_id("job_0123456789abcdef")
+        ('1', '01234567…')
+    """
+    bare = re.sub(r"^job[_-]", "", job_id, flags=re.IGNORECASE) or job_id
+    return bare if len(bare) <= width else f"{bare[:8]}…"
+
+
 # -- progress ---------------------------------------------------------------------------------------
+async def create_run_progress_artifact(
+    progress: float, key: str | None = None, description: str | None = None
+) -> UUID:
+    """Create a progress artifact on the flow run, even from inside one of its task runs.
+
+    Prefect's ``acreate_progress_artifact`` ties an artifact made in a task run to that task run;
+    the flow run's page then shows no progress of the job it waits for (issue 19, item 8). Here a
+    task run's artifact belongs to its flow run (``task_run_id`` left empty), so the flow run has
+    its own progress; outside any flow run it is Prefect's ``acreate_progress_artifact``.
+    """
+    from prefect.artifacts import acreate_progress_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.context import TaskRunContext
+    from prefect.utilities.context import get_flow_run_id
+
+    task_run = getattr(TaskRunContext.get(), "task_run", None)
+    flow_run_id = get_flow_run_id() or getattr(task_run, "flow_run_id", None)
+    if flow_run_id is None:
+        return await acreate_progress_artifact(progress=progress, key=key, description=description)
+    async with get_client() as client:
+        created = await client.create_artifact(
+            artifact=ArtifactCreate(
+                type="progress",
+                key=key,
+                description=description,
+                flow_run_id=flow_run_id,
+                task_run_id=None,
+                data=progress,
+            )
+        )
+    return created.id
+
+
 Creator = Callable[..., Awaitable[UUID]]
 Updater = Callable[..., Awaitable[Any]]
 
@@ -110,14 +163,15 @@ class JobProgressArtifact:
     Args:
         job_id: the Comfy job.
         interval: seconds between two updates (the final one is never held back).
-        key: the artifact key; :func:`artifact_key` of the job by default.
-        create: creates the artifact (``prefect.artifacts.acreate_progress_artifact`` by default).
+        key: the artifact key; `artifact_key` of the job by default.
+        create: creates the artifact (by default [create_run_progress_artifact][prefect_comfy.orchestration.artifacts.create_run_progress_artifact]:
+            on the flow run, so that its page shows the progress).
         update: updates it (``prefect.artifacts.aupdate_progress_artifact`` by default).
         clock: a monotonic clock (tests inject one).
-        write_timeout: seconds one write may take (:data:`ARTIFACT_WRITE_TIMEOUT` by default).
+        write_timeout: seconds one write may take (`ARTIFACT_WRITE_TIMEOUT` by default).
 
     Writing is best effort: a failure or a write that takes longer than ``write_timeout`` is logged
-    once, ends the writing (:attr:`failed`) and never fails or holds up the wait.
+    once, ends the writing (`failed`) and never fails or holds up the wait.
     """
 
     def __init__(
@@ -131,12 +185,12 @@ class JobProgressArtifact:
         clock: Callable[[], float] = time.monotonic,
         write_timeout: float | None = None,
     ) -> None:
-        from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+        from prefect.artifacts import aupdate_progress_artifact
 
         self.job_id = job_id
         self.key = key or artifact_key("job", job_id)
         self.interval = interval
-        self._create = create or acreate_progress_artifact
+        self._create = create or create_run_progress_artifact
         self._update = update or aupdate_progress_artifact
         self._clock = clock
         self.write_timeout = ARTIFACT_WRITE_TIMEOUT if write_timeout is None else write_timeout
@@ -152,20 +206,23 @@ class JobProgressArtifact:
     def description(self) -> str:
         """What the artifact's card in the UI says (the card shows no value, so this says it).
 
-        ``Progress of Comfy job job_1`` at first, then ``42% · KSampler step 12/20 (Comfy job job_1)``
-        as it is written, ``completed · 100% (Comfy job job_1)`` at the end: the value first, because
-        the card cuts the description short.
+        The percentage first and where the job is next, because the card cuts the description at
+        about 40 characters: ``0% · job 1`` at first (Comfy job ``job_1``),
+        ``62% · KSampler step 5/8 · job 1`` as it is written, ``100% · completed · job 1`` at the
+        end; a long job id is cut (``job 0f1e2d3c…``), the artifact's key holds all of it.
         """
         return self._describe(self.written)
 
     def _describe(self, value: float | None) -> str:
-        text = f"Progress of Comfy job {self.job_id}"
-        parts = [self.outcome] if self.outcome else []
-        if value is not None and (value > 0 or self.where or self.outcome):
-            parts.append(f"{int(value)}%")
-        if self.where and self.outcome != "completed":
+        parts = [f"{int(value or 0)}%"]
+        if self.outcome and self.where and self.outcome != "completed":
+            parts.append(f"{self.outcome} at {self.where}")
+        elif self.outcome:
+            parts.append(self.outcome)
+        elif self.where:
             parts.append(self.where)
-        return f"{' · '.join(parts)} (Comfy job {self.job_id})" if parts else text
+        parts.append(f"job {short_id(self.job_id)}")
+        return " · ".join(parts)
 
     @property
     def failed(self) -> bool:
@@ -188,7 +245,7 @@ class JobProgressArtifact:
 
     def offer(self, progress: float, where: str | None = None) -> None:
         """Note a new progress value (and where the job is: ``KSampler step 12/20``);
-        :meth:`flush_due` writes it when its interval has passed."""
+        `flush_due` writes it when its interval has passed."""
         value = _clamp(progress)
         self.where = where or self.where
         if value != self.written:
@@ -204,7 +261,7 @@ class JobProgressArtifact:
 
     async def flush_due(self) -> bool:
         """Write the held value if its interval has passed: once a write slot of the loop is free
-        (:data:`PROGRESS_WRITES_IN_FLIGHT`), the latest value held by then."""
+        (`PROGRESS_WRITES_IN_FLIGHT`), the latest value held by then."""
         if self.next_due() != 0.0:
             return False
         async with _slots():
@@ -254,7 +311,7 @@ _write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semap
 
 
 def _slots() -> asyncio.Semaphore:
-    """The progress-write slots of the running loop (:data:`PROGRESS_WRITES_IN_FLIGHT`)."""
+    """The progress-write slots of the running loop (`PROGRESS_WRITES_IN_FLIGHT`)."""
     loop = asyncio.get_running_loop()
     slots = _write_slots.get(loop)
     if slots is None:
@@ -279,12 +336,12 @@ async def create_outputs_artifact(
     """Create the markdown artifact listing a completed job's outputs, with image previews.
 
     Args:
-        job: the completed job (with its outputs, as :meth:`ComfyBackend.get_job` returns it).
+        job: the completed job (with its outputs, as `ComfyBackend.get_job` returns it).
         backend: used to download an image of known size within the bound when no path is given.
         paths: downloaded files by output id (or name): previews are made from them.
         key: the artifact key; ``comfy-job-<id>-outputs`` by default.
         max_preview_bytes: the largest image inlined.
-        timeout: seconds for the whole of it, previews and write (:data:`OUTPUTS_ARTIFACT_TIMEOUT` by
+        timeout: seconds for the whole of it, previews and write (`OUTPUTS_ARTIFACT_TIMEOUT` by
             default).
         create: writes the artifact (``prefect.artifacts.acreate_markdown_artifact`` by default).
 

@@ -1,9 +1,9 @@
 """A workflow as a typed Prefect deployment: its exposed inputs become the run form's fields.
 
-:func:`workflow_deployment` saves a :class:`~prefect_comfy.orchestration.jobs.ComfyWorkflow` block (the graph
+`workflow_deployment` saves a `ComfyWorkflow` block (the graph
 held inline, with its credentials block) and returns a Prefect ``RunnerDeployment`` of the flow
-:func:`run_comfy_deployment`, whose parameter schema has one field per exposed input (see
-:func:`~prefect_comfy.workflows.schema.inputs_schema`). Serve it with ``prefect.serve(d)``, or
+`run_comfy_deployment`, whose parameter schema has one field per exposed input (see
+`inputs_schema`). Serve it with ``prefect.serve(d)``, or
 register it for a work pool with ``d.apply(work_pool_name=...)``: its entrypoint is this module's
 flow by module path, so a process worker runs it with the package installed and no user code.
 
@@ -44,10 +44,10 @@ WORKFLOW_PARAMETER = "workflow"
 
 @flow(name="run-comfy-deployment")
 def run_comfy_deployment(workflow: str, inputs: dict[str, Any] | None = None) -> Any:
-    """Run the saved :class:`~prefect_comfy.orchestration.jobs.ComfyWorkflow` block ``workflow`` with ``inputs``.
+    """Run the saved `ComfyWorkflow` block ``workflow`` with ``inputs``.
 
-    The flow of a deployment made by :func:`workflow_deployment`: it loads the block and runs its
-    workflow as the subflow :func:`~prefect_comfy.orchestration.flows.run_comfy_workflow`, with the block's
+    The flow of a deployment made by `workflow_deployment`: it loads the block and runs its
+    workflow as the subflow `run_comfy_workflow`, with the block's
     credentials and settings and ``inputs`` over the block's own (so values are checked against
     the server's catalog before anything is submitted, and cancelling the run cancels the job).
 
@@ -57,7 +57,7 @@ def run_comfy_deployment(workflow: str, inputs: dict[str, Any] | None = None) ->
             workflow's value.
 
     Returns:
-        The job's :class:`~prefect_comfy.orchestration.results.ComfyJobResult` (a Comfy-side cancel ends the
+        The job's `ComfyJobResult` (a Comfy-side cancel ends the
         run ``Cancelled``).
 
     Raises:

@@ -1,28 +1,28 @@
 """The library flow: submit a workflow, wait for it on the event stream, download its outputs.
 
-:func:`run_comfy_workflow` is the job block's three steps, ``ComfyWorkflow.trigger()`` →
+`run_comfy_workflow` is the job block's three steps, ``ComfyWorkflow.trigger()`` →
 ``wait_for_completion()`` → ``fetch_result()`` (the shape of prefect-dbt's ``run_dbt_cloud_job``),
 each a task run of its own, plus what only a flow can do: cancel the Comfy job when the flow run
 stops first.
 
 How cancellation reaches Comfy. A Comfy job keeps running whatever happens to the Prefect run that
-started it, so :func:`run_comfy_workflow` cancels it explicitly, in two places:
+started it, so `run_comfy_workflow` cancels it explicitly, in two places:
 
 1. In the flow process, the flow cancels the job when it leaves before the job ended: a Prefect
    ``timeout_seconds``, a cancelled flow run (the process gets a termination signal) or any error.
    Stopped while the submit is answered, ``trigger()`` itself cancels what it started. A wait that
    times out is the sensor's business: it cancels the job when ``cancel_on_timeout`` (the default)
    and leaves it running otherwise. A submit that failed started no job: nothing is cancelled.
-2. :func:`cancel_comfy_job_hook`, an ``on_cancellation`` (and ``on_crashed``) hook. Under ``serve`` or
+2. `cancel_comfy_job_hook`, an ``on_cancellation`` (and ``on_crashed``) hook. Under ``serve`` or
    a worker it runs in the runner process, which may kill the flow process before its ``finally``
    has run. It knows only the flow run: it reads the job id from the flow-run label
-   ``comfy.job-id`` (set by :func:`~prefect_comfy.orchestration.tasks.submit_comfy_job`) and rebuilds the
+   ``comfy.job-id`` (set by `submit_comfy_job`) and rebuilds the
    credentials from the flow run's ``credentials`` parameter (see
-   :func:`~prefect_comfy.backends.registry.credentials_from_parameter`).
+   `credentials_from_parameter`).
 
 Ctrl-C where the flow runs in the calling process (``prefect-comfy run``, a script) cancels the job
 once: the sensor's cleanup, the flow's and the hook claim the cancel of a flow run's job in
-:data:`~prefect_comfy.orchestration.runs.CANCEL_ASKED`, and only the first sends it. Cancelling twice is
+`CANCEL_ASKED`, and only the first sends it. Cancelling twice is
 harmless anyway: cancelling a job that already ended returns it unchanged, and a job the server no
 longer has (ComfyUI forgets a prompt deleted from its queue) is logged at INFO.
 """
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 CREDENTIALS_PARAMETER = "credentials"
-"""The flow parameter :func:`cancel_comfy_job_hook` rebuilds the credentials from."""
+"""The flow parameter `cancel_comfy_job_hook` rebuilds the credentials from."""
 
 
 async def cancel_comfy_job_hook(flow: Any, flow_run: FlowRun, state: State) -> None:
@@ -137,7 +137,7 @@ def run_comfy_workflow(
 ) -> ComfyJobResult | State:
     """Run a Comfy workflow: submit it, wait for it on the event stream, download its outputs.
 
-    The job block's steps (:class:`~prefect_comfy.orchestration.jobs.ComfyWorkflow`): ``trigger()`` (the task
+    The job block's steps (`ComfyWorkflow`): ``trigger()`` (the task
     ``submit_comfy_job``), ``wait_for_completion()`` (the sensor ``wait_for_comfy_job``) and
     ``fetch_result()`` (``download_comfy_outputs``).
 
@@ -158,7 +158,7 @@ def run_comfy_workflow(
         outputs_artifact: whether to publish a markdown artifact of the outputs, with previews.
         suspend: while the job runs, suspend the deployment's root flow run instead of waiting in
             a process (``timeout`` then bounds the suspension); see
-            :mod:`prefect_comfy.orchestration.suspend` and docs/how-to/long-jobs.md.
+            `prefect_comfy.orchestration.suspend` and docs/how-to/long-jobs.md.
 
     Returns:
         The job's id, status, output files (name, type, redacted URL, local path) and the seeds

@@ -1,9 +1,9 @@
 """The steps of running a Comfy job from Prefect: submit, cancel, find, download. Task-free.
 
-The tasks in :mod:`prefect_comfy.orchestration.tasks` and the job block in :mod:`prefect_comfy.orchestration.jobs` are built
+The tasks in `prefect_comfy.orchestration.tasks` and the job block in `prefect_comfy.orchestration.jobs` are built
 on these; each step takes a backend or a credentials block of any registered kind
-(:mod:`prefect_comfy.backends.registry`) and sees the server only through
-:class:`~prefect_comfy.backends.base.ComfyBackend`.
+(`prefect_comfy.backends.registry`) and sees the server only through
+`ComfyBackend`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ async def submit_job(
     """Prepare and submit a workflow the way the Prefect layer does.
 
     The workflow is read, converted from save format and given its inputs first
-    (:func:`~prefect_comfy.orchestration.prepare.prepare_workflow`: nothing is sent if that fails). Inside a
+    (`prepare_workflow`: nothing is sent if that fails). Inside a
     flow run the job is tagged ``prefect.flow-run.<id>`` and the flow run gets the label
     ``comfy.job-id``; ``comfy.job.submitted`` is emitted when ``emit_events``, its payload
     carrying the seeds used.
@@ -187,7 +187,7 @@ async def cancel_jobs_quietly(credentials: Any, job_id: str | None, *, flow_run_
 
 
 def raise_for_outcome(job: Job) -> None:
-    """Raise :class:`JobFailed` or :class:`JobCancelled` for a job that ended that way."""
+    """Raise `JobFailed` or `JobCancelled` for a job that ended that way."""
     if job.status == "failed":
         err = job.error
         raise JobFailed(

@@ -1,13 +1,13 @@
-"""The job block: :class:`ComfyWorkflow` and its :class:`ComfyJobRun`.
+"""The job block: `ComfyWorkflow` and its `ComfyJobRun`.
 
-:class:`ComfyWorkflow` is Prefect's :class:`~prefect.blocks.abstract.JobBlock` for Comfy:
-``trigger()`` submits and returns a :class:`ComfyJobRun`, whose ``wait_for_completion()`` waits on
-the event stream and ``fetch_result()`` returns a :class:`ComfyJobResult` (or raises
-:class:`~prefect_comfy.exceptions.JobFailed`, :class:`~prefect_comfy.exceptions.JobCancelled`,
-:class:`~prefect_comfy.exceptions.JobTimedOut`). :func:`~prefect_comfy.orchestration.flows.run_comfy_workflow`
+`ComfyWorkflow` is Prefect's `JobBlock` for Comfy:
+``trigger()`` submits and returns a `ComfyJobRun`, whose ``wait_for_completion()`` waits on
+the event stream and ``fetch_result()`` returns a `ComfyJobResult` (or raises
+`JobFailed`, `JobCancelled`,
+`JobTimedOut`). `run_comfy_workflow`
 is these three calls.
 
-Inside a flow or task run each step is the matching task of :mod:`prefect_comfy.orchestration.tasks`
+Inside a flow or task run each step is the matching task of `prefect_comfy.orchestration.tasks`
 (``submit_comfy_job``, the sensor ``wait_for_comfy_job``, ``get_comfy_job``,
 ``download_comfy_outputs``), so it shows as a task run, with Prefect retries of the submit and the
 sensor's events and artifacts; outside a run, the same task bodies run as plain coroutines
@@ -70,11 +70,11 @@ __all__ = [
 
 
 class ComfyJobRun(JobRun[ComfyJobResult]):
-    """One submitted Comfy job, as returned by :meth:`ComfyWorkflow.trigger`.
+    """One submitted Comfy job, as returned by `ComfyWorkflow.trigger`.
 
     Attributes:
         job: the job as last seen (terminal after a successful wait).
-        block: the :class:`ComfyWorkflow` that started it.
+        block: the `ComfyWorkflow` that started it.
         seeds: the seeds the job was submitted with, ``{"<node id>.<input>": value}``.
     """
 
@@ -106,7 +106,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
         )
 
     def _ended_with(self, exc: BaseException) -> None:
-        """Note a wait's outcome error: failed and cancelled are for :meth:`fetch_result` to raise."""
+        """Note a wait's outcome error: failed and cancelled are for `fetch_result` to raise."""
         if isinstance(exc, (JobFailed, JobCancelled, JobLost)):
             self._outcome = exc
             self.job = self.job.model_copy(update={"status": exc.status})
@@ -122,7 +122,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
     async def await_for_completion(self) -> None:
         """Wait until the job ends, for at most the block's ``timeout`` (``None``: for ever).
 
-        A failed or cancelled job is not raised here but by :meth:`fetch_result`.
+        A failed or cancelled job is not raised here but by `fetch_result`.
 
         Raises:
             JobTimedOut: the wait ended first (the job was cancelled if ``cancel_on_timeout``).
@@ -136,7 +136,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
 
     @dispatch(await_for_completion)
     def wait_for_completion(self) -> None:  # type: ignore[override]
-        """Blocking :meth:`await_for_completion` (returns its coroutine in async code)."""
+        """Blocking `await_for_completion` (returns its coroutine in async code)."""
         args, kwargs = self._wait_args()
         try:
             self.job = step(wait_for_comfy_job, *args, **kwargs)
@@ -166,7 +166,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
 
     @dispatch(afetch_result)
     def fetch_result(self) -> ComfyJobResult:  # type: ignore[override]
-        """Blocking :meth:`afetch_result` (returns its coroutine in async code)."""
+        """Blocking `afetch_result` (returns its coroutine in async code)."""
         if not self._waited and self._outcome is None:
             self.wait_for_completion(_sync=True)
         self._raise_outcome()
@@ -197,7 +197,7 @@ class ComfyJobRun(JobRun[ComfyJobResult]):
 
     @dispatch(acancel)
     def cancel(self) -> Job:
-        """Blocking :meth:`acancel` (returns its coroutine in async code)."""
+        """Blocking `acancel` (returns its coroutine in async code)."""
         return run_coro_as_sync(self.acancel())
 
 
@@ -281,7 +281,7 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
         )
 
     async def atrigger(self, *, idempotency_key: str | None = None) -> ComfyJobRun:
-        """Check and submit the workflow; returns the :class:`ComfyJobRun` that follows it.
+        """Check and submit the workflow; returns the `ComfyJobRun` that follows it.
 
         Args:
             idempotency_key: the same key returns the same job instead of starting another; inside
@@ -296,11 +296,11 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
 
     @dispatch(atrigger)
     def trigger(self, *, idempotency_key: str | None = None) -> ComfyJobRun:  # type: ignore[override]
-        """Blocking :meth:`atrigger` (returns its coroutine in async code).
+        """Blocking `atrigger` (returns its coroutine in async code).
 
         Stopped while the submit is answered (a Prefect timeout or cancellation of a sync flow),
         it cancels the job it may have started before it re-raises: it waits up to
-        :data:`~prefect_comfy.orchestration.twins.LATE_RESULT_WAIT` for the job's id, else cancels the
+        `LATE_RESULT_WAIT` for the job's id, else cancels the
         flow run's unfinished jobs.
         """
         args, kwargs = self._submit_args(idempotency_key)

@@ -1,15 +1,15 @@
 """From what a user gives to the graph a server runs: read, convert, set inputs, draw seeds.
 
-:func:`prepare_workflow` is the one path every door takes (the flow, the job block, the tasks,
+`prepare_workflow` is the one path every door takes (the flow, the job block, the tasks,
 ``prefect-comfy run`` and ``validate``), before any request that submits:
 
-1. :func:`~prefect_comfy.workflows.load_workflow` reads the workflow (API format, save format, or
+1. `load_workflow` reads the workflow (API format, save format, or
    a PNG ComfyUI saved);
 2. a save-format workflow is converted against the server's node catalog
-   (:meth:`~prefect_comfy.backends.base.ComfyBackend.node_catalog`, cached per server and process);
-3. widgets marked ``randomize`` get fresh seeds (:func:`~prefect_comfy.workflows.inputs.draw_seeds`);
+   (`node_catalog`, cached per server and process);
+3. widgets marked ``randomize`` get fresh seeds (`draw_seeds`);
 4. the inputs given by name are set and checked against the catalog
-   (:func:`~prefect_comfy.workflows.inputs.apply_inputs`): an explicit input wins over randomize.
+   (`apply_inputs`): an explicit input wins over randomize.
 
 A catalog served from the cache that the workflow does not fit (a node type it lacks, a choice it
 does not list) is read again once before the error is raised: the server may have gained the
@@ -95,13 +95,13 @@ async def prepare_workflow(
         backend: the server the graph is for (its node catalog, when one is needed).
         workflow: an API-format graph, a save-format workflow, JSON text, or the path of a JSON
             file or of a PNG ComfyUI saved.
-        inputs: ``{"<node>.<input>": value}``; see :mod:`prefect_comfy.workflows.inputs`.
+        inputs: ``{"<node>.<input>": value}``; see `prefect_comfy.workflows.inputs`.
         seed_key: draws the same seeds for the same key (a Prefect retry of one submit); fresh
             ones (from a random key) when ``None``.
         refresh: read the catalog again even if cached.
 
     Raises:
-        InvalidWorkflow: not a workflow, or it does not convert (:class:`UnknownNodeType` names
+        InvalidWorkflow: not a workflow, or it does not convert (`UnknownNodeType` names
             the node, its title and the server).
         InvalidInputs: a name is unknown or ambiguous, or a value does not fit.
         CatalogUnavailable: a catalog is needed and cannot be had.

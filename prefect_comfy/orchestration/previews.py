@@ -1,9 +1,9 @@
 """The outputs table of a completed Comfy job, in markdown, with inline image previews.
 
-Pure rendering and local file reads: no call to Prefect (:mod:`prefect_comfy.orchestration.artifacts` writes the
+Pure rendering and local file reads: no call to Prefect (`prefect_comfy.orchestration.artifacts` writes the
 artifact). An image is inlined as a ``data:`` URL only when its file is at most
-:data:`MAX_PREVIEW_BYTES`, because signed download URLs expire; the table says so otherwise. URLs go
-through :func:`~prefect_comfy.redaction.redact_url`.
+`MAX_PREVIEW_BYTES`, because signed download URLs expire; the table says so otherwise. URLs go
+through `redact_url`.
 
 Example:
     >>> data_url(b"\\x89PNG", "image/png")

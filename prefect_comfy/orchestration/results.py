@@ -1,4 +1,4 @@
-"""What a finished Comfy job gives the Prefect layer: :class:`ComfyJobResult` and its files."""
+"""What a finished Comfy job gives the Prefect layer: `ComfyJobResult` and its files."""
 
 from __future__ import annotations
 

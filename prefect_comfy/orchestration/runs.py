@@ -21,7 +21,7 @@ COMFY_JOB_ID_LABEL = "comfy.job-id"
 CANCEL_ASKED = Bounded()
 """``(flow run id, Comfy job id)`` of the cancels this process has sent for a flow run: a later
 cleanup of the same run in the same process (the flow's, after the sensor's; the cancel hook,
-after the flow's) sends no second one. See :func:`claim_cancel`."""
+after the flow's) sends no second one. See `claim_cancel`."""
 
 
 def current_flow_run_id() -> str | None:

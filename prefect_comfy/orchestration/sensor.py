@@ -1,20 +1,20 @@
 """Watching a Comfy job (or upload) from Prefect, task-free: the sensor's logic.
 
-:func:`watch_comfy_job` waits with :func:`~prefect_comfy.waiting.waits.wait_for` (the shared event stream, one
+`watch_comfy_job` waits with `wait_for` (the shared event stream, one
 REST read after every connect; no polling loop), and meanwhile:
 
-- emits ``comfy.job.progress`` Prefect events, coalesced (:mod:`prefect_comfy.orchestration.events.emitter`), and the
+- emits ``comfy.job.progress`` Prefect events, coalesced (`prefect_comfy.orchestration.events.emitter`), and the
   outcome (``comfy.job.completed``/``failed``/``cancelled``/``timed-out``), never throttled;
 - keeps a progress artifact up to date (at most one write per interval, 100 on completion) and, on
-  completion, writes an artifact listing the outputs with small previews (:mod:`prefect_comfy.orchestration.artifacts`);
+  completion, writes an artifact listing the outputs with small previews (`prefect_comfy.orchestration.artifacts`);
 - logs on state changes only, each line naming the job.
 
-Then it returns the completed :class:`~prefect_comfy.models.Job` (read again, with its full outputs)
-or raises :class:`JobFailed`, :class:`JobCancelled` or :class:`JobTimedOut`; on a time-out (or when
+Then it returns the completed `Job` (read again, with its full outputs)
+or raises `JobFailed`, `JobCancelled` or `JobTimedOut`; on a time-out (or when
 the wait itself is cancelled) it cancels the Comfy job unless ``cancel_on_timeout=False``.
 
-The tasks in :mod:`prefect_comfy.orchestration.tasks` (``wait_for_comfy_job`` and friends) are thin wrappers of
-these coroutines; call :func:`watch_comfy_job` directly inside your own task.
+The tasks in `prefect_comfy.orchestration.tasks` (``wait_for_comfy_job`` and friends) are thin wrappers of
+these coroutines; call `watch_comfy_job` directly inside your own task.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ from prefect_comfy.orchestration.runs import claim_cancel, release_cancel, run_l
 from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
-__all__ = ["CANCEL_TIMEOUT", "watch_comfy_job", "watch_comfy_upload"]
+__all__ = ["CANCEL_TIMEOUT", "MILESTONE_LOG", "watch_comfy_job", "watch_comfy_upload"]
+
+MILESTONE_LOG = "Comfy job %s: %d%%%s"
+"""The format of the run's milestone lines (``Comfy job job_abc: 40% · KSampler step 15/40``): the
+CLI, whose bar says the same, leaves them out of the terminal."""
 
 CANCEL_TIMEOUT = 10.0
 """Seconds allowed for cancelling the Comfy job after a time-out or an interrupted wait."""
@@ -52,7 +56,7 @@ CLOSE_TIMEOUT = 10.0
 """Seconds allowed for closing a backend the sensor made."""
 
 INTERRUPT_CLEANUP_TIMEOUT = 2 * STOP_TIMEOUT + CANCEL_TIMEOUT + CLOSE_TIMEOUT
-"""Most seconds an interrupted wait spends cleaning up (:func:`_after_interrupt`) before it re-raises."""
+"""Most seconds an interrupted wait spends cleaning up (`_after_interrupt`) before it re-raises."""
 
 
 def _error_of(event: ComfyEvent, resource: Job | Input | None) -> ResourceError:
@@ -81,6 +85,7 @@ class _JobWatch:
         self.artifact = artifact
         self.log = log
         self.status: str | None = None
+        self.milestone: int | None = None
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
@@ -96,10 +101,20 @@ class _JobWatch:
         if self.emitter is not None:
             self.emitter.progress(event)
         progress = event.payload.get("progress")
-        if self.artifact is not None and isinstance(progress, (int, float)):
+        if isinstance(progress, (int, float)):
             where = job_position(job_progress_labels(event.payload))
-            self.artifact.offer(float(progress), where)
+            self.note_milestone(float(progress), where)
+            if self.artifact is not None:
+                self.artifact.offer(float(progress), where)
         self._wake.set()
+
+    def note_milestone(self, progress: float, where: str | None = None) -> None:
+        """Log the job's progress in the run's log at every tenth it reaches: 0, 10 … 100 %, each
+        at most once and in order (a jump from 20 to 45 % logs 40 % only)."""
+        tenth = int(min(max(progress, 0.0), 100.0) // 10) * 10
+        if self.milestone is None or tenth > self.milestone:
+            self.milestone = tenth
+            self.log.info(MILESTONE_LOG, self.job_id, tenth, f" · {where}" if where else "")
 
     def note_status(self, status: str) -> None:
         if status != self.status:
@@ -138,10 +153,10 @@ class _JobWatch:
         its description), and the held progress event unless an outcome event follows (it takes the
         held progress over).
 
-        Bounded in time: the pump gets :data:`STOP_TIMEOUT` to end (the flag ends its loop even if
-        its cancellation is lost, see :mod:`~prefect_comfy.transport.deadlines`); the final artifact
-        write is abandoned after :data:`~prefect_comfy.orchestration.artifacts.ARTIFACT_WRITE_TIMEOUT`, and never
-        takes more than :data:`STOP_TIMEOUT`. A failed write is logged; the wait goes on.
+        Bounded in time: the pump gets `STOP_TIMEOUT` to end (the flag ends its loop even if
+        its cancellation is lost, see `deadlines`); the final artifact
+        write is abandoned after `ARTIFACT_WRITE_TIMEOUT`, and never
+        takes more than `STOP_TIMEOUT`. A failed write is logged; the wait goes on.
         """
         self._stopping = True
         pump, self._pump = self._pump, None
@@ -190,16 +205,18 @@ async def watch_comfy_job(
     outputs_artifact: bool = True,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
 ) -> Job:
-    """Wait for a Comfy job and report it to Prefect; the body of :func:`wait_for_comfy_job`.
+    """Wait for a Comfy job and report it to Prefect; the body of `wait_for_comfy_job`.
 
     Args:
         credentials: a block with ``get_backend()`` (such as ``ComfyCloudCredentials``) or a
-            :class:`~prefect_comfy.backends.base.ComfyBackend`; a backend made here is closed here.
+            `ComfyBackend`; a backend made here is closed here.
         job_id: the Comfy job.
         timeout: seconds to wait; ``None`` waits for ever.
         cancel_on_timeout: cancel the Comfy job when the wait times out or is itself cancelled.
         emit_events: emit ``comfy.job.*`` Prefect events (progress coalesced, outcomes always).
-        progress_artifact: keep a progress artifact (key ``comfy-job-<id>``) up to date.
+        progress_artifact: keep a progress artifact (key ``comfy-job-<id>``) up to date; inside a
+            flow run it belongs to the flow run, so that the flow run's page shows it. The run's
+            log also says every tenth of the way (0, 10 … 100 %).
         outputs_artifact: on completion, write the outputs artifact (key ``comfy-job-<id>-outputs``).
         progress_interval: seconds between two progress events, and between two artifact writes.
 
@@ -229,6 +246,7 @@ async def watch_comfy_job(
             job_id,
             f" (timeout {timeout:g}s)" if timeout is not None else "",
         )
+        watch.note_milestone(0.0)
         if artifact is not None:
             artifact.offer(0.0)  # created by the reporter, off the waiting path
         watch.start()
@@ -310,6 +328,7 @@ async def _conclude(
         emitter.outcome(terminal, resource=job)
     if outcome == "completed":
         assert job is not None
+        watch.note_milestone(100.0)
         log.info("Comfy job %s completed with %d output(s)", job_id, len(job.outputs))
         if outputs_artifact:
             await create_outputs_artifact(job, backend=backend)

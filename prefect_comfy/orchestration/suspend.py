@@ -4,21 +4,21 @@
 job once; if it still runs they suspend the ROOT flow run of the deployment
 (``suspend_flow_run(flow_run_id=<root>)``: Prefect refuses to suspend a subflow on its own, and a
 task cannot suspend itself) and raise Prefect's ``Pause``, so the flow's process exits at once.
-The automation made by :func:`prefect_comfy.orchestration.triggers.create_resume_automation` resumes the run
+The automation made by `prefect_comfy.orchestration.triggers.create_resume_automation` resumes the run
 when the listener forwards the job's outcome event (related to ``prefect.flow-run.<id>``); the
 worker then runs the flow again from the start, and:
 
 - the submit does not start a second job: before suspending, the wait writes the label
   ``comfy.resume.<key>`` = job id on the root flow run, where ``<key>`` names the submit call (its
   flow run, task key and dynamic key, which a rerun of the same flow repeats);
-  :func:`resumed_job` finds it and the submit returns that job instead;
+  `resumed_job` finds it and the submit returns that job instead;
 - the wait reads the job once (the truth): ended, it returns exactly what the ordinary wait
   returns; still running (resumed by hand, or a duplicate event), it suspends again.
 
 When nothing resumes the run (no listener), Prefect fails it once ``timeout`` passes ("The flow
 was paused and never resumed."). The labels ``comfy.suspended-job`` and ``comfy.cancel-on-timeout``
 let the listener cancel that job then, as the ordinary wait's ``cancel_on_timeout`` does, and cancel
-it when the suspended run is cancelled (:mod:`prefect_comfy.listener.cancels`).
+it when the suspended run is cancelled (`prefect_comfy.listener.cancels`).
 
 Only jobs submitted by ``submit_comfy_job`` in the same flow run are deduplicated this way; a job id
 that came from elsewhere needs no deduplication.
@@ -160,10 +160,10 @@ async def suspend_unless_ended(
         credentials: the credentials block (or a backend).
         job_id: the Comfy job.
         timeout: seconds the suspended run waits to be resumed before Prefect fails it
-            (``None``: :data:`DEFAULT_SUSPEND_TIMEOUT`).
+            (``None``: `DEFAULT_SUSPEND_TIMEOUT`).
         cancel_on_timeout: whether the listener cancels the job when that timeout fails the run
-            (written as the label :data:`CANCEL_ON_TIMEOUT_LABEL`; see
-            :mod:`prefect_comfy.listener.cancels`).
+            (written as the label `CANCEL_ON_TIMEOUT_LABEL`; see
+            `prefect_comfy.listener.cancels`).
 
     Raises:
         SuspendNotPossible: not inside a flow run of a deployment.

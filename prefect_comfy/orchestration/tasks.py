@@ -1,11 +1,11 @@
 """Prefect tasks for Comfy: submit, read, cancel, download, upload, and (from the sensor) wait.
 
 Each task is thin: it makes a backend from the credentials block (any registered kind, see
-:mod:`prefect_comfy.backends.registry`), does one thing and closes it.
+`prefect_comfy.backends.registry`), does one thing and closes it.
 Creating tasks (submit, uploads) are idempotent across Prefect retries: the ``Idempotency-Key`` is
 derived from the task run's id, which a retry keeps, so a retried submit gets the first job back
 instead of starting a second one. They retry only what
-:func:`~prefect_comfy.exceptions.is_retryable` calls retryable (transport errors, 429, 5xx).
+`is_retryable` calls retryable (transport errors, 429, 5xx).
 
 Example:
     ```python
@@ -75,7 +75,7 @@ RETRY_DELAYS = [2, 10, 30]
 
 
 def retry_if_retryable(task: Any, task_run: TaskRun, state: State) -> bool:
-    """A ``retry_condition_fn``: retry only if :func:`~prefect_comfy.exceptions.is_retryable` agrees."""
+    """A ``retry_condition_fn``: retry only if `is_retryable` agrees."""
     exc = state.data
     if not isinstance(exc, BaseException):
         exc = state.result(raise_on_failure=False, _sync=True)
@@ -115,7 +115,7 @@ async def submit_comfy_job(
     The job is tagged ``prefect.flow-run.<id>`` with the submitting flow run, the flow run gets the
     label ``comfy.job-id``, and ``comfy.job.submitted`` is emitted. In the rerun of a flow run that
     a suspending wait suspended, it returns the job it submitted before instead of submitting again
-    (see :mod:`prefect_comfy.orchestration.suspend`).
+    (see `prefect_comfy.orchestration.suspend`).
 
     Args:
         credentials: the credentials block.
@@ -124,7 +124,7 @@ async def submit_comfy_job(
             saved.
         inputs: values to set by name, ``{"Positive Prompt.text": "a fox", "KSampler.seed": 7,
             "3.steps": 20}``: a node by id, title or unique class type, checked against the
-            catalog before anything is sent (see :mod:`prefect_comfy.workflows.inputs`).
+            catalog before anything is sent (see `prefect_comfy.workflows.inputs`).
         tags: tags for the Comfy job.
         idempotency_key: overrides the key derived from the task run.
         emit_events: whether to emit ``comfy.job.submitted``.
@@ -226,7 +226,7 @@ async def upload_comfy_input(
 ) -> Input:
     """Upload a file for workflows to use by ``name``; returns it, perhaps not ready yet.
 
-    Pair it with :func:`wait_for_comfy_input`. A Prefect retry returns the same input.
+    Pair it with `wait_for_comfy_input`. A Prefect retry returns the same input.
     """
     key = task_run_idempotency_key("input")
     async with backend_of(credentials) as backend:
@@ -251,7 +251,7 @@ async def upload_comfy_model(
 ) -> Model:
     """Upload a model file of a ``type`` (checkpoint, lora ...); returns it, perhaps not ready yet.
 
-    Pair it with :func:`wait_for_comfy_model`. A Prefect retry returns the same model.
+    Pair it with `wait_for_comfy_model`. A Prefect retry returns the same model.
     """
     key = task_run_idempotency_key("model")
     async with backend_of(credentials) as backend:
@@ -282,12 +282,12 @@ async def wait_for_comfy_job(
 ) -> Job:
     """Wait for a Comfy job, event-driven, with Prefect events, a progress artifact and outputs.
 
-    See :func:`watch_comfy_job` for the arguments, the return value and the errors. With
+    See `watch_comfy_job` for the arguments, the return value and the errors. With
     ``suspend=True`` (flow runs of deployments only) a job that still runs suspends the root flow
     run instead, for at most ``timeout`` seconds, and the flow's process exits; the resume
-    automation (:func:`~prefect_comfy.orchestration.triggers.create_resume_automation`) resumes it when the job
+    automation (`create_resume_automation`) resumes it when the job
     ends, and this wait then returns what the ordinary wait returns (see
-    :mod:`prefect_comfy.orchestration.suspend`).
+    `prefect_comfy.orchestration.suspend`).
 
     Example:
         ```python

@@ -1,6 +1,6 @@
 """Ready-made deployment triggers for Comfy events.
 
-Each helper returns a :class:`prefect.events.DeploymentEventTrigger` that runs a deployment when a
+Each helper returns a `prefect.events.DeploymentEventTrigger` that runs a deployment when a
 Comfy event arrives in Prefect (from the listener or the sensor), with the flow's parameters filled
 from the event:
 
@@ -60,20 +60,20 @@ INPUT_READY_PARAMETERS: dict[str, str] = {
     "input_id": "{{ event.payload.id }}",
     "input_name": "{{ event.payload.name | default(none) }}",
 }
-"""Parameters of :func:`on_input_ready`, rendered from a ``comfy.input.ready`` event."""
+"""Parameters of `on_input_ready`, rendered from a ``comfy.input.ready`` event."""
 
 MODEL_READY_PARAMETERS: dict[str, str] = {
     "model_id": "{{ event.payload.id }}",
     "model_name": "{{ event.payload.name | default(none) }}",
     "model_type": "{{ event.payload.type | default(none) }}",
 }
-"""Parameters of :func:`on_model_ready`, rendered from a ``comfy.model.ready`` event."""
+"""Parameters of `on_model_ready`, rendered from a ``comfy.model.ready`` event."""
 
 JOB_COMPLETED_PARAMETERS: dict[str, str] = {
     "job_id": "{{ event.payload.id }}",
     "outputs": "{{ event.payload.outputs | default([]) }}",
 }
-"""Parameters of :func:`on_job_completed`: ``outputs`` is the list of output dicts of the event."""
+"""Parameters of `on_job_completed`: ``outputs`` is the list of output dicts of the event."""
 
 JOB_FAILED_PARAMETERS: dict[str, str] = {
     "job_id": "{{ event.payload.id }}",
@@ -81,7 +81,7 @@ JOB_FAILED_PARAMETERS: dict[str, str] = {
     "error_code": "{{ (event.payload.error or {}).code | default(none) }}",
     "error_message": "{{ (event.payload.error or {}).message | default(none) }}",
 }
-"""Parameters of :func:`on_job_failed`: ``error`` is the Comfy error dict (``code``, ``message``,
+"""Parameters of `on_job_failed`: ``error`` is the Comfy error dict (``code``, ``message``,
 ``node_id``), also given flat as ``error_code`` and ``error_message``."""
 
 
@@ -104,7 +104,7 @@ def comfy_trigger(
         tags: Comfy tags every matching resource must carry.
         name: the automation's name (default: ``<event> → deployment``).
         parameters: extra parameters, or overrides; ``None`` as a value drops a default one.
-        **trigger_options: any other :class:`DeploymentEventTrigger` field (``enabled``,
+        **trigger_options: any other `DeploymentEventTrigger` field (``enabled``,
             ``match_related``, ``within`` …).
     """
     if isinstance(tags, str):
@@ -220,7 +220,7 @@ def on_job_failed(
 
 
 RESUME_AUTOMATION_NAME = "comfy: resume flow runs suspended on a Comfy job"
-"""The name :func:`create_resume_automation` creates (and finds again) its automation by."""
+"""The name `create_resume_automation` creates (and finds again) its automation by."""
 RESUME_EVENTS = (
     comfy_events.JOB_COMPLETED,
     comfy_events.JOB_FAILED,
@@ -233,7 +233,7 @@ RESUME_EVENTS = (
 def resume_automation(name: str = RESUME_AUTOMATION_NAME) -> Any:
     """The automation that resumes a suspended flow run when its Comfy job ends (not saved).
 
-    It fires on each of :data:`RESUME_EVENTS` about a ``comfy.job.*`` resource related to a flow
+    It fires on each of `RESUME_EVENTS` about a ``comfy.job.*`` resource related to a flow
     run, and resumes the first related ``prefect.flow-run.<id>`` (the submitting flow run, or the
     deployment's root run for a job submitted in a subflow). Resuming a run that is not suspended
     is refused by the server and changes nothing, so a repeated event is harmless.

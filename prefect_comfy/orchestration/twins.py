@@ -1,11 +1,11 @@
 """How a job block's step runs: sync or async, as a Prefect task inside a run or as its body outside.
 
-:class:`~prefect_comfy.orchestration.jobs.ComfyWorkflow` and :class:`~prefect_comfy.orchestration.jobs.ComfyJobRun` have each
-method twice, ``atrigger`` and ``trigger`` and so on (:func:`dispatch`, Prefect's own ``Block.load``
+`ComfyWorkflow` and `ComfyJobRun` have each
+method twice, ``atrigger`` and ``trigger`` and so on (`dispatch`, Prefect's own ``Block.load``
 behaviour with public API only), and run each step as the matching task of
-:mod:`prefect_comfy.orchestration.tasks` inside a flow or task run (:func:`astep`, :func:`step`), or as that
+`prefect_comfy.orchestration.tasks` inside a flow or task run (`astep`, `step`), or as that
 task's body outside one. In a sync flow a step's task is submitted and waited for in slices
-(:func:`result_of`), so that a Prefect timeout of a flow running outside the main thread lands.
+(`result_of`), so that a Prefect timeout of a flow running outside the main thread lands.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ STOPPED_MESSAGE = "The flow run stopped before its Comfy job ended: cancelling i
 R = TypeVar("R")
 
 WAIT_SLICE = 0.5
-"""Seconds of one wait for a step's task in a sync flow (see :func:`result_of`)."""
+"""Seconds of one wait for a step's task in a sync flow (see `result_of`)."""
 
 LATE_RESULT_WAIT = 10.0
 """Seconds a stopped trigger waits for a submit in flight to learn the id of the job to cancel."""
@@ -115,7 +115,7 @@ def result_of(future: PrefectFuture[Any]) -> Any:
 
 
 def late_job(future: PrefectFuture[Any]) -> Job | None | bool:
-    """What a submit still running when the flow stopped gave, within :data:`LATE_RESULT_WAIT`:
+    """What a submit still running when the flow stopped gave, within `LATE_RESULT_WAIT`:
     the job, ``None`` (it failed: no job), or ``False`` (no answer yet).
     """
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 class Backoff:
     """Delays of ``initial * 2**n``, capped at ``maximum``, with "equal jitter" (half fixed, half random).
 
-    The fixed half keeps reconnect storms spread without ever retrying at once; :meth:`reset` after a
+    The fixed half keeps reconnect storms spread without ever retrying at once; `reset` after a
     good connection starts again from ``initial``.
     """
 

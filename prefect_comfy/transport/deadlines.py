@@ -3,7 +3,7 @@
 Before Python 3.12, ``asyncio.wait_for`` drops a cancellation that arrives in the same loop turn as
 the awaited work finishes: it returns the result as if nothing happened (CPython gh-86296). A loop
 that relies on one ``cancel()`` to end (a reporter pump, a keepalive) then runs on, and whoever
-awaits it after cancelling it waits for ever. :func:`within` and :func:`wait_event` are the
+awaits it after cancelling it waits for ever. `within` and `wait_event` are the
 replacements.
 
 Example:
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 
 async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
-    """``await awaitable``, or raise :class:`TimeoutError` after ``timeout`` seconds (``None``: no limit).
+    """``await awaitable``, or raise `TimeoutError` after ``timeout`` seconds (``None``: no limit).
 
     Like ``asyncio.wait_for``, but a cancellation of the caller is always raised.
     """
@@ -45,7 +45,7 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
 async def bounded(work: Awaitable[T], timeout: float) -> T:
     """``await work`` for at most ``timeout`` seconds, even if it never gives in to cancellation.
 
-    Unlike :func:`within`, which waits for the cancelled work to end, the work runs as a task of its
+    Unlike `within`, which waits for the cancelled work to end, the work runs as a task of its
     own that is cancelled and *left behind* at the deadline: a Prefect client stuck in its own
     retries or a shielded call cannot hold the caller. A cancellation of the caller cancels the work
     too. For best-effort writes whose caller must go on (the sensor's artifacts).

@@ -1,6 +1,6 @@
-"""What differs between kinds of Comfy server at the HTTP level, as data: a :class:`Dialect`.
+"""What differs between kinds of Comfy server at the HTTP level, as data: a `Dialect`.
 
-The one HTTP session (:class:`~prefect_comfy.transport.http.HttpSession`) is the same for every
+The one HTTP session (`HttpSession`) is the same for every
 server; a dialect tells it which header carries the key, which URLs may carry it, how error bodies
 read, which statuses are worth a retry, and which answer means "the workflow was refused". A new kind
 of server is one more ``Dialect(...)`` in its backend package.
@@ -40,11 +40,11 @@ class Dialect:
             this prefix (``None``: any path of the origin).
         auth_hint: what the user should check when the key is refused.
         retry_statuses: HTTP statuses that are worth trying again (429 and 5xx by default; any
-            other 5xx is a :class:`~prefect_comfy.exceptions.ComfyAPIError` that is not retried).
+            other 5xx is a `ComfyAPIError` that is not retried).
         workflow_error: turns a refused workflow submission into ``InvalidWorkflow`` (or ``None``
             when the answer is something else).
         read_error: reads ``(code, message, details)`` from a decoded error body; ``None`` is the
-            lenient default (:func:`~prefect_comfy.transport.errors.fields_from_body`), which
+            lenient default (`fields_from_body`), which
             knows ``{"error": {"code"|"type", "message", "details"}}``, ``{"detail": …}`` and text.
     """
 

@@ -1,9 +1,9 @@
 """The one streaming download: safe names inside the target folder, redirects by hand, bounded.
 
-:func:`download` streams a URL to disk through an :class:`~prefect_comfy.transport.http.HttpSession`
+`download` streams a URL to disk through an `HttpSession`
 (the key goes only where the session's dialect allows, decided afresh on every redirect hop):
 
-- **A safe path, always.** Downloaded into a folder, a file gets :func:`safe_relative_path` of its
+- **A safe path, always.** Downloaded into a folder, a file gets `safe_relative_path` of its
   name: subfolders are kept *inside* the folder (``sub1/same.png`` and ``same.png`` are two
   files), and ``.``, ``..``, empty parts, NUL and control characters are dropped, over-long names are
   shortened. A path that would still leave the folder (a symlink inside it) is flattened.
@@ -96,7 +96,7 @@ def safe_relative_path(name: str, fallback: str = FALLBACK_NAME) -> PurePosixPat
     """A relative path for an output name that cannot leave the folder it is joined to.
 
     Parts are split on ``/`` and ``\\``; empty parts, ``.`` and ``..`` are dropped; NUL and control
-    characters are removed; each part is cut to :data:`MAX_NAME_BYTES`; at most :data:`MAX_DEPTH`
+    characters are removed; each part is cut to `MAX_NAME_BYTES`; at most `MAX_DEPTH`
     folders are kept. An empty result is ``fallback`` (made safe the same way).
     """
     parts = []

@@ -1,10 +1,10 @@
 """Where HTTP answers and httpx failures become the package's error tree (and nowhere else).
 
-:func:`error_from_response` maps an HTTP error answer to a :class:`~prefect_comfy.exceptions.ComfyError`
-in the words of the server's :class:`~prefect_comfy.transport.dialect.Dialect`;
-:func:`translating_transport_errors` turns an ``httpx.TransportError`` raised inside it into a
-:class:`~prefect_comfy.exceptions.ComfyTransportError`. Both scrub the secrets they are given from
-every message. The HTTP session (:class:`prefect_comfy.transport.http.HttpSession`) is their only
+`error_from_response` maps an HTTP error answer to a `ComfyError`
+in the words of the server's `Dialect`;
+`translating_transport_errors` turns an ``httpx.TransportError`` raised inside it into a
+`ComfyTransportError`. Both scrub the secrets they are given from
+every message. The HTTP session (`prefect_comfy.transport.http.HttpSession`) is their only
 caller; every server kind goes through it.
 
 Example:
@@ -204,7 +204,7 @@ def error_from_response(
         key_allowed: whether the request's URL may carry the key; a 401/403 elsewhere (signed
             storage) is an expired URL, not a wrong key.
         workflow: the call submitted a workflow, so the dialect's refusal becomes
-            :class:`InvalidWorkflow`.
+            `InvalidWorkflow`.
         dialect: the kind of server (its name in messages, its retryable statuses).
         content: the body as read (capped); ``response.content`` when omitted.
     """
@@ -294,9 +294,9 @@ LARGE_BODY = 8 * 2**20
 def translating_transport_errors(
     request: httpx.Request, secrets: Sequence[str | None], server: str = "Comfy"
 ) -> Iterator[None]:
-    """Raise :class:`ComfyTransportError` (redacted, no chained cause) for an httpx transport error.
+    """Raise `ComfyTransportError` (redacted, no chained cause) for an httpx transport error.
 
-    A body that cannot be decoded (a broken gzip stream) is a :class:`ComfyProtocolError`.
+    A body that cannot be decoded (a broken gzip stream) is a `ComfyProtocolError`.
     """
     try:
         yield

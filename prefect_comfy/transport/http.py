@@ -1,24 +1,24 @@
 """The one HTTP session of the package: every request to every kind of Comfy server goes through it.
 
-:class:`HttpSession` owns one lazy ``httpx.AsyncClient`` and the rules that must hold for every server
-kind, whatever its :class:`~prefect_comfy.transport.dialect.Dialect` says:
+`HttpSession` owns one lazy ``httpx.AsyncClient`` and the rules that must hold for every server
+kind, whatever its `Dialect` says:
 
-- **The key stays home.** :meth:`HttpSession.send` attaches the key (in the dialect's header) only
+- **The key stays home.** `HttpSession.send` attaches the key (in the dialect's header) only
   to URLs on the server's own origin, under the dialect's path prefix; on any other URL (a signed
   storage URL, a redirect target, a presigned upload) it removes it. API calls never follow
   redirects: a redirect answer is an error that names the target and what to do. Downloads follow
-  them by hand (:mod:`prefect_comfy.transport.download`), deciding afresh on every hop.
+  them by hand (`prefect_comfy.transport.download`), deciding afresh on every hop.
 - **No key in clear.** An ``http://`` origin that is not this machine gets no key unless the user
   opted in (``allow_insecure_http`` on the block, or ``COMFY_ALLOW_INSECURE_HTTP=1``): the first
-  request that would carry it raises :class:`~prefect_comfy.exceptions.ComfyConfigError` instead.
-- **Bounded memory.** An error body is read up to :data:`ERROR_BODY_LIMIT` bytes, a JSON body up to
+  request that would carry it raises `ComfyConfigError` instead.
+- **Bounded memory.** An error body is read up to `ERROR_BODY_LIMIT` bytes, a JSON body up to
   ``max_response_bytes`` (settings, 64 MiB by default); more fails with
-  :class:`~prefect_comfy.exceptions.ResponseTooLarge`, whatever the server sends.
+  `ResponseTooLarge`, whatever the server sends.
 - **One translation.** Transport failures and error answers become the package's error tree in
-  :mod:`prefect_comfy.transport.errors`, in the dialect's words, with the key scrubbed.
+  `prefect_comfy.transport.errors`, in the dialect's words, with the key scrubbed.
 
 Building a session does no I/O and loads no certificates: the httpx client is made on the first
-request, with the process's one SSL context (:func:`shared_ssl_context`).
+request, with the process's one SSL context (`shared_ssl_context`).
 
 Example:
     >>> import asyncio, httpx
@@ -167,7 +167,7 @@ class HttpSession:
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`aclose`."""
+        """True after `aclose`."""
         return self._closed
 
     @property
@@ -264,7 +264,7 @@ class HttpSession:
 
     # -- the one send ---------------------------------------------------------------------------
     def translating(self, request: httpx.Request) -> contextlib.AbstractContextManager[None]:
-        """Transport errors inside become :class:`ComfyTransportError` (for streamed bodies)."""
+        """Transport errors inside become `ComfyTransportError` (for streamed bodies)."""
         return translating_transport_errors(request, [self._key], self.dialect.name)
 
     async def send(
@@ -278,7 +278,7 @@ class HttpSession:
         """Send one request; the key only where allowed; an error answer raises.
 
         Args:
-            request: the request (built with :attr:`client`).
+            request: the request (built with `client`).
             stream: leave the body of a good answer unread (the caller closes the response).
             with_key: ``False`` for URLs that must never see the key, whatever their origin
                 (presigned uploads).
@@ -353,7 +353,7 @@ class HttpSession:
             method: the HTTP method.
             url: absolute, or relative to the session's base URL.
             what: how log lines name the call (``"GET /jobs"``); the method and URL by default.
-            retry: retry what the dialect and :func:`~prefect_comfy.exceptions.is_retryable` allow.
+            retry: retry what the dialect and `is_retryable` allow.
             workflow: the call submits a workflow.
             redirect_ok: return a redirect answer as it is instead of raising (``HEAD`` probes).
             headers: extra headers.
@@ -381,7 +381,7 @@ class HttpSession:
     call = request
 
     async def json(self, method: str, url: str | httpx.URL, **kwargs: Any) -> Any:
-        """:meth:`request`, decoded (``None`` for an empty body).
+        """`request`, decoded (``None`` for an empty body).
 
         Raises:
             ComfyProtocolError: the body is not JSON.

@@ -1,16 +1,16 @@
 """The one reconnect loop: open, classify, back off with jitter within a budget, report.
 
 Shaped like ``websockets``' ``async for connection in connect(...)``: the loop yields one
-:class:`Attempt` per connection; the body opens and serves the connection inside
+`Attempt` per connection; the body opens and serves the connection inside
 ``async with attempt:``. When the body ends (the server closed, a read failed, the link went dead),
 the attempt records why, the loop reports the loss, pauses and yields the next attempt. A fatal
 error (an auth refusal, or whatever ``is_fatal`` says) and a cancellation leave the loop at once.
 
 The budget is spent by a flapping link too: a connection only refills it when it stayed *healthy*
-for :data:`HEALTHY_AFTER` seconds (established, and, when it ended as a dead link, proven alive that
+for `HEALTHY_AFTER` seconds (established, and, when it ended as a dead link, proven alive that
 long). A server that accepts, confirms the subscription and drops at once (a frame over the size
 limit, no answer to pings) therefore ends after ``max_attempts`` reconnects with a
-:class:`~prefect_comfy.exceptions.WebSocketConnectionError` that says what kept failing.
+`WebSocketConnectionError` that says what kept failing.
 
 Example:
     >>> async def serve(url):  # doctest: +SKIP
@@ -50,7 +50,7 @@ class ConnectionLost(Exception):
 class DeadLink(Exception):
     """The connection is open but unusable (no pong, no confirmation): drop it and reconnect.
 
-    The link's healthy time is counted up to its last proof of life (:meth:`Attempt.alive`), not
+    The link's healthy time is counted up to its last proof of life (`Attempt.alive`), not
     up to now.
     """
 
@@ -60,9 +60,9 @@ def _fatal_by_default(exc: BaseException) -> bool:
 
 
 class Attempt:
-    """One connection of a :class:`Reconnect` loop, used as ``async with attempt:``.
+    """One connection of a `Reconnect` loop, used as ``async with attempt:``.
 
-    Inside the block, an :class:`Exception` ends the connection and is recorded (it is not
+    Inside the block, an `Exception` ends the connection and is recorded (it is not
     raised), unless it is fatal; a fatal error and a cancellation propagate.
     """
 
@@ -89,7 +89,7 @@ class Attempt:
 
     @property
     def was_established(self) -> bool:
-        """Whether :meth:`established` was called."""
+        """Whether `established` was called."""
         return self.established_at is not None
 
     def healthy_for(self, dead: bool) -> float:
@@ -128,7 +128,7 @@ class Reconnect:
         backoff: the pauses (jittered, reset after a healthy connection).
         healthy_after: seconds a connection must stay healthy to refill the budget.
         auto_reconnect: ``False``: the first loss ends the loop.
-        is_fatal: errors that end the loop at once (default: :class:`WebSocketAuthError`).
+        is_fatal: errors that end the loop at once (default: `WebSocketAuthError`).
         describe: turns an error into a short text for logs (redact keys there).
         on_disconnect: awaited after an established connection ended, before the pause (and
             before giving up); its exceptions are logged.
@@ -155,7 +155,7 @@ class Reconnect:
         self.describe = describe
         self.on_disconnect = on_disconnect
         self.connections = 0
-        """Connections that reached :meth:`Attempt.established`."""
+        """Connections that reached `Attempt.established`."""
 
     async def __aiter__(self) -> AsyncIterator[Attempt]:
         attempts = 0  # reconnects since the last healthy connection

@@ -1,6 +1,6 @@
 """The REST retry loop: jittered exponential backoff within a bounded budget, honouring ``Retry-After``.
 
-What is retried is decided by :func:`prefect_comfy.exceptions.is_retryable` alone (transport errors,
+What is retried is decided by `prefect_comfy.exceptions.is_retryable` alone (transport errors,
 429, 5xx); everything else is raised at once. After the budget the last error is raised.
 
 Example:

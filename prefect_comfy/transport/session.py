@@ -1,11 +1,11 @@
-"""The developer API's session: :class:`~prefect_comfy.transport.http.HttpSession` in the Cloud dialect.
+"""The developer API's session: `HttpSession` in the Cloud dialect.
 
-:class:`RestSession` holds the configuration of :class:`~prefect_comfy.backends.cloud.rest.ComfyClient`
+`RestSession` holds the configuration of `ComfyClient`
 (key, origin, timeouts, retry policy) and adds what the developer API needs on top of the one HTTP
 session: calls by path under ``/developer/api/v1`` with an ``Idempotency-Key``, typed answers and
-lenient pages that fail with the package's own :class:`~prefect_comfy.exceptions.ComfyProtocolError`
+lenient pages that fail with the package's own `ComfyProtocolError`
 whatever shape the server sends. Key scoping, redirects, size caps, insecure-http refusal and error
-translation are the shared session's (:mod:`prefect_comfy.transport.http`).
+translation are the shared session's (`prefect_comfy.transport.http`).
 
 Example:
     >>> session = RestSession("comfyui-doc", "https://cloud.comfy.org/developer/api/v1/")
@@ -62,7 +62,7 @@ def csv(tags: Sequence[str] | str | None) -> str | None:
 
 
 class RestSession(HttpSession):
-    """Configuration and the calls by path of the REST client (see :class:`ComfyClient`).
+    """Configuration and the calls by path of the REST client (see `ComfyClient`).
 
     Raises:
         ComfyConfigError: no API key, or a base URL that is not ``http(s)://host``.

@@ -1,11 +1,11 @@
 """Threads that carry the context of the code that starts them.
 
-A new :class:`threading.Thread` starts with empty context variables. Prefect keeps its settings
+A new `threading.Thread` starts with empty context variables. Prefect keeps its settings
 (the API URL among them) in one, so a thread started under ``temporary_settings`` (or inside a
 flow run, or in a program that set ``PREFECT_API_URL`` after importing Prefect) would read
 Prefect's import-time settings instead: without an API URL there, ``get_client()`` starts a
 temporary local server of its own. Every thread this package starts is started here, in a copy of
-the starting code's context (as :func:`asyncio.to_thread` does for its calls).
+the starting code's context (as `asyncio.to_thread` does for its calls).
 
 Example:
     >>> import contextvars

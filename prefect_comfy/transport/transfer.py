@@ -1,10 +1,10 @@
 """Moving files: uploads (multipart, from a URL, presigned) and streamed downloads.
 
-:class:`Transfers` is the part of :class:`~prefect_comfy.backends.cloud.rest.ComfyClient` that moves bytes.
+`Transfers` is the part of `ComfyClient` that moves bytes.
 The key rule is the shared session's: the API key goes only to URLs under the API base
-(:meth:`~prefect_comfy.transport.session.RestSession.is_api_url`); a presigned upload URL, a signed
+(`is_api_url`); a presigned upload URL, a signed
 storage URL, or a redirect to one never sees it, whatever its origin. Downloads are the one
-streaming download of :mod:`prefect_comfy.transport.download`.
+streaming download of `prefect_comfy.transport.download`.
 
 Example:
     >>> import asyncio, httpx
@@ -49,7 +49,7 @@ __all__ = ["CHUNK_SIZE", "MAX_REDIRECTS", "Source", "Transfers"]
 
 
 class Transfers(RestSession):
-    """Uploads of inputs and models, and downloads of outputs (see :class:`ComfyClient`)."""
+    """Uploads of inputs and models, and downloads of outputs (see `ComfyClient`)."""
 
     # -- inputs ---------------------------------------------------------------------------------
     async def upload_input(
@@ -256,7 +256,7 @@ class Transfers(RestSession):
         """Stream an output to a file; returns its path.
 
         Args:
-            output_or_url: an :class:`Output` (its ``download_url``; read afresh if missing) or a URL.
+            output_or_url: an `Output` (its ``download_url``; read afresh if missing) or a URL.
             dest: a folder (the file gets a safe form of the output's name inside it, suffixed
                 ``name (1).png`` if taken, never overwriting) or a file path (replaced). The bytes
                 go to a temporary file beside the target, renamed into place once complete.

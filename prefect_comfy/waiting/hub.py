@@ -1,15 +1,15 @@
 """The waiting layer's hub: ONE event stream per server and credentials per process, fanned out.
 
-:meth:`EventHub.shared` returns the process-wide hub of a backend's
-:attr:`~prefect_comfy.backends.base.ComfyBackend.connection_key`. It lives on the waiting layer's
-own loop (:func:`~prefect_comfy.waiting.loop.waiting_loop`, a daemon thread), so waits from any
+`EventHub.shared` returns the process-wide hub of a backend's
+`connection_key`. It lives on the waiting layer's
+own loop (`waiting_loop`, a daemon thread), so waits from any
 event loop or thread (Prefect's sync tasks each run a loop of their own) share its one stream. The
 hub owns a clone of the backend, opens ``events(["job.*", "input.*", "model.*"])`` when the first
-wait starts, and closes it :data:`DEFAULT_LINGER` seconds after the last wait ends.
+wait starts, and closes it `DEFAULT_LINGER` seconds after the last wait ends.
 
-It alone fans events out, drops duplicates (:mod:`~prefect_comfy.waiting.recall`), remembers
+It alone fans events out, drops duplicates (`recall`), remembers
 recent outcomes for waits that register late, and reconciles pending resources after every
-(re)connect (:mod:`~prefect_comfy.waiting.reconcile`). A stream that gives up fails no wait (only a
+(re)connect (`reconcile`). A stream that gives up fails no wait (only a
 refused key or a wait's own timeout does). docs/architecture.md tells the whole story.
 
 Example:
@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 Kind = Literal["job", "input", "model"]
 Key = tuple[str, str]
 Mark = tuple[int, int]
-"""What :meth:`EventHub.mark` returns: the connection epoch and the outcomes forgotten so far."""
+"""What `EventHub.mark` returns: the connection epoch and the outcomes forgotten so far."""
 
 REST_CONCURRENCY = 16
 """Most single REST reads in flight at once while reconciling."""
@@ -73,7 +73,7 @@ LATE_BATCH_DELAY = 0.02
 class EventHub(SharedStream):
     """The shared event stream of one set of credentials.
 
-    Use :meth:`shared`; the constructor is for tests (a hub made directly runs on the loop of its
+    Use `shared`; the constructor is for tests (a hub made directly runs on the loop of its
     first wait).
 
     Args:
@@ -82,7 +82,7 @@ class EventHub(SharedStream):
         rest_concurrency: most single REST reads in flight at once.
         loop: the loop the hub runs on (default: the first wait's).
         max_streams: on a server without a global stream, the most per-job streams to hold at
-            once (default: ``COMFY_MAX_STREAMS``, 8); see :mod:`~prefect_comfy.waiting.slots`.
+            once (default: ``COMFY_MAX_STREAMS``, 8); see `slots`.
     """
 
     _shared: ClassVar[dict[str, EventHub]] = {}
@@ -184,7 +184,7 @@ class EventHub(SharedStream):
         return (self._epoch, self._recall.forgotten) if self._live else None
 
     async def ready(self, timeout: float | None = None) -> Mark:
-        """Open the stream if needed and return :meth:`mark` once it is up (for submit-then-wait)."""
+        """Open the stream if needed and return `mark` once it is up (for submit-then-wait)."""
         await self._home.run(self._open_for_marks)
         if self._per_job:
             return (-1, -1)  # never equal to mark(): every wait is followed as usual
@@ -217,11 +217,11 @@ class EventHub(SharedStream):
             timeout: seconds; ``None`` waits for ever.
             on_progress: called (sync or async, in order, once each, on the caller's loop) with
                 every ``job.progress`` of the job before the wait returns; its exceptions are logged.
-            covered_since: a :meth:`mark` taken before the resource was created: no REST read
+            covered_since: a `mark` taken before the resource was created: no REST read
                 while the stream has not broken since.
 
         Returns:
-            The terminal :class:`ComfyEvent`, such as ``job.completed`` or ``job.failed``.
+            The terminal `ComfyEvent`, such as ``job.completed`` or ``job.failed``.
 
         Raises:
             JobTimedOut: a job wait timed out (it names the last known status).
@@ -239,8 +239,8 @@ class EventHub(SharedStream):
         finally:
             self.exit(waiter)
 
-    # The three steps of :meth:`wait`, for callers that inline it to save a coroutine frame per
-    # pending wait (:func:`~prefect_comfy.waiting.waiters.wait_for_job`).
+    # The three steps of `wait`, for callers that inline it to save a coroutine frame per
+    # pending wait (`wait_for_job`).
     def enter(
         self,
         kind: str,
@@ -248,7 +248,7 @@ class EventHub(SharedStream):
         on_progress: ProgressCallback | None = None,
         covered_since: Mark | None = None,
     ) -> Waiter:
-        """Register a wait from the running loop; await ``waiter.future``, then call :meth:`exit`."""
+        """Register a wait from the running loop; await ``waiter.future``, then call `exit`."""
         if kind not in ("job", "input", "model"):
             raise ComfyConfigError(f"kind must be 'job', 'input' or 'model', got {kind!r}")
         if not resource_id:
@@ -441,7 +441,7 @@ class EventHub(SharedStream):
         self._recall.forget_outcomes()  # an idle hub keeps nothing; the next wait reads
 
     async def aclose(self) -> None:
-        """Close the stream now (pending waits fail with :class:`WebSocketConnectionError`)."""
+        """Close the stream now (pending waits fail with `WebSocketConnectionError`)."""
         if self._home.loop is not None and not self._home.here():
             future = asyncio.run_coroutine_threadsafe(self.aclose(), self._home.loop)
             await asyncio.wrap_future(future)

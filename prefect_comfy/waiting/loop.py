@@ -2,7 +2,7 @@
 
 Prefect runs sync tasks in worker threads, each with an event loop of its own, and async code may
 run several loops too. A stream opened in one of those loops could not serve waits in another, so
-the process-wide hubs (:meth:`EventHub.shared <prefect_comfy.waiting.hub.EventHub.shared>`) live on
+the process-wide hubs (`EventHub.shared`) live on
 this loop instead; a wait in any loop registers here and gets its outcome handed back to its own
 loop. A forked child starts a loop of its own on first use.
 
@@ -53,7 +53,7 @@ class Mailbox:
     self-pipe writes, not 10,000 (and not 10,000 switches between two threads holding the GIL).
 
     Args:
-        loop: the loop; ``None`` binds it to the loop of the first :meth:`call`.
+        loop: the loop; ``None`` binds it to the loop of the first `call`.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:

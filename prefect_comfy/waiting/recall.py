@@ -3,9 +3,9 @@
 Both are bounded. Event digests are 16 bytes each (never payloads: a body can be megabytes), to drop
 an event the stream delivers twice. Outcomes are whole terminal events, so that a wait that
 registers after its resource ended returns at once; they are bounded in number
-(:data:`REMEMBERED_OUTCOMES`) and in bytes (:data:`OUTCOME_BYTES` in all; an outcome larger than
-:data:`LARGEST_OUTCOME` is not kept: the stream carries other users' jobs too, and a late wait for
-one reads it over REST). :attr:`Recall.forgotten` counts evictions and outcomes not kept, so that a
+(`REMEMBERED_OUTCOMES`) and in bytes (`OUTCOME_BYTES` in all; an outcome larger than
+`LARGEST_OUTCOME` is not kept: the stream carries other users' jobs too, and a late wait for
+one reads it over REST). `Recall.forgotten` counts evictions and outcomes not kept, so that a
 ``covered_since`` mark taken before one is not trusted any more.
 
 Example:

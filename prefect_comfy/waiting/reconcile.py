@@ -1,17 +1,17 @@
 """Reconciliation: after every (re)connect, find out over REST what ended while nobody listened.
 
 The stream has no replay. After each connect the hub hands the keys of its pending waits to a
-:class:`Reconciler`, which
+`Reconciler`, which
 
 1. lists the server's unfinished jobs when that costs fewer requests than reading the pending jobs
-   one by one (:meth:`ComfyBackend.list_unfinished`: the first page says how large the server's
+   one by one (`ComfyBackend.list_unfinished`: the first page says how large the server's
    backlog is, and the listing stops there when reading is cheaper; the other pages are read
    concurrently): a pending job in that list is still running, and the stream will tell how it
    ends. Three waits against 10,000 unfinished jobs thus cost one page and three reads, and N
    waits at most min(N, pages) + 1 requests, plus a read for each job that ended meanwhile;
 2. reads the rest one by one (at most ``concurrency`` at a time): jobs missing from the list,
    inputs and models, and every key when the server cannot list;
-3. tries a failed list or read again, backed off with jitter up to :data:`RETRY_MAX_DELAY` seconds
+3. tries a failed list or read again, backed off with jitter up to `RETRY_MAX_DELAY` seconds
    apart, until it succeeds or nobody waits for the key any more (issue 11 item 2: a REST outage
    longer than the client's own retry budget must not leave a wait hanging).
 
@@ -19,9 +19,9 @@ A read that started before a later (re)connect and found the resource unfinished
 it could not see what the lost connection missed.
 
 While the stream is down (reconnecting, or a link that flaps and never stays subscribed), the hub
-also asks for :meth:`Reconciler.poll_while_down`: every pending key is reconciled again and again,
-:data:`DOWN_POLL_INITIAL` seconds after the stream went down, then backed off to at most
-:data:`DOWN_POLL_MAX` seconds apart, until the stream is live again or nobody waits. A wait thus
+also asks for `Reconciler.poll_while_down`: every pending key is reconciled again and again,
+`DOWN_POLL_INITIAL` seconds after the stream went down, then backed off to at most
+`DOWN_POLL_MAX` seconds apart, until the stream is live again or nobody waits. A wait thus
 ends within seconds of its job ending even when the stream never stays up (issue 11 item 3).
 """
 
@@ -52,7 +52,7 @@ RETRY_MAX_DELAY = 10.0
 """The longest pause between two tries of a failed reconciliation, seconds."""
 DOWN_POLL_INITIAL = 1.0
 """Seconds after the stream went down before pending keys are read the first time (then backed
-off up to :data:`DOWN_POLL_MAX`)."""
+off up to `DOWN_POLL_MAX`)."""
 DOWN_POLL_MAX = 5.0
 """The longest pause between two reconciliations while the stream is down, seconds."""
 READ_TIMEOUT = 60.0
@@ -70,7 +70,7 @@ class Reconciler:
         pending: whether a key is still waited for.
         epoch: the hub's connection counter (it changes at every connect and disconnect).
         found: called with each resource read (or listed as unfinished).
-        missing: called with the :class:`NotFound` of a key.
+        missing: called with the `NotFound` of a key.
         concurrency: most single reads in flight at once.
     """
 

@@ -1,15 +1,15 @@
 """Waiting on a server without a global stream: per-job streams in capped slots, one shared poll.
 
 Comfy API v2 has no account-wide event stream, only one stream per job
-(:meth:`ComfyBackend.job_events <prefect_comfy.backends.base.ComfyBackend.job_events>`), and servers
+(`ComfyBackend.job_events`), and servers
 cap how many are open (429 ``too_many_streams``). For such a backend
 (``capabilities.per_job_streams`` and not ``global_event_stream``) the hub hands its pending
-resources to one :class:`JobStreams`, which
+resources to one `JobStreams`, which
 
-- opens a stream for each pending job while fewer than :attr:`JobStreams.cap` are open (the cap
+- opens a stream for each pending job while fewer than `JobStreams.cap` are open (the cap
   starts at ``COMFY_MAX_STREAMS``, default 8, and is learned: a refusal lowers it to the streams
   open at that moment, moves the job to the shared REST read, and no new stream is tried before
-  the refusal's ``retry_after``, held between :data:`REFUSAL_FLOOR` and :data:`REFUSAL_CEILING`);
+  the refusal's ``retry_after``, held between `REFUSAL_FLOOR` and `REFUSAL_CEILING`);
 - reads every other pending resource in ONE shared, backed-off REST loop (every polled resource each
   round; 0.5 s apart, x1.5 per quiet round up to 5 s, back to 0.5 s when something changed). A
   resource new to the loop is read at once; inputs and models end on that first read, since a v2
@@ -85,8 +85,8 @@ class JobStreams:
         pending: whether a key is still waited for.
         dispatch: called with every event of a stream.
         found: called with every resource read.
-        missing: called with the :class:`NotFound` of a key.
-        broken: called with the :class:`ComfyProtocolError` of a read that the server answered
+        missing: called with the `NotFound` of a key.
+        broken: called with the `ComfyProtocolError` of a read that the server answered
             with something that is not the resource (the wait fails at once; default: ``missing``).
         max_streams: the cap to start from.
         concurrency: most REST reads in flight at once.
@@ -148,7 +148,7 @@ class JobStreams:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters for the hub's :attr:`~prefect_comfy.waiting.hub.EventHub.stats`."""
+        """Counters for the hub's `stats`."""
         return {
             "job_streams_open": len(self._streams),
             "job_streams_opened": self.streams_opened,

@@ -1,9 +1,9 @@
 """The life of a hub's one stream: opened on demand, kept a while, closed when idle.
 
-:class:`SharedStream` is the part of :class:`~prefect_comfy.waiting.hub.EventHub` that owns the
+`SharedStream` is the part of `EventHub` that owns the
 backend and its ``events()`` iterator: it opens the stream when the first wait comes, counts
 connection *epochs* (every connect and every disconnect starts a new one, so that an answer or a
-``covered_since`` mark from before a gap is recognised as such), lingers :data:`DEFAULT_LINGER`
+``covered_since`` mark from before a gap is recognised as such), lingers `DEFAULT_LINGER`
 seconds after the last wait, then closes the stream and the backend, and opens them anew (on a
 fresh clone) for the next wait. The hub fills in what happens to waits through the ``_source``, ``_dispatch``,
 ``_connected``, ``_ended``, ``_idle``, ``_new_backend`` and ``_closing`` hooks.
@@ -56,7 +56,7 @@ class SharedStream:
         self.connections_opened = 0
         """How many connects and reconnects the stream reported (``on_connect`` calls)."""
         self.stream_restarts = 0
-        """Times the stream gave up while needed and was opened again (:meth:`_reopen_later`)."""
+        """Times the stream gave up while needed and was opened again (`_reopen_later`)."""
         self._reopen_backoff = Backoff(initial=1.0, maximum=30.0)
 
     @property

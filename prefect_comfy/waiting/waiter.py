@@ -1,6 +1,6 @@
 """One pending wait: what the hub knows of it, and how its events reach the waiting loop.
 
-The hub runs on its own loop; a wait may run on any other. :meth:`Waiter.deliver` is called on the
+The hub runs on its own loop; a wait may run on any other. `Waiter.deliver` is called on the
 hub's loop and hands the event over with ``call_soon_threadsafe`` (in order: one FIFO per loop), so
 the future is resolved, and progress callbacks run, on the wait's own loop. A waiter is small on
 purpose (``__slots__``, the progress queue made only for waits that asked for progress): the hub
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 class Waiter:
-    """One call of :meth:`EventHub.wait <prefect_comfy.waiting.hub.EventHub.wait>`."""
+    """One call of `EventHub.wait`."""
 
     __slots__ = ("ended", "future", "inbox", "kind", "loop", "on_progress", "pump", "resource_id")
 

@@ -1,7 +1,7 @@
 """Module-level waits with the signatures of Comfy's own Python SDK.
 
-Each call waits through the process-wide :class:`~prefect_comfy.waiting.hub.EventHub` of the
-backend the key and origin describe (:func:`~prefect_comfy.backends.environment.backend_from_environment`:
+Each call waits through the process-wide `EventHub` of the
+backend the key and origin describe (`backend_from_environment`:
 the Comfy Cloud developer API), so any number of concurrent calls with the
 same key, in any event loop or thread of the process, share ONE WebSocket connection. A call builds
 no backend: the hub is found by a digest of the key and origin (the first call of a key builds one).

@@ -1,8 +1,8 @@
 """Waits on any backend: the functions the Prefect layer and the listener call.
 
-Each goes through the process-wide :class:`~prefect_comfy.waiting.hub.EventHub` of the backend's
+Each goes through the process-wide `EventHub` of the backend's
 credentials, so every wait of the process on one server shares one stream, whatever its event
-loop or thread. They replace the ``wait_for_*`` methods that :class:`ComfyBackend` had (the backend
+loop or thread. They replace the ``wait_for_*`` methods that `ComfyBackend` had (the backend
 interface no longer imports the waiting layer).
 
 Example:
@@ -27,7 +27,7 @@ __all__ = ["stream_ready", "submit_connected", "wait_for", "wait_for_input", "wa
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 10.0
-"""Seconds :func:`stream_ready` waits for the event stream before a submit goes ahead without it."""
+"""Seconds `stream_ready` waits for the event stream before a submit goes ahead without it."""
 
 
 async def stream_ready(backend: ComfyBackend, timeout: float = READY_TIMEOUT) -> Mark | None:
@@ -52,10 +52,10 @@ async def submit_connected(
     tags: Sequence[str] = (),
     idempotency_key: str | None = None,
 ) -> tuple[Job, Mark | None]:
-    """Submit ``graph`` once the event stream is up (:func:`stream_ready`).
+    """Submit ``graph`` once the event stream is up (`stream_ready`).
 
     Returns:
-        The job, and the mark to pass to :func:`wait_for` as ``covered_since``.
+        The job, and the mark to pass to `wait_for` as ``covered_since``.
     """
     covered = await stream_ready(backend)
     job = await backend.submit(graph, tags=list(tags), idempotency_key=idempotency_key)
@@ -96,12 +96,12 @@ async def wait_for(
 async def wait_for_input(
     backend: ComfyBackend, input_id: str, *, timeout: float | None = None
 ) -> ComfyEvent:
-    """Wait for ``input.ready`` or ``input.failed``; raises :class:`WaitTimedOut` on timeout."""
+    """Wait for ``input.ready`` or ``input.failed``; raises `WaitTimedOut` on timeout."""
     return await wait_for(backend, "input", input_id, timeout=timeout)
 
 
 async def wait_for_model(
     backend: ComfyBackend, model_id: str, *, timeout: float | None = None
 ) -> ComfyEvent:
-    """Wait for ``model.ready`` or ``model.failed``; raises :class:`WaitTimedOut` on timeout."""
+    """Wait for ``model.ready`` or ``model.failed``; raises `WaitTimedOut` on timeout."""
     return await wait_for(backend, "model", model_id, timeout=timeout)

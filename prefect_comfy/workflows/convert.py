@@ -2,7 +2,7 @@
 
 The editor saves a workflow as a litegraph document (``nodes``, ``links``, ``widgets_values``,
 ``definitions.subgraphs``); the server runs an API-format graph (node id -> ``class_type`` and
-``inputs``). :func:`convert_workflow` turns the first into the second without a browser, following
+``inputs``). `convert_workflow` turns the first into the second without a browser, following
 the semantics of the frontend that ships with ComfyUI 0.3.75 (``comfyui-frontend-package``
 1.32.9), which the oracle fixtures check:
 
@@ -19,7 +19,7 @@ the semantics of the frontend that ships with ComfyUI 0.3.75 (``comfyui-frontend
 - ``_meta.title`` is the node's title (its class's display name when the title was not changed).
 
 Pure and deterministic: no I/O, and nothing is randomized. A seed's ``control_after_generate``
-setting is returned beside the graph (:attr:`ApiWorkflow.controls`) for the run to act on.
+setting is returned beside the graph (`ApiWorkflow.controls`) for the run to act on.
 
 Example:
     >>> object_info = {
@@ -109,7 +109,7 @@ def convert_workflow(
 
     Args:
         workflow: the editor's save format (a mapping with ``nodes`` and ``links``).
-        object_info: the server's ``/object_info`` mapping, or a :class:`NodeCatalog` of it
+        object_info: the server's ``/object_info`` mapping, or a `NodeCatalog` of it
             (reuse one catalog across calls: it interprets each class once).
 
     Returns:
@@ -135,7 +135,7 @@ def to_api_format(
 ) -> dict[str, Any]:
     """The API-format graph of a save-format workflow: ``convert_workflow(...).graph``.
 
-    See :func:`convert_workflow` for the arguments and errors.
+    See `convert_workflow` for the arguments and errors.
     """
     return convert_workflow(workflow, object_info).graph
 

@@ -3,8 +3,8 @@
 ComfyUI's frontend does not send what the file says as it is: loading a node rebuilds its inputs
 from the node's class (link sockets first, then one socket per widget, then any saved input the
 class no longer has) and fills its widgets from ``widgets_values`` in the order it built them.
-:class:`Document` does the same, once per workflow, so that the converter
-(:mod:`prefect_comfy.workflows.convert`) can walk links the way ``graphToPrompt()`` does.
+`Document` does the same, once per workflow, so that the converter
+(`prefect_comfy.workflows.convert`) can walk links the way ``graphToPrompt()`` does.
 """
 
 from __future__ import annotations

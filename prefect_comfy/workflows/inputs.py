@@ -4,11 +4,11 @@
 ``<node>.<input>``, where ``<node>`` is the node's id, its title (``_meta.title``), or its class
 type where only one node has it (the part after the last dot is the input). Unknown and ambiguous
 names are errors that list the candidates, and values are checked against the node catalog
-(type, min and max, choices) before anything is sent: :func:`apply_inputs` raises
-:class:`~prefect_comfy.exceptions.InvalidInputs` with every problem at once.
+(type, min and max, choices) before anything is sent: `apply_inputs` raises
+`InvalidInputs` with every problem at once.
 
 Seeds: a widget the save format marks ``randomize`` gets a fresh value on each run
-(:func:`draw_seeds`), within its min and max; an input given by name wins over it. The values
+(`draw_seeds`), within its min and max; an input given by name wins over it. The values
 used are returned, so a picture can be made again (pass them back as inputs).
 
 Pure: no I/O. Example:
@@ -259,7 +259,7 @@ def draw_seeds(
         graph: the API-format graph (changed in place).
         controls: ``(node id, input) -> "fixed" | "increment" | "decrement" | "randomize"``, as
             the conversion found them.
-        catalog: for each widget's min and max (else 0 .. :data:`MAX_RANDOM_SEED`).
+        catalog: for each widget's min and max (else 0 .. `MAX_RANDOM_SEED`).
         keep: widgets given explicitly: an explicit input wins over randomize.
         rng: the randomness (seed it to draw the same values again).
     """

@@ -1,15 +1,15 @@
 """Reading and checking a workflow before anything is sent: the one place that does it.
 
 Every door the Prefect layer opens (the flow, the job block, ``submit_comfy_job``, the CLI) calls
-:func:`load_workflow` once, so a bad workflow raises
-:class:`~prefect_comfy.exceptions.InvalidWorkflow` everywhere, with a message that says what to do,
+`load_workflow` once, so a bad workflow raises
+`InvalidWorkflow` everywhere, with a message that says what to do,
 before any request. It reads both formats ComfyUI writes, from a dict, JSON text, a JSON file or a
-PNG that ComfyUI saved (see :mod:`prefect_comfy.workflows.png`):
+PNG that ComfyUI saved (see `prefect_comfy.workflows.png`):
 
 - the **API format** (``{"3": {"class_type": ..., "inputs": {...}}}``), checked node by node;
 - the editor's **save format** (``nodes`` and ``links`` lists), checked for its shape only: it is
   converted against the server's node catalog at submit
-  (:func:`prefect_comfy.workflows.convert.convert_workflow`).
+  (`prefect_comfy.workflows.convert.convert_workflow`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def load_workflow(workflow: Mapping[str, Any] | str | os.PathLike[str]) -> dict[
     ids to nodes, each with a ``class_type`` and an ``inputs`` mapping, holding only what JSON can
     carry (no NaN or infinity). A save-format workflow must have a ``nodes`` list of objects; it
     comes back as it is, to be converted against the server's catalog. A file is read as UTF-8
-    (a byte-order mark is skipped), at most :data:`MAX_WORKFLOW_BYTES`; a PNG gives its
+    (a byte-order mark is skipped), at most `MAX_WORKFLOW_BYTES`; a PNG gives its
     ``workflow`` chunk, else its ``prompt`` chunk.
 
     Raises:

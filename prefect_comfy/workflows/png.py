@@ -1,7 +1,7 @@
 """The workflow inside a PNG that ComfyUI saved: its ``prompt`` and ``workflow`` text chunks.
 
 ComfyUI's ``SaveImage`` writes two text chunks into each picture: ``prompt`` (the API-format graph
-that ran) and ``workflow`` (the editor's save format). :func:`workflow_of_png` reads them without
+that ran) and ``workflow`` (the editor's save format). `workflow_of_png` reads them without
 decoding the picture.
 
 Which one is used: the ``workflow`` chunk (save format) when present, because it still says which

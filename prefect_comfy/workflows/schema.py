@@ -2,10 +2,10 @@
 
 An *exposed input* is named ``NODE.INPUT``, where ``NODE`` is a node's id (``"6"``), its title in
 the editor (``"Positive Prompt"``, the node's ``_meta.title``) or its class type where only one
-node has it (``"KSampler"``). :func:`inputs_schema` turns a list of such names into the JSON
+node has it (``"KSampler"``). `inputs_schema` turns a list of such names into the JSON
 schema of one object with a property per name, which Prefect's run form draws: its type, the
 workflow's value as default, the range and the choices (a dropdown) from the server's node catalog,
-and a description naming the node. Names resolve as :mod:`prefect_comfy.workflows.inputs` resolves
+and a description naming the node. Names resolve as `prefect_comfy.workflows.inputs` resolves
 them when a run sets them, so a name the form offers is one a run accepts.
 
 Pure code, no I/O.
@@ -75,7 +75,7 @@ def _refused(name: str, message: str, node_id: str | None = None) -> InvalidInpu
 def resolve_input(graph: Mapping[str, Any], name: str) -> ExposedInput:
     """Where the input called ``name`` (``NODE.INPUT``) is in an API-format ``graph``.
 
-    The node is found as :func:`~prefect_comfy.workflows.inputs.resolve_inputs` finds it (by id,
+    The node is found as `resolve_inputs` finds it (by id,
     title, or a class type only one node has); the input must hold a value in the graph.
 
     Raises:
@@ -208,7 +208,7 @@ def inputs_schema(
 
     Raises:
         InvalidInputs: no names, a name given twice, a name that does not resolve (see
-            :func:`resolve_input`), a node type the catalog lacks, or a workflow value outside
+            `resolve_input`), a node type the catalog lacks, or a workflow value outside
             what the catalog allows.
     """
     names = list(names)

@@ -156,6 +156,9 @@ async def test_run_as_a_prefect_flow_run_prints_its_link(
     assert link
     (path,) = done.stdout.splitlines()
     assert Path(path).parent == tmp_path / "out" and Path(path).is_file()
+    # The run's progress milestones go to the Prefect server, not across the terminal's bar.
+    assert "Waiting for Comfy job" in done.stderr
+    assert not re.search(r"Comfy job \S+: \d+%", done.stderr), done.stderr[-3000:]
     async with get_client() as client:  # --tag tags the flow run too, not only the Comfy job
         flow_run = await client.read_flow_run(uuid.UUID(link[1]))
     assert tag in flow_run.tags

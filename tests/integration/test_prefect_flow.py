@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,7 +20,12 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.events.filters import (
     EventFilter,
     EventNameFilter,
@@ -29,6 +35,7 @@ from prefect.events.filters import (
 
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.exceptions import AuthenticationError, InvalidWorkflow, JobFailed, JobTimedOut
+from prefect_comfy.orchestration.artifacts import artifact_key
 from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.orchestration.jobs import COMFY_JOB_ID_LABEL, ComfyJobResult, ComfyWorkflow
@@ -159,6 +166,57 @@ async def test_flow_completes_with_local_pngs_label_and_event(prefect_api_url, c
     related = {r.id for r in submitted.related}
     assert f"prefect.flow-run.{flow_run_id}" in related
     assert API_KEY not in submitted.model_dump_json()
+
+
+async def read_run_artifacts(flow_run_id: uuid.UUID) -> list:
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+async def test_the_flow_run_has_its_own_progress_and_milestones(prefect_api_url, creds, tmp_path):
+    # Issue 19, item 8: the progress was only a task run's artifact (key 'comfy-job-job-…', the
+    # description starting with 'Progress of'), and the flow run's log never said how far it was.
+    state = await asyncio.to_thread(
+        run_comfy_workflow,
+        creds,
+        slow_workflow(steps=20, step_seconds=0.05),
+        output_dir=str(tmp_path),
+        return_state=True,
+    )
+    assert state.is_completed(), state
+    result = await state.result()
+    flow_run_id = state.state_details.flow_run_id
+
+    async def progress_artifacts() -> list:
+        found = await read_run_artifacts(flow_run_id)
+        return [a for a in found if a.type == "progress" and a.data == 100]
+
+    (artifact,) = await eventually(progress_artifacts, timeout=30, message="progress artifact")
+    assert artifact.task_run_id is None  # the flow run's own, shown on its page
+    assert artifact.key == artifact_key("job", result.job_id)
+    assert "job-job" not in artifact.key
+    assert artifact.description.startswith("100% · completed · job ")
+    assert len(artifact.description) <= 40
+
+    async def milestone_logs() -> list[int]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+        found = [MILESTONE.match(log.message) for log in logs]
+        tenths = [int(m.group(2)) for m in found if m and m.group(1) == result.job_id]
+        return tenths if tenths and tenths[-1] == 100 else []
+
+    tenths = await eventually(milestone_logs, timeout=30, message="milestone log lines")
+    assert tenths[0] == 0 and tenths[-1] == 100
+    assert tenths == sorted(set(tenths)), tenths  # in order, each at most once
+    assert all(t % 10 == 0 for t in tenths)
+    assert len(tenths) >= 3, tenths  # 20 steps: some tenths between the start and the end
+
+
+MILESTONE = re.compile(r"^Comfy job (\S+): (\d+)%")
 
 
 async def test_a_failed_job_fails_the_flow_with_the_comfy_error(prefect_api_url, creds):
@@ -408,4 +466,13 @@ async def test_job_block_inside_a_sync_flow_tags_and_labels(prefect_api_url, cre
     assert events.FLOW_RUN_TAG_PREFIX + str(flow_run_id) in tags and "in-flow" in tags
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)
-    assert flow_run.labels.get(COMFY_JOB_ID_LABEL)
+    job_id = flow_run.labels.get(COMFY_JOB_ID_LABEL)
+    assert job_id
+    # The job block's run gives the flow run its own progress too (issue 19, item 8).
+
+    async def progress_artifacts() -> list:
+        found = await read_run_artifacts(flow_run_id)
+        return [a for a in found if a.type == "progress" and a.data == 100]
+
+    (artifact,) = await eventually(progress_artifacts, timeout=30, message="progress artifact")
+    assert artifact.task_run_id is None and artifact.key == artifact_key("job", job_id)

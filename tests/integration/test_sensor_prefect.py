@@ -27,7 +27,7 @@ from prefect.events.filters import EventFilter, EventOccurredFilter, EventResour
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.exceptions import JobFailed, JobTimedOut
 from prefect_comfy.models import Job
-from prefect_comfy.orchestration.artifacts import artifact_key
+from prefect_comfy.orchestration.artifacts import artifact_key, short_id
 from prefect_comfy.orchestration.tasks import (
     wait_for_comfy_input,
     wait_for_comfy_job,
@@ -160,7 +160,8 @@ async def test_completed_job_events_artifacts_and_logs(prefect_api_url, emulator
     key = artifact_key("job", job.id)
     artifacts = await eventually(lambda: read_artifacts(key), message="progress artifact")
     assert artifacts[0].type == "progress" and artifacts[0].data == 100
-    assert artifacts[0].description == f"completed · 100% (Comfy job {job.id})"
+    assert artifacts[0].description == f"100% · completed · job {short_id(job.id)}"
+    assert artifacts[0].flow_run_id == flow_run_id and artifacts[0].task_run_id is None
     outputs = await eventually(lambda: read_artifacts(artifact_key("job", job.id, "outputs")))
     assert outputs[0].type == "markdown"
     assert job.outputs[0].name in outputs[0].data

@@ -27,6 +27,7 @@ from prefect_comfy.exceptions import (
     InvalidWorkflow,
     UnknownNodeType,
 )
+from prefect_comfy.orchestration.artifacts import artifact_key
 from prefect_comfy.orchestration.flows import run_comfy_workflow
 from prefect_comfy.orchestration.job_steps import submit_job
 from prefect_comfy.orchestration.jobs import ComfyWorkflow
@@ -204,7 +205,7 @@ def test_run_comfy_workflow_records_the_seed_in_result_event_and_artifact(
         async with get_client() as client:
             found = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(like_=f"comfy-job-{result.job_id}".lower()[:40])
+                    key=ArtifactFilterKey(any_=[artifact_key("job", result.job_id, "outputs")])
                 )
             )
         texts = [a.data for a in found if isinstance(a.data, str) and "Seeds:" in a.data]

@@ -164,7 +164,7 @@ async def test_progress_artifact_is_throttled_and_ends_with_the_final_value():
 
     async def create(progress, key, description):
         calls.append(("create", progress))
-        assert KEY_RE.match(key) and "job_9" in description
+        assert KEY_RE.match(key) and "job 9" in description
         return artifact_id
 
     async def update(artifact_id, progress, description):
@@ -205,14 +205,30 @@ async def test_progress_artifact_description_says_the_value_on_the_ui_card():
     art.offer(42.7, "KSampler step 12/20")
     await art.flush_due()
     await art.finish(40, outcome="failed")
+    # The percentage and the step first: the card cuts the description at about 40 characters.
     assert descriptions == [
-        "Progress of Comfy job job_9",
-        "42% · KSampler step 12/20 (Comfy job job_9)",
-        "failed · 40% · KSampler step 12/20 (Comfy job job_9)",
+        "0% · job 9",
+        "42% · KSampler step 12/20 · job 9",
+        "40% · failed at KSampler step 12/20 · job 9",
     ]
     art.outcome = None
     await art.finish(100, outcome="completed")
-    assert descriptions[-1] == "completed · 100% (Comfy job job_9)"
+    assert descriptions[-1] == "100% · completed · job 9"
+    long_id = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    art = JobProgressArtifact(long_id, interval=0, create=create, update=update)
+    await art.start(0)
+    art.offer(62, "KSampler step 5/8")
+    await art.flush_due()
+    assert descriptions[-1] == "62% · KSampler step 5/8 · job 0f1e2d3c…"
+    assert len(descriptions[-1]) <= 40
+
+
+def test_artifact_keys_never_repeat_the_kind() -> None:
+    # 'comfy-job-job-42-…' said "job" twice (issue 19, item 8).
+    assert artifact_key("job", "job_42").startswith("comfy-job-42-")
+    assert artifact_key("job", "job_42") != artifact_key("job", "42")
+    assert artifact_key("job", "job") == "comfy-job-job"
+    assert "job-job" not in artifact_key("job", "job-7", "outputs")
 
 
 async def test_progress_artifact_failure_never_raises(caplog):

@@ -122,8 +122,37 @@ async def test_completed_returns_the_job_read_again(sent, caplog):
     lines = [r.getMessage() for r in caplog.records if "j1" in r.getMessage()]
     assert lines == [
         "Waiting for Comfy job j1",
+        "Comfy job j1: 0%",
         "Comfy job j1 is running",
+        "Comfy job j1: 10%",  # every tenth reached, each once: 50 % is the tenth reached after 10
+        "Comfy job j1: 50%",
+        "Comfy job j1: 100%",
         "Comfy job j1 completed with 1 output(s)",
+    ]
+
+
+def test_milestones_are_logged_once_each_in_order(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="test")
+    watch = _JobWatch("j1", None, None, logging.getLogger("test"))
+    for progress, where in [
+        (0, None),
+        (3, None),
+        (12, "KSampler step 1/8"),
+        (19, None),
+        (45, None),
+        (40, None),
+        (99.9, None),
+        (100, None),
+        (100, None),
+        (130, None),
+    ]:
+        watch.note_milestone(progress, where)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Comfy job j1: 0%",
+        "Comfy job j1: 10% · KSampler step 1/8",
+        "Comfy job j1: 40%",
+        "Comfy job j1: 90%",
+        "Comfy job j1: 100%",
     ]
 
 

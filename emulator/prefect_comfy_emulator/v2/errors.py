@@ -1,7 +1,7 @@
 """The v2 face's errors: ``{"error": {"code", "message", "details"?}}`` with an ``X-Comfy-Request-Id``.
 
 Every code of the contract (``comfy-api-v2.openapi.yaml``) plus the emulator's own refusals of bad
-input. ``details`` is an object or absent (the v1 face sends a list), so :func:`as_v2` translates
+input. ``details`` is an object or absent (the v1 face sends a list), so `as_v2` translates
 an error raised by shared code (authentication, body parsing, faults, limits) into this shape.
 
 Example:
@@ -109,7 +109,7 @@ _CODE_OF_V1 = {
 
 
 def as_v2(error: ApiError) -> V2Error:
-    """The same refusal in the v2 shape (a :class:`V2Error` is returned as it is)."""
+    """The same refusal in the v2 shape (a `V2Error` is returned as it is)."""
     if isinstance(error, V2Error):
         return error
     code = _CODE_OF_V1.get(error.code, error.code)

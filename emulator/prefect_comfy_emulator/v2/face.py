@@ -1,7 +1,7 @@
 """What the v2 face keeps beside the shared state: assets over content-addressed blobs, the count
 of open SSE streams, and errors injected for the next submissions.
 
-Jobs, outputs and the executor are the shared :class:`~prefect_comfy_emulator.state.EmulatorState`'s;
+Jobs, outputs and the executor are the shared `EmulatorState`'s;
 an asset is also an input of the account (by its ``file_path``), so that ``LoadImage`` finds it.
 """
 

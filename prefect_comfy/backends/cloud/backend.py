@@ -1,7 +1,7 @@
-"""The Comfy Cloud developer API (and the local emulator) as a :class:`ComfyBackend`.
+"""The Comfy Cloud developer API (and the local emulator) as a `ComfyBackend`.
 
-REST calls go through :class:`~prefect_comfy.backends.cloud.rest.ComfyClient`; the event stream through
-:class:`~prefect_comfy.backends.cloud.ws.ComfyWebSocket`.
+REST calls go through `ComfyClient`; the event stream through
+`ComfyWebSocket`.
 
 Example:
     >>> backend = CloudBackend("comfyui-doc", "http://127.0.0.1:8765")
@@ -198,7 +198,7 @@ class CloudBackend(ComfyBackend):
         return found
 
     async def list_unfinished(self, *, max_requests: int | None = None) -> UnfinishedJobs | None:
-        """Pending then running jobs, in pages of 100, read :data:`PAGE_CONCURRENCY` at a time.
+        """Pending then running jobs, in pages of 100, read `PAGE_CONCURRENCY` at a time.
 
         The first page of pending jobs says how many there are: when the whole listing (the
         pending pages and at least one of running jobs) would take more than ``max_requests``
@@ -244,7 +244,7 @@ class CloudBackend(ComfyBackend):
         on_connect: ConnectCallback | None = None,
         on_disconnect: DisconnectCallback | None = None,
     ) -> AsyncIterator[ComfyEvent]:
-        """Events matching ``patterns`` over one :class:`ComfyWebSocket`, across reconnects.
+        """Events matching ``patterns`` over one `ComfyWebSocket`, across reconnects.
 
         ``on_connect`` and ``on_disconnect`` are passed to the socket: the first runs as a task
         after every (re)subscribe, the second is awaited when a subscribed connection drops,

@@ -1,7 +1,7 @@
 """The credentials block: an API key and where to reach Comfy Cloud, saved in Prefect.
 
 A field left unset falls back, when the block is used, to the ``COMFY_*`` environment
-(:class:`~prefect_comfy.settings.ComfySettings`), so one block can serve machines with different
+(`ComfySettings`), so one block can serve machines with different
 environments, and a block with no fields at all is "whatever the environment says".
 """
 
@@ -29,7 +29,7 @@ def is_masked(value: str) -> bool:
 
 
 _NEVER = "$ref is not a block document"
-"""A property name no document has (see :func:`deployment_parameter_schema`). Printable: PostgreSQL's
+"""A property name no document has (see `deployment_parameter_schema`). Printable: PostgreSQL's
 JSONB refuses a ``\\u0000`` in a block schema, so a NUL here made the block unregistrable there."""
 
 
@@ -125,7 +125,7 @@ class ComfyCloudCredentials(CredentialsBlock):
         return ComfySettings(**update)
 
     def get_client(self) -> ComfyClient:
-        """A new REST client (:class:`~prefect_comfy.backends.cloud.rest.ComfyClient`); close it after use.
+        """A new REST client (`ComfyClient`); close it after use.
 
         Raises:
             ComfyConfigError: no API key here nor in ``COMFY_API_KEY``, or a bad base URL.
@@ -135,7 +135,7 @@ class ComfyCloudCredentials(CredentialsBlock):
         return ComfyClient(settings=self.get_settings())
 
     def get_backend(self) -> CloudBackend:
-        """A new :class:`~prefect_comfy.backends.cloud.backend.CloudBackend`; use it as an async context manager.
+        """A new `CloudBackend`; use it as an async context manager.
 
         Raises:
             ComfyConfigError: no API key here nor in ``COMFY_API_KEY``, or a bad base URL.

@@ -47,7 +47,7 @@ class Frame:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def event(self) -> ComfyEvent:
-        """The :class:`ComfyEvent` of an ``event`` frame."""
+        """The `ComfyEvent` of an ``event`` frame."""
         if self.type != "event":
             raise ComfyProtocolError(f"not an event frame: {self.type!r}")
         name = self.data.get("event")
@@ -68,7 +68,7 @@ class Frame:
 
 
 def decode(text: str | bytes) -> Frame:
-    """Decode one server frame; raise :class:`ComfyProtocolError` for anything malformed."""
+    """Decode one server frame; raise `ComfyProtocolError` for anything malformed."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

@@ -1,15 +1,15 @@
 """The async REST client of the Comfy developer API.
 
-:class:`ComfyClient` wraps one :class:`httpx.AsyncClient` with an explicit life (``async with`` or
-:meth:`ComfyClient.aclose`), a transport seam (``httpx.MockTransport`` in unit tests), typed answers
-(:mod:`prefect_comfy.models`) and one place where HTTP and transport failures become the package's
-error tree (:mod:`prefect_comfy.transport.errors`, used by ``_send``). Failed calls that
-:func:`~prefect_comfy.exceptions.is_retryable` allows (429, 5xx, transport errors) are retried by
-:class:`~prefect_comfy.transport.retry.RetryPolicy`; creating calls always carry an ``Idempotency-Key``
+`ComfyClient` wraps one `httpx.AsyncClient` with an explicit life (``async with`` or
+`ComfyClient.aclose`), a transport seam (``httpx.MockTransport`` in unit tests), typed answers
+(`prefect_comfy.models`) and one place where HTTP and transport failures become the package's
+error tree (`prefect_comfy.transport.errors`, used by ``_send``). Failed calls that
+`is_retryable` allows (429, 5xx, transport errors) are retried by
+`RetryPolicy`; creating calls always carry an ``Idempotency-Key``
 so a retry replays instead of duplicating.
 
-The client is built in layers, one module each: :mod:`~prefect_comfy.transport.session` (configuration,
-the lazy httpx client, key scoping, the one send), :mod:`~prefect_comfy.transport.transfer` (uploads and
+The client is built in layers, one module each: `session` (configuration,
+the lazy httpx client, key scoping, the one send), `transfer` (uploads and
 downloads), and this module (jobs and the read/list/delete endpoints). Building a client does no I/O:
 the httpx client is made on the first request and shares the process's one SSL context.
 
@@ -73,12 +73,12 @@ class ComfyClient(Transfers):
         transport: an httpx transport (``httpx.MockTransport`` in tests).
         timeout: seconds or an ``httpx.Timeout``; defaults to the settings' request/connect timeouts.
         max_retries: retries of one call after 429, 5xx or a transport error.
-        retry: a full :class:`RetryPolicy` (overrides ``max_retries``), e.g. with a sleep that
+        retry: a full `RetryPolicy` (overrides ``max_retries``), e.g. with a sleep that
             does not wait, for tests.
 
-    Uploads (multipart, from a URL, presigned) and :meth:`download` come from
-    :class:`~prefect_comfy.transport.transfer.Transfers`; construction, :meth:`aclose` and
-    :meth:`is_api_url` from :class:`~prefect_comfy.transport.session.RestSession`.
+    Uploads (multipart, from a URL, presigned) and `download` come from
+    `Transfers`; construction, `aclose` and
+    `is_api_url` from `RestSession`.
 
     Raises:
         ComfyConfigError: no API key, or a base URL that is not ``http(s)://host``.
@@ -133,7 +133,7 @@ class ComfyClient(Transfers):
         return self._parse(JobBatch, data)
 
     async def get_job(self, job_id: str) -> Job:
-        """Read a job (``GET /jobs/{id}``). Raises :class:`NotFound`."""
+        """Read a job (``GET /jobs/{id}``). Raises `NotFound`."""
         return self._parse(Job, await self._call("GET", f"/jobs/{segment(job_id)}"))
 
     async def list_jobs(
@@ -145,7 +145,7 @@ class ComfyClient(Transfers):
         offset: int = 0,
         limit: int = 20,
     ) -> Page:
-        """One page of jobs (``GET /jobs``); ``items`` are :class:`Job`; tags match all (AND)."""
+        """One page of jobs (``GET /jobs``); ``items`` are `Job`; tags match all (AND)."""
         params = {
             "status": status,
             "tags": csv(tags),
@@ -176,7 +176,7 @@ class ComfyClient(Transfers):
 
         A pending job ends at once, a running one at its next checkpoint (and may still complete).
         The API answers 400 for a job that already ended; then this returns the job as it is
-        (from :meth:`get_job`) instead of raising, so that cancelling is safe to repeat.
+        (from `get_job`) instead of raising, so that cancelling is safe to repeat.
         """
         try:
             data = await self._call("POST", f"/jobs/{segment(job_id)}/cancel")
@@ -221,7 +221,7 @@ class ComfyClient(Transfers):
     async def list_inputs(
         self, *, tags: Sequence[str] | None = None, offset: int = 0, limit: int = 20
     ) -> Page:
-        """One page of inputs (``GET /inputs``); ``items`` are :class:`Input`."""
+        """One page of inputs (``GET /inputs``); ``items`` are `Input`."""
         params = {"tags": csv(tags), "offset": offset, "limit": limit}
         return self._page(await self._call("GET", "/inputs", params=params), "inputs", Input)
 
@@ -250,7 +250,7 @@ class ComfyClient(Transfers):
         offset: int = 0,
         limit: int = 20,
     ) -> Page:
-        """One page of models (``GET /models``); ``items`` are :class:`Model`."""
+        """One page of models (``GET /models``); ``items`` are `Model`."""
         params = {"type": type, "tags": csv(tags), "offset": offset, "limit": limit}
         return self._page(await self._call("GET", "/models", params=params), "models", Model)
 
@@ -291,7 +291,7 @@ class ComfyClient(Transfers):
         offset: int = 0,
         limit: int = 20,
     ) -> Page:
-        """One page of outputs (``GET /outputs``); ``items`` are :class:`Output`."""
+        """One page of outputs (``GET /outputs``); ``items`` are `Output`."""
         params = {
             "job_id": job_id,
             "type": type,

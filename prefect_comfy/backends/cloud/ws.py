@@ -1,6 +1,6 @@
 """The developer API's event stream: one WebSocket that reconnects, re-subscribes and de-duplicates.
 
-:class:`ComfyWebSocket` matches the ``ComfyWebSocket`` of Comfy's own Python SDK (same constructor,
+`ComfyWebSocket` matches the ``ComfyWebSocket`` of Comfy's own Python SDK (same constructor,
 ``subscribe`` and ``events``) and adds what long waits need: a JSON ``ping`` keepalive that treats a
 missing ``pong`` as a dead link, jittered reconnects on the one reconnect primitive (a budget
 that only a connection healthy for a while refills), an
@@ -8,7 +8,7 @@ that only a connection healthy for a while refills), an
 for telling "reconnecting" from "connected", and de-duplication.
 
 One background task owns the socket: it connects, subscribes, reads every frame and puts the
-matching events on a queue that :meth:`ComfyWebSocket.events` drains. ``on_connect`` runs as a
+matching events on a queue that `ComfyWebSocket.events` drains. ``on_connect`` runs as a
 task of its own after each ``subscribed``, so a slow hook never holds up reading; ``on_disconnect``
 is awaited by that task after a good connection drops, before the pause and the reconnect.
 
@@ -81,7 +81,7 @@ class ComfyWebSocket(ConnectionLoop):
         api_key: the Comfy API key; defaults to ``COMFY_API_KEY``.
         base_url: the API origin (``https://cloud.comfy.org``); defaults to ``COMFY_BASE_URL``.
         auto_reconnect: reconnect after a drop (with jittered exponential backoff).
-        max_reconnect_attempts: failed attempts in a row before :class:`WebSocketConnectionError`.
+        max_reconnect_attempts: failed attempts in a row before `WebSocketConnectionError`.
         reconnect_delay: the first pause before reconnecting, seconds.
         max_reconnect_delay: the longest pause, seconds.
         auth: ``"header"`` (``Authorization: Bearer``) or ``"query"`` (``?api_key=``); defaults to
@@ -92,7 +92,7 @@ class ComfyWebSocket(ConnectionLoop):
         on_connect: awaited (as a task of its own) after every connect and reconnect, once
             subscribed: reconcile there what was missed while disconnected.
         on_disconnect: awaited when a good connection (subscribed, or open when there are no
-            patterns) is lost, before reconnecting or giving up; not on :meth:`aclose`. Keep it
+            patterns) is lost, before reconnecting or giving up; not on `aclose`. Keep it
             short: the reconnect waits for it. Its exceptions are logged.
         connect: the connection factory, ``websockets.asyncio.client.connect`` by default (a seam
             for tests).
@@ -197,7 +197,7 @@ class ComfyWebSocket(ConnectionLoop):
             await self._wait_changed()
 
     async def aclose(self) -> None:
-        """Close the stream; :meth:`events` then ends. Safe to call twice."""
+        """Close the stream; `events` then ends. Safe to call twice."""
         self._closing = True
         tasks = [t for t in (self._runner, *self._hooks) if t is not None]
         for task in tasks:

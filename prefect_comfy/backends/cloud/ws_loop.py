@@ -1,8 +1,8 @@
 """The Cloud event stream's connection loop: connect, subscribe, read, keep alive, reconnect.
 
-The part of :class:`~prefect_comfy.backends.cloud.ws.ComfyWebSocket` that does I/O on one
+The part of `ComfyWebSocket` that does I/O on one
 connection after another, on the one reconnect primitive
-(:class:`~prefect_comfy.transport.reconnect.Reconnect`): a close at any point of the handshake
+(`Reconnect`): a close at any point of the handshake
 ends only that connection, a JSON ``ping`` without its ``pong`` is a dead link, and a subscription
 that is never confirmed is one too. What the frames mean is the public class's business
 (``_handle``), as are the hooks and the queue of events.
@@ -34,7 +34,7 @@ END = object()
 
 
 class ConnectionLoop:
-    """Connections of a :class:`~prefect_comfy.backends.cloud.ws.ComfyWebSocket`, one after another."""
+    """Connections of a `ComfyWebSocket`, one after another."""
 
     # Set by ComfyWebSocket.__init__:
     url: str

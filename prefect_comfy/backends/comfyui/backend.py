@@ -1,10 +1,10 @@
-"""A self-hosted ComfyUI (or Comfy Cloud's ComfyUI-compatible API) as a :class:`ComfyBackend`.
+"""A self-hosted ComfyUI (or Comfy Cloud's ComfyUI-compatible API) as a `ComfyBackend`.
 
 REST calls go to the server's ``/api/...`` routes (ComfyUI serves every route with and without the
-prefix) through :mod:`prefect_comfy.backends.comfyui.http`, where every failure is translated; the
-event stream is :mod:`prefect_comfy.backends.comfyui.stream` (one WebSocket per process and server);
-answers and frames are mapped by :mod:`prefect_comfy.backends.comfyui.mapping`; the ids it submits
-and listens with are derived in :mod:`prefect_comfy.backends.comfyui.client_id`. Building a backend
+prefix) through `prefect_comfy.backends.comfyui.http`, where every failure is translated; the
+event stream is `prefect_comfy.backends.comfyui.stream` (one WebSocket per process and server);
+answers and frames are mapped by `prefect_comfy.backends.comfyui.mapping`; the ids it submits
+and listens with are derived in `prefect_comfy.backends.comfyui.client_id`. Building a backend
 does no I/O: the httpx client (with the process's shared SSL context) and the default settings are
 made on first use.
 
@@ -139,7 +139,7 @@ class ComfyUIBackend(ComfyBackend):
 
     def clone(self) -> ComfyUIBackend:
         """A new backend with the same URL, key, client id, settings and transport (and so the
-        same :class:`~prefect_comfy.backends.comfyui.memory.ServerMemory`)."""
+        same `ServerMemory`)."""
         return ComfyUIBackend(
             self._origin,
             self._key,
@@ -385,7 +385,7 @@ class ComfyUIBackend(ComfyBackend):
         that ``on_connect`` ran for is lost, before the stream reconnects (not when this iterator is
         closed); a hook's exception is logged. Two calls with one client id would steal each
         other's execution messages (a ComfyUI rule): share one stream through
-        :mod:`prefect_comfy.waiting` instead.
+        `prefect_comfy.waiting` instead.
 
         Raises:
             WebSocketAuthError: the key was refused.

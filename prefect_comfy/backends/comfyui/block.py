@@ -1,7 +1,7 @@
 """The ComfyUI server block: where a self-hosted ComfyUI (or Comfy Cloud's ComfyUI-compatible API) is.
 
 Pass it wherever the Prefect layer takes credentials (``run_comfy_workflow``, the tasks, the
-listener): they only call :meth:`ComfyUIServer.get_backend`.
+listener): they only call `ComfyUIServer.get_backend`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class ComfyUIServer(Block):
     )
 
     def get_backend(self) -> ComfyUIBackend:
-        """A :class:`~prefect_comfy.backends.comfyui.backend.ComfyUIBackend` for this server."""
+        """A `ComfyUIBackend` for this server."""
         from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 
         key = self.api_key.get_secret_value() if self.api_key is not None else None

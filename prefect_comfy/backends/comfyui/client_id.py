@@ -2,9 +2,9 @@
 
 ComfyUI sends a prompt's execution messages only to the socket of the ``clientId`` that submitted it.
 Every backend of a process therefore derives the same client id for a server and key
-(:func:`process_client_id`), so the waiting layer's one socket sees every job the process submitted;
+(`process_client_id`), so the waiting layer's one socket sees every job the process submitted;
 a forked child derives ids of its own. Prompt ids for an idempotency key are uuid5s in
-:data:`IDEMPOTENCY_NAMESPACE`, so a retried submit names the same prompt.
+`IDEMPOTENCY_NAMESPACE`, so a retried submit names the same prompt.
 """
 
 from __future__ import annotations

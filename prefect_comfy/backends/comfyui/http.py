@@ -1,16 +1,16 @@
 """ComfyUI's HTTP side: the package's one HTTP session in the ComfyUI dialect, and its routes.
 
-:class:`ComfyUIHttp` is what :class:`~prefect_comfy.backends.comfyui.backend.ComfyUIBackend` (and, through
+`ComfyUIHttp` is what `ComfyUIBackend` (and, through
 it, the shared stream) uses for every request to the server's ``/api/...`` routes: ``/prompt``,
 ``/queue``, ``/interrupt``, ``/history``, ``/view``, ``/upload/image`` and ``/models``.
 
 Everything that must hold for every server is the shared
-:class:`~prefect_comfy.transport.http.HttpSession`'s: one error translation (a refused graph, ``400``
-on ``/prompt``, becomes ``InvalidWorkflow`` through :data:`COMFYUI_DIALECT`), the key only to the
+`HttpSession`'s: one error translation (a refused graph, ``400``
+on ``/prompt``, becomes ``InvalidWorkflow`` through `COMFYUI_DIALECT`), the key only to the
 server's origin (as ``X-API-Key``), no redirects on API calls, bounded reads, no key over plain
 http to another machine without opt-in, and the one streaming download. What is ComfyUI's own is
 here: the routes, the lenient reading of their answers (any shape the server sends ends in the
-package's :class:`~prefect_comfy.exceptions.ComfyProtocolError`, never a ``TypeError``), and the
+package's `ComfyProtocolError`, never a ``TypeError``), and the
 WebSocket handshake, whose refusal becomes ``WebSocketAuthError`` and whose debug log never shows the
 ``token``.
 
@@ -102,7 +102,7 @@ class ComfyUIHttp(HttpSession):
         )
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:  # type: ignore[override]
-        """:meth:`call`, decoded (``None`` for an empty body)."""
+        """`call`, decoded (``None`` for an empty body)."""
         return await super().json(method, f"{self.origin}{path}", what=f"{method} {path}", **kwargs)
 
     # -- the routes -------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ class ComfyUIHttp(HttpSession):
     async def open_socket(self, client_id: str, connect: Any = None) -> Any:
         """Open one WebSocket with ``connect`` (``websockets.asyncio.client.connect`` by default).
 
-        The connection logs through a :class:`~prefect_comfy.redaction.RedactingLogger`, so the
+        The connection logs through a `RedactingLogger`, so the
         ``token`` in its URL never reaches a log line, at any level.
 
         Raises:
@@ -228,7 +228,7 @@ class ComfyUIHttp(HttpSession):
         """Stream ``url`` into ``dest`` (a folder, or a file path) with the one download.
 
         ``name`` is the output's ``subfolder/filename``: in a folder it keeps its subfolder, inside
-        the folder (:func:`~prefect_comfy.transport.download.safe_relative_path`). The key goes
+        the folder (`safe_relative_path`). The key goes
         only to the server's origin, decided per redirect hop. Retried.
         """
         return await stream_download(self, url, dest, name)

@@ -2,16 +2,16 @@
 
 What maps to what (``docs/comfyui.md`` has the whole table):
 
-- ``/queue`` items and ``/history`` entries → :class:`~prefect_comfy.models.Job` (``pending``,
+- ``/queue`` items and ``/history`` entries → `Job` (``pending``,
   ``running``, ``completed``, ``failed``, ``cancelled``; an interrupt is told apart from an error by
   the last message in ``status.messages``);
-- ``/history`` ``outputs`` → :class:`~prefect_comfy.models.Output` with a ``/api/view`` download URL;
-- a refused graph (HTTP 400 with ``node_errors``) → :class:`~prefect_comfy.exceptions.InvalidWorkflow`;
+- ``/history`` ``outputs`` → `Output` with a ``/api/view`` download URL;
+- a refused graph (HTTP 400 with ``node_errors``) → `InvalidWorkflow`;
 - ``execution_start``/``execution_cached``/``progress_state``/``executing``/``progress`` frames →
-  ``job.progress`` payloads, by :class:`~prefect_comfy.backends.comfyui.progress.ProgressTracker`
+  ``job.progress`` payloads, by `ProgressTracker`
   (its own module, re-exported here).
 
-Tags and the idempotency key of a job live in the prompt's ``extra_data`` under :data:`EXTRA_KEY`;
+Tags and the idempotency key of a job live in the prompt's ``extra_data`` under `EXTRA_KEY`;
 ComfyUI stores ``extra_data`` with the prompt in ``/queue`` and ``/history``.
 
 Example:
@@ -199,7 +199,7 @@ def error_of(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_from_history(prompt_id: str, entry: Mapping[str, Any], origin: str) -> Job:
-    """A finished prompt's :class:`Job` from its ``/history`` entry.
+    """A finished prompt's `Job` from its ``/history`` entry.
 
     ``status_str`` is ``"error"`` for interrupts too: the last ``execution_interrupted`` or
     ``execution_error`` message decides between ``cancelled`` and ``failed``.
@@ -226,7 +226,7 @@ def job_from_history(prompt_id: str, entry: Mapping[str, Any], origin: str) -> J
 
 
 def job_from_queue(prompt_id: str, item: Any, status: str) -> Job:
-    """A queued prompt's :class:`Job` (``status`` is ``running`` or ``pending``)."""
+    """A queued prompt's `Job` (``status`` is ``running`` or ``pending``)."""
     record = prompt_record(item)
     return Job(id=prompt_id, status=status, tags=record.tags if record else [])
 
@@ -266,7 +266,7 @@ def cancelled_payload(
 
 # -- refused graphs ----------------------------------------------------------------------------
 def invalid_workflow(body: Any) -> InvalidWorkflow:
-    """The :class:`InvalidWorkflow` for a ``POST /prompt`` 400 body, one entry per problem.
+    """The `InvalidWorkflow` for a ``POST /prompt`` 400 body, one entry per problem.
 
     Each entry names the node, its ``class_type``, the input (``extra_info.input_name``) and the
     message with its details. A problem without ``node_errors`` (an unknown node class) names the

@@ -1,7 +1,7 @@
 """What the backends of a process know of one ComfyUI server between calls.
 
-Every backend with the same :attr:`connection_key` gets the same :class:`ServerMemory`
-(:meth:`ServerMemory.of`, held weakly: it goes when the last such backend goes), so that the
+Every backend with the same `connection_key` gets the same `ServerMemory`
+(`ServerMemory.of`, held weakly: it goes when the last such backend goes), so that the
 waiting layer's stream sees what any backend of the process did: the graphs and tags of prompts it
 submitted (for progress and event payloads), the pending prompts it deleted (they answer
 ``cancelled``, not "not found"), the model files a wait is watching for, and the streams open

@@ -1,7 +1,7 @@
 """The one poll of the ComfyUI backend: model files, which ComfyUI announces with no event.
 
 While a model wait is pending (a ``get_model`` answered "not there yet" and put a watch in the
-:class:`~prefect_comfy.backends.comfyui.memory.ServerMemory`), the stream lists
+`ServerMemory`), the stream lists
 ``/api/models/{folder}`` every ``interval`` seconds and emits ``model.ready`` when the file appears.
 One listing per folder per round, however many watches share it.
 """

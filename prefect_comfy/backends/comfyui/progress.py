@@ -1,8 +1,8 @@
 """ComfyUI's execution frames turned into ``job.progress`` payloads, with no I/O.
 
 ``execution_start``, ``execution_cached``, ``progress_state``, ``executing`` and ``progress`` frames
-(:data:`PROGRESS_FRAMES`) feed one :class:`ProgressTracker` per stream; the percentage stays below
-:data:`RUNNING_CAP` until ``job.completed`` says 100.
+(`PROGRESS_FRAMES`) feed one `ProgressTracker` per stream; the percentage stays below
+`RUNNING_CAP` until ``job.completed`` says 100.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class ProgressTracker:
     """Turns a prompt's execution frames into ``job.progress`` payloads, identical ones dropped.
 
     Percent = 100 × (nodes done + the current node's ``value/max``) / nodes in the graph, below
-    :data:`RUNNING_CAP` until the job completes. Nodes done are those ``progress_state`` reports
-    ``finished`` and those ``execution_cached`` names. The graph size comes from :meth:`register`
+    `RUNNING_CAP` until the job completes. Nodes done are those ``progress_state`` reports
+    ``finished`` and those ``execution_cached`` names. The graph size comes from `register`
     (a prompt submitted here) and otherwise is the number of nodes seen so far.
 
     Example:

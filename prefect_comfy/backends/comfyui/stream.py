@@ -1,12 +1,12 @@
 """ComfyUI's event stream: one WebSocket per ``events()`` call, reconnecting, mapped to Comfy events.
 
-Sharing is not this module's business: the waiting layer (:mod:`prefect_comfy.waiting`) keeps one
+Sharing is not this module's business: the waiting layer (`prefect_comfy.waiting`) keeps one
 stream per server and credentials per process, so ComfyUI's rule that only the socket whose
 ``clientId`` submitted a prompt gets its execution messages (and that a second socket with the same
 id silently takes over) needs nothing special here. Every backend of a process uses the same client
-id for a server (see :func:`~prefect_comfy.backends.comfyui.client_id.process_client_id`).
+id for a server (see `process_client_id`).
 
-What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comfyui.mapping`):
+What the stream makes of ComfyUI's frames (see `prefect_comfy.backends.comfyui.mapping`):
 
 - ``execution_start``/``execution_cached``/``progress_state``/``executing``/``progress`` →
   ``job.progress`` (coalesced);
@@ -20,8 +20,8 @@ What the stream makes of ComfyUI's frames (see :mod:`prefect_comfy.backends.comf
   between, lost in a ComfyUI restart (``job.lost``).
 
 The one poll: while a model wait is pending (a ``get_model`` answered "not there yet"), the stream
-lists ``/api/models/{folder}`` every :data:`MODEL_POLL_INTERVAL` seconds and emits ``model.ready``
-when the file appears (:mod:`prefect_comfy.backends.comfyui.model_poll`). ComfyUI has no event for
+lists ``/api/models/{folder}`` every `MODEL_POLL_INTERVAL` seconds and emits ``model.ready``
+when the file appears (`prefect_comfy.backends.comfyui.model_poll`). ComfyUI has no event for
 model files.
 """
 

@@ -1,9 +1,9 @@
-"""Inputs and models on a ComfyUI server: what :class:`ComfyUIBackend`'s upload methods do.
+"""Inputs and models on a ComfyUI server: what `ComfyUIBackend`'s upload methods do.
 
 ComfyUI takes input files (``POST /upload/image``) but has no API for model files: they are copied
 into the server's ``models/<folder>/`` by hand, and a wait for one lists that folder until the file
 appears (the stream's one poll, started by a model watch in the
-:class:`~prefect_comfy.backends.comfyui.memory.ServerMemory`).
+`ServerMemory`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Comfy API v2 assets: an upload as the official client does it, by blake3 hash first.
 
-:func:`upload_asset` hashes the bytes locally (blake3), asks ``HEAD /assets/by-hash/{hash}`` whether
+`upload_asset` hashes the bytes locally (blake3), asks ``HEAD /assets/by-hash/{hash}`` whether
 the server has them, makes an asset over the known blob with ``POST /assets/from-hash`` if so, and
 uploads them (multipart ``POST /assets``, ``expected_hash`` set) only if not. An asset is ready when
 the call returns: v2 has no "ready" event.
 
-A workflow refers to an asset with :func:`asset_reference`
+A workflow refers to an asset with `asset_reference`
 (``{"__type": "core/ASSET", "info": {"id", "hash"?, "file_path"}}``); a server that places assets
 under their ``file_path`` (comfy-api-proxy, the emulator) also takes the plain name.
 

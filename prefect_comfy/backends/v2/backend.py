@@ -1,14 +1,14 @@
-"""Comfy API v2 (Comfy Cloud, serverless deployments, comfy-api-proxy) as a :class:`ComfyBackend`.
+"""Comfy API v2 (Comfy Cloud, serverless deployments, comfy-api-proxy) as a `ComfyBackend`.
 
-REST calls go through :class:`~prefect_comfy.backends.v2.http.V2Http` (the package's one HTTP
+REST calls go through `V2Http` (the package's one HTTP
 session in the v2 dialect); one job's events come from its Server-Sent-Events stream
-(:meth:`V2Backend.job_events`). v2 has no account-wide stream: :meth:`V2Backend.events` raises.
+(`V2Backend.job_events`). v2 has no account-wide stream: `V2Backend.events` raises.
 
 Two real servers' quirks are handled here, not passed on:
 
 - a terminal ``status`` frame is confirmed with a read of the job before it is reported
   (comfy-api-proxy answers a transient false ``expired`` right after a fast job; an ``expired``
-  is read again, backed off, for a few seconds: :mod:`~prefect_comfy.backends.v2.stream`);
+  is read again, backed off, for a few seconds: `stream`);
 - a cancel the server acknowledges (``canceling``) is not reported as cancelled: ``canceling`` is
   ``running``, and the job's real end (``canceled``, or ``succeeded`` on a ComfyUI 0.3.75 behind
   the proxy, which never performs it) is what the stream and reads report.
@@ -105,7 +105,7 @@ class V2Backend(ComfyBackend):
 
     @classmethod
     def at_url(cls, url: str, api_key: str | None = None) -> V2Backend:
-        """A backend for the v2 server at ``url`` (the first of :attr:`key_variables` set, without
+        """A backend for the v2 server at ``url`` (the first of `key_variables` set, without
         ``api_key``)."""
         key = api_key or next((os.environ[v] for v in cls.key_variables if os.environ.get(v)), None)
         return cls(url, key)
@@ -356,7 +356,7 @@ class V2Backend(ComfyBackend):
         """An asset at ``name`` (by blake3 hash first); ready when this returns.
 
         Refer to it in a workflow by name (the proxy and the emulator place it there) or with
-        :func:`~prefect_comfy.backends.v2.assets.asset_reference`. ``idempotency_key`` is not
+        `asset_reference`. ``idempotency_key`` is not
         sent: uploads are idempotent by content hash.
         """
         file_path = _file_name(source, name)
@@ -412,7 +412,7 @@ class V2Backend(ComfyBackend):
 
     def job_events(self, job_id: str) -> AsyncIterator[ComfyEvent]:
         """``GET /api/v2/jobs/{id}/events``: ``job.progress`` per snapshot (with the job's tags, as
-        on the other backends), then the confirmed terminal event (see :func:`~prefect_comfy.backends.v2.stream.job_events`).
+        on the other backends), then the confirmed terminal event (see `job_events`).
 
         Raises:
             TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.

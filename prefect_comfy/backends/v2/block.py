@@ -85,7 +85,7 @@ class ComfyV2Credentials(Block):
         return endpoint, key or None
 
     def get_backend(self) -> V2Backend:
-        """A new :class:`~prefect_comfy.backends.v2.backend.V2Backend`.
+        """A new `V2Backend`.
 
         Raises:
             ComfyConfigError: a bad endpoint, or Comfy Cloud / a deployment without a key.

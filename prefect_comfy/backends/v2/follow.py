@@ -5,12 +5,12 @@ Comfy API v2 has no account-wide stream. A listener follows the jobs it can find
 comfy-api-proxy; Comfy Cloud answers 501) and opens one job's stream per job. This module holds the
 two backend-side pieces of that:
 
-- :func:`list_page`: one page of the job list (optionally filtered by metadata labels, filtered
+- `list_page`: one page of the job list (optionally filtered by metadata labels, filtered
   here too: comfy-api-proxy 0.1.6 ignores ``metadata[...]``);
-- :func:`walk_pages`: the one walk over those pages, used by every caller (a submit that looks up a
+- `walk_pages`: the one walk over those pages, used by every caller (a submit that looks up a
   refused key, ``unfinished_jobs``, the listener's rounds): a cursor seen twice ends it with a
-  :class:`~prefect_comfy.exceptions.ComfyProtocolError`, and it reads at most :data:`MAX_PAGES` pages;
-- :class:`TagMemory`: the tags of jobs this process saw (submitted, read or listed), so that a
+  `ComfyProtocolError`, and it reads at most `MAX_PAGES` pages;
+- `TagMemory`: the tags of jobs this process saw (submitted, read or listed), so that a
   ``job.progress`` event from a job's stream carries the job's tags like every other backend's
   (a v2 ``progress`` frame has no metadata). One job read fills the gap for a job never seen.
 
@@ -61,7 +61,7 @@ TAGS = TagMemory()
 
 CLASSES: Bounded = Bounded(1_000)
 """``(connection key, job id) -> ({node id: class_type}, {node id: upstream node ids})`` of the graphs
-this process submitted: the progress of a job is read against its whole graph (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`)."""
+this process submitted: the progress of a job is read against its whole graph (`JobProgress`)."""
 
 
 async def list_page(

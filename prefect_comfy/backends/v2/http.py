@@ -1,12 +1,12 @@
-"""Comfy API v2 at the HTTP level: its :class:`Dialect`, its error codes, and its one session.
+"""Comfy API v2 at the HTTP level: its `Dialect`, its error codes, and its one session.
 
-Every request goes through the package's one :class:`~prefect_comfy.transport.http.HttpSession`;
+Every request goes through the package's one `HttpSession`;
 what is v2's own is here:
 
 - ``Authorization: Bearer <key>``, only to the server's origin under ``/api/v2`` (a content
   redirect to signed storage is followed without it, by the session's one redirect rule).
 - The error envelope ``{"error": {"code", "message", "details"}}`` and its codes, mapped onto the
-  package's error tree by :func:`v2_error` (one table, :data:`HINTS`, says what the user can do),
+  package's error tree by `v2_error` (one table, `HINTS`, says what the user can do),
   with the ``X-Comfy-Request-Id`` of the answer kept on the error (``request_id``, and in its message).
 - 429 (``rate_limited``, ``queue_full``, ``deployment_not_ready``) retried within the REST budget
   after ``Retry-After``; 501 ``not_implemented`` never retried (the surface lacks the feature).

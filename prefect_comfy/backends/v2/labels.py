@@ -6,7 +6,7 @@ v2 metadata is string labels (16 at most; comfy-api-proxy 0.1.6 keeps one opaque
 - ``prefect_idempotency_key``: the submit's ``Idempotency-Key`` (a retried submit finds its job by it);
 - ``prefect_flow_run_id`` and ``prefect_task_run_id``: the Prefect run that submitted it;
 - ``prefect_tags``: its tags, comma-joined, and ``tag:<tag> = "1"`` for each of the first
-  :data:`MAX_TAG_LABELS` (v2 filters metadata by equality, so a tag is a label).
+  `MAX_TAG_LABELS` (v2 filters metadata by equality, so a tag is a label).
 
 Example:
     >>> sorted(labels_for(["a"], "k1"))
@@ -57,7 +57,7 @@ def _run_ids() -> dict[str, str]:
 
 
 def metadata_text(metadata: dict[str, str]) -> str:
-    """The labels as compact JSON within :data:`MAX_METADATA_TEXT` bytes (tag labels dropped first)."""
+    """The labels as compact JSON within `MAX_METADATA_TEXT` bytes (tag labels dropped first)."""
     labels = dict(metadata)
     text = json.dumps(labels, separators=(",", ":"))
     while len(text.encode()) > MAX_METADATA_TEXT:

@@ -1,11 +1,11 @@
 """Comfy API v2's wire shapes as the package's models and events: plain code, no I/O.
 
-- :func:`job_of`: a v2 Job as a :class:`~prefect_comfy.models.Job` (statuses by :data:`STATUS`;
+- `job_of`: a v2 Job as a `Job` (statuses by `STATUS`;
   ``expired`` is ``failed`` with code ``expired``; ``canceling`` is still ``running``, because a
   server may acknowledge a cancel it never performs).
-- :func:`progress_payload`: a v2 ``progress`` snapshot (value 0..1) as a ``job.progress`` payload
+- `progress_payload`: a v2 ``progress`` snapshot (value 0..1) as a ``job.progress`` payload
   (``progress`` 0-100, ``node_id``, ``node_class``, ``step``, ``steps``).
-- :class:`SseParser`: Server-Sent Events, line by line (comments are keep-alives).
+- `SseParser`: Server-Sent Events, line by line (comments are keep-alives).
 
 Example:
     >>> job_of({"id": "j1", "status": "canceling"}).status
@@ -55,7 +55,7 @@ TERMINAL_V2: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "exp
 
 
 def output_of(raw: dict[str, Any], job_id: str | None = None) -> Output:
-    """A v2 Output (an asset) as an :class:`Output`; downloads go through its content route."""
+    """A v2 Output (an asset) as an `Output`; downloads go through its content route."""
     asset_id = str(raw.get("id") or "")
     return Output(
         id=asset_id,
@@ -266,7 +266,7 @@ def event_of(job: Job) -> ComfyEvent | None:
 
 
 class SseParser:
-    """Server-Sent Events, one line at a time: :meth:`feed` returns ``(event, data)`` at a blank line.
+    """Server-Sent Events, one line at a time: `feed` returns ``(event, data)`` at a blank line.
 
     ``data`` is decoded JSON (``None`` when it is not JSON); comments (``: keep-alive``) and fields
     other than ``event``/``data`` are skipped.

@@ -1,18 +1,18 @@
 """One v2 job's Server-Sent-Events stream as the package's events, its terminal status confirmed.
 
-:func:`job_events` reads ``GET /api/v2/jobs/{id}/events`` on the backend's one HTTP session:
+`job_events` reads ``GET /api/v2/jobs/{id}/events`` on the backend's one HTTP session:
 ``progress`` snapshots become ``job.progress`` events (with the job's tags); a terminal ``status`` frame is confirmed
 with a read of the job before it is reported (comfy-api-proxy says a transient false ``expired``
 right after a fast job, so an ``expired`` is read again, backed off, for up to
-:data:`EXPIRED_CONFIRM_SECONDS`); ``output`` frames are skipped (the job's outputs are
+`EXPIRED_CONFIRM_SECONDS`); ``output`` frames are skipped (the job's outputs are
 authoritative), and so are keep-alive comments. A server without SSE (501) ends the stream at once;
 a stream the server ends without a terminal frame just ends (the caller reads the job).
 
 An open stream is not trusted for ever: when it has been quiet, or has sent only progress and
-keep-alives, for :data:`TRUST_SECONDS`, the job is read over REST, and a terminal read ends the
+keep-alives, for `TRUST_SECONDS`, the job is read over REST, and a terminal read ends the
 stream with that outcome (a server that keeps a stream alive but never sends the end, or stalls,
-delays an outcome by at most that much). A line longer than :data:`MAX_LINE_BYTES` ends the stream
-with a :class:`~prefect_comfy.exceptions.ComfyProtocolError` (the server does not decide how much
+delays an outcome by at most that much). A line longer than `MAX_LINE_BYTES` ends the stream
+with a `ComfyProtocolError` (the server does not decide how much
 memory a stream takes).
 """
 
@@ -68,7 +68,7 @@ async def job_events(
     """One job's events; see the module docstring. ``tags_of`` gives the job's tags for its
     progress events (a v2 ``progress`` frame has none); it is asked once, at the first one.
     ``classes`` (node id -> class_type of the submitted graph, when known) and ``needs`` (node id
-    -> the node ids its inputs come from) make the percentage count the whole graph and name the nodes (:class:`~prefect_comfy.backends.v2.mapping.JobProgress`).
+    -> the node ids its inputs come from) make the percentage count the whole graph and name the nodes (`JobProgress`).
 
     Raises:
         TooManyStreams: 429 ``too_many_streams``; ``retry_after`` says when to try again.
@@ -166,7 +166,7 @@ async def bounded_lines(
     r"""Lines (ended by ``\n`` or ``\r\n``) of a byte stream, none longer than ``limit`` bytes.
 
     Raises:
-        ComfyProtocolError: a line longer than the limit (:data:`MAX_LINE_BYTES` by default).
+        ComfyProtocolError: a line longer than the limit (`MAX_LINE_BYTES` by default).
 
     Example:
         >>> async def body():

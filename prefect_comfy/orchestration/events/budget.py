@@ -42,8 +42,8 @@ class ProgressBudget:
 
     A sliding window, not a token bucket: a bucket that holds a second's worth lets twice the rate
     through in the second after a quiet one (its burst plus its refill), which is how a batch's end
-    overran the budget. Here the count over *every* window of :attr:`window` seconds stays at most
-    :attr:`capacity`: ``floor(rate)`` events a second for a rate of 1 or more, one event every
+    overran the budget. Here the count over *every* window of `window` seconds stays at most
+    `capacity`: ``floor(rate)`` events a second for a rate of 1 or more, one event every
     ``1/rate`` seconds below 1, none at 0.
 
     Thread-safe, because sensors may run in several threads (one event loop each) of one process.
@@ -79,7 +79,7 @@ class ProgressBudget:
             return False
 
     def seconds_until_available(self) -> float:
-        """How long until :meth:`try_acquire` can succeed (``inf`` with a rate of 0)."""
+        """How long until `try_acquire` can succeed (``inf`` with a rate of 0)."""
         with self._lock:
             now = self._clock()
             self._expire(now)
@@ -98,7 +98,7 @@ def progress_budget() -> ProgressBudget:
     """The process-wide progress budget shared by every emitter (created on first use).
 
     Its rate is ``COMFY_PROGRESS_EVENTS_PER_SECOND`` when set, else
-    :data:`DEFAULT_PROGRESS_EVENTS_PER_SECOND`.
+    `DEFAULT_PROGRESS_EVENTS_PER_SECOND`.
     """
     global _budget
     with _budget_lock:

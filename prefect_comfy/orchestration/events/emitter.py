@@ -4,10 +4,10 @@ A Prefect server stores about 1,000 events a second, so progress is a budget and
 
 - per job, at most one ``comfy.job.progress`` per ``progress_interval`` (default 1 s); updates in
   between are coalesced (the newest wins) and sent when the interval has passed
-  (:meth:`ComfyEventEmitter.flush_due`);
-- across the whole process, progress events share one budget, :func:`progress_budget` (at most
-  ``COMFY_PROGRESS_EVENTS_PER_SECOND`` in any second, default :data:`DEFAULT_PROGRESS_EVENTS_PER_SECOND`,
-  read when first needed; :func:`set_progress_events_per_second` changes it). No progress event
+  (`ComfyEventEmitter.flush_due`);
+- across the whole process, progress events share one budget, `progress_budget` (at most
+  ``COMFY_PROGRESS_EVENTS_PER_SECOND`` in any second, default `DEFAULT_PROGRESS_EVENTS_PER_SECOND`,
+  read when first needed; `set_progress_events_per_second` changes it). No progress event
   ever goes over it;
 - outcomes (``submitted``, ``completed``, ``failed``, ``cancelled``, ``timed-out``, input and model
   ``ready``/``failed``) are never throttled and never dropped. An outcome takes the place of the
@@ -15,9 +15,9 @@ A Prefect server stores about 1,000 events a second, so progress is a budget and
   ``node_class``, ``step``, ``steps``; 100 % for ``completed``), so no progress event is sent just
   before it.
 
-Events are built by :func:`prefect_comfy.orchestration.events.names.from_comfy_event` (deterministic ids) from payloads
-scrubbed by :mod:`prefect_comfy.orchestration.events.payloads`, with the flow run and task run related explicitly,
-and handed to a sink. The default sink, :func:`prefect_event_sink`, queues them on Prefect's events
+Events are built by `prefect_comfy.orchestration.events.names.from_comfy_event` (deterministic ids) from payloads
+scrubbed by `prefect_comfy.orchestration.events.payloads`, with the flow run and task run related explicitly,
+and handed to a sink. The default sink, `prefect_event_sink`, queues them on Prefect's events
 worker (one connection per process, shared by every wait); a process that emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
 
 Example:
@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PROGRESS_INTERVAL = 1.0
 """Seconds between two ``comfy.job.progress`` events of one job."""
 EventSink = Callable[[Event], Any]
-"""Where built events go: a callable that takes one Prefect :class:`~prefect.events.Event`."""
+"""Where built events go: a callable that takes one Prefect `Event`."""
 
 Clock = Callable[[], float]
 
@@ -101,14 +101,14 @@ class ComfyEventEmitter:
     """Turns the Comfy events of one backend into Prefect events, progress within a budget.
 
     Args:
-        address: the backend's :attr:`~prefect_comfy.backends.base.ComfyBackend.address` (part of
+        address: the backend's `address` (part of
             every event id).
         backend_kind: the ``comfy.backend`` label (``cloud``, ``comfyui``).
         flow_run_id: the flow run related to every event (the submitting run).
         task_run_id: the task run related to every event.
         progress_interval: seconds between two progress events of one job.
-        budget: the progress budget; the process-wide :func:`progress_budget` by default.
-        sink: where events go; :func:`prefect_event_sink` by default.
+        budget: the progress budget; the process-wide `progress_budget` by default.
+        sink: where events go; `prefect_event_sink` by default.
         clock: a monotonic clock (tests inject one).
 
     Not thread-safe: one emitter belongs to one wait (its own event loop); the budget is shared.
@@ -303,7 +303,7 @@ class ComfyEventEmitter:
 
         Args:
             comfy_event: the terminal Comfy event (``job.completed``, ``input.ready`` …).
-            resource: the resource as read afterwards (a :class:`~prefect_comfy.models.Job` with its
+            resource: the resource as read afterwards (a `Job` with its
                 full outputs); its fields complete the event's payload.
             occurrence: overrides what distinguishes this occurrence in the event id.
         """
@@ -354,11 +354,11 @@ def emit_submitted(
     workflow graph. An idempotent re-submit of the same job yields the same event id.
 
     Args:
-        job: the job :meth:`ComfyBackend.submit` returned.
+        job: the job `ComfyBackend.submit` returned.
         backend: the backend (its ``address`` and ``kind``).
         flow_run_id: overrides the related flow run.
         task_run_id: overrides the related task run.
-        sink: where the event goes; :func:`prefect_event_sink` by default.
+        sink: where the event goes; `prefect_event_sink` by default.
     """
     ctx_flow_run_id, ctx_task_run_id = run_context_ids()
     emitter = ComfyEventEmitter(

@@ -13,7 +13,7 @@ Comfy event emitted twice, by the sensor and by the listener, or again after a r
 The outcome of a job with a UUID id (ComfyUI's prompt ids, reused by comfy-api-proxy) leaves the
 address out, so it is one event whichever server address saw it.
 
-``docs/events.md`` is checked against :data:`EVENT_NAMES` by the test suite.
+``docs/events.md`` is checked against `EVENT_NAMES` by the test suite.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def occurrence_of(comfy_event: ComfyEvent) -> str:
 
 
 def flow_run_id_from_tags(tags: Iterable[str]) -> str | None:
-    """The submitting flow run's id, from a job's tags (see :data:`FLOW_RUN_TAG_PREFIX`)."""
+    """The submitting flow run's id, from a job's tags (see `FLOW_RUN_TAG_PREFIX`)."""
     for tag in tags or ():
         if isinstance(tag, str) and tag.startswith(FLOW_RUN_TAG_PREFIX):
             return tag[len(FLOW_RUN_TAG_PREFIX) :]
@@ -175,7 +175,7 @@ def job_display_name(name: str, status: str, labels: Mapping[str, str]) -> str:
 
 
 def job_position(labels: Mapping[str, str]) -> str | None:
-    """Where a job is, from :func:`job_progress_labels`: ``KSampler step 12/20``, ``node 3``."""
+    """Where a job is, from `job_progress_labels`: ``KSampler step 12/20``, ``node 3``."""
     node = labels.get("comfy.node-class") or (
         f"node {labels['comfy.node']}" if "comfy.node" in labels else ""
     )
@@ -278,7 +278,7 @@ def from_comfy_event(
 
 
 PROGRESS_ROLE = "comfy-progress"
-"""Role of the related resource that says where a job stands (see :func:`progress_related`)."""
+"""Role of the related resource that says where a job stands (see `progress_related`)."""
 
 
 def progress_related(resource: Resource) -> dict[str, str]:

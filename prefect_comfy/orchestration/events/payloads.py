@@ -2,7 +2,7 @@
 
 A payload is JSON-native, without the workflow graph (it can be large and is not an outcome), and
 every string in it has secret-looking URL parameters and bearer tokens redacted
-(:func:`~prefect_comfy.redaction.redact`), so that no API key reaches an event.
+(`redact`), so that no API key reaches an event.
 
 Example:
     >>> resource_payload({"id": "job_1", "url": "https://x.invalid/a?api_key=k", "workflow": {}})

@@ -1,8 +1,8 @@
 """Where the emitter's Prefect events go by default: Prefect's events worker, each event id once.
 
-:func:`prefect_event_sink` queues an event with its own id and related resources; a process that
+`prefect_event_sink` queues an event with its own id and related resources; a process that
 emits outside a Prefect run and exits soon after should ``await drain_events()`` first.
-:mod:`prefect_comfy.orchestration.events.emitter` re-exports both.
+`prefect_comfy.orchestration.events.emitter` re-exports both.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def prefect_event_sink(event: Event) -> None:
 
     Inside a run, the worker adds the flow, deployment and tags of the run; resources already
     related (the flow run and task run given explicitly) are not repeated. Never raises, except
-    :class:`prefect.exceptions.EventTooLarge`.
+    `prefect.exceptions.EventTooLarge`.
     """
     from prefect.events import emit_event
 
