@@ -131,8 +131,6 @@ def create_v2(
     no_check: NoCheckOption = False,
 ) -> None:
     """Save a ComfyV2Credentials block: a URL and a key (asked for, or COMFY_V2_API_KEY)."""
-    from prefect_comfy.backends.v2.block import DEFAULT_V2_URL
-
     url = url or os.environ.get("COMFY_V2_BASE_URL") or None
     if url is not None:
         _check_url(url, "--url")
@@ -141,7 +139,7 @@ def create_v2(
     from prefect_comfy import ComfyV2Credentials
 
     block = ComfyV2Credentials(endpoint=url, api_key=key)
-    where = url or DEFAULT_V2_URL
+    where, _ = block.resolved()  # the URL, else COMFY_V2_BASE_URL, else Comfy Cloud
     if not no_check:
         _check_server(block, where)
     _save(block, name, overwrite)
