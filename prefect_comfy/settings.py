@@ -18,6 +18,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://cloud.comfy.org"
+DOCS_URL = "http://127.0.0.1:8000/"
+"""Where this project's documentation site is: ``site_url`` in mkdocs.yml (a test holds them equal).
+
+The project has no public site yet: this is where ``mkdocs serve`` serves the site built from
+``docs/``, so the blocks' "View Docs" link opens it while that runs. Change both when it is published.
+"""
 API_PREFIX = "/developer/api/v1"
 
 

@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from uuid import uuid4
 
-from prefect_comfy.exceptions import ComfyProtocolError
+from prefect_comfy.exceptions import ComfyProtocolError, NotFound
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.workflows.catalog import NodeCatalog
 
@@ -299,6 +300,21 @@ class ComfyBackend(abc.ABC):
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> Job:
         """Read a job's current state (never cached)."""
+
+    async def check_access(self) -> None:
+        """One cheap authenticated read, to find a wrong key or URL before it is relied on.
+
+        It asks for a job nobody has: a server that takes the key answers "not found".
+
+        Raises:
+            AuthenticationError: the server refused the key.
+            ComfyTransportError: nothing answered at the address.
+            ComfyAPIError: any other error answer.
+        """
+        try:
+            await self.get_job(str(uuid4()))
+        except NotFound:
+            return
 
     @abc.abstractmethod
     async def cancel(self, job_id: str) -> Job:

@@ -92,9 +92,11 @@ def use_server(url: str | None, kind: str | None, api_key_env: str | None) -> No
 def lift_server_options(argv: list[str]) -> tuple[list[str], list[str]]:
     """``argv`` split into its ``--url X``, ``--kind X``, ``--api-key-env X`` (or ``--url=X``),
     wherever the user wrote them, and the rest: the first go where the top-level options are
-    parsed."""
+    parsed. ``blocks`` keeps its own: ``blocks create comfyui|v2 --url X`` names the block's server."""
     lifted: list[str] = []
     rest: list[str] = []
+    if _command(argv) == "blocks":
+        return lifted, list(argv)
     words = iter(argv)
     for word in words:
         if word == "--":
@@ -108,6 +110,17 @@ def lift_server_options(argv: list[str]) -> tuple[list[str], list[str]]:
         else:
             rest.append(word)
     return lifted, rest
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command word of ``argv``: its first word that is neither an option nor a server option's value."""
+    words = iter(argv)
+    for word in words:
+        if word in SERVER_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def server_url() -> str | None:

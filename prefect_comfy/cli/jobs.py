@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefect_comfy.cli.connect import BlockOption, backend_for
-from prefect_comfy.cli.errors import CommandFailed, UsageProblem
+from prefect_comfy.cli.errors import CommandFailed, Interrupted, UsageProblem
 from prefect_comfy.cli.help import command, group
 from prefect_comfy.cli.progress import JobBoard
 from prefect_comfy.cli.run import DEFAULT_OUT, OutOption, check_out_folder, download_all
@@ -174,12 +174,23 @@ def watch(
 ) -> None:
     """Watch jobs with a live progress bar each, until they end. Ctrl-C stops watching only.
 
+    The time on a bar counts from the job's creation. Ctrl-C says which jobs still run.
+
     Exits 0 when every job completed, 1 otherwise.
     """
     checked_ids(job_ids)
     board = JobBoard()
-    with board:
-        outcomes = asyncio.run(_watch(job_ids, timeout, block, board))
+    try:
+        with board:
+            outcomes = asyncio.run(_watch(job_ids, timeout, block, board))
+    except KeyboardInterrupt:
+        running = board.unfinished()
+        if not running:
+            raise Interrupted("Stopped watching") from None
+        raise Interrupted(
+            f"Stopped watching; still running on the server: {', '.join(running)} "
+            f"(prefect-comfy jobs watch ID to watch again, jobs cancel ID to stop it)"
+        ) from None
     failed = {job_id: why for job_id, why in outcomes.items() if why}
     if failed:
         raise CommandFailed(
@@ -198,6 +209,7 @@ async def _watch(
             board.add(job_id, "…")
             try:
                 job = await backend.get_job(job_id)
+                board.since(job_id, job.created_at)  # its age, not the watch's
                 if job.status in JOB_TERMINAL:
                     node = job.error.node_id if job.error is not None else None
                     return _outcome(board, job_id, job.status, node)

@@ -20,17 +20,20 @@ Example:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from prefect_comfy.models import ComfyEvent
 
@@ -49,6 +52,18 @@ def short_id(job_id: str) -> str:
     return job_id if len(job_id) <= ID_WIDTH else job_id[: ID_WIDTH - 1] + "…"
 
 
+class ElapsedColumn(TimeElapsedColumn):
+    """Rich's elapsed time, counted from the row's ``since`` (a job's creation) when it has one."""
+
+    def render(self, task: Task) -> Text:
+        """The time since ``since``, else since the row was added; it stops with the row."""
+        since = task.fields.get("since")
+        if since is None:
+            return super().render(task)
+        end = task.stop_time if task.stop_time is not None else task.get_time()
+        return Text(str(timedelta(seconds=max(0, int(end - since)))), style="progress.elapsed")
+
+
 OUTCOME_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow"}
 
 
@@ -63,12 +78,13 @@ class JobBoard:
             TaskProgressColumn(),
             TextColumn("{task.fields[node]}"),
             TextColumn("{task.fields[step]}"),
-            TimeElapsedColumn(),
+            ElapsedColumn(),
             TextColumn("{task.fields[status]}"),
             console=self.console,
             refresh_per_second=8,
         )
         self._rows: dict[str, TaskID] = {}
+        self._ended: set[str] = set()
 
     def __enter__(self) -> JobBoard:
         self._progress.start()
@@ -84,10 +100,23 @@ class JobBoard:
                 short_id(job_id), total=100, node="", step="", status=status
             )
 
+    def since(self, job_id: str, created_at: datetime | None) -> None:
+        """Count the row's elapsed time from ``created_at`` (the job's creation), not from now."""
+        if created_at is None:
+            return
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        age = max(0.0, (datetime.now(UTC) - created_at).total_seconds())
+        self._progress.update(self._rows[job_id], since=self._progress.get_time() - age)
+
+    def unfinished(self) -> list[str]:
+        """The jobs whose row has no outcome yet, in the order they were added."""
+        return [job_id for job_id in self._rows if job_id not in self._ended]
+
     def on_progress(self, event: ComfyEvent) -> None:
         """Move a job's bar to what a ``job.progress`` event says (the ``on_progress`` callback)."""
         job_id = event.resource_id
-        if job_id is None:
+        if job_id is None or job_id in self._ended:  # a late event must not undo the outcome
             return
         self.add(job_id)
         payload = event.payload
@@ -107,13 +136,21 @@ class JobBoard:
         self._progress.update(self._rows[job_id], **fields)
 
     def finish(self, job_id: str, status: str, detail: str = "") -> None:
-        """Show a job's outcome: ``completed`` fills the bar, others keep where it stopped."""
+        """Show a job's outcome: ``completed`` fills the bar, others keep where it stopped.
+
+        A job that did not complete never shows 100 %: the progress counts sampler steps, and a
+        job can fail after its last one (in a VAE decode, a save), so its bar stops at 99 %.
+        """
         self.add(job_id)
+        self._ended.add(job_id)
         style = OUTCOME_STYLE.get(status, "")
         text = f"[{style}]{status}[/]" if style else status
         fields: dict[str, Any] = {"status": f"{text} {detail}".rstrip()}
         if status == "completed":
             fields["completed"] = 100
+        else:
+            done = self._progress.tasks[self._rows[job_id]].completed
+            fields["completed"] = min(done, 99.0)
         self._progress.update(self._rows[job_id], **fields)
         self._progress.stop_task(self._rows[job_id])
 

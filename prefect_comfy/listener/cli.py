@@ -44,7 +44,7 @@ def listen(
         float,
         typer.Option(
             "--heartbeat-interval",
-            metavar="SECONDS",
+            metavar="S",
             help="Seconds between comfy.listener.heartbeat events; 0 for none.",
             min=0,
         ),
@@ -63,6 +63,7 @@ def listen(
         float | None,
         typer.Option(
             "--events-per-second",
+            metavar="N",
             help="Most events a second sent to Prefect (outcomes first, progress coalesced); 0 for "
             "no limit. Default: COMFY_LISTENER_EVENTS_PER_SECOND, else 300.",
             min=0,
@@ -73,20 +74,24 @@ def listen(
         str,
         typer.Option(
             "--cursor",
+            metavar="WHERE",
             help="Where to keep what is in flight across restarts: a file path, "
             "variable:NAME (a Prefect variable) or none. Default: COMFY_LISTENER_CURSOR, else a "
             "state file under $PREFECT_HOME/comfy-listener/.",
             show_default=False,
         ),
     ] = "",
-    cancel_suspended: Annotated[
+    no_cancel_suspended: Annotated[
         bool,
         typer.Option(
-            "--cancel-suspended/--no-cancel-suspended",
-            help="Cancel the Comfy jobs of suspended flow runs that are cancelled (no process of "
-            "such a run exists to do it).",
+            "--no-cancel-suspended",
+            help="Leave the Comfy jobs of suspended flow runs that are cancelled running (by "
+            "default the listener cancels them: no process of such a run exists to do it).",
         ),
-    ] = True,
+    ] = False,
+    _cancel_suspended: Annotated[
+        bool, typer.Option("--cancel-suspended", hidden=True, help="The default.")
+    ] = False,  # still accepted; one flag, not a --x/--no-x pair, keeps the help 80 columns wide
     log_level: Annotated[
         str,
         typer.Option(
@@ -118,7 +123,7 @@ def listen(
                 listener_id=name,
                 events_per_second=events_per_second,
                 cursor=cursor,
-                cancel_suspended=cancel_suspended,
+                cancel_suspended=not no_cancel_suspended,
             )
         )
     except ComfyConfigError as exc:  # also a --block that no saved block has: one line, exit 2

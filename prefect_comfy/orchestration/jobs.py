@@ -58,6 +58,7 @@ from prefect_comfy.orchestration.twins import (
     result_of,
     step,
 )
+from prefect_comfy.settings import DOCS_URL
 
 __all__ = [
     "COMFY_JOB_ID_LABEL",
@@ -220,7 +221,7 @@ class ComfyWorkflow(JobBlock):  # unparametrized: JobBlock[...] would be a 4th b
     _block_type_name = "Comfy Workflow"
     _block_type_slug = "comfy-workflow"
     _logo_url = "https://github.com/Comfy-Org.png?size=200"
-    _documentation_url = "https://docs.comfy.org/"
+    _documentation_url = f"{DOCS_URL}blocks/#comfyworkflow"
     _description = "A ComfyUI workflow (API or save format) to run on Comfy as a job."
 
     credentials: ComfyCredentials = Field(

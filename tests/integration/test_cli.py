@@ -53,6 +53,7 @@ def command_paths() -> list[list[str]]:
     paths += [["jobs", sub] for sub in ("list", "get", "cancel", "watch")]
     paths += [["upload", "input"], ["upload", "model"], ["blocks", "create"]]
     paths += [["blocks", "create", "cloud"], ["blocks", "create", "comfyui"]]
+    paths += [["blocks", "create", "v2"]]
     return paths
 
 
@@ -288,9 +289,41 @@ async def test_jobs_watch_follows_several_jobs_and_fails_if_one_fails(emulator) 
         == f"Error: 1 of 2 job(s) did not complete: {bad} failed at node 1"
     )
     assert (await job(emulator, ok)).status == "completed"
+    failed_row = next(line for line in done.stderr.splitlines() if bad in line)
+    assert "failed" in failed_row and "100%" not in failed_row  # issue 19.13
     again = cli("jobs", "watch", ok, env=env_for(emulator))
     assert again.returncode == 0, again.stderr
     assert re.search(rf"{ok}\s.*100%.*completed", again.stderr)
+
+
+async def test_ctrl_c_during_jobs_watch_says_the_job_still_runs(emulator) -> None:
+    """Issue 19.13: it exited with no word; it names the job, which goes on running."""
+    slow = await submit(emulator, slow_workflow(4000))  # runs until cancelled
+    before = emulator.stats()["ws_connections_total"]
+    process = subprocess.Popen(
+        [*CLI, "jobs", "watch", slow], env=env_for(emulator),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        await eventually(  # the watch has read the job and follows its events
+            lambda: emulator.stats()["ws_connections_total"] > before,
+            timeout=60, message="the watch's event stream open",
+        )  # fmt: skip
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert error_lines(stderr)[-1] == (
+        f"Stopped watching; still running on the server: {slow} (prefect-comfy jobs watch ID "
+        "to watch again, jobs cancel ID to stop it)"
+    )
+    assert "Traceback" not in stderr
+    assert (await job(emulator, slow)).status in ("pending", "running")
+    async with CloudBackend(API_KEY, emulator.url) as backend:
+        await backend.cancel(slow)
 
 
 # -- uploads, validate -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from tests.support.cli import (
     status_is,
     write_json,
 )
-from tests.support.keys import API_KEY
+from tests.support.keys import API_KEY, WRONG_KEY
 from tests.support.waiting import eventually
 from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
@@ -96,16 +96,57 @@ def test_blocks_create_comfyui_and_a_key_typed_at_the_hidden_prompt(
 ) -> None:
     env = prefect_env(emulator, prefect_api_url)
     name = f"ui-{uuid.uuid4().hex[:8]}"
-    done = cli("blocks", "create", "comfyui", name, "--url", "http://127.0.0.1:8188", env=env)
+    done = cli("blocks", "create", "comfyui", name, "--url", "http://127.0.0.1:8188", "--no-check",
+               env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f'Saved ComfyUIServer block "{name}" (http://127.0.0.1:8188)' in done.stdout
 
     del env["COMFY_API_KEY"]
     typed = "comfyui-typed-at-the-prompt"
-    screen = _in_terminal([*CLI, "blocks", "create", "cloud", f"{name}-c"], env, typed)
+    screen = _in_terminal(
+        [*CLI, "blocks", "create", "cloud", f"{name}-c", "--no-check"], env, typed
+    )
     assert "Comfy API key (not shown):" in screen
     assert typed not in screen and API_KEY not in screen
     assert f'Saved ComfyCloudCredentials block "{name}-c"' in screen
+
+
+def test_blocks_create_checks_the_key_and_url_before_saving(emulator, prefect_api_url) -> None:
+    """Issue 19.10: a wrong key or a dead URL is said at once and nothing is saved; --no-check saves."""
+    env = prefect_env(emulator, prefect_api_url, COMFY_MAX_RETRIES="0")
+    name = f"chk-{uuid.uuid4().hex[:8]}"
+    after = "nothing was saved (--no-check saves it unchecked)"
+
+    wrong = cli("blocks", "create", "cloud", name, env={**env, "COMFY_API_KEY": WRONG_KEY})
+    assert wrong.returncode == 2, wrong.stderr
+    (line,) = [x for x in error_lines(wrong.stderr) if x.startswith("Error:")]
+    assert (
+        line.startswith(f"Error: The server at {emulator.url} refused the key (") and after in line
+    )
+    assert WRONG_KEY not in wrong.stdout + wrong.stderr
+
+    dead = "http://127.0.0.1:9"
+    gone = cli("blocks", "create", "v2", name, "--url", dead, env=env)
+    assert gone.returncode == 2
+    assert error_lines(gone.stderr)[-1].startswith(f"Error: Could not reach {dead} (")
+    unchecked = cli("blocks", "create", "v2", name, "--url", dead, "--no-check", env=env)
+    assert unchecked.returncode == 0, unchecked.stderr
+    assert "Checked:" not in unchecked.stderr
+
+    checked = cli("blocks", "create", "cloud", name, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert f"Checked: {emulator.url} takes the key." in checked.stderr
+
+    v2_env = {**env, "COMFY_V2_API_KEY": API_KEY, "COMFY_API_KEY": WRONG_KEY}
+    v2 = cli("blocks", "create", "v2", name, "--url", emulator.url, "--overwrite", env=v2_env)
+    assert v2.returncode == 0, v2.stderr
+    assert "Using the API key in COMFY_V2_API_KEY." in v2.stderr
+    assert f'Saved ComfyV2Credentials block "{name}" ({emulator.url})' in v2.stdout
+    from prefect_comfy import ComfyCloudCredentials, ComfyV2Credentials
+
+    saved = ComfyV2Credentials.load(name, _sync=True)
+    assert saved.endpoint == emulator.url and saved.api_key.get_secret_value() == API_KEY
+    assert ComfyCloudCredentials.load(name, _sync=True).base_url == emulator.url
 
 
 def _in_terminal(command: list[str], env: dict[str, str], answer: str) -> str:

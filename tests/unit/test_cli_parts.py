@@ -224,3 +224,74 @@ def test_a_large_body_cut_off_is_not_reported_as_could_not_reach() -> None:
         raise httpx.WriteError("broken pipe")
     assert "Could not reach" not in str(caught.value)
     assert "9 MB body" in str(caught.value) and "refuses requests that large" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "lifted"),
+    [
+        (["blocks", "create", "v2", "n", "--url", "http://127.0.0.1:8189"], []),
+        (["--debug", "blocks", "create", "comfyui", "n", "--url=http://h:1"], []),
+        (["jobs", "list", "--url", "http://127.0.0.1:8188"], ["--url", "http://127.0.0.1:8188"]),
+        (["--kind", "v2", "run", "wf.json"], ["--kind", "v2"]),
+    ],
+)
+def test_blocks_keeps_its_own_url_option(argv, lifted) -> None:
+    """`blocks create comfyui|v2 --url X` names the block's server: it was taken as the global
+    --url, and the block was saved with the default (issue 19.10)."""
+    from prefect_comfy.cli.connect import lift_server_options
+
+    got, rest = lift_server_options(argv)
+    assert got == lifted
+    assert rest == [w for w in argv if w not in lifted]
+
+
+def test_a_job_that_did_not_complete_never_shows_100_percent() -> None:
+    """Issue 19.13: the last sampler step reads 100 %, and the job can still fail after it."""
+    out = io.StringIO()
+    board = JobBoard(Console(file=out, width=120, force_terminal=False))
+    with board:
+        for job_id in ("job_f", "job_c", "job_x"):
+            board.on_progress(progress(job_id, progress=100.0, node_id="3", steps=1))
+        board.finish("job_f", "failed", "at node 8")
+        board.finish("job_c", "cancelled")
+        board.finish("job_x", "completed")
+        board.on_progress(progress("job_f", progress=100.0))  # a late event changes nothing
+    assert board.row("job_f")["percent"] == 99 and board.row("job_c")["percent"] == 99
+    assert board.row("job_f")["status"] == "[red]failed[/] at node 8"
+    assert board.row("job_x")["percent"] == 100
+    assert board.unfinished() == []
+    failed_line = next(line for line in out.getvalue().splitlines() if "job_f" in line)
+    assert "100%" not in failed_line and "99%" in failed_line
+
+
+def test_the_elapsed_time_counts_from_the_jobs_creation() -> None:
+    """Issue 19.13: `jobs watch` of a job made 75 s ago shows 0:01:15, not 0:00:00."""
+    from datetime import UTC, datetime, timedelta
+
+    out = io.StringIO()
+    board = JobBoard(Console(file=out, width=120, force_terminal=False))
+    with board:
+        board.add("job_old", "running")
+        board.add("job_new", "running")
+        board.since("job_old", datetime.now(UTC) - timedelta(seconds=75))
+        board.since("job_new", None)  # a server that gives no creation time: from now
+        assert board.unfinished() == ["job_old", "job_new"]
+    lines = out.getvalue().splitlines()
+    assert "0:01:1" in next(line for line in lines if "job_old" in line)
+    assert "0:00:0" in next(line for line in lines if "job_new" in line)
+
+
+def test_listen_help_is_readable_at_80_columns(monkeypatch) -> None:
+    """Issue 19.13: no option's name or help is cut with '…', no line is wider than 80."""
+    from typer.testing import CliRunner
+
+    from prefect_comfy.cli import build_app
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.delenv("TERMINAL_WIDTH", raising=False)
+    app = build_app(["listen", "--help"])
+    shown = CliRunner().invoke(app, ["listen", "--help"], prog_name="prefect-comfy")
+    assert shown.exit_code == 0, shown.output
+    assert "--no-cancel-suspended" in shown.output and "--events-per-second" in shown.output
+    assert "…" not in shown.output
+    assert max(len(line) for line in shown.output.splitlines()) <= 80

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
+from prefect_comfy import ComfyUIServer, ComfyV2Credentials, ComfyWorkflow
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials, is_masked
 from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.exceptions import ComfyConfigError
+from prefect_comfy.settings import DOCS_URL
 
 KEY = "comfyui-unit-credentials-key"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class TestStandards(BlockStandardTestSuite):
@@ -105,3 +110,93 @@ async def test_the_key_never_shows(clean_env) -> None:
 def test_request_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError):
         ComfyCloudCredentials(request_timeout=0)
+
+
+# Issue 19.10: how the blocks present themselves, and what they refuse.
+
+BLOCKS = [ComfyCloudCredentials, ComfyUIServer, ComfyV2Credentials, ComfyWorkflow]
+
+
+def _heading_anchors(page: Path) -> set[str]:
+    """The anchors mkdocs gives a page's headings (its toc slugify: lowercase, words joined by -)."""
+    anchors = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().replace("`", "").lower()
+            anchors.add(re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", text)).strip("-"))
+    return anchors
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_view_docs_opens_this_projects_docs_page(block) -> None:
+    """Not docs.comfy.org: a page and heading of this project's site, whose site_url is DOCS_URL."""
+    site_url = re.search(r"^site_url: (\S+)$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    assert site_url and site_url.group(1) == DOCS_URL
+    url = block._documentation_url
+    assert url.startswith(DOCS_URL), url
+    page, _, anchor = url.removeprefix(DOCS_URL).partition("#")
+    source = ROOT / "docs" / f"{page.rstrip('/')}.md"
+    assert source.is_file(), url
+    assert anchor in _heading_anchors(source), url
+
+
+@pytest.mark.parametrize(
+    ("block", "usage"),
+    [
+        (ComfyCloudCredentials, 'run_comfy_workflow(credentials, "workflow.json")'),
+        (ComfyUIServer, 'run_comfy_workflow(server, "workflow.json")'),
+        (ComfyV2Credentials, 'run_comfy_workflow(credentials, "workflow.json")'),
+    ],
+)
+def test_the_code_example_shows_the_usual_use(block, usage) -> None:
+    """The UI's snippet runs a workflow with the block, as Prefect's standard wants it loaded."""
+    example = block.get_code_example()
+    assert usage in example and f'{block.__name__}.load("BLOCK_NAME")' in example
+    assert "get_backend" not in example
+
+
+@pytest.mark.parametrize("block", [ComfyCloudCredentials, ComfyUIServer, ComfyV2Credentials])
+def test_booleans_have_a_real_default(block) -> None:
+    """The UI showed "None" for a bool left unset; a block saved with null still loads."""
+    for name, field in block.model_fields.items():
+        if field.annotation is bool or field.annotation == bool | None:
+            assert field.annotation is bool and field.default is False, name
+    assert block(allow_insecure_http=None).allow_insecure_http is False
+    assert block.model_json_schema()["properties"]["allow_insecure_http"]["default"] is False
+
+
+def test_an_unset_insecure_flag_leaves_it_to_the_environment(clean_env) -> None:
+    clean_env.setenv("COMFY_ALLOW_INSECURE_HTTP", "1")
+    assert ComfyCloudCredentials().get_settings().allow_insecure_http is True
+
+
+@pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        (lambda: ComfyUIServer(urll="http://127.0.0.1:9", api_key=KEY), "did you mean url?"),
+        (lambda: ComfyCloudCredentials(api_key=KEY, base_ulr="http://x"), "did you mean base_url?"),
+        (lambda: ComfyV2Credentials(api_key=KEY, endpiont="http://x"), "did you mean endpoint?"),
+        (lambda: ComfyUIServer.model_validate({"api_key": KEY, "zzz": 1}), "the fields are: "),
+    ],
+)
+def test_an_unknown_field_is_refused_naming_the_right_one(make, hint) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make()
+    message = str(caught.value)
+    assert "has no field" in message and hint in message
+    assert KEY not in message and KEY not in repr(caught.value)
+
+
+def test_the_v2_block_takes_comfy_sdks_base_url(clean_env) -> None:
+    block = ComfyV2Credentials(base_url="http://127.0.0.1:8189", api_key=KEY)
+    assert block.endpoint == "http://127.0.0.1:8189"
+    assert block.resolved() == ("http://127.0.0.1:8189", KEY)
+    assert "base_url" not in block.model_dump()
+    with pytest.raises(ValidationError, match="give only endpoint"):
+        ComfyV2Credentials(base_url="http://a.invalid", endpoint="http://b.invalid")
+
+
+def test_a_saved_document_still_loads() -> None:
+    """Prefect's own keys in a block document are not unknown fields."""
+    data = {"url": "http://127.0.0.1:8188", "block_type_slug": "comfyui-server"}
+    assert ComfyUIServer.model_validate(data).url == "http://127.0.0.1:8188"

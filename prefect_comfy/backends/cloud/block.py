@@ -7,20 +7,21 @@ environments, and a block with no fields at all is "whatever the environment say
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+import difflib
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
 from prefect.blocks.core import schema_extra as block_schema_extra
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 
-from prefect_comfy.settings import ComfySettings
+from prefect_comfy.settings import DOCS_URL, ComfySettings
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.cloud.backend import CloudBackend
     from prefect_comfy.backends.cloud.rest import ComfyClient
 
-__all__ = ["ComfyCloudCredentials"]
+__all__ = ["ComfyCloudCredentials", "StrictFields"]
 
 
 def is_masked(value: str) -> bool:
@@ -44,27 +45,73 @@ def deployment_parameter_schema(schema: dict[str, Any], model: type[Block]) -> N
     schema["then"] = {"required": [_NEVER]}
 
 
-class ComfyCloudCredentials(CredentialsBlock):
+BLOCK_MODEL_CONFIG = ConfigDict(
+    extra="allow",  # Prefect's own keys (block_type_slug ...) pass; check_fields refuses the rest
+    hide_input_in_errors=True,  # a validation error would otherwise print every field, the key too
+    json_schema_extra=deployment_parameter_schema,
+)
+"""The model settings of every credentials block."""
+
+
+class StrictFields:
+    """A block mixin: unknown fields are refused, naming the closest right one, and aliases are taken.
+
+    Pydantic's ``extra="allow"`` (Prefect's default for blocks) kept a misspelt field silently:
+    ``ComfyUIServer(urll=...)`` targeted 127.0.0.1:8188. A ``None`` for a ``bool`` field (what blocks
+    saved before the field had a real default hold) is read as the default.
+    """
+
+    _field_aliases: ClassVar[dict[str, str]] = {}
+    """Other names a field is given under (comfy-sdk's ``base_url`` for the v2 block's ``endpoint``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def check_fields(cls, data: Any) -> Any:
+        """Refuses unknown fields with a one-line "did you mean" error, and maps aliases."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        fields = cls.model_fields  # type: ignore[attr-defined]
+        for alias, name in cls._field_aliases.items():
+            if alias in data:
+                if data.get(name) is not None:
+                    raise ValueError(f"{alias} and {name} are the same field; give only {name}")
+                data[name] = data.pop(alias)
+        for name, value in list(data.items()):
+            if value is None and name in fields and fields[name].annotation is bool:
+                del data[name]
+        unknown = [n for n in data if n not in fields and n != "block_type_slug"]
+        if unknown:
+            known = sorted([*fields, *cls._field_aliases])
+            name = unknown[0]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"the fields are: {', '.join(known)}"
+            raise ValueError(f"{cls.__name__} has no field {name!r}; {hint}")
+        return data
+
+
+class ComfyCloudCredentials(StrictFields, CredentialsBlock):
     """An API key for Comfy Cloud's developer API, and where to reach it.
 
     Fields left unset fall back to the ``COMFY_*`` environment variables when the block is used.
 
     Example:
-        Load a saved block and make a backend:
+        Run a workflow on Comfy Cloud with a saved block (``run_comfy_workflow`` is a flow):
         ```python
-        from prefect_comfy import ComfyCloudCredentials
+        from prefect_comfy import ComfyCloudCredentials, run_comfy_workflow
 
         credentials = ComfyCloudCredentials.load("BLOCK_NAME")
-        backend = credentials.get_backend()
+        result = run_comfy_workflow(credentials, "workflow.json")
+        print(result.paths)
         ```
     """
 
-    model_config = ConfigDict(extra="allow", json_schema_extra=deployment_parameter_schema)
+    model_config = BLOCK_MODEL_CONFIG
 
     _block_type_name = "Comfy Cloud Credentials"
     _block_type_slug = "comfy-cloud-credentials"
     _logo_url = "https://github.com/Comfy-Org.png?size=200"
-    _documentation_url = "https://docs.comfy.org/"
+    _documentation_url = f"{DOCS_URL}blocks/#comfycloudcredentials"
     _description = "An API key for Comfy Cloud (ComfyUI in the cloud), and where to reach it."
 
     api_key: SecretStr | None = Field(
@@ -91,11 +138,11 @@ class ComfyCloudCredentials(CredentialsBlock):
         description="Seconds for one HTTP request; unset means COMFY_REQUEST_TIMEOUT, or 30.",
     )
 
-    allow_insecure_http: bool | None = Field(
-        default=None,
+    allow_insecure_http: bool = Field(
+        default=False,
         title="Allow insecure HTTP",
         description="Send the API key over plain http:// to a host that is not this machine (anyone "
-        "on the network path can read it); unset means COMFY_ALLOW_INSECURE_HTTP, or no.",
+        "on the network path can read it); off leaves it to COMFY_ALLOW_INSECURE_HTTP (default no).",
     )
 
     catalog_source: str | None = Field(
@@ -118,8 +165,8 @@ class ComfyCloudCredentials(CredentialsBlock):
             update["ws_auth"] = self.ws_auth
         if self.request_timeout is not None:
             update["request_timeout"] = self.request_timeout
-        if self.allow_insecure_http is not None:
-            update["allow_insecure_http"] = self.allow_insecure_http
+        if self.allow_insecure_http:
+            update["allow_insecure_http"] = True
         if self.catalog_source:
             update["catalog_source"] = self.catalog_source
         return ComfySettings(**update)

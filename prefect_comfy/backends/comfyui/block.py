@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from prefect_comfy.backends.cloud.block import deployment_parameter_schema
-from prefect_comfy.settings import ComfySettings
+from prefect_comfy.backends.cloud.block import BLOCK_MODEL_CONFIG, StrictFields
+from prefect_comfy.settings import DOCS_URL, ComfySettings
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
@@ -20,25 +20,26 @@ if TYPE_CHECKING:
 __all__ = ["ComfyUIServer"]
 
 
-class ComfyUIServer(Block):
+class ComfyUIServer(StrictFields, Block):
     """A ComfyUI server: a self-hosted ComfyUI, or Comfy Cloud's ComfyUI-compatible API with a key.
 
     Example:
-        Load a saved block and run a workflow on that server:
+        Run a workflow on a saved ComfyUI server (``run_comfy_workflow`` is a flow):
         ```python
-        from prefect_comfy.backends.comfyui.block import ComfyUIServer
+        from prefect_comfy import ComfyUIServer, run_comfy_workflow
 
         server = ComfyUIServer.load("BLOCK_NAME")
-        backend = server.get_backend()
+        result = run_comfy_workflow(server, "workflow.json")
+        print(result.paths)
         ```
     """
 
-    model_config = ConfigDict(json_schema_extra=deployment_parameter_schema)
+    model_config = BLOCK_MODEL_CONFIG
 
     _block_type_name = "ComfyUI Server"
     _block_type_slug = "comfyui-server"
     _logo_url = "https://github.com/comfyanonymous.png?size=200"
-    _documentation_url = "https://docs.comfy.org/"
+    _documentation_url = f"{DOCS_URL}comfyui/#using-it"
     _description = "A self-hosted ComfyUI server (or Comfy Cloud's ComfyUI-compatible API)."
 
     url: str = Field(
@@ -53,11 +54,11 @@ class ComfyUIServer(Block):
         "self-hosted ComfyUI.",
     )
 
-    allow_insecure_http: bool | None = Field(
-        default=None,
+    allow_insecure_http: bool = Field(
+        default=False,
         title="Allow insecure HTTP",
         description="Send the API key over plain http:// to a host that is not this machine (anyone "
-        "on the network path can read it); unset means COMFY_ALLOW_INSECURE_HTTP, or no.",
+        "on the network path can read it); off leaves it to COMFY_ALLOW_INSECURE_HTTP (default no).",
     )
 
     def get_backend(self) -> ComfyUIBackend:
@@ -68,6 +69,6 @@ class ComfyUIServer(Block):
         if key and set(key) == {"*"}:  # serialized without secrets: no usable key
             key = None
         settings = None  # read from the environment on first use
-        if self.allow_insecure_http is not None:
-            settings = ComfySettings(allow_insecure_http=self.allow_insecure_http)
+        if self.allow_insecure_http:
+            settings = ComfySettings(allow_insecure_http=True)
         return ComfyUIBackend(self.url, key, settings=settings)

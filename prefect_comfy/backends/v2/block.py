@@ -8,13 +8,13 @@ not read: it names the developer API's origin, a different server.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from prefect_comfy.backends.cloud.block import deployment_parameter_schema, is_masked
-from prefect_comfy.settings import ComfySettings
+from prefect_comfy.backends.cloud.block import BLOCK_MODEL_CONFIG, StrictFields, is_masked
+from prefect_comfy.settings import DOCS_URL, ComfySettings
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.v2.backend import V2Backend
@@ -24,25 +24,29 @@ __all__ = ["DEFAULT_V2_URL", "ComfyV2Credentials"]
 DEFAULT_V2_URL = "https://cloud.comfy.org"
 
 
-class ComfyV2Credentials(Block):
+class ComfyV2Credentials(StrictFields, Block):
     """A Comfy API v2 server and its secret key: Comfy Cloud, a serverless deployment, or a proxy.
 
+    ``base_url``, the name comfy-sdk gives it, is taken for ``endpoint``.
+
     Example:
-        Load a saved block and make a backend:
+        Run a workflow through Comfy API v2 with a saved block (``run_comfy_workflow`` is a flow):
         ```python
-        from prefect_comfy import ComfyV2Credentials
+        from prefect_comfy import ComfyV2Credentials, run_comfy_workflow
 
         credentials = ComfyV2Credentials.load("BLOCK_NAME")
-        backend = credentials.get_backend()
+        result = run_comfy_workflow(credentials, "workflow.json")
+        print(result.paths)
         ```
     """
 
-    model_config = ConfigDict(json_schema_extra=deployment_parameter_schema)
+    model_config = BLOCK_MODEL_CONFIG
+    _field_aliases: ClassVar[dict[str, str]] = {"base_url": "endpoint"}
 
     _block_type_name = "Comfy API v2 Credentials"
     _block_type_slug = "comfy-v2-credentials"
     _logo_url = "https://github.com/Comfy-Org.png?size=200"
-    _documentation_url = "https://docs.comfy.org/"
+    _documentation_url = f"{DOCS_URL}backends/#comfy-api-v2-in-detail"
     _description = "A Comfy API v2 server (Comfy Cloud, a serverless deployment, or comfy-api-proxy) and its key."
 
     endpoint: str | None = Field(
@@ -61,11 +65,11 @@ class ComfyV2Credentials(Block):
     request_timeout: float | None = Field(
         default=None, gt=0, title="Request timeout", description="Seconds for one HTTP request."
     )
-    allow_insecure_http: bool | None = Field(
-        default=None,
+    allow_insecure_http: bool = Field(
+        default=False,
         title="Allow insecure HTTP",
         description="Send the key over plain http:// to a host that is not this machine (anyone on "
-        "the network path can read it); unset means COMFY_ALLOW_INSECURE_HTTP, or no.",
+        "the network path can read it); off leaves it to COMFY_ALLOW_INSECURE_HTTP (default no).",
     )
 
     catalog_source: str | None = Field(
@@ -96,7 +100,7 @@ class ComfyV2Credentials(Block):
         update: dict[str, object] = {}
         if self.request_timeout is not None:
             update["request_timeout"] = self.request_timeout
-        if self.allow_insecure_http is not None:
-            update["allow_insecure_http"] = self.allow_insecure_http
+        if self.allow_insecure_http:
+            update["allow_insecure_http"] = True
         settings = ComfySettings(**update) if update else None
         return V2Backend(endpoint, key, settings=settings, catalog_source=self.catalog_source)
