@@ -83,10 +83,6 @@ COMMANDS: dict[str, Entry] = {
 }
 
 
-OWN_URL_OPTION = {"blocks"}
-"""Commands whose ``--url`` is their own (the URL a saved block holds), not the server to reach."""
-
-
 def version_text() -> str:
     """``prefect-comfy X (prefect Y, Python Z)``, read without importing Prefect."""
 
@@ -222,11 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     if debug:  # accepted anywhere on the line: move it where the group's option is parsed
         argv = ["--debug", *(word for word in argv if word != "--debug")]
-    named = next((word for word in argv if not word.startswith("-")), None)
-    if named in OWN_URL_OPTION:  # `blocks create comfyui --url` is the block's own URL
-        server, rest = [], argv
-    else:  # the same as --debug for --url, --kind and --api-key-env
-        server, rest = lift_server_options(argv)
+    server, rest = lift_server_options(argv)  # the same for --url, --kind and --api-key-env
     try:
         build_app(rest)(args=[*server, *rest], prog_name="prefect-comfy")
     except SystemExit:
