@@ -22,13 +22,13 @@ throw-away server that holds no blocks, so the command says so instead.
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from prefect_comfy.backends.environment import URL_KINDS, backend_class
 from prefect_comfy.cli.errors import PrefectUnavailable, UsageProblem
 
 if TYPE_CHECKING:
@@ -45,17 +45,8 @@ BlockOption = Annotated[
 ]
 """The ``--block`` option every command that talks to Comfy takes."""
 
-KINDS: dict[str, tuple[str, str, str]] = {
-    "cloud": (
-        "prefect_comfy.backends.cloud.backend:CloudBackend",
-        "ComfyCloudCredentials",
-        "base_url",
-    ),
-    "v2": ("prefect_comfy.backends.v2.backend:V2Backend", "ComfyV2Credentials", "endpoint"),
-    "comfyui": ("prefect_comfy.backends.comfyui.backend:ComfyUIBackend", "ComfyUIServer", "url"),
-}
-"""``--kind`` name -> (backend class, block class, the block's field for the URL), in the order
-``--url`` asks a server what it is (the emulator answers the first two: it is taken as ``cloud``)."""
+KINDS = URL_KINDS
+"""The kinds ``--kind`` names (kept in ``backends/environment.py``, which may name them)."""
 
 SERVER_OPTIONS = ("--url", "--kind", "--api-key-env")
 """The options `lift_server_options` accepts anywhere on the command line."""
@@ -171,8 +162,7 @@ async def load_block(name: str) -> Any:
 
 
 def _backend_class(kind: str) -> type[ComfyBackend]:
-    module, name = KINDS[kind][0].split(":")
-    return getattr(importlib.import_module(module), name)
+    return backend_class(kind)
 
 
 async def find_kind(url: str) -> str:
