@@ -1,7 +1,8 @@
-"""Wire models of the Comfy developer API, lenient as a client must be (unknown fields ignored).
+"""The wire models every kind of server is read into: jobs, inputs, models, outputs and events.
 
-The emulator keeps its own strict models, so that drift between the two shows up in tests. The
-ComfyUI backend maps its server's answers onto these same models.
+They have the shapes of the Comfy Cloud developer API and are lenient as a client must be (unknown
+fields ignored); the ComfyUI and Comfy API v2 backends map their servers' answers onto these same
+models. The emulator keeps its own strict models, so that drift between the two shows up in tests.
 """
 
 from __future__ import annotations

@@ -89,8 +89,11 @@ class FlowRunWatcher:
                 await asyncio.wait({wait}, timeout=LABEL_POLL)
             if not wait.done():
                 wait.cancel()
-            with contextlib.suppress(BaseException):
-                self.outcome = (await wait).event
+            # The watcher's own wait only: its outcome, or nothing when it was cancelled or failed
+            # (the flow run says what happened); a cancellation of this task itself goes on.
+            await asyncio.wait({wait})
+            if not wait.cancelled() and wait.exception() is None:
+                self.outcome = wait.result().event
 
 
 def _whole(path: Path, out: Path) -> bool:
