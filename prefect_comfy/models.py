@@ -6,6 +6,7 @@ ComfyUI backend maps its server's answers onto these same models.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from datetime import datetime
@@ -200,6 +201,25 @@ TERMINAL_EVENTS: frozenset[str] = frozenset(
         "model.failed",
     }
 )
+
+PREVIEW_EVENT = "job.preview"
+"""A live preview image of a running job (payload ``image``: base64, ``mime_type``, ``size``).
+
+Delivered only to waits with a progress callback, never sent to Prefect as an event."""
+
+
+def preview_image(event: ComfyEvent) -> tuple[bytes, str] | None:
+    """The image bytes and MIME type of a ``job.preview`` event, or ``None`` for any other event."""
+    if event.event != PREVIEW_EVENT:
+        return None
+    image, mime = event.payload.get("image"), event.payload.get("mime_type")
+    if not isinstance(image, str) or not isinstance(mime, str):
+        return None
+    try:
+        return base64.b64decode(image, validate=True), mime
+    except ValueError:
+        return None
+
 
 STATUS_EVENT: dict[tuple[str, str], str] = {
     ("job", "completed"): "job.completed",

@@ -37,7 +37,7 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.models import STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.models import PREVIEW_EVENT, STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.transport.deadlines import within
 from prefect_comfy.waiting.loop import Mailbox, waiting_loop
@@ -341,6 +341,10 @@ class EventHub(SharedStream):
 
     def _dispatch(self, event: ComfyEvent) -> None:
         self.events_received += 1
+        if event.event == PREVIEW_EVENT:  # never remembered: an image, and the next one replaces it
+            for waiter in list(self._waiters.get(("job", event.resource_id or ""), ())):
+                waiter.deliver(event)  # only to a wait with a progress callback
+            return
         if self._recall.repeated(event):
             return
         rid = event.resource_id
