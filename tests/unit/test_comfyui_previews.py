@@ -33,7 +33,9 @@ def legacy(image: bytes, fmt: int = 2) -> bytes:
 def with_metadata(image: bytes, meta: dict) -> bytes:
     """A ``PREVIEW_IMAGE_WITH_METADATA`` frame as ``send_image_with_metadata`` makes it."""
     raw = json.dumps(meta).encode()
-    return struct.pack(">I", PREVIEW_IMAGE_WITH_METADATA) + struct.pack(">I", len(raw)) + raw + image
+    return (
+        struct.pack(">I", PREVIEW_IMAGE_WITH_METADATA) + struct.pack(">I", len(raw)) + raw + image
+    )
 
 
 def test_both_layouts_parse() -> None:
