@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import struct
-import uuid
 
 import pytest
 
-from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.previews import (
     MAX_PREVIEW_BYTES,
     PREVIEW_IMAGE,
@@ -18,24 +14,7 @@ from prefect_comfy.backends.comfyui.previews import (
     parse_preview,
 )
 from prefect_comfy.models import ComfyEvent, preview_image
-from tests.support.waiting import eventually
-from tests.unit.test_comfyui_backend import FAST, GRAPH, FakeComfyUI, FakeConnect, collect, find
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
-JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 32
-
-
-def legacy(image: bytes, fmt: int = 2) -> bytes:
-    """A ``PREVIEW_IMAGE`` frame as ComfyUI's ``send_image`` makes it."""
-    return struct.pack(">I", PREVIEW_IMAGE) + struct.pack(">I", fmt) + image
-
-
-def with_metadata(image: bytes, meta: dict) -> bytes:
-    """A ``PREVIEW_IMAGE_WITH_METADATA`` frame as ``send_image_with_metadata`` makes it."""
-    raw = json.dumps(meta).encode()
-    return (
-        struct.pack(">I", PREVIEW_IMAGE_WITH_METADATA) + struct.pack(">I", len(raw)) + raw + image
-    )
+from tests.support.comfyui_frames import JPEG, PNG, legacy, with_metadata
 
 
 def test_both_layouts_parse() -> None:
@@ -91,50 +70,3 @@ def test_preview_image_reads_only_preview_events() -> None:
     assert preview_image(ComfyEvent(event="job.progress", payload={"id": "j"})) is None
     bad = ComfyEvent(event="job.preview", payload={"id": "j", "mime_type": "x", "image": "%%"})
     assert preview_image(bad) is None
-
-
-class BinarySocket:
-    """Adds binary frames to the unit tests' fake socket."""
-
-    @staticmethod
-    def push(sock, raw: bytes) -> None:
-        sock.loop.call_soon_threadsafe(sock.frames.put_nowait, raw)
-
-
-async def test_stream_turns_previews_into_events_of_the_right_job() -> None:
-    fake = FakeComfyUI()
-    connect = FakeConnect()
-    b = ComfyUIBackend(
-        fake.origin,
-        client_id=f"unit-{uuid.uuid4()}",
-        transport=fake.transport(),
-        settings=FAST,
-        connect=connect,
-    )
-    events, task = await collect(b)
-    sock = connect.sockets[0]
-    job = await b.submit(GRAPH, tags=["t"])
-
-    BinarySocket.push(sock, legacy(PNG))  # before any frame names a prompt: nobody's
-    sock.send("execution_start", {"prompt_id": job.id})
-    sock.send("executing", {"node": "2", "prompt_id": job.id})
-    for frame in (b"\x00", legacy(JPEG, 2), legacy(PNG + b"\x00" * MAX_PREVIEW_BYTES)):
-        BinarySocket.push(sock, frame)  # dropped, and the stream goes on
-    BinarySocket.push(sock, legacy(PNG))
-    BinarySocket.push(sock, with_metadata(JPEG, {"prompt_id": "other", "image_type": "image/jpeg"}))
-    first = await eventually(lambda: find(events, "job.preview", job.id), timeout=5)
-    assert first.payload["mime_type"] == "image/png" and first.payload["tags"] == ["t"]
-    assert preview_image(first) == (PNG, "image/png")
-    named = await eventually(lambda: find(events, "job.preview", "other"), timeout=5)
-    assert named.payload["size"] == len(JPEG)
-
-    sock.send("executing", {"node": None, "prompt_id": job.id})  # the prompt is done
-    BinarySocket.push(sock, legacy(PNG))  # a late legacy frame names no prompt: dropped
-    sock.send("status", {"status": {"exec_info": {"queue_remaining": 0}}})
-    await asyncio.sleep(0)
-    stream = next(iter(b._memory.streams))
-    await eventually(lambda: stream.previews_dropped >= 5, timeout=5)
-    assert len([e for e in events if e.event == "job.preview" and e.resource_id == job.id]) == 1
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await b.aclose()
