@@ -208,6 +208,38 @@ PREVIEW_EVENT = "job.preview"
 Delivered only to waits with a progress callback, never sent to Prefect as an event."""
 
 
+MAX_PREVIEW_IMAGE_BYTES = 256 * 1024
+"""A live preview image larger than this is dropped, on every backend."""
+PREVIEW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png"})
+"""The types a live preview may have."""
+
+
+def preview_event(
+    job_id: str,
+    image: bytes,
+    mime_type: str,
+    *,
+    node_id: str | None = None,
+    tags: list[str] | None = None,
+) -> ComfyEvent | None:
+    """A ``job.preview`` event, or ``None`` for an image that is empty, too big or of another type."""
+    mime = mime_type.split(";", 1)[0].strip().lower()
+    if mime not in PREVIEW_IMAGE_TYPES or not image or len(image) > MAX_PREVIEW_IMAGE_BYTES:
+        return None
+    payload: dict[str, Any] = {
+        "id": job_id,
+        "status": "running",
+        "mime_type": mime,
+        "image": base64.b64encode(image).decode("ascii"),
+        "size": len(image),
+    }
+    if node_id is not None:
+        payload["node_id"] = str(node_id)
+    if tags is not None:
+        payload["tags"] = list(tags)
+    return ComfyEvent(event=PREVIEW_EVENT, payload=payload)
+
+
 def preview_image(event: ComfyEvent) -> tuple[bytes, str] | None:
     """The image bytes and MIME type of a ``job.preview`` event, or ``None`` for any other event."""
     if event.event != PREVIEW_EVENT:

@@ -70,3 +70,27 @@ def test_preview_image_reads_only_preview_events() -> None:
     assert preview_image(ComfyEvent(event="job.progress", payload={"id": "j"})) is None
     bad = ComfyEvent(event="job.preview", payload={"id": "j", "mime_type": "x", "image": "%%"})
     assert preview_image(bad) is None
+
+
+def test_v2_preview_frames_map_to_preview_events_and_bad_ones_are_dropped() -> None:
+    from prefect_comfy.backends.v2.mapping import preview_of
+
+    good = {
+        "node_id": "3",
+        "content_type": "image/jpeg",
+        "data_base64": base64.b64encode(JPEG).decode(),
+    }
+    event = preview_of("job-1", good, ["t"])
+    assert event is not None and event.event == "job.preview" and event.resource_id == "job-1"
+    assert preview_image(event) == (JPEG, "image/jpeg") and event.payload["node_id"] == "3"
+    assert event.payload["tags"] == ["t"]
+    huge = base64.b64encode(JPEG + b"\x00" * MAX_PREVIEW_BYTES).decode()
+    for bad in (
+        {},
+        {**good, "data_base64": "not base64!"},
+        {**good, "data_base64": ""},
+        {**good, "data_base64": huge},
+        {**good, "content_type": "text/html"},
+        {**good, "data_base64": 5},
+    ):
+        assert preview_of("job-1", bad) is None, bad

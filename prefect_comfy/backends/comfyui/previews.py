@@ -24,11 +24,11 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+
+from prefect_comfy.models import MAX_PREVIEW_IMAGE_BYTES
 
 __all__ = [
     "FEATURE_FLAGS_MESSAGE",
@@ -37,7 +37,6 @@ __all__ = [
     "PREVIEW_IMAGE_WITH_METADATA",
     "Preview",
     "parse_preview",
-    "preview_payload",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ PREVIEW_IMAGE = 1
 """``BinaryEventTypes.PREVIEW_IMAGE``: format word, then the image."""
 PREVIEW_IMAGE_WITH_METADATA = 4
 """``BinaryEventTypes.PREVIEW_IMAGE_WITH_METADATA``: metadata length, JSON metadata, the image."""
-MAX_PREVIEW_BYTES = 256 * 1024
+MAX_PREVIEW_BYTES = MAX_PREVIEW_IMAGE_BYTES
 """A preview image larger than this is dropped (ComfyUI's are a few KB: 512 px at most)."""
 MAX_METADATA_BYTES = 4096
 """The most JSON metadata one preview frame may carry."""
@@ -107,19 +106,3 @@ def parse_preview(
         )
     except (ValueError, TypeError, UnicodeDecodeError):
         return None
-
-
-def preview_payload(job_id: str, preview: Preview, tags: list[str] | None = None) -> dict[str, Any]:
-    """The payload of a ``job.preview`` event: ``image`` is the image's bytes in base64."""
-    payload: dict[str, Any] = {
-        "id": job_id,
-        "status": "running",
-        "mime_type": preview.mime_type,
-        "image": base64.b64encode(preview.image).decode("ascii"),
-        "size": len(preview.image),
-    }
-    if preview.node_id is not None:
-        payload["node_id"] = preview.node_id
-    if tags is not None:
-        payload["tags"] = list(tags)
-    return payload

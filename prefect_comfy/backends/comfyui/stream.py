@@ -47,7 +47,6 @@ from prefect_comfy.backends.comfyui.model_poll import poll_models
 from prefect_comfy.backends.comfyui.previews import (
     FEATURE_FLAGS_MESSAGE,
     parse_preview,
-    preview_payload,
 )
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import (
@@ -55,7 +54,7 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.models import ComfyEvent, Job
+from prefect_comfy.models import ComfyEvent, Job, preview_event
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
 
@@ -258,8 +257,15 @@ class ComfyUIStream:
             self.previews_dropped += 1
             return
         tags = self.state.tags.get(prompt_id)
-        payload = preview_payload(prompt_id, preview, list(tags) if tags is not None else None)
-        self._fan_out(ComfyEvent(event="job.preview", payload=payload))
+        event = preview_event(
+            prompt_id,
+            preview.image,
+            preview.mime_type,
+            node_id=preview.node_id,
+            tags=list(tags) if tags is not None else None,
+        )
+        if event is not None:
+            self._fan_out(event)
 
     def _register(self, prompt_id: str, graph: dict[str, Any] | None = None) -> None:
         """Give the progress tracker a prompt's graph: the submitter's copy, else ``/queue``'s."""
