@@ -165,3 +165,19 @@ async def test_the_flows_artifact_shows_a_live_preview_then_the_outputs(
         assert "Live preview" not in str(final.data) and "Outputs" in str(final.data)[:400], str(
             final.data
         )[:400]
+
+
+async def test_previews_through_the_api_proxy(api_proxy, test_checkpoint: str) -> None:
+    """Comfy API v2's SSE ``preview`` frames (comfy-api-proxy relays ComfyUI's) become
+    ``job.preview`` events of the job."""
+    from prefect_comfy.backends.v2.backend import V2Backend
+
+    async with V2Backend(api_proxy.url, api_proxy.token) as backend:
+        job = await backend.submit(txt2img_graph(seed=fresh_seed(), prefix="v2-preview"))
+        seen: list[ComfyEvent] = []
+        end = await wait_for(backend, "job", job.id, timeout=JOB_TIMEOUT, on_progress=seen.append)
+    assert end.event == "job.completed", end
+    previews = [e for e in seen if e.event == PREVIEW_EVENT]
+    assert previews and {e.resource_id for e in previews} == {job.id}, [e.event for e in seen]
+    image, _ = preview_image(previews[-1]) or (b"", "")
+    Image.open(io.BytesIO(image)).load()
