@@ -216,7 +216,8 @@ class EventHub(SharedStream):
             resource_id: the resource's id.
             timeout: seconds; ``None`` waits for ever.
             on_progress: called (sync or async, in order, once each, on the caller's loop) with
-                every ``job.progress`` of the job before the wait returns; its exceptions are logged.
+                every ``job.progress`` (and ``job.preview``) of the job before the wait returns;
+                its exceptions are logged.
             covered_since: a :meth:`mark` taken before the resource was created: no REST read
                 while the stream has not broken since.
 
