@@ -7,6 +7,7 @@ ComfyUI backend maps its server's answers onto these same models.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from datetime import datetime
@@ -205,7 +206,8 @@ TERMINAL_EVENTS: frozenset[str] = frozenset(
 PREVIEW_EVENT = "job.preview"
 """A live preview image of a running job (payload ``image``: base64, ``mime_type``, ``size``).
 
-Delivered only to waits with a progress callback, never sent to Prefect as an event."""
+Delivered only to waits whose progress callback asked for them (:func:`with_previews`), never
+sent to Prefect as an event."""
 
 
 MAX_PREVIEW_IMAGE_BYTES = 256 * 1024
@@ -238,6 +240,22 @@ def preview_event(
     if tags is not None:
         payload["tags"] = list(tags)
     return ComfyEvent(event=PREVIEW_EVENT, payload=payload)
+
+
+def with_previews(callback: Any) -> Any:
+    """An ``on_progress`` callback that also wants the job's ``job.preview`` events.
+
+    Opt-in, so that a callback written for ``job.progress`` sees only those:
+    ``wait_for(backend, "job", job_id, on_progress=with_previews(show))``.
+    """
+    marked = functools.partial(callback)
+    marked.previews = True  # type: ignore[attr-defined]
+    return marked
+
+
+def wants_previews(callback: Any) -> bool:
+    """Whether an ``on_progress`` callback was made with :func:`with_previews`."""
+    return bool(getattr(callback, "previews", False))
 
 
 def preview_image(event: ComfyEvent) -> tuple[bytes, str] | None:

@@ -52,8 +52,8 @@ class UnfinishedJobs:
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ComfyEvent], Any | Awaitable[Any]]
-"""Called with each ``job.progress`` event (and ``job.preview``: a live preview image); may be sync
-or async."""
+"""Called with each ``job.progress`` event (and ``job.preview``, a live preview image, when made
+with :func:`~prefect_comfy.models.with_previews`); may be sync or async."""
 
 ConnectCallback = Callable[[], Awaitable[None]]
 """Awaited after every (re)connect, once the subscription is active and before events flow on."""

@@ -35,7 +35,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from prefect_comfy.models import ComfyEvent, preview_image
+from prefect_comfy.models import ComfyEvent, preview_image, with_previews
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,10 @@ class JobBoard:
         if isinstance(percent, (int, float)):
             fields["completed"] = max(0.0, min(100.0, float(percent)))
         self._progress.update(self._rows[job_id], **fields)
+
+    def progress_callback(self) -> Any:
+        """:meth:`on_progress`, asking for previews too when there is a folder for them."""
+        return with_previews(self.on_progress) if self.previews is not None else self.on_progress
 
     def _write_preview(self, image: bytes, mime_type: str) -> None:
         """Replace ``DIR/preview.<ext>`` with the newest preview, whole (a reader never sees half)."""

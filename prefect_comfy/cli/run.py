@@ -188,7 +188,7 @@ async def _submit_and_wait(
                 "job",
                 job.id,
                 timeout=timeout,
-                on_progress=board.on_progress,
+                on_progress=board.progress_callback(),
                 covered_since=covered,
             )
         except JobTimedOut:

@@ -32,7 +32,15 @@ from prefect_comfy.exceptions import (
     JobTimedOut,
     UploadFailed,
 )
-from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError, preview_image
+from prefect_comfy.models import (
+    ComfyEvent,
+    Input,
+    Job,
+    Model,
+    ResourceError,
+    preview_image,
+    with_previews,
+)
 from prefect_comfy.orchestration.artifacts import (
     JobPreviewArtifact,
     JobProgressArtifact,
@@ -255,7 +263,11 @@ async def watch_comfy_job(
         watch.start()
         try:
             terminal = await wait_for(
-                backend, "job", job_id, timeout=timeout, on_progress=watch.on_progress
+                backend,
+                "job",
+                job_id,
+                timeout=timeout,
+                on_progress=with_previews(watch.on_progress),
             )
         except JobTimedOut as exc:
             await watch.stop(outcome="timed out")

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
-from prefect_comfy.models import PREVIEW_EVENT, ComfyEvent, preview_image
+from prefect_comfy.models import PREVIEW_EVENT, ComfyEvent, preview_image, with_previews
 from prefect_comfy.waiting.waits import wait_for
 from tests.support.comfyui_server import RunningComfyUI
 from tests.support.txt2img import txt2img_graph
@@ -59,7 +59,9 @@ async def test_a_sampling_job_yields_previews_of_its_own_job_only(
         await asyncio.wait_for(connected.wait(), 60)
         job = await backend.submit(txt2img_graph(seed=fresh_seed(), prefix="preview"))
         seen: list[ComfyEvent] = []
-        end = await wait_for(backend, "job", job.id, timeout=JOB_TIMEOUT, on_progress=seen.append)
+        end = await wait_for(
+            backend, "job", job.id, timeout=JOB_TIMEOUT, on_progress=with_previews(seen.append)
+        )
         # The other client hears of the end too (a broadcast status, then /history), a little later:
         # the proof that its stream was up all along.
         await eventually(
@@ -175,7 +177,9 @@ async def test_previews_through_the_api_proxy(api_proxy, test_checkpoint: str) -
     async with V2Backend(api_proxy.url, api_proxy.token) as backend:
         job = await backend.submit(txt2img_graph(seed=fresh_seed(), prefix="v2-preview"))
         seen: list[ComfyEvent] = []
-        end = await wait_for(backend, "job", job.id, timeout=JOB_TIMEOUT, on_progress=seen.append)
+        end = await wait_for(
+            backend, "job", job.id, timeout=JOB_TIMEOUT, on_progress=with_previews(seen.append)
+        )
     assert end.event == "job.completed", end
     previews = [e for e in seen if e.event == PREVIEW_EVENT]
     assert previews and {e.resource_id for e in previews} == {job.id}, [e.event for e in seen]
