@@ -7,6 +7,8 @@ models. The emulator keeps its own strict models, so that drift between the two 
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import json
 from datetime import datetime
@@ -201,6 +203,74 @@ TERMINAL_EVENTS: frozenset[str] = frozenset(
         "model.failed",
     }
 )
+
+PREVIEW_EVENT = "job.preview"
+"""A live preview image of a running job (payload ``image``: base64, ``mime_type``, ``size``).
+
+Delivered only to waits whose progress callback asked for them (`with_previews`), never
+sent to Prefect as an event."""
+
+
+MAX_PREVIEW_IMAGE_BYTES = 256 * 1024
+"""A live preview image larger than this is dropped, on every backend."""
+PREVIEW_IMAGE_TYPES = frozenset({"image/jpeg", "image/png"})
+"""The types a live preview may have."""
+
+
+def preview_event(
+    job_id: str,
+    image: bytes,
+    mime_type: str,
+    *,
+    node_id: str | None = None,
+    tags: list[str] | None = None,
+) -> ComfyEvent | None:
+    """A ``job.preview`` event, or ``None`` for an image that is empty, too big or of another type."""
+    mime = mime_type.split(";", 1)[0].strip().lower()
+    if mime not in PREVIEW_IMAGE_TYPES or not image or len(image) > MAX_PREVIEW_IMAGE_BYTES:
+        return None
+    payload: dict[str, Any] = {
+        "id": job_id,
+        "status": "running",
+        "mime_type": mime,
+        "image": base64.b64encode(image).decode("ascii"),
+        "size": len(image),
+    }
+    if node_id is not None:
+        payload["node_id"] = str(node_id)
+    if tags is not None:
+        payload["tags"] = list(tags)
+    return ComfyEvent(event=PREVIEW_EVENT, payload=payload)
+
+
+def with_previews(callback: Any) -> Any:
+    """An ``on_progress`` callback that also wants the job's ``job.preview`` events.
+
+    Opt-in, so that a callback written for ``job.progress`` sees only those:
+    ``wait_for(backend, "job", job_id, on_progress=with_previews(show))``.
+    """
+    marked = functools.partial(callback)
+    marked.previews = True  # type: ignore[attr-defined]
+    return marked
+
+
+def wants_previews(callback: Any) -> bool:
+    """Whether an ``on_progress`` callback was made with `with_previews`."""
+    return bool(getattr(callback, "previews", False))
+
+
+def preview_image(event: ComfyEvent) -> tuple[bytes, str] | None:
+    """The image bytes and MIME type of a ``job.preview`` event, or ``None`` for any other event."""
+    if event.event != PREVIEW_EVENT:
+        return None
+    image, mime = event.payload.get("image"), event.payload.get("mime_type")
+    if not isinstance(image, str) or not isinstance(mime, str):
+        return None
+    try:
+        return base64.b64decode(image, validate=True), mime
+    except ValueError:
+        return None
+
 
 STATUS_EVENT: dict[tuple[str, str], str] = {
     ("job", "completed"): "job.completed",

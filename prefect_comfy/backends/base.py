@@ -53,7 +53,8 @@ class UnfinishedJobs:
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ComfyEvent], Any | Awaitable[Any]]
-"""Called with each ``job.progress`` event; may be sync or async."""
+"""Called with each ``job.progress`` event (and ``job.preview``, a live preview image, when made
+with `with_previews`); may be sync or async."""
 
 ConnectCallback = Callable[[], Awaitable[None]]
 """Awaited after every (re)connect, once the subscription is active and before events flow on."""

@@ -83,7 +83,9 @@ class FlowRunWatcher:
         self.board.add(str(self.job_id), "submitted")
         async with self.credentials.get_backend() as backend:
             wait = asyncio.ensure_future(
-                wait_for(backend, "job", str(self.job_id), on_progress=self.board.on_progress)
+                wait_for(
+                    backend, "job", str(self.job_id), on_progress=self.board.progress_callback()
+                )
             )
             while not wait.done() and not self._stop.is_set():
                 await asyncio.wait({wait}, timeout=LABEL_POLL)

@@ -20,7 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -35,7 +38,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from prefect_comfy.models import ComfyEvent
+from prefect_comfy.models import ComfyEvent, preview_image, with_previews
+
+logger = logging.getLogger(__name__)
 
 ID_WIDTH = 20
 """The most characters of a job id a row shows (``job_`` + 16 hex on the developer API)."""
@@ -70,7 +75,10 @@ OUTCOME_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow"}
 class JobBoard:
     """Progress bars for one or more jobs; use it as a context manager around the wait."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, previews: Path | None = None) -> None:
+        self.previews = previews
+        """Where ``job.preview`` images go (``preview.jpg`` or ``.png``, overwritten), if set."""
+        self.previews_written = 0
         self.console = console or Console(stderr=True, soft_wrap=True)
         self._progress = Progress(
             TextColumn("{task.description}"),
@@ -118,6 +126,10 @@ class JobBoard:
         job_id = event.resource_id
         if job_id is None or job_id in self._ended:  # a late event must not undo the outcome
             return
+        found = preview_image(event)
+        if found is not None:
+            self._write_preview(*found)
+            return
         self.add(job_id)
         payload = event.payload
         fields: dict[str, Any] = {"status": "running"}
@@ -134,6 +146,25 @@ class JobBoard:
         if isinstance(percent, (int, float)):
             fields["completed"] = max(0.0, min(100.0, float(percent)))
         self._progress.update(self._rows[job_id], **fields)
+
+    def progress_callback(self) -> Any:
+        """`on_progress`, asking for previews too when there is a folder for them."""
+        return with_previews(self.on_progress) if self.previews is not None else self.on_progress
+
+    def _write_preview(self, image: bytes, mime_type: str) -> None:
+        """Replace ``DIR/preview.<ext>`` with the newest preview, whole (a reader never sees half)."""
+        if self.previews is None:
+            return
+        name = "preview.png" if mime_type == "image/png" else "preview.jpg"
+        target = self.previews / name
+        partial = self.previews / f".{name}.partial"
+        try:
+            partial.write_bytes(image)
+            os.replace(partial, target)
+        except OSError as exc:
+            logger.warning("could not write the preview to %s: %s", target, exc)
+            return
+        self.previews_written += 1
 
     def finish(self, job_id: str, status: str, detail: str = "") -> None:
         """Show a job's outcome: ``completed`` fills the bar, others keep where it stopped.

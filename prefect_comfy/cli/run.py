@@ -87,6 +87,17 @@ def run(
     ] = False,
     sets: SetOption = None,
     block: BlockOption = None,
+    previews: Annotated[
+        Path | None,
+        typer.Option(
+            "--previews",
+            help="Folder to write the newest live preview image in while the job runs "
+            "(preview.jpg or preview.png, overwritten; created if needed). ComfyUI sends "
+            "previews when started with --preview-method latent2rgb or taesd.",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a workflow: submit it, show its progress live, download its outputs.
 
@@ -103,7 +114,9 @@ def run(
     inputs = parse_sets(sets)
     check_out_folder(out)  # before the job runs: a folder that cannot take its outputs is said now
     tags = list(dict.fromkeys(tag or []))
-    board = JobBoard()
+    if previews is not None:
+        check_out_folder(previews, "--previews")
+    board = JobBoard(previews=previews)
     if not no_prefect and prefect_api_url():
         from prefect_comfy.cli.flow_run import run_as_flow
 
@@ -175,7 +188,7 @@ async def _submit_and_wait(
                 "job",
                 job.id,
                 timeout=timeout,
-                on_progress=board.on_progress,
+                on_progress=board.progress_callback(),
                 covered_since=covered,
             )
         except JobTimedOut:
@@ -209,7 +222,7 @@ async def _submit_and_wait(
     return job.id, status, paths
 
 
-def check_out_folder(out: Path) -> None:
+def check_out_folder(out: Path, option: str = "--out") -> None:
     """Make ``out`` (and its parents) and prove a file can be written there.
 
     Raises:
@@ -223,7 +236,7 @@ def check_out_folder(out: Path) -> None:
     except OSError as exc:
         why = "is a file" if out.is_file() else (exc.strerror or type(exc).__name__).lower()
         raise UsageProblem(
-            f"--out {out}: {why}; choose a folder you can write to (it is created if needed)"
+            f"{option} {out}: {why}; choose a folder you can write to (it is created if needed)"
         ) from None
 
 

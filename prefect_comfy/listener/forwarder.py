@@ -66,7 +66,7 @@ from prefect_comfy.listener.sender import (
 )
 from prefect_comfy.listener.stats import ListenerStats
 from prefect_comfy.listener.tracking import DEFAULT_MAX_TRACKED, Bounded, InFlightTracker
-from prefect_comfy.models import ComfyEvent
+from prefect_comfy.models import PREVIEW_EVENT, ComfyEvent
 from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.transport.backoff import Backoff
@@ -368,6 +368,10 @@ class ComfyListener:
         known by then: those of an earlier event of the job, or of a REST read started here in the
         background (`InFlightTracker.tags_soon`), which the sender awaits for a moment.
         """
+        if (
+            comfy_event.event == PREVIEW_EVENT
+        ):  # an image: for a wait's callback, not a Prefect event
+            return
         kind = comfy_event.kind
         rid = comfy_event.resource_id
         self._tracker.track(comfy_event)

@@ -56,7 +56,9 @@ __all__ = [
     "MAX_PREVIEW_BYTES",
     "MAX_PREVIEWS",
     "OUTPUTS_ARTIFACT_TIMEOUT",
+    "PREVIEW_INTERVAL",
     "PREVIEW_MIME_TYPES",
+    "JobPreviewArtifact",
     "JobProgressArtifact",
     "artifact_key",
     "create_outputs_artifact",
@@ -64,6 +66,7 @@ __all__ = [
     "data_url",
     "outputs_markdown",
     "preview_from_file",
+    "preview_markdown",
     "short_id",
 ]
 
@@ -303,6 +306,126 @@ class JobProgressArtifact:
     def _give_up(self, exc: Exception) -> None:
         self._failed = True
         logger.warning("Progress artifact of Comfy job %s not written: %r", self.job_id, exc)
+
+
+PREVIEW_INTERVAL = 3.0
+"""Seconds between two writes of a job's live preview artifact."""
+MAX_LIVE_PREVIEW_BYTES = 256 * 1024
+"""The largest live preview image written into the artifact (ComfyUI's are a few KB)."""
+
+
+class JobPreviewArtifact:
+    """The newest live preview of a running job, as a markdown artifact with a ``data:`` URL image.
+
+    It is written under the key of the job's outputs artifact (``comfy-job-<id>-outputs``), so the
+    outputs table written on completion replaces it. At most one write per ``interval`` (default
+    `PREVIEW_INTERVAL`), each taking one event of the process-wide progress budget
+    (`prefect_comfy.orchestration.events.budget`): when it has no room, the preview waits for
+    the next turn. Best effort like `JobProgressArtifact`: a failed write ends the writing.
+
+    Args:
+        job_id: the Comfy job.
+        interval: seconds between two writes.
+        key: the artifact key; the outputs artifact's by default.
+        create: writes it (``prefect.artifacts.acreate_markdown_artifact`` by default).
+        budget: the progress budget (the process-wide one by default).
+        clock: a monotonic clock (tests inject one).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        interval: float = PREVIEW_INTERVAL,
+        key: str | None = None,
+        create: Creator | None = None,
+        budget: Any | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        write_timeout: float | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.key = key or artifact_key("job", job_id, "outputs")
+        self.interval = interval
+        self._create = create
+        self._budget = budget
+        self._clock = clock
+        self.write_timeout = ARTIFACT_WRITE_TIMEOUT if write_timeout is None else write_timeout
+        self._pending: tuple[str, str | None] | None = None
+        self._written_at: float | None = None
+        self._failed = False
+        self.writes = 0
+
+    def offer(self, image: bytes, mime_type: str, where: str | None = None) -> None:
+        """Hold the newest preview (an older one held is dropped); too big or not an image: none."""
+        url = data_url(image, mime_type, max_bytes=MAX_LIVE_PREVIEW_BYTES)
+        if url is not None:
+            self._pending = (url, where)
+
+    def next_due(self) -> float | None:
+        """Seconds until the held preview may be written (``None`` when nothing is held)."""
+        if self._pending is None or self._failed:
+            return None
+        if self._written_at is None:
+            return 0.0
+        return max(self._written_at + self.interval - self._clock(), 0.0)
+
+    def discard(self) -> None:
+        """Forget the held preview (the job ended: its outputs take the artifact over)."""
+        self._pending = None
+
+    async def flush_due(self) -> bool:
+        """Write the held preview if its interval has passed and the budget has room."""
+        if self.next_due() != 0.0 or self._pending is None:
+            return False
+        budget = self._budget
+        if budget is None:
+            from prefect_comfy.orchestration.events.budget import progress_budget
+
+            budget = progress_budget()
+        if not budget.try_acquire():
+            self._written_at = self._clock()  # no room now: the next turn, one interval on
+            return False
+        (url, where), self._pending = self._pending, None
+        create = self._create
+        if create is None:
+            from prefect.artifacts import acreate_markdown_artifact as create
+        markdown = preview_markdown(self.job_id, url, where)
+        try:
+            async with _slots():
+                await bounded(
+                    create(
+                        markdown=markdown,
+                        key=self.key,
+                        description=f"Live preview of Comfy job {self.job_id} (running)",
+                    ),
+                    self.write_timeout,
+                )
+        except Exception as exc:
+            self._failed = True
+            logger.warning("Preview artifact of Comfy job %s not written: %r", self.job_id, exc)
+            return False
+        self._written_at = self._clock()
+        self.writes += 1
+        return True
+
+
+def preview_markdown(job_id: str, url: str, where: str | None = None) -> str:
+    """The markdown of a live preview: a heading, where the job is, the image.
+
+    Example:
+        >>> print(preview_markdown("job_1", "data:image/png;base64,AA==", "KSampler step 3/8"))
+        ### Live preview of Comfy job job_1
+        <BLANKLINE>
+        Running: KSampler step 3/8. The outputs replace this preview when the job completes.
+        <BLANKLINE>
+        ![live preview](data:image/png;base64,AA==)
+    """
+    running = f"Running: {where}." if where else "Running."
+    return (
+        f"### Live preview of Comfy job {job_id}\n\n"
+        f"{running} The outputs replace this preview when the job completes.\n\n"
+        f"![live preview]({url})"
+    )
 
 
 _write_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (

@@ -32,8 +32,20 @@ from prefect_comfy.exceptions import (
     JobTimedOut,
     UploadFailed,
 )
-from prefect_comfy.models import ComfyEvent, Input, Job, Model, ResourceError
-from prefect_comfy.orchestration.artifacts import JobProgressArtifact, create_outputs_artifact
+from prefect_comfy.models import (
+    ComfyEvent,
+    Input,
+    Job,
+    Model,
+    ResourceError,
+    preview_image,
+    with_previews,
+)
+from prefect_comfy.orchestration.artifacts import (
+    JobPreviewArtifact,
+    JobProgressArtifact,
+    create_outputs_artifact,
+)
 from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
 from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 from prefect_comfy.orchestration.runs import claim_cancel, release_cancel, run_logger
@@ -79,10 +91,12 @@ class _JobWatch:
         emitter: ComfyEventEmitter | None,
         artifact: JobProgressArtifact | None,
         log: Any,
+        preview: JobPreviewArtifact | None = None,
     ) -> None:
         self.job_id = job_id
         self.emitter = emitter
         self.artifact = artifact
+        self.preview = preview
         self.log = log
         self.status: str | None = None
         self.milestone: int | None = None
@@ -91,11 +105,20 @@ class _JobWatch:
         self._stopping = False
 
     def start(self) -> None:
-        if self.emitter is not None or self.artifact is not None:
+        if self.emitter is not None or self.artifact is not None or self.preview is not None:
             self._pump = asyncio.create_task(self._run(), name=f"comfy-report-{self.job_id}")
 
     def on_progress(self, event: ComfyEvent) -> None:
-        """The wait's progress callback: cheap and synchronous; writes happen in the pump."""
+        """The wait's progress callback: cheap and synchronous; writes happen in the pump.
+
+        A ``job.preview`` goes to the preview artifact only: an image is never a Prefect event.
+        """
+        found = preview_image(event)
+        if found is not None:
+            if self.preview is not None:
+                self.preview.offer(*found, where=self.artifact.where if self.artifact else None)
+                self._wake.set()
+            return
         status = str(event.payload.get("status") or "running")
         self.note_status(status)
         if self.emitter is not None:
@@ -128,6 +151,7 @@ class _JobWatch:
             for due in (
                 self.emitter.next_due() if self.emitter else None,
                 self.artifact.next_due() if self.artifact else None,
+                self.preview.next_due() if self.preview else None,
             )
             if due is not None
         ]
@@ -144,6 +168,8 @@ class _JobWatch:
                 self.emitter.flush_due()
             if self.artifact is not None:
                 await self.artifact.flush_due()
+            if self.preview is not None:
+                await self.preview.flush_due()
             await asyncio.sleep(0.005)  # the budget may be shared with other threads: never spin
 
     async def stop(
@@ -166,6 +192,8 @@ class _JobWatch:
             done, _ = await asyncio.wait({pump}, timeout=STOP_TIMEOUT)
             if not done:
                 self.log.warning("The progress reporter of Comfy job %s did not stop", self.job_id)
+        if self.preview is not None:
+            self.preview.discard()  # the outputs artifact replaces the newest one written
         if self.emitter is not None and outcome is None:
             self.emitter.flush(self.job_id)  # within the budget: what has no room is dropped
         if self.artifact is not None:
@@ -240,7 +268,8 @@ async def watch_comfy_job(
         artifact = (
             JobProgressArtifact(job_id, interval=progress_interval) if progress_artifact else None
         )
-        watch = _JobWatch(job_id, emitter, artifact, log)
+        preview = JobPreviewArtifact(job_id) if progress_artifact and outputs_artifact else None
+        watch = _JobWatch(job_id, emitter, artifact, log, preview)
         log.info(
             "Waiting for Comfy job %s%s",
             job_id,
@@ -252,7 +281,11 @@ async def watch_comfy_job(
         watch.start()
         try:
             terminal = await wait_for(
-                backend, "job", job_id, timeout=timeout, on_progress=watch.on_progress
+                backend,
+                "job",
+                job_id,
+                timeout=timeout,
+                on_progress=with_previews(watch.on_progress),
             )
         except JobTimedOut as exc:
             await watch.stop(outcome="timed out")

@@ -37,7 +37,13 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.models import STATUS_EVENT, TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.models import (
+    PREVIEW_EVENT,
+    STATUS_EVENT,
+    TERMINAL_EVENTS,
+    ComfyEvent,
+    wants_previews,
+)
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.transport.deadlines import within
 from prefect_comfy.waiting.loop import Mailbox, waiting_loop
@@ -216,7 +222,9 @@ class EventHub(SharedStream):
             resource_id: the resource's id.
             timeout: seconds; ``None`` waits for ever.
             on_progress: called (sync or async, in order, once each, on the caller's loop) with
-                every ``job.progress`` of the job before the wait returns; its exceptions are logged.
+                every ``job.progress`` (and ``job.preview`` if it was made with
+                `with_previews`) of the job before the wait returns;
+                its exceptions are logged.
             covered_since: a `mark` taken before the resource was created: no REST read
                 while the stream has not broken since.
 
@@ -341,6 +349,11 @@ class EventHub(SharedStream):
 
     def _dispatch(self, event: ComfyEvent) -> None:
         self.events_received += 1
+        if event.event == PREVIEW_EVENT:  # never remembered: an image, and the next one replaces it
+            for waiter in list(self._waiters.get(("job", event.resource_id or ""), ())):
+                if wants_previews(waiter.on_progress):  # opt-in: see models.with_previews
+                    waiter.deliver(event)
+            return
         if self._recall.repeated(event):
             return
         rid = event.resource_id

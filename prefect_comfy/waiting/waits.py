@@ -78,7 +78,9 @@ async def wait_for(
         kind: ``job``, ``input`` or ``model``.
         resource_id: the resource's id.
         timeout: seconds; ``None`` waits for ever.
-        on_progress: called with each ``job.progress`` event (sync or async), in order.
+        on_progress: called with each ``job.progress`` event (sync or async), in order; also with
+            the job's ``job.preview`` events (live preview images) if it was made with
+            `with_previews`.
         covered_since: ``await EventHub.shared(backend).ready()`` taken before submitting: the
             wait then needs no REST read while the stream stays up.
 

@@ -14,15 +14,21 @@ from tests.support.comfyui_server import (
     running_comfyui,
 )
 
+PREVIEW_METHOD = "latent2rgb"
+"""How the session's ComfyUI makes live previews while it samples (binary WebSocket frames)."""
+
 
 @pytest.fixture(scope="session")
 def comfyui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningComfyUI]:
     """One real ComfyUI 0.3.75 per test session, installed first if needed.
 
     An install that cannot be done FAILS the tests with the installer's message (never a skip).
+    Started with :data:`PREVIEW_METHOD`: only samplers make previews (a model-free job costs nothing
+    more), and latent2rgb needs no model file.
     """
     install = ensure_comfyui()
-    with running_comfyui(install, tmp_path_factory.mktemp("comfyui")) as server:
+    args = ("--preview-method", PREVIEW_METHOD)
+    with running_comfyui(install, tmp_path_factory.mktemp("comfyui"), extra_args=args) as server:
         yield server
 
 

@@ -291,3 +291,68 @@ async def test_progress_writes_share_a_few_slots_and_a_waiting_one_sends_the_lat
     assert most == PROGRESS_WRITES_IN_FLIGHT
     waited = arts[-1]
     assert written[waited.key] == [55]  # one write, of the latest value
+
+
+# -- the live preview -------------------------------------------------------------------------------
+async def test_live_preview_is_rate_limited_budgeted_and_newest_wins() -> None:
+    from prefect_comfy.orchestration.artifacts import JobPreviewArtifact
+    from prefect_comfy.orchestration.events.budget import ProgressBudget
+
+    now = [0.0]
+    written: list[dict] = []
+
+    async def create(**kwargs):
+        written.append(kwargs)
+        return uuid.uuid4()
+
+    budget = ProgressBudget(1, clock=lambda: now[0])
+    preview = JobPreviewArtifact(
+        "job_1", interval=3.0, create=create, budget=budget, clock=lambda: now[0]
+    )
+    assert preview.key == artifact_key("job", "job_1", "outputs")  # the outputs table replaces it
+    assert preview.next_due() is None  # nothing held
+    preview.offer(b"\x89PNG-old", "image/png")
+    preview.offer(b"\x89PNG-new", "image/png", where="KSampler step 3/8")
+    assert await preview.flush_due()
+    [first] = written
+    assert base64.b64encode(b"\x89PNG-new").decode() in first["markdown"]
+    assert "KSampler step 3/8" in first["markdown"] and first["key"] == preview.key
+    preview.offer(b"\x89PNG-2", "image/png")
+    assert preview.next_due() == 3.0 and not await preview.flush_due()  # within the interval
+    now[0] = 3.0
+    assert budget.try_acquire()  # someone else took the second's only event
+    assert not await preview.flush_due() and len(written) == 1  # no room: the next turn
+    now[0] = 6.5
+    assert await preview.flush_due() and len(written) == 2
+    preview.offer(b"x" * (300 * 1024), "image/png")  # too big: never held
+    preview.offer(b"GIF", "text/plain")  # not an image
+    assert preview.next_due() is None
+    preview.offer(b"\x89PNG-3", "image/png")
+    preview.discard()  # the job ended: its outputs replace it
+    assert preview.next_due() is None
+
+
+async def test_the_watch_sends_previews_to_the_artifact_never_to_events() -> None:
+    import logging
+
+    from prefect_comfy.models import ComfyEvent
+    from prefect_comfy.orchestration.artifacts import JobPreviewArtifact
+    from prefect_comfy.orchestration.sensor import _JobWatch
+
+    class Emitter:
+        def __init__(self) -> None:
+            self.events: list = []
+
+        def progress(self, event) -> None:
+            self.events.append(event)
+
+    emitter = Emitter()
+    preview = JobPreviewArtifact("j1", create=None)
+    watch = _JobWatch("j1", emitter, None, logging.getLogger("test"), preview)  # type: ignore[arg-type]
+    image = base64.b64encode(b"\x89PNG").decode()
+    watch.on_progress(
+        ComfyEvent(
+            event="job.preview", payload={"id": "j1", "mime_type": "image/png", "image": image}
+        )
+    )
+    assert emitter.events == [] and preview.next_due() == 0.0

@@ -295,3 +295,18 @@ def test_listen_help_is_readable_at_80_columns(monkeypatch) -> None:
     assert "--no-cancel-suspended" in shown.output and "--events-per-second" in shown.output
     assert "…" not in shown.output
     assert max(len(line) for line in shown.output.splitlines()) <= 80
+
+
+def test_board_writes_the_newest_preview_whole_and_leaves_the_bar_alone(tmp_path: Path) -> None:
+    import base64
+
+    board = JobBoard(Console(file=io.StringIO(), width=120), previews=tmp_path)
+    board.add("job_1")
+    board.on_progress(ComfyEvent(event="job.progress", payload={"id": "job_1", "progress": 40.0}))
+    for image, mime in ((b"\xff\xd8old", "image/jpeg"), (b"\xff\xd8new", "image/jpeg")):
+        payload = {"id": "job_1", "mime_type": mime, "image": base64.b64encode(image).decode()}
+        board.on_progress(ComfyEvent(event="job.preview", payload=payload))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.jpg"]
+    assert (tmp_path / "preview.jpg").read_bytes() == b"\xff\xd8new"
+    assert board.row("job_1")["percent"] == 40.0 and board.previews_written == 2
+    JobBoard().on_progress(ComfyEvent(event="job.preview", payload=payload))  # no DIR: nothing

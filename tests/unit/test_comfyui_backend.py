@@ -22,6 +22,7 @@ from websockets.http11 import Response
 from prefect_comfy.backends.comfyui import mapping as m
 from prefect_comfy.backends.comfyui.backend import ComfyUIBackend
 from prefect_comfy.backends.comfyui.block import ComfyUIServer
+from prefect_comfy.backends.comfyui.previews import MAX_PREVIEW_BYTES
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     InvalidWorkflow,
@@ -29,9 +30,10 @@ from prefect_comfy.exceptions import (
     ServerError,
     WebSocketAuthError,
 )
-from prefect_comfy.models import Output
+from prefect_comfy.models import Output, preview_image
 from prefect_comfy.redaction import redact_url
 from prefect_comfy.settings import ComfySettings
+from tests.support.comfyui_frames import JPEG, PNG, legacy, with_metadata
 from tests.support.waiting import eventually, eventually_sync, scaled
 
 KEY = "comfyui-unit-comfyui-key"
@@ -368,6 +370,10 @@ class FakeSocket:
         if item is None:
             raise StopAsyncIteration
         return item
+
+    def push(self, raw: bytes) -> None:
+        """A binary frame (a preview)."""
+        self.loop.call_soon_threadsafe(self.frames.put_nowait, raw)
 
     def drop(self) -> None:
         """End the socket as if the server had closed it."""
@@ -740,3 +746,44 @@ async def test_a_websocket_frame_larger_than_the_cap_is_refused() -> None:
         finally:
             await ws.close()
             await http.aclose()
+
+
+# -- previews ---------------------------------------------------------------------------------------
+async def test_stream_turns_previews_into_events_of_the_right_job(fake: FakeComfyUI) -> None:
+    """Binary frames were dropped; now each preview is a ``job.preview`` of the prompt it names or
+    of this client's executing prompt, and a bad one is dropped with the stream going on."""
+    connect = FakeConnect()
+    b = ComfyUIBackend(
+        fake.origin,
+        client_id=f"unit-{uuid.uuid4()}",
+        transport=fake.transport(),
+        settings=FAST,
+        connect=connect,
+    )
+    events, task = await collect(b)
+    sock = connect.sockets[0]
+    job = await b.submit(GRAPH, tags=["t"])
+
+    sock.push(legacy(PNG))  # before any frame names a prompt: nobody's
+    sock.send("execution_start", {"prompt_id": job.id})
+    sock.send("executing", {"node": "2", "prompt_id": job.id})
+    for frame in (b"\x00", legacy(JPEG, 2), legacy(PNG + b"\x00" * MAX_PREVIEW_BYTES)):
+        sock.push(frame)  # dropped, and the stream goes on
+    sock.push(legacy(PNG))
+    sock.push(with_metadata(JPEG, {"prompt_id": "other", "image_type": "image/jpeg"}))
+    first = await eventually(lambda: find(events, "job.preview", job.id), timeout=5)
+    assert first.payload["mime_type"] == "image/png" and first.payload["tags"] == ["t"]
+    assert preview_image(first) == (PNG, "image/png")
+    named = await eventually(lambda: find(events, "job.preview", "other"), timeout=5)
+    assert named.payload["size"] == len(JPEG)
+
+    sock.send("executing", {"node": None, "prompt_id": job.id})  # the prompt is done
+    sock.push(legacy(PNG))  # a late legacy frame names no prompt: dropped
+    sock.send("status", {"status": {"exec_info": {"queue_remaining": 0}}})
+    await asyncio.sleep(0)
+    stream = next(iter(b._memory.streams))
+    await eventually(lambda: stream.previews_dropped >= 5, timeout=5)
+    assert len([e for e in events if e.event == "job.preview" and e.resource_id == job.id]) == 1
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await b.aclose()

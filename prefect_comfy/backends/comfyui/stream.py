@@ -12,6 +12,9 @@ What the stream makes of ComfyUI's frames (see `prefect_comfy.backends.comfyui.m
   ``job.progress`` (coalesced);
 - ``execution_success`` → ``job.completed``, outputs read from ``/history/{id}`` (polled briefly:
   the entry is written just after the frame);
+- a binary preview frame (`prefect_comfy.backends.comfyui.previews`) → ``job.preview`` of
+  the prompt it names, else of the prompt this client's frames say is executing; none for a
+  prompt that ended, none that is malformed or too big;
 - ``execution_error`` → ``job.failed``; ``execution_interrupted`` → ``job.cancelled``;
 - every ``status`` frame (a broadcast: the queue changed) → a **reconciliation**: ``/queue`` and the
   newest ``/history`` entries are compared with what the stream has seen, and the terminal event of
@@ -41,13 +44,17 @@ from prefect_comfy.backends.comfyui import mapping as mapping
 from prefect_comfy.backends.comfyui.http import ComfyUIHttp
 from prefect_comfy.backends.comfyui.memory import REMEMBERED, ServerMemory
 from prefect_comfy.backends.comfyui.model_poll import poll_models
+from prefect_comfy.backends.comfyui.previews import (
+    FEATURE_FLAGS_MESSAGE,
+    parse_preview,
+)
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import (
     ComfyError,
     WebSocketAuthError,
     WebSocketConnectionError,
 )
-from prefect_comfy.models import ComfyEvent, Job
+from prefect_comfy.models import ComfyEvent, Job, preview_event
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
 
@@ -108,6 +115,8 @@ class ComfyUIStream:
         self._reconciler: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._graphs_known = Bounded(1024)
+        self._executing: str | None = None
+        self.previews_dropped = 0
 
     async def iterate(self) -> AsyncIterator[ComfyEvent]:
         """The events, across reconnects, until the caller stops or the budget is spent.
@@ -182,6 +191,10 @@ class ComfyUIStream:
             self.state.connections_opened += 1
         try:
             logger.info("ComfyUI event stream connected to %s", self.http.origin)
+            send = getattr(conn, "send", None)
+            if send is not None:  # ask for previews that name their prompt
+                with contextlib.suppress(Exception):
+                    await send(FEATURE_FLAGS_MESSAGE)
             await self._reconcile(baseline=not self._baseline, after_gap=self._baseline)
             self._baseline = self.live = True
             attempt.established()
@@ -203,8 +216,9 @@ class ComfyUIStream:
 
     # -- frames --------------------------------------------------------------------------------
     def _on_frame(self, raw: str | bytes) -> None:
-        if isinstance(raw, bytes):
-            return  # previews
+        if isinstance(raw, (bytes, bytearray, memoryview)):
+            self._on_binary(raw)
+            return
         try:
             message = json.loads(raw)
             kind, data = message["type"], message.get("data") or {}
@@ -217,6 +231,7 @@ class ComfyUIStream:
         elif kind in mapping.PROGRESS_FRAMES and prompt_id:
             if ("job", prompt_id) in self._ended:
                 return
+            self._executing = prompt_id
             self._register(prompt_id)
             payload = self._tracker.feed(kind, data)
             if payload is not None:
@@ -225,6 +240,7 @@ class ComfyUIStream:
                     payload["tags"] = list(tags)
                 self._fan_out(ComfyEvent(event="job.progress", payload=payload))
             if kind == "executing" and data.get("node") is None:
+                self._executing = None
                 self._cue()  # the worker is done with the prompt: its history is written
         elif kind == "execution_success" and prompt_id:
             self._spawn(self._outcome(prompt_id, "job.completed", None))
@@ -232,6 +248,24 @@ class ComfyUIStream:
             self._spawn(self._outcome(prompt_id, "job.failed", data))
         elif kind == "execution_interrupted" and prompt_id:
             self._spawn(self._outcome(prompt_id, "job.cancelled", data))
+
+    def _on_binary(self, raw: bytes | bytearray | memoryview) -> None:
+        """A preview frame → ``job.preview`` of its prompt; anything else is dropped."""
+        preview = parse_preview(raw)
+        prompt_id = preview and (preview.prompt_id or self._executing)
+        if preview is None or prompt_id is None or ("job", prompt_id) in self._ended:
+            self.previews_dropped += 1
+            return
+        tags = self.state.tags.get(prompt_id)
+        event = preview_event(
+            prompt_id,
+            preview.image,
+            preview.mime_type,
+            node_id=preview.node_id,
+            tags=list(tags) if tags is not None else None,
+        )
+        if event is not None:
+            self._fan_out(event)
 
     def _register(self, prompt_id: str, graph: dict[str, Any] | None = None) -> None:
         """Give the progress tracker a prompt's graph: the submitter's copy, else ``/queue``'s."""
@@ -295,6 +329,8 @@ class ComfyUIStream:
                 self._tracker.forget(rid)
                 self._graphs_known.take(rid)
                 self._tracked.pop(rid, None)
+                if self._executing == rid:
+                    self._executing = None
                 tags = event.payload.get("tags")
                 if isinstance(tags, list):
                     self.state.tags.remember(rid, tags)

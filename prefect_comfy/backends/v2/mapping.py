@@ -19,15 +19,24 @@ Example:
 
 from __future__ import annotations
 
+import binascii
 import json
 from typing import Any
 
 from pydantic import ValidationError
 
 from prefect_comfy.exceptions import ComfyProtocolError
-from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
+from prefect_comfy.models import (
+    MAX_PREVIEW_IMAGE_BYTES,
+    ComfyEvent,
+    Job,
+    Output,
+    ResourceError,
+    preview_event,
+)
 
 __all__ = [
+    "preview_of",
     "STATUS",
     "TERMINAL_V2",
     "SseParser",
@@ -297,3 +306,21 @@ class SseParser:
         elif field == "data":
             self._data.append(value)
         return None
+
+
+def preview_of(
+    job_id: str, data: dict[str, Any], tags: list[str] | None = None
+) -> ComfyEvent | None:
+    """A v2 ``preview`` frame ({node_id, content_type, data_base64}) as a ``job.preview`` event;
+    ``None`` when it is malformed, too big or not a JPEG/PNG (dropped, never raised)."""
+    raw, mime = data.get("data_base64"), data.get("content_type")
+    if not isinstance(raw, str) or not isinstance(mime, str):
+        return None
+    if len(raw) > (MAX_PREVIEW_IMAGE_BYTES * 4) // 3 + 4:  # too big before decoding it
+        return None
+    try:
+        image = binascii.a2b_base64(raw.encode("ascii"), strict_mode=True)
+    except (ValueError, UnicodeEncodeError):
+        return None
+    node = data.get("node_id")
+    return preview_event(job_id, image, mime, node_id=str(node) if node else None, tags=tags)

@@ -1,7 +1,8 @@
 """One v2 job's Server-Sent-Events stream as the package's events, its terminal status confirmed.
 
 `job_events` reads ``GET /api/v2/jobs/{id}/events`` on the backend's one HTTP session:
-``progress`` snapshots become ``job.progress`` events (with the job's tags); a terminal ``status`` frame is confirmed
+``progress`` snapshots become ``job.progress`` events (with the job's tags), ``preview`` frames
+``job.preview`` events (`preview_of`); a terminal ``status`` frame is confirmed
 with a read of the job before it is reported (comfy-api-proxy says a transient false ``expired``
 right after a fast job, so an ``expired`` is read again, backed off, for up to
 `EXPIRED_CONFIRM_SECONDS`); ``output`` frames are skipped (the job's outputs are
@@ -130,6 +131,10 @@ async def job_events(
                 if tags is not None:
                     payload["tags"] = tags
                 yield ComfyEvent(event="job.progress", payload=payload)
+            elif name == "preview":
+                event = mapping.preview_of(job_id, data, tags)
+                if event is not None:
+                    yield event
             elif name == "status":
                 checked = loop.time()
                 if data.get("status") in mapping.TERMINAL_V2:
