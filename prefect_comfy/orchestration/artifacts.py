@@ -237,8 +237,8 @@ class JobProgressArtifact:
         if self.artifact_id is None and not self._failed:
             value = _clamp(progress)
             try:
-                self.artifact_id = await bounded(
-                    self._create(progress=value, key=self.key, description=self.description),
+                self.artifact_id = await bounded(  # described with the value it is created at
+                    self._create(progress=value, key=self.key, description=self._describe(value)),
                     self.write_timeout,
                 )
                 self.written, self._written_at = value, self._clock()

@@ -189,6 +189,23 @@ async def test_progress_artifact_is_throttled_and_ends_with_the_final_value():
     assert art.written == 100
 
 
+async def test_an_artifact_first_written_at_the_end_says_its_final_value():
+    """A job that ends before the first progress write: the artifact is created by `finish`,
+    and its card said '0% · completed' over a value of 100 (seen on the merged tree)."""
+    created: list[tuple[float, str]] = []
+
+    async def create(progress, key, description):
+        created.append((progress, description))
+        return uuid.uuid4()
+
+    async def update(artifact_id, progress, description):
+        raise AssertionError("nothing to update: the artifact is created at its final value")
+
+    art = JobProgressArtifact("job_7", create=create, update=update)
+    assert await art.finish(100, "completed") is True
+    assert created == [(100, "100% · completed · job 7")]
+
+
 async def test_progress_artifact_description_says_the_value_on_the_ui_card():
     # The UI's artifact card shows the description, not the value: the description says it.
     descriptions: list[str] = []
