@@ -181,7 +181,9 @@ async def test_the_flow_run_has_its_own_progress_and_milestones(prefect_api_url,
     state = await asyncio.to_thread(
         run_comfy_workflow,
         creds,
-        slow_workflow(steps=20, step_seconds=0.05),
+        # 5 s: the tenths are logged as the progress is written (at most once a second), so a
+        # job of 1 s could say only 0 and 100 (seen on a quick run).
+        slow_workflow(steps=50, step_seconds=0.1),
         output_dir=str(tmp_path),
         return_state=True,
     )
