@@ -26,6 +26,7 @@ comfyui:
 test: setup docs
 	@bash scripts/install-comfyui.sh || echo "ComfyUI could not be installed: the comfyui tests will fail and say why"
 	@bash scripts/install-comfy-api-proxy.sh || echo "comfy-api-proxy could not be installed: the v2 proxy tests will fail and say why"
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium could not be installed: the browser tests (the deployment's run form, the frontend oracle) will fail and say why"
 	@python3 scripts/build-test-checkpoint.py >/dev/null || echo "the test checkpoint could not be built: the txt2img tests will fail and say why"
 	$(PY) -m pytest -q
 
