@@ -8,13 +8,9 @@ in a pseudo-terminal. (Blocks and Prefect flow runs: ``test_cli_prefect.py``.)
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
-import select
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -186,36 +182,12 @@ def test_run_draws_a_live_progress_bar_in_a_terminal(emulator, tmp_path: Path) -
     workflow = write_json(tmp_path / "slow.json", slow_workflow(30, step_seconds=0.05))
     env = env_for(emulator, TERM="xterm-256color", COLUMNS="120")
     del env["NO_COLOR"]
-    main, child = pty.openpty()
-    process = subprocess.Popen(
+    code, text = run_in_terminal(  # the one terminal runner of the suite
         [*CLI, "run", str(workflow), "--no-prefect", "--out", str(tmp_path / "out")],
-        env=env, stdin=child, stdout=child, stderr=child, close_fds=True,
-    )  # fmt: skip
-    os.close(child)
-    screen = b""
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main], [], [], 1)
-            if not ready:
-                if process.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            screen += chunk
-        process.wait(timeout=30)
-    finally:
-        os.close(main)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode("utf-8", "replace"))
-    assert process.returncode == 0, text[-2000:]
+        env,
+        timeout=90,
+    )
+    assert code == 0, text[-2000:]
     assert API_KEY not in text
     percents = {int(p) for p in re.findall(r"(\d+)%", text)}
     assert 100 in percents and len(percents) >= 3, (
