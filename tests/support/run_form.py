@@ -65,6 +65,20 @@ SET_FIELD = """
   return null;
 })
 """
+# Whether a field (found as SET_FIELD finds it) holds a value: the form may reset its fields to the
+# schema's defaults after they were first set, when it finishes loading (seen on an idle machine).
+FIELD_HOLDS = SET_FIELD.replace(
+    "Object.getOwnPropertyDescriptor(proto.prototype, 'value').set.call(field, value);", ""
+).replace(
+    "field.dispatchEvent(new Event('input', {bubbles: true}));\n"
+    "        field.dispatchEvent(new Event('change', {bubbles: true}));\n"
+    "        field.dispatchEvent(new Event('blur', {bubbles: true}));\n"
+    "        return field.tagName + ':' + field.value;",
+    "return field.value === String(value);",
+)
+SETTLE_CHECKS = 10
+"""Passes of reading the fields back (a second apart) before the form is taken as settled."""
+
 CLICK_SUBMIT = """
 (() => {
   const button = [...document.querySelectorAll('button')]
@@ -160,6 +174,20 @@ async def check(
                     await page.until(
                         f"({SET_FIELD})({json.dumps([label, value])})", 30, f"field {label!r}"
                     )
+                # Settled: every field still holds its value a second later (set again if not).
+                for _ in range(SETTLE_CHECKS):
+                    await asyncio.sleep(1)  # the interval between two reads of the condition
+                    reset = [
+                        (label, value)
+                        for label, value in values.items()
+                        if not await page.evaluate(f"({FIELD_HOLDS})({json.dumps([label, value])})")
+                    ]
+                    if not reset:
+                        break
+                    for label, value in reset:
+                        await page.evaluate(f"({SET_FIELD})({json.dumps([label, value])})")
+                else:
+                    raise TimeoutError(f"the form kept resetting fields: {[r[0] for r in reset]}")
                 if screenshot is not None:
                     shot = await page.send("Page.captureScreenshot", format="png")
                     screenshot.write_bytes(base64.b64decode(shot["data"]))
