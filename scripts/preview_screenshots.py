@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ui_screenshots import CHROMIUM_FLAGS, ROOT, Page, free_port, stop, until  # noqa: E402
+from ui_screenshots import ROOT, free_port, open_settled, shoot, stop, until  # noqa: E402
+
+from tests.support.browser import headless_chromium  # noqa: E402 (ui_screenshots puts ROOT on the path)
 
 FLOW = r"""
 import json, sys
@@ -47,33 +48,29 @@ def live_preview(api: str) -> dict[str, Any] | None:
     )
 
 
-async def browse(
-    cdp_port: int, ui: str, api: str, artifact: dict[str, Any], out: Path, flow: Any
-) -> None:
-    targets = httpx.get(f"http://127.0.0.1:{cdp_port}/json/list").json()
-    target = next(t for t in targets if t.get("type") == "page")
-    async with websockets.connect(target["webSocketDebuggerUrl"], max_size=2**26) as ws:
-        page = Page(ws)
-        await page.call("Page.enable")
+async def browse(ui: str, api: str, artifact: dict[str, Any], out: Path, flow: Any) -> None:
+    async with headless_chromium(window=(1200, 800)) as page:
         await page.call(
             "Emulation.setDeviceMetricsOverride",
             width=1200, height=800, deviceScaleFactor=1, mobile=False,
         )  # fmt: skip
-        await page.open(f"{ui}/artifacts/artifact/{artifact['id']}", "Live preview")
+        await open_settled(page, f"{ui}/artifacts/artifact/{artifact['id']}", "Live preview")
         await page.until(
             "[...document.images].some(i => i.src.startsWith('data:') && i.complete"
             " && i.naturalWidth > 0)",
             30,
             "the preview image",
         )
-        await page.shoot(out / "ui-live-preview.png")
+        await shoot(page, out / "ui-live-preview.png")
         while flow.poll() is None:
             await asyncio.sleep(0.5)
         query = {"artifacts": {"key": {"any_": [artifact["key"]]}}, "sort": "CREATED_DESC"}
         versions = httpx.post(f"{api}/artifacts/filter", json=query).json()
         print(f"{len(versions)} versions under {artifact['key']}", flush=True)
-        await page.open(f"{ui}/artifacts/artifact/{versions[0]['id']}", "Outputs of Comfy job")
-        await page.shoot(out / "ui-live-preview-after.png")
+        await open_settled(
+            page, f"{ui}/artifacts/artifact/{versions[0]['id']}", "Outputs of Comfy job"
+        )
+        await shoot(page, out / "ui-live-preview-after.png")
 
 
 def main() -> None:
@@ -86,7 +83,6 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="preview-shots-"))
@@ -122,16 +118,7 @@ def main() -> None:
             )  # fmt: skip
             started.append(flow)
             artifact = until(lambda: live_preview(api), 600, "a live preview artifact")
-            profile = home / "chromium"
-            browser = [args.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-            browser += ["--remote-debugging-port=0", "about:blank"]
-            started.append(
-                subprocess.Popen(browser, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-            active = profile / "DevToolsActivePort"
-            until(lambda: active.is_file() and active.read_text().split("\n")[0], 30, "chromium")
-            cdp_port = int(active.read_text().split("\n")[0])
-            asyncio.run(browse(cdp_port, ui, api, artifact, args.out, flow))
+            asyncio.run(browse(ui, api, artifact, args.out, flow))
             print((home / "flow.log").read_text().splitlines()[-1], flush=True)
     finally:
         for process in reversed(started):

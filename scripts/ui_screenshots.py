@@ -7,7 +7,9 @@ as it opens, with its logs (the progress milestones: ``Comfy job … : 40% · KS
 clicks its Artifacts tab through the DevTools protocol (``?tab=`` is ignored: the flow run's own
 progress artifact), opens the event feed of the flow run, and saves PNGs under ``docs/images/``. Needs Debian's ``chromium``.
 
-    .venv/bin/python scripts/ui_screenshots.py [--out docs/images] [--chromium /usr/bin/chromium]
+    .venv/bin/python scripts/ui_screenshots.py [--out docs/images]
+
+(``PREFECT_COMFY_CHROMIUM`` names another browser: tests/support/browser.py.)
 
 Everything binds 127.0.0.1; every process it starts is stopped by its pid at the end.
 """
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import os
 import shutil
 import socket
@@ -30,22 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.support.browser import Page, headless_chromium  # noqa: E402
+
 API_KEY = "comfyui-demo-key-not-secret"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--window-size=1400,1300",
-]
 FLOW = r"""
 import copy, sys
 from prefect_comfy import ComfyCloudCredentials
@@ -80,79 +70,35 @@ def until(probe: Callable[[], Any], timeout: float, what: str, interval: float =
         time.sleep(interval)
 
 
-class Page:
-    """The smallest DevTools-protocol client: one page, commands answered in order."""
+async def open_settled(page: Page, url: str, text: str) -> None:
+    """Open ``url`` until it shows ``text``, then let the last requests paint."""
+    await page.open(url, text)
+    await asyncio.sleep(1.0)  # what we wait for is already there; this is for the paint
 
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.next_id = 0
 
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        await self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(await self.ws.recv())
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result.get("result", {}).get("value")
-
-    async def until(self, expression: str, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the page never showed {what} in {timeout:g}s")
-            await asyncio.sleep(0.25)
-
-    async def open(self, url: str, text: str) -> None:
-        await self.call("Page.navigate", url=url)
-        await self.until(f"document.body && document.body.innerText.includes({text!r})", 30, text)
-        await asyncio.sleep(1.0)  # let the last requests paint (what we wait for is already there)
-
-    async def click_text(self, text: str) -> None:
-        clicked = await self.evaluate(
-            "(() => { const el = [...document.querySelectorAll('body *')]"
-            f".filter(e => e.textContent.trim() === {text!r}).pop();"
-            " if (!el) return false; el.click(); return true; })()"
-        )
-        if not clicked:
-            raise SystemExit(f"no {text!r} to click")
-
-    async def shoot(self, path: Path) -> None:
-        shot = await self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(shot["data"]))
-        print(f"saved {path} ({path.stat().st_size // 1024} KiB)", flush=True)
+async def shoot(page: Page, path: Path) -> None:
+    await page.shoot(path)
+    print(f"saved {path} ({path.stat().st_size // 1024} KiB)", flush=True)
 
 
 async def screenshots(page: Page, ui: str, run_id: str, out: Path, stage: str, job: str) -> None:
     if stage == "during":  # the flow run's page as it opens (its logs): the progress milestones
-        await page.open(f"{ui}/runs/flow-run/{run_id}", f"Comfy job {job}: ")
-        await page.shoot(out / f"ui-{stage}-logs.png")
-    await page.open(f"{ui}/runs/flow-run/{run_id}", "Artifacts")
+        await open_settled(page, f"{ui}/runs/flow-run/{run_id}", f"Comfy job {job}: ")
+        await shoot(page, out / f"ui-{stage}-logs.png")
+    await open_settled(page, f"{ui}/runs/flow-run/{run_id}", "Artifacts")
     await page.click_text("Artifacts")
     await page.until("document.body.innerText.includes('comfy-job-')", 30, "the artifacts")
     await asyncio.sleep(1.0)
-    await page.shoot(out / f"ui-{stage}-artifacts.png")
+    await shoot(page, out / f"ui-{stage}-artifacts.png")
     feed = f"{ui}/events?resource=prefect.flow-run.{run_id}&events=comfy.job.*"
-    await page.open(feed, "comfy.progress." if stage == "during" else "comfy.job.completed")
-    await page.shoot(out / f"ui-{stage}-events.png")
+    await open_settled(
+        page, feed, "comfy.progress." if stage == "during" else "comfy.job.completed"
+    )
+    await shoot(page, out / f"ui-{stage}-events.png")
 
 
-async def browse(
-    cdp_port: int, ui: str, api: str, run_id: str, job: str, out: Path, flow: Any
-) -> None:
-    targets = httpx.get(f"http://127.0.0.1:{cdp_port}/json/list").json()
-    target = next(t for t in targets if t.get("type") == "page")
-    async with websockets.connect(target["webSocketDebuggerUrl"], max_size=2**26) as ws:
-        page = Page(ws)
-        await page.call("Page.enable")
+async def browse(ui: str, api: str, run_id: str, job: str, out: Path, flow: Any) -> None:
+    async with headless_chromium(window=(1400, 1300)) as page:
         await page.call(
             "Emulation.setDeviceMetricsOverride",
             width=1400,
@@ -193,7 +139,6 @@ def stop(process: subprocess.Popen[Any] | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="ui-shots-"))
@@ -239,16 +184,7 @@ def run(args: Any, home: Path, started: list[Any], server_log: Any, flow_log: An
         wait = next(t["name"] for t in tasks if t["name"].startswith("wait-for-comfy-job-"))
         job = wait.removeprefix("wait-for-comfy-job-")
         print(f"flow run {run_id}, Comfy job {job}", flush=True)
-        profile = home / "chromium"
-        browser = [args.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-        browser += ["--remote-debugging-port=0", "about:blank"]
-        started.append(
-            subprocess.Popen(browser, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
-        active = profile / "DevToolsActivePort"
-        until(lambda: active.is_file() and active.read_text().split("\n")[0], 30, "chromium")
-        cdp_port = int(active.read_text().split("\n")[0])
-        asyncio.run(browse(cdp_port, ui, api, run_id, job, args.out, flow))
+        asyncio.run(browse(ui, api, run_id, job, args.out, flow))
 
 
 if __name__ == "__main__":

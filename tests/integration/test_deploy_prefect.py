@@ -18,9 +18,10 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+from tests.support.browser import CHROMIUM
 from tests.support.keys import API_KEY
 from tests.support.prefect_stack import ROOT, Stack, prefect_stack, stop
-from tests.support.run_form import CHROMIUM, check
+from tests.support.run_form import check
 from tests.support.save_workflows import txt2img as save_format_txt2img
 from tests.support.waiting import eventually
 

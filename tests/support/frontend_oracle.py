@@ -2,7 +2,7 @@
 
 A real ComfyUI serves its own web frontend (``comfyui_frontend_package``); :class:`FrontendOracle`
 opens it in headless Debian Chromium (``/usr/bin/chromium``, never a downloaded browser) and drives the
-page over the DevTools protocol with ``websockets`` (no other dependency). For one workflow,
+page over the DevTools protocol (``tests/support/browser.py``, the tests' one browser). For one workflow,
 :meth:`FrontendOracle.convert` does what the editor does before it queues:
 
 1. ``await app.loadGraphData(workflow)`` (no missing-node or missing-model dialog);
@@ -19,34 +19,11 @@ The browser reaches only 127.0.0.1 (``--host-resolver-rules``): the frontend's c
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
-from typing import Any
 
-import websockets
+from tests.support.browser import Browser, BrowserError, Page
 
-CHROMIUM = os.environ.get("PREFECT_COMFY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-    # Loopback only: everything else fails to resolve.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-)
 #: Placeholder for an input that "control after generate" changes (see :func:`normalise`).
 CONTROLLED = "<controlled>"
 
@@ -85,72 +62,8 @@ _SETTINGS = {
 }
 
 
-class OracleError(RuntimeError):
-    """The page failed (an exception in the frontend, a timeout, a dead browser)."""
-
-
-class _Page:
-    """A minimal DevTools protocol session on one page target."""
-
-    def __init__(self, ws: Any) -> None:
-        self._ws = ws
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
-        self.console: list[str] = []
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self._ws:
-                msg = json.loads(raw)
-                future = self._pending.pop(msg.get("id", -1), None)
-                if future is not None and not future.done():
-                    future.set_result(msg)
-                elif msg.get("method") == "Runtime.consoleAPICalled":
-                    params = msg["params"]
-                    if params["type"] in ("error", "warning"):
-                        text = " ".join(
-                            str(a.get("value", a.get("description", ""))) for a in params["args"]
-                        )
-                        self.console.append(f"{params['type']}: {text[:300]}")
-        finally:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(OracleError("the browser closed the DevTools socket"))
-
-    async def call(self, method: str, **params: Any) -> dict:
-        ident = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[ident] = future
-        await self._ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-        msg = await future
-        if "error" in msg:
-            raise OracleError(f"{method}: {msg['error']}")
-        return msg["result"]
-
-    async def evaluate(self, expression: str, timeout: float = 120.0) -> Any:
-        try:
-            result = await asyncio.wait_for(
-                self.call(
-                    "Runtime.evaluate",
-                    expression=expression,
-                    awaitPromise=True,
-                    returnByValue=True,
-                ),
-                timeout,
-            )
-        except TimeoutError:
-            raise OracleError(f"the page did not answer within {timeout:.0f} s") from None
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            text = details.get("exception", {}).get("description") or details.get("text")
-            raise OracleError(f"in the page: {str(text)[:1500]}")
-        return result["result"].get("value")
-
-    async def close(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
+OracleError = BrowserError
+"""The page failed (an exception in the frontend, a timeout, a dead browser)."""
 
 
 class FrontendOracle:
@@ -161,10 +74,8 @@ class FrontendOracle:
         self.startup_timeout = startup_timeout
         self.frontend_version: str | None = None
         self.browser_version: str | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._profile: str | None = None
-        self._ws: Any = None
-        self.page: _Page | None = None
+        self._browser = Browser()
+        self.page: Page | None = None
 
     async def __aenter__(self) -> FrontendOracle:
         try:
@@ -178,43 +89,9 @@ class FrontendOracle:
         await self.aclose()
 
     async def _start(self) -> None:
-        self._profile = tempfile.mkdtemp(prefix="prefect-comfy-oracle-chromium-")
-        self._process = subprocess.Popen(
-            [
-                CHROMIUM,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={self._profile}",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
         deadline = time.monotonic() + self.startup_timeout
-        port_file = Path(self._profile) / "DevToolsActivePort"
-        ws_url = None
-        while ws_url is None:
-            if self._process.poll() is not None:
-                raise OracleError(f"{CHROMIUM} exited with {self._process.returncode}")
-            if time.monotonic() > deadline:
-                raise OracleError(f"{CHROMIUM} did not open its DevTools port")
-            lines = port_file.read_text().splitlines() if port_file.exists() else []
-            if len(lines) >= 2:
-                port = int(lines[0])
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-                    pages = [t for t in json.load(r) if t.get("type") == "page"]
-                if pages:
-                    ws_url = pages[0]["webSocketDebuggerUrl"]
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version") as r:
-                        self.browser_version = json.load(r).get("Browser")
-                    break
-            await asyncio.sleep(0.1)
-        self._ws = await websockets.connect(ws_url, max_size=None, open_timeout=30)
-        self.page = _Page(self._ws)
-        await self.page.call("Runtime.enable")
-        await self.page.call("Page.enable")
+        self.page = await self._browser.start((1280, 1024), self.startup_timeout)
+        self.browser_version = self._browser.version
         await self.page.call("Page.navigate", url=self.url + "/")
         ready = "!!(window.app?.graph && window.LiteGraph && window.app.extensionManager?.setting)"
         while not await self.page.evaluate(ready):
@@ -256,38 +133,5 @@ class FrontendOracle:
         return json.loads(text)
 
     async def aclose(self) -> None:
-        if self.page is not None:
-            await self.page.close()
-            self.page = None
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-            self._ws = None
-        if self._process is not None and self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait(timeout=10)
-        self._process = None
-        if self._profile is not None:
-            shutil.rmtree(self._profile, ignore_errors=True)
-            self._profile = None
-
-
-def normalise(graph: dict, controlled: list[str]) -> dict:
-    """A copy of an API graph with every "control after generate" input set to :data:`CONTROLLED`.
-
-    ``controlled`` holds ``"<node id>.<input name>"`` (node ids may contain ``:`` for subgraphs; the
-    input name is after the last dot).
-    """
-    out = json.loads(json.dumps(graph))
-    for key in controlled:
-        node_id, _, name = key.rpartition(".")
-        inputs = out.get(node_id, {}).get("inputs", {})
-        if name in inputs and not isinstance(inputs[name], list):
-            inputs[name] = CONTROLLED
-    return out
+        self.page = None
+        await self._browser.close()
