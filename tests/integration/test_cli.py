@@ -32,7 +32,7 @@ from tests.support.cli import (
 )
 from tests.support.keys import API_KEY, WRONG_KEY
 from tests.support.terminal import run_in_terminal
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, scaled
 from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
 TYPE_TAG = re.compile(r"<(?:str|bool|int|float|path|list\[[^\]]*\]|[a-z ]+ range)>")
@@ -165,7 +165,7 @@ async def test_ctrl_c_during_run_cancels_the_comfy_job(
             lambda: running_jobs(emulator, tag), timeout=60, message="the CLI's job running"
         )
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=scaled(30))
     finally:
         if process.poll() is None:
             process.kill()
@@ -282,7 +282,7 @@ async def test_ctrl_c_during_jobs_watch_says_the_job_still_runs(emulator) -> Non
             timeout=60, message="the watch's event stream open",
         )  # fmt: skip
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=scaled(30))
     finally:
         if process.poll() is None:
             process.kill()

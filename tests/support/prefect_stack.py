@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.waiting import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 LISTEN_OPTIONS = ["--events-per-second", "0", "--heartbeat-interval", "0"]
 """No pacing: on integ the default pacing (300/s) fails at start (ProgressBudget(capacity=...))."""
@@ -88,7 +90,7 @@ class Stack:
             cwd=self.home,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=scaled(120),
         )
         if done.returncode:
             raise RuntimeError(f"{args} failed: {done.stdout}\n{done.stderr}")

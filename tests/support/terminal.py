@@ -9,6 +9,8 @@ import select
 import subprocess
 import time
 
+from tests.support.waiting import scaled
+
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -26,7 +28,7 @@ def run_in_terminal(
     )
     os.close(child)
     screen = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([main], [], [], 1)
@@ -41,7 +43,7 @@ def run_in_terminal(
             if not chunk:
                 break
             screen += chunk
-        process.wait(timeout=30)
+        process.wait(timeout=scaled(30))
     finally:
         os.close(main)
         if process.poll() is None:
