@@ -199,6 +199,16 @@ def _model_type(value: str | None) -> str:
     return value
 
 
+def _model_fields(body: Any) -> dict[str, Any]:
+    """A model's type and metadata from a JSON upload body (nothing for an input)."""
+    if not isinstance(body, (CreateModelFromUrl, GetModelUploadUrl)):
+        return {}
+    return {
+        "model_type": body.type,
+        "metadata": body.metadata.model_dump(exclude_none=True) if body.metadata else {},
+    }
+
+
 async def create_upload(request: Request) -> Response:
     """``POST /inputs`` and ``POST /models``: multipart ``file`` (+ name, tags; models: type, metadata)."""
     kind = _kind(request)
@@ -233,12 +243,7 @@ async def create_upload_from_url(request: Request) -> Response:
         CreateModelFromUrl if kind == "model" else CreateInputFromUrl, await request.body()
     )
     name = body.name or unquote(urlsplit(body.url).path.rsplit("/", 1)[-1]) or "download"
-    extra: dict[str, Any] = {}
-    if isinstance(body, CreateModelFromUrl):
-        extra = {
-            "model_type": body.type,
-            "metadata": body.metadata.model_dump(exclude_none=True) if body.metadata else {},
-        }
+    extra = _model_fields(body)
     state = _state(request)
     record = state.new_upload(
         _owner(request), kind, _origin(request), name, "downloading", tags=body.tags, **extra
@@ -252,12 +257,7 @@ async def get_upload_url(request: Request) -> Response:
     body = parse_body(
         GetModelUploadUrl if kind == "model" else GetInputUploadUrl, await request.body()
     )
-    extra: dict[str, Any] = {}
-    if isinstance(body, GetModelUploadUrl):
-        extra = {
-            "model_type": body.type,
-            "metadata": body.metadata.model_dump(exclude_none=True) if body.metadata else {},
-        }
+    extra = _model_fields(body)
     state = _state(request)
     record = state.new_upload(
         _owner(request), kind, _origin(request), body.name, "pending_upload",
