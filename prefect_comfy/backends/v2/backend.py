@@ -27,7 +27,6 @@ import hashlib
 import logging
 import os
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from os import PathLike
@@ -51,6 +50,7 @@ from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
 from prefect_comfy.backends.v2.stream import job_events
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import (
     ComfyAPIError,
     ComfyConfigError,
@@ -67,7 +67,7 @@ __all__ = ["V2Backend"]
 logger = logging.getLogger(__name__)
 
 _REMEMBERED = 4096
-_SUBMITTED: OrderedDict[tuple[str, str], str] = OrderedDict()
+_SUBMITTED: Bounded = Bounded(_REMEMBERED)
 """(connection key, Idempotency-Key) -> job id, for submissions this process saw answered."""
 _CLOUD_HOSTS = ("cloud.comfy.org",)
 _TEXT_METADATA: set[str] = set()
@@ -197,11 +197,9 @@ class V2Backend(ComfyBackend):
             job = mapping.job_of(raw)
         if tags and not job.tags:  # comfy-api-proxy does not echo metadata on submit
             job = job.model_copy(update={"tags": list(tags)})
-        _SUBMITTED[(self._connection_key, key)] = job.id
+        _SUBMITTED.remember((self._connection_key, key), job.id)
         TAGS.remember(self._connection_key, job.id, job.tags)
         CLASSES.remember((self._connection_key, job.id), _shape_of(workflow))
-        while len(_SUBMITTED) > _REMEMBERED:
-            _SUBMITTED.popitem(last=False)
         return job
 
     async def _post_job(self, workflow: dict[str, Any], metadata: dict[str, str], key: str) -> Any:
