@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from prefect_comfy.exceptions import ComfyConfigError
+from prefect_comfy.settings import environment_value
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def open_cursor(spec: str | None, *, connection_key: str, name: str | None = Non
     Raises:
         ComfyConfigError: a variable name that Prefect would refuse.
     """
-    spec = (spec if spec is not None else os.environ.get(CURSOR_ENV, "")).strip()
+    spec = (spec if spec is not None else environment_value(CURSOR_ENV) or "").strip()
     if spec.lower() in ("none", "off"):
         return None
     if spec.startswith("variable:"):

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from prefect_comfy.listener.pacing import DEFAULT_EVENTS_PER_SECOND as DEFAULT_E
 from prefect_comfy.listener.pacing import DEFAULT_PROGRESS_INTERVAL as DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.listener.pacing import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
 from prefect_comfy.listener.pacing import Backlog, PacedQueue, Pending
+from prefect_comfy.settings import environment_value
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
 
@@ -116,7 +116,7 @@ def events_per_second_from_env() -> float:
     Raises:
         ComfyConfigError: the variable is set to something other than a number >= 0.
     """
-    raw = os.environ.get(EVENTS_PER_SECOND_ENV, "").strip()
+    raw = (environment_value(EVENTS_PER_SECOND_ENV) or "").strip()
     if not raw:
         return DEFAULT_EVENTS_PER_SECOND
     try:

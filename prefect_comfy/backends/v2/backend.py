@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -58,7 +57,7 @@ from prefect_comfy.exceptions import (
     InvalidRequest,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
-from prefect_comfy.settings import ComfySettings
+from prefect_comfy.settings import ComfySettings, environment_value
 from prefect_comfy.transport.download import download as stream_download
 from prefect_comfy.transport.origins import normalize_origin
 
@@ -107,7 +106,7 @@ class V2Backend(ComfyBackend):
     def at_url(cls, url: str, api_key: str | None = None) -> V2Backend:
         """A backend for the v2 server at ``url`` (the first of `key_variables` set, without
         ``api_key``)."""
-        key = api_key or next((os.environ[v] for v in cls.key_variables if os.environ.get(v)), None)
+        key = api_key or environment_value(*cls.key_variables)
         return cls(url, key)
 
     def __init__(
