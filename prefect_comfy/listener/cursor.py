@@ -60,7 +60,8 @@ __all__ = [
 ]
 
 CURSOR_ENV = "COMFY_LISTENER_CURSOR"
-"""Where the cursor lives: a file path, ``variable:NAME`` (a Prefect variable) or ``none``."""
+"""Where the cursor lives: a file path, ``variable:NAME`` (a Prefect variable) or ``none``
+(documented as `prefect_comfy.settings.ComfySettings.listener_cursor`)."""
 SAVE_INTERVAL = 1.0
 """Seconds between two saves of a changed cursor (a SIGKILL loses at most this much)."""
 FORMAT_VERSION = 1

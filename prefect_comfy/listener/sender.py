@@ -73,7 +73,8 @@ job's event without them."""
 DEFAULT_DRAIN_TIMEOUT = 30.0
 """Longest time a stop spends sending what was already received."""
 EVENTS_PER_SECOND_ENV = "COMFY_LISTENER_EVENTS_PER_SECOND"
-"""The environment variable that sets the listener's send rate (``0``: no limit)."""
+"""The environment variable that sets the listener's send rate (``0``: no limit; documented in
+`prefect_comfy.settings.SEPARATE_VARIABLES`)."""
 
 NO_API_URL_MESSAGE = (
     "No Prefect API URL is configured, so Comfy events would have nowhere to go. The listener does "
