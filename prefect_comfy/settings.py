@@ -1,6 +1,12 @@
 """Configuration from the environment, read when asked for, never at import time.
 
-Every setting is ``COMFY_<NAME>``; a block field that is left unset falls back to the value here.
+Every setting is ``COMFY_<NAME>``, and every ``COMFY_*`` variable the package reads is documented
+here, once: the fields of `ComfySettings`, and `SEPARATE_VARIABLES` (read on their own, where a bad
+value must not stop every other setting). `variables` lists them all (docs/blocks.md's table of
+environment variables is checked against it). No other module reads the environment for a
+``COMFY_*`` name: they call `ComfySettings`, or `environment_value` for a variable read on its own
+(tests/unit/test_architecture.py checks it). A block field that is left unset falls back to the
+value here.
 
 Example:
     >>> from prefect_comfy.settings import ComfySettings
@@ -104,6 +110,24 @@ class ComfySettings(BaseSettings):
         "file; used to convert save-format workflows and check inputs by name.",
     )
 
+    v2_base_url: str | None = Field(
+        default=None,
+        description="The Comfy API v2 server (a comfy-api-proxy, Comfy Cloud) of a "
+        "ComfyV2Credentials block without an endpoint, and of `prefect-comfy blocks v2` without "
+        "--url; unset: https://cloud.comfy.org.",
+    )
+    v2_api_key: SecretStr | None = Field(
+        default=None,
+        description="The Comfy API v2 secret key, where a block or --url names a v2 server "
+        "without one; unset: COMFY_API_KEY.",
+    )
+    listener_cursor: str | None = Field(
+        default=None,
+        description="Where `prefect-comfy listen` keeps what is in flight across restarts, "
+        "without --cursor: a file path, variable:NAME (a Prefect variable) or none; unset: a "
+        "state file under PREFECT_HOME.",
+    )
+
     @field_validator("base_url")
     @classmethod
     def _strip_base_url(cls, value: str) -> str:
@@ -116,6 +140,57 @@ class ComfySettings(BaseSettings):
     def api_url(self) -> str:
         """The REST base: the origin plus ``/developer/api/v1``."""
         return self.base_url + API_PREFIX
+
+
+SEPARATE_VARIABLES: dict[str, str] = {
+    "COMFY_LISTENER_EVENTS_PER_SECOND": "Most events a second `prefect-comfy listen` sends to "
+    "Prefect, all kinds together (default 300; 0: no limit), without --events-per-second. A "
+    "value that is not a number >= 0 stops the listener with an error that says so.",
+    "COMFY_PROGRESS_EVENTS_PER_SECOND": "Most comfy.job.progress events a process sends to "
+    "Prefect in any one-second window, all jobs together, the listener's included (default 50; "
+    "0: none). A value that is not a number >= 0 is logged and the default used.",
+}
+"""``COMFY_*`` variables that are not fields of `ComfySettings`: each is read on its own
+(`environment_value`), and a bad value is handled where it is used, never by failing every
+`ComfySettings`."""
+
+
+def variables() -> dict[str, str]:
+    """Every ``COMFY_*`` variable the package reads, with what it does.
+
+    Example:
+        >>> variables()["COMFY_API_KEY"]
+        'The Comfy API key (comfyui-…).'
+    """
+    prefix = ComfySettings.model_config.get("env_prefix", "")
+    fields = {
+        f"{prefix}{name.upper()}": field.description or ""
+        for name, field in ComfySettings.model_fields.items()
+    }
+    return {**fields, **SEPARATE_VARIABLES}
+
+
+def environment_variable(*names: str) -> str | None:
+    """The first of these environment variables that is set and not empty, else ``None``.
+
+    For the variables read on their own: those of `SEPARATE_VARIABLES`, a field's variable read
+    without validating the others (an error message that must redact the key whatever else is
+    wrong), the API key variables of a kind of server (`ComfyBackend.key_variables`) and the one
+    ``prefect-comfy --api-key-env`` names.
+    """
+    return next((name for name in names if os.environ.get(name)), None)
+
+
+def environment_value(*names: str) -> str | None:
+    """The value of the first of these environment variables that is set and not empty, else
+    ``None`` (see `environment_variable`).
+
+    Example:
+        >>> environment_value("COMFY_UNSET_EXAMPLE", "COMFY_ALSO_UNSET") is None
+        True
+    """
+    name = environment_variable(*names)
+    return None if name is None else os.environ[name]
 
 
 def quiet_prefect_for_no_prefect() -> None:

@@ -10,7 +10,6 @@ names; every command then takes ``--block NAME``.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +17,7 @@ import typer
 from prefect_comfy.cli.connect import prefect_api_url
 from prefect_comfy.cli.errors import PrefectUnavailable, UsageProblem
 from prefect_comfy.cli.help import command, group
+from prefect_comfy.settings import environment_value, environment_variable
 
 app = group("blocks", "Save Comfy credentials as a Prefect block.")
 create = group(
@@ -56,7 +56,7 @@ def create_cloud(
     no_check: NoCheckOption = False,
 ) -> None:
     """Save a ComfyCloudCredentials block: an API key (asked for, or COMFY_API_KEY) and a URL."""
-    base_url = base_url or os.environ.get("COMFY_BASE_URL") or None
+    base_url = base_url or environment_value("COMFY_BASE_URL")
     if base_url is not None:
         _check_url(base_url, "--base-url")
     api_url = _require_prefect()
@@ -131,7 +131,7 @@ def create_v2(
     no_check: NoCheckOption = False,
 ) -> None:
     """Save a ComfyV2Credentials block: a URL and a key (asked for, or COMFY_V2_API_KEY)."""
-    url = url or os.environ.get("COMFY_V2_BASE_URL") or None
+    url = url or environment_value("COMFY_V2_BASE_URL")
     if url is not None:
         _check_url(url, "--url")
     api_url = _require_prefect()
@@ -187,11 +187,10 @@ def _require_prefect() -> str:
 
 
 def _api_key(*, required: bool, env: tuple[str, ...] = ("COMFY_API_KEY",)) -> str | None:
-    for variable in env:
-        key = os.environ.get(variable)
-        if key:
-            typer.echo(f"Using the API key in {variable}.", err=True)
-            return key
+    variable = environment_variable(*env)
+    if variable is not None:
+        typer.echo(f"Using the API key in {variable}.", err=True)
+        return environment_value(variable)
     key = typer.prompt("Comfy API key (not shown)", hide_input=True, default="", show_default=False)
     if required and not key.strip():
         raise UsageProblem(f"No API key given: type it at the prompt, or set {env[0]}")

@@ -30,6 +30,7 @@ import typer
 
 from prefect_comfy.backends.environment import URL_KINDS, backend_class
 from prefect_comfy.cli.errors import PrefectUnavailable, UsageProblem
+from prefect_comfy.settings import environment_value
 
 if TYPE_CHECKING:
     from prefect_comfy import ComfyBackend
@@ -75,7 +76,7 @@ def use_server(url: str | None, kind: str | None, api_key_env: str | None) -> No
     """
     if kind is not None and kind not in KINDS:
         raise UsageProblem(f"--kind {kind}: use one of {', '.join(KINDS)}")
-    if api_key_env is not None and not os.environ.get(api_key_env):
+    if api_key_env is not None and not environment_value(api_key_env):
         raise UsageProblem(f"--api-key-env {api_key_env}: that environment variable is not set")
     _choice.url, _choice.kind, _choice.api_key_env = url, kind, api_key_env
 
@@ -203,9 +204,8 @@ async def find_kind(url: str) -> str:
 
 def _key_for(kind: str) -> str | None:
     if _choice.api_key_env:
-        return os.environ[_choice.api_key_env]
-    variables = _backend_class(kind).key_variables
-    return next((os.environ[v] for v in variables if os.environ.get(v)), None)
+        return environment_value(_choice.api_key_env)
+    return environment_value(*_backend_class(kind).key_variables)
 
 
 async def _kind_of(url: str) -> str:
@@ -253,7 +253,7 @@ def _only_one(block: str | None) -> str | None:
 
 
 def _require_env_key() -> None:
-    if not os.environ.get("COMFY_API_KEY"):
+    if not environment_value("COMFY_API_KEY"):
         raise UsageProblem(
             "No Comfy credentials: pass --url URL (any kind of server), --block NAME (a saved "
             "block), or set COMFY_API_KEY (and COMFY_BASE_URL for a server other than "

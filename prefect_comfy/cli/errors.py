@@ -15,7 +15,6 @@ A traceback is printed only with ``--debug``.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -28,6 +27,7 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
 )
 from prefect_comfy.redaction import redact
+from prefect_comfy.settings import environment_value
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -75,7 +75,7 @@ def one_line(exc: BaseException) -> str:
     text = "; ".join(part.strip() for part in text.splitlines() if part.strip())
     if len(text) > MAX_MESSAGE:
         text = text[: MAX_MESSAGE - 1] + "…"
-    return redact(text, [os.environ.get("COMFY_API_KEY")])
+    return redact(text, [environment_value("COMFY_API_KEY")])
 
 
 def report(exc: BaseException, *, debug: bool) -> int:

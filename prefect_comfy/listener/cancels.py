@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import NotFound
 from prefect_comfy.orchestration.runs import COMFY_JOB_ID_LABEL
 from prefect_comfy.orchestration.suspend import (
@@ -130,7 +130,7 @@ class SuspendedRunCanceller:
         self.catch_up_window = catch_up
         self._client_factory = client_factory
         self._subscriber_factory = subscriber_factory
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen = Bounded(_SEEN)
         self.cancelled: list[str] = []
         """Ids of the Comfy jobs this canceller cancelled (for tests and stats)."""
 
@@ -160,12 +160,9 @@ class SuspendedRunCanceller:
     async def handle(self, event: Any) -> list[str]:
         """Cancel the Comfy jobs of the suspended run ``event`` ended (see the module); their ids."""
         ended = suspended_run_ended(event)
-        if ended is None or ended in self._seen:
+        if ended is None or self._seen.seen(ended):
             return []
         flow_run_id, kind = ended
-        self._seen[ended] = None
-        while len(self._seen) > _SEEN:
-            self._seen.popitem(last=False)
         async with self._client() as client:
             flow_run = await client.read_flow_run(flow_run_id)
         job_ids = job_ids_of_labels(flow_run.labels, kind)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from prefect_comfy.exceptions import ComfyConfigError
+from prefect_comfy.settings import environment_value
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ __all__ = [
 ]
 
 CURSOR_ENV = "COMFY_LISTENER_CURSOR"
-"""Where the cursor lives: a file path, ``variable:NAME`` (a Prefect variable) or ``none``."""
+"""Where the cursor lives: a file path, ``variable:NAME`` (a Prefect variable) or ``none``
+(documented as `prefect_comfy.settings.ComfySettings.listener_cursor`)."""
 SAVE_INTERVAL = 1.0
 """Seconds between two saves of a changed cursor (a SIGKILL loses at most this much)."""
 FORMAT_VERSION = 1
@@ -288,7 +290,7 @@ def open_cursor(spec: str | None, *, connection_key: str, name: str | None = Non
     Raises:
         ComfyConfigError: a variable name that Prefect would refuse.
     """
-    spec = (spec if spec is not None else os.environ.get(CURSOR_ENV, "")).strip()
+    spec = (spec if spec is not None else environment_value(CURSOR_ENV) or "").strip()
     if spec.lower() in ("none", "off"):
         return None
     if spec.startswith("variable:"):

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from prefect_comfy.listener.pacing import DEFAULT_EVENTS_PER_SECOND as DEFAULT_E
 from prefect_comfy.listener.pacing import DEFAULT_PROGRESS_INTERVAL as DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.listener.pacing import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
 from prefect_comfy.listener.pacing import Backlog, PacedQueue, Pending
+from prefect_comfy.settings import environment_value
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
 
@@ -73,7 +73,8 @@ job's event without them."""
 DEFAULT_DRAIN_TIMEOUT = 30.0
 """Longest time a stop spends sending what was already received."""
 EVENTS_PER_SECOND_ENV = "COMFY_LISTENER_EVENTS_PER_SECOND"
-"""The environment variable that sets the listener's send rate (``0``: no limit)."""
+"""The environment variable that sets the listener's send rate (``0``: no limit; documented in
+`prefect_comfy.settings.SEPARATE_VARIABLES`)."""
 
 NO_API_URL_MESSAGE = (
     "No Prefect API URL is configured, so Comfy events would have nowhere to go. The listener does "
@@ -116,7 +117,7 @@ def events_per_second_from_env() -> float:
     Raises:
         ComfyConfigError: the variable is set to something other than a number >= 0.
     """
-    raw = os.environ.get(EVENTS_PER_SECOND_ENV, "").strip()
+    raw = (environment_value(EVENTS_PER_SECOND_ENV) or "").strip()
     if not raw:
         return DEFAULT_EVENTS_PER_SECOND
     try:

@@ -122,8 +122,7 @@ class InFlightTracker:
     async def job_tags(self, job_id: str) -> list[str] | None:
         """The tags last seen for a job, else one REST read of them; ``None`` if that fails."""
         if job_id in self.tags:
-            self.tags.move_to_end(job_id)
-            return self.tags[job_id]
+            return self.tags.use(job_id)
         try:
             job = await within(self.backend.get_job(job_id), REST_TIMEOUT)
         except asyncio.CancelledError:

@@ -1,6 +1,6 @@
 """What a hub remembers between events: digests of events seen, and the last outcomes.
 
-Both are bounded. Event digests are 16 bytes each (never payloads: a body can be megabytes), to drop
+Both are `Bounded` (the package's one bounded memory and dedupe). Event digests are 16 bytes each (never payloads: a body can be megabytes), to drop
 an event the stream delivers twice. Outcomes are whole terminal events, so that a wait that
 registers after its resource ended returns at once; they are bounded in number
 (`REMEMBERED_OUTCOMES`) and in bytes (`OUTCOME_BYTES` in all; an outcome larger than
@@ -19,8 +19,8 @@ Example:
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.models import ComfyEvent
 
 __all__ = [
@@ -55,57 +55,42 @@ class Recall:
         outcome_bytes: int = OUTCOME_BYTES,
         largest_outcome: int = LARGEST_OUTCOME,
     ) -> None:
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._outcomes: OrderedDict[Key, tuple[ComfyEvent, int]] = OrderedDict()
-        self._seen_size = seen_size
-        self._outcome_size = outcome_size
-        self._outcome_bytes = outcome_bytes
+        self._seen = Bounded(seen_size)
+        self._outcomes = Bounded(outcome_size, max_weight=outcome_bytes)
         self._largest = largest_outcome
-        self.outcome_bytes = 0
+        self._dropped = 0  # outcomes too large to keep, and clears
+
+    @property
+    def outcome_bytes(self) -> int:
         """Bytes the remembered outcomes take now."""
-        self.forgotten = 0
-        """Outcomes evicted or cleared so far."""
+        return self._outcomes.weight
+
+    @property
+    def forgotten(self) -> int:
+        """Outcomes evicted, not kept or cleared so far."""
+        return self._outcomes.evicted + self._dropped
 
     def repeated(self, event: ComfyEvent) -> bool:
         """Whether an event with this id was seen recently (id-less events are never repeats here)."""
-        if event.id is None:
-            return False
-        digest = event.digest()
-        if digest in self._seen:
-            return True
-        self._seen[digest] = None
-        if len(self._seen) > self._seen_size:
-            self._seen.popitem(last=False)
-        return False
+        return event.id is not None and self._seen.seen(event.digest())
 
     def remember(self, key: Key, event: ComfyEvent) -> None:
         """Keep a resource's terminal event (unless it is too large: then it is forgotten)."""
-        old = self._outcomes.pop(key, None)
-        if old is not None:
-            self.outcome_bytes -= old[1]
         size = len(json.dumps(event.payload, separators=(",", ":"), default=str))
         if size > self._largest:
-            self.forgotten += 1
+            self._outcomes.take(key)
+            self._dropped += 1
             return
-        self._outcomes[key] = (event, size)
-        self.outcome_bytes += size
-        while self._outcomes and (
-            len(self._outcomes) > self._outcome_size or self.outcome_bytes > self._outcome_bytes
-        ):
-            _, (_, dropped) = self._outcomes.popitem(last=False)
-            self.outcome_bytes -= dropped
-            self.forgotten += 1
+        self._outcomes.remember(key, event, weight=size)
 
     def outcome(self, key: Key) -> ComfyEvent | None:
         """The remembered terminal event of a resource, if any."""
-        kept = self._outcomes.get(key)
-        return None if kept is None else kept[0]
+        return self._outcomes.get(key)
 
     def forget_outcomes(self) -> None:
         """Drop every remembered outcome (an idle hub keeps nothing)."""
         self._outcomes.clear()
-        self.outcome_bytes = 0
-        self.forgotten += 1
+        self._dropped += 1
 
 
 def lost_event(job_id: str, message: str) -> ComfyEvent:

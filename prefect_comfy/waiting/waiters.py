@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Coroutine
 from typing import Any
 
@@ -25,6 +24,7 @@ from prefect_comfy.backends.environment import backend_from_environment
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.models import ComfyEvent
+from prefect_comfy.settings import environment_value
 from prefect_comfy.transport.deadlines import within
 from prefect_comfy.waiting.hub import EventHub
 
@@ -41,8 +41,8 @@ def _hub(api_key: str | None, base_url: str | None) -> EventHub:
     Building a backend parses the environment and makes a REST client; at 10,000
     waits that dominated both time and memory. The hub is found by a digest of what names it.
     """
-    key_text = api_key if api_key is not None else os.environ.get("COMFY_API_KEY", "")
-    url_text = base_url if base_url is not None else os.environ.get("COMFY_BASE_URL", "")
+    key_text = api_key if api_key is not None else environment_value("COMFY_API_KEY") or ""
+    url_text = base_url if base_url is not None else environment_value("COMFY_BASE_URL") or ""
     digest = hashlib.blake2b(f"{key_text}\x1f{url_text}".encode(), digest_size=16).digest()
     hub = _HUBS.get(digest)
     if hub is not None and hub is EventHub._shared.get(hub.backend.connection_key):

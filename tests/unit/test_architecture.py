@@ -7,7 +7,9 @@
 - the Prefect layer sees a server only through ``backends.base`` and ``backends.registry``, and
   neither do the waiting layer, the listener or the CLI: what is particular to one kind of server
   lives in its package;
-- at most six top-level modules: everything else lives in a room.
+- at most six top-level modules: everything else lives in a room;
+- every ``COMFY_*`` variable is read in ``settings.py`` (and documented there): no other module
+  reads the environment for one (:data:`ENVIRONMENT_READERS` names the reads that remain, and why).
 
 ``docs/architecture.md`` draws the same picture in words.
 """
@@ -215,3 +217,119 @@ def test_no_test_module_imports_another() -> None:
         and (node.module or "").startswith(("tests.unit", "tests.integration", "tests.conftest"))
     )
     assert not wrong, "move what is shared into tests/support/:\n" + "\n".join(wrong)
+
+
+ENVIRONMENT_READERS = {
+    "prefect_comfy.cli.demo": "hands the whole environment on to the demo's Prefect server and "
+    "worker (``{**os.environ, ...}``): a copy for a child process, not a setting read here",
+}
+"""Modules outside ``settings.py`` allowed to read the environment other than by a literal name
+that is not ``COMFY_*`` (a write, such as ``DO_NOT_TRACK`` for ``--no-prefect``, is no read)."""
+
+
+def _environment_reads(tree: ast.AST) -> list[tuple[int, ast.expr | None]]:
+    """Each read of ``os.environ`` / ``os.getenv`` in a module: ``(line, the name read)``, the name
+    ``None`` when the read is not of one name (the whole mapping passed on, a name in a variable
+    is still an expression)."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+    def is_environ(node: ast.AST, attr: str) -> bool:
+        if isinstance(node, ast.Attribute):
+            return node.attr == attr and isinstance(node.value, ast.Name) and node.value.id == "os"
+        return isinstance(node, ast.Name) and node.id == attr
+
+    reads: list[tuple[int, ast.expr | None]] = []
+    for node in ast.walk(tree):
+        parent = parents.get(node)
+        if is_environ(node, "getenv") and isinstance(parent, ast.Call) and parent.func is node:
+            reads.append((node.lineno, parent.args[0] if parent.args else None))
+        elif not is_environ(node, "environ") or isinstance(parent, ast.ImportFrom):
+            continue
+        elif isinstance(parent, ast.Subscript) and parent.value is node:
+            if not isinstance(parent.ctx, (ast.Store, ast.Del)):  # a write is not a read
+                reads.append((node.lineno, parent.slice))
+        elif isinstance(parent, ast.Attribute) and parent.attr in ("get", "__getitem__"):
+            call = parents.get(parent)
+            key = call.args[0] if isinstance(call, ast.Call) and call.args else None
+            reads.append((node.lineno, key))
+        elif isinstance(parent, ast.Attribute) and parent.attr in ("setdefault", "update", "pop"):
+            continue  # writes
+        else:
+            reads.append((node.lineno, None))
+    return reads
+
+
+def _comfy_reads(tree: ast.AST) -> list[int]:
+    """Lines that read the environment other than by a literal name that is not ``COMFY_*``."""
+    return sorted(
+        line
+        for line, key in _environment_reads(tree)
+        if not (
+            isinstance(key, ast.Constant)
+            and isinstance(key.value, str)
+            and not key.value.startswith("COMFY_")
+        )
+    )
+
+
+def test_the_environment_check_finds_a_comfy_read() -> None:
+    source = (
+        "import os\nfrom os import environ\nNAME = 'COMFY_X'\n"
+        "a = os.environ.get('COMFY_A')\nb = os.getenv('COMFY_B', '')\nc = environ['COMFY_C']\n"
+        "d = os.environ.get(NAME)\ne = dict(os.environ)\n"
+        "os.environ['PREFECT_HOME'] = 'x'\nos.environ.setdefault('DO_NOT_TRACK', '1')\n"
+        "f = os.environ.get('PREFECT_API_URL')\n"
+    )
+    assert _comfy_reads(ast.parse(source)) == [4, 5, 6, 7, 8]
+
+
+def test_only_settings_reads_comfy_variables() -> None:
+    """Every ``COMFY_*`` variable is read (and documented) in ``prefect_comfy/settings.py``."""
+    found = {}
+    for name, path in _modules().items():
+        if name == "prefect_comfy.settings":
+            continue
+        lines = _comfy_reads(ast.parse(path.read_text()))
+        if lines and name not in ENVIRONMENT_READERS:
+            found[name] = lines
+    assert not found, (
+        "read COMFY_* variables through prefect_comfy.settings (ComfySettings, or "
+        f"environment_value for one read on its own), not os.environ: {found}"
+    )
+    stale = {
+        name
+        for name in ENVIRONMENT_READERS
+        if name not in _modules() or not _comfy_reads(ast.parse(_modules()[name].read_text()))
+    }
+    assert not stale, f"allowed environment readers that no longer read it: {stale}"
+
+
+def test_every_comfy_variable_named_in_the_package_is_documented_in_settings() -> None:
+    """A ``COMFY_*`` name the code uses as a value (a backend's key variables, a constant) is one of
+    `prefect_comfy.settings.variables` (the fields of ComfySettings and SEPARATE_VARIABLES)."""
+    from prefect_comfy.settings import variables
+
+    known = variables()
+    unknown = {}
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        exported = {  # names in __all__ are Python names, not variables
+            id(node)
+            for assign in ast.walk(tree)
+            if isinstance(assign, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__all__" for t in assign.targets)
+            for node in ast.walk(assign.value)
+        }
+        for node in ast.walk(tree):
+            if (
+                id(node) not in exported
+                and isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.startswith("COMFY_")
+                and node.value.replace("_", "").isalnum()
+                and node.value.isupper()
+                and node.value != "COMFY_"
+                and node.value not in known
+            ):
+                unknown.setdefault(name, []).append(node.value)
+    assert not unknown, f"document these variables in prefect_comfy/settings.py: {unknown}"

@@ -62,3 +62,38 @@ def test_writes_from_many_threads_keep_the_bound():
     for thread in threads:
         thread.join()
     assert len(memory) == 100
+
+
+def test_weight_bounds_the_total_and_counts_evictions():
+    memory = Bounded(10, max_weight=10)
+    memory.remember("a", "A", weight=4)
+    memory.remember("b", "B", weight=4)
+    memory.remember("a", "A2", weight=5)  # replaced: its old weight goes, "a" is the newest
+    assert memory.weight == 9 and list(memory) == ["b", "a"]
+    memory.remember("c", "C", weight=3)  # 12 > 10: the oldest ("b") goes
+    assert list(memory) == ["a", "c"] and memory.weight == 8 and memory.evicted == 1
+    assert memory.take("a") == "A2" and memory.weight == 3
+    assert memory.pop("c") == "C" and memory.weight == 0
+    memory.remember("d", "D", weight=11)  # heavier than the bound on its own: not kept
+    assert len(memory) == 0 and memory.weight == 0 and memory.evicted == 2
+    memory.remember("e", "E", weight=2)
+    memory.clear()
+    assert memory.weight == 0 and memory.evicted == 2
+
+
+def test_use_returns_the_value_and_makes_it_the_newest():
+    memory = Bounded(2)
+    memory.remember("a", 1)
+    memory.remember("b", 2)
+    assert memory.use("a") == 1 and memory.use("missing") is None
+    memory.remember("c", 3)
+    assert dict(memory) == {"a": 1, "c": 3}
+
+
+def test_weights_survive_a_copy():
+    memory = Bounded(3, max_weight=5)
+    memory.remember("a", 1, weight=4)
+    clone = copy.deepcopy(memory)
+    assert clone.weight == 4 and clone.max_weight == 5
+    clone.remember("b", 2, weight=4)
+    assert list(clone) == ["b"] and memory.weight == 4

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from prefect_comfy.settings import DEFAULT_BASE_URL, ComfySettings
+from prefect_comfy.settings import (
+    DEFAULT_BASE_URL,
+    ComfySettings,
+    environment_value,
+    environment_variable,
+    variables,
+)
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch):
@@ -52,3 +60,35 @@ def test_import_reads_no_environment():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "imported"
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+NOT_SETTINGS = {
+    "COMFY_TESTS_TIMEOUT_FACTOR": "the test suite's timeout factor (tests/support/waiting.py)",
+    "COMFY_TRIGGER_TAG": "an example flow's own variable (flows/serve_triggers.py)",
+}
+"""``COMFY_*`` names the docs mention that are not the package's settings."""
+
+
+def test_the_docs_table_of_environment_variables_is_settings_variables() -> None:
+    """docs/blocks.md lists every variable of `variables()`, each with its documentation."""
+    text = (DOCS / "blocks.md").read_text()
+    section = text[text.index("## Environment variables") :]
+    rows = re.findall(r"^\| `(COMFY_[A-Z0-9_]+)` \| [^|]* \| (.*) \|$", section, re.MULTILINE)
+    assert dict(rows) == {k: v.replace("|", "/") for k, v in variables().items()}
+
+
+def test_every_comfy_variable_the_docs_name_is_a_setting() -> None:
+    named = set()
+    for page in DOCS.rglob("*.md"):
+        named |= set(re.findall(r"\bCOMFY_[A-Z0-9_]*[A-Z0-9]\b", page.read_text()))
+    assert named - set(variables()) - set(NOT_SETTINGS) == set()
+
+
+def test_environment_value_takes_the_first_variable_set(monkeypatch) -> None:
+    monkeypatch.delenv("COMFY_V2_API_KEY", raising=False)
+    monkeypatch.setenv("COMFY_API_KEY", "comfyui-test-key-not-real")
+    assert environment_variable("COMFY_V2_API_KEY", "COMFY_API_KEY") == "COMFY_API_KEY"
+    assert environment_value("COMFY_V2_API_KEY", "COMFY_API_KEY") == "comfyui-test-key-not-real"
+    monkeypatch.setenv("COMFY_V2_API_KEY", "")  # empty counts as unset
+    assert environment_value("COMFY_V2_API_KEY") is None

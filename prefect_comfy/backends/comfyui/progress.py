@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect_comfy.bounded import Bounded
+
 __all__ = ["PROGRESS_FRAMES", "RUNNING_CAP", "ProgressTracker"]
 
 PROGRESS_FRAMES: frozenset[str] = frozenset(
@@ -46,8 +48,7 @@ class ProgressTracker:
     """
 
     def __init__(self, max_prompts: int = 1024) -> None:
-        self._prompts: dict[str, _Prompt] = {}
-        self._max = max_prompts
+        self._prompts = Bounded(max_prompts)
 
     def register(self, prompt_id: str, graph: Mapping[str, Any]) -> None:
         """Remember a prompt's node classes (and so its size)."""
@@ -58,14 +59,13 @@ class ProgressTracker:
 
     def forget(self, prompt_id: str) -> None:
         """Drop a finished prompt."""
-        self._prompts.pop(prompt_id, None)
+        self._prompts.take(prompt_id)
 
     def _get(self, prompt_id: str) -> _Prompt:
         prompt = self._prompts.get(prompt_id)
         if prompt is None:
-            if len(self._prompts) >= self._max:
-                self._prompts.pop(next(iter(self._prompts)))
-            prompt = self._prompts[prompt_id] = _Prompt()
+            prompt = _Prompt()
+            self._prompts.remember(prompt_id, prompt)
         return prompt
 
     def feed(self, frame_type: str, data: Mapping[str, Any]) -> dict[str, Any] | None:

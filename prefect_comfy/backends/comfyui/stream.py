@@ -322,9 +322,8 @@ class ComfyUIStream:
         rid = event.resource_id
         if event.is_terminal and rid is not None:
             key = (event.kind, rid)
-            if key in self._ended:
+            if self._ended.seen(key):
                 return
-            self._ended.remember(key)
             if event.kind == "job":
                 self._tracker.forget(rid)
                 self._graphs_known.take(rid)
@@ -371,9 +370,8 @@ class ComfyUIStream:
                 break
             window *= 2
         for pid, entry in history.items():
-            if pid in self._seen_history:
+            if self._seen_history.seen(pid):
                 continue
-            self._seen_history.remember(pid)
             if baseline or ("job", pid) in self._ended or not isinstance(entry, dict):
                 continue
             self.emit_history(pid, entry)

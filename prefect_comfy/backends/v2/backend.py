@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from os import PathLike
@@ -51,6 +49,7 @@ from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
 from prefect_comfy.backends.v2.stream import job_events
+from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import (
     ComfyAPIError,
     ComfyConfigError,
@@ -58,7 +57,7 @@ from prefect_comfy.exceptions import (
     InvalidRequest,
 )
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
-from prefect_comfy.settings import ComfySettings
+from prefect_comfy.settings import ComfySettings, environment_value
 from prefect_comfy.transport.download import download as stream_download
 from prefect_comfy.transport.origins import normalize_origin
 
@@ -67,7 +66,7 @@ __all__ = ["V2Backend"]
 logger = logging.getLogger(__name__)
 
 _REMEMBERED = 4096
-_SUBMITTED: OrderedDict[tuple[str, str], str] = OrderedDict()
+_SUBMITTED: Bounded = Bounded(_REMEMBERED)
 """(connection key, Idempotency-Key) -> job id, for submissions this process saw answered."""
 _CLOUD_HOSTS = ("cloud.comfy.org",)
 _TEXT_METADATA: set[str] = set()
@@ -107,7 +106,7 @@ class V2Backend(ComfyBackend):
     def at_url(cls, url: str, api_key: str | None = None) -> V2Backend:
         """A backend for the v2 server at ``url`` (the first of `key_variables` set, without
         ``api_key``)."""
-        key = api_key or next((os.environ[v] for v in cls.key_variables if os.environ.get(v)), None)
+        key = api_key or environment_value(*cls.key_variables)
         return cls(url, key)
 
     def __init__(
@@ -197,11 +196,9 @@ class V2Backend(ComfyBackend):
             job = mapping.job_of(raw)
         if tags and not job.tags:  # comfy-api-proxy does not echo metadata on submit
             job = job.model_copy(update={"tags": list(tags)})
-        _SUBMITTED[(self._connection_key, key)] = job.id
+        _SUBMITTED.remember((self._connection_key, key), job.id)
         TAGS.remember(self._connection_key, job.id, job.tags)
         CLASSES.remember((self._connection_key, job.id), _shape_of(workflow))
-        while len(_SUBMITTED) > _REMEMBERED:
-            _SUBMITTED.popitem(last=False)
         return job
 
     async def _post_job(self, workflow: dict[str, Any], metadata: dict[str, str], key: str) -> Any:

@@ -7,14 +7,13 @@ not read: it names the developer API's origin, a different server.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from prefect_comfy.backends.cloud.block import BLOCK_MODEL_CONFIG, StrictFields, is_masked
-from prefect_comfy.settings import DOCS_URL, ComfySettings
+from prefect_comfy.settings import DOCS_URL, ComfySettings, environment_value
 
 if TYPE_CHECKING:
     from prefect_comfy.backends.v2.backend import V2Backend
@@ -82,10 +81,10 @@ class ComfyV2Credentials(StrictFields, Block):
 
     def resolved(self) -> tuple[str, str | None]:
         """``(origin, key)`` after the environment fallbacks (a masked key counts as unset)."""
-        endpoint = self.endpoint or os.environ.get("COMFY_V2_BASE_URL") or DEFAULT_V2_URL
+        endpoint = self.endpoint or environment_value("COMFY_V2_BASE_URL") or DEFAULT_V2_URL
         key = self.api_key.get_secret_value() if self.api_key is not None else ""
         if not key or is_masked(key):
-            key = os.environ.get("COMFY_V2_API_KEY") or os.environ.get("COMFY_API_KEY") or ""
+            key = environment_value("COMFY_V2_API_KEY", "COMFY_API_KEY") or ""
         return endpoint, key or None
 
     def get_backend(self) -> V2Backend:

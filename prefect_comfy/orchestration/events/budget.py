@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
+from prefect_comfy.settings import environment_value
 
 __all__ = [
     "DEFAULT_PROGRESS_EVENTS_PER_SECOND",
@@ -34,7 +35,8 @@ Clock = Callable[[], float]
 DEFAULT_PROGRESS_EVENTS_PER_SECOND = 50.0
 """Progress events a process may send per second, all jobs together (5 % of a server's capacity)."""
 PROGRESS_BUDGET_ENV = "COMFY_PROGRESS_EVENTS_PER_SECOND"
-"""The environment variable that sets the process-wide progress budget (``0`` sends no progress)."""
+"""The environment variable that sets the process-wide progress budget (``0`` sends no progress;
+documented in `prefect_comfy.settings.SEPARATE_VARIABLES`)."""
 
 
 class ProgressBudget:
@@ -103,7 +105,7 @@ def progress_budget() -> ProgressBudget:
     global _budget
     with _budget_lock:
         if _budget is None:
-            raw = os.environ.get(PROGRESS_BUDGET_ENV, "").strip()
+            raw = (environment_value(PROGRESS_BUDGET_ENV) or "").strip()
             try:
                 rate = float(raw) if raw else DEFAULT_PROGRESS_EVENTS_PER_SECOND
                 if rate < 0 or math.isnan(rate):
