@@ -101,6 +101,11 @@ FAILING: dict[str, Any] = {
 }
 
 
+PREFECT_START_TIMEOUT = 180
+"""Seconds to wait for ``prefect server start`` to answer: 10-40 s on a small machine, and over
+90 s on 2 cores at load average 15 (where its first answers also took more than a second)."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,16 +134,17 @@ def prefect_server(home: Path, port: int) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + PREFECT_START_TIMEOUT
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"prefect server exited early; see {home / 'server.log'}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"prefect server did not answer in 90 s; see {home / 'server.log'}"
+                    f"prefect server did not answer in {PREFECT_START_TIMEOUT} s; see "
+                    f"{home / 'server.log'}"
                 )
             time.sleep(0.2)
         yield url
@@ -214,25 +220,23 @@ def _with_prefect(flows: Callable[[str], int], keep_open: bool) -> int:
     (workdir / "home").mkdir()
     os.environ["PREFECT_HOME"] = str(workdir / "home")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    try:
-        port = _free_port()
-        _say("Starting Prefect's local server (10 to 40 s on a small machine) ...")
-        with prefect_server(workdir / "home", port) as api_url:
-            ui_url = api_url.removesuffix("/api")
-            _say(f"Prefect server:  {ui_url}  (UI)")
-            os.environ["PREFECT_API_URL"] = api_url
-            os.environ["PREFECT_UI_URL"] = ui_url
-            from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    port = _free_port()
+    _say("Starting Prefect's local server (10 to 40 s on a small machine) ...")
+    with prefect_server(workdir / "home", port) as api_url:
+        ui_url = api_url.removesuffix("/api")
+        _say(f"Prefect server:  {ui_url}  (UI)")
+        os.environ["PREFECT_API_URL"] = api_url
+        os.environ["PREFECT_UI_URL"] = ui_url
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-            with temporary_settings({PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
-                code = flows(api_url)
-                _flush_run_logs()
-                if keep_open and code == 0:
-                    _say(f"\nServers stay up: open {ui_url} in a browser. Ctrl-C to stop them.")
-                    with contextlib.suppress(KeyboardInterrupt):
-                        signal.pause()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        with temporary_settings({PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
+            code = flows(api_url)
+            _flush_run_logs()
+            if keep_open and code == 0:
+                _say(f"\nServers stay up: open {ui_url} in a browser. Ctrl-C to stop them.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    signal.pause()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept on an error: its server.log says why
     return code
 
 
