@@ -29,11 +29,10 @@ DEMO_BLOCK = "comfyui-demo"
 """The name of the ComfyUIServer block the demo saves for a ComfyUI it is given."""
 
 CHECKPOINT_HELP = (
-    "put an SD1.5 checkpoint (.safetensors) in the models/checkpoints folder of that ComfyUI (or a "
-    "folder its extra_model_paths.yaml names for checkpoints), or, from a checkout of prefect-comfy, "
-    "build a random-weight test one there with 'python3 scripts/build-test-checkpoint.py --output "
-    "<ComfyUI>/models/checkpoints/prefect-comfy-tiny-sd15.safetensors'; ComfyUI sees it without "
-    "a restart"
+    "put an SD1.5 .safetensors in its models/checkpoints folder (or one its "
+    "extra_model_paths.yaml names), or build a random-weight test one there, no download, from a "
+    "prefect-comfy checkout: python3 scripts/build-test-checkpoint.py --output "
+    "<ComfyUI>/models/checkpoints/prefect-comfy-tiny-sd15.safetensors"
 )
 """What to do when the ComfyUI has no checkpoint."""
 

@@ -12,7 +12,7 @@ from prefect_comfy import ComfyCloudCredentials, ComfyUIServer
 from prefect_comfy.backends import catalog as catalog_module
 from prefect_comfy.cli import demo_comfyui
 from prefect_comfy.cli.connect import use_server
-from prefect_comfy.cli.errors import UsageProblem
+from prefect_comfy.cli.errors import MAX_MESSAGE, UsageProblem
 from prefect_comfy.workflows.catalog import NodeCatalog
 
 
@@ -56,6 +56,7 @@ async def test_a_comfyui_without_a_checkpoint_is_one_line_that_says_how_to_get_o
         await demo_comfyui.comfyui_target(None)
     text = str(caught.value)
     assert "\n" not in text and "has no checkpoint" in text
+    assert len(text) + len("https://a-longer-host.example:8188") < MAX_MESSAGE  # printed whole
     assert "models/checkpoints" in text and "scripts/build-test-checkpoint.py" in text
 
 
