@@ -12,6 +12,14 @@ reported in one line (what failed, at which node, and the Prefect event that rec
 tracebacks left to the Prefect UI. It then reads the Prefect events and artifacts back from the
 server's API and prints them. With ``--keep-open`` both servers stay up until Ctrl-C so that the runs
 can be looked at in the UI; otherwise both are stopped, and nothing is left running.
+
+Given a ComfyUI (``--url URL``, or ``COMFY_URL``; ``make demo ARGS="--url http://127.0.0.1:8188"``),
+the demo runs the real text-to-image job there instead of the emulator's three flows: the packaged
+graph ``prefect_comfy/cli/demo_txt2img.json`` (CheckpointLoaderSimple, two CLIPTextEncode, EmptyLatentImage 64x64, KSampler
+8 steps, VAEDecode, SaveImage) with the first checkpoint the server lists in its ``/object_info``
+(or ``--checkpoint NAME``), through ``run_comfy_workflow`` with its live bar, and downloads the PNG
+(`prefect_comfy.cli.demo_comfyui`). A server without a checkpoint is a one-line error that says
+how to get one.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,6 +101,11 @@ FAILING: dict[str, Any] = {
 }
 
 
+PREFECT_START_TIMEOUT = 180
+"""Seconds to wait for ``prefect server start`` to answer: 10-40 s on a small machine, and over
+90 s on 2 cores at load average 15 (where its first answers also took more than a second)."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,16 +134,17 @@ def prefect_server(home: Path, port: int) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + PREFECT_START_TIMEOUT
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"prefect server exited early; see {home / 'server.log'}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"prefect server did not answer in 90 s; see {home / 'server.log'}"
+                    f"prefect server did not answer in {PREFECT_START_TIMEOUT} s; see "
+                    f"{home / 'server.log'}"
                 )
             time.sleep(0.2)
         yield url
@@ -157,42 +172,71 @@ def _flush_run_logs() -> None:
     EventsWorker.drain_all(timeout=10)
 
 
-def run_demo(*, keep_open: bool = False, output_dir: Path | None = None) -> int:
-    """Run the whole demo; return a process exit code."""
+def run_demo(
+    *,
+    keep_open: bool = False,
+    output_dir: Path | None = None,
+    comfyui: tuple[Any, str] | None = None,
+) -> int:
+    """Run the whole demo; return a process exit code.
+
+    Args:
+        keep_open: keep the servers up after the flows, until Ctrl-C.
+        output_dir: where the images go (default ``demo-output``).
+        comfyui: a ComfyUIServer block and a checkpoint it has (`comfyui_target`): run the
+            text-to-image job there instead of the emulator's three flows.
+    """
     # SIGTERM unwinds like Ctrl-C, so the servers started here are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
-
-    workdir = Path(tempfile.mkdtemp(prefix="prefect-comfy-demo-"))
     output_dir = Path(output_dir or "demo-output").resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    if comfyui is not None:
+        server, checkpoint = comfyui
+        from prefect_comfy.redaction import redact_url
+
+        _say(f"ComfyUI:         {redact_url(server.url)} (checkpoint {checkpoint})")
+        code = _with_prefect(
+            lambda api_url: _run_comfyui_flow(server, checkpoint, output_dir, api_url), keep_open
+        )
+        _say("The Prefect server is stopped (the ComfyUI is yours: it runs on).")
+    else:
+        from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
+
+        config = EmulatorConfig(api_keys=[DEMO_KEY], seed=7, step_duration=0.2, upload_duration=0.5)
+        with EmulatorServer(config) as emulator:
+            _say(f"Comfy emulator:  {emulator.url} (developer API at {emulator.api_url})")
+            code = _with_prefect(
+                lambda api_url: _run_flows(emulator.url, output_dir, api_url), keep_open
+            )
+        _say("Both servers are stopped.")
+    if not keep_open:
+        _say("To keep them (and the Prefect UI) open after the flows: make demo ARGS=--keep-open")
+    return code
+
+
+def _with_prefect(flows: Callable[[str], int], keep_open: bool) -> int:
+    """Start Prefect's local server, run ``flows(api_url)`` against it, stop it; the exit code."""
+    workdir = Path(tempfile.mkdtemp(prefix="prefect-comfy-demo-"))
     (workdir / "home").mkdir()
     os.environ["PREFECT_HOME"] = str(workdir / "home")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    port = _free_port()
+    _say("Starting Prefect's local server (10 to 40 s on a small machine) ...")
+    with prefect_server(workdir / "home", port) as api_url:
+        ui_url = api_url.removesuffix("/api")
+        _say(f"Prefect server:  {ui_url}  (UI)")
+        os.environ["PREFECT_API_URL"] = api_url
+        os.environ["PREFECT_UI_URL"] = ui_url
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    config = EmulatorConfig(api_keys=[DEMO_KEY], seed=7, step_duration=0.2, upload_duration=0.5)
-    with EmulatorServer(config) as emulator:
-        _say(f"Comfy emulator:  {emulator.url} (developer API at {emulator.api_url})")
-        port = _free_port()
-        _say("Starting Prefect's local server (10 to 40 s on a small machine) ...")
-        with prefect_server(workdir / "home", port) as api_url:
-            ui_url = api_url.removesuffix("/api")
-            _say(f"Prefect server:  {ui_url}  (UI)")
-            os.environ["PREFECT_API_URL"] = api_url
-            os.environ["PREFECT_UI_URL"] = ui_url
-            from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
-
-            with temporary_settings({PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
-                code = _run_flows(emulator.url, output_dir, api_url)
-                _flush_run_logs()
-                if keep_open and code == 0:
-                    _say(f"\nServers stay up: open {ui_url} in a browser. Ctrl-C to stop them.")
-                    with contextlib.suppress(KeyboardInterrupt):
-                        signal.pause()
-    shutil.rmtree(workdir, ignore_errors=True)
-    _say("Both servers are stopped.")
-    if not keep_open:
-        _say("To keep them (and the Prefect UI) open after the flows: make demo ARGS=--keep-open")
+        with temporary_settings({PREFECT_API_URL: api_url, PREFECT_UI_URL: ui_url}):
+            code = flows(api_url)
+            _flush_run_logs()
+            if keep_open and code == 0:
+                _say(f"\nServers stay up: open {ui_url} in a browser. Ctrl-C to stop them.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    signal.pause()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept on an error: its server.log says why
     return code
 
 
@@ -277,6 +321,36 @@ def _run_flows(emulator_url: str, output_dir: Path, api_url: str) -> int:
     return asyncio.run(_report(api_url, [result.job_id, inverted.job_id], output_dir))
 
 
+def _run_comfyui_flow(server: Any, checkpoint: str, output_dir: Path, api_url: str) -> int:
+    """The text-to-image job on the given ComfyUI, as a flow run with its live bar."""
+    from prefect_comfy import run_comfy_workflow
+    from prefect_comfy.cli.demo_comfyui import DEMO_BLOCK, comfyui_txt2img, demo_workflow_path
+    from prefect_comfy.cli.flow_run import FlowRunWatcher, prefect_logs_through
+    from prefect_comfy.cli.progress import JobBoard
+
+    server.save(DEMO_BLOCK, overwrite=True)
+    _say(f'Saved ComfyUIServer block "{DEMO_BLOCK}".\n')
+    graph = comfyui_txt2img(checkpoint, seed=random.randrange(2**31))
+    [sampler] = [n["inputs"] for n in graph.values() if n["class_type"] == "KSampler"]
+    _say(
+        f"1. run_comfy_workflow: txt2img on {checkpoint}, 64x64, {sampler['steps']} sampler steps "
+        f"(seed {sampler['seed']}), waited on the event stream\n"
+        f"   the graph: {demo_workflow_path()} (with this checkpoint and seed)"
+    )
+    board = JobBoard()
+    with board, prefect_logs_through(board.console):
+        watcher = FlowRunWatcher(server, board)
+        run = run_comfy_workflow.with_options(on_running=[watcher.on_running])
+        try:
+            result = run(server, graph, tags=["demo"], output_dir=str(output_dir))
+        finally:
+            watcher.stop()
+        watcher.finish(result.status)
+    for out in result.outputs:
+        _say(f"   {result.job_id} {result.status}: {out.name} -> {out.path}")
+    return asyncio.run(_report(api_url, [result.job_id], output_dir, {"comfy.job.completed"}))
+
+
 async def _failure_line(failure: Any) -> str:
     """One line: what failed, at which node, and the Prefect event that recorded it."""
     node = FAILING.get(str(failure.node_id), {}).get("class_type", "?")
@@ -310,7 +384,16 @@ async def _stored_event(name: str, resource_id: str, timeout: float = 20.0) -> A
     return None
 
 
-async def _report(api_url: str, job_ids: list[str], output_dir: Path) -> int:
+EMULATOR_EVENTS = frozenset({"comfy.job.completed", "comfy.job.failed", "comfy.input.ready"})
+"""The events the emulator demo's flows must leave on the Prefect server."""
+
+
+async def _report(
+    api_url: str,
+    job_ids: list[str],
+    output_dir: Path,
+    wanted: frozenset[str] | set[str] = EMULATOR_EVENTS,
+) -> int:
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
     from prefect.types._datetime import now
@@ -326,7 +409,7 @@ async def _report(api_url: str, job_ids: list[str], output_dir: Path) -> int:
             page = await client.read_events(filter=flt, limit=50)
             seen = page.events
             kinds = {e.event for e in seen}
-            if {"comfy.job.completed", "comfy.job.failed", "comfy.input.ready"} <= kinds:
+            if wanted <= kinds:
                 break
             await asyncio.sleep(0.5)
         artifacts = [a for a in await client.read_artifacts(limit=50) if a.key]
@@ -338,7 +421,7 @@ async def _report(api_url: str, job_ids: list[str], output_dir: Path) -> int:
         data = artifact.data if artifact.type == "progress" else f"{artifact.type}"
         _say(f"   {artifact.key or '-':<40} {data}")
     kinds = {e.event for e in seen}
-    missing = {"comfy.job.completed", "comfy.job.failed", "comfy.input.ready"} - kinds
+    missing = set(wanted) - kinds
     if missing:
         _say(f"\nMissing events: {sorted(missing)}")
         return 1
@@ -363,14 +446,35 @@ def demo(
         str,
         typer.Option("--output-dir", help="Folder for the generated images.", metavar="DIR"),
     ] = "demo-output",
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="With --url (or COMFY_URL) naming a ComfyUI: the checkpoint its job loads. "
+            "Default: the first the server lists.",
+            metavar="NAME",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the demo: the emulator, a local Prefect server and three flows.
 
     Starts the Comfy Cloud emulator and 'prefect server start' on free loopback ports, runs a
     text-to-image workflow, an upload pipeline and a workflow that fails on purpose, with live progress
-    bars and each run's Prefect UI link, then stops both servers.
+    bars and each run's Prefect UI link, then stops both servers. Given a ComfyUI with --url URL (or
+    COMFY_URL), it runs a real text-to-image job there instead (a checkpoint the server has, KSampler
+    8 steps, 64x64) and downloads its PNG.
     """
-    raise SystemExit(run_demo(keep_open=keep_open, output_dir=Path(output_dir)))
+    from prefect_comfy.cli.connect import server_url
+    from prefect_comfy.cli.demo_comfyui import comfyui_target
+    from prefect_comfy.cli.errors import UsageProblem
+
+    comfyui = None
+    if server_url():
+        comfyui = asyncio.run(comfyui_target(checkpoint))
+    elif checkpoint is not None:
+        raise UsageProblem("--checkpoint needs --url URL (or COMFY_URL) naming a ComfyUI")
+    raise SystemExit(run_demo(keep_open=keep_open, output_dir=Path(output_dir), comfyui=comfyui))
 
 
 if __name__ == "__main__":  # `make demo ARGS=...`: the same options as `prefect-comfy demo`
