@@ -338,8 +338,12 @@ class ComfyListener:
                 except StopAsyncIteration:
                     raise ConnectionLost("the stream ended") from None
                 self._idle.clear()
-                self.stats.received += 1
-                await self.forward(comfy_event)
+                if self.follower is not None and self.follower.first_seen_ended(comfy_event):
+                    # an outcome that may have been sent before: recovered, checked with Prefect
+                    await self._recovery.forward_unless_stored(comfy_event)
+                else:
+                    self.stats.received += 1
+                    await self.forward(comfy_event)
                 if self._stopping:
                     return
 

@@ -107,6 +107,11 @@ class Recovery:
             await self._forward(comfy_event)
         return len(missed)
 
+    async def forward_unless_stored(self, comfy_event: ComfyEvent) -> None:
+        """Forward one recovered terminal event unless Prefect already stores it."""
+        for event in await self.unsent([comfy_event], self._earliest()):
+            await self._forward(event)
+
     async def unsent(
         self, events: list[ComfyEvent], since: datetime | None = None
     ) -> list[ComfyEvent]:
@@ -140,7 +145,8 @@ class Recovery:
                 comfy_event.resource_id,
                 event_id,
             )
-        logger.info(
+        logger.log(
+            logging.INFO if len(events) > 1 else logging.DEBUG,
             "%d of %d recovered terminal events are already in Prefect (sent by another listener, "
             "or by this one before a restart): not sent again",
             len(events) - len(keep),
