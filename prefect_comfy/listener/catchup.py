@@ -116,6 +116,7 @@ async def catch_up(
         )
         return 0
     found: list[ComfyEvent] = []
+    taken: set[tuple[str, str]] = set()  # a page shift can list a resource twice
     for item in listed:
         kind, resource = item.kind, item.resource
         if resource.status not in _TERMINAL[kind]:
@@ -125,7 +126,8 @@ async def catch_up(
         if (ended is not None and ended < since) or already(kind, resource.id):
             continue
         event = terminal_event(kind, resource, ended)
-        if event is not None:
+        if event is not None and (kind, resource.id) not in taken:
+            taken.add((kind, resource.id))
             found.append(event)
     if unsent is not None and found:
         found = await unsent(found, since)
