@@ -128,7 +128,9 @@ async def test_catch_up_forwards_only_what_the_filter_leaves():
 
     class ListingBackend(FakeBackend):
         async def recent(self, since: datetime, limit: int) -> list[Listed]:
-            return [Listed(Job(id=f"j{n}", status="completed", completed_at=NOW)) for n in range(3)]
+            # j0 twice (a page shift): it is forwarded once
+            ended = [Job(id=f"j{n}", status="completed", completed_at=NOW) for n in (0, 1, 2, 0)]
+            return [Listed(job) for job in ended]
 
     forwarded: list[str] = []
     asked: list[tuple[list[str], datetime | None]] = []
