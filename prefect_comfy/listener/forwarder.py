@@ -419,7 +419,7 @@ class ComfyListener:
         """Read every resource last seen in flight; forward the terminal events that were missed.
 
         Returns:
-            How many terminal events were synthesised.
+            How many terminal events were forwarded (those Prefect already stores are not).
         """
         return await self._recovery.reconcile()
 

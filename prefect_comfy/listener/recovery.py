@@ -93,7 +93,7 @@ class Recovery:
         """Read every resource last seen in flight; forward the terminal events that were missed.
 
         Returns:
-            How many terminal events were synthesised.
+            How many terminal events were forwarded (those Prefect already stores are not).
         """
         missed: list[ComfyEvent] = []
 
