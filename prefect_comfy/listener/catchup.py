@@ -63,6 +63,8 @@ LIST_TIMEOUT = 120.0
 Forward = Callable[[ComfyEvent], Awaitable[Any]]
 Track = Callable[[str, str, str], Any]
 Already = Callable[[str, str], bool]
+Unsent = Callable[[list[ComfyEvent], datetime | None], Awaitable[list[ComfyEvent]]]
+"""``(events, since) -> events``: those of the events found that are to be forwarded."""
 
 _TERMINAL = {"job": JOB_TERMINAL, "input": UPLOAD_TERMINAL, "model": UPLOAD_TERMINAL}
 
@@ -83,7 +85,13 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 async def catch_up(
-    backend: Any, since: datetime | None, *, forward: Forward, track: Track, already: Already
+    backend: Any,
+    since: datetime | None,
+    *,
+    forward: Forward,
+    track: Track,
+    already: Already,
+    unsent: Unsent | None = None,
 ) -> int:
     """Forward the terminal events of resources that ended since ``since``; track those in flight.
 
@@ -93,6 +101,8 @@ async def catch_up(
         forward: sends one terminal event (the listener's ``forward``).
         track: remembers ``(kind, id, status)`` as in flight.
         already: whether the terminal event of ``(kind, id)`` was forwarded in this run.
+        unsent: of the terminal events found, those to forward (the listener leaves out those
+            Prefect already stores: `prefect_comfy.listener.stored`); default all of them.
 
     Returns:
         How many terminal events were forwarded.
@@ -105,7 +115,8 @@ async def catch_up(
             "%s cannot list recent jobs: only the cursor was reconciled", type(backend).__name__
         )
         return 0
-    found = 0
+    found: list[ComfyEvent] = []
+    taken: set[tuple[str, str]] = set()  # a page shift can list a resource twice
     for item in listed:
         kind, resource = item.kind, item.resource
         if resource.status not in _TERMINAL[kind]:
@@ -115,7 +126,11 @@ async def catch_up(
         if (ended is not None and ended < since) or already(kind, resource.id):
             continue
         event = terminal_event(kind, resource, ended)
-        if event is not None:
-            await forward(event)
-            found += 1
-    return found
+        if event is not None and (kind, resource.id) not in taken:
+            taken.add((kind, resource.id))
+            found.append(event)
+    if unsent is not None and found:
+        found = await unsent(found, since)
+    for event in found:
+        await forward(event)
+    return len(found)

@@ -137,7 +137,7 @@ def listen(
     typer.echo(
         f"listener stopped: received={stats.received} reconciled={stats.reconciled} "
         f"forwarded={stats.forwarded} connects={stats.connects} coalesced={stats.coalesced} "
-        f"caught_up={stats.caught_up}",
+        f"caught_up={stats.caught_up} already_stored={stats.already_stored}",
         err=True,
     )
 

@@ -145,6 +145,8 @@ class JobFollower:
         self._submitted = submitted or submitted_in_prefect
         self._max_streams = max_streams
         self._seen: Bounded = Bounded(max(max_tracked, 2 * LIST_LIMIT))
+        self._observed: Bounded = Bounded(max(max_tracked, 2 * LIST_LIMIT))
+        """Jobs this process saw unfinished, or listed as new: their outcomes are live."""
         self._following: dict[str, None] = {}
         self._streams: JobStreams | None = None
         self._queue: asyncio.Queue[ComfyEvent] | None = None
@@ -189,6 +191,16 @@ class JobFollower:
         """Read the submitted events from ``when`` on, where that is earlier than the default
         lookback (the listener passes its restored cursor's watermark, less a slack)."""
         self._since = min(self._since, when)
+
+    def first_seen_ended(self, event: ComfyEvent) -> bool:
+        """Whether ``event`` ends a job that this process never saw unfinished nor listed as new.
+
+        Such an outcome may have been sent already (by another listener, or by this one before a
+        restart: a job found through its ``comfy.job.submitted`` event, or in the cursor), so the
+        listener asks Prefect before sending it (`prefect_comfy.listener.stored`).
+        """
+        rid = event.resource_id
+        return event.event in TERMINAL_EVENTS and rid is not None and rid not in self._observed
 
     def follow(self, job_ids: Iterable[str]) -> None:
         """Follow these jobs until they end (a job already followed is left as it is)."""
@@ -267,6 +279,8 @@ class JobFollower:
     def _put(self, event: ComfyEvent) -> None:
         if event.event in TERMINAL_EVENTS and event.resource_id:
             self._following.pop(event.resource_id, None)
+        elif event.resource_id:
+            self._observed.remember(event.resource_id)
         assert self._queue is not None
         if event.event == "job.progress":
             if self._queued_progress >= MAX_QUEUED_PROGRESS:
@@ -282,6 +296,8 @@ class JobFollower:
         self._queue.put_nowait(event)
 
     def _found(self, key: tuple[str, str], resource: Any) -> None:
+        if not resource.is_terminal:
+            self._observed.remember(key[1])
         if resource.is_terminal and key[1] in self._following:
             event = terminal_event("job", resource, getattr(resource, "completed_at", None))
             if event is not None:
@@ -345,6 +361,8 @@ class JobFollower:
 
         async for jobs in walk_pages(read, what=f"jobs on {self.backend.address}"):
             fresh = [job for job in jobs if not self._seen.seen(job.id)]
+            for job in fresh:
+                self._observed.remember(job.id)  # new on the server: whatever it says is live
             looked += len(jobs)
             new += len(fresh)
             self.follow(job.id for job in fresh if not job.is_terminal)

@@ -65,6 +65,7 @@ from prefect_comfy.listener.sender import (
     prefect_events_client,
 )
 from prefect_comfy.listener.stats import ListenerStats
+from prefect_comfy.listener.stored import StoredEvents
 from prefect_comfy.listener.tracking import DEFAULT_MAX_TRACKED, Bounded, InFlightTracker
 from prefect_comfy.models import PREVIEW_EVENT, ComfyEvent
 from prefect_comfy.orchestration.events import names as comfy_events
@@ -111,6 +112,8 @@ class ComfyListener:
         progress_events: the progress budget (default: the process-wide one).
         cursor: a durable cursor (`FileCursor`,
             `VariableCursor`); ``None``: in memory only.
+        stored_events: asks Prefect which recovered outcomes it already stores, so that they are
+            not sent again (default `StoredEvents` on ``get_client()``).
         **follow: for a backend without a global stream (Comfy API v2), passed to
             `JobFollower` (``submitted``, ``max_streams``).
 
@@ -137,6 +140,7 @@ class ComfyListener:
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
         progress_events: ProgressBudget | None = None,
         cursor: Cursor | None = None,
+        stored_events: StoredEvents | None = None,
         **follow: Any,
     ) -> None:
         if isinstance(patterns, str):
@@ -191,6 +195,7 @@ class ComfyListener:
             cursor=self._cursor,
             forward=self._forward_reconciled,
             stats=self.stats,
+            stored=stored_events,
         )
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
@@ -333,8 +338,12 @@ class ComfyListener:
                 except StopAsyncIteration:
                     raise ConnectionLost("the stream ended") from None
                 self._idle.clear()
-                self.stats.received += 1
-                await self.forward(comfy_event)
+                if self.follower is not None and self.follower.first_seen_ended(comfy_event):
+                    # an outcome that may have been sent before: recovered, checked with Prefect
+                    await self._recovery.forward_unless_stored(comfy_event)
+                else:
+                    self.stats.received += 1
+                    await self.forward(comfy_event)
                 if self._stopping:
                     return
 
@@ -410,7 +419,7 @@ class ComfyListener:
         """Read every resource last seen in flight; forward the terminal events that were missed.
 
         Returns:
-            How many terminal events were synthesised.
+            How many terminal events were forwarded (those Prefect already stores are not).
         """
         return await self._recovery.reconcile()
 

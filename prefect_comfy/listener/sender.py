@@ -72,6 +72,10 @@ TAGS_WAIT = 5.0
 job's event without them."""
 DEFAULT_DRAIN_TIMEOUT = 30.0
 """Longest time a stop spends sending what was already received."""
+CHECKPOINT_INTERVAL = 1.0
+"""Seconds between two confirmations (a websocket ping) of the events sent, while some are
+unconfirmed: an event sent this long before a restart of the Prefect server may be sent again
+(Prefect's events client resends what is unconfirmed when it reconnects)."""
 EVENTS_PER_SECOND_ENV = "COMFY_LISTENER_EVENTS_PER_SECOND"
 """The environment variable that sets the listener's send rate (``0``: no limit; documented in
 `prefect_comfy.settings.SEPARATE_VARIABLES`)."""
@@ -102,13 +106,17 @@ def require_prefect_api_url() -> str:
 def prefect_events_client() -> Any:
     """``prefect.events.clients.get_events_client()``, once a Prefect API URL is known to be set.
 
+    It confirms what it sent every `CHECKPOINT_INTERVAL` seconds (Prefect's default is 30): the
+    client sends every unconfirmed event again when it reconnects, and after a restart of the
+    Prefect server those repeats would run deployment triggers a second time.
+
     Raises:
         ComfyConfigError: no Prefect API URL is configured.
     """
     from prefect.events.clients import get_events_client
 
     require_prefect_api_url()
-    return get_events_client()
+    return get_events_client(checkpoint_interval=CHECKPOINT_INTERVAL)
 
 
 def events_per_second_from_env() -> float:

@@ -26,6 +26,9 @@ class ListenerStats:
     """Terminal events synthesised from REST after a (re)connect or a restart (catch-up included)."""
     caught_up: int = 0
     """Of those, terminal events of resources listed by time after a restart (never seen in flight)."""
+    already_stored: int = 0
+    """Recovered terminal events not sent because Prefect already stored them (sent by another
+    listener, or by this one before a restart): a trigger fires once."""
     forwarded: int = 0
     """Prefect events sent (heartbeats excluded)."""
     heartbeats: int = 0

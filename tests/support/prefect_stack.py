@@ -74,6 +74,7 @@ class Stack:
         for name in ("COMFY_API_KEY", "COMFY_BASE_URL"):
             self.env.pop(name, None)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.server: subprocess.Popen[bytes] | None = None
 
     def spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen[bytes]:
         log = (self.home / f"{name}.log").open("ab")
@@ -104,6 +105,26 @@ class Stack:
             COMFY_BASE_URL=emulator_url,
         )
 
+    def start_server(self, timeout: float) -> subprocess.Popen[bytes]:
+        """``prefect server start`` on the stack's port and SQLite database; wait until healthy."""
+        port = self.api_url.rsplit(":", 1)[1].split("/", 1)[0]
+        self.server = self.spawn(
+            "server",
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+            + ["--port", port],
+            PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="0.5",
+            PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS="1",
+        )
+        _wait_healthy(self.api_url, self.server, timeout)
+        return self.server
+
+    def restart_server(self, timeout: float = 90) -> None:
+        """Stop the server (SIGTERM) and start it again on the same port and database: what it
+        kept only in memory (its trigger service's memory of event ids) is gone."""
+        stop(self.server)
+        self.procs.remove(self.server)
+        self.start_server(timeout)
+
     def logs(self) -> str:
         return "\n".join(
             f"== {p.name}\n{p.read_text(errors='replace')[-30000:]}"
@@ -120,15 +141,8 @@ def prefect_stack(home: Path, *, start_timeout: float = 90) -> Iterator[Stack]:
     (home / "flows").mkdir(parents=True, exist_ok=True)
     port = free_port()
     stack = Stack(home, f"http://127.0.0.1:{port}/api")
-    server = stack.spawn(
-        "server",
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-        + ["--port", str(port)],
-        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="0.5",
-        PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS="1",
-    )
     try:
-        _wait_healthy(stack.api_url, server, start_timeout)
+        stack.start_server(start_timeout)
         yield stack
     finally:
         for proc in reversed(stack.procs):

@@ -79,6 +79,36 @@ async def trigger_is_live(
     await eventually(live, timeout=timeout, interval=0.2, message="the trigger to be live")
 
 
+async def probe_run(
+    deployment_id: uuid.UUID,
+    probe: Callable[[str], ComfyEvent],
+    *,
+    address: str,
+    backend_kind: str = "cloud",
+    timeout: float = 60.0,
+) -> None:
+    """Send one more probe event and return once the trigger has made its run.
+
+    A bounded settle condition: Prefect's trigger service has then acted on the events sent to the
+    server before this probe (a test that must show that no *further* run appears waits for this
+    instead of sleeping). Also shows that a restarted server's trigger service is live again.
+    """
+    before = {run.id for run in await _runs(deployment_id) if is_probe(run)}
+    sent_at: list[float] = []
+
+    async def processed() -> bool:
+        import time
+
+        if not sent_at or time.monotonic() - sent_at[-1] > scaled(PROBE_AGAIN_AFTER):
+            event = probe(f"{PROBE}{uuid.uuid4().hex[:12]}")
+            await send(event, address=address, backend_kind=backend_kind)
+            sent_at.append(time.monotonic())
+        runs = await _runs(deployment_id)
+        return any(is_probe(run) and run.id not in before for run in runs)
+
+    await eventually(processed, timeout=timeout, interval=0.2, message="a new probe run")
+
+
 async def apply_live(
     flow_obj: Any,
     trigger: Any,

@@ -259,3 +259,32 @@ async def test_a_first_round_on_a_cursor_that_never_changes_ends_with_an_error()
     with pytest.raises(ComfyProtocolError, match="repeats the cursor"):
         await asyncio.wait_for(run.task, scaled(5))
     assert server.lists <= 3
+
+
+async def test_an_end_first_seen_after_the_fact_is_marked_for_the_prefect_check() -> None:
+    """A job found through Prefect (501) already ended may have had its outcome sent before (an
+    HA peer, a restart): the listener checks it with Prefect. A job that listing shows as new is
+    live, whatever its state, and is not checked (issue 20, point 7)."""
+    server = FakeV2()
+    server.list_error = ComfyAPIError("not implemented", status_code=501)
+    server.add("ended-while-down", "completed")
+
+    async def submitted(since: datetime) -> list[tuple[str, datetime]]:
+        return [("ended-while-down", datetime.now(UTC))]
+
+    run = Run(JobFollower(server, submitted=submitted))
+    await eventually(lambda: run.ends(), message="its end")
+    await run.stop()
+    assert run.follower.first_seen_ended(run.events[-1])
+
+    server = FakeV2()
+    server.add("running")
+    run = Run(JobFollower(server))
+    await eventually(lambda: run.connects == 1, message="connected")
+    server.add("quick", "failed")  # started and ended between two rounds: live
+    await eventually(lambda: run.ends(), message="its end")
+    await run.stop()
+    assert run.ends() == [("job.failed", "quick")]
+    assert not run.follower.first_seen_ended(run.events[-1])
+    progress = ComfyEvent(event="job.progress", payload={"id": "other", "progress": 5})
+    assert not run.follower.first_seen_ended(progress)

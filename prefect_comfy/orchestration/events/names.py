@@ -115,6 +115,20 @@ def occurrence_of(comfy_event: ComfyEvent) -> str:
     return ""
 
 
+def event_id_of(comfy_event: ComfyEvent, *, address: str) -> uuid.UUID:
+    """The id of the Prefect event `from_comfy_event` makes of ``comfy_event`` (without making it).
+
+    Example:
+        >>> done = ComfyEvent(event="job.completed", payload={"id": "job_1"})
+        >>> event_id_of(done, address="http://a") == from_comfy_event(
+        ...     done, address="http://a", backend_kind="cloud").id
+        True
+    """
+    name = prefect_event_name(comfy_event.event)
+    resource = resource_id(comfy_event.kind, str(comfy_event.payload.get("id")))
+    return event_id(address, name, resource, occurrence_of(comfy_event))
+
+
 def flow_run_id_from_tags(tags: Iterable[str]) -> str | None:
     """The submitting flow run's id, from a job's tags (see `FLOW_RUN_TAG_PREFIX`)."""
     for tag in tags or ():
@@ -268,7 +282,7 @@ def from_comfy_event(
     flow_run_id = flow_run_id or flow_run_id_from_tags(payload.get("tags") or [])
     extra = [progress_related(resource)] if kind == "job" and "comfy.progress" in resource else []
     return Event(
-        id=event_id(address, name, resource.id, occurrence_of(comfy_event)),
+        id=event_id_of(comfy_event, address=address),
         event=name,
         occurred=occurred or comfy_event.timestamp or datetime.now(UTC),
         resource=resource,
