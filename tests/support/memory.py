@@ -46,6 +46,7 @@ from prefect_comfy.exceptions import (
     TooManyStreams,
 )
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent, Input, Job, Model, Output
+from tests.support.waiting import eventually
 
 __all__ = [
     "EVERYTHING",
@@ -149,6 +150,7 @@ class MemoryServer:
         self.cancels: list[str] = []
         self.downloads: list[str] = []
         self.lists: list[dict[str, Any]] = []
+        self.unfinished_lists = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.read_gate: asyncio.Event | None = None
@@ -223,7 +225,7 @@ class MemoryServer:
             job = self.jobs[job_id]
             if job.is_terminal:
                 return None
-            job = self.jobs[job_id] = job.model_copy(update=update)
+            job = self.jobs[job_id] = Job.model_validate({**job.model_dump(), **update})
             return job
 
     def progress(self, job_id: str, value: float, **payload: Any) -> None:
@@ -414,6 +416,16 @@ class MemoryServer:
         finally:
             self.in_flight -= 1
 
+    async def followed(self, job_id: str) -> None:
+        """Wait until somebody follows ``job_id``: a stream is open and the job was read (or the
+        unfinished jobs listed) since, as the waiting layer does once a wait is registered.
+        Events the server emits from then on reach that wait."""
+        await eventually(
+            lambda: (self.streaming or self.streams_of(job_id))
+            and (("job", job_id) in self.reads or self.unfinished_lists),
+            message=f"a wait following {job_id}",
+        )
+
     def reads_of(self, kind: str = "job") -> int:
         """How many single reads of ``kind`` it answered (or was asked)."""
         return sum(1 for k, _ in self.reads if k == kind)
@@ -485,6 +497,7 @@ class MemoryBackend(ComfyBackend):
     async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
         if not (self.capabilities.list_jobs or self.capabilities.find_jobs_by_tag):
             return None  # the waiting layer then reads pending jobs one by one
+        self.server.unfinished_lists += 1
         self.server.check("unfinished_jobs")
         with self.server.lock:
             jobs = list(self.server.jobs.values())
