@@ -174,37 +174,47 @@ class MemoryServer:
         """A per-job stream first says where the job stands (as Comfy API v2 does)."""
         self._job_streams: dict[str, list[Inbox]] = {}
         # faults
-        self._faults: dict[str, tuple[BaseException, int | None]] = {}
+        self._faults: dict[tuple[str, str | None], tuple[BaseException, int | None]] = {}
 
     @property
     def address(self) -> str:
         return f"http://{self.name}.invalid"
 
     # -- faults ----------------------------------------------------------------------------------
-    def fail(self, method: str, error: BaseException, times: int | None = None) -> None:
+    def fail(
+        self,
+        method: str,
+        error: BaseException,
+        times: int | None = None,
+        *,
+        only: str | None = None,
+    ) -> None:
         """Make ``method`` (``get_job``, ``cancel``, ``submit``, ``events``, ``job_events``,
         ``list_jobs_page``, ``download`` …) raise ``error``: the next ``times`` calls, or every
-        call until `heal`."""
-        self._faults[method] = (error, times)
+        call until `heal`; with ``only``, just the calls about that resource id."""
+        self._faults[(method, only)] = (error, times)
 
     def heal(self, method: str | None = None) -> None:
         """Stop failing ``method`` (every method when ``None``)."""
-        if method is None:
-            self._faults.clear()
-        else:
-            self._faults.pop(method, None)
+        for key in list(self._faults):
+            if method is None or key[0] == method:
+                del self._faults[key]
 
-    def check(self, method: str) -> None:
-        """Raise the fault set for ``method``, if any."""
-        fault = self._faults.get(method)
+    def check(self, method: str, rid: str | None = None) -> None:
+        """Raise the fault set for ``method`` (about ``rid``), if any."""
+        key = (method, rid)
+        fault = self._faults.get(key) if rid is not None else None
+        if fault is None:
+            key = (method, None)
+            fault = self._faults.get(key)
         if fault is None:
             return
         error, times = fault
         if times is not None:
             if times <= 1:
-                del self._faults[method]
+                del self._faults[key]
             else:
-                self._faults[method] = (error, times - 1)
+                self._faults[key] = (error, times - 1)
         raise error
 
     # -- resources -----------------------------------------------------------------------------
@@ -376,7 +386,7 @@ class MemoryServer:
 
     def open_job_stream(self, job_id: str) -> Inbox:
         with self.lock:
-            self.check("job_events")
+            self.check("job_events", job_id)
             if self.stream_cap is not None and self.open_streams >= self.stream_cap:
                 self.refused_at.append(time.monotonic())
                 raise TooManyStreams(
@@ -408,7 +418,7 @@ class MemoryServer:
             if self.read_gate is not None:
                 await self.read_gate.wait()
             await asyncio.sleep(0)
-            self.check(f"get_{kind}")
+            self.check(f"get_{kind}", rid)
             with self.lock:
                 if rid not in table:
                     raise NotFound(f"{rid} not found", status_code=404, error_code="not_found")
@@ -421,8 +431,10 @@ class MemoryServer:
         unfinished jobs listed) since, as the waiting layer does once a wait is registered.
         Events the server emits from then on reach that wait."""
         await eventually(
-            lambda: (self.streaming or self.streams_of(job_id))
-            and (("job", job_id) in self.reads or self.unfinished_lists),
+            lambda: (
+                (self.streaming or self.streams_of(job_id))
+                and (("job", job_id) in self.reads or self.unfinished_lists)
+            ),
             message=f"a wait following {job_id}",
         )
 
@@ -477,7 +489,7 @@ class MemoryBackend(ComfyBackend):
         return await self.server.read("job", self.server.jobs, job_id)
 
     async def cancel(self, job_id: str) -> Job:
-        self.server.check("cancel")
+        self.server.check("cancel", job_id)
         if job_id not in self.server.jobs:
             raise NotFound(f"{job_id} not found", status_code=404, error_code="not_found")
         return self.server.cancel(job_id)
@@ -486,7 +498,7 @@ class MemoryBackend(ComfyBackend):
         return (await self.get_job(job_id)).outputs
 
     async def download(self, output: Output, dest) -> Path:
-        self.server.check("download")
+        self.server.check("download", output.id)
         self.server.downloads.append(output.id)
         path = Path(dest)
         if path.is_dir():
