@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import threading
 import time
@@ -42,6 +43,7 @@ from prefect_comfy.backends.base import (
 from prefect_comfy.exceptions import (
     CatalogUnavailable,
     ComfyConfigError,
+    InvalidWorkflow,
     NotFound,
     TooManyStreams,
 )
@@ -134,6 +136,9 @@ class MemoryServer:
         self.models: dict[str, Model] = {}
         self.catalog: dict[str, Any] | None = None
         """What ``object_info`` answers where the backend has ``node_catalog``."""
+        self.catalog_reads = 0
+        self.node_types: set[str] | None = None
+        """The node types a submitted graph may use (``None``: those of `catalog`, or any)."""
         self._ids = itertools.count(1)
         self._by_key: dict[str, str] = {}
         # how submitted jobs run
@@ -270,6 +275,13 @@ class MemoryServer:
         return [Output(id=f"{job_id}_out", name=f"{job_id}.png", type="image", download_url=url)]
 
     def submit(self, workflow: dict[str, Any], tags: Sequence[str], key: str | None) -> Job:
+        known = self.node_types
+        if known is None and self.catalog is not None:
+            known = set(self.catalog)
+        if known is not None:
+            missing = sorted({str(n.get("class_type")) for n in workflow.values()} - known)
+            if missing:  # ComfyUI's own words
+                raise InvalidWorkflow(f"Cannot execute because node {missing[0]} does not exist.")
         with self.lock:
             self.submits.append({"workflow": workflow, "tags": list(tags), "key": key})
             if key is not None and key in self._by_key:
@@ -648,10 +660,11 @@ class MemoryBackend(ComfyBackend):
     async def object_info(self) -> dict[str, Any]:
         if not self.capabilities.node_catalog:
             return await super().object_info()
+        self.server.catalog_reads += 1
         self.server.check("object_info")
         if self.server.catalog is None:
             raise CatalogUnavailable(f"{self.address} has no node catalog")
-        return self.server.catalog
+        return copy.deepcopy(self.server.catalog)
 
     # -- life ----------------------------------------------------------------------------------
     async def aclose(self) -> None:
