@@ -80,6 +80,7 @@ STREAMS_ONLY = Capabilities(per_job_streams=True)
 """A server with per-job streams that lists nothing."""
 
 _names = itertools.count(1)
+_named_lock = threading.Lock()
 _DROP = object()
 _RECONNECT = object()
 _END = object()
@@ -127,6 +128,17 @@ class MemoryServer:
         name: names the server (its address is ``http://<name>.invalid``); unique by default,
             so that every test has its own process-wide hub.
     """
+
+    _named: ClassVar[dict[str, MemoryServer]] = {}
+
+    @classmethod
+    def named(cls, name: str) -> MemoryServer:
+        """The process's server of that name (made on first use): what a saved block finds."""
+        with _named_lock:
+            server = cls._named.get(name)
+            if server is None:
+                server = cls._named[name] = cls(name)
+            return server
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"memory-{next(_names)}-{uuid4().hex[:6]}"
