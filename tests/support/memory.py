@@ -14,7 +14,7 @@ account-wide stream, as Comfy API v2); it does not write another fake.
 Example:
     >>> server = MemoryServer()
     >>> job = server.add_job(status="running")
-    >>> server.finish(job.id, "completed")
+    >>> _ = server.finish(job.id, "completed")
     >>> server.jobs[job.id].status
     'completed'
 """
@@ -256,10 +256,12 @@ class MemoryServer:
             return job
 
     def progress(self, job_id: str, value: float, **payload: Any) -> None:
-        """The job runs: it is ``running`` at ``value`` percent, and every stream hears it."""
+        """The job runs: it is ``running`` at ``value`` percent, and every stream hears it (with
+        ``payload`` added to the event's)."""
         job = self.update(job_id, status="running", progress=value)
         if job is not None:
-            self.emit("job.progress", job_id, status="running", progress=value, tags=job.tags)
+            payload = {"status": "running", "progress": value, "tags": job.tags, **payload}
+            self.emit("job.progress", job_id, **payload)
 
     def finish(
         self,
