@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -401,9 +403,17 @@ async def test_a_failing_save_is_reported_in_the_stats_and_the_heartbeat(tmp_pat
     listener._cursor.interval = 0.01
     task = await started(listener)
     await eventually(lambda: path.exists(), message="the first save")
-    path.unlink()
-    path.parent.rmdir()
-    path.parent.write_text("")  # a file where the folder was: every save fails from now on
+
+    def a_file_where_the_folder_was() -> bool:
+        # The saver keeps writing (and making the folder) meanwhile: its temporary file may be in
+        # the folder, or the folder back, for a moment; try again until the file holds.
+        shutil.rmtree(path.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            path.parent.write_text("")
+        return path.parent.is_file()
+
+    await eventually(a_file_where_the_folder_was, message="a file in the folder's place")
+    # every save fails from now on
     try:
         backend.server.emit("job.progress", id="job_1", status="running", progress=10, tags=[])
         await eventually(lambda: not listener.heartbeat_event().payload["cursor_durable"])
