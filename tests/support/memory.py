@@ -3,8 +3,9 @@
 `MemoryServer` holds what a server knows (jobs, inputs, models), runs submitted jobs on timer
 threads, streams events to every open stream (any thread, any event loop), counts what it was
 asked, and fails where a test tells it to. `MemoryBackend` is a real `ComfyBackend` on it: every
-test of the Prefect layer, the waiting layer and the listener runs on these two, through the real
-waiting layer, never a patched one.
+unit test that needs a backend (the Prefect layer, the waiting layer, the listener, the CLI) runs
+on these two, and waits through the real waiting layer, never a patched one; so does the
+new-kind-of-server proof (tests/integration/test_new_backend_kind.py).
 
 A test that needs an odd behaviour configures the server (``server.fail("get_job", exc)``,
 ``server.outcome = None``, ``server.stream_cap = 3``) or gives the backend other
@@ -463,10 +464,6 @@ class MemoryServer:
             ),
             message=f"a wait following {job_id}",
         )
-
-    def reads_of(self, kind: str = "job") -> int:
-        """How many single reads of ``kind`` it answered (or was asked)."""
-        return sum(1 for k, _ in self.reads if k == kind)
 
 
 class MemoryBackend(ComfyBackend):
