@@ -19,6 +19,7 @@ from prefect_comfy.orchestration.artifacts import (
     outputs_markdown,
     preview_from_file,
 )
+from tests.support.memory import MemoryBackend
 
 KEY_RE = re.compile(r"^[a-z0-9-]+$")
 SECRET = "comfyui-secret-key-for-unit-tests"
@@ -124,29 +125,19 @@ def test_outputs_markdown_marks_previews_that_were_not_saved():
     assert "| prev.png (preview, not saved) |" in md
 
 
-class FakeBackend:
-    def __init__(self) -> None:
-        self.downloads: list[str] = []
-
-    async def download(self, output, dest):
-        self.downloads.append(output.id)
-        dest.write_bytes(PNG)
-        return dest
-
-
 async def test_previews_from_paths_and_bounded_downloads(tmp_path):
     job = job_with_outputs()
-    backend = FakeBackend()
+    backend = MemoryBackend()
     previews = await _previews(job.outputs, backend=backend, paths={}, max_bytes=MAX_PREVIEW_BYTES)
-    assert backend.downloads == ["o1"]  # never the big one, never the text file
+    assert backend.server.downloads == ["o1"]  # never the big one, never the text file
     assert previews["o1"].startswith("data:image/png")
     local = tmp_path / "cat.png"
     local.write_bytes(PNG)
-    backend2 = FakeBackend()
+    backend2 = MemoryBackend()
     previews = await _previews(
         job.outputs, backend=backend2, paths={"o1": local}, max_bytes=MAX_PREVIEW_BYTES
     )
-    assert backend2.downloads == [] and previews["o1"]
+    assert backend2.server.downloads == [] and previews["o1"]
 
 
 class Clock:

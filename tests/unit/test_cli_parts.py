@@ -31,6 +31,7 @@ from prefect_comfy.exceptions import (
     WebSocketAuthError,
 )
 from prefect_comfy.models import ComfyEvent
+from tests.support.memory import PNG, MemoryBackend
 
 
 def progress(job_id: str, **payload: object) -> ComfyEvent:
@@ -141,25 +142,18 @@ async def test_ctrl_c_during_downloads_keeps_the_whole_files_and_says_so(tmp_pat
     from prefect_comfy.cli.run import download_all
     from prefect_comfy.models import Output
 
-    class Backend:
-        async def outputs(self, job_id):
-            return [Output(id=f"o{i}", type="image", name=f"o{i}.png") for i in range(4)]
-
-        async def download(self, output, dest):
-            if output.id == "o2":
-                raise asyncio.CancelledError  # Ctrl-C
-            path = Path(dest) / output.name
-            path.write_bytes(b"png")
-            return path
-
+    backend = MemoryBackend()
+    outputs = [Output(id=f"o{i}", type="image", name=f"o{i}.png") for i in range(4)]
+    backend.server.add_job("job_1", "completed", outputs=outputs)
+    backend.server.fail("download", asyncio.CancelledError(), only="o2")  # Ctrl-C
     with pytest.raises(Interrupted) as caught:
-        await download_all(Backend(), "job_1", tmp_path / "out")
+        await download_all(backend, "job_1", tmp_path / "out")
     message = str(caught.value)
     assert "job_1 completed" in message and "2 of 4" in message, message
     assert "prefect-comfy outputs job_1" in message
     printed = capsys.readouterr().out.split()
     assert printed == [str(tmp_path / "out" / "o0.png"), str(tmp_path / "out" / "o1.png")]
-    assert all(Path(p).read_bytes() == b"png" for p in printed)
+    assert all(Path(p).read_bytes() == PNG for p in printed)
 
 
 @pytest.mark.parametrize("command", ["get", "cancel", "watch"])

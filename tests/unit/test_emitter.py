@@ -17,6 +17,7 @@ from prefect_comfy.orchestration.events.emitter import (
     progress_budget,
     set_progress_events_per_second,
 )
+from tests.support.memory import MemoryBackend
 
 ADDRESS = "http://127.0.0.1:8765"
 FLOW_RUN = str(uuid.uuid4())
@@ -372,13 +373,10 @@ def test_status_is_filled_in_when_missing(sent, clock):
 
 
 def test_emit_submitted(sent):
-    class Backend:
-        address = ADDRESS
-        kind = "cloud"
-
+    backend = MemoryBackend()
     job = Job(id="j1", status="pending", tags=["x"], workflow={"1": {}})
-    first = emit_submitted(job, Backend(), flow_run_id=FLOW_RUN, sink=sent.append)
-    again = emit_submitted(job, Backend(), flow_run_id=FLOW_RUN, sink=sent.append)
+    first = emit_submitted(job, backend, flow_run_id=FLOW_RUN, sink=sent.append)
+    again = emit_submitted(job, backend.clone(), flow_run_id=FLOW_RUN, sink=sent.append)
     assert first.event == "comfy.job.submitted" and first.id == again.id
     assert first.resource["comfy.status"] == "pending"
     assert first.resource["comfy.tag.x"] == "true"

@@ -19,20 +19,21 @@ from prefect_comfy.exceptions import (
 from prefect_comfy.models import ComfyEvent, Input, Job, Model
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.waits import wait_for
-from tests.support.hub_fakes import DROP, FakeBackend, World
+from tests.support.memory import STREAM_ONLY, MemoryBackend, MemoryServer
 from tests.support.waiting import eventually, scaled
 
 _keys = itertools.count()
 
 
 @pytest.fixture
-def world() -> World:
-    return World()
+def world() -> MemoryServer:
+    return MemoryServer()
 
 
 @pytest.fixture
-def backend(world) -> FakeBackend:
-    return FakeBackend(world, f"fake#{next(_keys)}")
+def backend(world) -> MemoryBackend:
+    # A server that lists nothing: the hub reads each pending resource, what is tested here.
+    return MemoryBackend(world, capabilities=STREAM_ONLY, key=f"fake#{next(_keys)}")
 
 
 @pytest.fixture
@@ -53,10 +54,10 @@ async def test_fan_out_to_many_waiters_over_one_stream(hub, world):
         world.jobs[f"job_{i}"] = job(f"job_{i}", "running")
     waits = [start(hub.wait("job", f"job_{i}")) for i in range(3)]
     same = [start(hub.wait("job", "job_0")) for _ in range(2)]
-    await eventually(lambda: hub.connections_opened == 1 and world.reads == 3)
-    world.push("job.completed", "job_0", status="completed")
-    world.push("job.failed", "job_1", status="failed", error={"code": "x", "message": "boom"})
-    world.push("job.cancelled", "job_2", status="cancelled")
+    await eventually(lambda: hub.connections_opened == 1 and len(world.reads) == 3)
+    world.emit("job.completed", "job_0", status="completed")
+    world.emit("job.failed", "job_1", status="failed", error={"code": "x", "message": "boom"})
+    world.emit("job.cancelled", "job_2", status="cancelled")
     results = await asyncio.wait_for(asyncio.gather(*waits, *same), scaled(5))
     assert [r.event for r in results] == [
         "job.completed",
@@ -66,7 +67,7 @@ async def test_fan_out_to_many_waiters_over_one_stream(hub, world):
         "job.completed",
     ]
     assert results[1].payload["error"]["message"] == "boom"
-    assert world.streams == 1 and hub.streams_opened == 1
+    assert world.streams_opened == 1 and hub.streams_opened == 1
     assert world.patterns == [["job.*", "input.*", "model.*"]]
 
 
@@ -86,11 +87,11 @@ async def test_progress_in_order_once_each_and_callback_errors_are_not_fatal(hub
 
     a = start(hub.wait("job", "job_p", on_progress=sync_cb))
     b = start(hub.wait("job", "job_p", on_progress=async_cb))
-    await eventually(lambda: world.reads >= 1 and hub.stats["pending"] == 2)
+    await eventually(lambda: len(world.reads) >= 1 and hub.stats["pending"] == 2)
     for n, p in enumerate([10, 20, 20, 30]):
-        world.push("job.progress", "job_p", f"evt_{n if p != 20 else 1}", progress=p)
-    world.push("job.completed", "job_p", "evt_end", status="completed")
-    world.push("job.progress", "job_p", "evt_late", progress=99)
+        world.emit("job.progress", "job_p", f"evt_{n if p != 20 else 1}", progress=p)
+    world.emit("job.completed", "job_p", "evt_end", status="completed")
+    world.emit("job.progress", "job_p", "evt_late", progress=99)
     first, second = await asyncio.wait_for(asyncio.gather(a, b), scaled(5))
     assert first.event == second.event == "job.completed"
     assert seen_sync == [10, 20, 30] and seen_async == [10, 20, 30]
@@ -113,35 +114,35 @@ async def test_reconciles_after_reconnect(hub, world):
         start(hub.wait("input", "inp_r")),
         start(hub.wait("model", "mod_r")),
     ]
-    await eventually(lambda: world.reads == 3)
+    await eventually(lambda: len(world.reads) == 3)
     # Everything ends while "disconnected": no event ever arrives for it.
     world.jobs["job_r"] = job("job_r", "failed", error={"code": "oom", "message": "x"})
     world.inputs["inp_r"] = Input(id="inp_r", name="a.png", status="ready")
     world.models["mod_r"] = Model(id="mod_r", name="m", status="failed", type="lora")
-    world.queue.put_nowait(DROP)
+    world.drop()
     results = await asyncio.wait_for(asyncio.gather(*waits), scaled(5))
     assert [r.event for r in results] == ["job.failed", "input.ready", "model.failed"]
     assert results[0].payload["error"]["code"] == "oom"
-    assert hub.connections_opened == 2 and world.reads == 6 and world.streams == 1
+    assert hub.connections_opened == 2 and len(world.reads) == 6 and world.streams_opened == 1
 
 
 async def test_late_waiter_reads_once_after_registering(hub, world):
     world.jobs["job_a"] = job("job_a", "running")
     world.jobs["job_b"] = job("job_b", "completed")
     first = start(hub.wait("job", "job_a"))
-    await eventually(lambda: world.reads == 1)
+    await eventually(lambda: len(world.reads) == 1)
     assert (await asyncio.wait_for(hub.wait("job", "job_b"), scaled(5))).event == "job.completed"
-    assert world.reads == 2 and world.streams == 1
-    world.push("job.completed", "job_a", status="completed")
+    assert len(world.reads) == 2 and world.streams_opened == 1
+    world.emit("job.completed", "job_a", status="completed")
     await asyncio.wait_for(first, scaled(5))
-    assert world.reads == 2  # no polling
+    assert len(world.reads) == 2  # no polling
 
 
 async def test_job_timeout_names_the_last_known_status(hub, world):
     world.jobs["job_t"] = job("job_t", "pending")
     waiter = start(hub.wait("job", "job_t", timeout=1.0))
-    await eventually(lambda: world.reads == 1)
-    world.push("job.progress", "job_t", progress=5)
+    await eventually(lambda: len(world.reads) == 1)
+    world.emit("job.progress", "job_t", progress=5)
     await eventually(lambda: hub.events_received == 1)
     with pytest.raises(JobTimedOut) as caught:
         await waiter
@@ -165,14 +166,14 @@ async def test_not_found_fails_the_wait(hub, world):
 async def test_a_refused_key_fails_every_pending_wait_and_the_next_opens_anew(hub, world):
     world.jobs["job_x"] = job("job_x", "running")
     waits = [start(hub.wait("job", "job_x")) for _ in range(3)]
-    await eventually(lambda: hub.stats["pending"] == 3 and world.reads == 1)
-    world.queue.put_nowait(WebSocketAuthError("check the key"))
+    await eventually(lambda: hub.stats["pending"] == 3 and len(world.reads) == 1)
+    world.break_streams(WebSocketAuthError("check the key"))
     for w in waits:
         with pytest.raises(WebSocketAuthError):
             await asyncio.wait_for(w, scaled(5))
     world.jobs["job_x"] = job("job_x", "completed")
     assert (await asyncio.wait_for(hub.wait("job", "job_x"), scaled(5))).event == "job.completed"
-    assert world.streams == 2 and hub.streams_opened == 2
+    assert world.streams_opened == 2 and hub.streams_opened == 2
 
 
 async def test_a_stream_that_gives_up_leaves_the_waits_to_rest_and_opens_again(hub, world):
@@ -181,11 +182,11 @@ async def test_a_stream_that_gives_up_leaves_the_waits_to_rest_and_opens_again(h
     world.jobs["job_x"] = job("job_x", "running")
     world.jobs["job_y"] = job("job_y", "running")
     waits = [start(hub.wait("job", jid, timeout=30)) for jid in ("job_x", "job_x", "job_y")]
-    await eventually(lambda: hub.stats["pending"] == 3 and world.reads == 2)
-    world.queue.put_nowait(WebSocketConnectionError("gave up after 6 reconnects"))
+    await eventually(lambda: hub.stats["pending"] == 3 and len(world.reads) == 2)
+    world.break_streams(WebSocketConnectionError("gave up after 6 reconnects"))
     world.jobs["job_x"] = job("job_x", "completed")  # ended while the stream was down: read
-    await eventually(lambda: world.streams == 2, message="the stream opened again")
-    world.push("job.failed", "job_y", status="failed")  # ended once it is back: streamed
+    await eventually(lambda: world.streams_opened == 2, message="the stream opened again")
+    world.emit("job.failed", "job_y", status="failed")  # ended once it is back: streamed
     results = await asyncio.wait_for(asyncio.gather(*waits), scaled(10))
     assert [r.event for r in results] == ["job.completed", "job.completed", "job.failed"]
 
@@ -195,25 +196,25 @@ async def test_stream_closes_after_linger_and_reopens(backend, world):
     world.jobs["job_l"] = job("job_l", "completed")
     await asyncio.wait_for(hub.wait("job", "job_l"), scaled(5))
     await asyncio.wait_for(hub.wait("job", "job_l"), scaled(5))  # within the linger: same stream
-    assert world.streams == 1
+    assert world.streams_opened == 1
     await eventually(lambda: not hub.stream_open and world.closed_backends == 1)
     await asyncio.wait_for(hub.wait("job", "job_l"), scaled(5))
-    assert world.streams == 2 and hub.backend.closed is False
+    assert world.streams_opened == 2 and hub.backend.closed is False
 
 
 async def test_shared_hub_per_connection_key_owns_a_clone(world, backend):
     hub = EventHub.shared(backend)
     assert EventHub.shared(backend.clone()) is hub
     assert hub.backend is not backend
-    other = FakeBackend(world, backend.key + "-other")
+    other = MemoryBackend(world, capabilities=STREAM_ONLY, key=backend.key + "-other")
     assert EventHub.shared(other) is not hub
     world.jobs["job_s"] = job("job_s", "running")
     waits = [start(wait_for(backend, "job", "job_s")) for _ in range(5)]
     await eventually(lambda: hub.stats["pending"] == 5)
     await backend.aclose()  # the hub's clone outlives the caller's backend
-    world.push("job.completed", "job_s", status="completed")
+    world.emit("job.completed", "job_s", status="completed")
     assert all(r.event == "job.completed" for r in await asyncio.gather(*waits))
-    assert world.streams == 1
+    assert world.streams_opened == 1
     await hub.aclose()
 
 
@@ -225,7 +226,7 @@ async def test_reconcile_reads_are_bounded(hub, world):
     await eventually(lambda: world.in_flight == 16)
     world.read_gate.set()
     await asyncio.wait_for(asyncio.gather(*waits), scaled(5))
-    assert world.max_in_flight == 16 and world.reads == 40
+    assert world.max_in_flight == 16 and len(world.reads) == 40
 
 
 async def test_cancelled_wait_leaves_cleanly(hub, world, caplog):
@@ -244,9 +245,9 @@ async def test_a_job_the_server_forgets_is_lost_not_missing(hub, world):
     """Issue 11 item 7: a job seen before and unknown after a reconnect ends ``job.lost``."""
     world.jobs["job_gone"] = job("job_gone", "running")
     waiter = start(hub.wait("job", "job_gone"))
-    await eventually(lambda: world.reads == 1)
+    await eventually(lambda: len(world.reads) == 1)
     del world.jobs["job_gone"]  # the server restarted and forgot it
-    world.queue.put_nowait(DROP)
+    world.drop()
     result = await asyncio.wait_for(waiter, scaled(5))
     assert result.event == "job.lost" and result.payload["error"]["code"] == "lost"
     with pytest.raises(NotFound):  # never seen: a wrong id stays NotFound
@@ -257,13 +258,13 @@ async def test_a_large_outcome_of_nobodys_job_is_not_kept_a_late_wait_reads_it(h
     """The stream carries other users' jobs: their big final events are not held (issue 20, #5)."""
     world.jobs["job_w"] = job("job_w", "running")
     start(hub.wait("job", "job_w", timeout=30))  # keeps the stream open
-    await eventually(lambda: hub.stats["pending"] == 1 and world.reads == 1)
+    await eventually(lambda: hub.stats["pending"] == 1 and len(world.reads) == 1)
     for i in range(20):
-        world.push("job.completed", f"other_{i}", status="completed", log="x" * 2**20)
+        world.emit("job.completed", f"other_{i}", status="completed", log="x" * 2**20)
     world.jobs["other_0"] = job("other_0", "completed")
     await eventually(lambda: hub.events_received == 20)
-    reads = world.reads
+    reads = len(world.reads)
     late = await asyncio.wait_for(hub.wait("job", "other_0"), scaled(5))
     assert late.event == "job.completed"
-    assert world.reads == reads + 1  # read over REST, not remembered
+    assert len(world.reads) == reads + 1  # read over REST, not remembered
     assert hub._recall.outcome_bytes < 2**20

@@ -1,4 +1,4 @@
-"""The job block and the shared steps, on an in-memory backend (no sockets, no Prefect server)."""
+"""The job block and the shared steps, on the memory server (no sockets, no Prefect server)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from prefect.states import Failed
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.backends.cloud.block import ComfyCloudCredentials
 from prefect_comfy.exceptions import (
     InvalidRequest,
@@ -23,98 +22,21 @@ from prefect_comfy.exceptions import (
     JobTimedOut,
     ServerError,
 )
-from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
 from prefect_comfy.orchestration.jobs import ComfyJobResult, ComfyJobRun, ComfyWorkflow
 from prefect_comfy.orchestration.tasks import retry_if_retryable, task_run_idempotency_key
+from tests.support.memory import MemoryBackend, MemoryServer
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}}}
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
-pytestmark = pytest.mark.usefixtures("scripted_waits")
-
-
-class FakeBackend(ComfyBackend):
-    """Jobs end as ``outcome`` says: completed, failed, cancelled, or a wait that times out."""
-
-    kind = "cloud"
-
-    def __init__(self, world: dict[str, Any]) -> None:
-        self.world = world
-
-    @property
-    def address(self) -> str:
-        return "http://fake.invalid"
-
-    @property
-    def connection_key(self) -> str:
-        return "fake"
-
-    def clone(self) -> FakeBackend:
-        return FakeBackend(self.world)
-
-    async def submit(self, workflow, *, tags=(), idempotency_key=None) -> Job:
-        self.world["submits"].append(
-            {"workflow": workflow, "tags": list(tags), "key": idempotency_key}
-        )
-        return Job(id="job_1", status="pending", tags=list(tags))
-
-    async def get_job(self, job_id: str) -> Job:
-        outcome = self.world["outcome"]
-        if outcome == "completed":
-            out = Output(
-                id="out_1",
-                type="image",
-                name="a.png",
-                download_url="http://fake.invalid/o?api_key=k",
-            )
-            return Job(id=job_id, status="completed", outputs=[out])
-        if outcome == "failed":
-            err = ResourceError(code="E1", message="node broke", node_id="7")
-            return Job(id=job_id, status="failed", error=err)
-        return Job(id=job_id, status="running")
-
-    async def cancel(self, job_id: str) -> Job:
-        self.world["cancels"].append(job_id)
-        return Job(id=job_id, status="cancelled")
-
-    async def outputs(self, job_id: str) -> list[Output]:
-        return (await self.get_job(job_id)).outputs
-
-    async def download(self, output: Output, dest) -> Path:
-        path = Path(dest) / (output.name or output.id)
-        path.write_bytes(PNG)
-        return path
-
-    async def upload_input(self, source, *, name=None, tags=(), idempotency_key=None):
-        raise NotImplementedError
-
-    async def upload_model(self, source, *, type, name=None, tags=(), idempotency_key=None):
-        raise NotImplementedError
-
-    async def get_input(self, input_id):
-        raise NotImplementedError
-
-    async def get_model(self, model_id):
-        raise NotImplementedError
-
-    def events(self, patterns=("*",), *, on_connect=None):
-        raise NotImplementedError
-
-    async def wait_for_job(self, job_id, *, timeout=None, on_progress=None) -> ComfyEvent:
-        outcome = self.world["outcome"]
-        if outcome == "timeout":
-            raise JobTimedOut(job_id, timeout=timeout or 0, status="running")
-        payload: dict[str, Any] = {"id": job_id, "status": outcome}
-        if outcome == "failed":
-            payload["error"] = {"code": "E1", "message": "node broke", "node_id": "7"}
-        return ComfyEvent(event=f"job.{outcome}", payload=payload)
-
 
 @pytest.fixture
-def world(monkeypatch) -> dict[str, Any]:
-    state: dict[str, Any] = {"outcome": "completed", "submits": [], "cancels": []}
-    monkeypatch.setattr(ComfyCloudCredentials, "get_backend", lambda self: FakeBackend(state))
-    return state
+def world(monkeypatch) -> MemoryServer:
+    """The memory server every block of a test runs its jobs on (they complete by default)."""
+    server = MemoryServer()
+    server.output_url = server.address + "/o?api_key=k"
+    monkeypatch.setattr(ComfyCloudCredentials, "get_backend", lambda self: MemoryBackend(server))
+    return server
 
 
 def make_block(tmp_path: Path, **fields: Any) -> ComfyWorkflow:
@@ -161,9 +83,9 @@ def test_sync_twins_in_a_plain_thread(tmp_path, world) -> None:
     assert isinstance(box["run"], ComfyJobRun) and box["run"].job.status == "completed"
     assert isinstance(result, ComfyJobResult) and result.job_id == "job_1"
     assert result.outputs[0].path.read_bytes().startswith(b"\x89PNG")
-    assert result.outputs[0].url == "http://fake.invalid/o?api_key=REDACTED"
+    assert result.outputs[0].url == world.address + "/o?api_key=REDACTED"
     assert result.paths == [result.outputs[0].path]
-    assert world["submits"] == [{"workflow": GRAPH, "tags": ["unit"], "key": None}]
+    assert world.submits == [{"workflow": GRAPH, "tags": ["unit"], "key": None}]
 
 
 async def test_async_methods_and_dispatch(tmp_path, world) -> None:
@@ -173,8 +95,8 @@ async def test_async_methods_and_dispatch(tmp_path, world) -> None:
     assert result.status == "completed" and result.outputs[0].path is None
     run2 = await block.atrigger()
     await run2.await_for_completion()
-    assert (await run2.afetch_result()).job_id == "job_1"
-    assert [s["key"] for s in world["submits"]] == ["k-1", None]
+    assert (await run2.afetch_result()).job_id == "job_2"  # a second job
+    assert [s["key"] for s in world.submits] == ["k-1", None]
 
 
 async def test_sync_twin_forced_inside_a_running_loop(tmp_path, world) -> None:
@@ -185,7 +107,7 @@ async def test_sync_twin_forced_inside_a_running_loop(tmp_path, world) -> None:
 
 @pytest.mark.parametrize(("outcome", "error"), [("failed", JobFailed), ("cancelled", JobCancelled)])
 def test_fetch_result_raises_per_outcome(tmp_path, world, outcome, error) -> None:
-    world["outcome"] = outcome
+    world.outcome = outcome
     run = make_block(tmp_path).trigger()
     run.wait_for_completion()  # a failed or cancelled job is not raised by the wait
     assert run.job.status == outcome
@@ -201,33 +123,34 @@ def test_fetch_result_raises_per_outcome(tmp_path, world, outcome, error) -> Non
 
 @pytest.mark.parametrize("cancel_on_timeout", [True, False])
 def test_a_timed_out_wait(tmp_path, world, cancel_on_timeout) -> None:
-    world["outcome"] = "timeout"
+    world.outcome = None  # the job runs on
     run = make_block(tmp_path, timeout=1, cancel_on_timeout=cancel_on_timeout).trigger()
     with pytest.raises(JobTimedOut):
         run.wait_for_completion()
     with pytest.raises(JobTimedOut):
         run.fetch_result()
-    assert world["cancels"] == (["job_1"] if cancel_on_timeout else [])
+    assert world.cancels == (["job_1"] if cancel_on_timeout else [])
 
 
 def test_cancel(tmp_path, world) -> None:
+    world.outcome = None  # still running when it is cancelled
     run = make_block(tmp_path).trigger()
     assert run.cancel().status == "cancelled"
-    assert world["cancels"] == ["job_1"] and run.job.status == "cancelled"
+    assert world.cancels == ["job_1"] and run.job.status == "cancelled"
     assert "job_1" in repr(run)
 
 
 def test_a_bad_workflow_fails_before_any_request(tmp_path, world) -> None:
     with pytest.raises(InvalidWorkflow):
         make_block(tmp_path, workflow={"1": "not a node"}).trigger()
-    assert world["submits"] == []
+    assert world.submits == []
 
 
 def test_the_block_reads_a_workflow_file(tmp_path, world) -> None:
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(GRAPH))
     make_block(tmp_path, workflow=str(path)).trigger()
-    assert world["submits"][0]["workflow"] == GRAPH
+    assert world.submits[0]["workflow"] == GRAPH
 
 
 # -- task helpers -------------------------------------------------------------------------------

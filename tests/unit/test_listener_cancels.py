@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from prefect.events import Event
 
-from prefect_comfy.exceptions import NotFound
 from prefect_comfy.listener import cancels
 from prefect_comfy.listener.cancels import SuspendedRunCanceller, job_ids_of_labels
-from prefect_comfy.models import Job
+from tests.support.memory import MemoryBackend
 from tests.support.waiting import scaled
 
 
@@ -58,25 +57,16 @@ class FakeClient:
         return self._page(int(next_page.rsplit("-", 1)[1]))
 
 
-class FakeBackend:
-    def __init__(self, statuses: dict[str, str | Exception]) -> None:
-        self.statuses = statuses
-        self.cancels: list[str] = []
-
-    async def get_job(self, job_id: str) -> Job:
-        status = self.statuses[job_id]
-        if isinstance(status, Exception):
-            raise status
-        return Job(id=job_id, status=status)
-
-    async def cancel(self, job_id: str) -> Job:
-        self.cancels.append(job_id)
-        self.statuses[job_id] = "cancelled"
-        return Job(id=job_id, status="cancelled")
+def memory(statuses: dict[str, str]) -> MemoryBackend:
+    """A memory server holding a job of each status."""
+    backend = MemoryBackend()
+    for job_id, status in statuses.items():
+        backend.server.add_job(job_id, status)
+    return backend
 
 
 def canceller(
-    backend: FakeBackend, client: FakeClient, subscriber: Any = None
+    backend: MemoryBackend, client: FakeClient, subscriber: Any = None
 ) -> SuspendedRunCanceller:
     return SuspendedRunCanceller(
         backend, client_factory=lambda: client, subscriber_factory=subscriber
@@ -134,10 +124,10 @@ def test_a_timed_out_suspension_cancels_its_job_unless_told_not_to(cancel_on_tim
 async def test_a_timed_out_suspension_is_handled_like_the_ordinary_timeout() -> None:
     run_id = str(uuid.uuid4())
     client = FakeClient({run_id: {"comfy.suspended-job": "live", "comfy.resume.a": "other"}})
-    backend = FakeBackend({"live": "running", "other": "running"})
+    backend = memory({"live": "running", "other": "running"})
     c = canceller(backend, client)
     assert await c.handle(failed(run_id)) == ["live"]
-    assert backend.cancels == ["live"]
+    assert backend.server.cancels == ["live"]
     # a cancellation of the same run afterwards is another ending: its other jobs go too
     assert await c.handle(cancelled(run_id)) == ["other"]
 
@@ -147,17 +137,17 @@ async def test_it_cancels_the_unfinished_jobs_of_a_cancelled_suspended_run() -> 
     client = FakeClient(
         {run_id: {"comfy.resume.a": "old", "comfy.resume.b": "live", "comfy.job-id": "live"}}
     )
-    backend = FakeBackend({"old": "completed", "live": "running"})
+    backend = memory({"old": "completed", "live": "running"})
     c = canceller(backend, client)
     assert await c.handle(cancelled(run_id)) == ["live"]
-    assert backend.cancels == ["live"], "an ended job is left alone, a job is cancelled once"
+    assert backend.server.cancels == ["live"], "an ended job is left alone, a job is cancelled once"
     assert c.cancelled == ["live"]
 
 
 async def test_the_same_run_seen_twice_is_handled_once() -> None:
     run_id = str(uuid.uuid4())
     client = FakeClient({run_id: {"comfy.resume.a": "live"}})
-    backend = FakeBackend({"live": "running"})
+    backend = memory({"live": "running"})
     c = canceller(backend, client)
     event = cancelled(run_id)
     await c.handle(event)
@@ -167,7 +157,7 @@ async def test_the_same_run_seen_twice_is_handled_once() -> None:
 
 async def test_other_runs_are_not_read(caplog) -> None:
     client = FakeClient({})
-    c = canceller(FakeBackend({}), client)
+    c = canceller(memory({}), client)
     assert await c.handle(cancelled("r1", "Running")) == []
     assert client.reads == []
 
@@ -177,13 +167,8 @@ async def test_a_job_the_server_lacks_or_an_error_is_logged_not_raised(caplog) -
     client = FakeClient(
         {run_id: {"comfy.resume.a": "gone", "comfy.resume.b": "bad", "comfy.job-id": "live"}}
     )
-    backend = FakeBackend(
-        {
-            "gone": NotFound("no such job", status_code=404),
-            "bad": RuntimeError("boom"),
-            "live": "pending",
-        }
-    )
+    backend = memory({"bad": "running", "live": "pending"})  # "gone" is not on the server
+    backend.server.fail("get_job", RuntimeError("boom"), only="bad")
     c = canceller(backend, client)
     with caplog.at_level("INFO", logger=cancels.__name__):
         assert await c.handle(cancelled(run_id)) == ["live"]
@@ -197,10 +182,10 @@ async def test_the_catch_up_reads_every_page_of_recent_cancellations() -> None:
         {i: {"comfy.resume.a": f"job-{n}"} for n, i in enumerate(ids)},
         pages=[[cancelled(ids[0]), cancelled(ids[1], "Running")], [cancelled(ids[2])]],
     )
-    backend = FakeBackend({"job-0": "running", "job-1": "running", "job-2": "running"})
+    backend = memory({"job-0": "running", "job-1": "running", "job-2": "running"})
     c = canceller(backend, client)
     assert await c.catch_up() == 2
-    assert backend.cancels == ["job-0", "job-2"]
+    assert backend.server.cancels == ["job-0", "job-2"]
     [event_filter] = client.filters
     assert event_filter.event.name == [cancels.CANCELLED_EVENT, cancels.FAILED_EVENT]
     assert event_filter.occurred.since is not None
@@ -234,7 +219,7 @@ async def test_run_follows_the_stream_and_reopens_it_when_it_breaks(monkeypatch)
     monkeypatch.setattr(cancels, "RETRY_SECONDS", 0)
     ids = [str(uuid.uuid4()) for _ in range(2)]
     client = FakeClient({i: {"comfy.resume.a": f"job-{n}"} for n, i in enumerate(ids)})
-    backend = FakeBackend({"job-0": "running", "job-1": "running"})
+    backend = memory({"job-0": "running", "job-1": "running"})
     opened: list[Any] = []
     streams = [
         FakeSubscriber([cancelled(ids[0])], ConnectionError("dropped")),
@@ -249,14 +234,14 @@ async def test_run_follows_the_stream_and_reopens_it_when_it_breaks(monkeypatch)
     task = asyncio.create_task(c.run())
 
     async def both_cancelled() -> None:
-        while len(backend.cancels) < 2:
+        while len(backend.server.cancels) < 2:
             await asyncio.sleep(0)  # yields to the task under test; bounded by wait_for below
 
     await asyncio.wait_for(both_cancelled(), scaled(5))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert backend.cancels == ["job-0", "job-1"]
+    assert backend.server.cancels == ["job-0", "job-1"]
     assert len(opened) >= 2 and cancels.CANCELLED_EVENT in opened[0].event.name
 
 
@@ -266,7 +251,7 @@ async def test_run_survives_a_catch_up_that_fails(monkeypatch) -> None:
             raise RuntimeError("no events API")
 
     run_id = str(uuid.uuid4())
-    backend = FakeBackend({"live": "running"})
+    backend = memory({"live": "running"})
     c = canceller(
         backend,
         Broken({run_id: {"comfy.resume.a": "live"}}),
@@ -275,7 +260,7 @@ async def test_run_survives_a_catch_up_that_fails(monkeypatch) -> None:
     task = asyncio.create_task(c.run())
 
     async def done() -> None:
-        while not backend.cancels:
+        while not backend.server.cancels:
             await asyncio.sleep(0)
 
     await asyncio.wait_for(done(), scaled(5))

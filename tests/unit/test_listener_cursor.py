@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -28,15 +30,15 @@ from prefect_comfy.listener.keeper import CursorKeeper
 from prefect_comfy.listener.tracking import Bounded
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Page
 from tests.support.listener_fakes import (
-    ADDRESS,
-    FakeBackend,
     FakeEventsClient,
     make_listener,
     started,
 )
+from tests.support.memory import STREAM_ONLY, MemoryBackend
 from tests.support.waiting import eventually, scaled
 
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+ADDRESS = "http://comfy.test"
 
 
 # -- the state file -----------------------------------------------------------------------------
@@ -191,10 +193,10 @@ async def test_a_cursor_of_another_server_is_ignored(caplog):
 
 async def test_a_restarted_listener_reconciles_what_its_predecessor_saw_in_flight(tmp_path):
     path = tmp_path / "cursor.json"
-    backend, client = FakeBackend(), FakeEventsClient()
+    backend, client = MemoryBackend(capabilities=STREAM_ONLY), FakeEventsClient()
     first = make_listener(backend, client, cursor=FileCursor(path))
     task = await started(first)
-    backend.push("job.progress", id="job_1", status="running", progress=10, tags=[])
+    backend.server.emit("job.progress", id="job_1", status="running", progress=10, tags=[])
     await eventually(lambda: len(client.events) == 1)
     # Saved within a second while running (a SIGKILL then loses nothing: see the Restart test).
     await eventually(lambda: path.exists(), message="the cursor saved")
@@ -202,7 +204,7 @@ async def test_a_restarted_listener_reconciles_what_its_predecessor_saw_in_fligh
     await asyncio.gather(task, return_exceptions=True)
     assert [e[1] for e in json.loads(path.read_text())["in_flight"]] == ["job_1"]
 
-    backend.jobs["job_1"] = Job(id="job_1", status="completed", tags=[])
+    backend.server.jobs["job_1"] = Job(id="job_1", status="completed", tags=[])
     second_client = FakeEventsClient()
     second = make_listener(backend, second_client, cursor=FileCursor(path))
     task = await started(second)
@@ -288,8 +290,18 @@ async def test_catch_up_forwards_what_ended_since_and_tracks_what_runs():
 
 
 async def test_catch_up_without_a_watermark_or_a_list_reads_nothing():
-    assert await catch_up(FakeBackend(), None, forward=None, track=None, already=None) == 0
-    assert await catch_up(FakeBackend(), NOW, forward=None, track=None, already=None) == 0
+    assert (
+        await catch_up(
+            MemoryBackend(capabilities=STREAM_ONLY), None, forward=None, track=None, already=None
+        )
+        == 0
+    )
+    assert (
+        await catch_up(
+            MemoryBackend(capabilities=STREAM_ONLY), NOW, forward=None, track=None, already=None
+        )
+        == 0
+    )
 
 
 def test_a_comfyui_history_entry_says_when_it_finished():
@@ -378,7 +390,7 @@ async def test_a_deleted_state_file_is_re_created_at_the_next_save_and_said(tmp_
 async def test_a_state_file_that_cannot_be_written_stops_the_listener_at_start(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    backend, client = FakeBackend(), FakeEventsClient()
+    backend, client = MemoryBackend(capabilities=STREAM_ONLY), FakeEventsClient()
     listener = make_listener(backend, client, cursor=FileCursor(blocker / "cursor.json"))
     with pytest.raises(ComfyConfigError, match="cannot write"):
         await asyncio.wait_for(listener.run(), scaled(10))
@@ -386,16 +398,24 @@ async def test_a_state_file_that_cannot_be_written_stops_the_listener_at_start(t
 
 async def test_a_failing_save_is_reported_in_the_stats_and_the_heartbeat(tmp_path):
     path = tmp_path / "state" / "cursor.json"
-    backend, client = FakeBackend(), FakeEventsClient()
+    backend, client = MemoryBackend(capabilities=STREAM_ONLY), FakeEventsClient()
     listener = make_listener(backend, client, cursor=FileCursor(path))
     listener._cursor.interval = 0.01
     task = await started(listener)
     await eventually(lambda: path.exists(), message="the first save")
-    path.unlink()
-    path.parent.rmdir()
-    path.parent.write_text("")  # a file where the folder was: every save fails from now on
+
+    def a_file_where_the_folder_was() -> bool:
+        # The saver keeps writing (and making the folder) meanwhile: its temporary file may be in
+        # the folder, or the folder back, for a moment; try again until the file holds.
+        shutil.rmtree(path.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            path.parent.write_text("")
+        return path.parent.is_file()
+
+    await eventually(a_file_where_the_folder_was, message="a file in the folder's place")
+    # every save fails from now on
     try:
-        backend.push("job.progress", id="job_1", status="running", progress=10, tags=[])
+        backend.server.emit("job.progress", id="job_1", status="running", progress=10, tags=[])
         await eventually(lambda: not listener.heartbeat_event().payload["cursor_durable"])
         beat = listener.heartbeat_event()
         assert beat.resource["comfy.durable"] == "false"

@@ -1,7 +1,7 @@
 """Recovered outcomes that Prefect already stores are not sent again (issue 20, point 7).
 
 `StoredEvents` on a fake Prefect client (its ``read_events``); the listener's reconciliation and
-catch-up on the fake backend, with a fake `StoredEvents`.
+catch-up on the memory server, with a fake `StoredEvents`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from prefect_comfy.listener.catchup import catch_up
 from prefect_comfy.listener.stored import BATCH_SIZE, WINDOW_SLACK, StoredEvents
 from prefect_comfy.models import ComfyEvent, Job
 from prefect_comfy.orchestration.events import names as comfy_events
-from tests.support.listener_fakes import ADDRESS, FakeBackend, FakeEventsClient, make_listener
+from tests.support.listener_fakes import FakeEventsClient, make_listener
+from tests.support.memory import MemoryBackend
 
 NOW = datetime.now(UTC)
 
@@ -96,18 +97,18 @@ async def test_an_unreadable_events_api_counts_as_none_stored_and_is_logged_once
     assert not checker.failing
 
 
-def completed_id(job_id: str) -> uuid.UUID:
+def completed_id(job_id: str, address: str) -> uuid.UUID:
     done = ComfyEvent(event="job.completed", payload={"id": job_id})
-    return comfy_events.event_id_of(done, address=ADDRESS)
+    return comfy_events.event_id_of(done, address=address)
 
 
 async def test_reconciliation_skips_the_outcomes_prefect_already_stores():
-    backend, client = FakeBackend(), FakeEventsClient()
-    prefect = FakePrefect({completed_id("job_sent_by_peer")})
+    backend, client = MemoryBackend(), FakeEventsClient()
+    prefect = FakePrefect({completed_id("job_sent_by_peer", backend.address)})
     listener = make_listener(backend, client, stored_events=StoredEvents(prefect))
     for job_id in ("job_sent_by_peer", "job_unsent"):
         listener._in_flight.remember(("job", job_id), "running")
-        backend.jobs[job_id] = Job(id=job_id, status="completed", completed_at=NOW)
+        backend.server.add_job(job_id, "completed", completed_at=NOW)
 
     assert await listener.reconcile() == 1
 
@@ -117,7 +118,10 @@ async def test_reconciliation_skips_the_outcomes_prefect_already_stores():
     assert ("job", "job_sent_by_peer") in listener._ended  # the next catch-up skips it locally
     # One request, with the ids of both outcomes, in a window around their completion.
     (asked,) = prefect.filters
-    assert set(asked.id.id) == {completed_id("job_sent_by_peer"), completed_id("job_unsent")}
+    assert set(asked.id.id) == {
+        completed_id("job_sent_by_peer", backend.address),
+        completed_id("job_unsent", backend.address),
+    }
     assert asked.occurred.since <= NOW - WINDOW_SLACK
 
 
@@ -126,7 +130,7 @@ async def test_catch_up_forwards_only_what_the_filter_leaves():
         def __init__(self, job: Job) -> None:
             self.kind, self.resource, self.ended = "job", job, job.completed_at
 
-    class ListingBackend(FakeBackend):
+    class ListingBackend(MemoryBackend):
         async def recent(self, since: datetime, limit: int) -> list[Listed]:
             # j0 twice (a page shift): it is forwarded once
             ended = [Job(id=f"j{n}", status="completed", completed_at=NOW) for n in (0, 1, 2, 0)]

@@ -1,4 +1,5 @@
-"""The sensor's logic on a fake backend (no server): outcomes, errors, cancel on time-out, logs."""
+"""The sensor's logic on the memory server, through the real waiting layer: outcomes, errors,
+cancel on time-out, logs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import (
     ComfyConfigError,
     JobCancelled,
@@ -17,74 +17,26 @@ from prefect_comfy.exceptions import (
     JobTimedOut,
     UploadFailed,
 )
-from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output, ResourceError
+from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
 from prefect_comfy.orchestration.events import emitter as emitter_module
 from prefect_comfy.orchestration.sensor import _JobWatch, watch_comfy_job
 from prefect_comfy.orchestration.sensor import watch_comfy_upload as _watch_upload
+from tests.support.memory import MemoryBackend
 from tests.support.waiting import eventually, scaled
 
-pytestmark = pytest.mark.usefixtures("scripted_waits")
+
+def memory(status: str = "running", job_id: str = "j1") -> MemoryBackend:
+    """A memory server holding one job, and a backend on it."""
+    backend = MemoryBackend()
+    backend.server.add_job(job_id, status)
+    return backend
 
 
-class FakeBackend(ComfyBackend):
-    kind = "cloud"
-
-    def __init__(self, terminal: ComfyEvent | None, job: Job, progress: list[float] = ()) -> None:
-        self.terminal = terminal
-        self.job = job
-        self.progress = list(progress)
-        self.cancelled: list[str] = []
-        self.closed = False
-        self.upload: Input | Model | None = None
-
-    address = "http://fake"  # type: ignore[assignment]
-    connection_key = "fake"  # type: ignore[assignment]
-
-    def clone(self):
-        return self
-
-    async def wait_for_job(self, job_id, *, timeout=None, on_progress=None):
-        for value in self.progress:
-            on_progress(
-                ComfyEvent(
-                    event="job.progress",
-                    payload={"id": job_id, "status": "running", "progress": value},
-                )
-            )
-        if self.progress:
-            await asyncio.sleep(0.05)  # a job ends some time after its last progress
-        if self.terminal is None:
-            await asyncio.sleep(0)
-            raise JobTimedOut(job_id, timeout=timeout or 0.0, status="running")
-        return self.terminal
-
-    async def wait_for_input(self, input_id, *, timeout=None):
-        return ComfyEvent(event=f"input.{self.upload.status}", payload={"id": input_id})
-
-    async def wait_for_model(self, model_id, *, timeout=None):
-        return ComfyEvent(event=f"model.{self.upload.status}", payload={"id": model_id})
-
-    async def get_job(self, job_id):
-        return self.job
-
-    async def cancel(self, job_id):
-        self.cancelled.append(job_id)
-        return self.job.model_copy(update={"status": "cancelled"})
-
-    async def get_input(self, input_id):
-        return self.upload
-
-    get_model = get_input
-
-    async def aclose(self):
-        self.closed = True
-
-    async def submit(self, *a: Any, **k: Any): ...
-    async def outputs(self, job_id): ...
-    async def download(self, output, dest): ...
-    async def upload_input(self, *a: Any, **k: Any): ...
-    async def upload_model(self, *a: Any, **k: Any): ...
-    def events(self, *a: Any, **k: Any): ...
+async def watching(credentials: Any, backend: MemoryBackend, **kwargs: Any) -> asyncio.Task[Job]:
+    """``watch_comfy_job`` on j1 as a task, once it follows the job (the server may then talk)."""
+    task = asyncio.ensure_future(watch_comfy_job(credentials, "j1", **kwargs))
+    await backend.server.followed("j1")
+    return task
 
 
 class Creds:
@@ -107,12 +59,13 @@ QUIET = {"progress_artifact": False, "outputs_artifact": False}
 
 async def test_completed_returns_the_job_read_again(sent, caplog):
     caplog.set_level(logging.INFO, logger="prefect_comfy")
-    job = Job(id="j1", status="completed", outputs=[Output(id="o1", name="a.png")])
-    backend = FakeBackend(
-        ComfyEvent(event="job.completed", payload={"id": "j1"}), job, [10, 50, 100]
-    )
-    result = await watch_comfy_job(Creds(backend), "j1", progress_interval=10, **QUIET)
-    assert result is job
+    backend = memory()
+    task = await watching(Creds(backend), backend, progress_interval=10, **QUIET)
+    for value in (10, 50, 100):
+        backend.server.progress("j1", value)
+    backend.server.finish("j1", "completed", outputs=[Output(id="o1", name="a.png")])
+    result = await asyncio.wait_for(task, scaled(10))
+    assert result == backend.server.jobs["j1"] and result.status == "completed"
     assert backend.closed  # made from the credentials: closed here
     assert [(e.event, e.payload.get("progress")) for e in sent] == [
         ("comfy.job.progress", 10),
@@ -157,13 +110,13 @@ def test_milestones_are_logged_once_each_in_order(caplog) -> None:
 
 
 async def test_failed_raises_job_failed_with_the_comfy_error(sent):
-    error = ResourceError(code="oom", message="out of memory", node_id="3")
-    backend = FakeBackend(
-        ComfyEvent(event="job.failed", payload={"id": "j1"}),
-        Job(id="j1", status="failed", error=error),
+    backend = memory()
+    task = await watching(backend, backend, **QUIET)
+    backend.server.finish(
+        "j1", "failed", error={"code": "oom", "message": "out of memory", "node_id": "3"}
     )
     with pytest.raises(JobFailed) as info:
-        await watch_comfy_job(backend, "j1", **QUIET)
+        await asyncio.wait_for(task, scaled(10))
     assert (info.value.error_code, info.value.error_message, info.value.node_id) == (
         "oom",
         "out of memory",
@@ -174,11 +127,11 @@ async def test_failed_raises_job_failed_with_the_comfy_error(sent):
 
 
 async def test_cancelled_raises_job_cancelled(sent):
-    backend = FakeBackend(
-        ComfyEvent(event="job.cancelled", payload={"id": "j1"}), Job(id="j1", status="cancelled")
-    )
+    backend = memory()
+    task = await watching(backend, backend, **QUIET)
+    backend.server.finish("j1", "cancelled")
     with pytest.raises(JobCancelled):
-        await watch_comfy_job(backend, "j1", **QUIET)
+        await asyncio.wait_for(task, scaled(10))
     assert sent[-1].event == "comfy.job.cancelled"
 
 
@@ -186,42 +139,43 @@ async def test_lost_raises_job_lost_and_is_retryable(sent):
     """Issue 11 item 7: a job the server lost is neither a cancel nor a plain failure."""
     from prefect_comfy.exceptions import JobLost, is_retryable
 
-    lost = ComfyEvent(
-        event="job.lost",
-        payload={"id": "j1", "status": "lost", "error": {"code": "lost", "message": "restarted"}},
-    )
-    backend = FakeBackend(lost, Job(id="j1", status="running"))
+    backend = memory()
+    task = await watching(backend, backend, **QUIET)
+    del backend.server.jobs["j1"]  # the server restarted and forgot it
+    backend.server.drop()
     with pytest.raises(JobLost) as caught:
-        await watch_comfy_job(backend, "j1", **QUIET)
+        await asyncio.wait_for(task, scaled(10))
     assert not isinstance(caught.value, JobCancelled) and is_retryable(caught.value)
-    assert "restarted" in str(caught.value) and caught.value.status == "lost"
+    assert "no such job" in str(caught.value) and caught.value.status == "lost"
     assert sent[-1].event == "comfy.job.lost"
     assert sent[-1].resource["comfy.status"] == "lost"
 
 
 @pytest.mark.parametrize("cancel", [True, False])
 async def test_timeout_emits_timed_out_and_cancels(sent, cancel):
-    backend = FakeBackend(None, Job(id="j1", status="running"), [5])
+    backend = memory()
+    timeout = scaled(1.0)
+    task = await watching(backend, backend, timeout=timeout, cancel_on_timeout=cancel, **QUIET)
+    backend.server.progress("j1", 5)
     with pytest.raises(JobTimedOut):
-        await watch_comfy_job(backend, "j1", timeout=0.01, cancel_on_timeout=cancel, **QUIET)
+        await asyncio.wait_for(task, scaled(10))
     assert [e.event for e in sent] == ["comfy.job.progress", "comfy.job.timed-out"]
     assert sent[-1].payload == {
         "id": "j1",
-        "timeout": 0.01,
+        "timeout": timeout,
         "last_status": "running",
         "status": "running",
         "progress": 5,  # where the job stood, taken over from the last progress
     }
-    assert backend.cancelled == (["j1"] if cancel else [])
+    assert backend.server.cancels == (["j1"] if cancel else [])
 
 
 async def test_no_events_when_disabled(sent):
-    backend = FakeBackend(
-        ComfyEvent(event="job.completed", payload={"id": "j1"}),
-        Job(id="j1", status="completed"),
-        [1],
-    )
-    await watch_comfy_job(backend, "j1", emit_events=False, **QUIET)
+    backend = memory()
+    task = await watching(backend, backend, emit_events=False, **QUIET)
+    backend.server.progress("j1", 1)
+    backend.server.finish("j1", "completed")
+    await asyncio.wait_for(task, scaled(10))
     assert sent == []
 
 
@@ -232,10 +186,9 @@ async def test_not_a_backend():
 
 @pytest.mark.parametrize("kind", ["input", "model"])
 async def test_upload_failed_raises(sent, kind):
-    backend = FakeBackend(None, Job(id="x", status="pending"))
-    backend.upload = Input(
-        id="u1", name="a.png", status="failed", error=ResourceError(code="bad", message="nope")
-    )
+    backend = MemoryBackend()
+    add = backend.server.add_input if kind == "input" else backend.server.add_model
+    add("u1", "failed", name="a.png", error=ResourceError(code="bad", message="nope"))
     with pytest.raises(UploadFailed) as info:
         await _watch_upload(backend, kind, "u1", None, True)
     assert (info.value.kind, info.value.error_code, info.value.error_message) == (
@@ -247,21 +200,16 @@ async def test_upload_failed_raises(sent, kind):
     assert sent[-1].payload["error"]["code"] == "bad"
 
 
-class BlockingBackend(FakeBackend):
-    async def wait_for_job(self, job_id, *, timeout=None, on_progress=None):
-        on_progress(ComfyEvent(event="job.progress", payload={"id": job_id, "progress": 5}))
-        await asyncio.Event().wait()
-
-
 async def test_interrupted_wait_cancels_the_job_and_closes_the_backend(sent):
-    backend = BlockingBackend(None, Job(id="j1", status="running"))
-    waiting = asyncio.create_task(watch_comfy_job(Creds(backend), "j1", **QUIET))
+    backend = memory()
+    waiting = await watching(Creds(backend), backend, **QUIET)
+    backend.server.progress("j1", 5)
     await eventually(lambda: sent, message="the first progress event")
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     await eventually(lambda: backend.closed, message="the backend closed")
-    assert backend.cancelled == ["j1"]
+    assert backend.server.cancels == ["j1"]
 
 
 class HeldEmitter:
@@ -350,17 +298,20 @@ async def test_hanging_artifact_writes_never_keep_the_wait_from_returning(
     ):
         real[name] = stubborn.hang(name) if where in (name, "all") else fine
         monkeypatch.setattr(f"prefect.artifacts.{attr}", real[name])
-    job = Job(id="j1", status="completed", outputs=[Output(id="o1", name="a.txt")])
-    backend = FakeBackend(ComfyEvent(event="job.completed", payload={"id": "j1"}), job, [10, 50])
+    backend = memory()
+    task = await watching(backend, backend, progress_interval=0)
     # Without the bounds, the wait would return only when the writes let go, after 4 s.
     asyncio.get_running_loop().call_later(4.0, stubborn.release.set)
     started = time.monotonic()
     try:
-        result = await watch_comfy_job(backend, "j1", progress_interval=0)
+        backend.server.progress("j1", 10)
+        backend.server.progress("j1", 50)
+        backend.server.finish("j1", "completed", outputs=[Output(id="o1", name="a.txt")])
+        result = await asyncio.wait_for(task, scaled(10))
         elapsed = time.monotonic() - started
     finally:
         stubborn.release.set()
-    assert result is job
+    assert result == backend.server.jobs["j1"]
     assert elapsed < 2.0, f"the wait took {elapsed:.1f}s"
     assert stubborn.calls, "a write was tried"
     assert sent[-1].event == "comfy.job.completed"
@@ -377,7 +328,9 @@ async def test_failing_artifact_writes_never_fail_the_wait(sent, monkeypatch, ca
         "acreate_markdown_artifact",
     ):
         monkeypatch.setattr(f"prefect.artifacts.{attr}", refuse)
-    job = Job(id="j1", status="completed", outputs=[Output(id="o1", name="a.txt")])
-    backend = FakeBackend(ComfyEvent(event="job.completed", payload={"id": "j1"}), job, [10])
-    assert await asyncio.wait_for(watch_comfy_job(backend, "j1"), scaled(5)) is job
+    backend = memory()
+    task = await watching(backend, backend)
+    backend.server.progress("j1", 10)
+    backend.server.finish("j1", "completed", outputs=[Output(id="o1", name="a.txt")])
+    assert await asyncio.wait_for(task, scaled(5)) == backend.server.jobs["j1"]
     assert "503 from the Prefect API" in caplog.text

@@ -1,7 +1,7 @@
 """The hub on a server without a global stream: per-job streams under a cap, one shared poll.
 
-An in-memory server (the fake of test_hub, plus per-job streams) caps open streams: one stream
-above the cap raises TooManyStreams, as Comfy API v2 answers 429 ``too_many_streams``.
+The memory server (tests/support/memory.py), without its account-wide stream, caps open streams:
+one stream above the cap raises TooManyStreams, as Comfy API v2 answers 429 ``too_many_streams``.
 """
 
 from __future__ import annotations
@@ -9,108 +9,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import Any
 
 import pytest
 
-from prefect_comfy.backends.base import Capabilities
-from prefect_comfy.exceptions import NotFound, ServerError, TooManyStreams
-from prefect_comfy.models import ComfyEvent, Input, Job
+from prefect_comfy.exceptions import NotFound, ServerError
+from prefect_comfy.models import Input, Job
 from prefect_comfy.waiting import slots
 from prefect_comfy.waiting.hub import EventHub
-from tests.support.hub_fakes import FakeBackend, World
+from tests.support.memory import STREAM_ONLY, STREAMS_ONLY, MemoryBackend, MemoryServer
 from tests.support.waiting import eventually, scaled
 
 _keys = itertools.count()
-END = object()  # the server closes a stream without a terminal event
 
 
-class StreamWorld(World):
+def stream_server(cap: int, retry_after: float | None = 0.3) -> MemoryServer:
     """A server with one event stream per job and a cap on open streams."""
-
-    def __init__(self, cap: int, retry_after: float | None = 0.3) -> None:
-        super().__init__()
-        self.cap = cap
-        self.retry_after = retry_after
-        self.open = 0
-        self.max_open = 0
-        self.opened = 0
-        self.refused = 0
-        self.refused_at: list[float] = []
-        self.opened_at: list[float] = []
-        self.subscribers: dict[str, list[asyncio.Queue[Any]]] = {}
-        self.broken: BaseException | None = None  # every stream fails with this at once
-
-    def streaming(self, jid: str) -> bool:
-        return bool(self.subscribers.get(jid))
-
-    def _send(self, jid: str, item: Any) -> None:
-        for queue in self.subscribers.get(jid, []):
-            queue.put_nowait(item)
-
-    def progress(self, jid: str, value: float) -> None:
-        self._send(jid, ComfyEvent(event="job.progress", payload={"id": jid, "progress": value}))
-
-    def finish(self, jid: str, status: str) -> None:
-        """The job ends; open streams of it send the terminal event (confirmed, as the backend does)."""
-        self.jobs[jid] = Job(id=jid, status=status)
-        self._send(jid, ComfyEvent(event=f"job.{status}", payload={"id": jid, "status": status}))
-
-    def end_stream(self, jid: str) -> None:
-        self._send(jid, END)
-
-
-class StreamBackend(FakeBackend):
-    capabilities = Capabilities(per_job_streams=True)
-
-    world: StreamWorld
-
-    def clone(self) -> StreamBackend:
-        return StreamBackend(self.world, self.key)
-
-    async def events(self, patterns=("*",), *, on_connect=None, on_disconnect=None):
-        raise AssertionError("a server without a global stream has no events()")
-        yield  # pragma: no cover
-
-    async def job_events(self, job_id: str):
-        w = self.world
-        if w.broken is not None:
-            raise w.broken
-        if w.open >= w.cap:
-            w.refused += 1
-            w.refused_at.append(time.monotonic())
-            raise TooManyStreams(
-                "too many streams",
-                status_code=429,
-                error_code="too_many_streams",
-                retry_after=w.retry_after,
-            )
-        if job_id not in w.jobs:
-            raise NotFound(f"{job_id} not found", status_code=404, error_code="not_found")
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        w.open += 1
-        w.opened += 1
-        w.opened_at.append(time.monotonic())
-        w.max_open = max(w.max_open, w.open)
-        w.subscribers.setdefault(job_id, []).append(queue)
-        try:
-            job = w.jobs[job_id]  # the snapshot first
-            if job.is_terminal:
-                yield ComfyEvent(
-                    event=f"job.{job.status}", payload={"id": job_id, **job.model_dump()}
-                )
-                return
-            yield ComfyEvent(event="job.progress", payload={"id": job_id, "progress": 0.0})
-            while True:
-                item = await queue.get()
-                if item is END:
-                    return
-                yield item
-                if item.event != "job.progress":
-                    return
-        finally:
-            w.open -= 1
-            w.subscribers[job_id].remove(queue)
+    server = MemoryServer()
+    server.stream_cap = cap
+    server.retry_after = retry_after
+    return server
 
 
 @pytest.fixture(autouse=True)
@@ -120,12 +37,12 @@ def quick_poll(monkeypatch):
     monkeypatch.setattr(slots, "POLL_MAX", 0.2)
 
 
-def make_hub(world: StreamWorld, max_streams: int = 8) -> EventHub:
-    backend = StreamBackend(world, f"v2fake#{next(_keys)}")
+def make_hub(world: MemoryServer, max_streams: int = 8) -> EventHub:
+    backend = MemoryBackend(world, capabilities=STREAMS_ONLY, key=f"v2fake#{next(_keys)}")
     return EventHub(backend, linger=0.05, max_streams=max_streams)
 
 
-def running(world: StreamWorld, n: int) -> list[str]:
+def running(world: MemoryServer, n: int) -> list[str]:
     ids = [f"job_{i:03d}" for i in range(n)]
     for jid in ids:
         world.jobs[jid] = Job(id=jid, status="running")
@@ -139,7 +56,7 @@ def poll_loops() -> int:
 
 
 async def test_200_waits_with_a_cap_of_8_share_8_streams_and_one_poll():
-    world = StreamWorld(cap=8)
+    world = stream_server(cap=8)
     hub = make_hub(world, max_streams=8)
     ids = running(world, 200)
     waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=60)) for jid in ids]
@@ -147,15 +64,17 @@ async def test_200_waits_with_a_cap_of_8_share_8_streams_and_one_poll():
     assert jobs is not None
     await eventually(lambda: jobs.open_streams == 8 and jobs.polled == 192, message="8 + 192")
     assert poll_loops() == 1  # one shared loop reads all 192, not one per wait
-    streamed = sorted(jid for jid in ids if world.streaming(jid))
+    streamed = sorted(jid for jid in ids if world.streams_of(jid))
     assert streamed == ids[:8]  # the first come get the streams
 
     # Slots free up: the oldest polled jobs move onto streams (no stream for a finished job's slot
     # stays empty while jobs are polled).
     for jid in streamed:
         world.finish(jid, "completed")
-    await eventually(lambda: world.opened == 16 and jobs.open_streams == 8, message="refill")
-    assert sorted(jid for jid in ids if world.streaming(jid)) == ids[8:16]
+    await eventually(
+        lambda: len(world.opened_at) == 16 and jobs.open_streams == 8, message="refill"
+    )
+    assert sorted(jid for jid in ids if world.streams_of(jid)) == ids[8:16]
     assert jobs.polled == 184
 
     # Everything ends at once: streamed jobs by their streams, the rest by the shared poll.
@@ -166,75 +85,77 @@ async def test_200_waits_with_a_cap_of_8_share_8_streams_and_one_poll():
         expected = "job.failed" if i >= 8 and (i - 8) % 3 == 0 else "job.completed"
         assert (event.resource_id, event.event) == (jid, expected)
     assert world.max_open == 8
-    assert world.refused == 0
+    assert len(world.refused_at) == 0
     assert jobs.reads >= 184  # the polled ones were read, …
     assert jobs.rounds < 200  # … in shared rounds, far fewer than the waits
     await eventually(lambda: jobs.open_streams == 0 and jobs.polled == 0 and poll_loops() == 0)
 
 
 async def test_progress_from_a_job_stream_reaches_on_progress():
-    world = StreamWorld(cap=8)
+    world = stream_server(cap=8)
     hub = make_hub(world)
     (jid,) = running(world, 1)
     seen: list[float] = []
     wait = asyncio.ensure_future(
         hub.wait("job", jid, on_progress=lambda e: seen.append(e.payload["progress"]))
     )
-    await eventually(lambda: world.streaming(jid))
+    await eventually(lambda: world.streams_of(jid))
     world.progress(jid, 0.5)
     world.progress(jid, 0.9)
     world.finish(jid, "completed")
     assert (await asyncio.wait_for(wait, scaled(5))).event == "job.completed"
     assert seen == [0.0, 0.5, 0.9]  # the snapshot, then each progress, in order
-    assert world.reads == 0  # a stream needs no REST read
+    assert len(world.reads) == 0  # a stream needs no REST read
 
 
 async def test_a_stream_that_ends_early_is_followed_by_one_read_then_streamed_again():
-    world = StreamWorld(cap=8)
+    world = stream_server(cap=8)
     hub = make_hub(world)
     (jid,) = running(world, 1)
     wait = asyncio.ensure_future(hub.wait("job", jid, timeout=10))
-    await eventually(lambda: world.streaming(jid))
+    await eventually(lambda: world.streams_of(jid))
     ended = time.monotonic()
-    world.end_stream(jid)
-    await eventually(lambda: world.opened == 2 and world.streaming(jid), message="reopened")
-    assert world.reads == 1
+    world.end_job_stream(jid)
+    await eventually(
+        lambda: len(world.opened_at) == 2 and world.streams_of(jid), message="reopened"
+    )
+    assert len(world.reads) == 1
     assert world.opened_at[1] - ended >= slots.REOPEN_DELAY - 0.01  # no tight reopen loop
     world.finish(jid, "completed")
     assert (await asyncio.wait_for(wait, scaled(5))).event == "job.completed"
-    assert world.reads == 1
+    assert len(world.reads) == 1
 
 
 async def test_a_stream_that_ends_early_on_a_finished_job_ends_the_wait_by_its_read():
-    world = StreamWorld(cap=8)
+    world = stream_server(cap=8)
     hub = make_hub(world)
     (jid,) = running(world, 1)
     wait = asyncio.ensure_future(hub.wait("job", jid, timeout=10))
-    await eventually(lambda: world.streaming(jid))
+    await eventually(lambda: world.streams_of(jid))
     world.jobs[jid] = Job(id=jid, status="failed")  # ended while the stream was going away
-    world.end_stream(jid)
+    world.end_job_stream(jid)
     assert (await asyncio.wait_for(wait, scaled(5))).event == "job.failed"
-    assert world.reads == 1
-    assert world.opened == 1
+    assert len(world.reads) == 1
+    assert len(world.opened_at) == 1
 
 
 async def test_too_many_streams_lowers_the_cap_and_honours_retry_after():
-    world = StreamWorld(cap=3, retry_after=0.4)
+    world = stream_server(cap=3, retry_after=0.4)
     hub = make_hub(world, max_streams=8)
     ids = running(world, 10)
     waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=30)) for jid in ids]
     jobs = hub.job_streams
     assert jobs is not None
     await eventually(lambda: jobs.cap == 3 and jobs.polled == 7, message="cap learned")
-    refused = world.refused
+    refused = len(world.refused_at)
     assert refused == 5  # the burst tried 8; the server held 3 and refused the other 5
     assert jobs.refusals == refused
     # Slots free at once, but no new stream is tried before Retry-After has passed.
     for jid in ids[:3]:
         world.finish(jid, "completed")
-    await eventually(lambda: world.opened == 6, message="three more streams")
+    await eventually(lambda: len(world.opened_at) == 6, message="three more streams")
     assert min(world.opened_at[3:]) >= world.refused_at[-1] + 0.4 - 0.01
-    assert world.refused == refused  # the learned cap holds: no second refusal
+    assert len(world.refused_at) == refused  # the learned cap holds: no second refusal
     assert world.max_open == 3
     for jid in ids[3:]:
         world.finish(jid, "completed")
@@ -243,34 +164,36 @@ async def test_too_many_streams_lowers_the_cap_and_honours_retry_after():
 
 
 async def test_inputs_and_models_end_on_their_first_read():
-    world = StreamWorld(cap=8)
+    world = stream_server(cap=8)
     hub = make_hub(world)
     world.inputs["in_1"] = Input(id="in_1", name="photo.png", status="ready")
     event = await asyncio.wait_for(hub.wait("input", "in_1"), scaled(5))
     assert event.event == "input.ready"
-    assert world.reads == 1
-    assert world.opened == 0
+    assert len(world.reads) == 1
+    assert len(world.opened_at) == 0
 
 
 async def test_a_wait_for_an_unknown_job_fails_with_not_found():
-    world = StreamWorld(cap=8)
+    world = stream_server(cap=8)
     hub = make_hub(world)
     with pytest.raises(NotFound):
         await asyncio.wait_for(hub.wait("job", "nope"), scaled(5))
 
 
 async def test_a_left_wait_closes_its_stream():
-    world = StreamWorld(cap=8)
+    world = stream_server(cap=8)
     hub = make_hub(world)
     (jid,) = running(world, 1)
     with pytest.raises(TimeoutError):
         await hub.wait("job", jid, timeout=0.3)
-    await eventually(lambda: world.open == 0, message="stream closed")
+    await eventually(lambda: world.open_streams == 0, message="stream closed")
 
 
 async def test_streams_that_keep_failing_leave_every_job_to_the_shared_poll():
-    world = StreamWorld(cap=8)
-    world.broken = ServerError("no streams here", status_code=501, error_code="not_implemented")
+    world = stream_server(cap=8)
+    world.fail(
+        "job_events", ServerError("no streams here", status_code=501, error_code="not_implemented")
+    )
     hub = make_hub(world)
     ids = running(world, 5)
     waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=30)) for jid in ids]
@@ -288,8 +211,10 @@ async def test_streams_that_keep_failing_leave_every_job_to_the_shared_poll():
 
 async def test_the_cap_starts_from_comfy_max_streams(monkeypatch):
     monkeypatch.setenv("COMFY_MAX_STREAMS", "2")
-    world = StreamWorld(cap=8)
-    hub = EventHub(StreamBackend(world, f"v2fake#{next(_keys)}"), linger=0.05)
+    world = stream_server(cap=8)
+    hub = EventHub(
+        MemoryBackend(world, capabilities=STREAMS_ONLY, key=f"v2fake#{next(_keys)}"), linger=0.05
+    )
     assert hub.job_streams is not None and hub.job_streams.cap == 2
     ids = running(world, 4)
     waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=10)) for jid in ids]
@@ -303,39 +228,41 @@ async def test_the_cap_starts_from_comfy_max_streams(monkeypatch):
 
 
 async def test_a_server_with_a_global_stream_keeps_the_one_stream():
-    world = World()
-    hub = EventHub(FakeBackend(world, f"fake#{next(_keys)}"), linger=0.05)
+    world = MemoryServer()
+    hub = EventHub(
+        MemoryBackend(world, capabilities=STREAM_ONLY, key=f"fake#{next(_keys)}"), linger=0.05
+    )
     assert hub.job_streams is None
     world.jobs["job_1"] = Job(id="job_1", status="running")
     wait = asyncio.ensure_future(hub.wait("job", "job_1"))
-    await eventually(lambda: world.streams == 1 and world.reads == 1)
-    world.push("job.completed", "job_1", status="completed")
+    await eventually(lambda: world.streams_opened == 1 and len(world.reads) == 1)
+    world.emit("job.completed", "job_1", status="completed")
     assert (await asyncio.wait_for(wait, scaled(5))).event == "job.completed"
 
 
 # -- refusals with a Retry-After that is no help (issue 20, #2) ----------------------------------
 @pytest.mark.parametrize("retry_after", [0.0, -5.0, float("nan")])
 async def test_a_refusal_with_no_real_retry_after_moves_the_job_to_the_rest_read(retry_after):
-    world = StreamWorld(cap=0, retry_after=retry_after)  # another client holds every slot
+    world = stream_server(cap=0, retry_after=retry_after)  # another client holds every slot
     hub = make_hub(world)
     (jid,) = running(world, 1)
     wait = asyncio.ensure_future(hub.wait("job", jid, timeout=20))
-    await eventually(lambda: world.reads >= 1, message="the job read over REST")
+    await eventually(lambda: len(world.reads) >= 1, message="the job read over REST")
     world.jobs[jid] = Job(id=jid, status="completed")
     assert (await asyncio.wait_for(wait, scaled(10))).event == "job.completed"
     # A floor on the pause: a handful of tries, not a tight loop of hundreds.
-    assert world.refused <= 3, world.refused
+    assert len(world.refused_at) <= 3, len(world.refused_at)
 
 
 async def test_a_huge_retry_after_is_capped(monkeypatch):
     monkeypatch.setattr(slots, "REFUSAL_CEILING", 0.3)
-    world = StreamWorld(cap=0, retry_after=1e9)
+    world = stream_server(cap=0, retry_after=1e9)
     hub = make_hub(world)
     (jid,) = running(world, 1)
     wait = asyncio.ensure_future(hub.wait("job", jid, timeout=20))
-    await eventually(lambda: world.refused == 1)
-    world.cap = 1  # the slot frees: a new stream is tried after the ceiling, not in 30 years
-    await eventually(lambda: world.streaming(jid), timeout=10, message="streamed again")
+    await eventually(lambda: len(world.refused_at) == 1)
+    world.stream_cap = 1  # the slot frees: a new stream is tried after the ceiling, not in 30 years
+    await eventually(lambda: world.streams_of(jid), timeout=10, message="streamed again")
     world.finish(jid, "completed")
     assert (await asyncio.wait_for(wait, scaled(10))).event == "job.completed"
 
@@ -344,16 +271,11 @@ async def test_a_malformed_read_fails_the_wait_at_once():
     """A read the server answers with something that is not the job (issue 20, #13)."""
     from prefect_comfy.exceptions import ComfyProtocolError
 
-    world = StreamWorld(cap=0, retry_after=None)  # no stream: the job is read
+    world = stream_server(cap=0, retry_after=None)  # no stream: the job is read
     hub = make_hub(world)
     (jid,) = running(world, 1)
 
-    async def malformed(job_id: str) -> Job:
-        world.reads += 1
-        raise ComfyProtocolError("Comfy API v2 answered a job without a string 'id': {}")
-
-    hub.backend.get_job = malformed  # type: ignore[method-assign]
-    hub.job_streams.backend.get_job = malformed  # type: ignore[union-attr]
+    world.fail("get_job", ComfyProtocolError("Comfy API v2 answered a job without a string 'id'"))
     with pytest.raises(ComfyProtocolError):
         await asyncio.wait_for(hub.wait("job", jid, timeout=30), scaled(5))
-    assert world.reads == 1
+    assert len(world.reads) == 1

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from prefect.exceptions import Pause
 
-from prefect_comfy.models import Job
 from prefect_comfy.orchestration import suspend
+from tests.support.memory import MemoryBackend, MemoryServer
 
 
 def run(*, parent_task: Any = None, deployment: bool = True, run_count: int = 1, labels=None):
@@ -59,22 +59,10 @@ class FakeClient:
         self.runs.setdefault(flow_run_id, SimpleNamespace(labels={})).labels.update(labels)
 
 
-class FakeBackend:
-    """Answers ``get_job`` with the next status of ``statuses`` (the last one repeats)."""
-
-    def __init__(self, *statuses: str) -> None:
-        self.statuses = list(statuses)
-        self.reads: list[str] = []
-
-    async def get_job(self, job_id: str) -> Job:
-        self.reads.append(job_id)
-        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        return Job(id=job_id, status=status)
-
-
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    """Patch the module's view of Prefect: contexts, client, backend, suspend and resume."""
+    """Patch the module's view of Prefect: contexts, client, suspend and resume; the job is on a
+    memory server."""
     suspend._lineages.clear()
     suspend._counts.clear()
     suspend._submissions.clear()
@@ -82,7 +70,8 @@ def world(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         flow_ctx=None,
         task_ctx=None,
         client=FakeClient(),
-        backend=FakeBackend("running"),
+        server=MemoryServer(),
+        on_suspend=None,
         suspended=[],
         resumed=[],
         resume_error=None,
@@ -95,14 +84,19 @@ def world(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     # Rewriting Prefect's log record is runs.py's concern (tests/integration/test_suspend_logs.py).
     monkeypatch.setattr(suspend, "quiet_suspended_task_finish", lambda: None)
 
+    w.server.add_job("job-1", "running")
+    w.server.add_job("job-7", "running")
+
     @asynccontextmanager
     async def backend_of(credentials: Any):
-        yield w.backend
+        yield MemoryBackend(w.server)
 
     monkeypatch.setattr(suspend, "backend_of", backend_of)
 
     async def asuspend_flow_run(**kwargs: Any) -> None:
         w.suspended.append(kwargs)
+        if w.on_suspend is not None:
+            w.on_suspend()
 
     async def aresume_flow_run(flow_run_id: Any) -> None:
         w.resumed.append(flow_run_id)
@@ -189,7 +183,7 @@ async def test_no_key_or_no_label_means_submit(world) -> None:
     in_flow(world, run())
     assert await suspend.resumed_job(object(), None) is None
     assert await suspend.resumed_job(object(), "k") is None
-    assert world.backend.reads == []
+    assert world.server.reads == []
 
 
 async def test_the_label_written_before_the_suspension_returns_that_job(world) -> None:
@@ -199,7 +193,7 @@ async def test_the_label_written_before_the_suspension_returns_that_job(world) -
     world.client.runs[root.id] = run(labels={suspend.RESUME_LABEL_PREFIX + "k": "job-1"})
     job = await suspend.resumed_job(object(), "k")
     assert job is not None and job.id == "job-1"
-    assert world.backend.reads == ["job-1"]
+    assert world.server.reads == [("job", "job-1")]
     assert suspend._submissions["job-1"] == "k"
 
 
@@ -210,7 +204,7 @@ async def test_outside_a_deployment_it_refuses_before_suspending(world) -> None:
     in_flow(world, run(deployment=False))
     with pytest.raises(suspend.SuspendNotPossible, match="deploy the flow, or wait without"):
         await suspend.suspend_unless_ended(object(), "job-1", timeout=10)
-    assert world.suspended == [] and world.backend.reads == []
+    assert world.suspended == [] and world.server.reads == []
 
 
 async def test_no_flow_run_at_all_is_refused_too(world) -> None:
@@ -221,7 +215,7 @@ async def test_no_flow_run_at_all_is_refused_too(world) -> None:
 @pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
 async def test_a_job_that_ended_is_returned_without_suspending(world, status: str) -> None:
     in_flow(world, run())
-    world.backend = FakeBackend(status)
+    world.server.finish("job-1", status)
     job = await suspend.suspend_unless_ended(object(), "job-1", timeout=10)
     assert job.status == status
     assert world.suspended == [] and world.client.labels == []
@@ -281,7 +275,7 @@ async def test_each_suspension_has_its_own_key(world) -> None:
 async def test_a_job_that_ends_while_suspending_resumes_the_run_itself(world) -> None:
     root = run()
     in_flow(world, root)
-    world.backend = FakeBackend("running", "completed")
+    world.on_suspend = lambda: world.server.finish("job-1", "completed")  # ends meanwhile
     with pytest.raises(Pause):
         await suspend.suspend_unless_ended(object(), "job-1", timeout=5)
     assert world.resumed == [root.id]
@@ -290,7 +284,7 @@ async def test_a_job_that_ends_while_suspending_resumes_the_run_itself(world) ->
 async def test_a_resume_refused_because_the_automation_was_first_is_not_an_error(world) -> None:
     root = run()
     in_flow(world, root)
-    world.backend = FakeBackend("running", "completed")
+    world.on_suspend = lambda: world.server.finish("job-1", "completed")  # ends meanwhile
     world.resume_error = RuntimeError("Cannot resume a flow run that is not paused")
     with pytest.raises(Pause):
         await suspend.suspend_unless_ended(object(), "job-1", timeout=5)

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from prefect_comfy.models import Job, Output
 from prefect_comfy.orchestration.job_steps import download_outputs
 from prefect_comfy.orchestration.jobs import ComfyJobRun
 from prefect_comfy.orchestration.results import to_download
+from tests.support.memory import MemoryBackend
 
 SAVED = Output(id="p:9:kept.png", name="kept.png", type="image", download_url="http://x/a")
 PREVIEW = Output(id="p:3:prev.png", name="prev.png", type="image", temporary=True)
 JOB = Job(id="p", status="completed", outputs=[PREVIEW, SAVED])
-
-
-class Downloads:
-    """The one backend method a download uses, writing a small file."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def download(self, output: Output, dest: Any) -> Path:
-        self.asked.append(output.id)
-        path = Path(dest) / str(output.name)
-        path.write_bytes(b"x")
-        return path
 
 
 def test_output_is_saved_unless_marked():
@@ -35,9 +20,9 @@ def test_output_is_saved_unless_marked():
 
 
 async def test_download_leaves_previews_out_but_lists_them(tmp_path):
-    backend = Downloads()
-    files = await download_outputs(backend, JOB, tmp_path)  # type: ignore[arg-type]
-    assert backend.asked == [SAVED.id]
+    backend = MemoryBackend()
+    files = await download_outputs(backend, JOB, tmp_path)
+    assert backend.server.downloads == [SAVED.id]
     assert [(f.id, f.temporary, f.path) for f in files] == [
         (PREVIEW.id, True, None),
         (SAVED.id, False, tmp_path / "kept.png"),
@@ -45,9 +30,9 @@ async def test_download_leaves_previews_out_but_lists_them(tmp_path):
 
 
 async def test_download_previews_when_asked(tmp_path):
-    backend = Downloads()
-    files = await download_outputs(backend, JOB, tmp_path, include_temporary=True)  # type: ignore[arg-type]
-    assert backend.asked == [PREVIEW.id, SAVED.id]
+    backend = MemoryBackend()
+    files = await download_outputs(backend, JOB, tmp_path, include_temporary=True)
+    assert backend.server.downloads == [PREVIEW.id, SAVED.id]
     assert all(f.path is not None for f in files)
 
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from prefect_comfy.backends.base import Capabilities, ComfyBackend
+from prefect_comfy.backends.base import Capabilities
 from prefect_comfy.backends.catalog import forget_catalogs
 from prefect_comfy.exceptions import (
     CatalogUnavailable,
     InvalidInputs,
-    InvalidWorkflow,
     UnknownNodeType,
 )
-from prefect_comfy.models import Job
 from prefect_comfy.orchestration.job_steps import submit_job
 from prefect_comfy.orchestration.prepare import prepare_workflow
 from prefect_comfy.workflows.catalog import NodeCatalog
@@ -29,6 +27,7 @@ from prefect_comfy.workflows.inputs import (
     seeds_of,
 )
 from prefect_comfy_emulator.catalog import object_info
+from tests.support.memory import MemoryBackend
 from tests.support.save_workflows import txt2img
 
 CATALOG = NodeCatalog(object_info())
@@ -171,66 +170,16 @@ def test_seeds_of_names_seed_inputs_and_controlled_widgets() -> None:
     assert seeds_of(GRAPH, {("5", "width"): "fixed"}) == {"3.seed": 1, "5.width": 512}
 
 
-# -- prepare and submit, on an in-memory server ----------------------------------------------------
-class CatalogServer(ComfyBackend):
-    """Just enough of a server: a catalog that can change, and submits recorded."""
+# -- prepare and submit, on the memory server -----------------------------------------------------
+def catalog_server(info: dict[str, Any]) -> MemoryBackend:
+    """A memory server that serves ``info`` as its node catalog (and runs those nodes only)."""
+    backend = MemoryBackend(capabilities=Capabilities(node_catalog=True))
+    backend.server.catalog = info
+    return backend
 
-    kind: ClassVar[str] = "memory"
-    capabilities: ClassVar[Capabilities] = Capabilities(node_catalog=True)
 
-    def __init__(self, info: dict[str, Any], *, known: set[str] | None = None) -> None:
-        self.info = info
-        self.known = known  # node types the server runs (None: every one in its catalog)
-        self.catalog_reads = 0
-        self.submitted: list[dict[str, Any]] = []
-        self.fail_catalog: Exception | None = None
-
-    address = "http://memory.invalid"  # type: ignore[assignment]
-    connection_key = "memory#test"  # type: ignore[assignment]
-
-    def clone(self) -> ComfyBackend:
-        return self
-
-    async def object_info(self) -> dict[str, Any]:
-        self.catalog_reads += 1
-        if self.fail_catalog is not None:
-            raise self.fail_catalog
-        return copy.deepcopy(self.info)
-
-    async def submit(self, workflow, *, tags=(), idempotency_key=None) -> Job:  # type: ignore[no-untyped-def]
-        known = self.known if self.known is not None else set(self.info)
-        missing = sorted({n["class_type"] for n in workflow.values()} - known)
-        if missing:
-            raise InvalidWorkflow(f"Cannot execute because node {missing[0]} does not exist.")
-        self.submitted.append(workflow)
-        return Job(id=f"job_{len(self.submitted)}", status="pending", tags=list(tags))
-
-    async def get_job(self, job_id):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    async def cancel(self, job_id):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    async def outputs(self, job_id):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    async def download(self, output, dest):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    async def upload_input(self, source, **kw):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    async def upload_model(self, source, **kw):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    async def get_input(self, input_id):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    async def get_model(self, model_id):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
-
-    def events(self, patterns=("*",), **kw):
-        raise NotImplementedError  # type: ignore[no-untyped-def]  # noqa: E704
+def submitted(backend: MemoryBackend) -> list[dict[str, Any]]:
+    return [s["workflow"] for s in backend.server.submits]
 
 
 @pytest.fixture(autouse=True)
@@ -241,110 +190,105 @@ def _fresh_catalogs():
 
 
 async def test_save_format_is_converted_seeded_and_given_its_inputs() -> None:
-    server = CatalogServer(object_info())
+    backend = catalog_server(object_info())
     prepared = await prepare_workflow(
-        server, txt2img(), {"Positive Prompt.text": "a fox", "KSampler.steps": 8}, seed_key="k"
+        backend, txt2img(), {"Positive Prompt.text": "a fox", "KSampler.steps": 8}, seed_key="k"
     )
     assert prepared.converted and prepared.graph["2"]["inputs"]["text"] == "a fox"
     seed = prepared.graph["5"]["inputs"]["seed"]
     assert prepared.seeds == {"5.seed": seed} and seed != 42, "randomize draws a fresh seed"
-    again = await prepare_workflow(server, txt2img(), seed_key="k")
+    again = await prepare_workflow(backend, txt2img(), seed_key="k")
     assert again.seeds == prepared.seeds, "the same key (a Prefect retry) draws the same seed"
-    other = await prepare_workflow(server, txt2img(), seed_key="other")
+    other = await prepare_workflow(backend, txt2img(), seed_key="other")
     assert other.seeds != prepared.seeds
-    fixed = await prepare_workflow(server, txt2img(), {"KSampler.seed": 7})
+    fixed = await prepare_workflow(backend, txt2img(), {"KSampler.seed": 7})
     assert fixed.seeds == {"5.seed": 7}, "an explicit input wins over randomize"
-    assert (await prepare_workflow(server, txt2img("fixed"))).seeds == {"5.seed": 42}
-    assert server.catalog_reads == 1, "the catalog is read once per server and process"
+    assert (await prepare_workflow(backend, txt2img("fixed"))).seeds == {"5.seed": 42}
+    assert backend.server.catalog_reads == 1, "the catalog is read once per server and process"
 
 
 async def test_an_api_graph_without_inputs_needs_no_catalog() -> None:
-    server = CatalogServer(object_info())
-    prepared = await prepare_workflow(server, GRAPH)
-    assert prepared.graph == GRAPH and server.catalog_reads == 0
+    backend = catalog_server(object_info())
+    prepared = await prepare_workflow(backend, GRAPH)
+    assert prepared.graph == GRAPH and backend.server.catalog_reads == 0
 
 
 async def test_an_unreachable_catalog_is_a_clear_error_and_nothing_is_submitted() -> None:
     from prefect_comfy.exceptions import ComfyTransportError
 
-    server = CatalogServer(object_info())
-    server.fail_catalog = ComfyTransportError("connection refused")
+    backend = catalog_server(object_info())
+    backend.server.fail("object_info", ComfyTransportError("connection refused"))
     with pytest.raises(CatalogUnavailable) as info:
-        await submit_job(server, txt2img(), emit_events=False)
+        await submit_job(backend, txt2img(), emit_events=False)
     message = str(info.value)
     assert "save format" in message and "connection refused" in message
-    assert "http://memory.invalid" in message and "Save (API format)" in message
-    assert server.submitted == []
+    assert backend.address in message and "Save (API format)" in message
+    assert submitted(backend) == []
 
 
 async def test_a_node_the_cached_catalog_lacks_reads_it_once_more() -> None:
     info = object_info()
     fancy = info.pop("ImageInvert")
-    server = CatalogServer(info)
-    await server.node_catalog()  # cached without ImageInvert
+    backend = catalog_server(info)
+    await backend.node_catalog()  # cached without ImageInvert
     workflow = txt2img()
     workflow["nodes"][5]["type"] = "ImageInvert"  # VAEDecode's place: IMAGE in, IMAGE out
     workflow["nodes"][5]["inputs"] = [{"name": "image", "type": "IMAGE", "link": None}]
-    server.info["ImageInvert"] = fancy  # the server gained the node since
-    prepared = await prepare_workflow(server, workflow)
+    backend.server.catalog["ImageInvert"] = fancy  # the server gained the node since
+    prepared = await prepare_workflow(backend, workflow)
     assert prepared.graph["6"]["class_type"] == "ImageInvert"
-    assert server.catalog_reads == 2, "exactly one re-read"
+    assert backend.server.catalog_reads == 2, "exactly one re-read"
 
 
 async def test_a_node_the_server_really_lacks_is_named_with_the_server() -> None:
     info = object_info()
     del info["KSampler"]
-    server = CatalogServer(info)
+    backend = catalog_server(info)
     with pytest.raises(UnknownNodeType) as caught:
-        await submit_job(server, txt2img(), emit_events=False)
+        await submit_job(backend, txt2img(), emit_events=False)
     exc = caught.value
     assert (exc.node_id, exc.class_type) == ("5", "KSampler")
-    assert "http://memory.invalid" in str(exc)
-    assert server.catalog_reads == 1 and server.submitted == []
+    assert backend.address in str(exc)
+    assert backend.server.catalog_reads == 1 and submitted(backend) == []
 
 
 async def test_a_stale_catalog_the_server_refuses_is_read_again_once_and_the_node_named() -> None:
-    server = CatalogServer(object_info(), known=set(object_info()) - {"KSampler"})
-    await server.node_catalog()  # cached while the server still had KSampler
-    del server.info["KSampler"]  # the custom node was removed
+    backend = catalog_server(object_info())
+    backend.server.node_types = set(object_info()) - {"KSampler"}
+    await backend.node_catalog()  # cached while the server still had KSampler
+    del backend.server.catalog["KSampler"]  # the custom node was removed
     with pytest.raises(UnknownNodeType, match="'KSampler'") as caught:
-        await submit_job(server, txt2img(), emit_events=False)
+        await submit_job(backend, txt2img(), emit_events=False)
     assert caught.value.node_id == "5"
-    assert server.catalog_reads == 2, "one re-read, then the right error"
-    assert server.submitted == []
+    assert backend.server.catalog_reads == 2, "one re-read, then the right error"
+    assert submitted(backend) == []
 
 
 async def test_a_model_the_cached_catalog_lacks_reads_it_once_more() -> None:
-    server = CatalogServer(object_info())
-    await server.node_catalog()
-    loader = server.info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"]
+    backend = catalog_server(object_info())
+    await backend.node_catalog()
+    loader = backend.server.catalog["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"]
     loader[0].append("new.safetensors")  # uploaded since
     job = await submit_job(
-        server, txt2img(), inputs={"1.ckpt_name": "new.safetensors"}, emit_events=False
+        backend, txt2img(), inputs={"1.ckpt_name": "new.safetensors"}, emit_events=False
     )
-    assert server.submitted[0]["1"]["inputs"]["ckpt_name"] == "new.safetensors"
-    assert server.catalog_reads == 2 and job.seeds == {
-        "5.seed": server.submitted[0]["5"]["inputs"]["seed"]
+    assert submitted(backend)[0]["1"]["inputs"]["ckpt_name"] == "new.safetensors"
+    assert backend.server.catalog_reads == 2 and job.seeds == {
+        "5.seed": submitted(backend)[0]["5"]["inputs"]["seed"]
     }
 
 
 async def test_bad_inputs_submit_nothing() -> None:
-    server = CatalogServer(object_info())
+    backend = catalog_server(object_info())
     with pytest.raises(InvalidInputs):
-        await submit_job(server, txt2img(), inputs={"KSampler.steps": -1}, emit_events=False)
-    assert server.submitted == []
+        await submit_job(backend, txt2img(), inputs={"KSampler.steps": -1}, emit_events=False)
+    assert submitted(backend) == []
 
 
 async def test_a_kind_without_catalog_says_what_to_set() -> None:
-    class NoCatalog(CatalogServer):
-        capabilities: ClassVar[Capabilities] = Capabilities()
-
-        async def object_info(self) -> dict[str, Any]:
-            return await ComfyBackend.object_info(self)
-
-    server = NoCatalog(object_info())
+    backend = MemoryBackend(capabilities=Capabilities())  # no catalog route, no catalog_source
     with pytest.raises(CatalogUnavailable, match="set catalog_source on the credentials block"):
-        await submit_job(server, txt2img(), emit_events=False)
+        await submit_job(backend, txt2img(), emit_events=False)
     # an API graph with inputs goes on, checked against its own values
-    job = await submit_job(server, GRAPH, inputs={"3.steps": 9}, emit_events=False)
-    assert job.id == "job_1" and server.submitted[0]["3"]["inputs"]["steps"] == 9
+    job = await submit_job(backend, GRAPH, inputs={"3.steps": 9}, emit_events=False)
+    assert job.id == "job_1" and submitted(backend)[0]["3"]["inputs"]["steps"] == 9
