@@ -135,3 +135,18 @@ class FrontendOracle:
     async def aclose(self) -> None:
         self.page = None
         await self._browser.close()
+
+
+def normalise(graph: dict, controlled: list[str]) -> dict:
+    """A copy of an API graph with every "control after generate" input set to :data:`CONTROLLED`.
+
+    ``controlled`` holds ``"<node id>.<input name>"`` (node ids may contain ``:`` for subgraphs; the
+    input name is after the last dot).
+    """
+    out = json.loads(json.dumps(graph))
+    for key in controlled:
+        node_id, _, name = key.rpartition(".")
+        inputs = out.get(node_id, {}).get("inputs", {})
+        if name in inputs and not isinstance(inputs[name], list):
+            inputs[name] = CONTROLLED
+    return out
