@@ -19,6 +19,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.support.source import parse
+
 PACKAGE = Path(__file__).resolve().parents[2] / "prefect_comfy"
 MAX_LINES = 500
 """The most lines a module may have before it must be looked at for a seam."""
@@ -55,7 +57,7 @@ def _modules() -> dict[str, Path]:
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The package's modules that ``name`` imports anywhere in its source, lazily or not."""
     targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -212,7 +214,7 @@ def test_no_test_module_imports_another() -> None:
     wrong = sorted(
         f"{path.relative_to(tests.parent)} imports {node.module}"
         for path in tests.rglob("*.py")
-        for node in ast.walk(ast.parse(path.read_text()))
+        for node in ast.walk(parse(path))
         if isinstance(node, ast.ImportFrom)
         and (node.module or "").startswith(("tests.unit", "tests.integration", "tests.conftest"))
     )
@@ -280,7 +282,7 @@ def test_the_environment_check_finds_a_comfy_read() -> None:
         "os.environ['PREFECT_HOME'] = 'x'\nos.environ.setdefault('DO_NOT_TRACK', '1')\n"
         "f = os.environ.get('PREFECT_API_URL')\n"
     )
-    assert _comfy_reads(ast.parse(source)) == [4, 5, 6, 7, 8]
+    assert _comfy_reads(parse(source)) == [4, 5, 6, 7, 8]
 
 
 def test_only_settings_reads_comfy_variables() -> None:
@@ -289,7 +291,7 @@ def test_only_settings_reads_comfy_variables() -> None:
     for name, path in _modules().items():
         if name == "prefect_comfy.settings":
             continue
-        lines = _comfy_reads(ast.parse(path.read_text()))
+        lines = _comfy_reads(parse(path))
         if lines and name not in ENVIRONMENT_READERS:
             found[name] = lines
     assert not found, (
@@ -299,7 +301,7 @@ def test_only_settings_reads_comfy_variables() -> None:
     stale = {
         name
         for name in ENVIRONMENT_READERS
-        if name not in _modules() or not _comfy_reads(ast.parse(_modules()[name].read_text()))
+        if name not in _modules() or not _comfy_reads(parse(_modules()[name]))
     }
     assert not stale, f"allowed environment readers that no longer read it: {stale}"
 
@@ -312,7 +314,7 @@ def test_every_comfy_variable_named_in_the_package_is_documented_in_settings() -
     known = variables()
     unknown = {}
     for name, path in _modules().items():
-        tree = ast.parse(path.read_text())
+        tree = parse(path)
         exported = {  # names in __all__ are Python names, not variables
             id(node)
             for assign in ast.walk(tree)

@@ -12,6 +12,8 @@ import ast
 import importlib.util
 from pathlib import Path
 
+from tests.support.source import parse
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [ROOT / "prefect_comfy", ROOT / "emulator" / "prefect_comfy_emulator"]
 
@@ -28,7 +30,7 @@ def _raw_role():
 
 def docstrings(path: Path) -> list[tuple[int, str]]:
     """Every docstring of a module, attribute docstrings (a string statement) included."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = parse(path)
     return [
         (node.lineno, node.value.value)
         for node in ast.walk(tree)
