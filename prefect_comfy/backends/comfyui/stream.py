@@ -288,7 +288,7 @@ class ComfyUIStream:
         """Emit a prompt's outcome once its ``/history`` entry is written (so that a ``get_job``
         after the event agrees with it); from the frame alone if the entry is slow to come."""
         deadline = time.monotonic() + HISTORY_POLL_TIMEOUT
-        delay = 0.02
+        pauses = Backoff(0.02, 0.5, jitter=False)
         while ("job", prompt_id) not in self._ended:
             try:
                 entry = await self.http.history_entry(prompt_id)
@@ -300,8 +300,7 @@ class ComfyUIStream:
                 return
             if time.monotonic() > deadline:
                 break
-            await asyncio.sleep(delay)
-            delay = min(0.5, delay * 2)
+            await pauses.pause()
         if data is None or ("job", prompt_id) in self._ended:
             logger.warning("no /history entry for ComfyUI prompt %s yet", prompt_id)
             return
