@@ -159,7 +159,7 @@ class MemoryBackend(ComfyBackend):
         raise NotFound(f"no model {model_id}", status_code=404)
 
     async def events(
-        self, patterns=("*",), *, on_connect=None, on_disconnect=None
+        self, patterns=("*",), *, on_connect=None, on_disconnect=None, forever=False
     ) -> AsyncIterator[ComfyEvent]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ComfyEvent] = asyncio.Queue()

@@ -47,7 +47,7 @@ class FakeEventsClient:
 
 
 class FakeBackend(ComfyBackend):
-    """Streams events from a queue; ``disconnect()`` ends one stream (as a spent budget does)."""
+    """Streams events from a queue; ``disconnect()`` ends one stream (as a stream that failed)."""
 
     kind = "cloud"
 
@@ -57,6 +57,8 @@ class FakeBackend(ComfyBackend):
         self.models: dict[str, Model] = {}
         self.reads: list[tuple[str, str]] = []
         self.streams_opened = 0
+        self.forever: list[bool] = []
+        """What each ``events()`` call was asked: reconnect for ever?"""
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self.auth_fails = False
 
@@ -83,8 +85,10 @@ class FakeBackend(ComfyBackend):
         *,
         on_connect: Any = None,
         on_disconnect: Any = None,  # every backend takes it; this one never reports a drop
+        forever: bool = False,
     ) -> AsyncIterator[ComfyEvent]:
         self.streams_opened += 1
+        self.forever.append(forever)
         if self.auth_fails:
             raise WebSocketAuthError("refused")
         if on_connect is not None:

@@ -45,8 +45,10 @@ class DroppingBackend(FakeBackend):
         *,
         on_connect: Any = None,
         on_disconnect: Any = None,
+        forever: bool = False,
     ) -> AsyncIterator[ComfyEvent]:
         self.streams_opened += 1
+        self.forever.append(forever)
         await on_connect()
         while True:
             item = await self._queue.get()
@@ -300,6 +302,9 @@ async def test_a_heartbeat_during_a_disconnect_says_false():
     await stop(listener, task)
     # The stream reconnected by itself: the listener never had to open a new one.
     assert backend.streams_opened == 1 and listener.stats.stream_restarts == 0
+    # ... and was asked to do so for ever: the listener wraps no reconnect loop of its own
+    # around the stream's (one loop reconnects, with no budget: a listener never gives up).
+    assert backend.forever == [True]
     assert listener.stats.connects == 2
 
 

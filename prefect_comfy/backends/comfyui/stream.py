@@ -56,7 +56,7 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import ComfyEvent, Job, preview_event
 from prefect_comfy.transport.backoff import Backoff
-from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
+from prefect_comfy.transport.reconnect import FOREVER, Attempt, DeadLink, Reconnect
 
 __all__ = ["ComfyUIStream"]
 
@@ -84,6 +84,7 @@ class ComfyUIStream:
         on_connect: run as a task after every connect and reconnect, once reconciled.
         on_disconnect: awaited when a connection that ``on_connect`` ran for is lost, before the
             reconnect; its exceptions are logged.
+        forever: reconnect without a budget (else the settings' ``max_reconnect_attempts``).
     """
 
     def __init__(
@@ -95,8 +96,10 @@ class ComfyUIStream:
         get_job: Callable[[str], Awaitable[Job]],
         on_connect: Hook | None = None,
         on_disconnect: Hook | None = None,
+        forever: bool = False,
     ) -> None:
         self.http = http
+        self._forever = forever
         self.state = memory
         self._open_socket = open_socket
         self._get_job = get_job
@@ -168,7 +171,7 @@ class ComfyUIStream:
         settings = http.settings
         reconnect = Reconnect(
             f"ComfyUI event stream at {http.origin}",
-            max_attempts=settings.max_reconnect_attempts,
+            max_attempts=FOREVER if self._forever else settings.max_reconnect_attempts,
             backoff=Backoff(initial=settings.reconnect_delay, maximum=settings.max_reconnect_delay),
             describe=http.redact,
             on_disconnect=self._on_disconnect,
