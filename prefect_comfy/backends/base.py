@@ -374,6 +374,7 @@ class ComfyBackend(abc.ABC):
         *,
         on_connect: ConnectCallback | None = None,
         on_disconnect: DisconnectCallback | None = None,
+        forever: bool = False,
     ) -> AsyncIterator[ComfyEvent]:
         """Events matching the patterns, across reconnects, duplicates dropped.
 
@@ -383,7 +384,9 @@ class ComfyBackend(abc.ABC):
         ``on_disconnect`` is awaited (or run as a task) when an established connection is lost
         (one that ``on_connect`` was called for), before reconnecting, so that the caller can tell
         "reconnecting" from "connected"; not when the caller closes the stream. Exceptions in either
-        hook are logged, never raised into the stream. Every backend takes both.
+        hook are logged, never raised into the stream. The stream is the one loop that reconnects,
+        within ``max_reconnect_attempts``; ``forever`` lifts that budget for a caller that never
+        gives up (the listener wraps no loop of its own around it). Every backend takes all three.
 
         Only where ``capabilities.global_event_stream`` or the server has a stream of this client's
         events; a kind with neither (Comfy API v2) leaves it out, and the waiting layer and the
@@ -391,7 +394,7 @@ class ComfyBackend(abc.ABC):
 
         Raises:
             WebSocketAuthError: the key was refused.
-            WebSocketConnectionError: the reconnect budget is spent.
+            WebSocketConnectionError: the reconnect budget is spent (never with ``forever``).
         """
         raise NotImplementedError(
             f"{type(self).__name__} has no event stream: follow each job with job_events()"

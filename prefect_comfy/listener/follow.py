@@ -49,6 +49,7 @@ from prefect_comfy.exceptions import ComfyAPIError, NotFound, WebSocketAuthError
 from prefect_comfy.listener.catchup import terminal_event
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent, Job
 from prefect_comfy.settings import ComfySettings
+from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.waiting.slots import JobStreams
 
 __all__ = [
@@ -324,7 +325,9 @@ class JobFollower:
         self.mode = "listing"
 
     async def _find_loop(self) -> None:
-        interval = DISCOVER_INITIAL
+        # The schedule between rounds: DISCOVER_INITIAL after a round that found something, x1.5
+        # up to DISCOVER_MAX while nothing is new (attempt=1: the baseline counts as a round).
+        pauses = Backoff(DISCOVER_INITIAL, DISCOVER_MAX, factor=1.5, jitter=False, attempt=1)
         while True:
             try:
                 new = await self._find_round()
@@ -341,8 +344,9 @@ class JobFollower:
                 if self._down:
                     self._down = False
                     await self._connected()  # back: reconcile what was in flight
-            interval = DISCOVER_INITIAL if new else min(interval * 1.5, DISCOVER_MAX)
-            await asyncio.sleep(interval)  # the schedule between rounds, not a synchronisation
+            if new:
+                pauses.reset()
+            await pauses.pause()  # the schedule between rounds, not a synchronisation
 
     async def _find_round(self) -> int:
         self.rounds += 1

@@ -38,7 +38,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -72,7 +71,7 @@ from prefect_comfy.orchestration.events import names as comfy_events
 from prefect_comfy.orchestration.events.budget import ProgressBudget
 from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.transport.deadlines import within
-from prefect_comfy.transport.reconnect import Attempt, ConnectionLost, Reconnect
+from prefect_comfy.transport.reconnect import FOREVER, Attempt, ConnectionLost, Reconnect
 from prefect_comfy.waiting.slots import per_job_mode
 
 logger = logging.getLogger(__name__)
@@ -104,7 +103,8 @@ class ComfyListener:
         max_tracked: jobs and uploads remembered for tags and reconciliation.
         queue_size: Prefect events buffered before reading from Comfy waits.
         drain_timeout: the longest a stop spends sending what was already received.
-        restart_delay: first pause before opening a new stream after the old one gave up.
+        restart_delay: first pause before opening a new stream after the old one ended (the
+            stream's own reconnects pause as the settings say).
         send_retry_delay: first pause before sending again after Prefect refused an event.
         events_per_second: most events sent to Prefect a second, all kinds; ``None``:
             ``COMFY_LISTENER_EVENTS_PER_SECOND`` or 300; ``0``: no limit.
@@ -292,14 +292,18 @@ class ComfyListener:
 
     # -- reading from Comfy ---------------------------------------------------------------------
     async def _consume(self) -> None:
-        """Read the stream until a stop; open a new one when it gives up (auth failures are fatal).
+        """Read the stream until a stop; open a new one when it ends (auth failures are fatal).
 
-        The backend's stream reconnects by itself; this is the loop around it, on the same
-        reconnect primitive, with a budget that never runs out: a listener does not give up.
+        One loop reconnects on each path. A backend's ``events()`` reconnects by itself, and the
+        listener asks it to do so for ever (``forever=True``: a listener does not give up), so
+        it is not wrapped in a second reconnect loop with a budget of its own. This loop, on the
+        same primitive, opens a new stream only when one *ended*: on Comfy API v2, where the
+        `JobFollower` has no connection to keep and its first round failed (the server is
+        down), or a stream that stopped for another reason (it raised, or a backend ended it).
         """
         reconnect = Reconnect(
             f"Comfy event stream at {self.backend.address} (listener)",
-            max_attempts=sys.maxsize,
+            max_attempts=FOREVER,
             backoff=self._restart_backoff,
         )
         try:
@@ -325,10 +329,11 @@ class ComfyListener:
 
     async def _read_stream(self) -> None:
         """One ``events()`` stream, forwarded until it ends or the listener stops."""
-        source = self.follower.events if self.follower is not None else self.backend.events
-        stream = source(
-            self.patterns, on_connect=self._on_connect, on_disconnect=self._on_disconnect
-        )
+        hooks = {"on_connect": self._on_connect, "on_disconnect": self._on_disconnect}
+        if self.follower is not None:
+            stream = self.follower.events(self.patterns, **hooks)
+        else:  # the backend's stream is the one loop that reconnects, with no budget
+            stream = self.backend.events(self.patterns, **hooks, forever=True)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             iterator = stream.__aiter__()
             while True:

@@ -8,11 +8,11 @@ silently. `PacedQueue` holds what the listener has to send, with no I/O of its o
   uploads) waits in one first-in-first-out queue that is always served before progress. Once
   ``queue_size`` of them wait, `PacedQueue.put` waits too (back pressure on reading). A
   heartbeat (uncounted) goes ahead of them all and never waits.
-- **Progress coalesced, as the sensor does.** One pending progress event per job, the newest
-  replacing the older (in its place, keeping its age); at most one per job every
-  ``progress_interval`` seconds, within the progress budget
-  (`prefect_comfy.orchestration.events.budget.progress_budget`). A job's outcome discards its pending progress (the
-  outcome says 100 %), and later progress of an ended job is dropped.
+- **Progress coalesced, by the sensor's mechanism** (`prefect_comfy.orchestration.events.budget.Coalescer`).
+  One pending progress event per job, the newest replacing the older (in its place, keeping its
+  age); at most one per job every ``progress_interval`` seconds, within the progress budget
+  (`prefect_comfy.orchestration.events.budget.progress_budget`). A job's outcome discards its
+  pending progress (the outcome says 100 %), and later progress of an ended job is dropped.
 - **Pacing.** `PacedQueue.next` hands out at most ``events_per_second`` events a second, all
   kinds together (``0``: no limit).
 - **Saying when it is behind.** `PacedQueue.backlog`: the queue depth and the age of the
@@ -38,9 +38,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING
 from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import ComfyConfigError
 from prefect_comfy.orchestration.events import names as comfy_events
-from prefect_comfy.orchestration.events.budget import ProgressBudget, progress_budget
+from prefect_comfy.orchestration.events.budget import Coalescer, ProgressBudget, progress_budget
 
 if TYPE_CHECKING:
     from prefect.events import Event
@@ -147,16 +146,6 @@ class Pending:
             self._event, self._build = self._build(), None
         return self._event
 
-    def replace_with(self, newer: Pending) -> None:
-        """Take a newer event's content, keeping this one's place and age."""
-        self._event, self._build = newer._event, newer._build
-        self.name, self.key, self.counted, self.ready = (
-            newer.name,
-            newer.key,
-            newer.counted,
-            newer.ready,
-        )
-
 
 class PacedQueue:
     """The events waiting for Prefect, in the order and at the pace they may go.
@@ -190,7 +179,6 @@ class PacedQueue:
         self.stats = stats
         self.queue_size = queue_size
         self.events_per_second = events_per_second
-        self.progress_interval = progress_interval
         self.draining = False
         """Set by a stop: pending progress goes at once, whatever its interval and budget."""
         self._clock = clock
@@ -200,8 +188,9 @@ class PacedQueue:
         )
         self._budget = progress_events
         self._outcomes: deque[Pending] = deque()
-        self._progress: OrderedDict[str, Pending] = OrderedDict()
-        self._progress_sent = Bounded(_REMEMBERED)
+        self._progress: Coalescer[Pending] = Coalescer(
+            progress_interval, self._progress_budget, remember=_REMEMBERED
+        )
         self._ended = Bounded(_REMEMBERED)
         self._space = asyncio.Event()
         self._space.set()
@@ -210,6 +199,11 @@ class PacedQueue:
 
     def __len__(self) -> int:
         return len(self._outcomes) + len(self._progress)
+
+    @property
+    def progress_interval(self) -> float:
+        """The least time between two progress events of one job."""
+        return self._progress.interval
 
     def _progress_budget(self) -> ProgressBudget:
         return self._budget or progress_budget()
@@ -256,9 +250,8 @@ class PacedQueue:
                 return  # replaced or dropped: nothing new for the sender to look at
         else:
             if pending.name in _JOB_ENDINGS:
-                if self._progress.pop(key, None) is not None:
+                if self._progress.end(key) is not None:
                     self.stats.coalesced += 1
-                self._progress_sent.pop(key, None)
                 self._ended.remember(key)
             if counted:
                 self._outcomes.append(pending)
@@ -272,14 +265,13 @@ class PacedQueue:
         if key in self._ended or self._progress_budget().rate <= 0:
             self.stats.coalesced += 1  # the outcome (queued or sent) already says 100 %
             return False
-        older = self._progress.get(key)
+        older = self._progress.offer(key, pending)  # in the older one's place
         if older is not None:
             self.stats.coalesced += 1
-            older.replace_with(pending)  # keeps its place and its age
+            pending.since = older.since  # and with its age
             return False
-        self._progress[key] = pending
         while len(self._progress) > self.queue_size:
-            self._progress.popitem(last=False)
+            self._progress.drop_oldest()
             self.stats.coalesced += 1
         return True
 
@@ -306,20 +298,9 @@ class PacedQueue:
         if not self._progress:
             return None, None
         if self.draining:
-            return self._progress.popitem(last=False)[1], None
-        now = self._clock()
-        budget = self._progress_budget()
-        soonest = math.inf
-        for key in self._progress:
-            due = self._progress_sent.get(key, -math.inf) + self.progress_interval
-            if due > now:
-                soonest = min(soonest, due - now)
-                continue
-            if not budget.try_acquire():
-                return None, max(budget.seconds_until_available(), 0.001)
-            self._progress_sent.remember(key, now)
-            return self._progress.pop(key), None
-        return None, soonest
+            return self._progress.drop_oldest(), None
+        item, wait = self._progress.take(self._clock())
+        return item, (None if item is not None else max(wait or 0.0, 0.001))
 
     # -- what waits ---------------------------------------------------------------------------
     def backlog(self) -> Backlog:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,10 +35,13 @@ from types import TracebackType
 from prefect_comfy.exceptions import WebSocketAuthError, WebSocketConnectionError
 from prefect_comfy.transport.backoff import Backoff
 
-__all__ = ["HEALTHY_AFTER", "Attempt", "ConnectionLost", "DeadLink", "Reconnect"]
+__all__ = ["FOREVER", "HEALTHY_AFTER", "Attempt", "ConnectionLost", "DeadLink", "Reconnect"]
 
 logger = logging.getLogger(__name__)
 
+FOREVER = sys.maxsize
+"""A reconnect budget that never runs out: the outermost caller that never gives up (the listener)
+passes it down to the one loop that reconnects (``events(..., forever=True)``)."""
 HEALTHY_AFTER = 10.0
 """Seconds a connection must stay healthy before the reconnect budget is refilled."""
 _REASON_CUT = 160
@@ -124,7 +128,7 @@ class Reconnect:
     Args:
         what: names the endpoint in logs and errors, such as ``"Comfy event stream at wss://…"``;
             it must not hold a key.
-        max_attempts: reconnects allowed since the last healthy connection.
+        max_attempts: reconnects allowed since the last healthy connection (`FOREVER`: no limit).
         backoff: the pauses (jittered, reset after a healthy connection).
         healthy_after: seconds a connection must stay healthy to refill the budget.
         auto_reconnect: ``False``: the first loss ends the loop.
@@ -185,12 +189,12 @@ class Reconnect:
             attempts += 1
             delay = self.backoff.next_delay()
             logger.info(
-                "%s lost (%s); reconnecting in %.2fs (attempt %d of %d)",
+                "%s lost (%s); reconnecting in %.2fs (attempt %d%s)",
                 self.what,
                 reason,
                 delay,
                 attempts,
-                self.max_attempts,
+                "" if self.max_attempts == FOREVER else f" of {self.max_attempts}",
             )
             await asyncio.sleep(delay)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable
 
@@ -59,7 +58,6 @@ READ_TIMEOUT = 60.0
 """Longest wait for one read (the REST client's own retries included); then it is tried again."""
 LIST_THRESHOLD = 3
 """From this many pending jobs on, reconciliation lists unfinished jobs instead of reading each."""
-_RNG = random.Random()
 
 
 class Reconciler:
@@ -93,7 +91,7 @@ class Reconciler:
         self._queue: dict[Key, None] = {}
         self._runner: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
-        self._poll_backoff = Backoff(DOWN_POLL_INITIAL, DOWN_POLL_MAX, _RNG)
+        self._poll_backoff = Backoff(DOWN_POLL_INITIAL, DOWN_POLL_MAX)
         self.reads = 0
         """Single REST reads made."""
         self.lists = 0
@@ -122,7 +120,7 @@ class Reconciler:
 
     async def _poll(self, down: Callable[[], bool], keys: Callable[[], Iterable[Key]]) -> None:
         while True:
-            await asyncio.sleep(self._poll_backoff.next_delay())
+            await self._poll_backoff.pause()
             if not down():
                 return
             self.polls += 1
@@ -155,7 +153,7 @@ class Reconciler:
             logger.debug("reconciled in %.3fs", self.seconds)
 
     async def _rounds(self) -> None:
-        backoff: Backoff | None = None
+        retry = Backoff(RETRY_INITIAL_DELAY, RETRY_MAX_DELAY)
         while self._queue:
             keys = [k for k in self._queue if self._pending(k)]
             self._queue.clear()
@@ -165,8 +163,7 @@ class Reconciler:
             for key in (*failed, *stale):
                 self._queue[key] = None
             if failed:
-                backoff = backoff or Backoff(RETRY_INITIAL_DELAY, RETRY_MAX_DELAY, _RNG)
-                delay = backoff.next_delay()
+                delay = retry.next_delay()
                 logger.info(
                     "Could not reconcile %d pending Comfy resource(s); trying again in %.1fs",
                     len(failed),
@@ -174,7 +171,7 @@ class Reconciler:
                 )
                 await asyncio.sleep(delay)
             elif not stale:
-                backoff = None
+                retry.reset()
 
     async def _round(self, keys: list[Key]) -> tuple[list[Key], list[Key]]:
         """One try at every key: (keys that failed, keys whose answer predates a reconnect)."""

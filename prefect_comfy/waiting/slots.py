@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import ComfyProtocolError, NotFound, TooManyStreams
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.waiting.reconcile import Resource
 
 __all__ = [
@@ -334,8 +335,8 @@ class JobStreams:
 
     async def _poll_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = POLL_INITIAL
-        next_round = loop.time() + interval
+        pauses = Backoff(POLL_INITIAL, POLL_MAX, factor=POLL_FACTOR, jitter=False)
+        next_round = loop.time() + pauses.next_delay()
         wake = self._wake
         assert wake is not None
         while self._polled:
@@ -352,8 +353,9 @@ class JobStreams:
                 continue
             self.rounds += 1
             changed = await self._read_all(list(self._polled))
-            interval = POLL_INITIAL if changed else min(interval * POLL_FACTOR, POLL_MAX)
-            next_round = loop.time() + interval
+            if changed:
+                pauses.reset()
+            next_round = loop.time() + pauses.next_delay()
 
     async def _read_all(self, keys: list[Key]) -> bool:
         """Read these keys (``concurrency`` at a time); whether any changed status."""

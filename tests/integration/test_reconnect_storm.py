@@ -12,6 +12,7 @@ failing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from prefect_comfy.exceptions import JobTimedOut
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from tests.support.keys import API_KEY
+from tests.support.listener_fakes import FakeEventsClient, make_listener
+from tests.support.waiting import eventually, scaled
 from tests.support.workflows import slow_workflow
 
 JOBS = 10
@@ -99,3 +102,28 @@ async def test_a_spent_budget_says_what_kept_failing_and_fails_no_wait(emulator,
     assert "3 reconnect attempt(s) failed in a row" in message, message
     assert "what kept failing:" in message and "closed" in message, message
     assert API_KEY not in message
+
+
+async def test_the_listener_rides_a_spent_budget_on_the_streams_one_loop(emulator, caplog) -> None:
+    """A reconnect budget of 1, spent five times over: the listener asks the stream to reconnect
+    for ever, so the stream never gives up and the listener never opens a second one (it used to
+    wrap the stream's budgeted loop in a loop of its own: nested reconnects, nested pauses)."""
+    caplog.set_level(logging.INFO, logger="prefect_comfy.transport.reconnect")
+    client = FakeEventsClient()
+    async with CloudBackend(settings=storm_settings(emulator, attempts=1)) as backend:
+        listener = make_listener(backend, client)  # type: ignore[arg-type]
+        task = asyncio.create_task(listener.run())
+        try:
+            await eventually(lambda: listener.stats.connects == 1, message="connected")
+            await asyncio.to_thread(emulator.close_after_connected, 5)
+            await asyncio.to_thread(emulator.drop_connections)
+            await eventually(
+                lambda: listener.stats.connects == 2, timeout=scaled(30), message="reconnected"
+            )
+        finally:
+            listener.stop()
+            await asyncio.wait_for(task, scaled(10))
+            await asyncio.to_thread(emulator.close_after_connected, 0)
+    assert listener.stats.disconnects == 1 and listener.stats.stream_restarts == 0
+    assert "is gone" not in caplog.text, caplog.text
+    assert "(attempt 5)" in caplog.text, caplog.text

@@ -177,6 +177,8 @@ class MemoryServer:
         self.page_size = 100
         # the account-wide stream
         self.streams_opened = 0
+        self.forever: list[bool] = []
+        """What each ``events()`` call was asked: reconnect for ever (the listener's streams)?"""
         self.connects = 0
         self.patterns: list[list[str]] = []
         self._streams: list[Inbox] = []
@@ -608,9 +610,13 @@ class MemoryBackend(ComfyBackend):
         *,
         on_connect: Callable[[], Any] | None = None,
         on_disconnect: Callable[[], Any] | None = None,
+        forever: bool = False,
     ) -> AsyncIterator[ComfyEvent]:
         if not self.capabilities.global_event_stream:
-            return super().events(patterns, on_connect=on_connect, on_disconnect=on_disconnect)
+            return super().events(
+                patterns, on_connect=on_connect, on_disconnect=on_disconnect, forever=forever
+            )
+        self.server.forever.append(forever)
         return self._events(list(patterns), on_connect, on_disconnect)
 
     async def _events(self, patterns, on_connect, on_disconnect) -> AsyncIterator[ComfyEvent]:

@@ -9,6 +9,7 @@ import pytest
 
 from prefect_comfy.models import ComfyEvent, Job, Output
 from prefect_comfy.orchestration.events import emitter as emitter_module
+from prefect_comfy.orchestration.events.budget import Coalescer
 from prefect_comfy.orchestration.events.emitter import (
     PROGRESS_BUDGET_ENV,
     ComfyEventEmitter,
@@ -427,3 +428,19 @@ def test_a_100_percent_update_waits_an_interval_for_the_outcome(sent, clock):
     clock.advance(0.5)
     assert em.flush_due() == 1
     assert values(sent)[-1] == ("comfy.job.j2", "comfy.job.progress", 100)
+
+
+# -- the one coalescing (the listener's PacedQueue holds its progress in it too) -----------------
+def test_the_coalescer_keeps_the_newest_in_place_and_says_how_long_to_wait() -> None:
+    budget = ProgressBudget(1, clock=lambda: 0.0)
+    held: Coalescer[str] = Coalescer(1.0, lambda: budget)
+    assert held.offer("a", "a1") is None and held.offer("b", "b1") is None
+    assert held.offer("a", "a2") == "a1" and held.keys() == ["a", "b"]  # in a1's place
+    assert held.take(0.0) == ("a2", None)  # the budget's one event this second
+    assert held.take(0.0) == (None, 1.0)  # b is due, the budget is not
+    held.hold("b", 5.0)
+    held.hold("b", 2.0)  # the first hold stands
+    assert held.due_in("b", 0.0) == 5.0 and held.next_due(0.0) == 5.0
+    assert held.end("b") == "b1" and held.next_due(0.0) is None and len(held) == 0
+    held.offer("a", "a3")
+    assert held.take(0.5) == (None, 0.5)  # a's interval runs until 1.0

@@ -270,6 +270,9 @@ async def test_a_heartbeat_during_a_disconnect_says_false():
     await stop(listener, task)
     # The stream reconnected by itself: the listener never had to open a new one.
     assert backend.server.streams_opened == 1 and listener.stats.stream_restarts == 0
+    # ... and was asked to do so for ever: the listener wraps no reconnect loop of its own
+    # around the stream's (one loop reconnects, with no budget: a listener never gives up).
+    assert backend.server.forever == [True]
     assert listener.stats.connects == 2
 
 

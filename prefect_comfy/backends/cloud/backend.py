@@ -39,6 +39,7 @@ from prefect_comfy.backends.base import (
 from prefect_comfy.backends.cloud.rest import ComfyClient
 from prefect_comfy.models import ComfyEvent, Input, Job, Model, Output
 from prefect_comfy.settings import API_PREFIX, ComfySettings
+from prefect_comfy.transport.reconnect import FOREVER
 
 PAGE_SIZE = 100
 """Jobs per page when listing (the API's largest ``limit``)."""
@@ -243,12 +244,13 @@ class CloudBackend(ComfyBackend):
         *,
         on_connect: ConnectCallback | None = None,
         on_disconnect: DisconnectCallback | None = None,
+        forever: bool = False,
     ) -> AsyncIterator[ComfyEvent]:
         """Events matching ``patterns`` over one `ComfyWebSocket`, across reconnects.
 
         ``on_connect`` and ``on_disconnect`` are passed to the socket: the first runs as a task
         after every (re)subscribe, the second is awaited when a subscribed connection drops,
-        before the reconnect.
+        before the reconnect. ``forever``: the socket's reconnect budget never runs out.
         """
         from prefect_comfy.backends.cloud.ws import ComfyWebSocket
 
@@ -258,7 +260,7 @@ class CloudBackend(ComfyBackend):
             api_key=self.client.api_key.get_secret_value(),
             base_url=self.client.base_url,
             auto_reconnect=True,
-            max_reconnect_attempts=s.max_reconnect_attempts,
+            max_reconnect_attempts=FOREVER if forever else s.max_reconnect_attempts,
             reconnect_delay=s.reconnect_delay,
             max_reconnect_delay=s.max_reconnect_delay,
             auth=self.ws_auth,

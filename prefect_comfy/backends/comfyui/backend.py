@@ -377,6 +377,7 @@ class ComfyUIBackend(ComfyBackend):
         *,
         on_connect: ConnectCallback | None = None,
         on_disconnect: DisconnectCallback | None = None,
+        forever: bool = False,
     ) -> AsyncIterator[ComfyEvent]:
         """Events matching ``patterns`` from one WebSocket to this server (opened for this call).
 
@@ -385,11 +386,11 @@ class ComfyUIBackend(ComfyBackend):
         that ``on_connect`` ran for is lost, before the stream reconnects (not when this iterator is
         closed); a hook's exception is logged. Two calls with one client id would steal each
         other's execution messages (a ComfyUI rule): share one stream through
-        `prefect_comfy.waiting` instead.
+        `prefect_comfy.waiting` instead. ``forever``: the reconnect budget never runs out.
 
         Raises:
             WebSocketAuthError: the key was refused.
-            WebSocketConnectionError: the reconnect budget is spent.
+            WebSocketConnectionError: the reconnect budget is spent (never with ``forever``).
         """
         try:
             wanted = [validate_pattern(p) for p in patterns]
@@ -402,6 +403,7 @@ class ComfyUIBackend(ComfyBackend):
             get_job=self.get_job,
             on_connect=on_connect,
             on_disconnect=on_disconnect,
+            forever=forever,
         )
         async with contextlib.aclosing(stream.iterate()) as events:
             async for event in events:

@@ -56,7 +56,7 @@ from prefect_comfy.exceptions import (
 )
 from prefect_comfy.models import ComfyEvent, Job, preview_event
 from prefect_comfy.transport.backoff import Backoff
-from prefect_comfy.transport.reconnect import Attempt, DeadLink, Reconnect
+from prefect_comfy.transport.reconnect import FOREVER, Attempt, DeadLink, Reconnect
 
 __all__ = ["ComfyUIStream"]
 
@@ -84,6 +84,7 @@ class ComfyUIStream:
         on_connect: run as a task after every connect and reconnect, once reconciled.
         on_disconnect: awaited when a connection that ``on_connect`` ran for is lost, before the
             reconnect; its exceptions are logged.
+        forever: reconnect without a budget (else the settings' ``max_reconnect_attempts``).
     """
 
     def __init__(
@@ -95,8 +96,10 @@ class ComfyUIStream:
         get_job: Callable[[str], Awaitable[Job]],
         on_connect: Hook | None = None,
         on_disconnect: Hook | None = None,
+        forever: bool = False,
     ) -> None:
         self.http = http
+        self._forever = forever
         self.state = memory
         self._open_socket = open_socket
         self._get_job = get_job
@@ -168,7 +171,7 @@ class ComfyUIStream:
         settings = http.settings
         reconnect = Reconnect(
             f"ComfyUI event stream at {http.origin}",
-            max_attempts=settings.max_reconnect_attempts,
+            max_attempts=FOREVER if self._forever else settings.max_reconnect_attempts,
             backoff=Backoff(initial=settings.reconnect_delay, maximum=settings.max_reconnect_delay),
             describe=http.redact,
             on_disconnect=self._on_disconnect,
@@ -288,7 +291,7 @@ class ComfyUIStream:
         """Emit a prompt's outcome once its ``/history`` entry is written (so that a ``get_job``
         after the event agrees with it); from the frame alone if the entry is slow to come."""
         deadline = time.monotonic() + HISTORY_POLL_TIMEOUT
-        delay = 0.02
+        pauses = Backoff(0.02, 0.5, jitter=False)
         while ("job", prompt_id) not in self._ended:
             try:
                 entry = await self.http.history_entry(prompt_id)
@@ -300,8 +303,7 @@ class ComfyUIStream:
                 return
             if time.monotonic() > deadline:
                 break
-            await asyncio.sleep(delay)
-            delay = min(0.5, delay * 2)
+            await pauses.pause()
         if data is None or ("job", prompt_id) in self._ended:
             logger.warning("no /history entry for ComfyUI prompt %s yet", prompt_id)
             return

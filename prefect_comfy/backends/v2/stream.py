@@ -30,6 +30,7 @@ from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.http import V2Http
 from prefect_comfy.exceptions import ComfyAPIError, ComfyProtocolError
 from prefect_comfy.models import ComfyEvent, Job
+from prefect_comfy.transport.backoff import Backoff
 
 ReadJob = Callable[[str], Awaitable[Job]]
 """How a job is read (the backend's ``get_job``)."""
@@ -208,11 +209,9 @@ def _too_long(limit: int) -> ComfyProtocolError:
 async def confirmed_end(read_job: ReadJob, job_id: str, said: str) -> ComfyEvent | None:
     """The terminal event as a read of the job confirms it; ``None`` if the read disagrees."""
     job = await read_job(job_id)
-    delay, waited = 0.25, 0.0
-    while _expired(job) and waited < EXPIRED_CONFIRM_SECONDS:
-        await asyncio.sleep(delay)  # the proxy's false "expired" lasts until /history is written
-        waited += delay
-        delay = min(delay * 2, 1.0)
+    pauses = Backoff(0.25, 1.0, jitter=False)
+    while _expired(job) and pauses.waited < EXPIRED_CONFIRM_SECONDS:
+        await pauses.pause()  # the proxy's false "expired" lasts until /history is written
         job = await read_job(job_id)
     if not job.is_terminal:
         logger.info("Comfy job %s: the stream said %s, a read says %s", job_id, said, job.status)

@@ -1,4 +1,5 @@
-"""The process-wide budget of progress events: a sliding window shared by every emitter.
+"""The process-wide budget of progress events (a sliding window shared by every emitter), and
+the one coalescing of progress within it (`Coalescer`).
 
 A Prefect server stores about 1,000 events a second on a machine like ours, so a process may send
 only so many ``comfy.job.progress`` events, all jobs together; outcomes never touch this budget.
@@ -15,13 +16,17 @@ import logging
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from prefect_comfy.bounded import DEFAULT_SIZE, Bounded
 
 from prefect_comfy.settings import environment_value
 
 __all__ = [
     "DEFAULT_PROGRESS_EVENTS_PER_SECOND",
+    "Coalescer",
     "PROGRESS_BUDGET_ENV",
     "ProgressBudget",
     "progress_budget",
@@ -31,6 +36,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 DEFAULT_PROGRESS_EVENTS_PER_SECOND = 50.0
 """Progress events a process may send per second, all jobs together (5 % of a server's capacity)."""
@@ -131,3 +137,114 @@ def set_progress_events_per_second(rate: float | None) -> ProgressBudget:
     with _budget_lock:
         _budget = None if rate is None else ProgressBudget(rate)
     return progress_budget()
+
+
+class Coalescer(Generic[T]):
+    """Progress held per job: the newest update waits in the place of the one before it, and goes
+    at most once per ``interval`` per job, within the progress budget.
+
+    The one coalescing of the package: the sensor's emitter
+    (`prefect_comfy.orchestration.events.emitter.ComfyEventEmitter`) and the listener's queue
+    (`prefect_comfy.listener.pacing.PacedQueue`) hold their progress here; what they hold (a
+    Comfy event, a Prefect event to build) is theirs. No clock of its own: every call says ``now``.
+
+    Args:
+        interval: the least seconds between two updates sent for one key.
+        budget: the progress budget, looked up when needed.
+        remember: keys whose last send time is kept (the oldest forgotten first).
+
+    Example:
+        >>> held = Coalescer(1.0, lambda: ProgressBudget(100, clock=lambda: 0.0))
+        >>> held.offer("j1", "10 %"), held.take(0.0), held.offer("j1", "20 %"), held.offer("j1", "30 %")
+        (None, ('10 %', None), None, '20 %')
+        >>> held.take(0.5), held.take(1.0)
+        ((None, 0.5), ('30 %', None))
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        budget: Callable[[], ProgressBudget],
+        *,
+        remember: int = DEFAULT_SIZE,
+    ) -> None:
+        self.interval = interval
+        self._budget = budget
+        self._pending: OrderedDict[str, T] = OrderedDict()
+        self._sent = Bounded(remember)
+        self._hold: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pending
+
+    def keys(self) -> list[str]:
+        """The keys with an update held, the longest held first."""
+        return list(self._pending)
+
+    def values(self) -> Iterable[T]:
+        """What is held, the longest held first."""
+        return self._pending.values()
+
+    def offer(self, key: str, item: T) -> T | None:
+        """Hold ``item`` for ``key``, in the place of the update held before it (returned)."""
+        older = self._pending.get(key)
+        self._pending[key] = item  # an existing key keeps its place
+        return older
+
+    def hold(self, key: str, until: float) -> None:
+        """Send nothing for ``key`` before ``until`` (a 100 % waits for the outcome to say it);
+        the first hold of a key stands until `end`."""
+        self._hold.setdefault(key, until)
+
+    def drop(self, key: str) -> T | None:
+        """Let go of what is held for ``key`` (what was held, if anything)."""
+        return self._pending.pop(key, None)
+
+    def drop_oldest(self) -> T:
+        """Let go of the update held longest."""
+        return self._pending.popitem(last=False)[1]
+
+    def end(self, key: str) -> T | None:
+        """Forget ``key`` (its job ended): what was held, its interval, its hold."""
+        self._sent.pop(key, None)
+        self._hold.pop(key, None)
+        return self._pending.pop(key, None)
+
+    def sent(self, key: str, now: float) -> None:
+        """Count an update of ``key`` sent at ``now`` (its interval starts again)."""
+        self._sent.remember(key, now)
+
+    def due_in(self, key: str, now: float) -> float:
+        """Seconds until ``key`` may send again (0 or less: now), whatever the budget."""
+        due = self._sent.get(key, -math.inf) + self.interval
+        return max(due, self._hold.get(key, -math.inf)) - now
+
+    def next_due(self, now: float, *, budget_cap: float = math.inf) -> float | None:
+        """Seconds until a held update may go (``None``: nothing held); when one is due already,
+        how long the budget makes it wait (at most ``budget_cap``)."""
+        if not self._pending:
+            return None
+        soonest = min(max(self.due_in(key, now), 0.0) for key in self._pending)
+        return soonest if soonest > 0 else min(self._budget().seconds_until_available(), budget_cap)
+
+    def take(self, now: float, key: str | None = None) -> tuple[T | None, float | None]:
+        """The held update to send now (of ``key``, or the longest held that is due), counted
+        as sent and against the budget; else ``None`` and how long to wait (``None``: nothing
+        held; a due update with no room in the budget waits for the budget)."""
+        soonest = math.inf
+        for candidate in [key] if key is not None else list(self._pending):
+            if candidate not in self._pending:
+                continue
+            wait = self.due_in(candidate, now)
+            if wait > 0:
+                soonest = min(soonest, wait)
+                continue
+            budget = self._budget()
+            if not budget.try_acquire():
+                return None, budget.seconds_until_available()
+            self.sent(candidate, now)
+            return self._pending.pop(candidate), None
+        return None, (soonest if soonest < math.inf else None)

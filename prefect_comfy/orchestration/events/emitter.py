@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from prefect.events import Event
@@ -46,6 +45,7 @@ from prefect_comfy.orchestration.events import names
 from prefect_comfy.orchestration.events.budget import (
     DEFAULT_PROGRESS_EVENTS_PER_SECOND,
     PROGRESS_BUDGET_ENV,
+    Coalescer,
     ProgressBudget,
     progress_budget,
     set_progress_events_per_second,
@@ -81,15 +81,6 @@ Clock = Callable[[], float]
 
 PROGRESS_FIELDS = ("progress", "node_id", "node_class", "step", "steps")
 """Where a job stands: the progress payload fields an outcome takes over from the last progress."""
-
-
-@dataclass
-class _JobProgress:
-    last_sent_at: float | None = None
-    last_occurrence: str | None = None
-    pending: ComfyEvent | None = None
-    latest: dict[str, Any] | None = None  # the newest progress payload seen, sent or not
-    hold_until: float = float("-inf")  # a 100 % value waits this long for the outcome to say it
 
 
 def _says_done(comfy_event: ComfyEvent) -> bool:
@@ -132,11 +123,13 @@ class ComfyEventEmitter:
         self.backend_kind = backend_kind
         self.flow_run_id = flow_run_id
         self.task_run_id = task_run_id
-        self.progress_interval = float(progress_interval)
         self._budget = budget
         self._sink = sink or prefect_event_sink
         self._clock = clock
-        self._jobs: dict[str, _JobProgress] = {}
+        self._held: Coalescer[ComfyEvent] = Coalescer(float(progress_interval), lambda: self.budget)
+        self._latest: dict[str, dict[str, Any]] = {}
+        """Per job, the newest progress payload seen, sent or not (an outcome takes it over)."""
+        self._last_occurrence: dict[str, str] = {}
 
     @classmethod
     def for_backend(cls, backend: Any, **kwargs: Any) -> ComfyEventEmitter:
@@ -145,6 +138,11 @@ class ComfyEventEmitter:
         kwargs.setdefault("flow_run_id", flow_run_id)
         kwargs.setdefault("task_run_id", task_run_id)
         return cls(backend.address, backend.kind, **kwargs)
+
+    @property
+    def progress_interval(self) -> float:
+        """Seconds between two progress events of one job."""
+        return self._held.interval
 
     @property
     def budget(self) -> ProgressBudget:
@@ -200,64 +198,37 @@ class ComfyEventEmitter:
         job_id = comfy_event.resource_id
         if job_id is None:
             return False
-        state = self._jobs.setdefault(job_id, _JobProgress())
-        state.latest = comfy_event.payload
-        occurrence = names.occurrence_of(comfy_event)
-        if occurrence == state.last_occurrence:
-            state.pending = None  # a repeat of what was sent last: nothing new to say
+        self._latest[job_id] = comfy_event.payload
+        if names.occurrence_of(comfy_event) == self._last_occurrence.get(job_id):
+            self._held.drop(job_id)  # a repeat of what was sent last: nothing new to say
             return False
-        state.pending = comfy_event
+        self._held.offer(job_id, comfy_event)
         now = self._clock()
-        if _says_done(comfy_event) and state.hold_until == float("-inf"):
+        if _says_done(comfy_event):
             # The outcome follows at once and says 100 % itself: hold this one for an interval.
-            state.hold_until = now + self.progress_interval
-        if self._interval_passed(state, now) and self.budget.try_acquire():
-            self._send_pending(state, now)
-            return True
-        return False
-
-    def _interval_passed(self, state: _JobProgress, now: float) -> bool:
-        if now < state.hold_until:
+            self._held.hold(job_id, now + self.progress_interval)
+        event, _ = self._held.take(now, job_id)
+        if event is None:
             return False
-        return state.last_sent_at is None or now - state.last_sent_at >= self.progress_interval
+        self._send(job_id, event)
+        return True
 
-    def _send_pending(self, state: _JobProgress, now: float) -> None:
-        event, state.pending = state.pending, None
-        assert event is not None
-        state.last_sent_at = now
-        state.last_occurrence = names.occurrence_of(event)
+    def _send(self, job_id: str, event: ComfyEvent) -> None:
+        self._last_occurrence[job_id] = names.occurrence_of(event)
         self.emit(self.build(event))
 
     def next_due(self) -> float | None:
         """Seconds until a held progress update may go out (``None`` when nothing is held)."""
-        now = self._clock()
-        waits = []
-        for state in self._jobs.values():
-            if state.pending is None:
-                continue
-            wait = (
-                0.0
-                if state.last_sent_at is None
-                else state.last_sent_at + self.progress_interval - now
-            )
-            waits.append(max(wait, state.hold_until - now, 0.0))
-        if not waits:
-            return None
-        soonest = min(waits)
-        if soonest <= 0:
-            soonest = max(soonest, min(self.budget.seconds_until_available(), 60.0))
-        return soonest
+        return self._held.next_due(self._clock(), budget_cap=60.0)
 
     def flush_due(self) -> int:
         """Send the held updates whose interval has passed, as far as the budget allows."""
         now = self._clock()
         sent = 0
-        for state in self._jobs.values():
-            if state.pending is not None and self._interval_passed(state, now):
-                if not self.budget.try_acquire():
-                    break
-                self._send_pending(state, now)
-                sent += 1
+        while (taken := self._held.take(now))[0] is not None:
+            event = taken[0]
+            self._send(str(event.resource_id), event)
+            sent += 1
         return sent
 
     def flush(self, job_id: str | None = None) -> int:
@@ -268,23 +239,21 @@ class ComfyEventEmitter:
         """
         now = self._clock()
         sent = 0
-        states = [self._jobs[job_id]] if job_id in self._jobs else []
-        if job_id is None:
-            states = list(self._jobs.values())
-        for state in states:
-            if state.pending is None:
-                continue
-            if self.budget.try_acquire():
-                self._send_pending(state, now)
+        for key in self._held.keys() if job_id is None else [job_id]:
+            event = self._held.drop(key)
+            if event is not None and self.budget.try_acquire():
+                self._held.sent(key, now)
+                self._send(key, event)
                 sent += 1
-            else:
-                state.pending = None
         return sent
 
     def _take_over_progress(self, resource_id: str | None, payload: dict[str, Any]) -> None:
         """End a job's progress: its held update is dropped, where it stood goes into ``payload``."""
-        state = self._jobs.pop(resource_id, None) if resource_id is not None else None
-        latest = state.latest if state is not None else None
+        latest = None
+        if resource_id is not None:
+            self._held.end(resource_id)
+            self._last_occurrence.pop(resource_id, None)
+            latest = self._latest.pop(resource_id, None)
         for key in PROGRESS_FIELDS:
             if payload.get(key) is None and latest and latest.get(key) is not None:
                 payload[key] = latest[key]
