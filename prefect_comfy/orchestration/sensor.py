@@ -388,15 +388,16 @@ async def _conclude(
         watch.note_milestone(100.0)
         log.info("Comfy job %s completed with %d output(s)", job_id, len(job.outputs))
         if outputs_artifact:  # off the waiting path: the task flushes it at its end
-            close = handed.owned
+            # The write downloads previews after the wait returned: with a backend of its own (the
+            # one made here, else a clone: the caller may close theirs as soon as we return).
+            own = backend if handed.owned else backend.clone()
             handed.owned = False
 
             async def write(job: Job = job) -> None:
                 try:
-                    await create_outputs_artifact(job, backend=backend)
+                    await create_outputs_artifact(job, backend=own)
                 finally:
-                    if close:
-                        await _close_backend(backend, log)
+                    await _close_backend(own, log)
 
             artifact_writes().submit(artifact_key("job", job_id, "outputs"), write)
         return job
