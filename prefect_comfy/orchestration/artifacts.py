@@ -18,7 +18,8 @@ keeps it from returning (issue 11, item 15: 200 waits in one flow hung on their 
 Progress writes stay off the waiting path: the artifact is created by the wait's reporter (a task of
 its own), not before the wait, and the waits of one event loop share
 `PROGRESS_WRITES_IN_FLIGHT` writes at a time, each sending the latest value held when its turn
-comes (issue 21, section 4).
+comes. A wait's last writes (final progress, outputs) go through `prefect_comfy.orchestration.writes`
+(issue 21, section 4).
 
 Example:
     >>> artifact_key("job", "Job_42")

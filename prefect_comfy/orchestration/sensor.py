@@ -44,11 +44,13 @@ from prefect_comfy.models import (
 from prefect_comfy.orchestration.artifacts import (
     JobPreviewArtifact,
     JobProgressArtifact,
+    artifact_key,
     create_outputs_artifact,
 )
 from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL, ComfyEventEmitter
 from prefect_comfy.orchestration.events.names import job_position, job_progress_labels
 from prefect_comfy.orchestration.runs import claim_cancel, release_cancel, run_logger
+from prefect_comfy.orchestration.writes import artifact_writes
 from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
@@ -181,8 +183,9 @@ class _JobWatch:
 
         Bounded in time: the pump gets `STOP_TIMEOUT` to end (the flag ends its loop even if
         its cancellation is lost, see `deadlines`); the final artifact
-        write is abandoned after `ARTIFACT_WRITE_TIMEOUT`, and never
-        takes more than `STOP_TIMEOUT`. A failed write is logged; the wait goes on.
+        write is handed to the loop's `ArtifactWrites` (the wait does not wait for it; it is
+        abandoned after `ARTIFACT_WRITE_TIMEOUT`, and never takes more than `STOP_TIMEOUT`). A
+        failed write is logged; the wait goes on.
         """
         self._stopping = True
         pump, self._pump = self._pump, None
@@ -196,16 +199,22 @@ class _JobWatch:
             self.preview.discard()  # the outputs artifact replaces the newest one written
         if self.emitter is not None and outcome is None:
             self.emitter.flush(self.job_id)  # within the budget: what has no room is dropped
-        if self.artifact is not None:
-            in_time = True
-            try:
-                await bounded(self.artifact.finish(final_progress, outcome), STOP_TIMEOUT)
-            except TimeoutError:
-                in_time = False
-            if not in_time or self.artifact.failed:
-                self.log.warning(
-                    "Could not write the final progress of Comfy job %s; going on", self.job_id
-                )
+        if self.artifact is not None:  # written off the waiting path (`ArtifactWrites`)
+            artifact_writes().submit(
+                self.artifact.key, lambda: self._finish(final_progress, outcome)
+            )
+
+    async def _finish(self, final_progress: float | None, outcome: str | None) -> None:
+        assert self.artifact is not None
+        in_time = True
+        try:
+            await bounded(self.artifact.finish(final_progress, outcome), STOP_TIMEOUT)
+        except TimeoutError:
+            in_time = False
+        if not in_time or self.artifact.failed:
+            self.log.warning(
+                "Could not write the final progress of Comfy job %s; going on", self.job_id
+            )
 
 
 async def _cancel_job(backend: ComfyBackend, job_id: str, log: Any) -> Job | None:
@@ -314,7 +323,13 @@ async def watch_comfy_job(
         except BaseException:
             await watch.stop()
             raise
-        return await _conclude(backend, job_id, terminal, watch, outputs_artifact)
+        handed = _Handover(owned)
+        owned = False  # from here on, `_conclude` (or the outputs write it hands on) closes it
+        try:
+            return await _conclude(backend, job_id, terminal, watch, outputs_artifact, handed)
+        finally:
+            if handed.owned:
+                await _close_backend(backend, log)
     finally:
         if owned:
             await _close_backend(backend, log)
@@ -341,12 +356,21 @@ async def _after_interrupt(
             await _close_backend(backend, log)
 
 
+class _Handover:
+    """Whether the watch still has to close the backend it made (the outputs write may take it
+    over: it downloads previews with it, after the wait returned)."""
+
+    def __init__(self, owned: bool) -> None:
+        self.owned = owned
+
+
 async def _conclude(
     backend: ComfyBackend,
     job_id: str,
     terminal: ComfyEvent,
     watch: _JobWatch,
     outputs_artifact: bool,
+    handed: _Handover,
 ) -> Job:
     """Report the outcome and return the job, or raise for failed and cancelled."""
     log, emitter = watch.log, watch.emitter
@@ -363,8 +387,19 @@ async def _conclude(
         assert job is not None
         watch.note_milestone(100.0)
         log.info("Comfy job %s completed with %d output(s)", job_id, len(job.outputs))
-        if outputs_artifact:
-            await create_outputs_artifact(job, backend=backend)
+        if outputs_artifact:  # off the waiting path: the task flushes it at its end
+            # The write downloads previews after the wait returned: with a backend of its own (the
+            # one made here, else a clone: the caller may close theirs as soon as we return).
+            own = backend if handed.owned else backend.clone()
+            handed.owned = False
+
+            async def write(job: Job = job) -> None:
+                try:
+                    await create_outputs_artifact(job, backend=own)
+                finally:
+                    await _close_backend(own, log)
+
+            artifact_writes().submit(artifact_key("job", job_id, "outputs"), write)
         return job
     if outcome == "failed":
         error = _error_of(terminal, job)

@@ -41,6 +41,7 @@ from prefect.states import State
 from prefect_comfy.backends.registry import ComfyCredentials, backend_of
 from prefect_comfy.exceptions import is_retryable
 from prefect_comfy.models import Input, Job, Model
+from prefect_comfy.orchestration.artifacts import artifact_key
 from prefect_comfy.orchestration.events import names as events
 from prefect_comfy.orchestration.events.emitter import DEFAULT_PROGRESS_INTERVAL
 from prefect_comfy.orchestration.job_steps import download_outputs, submit_job
@@ -53,6 +54,7 @@ from prefect_comfy.orchestration.suspend import (
     submission_key,
     suspend_unless_ended,
 )
+from prefect_comfy.orchestration.writes import flush_artifact_writes
 
 __all__ = [
     "cancel_comfy_job",
@@ -306,16 +308,23 @@ async def wait_for_comfy_job(
         await suspend_unless_ended(
             credentials, str(job_id), timeout=timeout, cancel_on_timeout=cancel_on_timeout
         )
-    return await watch_comfy_job(
-        credentials,
-        job_id,
-        timeout=timeout,
-        cancel_on_timeout=cancel_on_timeout,
-        emit_events=emit_events,
-        progress_artifact=progress_artifact,
-        outputs_artifact=outputs_artifact,
-        progress_interval=progress_interval,
-    )
+    try:
+        return await watch_comfy_job(
+            credentials,
+            job_id,
+            timeout=timeout,
+            cancel_on_timeout=cancel_on_timeout,
+            emit_events=emit_events,
+            progress_artifact=progress_artifact,
+            outputs_artifact=outputs_artifact,
+            progress_interval=progress_interval,
+        )
+    finally:
+        # The wait returned before its last artifact writes; the task ends when they are done
+        # (bounded), so none is lost when its event loop or the run ends.
+        await flush_artifact_writes(
+            [artifact_key("job", str(job_id)), artifact_key("job", str(job_id), "outputs")]
+        )
 
 
 @task(

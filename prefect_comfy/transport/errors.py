@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from prefect_comfy.exceptions import (
     AuthenticationError,
@@ -66,6 +67,13 @@ def quiet_url(url: httpx.URL) -> str:
 
 def decode_json(content: bytes) -> Any:
     """A JSON body, decoded; raises ``ValueError`` for anything that is not JSON (deep nesting too)."""
+    try:
+        # orjson (Prefect's own JSON library) decodes a page of 100 jobs several times faster;
+        # whatever it refuses (NaN, huge integers, deep nesting …) goes to the standard decoder,
+        # so both accept and refuse the same bodies.
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(content)
     except RecursionError:

@@ -164,6 +164,16 @@ class EventHub(SharedStream):
         return self._reconciler.reads
 
     @property
+    def waited_for(self) -> int:
+        """Resources with at least one pending wait (cheap: `stats` counts every wait)."""
+        return len(self._waiters)
+
+    @property
+    def reconciling(self) -> bool:
+        """Whether a reconciliation is queued, gathering late waits, or running."""
+        return self._reconciler.busy or self._late is not None
+
+    @property
     def stats(self) -> dict[str, int]:
         """Counters for tests and benchmarks."""
         return {
@@ -174,7 +184,7 @@ class EventHub(SharedStream):
             "rest_list_requests": self._reconciler.list_requests,
             "reconcile_ms": round(self._reconciler.seconds * 1000),
             "rest_polls_while_down": self._reconciler.polls,
-            "reconciling": int(self._reconciler.busy or self._late is not None),
+            "reconciling": int(self.reconciling),
             "events_received": self.events_received,
             "pending": sum(len(w) for w in list(self._waiters.values())),
             "stream_open": int(self._stream is not None),

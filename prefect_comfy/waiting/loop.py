@@ -15,16 +15,19 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from prefect_comfy.transport.threads import start_thread
 
-__all__ = ["Mailbox", "waiting_loop"]
+__all__ = ["Mailbox", "mailbox_of", "waiting_loop"]
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -87,8 +90,12 @@ class Mailbox:
             if self._scheduled:
                 return
             self._scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop is gone (a test's closed loop)
+        try:
             loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nobody is left to run what is queued
+            with self._lock:
+                self._scheduled = False
+                self._queue.clear()
 
     async def run(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run ``callback(*args)`` on the loop and wait until it ran."""
@@ -112,7 +119,30 @@ class Mailbox:
             self._scheduled = False
         while self._queue:
             callback, args = self._queue.popleft()
-            callback(*args)
+            try:
+                callback(*args)
+            except Exception:  # one failed call must not strand the rest of the batch
+                logger.exception("a call handed to the event loop failed")
+
+
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def mailbox_of(loop: asyncio.AbstractEventLoop) -> Mailbox:
+    """The one `Mailbox` of a loop (made on first use, forgotten with the loop).
+
+    The waiting layer hands every wait's events and outcome to the wait's loop through it, so a
+    burst of outcomes for one loop wakes that loop once, not once per wait (issue 21, section 5).
+    """
+    box = _mailboxes.get(loop)
+    if box is None:
+        with _lock:
+            box = _mailboxes.get(loop)
+            if box is None:
+                box = _mailboxes[loop] = Mailbox(loop)
+    return box
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

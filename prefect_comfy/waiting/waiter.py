@@ -1,8 +1,9 @@
 """One pending wait: what the hub knows of it, and how its events reach the waiting loop.
 
 The hub runs on its own loop; a wait may run on any other. `Waiter.deliver` is called on the
-hub's loop and hands the event over with ``call_soon_threadsafe`` (in order: one FIFO per loop), so
-the future is resolved, and progress callbacks run, on the wait's own loop. A waiter is small on
+hub's loop and hands the event over through the wait loop's one `Mailbox` (in order: one FIFO per
+loop, woken once per batch, not once per event), so the future is resolved, and progress callbacks
+run, on the wait's own loop. A waiter is small on
 purpose (``__slots__``, the progress queue made only for waits that asked for progress): the hub
 holds one per pending wait.
 """
@@ -10,7 +11,6 @@ holds one per pending wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect_comfy.backends.base import ProgressCallback
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.waiting.loop import Mailbox, mailbox_of
 
 __all__ = ["Waiter"]
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 class Waiter:
     """One call of `EventHub.wait`."""
 
-    __slots__ = ("ended", "future", "inbox", "kind", "loop", "on_progress", "pump", "resource_id")
+    __slots__ = ("ended", "future", "inbox", "kind", "on_progress", "outbox", "pump", "resource_id")
 
     def __init__(
         self,
@@ -40,12 +41,19 @@ class Waiter:
         self.kind = kind
         self.resource_id = resource_id
         self.future = future
-        self.loop = loop
-        """The loop the wait runs on (where the future and the callbacks live)."""
+        self.outbox: Mailbox = mailbox_of(loop)
+        """The mailbox of the loop the wait runs on (where the future and the callbacks live)."""
         self.on_progress = on_progress
         self.inbox: asyncio.Queue[ComfyEvent] | None = None
         self.pump: asyncio.Task[None] | None = None
         self.ended = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the wait runs on."""
+        loop = self.outbox.loop
+        assert loop is not None
+        return loop
 
     @property
     def key(self) -> tuple[str, str]:
@@ -71,15 +79,9 @@ class Waiter:
         self._send(_set_exception, self.future, exc)
 
     def _send(self, callback: Callable[..., None], *args: Any) -> None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            callback(*args)
-            return
-        with contextlib.suppress(RuntimeError):  # the wait's loop is closed: nobody waits
-            self.loop.call_soon_threadsafe(callback, *args)
+        # At once on the wait's own loop; from the hub's thread, queued and drained in batches
+        # (a closed loop drops it: nobody waits there any more).
+        self.outbox.call(callback, *args)
 
     # -- called on the wait's loop --------------------------------------------------------------
     def _accept(self, event: ComfyEvent) -> None:

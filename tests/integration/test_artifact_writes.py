@@ -20,6 +20,7 @@ from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.orchestration import artifacts
 from prefect_comfy.orchestration import sensor as watching
 from prefect_comfy.orchestration.sensor import watch_comfy_job
+from prefect_comfy.orchestration.writes import flush_artifact_writes
 from tests.support.keys import API_KEY
 from tests.support.workflows import slow_workflow
 
@@ -83,6 +84,8 @@ async def test_a_broken_prefect_api_never_keeps_a_wait_from_returning(
             watch_comfy_job(backend, job.id, emit_events=False, progress_interval=0.1), 30
         )
         elapsed = time.monotonic() - started
+    # the final writes went on in the background, each bounded: the flush a task ends with
+    assert await flush_artifact_writes(timeout=10)
     assert done.status == "completed" and done.outputs
     # the job itself takes ~0.5 s; at most one progress write and the outputs artifact time out
     assert elapsed < 8.0, (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import uuid
@@ -364,3 +365,35 @@ async def test_the_watch_sends_previews_to_the_artifact_never_to_events() -> Non
         )
     )
     assert emitter.events == [] and preview.next_due() == 0.0
+
+
+async def test_final_writes_are_bounded_latest_wins_and_flushed():
+    """orchestration.writes: at most ``in_flight`` at once; a key's write not started yet is
+    replaced by a later one; a write that raises is logged, the others go on; flush waits."""
+    from prefect_comfy.orchestration.writes import ArtifactWrites
+
+    writes = ArtifactWrites(in_flight=2)
+    running, most, done = 0, 0, []
+    gate = asyncio.Event()
+
+    async def write(key: str, value: int) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await gate.wait()
+        running -= 1
+        if value < 0:
+            raise RuntimeError("503")
+        done.append((key, value))
+
+    for n in range(6):
+        writes.submit(f"k{n}", lambda n=n: write(f"k{n}", n))
+    writes.submit("k5", lambda: write("k5", 50))  # k5 has not started: only 50 goes out
+    writes.submit("k4", lambda: write("k4", -1))  # nor k4: its failure is logged, not raised
+    await asyncio.sleep(0)
+    assert writes.pending == 6
+    gate.set()
+    assert await writes.flush(timeout=5)
+    assert most == 2
+    assert sorted(done) == [("k0", 0), ("k1", 1), ("k2", 2), ("k3", 3), ("k5", 50)]
+    assert writes.pending == 0

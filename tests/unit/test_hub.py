@@ -268,3 +268,41 @@ async def test_a_large_outcome_of_nobodys_job_is_not_kept_a_late_wait_reads_it(h
     assert late.event == "job.completed"
     assert len(world.reads) == reads + 1  # read over REST, not remembered
     assert hub._recall.outcome_bytes < 2**20
+
+
+async def test_outcomes_from_the_hubs_thread_wake_the_waits_loop_once_per_batch(monkeypatch):
+    """Issue 21 §5: a burst of outcomes handed from the waiting layer's thread costs the wait's
+    loop one wake-up (one ``call_soon_threadsafe``), not one per wait; each still in order."""
+    import threading
+
+    from prefect_comfy.waiting.waiter import Waiter
+
+    loop = asyncio.get_running_loop()
+    wakes: list[Any] = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        wakes.append(callback)
+        return original(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    progress: list[str] = []
+    waiters = [Waiter("job", f"j{i}", loop.create_future(), loop) for i in range(200)]
+    followed = Waiter("job", "p", loop.create_future(), loop, progress.append)
+
+    def hub_thread() -> None:  # as the hub's loop does: deliver from another thread
+        for n in range(3):
+            followed.deliver(ComfyEvent(event="job.progress", payload={"id": "p", "progress": n}))
+        for w in waiters:
+            w.deliver(ComfyEvent(event="job.completed", payload={"id": w.resource_id}))
+        followed.deliver(ComfyEvent(event="job.completed", payload={"id": "p"}))
+
+    thread = threading.Thread(target=hub_thread)
+    thread.start()
+    thread.join()  # the loop is held here: everything is queued before it can drain
+    results = await asyncio.wait_for(asyncio.gather(*(w.future for w in waiters)), scaled(10))
+    assert [r.payload["id"] for r in results] == [w.resource_id for w in waiters]
+    assert (await asyncio.wait_for(followed.future, scaled(10))).event == "job.completed"
+    assert [e.payload["progress"] for e in progress] == [0, 1, 2]
+    assert len(wakes) == 1
+    followed.close()

@@ -21,6 +21,7 @@ from prefect_comfy.models import ComfyEvent, Job, Output, ResourceError
 from prefect_comfy.orchestration.events import emitter as emitter_module
 from prefect_comfy.orchestration.sensor import _JobWatch, watch_comfy_job
 from prefect_comfy.orchestration.sensor import watch_comfy_upload as _watch_upload
+from prefect_comfy.orchestration.writes import flush_artifact_writes
 from tests.support.memory import MemoryBackend
 from tests.support.waiting import eventually, scaled
 
@@ -313,6 +314,8 @@ async def test_hanging_artifact_writes_never_keep_the_wait_from_returning(
         stubborn.release.set()
     assert result == backend.server.jobs["j1"]
     assert elapsed < 2.0, f"the wait took {elapsed:.1f}s"
+    # its final writes went on in the background, each bounded: a task's flush ends them in time
+    assert await flush_artifact_writes(timeout=2.0)
     assert stubborn.calls, "a write was tried"
     assert sent[-1].event == "comfy.job.completed"
     assert "not written" in caplog.text
@@ -333,4 +336,44 @@ async def test_failing_artifact_writes_never_fail_the_wait(sent, monkeypatch, ca
     backend.server.progress("j1", 10)
     backend.server.finish("j1", "completed", outputs=[Output(id="o1", name="a.txt")])
     assert await asyncio.wait_for(task, scaled(5)) == backend.server.jobs["j1"]
+    await flush_artifact_writes(timeout=scaled(5))
     assert "503 from the Prefect API" in caplog.text
+
+
+async def test_the_final_artifact_writes_are_off_the_waiting_path_and_flushed_later(
+    sent, monkeypatch
+):
+    """Issue 21 §4: the wait returns while its final progress and outputs writes still go on (a
+    slow Prefect API once held 200 waits 3x as long); the task's flush then sees them written,
+    the progress ending at 100."""
+    slow = asyncio.Event()
+    writes: list[tuple[str, Any]] = []
+
+    async def create(**kwargs: Any):
+        await slow.wait()
+        writes.append(("create", kwargs.get("progress", kwargs.get("key"))))
+        return __import__("uuid").uuid4()
+
+    async def update(**kwargs: Any):
+        await slow.wait()
+        writes.append(("update", kwargs["progress"]))
+
+    async def markdown(**kwargs: Any):
+        await slow.wait()
+        writes.append(("outputs", kwargs["key"]))
+        return __import__("uuid").uuid4()
+
+    monkeypatch.setattr("prefect.artifacts.acreate_progress_artifact", create)
+    monkeypatch.setattr("prefect.artifacts.aupdate_progress_artifact", update)
+    monkeypatch.setattr("prefect.artifacts.acreate_markdown_artifact", markdown)
+    backend = memory()
+    task = await watching(backend, backend, emit_events=False)
+    backend.server.progress("j1", 10)
+    backend.server.progress("j1", 50)
+    backend.server.finish("j1", "completed", outputs=[Output(id="o1", name="a.txt")])
+    assert await asyncio.wait_for(task, scaled(5)) == backend.server.jobs["j1"]
+    assert writes == []  # returned while every write still waits for the API
+    slow.set()
+    assert await flush_artifact_writes(timeout=scaled(5))
+    assert ("outputs", "comfy-job-j1-outputs") in writes
+    assert ("create", 100.0) in writes or ("update", 100.0) in writes  # the final value
