@@ -10,11 +10,20 @@ resources to one `JobStreams`, which
   starts at ``COMFY_MAX_STREAMS``, default 8, and is learned: a refusal lowers it to the streams
   open at that moment, moves the job to the shared REST read, and no new stream is tried before
   the refusal's ``retry_after``, held between `REFUSAL_FLOOR` and `REFUSAL_CEILING`);
-- reads every other pending resource in ONE shared, backed-off REST loop (every polled resource each
-  round; 0.5 s apart, x1.5 per quiet round up to 5 s, back to 0.5 s when something changed). A
-  resource new to the loop is read at once; inputs and models end on that first read, since a v2
-  upload is ready when it returns;
-- moves polled jobs onto streams, oldest first, as slots free up;
+- follows every other pending resource in ONE shared, backed-off REST loop (0.5 s apart, x1.5 per
+  quiet round up to 5 s, back to 0.5 s when a polled job started or ended). Where the server lists
+  its unfinished jobs (`ComfyBackend.list_unfinished`:
+  ``GET /api/v2/jobs?status=queued,running,canceling`` on comfy-api-proxy and the emulator), a round
+  is ONE listing, a page per 100 unfinished jobs, not a read per job: a polled job missing from a
+  listing has ended, and only it is read (for its outcome). A round lists only where that costs
+  fewer requests than reading the polled jobs (the last listing's pages tell). Elsewhere (Comfy
+  Cloud answers 501) each polled job is read. A resource new to the loop is looked at at once (the
+  new ones together); inputs and models end on that first read, since a v2 upload is ready when it
+  returns;
+- gives the streams to the jobs closest to their end: a freed slot goes to the polled job with the
+  most progress (running before queued, then the most progress, then the oldest), and a
+  running polled job takes the stream of a streamed job that is only queued (`JobStreams._rank`).
+  A server that runs a few jobs at a time, first in first out, thus ends every job on a stream;
 - follows a stream that ends without a terminal event with ONE read, then streams or polls the job
   again.
 
@@ -28,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from prefect_comfy.backends.base import ComfyBackend
@@ -69,6 +80,13 @@ REOPEN_DELAY = 0.5
 """Seconds before a job whose stream ended early (and was read once) is streamed or polled again."""
 FAILURES_BEFORE_POLLING = 3
 """Streams in a row that fail before yielding anything, after which only the poll is used."""
+SWAP_GRACE = 2.0
+"""Seconds after a stream was given up for another job during which a refusal does not lower
+the cap (the server may not have seen the first one close yet)."""
+SWAP_RETRY = 0.05
+"""Seconds before a new stream is tried after such a refusal."""
+_RUNNING, _QUEUED = 2, 1
+"""How close a job is to its end, by status (`JobStreams._rank`); 0: not seen yet."""
 
 
 def per_job_mode(backend: ComfyBackend) -> bool:
@@ -117,7 +135,12 @@ class JobStreams:
         self._polled: dict[Key, None] = {}  # in order: the oldest moves to a stream first
         self._fresh: dict[Key, None] = {}  # polled but never read: read without waiting a round
         self._status: dict[Key, str] = {}
+        self._ranks: dict[Key, tuple[int, float, float]] = {}  # status, progress, -created
+        self._arrival: dict[Key, int] = {}  # tie-break: the first tracked goes first
+        self._arrivals = itertools.count()
+        self._list_pages = 1  # what the last listing of unfinished jobs cost (0: cannot list)
         self._blocked_until = 0.0
+        self._swapped_at = -math.inf  # when a stream was last given up for a job closer to its end
         self._failures = 0
         self._streaming = True
         self._poller: asyncio.Task[None] | None = None
@@ -135,6 +158,12 @@ class JobStreams:
         """REST reads made (the poll's and the one after a stream that ended early)."""
         self.rounds = 0
         """Full rounds of the shared poll."""
+        self.lists = 0
+        """Listings of the unfinished jobs the shared poll made."""
+        self.list_requests = 0
+        """REST requests those listings took (a page each)."""
+        self.preempted = 0
+        """Streams given up to a polled job closer to its end."""
 
     @property
     def open_streams(self) -> int:
@@ -158,6 +187,9 @@ class JobStreams:
             "polled": len(self._polled),
             "poll_reads": self.reads,
             "poll_rounds": self.rounds,
+            "poll_lists": self.lists,
+            "poll_list_requests": self.list_requests,
+            "job_streams_preempted": self.preempted,
         }
 
     # -- what the hub calls ---------------------------------------------------------------------
@@ -168,6 +200,7 @@ class JobStreams:
                 continue
             if not self._pending(key):
                 continue
+            self._arrival.setdefault(key, next(self._arrivals))
             if key[0] == "job" and self._slot_free():
                 self._open(key)
             else:
@@ -181,6 +214,8 @@ class JobStreams:
         self._polled.pop(key, None)
         self._fresh.pop(key, None)
         self._status.pop(key, None)
+        self._ranks.pop(key, None)
+        self._arrival.pop(key, None)
         rest = self._resting.pop(key, None)
         if rest is not None:
             rest.cancel()
@@ -227,27 +262,64 @@ class JobStreams:
         self._streams[key] = asyncio.ensure_future(self._follow(key))
         self.most_streams = max(self.most_streams, len(self._streams))
 
+    def _rank(self, key: Key) -> tuple[int, float, float, int]:
+        """How close a job is to its end, as far as this process knows (greater: closer): running
+        before queued before not seen yet, then the most progress, then the oldest (a queue runs
+        first in first out), then the first tracked."""
+        status, progress, age = self._ranks.get(key, (0, 0.0, -math.inf))
+        return status, progress, age, -self._arrival.get(key, 0)
+
+    def _note(self, key: Key, status: str, progress: float | None, created: float | None) -> None:
+        """Remember what a listing, a read or a stream said about a job (for `_rank`)."""
+        rank = _RUNNING if status == "running" else _QUEUED
+        _, _, age = self._ranks.get(key, (0, 0.0, -math.inf))
+        self._ranks[key] = (rank, progress or 0.0, -created if created is not None else age)
+
     def _fill(self) -> None:
-        """Move the oldest polled jobs onto streams while slots are free."""
-        if not self._polled or not self._slot_free():
-            return
-        for key in list(self._polled):
-            if key[0] != "job":
-                continue
-            if not self._pending(key):
-                self._polled.pop(key, None)
-                continue
-            self._open(key)
-            if not self._slot_free():
+        """Move the polled jobs closest to their end onto streams while slots are free."""
+        while self._polled and self._slot_free():
+            waiting = [k for k in self._polled if k[0] == "job"]
+            for key in waiting:
+                if not self._pending(key):
+                    self._polled.pop(key, None)
+            waiting = [k for k in waiting if k in self._polled]
+            if not waiting:
                 return
+            self._open(max(waiting, key=self._rank))
+
+    def _rebalance(self) -> None:
+        """Give the stream of a streamed job that is only queued to a polled job that runs (the
+        queued one is polled until a slot is free again)."""
+        self._fill()
+        while self._streams and self._polled and self._streaming:
+            polled = [k for k in self._polled if k[0] == "job" and self._pending(k)]
+            if not polled:
+                return
+            best = max(polled, key=self._rank)
+            worst = min(self._streams, key=self._rank)
+            if self._rank(best)[0] != _RUNNING or self._rank(worst)[0] != _QUEUED:
+                return  # only a job known to be queued gives its stream up
+            task = self._streams.pop(worst)
+            task.cancel()
+            self.preempted += 1
+            self._swapped_at = asyncio.get_running_loop().time()
+            self._poll(worst, fresh=False)
+            self._open(best)
 
     def _refused(self, key: Key, exc: TooManyStreams) -> None:
         self.refusals += 1
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._swapped_at + SWAP_GRACE:
+            # A stream given up for this one may not be closed on the server yet: that says
+            # nothing about the cap. Try again in a moment (the job is polled meanwhile).
+            self._blocked_until = max(self._blocked_until, loop.time() + SWAP_RETRY)
+            if self._timer is None:
+                self._timer = loop.call_at(self._blocked_until, self._unblocked)
+            return
         others = len(self._connected)  # the streams the server holds for us now
         if others < self.cap:
             self.cap = max(1, others)
             logger.info("The Comfy server caps event streams; holding at most %d", self.cap)
-        loop = asyncio.get_running_loop()
         pause = REFUSAL_PAUSE if exc.retry_after is None else float(exc.retry_after)
         pause = REFUSAL_FLOOR if pause != pause else min(REFUSAL_CEILING, max(REFUSAL_FLOOR, pause))
         self._blocked_until = max(self._blocked_until, loop.time() + pause)
@@ -294,6 +366,11 @@ class JobStreams:
                 if not events:
                     self._connected.add(key)
                 events += 1
+                if event.event == "job.progress":
+                    value = event.payload.get("progress")
+                    self._note(
+                        key, "running", value if isinstance(value, int | float) else None, None
+                    )
                 self._dispatch(event)
                 if event.event in TERMINAL_EVENTS:
                     self._failures = 0
@@ -339,10 +416,10 @@ class JobStreams:
         wake = self._wake
         assert wake is not None
         while self._polled:
-            if self._fresh:  # first reads at once, without touching the schedule
+            if self._fresh:  # first looks at once, without touching the schedule
                 keys = list(self._fresh)
                 self._fresh.clear()
-                await self._read_all(keys)
+                await self._look(keys)
                 continue
             delay = next_round - loop.time()
             if delay > 0:
@@ -351,9 +428,58 @@ class JobStreams:
                     await asyncio.wait_for(wake.wait(), delay)
                 continue
             self.rounds += 1
-            changed = await self._read_all(list(self._polled))
+            changed = await self._look(list(self._polled))
             interval = POLL_INITIAL if changed else min(interval * POLL_FACTOR, POLL_MAX)
             next_round = loop.time() + interval
+
+    async def _look(self, keys: list[Key]) -> bool:
+        """One look at these polled keys: one listing of the unfinished jobs where the server
+        lists and that costs fewer requests than reading them, then a read of each job missing
+        from it (it ended) and of every input and model; whether any changed status."""
+        jobs = [k for k in keys if k[0] == "job" and self._pending(k) and k not in self._streams]
+        if self._list_pages and len(jobs) > self._list_pages:
+            listed = await self._list(jobs)
+            if listed is not None:
+                changed, missing = listed
+                keys = [k for k in keys if k[0] != "job"] + missing
+                changed = await self._read_all(keys) or changed
+                self._rebalance()
+                return changed
+        changed = await self._read_all(keys)
+        self._rebalance()
+        return changed
+
+    async def _list(self, jobs: list[Key]) -> tuple[bool, list[Key]] | None:
+        """List the unfinished jobs (at most as many pages as ``jobs``): whether a polled job
+        changed status, and the polled jobs that are not listed (to read); ``None``: no listing."""
+        try:
+            unfinished = await self.backend.list_unfinished(max_requests=len(jobs))
+        except Exception as exc:  # the reads below answer, as on a server that cannot list
+            logger.info("could not list the unfinished Comfy jobs: %s", exc)
+            return None
+        if unfinished is None:
+            self._list_pages = 0  # this server cannot list: read each polled job from now on
+            return None
+        self.lists += 1
+        self.list_requests += unfinished.requests
+        # List again only for more polled jobs than this listing took pages (one more where the
+        # budget ran out before the last page: the backlog is larger than that).
+        ran_out = not unfinished.complete and unfinished.requests >= len(jobs)
+        self._list_pages = max(1, unfinished.requests) + int(ran_out)
+        changed = False
+        listed = set()
+        for job in unfinished.jobs:
+            key = ("job", job.id)
+            if key not in self._polled and key not in self._streams:
+                continue
+            listed.add(key)
+            created = job.created_at.timestamp() if job.created_at is not None else None
+            self._note(key, job.status, job.progress, created)
+            if key in self._polled:
+                changed = self._status.get(key) not in (None, job.status) or changed
+                self._status[key] = job.status
+                self._found(key, job)
+        return changed, [k for k in jobs if k not in listed and k in self._polled]
 
     async def _read_all(self, keys: list[Key]) -> bool:
         """Read these keys (``concurrency`` at a time); whether any changed status."""
@@ -391,5 +517,9 @@ class JobStreams:
             self._fresh.pop(key, None)
         changed = self._status.get(key) != resource.status
         self._status[key] = resource.status
+        if kind == "job" and not resource.is_terminal:
+            created = resource.created_at
+            progress = getattr(resource, "progress", None)
+            self._note(key, resource.status, progress, created and created.timestamp())
         self._found(key, resource)
         return changed

@@ -42,11 +42,19 @@ from prefect_comfy.backends.base import (
     ComfyBackend,
     Recent,
     Source,
+    UnfinishedJobs,
     recent_from_pages,
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
-from prefect_comfy.backends.v2.follow import CLASSES, PAGE_SIZE, TAGS, list_page, walk_pages
+from prefect_comfy.backends.v2.follow import (
+    CLASSES,
+    PAGE_SIZE,
+    TAGS,
+    UNFINISHED,
+    list_page,
+    walk_pages,
+)
 from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
@@ -67,9 +75,13 @@ __all__ = ["V2Backend"]
 logger = logging.getLogger(__name__)
 
 _REMEMBERED = 4096
+MAX_LIST_PAGES = 100
+"""Pages a listing of the unfinished jobs reads at most without a budget (10,000 jobs)."""
 _SUBMITTED: OrderedDict[tuple[str, str], str] = OrderedDict()
 """(connection key, Idempotency-Key) -> job id, for submissions this process saw answered."""
 _CLOUD_HOSTS = ("cloud.comfy.org",)
+_NO_STATUS_FILTER: set[str] = set()
+"""Origins that refused the list's ``status`` filter: their pending jobs are read one by one."""
 _TEXT_METADATA: set[str] = set()
 """Origins that take ``metadata`` only as one string (comfy-api-proxy 0.1.6): JSON text is sent."""
 
@@ -299,6 +311,7 @@ class V2Backend(ComfyBackend):
         *,
         metadata: dict[str, str] | None = None,
         limit: int = PAGE_SIZE,
+        status: str | None = None,
     ) -> tuple[list[Job], str | None]:
         """One page of ``GET /api/v2/jobs``, newest first, and the next page's cursor.
 
@@ -306,7 +319,7 @@ class V2Backend(ComfyBackend):
             ComfyAPIError: 501 where the server cannot list jobs (Comfy Cloud).
         """
         jobs, next_cursor = await list_page(
-            self.http, cursor=cursor, metadata=metadata, limit=limit
+            self.http, cursor=cursor, metadata=metadata, limit=limit, status=status
         )
         for job in jobs:
             TAGS.remember(self._connection_key, job.id, job.tags)
@@ -325,6 +338,52 @@ class V2Backend(ComfyBackend):
                 return None
             raise
         return [job for job in jobs if not job.is_terminal]
+
+    async def list_unfinished(self, *, max_requests: int | None = None) -> UnfinishedJobs | None:
+        """The unfinished jobs, ``GET /api/v2/jobs?status=queued,running,canceling`` page by page,
+        at most ``max_requests`` pages (then ``complete=False``).
+
+        ``None`` where the server cannot list (Comfy Cloud answers 501) or refuses the ``status``
+        filter (400 or 422; remembered per origin): then the waiting layer reads its jobs one by
+        one. A full page without a cursor (comfy-api-proxy 0.1.6 lists at most 100 and hands out
+        no cursor) is not complete: a pending job missing from it may still run.
+        """
+        if not self.capabilities.list_jobs or self._origin in _NO_STATUS_FILTER:
+            return None
+        jobs: list[Job] = []
+        state = {"requests": 0, "complete": True, "more": False}
+        budget = max_requests if max_requests is not None else MAX_LIST_PAGES
+
+        async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
+            state["requests"] += 1
+            page, next_cursor = await self.list_jobs_page(cursor, status=UNFINISHED)
+            if next_cursor is None and len(page) >= PAGE_SIZE:
+                state["complete"] = False  # a full page and no way to the next one
+            state["more"] = next_cursor is not None
+            return page, next_cursor
+
+        try:
+            async for page in walk_pages(read, what=f"unfinished jobs on {self._origin}"):
+                jobs.extend(job for job in page if not job.is_terminal)
+                if state["more"] and state["requests"] >= budget:
+                    state["complete"] = False  # the budget ran out before the last page
+                    break
+        except ComfyAPIError as exc:
+            if exc.status_code == 501:
+                return None
+            if exc.status_code in (400, 422):
+                logger.info(
+                    "Comfy API v2 at %s does not filter its job list by status (%s): pending "
+                    "jobs are read one by one",
+                    self._origin,
+                    exc,
+                )
+                _NO_STATUS_FILTER.add(self._origin)
+                return None
+            raise
+        return UnfinishedJobs(
+            jobs, complete=bool(state["complete"]), requests=int(state["requests"])
+        )
 
     # -- uploads ----------------------------------------------------------------------------------
     def _ready(self, asset: Any, file_path: str, tags: Sequence[str]) -> dict[str, Any]:

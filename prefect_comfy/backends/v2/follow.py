@@ -7,6 +7,8 @@ two backend-side pieces of that:
 
 - `list_page`: one page of the job list (optionally filtered by metadata labels, filtered
   here too: comfy-api-proxy 0.1.6 ignores ``metadata[...]``);
+- `list_page` with ``status=`UNFINISHED```: the unfinished jobs only, what the waiting layer's
+  shared poll lists once a round instead of reading each polled job;
 - `walk_pages`: the one walk over those pages, used by every caller (a submit that looks up a
   refused key, ``unfinished_jobs``, the listener's rounds): a cursor seen twice ends it with a
   `ComfyProtocolError`, and it reads at most `MAX_PAGES` pages;
@@ -34,12 +36,23 @@ from prefect_comfy.bounded import Bounded
 from prefect_comfy.exceptions import ComfyProtocolError
 from prefect_comfy.models import Job
 
-__all__ = ["CLASSES", "MAX_PAGES", "PAGE_SIZE", "TAGS", "TagMemory", "list_page", "walk_pages"]
+__all__ = [
+    "CLASSES",
+    "MAX_PAGES",
+    "PAGE_SIZE",
+    "TAGS",
+    "UNFINISHED",
+    "TagMemory",
+    "list_page",
+    "walk_pages",
+]
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
 """Jobs asked for per page (the most v2 allows)."""
+UNFINISHED = "queued,running,canceling"
+"""The ``status`` filter of a listing of the unfinished jobs."""
 
 
 class TagMemory:
@@ -70,9 +83,12 @@ async def list_page(
     cursor: str | None = None,
     limit: int = PAGE_SIZE,
     metadata: dict[str, str] | None = None,
+    status: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """One page of ``GET /api/v2/jobs`` (newest first): the jobs carrying every label, and the
-    cursor of the next page (``None`` on the last).
+    cursor of the next page (``None`` on the last). ``status`` (comma-separated v2 statuses, such
+    as `UNFINISHED`) asks the server to list only jobs in those states (comfy-api-proxy and the
+    emulator do; a server that refuses it answers 400 or 422).
 
     Raises:
         ComfyAPIError: 501 where the server cannot list (Comfy Cloud).
@@ -82,6 +98,8 @@ async def list_page(
     params["limit"] = str(max(1, min(PAGE_SIZE, limit)))
     if cursor:
         params["cursor"] = cursor
+    if status:
+        params["status"] = status
     body = await http.v2("GET", "/jobs", params=params) or {}
     listed = body.get("jobs") if isinstance(body, dict) else None
     next_cursor = body.get("next_cursor") if isinstance(body, dict) else None
