@@ -416,10 +416,10 @@ class JobStreams:
         wake = self._wake
         assert wake is not None
         while self._polled:
-            if self._fresh:  # first looks at once, without touching the schedule
+            if self._fresh:  # first reads at once, without touching the schedule
                 keys = list(self._fresh)
                 self._fresh.clear()
-                await self._look(keys)
+                await self._read_all(keys)
                 continue
             delay = next_round - loop.time()
             if delay > 0:
@@ -428,11 +428,11 @@ class JobStreams:
                     await asyncio.wait_for(wake.wait(), delay)
                 continue
             self.rounds += 1
-            changed = await self._look(list(self._polled))
+            changed = await self._read_all(list(self._polled))
             interval = POLL_INITIAL if changed else min(interval * POLL_FACTOR, POLL_MAX)
             next_round = loop.time() + interval
 
-    async def _look(self, keys: list[Key]) -> bool:
+    async def _read_all(self, keys: list[Key]) -> bool:
         """One look at these polled keys: one listing of the unfinished jobs where the server
         lists and that costs fewer requests than reading them, then a read of each job missing
         from it (it ended) and of every input and model; whether any changed status."""
@@ -442,10 +442,10 @@ class JobStreams:
             if listed is not None:
                 changed, missing = listed
                 keys = [k for k in keys if k[0] != "job"] + missing
-                changed = await self._read_all(keys) or changed
+                changed = await self._read_each(keys) or changed
                 self._rebalance()
                 return changed
-        changed = await self._read_all(keys)
+        changed = await self._read_each(keys)
         self._rebalance()
         return changed
 
@@ -481,7 +481,7 @@ class JobStreams:
                 self._found(key, job)
         return changed, [k for k in jobs if k not in listed and k in self._polled]
 
-    async def _read_all(self, keys: list[Key]) -> bool:
+    async def _read_each(self, keys: list[Key]) -> bool:
         """Read these keys (``concurrency`` at a time); whether any changed status."""
         results = await asyncio.gather(*(self._read(k) for k in keys))
         return any(results)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from prefect_comfy.backends.base import Capabilities
+from prefect_comfy.backends.base import Capabilities, UnfinishedJobs
 from prefect_comfy.exceptions import NotFound, ServerError, TooManyStreams
 from prefect_comfy.models import ComfyEvent, Input, Job
 from prefect_comfy.waiting import slots
@@ -357,3 +358,119 @@ async def test_a_malformed_read_fails_the_wait_at_once():
     with pytest.raises(ComfyProtocolError):
         await asyncio.wait_for(hub.wait("job", jid, timeout=30), scaled(5))
     assert world.reads == 1
+
+
+class ListingBackend(StreamBackend):
+    """A server that also lists its unfinished jobs, 100 a page (as the v2 backend does with
+    ``status=queued,running,canceling``); it counts listings and pages."""
+
+    def clone(self) -> ListingBackend:
+        return ListingBackend(self.world, self.key)
+
+    async def list_unfinished(self, *, max_requests=None):
+        w = self.world
+        w.lists = getattr(w, "lists", 0) + 1
+        unfinished = [job for job in w.jobs.values() if not job.is_terminal]
+        pages = max(1, -(-len(unfinished) // 100))
+        budget = pages if max_requests is None else min(pages, max_requests)
+        w.list_pages = getattr(w, "list_pages", 0) + budget
+        await asyncio.sleep(0)
+        return UnfinishedJobs(unfinished[: budget * 100], complete=budget == pages, requests=budget)
+
+
+def listing_hub(world: StreamWorld, max_streams: int) -> EventHub:
+    return EventHub(
+        ListingBackend(world, f"v2list#{next(_keys)}"), linger=0.05, max_streams=max_streams
+    )
+
+
+def queued(world: StreamWorld, n: int, start: int = 0) -> list[str]:
+    ids = [f"job_{i:03d}" for i in range(start, start + n)]
+    for i, jid in enumerate(ids):
+        created = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=start + i)
+        world.jobs[jid] = Job(id=jid, status="pending", created_at=created)
+    return ids
+
+
+async def test_the_shared_poll_lists_once_a_round_and_reads_only_the_jobs_that_ended():
+    world = StreamWorld(cap=8)
+    hub = listing_hub(world, max_streams=8)
+    ids = queued(world, 200)
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=60)) for jid in ids]
+    jobs = hub.job_streams
+    assert jobs is not None
+    await eventually(lambda: jobs.open_streams == 8 and jobs.polled == 192, message="8 + 192")
+    await eventually(lambda: jobs.rounds >= 3, message="three rounds")
+    assert world.reads == 0  # 192 polled jobs, and not one read: each round is one listing …
+    assert jobs.lists >= 4 and jobs.list_requests == 2 * jobs.lists  # … of two pages
+    assert world.list_pages == jobs.list_requests
+
+    # Five polled jobs end: the next round lists, misses them, and reads those five only.
+    ended = [jid for jid in ids if not world.streaming(jid)][:5]
+    for jid in ended:
+        world.finish(jid, "completed")
+    done = await asyncio.wait_for(
+        asyncio.gather(*(w for w, jid in zip(waits, ids, strict=True) if jid in ended)), scaled(10)
+    )
+    assert [e.event for e in done] == ["job.completed"] * 5
+    assert world.reads == 5
+    for jid in ids:
+        if not world.jobs[jid].is_terminal:
+            world.finish(jid, "completed")
+    await asyncio.wait_for(asyncio.gather(*waits), scaled(30))
+    assert world.refused == 0
+
+
+async def test_a_freed_stream_goes_to_the_polled_job_with_the_most_progress():
+    world = StreamWorld(cap=2)
+    hub = listing_hub(world, max_streams=2)
+    ids = queued(world, 6)  # job_000 and job_001 get the streams (the first tracked)
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=60)) for jid in ids]
+    jobs = hub.job_streams
+    assert jobs is not None
+    await eventually(lambda: jobs.open_streams == 2 and jobs.polled == 4, message="2 + 4")
+    assert {jid for jid in ids if world.streaming(jid)} == {"job_000", "job_001"}
+    # The newest polled job runs furthest; an older one runs less; the others are queued.
+    world.jobs["job_005"] = world.jobs["job_005"].model_copy(
+        update={"status": "running", "progress": 80.0}
+    )
+    world.jobs["job_003"] = world.jobs["job_003"].model_copy(
+        update={"status": "running", "progress": 20.0}
+    )
+    # Both running polled jobs take the streams of the two queued streamed jobs, most progress
+    # first (a running polled job takes the stream of a job that is only queued) …
+    await eventually(
+        lambda: world.streaming("job_005") and world.streaming("job_003"), message="swapped"
+    )
+    assert jobs.preempted == 2
+    assert not world.streaming("job_000") and not world.streaming("job_001")
+    # … and a freed slot goes to the oldest queued job (a queue runs first in first out).
+    world.finish("job_005", "completed")
+    await eventually(lambda: world.streaming("job_000"), message="job_000 streamed")
+    assert not world.streaming("job_001") and not world.streaming("job_002")
+    for jid in ids:
+        if not world.jobs[jid].is_terminal:
+            world.finish(jid, "completed")
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(30))
+    assert [e.event for e in results] == ["job.completed"] * 6
+    assert world.refused == 0 and world.max_open == 2
+
+
+async def test_without_a_listing_a_freed_slot_still_goes_to_the_most_progress():
+    world = StreamWorld(cap=1)
+    hub = make_hub(world, max_streams=1)  # reads each polled job (no listing)
+    ids = queued(world, 4)
+    world.jobs["job_002"] = world.jobs["job_002"].model_copy(
+        update={"status": "running", "progress": 60.0}
+    )
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=60)) for jid in ids]
+    jobs = hub.job_streams
+    assert jobs is not None
+    await eventually(lambda: jobs.open_streams == 1 and jobs.reads >= 3, message="read once")
+    assert world.streaming("job_000")
+    world.finish("job_000", "completed")
+    await eventually(lambda: world.streaming("job_002"), message="the running job next")
+    for jid in ids:
+        if not world.jobs[jid].is_terminal:
+            world.finish(jid, "completed")
+    await asyncio.wait_for(asyncio.gather(*waits), scaled(30))
