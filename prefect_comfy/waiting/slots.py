@@ -11,19 +11,12 @@ resources to one `JobStreams`, which
   open at that moment, moves the job to the shared REST read, and no new stream is tried before
   the refusal's ``retry_after``, held between `REFUSAL_FLOOR` and `REFUSAL_CEILING`);
 - follows every other pending resource in ONE shared, backed-off REST loop (0.5 s apart, x1.5 per
-  quiet round up to 5 s, back to 0.5 s when a polled job started or ended). Where the server lists
-  its unfinished jobs (`ComfyBackend.list_unfinished`:
-  ``GET /api/v2/jobs?status=queued,running,canceling`` on comfy-api-proxy and the emulator), a round
-  is ONE listing, a page per 100 unfinished jobs, not a read per job: a polled job missing from a
-  listing has ended, and only it is read (for its outcome). A round lists only where that costs
-  fewer requests than reading the polled jobs (the last listing's pages tell). Elsewhere (Comfy
-  Cloud answers 501) each polled job is read. A resource new to the loop is looked at at once (the
-  new ones together); inputs and models end on that first read, since a v2 upload is ready when it
-  returns;
-- gives the streams to the jobs closest to their end: a freed slot goes to the polled job with the
-  most progress (running before queued, then the most progress, then the oldest), and a
-  running polled job takes the stream of a streamed job that is only queued (`JobStreams._rank`).
-  A server that runs a few jobs at a time, first in first out, thus ends every job on a stream;
+  quiet round up to 5 s, back to 0.5 s when a polled job changed status): where the server lists
+  its unfinished jobs (`ComfyBackend.list_unfinished`), a round is ONE listing, not a read per job,
+  and only a polled job missing from it (it ended) is read; elsewhere each is read. A resource new
+  to the loop is looked at at once; inputs and models end on that first read;
+- gives the streams to the jobs closest to their end (`nearness`): a freed slot to the polled job
+  with the most progress, and a running polled job takes a queued streamed job's stream;
 - follows a stream that ends without a terminal event with ONE read, then streams or polls the job
   again.
 
@@ -37,14 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import ComfyProtocolError, NotFound, TooManyStreams
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent
+from prefect_comfy.waiting.nearness import Nearness
 from prefect_comfy.waiting.reconcile import Resource
 
 __all__ = [
@@ -85,8 +77,6 @@ SWAP_GRACE = 2.0
 the cap (the server may not have seen the first one close yet)."""
 SWAP_RETRY = 0.05
 """Seconds before a new stream is tried after such a refusal."""
-_RUNNING, _QUEUED = 2, 1
-"""How close a job is to its end, by status (`JobStreams._rank`); 0: not seen yet."""
 
 
 def per_job_mode(backend: ComfyBackend) -> bool:
@@ -135,12 +125,10 @@ class JobStreams:
         self._polled: dict[Key, None] = {}  # in order: the oldest moves to a stream first
         self._fresh: dict[Key, None] = {}  # polled but never read: read without waiting a round
         self._status: dict[Key, str] = {}
-        self._ranks: dict[Key, tuple[int, float, float]] = {}  # status, progress, -created
-        self._arrival: dict[Key, int] = {}  # tie-break: the first tracked goes first
-        self._arrivals = itertools.count()
+        self._near = Nearness()  # who gets a stream: the jobs closest to their end
         self._list_pages = 1  # what the last listing of unfinished jobs cost (0: cannot list)
         self._blocked_until = 0.0
-        self._swapped_at = -math.inf  # when a stream was last given up for a job closer to its end
+        self._swapped_at = float("-inf")  # when a stream was last given up for a closer job
         self._failures = 0
         self._streaming = True
         self._poller: asyncio.Task[None] | None = None
@@ -200,7 +188,7 @@ class JobStreams:
                 continue
             if not self._pending(key):
                 continue
-            self._arrival.setdefault(key, next(self._arrivals))
+            self._near.arrived(key)
             if key[0] == "job" and self._slot_free():
                 self._open(key)
             else:
@@ -214,8 +202,7 @@ class JobStreams:
         self._polled.pop(key, None)
         self._fresh.pop(key, None)
         self._status.pop(key, None)
-        self._ranks.pop(key, None)
-        self._arrival.pop(key, None)
+        self._near.forget(key)
         rest = self._resting.pop(key, None)
         if rest is not None:
             rest.cancel()
@@ -262,19 +249,6 @@ class JobStreams:
         self._streams[key] = asyncio.ensure_future(self._follow(key))
         self.most_streams = max(self.most_streams, len(self._streams))
 
-    def _rank(self, key: Key) -> tuple[int, float, float, int]:
-        """How close a job is to its end, as far as this process knows (greater: closer): running
-        before queued before not seen yet, then the most progress, then the oldest (a queue runs
-        first in first out), then the first tracked."""
-        status, progress, age = self._ranks.get(key, (0, 0.0, -math.inf))
-        return status, progress, age, -self._arrival.get(key, 0)
-
-    def _note(self, key: Key, status: str, progress: float | None, created: float | None) -> None:
-        """Remember what a listing, a read or a stream said about a job (for `_rank`)."""
-        rank = _RUNNING if status == "running" else _QUEUED
-        _, _, age = self._ranks.get(key, (0, 0.0, -math.inf))
-        self._ranks[key] = (rank, progress or 0.0, -created if created is not None else age)
-
     def _fill(self) -> None:
         """Move the polled jobs closest to their end onto streams while slots are free."""
         while self._polled and self._slot_free():
@@ -285,7 +259,7 @@ class JobStreams:
             waiting = [k for k in waiting if k in self._polled]
             if not waiting:
                 return
-            self._open(max(waiting, key=self._rank))
+            self._open(max(waiting, key=self._near.rank))
 
     def _rebalance(self) -> None:
         """Give the stream of a streamed job that is only queued to a polled job that runs (the
@@ -295,10 +269,10 @@ class JobStreams:
             polled = [k for k in self._polled if k[0] == "job" and self._pending(k)]
             if not polled:
                 return
-            best = max(polled, key=self._rank)
-            worst = min(self._streams, key=self._rank)
-            if self._rank(best)[0] != _RUNNING or self._rank(worst)[0] != _QUEUED:
-                return  # only a job known to be queued gives its stream up
+            swap = self._near.swap(polled, list(self._streams))
+            if swap is None:
+                return
+            best, worst = swap
             task = self._streams.pop(worst)
             task.cancel()
             self.preempted += 1
@@ -368,7 +342,7 @@ class JobStreams:
                 events += 1
                 if event.event == "job.progress":
                     value = event.payload.get("progress")
-                    self._note(
+                    self._near.note(
                         key, "running", value if isinstance(value, int | float) else None, None
                     )
                 self._dispatch(event)
@@ -437,15 +411,12 @@ class JobStreams:
         lists and that costs fewer requests than reading them, then a read of each job missing
         from it (it ended) and of every input and model; whether any changed status."""
         jobs = [k for k in keys if k[0] == "job" and self._pending(k) and k not in self._streams]
+        listed = None
         if self._list_pages and len(jobs) > self._list_pages:
             listed = await self._list(jobs)
-            if listed is not None:
-                changed, missing = listed
-                keys = [k for k in keys if k[0] != "job"] + missing
-                changed = await self._read_each(keys) or changed
-                self._rebalance()
-                return changed
-        changed = await self._read_each(keys)
+        if listed is not None:
+            keys = [k for k in keys if k[0] != "job"] + listed[1]
+        changed = await self._read_each(keys) or (listed is not None and listed[0])
         self._rebalance()
         return changed
 
@@ -474,7 +445,7 @@ class JobStreams:
                 continue
             listed.add(key)
             created = job.created_at.timestamp() if job.created_at is not None else None
-            self._note(key, job.status, job.progress, created)
+            self._near.note(key, job.status, job.progress, created)
             if key in self._polled:
                 changed = self._status.get(key) not in (None, job.status) or changed
                 self._status[key] = job.status
@@ -520,6 +491,6 @@ class JobStreams:
         if kind == "job" and not resource.is_terminal:
             created = resource.created_at
             progress = getattr(resource, "progress", None)
-            self._note(key, resource.status, progress, created and created.timestamp())
+            self._near.note(key, resource.status, progress, created and created.timestamp())
         self._found(key, resource)
         return changed

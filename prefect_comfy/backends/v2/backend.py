@@ -53,6 +53,7 @@ from prefect_comfy.backends.v2.follow import (
     TAGS,
     UNFINISHED,
     list_page,
+    list_unfinished,
     walk_pages,
 )
 from prefect_comfy.backends.v2.http import V2Http, is_code
@@ -75,13 +76,9 @@ __all__ = ["V2Backend"]
 logger = logging.getLogger(__name__)
 
 _REMEMBERED = 4096
-MAX_LIST_PAGES = 100
-"""Pages a listing of the unfinished jobs reads at most without a budget (10,000 jobs)."""
 _SUBMITTED: OrderedDict[tuple[str, str], str] = OrderedDict()
 """(connection key, Idempotency-Key) -> job id, for submissions this process saw answered."""
 _CLOUD_HOSTS = ("cloud.comfy.org",)
-_NO_STATUS_FILTER: set[str] = set()
-"""Origins that refused the list's ``status`` filter: their pending jobs are read one by one."""
 _TEXT_METADATA: set[str] = set()
 """Origins that take ``metadata`` only as one string (comfy-api-proxy 0.1.6): JSON text is sent."""
 
@@ -327,8 +324,8 @@ class V2Backend(ComfyBackend):
 
     async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
         """With a tag, ``GET /api/v2/jobs?metadata[tag:<tag>]=1`` keeping the unfinished ones;
-        ``None`` without a tag (v2 lists no status filter: the waiting layer reads jobs one by
-        one) or where the server cannot list (Comfy Cloud answers 501)."""
+        ``None`` without a tag (the waiting layer lists with `list_unfinished`) or where the
+        server cannot list (Comfy Cloud answers 501)."""
         if tag is None or not self.capabilities.find_jobs_by_tag:
             return None
         try:
@@ -341,49 +338,15 @@ class V2Backend(ComfyBackend):
 
     async def list_unfinished(self, *, max_requests: int | None = None) -> UnfinishedJobs | None:
         """The unfinished jobs, ``GET /api/v2/jobs?status=queued,running,canceling`` page by page,
-        at most ``max_requests`` pages (then ``complete=False``).
-
-        ``None`` where the server cannot list (Comfy Cloud answers 501) or refuses the ``status``
-        filter (400 or 422; remembered per origin): then the waiting layer reads its jobs one by
-        one. A full page without a cursor (comfy-api-proxy 0.1.6 lists at most 100 and hands out
-        no cursor) is not complete: a pending job missing from it may still run.
-        """
-        if not self.capabilities.list_jobs or self._origin in _NO_STATUS_FILTER:
+        at most ``max_requests`` pages (see `follow.list_unfinished`); ``None`` where the server
+        cannot list (Comfy Cloud answers 501) or refuses the ``status`` filter."""
+        if not self.capabilities.list_jobs:
             return None
-        jobs: list[Job] = []
-        state = {"requests": 0, "complete": True, "more": False}
-        budget = max_requests if max_requests is not None else MAX_LIST_PAGES
 
-        async def read(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
-            state["requests"] += 1
-            page, next_cursor = await self.list_jobs_page(cursor, status=UNFINISHED)
-            if next_cursor is None and len(page) >= PAGE_SIZE:
-                state["complete"] = False  # a full page and no way to the next one
-            state["more"] = next_cursor is not None
-            return page, next_cursor
+        async def read(cursor: str | None) -> tuple[list[Job], str | None]:
+            return await self.list_jobs_page(cursor, status=UNFINISHED)
 
-        try:
-            async for page in walk_pages(read, what=f"unfinished jobs on {self._origin}"):
-                jobs.extend(job for job in page if not job.is_terminal)
-                if state["more"] and state["requests"] >= budget:
-                    state["complete"] = False  # the budget ran out before the last page
-                    break
-        except ComfyAPIError as exc:
-            if exc.status_code == 501:
-                return None
-            if exc.status_code in (400, 422):
-                logger.info(
-                    "Comfy API v2 at %s does not filter its job list by status (%s): pending "
-                    "jobs are read one by one",
-                    self._origin,
-                    exc,
-                )
-                _NO_STATUS_FILTER.add(self._origin)
-                return None
-            raise
-        return UnfinishedJobs(
-            jobs, complete=bool(state["complete"]), requests=int(state["requests"])
-        )
+        return await list_unfinished(read, origin=self._origin, max_requests=max_requests)
 
     # -- uploads ----------------------------------------------------------------------------------
     def _ready(self, asset: Any, file_path: str, tags: Sequence[str]) -> dict[str, Any]:
