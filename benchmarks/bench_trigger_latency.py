@@ -152,7 +152,7 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-trigger-") as home,
-        prefect_stack(Path(home), start_timeout=180) as stack,
+        prefect_stack(Path(home), start_timeout=600) as stack,
     ):
         (stack.home / "flows" / "served.py").write_text(SERVED, encoding="utf-8")
         os.environ.update(PREFECT_API_URL=stack.api_url, PREFECT_HOME=str(stack.home))
