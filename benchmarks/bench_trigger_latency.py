@@ -13,14 +13,15 @@ its own, so that each setting's events start only its runs) in a process of its 
 
 Once the trigger is live (a probe event made a run), it sends ``--events`` events one by one, as the
 listener does (``from_comfy_event`` through Prefect's events client), each a random 0-3 s after the
-previous run reached Running (so that the runner's poll is at a random phase), and reads each run:
-**created** (the trigger made the run) and **Running** (``start_time``: the runner picked it up and its
-process started), both from the event's ``occurred``. Prints the median and the worst of each, and
+previous run was taken by the runner (so that the runner's poll is at a random phase), and reads
+each run: **created** (the trigger made the run), **taken** (its Pending state: the runner's poll found
+it, what the settings change) and **Running** (``start_time``: its process started and the engine
+began), each from the event's ``occurred``. Prints the median and the worst of each, and
 the load average before and after.
 
 Run::
 
-    .venv/bin/python benchmarks/bench_trigger_latency.py            # 6 events per setting
+    .venv/bin/python benchmarks/bench_trigger_latency.py            # 4 events per setting
 """
 
 from __future__ import annotations
@@ -120,33 +121,52 @@ async def _measure(name: str, stack: Any, events: int, flow_name: str, done: Any
                 raise RuntimeError(f"{name}: the deployment was not served\n{stack.logs()}")
             await asyncio.sleep(0.5)
         await trigger_is_live(deployment.id, done, address=ADDRESS, timeout=120)
-        found: dict[str, list[float]] = {"created": [], "running": []}
+        found: dict[str, list[float]] = {"created": [], "pending": [], "running": []}
+        of_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
         rng = random.Random(7)
-        for _ in range(events):
+        sent: dict[str, float] = {}
+
+        async def run_of(jid: str) -> Any:
+            runs = await client.read_flow_runs(deployment_filter=of_deployment)
+            return next((r for r in runs if r.parameters.get("job_id") == jid), None)
+
+        async def pending_at(run: Any) -> float | None:
+            states = await client.read_flow_run_states(run.id)
+            return next(
+                (s.timestamp.timestamp() for s in states if s.type.value == "PENDING"), None
+            )
+
+        for _ in range(events):  # each once the runner has taken the one before
             await asyncio.sleep(rng.uniform(0, 3))
             jid = f"job-{uuid.uuid4().hex[:12]}"
             (event,) = await send(done(jid), address=ADDRESS)
-            occurred = event.occurred.timestamp()
-            run = None
-            deadline = time.monotonic() + 120
+            sent[jid] = event.occurred.timestamp()
+            deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                runs = await client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-                )
-                run = next((r for r in runs if r.parameters.get("job_id") == jid), None)
-                if run is not None and run.start_time is not None:
+                run = await run_of(jid)
+                if run is not None and await pending_at(run) is not None:
                     break
                 await asyncio.sleep(0.05)
-            if run is None or run.start_time is None:
+            else:
+                raise RuntimeError(f"{name}: the runner never took {jid}\n{stack.logs()}")
+        for jid, occurred in sent.items():
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                run = await run_of(jid)
+                if run is not None and run.start_time is not None:
+                    break
+                await asyncio.sleep(0.2)
+            else:
                 raise RuntimeError(f"{name}: no Running run for {jid}\n{stack.logs()}")
             found["created"].append(run.created.timestamp() - occurred)
+            found["pending"].append((await pending_at(run) or 0.0) - occurred)
             found["running"].append(run.start_time.timestamp() - occurred)
         return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=6, help="events per setting")
+    parser.add_argument("--events", type=int, default=4, help="events per setting")
     args = parser.parse_args()
     load_before = os.getloadavg()
     results: dict[str, dict[str, list[float]]] = {}
@@ -163,10 +183,14 @@ def main() -> None:
         f"{args.events} comfy.job.completed events per setting, prefect server start (SQLite), "
         f"load average (1, 5, 15 min) before {_load(load_before)}, after {_load(load_after)}"
     )
-    print(f"{'':34} {'created p50':>12} {'Running p50':>12} {'Running max':>12}")
+    print(
+        f"{'':34} {'created p50':>12} {'taken p50':>12} {'taken max':>12} "
+        f"{'Running p50':>12} {'Running max':>12}"
+    )
     for name, found in results.items():
         print(
             f"{name:34} {statistics.median(found['created']):11.2f}s "
+            f"{statistics.median(found['pending']):11.2f}s {max(found['pending']):11.2f}s "
             f"{statistics.median(found['running']):11.2f}s {max(found['running']):11.2f}s"
         )
 
