@@ -73,8 +73,7 @@ REOPEN_DELAY = 0.5
 FAILURES_BEFORE_POLLING = 3
 """Streams in a row that fail before yielding anything, after which only the poll is used."""
 SWAP_GRACE = 2.0
-"""Seconds after a stream was given up for another job during which a refusal does not lower
-the cap (the server may not have seen the first one close yet)."""
+"""Seconds after a stream was given up for another during which a refusal keeps the cap."""
 SWAP_RETRY = 0.05
 """Seconds before a new stream is tried after such a refusal."""
 
@@ -127,6 +126,7 @@ class JobStreams:
         self._status: dict[Key, str] = {}
         self._near = Nearness()  # who gets a stream: the jobs closest to their end
         self._list_pages = 1  # what the last listing of unfinished jobs cost (0: cannot list)
+        self._listed_at = float("-inf")
         self._blocked_until = 0.0
         self._swapped_at = float("-inf")  # when a stream was last given up for a closer job
         self._failures = 0
@@ -407,13 +407,17 @@ class JobStreams:
             next_round = loop.time() + interval
 
     async def _read_all(self, keys: list[Key]) -> bool:
-        """One look at these polled keys: one listing of the unfinished jobs where the server
-        lists and that costs fewer requests than reading them, then a read of each job missing
-        from it (it ended) and of every input and model; whether any changed status."""
+        """One look: a listing where it costs fewer requests than reading these keys, then a read
+        of each job missing from it (it ended), input and model; whether any changed status."""
         jobs = [k for k in keys if k[0] == "job" and self._pending(k) and k not in self._streams]
         listed = None
         if self._list_pages and len(jobs) > self._list_pages:
-            listed = await self._list(jobs)
+            # A listing looks at every polled job (new ones must not starve the rounds), 2/s at most.
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, self._listed_at + POLL_INITIAL - loop.time()))
+            polled = [k for k in self._polled if k[0] == "job" and self._pending(k)]
+            listed = await self._list([k for k in polled if k not in self._streams])
+            self._listed_at = loop.time()
         if listed is not None:
             keys = [k for k in keys if k[0] != "job"] + listed[1]
         changed = await self._read_each(keys) or (listed is not None and listed[0])
@@ -421,8 +425,7 @@ class JobStreams:
         return changed
 
     async def _list(self, jobs: list[Key]) -> tuple[bool, list[Key]] | None:
-        """List the unfinished jobs (at most as many pages as ``jobs``): whether a polled job
-        changed status, and the polled jobs that are not listed (to read); ``None``: no listing."""
+        """List (``len(jobs)`` pages at most): whether one changed, those not listed, or ``None``."""
         try:
             unfinished = await self.backend.list_unfinished(max_requests=len(jobs))
         except Exception as exc:  # the reads below answer, as on a server that cannot list
@@ -433,12 +436,10 @@ class JobStreams:
             return None
         self.lists += 1
         self.list_requests += unfinished.requests
-        # List again only for more polled jobs than this listing took pages (one more where the
-        # budget ran out before the last page: the backlog is larger than that).
+        # List again for more polled jobs than this took pages (+1: the budget ran out before the end)
         ran_out = not unfinished.complete and unfinished.requests >= len(jobs)
         self._list_pages = max(1, unfinished.requests) + int(ran_out)
-        changed = False
-        listed = set()
+        changed, listed = False, set()
         for job in unfinished.jobs:
             key = ("job", job.id)
             if key not in self._polled and key not in self._streams:
