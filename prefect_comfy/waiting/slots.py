@@ -10,11 +10,13 @@ resources to one `JobStreams`, which
   starts at ``COMFY_MAX_STREAMS``, default 8, and is learned: a refusal lowers it to the streams
   open at that moment, moves the job to the shared REST read, and no new stream is tried before
   the refusal's ``retry_after``, held between `REFUSAL_FLOOR` and `REFUSAL_CEILING`);
-- reads every other pending resource in ONE shared, backed-off REST loop (every polled resource each
-  round; 0.5 s apart, x1.5 per quiet round up to 5 s, back to 0.5 s when something changed). A
-  resource new to the loop is read at once; inputs and models end on that first read, since a v2
-  upload is ready when it returns;
-- moves polled jobs onto streams, oldest first, as slots free up;
+- follows every other pending resource in ONE shared, backed-off REST loop (0.5 s apart, x1.5 per
+  quiet round up to 5 s, back to 0.5 s when a polled job changed status): where the server lists
+  its unfinished jobs (`ComfyBackend.list_unfinished`), a round is ONE listing, not a read per job,
+  and only a polled job missing from it (it ended) is read; elsewhere each is read. A resource new
+  to the loop is looked at at once; inputs and models end on that first read;
+- gives the streams to the jobs closest to their end (`nearness`): a freed slot to the polled job
+  with the most progress, and a running polled job takes a queued streamed job's stream;
 - follows a stream that ends without a terminal event with ONE read, then streams or polls the job
   again.
 
@@ -35,6 +37,7 @@ from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import ComfyProtocolError, NotFound, TooManyStreams
 from prefect_comfy.models import TERMINAL_EVENTS, ComfyEvent
 from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.waiting.nearness import Nearness
 from prefect_comfy.waiting.reconcile import Resource
 
 __all__ = [
@@ -70,6 +73,10 @@ REOPEN_DELAY = 0.5
 """Seconds before a job whose stream ended early (and was read once) is streamed or polled again."""
 FAILURES_BEFORE_POLLING = 3
 """Streams in a row that fail before yielding anything, after which only the poll is used."""
+SWAP_GRACE = 2.0
+"""Seconds after a stream was given up for another during which a refusal keeps the cap."""
+SWAP_RETRY = 0.05
+"""Seconds before a new stream is tried after such a refusal."""
 
 
 def per_job_mode(backend: ComfyBackend) -> bool:
@@ -118,7 +125,11 @@ class JobStreams:
         self._polled: dict[Key, None] = {}  # in order: the oldest moves to a stream first
         self._fresh: dict[Key, None] = {}  # polled but never read: read without waiting a round
         self._status: dict[Key, str] = {}
+        self._near = Nearness()  # who gets a stream: the jobs closest to their end
+        self._list_pages = 1  # what the last listing of unfinished jobs cost (0: cannot list)
+        self._listed_at = float("-inf")
         self._blocked_until = 0.0
+        self._swapped_at = float("-inf")  # when a stream was last given up for a closer job
         self._failures = 0
         self._streaming = True
         self._poller: asyncio.Task[None] | None = None
@@ -136,6 +147,12 @@ class JobStreams:
         """REST reads made (the poll's and the one after a stream that ended early)."""
         self.rounds = 0
         """Full rounds of the shared poll."""
+        self.lists = 0
+        """Listings of the unfinished jobs the shared poll made."""
+        self.list_requests = 0
+        """REST requests those listings took (a page each)."""
+        self.preempted = 0
+        """Streams given up to a polled job closer to its end."""
 
     @property
     def open_streams(self) -> int:
@@ -159,6 +176,9 @@ class JobStreams:
             "polled": len(self._polled),
             "poll_reads": self.reads,
             "poll_rounds": self.rounds,
+            "poll_lists": self.lists,
+            "poll_list_requests": self.list_requests,
+            "job_streams_preempted": self.preempted,
         }
 
     # -- what the hub calls ---------------------------------------------------------------------
@@ -169,6 +189,7 @@ class JobStreams:
                 continue
             if not self._pending(key):
                 continue
+            self._near.arrived(key)
             if key[0] == "job" and self._slot_free():
                 self._open(key)
             else:
@@ -182,6 +203,7 @@ class JobStreams:
         self._polled.pop(key, None)
         self._fresh.pop(key, None)
         self._status.pop(key, None)
+        self._near.forget(key)
         rest = self._resting.pop(key, None)
         if rest is not None:
             rest.cancel()
@@ -229,26 +251,50 @@ class JobStreams:
         self.most_streams = max(self.most_streams, len(self._streams))
 
     def _fill(self) -> None:
-        """Move the oldest polled jobs onto streams while slots are free."""
-        if not self._polled or not self._slot_free():
-            return
-        for key in list(self._polled):
-            if key[0] != "job":
-                continue
-            if not self._pending(key):
-                self._polled.pop(key, None)
-                continue
-            self._open(key)
-            if not self._slot_free():
+        """Move the polled jobs closest to their end onto streams while slots are free."""
+        while self._polled and self._slot_free():
+            waiting = [k for k in self._polled if k[0] == "job"]
+            for key in waiting:
+                if not self._pending(key):
+                    self._polled.pop(key, None)
+            waiting = [k for k in waiting if k in self._polled]
+            if not waiting:
                 return
+            self._open(max(waiting, key=self._near.rank))
+
+    def _rebalance(self) -> None:
+        """Give the stream of a streamed job that is only queued to a polled job that runs (the
+        queued one is polled until a slot is free again)."""
+        self._fill()
+        while self._streams and self._polled and self._streaming:
+            polled = [k for k in self._polled if k[0] == "job" and self._pending(k)]
+            if not polled:
+                return
+            swap = self._near.swap(polled, list(self._streams))
+            if swap is None:
+                return
+            best, worst = swap
+            task = self._streams.pop(worst)
+            task.cancel()
+            self.preempted += 1
+            self._swapped_at = asyncio.get_running_loop().time()
+            self._poll(worst, fresh=False)
+            self._open(best)
 
     def _refused(self, key: Key, exc: TooManyStreams) -> None:
         self.refusals += 1
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._swapped_at + SWAP_GRACE:
+            # A stream given up for this one may not be closed on the server yet: that says
+            # nothing about the cap. Try again in a moment (the job is polled meanwhile).
+            self._blocked_until = max(self._blocked_until, loop.time() + SWAP_RETRY)
+            if self._timer is None:
+                self._timer = loop.call_at(self._blocked_until, self._unblocked)
+            return
         others = len(self._connected)  # the streams the server holds for us now
         if others < self.cap:
             self.cap = max(1, others)
             logger.info("The Comfy server caps event streams; holding at most %d", self.cap)
-        loop = asyncio.get_running_loop()
         pause = REFUSAL_PAUSE if exc.retry_after is None else float(exc.retry_after)
         pause = REFUSAL_FLOOR if pause != pause else min(REFUSAL_CEILING, max(REFUSAL_FLOOR, pause))
         self._blocked_until = max(self._blocked_until, loop.time() + pause)
@@ -295,6 +341,11 @@ class JobStreams:
                 if not events:
                     self._connected.add(key)
                 events += 1
+                if event.event == "job.progress":
+                    value = event.payload.get("progress")
+                    self._near.note(
+                        key, "running", value if isinstance(value, int | float) else None, None
+                    )
                 self._dispatch(event)
                 if event.event in TERMINAL_EVENTS:
                     self._failures = 0
@@ -358,6 +409,53 @@ class JobStreams:
             next_round = loop.time() + pauses.next_delay()
 
     async def _read_all(self, keys: list[Key]) -> bool:
+        """One look: a listing where it costs fewer requests than reading these keys, then a read
+        of each job missing from it (it ended), input and model; whether any changed status."""
+        jobs = [k for k in keys if k[0] == "job" and self._pending(k) and k not in self._streams]
+        listed = None
+        if self._list_pages and len(jobs) > self._list_pages:
+            # A listing looks at every polled job (new ones must not starve the rounds), 2/s at most.
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, self._listed_at + POLL_INITIAL - loop.time()))
+            polled = [k for k in self._polled if k[0] == "job" and self._pending(k)]
+            listed = await self._list([k for k in polled if k not in self._streams])
+            self._listed_at = loop.time()
+        if listed is not None:
+            keys = [k for k in keys if k[0] != "job"] + listed[1]
+        changed = await self._read_each(keys) or (listed is not None and listed[0])
+        self._rebalance()
+        return changed
+
+    async def _list(self, jobs: list[Key]) -> tuple[bool, list[Key]] | None:
+        """List (``len(jobs)`` pages at most): whether one changed, those not listed, or ``None``."""
+        try:
+            unfinished = await self.backend.list_unfinished(max_requests=len(jobs))
+        except Exception as exc:  # the reads below answer, as on a server that cannot list
+            logger.info("could not list the unfinished Comfy jobs: %s", exc)
+            return None
+        if unfinished is None:
+            self._list_pages = 0  # this server cannot list: read each polled job from now on
+            return None
+        self.lists += 1
+        self.list_requests += unfinished.requests
+        # List again for more polled jobs than this took pages (+1: the budget ran out before the end)
+        ran_out = not unfinished.complete and unfinished.requests >= len(jobs)
+        self._list_pages = max(1, unfinished.requests) + int(ran_out)
+        changed, listed = False, set()
+        for job in unfinished.jobs:
+            key = ("job", job.id)
+            if key not in self._polled and key not in self._streams:
+                continue
+            listed.add(key)
+            created = job.created_at.timestamp() if job.created_at is not None else None
+            self._near.note(key, job.status, job.progress, created)
+            if key in self._polled:
+                changed = self._status.get(key) not in (None, job.status) or changed
+                self._status[key] = job.status
+                self._found(key, job)
+        return changed, [k for k in jobs if k not in listed and k in self._polled]
+
+    async def _read_each(self, keys: list[Key]) -> bool:
         """Read these keys (``concurrency`` at a time); whether any changed status."""
         results = await asyncio.gather(*(self._read(k) for k in keys))
         return any(results)
@@ -393,5 +491,9 @@ class JobStreams:
             self._fresh.pop(key, None)
         changed = self._status.get(key) != resource.status
         self._status[key] = resource.status
+        if kind == "job" and not resource.is_terminal:
+            created = resource.created_at
+            progress = getattr(resource, "progress", None)
+            self._near.note(key, resource.status, progress, created and created.timestamp())
         self._found(key, resource)
         return changed

@@ -183,6 +183,25 @@ async def test_list_by_metadata_with_cursor(http) -> None:
     error_of(await http.get("/jobs", params={"limit": "0"}), 422, "invalid_request")
 
 
+async def test_list_by_status_as_comfy_api_proxy_does(http) -> None:
+    label = uuid.uuid4().hex
+    done = await submit(http, QUICK, metadata={"batch": label})
+    await eventually(lambda: _status(http, done["id"], "succeeded"), message="quick job done")
+    slow = await submit(http, sleeper(30), metadata={"batch": label})
+    try:
+        params = {"metadata[batch]": label, "status": "queued,running,canceling"}
+        unfinished = (await http.get("/jobs", params=params)).json()["jobs"]
+        assert [job["id"] for job in unfinished] == [slow["id"]]
+        params["status"] = "succeeded"
+        assert [j["id"] for j in (await http.get("/jobs", params=params)).json()["jobs"]] == [
+            done["id"]
+        ]
+        error = error_of(await http.get("/jobs", params={"status": "done"}), 422, "invalid_request")
+        assert "done" in error["message"]
+    finally:
+        await http.post(f"/jobs/{slow['id']}/cancel")
+
+
 # ---- SSE -----------------------------------------------------------------------------------------
 async def test_event_stream_frames_and_end(http) -> None:
     workflow = {

@@ -224,3 +224,34 @@ async def test_progress_events_carry_the_jobs_tags_like_other_backends(emulator,
             assert sorted(event.payload["tags"]) == sorted(tags)
             resource = from_comfy_event(event, address=backend.address, backend_kind="v2").resource
             assert all(resource.get(f"comfy.tag.{t}") == "true" for t in tags)
+
+
+async def test_waits_past_the_stream_cap_list_once_a_round_instead_of_reading_each_job():
+    """30 waits, 4 streams: the other jobs are followed by one listing of the unfinished jobs a
+    round (reading each polled job costs at least 26 reads for the first look alone), and the
+    streams go to the jobs that run first (the emulator runs 2 at once, first in first out)."""
+    from prefect_comfy.waiting.hub import EventHub
+    from prefect_comfy_emulator import EmulatorConfig, EmulatorServer
+
+    config = EmulatorConfig(api_keys=[API_KEY], step_duration=0.01, concurrency=2, v2_max_streams=4)
+    with EmulatorServer(config) as emu:
+        async with V2Backend(emu.v2_url, API_KEY) as backend:
+            jobs = [
+                await backend.submit(
+                    {"1": {"class_type": "EmulatorSleep", "inputs": {"seconds": 0.1 + i % 3 / 10}}}
+                )
+                for i in range(30)
+            ]
+            hub = EventHub(backend.clone(), linger=0.1, max_streams=4)
+            try:
+                events = await asyncio.wait_for(
+                    asyncio.gather(*(hub.wait("job", j.id, timeout=scaled(60)) for j in jobs)),
+                    scaled(90),
+                )
+                stats = hub.stats
+            finally:
+                await hub.aclose()
+        assert [e.event for e in events] == ["job.completed"] * 30
+        assert stats["poll_lists"] >= 1
+        assert stats["poll_reads"] + stats["poll_list_requests"] < 26, stats
+        assert stats["job_streams_refused"] == 0, stats

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from prefect_comfy.backends.base import UnfinishedJobs
 from prefect_comfy.exceptions import NotFound, ServerError
 from prefect_comfy.models import Input, Job
 from prefect_comfy.waiting import slots
@@ -279,3 +281,119 @@ async def test_a_malformed_read_fails_the_wait_at_once():
     with pytest.raises(ComfyProtocolError):
         await asyncio.wait_for(hub.wait("job", jid, timeout=30), scaled(5))
     assert len(world.reads) == 1
+
+
+class ListingBackend(MemoryBackend):
+    """The memory server's per-job streams, and a listing of its unfinished jobs, 100 a page (as
+    the v2 backend lists with ``status=queued,running,canceling``); each listing is counted in
+    ``server.lists`` with its pages."""
+
+    async def list_unfinished(self, *, max_requests=None):
+        with self.server.lock:
+            unfinished = [job for job in self.server.jobs.values() if not job.is_terminal]
+        pages = max(1, -(-len(unfinished) // 100))
+        budget = pages if max_requests is None else min(pages, max_requests)
+        self.server.lists.append({"unfinished": True, "pages": budget})
+        await asyncio.sleep(0)
+        return UnfinishedJobs(unfinished[: budget * 100], complete=budget == pages, requests=budget)
+
+
+def listing_hub(world: MemoryServer, max_streams: int) -> EventHub:
+    backend = ListingBackend(world, capabilities=STREAMS_ONLY, key=f"v2list#{next(_keys)}")
+    return EventHub(backend, linger=0.05, max_streams=max_streams)
+
+
+def list_pages(world: MemoryServer) -> int:
+    return sum(entry["pages"] for entry in world.lists)
+
+
+def queued(world: MemoryServer, n: int, start: int = 0) -> list[str]:
+    ids = [f"job_{i:03d}" for i in range(start, start + n)]
+    for i, jid in enumerate(ids):
+        created = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=start + i)
+        world.jobs[jid] = Job(id=jid, status="pending", created_at=created)
+    return ids
+
+
+async def test_the_shared_poll_lists_once_a_round_and_reads_only_the_jobs_that_ended():
+    world = stream_server(cap=8)
+    hub = listing_hub(world, max_streams=8)
+    ids = queued(world, 200)
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=60)) for jid in ids]
+    jobs = hub.job_streams
+    assert jobs is not None
+    await eventually(lambda: jobs.open_streams == 8 and jobs.polled == 192, message="8 + 192")
+    await eventually(lambda: jobs.rounds >= 3, message="three rounds")
+    assert len(world.reads) == 0  # 192 polled jobs, and not one read: each round is one listing …
+    assert jobs.lists >= 4 and jobs.list_requests == 2 * jobs.lists  # … of two pages
+    assert list_pages(world) == jobs.list_requests
+
+    # Five polled jobs end: the next round lists, misses them, and reads those five only.
+    ended = [jid for jid in ids if not world.streams_of(jid)][:5]
+    for jid in ended:
+        world.finish(jid, "completed")
+    done = await asyncio.wait_for(
+        asyncio.gather(*(w for w, jid in zip(waits, ids, strict=True) if jid in ended)), scaled(10)
+    )
+    assert [e.event for e in done] == ["job.completed"] * 5
+    assert len(world.reads) == 5
+    for jid in ids:
+        if not world.jobs[jid].is_terminal:
+            world.finish(jid, "completed")
+    await asyncio.wait_for(asyncio.gather(*waits), scaled(30))
+    assert not world.refused_at
+
+
+async def test_a_freed_stream_goes_to_the_polled_job_with_the_most_progress():
+    world = stream_server(cap=2)
+    hub = listing_hub(world, max_streams=2)
+    ids = queued(world, 6)  # job_000 and job_001 get the streams (the first tracked)
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=60)) for jid in ids]
+    jobs = hub.job_streams
+    assert jobs is not None
+    await eventually(lambda: jobs.open_streams == 2 and jobs.polled == 4, message="2 + 4")
+    assert {jid for jid in ids if world.streams_of(jid)} == {"job_000", "job_001"}
+    # The newest polled job runs furthest; an older one runs less; the others are queued.
+    world.jobs["job_005"] = world.jobs["job_005"].model_copy(
+        update={"status": "running", "progress": 80.0}
+    )
+    world.jobs["job_003"] = world.jobs["job_003"].model_copy(
+        update={"status": "running", "progress": 20.0}
+    )
+    # Both running polled jobs take the streams of the two queued streamed jobs, most progress
+    # first (a running polled job takes the stream of a job that is only queued) …
+    await eventually(
+        lambda: world.streams_of("job_005") and world.streams_of("job_003"), message="swapped"
+    )
+    assert jobs.preempted == 2
+    assert not world.streams_of("job_000") and not world.streams_of("job_001")
+    # … and a freed slot goes to the oldest queued job (a queue runs first in first out).
+    world.finish("job_005", "completed")
+    await eventually(lambda: world.streams_of("job_000"), message="job_000 streamed")
+    assert not world.streams_of("job_001") and not world.streams_of("job_002")
+    for jid in ids:
+        if not world.jobs[jid].is_terminal:
+            world.finish(jid, "completed")
+    results = await asyncio.wait_for(asyncio.gather(*waits), scaled(30))
+    assert [e.event for e in results] == ["job.completed"] * 6
+    assert not world.refused_at and world.max_open == 2
+
+
+async def test_without_a_listing_a_freed_slot_still_goes_to_the_most_progress():
+    world = stream_server(cap=1)
+    hub = make_hub(world, max_streams=1)  # reads each polled job (no listing)
+    ids = queued(world, 4)
+    world.jobs["job_002"] = world.jobs["job_002"].model_copy(
+        update={"status": "running", "progress": 60.0}
+    )
+    waits = [asyncio.ensure_future(hub.wait("job", jid, timeout=60)) for jid in ids]
+    jobs = hub.job_streams
+    assert jobs is not None
+    await eventually(lambda: jobs.open_streams == 1 and jobs.reads >= 3, message="read once")
+    assert world.streams_of("job_000")
+    world.finish("job_000", "completed")
+    await eventually(lambda: world.streams_of("job_002"), message="the running job next")
+    for jid in ids:
+        if not world.jobs[jid].is_terminal:
+            world.finish(jid, "completed")
+    await asyncio.wait_for(asyncio.gather(*waits), scaled(30))

@@ -456,3 +456,45 @@ async def test_a_malformed_asset_is_a_protocol_error_at_once(body) -> None:
     backend = backend_of(lambda r: httpx.Response(200, json=body))
     with pytest.raises(ComfyProtocolError, match="Comfy API v2"):
         await backend.get_input("a1")
+
+
+async def test_list_unfinished_pages_by_status_and_stops_at_its_budget():
+    asked: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        asked.append(params)
+        page = int(params.get("cursor") or 0)
+        jobs = [{"id": f"j{page}_{i}", "status": "queued"} for i in range(100)]
+        return httpx.Response(200, json={"jobs": jobs, "next_cursor": str(page + 1)})
+
+    async with backend_of(handler) as backend:
+        found = await backend.list_unfinished(max_requests=3)
+    assert found is not None
+    assert (len(found.jobs), found.requests, found.complete) == (300, 3, False)
+    assert {p["status"] for p in asked} == {"queued,running,canceling"}
+
+
+async def test_list_unfinished_knows_a_full_page_without_a_cursor_is_not_everything():
+    def handler(request: httpx.Request) -> httpx.Response:  # comfy-api-proxy 0.1.6: no cursor
+        jobs = [{"id": f"j{i}", "status": "running"} for i in range(100)]
+        return httpx.Response(200, json={"jobs": jobs, "truncated": False})
+
+    async with backend_of(handler) as backend:
+        found = await backend.list_unfinished(max_requests=50)
+    assert found is not None and (found.requests, found.complete) == (1, False)
+
+
+async def test_a_server_that_refuses_the_status_filter_is_read_job_by_job():
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url)
+        return error(422, "invalid_request", "unknown query parameter 'status'")
+
+    origin = "http://127.0.0.1:8191"
+    backend = V2Backend(origin, KEY, transport=httpx.MockTransport(handler))
+    async with backend:
+        assert await backend.list_unfinished(max_requests=5) is None
+        assert await backend.list_unfinished(max_requests=5) is None  # remembered: not asked
+    assert len(calls) == 1

@@ -1,4 +1,7 @@
-"""The v2 job routes: submit, read, list (metadata filter, cursor), workflow and cancel.
+"""The v2 job routes: submit, read, list (metadata and status filters, cursor), workflow and cancel.
+
+The list takes ``status=<v2 status>[,<v2 status>...]`` as comfy-api-proxy 0.1.6 does (an unknown
+status is refused), so that a client can list only the unfinished jobs (``queued,running,canceling``).
 
 ``Idempotency-Key`` is single use: the first request holds it, any later one (a retry, a concurrent
 duplicate) is refused 422 ``idempotency_key_reuse``. A submission that definitely failed (validation,
@@ -19,7 +22,7 @@ from prefect_comfy_emulator.idempotency import Answer, Claim
 from prefect_comfy_emulator.records import JobRecord
 from prefect_comfy_emulator.v2.errors import V2Error, as_v2
 from prefect_comfy_emulator.v2.face import V2Face
-from prefect_comfy_emulator.v2.render import job_of
+from prefect_comfy_emulator.v2.render import job_of, status_of
 from prefect_comfy_emulator.wire import ApiError, parse_json
 
 UI_KEYS = ("nodes", "links", "last_node_id")
@@ -233,6 +236,26 @@ def _after(cursor: str) -> str:
         ) from None
 
 
+LISTED_STATUSES = frozenset(
+    {"queued", "running", "canceling", "succeeded", "failed", "canceled", "expired"}
+)
+
+
+def _statuses(raw: str | None) -> frozenset[str] | None:
+    """The ``status`` filter: comma-separated v2 statuses (``None``: every job)."""
+    if not raw:
+        return None
+    wanted = frozenset(s.strip() for s in raw.split(",") if s.strip())
+    unknown = wanted - LISTED_STATUSES
+    if unknown:
+        raise invalid(
+            f"unknown status filter value(s): {', '.join(sorted(unknown))} (use "
+            f"{', '.join(sorted(LISTED_STATUSES))})",
+            "status",
+        )
+    return wanted
+
+
 async def list_jobs(request: Request) -> Response:
     face, owner = face_of(request), owner_of(request)
     if not face.config.v2_list_jobs:
@@ -252,12 +275,15 @@ async def list_jobs(request: Request) -> Response:
             raise V2Error(
                 422, "invalid_metadata_filter", f"at most {MAX_METADATA} metadata filters"
             )
-        elif key not in ("limit", "cursor") and not key.startswith("metadata"):
+        elif key not in ("limit", "cursor", "status") and not key.startswith("metadata"):
             raise invalid(f"unknown query parameter {key!r}", key)
+    statuses = _statuses(request.query_params.get("status"))
     jobs = [
         j
         for j in reversed(face.state.jobs.values())
-        if j.owner == owner and all(j.metadata.get(k) == v for k, v in wanted.items())
+        if j.owner == owner
+        and all(j.metadata.get(k) == v for k, v in wanted.items())
+        and (statuses is None or status_of(j) in statuses)
     ]
     cursor = request.query_params.get("cursor")
     if cursor is not None:

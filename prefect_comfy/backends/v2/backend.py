@@ -40,11 +40,20 @@ from prefect_comfy.backends.base import (
     ComfyBackend,
     Recent,
     Source,
+    UnfinishedJobs,
     recent_from_pages,
 )
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.assets import MODEL_FOLDERS, upload_asset
-from prefect_comfy.backends.v2.follow import CLASSES, PAGE_SIZE, TAGS, list_page, walk_pages
+from prefect_comfy.backends.v2.follow import (
+    CLASSES,
+    PAGE_SIZE,
+    TAGS,
+    UNFINISHED,
+    list_page,
+    list_unfinished,
+    walk_pages,
+)
 from prefect_comfy.backends.v2.http import V2Http, is_code
 from prefect_comfy.backends.v2.labels import KEY_LABEL, labels_for
 from prefect_comfy.backends.v2.labels import metadata_text as _metadata_text
@@ -296,6 +305,7 @@ class V2Backend(ComfyBackend):
         *,
         metadata: dict[str, str] | None = None,
         limit: int = PAGE_SIZE,
+        status: str | None = None,
     ) -> tuple[list[Job], str | None]:
         """One page of ``GET /api/v2/jobs``, newest first, and the next page's cursor.
 
@@ -303,7 +313,7 @@ class V2Backend(ComfyBackend):
             ComfyAPIError: 501 where the server cannot list jobs (Comfy Cloud).
         """
         jobs, next_cursor = await list_page(
-            self.http, cursor=cursor, metadata=metadata, limit=limit
+            self.http, cursor=cursor, metadata=metadata, limit=limit, status=status
         )
         for job in jobs:
             TAGS.remember(self._connection_key, job.id, job.tags)
@@ -311,8 +321,8 @@ class V2Backend(ComfyBackend):
 
     async def unfinished_jobs(self, tag: str | None = None) -> list[Job] | None:
         """With a tag, ``GET /api/v2/jobs?metadata[tag:<tag>]=1`` keeping the unfinished ones;
-        ``None`` without a tag (v2 lists no status filter: the waiting layer reads jobs one by
-        one) or where the server cannot list (Comfy Cloud answers 501)."""
+        ``None`` without a tag (the waiting layer lists with `list_unfinished`) or where the
+        server cannot list (Comfy Cloud answers 501)."""
         if tag is None or not self.capabilities.find_jobs_by_tag:
             return None
         try:
@@ -322,6 +332,18 @@ class V2Backend(ComfyBackend):
                 return None
             raise
         return [job for job in jobs if not job.is_terminal]
+
+    async def list_unfinished(self, *, max_requests: int | None = None) -> UnfinishedJobs | None:
+        """The unfinished jobs, ``GET /api/v2/jobs?status=queued,running,canceling`` page by page,
+        at most ``max_requests`` pages (see `follow.list_unfinished`); ``None`` where the server
+        cannot list (Comfy Cloud answers 501) or refuses the ``status`` filter."""
+        if not self.capabilities.list_jobs:
+            return None
+
+        async def read(cursor: str | None) -> tuple[list[Job], str | None]:
+            return await self.list_jobs_page(cursor, status=UNFINISHED)
+
+        return await list_unfinished(read, origin=self._origin, max_requests=max_requests)
 
     # -- uploads ----------------------------------------------------------------------------------
     def _ready(self, asset: Any, file_path: str, tags: Sequence[str]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ two backend-side pieces of that:
 
 - `list_page`: one page of the job list (optionally filtered by metadata labels, filtered
   here too: comfy-api-proxy 0.1.6 ignores ``metadata[...]``);
+- `list_page` with ``status=`UNFINISHED```: the unfinished jobs only, what the waiting layer's
+  shared poll lists once a round instead of reading each polled job;
 - `walk_pages`: the one walk over those pages, used by every caller (a submit that looks up a
   refused key, ``unfinished_jobs``, the listener's rounds): a cursor seen twice ends it with a
   `ComfyProtocolError`, and it reads at most `MAX_PAGES` pages;
@@ -25,21 +27,34 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prefect_comfy.backends.base import MAX_PAGES, walk_pages
+from prefect_comfy.backends.base import MAX_PAGES, UnfinishedJobs, walk_pages
 from prefect_comfy.backends.v2 import mapping
 from prefect_comfy.backends.v2.http import V2Http
 from prefect_comfy.bounded import Bounded
-from prefect_comfy.exceptions import ComfyProtocolError
+from prefect_comfy.exceptions import ComfyAPIError, ComfyProtocolError
 from prefect_comfy.models import Job
 
-__all__ = ["CLASSES", "MAX_PAGES", "PAGE_SIZE", "TAGS", "TagMemory", "list_page", "walk_pages"]
+__all__ = [
+    "CLASSES",
+    "MAX_PAGES",
+    "PAGE_SIZE",
+    "TAGS",
+    "UNFINISHED",
+    "TagMemory",
+    "list_page",
+    "list_unfinished",
+    "walk_pages",
+]
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
 """Jobs asked for per page (the most v2 allows)."""
+UNFINISHED = "queued,running,canceling"
+"""The ``status`` filter of a listing of the unfinished jobs."""
 
 
 class TagMemory:
@@ -70,9 +85,12 @@ async def list_page(
     cursor: str | None = None,
     limit: int = PAGE_SIZE,
     metadata: dict[str, str] | None = None,
+    status: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """One page of ``GET /api/v2/jobs`` (newest first): the jobs carrying every label, and the
-    cursor of the next page (``None`` on the last).
+    cursor of the next page (``None`` on the last). ``status`` (comma-separated v2 statuses, such
+    as `UNFINISHED`) asks the server to list only jobs in those states (comfy-api-proxy and the
+    emulator do; a server that refuses it answers 400 or 422).
 
     Raises:
         ComfyAPIError: 501 where the server cannot list (Comfy Cloud).
@@ -82,6 +100,8 @@ async def list_page(
     params["limit"] = str(max(1, min(PAGE_SIZE, limit)))
     if cursor:
         params["cursor"] = cursor
+    if status:
+        params["status"] = status
     body = await http.v2("GET", "/jobs", params=params) or {}
     listed = body.get("jobs") if isinstance(body, dict) else None
     next_cursor = body.get("next_cursor") if isinstance(body, dict) else None
@@ -100,3 +120,59 @@ async def list_page(
         if not isinstance(raw, dict) or mapping.matches(raw, metadata)
     ]
     return jobs, next_cursor or None
+
+
+MAX_LIST_PAGES = 100
+"""Pages a listing of the unfinished jobs reads at most without a budget (10,000 jobs)."""
+NO_STATUS_FILTER: set[str] = set()
+"""Origins that refused the list's ``status`` filter: their pending jobs are read one by one."""
+
+
+async def list_unfinished(
+    read: Callable[[str | None], Awaitable[tuple[list[Job], str | None]]],
+    *,
+    origin: str,
+    max_requests: int | None = None,
+) -> UnfinishedJobs | None:
+    """The unfinished jobs, read page by page with ``read`` (a page of the list filtered by
+    ``status=`UNFINISHED```), at most ``max_requests`` pages (then ``complete=False``).
+
+    ``None`` where the server cannot list (501) or refuses the ``status`` filter (400 or 422;
+    remembered per origin): then the waiting layer reads its jobs one by one. A full page without
+    a cursor (comfy-api-proxy 0.1.6 lists at most 100 and hands out no cursor) is not complete: a
+    pending job missing from it may still run.
+    """
+    if origin in NO_STATUS_FILTER:
+        return None
+    jobs: list[Job] = []
+    state = {"requests": 0, "complete": True, "more": False}
+    budget = max_requests if max_requests is not None else MAX_LIST_PAGES
+
+    async def page_of(cursor: str | None, _: int) -> tuple[list[Job], str | None]:
+        state["requests"] += 1
+        page, next_cursor = await read(cursor)
+        if next_cursor is None and len(page) >= PAGE_SIZE:
+            state["complete"] = False  # a full page and no way to the next one
+        state["more"] = next_cursor is not None
+        return page, next_cursor
+
+    try:
+        async for page in walk_pages(page_of, what=f"unfinished jobs on {origin}"):
+            jobs.extend(job for job in page if not job.is_terminal)
+            if state["more"] and state["requests"] >= budget:
+                state["complete"] = False  # the budget ran out before the last page
+                break
+    except ComfyAPIError as exc:
+        if exc.status_code == 501:
+            return None
+        if exc.status_code not in (400, 422):
+            raise
+        logger.info(
+            "Comfy API v2 at %s does not filter its job list by status (%s): pending jobs are "
+            "read one by one",
+            origin,
+            exc,
+        )
+        NO_STATUS_FILTER.add(origin)
+        return None
+    return UnfinishedJobs(jobs, complete=bool(state["complete"]), requests=int(state["requests"]))
