@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from prefect_comfy.bounded import DEFAULT_SIZE, Bounded
-
 from prefect_comfy.settings import environment_value
 
 __all__ = [
