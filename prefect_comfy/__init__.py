@@ -25,8 +25,40 @@ name it lists. Which block goes with which kind of server is said in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import signal
+import sys
 from typing import TYPE_CHECKING, Any
+
+
+def _interrupted_at_start(signum: int, frame: object) -> None:
+    """Ctrl-C before (or after) a ``prefect-comfy`` command runs: one line, exit 130."""
+    with contextlib.suppress(OSError):  # the terminal may be gone
+        sys.stdout.flush()  # what the command printed stays printed
+        os.write(2, b"Interrupted\n")
+    os._exit(130)  # nothing to clean up: no command is running
+
+
+def _quiet_ctrl_c_for_the_command() -> None:
+    """Make Ctrl-C in the command's first moments (its imports) one line, not a traceback.
+
+    Only for the ``prefect-comfy`` command itself (its console script, or ``python -m
+    prefect_comfy.cli``, whose ``argv[0]`` is ``-m`` while this package loads), never for a
+    program that imports the package. Installed first, before anything heavy is imported;
+    ``prefect_comfy.cli.main`` puts Python's own handler back as it starts.
+    """
+    command = sys.argv[0].replace("\\", "/") if sys.argv else ""
+    the_command = command in ("-m", "prefect-comfy") or command.endswith(
+        ("/prefect-comfy", "prefect_comfy/cli/__main__.py")
+    )
+    if the_command and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            signal.signal(signal.SIGINT, _interrupted_at_start)
+
+
+_quiet_ctrl_c_for_the_command()
 
 from prefect_comfy.settings import quiet_prefect_for_no_prefect
 
