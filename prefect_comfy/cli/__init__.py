@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import re
 import signal
 import sys
 from typing import Annotated, NamedTuple
@@ -24,6 +25,10 @@ from prefect_comfy import _interrupted_at_start
 from prefect_comfy.cli.connect import lift_server_options, use_server
 from prefect_comfy.cli.errors import EXIT_INTERRUPTED, from_ctrl_c, report
 from prefect_comfy.cli.help import PlainCommand, PlainGroup, unwrap
+from prefect_comfy.cli.verbosity import set_verbosity
+
+VERBOSE = re.compile(r"-v+|--verbose")
+"""The words of ``--verbose``, accepted anywhere on the line."""
 
 
 class Entry(NamedTuple):
@@ -120,6 +125,17 @@ def _options(
             "--debug", help="Print the full traceback of an error (anywhere on the line)."
         ),
     ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Print every log line, Prefect's and prefect-comfy's (INFO; -vv: DEBUG too). "
+            "By default only warnings and errors are. Anywhere on the line.",
+            show_default=False,
+        ),
+    ] = 0,
     url: Annotated[
         str | None,
         typer.Option(
@@ -157,6 +173,7 @@ def _options(
     ComfyV2Credentials block), from --url URL (any kind of server), or from COMFY_API_KEY and
     COMFY_BASE_URL.
     """
+    set_verbosity(verbose)
     use_server(url, kind, api_key_env)
 
 
@@ -239,6 +256,9 @@ def _run(argv: list[str] | None) -> None:
     debug = "--debug" in argv
     if debug:  # accepted anywhere on the line: move it where the group's option is parsed
         argv = ["--debug", *(word for word in argv if word != "--debug")]
+    verbose = [word for word in argv if VERBOSE.fullmatch(word)]
+    if verbose:  # so is -v (-vv, --verbose)
+        argv = [*verbose, *(word for word in argv if not VERBOSE.fullmatch(word))]
     server, rest = lift_server_options(argv)  # the same for --url, --kind and --api-key-env
     try:
         build_app(rest)(args=[*server, *rest], prog_name="prefect-comfy")
@@ -253,6 +273,7 @@ def _run(argv: list[str] | None) -> None:
     finally:
         use_server(None, None, None)  # a next main() in this process starts afresh (tests)
         send_prefect_events()
+        set_verbosity(0)
 
 
 EVENTS_DRAIN_TIMEOUT = 5.0
