@@ -307,3 +307,10 @@ __all__ = [
     "wait_for_model_ready",
     "workflow_deployment",
 ]
+
+
+if "prefect" in sys.modules:
+    # Prefect is loaded already, so the blocks cost little: define them at once, for whoever
+    # imports this package to find them in Prefect's block registry (an install made before the
+    # entry point named prefect_comfy.orchestration.blocks still names this package).
+    importlib.import_module("prefect_comfy.orchestration.blocks")
