@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_cli import command_paths
-from tests.support.cli import CLI, env_for, write_json
+from tests.support.cli import CLI, command_paths, env_for, write_json
 from tests.support.keys import API_KEY
 from tests.support.terminal import run_in_terminal
 from tests.support.workflows import slow_workflow
