@@ -12,6 +12,7 @@ loaded machine the CPU time is the steadier figure. ``import prefect_comfy`` is 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -55,6 +56,7 @@ def main() -> None:
             wall[name].append(took)
     median = {name: statistics.median(found) for name, found in cpu.items()}
     floor, prefect = median["python -c pass"], median["python -c 'import prefect'"]
+    print(f"load average {os.getloadavg()[0]:.1f}, {n} runs each")
     print(f"{'command':34} {'CPU s':>7} {'x python':>9} {'x import prefect':>17} {'wall s':>7}")
     for name, seconds in median.items():
         print(
