@@ -146,6 +146,8 @@ class _BarFirst(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == self.completed_format and isinstance(record.args, tuple) and record.args:
             self.board.finish(str(record.args[0]), "completed")
+            # Drawn now: a redraw of the bar begun before (in the bar's own thread) ends first.
+            self.board.refresh()
         return True
 
 
