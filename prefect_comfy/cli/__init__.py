@@ -14,14 +14,21 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import re
+import signal
 import sys
 from typing import Annotated, NamedTuple
 
 import typer
 
+from prefect_comfy import _interrupted_at_start
 from prefect_comfy.cli.connect import lift_server_options, use_server
-from prefect_comfy.cli.errors import report
+from prefect_comfy.cli.errors import EXIT_INTERRUPTED, from_ctrl_c, report
 from prefect_comfy.cli.help import PlainCommand, PlainGroup, unwrap
+from prefect_comfy.cli.verbosity import set_verbosity
+
+VERBOSE = re.compile(r"-v+|--verbose")
+"""The words of ``--verbose``, accepted anywhere on the line."""
 
 
 class Entry(NamedTuple):
@@ -118,6 +125,17 @@ def _options(
             "--debug", help="Print the full traceback of an error (anywhere on the line)."
         ),
     ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Print every log line, Prefect's and prefect-comfy's (INFO; -vv: DEBUG too). "
+            "By default only warnings and errors are. Anywhere on the line.",
+            show_default=False,
+        ),
+    ] = 0,
     url: Annotated[
         str | None,
         typer.Option(
@@ -155,6 +173,7 @@ def _options(
     ComfyV2Credentials block), from --url URL (any kind of server), or from COMFY_API_KEY and
     COMFY_BASE_URL.
     """
+    set_verbosity(verbose)
     use_server(url, kind, api_key_env)
 
 
@@ -213,21 +232,48 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``prefect-comfy`` console script."""
+    """Entry point of the ``prefect-comfy`` console script.
+
+    Ctrl-C anywhere (while a command imports Prefect, say, or sends its events at the end) ends
+    the command with one line and exit code 130, never a traceback.
+    """
+    at_start = signal.getsignal(signal.SIGINT)
+    the_command = at_start is _interrupted_at_start  # set by the package as the command started
+    if the_command:  # Python's own Ctrl-C again: the commands cancel their jobs on it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _run(argv)
+    except KeyboardInterrupt:
+        print("Interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        if the_command:  # Ctrl-C in Prefect's exit hooks: one line too
+            signal.signal(signal.SIGINT, _interrupted_at_start)
+
+
+def _run(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:  # accepted anywhere on the line: move it where the group's option is parsed
         argv = ["--debug", *(word for word in argv if word != "--debug")]
+    verbose = [word for word in argv if VERBOSE.fullmatch(word)]
+    if verbose:  # so is -v (-vv, --verbose)
+        argv = [*verbose, *(word for word in argv if not VERBOSE.fullmatch(word))]
     server, rest = lift_server_options(argv)  # the same for --url, --kind and --api-key-env
     try:
         build_app(rest)(args=[*server, *rest], prog_name="prefect-comfy")
-    except SystemExit:
+    except SystemExit as exc:
+        if from_ctrl_c(exc):  # Typer ends a KeyboardInterrupt as a silent exit 130: say it
+            print("Interrupted", file=sys.stderr, flush=True)
         raise
     except BaseException as exc:  # noqa: BLE001 - every error ends as one line and a code
+        if from_ctrl_c(exc) and not debug:  # Ctrl-C, wrapped by a library on its way up
+            exc = KeyboardInterrupt()
         raise SystemExit(report(exc, debug=debug)) from None
     finally:
         use_server(None, None, None)  # a next main() in this process starts afresh (tests)
         send_prefect_events()
+        set_verbosity(0)
 
 
 EVENTS_DRAIN_TIMEOUT = 5.0

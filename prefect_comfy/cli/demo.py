@@ -264,7 +264,7 @@ def _run_flows(emulator_url: str, output_dir: Path, api_url: str) -> int:
 
     _say("1. run_comfy_workflow: txt2img, 25 sampler steps (about 6 s), waited on the event stream")
     board = JobBoard()
-    with board, prefect_logs_through(board.console):
+    with board, prefect_logs_through(board):
         run, watcher = watched(board)
         try:
             result = run(credentials, TXT2IMG, tags=["demo"], output_dir=str(output_dir))
@@ -297,7 +297,7 @@ def _run_flows(emulator_url: str, output_dir: Path, api_url: str) -> int:
 
     _say("\n2. upload pipeline: upload an input, wait for input.ready, use it by name")
     board = JobBoard()
-    with board, prefect_logs_through(board.console):
+    with board, prefect_logs_through(board):
         inverted = upload_pipeline(Path(result.outputs[0].path))
     for out in inverted.outputs:
         _say(f"   {inverted.job_id} {inverted.status}: {out.name} -> {out.path}")
@@ -305,7 +305,7 @@ def _run_flows(emulator_url: str, output_dir: Path, api_url: str) -> int:
     _say("\n3. a workflow that fails on purpose (node class EmulatorFail)")
     board = JobBoard()
     failure: JobFailed | None = None
-    with board, prefect_logs_through(board.console, hide_run_errors=True):
+    with board, prefect_logs_through(board, hide_run_errors=True):
         run, watcher = watched(board)
         try:
             run(credentials, FAILING)

@@ -65,6 +65,20 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
+def from_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or comes from, a KeyboardInterrupt (Ctrl-C) that a library wrapped."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, KeyboardInterrupt):
+            return True
+        seen.add(id(found))
+        if found.__cause__ is None and found.__suppress_context__:  # ``raise ... from None``
+            return False
+        found = found.__cause__ or found.__context__
+    return False
+
+
 def one_line(exc: BaseException) -> str:
     """The exception as one line, without any API key from the environment."""
     if isinstance(exc, KeyboardInterrupt):

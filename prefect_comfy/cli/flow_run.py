@@ -20,6 +20,7 @@ from typing import Any
 from prefect_comfy.cli.connect import credentials_for
 from prefect_comfy.cli.errors import Interrupted, interrupted_download
 from prefect_comfy.cli.progress import JobBoard
+from prefect_comfy.cli.verbosity import verbosity
 from prefect_comfy.transport.threads import start_thread
 from prefect_comfy.waiting.waits import wait_for
 
@@ -96,6 +97,8 @@ class FlowRunWatcher:
             await asyncio.wait({wait})
             if not wait.cancelled() and wait.exception() is None:
                 self.outcome = wait.result().event
+                if self.outcome == "job.completed":  # full now, not once the downloads are done
+                    self.board.finish(str(self.job_id), "completed")
 
 
 def _whole(path: Path, out: Path) -> bool:
@@ -104,20 +107,48 @@ def _whole(path: Path, out: Path) -> bool:
 
 
 class _Chatter(logging.Filter):
-    """Drops the engine's lines about running the watcher's hook, the run's "View at URL" (the
-    watcher prints the link once, with the run's name), and the job's progress milestones (the
-    live bar says the same; the Prefect server still gets them)."""
+    """Quiet by default (``level`` 0): of Prefect's console lines, only warnings and errors (the
+    bar, the link and the result say the rest; the Prefect server still gets every line).
 
-    def __init__(self, milestone_format: str | None = None) -> None:
+    At level 1 (``-v``), the INFO lines too, but for those the terminal shows already: the engine's
+    lines about running the watcher's hook, the run's "View at URL" (the watcher prints the link
+    once, with the run's name), and the job's progress milestones (the live bar says the same).
+    At level 2 (``-vv``), every line.
+    """
+
+    def __init__(self, level: int, milestone_format: str | None = None) -> None:
         super().__init__()
+        self.level = level
         self.milestone_format = milestone_format
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.level >= 2:
+            return True
+        if self.level == 0:
+            return record.levelno >= logging.WARNING
         if str(record.msg).startswith("View at ") or record.msg == self.milestone_format:
             return False
         if record.name != "prefect.engine":
             return True
         return not str(record.msg).startswith(("Running hook", "Hook "))
+
+
+class _BarFirst(logging.Filter):
+    """When the run says its job completed, the job's bar is filled first, so that the line never
+    shows above a bar still a step short: the bar follows its own wait on the job's events, which
+    the flow's wait may have seen the end of first."""
+
+    def __init__(self, board: JobBoard, completed_format: str) -> None:
+        super().__init__()
+        self.board = board
+        self.completed_format = completed_format
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.completed_format and isinstance(record.args, tuple) and record.args:
+            self.board.finish(str(record.args[0]), "completed")
+            # Drawn now: a redraw of the bar begun before (in the bar's own thread) ends first.
+            self.board.refresh()
+        return True
 
 
 class _RunErrors(logging.Filter):
@@ -132,20 +163,28 @@ class _RunErrors(logging.Filter):
 
 
 @contextlib.contextmanager
-def prefect_logs_through(console: Any, *, hide_run_errors: bool = False) -> Iterator[None]:
-    """Print Prefect's console log lines through ``console`` (above the live bars, not across them).
+def prefect_logs_through(
+    board: JobBoard, *, hide_run_errors: bool = False, level: int = 1
+) -> Iterator[None]:
+    """Print Prefect's console log lines through the board's console (above its live bars, not
+    across them): at ``level`` 0 only warnings and errors, at 1 the INFO lines the terminal does
+    not show already, at 2 all (`_Chatter`).
 
     With ``hide_run_errors``, the ERROR lines of flow and task runs (a failure's tracebacks) are
     left out of the terminal; the Prefect server still gets them, and the UI shows them.
     """
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from prefect_comfy.orchestration.sensor import MILESTONE_LOG
+    from prefect_comfy.orchestration.sensor import COMPLETED_LOG, MILESTONE_LOG
 
+    console = board.console
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     saved = [h.console for h in handlers]
-    chatter = _Chatter(MILESTONE_LOG)
-    filters: list[logging.Filter] = [chatter, *([_RunErrors()] if hide_run_errors else [])]
+    filters: list[logging.Filter] = [
+        _BarFirst(board, COMPLETED_LOG),
+        _Chatter(level, MILESTONE_LOG),
+    ]
+    filters += [_RunErrors()] if hide_run_errors else []
     for handler in handlers:
         handler.console = console
         for one in filters:
@@ -183,7 +222,7 @@ def run_as_flow(
     credentials = asyncio.run(credentials_for(block))
     watcher = FlowRunWatcher(credentials, board)
     flow = run_comfy_workflow.with_options(on_running=[watcher.on_running])
-    with board, prefect_logs_through(board.console, hide_run_errors=not debug):
+    with board, prefect_logs_through(board, hide_run_errors=not debug, level=verbosity()):
         try:
             with prefect_tags(*tags):  # the flow run carries the tags too, not only the job
                 result = flow(

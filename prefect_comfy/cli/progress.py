@@ -185,6 +185,10 @@ class JobBoard:
         self._progress.update(self._rows[job_id], **fields)
         self._progress.stop_task(self._rows[job_id])
 
+    def refresh(self) -> None:
+        """Draw the bars now (they are redrawn 8 times a second anyway), after any redraw begun."""
+        self._progress.refresh()
+
     def row(self, job_id: str) -> dict[str, Any]:
         """What the row of ``job_id`` shows (for tests and for a one-line summary)."""
         task = self._progress.tasks[self._rows[job_id]]

@@ -1,13 +1,47 @@
 """The listener: forwards every Comfy event into Prefect as a Prefect event.
 
 ``prefect-comfy listen --block NAME`` runs it; `run_listener` is the same from Python.
+
+Each name is imported on first use (PEP 562, as the package's own face does), so that ``prefect-comfy
+listen --help`` does not import Prefect.
 """
 
-from prefect_comfy.listener.follow import JobFollower
-from prefect_comfy.listener.forwarder import ComfyListener, default_listener_id
-from prefect_comfy.listener.run import run_listener
-from prefect_comfy.listener.sender import NO_API_URL_MESSAGE, require_prefect_api_url
-from prefect_comfy.listener.stats import ListenerStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and the API reference see; at run time, __getattr__
+    from prefect_comfy.listener.follow import JobFollower
+    from prefect_comfy.listener.forwarder import ComfyListener, default_listener_id
+    from prefect_comfy.listener.run import run_listener
+    from prefect_comfy.listener.sender import NO_API_URL_MESSAGE, require_prefect_api_url
+    from prefect_comfy.listener.stats import ListenerStats
+
+_HOMES: dict[str, str] = {
+    "JobFollower": "prefect_comfy.listener.follow",
+    "ComfyListener": "prefect_comfy.listener.forwarder",
+    "default_listener_id": "prefect_comfy.listener.forwarder",
+    "run_listener": "prefect_comfy.listener.run",
+    "NO_API_URL_MESSAGE": "prefect_comfy.listener.sender",
+    "require_prefect_api_url": "prefect_comfy.listener.sender",
+    "ListenerStats": "prefect_comfy.listener.stats",
+}
+"""Where each public name lives: imported from there on first use."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once: later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "NO_API_URL_MESSAGE",

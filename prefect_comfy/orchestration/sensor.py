@@ -54,11 +54,21 @@ from prefect_comfy.orchestration.writes import artifact_writes
 from prefect_comfy.transport.deadlines import bounded, wait_event, within
 from prefect_comfy.waiting.waits import wait_for, wait_for_input, wait_for_model
 
-__all__ = ["CANCEL_TIMEOUT", "MILESTONE_LOG", "watch_comfy_job", "watch_comfy_upload"]
+__all__ = [
+    "CANCEL_TIMEOUT",
+    "COMPLETED_LOG",
+    "MILESTONE_LOG",
+    "watch_comfy_job",
+    "watch_comfy_upload",
+]
 
 MILESTONE_LOG = "Comfy job %s: %d%%%s"
 """The format of the run's milestone lines (``Comfy job job_abc: 40% · KSampler step 15/40``): the
 CLI, whose bar says the same, leaves them out of the terminal."""
+
+COMPLETED_LOG = "Comfy job %s completed with %d output(s)"
+"""The format of the run's line that says the job completed: the CLI fills the job's bar as it
+prints it (the bar follows its own wait, which may still be a step behind)."""
 
 CANCEL_TIMEOUT = 10.0
 """Seconds allowed for cancelling the Comfy job after a time-out or an interrupted wait."""
@@ -386,7 +396,7 @@ async def _conclude(
     if outcome == "completed":
         assert job is not None
         watch.note_milestone(100.0)
-        log.info("Comfy job %s completed with %d output(s)", job_id, len(job.outputs))
+        log.info(COMPLETED_LOG, job_id, len(job.outputs))
         if outputs_artifact:  # off the waiting path: the task flushes it at its end
             # The write downloads previews after the wait returned: with a backend of its own (the
             # one made here, else a clone: the caller may close theirs as soon as we return).

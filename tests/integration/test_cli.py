@@ -19,10 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy.cli import COMMANDS, build_app
+from prefect_comfy.cli import build_app
 from tests.support.cli import (
     CLI,
     cli,
+    command_paths,
     env_for,
     error_lines,
     job,
@@ -44,15 +45,6 @@ async def submit(emulator: Any, workflow: dict[str, Any], *tags: str) -> str:
 
 
 # -- help and version ----------------------------------------------------------------------------
-def command_paths() -> list[list[str]]:
-    paths = [[]] + [[name] for name in COMMANDS]
-    paths += [["jobs", sub] for sub in ("list", "get", "cancel", "watch")]
-    paths += [["upload", "input"], ["upload", "model"], ["blocks", "create"]]
-    paths += [["blocks", "create", "cloud"], ["blocks", "create", "comfyui"]]
-    paths += [["blocks", "create", "v2"]]
-    return paths
-
-
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "top")
 def test_every_help_screen_names_values_without_type_tags(path: list[str]) -> None:
     args = [*path, "--help"]

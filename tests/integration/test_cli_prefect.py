@@ -29,6 +29,7 @@ from tests.support.cli import (
     write_json,
 )
 from tests.support.keys import API_KEY, WRONG_KEY
+from tests.support.terminal import run_in_terminal
 from tests.support.waiting import eventually
 from tests.support.workflows import failing_workflow, slow_workflow, tiny_workflow
 
@@ -188,17 +189,20 @@ async def test_run_as_a_prefect_flow_run_prints_its_link(
     env = prefect_env(emulator, prefect_api_url)
     workflow = write_json(tmp_path / "wf.json", tiny_workflow("asflow"))
     tag = f"poster-{uuid.uuid4().hex[:6]}"
-    done = cli("run", str(workflow), "--out", str(tmp_path / "out"), "--tag", tag, env=env,
+    done = cli("run", str(workflow), "--out", str(tmp_path / "out"), "--tag", tag, "-v", env=env,
                timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     link = re.search(
         r"Prefect flow run [\w-]+: http://\S+/runs/flow-run/([0-9a-f-]{36})", done.stderr
     )
     assert link
+    assert done.stderr.count(link[1]) == 1, done.stderr[-3000:]  # the link once
     (path,) = done.stdout.splitlines()
     assert Path(path).parent == tmp_path / "out" and Path(path).is_file()
-    # The run's progress milestones go to the Prefect server, not across the terminal's bar.
+    # -v: the run's INFO lines, Prefect's and the package's own; its progress milestones go to
+    # the Prefect server, not across the terminal's bar.
     assert "Waiting for Comfy job" in done.stderr
+    assert "| INFO    | prefect_comfy." in done.stderr, done.stderr[-3000:]
     assert not re.search(r"Comfy job \S+: \d+%", done.stderr), done.stderr[-3000:]
     async with get_client() as client:  # --tag tags the flow run too, not only the Comfy job
         flow_run = await client.read_flow_run(uuid.UUID(link[1]))
@@ -208,6 +212,8 @@ async def test_run_as_a_prefect_flow_run_prints_its_link(
     done = cli("run", str(failing), env=env, timeout=120)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
+    # Quiet by default (issue 19, 5): the start, the link and the error; no log lines.
+    assert "| INFO" not in done.stderr and "Finished in state" not in done.stderr, done.stderr
     errors = [line for line in error_lines(done.stderr) if line.startswith("Error:")]
     assert len(errors) == 1 and re.search(r"job_\w+ failed at node 1", errors[0]), done.stderr
 
@@ -249,3 +255,23 @@ async def test_ctrl_c_during_a_flow_run_cancels_the_comfy_job(
     assert flow_run.state.type.value == "CANCELLED", flow_run.state
     # One cancel: the sensor's cleanup, the flow's and the crash hook each claim it, one sends it.
     assert emulator.state.jobs[job_id].cancel_requests == 1
+
+
+def test_the_bar_is_full_when_the_run_says_its_job_completed(
+    emulator, prefect_api_url, tmp_path
+) -> None:
+    """Regression (issue 19, 5): the bar showed 96 % after the log said completed. The bar follows
+    its own wait, and the last progress event of a job is short of 100 %: the bar now ends as the
+    run says the job completed, before that line."""
+    workflow = write_json(tmp_path / "slow.json", slow_workflow(60, step_seconds=0.05))
+    env = prefect_env(emulator, prefect_api_url, TERM="xterm-256color", COLUMNS="200")
+    del env["NO_COLOR"]
+    code, screen = run_in_terminal(
+        [*CLI, "run", str(workflow), "--out", str(tmp_path / "out"), "--verbose"], env, timeout=180
+    )
+    assert code == 0, screen[-3000:]
+    said = re.search(r"Comfy job (\S+) completed with \d+ output\(s\)\r?\n", screen)
+    assert said, screen[-3000:]
+    # The bar as drawn again with that line (a live bar is redrawn under each log line).
+    bar = re.match(r"[^\r\n]*", screen[said.end() :])[0]
+    assert said[1] in bar and "100%" in bar and "completed" in bar, (bar, screen[-3000:])

@@ -132,6 +132,43 @@ async def test_blocks_are_found_by_register(prefect_api_url) -> None:
     assert block_type.name == "Comfy Cloud Credentials"
 
 
+def test_a_prefect_server_registers_the_blocks_of_the_entry_point(tmp_path) -> None:
+    """``prefect server start`` registers the blocks of the module that pyproject.toml's
+    ``prefect.collections`` entry point names (``import prefect_comfy`` alone defines none: its
+    names are imported on first use); ``prefect block register -m prefect_comfy`` registers them
+    too. The entry point is read from this checkout's pyproject.toml, through a distribution's
+    metadata found first on the server's path (the installed one may be older)."""
+    import sys
+    import tomllib
+
+    import httpx
+
+    from tests.support.prefect_stack import ROOT, prefect_stack
+    from tests.support.waiting import scaled
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    points = project["entry-points"]["prefect.collections"]
+    metadata = tmp_path / "path" / f"prefect_comfy-{project['version']}.dist-info"
+    metadata.mkdir(parents=True)
+    (metadata / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: prefect-comfy\nVersion: {project['version']}\n"
+    )
+    (metadata / "entry_points.txt").write_text(
+        "[prefect.collections]\n" + "".join(f"{k} = {v}\n" for k, v in points.items())
+    )
+    slugs = ["comfy-cloud-credentials", "comfy-v2-credentials", "comfy-workflow", "comfyui-server"]
+    with prefect_stack(
+        tmp_path / "home", start_timeout=scaled(90), pythonpath=(tmp_path / "path",)
+    ) as stack:
+        for slug in slugs:
+            answer = httpx.get(f"{stack.api_url}/block_types/slug/{slug}", timeout=30)
+            assert answer.status_code == 200, (slug, answer.text, stack.logs()[-3000:])
+        out = stack.run(
+            [sys.executable, "-m", "prefect", "block", "register", "-m", "prefect_comfy"]
+        )
+    assert "Successfully registered 4 blocks" in out, out
+
+
 # -- the flow -----------------------------------------------------------------------------------
 async def test_flow_completes_with_local_pngs_label_and_event(prefect_api_url, creds, tmp_path):
     state = await asyncio.to_thread(

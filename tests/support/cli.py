@@ -15,6 +15,18 @@ from tests.support.keys import API_KEY
 CLI = [sys.executable, "-m", "prefect_comfy.cli"]
 
 
+def command_paths() -> list[list[str]]:
+    """Every command and sub-command of the CLI, as the words that name it (``[]``: the top)."""
+    from prefect_comfy.cli import COMMANDS
+
+    paths = [[]] + [[name] for name in COMMANDS]
+    paths += [["jobs", sub] for sub in ("list", "get", "cancel", "watch")]
+    paths += [["upload", "input"], ["upload", "model"], ["blocks", "create"]]
+    paths += [["blocks", "create", "cloud"], ["blocks", "create", "comfyui"]]
+    paths += [["blocks", "create", "v2"]]
+    return paths
+
+
 def env_for(emulator: Any, **extra: str) -> dict[str, str]:
     """The environment of a CLI subprocess: the emulator's URL and key, no Prefect API."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMFY_", "PREFECT_API_"))}

@@ -133,14 +133,19 @@ class Stack:
 
 
 @contextmanager
-def prefect_stack(home: Path, *, start_timeout: float = 90) -> Iterator[Stack]:
+def prefect_stack(
+    home: Path, *, start_timeout: float = 90, pythonpath: tuple[Path, ...] = ()
+) -> Iterator[Stack]:
     """``prefect server start`` on a free loopback port, SQLite under ``home``.
 
     ``start_timeout``: seconds to wait for ``/api/health`` (a shared, loaded machine needs more).
+    ``pythonpath``: folders searched first by every process of the stack.
     """
     (home / "flows").mkdir(parents=True, exist_ok=True)
     port = free_port()
     stack = Stack(home, f"http://127.0.0.1:{port}/api")
+    if pythonpath:
+        stack.env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), stack.env["PYTHONPATH"]])
     try:
         stack.start_server(start_timeout)
         yield stack

@@ -200,13 +200,17 @@ def test_every_export_resolves() -> None:
 
 
 def test_the_package_defines_exactly_its_four_block_types() -> None:
-    # In a fresh interpreter: what `import prefect_comfy` alone puts in Prefect's block registry,
-    # which a Prefect server loading the package as a collection registers (no JobBlock[...]).
+    # In a fresh interpreter: what importing the module of the `prefect.collections` entry point
+    # (pyproject.toml) puts in Prefect's block registry, which a Prefect server loading the package
+    # as a collection registers (no JobBlock[...]).
     import subprocess
     import sys
+    import tomllib
 
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    module = pyproject["project"]["entry-points"]["prefect.collections"]["prefect_comfy"]
     code = (
-        "import prefect_comfy\n"
+        f"import {module}\n"
         "from prefect.blocks.core import Block\n"
         "from prefect.utilities.dispatch import get_registry_for_type\n"
         "print(sorted(slug for slug, cls in get_registry_for_type(Block).items()\n"
@@ -218,3 +222,19 @@ def test_the_package_defines_exactly_its_four_block_types() -> None:
     assert out.strip() == str(
         ["comfy-cloud-credentials", "comfy-v2-credentials", "comfy-workflow", "comfyui-server"]
     )
+
+
+def test_importing_the_package_imports_no_prefect_until_a_name_is_used() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prefect_comfy\n"
+        "print('prefect' in sys.modules, set(prefect_comfy.__all__) <= set(dir(prefect_comfy)))\n"
+        "prefect_comfy.ComfyWorkflow\n"
+        "print('prefect' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True
+    ).stdout
+    assert out.split() == ["False", "True", "True"]
