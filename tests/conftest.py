@@ -8,6 +8,7 @@ event loops can use it); :func:`emulator` hands it to a test and puts its fault 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 _HOME = tempfile.mkdtemp(prefix="prefect-comfy-tests-")
@@ -17,6 +18,12 @@ os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 for _name in ("COMFY_API_KEY", "COMFY_BASE_URL"):
     os.environ.pop(_name, None)
+# A suite started in the background of a non-interactive shell (`make test &`, a CI runner's
+# `cmd &`) inherits Ctrl-C ignored, and so would every command it starts: Python then installs no
+# KeyboardInterrupt handler, and the tests that press Ctrl-C on a command would test nothing.
+# The commands under test get Ctrl-C as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 
