@@ -338,7 +338,7 @@ def _run_comfyui_flow(server: Any, checkpoint: str, output_dir: Path, api_url: s
         f"   the graph: {demo_workflow_path()} (with this checkpoint and seed)"
     )
     board = JobBoard()
-    with board, prefect_logs_through(board.console):
+    with board, prefect_logs_through(board):
         watcher = FlowRunWatcher(server, board)
         run = run_comfy_workflow.with_options(on_running=[watcher.on_running])
         try:
@@ -465,6 +465,9 @@ def demo(
     COMFY_URL), it runs a real text-to-image job there instead (a checkpoint the server has, KSampler
     8 steps, 64x64) and downloads its PNG.
     """
+    # The demo's Prefect server is its own, thrown away at the end: no analytics, and no notice
+    # about them (Prefect prints it where it is first imported, here to check the ComfyUI).
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect_comfy.cli.connect import server_url
     from prefect_comfy.cli.demo_comfyui import comfyui_target
     from prefect_comfy.cli.errors import UsageProblem
