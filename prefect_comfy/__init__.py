@@ -41,28 +41,33 @@ def _interrupted_at_start(signum: int, frame: object) -> None:
     os._exit(130)  # nothing to clean up: no command is running
 
 
-def _quiet_ctrl_c_for_the_command() -> None:
-    """Make Ctrl-C in the command's first moments (its imports) one line, not a traceback.
+def _prepare_the_command() -> None:
+    """What the ``prefect-comfy`` command needs before anything heavy is imported.
 
-    Only for the ``prefect-comfy`` command itself (its console script, or ``python -m
-    prefect_comfy.cli``, whose ``argv[0]`` is ``-m`` while this package loads), never for a
-    program that imports the package. Installed first, before anything heavy is imported;
-    ``prefect_comfy.cli.main`` puts Python's own handler back as it starts.
+    Only for the command itself (its console script, or ``python -m prefect_comfy.cli``, whose
+    ``argv[0]`` is ``-m`` while this package loads), never for a program that imports the package:
+
+    - Ctrl-C in the command's first moments (its imports) is one line, not a traceback;
+      ``prefect_comfy.cli.main`` puts Python's own handler back as it starts;
+    - ``--no-prefect`` promises no Prefect: not even the first-run telemetry notice and event that
+      importing Prefect gives a terminal (issue 17). Prefect reads ``DO_NOT_TRACK`` when it is
+      imported, and the command line imports this package before it parses its options, so this
+      looks at ``sys.argv``.
     """
     command = sys.argv[0].replace("\\", "/") if sys.argv else ""
     the_command = command in ("-m", "prefect-comfy") or command.endswith(
         ("/prefect-comfy", "prefect_comfy/cli/__main__.py")
     )
-    if the_command and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if not the_command:
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             signal.signal(signal.SIGINT, _interrupted_at_start)
+    if "--no-prefect" in sys.argv[1:]:
+        os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-_quiet_ctrl_c_for_the_command()
-
-from prefect_comfy.settings import quiet_prefect_for_no_prefect
-
-quiet_prefect_for_no_prefect()  # first: before anything imports Prefect (--no-prefect)
+_prepare_the_command()  # first: before anything imports Prefect, or anything heavy
 
 if TYPE_CHECKING:  # what type checkers and the API reference see; at run time, __getattr__
     from prefect_comfy.backends.base import ComfyBackend
