@@ -52,5 +52,8 @@ def test_the_watcher_thread_uses_the_settings_of_its_caller(
         finally:
             watcher.stop()
     assert watcher.job_id == job_id
-    assert board.row(job_id)["status"] in {"submitted", "running"}
+    # The watcher drew the job's row; it may have seen the tiny job end already (it fills the bar
+    # as soon as it sees the end, so the bar never lags the log's "completed").
+    status = board.row(job_id)["status"]
+    assert status in {"submitted", "running"} or "completed" in status, status
     assert "temporary server" not in caplog.text.lower()
