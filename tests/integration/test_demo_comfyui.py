@@ -59,7 +59,10 @@ def test_the_demo_runs_txt2img_on_a_comfyui_shows_the_steps_and_downloads_the_pn
     assert code == 0, screen[-4000:]
     assert f"checkpoint {test_checkpoint}" in screen, screen[-4000:]
     shown = re.findall(r"(\d+)%\s+KSampler #3\s+step (\d+)/8", screen)
-    assert shown, screen[-4000:]  # the bar showed the sampler at work
+    # The bar joins the job once it is submitted: on an idle machine this tiny job's 8 steps can
+    # be over by then (2 s in all, seen), so the steps are checked where they were drawn, and the
+    # bar must at least end full (the CLI's own bar test samples more steps: test_txt2img.py).
+    assert shown or re.search(r"100%.*completed", screen), screen[-4000:]
     steps = [int(step) for _, step in shown]
     assert steps == sorted(steps), shown
     [png] = list(out.glob("demo-comfyui*.png"))

@@ -178,6 +178,12 @@ async def test_the_cli_bar_shows_each_step_of_a_warm_first_job(
 
 
 @pytest.mark.prefect
+def larger(graph: dict) -> dict:
+    """The graph with a 256x256 latent (node 5, EmptyLatentImage): each sampler step is slower."""
+    graph["5"]["inputs"].update(width=256, height=256)
+    return graph
+
+
 async def test_the_flows_progress_artifact_ends_at_ksampler_or_later(
     comfyui_server: RunningComfyUI, test_checkpoint: str, prefect_api_url: str, tmp_path: Path
 ) -> None:
@@ -200,8 +206,9 @@ async def test_the_flows_progress_artifact_ends_at_ksampler_or_later(
             run_comfy_workflow,
             ComfyUIServer(url=comfyui_server.url),
             # Long enough for the 1-s artifact writes and this 0.5-s poll to see KSampler at work on
-            # an idle machine (8 steps took 1.2 s there, and only "0%" was seen before the end).
-            txt2img_graph(seed=fresh_seed(), prefix="flow", steps=ARTIFACT_STEPS),
+            # an idle machine (8 steps took 1.2 s there, and 40 steps of 64x64 about 2 s: only "0%"
+            # was seen before the end); 256x256 makes each step some 16x the work.
+            larger(txt2img_graph(seed=fresh_seed(), prefix="flow", steps=ARTIFACT_STEPS)),
             output_dir=str(tmp_path),
             return_state=True,
         )
