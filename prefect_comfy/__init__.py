@@ -223,17 +223,26 @@ _HOMES: dict[str, str] = {
 """Where each public name lives: imported from there on first use."""
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once: later lookups do not come back here
-    return value
+def _lazy_exports(namespace: dict[str, Any], homes: dict[str, str]) -> tuple[Any, Any]:
+    """A package's PEP 562 ``__getattr__`` and ``__dir__``: each name in ``homes`` is imported from
+    its module on first use and kept in ``namespace`` (the package's ``globals()``), so later
+    lookups do not come back here. Used by this package and by `prefect_comfy.listener`."""
+    module = namespace["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        home = homes.get(name)
+        if home is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = namespace[name] = getattr(importlib.import_module(home), name)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *namespace.get("__all__", ())})
+
+    return __getattr__, __dir__
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(globals(), _HOMES)
 
 
 __all__ = [

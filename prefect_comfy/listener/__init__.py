@@ -8,8 +8,9 @@ listen --help`` does not import Prefect.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from prefect_comfy import _lazy_exports
 
 if TYPE_CHECKING:  # what type checkers and the API reference see; at run time, __getattr__
     from prefect_comfy.listener.follow import JobFollower
@@ -30,17 +31,7 @@ _HOMES: dict[str, str] = {
 """Where each public name lives: imported from there on first use."""
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once: later lookups do not come back here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(globals(), _HOMES)
 
 
 __all__ = [
