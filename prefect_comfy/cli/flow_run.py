@@ -241,9 +241,13 @@ def run_as_flow(
             watcher.finish("cancelled", "(Ctrl-C)")
             if watcher.flow_run_id:
                 asyncio.run(_mark_cancelled(watcher.flow_run_id))
+            what = (
+                f"the flow run cancelled Comfy job {watcher.job_id}"
+                if watcher.job_id
+                else "the flow run was cancelled before it submitted a Comfy job"
+            )
             raise Interrupted(
-                f"Interrupted: the flow run cancelled Comfy job {watcher.job_id or '(none yet)'}"
-                + (f"; see {watcher.ui_url}" if watcher.ui_url else "")
+                f"Interrupted: {what}" + (f"; see {watcher.ui_url}" if watcher.ui_url else "")
             ) from None
         except OutcomeError as exc:
             status = getattr(exc, "status", None) or "failed"
