@@ -123,6 +123,7 @@ async def test_listing_v2_forwards_each_outcome_once_with_more_jobs_than_streams
         expected = {job_id: "comfy.job.completed" for job_id in ids[:6] + ids[9:]}
         expected |= {job_id: "comfy.job.failed" for job_id in ids[6:8]}
         expected[ids[8]] = "comfy.job.cancelled"
+
         # The 20-s job is followed on its own stream whenever the listing round finds it; the
         # 1-s jobs may all end between two rounds (discovery backs off to 5 s), leaving only their
         # outcomes. Its progress is the part of the test that does not depend on that timing.
