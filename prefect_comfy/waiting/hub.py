@@ -209,6 +209,10 @@ class EventHub(SharedStream):
             mark = self.mark()
             if mark is not None:
                 return mark
+            if self._stream is None and self.stopped_with is not None:  # stopped before it was up
+                raise WebSocketConnectionError(
+                    f"the Comfy event stream stopped before it was up: {self.stopped_with}"
+                )
             if deadline is not None and time.monotonic() > deadline:
                 raise WebSocketConnectionError(
                     f"the Comfy event stream was not up within {timeout:g}s"

@@ -58,6 +58,8 @@ class SharedStream:
         self.stream_restarts = 0
         """Times the stream gave up while needed and was opened again (`_reopen_later`)."""
         self._reopen_backoff = Backoff(initial=1.0, maximum=30.0)
+        self.stopped_with: BaseException | None = None
+        """Why the stream last opened stopped (``None`` while it runs, or before it first ran)."""
 
     @property
     def stream_open(self) -> bool:
@@ -102,12 +104,14 @@ class SharedStream:
             self._backend_closed = False
             self._new_backend()
         self.streams_opened += 1
+        self.stopped_with = None
         self._stream = asyncio.ensure_future(self._run_stream())
 
     async def _run_stream(self) -> None:
         error: BaseException = WebSocketConnectionError("the Comfy event stream ended")
-        stream = self._source()
+        stream: AsyncIterator[ComfyEvent] | None = None
         try:
+            stream = self._source()  # may raise: a kind without this stream says so on the call
             async for event in stream:
                 self._dispatch(event)
         except asyncio.CancelledError:
@@ -120,8 +124,10 @@ class SharedStream:
             self._live = False
             self._epoch += 1
             self._stream = None
-            with contextlib.suppress(Exception):  # not BaseException: a cancel goes on
-                await stream.aclose()  # type: ignore[attr-defined]
+            self.stopped_with = error
+            if stream is not None:
+                with contextlib.suppress(Exception):  # not BaseException: a cancel goes on
+                    await stream.aclose()  # type: ignore[attr-defined]
             self._ended(error)
             if self._closer is None and self._idle():
                 self._schedule_linger()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from prefect_comfy.backends.base import Capabilities
 from prefect_comfy.exceptions import (
     JobTimedOut,
     NotFound,
@@ -189,6 +190,19 @@ async def test_a_stream_that_gives_up_leaves_the_waits_to_rest_and_opens_again(h
     world.emit("job.failed", "job_y", status="failed")  # ended once it is back: streamed
     results = await asyncio.wait_for(asyncio.gather(*waits), scaled(10))
     assert [r.event for r in results] == ["job.completed", "job.completed", "job.failed"]
+
+
+async def test_a_stream_the_kind_cannot_open_frees_the_hub_at_once(world):
+    """A kind with no stream of any sort raises on ``events()`` itself: the hub used to keep that
+    dead task as its open stream, so every submit waited the whole `stream_ready` timeout (10 s)."""
+    backend = MemoryBackend(world, capabilities=Capabilities(), key=f"fake#{next(_keys)}")
+    hub = EventHub(backend.clone(), linger=0.05)
+    with pytest.raises(WebSocketConnectionError, match="has no event stream"):
+        await hub.ready(timeout=scaled(30))
+    assert not hub.stream_open and isinstance(hub.stopped_with, NotImplementedError)
+    with pytest.raises(WebSocketConnectionError, match="has no event stream"):
+        await hub.ready(timeout=scaled(30))  # asked again: tried again, not stuck
+    assert hub.streams_opened == 2
 
 
 async def test_stream_closes_after_linger_and_reopens(backend, world):
