@@ -5,6 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # uv through its module, so a uv that pip has just installed works whatever PATH says.
 UV := python3 -m uv
+# The suite runs on TEST_WORKERS pytest-xdist workers (most of a test's time is waiting on a
+# server); tests that share one ComfyUI or a module's fixture stay on one worker (tests/conftest.py).
+# TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 3
+PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 .PHONY: setup demo test test-fast docs comfyui bench lint clean
 
@@ -28,10 +33,10 @@ test: setup docs
 	@bash scripts/install-comfy-api-proxy.sh || echo "comfy-api-proxy could not be installed: the v2 proxy tests will fail and say why"
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium could not be installed: the browser tests (the deployment's run form, the frontend oracle) will fail and say why"
 	@python3 scripts/build-test-checkpoint.py >/dev/null || echo "the test checkpoint could not be built: the txt2img tests will fail and say why"
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS) --durations=20
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not comfyui"
+	$(PY) -m pytest -q $(PYTEST_WORKERS) -m "not comfyui"
 
 # The documentation site, into site/ (ignored by git). --strict: a broken link or an API name that
 # does not resolve fails the build, and so `make test` and CI.

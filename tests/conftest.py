@@ -95,6 +95,23 @@ TIERS = {
 """Marker of each tier, and the session fixtures that put a test in it."""
 
 
+def _worker_group(item: pytest.Item) -> str | None:
+    """The tests that must share one pytest-xdist worker (``make test`` runs ``--dist loadgroup``).
+
+    Every test on a real ComfyUI shares one: the session starts one ComfyUI (and one proxy) in
+    that worker, not one per worker. A module whose tests share a module-scoped fixture (a served
+    deployment, a listener process) runs in one worker, which sets it up once. Any other test
+    goes wherever a worker is free.
+    """
+    if "comfyui" in item.keywords:
+        return "comfyui"
+    info = getattr(item, "_fixtureinfo", None)
+    for definitions in getattr(info, "name2fixturedefs", {}).values():
+        if any(d.scope == "module" for d in definitions):
+            return item.module.__name__ if item.module else None
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its tiers, and scale its pytest-timeout by the suite's one factor.
 
@@ -114,6 +131,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(getattr(pytest.mark, tier))
         if "proxy" in item.keywords and "comfyui" not in item.keywords:
             item.add_marker(pytest.mark.comfyui)  # the proxy runs on a real ComfyUI
+        group = _worker_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
         if TIMEOUT_FACTOR != 1:
             marker = item.get_closest_marker("timeout")
             seconds = float(marker.args[0]) if marker and marker.args else default

@@ -47,6 +47,7 @@ from prefect_comfy.orchestration.suspend import (
     RESUME_LABEL_PREFIX,
     SUSPENDED_JOB_LABEL,
 )
+from prefect_comfy.transport.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ FAILED_EVENT = "prefect.flow-run.Failed"
 SUSPENDED_STATE_NAMES = frozenset({"Suspended", "Resuming"})
 """States with no process: a run cancelled from one of them cancels its Comfy jobs here."""
 DEFAULT_CATCH_UP = timedelta(hours=1)
-RETRY_SECONDS = 5.0
+RETRY_INITIAL = 1.0
+"""The first pause before opening a broken flow-run event stream again (seconds; doubling,
+jittered, to `RETRY_MAX`; back to this once the stream delivers)."""
+RETRY_MAX = 30.0
 _SEEN = 1000
 _PAGES = 20
 
@@ -225,13 +229,20 @@ class SuspendedRunCanceller:
             await self.catch_up()
         except Exception as exc:
             logger.warning("Could not read the recent flow-run cancellations and failures: %r", exc)
+        backoff = Backoff(initial=RETRY_INITIAL, maximum=RETRY_MAX)
         while True:
             try:
                 async with self._subscriber(self._filter()) as subscriber:
                     async for event in subscriber:
+                        backoff.reset()  # it delivers: a later break starts from the first pause
                         await self._handle_quietly(event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("The flow-run event stream broke: %r; opening it again", exc)
-            await asyncio.sleep(RETRY_SECONDS)  # a pause before reconnecting, not synchronisation
+                await backoff.pause(
+                    lambda delay, exc=exc: logger.warning(
+                        "The flow-run event stream broke: %r; opening it again in %.1fs", exc, delay
+                    )
+                )
+                continue
+            await backoff.pause()  # it ended without an error: open it again, backed off too

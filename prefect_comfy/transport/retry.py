@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from typing import TypeVar
 
@@ -38,10 +38,6 @@ from prefect_comfy.transport.backoff import Backoff
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_JITTER = random.Random()
-"""The jitter's randomness shared by every policy that was not given its own (one ``Random`` is
-~2.5 KB: a policy per client, per wait, should not carry one)."""
 
 DEFAULT_INITIAL_DELAY = 0.5
 """The first pause between two REST attempts, in seconds (doubling from there, with jitter)."""
@@ -88,14 +84,14 @@ class RetryPolicy:
         max_delay: the longest pause, also the cap on a server's ``Retry-After``.
         initial_delay: the first backoff pause (then doubling, jittered).
         sleep: the awaitable pause; tests inject one that does not wait.
-        rng: the jitter's randomness (seedable; by default one shared by the process).
+        rng: the jitter's randomness (seedable; by default `Backoff`'s, one for the process).
     """
 
     max_retries: int = 4
     max_delay: float = 30.0
     initial_delay: float = DEFAULT_INITIAL_DELAY
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
-    rng: random.Random = field(default_factory=lambda: _JITTER)
+    rng: random.Random | None = None
 
     def delay_for(self, exc: BaseException, backoff: Backoff) -> float:
         """The pause before the next attempt: the server's ``Retry-After`` if any, else the backoff."""
@@ -118,7 +114,9 @@ class RetryPolicy:
         Raises:
             ComfyError: the first error that is not retryable, or the last one after the budget.
         """
-        backoff = Backoff(initial=self.initial_delay, maximum=self.max_delay, rng=self.rng)
+        backoff = Backoff(initial=self.initial_delay, maximum=self.max_delay)
+        if self.rng is not None:
+            backoff.rng = self.rng
         retries = 0
         while True:
             try:

@@ -216,7 +216,7 @@ class FakeSubscriber:
 
 
 async def test_run_follows_the_stream_and_reopens_it_when_it_breaks(monkeypatch) -> None:
-    monkeypatch.setattr(cancels, "RETRY_SECONDS", 0)
+    monkeypatch.setattr(cancels, "RETRY_INITIAL", 0)
     ids = [str(uuid.uuid4()) for _ in range(2)]
     client = FakeClient({i: {"comfy.resume.a": f"job-{n}"} for n, i in enumerate(ids)})
     backend = memory({"job-0": "running", "job-1": "running"})
