@@ -5,7 +5,7 @@ The kind is the suite's memory server (:class:`tests.support.memory.MemoryBacken
 registers it with :func:`prefect_comfy.backends.registry.register`, and runs the Prefect layer on
 it under the Prefect test harness: ``run_comfy_workflow`` end to end, a timed-out wait that
 cancels, the cancel hook finding a job by the flow run's tag, a saved block loaded by its name, and
-the command line's ``--block``.
+the command line's ``--block`` (``run``, ``jobs`` and ``listen``).
 """
 
 from __future__ import annotations
@@ -143,3 +143,54 @@ def test_the_command_line_on_a_new_kind(prefect_api_url, tmp_path, capsys) -> No
     code, out, err = cli("jobs", "get", job_id, "--block", name)
     assert code == 0, err
     assert job_id in out
+
+
+def test_listen_on_a_new_kind(prefect_api_url, capsys) -> None:
+    """``listen --block`` on any registered kind: its stream's events become Prefect events.
+
+    The command runs here, in the main thread, as it runs in a terminal; a second thread makes a job
+    end on the server once the listener's stream is open, reads the event back from Prefect, then
+    presses Ctrl-C (``interrupt_main``), which is how the command stops.
+    """
+    import _thread
+    import threading
+
+    from prefect.events.filters import EventFilter, EventResourceFilter
+
+    from prefect_comfy.cli import main
+
+    name = f"listen-{uuid.uuid4().hex[:8]}"
+    MemoryComfyServer(name=name).save(name)
+    server = MemoryServer.named(name)
+    job = server.add_job(tags=["memory"])
+    found: list[Any] = []
+
+    async def stored() -> list[Any]:
+        async with get_client() as client:
+            page = await client.read_events(
+                filter=EventFilter(resource=EventResourceFilter(id=[f"comfy.job.{job.id}"])),
+                limit=10,
+            )
+        return [e for e in page.events if e.event == "comfy.job.completed"]
+
+    async def drive() -> None:
+        await eventually(lambda: server.streaming, timeout=60, message="the listener's stream")
+        server.finish(job.id)
+        found.extend(await eventually(stored, timeout=60, message="the event in Prefect"))
+
+    def in_thread() -> None:
+        try:
+            asyncio.run(drive())
+        finally:
+            _thread.interrupt_main()  # Ctrl-C
+
+    driver = threading.Thread(target=in_thread, daemon=True)
+    driver.start()
+    with pytest.raises(SystemExit) as done:
+        main(["listen", "--block", name, "--cursor", "none", "--heartbeat-interval", "0"])
+    driver.join()
+    err = capsys.readouterr().err
+    assert done.value.code in (0, 130), err
+    assert found, f"no comfy.job.completed for {job.id} in Prefect; the command said:\n{err}"
+    assert found[0].resource["comfy.backend"] == MemoryBackend.kind
+    assert found[0].resource["comfy.tag.memory"] == "true"
