@@ -2,8 +2,8 @@
 comfy-api-proxy (Comfy API v2): the PNG, and the progress a user watches, step by step.
 
 CheckpointLoaderSimple -> 2x CLIPTextEncode -> EmptyLatentImage 64x64 -> KSampler 8 steps ->
-VAEDecode -> SaveImage (``flows/workflows/txt2img_tiny.json``). ComfyUI runs the loader, the latent,
-the two encoders, then KSampler: on a warm server the four before KSampler are cached, so during
+VAEDecode -> SaveImage (the demo's graph, ``prefect_comfy/cli/demo_txt2img.json``). ComfyUI runs
+the loader, the latent, the two encoders, then KSampler: on a warm server the four before KSampler are cached, so during
 KSampler four of the seven nodes are done and the job is past 57 %.
 """
 
