@@ -49,36 +49,6 @@ def is_probe(run: Any) -> bool:
     return any(isinstance(v, str) and PROBE in v for v in run.parameters.values())
 
 
-async def trigger_is_live(
-    deployment_id: uuid.UUID,
-    probe: Callable[[str], ComfyEvent],
-    *,
-    address: str,
-    backend_kind: str = "cloud",
-    timeout: float = 60.0,
-) -> None:
-    """Return once the deployment's trigger has made a run from a probe event.
-
-    Args:
-        deployment_id: the deployment whose trigger is waited for.
-        probe: makes the probe event from a fresh resource id (it must match the trigger).
-        address, backend_kind: as the listener would send it.
-        timeout: longest wait, scaled by the suite's factor.
-    """
-    sent_at: list[float] = []
-
-    async def live() -> bool:
-        import time
-
-        if not sent_at or time.monotonic() - sent_at[-1] > scaled(PROBE_AGAIN_AFTER):
-            event = probe(f"{PROBE}{uuid.uuid4().hex[:12]}")
-            await send(event, address=address, backend_kind=backend_kind)
-            sent_at.append(time.monotonic())
-        return any(is_probe(run) for run in await _runs(deployment_id))
-
-    await eventually(live, timeout=timeout, interval=0.2, message="the trigger to be live")
-
-
 async def probe_run(
     deployment_id: uuid.UUID,
     probe: Callable[[str], ComfyEvent],
@@ -107,6 +77,27 @@ async def probe_run(
         return any(is_probe(run) and run.id not in before for run in runs)
 
     await eventually(processed, timeout=timeout, interval=0.2, message="a new probe run")
+
+
+async def trigger_is_live(
+    deployment_id: uuid.UUID,
+    probe: Callable[[str], ComfyEvent],
+    *,
+    address: str,
+    backend_kind: str = "cloud",
+    timeout: float = 60.0,
+) -> None:
+    """Return once the deployment's trigger has made a run from a probe event (`probe_run`).
+
+    Args:
+        deployment_id: the deployment whose trigger is waited for.
+        probe: makes the probe event from a fresh resource id (it must match the trigger).
+        address, backend_kind: as the listener would send it.
+        timeout: longest wait, scaled by the suite's factor.
+    """
+    await probe_run(
+        deployment_id, probe, address=address, backend_kind=backend_kind, timeout=timeout
+    )
 
 
 async def apply_live(
