@@ -119,7 +119,7 @@ class SharedStream:
             raise
         except Exception as exc:  # WebSocketAuthError, WebSocketConnectionError, or a bug below
             error = exc
-            logger.warning("Comfy event stream stopped: %s", exc)
+            logger.debug("Comfy event stream stopped: %s", exc)  # the hub says what it does next
         finally:
             self._live = False
             self._epoch += 1

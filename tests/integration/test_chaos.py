@@ -30,6 +30,7 @@ from typing import Any
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.exceptions import ComfyError, is_retryable
 from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter
+from prefect_comfy.orchestration.tasks import RETRY_DELAYS as TASK_RETRY_DELAYS
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.loop import waiting_loop
@@ -50,8 +51,9 @@ RECOVERY_SECONDS = 20.0  # scaled by COMFY_TESTS_TIMEOUT_FACTOR, as every deadli
 """The longest a wait may take to end once the storm is over (reconciliation retries at most 10 s
 apart, so a job that ended unseen is found within about that)."""
 WAIT_TIMEOUT = 120.0
-SUBMIT_TASK_RETRIES = 2
-"""Submits again (same idempotency key) after a retryable failure, as a Prefect task retry does."""
+SUBMIT_TASK_RETRIES = len(TASK_RETRY_DELAYS)
+"""Submits again (same idempotency key) after a retryable failure, as the submit task's Prefect
+retries do: as many times, after the same pauses."""
 SEED = 20261201
 
 
@@ -66,6 +68,25 @@ async def tasks_on(loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[Any]]:
         return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
 
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(read(), loop))
+
+
+async def submit_as_a_task(
+    backend: Any, workflow: dict[str, Any], key: str, on_retry: Any = None
+) -> Any:
+    """Submit as the submit task does under chaos: a submit that meets back-to-back 429s or 5xx
+    longer than its REST retry budget fails, as it should; the task's Prefect retries then submit
+    again with the same key after their pauses (the job counts prove no second job). Without the
+    pauses one submit could take a whole storm (40 answers at Retry-After 0.1 s) on every try."""
+    for task_try in range(SUBMIT_TASK_RETRIES + 1):
+        try:
+            return await backend.submit(workflow, idempotency_key=key)
+        except ComfyError as exc:
+            if not is_retryable(exc) or task_try == SUBMIT_TASK_RETRIES:
+                raise
+            if on_retry is not None:
+                on_retry()
+        await asyncio.sleep(TASK_RETRY_DELAYS[task_try])  # the task's retry delay: not a sync
+    raise AssertionError("unreachable")
 
 
 class Chaos:
@@ -157,19 +178,9 @@ async def test_500_jobs_under_chaos_end_right_once_each_and_leak_nothing(tmp_pat
                     else slow_workflow(10, step_seconds=0.1)
                 )
                 async with gate:
-                    # A submit that meets back-to-back 5xx bursts longer than its REST retry budget
-                    # fails, as it should; in a flow the Prefect task retry submits again with the
-                    # same key, and so does this (the job count below proves no second job).
-                    for task_try in range(SUBMIT_TASK_RETRIES + 1):
-                        try:
-                            job = await backend.submit(
-                                workflow, idempotency_key=f"chaos-{SEED}-{n}"
-                            )
-                            break
-                        except ComfyError as exc:
-                            if not is_retryable(exc) or task_try == SUBMIT_TASK_RETRIES:
-                                raise
-                            submit_retries.append(n)
+                    job = await submit_as_a_task(
+                        backend, workflow, f"chaos-{SEED}-{n}", lambda: submit_retries.append(n)
+                    )
                 try:
                     event = await wait_for(backend, "job", job.id, timeout=WAIT_TIMEOUT)
                 except Exception as exc:  # reported below with what the server says of the job
@@ -295,13 +306,7 @@ async def _waits_end_right(backend: Any, jobs: int, chaos: Chaos, seed: int) -> 
             else slow_workflow(20, step_seconds=0.1)
         )
         async with gate:
-            for task_try in range(3 * SUBMIT_TASK_RETRIES + 1):  # the storms here are denser
-                try:
-                    job = await backend.submit(workflow, idempotency_key=f"chaos-{seed}-{n}")
-                    break
-                except ComfyError as exc:
-                    if not is_retryable(exc) or task_try == 3 * SUBMIT_TASK_RETRIES:
-                        raise
+            job = await submit_as_a_task(backend, workflow, f"chaos-{seed}-{n}")
         try:
             event = await wait_for(backend, "job", job.id, timeout=WAIT_TIMEOUT)
         except Exception as exc:
