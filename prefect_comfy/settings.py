@@ -74,7 +74,12 @@ class ComfySettings(BaseSettings):
         "(Comfy API v2); lowered when the server answers 429 too_many_streams.",
     )
     max_reconnect_attempts: int = Field(
-        default=5, ge=0, description="Failed reconnects in a row before the stream gives up."
+        default=5,
+        ge=0,
+        description=(
+            "Failed reconnects in a row before a stream from ComfyBackend.events() gives up (the"
+            " waiting layer and the listener reconnect for ever, reading over REST meanwhile)."
+        ),
     )
     reconnect_delay: float = Field(default=1.0, gt=0, description="First reconnect pause, seconds.")
     max_reconnect_delay: float = Field(

@@ -9,8 +9,9 @@ wait starts, and closes it `DEFAULT_LINGER` seconds after the last wait ends.
 
 It alone fans events out, drops duplicates (`recall`), remembers
 recent outcomes for waits that register late, and reconciles pending resources after every
-(re)connect (`reconcile`). A stream that gives up fails no wait (only a
-refused key or a wait's own timeout does). docs/architecture.md tells the whole story.
+(re)connect (`reconcile`). Its stream reconnects for ever, in the backend's one loop, and the
+pending waits are read over REST while the link is down: only a refused key or a wait's own
+timeout fails a wait. docs/architecture.md tells the whole story.
 
 Example:
     >>> async def main(backend, job_id):  # doctest: +SKIP
@@ -443,14 +444,10 @@ class EventHub(SharedStream):
         ):
             self._fail_all(error)
             return
-        # A flappy link spent the reconnect budget: REST can still answer the waits; reopen later.
-        delay = self._reopen_later()
+        # The stream reconnects for ever, so this is a kind that cannot stream (or a bug): REST
+        # answers the waits from now on, and the next wait opens the stream again.
         logger.warning(
-            "Comfy event stream gave up (%s); %d waits are read over REST, the stream opens again "
-            "in %.1fs",
-            error,
-            len(self._waiters),
-            delay,
+            "Comfy event stream ended (%s); %d waits are read over REST", error, len(self._waiters)
         )
         self._reconciler.poll_while_down(
             lambda: not self._live and bool(self._waiters), lambda: list(self._waiters)

@@ -92,6 +92,8 @@ class Reconciler:
         self._runner: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._poll_backoff = Backoff(DOWN_POLL_INITIAL, DOWN_POLL_MAX)
+        self._down: Callable[[], bool] = lambda: False
+        self._down_keys: Callable[[], Iterable[Key]] = tuple
         self.reads = 0
         """Single REST reads made."""
         self.lists = 0
@@ -115,16 +117,17 @@ class Reconciler:
         """Reconcile ``keys()`` repeatedly, backed off, for as long as ``down()`` says the stream
         is not live (and somebody waits); a new call restarts the back-off from its first pause."""
         self._poll_backoff.reset()
+        self._down, self._down_keys = down, keys  # a poller already pausing asks these now
         if self._poller is None or self._poller.done():
-            self._poller = asyncio.ensure_future(self._poll(down, keys))
+            self._poller = asyncio.ensure_future(self._poll())
 
-    async def _poll(self, down: Callable[[], bool], keys: Callable[[], Iterable[Key]]) -> None:
+    async def _poll(self) -> None:
         while True:
             await self._poll_backoff.pause()
-            if not down():
+            if not self._down():
                 return
             self.polls += 1
-            self.submit(keys())
+            self.submit(self._down_keys())
 
     @property
     def busy(self) -> bool:

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from prefect_comfy.backends.base import ComfyBackend
 from prefect_comfy.exceptions import WebSocketConnectionError
 from prefect_comfy.models import ComfyEvent
-from prefect_comfy.transport.backoff import Backoff
 from prefect_comfy.waiting.loop import Mailbox
 
 __all__ = ["DEFAULT_LINGER", "HUB_PATTERNS", "SharedStream"]
@@ -55,9 +54,6 @@ class SharedStream:
         """How many times the backend's stream was opened."""
         self.connections_opened = 0
         """How many connects and reconnects the stream reported (``on_connect`` calls)."""
-        self.stream_restarts = 0
-        """Times the stream gave up while needed and was opened again (`_reopen_later`)."""
-        self._reopen_backoff = Backoff(initial=1.0, maximum=30.0)
         self.stopped_with: BaseException | None = None
         """Why the stream last opened stopped (``None`` while it runs, or before it first ran)."""
 
@@ -70,7 +66,10 @@ class SharedStream:
     def _source(self) -> AsyncIterator[ComfyEvent]:
         """The stream to run: the backend's global ``events()``."""
         return self.backend.events(
-            list(HUB_PATTERNS), on_connect=self._on_connect, on_disconnect=self._on_disconnect
+            list(HUB_PATTERNS),
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            forever=True,  # the backend's loop is the only one that reconnects
         )
 
     def _dispatch(self, event: ComfyEvent) -> None:
@@ -132,19 +131,7 @@ class SharedStream:
             if self._closer is None and self._idle():
                 self._schedule_linger()
 
-    def _reopen_later(self) -> float:
-        """Open the stream again after a backed-off pause (it gave up while needed); the pause."""
-        delay = self._reopen_backoff.next_delay()
-        self.stream_restarts += 1
-        self._home.bind().call_later(delay, self._reopen)
-        return delay
-
-    def _reopen(self) -> None:
-        if not self._idle() and self._stream is None and self._closer is None:
-            self._open_stream()
-
     async def _on_connect(self) -> None:
-        self._reopen_backoff.reset()
         self.connections_opened += 1
         self._epoch += 1
         self._live = True

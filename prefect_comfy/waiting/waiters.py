@@ -97,7 +97,7 @@ async def wait_for_job(
     Raises:
         JobTimedOut: the timeout passed first; it names the last known status.
         WebSocketAuthError: the key was refused.
-        WebSocketConnectionError: the stream could not be kept within the reconnect budget.
+        WebSocketConnectionError: the hub was closed while the wait was pending.
     """
     # _wait's steps inlined: one coroutine frame per pending wait, not two (10,000 waits).
     if not job_id:

@@ -5,8 +5,8 @@ connections right after ``connected``, before the client subscribes, so the stre
 events are held (paused), so only REST can tell how the jobs ended, and REST works. Reconciliation
 used to run only after a connect that subscribed: waits for jobs that had completed ran to their
 timeout. Now the waiting layer reads the pending jobs' truth while the stream is down, and the
-waits end within seconds of their jobs. With a small reconnect budget, the error says what kept
-failing.
+waits end within seconds of their jobs. With a small reconnect budget, a direct stream's error says
+what kept failing, and the waits' stream (which never gives up) fails none.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import logging
 import time
 from typing import Any
 
-import pytest
-
 from prefect_comfy.backends.cloud.backend import CloudBackend
-from prefect_comfy.exceptions import JobTimedOut
+from prefect_comfy.exceptions import JobTimedOut, WebSocketConnectionError
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from tests.support.keys import API_KEY
@@ -80,28 +78,39 @@ async def test_waits_end_while_the_stream_never_stays_up(emulator) -> None:
     print(f"\n{JOBS} waits ended in {elapsed:.1f}s during {flaps} flaps; {hub.stats}")
 
 
-async def test_a_spent_budget_says_what_kept_failing_and_fails_no_wait(emulator, caplog) -> None:
-    """A stream that gives up fails no wait (issue 20, #6): the wait goes on over REST until
-    its own timeout, and the log says what kept failing."""
+async def test_a_spent_budget_ends_a_direct_stream_and_no_wait(emulator, caplog) -> None:
+    """A budget of 3, spent over and over: a direct ``events()`` caller gets an error that says
+    what kept failing; the waiting hub asks for a stream that never gives up (issue 18: one
+    reconnect loop), so its wait goes on over REST until its own timeout (issue 20, #6) and the
+    hub never opens a second stream."""
     async with CloudBackend(settings=storm_settings(emulator, attempts=3)) as backend:
         hub = EventHub(backend.clone(), linger=0.2)
         stop = asyncio.Event()
+
+        async def direct() -> None:
+            async for _ in backend.events(["job.*"]):
+                pass
+
         try:
             job = await backend.submit(slow_workflow(600, step_seconds=0.1))  # a minute
             storm = asyncio.create_task(flap_for_ever(emulator, stop))
-            with pytest.raises(JobTimedOut):
-                await hub.wait("job", job.id, timeout=15)
+            gone, waited = await asyncio.gather(
+                asyncio.wait_for(direct(), scaled(60)),
+                hub.wait("job", job.id, timeout=15),
+                return_exceptions=True,
+            )
             stop.set()
             await storm
         finally:
             stop.set()
             await asyncio.to_thread(emulator.close_after_connected, 0)
             await hub.aclose()
-    assert hub.stream_restarts >= 1, hub.stats
-    message = caplog.text
-    assert "3 reconnect attempt(s) failed in a row" in message, message
-    assert "what kept failing:" in message and "closed" in message, message
-    assert API_KEY not in message
+    assert isinstance(waited, JobTimedOut), waited
+    assert hub.streams_opened == 1 and hub.stats["rest_polls_while_down"] >= 1, hub.stats
+    assert isinstance(gone, WebSocketConnectionError), gone
+    assert "3 reconnect attempt(s) failed in a row" in str(gone), gone
+    assert "what kept failing:" in str(gone) and "closed" in str(gone), gone
+    assert API_KEY not in caplog.text + str(gone)
 
 
 async def test_the_listener_rides_a_spent_budget_on_the_streams_one_loop(emulator, caplog) -> None:

@@ -177,19 +177,36 @@ async def test_a_refused_key_fails_every_pending_wait_and_the_next_opens_anew(hu
     assert world.streams_opened == 2 and hub.streams_opened == 2
 
 
-async def test_a_stream_that_gives_up_leaves_the_waits_to_rest_and_opens_again(hub, world):
-    """The reconnect budget ran out on a flappy link (issue 20, #6): a wait that REST can
-    answer never fails; the stream is opened again, backed off."""
+async def test_the_hub_asks_the_stream_to_reconnect_for_ever(hub, world):
+    """One loop reconnects: the backend's. The hub asks it never to give up (as the listener
+    does) and reads the waits over REST while the link is down (issue 18)."""
+    world.jobs["job_x"] = job("job_x", "running")
+    wait = start(hub.wait("job", "job_x", timeout=30))
+    await eventually(lambda: hub.stats["pending"] == 1 and world.streams_opened == 1)
+    assert world.forever == [True]
+    world.drop(reconnect=False)  # the link is down, the backend's loop reconnecting
+    world.jobs["job_x"] = job("job_x", "completed")  # ended while it was down: read over REST
+    assert (await asyncio.wait_for(wait, scaled(10))).event == "job.completed"
+    assert world.streams_opened == 1, "the hub opened no stream of its own"
+
+
+async def test_a_stream_that_ends_anyway_leaves_the_waits_to_rest(hub, world):
+    """A kind whose stream ends although asked to reconnect for ever: a wait that REST can answer
+    never fails, and the next wait opens the stream again."""
     world.jobs["job_x"] = job("job_x", "running")
     world.jobs["job_y"] = job("job_y", "running")
     waits = [start(hub.wait("job", jid, timeout=30)) for jid in ("job_x", "job_x", "job_y")]
     await eventually(lambda: hub.stats["pending"] == 3 and len(world.reads) == 2)
     world.break_streams(WebSocketConnectionError("gave up after 6 reconnects"))
     world.jobs["job_x"] = job("job_x", "completed")  # ended while the stream was down: read
-    await eventually(lambda: world.streams_opened == 2, message="the stream opened again")
-    world.emit("job.failed", "job_y", status="failed")  # ended once it is back: streamed
+    world.jobs["job_y"] = job("job_y", "failed")
     results = await asyncio.wait_for(asyncio.gather(*waits), scaled(10))
     assert [r.event for r in results] == ["job.completed", "job.completed", "job.failed"]
+    world.jobs["job_z"] = job("job_z", "running")
+    later = start(hub.wait("job", "job_z", timeout=30))
+    await eventually(lambda: world.streams_opened == 2, message="the next wait opened it")
+    world.emit("job.completed", "job_z", status="completed")
+    assert (await asyncio.wait_for(later, scaled(10))).event == "job.completed"
 
 
 async def test_a_stream_the_kind_cannot_open_frees_the_hub_at_once(world):
