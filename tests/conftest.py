@@ -95,20 +95,22 @@ TIERS = {
 """Marker of each tier, and the session fixtures that put a test in it."""
 
 
-def _worker_group(item: pytest.Item) -> str | None:
+def _worker_group(item: pytest.Item, comfyui_modules: set[str]) -> str | None:
     """The tests that must share one pytest-xdist worker (``make test`` runs ``--dist loadgroup``).
 
     Every test on a real ComfyUI shares one: the session starts one ComfyUI (and one proxy) in
     that worker, not one per worker. A module whose tests share a module-scoped fixture (a served
-    deployment, a listener process) runs in one worker, which sets it up once. Any other test
-    goes wherever a worker is free.
+    deployment, a listener process, the docs' working directories) runs in one worker, which sets
+    it up once: the ComfyUI worker, if any of its tests needs ComfyUI. Any other test goes wherever
+    a worker is free.
     """
     if "comfyui" in item.keywords:
         return "comfyui"
     info = getattr(item, "_fixtureinfo", None)
+    module = item.module.__name__ if item.module else None
     for definitions in getattr(info, "name2fixturedefs", {}).values():
         if any(d.scope == "module" for d in definitions):
-            return item.module.__name__ if item.module else None
+            return "comfyui" if module in comfyui_modules else module
     return None
 
 
@@ -132,11 +134,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(getattr(pytest.mark, tier))
         if "proxy" in item.keywords and "comfyui" not in item.keywords:
             item.add_marker(pytest.mark.comfyui)  # the proxy runs on a real ComfyUI
-        group = _worker_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
         if TIMEOUT_FACTOR != 1:
             marker = item.get_closest_marker("timeout")
             seconds = float(marker.args[0]) if marker and marker.args else default
             if seconds:
                 item.add_marker(pytest.mark.timeout(seconds * TIMEOUT_FACTOR), append=False)
+    comfyui_modules = {i.module.__name__ for i in items if "comfyui" in i.keywords and i.module}
+    for item in items:
+        group = _worker_group(item, comfyui_modules)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
