@@ -38,6 +38,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -132,11 +133,21 @@ def point_prefect_console_at_this_test(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_block(source: str, path: Path) -> None:
+    """Run a block as ``python path`` would: as ``__main__``, whose file is ``path`` (Prefect finds a
+    served flow's entrypoint through ``sys.modules["__main__"]``; in a pytest-xdist worker the
+    process's own ``__main__`` has no file)."""
     path.write_text(source, encoding="utf-8")
     code = compile(source, str(path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    result = eval(code, {"__name__": "__main__", "__file__": str(path)})  # noqa: S307
-    if inspect.iscoroutine(result):
-        asyncio.run(result)
+    module = types.ModuleType("__main__")
+    module.__file__ = str(path)
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = module
+    try:
+        result = eval(code, module.__dict__)  # noqa: S307
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+    finally:
+        sys.modules["__main__"] = saved
 
 
 @pytest.mark.parametrize("block", cases())
