@@ -11,13 +11,15 @@ command imports them all to list them. Errors end as one line and an exit code
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import importlib.metadata
 import logging
 import re
 import signal
 import sys
-from typing import Annotated, NamedTuple
+import threading
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -239,8 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     at_start = signal.getsignal(signal.SIGINT)
     the_command = at_start is _interrupted_at_start  # set by the package as the command started
+    unraisable = sys.unraisablehook
     if the_command:  # Python's own Ctrl-C again: the commands cancel their jobs on it
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = press_lost_ctrl_c_again
     try:
         _run(argv)
     except KeyboardInterrupt:
@@ -249,6 +253,22 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if the_command:  # Ctrl-C in Prefect's exit hooks: one line too
             signal.signal(signal.SIGINT, _interrupted_at_start)
+            sys.unraisablehook = unraisable
+
+
+def press_lost_ctrl_c_again(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while a command runs: a Ctrl-C is never lost.
+
+    Python only prints an exception raised where nobody can catch it (a weakref callback, a
+    ``__del__``): a Ctrl-C that lands in one, such as the module-lock callback of an import, was
+    printed as "Exception ignored in: … KeyboardInterrupt" and the command went on to its end. This
+    presses Ctrl-C again, where it can land; anything else is printed as Python does.
+    """
+    if isinstance(unraisable.exc_type, type) and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        # from another thread, a moment later: pressed from here, it would land in this hook
+        threading.Timer(0.05, _thread.interrupt_main).start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _run(argv: list[str] | None) -> None:

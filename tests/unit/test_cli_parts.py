@@ -304,3 +304,35 @@ def test_board_writes_the_newest_preview_whole_and_leaves_the_bar_alone(tmp_path
     assert (tmp_path / "preview.jpg").read_bytes() == b"\xff\xd8new"
     assert board.row("job_1")["percent"] == 40.0 and board.previews_written == 2
     JobBoard().on_progress(ComfyEvent(event="job.preview", payload=payload))  # no DIR: nothing
+
+
+def test_a_ctrl_c_lost_in_a_callback_is_pressed_again(capsys) -> None:
+    """Regression (a clean-clone run): Ctrl-C landed in importlib's module-lock weakref callback,
+    Python printed "Exception ignored in: … KeyboardInterrupt" and the command ran to its end."""
+    import sys
+    import time
+    import weakref
+
+    from prefect_comfy.cli import press_lost_ctrl_c_again
+    from tests.support.waiting import scaled
+
+    class Held:
+        pass
+
+    def callback(_ref: object) -> None:
+        raise KeyboardInterrupt  # as a Ctrl-C that lands in the callback
+
+    saved = sys.unraisablehook
+    sys.unraisablehook = press_lost_ctrl_c_again
+    try:
+        held = Held()
+        ref = weakref.ref(held, callback)
+        with pytest.raises(KeyboardInterrupt):
+            del held  # Python swallows the callback's KeyboardInterrupt: the hook presses it again
+            deadline = time.monotonic() + scaled(10)
+            while time.monotonic() < deadline:  # the command going on; Ctrl-C must stop it
+                time.sleep(0.01)
+    finally:
+        sys.unraisablehook = saved
+    assert ref() is None
+    assert "Exception ignored" not in capsys.readouterr().err
