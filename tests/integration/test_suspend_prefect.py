@@ -12,10 +12,11 @@ whole module costs about one job's length plus two flow starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,6 @@ from tests.support.workflows import slow_workflow, tiny_workflow
 pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
 
 JOB_SECONDS = 12.0
-CONCURRENT_JOB_SECONDS = 20.0
-"""Three flows starting at once reach their suspension later: their jobs run longer."""
 BLOCK = "suspend-creds"
 POOL = "suspend-pool"
 
@@ -231,23 +230,44 @@ async def diagnosis(stack: Stack, run_id: uuid.UUID) -> str:
     return "\n".join(lines)
 
 
-async def test_each_way_to_call_it_suspends_then_resumes_and_downloads(stack, emulator, tmp_path):
-    workflow = slow_workflow(steps=int(CONCURRENT_JOB_SECONDS / 0.05))
-    runs: dict[str, tuple[uuid.UUID, Path]] = {}
-    for name, deployment in [
-        ("direct", "run-comfy-workflow/suspend"),
-        ("subflow", "subflow-flow/suspend"),
-        ("task", "tasks-flow/suspend"),
-    ]:
-        out = tmp_path / name
-        params: dict[str, Any] = {"workflow": workflow, "output_dir": str(out)}
-        if name != "direct":
-            params["block"] = BLOCK
-        runs[name] = (await start(stack, deployment, params), out)
+@contextlib.asynccontextmanager
+async def server_busy(emulator: Any) -> AsyncIterator[None]:
+    """Every running slot of the emulator taken by a job nobody waits for: the jobs submitted
+    meanwhile stay ``pending`` until the block ends (it cancels the blockers), however long the
+    flows take to suspend. The job's own length cannot promise that on a loaded machine: a 20-s job
+    once completed before three flow processes had suspended and exited."""
+    from prefect_comfy.backends.cloud.backend import CloudBackend
 
-    await asyncio.gather(
-        *(suspended_without_a_process(stack, emulator, run_id) for run_id, _ in runs.values())
-    )
+    async with CloudBackend(API_KEY, emulator.url) as backend:
+        blockers = [
+            await backend.submit(slow_workflow(steps=20_000), tags=["blocker"])
+            for _ in range(emulator.config.concurrency)
+        ]
+        try:
+            yield
+        finally:
+            for job in blockers:
+                await backend.cancel(job.id)
+
+
+async def test_each_way_to_call_it_suspends_then_resumes_and_downloads(stack, emulator, tmp_path):
+    workflow = slow_workflow(steps=int(JOB_SECONDS / 0.05))
+    runs: dict[str, tuple[uuid.UUID, Path]] = {}
+    async with server_busy(emulator):
+        for name, deployment in [
+            ("direct", "run-comfy-workflow/suspend"),
+            ("subflow", "subflow-flow/suspend"),
+            ("task", "tasks-flow/suspend"),
+        ]:
+            out = tmp_path / name
+            params: dict[str, Any] = {"workflow": workflow, "output_dir": str(out)}
+            if name != "direct":
+                params["block"] = BLOCK
+            runs[name] = (await start(stack, deployment, params), out)
+
+        await asyncio.gather(
+            *(suspended_without_a_process(stack, emulator, run_id) for run_id, _ in runs.values())
+        )
     for name, (run_id, out) in runs.items():
         await completed(stack, run_id)
         names = await state_names(stack, run_id)
