@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 # The suite runs on TEST_WORKERS pytest-xdist workers (most of a test's time is waiting on a
 # server); tests that share one ComfyUI or a module's fixture stay on one worker (tests/conftest.py).
-# TEST_WORKERS=0 runs it in this one process.
-TEST_WORKERS ?= 3
+# TEST_WORKERS=0 (the default for now) runs it in one process: on these 2 cores three workers
+# saturate the CPU and a few timing-sensitive tests still fail there (see the README).
+TEST_WORKERS ?= 0
 PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 .PHONY: setup demo test test-fast docs comfyui bench lint clean
