@@ -266,9 +266,17 @@ def press_lost_ctrl_c_again(unraisable: Any) -> None:
     """
     if isinstance(unraisable.exc_type, type) and issubclass(unraisable.exc_type, KeyboardInterrupt):
         # from another thread, a moment later: pressed from here, it would land in this hook
-        threading.Timer(0.05, _thread.interrupt_main).start()
+        threading.Timer(0.05, _press_ctrl_c).start()
         return
     sys.__unraisablehook__(unraisable)
+
+
+def _press_ctrl_c() -> None:
+    main_thread = threading.main_thread().ident
+    if hasattr(signal, "pthread_kill") and main_thread is not None:
+        signal.pthread_kill(main_thread, signal.SIGINT)  # a real signal: it wakes a blocked wait
+    else:
+        _thread.interrupt_main()
 
 
 def _run(argv: list[str] | None) -> None:

@@ -244,5 +244,5 @@ class SuspendedRunCanceller:
                         "The flow-run event stream broke: %r; opening it again in %.1fs", exc, delay
                     )
                 )
-                continue
-            await backoff.pause()  # it ended without an error: open it again, backed off too
+            else:
+                await backoff.pause()  # it ended without an error: open it again, backed off too

@@ -24,9 +24,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["JITTER", "Backoff"]
 
-_SHARED = random.Random()
+JITTER = random.Random()
 """The jitter's randomness of every `Backoff` not given its own (one ``Random`` is ~2.5 KB)."""
 
 
@@ -42,7 +42,7 @@ class Backoff:
 
     initial: float = 1.0
     maximum: float = 30.0
-    rng: random.Random = field(default_factory=lambda: _SHARED)
+    rng: random.Random = field(default_factory=lambda: JITTER)
     attempt: int = 0
     """Delays handed out since the last `reset`."""
     factor: float = 2.0

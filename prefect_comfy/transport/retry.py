@@ -28,12 +28,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import TypeVar
 
 from prefect_comfy.exceptions import ComfyAPIError, RateLimited, is_retryable
-from prefect_comfy.transport.backoff import Backoff
+from prefect_comfy.transport.backoff import JITTER, Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +84,14 @@ class RetryPolicy:
         max_delay: the longest pause, also the cap on a server's ``Retry-After``.
         initial_delay: the first backoff pause (then doubling, jittered).
         sleep: the awaitable pause; tests inject one that does not wait.
-        rng: the jitter's randomness (seedable; by default `Backoff`'s, one for the process).
+        rng: the jitter's randomness (seedable; by default ``backoff.JITTER``, one for the process).
     """
 
     max_retries: int = 4
     max_delay: float = 30.0
     initial_delay: float = DEFAULT_INITIAL_DELAY
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
-    rng: random.Random | None = None
+    rng: random.Random = field(default_factory=lambda: JITTER)
 
     def delay_for(self, exc: BaseException, backoff: Backoff) -> float:
         """The pause before the next attempt: the server's ``Retry-After`` if any, else the backoff."""
@@ -114,9 +114,7 @@ class RetryPolicy:
         Raises:
             ComfyError: the first error that is not retryable, or the last one after the budget.
         """
-        backoff = Backoff(initial=self.initial_delay, maximum=self.max_delay)
-        if self.rng is not None:
-            backoff.rng = self.rng
+        backoff = Backoff(initial=self.initial_delay, maximum=self.max_delay, rng=self.rng)
         retries = 0
         while True:
             try:

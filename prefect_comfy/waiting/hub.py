@@ -317,10 +317,11 @@ class EventHub(SharedStream):
     def _poll_while_down(self) -> None:
         """The stream is down: read pending waits' truth over REST until it is live again."""
         if self._jobs is None:  # per-job streams reconnect (and read) each on its own
-            self._reconciler.poll_while_down(
-                lambda: not self._live and self._stream is not None and bool(self._waiters),
-                lambda: list(self._waiters),
-            )
+            self._reconciler.poll_while_down(self._down, lambda: list(self._waiters))
+
+    def _down(self) -> bool:
+        """Whether waits are pending while no stream is live (whatever the reason)."""
+        return not self._live and bool(self._waiters)
 
     def _reconcile_soon(self, key: Key) -> None:
         """Read a late registrant once; registrations of one loop turn are read together (a burst
@@ -449,9 +450,7 @@ class EventHub(SharedStream):
         logger.warning(
             "Comfy event stream ended (%s); %d waits are read over REST", error, len(self._waiters)
         )
-        self._reconciler.poll_while_down(
-            lambda: not self._live and bool(self._waiters), lambda: list(self._waiters)
-        )
+        self._reconciler.poll_while_down(self._down, lambda: list(self._waiters))
 
     def _idle(self) -> bool:
         return not self._waiters

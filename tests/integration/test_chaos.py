@@ -30,7 +30,7 @@ from typing import Any
 from prefect_comfy.backends.cloud.backend import CloudBackend
 from prefect_comfy.exceptions import ComfyError, is_retryable
 from prefect_comfy.orchestration.events.emitter import ComfyEventEmitter
-from prefect_comfy.orchestration.tasks import RETRY_DELAYS as TASK_RETRY_DELAYS
+from prefect_comfy.orchestration.tasks import RETRIES as TASK_RETRIES
 from prefect_comfy.settings import ComfySettings
 from prefect_comfy.waiting.hub import EventHub
 from prefect_comfy.waiting.loop import waiting_loop
@@ -51,9 +51,9 @@ RECOVERY_SECONDS = 20.0  # scaled by COMFY_TESTS_TIMEOUT_FACTOR, as every deadli
 """The longest a wait may take to end once the storm is over (reconciliation retries at most 10 s
 apart, so a job that ended unseen is found within about that)."""
 WAIT_TIMEOUT = 120.0
-SUBMIT_TASK_RETRIES = len(TASK_RETRY_DELAYS)
-"""Submits again (same idempotency key) after a retryable failure, as the submit task's Prefect
-retries do: as many times, after the same pauses."""
+SUBMIT_TASK_RETRIES = TASK_RETRIES
+"""Submits again (same idempotency key) after a retryable failure, as many times as the submit
+task's Prefect retries do."""
 SEED = 20261201
 
 
@@ -71,12 +71,14 @@ async def tasks_on(loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[Any]]:
 
 
 async def submit_as_a_task(
-    backend: Any, workflow: dict[str, Any], key: str, on_retry: Any = None
+    backend: Any, workflow: dict[str, Any], key: str, emulator: Any, on_retry: Any = None
 ) -> Any:
     """Submit as the submit task does under chaos: a submit that meets back-to-back 429s or 5xx
     longer than its REST retry budget fails, as it should; the task's Prefect retries then submit
-    again with the same key after their pauses (the job counts prove no second job). Without the
-    pauses one submit could take a whole storm (40 answers at Retry-After 0.1 s) on every try."""
+    again with the same key (the job counts prove no second job). A task retry comes after a
+    pause; here it comes once the faults that failed the try are spent (the other waits' requests
+    use them up; the storm's end clears them). Retrying at once, one submit could take a whole
+    storm (40 answers at Retry-After 0.1 s) on every try."""
     for task_try in range(SUBMIT_TASK_RETRIES + 1):
         try:
             return await backend.submit(workflow, idempotency_key=key)
@@ -85,7 +87,12 @@ async def submit_as_a_task(
                 raise
             if on_retry is not None:
                 on_retry()
-        await asyncio.sleep(TASK_RETRY_DELAYS[task_try])  # the task's retry delay: not a sync
+        await eventually(
+            lambda: not emulator.state.faults,
+            timeout=CHAOS_SECONDS + RECOVERY_SECONDS,
+            interval=0.05,
+            message="the injected faults spent",
+        )
     raise AssertionError("unreachable")
 
 
@@ -180,7 +187,11 @@ async def test_500_jobs_under_chaos_end_right_once_each_and_leak_nothing(tmp_pat
                 )
                 async with gate:
                     job = await submit_as_a_task(
-                        backend, workflow, f"chaos-{SEED}-{n}", lambda: submit_retries.append(n)
+                        backend,
+                        workflow,
+                        f"chaos-{SEED}-{n}",
+                        emulator,
+                        lambda: submit_retries.append(n),
                     )
                     submitted_at[job.id] = time.monotonic()
                 try:
@@ -199,8 +210,8 @@ async def test_500_jobs_under_chaos_end_right_once_each_and_leak_nothing(tmp_pat
                 chaos.stopped.set()
                 await driver
             assert chaos.ended is not None
-            # From the storm's end, or from a submit its task retry put off past it (a pause of
-            # up to 30 s, as the task's), to the wait's end.
+            # From the storm's end, or from a submit its task retry put off past it, to the
+            # wait's end.
             recovery = max(
                 (end - max(chaos.ended, submitted_at[jid]) for jid, end in ended_at.items()),
                 default=0.0,
@@ -313,7 +324,7 @@ async def _waits_end_right(backend: Any, jobs: int, chaos: Chaos, seed: int) -> 
             else slow_workflow(20, step_seconds=0.1)
         )
         async with gate:
-            job = await submit_as_a_task(backend, workflow, f"chaos-{seed}-{n}")
+            job = await submit_as_a_task(backend, workflow, f"chaos-{seed}-{n}", chaos.emulator)
         try:
             event = await wait_for(backend, "job", job.id, timeout=WAIT_TIMEOUT)
         except Exception as exc:
